@@ -1,0 +1,82 @@
+"""The resolved pipeline configuration: what the operator writes and every workload reads.
+
+The operator resolves a TranslationPipeline (defaults filled, devices placed, backend chosen,
+service addresses known) into one JSON document, stored in the ConfigMap ``<name>-config`` under
+the key ``pipeline.json`` and mounted into every pod at ``/etc/livetranslate/pipeline.json``.
+``livetranslate up`` writes the same document to a temporary file for its local processes. Workloads
+never talk to the Kubernetes API; this file (plus their own env settings) is all they know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from livetranslate.api import Device, TranslationPipelineSpec
+
+CONFIG_KEY = "pipeline.json"
+CONFIG_MOUNT_DIR = "/etc/livetranslate"
+CONFIG_ENV = "LT_PIPELINE_CONFIG"
+DEFAULT_CONFIG_PATH = f"{CONFIG_MOUNT_DIR}/{CONFIG_KEY}"
+
+# Every workload container listens on this port for HTTP, WebSocket and /metrics.
+SERVICE_PORT = 8080
+
+ResolvedBackend = Literal["vllm", "openai", "apertium"]
+
+
+class Endpoints(BaseModel):
+    """Base URLs (http://host:port) of the pipeline's in-cluster services."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audio: str
+    translation: str
+    gateway: str
+
+
+class Placement(BaseModel):
+    """Where the operator put each stage, and why (the reason is shown in status and Events)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    audioDevice: Device = "cpu"
+    audioReason: str = ""
+    translationBackend: ResolvedBackend = "apertium"
+    translationModel: str = ""
+    translationReason: str = ""
+
+
+class ResolvedPipeline(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    namespace: str = "default"
+    generation: int = 0
+    spec: TranslationPipelineSpec = Field(default_factory=TranslationPipelineSpec)
+    placement: Placement = Field(default_factory=Placement)
+    endpoints: Endpoints
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def service_url(name: str, stage: str, namespace: str, port: int = SERVICE_PORT) -> str:
+    """The in-cluster URL of a pipeline stage's Service (``<name>-<stage>.<ns>.svc``)."""
+    return f"http://{name}-{stage}.{namespace}.svc:{port}"
+
+
+def load_resolved(path: str | os.PathLike[str] | None = None) -> ResolvedPipeline | None:
+    """Read the resolved pipeline from ``path``, ``$LT_PIPELINE_CONFIG`` or the mount path.
+
+    Returns None when no file exists (a workload started by hand, or in a unit test); a file that
+    exists but does not parse is an error, because running with a half-read config is worse.
+    """
+    candidate = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    if not candidate.exists():
+        return None
+    return ResolvedPipeline.model_validate(json.loads(candidate.read_text()))

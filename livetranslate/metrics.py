@@ -1,0 +1,74 @@
+"""Metric names of ../shared/API.md section 4, in one place.
+
+Dashboards, alert rules, the autoscaler's PromQL and the workloads all refer to these constants,
+and a test checks that every metric a dashboard names is one of ours or a listed external one.
+Each service creates its collectors on its own ``CollectorRegistry`` (so tests can run several
+services in one process) through the factories below, which fix names, labels and buckets.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+CAPTION_LATENCY = "livetranslate_caption_latency_seconds"
+TRANSLATION_LATENCY = "livetranslate_translation_latency_seconds"
+AUDIO_PROCESSING = "livetranslate_audio_processing_seconds"
+AUDIO_REALTIME_FACTOR = "livetranslate_audio_realtime_factor"
+QUEUE_DEPTH = "livetranslate_queue_depth"
+SESSIONS_ACTIVE = "livetranslate_sessions_active"
+RECONCILE_SECONDS = "livetranslate_reconcile_seconds"
+SCALING_DECISIONS = "livetranslate_scaling_decisions_total"
+
+# Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
+EXTERNAL_METRICS = (
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_FB_FREE",
+    "vllm:num_requests_waiting",
+    "vllm:kv_cache_usage_perc",
+)
+
+# Latency buckets sized around a 1.5 s caption SLO: fine below it, coarse above.
+LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0, 10.0, 30.0)
+PROCESSING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+def caption_latency(registry: CollectorRegistry) -> Histogram:
+    return Histogram(CAPTION_LATENCY, "End of speech to final caption sent, at the gateway",
+                     ["pipeline"], buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def translation_latency(registry: CollectorRegistry, extra_labels: tuple[str, ...] = ()) -> Histogram:
+    return Histogram(TRANSLATION_LATENCY, "Final transcript to translation sent",
+                     ["pipeline", *extra_labels], buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def audio_processing(registry: CollectorRegistry) -> Histogram:
+    return Histogram(AUDIO_PROCESSING, "Wall time of one decoder pass over a session's buffer",
+                     ["pipeline", "device"], buckets=PROCESSING_BUCKETS, registry=registry)
+
+
+def audio_realtime_factor(registry: CollectorRegistry) -> Gauge:
+    return Gauge(AUDIO_REALTIME_FACTOR,
+                 "Processing seconds per second of audio (below 1 keeps up with real time)",
+                 ["pipeline", "device"], registry=registry)
+
+
+def queue_depth(registry: CollectorRegistry) -> Gauge:
+    return Gauge(QUEUE_DEPTH, "Work items waiting in a stage's queue", ["pipeline", "stage"],
+                 registry=registry)
+
+
+def sessions_active(registry: CollectorRegistry, extra_labels: tuple[str, ...] = ()) -> Gauge:
+    return Gauge(SESSIONS_ACTIVE, "Sessions currently open", ["pipeline", *extra_labels],
+                 registry=registry)
+
+
+def reconcile_seconds(registry: CollectorRegistry) -> Histogram:
+    return Histogram(RECONCILE_SECONDS, "Wall time of one reconcile of a TranslationPipeline",
+                     ["result"], buckets=PROCESSING_BUCKETS, registry=registry)
+
+
+def scaling_decisions(registry: CollectorRegistry) -> Counter:
+    # prometheus_client appends _total to counters itself.
+    return Counter(SCALING_DECISIONS.removesuffix("_total"), "Scaling decisions the operator acted on",
+                   ["pipeline", "stage", "direction", "reason"], registry=registry)

@@ -1,0 +1,219 @@
+"""Wire schemas: the public gateway WebSocket protocol and the internal service protocols.
+
+Public (../shared/API.md section 2): clients talk to the gateway at ``/v1/stream``.
+Internal: the gateway talks to the audio service over a WebSocket per session (``/v1/audio``) and
+to the translation service over HTTP (``POST /v1/translate``, NDJSON streamed back). Every
+message is a pydantic model with a ``Literal`` ``type`` tag, grouped into discriminated unions so
+one ``TypeAdapter.validate_json`` call parses any frame and a bad one fails with a clear message.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from livetranslate.api import BCP47_PATTERN, SOURCE_LANGUAGE_PATTERN
+
+MAX_FRAME_BYTES = 1024 * 1024  # API.md: binary frames up to 1 MiB
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 48000
+MODEL_SAMPLE_RATE = 16000  # what Whisper and the audio service take
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class _Event(BaseModel):
+    # Server events tolerate additions on the reading side (clients of an older version).
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+# ---------------------------------------------------------------- public: client -> gateway
+
+
+class SessionStart(_Msg):
+    type: Literal["session.start"]
+    sampleRate: int = Field(16000, ge=MIN_SAMPLE_RATE, le=MAX_SAMPLE_RATE)
+    encoding: Literal["pcm_s16le", "pcm_f32le"] = "pcm_s16le"
+    channels: int = Field(1, ge=1, le=2)
+    sourceLanguage: str | None = Field(None, pattern=SOURCE_LANGUAGE_PATTERN)
+    targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] | None = Field(
+        None, max_length=16)
+    sessionId: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class SessionEnd(_Msg):
+    type: Literal["session.end"]
+
+
+ClientMessage = Annotated[SessionStart | SessionEnd, Field(discriminator="type")]
+client_message_adapter: TypeAdapter[SessionStart | SessionEnd] = TypeAdapter(ClientMessage)
+
+
+# ---------------------------------------------------------------- public: gateway -> client
+
+
+class SessionStarted(_Event):
+    type: Literal["session.started"] = "session.started"
+    sessionId: str
+    resumed: bool = False
+    sampleRate: int | None = None
+    targetLanguages: list[str] | None = None
+
+
+class TranscriptPartial(_Event):
+    type: Literal["transcript.partial"] = "transcript.partial"
+    segmentId: int
+    text: str
+    start: float
+    end: float
+
+
+class TranscriptFinal(_Event):
+    type: Literal["transcript.final"] = "transcript.final"
+    segmentId: int
+    text: str
+    start: float
+    end: float
+    speaker: str | None = None
+
+
+class TranslationEvent(_Event):
+    type: Literal["translation"] = "translation"
+    segmentId: int
+    language: str
+    text: str
+    quality: str | None = None  # "ok", or what the quality checks caught ("retried", "fallback", ...)
+
+
+class ErrorEvent(_Event):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+    segmentId: int | None = None
+    language: str | None = None
+
+
+class SessionEnded(_Event):
+    type: Literal["session.ended"] = "session.ended"
+    sessionId: str
+
+
+ServerEvent = Annotated[
+    SessionStarted | TranscriptPartial | TranscriptFinal | TranslationEvent | ErrorEvent | SessionEnded,
+    Field(discriminator="type"),
+]
+server_event_adapter: TypeAdapter[
+    SessionStarted | TranscriptPartial | TranscriptFinal | TranslationEvent | ErrorEvent | SessionEnded
+] = TypeAdapter(ServerEvent)
+
+# Error codes users can program against.
+ERR_BAD_MESSAGE = "bad_message"
+ERR_BAD_AUDIO = "bad_audio"
+ERR_FRAME_TOO_LARGE = "frame_too_large"
+ERR_NOT_STARTED = "session_not_started"
+ERR_RATE_LIMITED = "rate_limited"
+ERR_CAPACITY = "capacity_exceeded"
+ERR_UPSTREAM = "upstream_unavailable"
+ERR_TRANSLATION_FAILED = "translation_failed"
+ERR_UNSUPPORTED_LANGUAGE = "unsupported_language"
+ERR_INTERNAL = "internal_error"
+
+
+# ---------------------------------------------------------------- internal: gateway <-> audio
+# WebSocket ws://<audio>/v1/audio, one per session. Binary frames: PCM s16le mono 16 kHz.
+
+
+class AudioStart(_Msg):
+    type: Literal["start"]
+    sessionId: str
+    language: str = "en"
+    diarization: bool = False
+    maxSpeakers: int = Field(4, ge=1, le=32)
+    # Session seconds already transcribed before this stream (a resumed session): segment times
+    # the audio service reports are offset by it, so they stay in session time.
+    timeOffset: float = Field(0.0, ge=0)
+
+
+class AudioFlush(_Msg):
+    """Finalise everything buffered (end of session); the service answers ``flushed``."""
+
+    type: Literal["flush"]
+
+
+AudioClientMessage = Annotated[AudioStart | AudioFlush, Field(discriminator="type")]
+audio_client_adapter: TypeAdapter[AudioStart | AudioFlush] = TypeAdapter(AudioClientMessage)
+
+
+class AudioReady(_Event):
+    type: Literal["ready"] = "ready"
+    device: str
+    model: str
+
+
+class AudioPartial(_Event):
+    type: Literal["partial"] = "partial"
+    text: str
+    start: float
+    end: float
+
+
+class AudioFinal(_Event):
+    type: Literal["final"] = "final"
+    text: str
+    start: float
+    end: float
+    speaker: str | None = None
+
+
+class AudioError(_Event):
+    type: Literal["error"] = "error"
+    code: str
+    message: str
+
+
+class AudioFlushed(_Event):
+    type: Literal["flushed"] = "flushed"
+
+
+AudioServerEvent = Annotated[
+    AudioReady | AudioPartial | AudioFinal | AudioError | AudioFlushed,
+    Field(discriminator="type"),
+]
+audio_server_adapter: TypeAdapter[
+    AudioReady | AudioPartial | AudioFinal | AudioError | AudioFlushed
+] = TypeAdapter(AudioServerEvent)
+
+
+# ---------------------------------------------------------------- internal: gateway -> translation
+# POST http://<translation>/v1/translate with TranslateRequest; the response is NDJSON, one
+# TranslateResult line per target language as soon as it is ready. The service keeps no session
+# state: the gateway sends the context (it owns session state, in Redis when replicated).
+
+
+class ContextSegment(_Msg):
+    source: str
+    translations: dict[str, str] = Field(default_factory=dict)
+
+
+class TranslateRequest(_Msg):
+    sessionId: str
+    segmentId: int
+    text: str = Field(..., max_length=4000)
+    sourceLanguage: str = Field("en", pattern=SOURCE_LANGUAGE_PATTERN)
+    targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] = Field(
+        ..., min_length=1, max_length=16)
+    context: list[ContextSegment] = Field(default_factory=list, max_length=32)
+
+
+class TranslateResult(_Event):
+    type: Literal["translation", "error"] = "translation"
+    segmentId: int
+    language: str
+    text: str = ""
+    quality: str | None = None
+    code: str | None = None  # set when type == "error"
+    message: str | None = None
+    latencySeconds: float | None = None

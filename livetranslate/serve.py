@@ -1,0 +1,54 @@
+"""``livetranslate serve audio|translate|gateway``: run one workload as its container does.
+
+Each workload package exposes ``create_app()`` (settings read from the environment, models loaded
+once in the app's lifespan). Uvicorn runs with the sans-I/O websockets implementation where it
+exists: measured here at about half the memory per idle connection of the legacy one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+
+from livetranslate.config import SERVICE_PORT
+from livetranslate.logs import configure_logging
+
+APPS = {
+    "audio": "livetranslate.workloads.audio.app",
+    "translate": "livetranslate.workloads.translate.app",
+    "gateway": "livetranslate.workloads.gateway.app",
+}
+
+
+def _ws_impl() -> str:
+    try:
+        importlib.import_module("uvicorn.protocols.websockets.websockets_sansio_impl")
+        return "websockets-sansio"
+    except ImportError:
+        return "websockets"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="livetranslate serve", description=__doc__)
+    parser.add_argument("workload", choices=sorted(APPS))
+    parser.add_argument("--host", default=os.environ.get("LT_HOST", "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("LT_PORT", SERVICE_PORT)))
+    parser.add_argument("--log-level", default=os.environ.get("LT_LOG_LEVEL", "info"))
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    configure_logging(args.log_level, component=args.workload)
+    module = importlib.import_module(APPS[args.workload])
+    uvicorn.run(
+        module.create_app(),
+        host=args.host,
+        port=args.port,
+        ws=_ws_impl(),
+        ws_max_size=2 * 1024 * 1024,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=20,
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""livetranslate/testing"""

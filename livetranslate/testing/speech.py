@@ -1,0 +1,129 @@
+"""Real speech for tests and benchmarks: espeak-ng voices through sox, and word error rate.
+
+Shared by the audio, gateway and end-to-end tests and by the benchmarks, so every figure is
+measured on audio made the same way. Needs the Debian packages espeak-ng and sox.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tempfile
+import wave
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+# Sentences with ordinary vocabulary: what a meeting sounds like, and what tiny.en gets mostly right.
+SENTENCES = (
+    "The meeting will start in five minutes.",
+    "Please open the quarterly report on your screen.",
+    "We need to finish the project before the end of the month.",
+    "The weather today is cold and rainy.",
+    "Thank you all for coming to the town hall this evening.",
+    "Our new office is next to the train station.",
+    "I would like to ask a question about the budget.",
+    "The children are playing in the park with their dog.",
+)
+
+
+@dataclass(frozen=True)
+class Utterance:
+    text: str
+    voice: str = "en-us"
+    pause_after: float = 0.8  # seconds of silence after the utterance
+
+
+def require_tools() -> None:
+    missing = [t for t in ("espeak-ng", "sox") if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"missing {', '.join(missing)}: apt-get install espeak-ng sox")
+
+
+def speak(text: str, voice: str = "en-us", rate_wpm: int = 160) -> np.ndarray:
+    """One utterance as float32 mono samples at 16 kHz."""
+    require_tools()
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.wav"
+        out = Path(tmp) / "out.wav"
+        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate_wpm), "-w", str(raw), text],
+                       check=True, capture_output=True)
+        subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
+                       check=True, capture_output=True)
+        return read_wav(out)[0]
+
+
+def compose(utterances: Sequence[Utterance], lead_silence: float = 0.5) -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
+    """Utterances joined by pauses. Returns samples and (start, end, text, voice) per utterance."""
+    parts = [np.zeros(int(lead_silence * SAMPLE_RATE), dtype=np.float32)]
+    spans: list[tuple[float, float, str, str]] = []
+    t = lead_silence
+    for u in utterances:
+        samples = speak(u.text, u.voice)
+        spans.append((t, t + len(samples) / SAMPLE_RATE, u.text, u.voice))
+        parts.append(samples)
+        parts.append(np.zeros(int(u.pause_after * SAMPLE_RATE), dtype=np.float32))
+        t += len(samples) / SAMPLE_RATE + u.pause_after
+    return np.concatenate(parts), spans
+
+
+def add_noise(samples: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
+    """White noise at the given signal-to-noise ratio (over the whole signal's power)."""
+    rng = np.random.default_rng(seed)
+    power = float(np.mean(samples.astype(np.float64) ** 2)) or 1e-9
+    noise = rng.normal(0.0, np.sqrt(power / 10 ** (snr_db / 10)), size=samples.shape)
+    return np.clip(samples + noise, -1.0, 1.0).astype(np.float32)
+
+
+def write_wav(path: str | Path, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Path:
+    path = Path(path)
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.tobytes())
+    return path
+
+
+def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+    """Mono float32 samples and the file's sample rate (16-bit PCM WAV)."""
+    with wave.open(str(path), "rb") as w:
+        if w.getsampwidth() != 2:
+            raise ValueError(f"{path}: only 16-bit PCM WAV is supported")
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+        if w.getnchannels() > 1:
+            frames = frames.reshape(-1, w.getnchannels()).mean(axis=1).astype("<i2")
+        return (frames.astype(np.float32) / 32768.0), w.getframerate()
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+_NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
+            "6": "six", "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
+
+
+def normalize(text: str) -> list[str]:
+    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
+    return [_NUMBERS.get(w, w) for w in words]
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Levenshtein distance over normalised words, divided by the reference length."""
+    ref, hyp = normalize(reference), normalize(hypothesis)
+    if not ref:
+        return 0.0 if not hyp else 1.0
+    prev = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        cur = [i] + [0] * len(hyp)
+        for j, h in enumerate(hyp, 1):
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
+        prev = cur
+    return prev[-1] / len(ref)

