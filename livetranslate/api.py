@@ -141,6 +141,10 @@ class GatewaySpec(_Model):
     replicas: ReplicaRange = _replicas(1, 4)
     maxSessionsPerReplica: int = Field(500, ge=1, le=100_000)
     authSecretRef: SecretRef | None = None
+    redisUrl: str | None = Field(
+        None, max_length=2048,
+        description="Redis holding session state, so sessions resume on any replica (REDIS_URL)",
+    )
     allowedOrigins: list[str] = Field(
         default_factory=list, max_length=64,
         description="Origins allowed to open the WebSocket from a browser; empty = same origin only",

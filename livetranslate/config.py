@@ -25,6 +25,13 @@ DEFAULT_CONFIG_PATH = f"{CONFIG_MOUNT_DIR}/{CONFIG_KEY}"
 
 # Every workload container listens on this port for HTTP, WebSocket and /metrics.
 SERVICE_PORT = 8080
+# The vLLM engine container of a translation pod listens on loopback only; the translation
+# service in the same pod is its only client.
+VLLM_PORT = 8000
+VLLM_LOCAL_URL = f"http://127.0.0.1:{VLLM_PORT}"
+# Where the gateway finds the Secret named by spec.gateway.authSecretRef: every value of the
+# Secret (one file per key) is an accepted bearer token.
+AUTH_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/auth"
 
 ResolvedBackend = Literal["vllm", "openai", "apertium"]
 
