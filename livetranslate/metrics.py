@@ -18,6 +18,14 @@ QUEUE_DEPTH = "livetranslate_queue_depth"
 SESSIONS_ACTIVE = "livetranslate_sessions_active"
 RECONCILE_SECONDS = "livetranslate_reconcile_seconds"
 SCALING_DECISIONS = "livetranslate_scaling_decisions_total"
+# Operator-side state per pipeline stage, for the alert rules and dashboards (labels namespace,
+# pipeline[, stage]; "namespace" is the pipeline's, so the chart scrapes the operator with
+# honorLabels). The operator sets them on every reconcile/autoscaler tick.
+STAGE_REPLICAS = "livetranslate_stage_replicas"
+STAGE_READY_REPLICAS = "livetranslate_stage_ready_replicas"
+STAGE_MAX_REPLICAS = "livetranslate_stage_max_replicas"
+# 1 while the autoscaler acts, 0 while it is held (condition ScalingActive=False, e.g. no metrics).
+SCALING_ACTIVE = "livetranslate_scaling_active"
 
 # Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
 EXTERNAL_METRICS = (
@@ -72,3 +80,19 @@ def scaling_decisions(registry: CollectorRegistry) -> Counter:
     # prometheus_client appends _total to counters itself.
     return Counter(SCALING_DECISIONS.removesuffix("_total"), "Scaling decisions the operator acted on",
                    ["pipeline", "stage", "direction", "reason"], registry=registry)
+
+
+def stage_replicas(registry: CollectorRegistry) -> tuple[Gauge, Gauge, Gauge]:
+    """Desired, ready and maximum replicas per stage: the alerts "no ready replicas" and
+    "pinned at max" and the dashboard's replica panel read them."""
+    labels = ["namespace", "pipeline", "stage"]
+    return (
+        Gauge(STAGE_REPLICAS, "Replicas the operator set for a stage", labels, registry=registry),
+        Gauge(STAGE_READY_REPLICAS, "Ready replicas of a stage", labels, registry=registry),
+        Gauge(STAGE_MAX_REPLICAS, "spec.<stage>.replicas.max of a stage", labels, registry=registry),
+    )
+
+
+def scaling_active(registry: CollectorRegistry) -> Gauge:
+    return Gauge(SCALING_ACTIVE, "1 while the autoscaler acts on a pipeline, 0 while it is held "
+                 "(condition ScalingActive=False)", ["namespace", "pipeline"], registry=registry)
