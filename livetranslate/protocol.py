@@ -42,6 +42,9 @@ class SessionStart(_Msg):
     targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] | None = Field(
         None, max_length=16)
     sessionId: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    # Resume acknowledgement: the highest final segmentId this client received before it lost the
+    # connection. Finals after it are sent again (with their translations), none before it.
+    lastSegmentId: int | None = Field(None, ge=-1)
 
 
 class SessionEnd(_Msg):
@@ -78,6 +81,7 @@ class TranscriptFinal(_Event):
     start: float
     end: float
     speaker: str | None = None
+    latency: float | None = None  # gateway-measured seconds from the end of speech to this event
 
 
 class TranslationEvent(_Event):
@@ -86,6 +90,7 @@ class TranslationEvent(_Event):
     language: str
     text: str
     quality: str | None = None  # "ok", or what the quality checks caught ("retried", "fallback", ...)
+    latency: float | None = None  # gateway-measured seconds from the final transcript to this event
 
 
 class ErrorEvent(_Event):
