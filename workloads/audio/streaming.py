@@ -1,0 +1,344 @@
+"""The streaming policy of one session: VAD-gated rolling buffer, partials, LocalAgreement finals.
+
+Pure logic, no I/O and no threads, so every rule is tested without a model. The connection feeds
+PCM in, asks for the next decode request, has the shared scheduler run it, and applies the
+hypothesis, which yields partial and final events:
+
+- VAD (silero) opens an utterance at the first voiced frame and closes it after
+  ``min_silence_seconds`` of silence; nothing is decoded while nobody speaks, which is both the
+  cheapest and the most effective guard against Whisper hallucinating on silence.
+- While someone speaks, the buffer (the utterance so far) is re-decoded every ``step_seconds`` of
+  new audio. Words that two consecutive hypotheses agree on (LocalAgreement-2) are committed and
+  sent as a final; the rest is the partial. At the end of the utterance everything left is final.
+- A final is never revised: committed words are cut out of later hypotheses by time and by
+  n-gram overlap, and the buffer is trimmed at a committed word once it grows long.
+- Times are stream seconds inside this class; events carry session seconds (``time_offset`` +
+  stream time) so a resumed session continues its clock.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from livetranslate.workloads.audio.engines import Hypothesis, Word
+from livetranslate.workloads.audio.settings import StreamingSettings
+from livetranslate.workloads.audio.vad import FRAME_SECONDS, VadStream
+
+SAMPLE_RATE = 16000
+# Trailing unvoiced sounds (a final "s" or "t") sit after the last frame VAD calls voiced.
+TAIL_PAD_SECONDS = 0.2
+# Shortest voiced audio worth a decoder pass.
+MIN_DECODE_SECONDS = 0.3
+
+# Whisper's well-known inventions on silence, music and noise. A match on a whole utterance is
+# dropped when the decoder itself was unsure; phrases that never occur in live speech always are.
+_HALLUCINATED_PHRASES = {
+    "thank you", "thank you very much", "thanks for watching", "thank you for watching",
+    "thanks for listening", "you", "bye", "bye bye", "okay", "oh", "so", "hmm", "uh", "um",
+    "please subscribe", "like and subscribe",
+}
+_NEVER_LIVE = ("subtitles by", "amara org", "transcribed by", "translated by", "captions by",
+               "www ", "copyright", "subscribe to my channel")
+_PUNCT_END = (".", "?", "!", ",", ";", ":")
+
+
+def norm_word(text: str) -> str:
+    return re.sub(r"[^a-z0-9']+", "", text.lower())
+
+
+def norm_text(text: str) -> str:
+    return " ".join(w for w in (norm_word(t) for t in text.split()) if w)
+
+
+def is_hallucination(hyp: Hypothesis, voiced_seconds: float) -> bool:
+    """True when a hypothesis looks invented rather than heard."""
+    text = norm_text(hyp.text or " ".join(w.text for w in hyp.words))
+    if not text:
+        return False
+    if hyp.compression_ratio > 2.4:  # the same words over and over
+        return True
+    if hyp.no_speech_prob > 0.6 and hyp.avg_logprob < -1.0:
+        return True
+    padded = f" {text} "
+    if any(f" {p}" in padded for p in _NEVER_LIVE):
+        return True
+    if text in _HALLUCINATED_PHRASES:
+        return hyp.no_speech_prob > 0.2 or hyp.avg_logprob < -0.6 or voiced_seconds < 0.5
+    return False
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    audio: np.ndarray
+    start: float  # stream seconds of audio[0]
+    end: float
+    final: bool  # commit everything (end of utterance, end of stream, or a full buffer)
+    prompt: str | None
+    utterance_start: float  # stream seconds where the current utterance began
+
+
+@dataclass(frozen=True)
+class PartialOut:
+    text: str
+    start: float  # session seconds
+    end: float
+
+
+@dataclass(frozen=True)
+class FinalOut:
+    text: str
+    start: float  # session seconds
+    end: float
+    stream_start: float  # stream seconds, for slicing the request audio (diarization)
+    stream_end: float
+
+
+class AudioBuffer:
+    """A growable float32 buffer addressed by stream time; trimming from the front is O(1)."""
+
+    def __init__(self) -> None:
+        self._data = np.zeros(SAMPLE_RATE * 4, dtype=np.float32)
+        self._head = 0  # index of the first kept sample
+        self._tail = 0  # index after the last sample
+        self.start = 0.0  # stream seconds of the first kept sample
+
+    @property
+    def end(self) -> float:
+        return self.start + (self._tail - self._head) / SAMPLE_RATE
+
+    def append(self, samples: np.ndarray) -> None:
+        n = len(samples)
+        if self._tail + n > len(self._data):
+            kept = self._tail - self._head
+            size = len(self._data)
+            while kept + n > size // 2:
+                size *= 2
+            fresh = np.zeros(size, dtype=np.float32)
+            fresh[:kept] = self._data[self._head:self._tail]
+            self._data, self._head, self._tail = fresh, 0, kept
+        self._data[self._tail:self._tail + n] = samples
+        self._tail += n
+
+    def trim_to(self, t: float) -> None:
+        """Drop audio before stream time ``t``."""
+        drop = round((t - self.start) * SAMPLE_RATE)
+        drop = max(0, min(drop, self._tail - self._head))
+        self._head += drop
+        self.start += drop / SAMPLE_RATE
+
+    def slice(self, t0: float, t1: float) -> np.ndarray:
+        a = self._head + max(0, round((t0 - self.start) * SAMPLE_RATE))
+        b = self._head + max(0, round((t1 - self.start) * SAMPLE_RATE))
+        return self._data[a:min(b, self._tail)].copy()
+
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
+
+
+class StreamSession:
+    """Streaming state of one session; not thread-safe (the connection serialises calls)."""
+
+    def __init__(self, settings: StreamingSettings, vad: VadStream, time_offset: float = 0.0,
+                 use_vad: bool = True) -> None:
+        self.settings = settings
+        self.time_offset = time_offset
+        self._vad = vad
+        self._use_vad = use_vad
+        self.buffer = AudioBuffer()
+        self.received = 0.0  # stream seconds received
+        self._vad_time = 0.0  # stream seconds the VAD has looked at
+        self.in_speech = not use_vad
+        self._speech_start = 0.0
+        self._voice_end = 0.0
+        self.last_voice_at = 0.0  # stream seconds of the last voiced frame (silence timeout)
+        self._utterance_ends: deque[float] = deque()
+        self._committed_end = 0.0
+        self._committed_tail: list[str] = []  # normalised words, for overlap removal
+        self._prompt_words: list[str] = []  # committed words of this utterance cut from the buffer
+        self._prev: list[Word] = []  # previous hypothesis past the committed point (stream times)
+        self._utterance_words: list[Word] = []  # committed words still inside the buffer
+        self._last_request_end = 0.0
+        self._last_partial = ""
+        self.in_flight = False
+        self.flushing = False
+        self.decoded_seconds = 0.0  # audio covered by decoder passes, for the real-time factor
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, samples: np.ndarray) -> None:
+        self.buffer.append(samples)
+        self.received += len(samples) / SAMPLE_RATE
+        if not self._use_vad:
+            self.last_voice_at = self.received
+            return
+        s = self.settings
+        for prob in self._vad.feed(samples):
+            frame_start = self._vad_time
+            self._vad_time += FRAME_SECONDS
+            if prob >= s.vad_threshold:
+                if not self.in_speech:
+                    self.in_speech = True
+                    self._speech_start = frame_start
+                    self._prev = []
+                self._voice_end = self._vad_time
+                self.last_voice_at = self._vad_time
+            elif self.in_speech and prob < s.vad_neg_threshold and \
+                    self._vad_time - self._voice_end >= s.min_silence_seconds:
+                self.in_speech = False
+                self._utterance_ends.append(min(self._voice_end + TAIL_PAD_SECONDS, self._vad_time))
+        if not self.in_speech and not self._utterance_ends and not self.in_flight:
+            # Nobody speaks and nothing is pending: keep only the pre-roll.
+            keep_from = max(self._committed_end, self.received - s.preroll_seconds)
+            if keep_from > self.buffer.start:
+                self.buffer.trim_to(keep_from)
+
+    def flush(self) -> None:
+        """End of stream: whatever is being said is an utterance that ends now."""
+        self.flushing = True
+        if self.in_speech:
+            self.in_speech = False
+            self._utterance_ends.append(self.received)
+
+    @property
+    def backlog(self) -> float:
+        """Seconds of voiced audio received but not yet covered by a decoder pass."""
+        if not self.in_speech and not self._utterance_ends:
+            return 0.0
+        return max(0.0, self.received - max(self._last_request_end, self.buffer.start))
+
+    @property
+    def flushed(self) -> bool:
+        return self.flushing and not self._utterance_ends and not self.in_flight
+
+    # ------------------------------------------------------------------ decoding
+
+    def next_request(self) -> DecodeRequest | None:
+        """The decoder pass this session needs now, if any (at most one in flight)."""
+        if self.in_flight:
+            return None
+        s = self.settings
+        start = self.buffer.start
+        if self._utterance_ends:
+            end = self._utterance_ends[0]
+            if end - max(start, self._committed_end) < 0.1:  # nothing left to hear
+                self._utterance_ends.popleft()
+                self._finish_utterance(end)
+                return self.next_request()
+            return self._request(start, end, final=True)
+        if not self.in_speech:
+            return None
+        end = self.received
+        voiced_from = max(start, self._speech_start if self._use_vad else start)
+        if end - voiced_from < MIN_DECODE_SECONDS or end - self._last_request_end < s.step_seconds:
+            return None
+        return self._request(start, end, final=end - start >= s.max_buffer_seconds)
+
+    def _request(self, start: float, end: float, final: bool) -> DecodeRequest:
+        self.in_flight = True
+        self._last_request_end = end
+        prompt = " ".join(self._prompt_words[-40:]) or None
+        return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
+                             utterance_start=max(start, self._speech_start))
+
+    def apply(self, req: DecodeRequest, hyp: Hypothesis) -> list[PartialOut | FinalOut]:
+        """Turn a hypothesis of ``req`` into events; marks the session free for the next pass."""
+        self.in_flight = False
+        self.decoded_seconds += req.end - req.start
+        voiced = req.end - max(req.start, req.utterance_start)
+        words = [] if is_hallucination(hyp, voiced) else [
+            Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability)
+            for w in hyp.words]
+        fresh = self._drop_committed(words)
+        out: list[PartialOut | FinalOut] = []
+        if req.final:
+            final = self._commit(fresh)
+            if final:
+                out.append(final)
+            self._prev = []
+            end_of_utterance = bool(self._utterance_ends) and self._utterance_ends[0] == req.end
+            if end_of_utterance:
+                self._utterance_ends.popleft()
+                self._finish_utterance(req.end)
+            else:  # a full buffer: keep listening to the same utterance with context
+                self._committed_end = max(self._committed_end, req.end)
+                self._prompt_words += self._utterance_committed_words(req.end)
+                self.buffer.trim_to(req.end)
+            if self._last_partial:
+                self._last_partial = ""
+                out.append(PartialOut("", self._session(req.end), self._session(req.end)))
+            return out
+        agreed = self._agreement(self._prev, fresh)
+        pending = fresh
+        if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(_PUNCT_END)):
+            final = self._commit(agreed)
+            if final:
+                out.append(final)
+            pending = fresh[len(agreed):]
+        self._prev = pending
+        text = " ".join(w.text for w in pending)
+        if text != self._last_partial:
+            self._last_partial = text
+            if pending:
+                out.append(PartialOut(text, self._session(pending[0].start), self._session(pending[-1].end)))
+            else:
+                out.append(PartialOut("", self._session(req.end), self._session(req.end)))
+        if req.end - self.buffer.start > self.settings.trim_seconds and self._committed_end > self.buffer.start:
+            cut = self._committed_end
+            self._prompt_words += self._utterance_committed_words(cut)
+            self.buffer.trim_to(cut)
+        return out
+
+    # ------------------------------------------------------------------ helpers
+
+    def _session(self, t: float) -> float:
+        return round(self.time_offset + t, 3)
+
+    def _finish_utterance(self, end: float) -> None:
+        self._committed_end = max(self._committed_end, end)
+        self._committed_tail = []
+        self._prompt_words = []
+        self._utterance_words = []
+        self._prev = []
+        if self.buffer.start < end:
+            self.buffer.trim_to(end)
+
+    def _utterance_committed_words(self, cut: float) -> list[str]:
+        """Committed words of this utterance before ``cut`` not yet in the prompt."""
+        words = [w.text for w in self._utterance_words if w.end <= cut + 1e-6]
+        self._utterance_words = [w for w in self._utterance_words if w.end > cut + 1e-6]
+        return words
+
+    def _drop_committed(self, words: list[Word]) -> list[Word]:
+        """Words of a hypothesis past the committed point, without re-heard committed words."""
+        fresh = [w for w in words if (w.start + w.end) / 2 > self._committed_end]
+        if fresh and self._committed_tail and fresh[0].start - self._committed_end < 1.0:
+            tail = self._committed_tail
+            for n in range(min(5, len(tail), len(fresh)), 0, -1):
+                if tail[-n:] == [norm_word(w.text) for w in fresh[:n]]:
+                    fresh = fresh[n:]
+                    break
+        return fresh
+
+    @staticmethod
+    def _agreement(prev: list[Word], cur: list[Word]) -> list[Word]:
+        agreed: list[Word] = []
+        for a, b in zip(prev, cur, strict=False):
+            if norm_word(a.text) != norm_word(b.text) or not norm_word(b.text):
+                break
+            agreed.append(b)
+        return agreed
+
+    def _commit(self, words: list[Word]) -> FinalOut | None:
+        words = [w for w in words if w.text.strip()]
+        if not words:
+            return None
+        self._committed_end = max(self._committed_end, words[-1].end)
+        self._committed_tail = (self._committed_tail + [norm_word(w.text) for w in words])[-10:]
+        self._utterance_words = [*self._utterance_words, *words]
+        text = " ".join(w.text for w in words).strip()
+        start = max(words[0].start, 0.0)
+        end = max(words[-1].end, start)
+        return FinalOut(text, self._session(start), self._session(end), start, end)
