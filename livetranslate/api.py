@@ -261,11 +261,14 @@ class StageStatus(BaseModel):
 class AudioStatus(StageStatus):
     device: Device | None = None
     model: str | None = None
+    # Why the operator placed audio on this device (shown by kubectl describe and in Events).
+    reason: str | None = None
 
 
 class TranslationStatus(StageStatus):
     model: str | None = None
     backend: Literal["vllm", "openai", "apertium"] | None = None
+    reason: str | None = None
 
 
 class GatewayStatus(StageStatus):
@@ -292,6 +295,8 @@ class TranslationPipelineStatus(BaseModel):
     translation: TranslationStatus = Field(default_factory=TranslationStatus)
     gateway: GatewayStatus = Field(default_factory=GatewayStatus)
     lastScalingDecision: ScalingDecisionRecord | None = None
+    # "2/3": stages whose Deployment has all its replicas ready (a kubectl get printer column).
+    readyStages: str | None = None
 
 
 def parse_spec(spec: dict[str, Any] | None) -> TranslationPipelineSpec:
