@@ -1,0 +1,103 @@
+"""The public /v1/stream protocol end to end through a real gateway and protocol stand-ins."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import numpy as np
+
+from tests.gateway.conftest import Client, Stack, block_audio
+
+
+async def test_session_finals_translations_and_end(stack: Stack) -> None:
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "sampleRate": 16000})
+        started = await c.recv()
+        assert started["type"] == "session.started" and started["targetLanguages"] == ["es", "fr"]
+        await c.send_audio(block_audio([1, 2, 0, 3]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+
+    finals = c.of("transcript.final")
+    assert [(f["segmentId"], f["text"]) for f in finals] == [(0, "block 1"), (1, "block 2"), (2, "block 3")]
+    assert [(f["start"], f["end"]) for f in finals] == [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0)]
+    assert all(f["latency"] >= 0 for f in finals)
+    translations = {(t["segmentId"], t["language"]): t["text"] for t in c.of("translation")}
+    assert translations == {(i, lang): f"{lang}:block {k}" for i, k in enumerate([1, 2, 3])
+                            for lang in ("es", "fr")}
+    assert len(c.of("translation")) == 6
+    # A partial names the segment the next final will carry.
+    assert all(p["segmentId"] in (0, 1, 2, 3) for p in c.of("transcript.partial"))
+    # Every final is sent before its translations.
+    order = [(e["type"], e.get("segmentId")) for e in c.events]
+    for f in finals:
+        assert order.index(("transcript.final", f["segmentId"])) < order.index(("translation", f["segmentId"]))
+
+
+async def test_translation_requests_carry_context(stack: Stack) -> None:
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1, 2, 3, 4, 5]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    reqs = sorted(stack.translation.requests, key=lambda r: r.segmentId)
+    assert [r.segmentId for r in reqs] == [0, 1, 2, 3, 4]
+    assert reqs[0].context == []
+    # contextSegments defaults to 3: the three finals before, each with its translation.
+    last = reqs[4].context
+    assert [c.source for c in last] == ["block 2", "block 3", "block 4"]
+    assert [c.translations for c in last] == [{"es": f"es:block {k}"} for k in (2, 3, 4)]
+    assert all(r.targetLanguages == ["es"] for r in reqs)
+
+
+async def test_any_rate_resampled_and_stereo_downmixed(stack: Stack) -> None:
+    rate = 44100
+    t = np.arange(rate * 3) / rate
+    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    stereo = np.stack([tone, tone], axis=1).astype("<f4").tobytes()
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "sampleRate": rate, "encoding": "pcm_f32le",
+                           "channels": 2})
+        await c.recv()
+        # Odd chunk sizes split samples and channels: the gateway must carry the remainders.
+        await c.send_audio(stereo, chunk=4099)
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert abs(stack.audio.received_seconds - 3.0) < 0.01
+
+
+async def test_health_ready_metrics_and_page(stack: Stack) -> None:
+    base = stack.gateways[0].url
+    async with httpx.AsyncClient(base_url=base) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        async with Client(stack.ws_url) as c:
+            await c.send_json({"type": "session.start"})
+            await c.recv()
+            await c.send_audio(block_audio([2]))
+            await c.until(lambda e: e["type"] == "translation")
+            text = (await http.get("/metrics")).text
+            assert 'livetranslate_sessions_active{pipeline="local"} 1.0' in text
+            await c.send_json({"type": "session.end"})
+            await c.until(lambda e: e["type"] == "session.ended")
+        text = (await http.get("/metrics")).text
+        assert 'livetranslate_caption_latency_seconds_count{pipeline="local"} 1.0' in text
+        assert 'livetranslate_translation_latency_seconds_count{pipeline="local"} 2.0' in text
+        assert 'livetranslate_queue_depth{pipeline="local",stage="gateway_send"}' in text
+        page = await http.get("/", headers={"x-forwarded-prefix": "/town-hall"})
+        assert '<base href="/town-hall/">' in page.text
+        assert (await http.get("/static/captions.js")).status_code == 200
+        assert (await http.get("/static/pcm-worklet.js")).status_code == 200
+
+
+async def test_readyz_reports_a_dead_upstream(stack: Stack) -> None:
+    await stack.translation_server.stop(force=True)
+    async with httpx.AsyncClient(base_url=stack.gateways[0].url) as http:
+        await asyncio.sleep(2.1)  # past the readiness cache
+        r = await http.get("/readyz")
+    assert r.status_code == 503
+    assert json.loads(r.text)["checks"]["translation"].startswith("unreachable")

@@ -1,0 +1,98 @@
+"""The gateway service: ``/v1/stream`` (API.md section 2), the captions page, health and metrics."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from livetranslate.workloads.gateway.auth import bearer_token, origin_allowed
+from livetranslate.workloads.gateway.connection import Connection
+from livetranslate.workloads.gateway.service import Gateway
+from livetranslate.workloads.gateway.settings import GatewayConfig, load_config
+
+log = logging.getLogger(__name__)
+
+STATIC = resources.files("livetranslate.workloads.gateway") / "static"
+
+
+def create_app(config: GatewayConfig | None = None) -> FastAPI:
+    cfg = config or load_config()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = Gateway(cfg)
+        app.state.gateway = gw
+        log.info("gateway ready", extra={"fields": {
+            "pipeline": cfg.pipeline, "audio": cfg.audio_url, "translation": cfg.translation_url,
+            "sessionStore": "redis" if cfg.redis_url else "memory", "auth": gw.auth.enabled,
+            "maxSessions": cfg.max_sessions}})
+        try:
+            yield
+        finally:
+            await gw.close()
+
+    app = FastAPI(title="LiveTranslate gateway", lifespan=lifespan, root_path=cfg.settings.root_path,
+                  docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
+    index_html = (STATIC / "index.html").read_text()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(request: Request) -> JSONResponse:
+        ok, checks = await request.app.state.gateway.readiness()
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(request.app.state.gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def index(request: Request) -> HTMLResponse:
+        # Behind a proxy that strips a path prefix, relative URLs resolve against this base, so
+        # the page, its scripts and its WebSocket all stay under the prefix.
+        prefix = request.headers.get("x-forwarded-prefix") or request.scope.get("root_path") or ""
+        base = prefix.rstrip("/") + "/"
+        return HTMLResponse(index_html.replace("<!--BASE-->", f'<base href="{_attr(base)}">'),
+                            headers={"cache-control": "no-cache"})
+
+    @app.websocket("/v1/stream")
+    async def stream(ws: WebSocket) -> None:
+        gw: Gateway = ws.app.state.gateway
+        token = bearer_token(ws.headers.get("authorization"), ws.query_params.get("token"))
+        if not gw.auth.check(token):
+            log.info("refused: bad or missing token", extra={"fields": {"client": _client(ws)}})
+            await _deny(ws, 401, "a valid bearer token is required")
+            return
+        if not origin_allowed(ws.headers.get("origin"), ws.headers.get("host"), cfg.allowed_origins):
+            log.info("refused: origin not allowed", extra={"fields": {"origin": ws.headers.get("origin")}})
+            await _deny(ws, 403, "origin not allowed")
+            return
+        await Connection(ws, gw).run()
+
+    return app
+
+
+async def _deny(ws: WebSocket, status: int, message: str) -> None:
+    """Refuse before accept: an HTTP status where the server can send one, else close 1008."""
+    try:
+        await ws.send_denial_response(JSONResponse({"error": message}, status_code=status))
+    except RuntimeError:
+        await ws.close(code=1008, reason=message)
+
+
+def _client(ws: WebSocket) -> str:
+    return f"{ws.client.host}:{ws.client.port}" if ws.client else "?"
+
+
+def _attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")

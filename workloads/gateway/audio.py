@@ -1,0 +1,56 @@
+"""Client audio in any announced format -> PCM s16le mono 16 kHz, the audio service's only format.
+
+One ``AudioConverter`` per session: soxr's streaming resampler keeps filter state across chunks, so
+a 44.1 kHz microphone split into arbitrary frames resamples exactly as the whole signal would, and
+a frame that ends mid-sample (any chunk size is allowed) keeps its tail for the next one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import soxr
+
+from livetranslate.protocol import MODEL_SAMPLE_RATE
+
+_SAMPLE_WIDTH = {"pcm_s16le": 2, "pcm_f32le": 4}
+
+
+class AudioConverter:
+    def __init__(self, sample_rate: int, encoding: str, channels: int) -> None:
+        self.sample_rate = sample_rate
+        self.encoding = encoding
+        self.channels = channels
+        self.frame_bytes = _SAMPLE_WIDTH[encoding] * channels
+        self._tail = b""
+        self._resampler = (soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1, dtype="float32",
+                                               quality="HQ")
+                           if sample_rate != MODEL_SAMPLE_RATE else None)
+
+    @property
+    def bytes_per_second(self) -> int:
+        return self.sample_rate * self.frame_bytes
+
+    def convert(self, data: bytes, last: bool = False) -> bytes:
+        """Converted PCM16 for ``data``; ``last`` drains the resampler at the end of the stream."""
+        buf = self._tail + data
+        usable = len(buf) - len(buf) % self.frame_bytes
+        self._tail = buf[usable:]
+        body = buf[:usable]
+        if self.encoding == "pcm_s16le":
+            samples = np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
+        else:
+            samples = np.frombuffer(body, dtype="<f4").astype(np.float32)
+            samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+        if self.channels > 1:
+            samples = samples.reshape(-1, self.channels).mean(axis=1)
+        if self._resampler is not None:
+            samples = self._resampler.resample_chunk(samples, last=last)
+        return to_pcm16(samples)
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    return (np.clip(samples, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def pcm16_seconds(nbytes: int) -> float:
+    return nbytes / (2 * MODEL_SAMPLE_RATE)

@@ -1,0 +1,752 @@
+"""One client WebSocket (``Connection``) and the live session it carries (``Session``).
+
+A ``Connection`` owns the socket: accept, a receive task (validation, limits, audio conversion), a
+send task (a bounded queue where superseded partials are dropped first and finals never are) and
+cleanup. A ``Session`` owns what the connection feeds: the audio-service stream (reconnected and
+replayed from the last final when the service comes back), the translation worker (one final at a
+time, so each request carries the translations of the finals before it as context), and the state
+written through to the session store (see sessions.py for the resume semantics).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import WebSocket
+from pydantic import BaseModel, ValidationError
+from starlette.websockets import WebSocketDisconnect, WebSocketState
+
+from livetranslate.logs import bind_log_context
+from livetranslate.protocol import (
+    ERR_BAD_AUDIO,
+    ERR_BAD_MESSAGE,
+    ERR_CAPACITY,
+    ERR_FRAME_TOO_LARGE,
+    ERR_INTERNAL,
+    ERR_NOT_STARTED,
+    ERR_RATE_LIMITED,
+    ERR_TRANSLATION_FAILED,
+    ERR_UNSUPPORTED_LANGUAGE,
+    ERR_UPSTREAM,
+    AudioError,
+    AudioFinal,
+    AudioFlushed,
+    AudioPartial,
+    AudioStart,
+    ContextSegment,
+    ErrorEvent,
+    SessionEnd,
+    SessionEnded,
+    SessionStart,
+    SessionStarted,
+    TranscriptFinal,
+    TranscriptPartial,
+    TranslateRequest,
+    TranslationEvent,
+    client_message_adapter,
+)
+from livetranslate.workloads.gateway.audio import AudioConverter, pcm16_seconds
+from livetranslate.workloads.gateway.service import Gateway
+from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, SegmentRecord, SessionState
+from livetranslate.workloads.gateway.upstream import AudioLink, Backoff, UpstreamRejected, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008
+CLOSE_TRY_AGAIN = 1013
+_UPSTREAM_CHUNK = 32000  # 1 s of 16 kHz PCM16 per frame to the audio service, at most
+
+OnSent = Callable[[], Awaitable[None]] | None
+
+
+class SendQueue:
+    """Events waiting for a client. Partials are superseded by newer ones; nothing else is dropped.
+
+    ``limit`` bounds what a slow client can make us hold: past it, queued partials go first; if
+    finals and translations alone still exceed ``hard_limit`` the client is declared stuck.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.hard_limit = limit * 4
+        self._items: collections.deque[tuple[str, str, OnSent]] = collections.deque()
+        self._ready = asyncio.Event()
+        self.dropped_partials = 0
+
+    @property
+    def depth(self) -> int:
+        return len(self._items)
+
+    def put(self, kind: str, text: str, on_sent: OnSent = None) -> bool:
+        """False when the client is stuck (too many events it must not lose are waiting)."""
+        if kind == "partial":
+            kept = [item for item in self._items if item[0] != "partial"]
+            self.dropped_partials += len(self._items) - len(kept)
+            self._items = collections.deque(kept)
+        self._items.append((kind, text, on_sent))
+        if len(self._items) > self.limit:
+            kept = [item for item in self._items if item[0] != "partial"]
+            self.dropped_partials += len(self._items) - len(kept)
+            self._items = collections.deque(kept)
+        self._ready.set()
+        return len(self._items) <= self.hard_limit
+
+    async def get(self) -> tuple[str, str, OnSent]:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    async def drained(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._items and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        return not self._items
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._tokens = burst
+        self._at = time.monotonic()
+
+    def take(self, amount: float) -> float:
+        """Take ``amount``; returns the seconds to wait until the bucket is back in credit."""
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        self._tokens -= amount
+        return 0.0 if self._tokens >= 0 else -self._tokens / self.rate
+
+
+class Session:
+    def __init__(self, gw: Gateway, conn: Connection, state: SessionState, owner: str) -> None:
+        self.gw = gw
+        self.conn = conn
+        self.state = state
+        self.owner = owner
+        self.sid = state.sessionId
+        # Audio since the last final's end: replayed to a new audio stream after an outage.
+        self._buf = bytearray()
+        self._buf_start = state.audioSeconds  # session seconds of _buf[0]
+        self._sent = 0  # bytes of _buf the current audio stream has been given
+        self._audio_more = asyncio.Event()
+        self._flush_requested = False
+        self._arrivals: collections.deque[tuple[float, float]] = collections.deque()
+        self._segments: dict[int, SegmentRecord] = {}
+        self._recent: collections.deque[int] = collections.deque(maxlen=max(1, gw.config.context_segments))
+        self._translate_q: asyncio.Queue[int | None] = asyncio.Queue()
+        self._final_at: dict[int, float] = {}
+        self._write_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._outage_reported = {"audio": False, "translation": False}
+        self._audio_done = asyncio.Event()
+        self.finished = False
+
+    @property
+    def audio_seconds(self) -> float:
+        return self._buf_start + pcm16_seconds(len(self._buf))
+
+    @property
+    def translate_backlog(self) -> int:
+        return self._translate_q.qsize()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def start(self, resumed: bool, last_segment_id: int | None) -> None:
+        if resumed:
+            await self._replay(last_segment_id)
+        self._tasks = [
+            asyncio.create_task(self._audio_loop(), name=f"audio-{self.sid}"),
+            asyncio.create_task(self._translate_loop(), name=f"translate-{self.sid}"),
+            asyncio.create_task(self._lease_loop(), name=f"lease-{self.sid}"),
+        ]
+
+    async def _replay(self, ack: int | None) -> None:
+        """Send what the client missed; queue translations a previous owner never finished."""
+        for rec in await self.gw.store.segments(self.sid):
+            self._segments[rec.segmentId] = rec
+            self._recent.append(rec.segmentId)
+            resend = rec.segmentId > ack if ack is not None else not rec.finalSent
+            if resend:
+                self._queue_final(rec, latency=None)
+            for lang, text in rec.translations.items():
+                if resend or lang not in rec.translationsSent:
+                    self._queue_translation(rec, lang, text, quality=None, latency=None)
+            missing = [lang for lang in self.state.targetLanguages
+                       if lang not in rec.translations and lang not in rec.translationErrors]
+            if missing:
+                self._translate_q.put_nowait(rec.segmentId)
+        # Keep only the newest segments in memory: older ones are needed neither as context nor
+        # for delivery flags any more.
+        for sid in [k for k in self._segments if k not in self._recent
+                    and k not in self._pending_ids()]:
+            del self._segments[sid]
+
+    def _pending_ids(self) -> set[int]:
+        return {i for i in self._translate_q._queue if i is not None}  # type: ignore[attr-defined]
+
+    async def finish(self, graceful_end: bool) -> None:
+        """Flush the audio stream and the translations, then end or detach the session.
+
+        Runs after a ``session.end`` and also after a dropped connection: the words spoken just
+        before a drop become finals in the log, delivered when the client resumes.
+        """
+        if self.finished:
+            return
+        self.finished = True
+        s = self.gw.settings
+        self._flush_requested = True
+        self._audio_more.set()
+        try:
+            await asyncio.wait_for(self._audio_done.wait(), s.flush_timeout)
+        except TimeoutError:
+            log.warning("audio flush timed out; the last unfinalised audio is lost",
+                        extra={"fields": {"seconds": round(pcm16_seconds(len(self._buf)), 2)}})
+        self._translate_q.put_nowait(None)
+        translate_task = self._tasks[1] if len(self._tasks) > 1 else None
+        if translate_task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(translate_task), s.translate_timeout + 5)
+            except TimeoutError:
+                log.warning("translations still pending at session end")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.state.audioSeconds = self.audio_seconds
+        try:
+            if graceful_end:
+                await self.gw.store.delete(self.sid)
+            else:
+                await self.gw.store.save(self.state)
+        finally:
+            await self.gw.store.release(self.sid, self.owner)
+
+    async def abort(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.finished = True
+        await self.gw.store.release(self.sid, self.owner)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_SECONDS / 4)
+            try:
+                await self.gw.store.refresh(self.sid, self.owner)
+            except Exception as exc:  # noqa: BLE001 - the store being briefly away is not fatal
+                log.warning("lease refresh failed", extra={"fields": {"error": str(exc)}})
+
+    # ---------------------------------------------------------------- audio
+
+    def feed(self, pcm16: bytes) -> bool:
+        """Add converted audio. False when the replay buffer overflowed (audio service away)."""
+        self._buf += pcm16
+        self._arrivals.append((self.audio_seconds, time.monotonic()))
+        limit = int(self.gw.settings.audio_buffer_seconds * 32000)
+        overflow = len(self._buf) - limit
+        if overflow > 0 and self._sent < overflow:
+            overflow -= overflow % 2
+            del self._buf[:overflow]
+            self._buf_start += pcm16_seconds(overflow)
+            self._sent = max(0, self._sent - overflow)
+            self._audio_more.set()
+            return False
+        self._audio_more.set()
+        return True
+
+    def _trim_to(self, t: float) -> None:
+        """Forget buffered audio up to session time ``t`` (a final covers it)."""
+        n = round((t - self._buf_start) * 16000) * 2
+        n = max(0, min(n, self._sent))
+        if n:
+            del self._buf[:n]
+            self._buf_start += pcm16_seconds(n)
+            self._sent -= n
+
+    def _arrival_of(self, t: float) -> float | None:
+        """Wall-clock (monotonic) time at which the sample at session time ``t`` reached us."""
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < t - 60:
+            self._arrivals.popleft()
+        for end, at in self._arrivals:
+            if end >= t - 1e-6:
+                return at
+        return self._arrivals[-1][1] if self._arrivals else None
+
+    async def _audio_loop(self) -> None:
+        gw, s = self.gw, self.gw.settings
+        backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
+        try:
+            while True:
+                if not gw.config.audio_url:
+                    self._report_outage("audio", "no audio service is configured")
+                    return
+                if not gw.audio_breaker.allow():
+                    self._report_outage("audio", "audio service unavailable (circuit open)")
+                    await asyncio.sleep(backoff.next())
+                    continue
+                start = AudioStart(type="start", sessionId=self.sid, language=self.state.sourceLanguage,
+                                   diarization=gw.config.diarization, maxSpeakers=gw.config.max_speakers,
+                                   timeOffset=round(self._buf_start, 6))
+                try:
+                    link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
+                except (UpstreamUnavailable, UpstreamRejected) as exc:
+                    gw.audio_breaker.failure()
+                    self._report_outage("audio", str(exc))
+                    await asyncio.sleep(backoff.next())
+                    continue
+                gw.audio_breaker.success()
+                backoff.reset()
+                self._recovered("audio")
+                self._sent = 0  # a new stream starts from the replay buffer
+                writer = asyncio.create_task(self._write_audio(link))
+                reader = asyncio.create_task(self._read_audio(link))
+                try:
+                    await asyncio.gather(writer, reader)
+                    return  # flushed: the session's audio is complete
+                except UpstreamUnavailable as exc:
+                    gw.audio_breaker.failure()
+                    self._report_outage("audio", str(exc))
+                    await asyncio.sleep(backoff.next())
+                finally:
+                    for t in (writer, reader):
+                        t.cancel()
+                    await asyncio.gather(writer, reader, return_exceptions=True)
+                    await link.close()
+        finally:
+            self._audio_done.set()
+
+    async def _write_audio(self, link: AudioLink) -> None:
+        flushed = False
+        while True:
+            if self._sent < len(self._buf):
+                end = min(len(self._buf), self._sent + _UPSTREAM_CHUNK)
+                chunk = bytes(self._buf[self._sent:end])
+                await link.send_audio(chunk)
+                self._sent += len(chunk)  # after the await: trims during it adjusted _sent
+                continue
+            if self._flush_requested and not flushed:
+                await link.flush()
+                flushed = True
+            self._audio_more.clear()
+            if self._sent >= len(self._buf):
+                if flushed:
+                    return
+                await self._audio_more.wait()
+
+    async def _read_audio(self, link: AudioLink) -> None:
+        async for event in link.events():
+            if isinstance(event, AudioPartial):
+                if event.text.strip():
+                    ev = TranscriptPartial(segmentId=self.state.nextSegment, text=event.text.strip(),
+                                           start=event.start, end=event.end)
+                    self.conn.send_event("partial", ev)
+            elif isinstance(event, AudioFinal):
+                await self._on_final(event)
+            elif isinstance(event, AudioError):
+                self.conn.send_event("error", ErrorEvent(code=event.code, message=event.message))
+            elif isinstance(event, AudioFlushed):
+                return
+        raise UpstreamUnavailable("audio service closed the stream")
+
+    async def _on_final(self, event: AudioFinal) -> None:
+        self._trim_to(event.end)
+        text = event.text.strip()
+        if not text:
+            return
+        arrived = self._arrival_of(event.end)
+        seg_id = self.state.nextSegment
+        self.state.nextSegment += 1
+        self.state.audioSeconds = self.audio_seconds
+        rec = SegmentRecord(segmentId=seg_id, text=text, start=event.start, end=event.end,
+                            speaker=event.speaker)
+        self._segments[seg_id] = rec
+        await self._persist(rec)
+        await self.gw.store.save(self.state)
+        latency = time.monotonic() - arrived if arrived is not None else None
+        self._final_at[seg_id] = time.monotonic()
+        self._queue_final(rec, latency)
+        if self.state.targetLanguages:
+            self._translate_q.put_nowait(seg_id)
+        else:
+            self._remember(seg_id)
+
+    def _queue_final(self, rec: SegmentRecord, latency: float | None) -> None:
+        ev = TranscriptFinal(segmentId=rec.segmentId, text=rec.text, start=rec.start, end=rec.end,
+                             speaker=rec.speaker,
+                             latency=round(latency, 4) if latency is not None else None)
+
+        async def sent() -> None:
+            if latency is not None:
+                self.gw.caption_latency.observe(latency)
+            rec.finalSent = True
+            await self._persist(rec)
+
+        self.conn.send_event("final", ev, sent)
+
+    def _queue_translation(self, rec: SegmentRecord, lang: str, text: str, quality: str | None,
+                           latency: float | None) -> None:
+        ev = TranslationEvent(segmentId=rec.segmentId, language=lang, text=text, quality=quality,
+                              latency=round(latency, 4) if latency is not None else None)
+        final_at = self._final_at.get(rec.segmentId)
+
+        async def sent() -> None:
+            if final_at is not None:
+                self.gw.translation_latency.observe(time.monotonic() - final_at)
+            if lang not in rec.translationsSent:
+                rec.translationsSent.append(lang)
+            await self._persist(rec)
+
+        self.conn.send_event("translation", ev, sent)
+
+    async def _persist(self, rec: SegmentRecord) -> None:
+        async with self._write_lock:
+            try:
+                await self.gw.store.put_segment(self.sid, rec)
+            except Exception as exc:  # noqa: BLE001 - the live captions matter more than the log
+                log.warning("session store write failed", extra={"fields": {"error": str(exc)}})
+
+    def _remember(self, seg_id: int) -> None:
+        if len(self._recent) == self._recent.maxlen:
+            old = self._recent[0]
+            if old not in self._pending_ids():
+                self._segments.pop(old, None)
+                self._final_at.pop(old, None)
+        self._recent.append(seg_id)
+
+    # ---------------------------------------------------------------- translation
+
+    async def _translate_loop(self) -> None:
+        while True:
+            seg_id = await self._translate_q.get()
+            if seg_id is None:
+                return
+            rec = self._segments.get(seg_id)
+            if rec is not None:
+                await self._translate(rec)
+                self._remember(seg_id)
+
+    async def _translate(self, rec: SegmentRecord) -> None:
+        gw, s = self.gw, self.gw.settings
+        remaining = [lang for lang in self.state.targetLanguages
+                     if lang not in rec.translations and lang not in rec.translationErrors]
+        n = gw.config.context_segments
+        context = [ContextSegment(source=self._segments[i].text,
+                                  translations=dict(self._segments[i].translations))
+                   for i in list(self._recent)[-n:] if n and i in self._segments and i < rec.segmentId]
+        backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
+        deadline: float | None = None
+        while remaining:
+            if self.finished and deadline is None:
+                deadline = time.monotonic() + s.translate_timeout
+            if deadline is not None and time.monotonic() > deadline:
+                for lang in remaining:
+                    self._translation_failed(rec, lang, "translation service unavailable at session end")
+                return
+            if gw.translation is None:
+                for lang in remaining:
+                    self._translation_failed(rec, lang, "no translation service is configured")
+                return
+            if not gw.translation_breaker.allow():
+                self._report_outage("translation", "translation service unavailable (circuit open)")
+                await asyncio.sleep(backoff.next())
+                continue
+            request = TranslateRequest(sessionId=self.sid, segmentId=rec.segmentId, text=rec.text[:4000],
+                                       sourceLanguage=self.state.sourceLanguage,
+                                       targetLanguages=list(remaining), context=context)
+            try:
+                async for result in gw.translation.translate(request):
+                    lang = result.language
+                    if lang not in remaining or result.segmentId != rec.segmentId:
+                        continue
+                    remaining.remove(lang)
+                    if result.type == "error":
+                        self._translation_failed(rec, lang, result.message or "translation failed",
+                                                 result.code or ERR_TRANSLATION_FAILED)
+                    else:
+                        rec.translations[lang] = result.text
+                        final_at = self._final_at.get(rec.segmentId)
+                        latency = time.monotonic() - final_at if final_at is not None else None
+                        await self._persist(rec)
+                        self._queue_translation(rec, lang, result.text, result.quality, latency)
+                gw.translation_breaker.success()
+                self._recovered("translation")
+                for lang in remaining:
+                    self._translation_failed(rec, lang, "the translation service returned no result")
+                remaining = []
+            except UpstreamRejected as exc:
+                gw.translation_breaker.success()  # it answered: alive, just refused this request
+                for lang in remaining:
+                    self._translation_failed(rec, lang, str(exc))
+                return
+            except (UpstreamUnavailable, ValidationError) as exc:
+                gw.translation_breaker.failure()
+                self._report_outage("translation", str(exc))
+                await asyncio.sleep(backoff.next())
+
+    def _translation_failed(self, rec: SegmentRecord, lang: str, message: str,
+                            code: str = ERR_TRANSLATION_FAILED) -> None:
+        rec.translationErrors[lang] = message
+        self.conn.send_event("error", ErrorEvent(code=code, message=message, segmentId=rec.segmentId,
+                                                 language=lang))
+        asyncio.get_running_loop().create_task(self._persist(rec))
+
+    # ---------------------------------------------------------------- outages
+
+    def _report_outage(self, upstream: str, detail: str) -> None:
+        if not self._outage_reported[upstream]:
+            self._outage_reported[upstream] = True
+            log.warning("upstream unavailable", extra={"fields": {"upstream": upstream, "error": detail}})
+            what = ("audio is buffered and replayed when it returns" if upstream == "audio"
+                    else "translations are retried when it returns")
+            self.conn.send_event("error", ErrorEvent(
+                code=ERR_UPSTREAM, message=f"{upstream} service unavailable ({detail}); {what}"))
+
+    def _recovered(self, upstream: str) -> None:
+        if self._outage_reported[upstream]:
+            self._outage_reported[upstream] = False
+            log.info("upstream recovered", extra={"fields": {"upstream": upstream}})
+
+
+class Connection:
+    """One client WebSocket, from accept to close."""
+
+    def __init__(self, ws: WebSocket, gw: Gateway) -> None:
+        self.ws = ws
+        self.gw = gw
+        s = gw.settings
+        self.id = uuid.uuid4().hex[:12]
+        self.queue = SendQueue(s.send_queue_events)
+        self.session: Session | None = None
+        self.converter: AudioConverter | None = None
+        self._messages = TokenBucket(s.max_messages_per_second, s.max_messages_per_second * 2)
+        self._bytes: TokenBucket | None = None
+        self._bad: collections.deque[float] = collections.deque()
+        self._close: tuple[int, str] | None = None
+        self._ended = False
+        self._receiver: asyncio.Task[None] | None = None
+
+    # ---------------------------------------------------------------- run
+
+    async def run(self) -> None:
+        await self.ws.accept()
+        self.gw.connections += 1
+        bind_log_context(connection=self.id)
+        self._receiver = asyncio.create_task(self._receive_loop())
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            await asyncio.wait({self._receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._receiver.cancel()
+            await asyncio.gather(self._receiver, return_exceptions=True)
+            if self.session is not None:
+                try:
+                    await self.session.finish(graceful_end=False)
+                except Exception:
+                    log.exception("session cleanup failed", extra={"session_id": self.session.sid})
+                self.gw.sessions.discard(self.session)
+            # Errors that explain a close (capacity, bad messages) reach the client before it.
+            if not sender.done() and not (self._close and self._close[1].startswith("client too slow")):
+                await self.queue.drained(2.0)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            self.gw.connections -= 1
+            await self._close_socket()
+
+    async def shutdown(self, reason: str) -> None:
+        self._close = (1012, reason)
+        if self._receiver is not None:
+            self._receiver.cancel()
+
+    async def _close_socket(self) -> None:
+        code, reason = self._close or (CLOSE_NORMAL, "")
+        if self.ws.application_state == WebSocketState.CONNECTED:
+            try:
+                await asyncio.wait_for(self.ws.close(code, reason), 2.0)
+            except Exception as exc:  # noqa: BLE001 - the peer may be gone already
+                log.debug("close failed", extra={"fields": {"error": str(exc)}})
+
+    def send_event(self, kind: str, event: BaseModel, on_sent: OnSent = None) -> None:
+        if not self.queue.put(kind, event.model_dump_json(exclude_none=True), on_sent):
+            self._fail(CLOSE_POLICY, "client too slow: send queue full")
+
+    def _fail(self, code: int, reason: str) -> None:
+        if self._close is None:
+            self._close = (code, reason)
+            log.info("closing connection", extra={"fields": {"code": code, "reason": reason}})
+        if self._receiver is not None:
+            self._receiver.cancel()
+
+    async def _send_loop(self) -> None:
+        stuck = self.gw.settings.stuck_client_seconds
+        while True:
+            _kind, text, on_sent = await self.queue.get()
+            try:
+                await asyncio.wait_for(self.ws.send_text(text), stuck)
+            except TimeoutError:
+                self._fail(CLOSE_POLICY, f"client too slow: a send blocked for {stuck:.0f}s")
+                return
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self._fail(CLOSE_NORMAL, "")
+                return
+            if on_sent is not None:
+                await on_sent()
+
+    # ---------------------------------------------------------------- receive
+
+    def _error(self, code: str, message: str, bad: bool = True) -> None:
+        self.send_event("error", ErrorEvent(code=code, message=message))
+        if not bad:
+            return
+        s = self.gw.settings
+        now = time.monotonic()
+        self._bad.append(now)
+        while self._bad and self._bad[0] < now - s.bad_message_window:
+            self._bad.popleft()
+        if len(self._bad) > s.max_bad_messages:
+            self._fail(CLOSE_POLICY, "too many bad messages")
+
+    async def _receive_loop(self) -> None:
+        s = self.gw.settings
+        while True:
+            timeout = s.idle_timeout_seconds if self.session else s.start_timeout_seconds
+            try:
+                msg = await asyncio.wait_for(self.ws.receive(), timeout)
+            except TimeoutError:
+                self._fail(CLOSE_POLICY, "idle timeout" if self.session else "no session.start received")
+                return
+            if msg["type"] == "websocket.disconnect":
+                return
+            wait = self._messages.take(1)
+            if wait > 1.0:
+                self._error(ERR_RATE_LIMITED, f"more than {s.max_messages_per_second:.0f} messages "
+                            "per second; message dropped")
+                continue
+            data = msg.get("bytes")
+            if data is not None:
+                await self._on_binary(data)
+            else:
+                await self._on_text(msg.get("text") or "")
+            if self._ended:
+                return
+
+    async def _on_binary(self, data: bytes) -> None:
+        s = self.gw.settings
+        if len(data) > s.max_frame_bytes:
+            self._error(ERR_FRAME_TOO_LARGE, f"binary frame of {len(data)} bytes; the limit is "
+                        f"{s.max_frame_bytes}")
+            return
+        if self.session is None or self.converter is None:
+            self._error(ERR_NOT_STARTED, "send session.start before audio")
+            return
+        if self._bytes is not None:
+            wait = self._bytes.take(len(data))
+            if wait > 0:
+                await asyncio.sleep(wait)  # TCP backpressure: the client slows to what we allow
+        try:
+            pcm = self.converter.convert(data)
+        except Exception as exc:  # noqa: BLE001 - a frame numpy/soxr cannot take is the client's
+            self._error(ERR_BAD_AUDIO, f"cannot decode audio frame: {exc}")
+            return
+        if pcm and not self.session.feed(pcm):
+            self.send_event("error", ErrorEvent(
+                code=ERR_UPSTREAM, message="audio service away for longer than the replay buffer; "
+                "the oldest buffered audio was dropped"))
+
+    async def _on_text(self, text: str) -> None:
+        s = self.gw.settings
+        if len(text.encode()) > s.max_frame_bytes:
+            self._error(ERR_FRAME_TOO_LARGE, "text frame over the frame size limit")
+            return
+        try:
+            message = client_message_adapter.validate_json(text)
+        except ValidationError as exc:
+            self._error(ERR_BAD_MESSAGE, _describe(exc))
+            return
+        if isinstance(message, SessionStart):
+            if self.session is not None:
+                self._error(ERR_BAD_MESSAGE, "session already started on this connection")
+                return
+            await self._start(message)
+        elif isinstance(message, SessionEnd):
+            if self.session is None:
+                self._error(ERR_NOT_STARTED, "no session to end")
+                return
+            await self._end()
+
+    async def _start(self, start: SessionStart) -> None:
+        gw, cfg = self.gw, self.gw.config
+        if gw.at_capacity:
+            self.send_event("error", ErrorEvent(
+                code=ERR_CAPACITY, message=f"this gateway replica holds its maximum of "
+                f"{cfg.max_sessions} sessions; retry shortly (another replica may have room)"))
+            self._fail(CLOSE_TRY_AGAIN, "capacity exceeded")
+            return
+        sid = start.sessionId or uuid.uuid4().hex
+        owner = f"{gw.replica_id}:{self.id}"
+        if not await gw.store.claim(sid, owner, gw.settings.resume_wait_seconds):
+            log.warning("previous owner kept the session lease; taking it over", extra={"session_id": sid})
+            await gw.store.take_over(sid, owner)
+        state = await gw.store.load(sid)
+        resumed = state is not None
+        if state is None:
+            source = start.sourceLanguage or cfg.source_language
+            targets = start.targetLanguages if start.targetLanguages is not None else cfg.target_languages
+            problem = None
+            if source != cfg.source_language and cfg.source_language != "auto":
+                problem = f"sourceLanguage {source!r}: this pipeline transcribes {cfg.source_language!r}"
+            unknown = [t for t in targets if t not in cfg.target_languages]
+            if unknown:
+                problem = (f"targetLanguages {unknown}: this pipeline translates to "
+                           f"{cfg.target_languages} only")
+            if problem:
+                await gw.store.release(sid, owner)
+                self._error(ERR_UNSUPPORTED_LANGUAGE, problem, bad=False)
+                return
+            state = SessionState(sessionId=sid, sourceLanguage=source, targetLanguages=list(targets))
+            await gw.store.save(state)
+        bind_log_context(session_id=sid)
+        self.converter = AudioConverter(start.sampleRate, start.encoding, start.channels)
+        self._bytes = TokenBucket(self.converter.bytes_per_second * gw.settings.max_audio_speed,
+                                  self.converter.bytes_per_second * gw.settings.max_audio_speed)
+        session = Session(gw, self, state, owner)
+        self.session = session
+        gw.sessions.add(session)
+        self.send_event("control", SessionStarted(sessionId=sid, resumed=resumed, sampleRate=start.sampleRate,
+                                                  targetLanguages=state.targetLanguages))
+        try:
+            await session.start(resumed, start.lastSegmentId)
+        except Exception:
+            log.exception("session start failed")
+            self.send_event("error", ErrorEvent(code=ERR_INTERNAL, message="session could not start"))
+            raise
+        log.info("session started", extra={"fields": {"resumed": resumed, "sampleRate": start.sampleRate,
+                                                      "encoding": start.encoding}})
+
+    async def _end(self) -> None:
+        assert self.session is not None and self.converter is not None
+        tail = self.converter.convert(b"", last=True)
+        if tail:
+            self.session.feed(tail)
+        await self.session.finish(graceful_end=True)
+        self.send_event("control", SessionEnded(sessionId=self.session.sid))
+        await self.queue.drained(self.gw.settings.stuck_client_seconds)
+        self.gw.sessions.discard(self.session)
+        self._ended = True
+        log.info("session ended")
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "invalid message: " + "; ".join(parts)

@@ -1,0 +1,99 @@
+"""The gateway's process-wide state: config, session store, upstream clients, breakers, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from prometheus_client import CollectorRegistry
+
+from livetranslate import metrics
+from livetranslate.workloads.gateway.auth import TokenAuth
+from livetranslate.workloads.gateway.sessions import MemorySessionStore, RedisSessionStore, SessionStore
+from livetranslate.workloads.gateway.settings import GatewayConfig
+from livetranslate.workloads.gateway.upstream import CircuitBreaker, TranslationClient
+
+if TYPE_CHECKING:
+    from livetranslate.workloads.gateway.connection import Session
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig, registry: CollectorRegistry | None = None) -> None:
+        s = config.settings
+        self.config = config
+        self.settings = s
+        self.replica_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.registry = registry or CollectorRegistry()
+        self.store: SessionStore
+        if config.redis_url:
+            self.store = RedisSessionStore(config.redis_url, config.pipeline, s.session_ttl_seconds,
+                                           s.session_log_segments)
+        else:
+            self.store = MemorySessionStore(s.session_ttl_seconds, s.session_log_segments)
+        self.auth = TokenAuth(config.auth_dir)
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000,
+                                                          max_keepalive_connections=200))
+        self.audio_breaker = CircuitBreaker("audio", s.breaker_failures, s.breaker_reset_seconds)
+        self.translation_breaker = CircuitBreaker("translation", s.breaker_failures,
+                                                  s.breaker_reset_seconds)
+        self.translation = (TranslationClient(config.translation_url, self.http, s.translate_timeout)
+                            if config.translation_url else None)
+        self.sessions: set[Session] = set()
+        self.connections = 0
+
+        p = config.pipeline
+        self.caption_latency = metrics.caption_latency(self.registry).labels(pipeline=p)
+        self.translation_latency = metrics.translation_latency(self.registry).labels(pipeline=p)
+        self.sessions_gauge = metrics.sessions_active(self.registry).labels(pipeline=p)
+        self.sessions_gauge.set_function(lambda: len(self.sessions))
+        depth = metrics.queue_depth(self.registry)
+        depth.labels(pipeline=p, stage="gateway_send").set_function(
+            lambda: sum(s.conn.queue.depth for s in self.sessions))
+        depth.labels(pipeline=p, stage="gateway_translate").set_function(
+            lambda: sum(s.translate_backlog for s in self.sessions))
+
+        self._ready_cache: tuple[float, bool, dict[str, Any]] | None = None
+
+    @property
+    def at_capacity(self) -> bool:
+        return len(self.sessions) >= self.config.max_sessions
+
+    async def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Upstreams reachable (their own /readyz) and the session store answering; cached briefly."""
+        now = time.monotonic()
+        if self._ready_cache and now - self._ready_cache[0] < self.settings.readiness_cache_seconds:
+            return self._ready_cache[1], self._ready_cache[2]
+        checks: dict[str, Any] = {}
+
+        async def probe(name: str, url: str | None) -> None:
+            if not url:
+                checks[name] = "not configured"
+                return
+            try:
+                r = await self.http.get(url + "/readyz", timeout=2.0)
+                checks[name] = "ok" if r.status_code == 200 else f"HTTP {r.status_code}"
+            except httpx.HTTPError as exc:
+                checks[name] = f"unreachable: {type(exc).__name__}"
+
+        async def store() -> None:
+            checks["sessionStore"] = "ok" if await self.store.ping() else "unreachable"
+
+        await asyncio.gather(probe("audio", self.config.audio_url),
+                             probe("translation", self.config.translation_url), store())
+        ok = all(v == "ok" for v in checks.values())
+        self._ready_cache = (now, ok, checks)
+        return ok, checks
+
+    async def close(self) -> None:
+        for session in list(self.sessions):
+            await session.conn.shutdown("server shutting down")
+        await self.http.aclose()
+        await self.store.close()

@@ -1,0 +1,241 @@
+"""Session state that outlives a connection: in memory for one replica, in Redis for several.
+
+What is kept per session: the next segment number, the session seconds of audio already committed
+(the ``timeOffset`` of the next audio stream), the languages, and a bounded log of final segments
+with their translations and delivery flags. The log is what makes resume exact:
+
+* A final is written to the log (``finalSent=False``) before it is queued to the client, and
+  marked sent once the WebSocket write completed; a translation likewise.
+* A resuming client names the last final it received (``lastSegmentId``; ``livetranslate stream``
+  and the captions page do). Every logged final after it is sent again with its translations,
+  none before it. A client that does not say falls back on the gateway's ``finalSent`` flags,
+  which can miss frames that were written to a connection that then died.
+* Only one gateway holds a session at a time: an owner lease (``SET NX PX`` in Redis) is taken on
+  start and released after the disconnect flush, so a client that reconnects to another replica
+  while the first is still finalising its last words waits for those finals instead of racing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from pydantic import BaseModel, Field
+
+
+class SessionState(BaseModel):
+    sessionId: str
+    nextSegment: int = 0
+    audioSeconds: float = 0.0
+    sourceLanguage: str = "en"
+    targetLanguages: list[str] = Field(default_factory=list)
+    createdAt: float = Field(default_factory=time.time)
+    updatedAt: float = Field(default_factory=time.time)
+
+
+class SegmentRecord(BaseModel):
+    segmentId: int
+    text: str
+    start: float
+    end: float
+    speaker: str | None = None
+    translations: dict[str, str] = Field(default_factory=dict)
+    translationErrors: dict[str, str] = Field(default_factory=dict)
+    finalSent: bool = False
+    translationsSent: list[str] = Field(default_factory=list)
+
+
+class SessionStore(Protocol):
+    """Where session state lives. Every method is safe to call from many connections at once."""
+
+    async def load(self, session_id: str) -> SessionState | None: ...
+    async def save(self, state: SessionState) -> None: ...
+    async def delete(self, session_id: str) -> None: ...
+    async def put_segment(self, session_id: str, segment: SegmentRecord) -> None: ...
+    async def segments(self, session_id: str) -> list[SegmentRecord]: ...
+    async def claim(self, session_id: str, owner: str, wait_seconds: float) -> bool: ...
+    async def refresh(self, session_id: str, owner: str) -> None: ...
+    async def release(self, session_id: str, owner: str) -> None: ...
+    async def take_over(self, session_id: str, owner: str) -> None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+LEASE_SECONDS = 20.0
+
+
+class MemorySessionStore:
+    """One replica's sessions. Entries expire ``ttl`` seconds after their last update."""
+
+    def __init__(self, ttl_seconds: float = 3600, max_segments: int = 512) -> None:
+        self._ttl = ttl_seconds
+        self._max_segments = max_segments
+        self._states: dict[str, SessionState] = {}
+        self._segments: dict[str, dict[int, SegmentRecord]] = {}
+        self._owners: dict[str, tuple[str, float]] = {}
+        self._released = asyncio.Condition()
+
+    def _expire(self) -> None:
+        cutoff = time.time() - self._ttl
+        for sid in [s for s, st in self._states.items() if st.updatedAt < cutoff]:
+            self._states.pop(sid, None)
+            self._segments.pop(sid, None)
+
+    async def load(self, session_id: str) -> SessionState | None:
+        self._expire()
+        state = self._states.get(session_id)
+        return state.model_copy(deep=True) if state else None
+
+    async def save(self, state: SessionState) -> None:
+        state.updatedAt = time.time()
+        self._states[state.sessionId] = state.model_copy(deep=True)
+
+    async def delete(self, session_id: str) -> None:
+        self._states.pop(session_id, None)
+        self._segments.pop(session_id, None)
+
+    async def put_segment(self, session_id: str, segment: SegmentRecord) -> None:
+        log = self._segments.setdefault(session_id, {})
+        log[segment.segmentId] = segment.model_copy(deep=True)
+        for old in [k for k in log if k <= segment.segmentId - self._max_segments]:
+            del log[old]
+
+    async def segments(self, session_id: str) -> list[SegmentRecord]:
+        log = self._segments.get(session_id, {})
+        return [log[k].model_copy(deep=True) for k in sorted(log)]
+
+    async def claim(self, session_id: str, owner: str, wait_seconds: float) -> bool:
+        deadline = time.monotonic() + wait_seconds
+        async with self._released:
+            while True:
+                holder = self._owners.get(session_id)
+                if holder is None or holder[0] == owner or holder[1] < time.monotonic():
+                    self._owners[session_id] = (owner, time.monotonic() + LEASE_SECONDS)
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                try:
+                    await asyncio.wait_for(self._released.wait(), min(remaining, 0.5))
+                except TimeoutError:
+                    pass
+
+    async def refresh(self, session_id: str, owner: str) -> None:
+        holder = self._owners.get(session_id)
+        if holder and holder[0] == owner:
+            self._owners[session_id] = (owner, time.monotonic() + LEASE_SECONDS)
+
+    async def release(self, session_id: str, owner: str) -> None:
+        async with self._released:
+            holder = self._owners.get(session_id)
+            if holder and holder[0] == owner:
+                del self._owners[session_id]
+            self._released.notify_all()
+
+    async def take_over(self, session_id: str, owner: str) -> None:
+        """Take a lease whose holder did not let go in time (a replica that died mid-flush)."""
+        self._owners[session_id] = (owner, time.monotonic() + LEASE_SECONDS)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+
+# Release only if we still own it: a lease that expired and was taken over stays with its new owner.
+_RELEASE_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_REFRESH_LUA = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+class RedisSessionStore:
+    """Sessions shared by every gateway replica of a pipeline.
+
+    Keys (all with the session TTL, refreshed on write): ``lt:<pipeline>:s:<id>`` (state JSON),
+    ``...:seg`` (hash segmentId -> segment JSON), ``...:owner`` (lease, ``LEASE_SECONDS``).
+    """
+
+    def __init__(self, url: str, pipeline: str, ttl_seconds: int = 3600, max_segments: int = 512) -> None:
+        import redis.asyncio as aioredis
+
+        self._redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0,
+                                              socket_connect_timeout=5.0, health_check_interval=30)
+        self._prefix = f"lt:{pipeline}:s:"
+        self._ttl = int(ttl_seconds)
+        self._max_segments = max_segments
+        self._release = self._redis.register_script(_RELEASE_LUA)
+        self._refresh = self._redis.register_script(_REFRESH_LUA)
+
+    def _key(self, session_id: str, suffix: str = "") -> str:
+        return f"{self._prefix}{session_id}{suffix}"
+
+    async def load(self, session_id: str) -> SessionState | None:
+        raw = await self._redis.get(self._key(session_id))
+        return SessionState.model_validate_json(raw) if raw else None
+
+    async def save(self, state: SessionState) -> None:
+        state.updatedAt = time.time()
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(state.sessionId), state.model_dump_json(), ex=self._ttl)
+            pipe.expire(self._key(state.sessionId, ":seg"), self._ttl)
+            await pipe.execute()
+
+    async def delete(self, session_id: str) -> None:
+        await self._redis.delete(self._key(session_id), self._key(session_id, ":seg"))
+
+    async def put_segment(self, session_id: str, segment: SegmentRecord) -> None:
+        key = self._key(session_id, ":seg")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, str(segment.segmentId), segment.model_dump_json())
+            old = segment.segmentId - self._max_segments
+            if old >= 0:
+                pipe.hdel(key, str(old))
+            pipe.expire(key, self._ttl)
+            await pipe.execute()
+
+    async def segments(self, session_id: str) -> list[SegmentRecord]:
+        raw = await self._redis.hgetall(self._key(session_id, ":seg"))
+        segs = [SegmentRecord.model_validate_json(v) for v in raw.values()]
+        return sorted(segs, key=lambda s: s.segmentId)
+
+    async def claim(self, session_id: str, owner: str, wait_seconds: float) -> bool:
+        key = self._key(session_id, ":owner")
+        deadline = time.monotonic() + wait_seconds
+        lease_ms = int(LEASE_SECONDS * 1000)
+        while True:
+            if await self._redis.set(key, owner, nx=True, px=lease_ms):
+                return True
+            if await self._redis.get(key) == owner:
+                await self._redis.pexpire(key, lease_ms)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.1)
+
+    async def refresh(self, session_id: str, owner: str) -> None:
+        await self._refresh(keys=[self._key(session_id, ":owner")],
+                            args=[owner, int(LEASE_SECONDS * 1000)])
+
+    async def release(self, session_id: str, owner: str) -> None:
+        await self._release(keys=[self._key(session_id, ":owner")], args=[owner])
+
+    async def take_over(self, session_id: str, owner: str) -> None:
+        """Take a lease whose holder did not let go in time (a replica that died mid-flush)."""
+        await self._redis.set(self._key(session_id, ":owner"), owner, px=int(LEASE_SECONDS * 1000))
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except Exception:  # noqa: BLE001 - any failure means "not reachable" for /readyz
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+

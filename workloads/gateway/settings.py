@@ -1,0 +1,105 @@
+"""Gateway settings: env vars with the prefix ``LT_GATEWAY_``, on top of the resolved pipeline.
+
+The pipeline document (``load_resolved()``) says what the operator decided (upstream addresses,
+session cap, allowed origins, auth Secret); env vars override it for a gateway started by hand or
+in tests, and carry what only the gateway cares about (queue sizes, time limits).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from livetranslate.config import AUTH_MOUNT_DIR, ResolvedPipeline, load_resolved
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LT_GATEWAY_", env_nested_delimiter="__", extra="ignore")
+
+    pipeline: str = Field("local", description="Pipeline name, the `pipeline` label of every metric")
+    audio_url: str | None = Field(None, description="Base URL of the audio service (overrides the config)")
+    translation_url: str | None = Field(None, description="Base URL of the translation service")
+    redis_url: str | None = Field(None, description="Redis for session state; REDIS_URL is read too")
+    max_sessions: int | None = Field(None, ge=1, description="Overrides spec.gateway.maxSessionsPerReplica")
+    source_language: str | None = None
+    target_languages: list[str] | None = None
+    context_segments: int | None = Field(None, ge=0, le=32)
+    diarization: bool | None = None
+    max_speakers: int | None = None
+    # Auth: a directory whose every regular file holds one accepted token. None = the Secret mount
+    # when the pipeline names an authSecretRef, else no auth.
+    auth_dir: str | None = None
+    allowed_origins: list[str] | None = None
+
+    # Limits of one connection.
+    max_frame_bytes: int = 1024 * 1024
+    # Audio may arrive faster than real time (a file streamed as fast as possible); beyond this
+    # multiple of the announced format's byte rate the gateway stops reading (TCP backpressure).
+    max_audio_speed: float = 20.0
+    max_messages_per_second: float = 200.0
+    max_bad_messages: int = 10  # within bad_message_window seconds -> close 1008
+    bad_message_window: float = 10.0
+    send_queue_events: int = 256
+    stuck_client_seconds: float = 10.0  # a send (or a full queue) blocked this long closes the socket
+    idle_timeout_seconds: float = 300.0  # no frame at all for this long -> close
+    start_timeout_seconds: float = 30.0  # no session.start within this -> close
+
+    # Sessions.
+    session_ttl_seconds: int = 3600  # how long a detached session can be resumed
+    session_log_segments: int = 512  # finals kept per session for replay on resume
+    resume_wait_seconds: float = 15.0  # wait this long for the previous owner to finish its flush
+
+    # Upstreams.
+    connect_timeout: float = 5.0
+    translate_timeout: float = 30.0
+    flush_timeout: float = 30.0
+    audio_buffer_seconds: float = 120.0  # audio held for replay while the audio service is away
+    retry_base_seconds: float = 0.2
+    retry_max_seconds: float = 5.0
+    breaker_failures: int = 5
+    breaker_reset_seconds: float = 5.0
+    readiness_cache_seconds: float = 2.0
+
+    root_path: str = Field("", description="Path prefix the gateway is served under (X-Forwarded-Prefix wins)")
+
+
+class GatewayConfig:
+    """Settings merged with the resolved pipeline: the single source the gateway reads at run time."""
+
+    def __init__(self, settings: GatewaySettings, resolved: ResolvedPipeline | None) -> None:
+        self.settings = settings
+        self.resolved = resolved
+        spec = resolved.spec if resolved else None
+        self.pipeline = resolved.name if resolved else settings.pipeline
+        self.audio_url = _strip(settings.audio_url or (resolved.endpoints.audio if resolved else None))
+        self.translation_url = _strip(
+            settings.translation_url or (resolved.endpoints.translation if resolved else None))
+        self.redis_url = (settings.redis_url or os.environ.get("REDIS_URL")
+                          or (spec.gateway.redisUrl if spec else None))
+        self.max_sessions = settings.max_sessions or (spec.gateway.maxSessionsPerReplica if spec else 500)
+        self.source_language = settings.source_language or (spec.sourceLanguage if spec else "en")
+        self.target_languages = list(settings.target_languages or (spec.targetLanguages if spec else ["es"]))
+        self.context_segments = (settings.context_segments if settings.context_segments is not None
+                                 else (spec.translation.contextSegments if spec else 3))
+        self.diarization = (settings.diarization if settings.diarization is not None
+                            else bool(spec and spec.audio.diarization.enabled))
+        self.max_speakers = settings.max_speakers or (spec.audio.diarization.maxSpeakers if spec else 4)
+        self.allowed_origins = list(settings.allowed_origins if settings.allowed_origins is not None
+                                    else (spec.gateway.allowedOrigins if spec else []))
+        if settings.auth_dir:
+            self.auth_dir: Path | None = Path(settings.auth_dir)
+        elif spec and spec.gateway.authSecretRef:
+            self.auth_dir = Path(AUTH_MOUNT_DIR)
+        else:
+            self.auth_dir = None
+
+
+def _strip(url: str | None) -> str | None:
+    return url.rstrip("/") if url else None
+
+
+def load_config(settings: GatewaySettings | None = None) -> GatewayConfig:
+    return GatewayConfig(settings or GatewaySettings(), load_resolved())
