@@ -27,6 +27,24 @@ STAGE_MAX_REPLICAS = "livetranslate_stage_max_replicas"
 # 1 while the autoscaler acts, 0 while it is held (condition ScalingActive=False, e.g. no metrics).
 SCALING_ACTIVE = "livetranslate_scaling_active"
 
+# Translation service internals (workloads/translate): batching, quality gate, fallback chain and
+# the engine's own state, mirrored from vLLM's /metrics so one scrape shows the whole stage.
+TRANSLATION_BATCH_SIZE = "livetranslate_translation_batch_size"
+TRANSLATION_BATCH_SECONDS = "livetranslate_translation_batch_seconds"
+TRANSLATION_RESULTS = "livetranslate_translation_results_total"
+TRANSLATION_FALLBACKS = "livetranslate_translation_fallbacks_total"
+TRANSLATION_QUALITY_REJECTIONS = "livetranslate_translation_quality_rejections_total"
+TRANSLATION_REFUSED = "livetranslate_translation_refused_total"
+TRANSLATION_ENGINE_UP = "livetranslate_translation_engine_up"
+TRANSLATION_ENGINE_SLEEPING = "livetranslate_translation_engine_sleeping"
+TRANSLATION_ENGINE_KV_CACHE = "livetranslate_translation_engine_kv_cache_usage_ratio"
+TRANSLATION_ENGINE_WAITING = "livetranslate_translation_engine_requests_waiting"
+TRANSLATION_ENGINE_RUNNING = "livetranslate_translation_engine_requests_running"
+TRANSLATION_ENGINE_MEMORY = "livetranslate_translation_engine_memory"
+TRANSLATION_ENGINE_RESTARTS = "livetranslate_translation_engine_restarts"
+TRANSLATION_BREAKER_OPEN = "livetranslate_translation_circuit_open"
+TRANSLATION_MODEL_INFO = "livetranslate_translation_model_info"
+
 # Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
 EXTERNAL_METRICS = (
     "DCGM_FI_DEV_FB_USED",

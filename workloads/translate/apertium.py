@@ -1,0 +1,235 @@
+"""The offline CPU backend: Debian's Apertium behind ``apertium-apy``, run as a child process.
+
+A process per call costs 120-140 ms here; APy keeps each pair's pipeline warm and answers in
+7-8 ms, so the service starts one APy on a free loopback port, talks HTTP to it, and restarts it
+when it dies. APy has no option to choose its listen address (it binds every interface), so it is
+started through a tiny launcher that binds tornado's server to 127.0.0.1 before APy's main() runs:
+nothing outside the pod can reach it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import httpx
+
+from livetranslate.capabilities import apertium_mode, backend_problems
+
+from .engines import Engine, EngineError, EngineState, GarbageError, Output
+from .quality import Job
+from .settings import ApertiumSettings
+
+log = logging.getLogger(__name__)
+
+# Runs under the interpreter APy is installed for (Debian's python3), never ours.
+_LAUNCHER = """
+import sys
+import tornado.tcpserver
+from apertium_apy import apy
+_bind = tornado.tcpserver.TCPServer.bind
+def _loopback_bind(self, port, address=None, *args, **kwargs):
+    return _bind(self, port, "127.0.0.1", *args, **kwargs)
+tornado.tcpserver.TCPServer.bind = _loopback_bind
+sys.argv = ["apertium-apy"] + sys.argv[1:]
+apy.main()
+"""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def installed_modes(modes_dir: Path) -> set[str]:
+    """Modes really installed (``eng-spa.mode`` -> ``eng-spa``)."""
+    if not modes_dir.is_dir():
+        return set()
+    return {p.name.removesuffix(".mode") for p in modes_dir.glob("*.mode")}
+
+
+def _apy_interpreter(binary: str) -> str | None:
+    path = shutil.which(binary)
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        first = f.readline().decode(errors="replace").strip()
+    if first.startswith("#!"):
+        return first[2:].strip().split()[0]
+    return "/usr/bin/python3"
+
+
+class ApertiumEngine(Engine):
+    name = "apertium"
+    batch_mode = "concurrent"
+
+    def __init__(self, settings: ApertiumSettings) -> None:
+        super().__init__()
+        self.settings = settings
+        self.modes = installed_modes(settings.modes_dir)
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.restarts = 0
+        self._up = asyncio.Event()
+        self._stopping = False
+        self._supervisor: asyncio.Task[None] | None = None
+        self._sem = asyncio.Semaphore(settings.concurrency)
+        self.client: httpx.AsyncClient | None = None
+
+    def unsupported(self, source: str, target: str) -> str | None:
+        problems = backend_problems("apertium", source, [target], installed_modes=self.modes)
+        return problems[0].split(": ", 1)[1] if problems else None
+
+    async def start(self) -> None:
+        self._supervisor = asyncio.create_task(self._supervise(), name="apertium-supervisor")
+
+    async def _spawn(self) -> None:
+        interpreter = _apy_interpreter(self.settings.apy_binary)
+        if interpreter is None:
+            raise EngineError(f"{self.settings.apy_binary} is not installed (Debian package apertium-apy)")
+        if not self.modes:
+            raise EngineError(f"no Apertium modes under {self.settings.modes_dir}")
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
+        env["LC_ALL"] = env.get("LC_ALL") or "C.UTF-8"
+        self.proc = await asyncio.create_subprocess_exec(
+            interpreter, "-I", "-c", _LAUNCHER, "-p", str(self.port), "-t", str(int(self.settings.timeout_s)),
+            str(self.settings.modes_dir),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
+            cwd="/", start_new_session=True)
+        if self.client is not None:
+            await self.client.aclose()
+        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}",
+                                        timeout=httpx.Timeout(self.settings.timeout_s, connect=2.0))
+        deadline = time.monotonic() + self.settings.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                err = (await self.proc.stderr.read()).decode(errors="replace")[-400:] if self.proc.stderr else ""
+                raise EngineError(f"apertium-apy exited with {self.proc.returncode}: {err}")
+            with contextlib.suppress(httpx.HTTPError):
+                resp = await self.client.get("/listPairs", timeout=1.0)
+                if resp.status_code == 200:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise EngineError(f"apertium-apy did not answer within {self.settings.startup_timeout_s:g} s")
+        # Warm each installed pair's pipeline: the first call on a pair costs ~70 ms more.
+        for mode in sorted(self.modes):
+            if "_" in mode or mode.count("-") != 1:
+                continue
+            with contextlib.suppress(httpx.HTTPError):
+                await self.client.get("/translate", params={"langpair": mode.replace("-", "|"), "q": "ok"},
+                                      timeout=self.settings.timeout_s)
+
+    async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
+        if proc.stderr is None:
+            return
+        while line := await proc.stderr.readline():
+            text = line.decode(errors="replace").rstrip()
+            if " E " in text[:40] or "Error" in text or "Traceback" in text:
+                log.warning("apertium-apy: %s", text[:300])
+
+    async def _supervise(self) -> None:
+        """Keep one APy alive: start it, wait for it to die, start it again (with backoff)."""
+        backoff = self.settings.restart_backoff_s
+        while not self._stopping:
+            try:
+                await self._spawn()
+            except (EngineError, OSError) as exc:
+                self.state.ready = False
+                self.state.detail = str(exc)
+                log.error("apertium-apy failed to start", extra={"fields": {"error": str(exc)}})
+                await self._kill()
+                await asyncio.sleep(min(backoff, 30.0))
+                backoff = max(1.0, backoff * 2)
+                continue
+            assert self.proc is not None
+            backoff = self.settings.restart_backoff_s
+            self.state.ready = True
+            self.state.detail = f"ok (apertium-apy pid {self.proc.pid} on 127.0.0.1:{self.port})"
+            self.state.model = "apertium"
+            self._up.set()
+            log.info("apertium-apy ready", extra={"fields": {"pid": self.proc.pid, "port": self.port,
+                                                            "modes": sorted(self.modes)}})
+            drain = asyncio.create_task(self._drain_stderr(self.proc))
+            rc = await self.proc.wait()
+            drain.cancel()
+            self._up.clear()
+            if self._stopping:
+                break
+            self.restarts += 1
+            self.state.ready = False
+            self.state.detail = f"apertium-apy exited with {rc}; restarting"
+            log.error("apertium-apy died; restarting", extra={"fields": {"returncode": rc,
+                                                                        "restarts": self.restarts}})
+            await asyncio.sleep(backoff)
+
+    async def _kill(self) -> None:
+        proc = self.proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 5.0)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await proc.wait()
+
+    async def close(self) -> None:
+        self._stopping = True
+        await self._kill()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._supervisor
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def check(self) -> EngineState:
+        if self.proc is not None and self.proc.returncode is not None:
+            self.state.ready = False
+        return self.state
+
+    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
+                        ) -> list[Output | BaseException]:
+        if not self._up.is_set():
+            # A restart takes about a second: wait for it rather than fail the segment.
+            try:
+                await asyncio.wait_for(self._up.wait(), timeout=min(5.0, self.settings.startup_timeout_s))
+            except TimeoutError:
+                raise EngineError(f"apertium-apy is down: {self.state.detail}") from None
+        results = await asyncio.gather(*(self._one(j) for j in jobs), return_exceptions=True)
+        return list(results)
+
+    async def _one(self, job: Job) -> Output:
+        mode = apertium_mode(job.source, job.target)
+        if mode is None or self.client is None:
+            raise EngineError(f"no apertium pair {job.source}->{job.target}")
+        async with self._sem:
+            try:
+                resp = await self.client.get("/translate", params={
+                    "langpair": mode.replace("-", "|", 1), "q": job.text, "markUnknown": "no"})
+            except httpx.TimeoutException as exc:
+                raise EngineError(f"apertium: no reply within {self.settings.timeout_s:g} s") from exc
+            except httpx.HTTPError as exc:
+                raise EngineError(f"apertium: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code != 200:
+            raise EngineError(f"apertium: HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            text = resp.json()["responseData"]["translatedText"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise GarbageError(f"apertium: unreadable reply {resp.text[:120]!r}") from exc
+        if not isinstance(text, str):
+            raise GarbageError("apertium: reply without text")
+        return Output(text)
+

@@ -1,0 +1,396 @@
+"""Translation engines behind one small interface: OpenAI-compatible servers and vLLM.
+
+An engine turns a micro-batch of jobs (same source and target language) into one outcome per job:
+the raw text, or the exception that job failed with. It never applies quality checks (the service
+does) and never retries (the service decides between retry and fallback). The Apertium engine is
+in ``apertium.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from livetranslate.capabilities import language_name
+
+from .quality import Job, Prompt, build_packed_prompt, build_prompt, parse_packed
+from .settings import OpenAISettings, VllmSettings
+
+log = logging.getLogger(__name__)
+
+
+class EngineError(Exception):
+    """A failure of the engine itself (down, timeout, HTTP error, unreadable reply)."""
+
+    code = "upstream_unavailable"
+
+
+class GarbageError(EngineError):
+    code = "translation_failed"
+
+
+class UnsupportedError(Exception):
+    code = "unsupported_language"
+
+
+@dataclass
+class Output:
+    text: str
+    truncated: bool = False
+    packed_miss: bool = False  # a packed batch skipped this line; it was re-asked on its own
+
+
+@dataclass
+class EngineState:
+    ready: bool = False
+    detail: str = "starting"
+    model: str | None = None
+    sleeping: bool = False
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(ABC):
+    """What the batcher and the service need from a backend."""
+
+    name: str = "engine"
+    batch_mode: str = "list"
+
+    def __init__(self) -> None:
+        self.state = EngineState()
+
+    async def start(self) -> None:
+        """Connect or spawn what the engine needs; failures show in ``state``, never raise."""
+
+    async def close(self) -> None:
+        """Release processes and connections."""
+
+    def unsupported(self, source: str, target: str) -> str | None:
+        """Why this engine cannot translate source->target (None = it can)."""
+        for code in (source, target):
+            if language_name(code) is None:
+                return f"unknown language {code!r}"
+        return None
+
+    @abstractmethod
+    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
+                        ) -> list[Output | BaseException]:
+        """One outcome per job, in order."""
+
+    async def check(self) -> EngineState:
+        """Refresh and return the readiness state (called by /readyz and a background poller)."""
+        return self.state
+
+    def note_activity(self) -> None:
+        """Called for every batch; engines that sleep when idle reset their timer here."""
+
+
+class OpenAIEngine(Engine):
+    """Any OpenAI-compatible server: /v1/completions (few-shot prompt) or /v1/chat/completions."""
+
+    name = "openai"
+
+    def __init__(self, settings: OpenAISettings, context_segments: int, *, name: str = "openai") -> None:
+        super().__init__()
+        self.name = name
+        self.settings = settings
+        self.context_segments = context_segments
+        self.batch_mode = settings.batch_mode
+        if not settings.url:
+            raise ValueError(f"{name}: no endpoint URL (spec.translation.endpoint or "
+                             f"LT_TRANSLATE_{name.upper()}__URL)")
+        self.base = settings.url.rstrip("/").removesuffix("/v1")
+        headers = {}
+        if key := settings.key():
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.AsyncClient(base_url=self.base, headers=headers,
+                                        timeout=httpx.Timeout(settings.timeout_s, connect=3.0),
+                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.served_models: list[str] = []
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    # ------------------------------------------------------------ readiness
+
+    async def check(self) -> EngineState:
+        try:
+            resp = await self.client.get("/v1/models", timeout=3.0)
+            resp.raise_for_status()
+            self.served_models = [m.get("id", "") for m in resp.json().get("data", [])]
+            self.state.ready = True
+            self.state.detail = "ok"
+        except (httpx.HTTPError, ValueError) as exc:
+            self.state.ready = False
+            self.state.detail = f"{self.base} unreachable: {type(exc).__name__}: {exc}"
+        return self.state
+
+    def resolve_model(self, model: str | None) -> str:
+        """The model name to send: the one asked for, else the server's only (first) model."""
+        chosen = model or self.settings.model
+        if chosen:
+            return chosen
+        return self.served_models[0] if self.served_models else "default"
+
+    # ------------------------------------------------------------ translation
+
+    def _max_tokens(self, text: str) -> int:
+        return max(self.settings.min_max_tokens, math.ceil(len(text) * self.settings.max_tokens_per_char))
+
+    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
+                        ) -> list[Output | BaseException]:
+        self.note_activity()
+        await self.before_request()
+        model_name = self.resolve_model(model)
+        # A retry samples a little: the greedy answer already failed a check.
+        temperature = self.settings.temperature if attempt == 0 else max(0.3, self.settings.temperature)
+        mode = self.batch_mode if len(jobs) > 1 else "concurrent"
+        if self.settings.prompt_style == "chat":
+            mode = "concurrent"  # chat endpoints take one conversation per request
+        if mode == "list":
+            return await self._list(jobs, model_name, temperature)
+        if mode == "packed":
+            return await self._packed(jobs, model_name, temperature)
+        results = await asyncio.gather(*(self._one(j, model_name, temperature) for j in jobs),
+                                       return_exceptions=True)
+        return list(results)
+
+    async def before_request(self) -> None:
+        """Hook for engines that must be woken before use."""
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            resp = await self.client.post(path, json=body)
+        except httpx.TimeoutException as exc:
+            raise EngineError(f"{self.name}: no reply within {self.settings.timeout_s:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise EngineError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise EngineError(f"{self.name}: HTTP {resp.status_code}: {resp.text[:200]}")
+        try:
+            data = resp.json()
+        except ValueError as exc:
+            raise GarbageError(f"{self.name}: reply is not JSON: {resp.text[:120]!r}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+            raise GarbageError(f"{self.name}: reply has no choices: {str(data)[:120]}")
+        return data
+
+    @staticmethod
+    def _choice_text(choice: Any, chat: bool) -> tuple[str, bool]:
+        if not isinstance(choice, dict):
+            raise GarbageError("choice is not an object")
+        if chat:
+            msg = choice.get("message") or {}
+            text = msg.get("content") if isinstance(msg, dict) else None
+        else:
+            text = choice.get("text")
+        if not isinstance(text, str):
+            raise GarbageError("choice carries no text")
+        return text, choice.get("finish_reason") == "length"
+
+    async def _one(self, job: Job, model: str, temperature: float) -> Output:
+        prompt = build_prompt(job, self.context_segments)
+        chat = self.settings.prompt_style == "chat"
+        body: dict[str, Any] = {"model": model, "temperature": temperature,
+                                "max_tokens": self._max_tokens(job.text)}
+        if chat:
+            body["messages"] = prompt.messages
+            data = await self._post("/v1/chat/completions", body)
+        else:
+            body |= {"prompt": prompt.text, "stop": prompt.stop}
+            data = await self._post("/v1/completions", body)
+        if not data["choices"]:
+            raise GarbageError(f"{self.name}: empty choices")
+        text, truncated = self._choice_text(data["choices"][0], chat)
+        return Output(text, truncated)
+
+    async def _list(self, jobs: list[Job], model: str, temperature: float) -> list[Output | BaseException]:
+        prompts: list[Prompt] = [build_prompt(j, self.context_segments) for j in jobs]
+        body = {"model": model, "temperature": temperature, "prompt": [p.text for p in prompts],
+                "stop": prompts[0].stop, "max_tokens": max(self._max_tokens(j.text) for j in jobs)}
+        data = await self._post("/v1/completions", body)
+        outs: list[Output | BaseException] = [GarbageError(f"{self.name}: no choice for this prompt")] * len(jobs)
+        for pos, choice in enumerate(data["choices"]):
+            idx = choice.get("index", pos) if isinstance(choice, dict) else pos
+            if isinstance(idx, int) and 0 <= idx < len(jobs):
+                try:
+                    text, truncated = self._choice_text(choice, False)
+                    outs[idx] = Output(text, truncated)
+                except GarbageError as exc:
+                    outs[idx] = exc
+        return outs
+
+    async def _packed(self, jobs: list[Job], model: str, temperature: float) -> list[Output | BaseException]:
+        prompt = build_packed_prompt(jobs, self.context_segments)
+        budget = sum(self._max_tokens(j.text) for j in jobs) + 4 * len(jobs)
+        body = {"model": model, "temperature": temperature, "prompt": prompt.text, "stop": prompt.stop,
+                "max_tokens": budget}
+        data = await self._post("/v1/completions", body)
+        if not data["choices"]:
+            raise GarbageError(f"{self.name}: empty choices")
+        text, truncated = self._choice_text(data["choices"][0], False)
+        parsed = parse_packed(text, len(jobs))
+        outs: list[Output | BaseException] = []
+        missing = [i for i, p in enumerate(parsed) if p is None]
+        # A line the model skipped (or cut off) is asked again alone rather than lost.
+        redo = await asyncio.gather(*(self._one(jobs[i], model, temperature) for i in missing),
+                                    return_exceptions=True)
+        redone = dict(zip(missing, redo, strict=True))
+        for i, p in enumerate(parsed):
+            if p is None:
+                r = redone[i]
+                if isinstance(r, Output):
+                    r.packed_miss = True
+                outs.append(r)
+            else:
+                outs.append(Output(p, truncated and i == len(jobs) - 1))
+        return outs
+
+
+def parse_prometheus(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Sum of each named sample over its label sets (one engine per pod: usually one series)."""
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, rest = line.partition(" ")
+        metric = head.split("{", 1)[0]
+        if metric in names:
+            try:
+                value = float(rest.split()[0])
+            except (ValueError, IndexError):
+                continue
+            found[metric] = found.get(metric, 0.0) + value
+    return found
+
+
+def parse_labels(text: str, metric: str) -> dict[str, str]:
+    """The labels of the first sample of ``metric`` (vLLM publishes config as *_info labels)."""
+    for line in text.splitlines():
+        if line.startswith(metric + "{"):
+            body = line[len(metric) + 1:line.rindex("}")]
+            out: dict[str, str] = {}
+            for part in body.split('",'):
+                k, _, v = part.partition("=")
+                out[k.strip()] = v.strip().strip('"')
+            return out
+    return {}
+
+
+VLLM_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+                "vllm:gpu_cache_usage_perc", "process_resident_memory_bytes")
+
+
+class VllmEngine(OpenAIEngine):
+    """vLLM's OpenAI-compatible server in the same pod, with its metrics and sleep mode.
+
+    Written against vLLM's documented interface: /health, /v1/models, /v1/completions (a prompt
+    list is one batch), /metrics (``vllm:num_requests_waiting``, ``vllm:kv_cache_usage_perc``,
+    ``vllm:cache_config_info``), and sleep mode (``POST /sleep?level=N``, ``POST /wake_up``,
+    ``GET /is_sleeping``; present when vLLM runs with --enable-sleep-mode and
+    VLLM_SERVER_DEV_MODE=1).
+    """
+
+    def __init__(self, settings: VllmSettings, context_segments: int) -> None:
+        super().__init__(settings, context_segments, name="vllm")
+        self.vsettings = settings
+        self._last_activity = time.monotonic()
+        self._wake_lock = asyncio.Lock()
+        self._inflight = 0
+        self.sleep_count = 0
+        self.wake_count = 0
+
+    def note_activity(self) -> None:
+        self._last_activity = time.monotonic()
+
+    async def check(self) -> EngineState:
+        try:
+            health = await self.client.get("/health", timeout=3.0)
+            if health.status_code != 200:
+                raise EngineError(f"/health answered {health.status_code}")
+            await super().check()
+            if not self.state.ready:
+                return self.state
+            metrics = await self.client.get("/metrics", timeout=3.0)
+            if metrics.status_code == 200:
+                stats = parse_prometheus(metrics.text, VLLM_METRICS)
+                if "vllm:kv_cache_usage_perc" not in stats and "vllm:gpu_cache_usage_perc" in stats:
+                    stats["vllm:kv_cache_usage_perc"] = stats["vllm:gpu_cache_usage_perc"]
+                info = parse_labels(metrics.text, "vllm:cache_config_info")
+                if "gpu_memory_utilization" in info:
+                    try:
+                        stats["gpu_memory_utilization"] = float(info["gpu_memory_utilization"])
+                    except ValueError:
+                        pass
+                self.state.stats = stats
+            sleeping = await self.client.get("/is_sleeping", timeout=3.0)
+            if sleeping.status_code == 200:
+                self.state.sleeping = bool(sleeping.json().get("is_sleeping", False))
+            self.state.detail = "sleeping" if self.state.sleeping else "ok"
+        except (httpx.HTTPError, EngineError, ValueError) as exc:
+            self.state.ready = False
+            self.state.detail = f"vLLM at {self.base} not healthy: {type(exc).__name__}: {exc}"
+        return self.state
+
+    async def before_request(self) -> None:
+        if self.state.sleeping:
+            await self.wake()
+
+    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
+                        ) -> list[Output | BaseException]:
+        self._inflight += 1
+        try:
+            return await super().translate(jobs, model, attempt=attempt)
+        finally:
+            self._inflight -= 1
+            self._last_activity = time.monotonic()
+
+    async def wake(self) -> None:
+        """Wake the engine (once, whoever asks first); requests wait for it rather than fail."""
+        async with self._wake_lock:
+            if not self.state.sleeping:
+                return
+            log.info("waking the vLLM engine", extra={"fields": {"engine": self.base}})
+            started = time.monotonic()
+            try:
+                resp = await self.client.post("/wake_up", timeout=self.vsettings.wake_timeout_s)
+            except httpx.HTTPError as exc:
+                raise EngineError(f"vllm: wake_up failed: {exc}") from exc
+            if resp.status_code >= 400:
+                raise EngineError(f"vllm: wake_up answered HTTP {resp.status_code}")
+            self.state.sleeping = False
+            self.wake_count += 1
+            log.info("vLLM engine awake", extra={"fields": {"seconds": round(time.monotonic() - started, 3)}})
+
+    async def maybe_sleep(self) -> bool:
+        """Sleep after the configured idle time; never while a batch is in flight."""
+        idle_after = self.vsettings.sleep_after_idle_s
+        if not idle_after or self.state.sleeping or self._inflight or not self.state.ready:
+            return False
+        if time.monotonic() - self._last_activity < idle_after:
+            return False
+        async with self._wake_lock:
+            if self._inflight or self.state.sleeping:
+                return False
+            try:
+                resp = await self.client.post("/sleep", params={"level": self.vsettings.sleep_level},
+                                              timeout=60.0)
+            except httpx.HTTPError as exc:
+                log.warning("vLLM sleep failed", extra={"fields": {"error": str(exc)}})
+                return False
+            if resp.status_code >= 400:
+                log.warning("vLLM refused to sleep (is --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 set?)",
+                            extra={"fields": {"status": resp.status_code}})
+                self.vsettings.sleep_after_idle_s = 0.0  # do not ask again every poll
+                return False
+            self.state.sleeping = True
+            self.sleep_count += 1
+            log.info("vLLM engine put to sleep after idle time",
+                     extra={"fields": {"idle_s": idle_after, "level": self.vsettings.sleep_level}})
+            return True

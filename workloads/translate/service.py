@@ -1,0 +1,408 @@
+"""The translation service's logic: engine chain, batching, quality gate, fallback and metrics.
+
+Stateless by design: the gateway sends each final segment with its session's recent context, so
+any replica can serve any segment and the stage scales horizontally. For every target language a
+segment goes through the chain (primary engine, then the configured fallbacks): micro-batched,
+cleaned, checked; a failed check is retried once on the same engine, then handed to the next
+engine; whatever happens, the gateway gets one line per target (a translation with its ``quality``,
+or an error with a code), never silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from livetranslate import metrics as m
+from livetranslate.capabilities import primary
+from livetranslate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_resolved
+from livetranslate.protocol import (
+    ERR_TRANSLATION_FAILED,
+    ERR_UNSUPPORTED_LANGUAGE,
+    ERR_UPSTREAM,
+    TranslateRequest,
+    TranslateResult,
+)
+
+from .apertium import ApertiumEngine
+from .batching import CircuitBreaker, CircuitOpen, MicroBatcher, QueueFull
+from .engines import Engine, EngineError, OpenAIEngine, Output, UnsupportedError, VllmEngine
+from .quality import Job, check, clean_apertium, cleanup
+from .settings import BackendName, TranslateSettings
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ModelSwitchError", "QueueFull", "TranslationService"]
+
+
+class ModelSwitchError(Exception):
+    """The model asked for is not allowed for this pipeline, or the engine does not serve it."""
+
+
+@dataclass
+class _Step:
+    engine: Engine
+    batcher: MicroBatcher
+    breaker: CircuitBreaker
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry, pipeline: str) -> None:
+        self.pipeline = pipeline
+        self.latency = m.translation_latency(registry, ("backend",))
+        self.queue = m.queue_depth(registry)
+        self.batch = Histogram(m.TRANSLATION_BATCH_SIZE, "Segments per engine call",
+                               ["pipeline", "backend"], buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+                               registry=registry)
+        self.batch_seconds = Histogram(m.TRANSLATION_BATCH_SECONDS, "Wall time of one engine call",
+                                       ["pipeline", "backend"], buckets=m.PROCESSING_BUCKETS,
+                                       registry=registry)
+        self.results = Counter(m.TRANSLATION_RESULTS.removesuffix("_total"),
+                               "Per-target results sent to the gateway",
+                               ["pipeline", "outcome", "quality"], registry=registry)
+        self.fallbacks = Counter(m.TRANSLATION_FALLBACKS.removesuffix("_total"),
+                                 "Segments handed to the next engine of the chain",
+                                 ["pipeline", "from_backend", "to_backend", "reason"], registry=registry)
+        self.rejections = Counter(m.TRANSLATION_QUALITY_REJECTIONS.removesuffix("_total"),
+                                  "Engine outputs refused by a quality check",
+                                  ["pipeline", "backend", "check"], registry=registry)
+        self.refused = Counter(m.TRANSLATION_REFUSED.removesuffix("_total"),
+                               "Requests refused before any work (backpressure, bad input)",
+                               ["pipeline", "reason"], registry=registry)
+        self.engine_up = Gauge(m.TRANSLATION_ENGINE_UP, "1 when the engine answers its health check",
+                               ["pipeline", "backend"], registry=registry)
+        self.engine_sleeping = Gauge(m.TRANSLATION_ENGINE_SLEEPING, "1 while vLLM sleeps (GPU memory freed)",
+                                     ["pipeline", "backend"], registry=registry)
+        self.kv_cache = Gauge(m.TRANSLATION_ENGINE_KV_CACHE, "Engine KV-cache use, 0..1 (vllm:kv_cache_usage_perc)",
+                              ["pipeline", "backend"], registry=registry)
+        self.waiting = Gauge(m.TRANSLATION_ENGINE_WAITING, "Requests waiting inside the engine",
+                             ["pipeline", "backend"], registry=registry)
+        self.running = Gauge(m.TRANSLATION_ENGINE_RUNNING, "Requests running inside the engine",
+                             ["pipeline", "backend"], registry=registry)
+        self.memory = Gauge(m.TRANSLATION_ENGINE_MEMORY, "Engine memory: GPU share reserved, host RSS",
+                            ["pipeline", "backend", "kind"], registry=registry)
+        self.restarts = Gauge(m.TRANSLATION_ENGINE_RESTARTS, "Engine child-process restarts",
+                              ["pipeline", "backend"], registry=registry)
+        self.breaker_open = Gauge(m.TRANSLATION_BREAKER_OPEN, "1 while an engine's circuit is open",
+                                  ["pipeline", "backend"], registry=registry)
+        self.model_info = Gauge(m.TRANSLATION_MODEL_INFO, "The model the primary engine is asked for",
+                                ["pipeline", "backend", "model"], registry=registry)
+
+
+def build_engine(kind: BackendName, settings: TranslateSettings) -> Engine:
+    ctx = settings.context_segments or 0
+    if kind == "vllm":
+        return VllmEngine(settings.vllm, ctx)
+    if kind == "openai":
+        return OpenAIEngine(settings.openai, ctx)
+    return ApertiumEngine(settings.apertium)
+
+
+class TranslationService:
+    def __init__(self, settings: TranslateSettings, registry: CollectorRegistry | None = None,
+                 engines: list[Engine] | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.pipeline = settings.pipeline or "local"
+        self.metrics = _Metrics(self.registry, self.pipeline)
+        backend = settings.backend or "apertium"
+        if engines is None:
+            kinds: list[BackendName] = [backend] + [k for k in settings.fallback if k != backend]
+            engines = [build_engine(k, settings) for k in kinds]
+        self.steps = [self._step(e) for e in engines]
+        self.primary = self.steps[0]
+        self.model: str | None = settings.model if self.primary.engine.name != "apertium" else None
+        self.allowed_models = [x for x in [settings.model, *(settings.fallback_models or [])] if x]
+        self.problems: list[str] = []
+        self._background: list[asyncio.Task[None]] = []
+        self._config_mtime: float | None = None
+        self._set_model_info()
+
+    def _step(self, engine: Engine) -> _Step:
+        b = self.settings.batch
+        breaker = CircuitBreaker(engine.name, self.settings.breaker.failures, self.settings.breaker.reset_s)
+        batcher = MicroBatcher(
+            engine, window_ms=b.window_ms, max_batch=b.max_batch, max_queue=b.max_queue,
+            max_inflight=b.max_inflight_batches, breaker=breaker, on_batch=self._on_batch,
+            on_depth=lambda _depth: self._report_depth())
+        return _Step(engine, batcher, breaker)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for step in self.steps:
+            await step.engine.start()
+            step.batcher.start()
+        await self.refresh()
+        self._recheck_languages()
+        self._background.append(asyncio.create_task(self._poll(), name="translate-poll"))
+
+    async def close(self) -> None:
+        for t in self._background:
+            t.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        for step in self.steps:
+            await step.batcher.close()
+            await step.engine.close()
+
+    def _recheck_languages(self) -> None:
+        """Re-check the pipeline's languages against what this image really has installed."""
+        src, targets = self.settings.source_language, self.settings.target_languages or []
+        if not src or src == "auto":
+            return
+        for t in targets:
+            reasons = [s.engine.unsupported(src, t) for s in self.steps]
+            if all(reasons):
+                self.problems.append(f"{src}->{t}: {reasons[0]}")
+        if self.problems:
+            log.error("pipeline languages this service cannot serve", extra={"fields": {"problems": self.problems}})
+
+    async def refresh(self) -> None:
+        """Ask every engine for its health and usage; mirror it into metrics."""
+        for step in self.steps:
+            st = await step.engine.check()
+            labels = (self.pipeline, step.engine.name)
+            self.metrics.engine_up.labels(*labels).set(1.0 if st.ready else 0.0)
+            self.metrics.engine_sleeping.labels(*labels).set(1.0 if st.sleeping else 0.0)
+            self.metrics.breaker_open.labels(*labels).set(0.0 if step.breaker.state == "closed" else 1.0)
+            stats = st.stats
+            if "vllm:kv_cache_usage_perc" in stats:
+                self.metrics.kv_cache.labels(*labels).set(stats["vllm:kv_cache_usage_perc"])
+            if "vllm:num_requests_waiting" in stats:
+                self.metrics.waiting.labels(*labels).set(stats["vllm:num_requests_waiting"])
+            if "vllm:num_requests_running" in stats:
+                self.metrics.running.labels(*labels).set(stats["vllm:num_requests_running"])
+            if "gpu_memory_utilization" in stats:
+                self.metrics.memory.labels(*labels, "gpu_reserved_fraction").set(stats["gpu_memory_utilization"])
+            if "process_resident_memory_bytes" in stats:
+                self.metrics.memory.labels(*labels, "host_rss_bytes").set(stats["process_resident_memory_bytes"])
+            if isinstance(step.engine, ApertiumEngine):
+                self.metrics.restarts.labels(*labels).set(step.engine.restarts)
+
+    async def _poll(self) -> None:
+        interval = self.settings.vllm.metrics_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.refresh()
+                for step in self.steps:
+                    if isinstance(step.engine, VllmEngine):
+                        await step.engine.maybe_sleep()
+                        self.metrics.engine_sleeping.labels(self.pipeline, "vllm").set(
+                            1.0 if step.engine.state.sleeping else 0.0)
+                await self._watch_config()
+            except Exception:  # the poller must survive any one bad round
+                log.exception("engine poll failed")
+
+    async def _watch_config(self) -> None:
+        """Follow the operator's model choice: a changed placement.translationModel switches models.
+
+        The ConfigMap is mounted as a file that the kubelet updates in place; watching it means the
+        operator (and its autoscaler) reaches every replica without calling each pod.
+        """
+        import os
+
+        path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if self._config_mtime is None:
+            self._config_mtime = mtime
+            return
+        if mtime == self._config_mtime:
+            return
+        self._config_mtime = mtime
+        resolved = load_resolved(path)
+        if resolved is None or self.model is None:
+            return
+        self.allowed_models = [x for x in [resolved.spec.translation.model,
+                                           *resolved.spec.translation.fallbackModels] if x]
+        wanted = resolved.placement.translationModel or resolved.spec.translation.model
+        if wanted and wanted != self.model:
+            try:
+                await self.set_model(wanted)
+            except ModelSwitchError as exc:
+                log.error("cannot switch to the operator's model", extra={"fields": {"error": str(exc)}})
+
+    # ------------------------------------------------------------ model switching
+
+    def _set_model_info(self) -> None:
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(self.pipeline, self.primary.engine.name,
+                                       self.model or self.primary.engine.name).set(1.0)
+
+    async def set_model(self, model: str) -> str | None:
+        """Switch the primary engine's model for new segments; segments in flight finish on the old.
+
+        Each queued job carries the model it was admitted with, so nothing in flight is re-routed
+        or dropped. vLLM serves the one model it was started with: a model it does not list is
+        refused (the operator then rolls the engine with the new --model and the pods pick the
+        model up from the pipeline file).
+        """
+        engine = self.primary.engine
+        if not isinstance(engine, OpenAIEngine):
+            raise ModelSwitchError(f"the {engine.name} backend has no models to switch")
+        if self.allowed_models and model not in self.allowed_models:
+            raise ModelSwitchError(f"{model!r} is not spec.translation.model or one of its fallbackModels "
+                                   f"({', '.join(self.allowed_models)})")
+        await engine.check()
+        if engine.served_models and model not in engine.served_models:
+            raise ModelSwitchError(f"the {engine.name} engine at {engine.base} serves "
+                                   f"{', '.join(engine.served_models)}, not {model!r}")
+        previous, self.model = self.model, model
+        self._set_model_info()
+        log.info("translation model switched", extra={"fields": {"from": previous, "to": model}})
+        return previous
+
+    # ------------------------------------------------------------ state for routes
+
+    @property
+    def ready(self) -> bool:
+        return self.primary.engine.state.ready
+
+    def readiness(self) -> dict[str, object]:
+        return {
+            "ready": self.ready,
+            "backend": self.primary.engine.name,
+            "model": self.model,
+            "engines": [{"backend": s.engine.name, "ready": s.engine.state.ready,
+                         "detail": s.engine.state.detail, "sleeping": s.engine.state.sleeping,
+                         "circuit": s.breaker.state} for s in self.steps],
+            "problems": self.problems,
+        }
+
+    def queue_depth(self) -> int:
+        return sum(s.batcher.depth for s in self.steps)
+
+    def _report_depth(self) -> None:
+        self.metrics.queue.labels(self.pipeline, "translation").set(self.queue_depth())
+
+    def _on_batch(self, backend: str, size: int, seconds: float) -> None:
+        self.metrics.batch.labels(self.pipeline, backend).observe(size)
+        self.metrics.batch_seconds.labels(self.pipeline, backend).observe(seconds)
+
+    # ------------------------------------------------------------ translation
+
+    def admit(self, req: TranslateRequest) -> None:
+        """Refuse the whole request up front when the queue cannot take all its targets."""
+        try:
+            self.primary.batcher.reserve(len(req.targetLanguages))
+        except QueueFull:
+            self.metrics.refused.labels(self.pipeline, "queue_full").inc()
+            raise
+
+    async def translate(self, req: TranslateRequest) -> AsyncIterator[TranslateResult]:
+        """One result per target language, yielded as each is ready (targets run concurrently)."""
+        received = time.monotonic()
+        context = tuple(req.context[-(self.settings.context_segments or 0):]) if self.settings.context_segments else ()
+        tasks = [asyncio.create_task(self._target(Job(req.text, req.sourceLanguage, t, context, req.sessionId,
+                                                      req.segmentId), received))
+                 for t in req.targetLanguages]
+        try:
+            for fut in asyncio.as_completed(tasks):
+                yield await fut
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def _target(self, job: Job, received: float) -> TranslateResult:
+        try:
+            result = await asyncio.wait_for(self._chain(job), self.settings.request_timeout_s)
+        except TimeoutError:
+            result = TranslateResult(type="error", segmentId=job.segment_id, language=job.target,
+                                     code=ERR_TRANSLATION_FAILED,
+                                     message=f"no translation within {self.settings.request_timeout_s:g} s")
+        except QueueFull as exc:
+            result = TranslateResult(type="error", segmentId=job.segment_id, language=job.target,
+                                     code=ERR_UPSTREAM, message=str(exc))
+        elapsed = time.monotonic() - received
+        result.latencySeconds = round(elapsed, 4)
+        backend = getattr(result, "backend", None) or self.primary.engine.name
+        if result.type == "translation":
+            self.metrics.latency.labels(self.pipeline, backend).observe(elapsed)
+        self.metrics.results.labels(self.pipeline, result.type, result.quality or result.code or "").inc()
+        if result.type == "error":
+            log.warning("segment not translated", extra={
+                "session_id": job.session_id, "segment_id": job.segment_id, "language": job.target,
+                "fields": {"code": result.code, "error": result.message}})
+        return result
+
+    def _error(self, job: Job, code: str, message: str) -> TranslateResult:
+        return TranslateResult(type="error", segmentId=job.segment_id, language=job.target, code=code,
+                               message=message)
+
+    async def _chain(self, job: Job) -> TranslateResult:
+        if job.source != "auto" and primary(job.source) == primary(job.target):
+            return TranslateResult(segmentId=job.segment_id, language=job.target, text=job.text,
+                                   quality="same_language")
+        reasons = [s.engine.unsupported(job.source, job.target) for s in self.steps]
+        usable = [s for s, r in zip(self.steps, reasons, strict=True) if r is None]
+        if not usable:
+            return self._error(job, ERR_UNSUPPORTED_LANGUAGE, f"{job.source}->{job.target}: {reasons[0]}")
+        best: tuple[str, str, str] | None = None  # (text, failed check, backend)
+        last_error: BaseException | None = None
+        for pos, step in enumerate(usable):
+            is_primary = step is self.primary
+            model = self.model if is_primary else None
+            if pos > 0:
+                reason = (last_error.__class__.__name__ if last_error is not None
+                          else f"quality:{best[1] if best else 'unknown'}")
+                self.metrics.fallbacks.labels(self.pipeline, usable[pos - 1].engine.name,
+                                              step.engine.name, reason).inc()
+            # Deterministic engines (Apertium) give the same answer twice: no point retrying a check.
+            tries = 2 if step.engine.name != "apertium" else 1
+            for attempt in range(2):
+                try:
+                    outcome = await step.batcher.submit(job, model, attempt)
+                except QueueFull as exc:
+                    outcome = exc
+                if isinstance(outcome, Output):
+                    text = (clean_apertium(outcome.text) if step.engine.name == "apertium"
+                            else cleanup(outcome.text, job.target))
+                    verdict = check(job.text, text, job.source, job.target, truncated=outcome.truncated)
+                    if verdict.ok:
+                        quality = "ok"
+                        if pos > 0:
+                            quality = "fallback"
+                        elif attempt > 0:
+                            quality = "retried"
+                        res = TranslateResult(segmentId=job.segment_id, language=job.target, text=text,
+                                              quality=quality)
+                        res.backend = step.engine.name  # type: ignore[attr-defined]
+                        return res
+                    self.metrics.rejections.labels(self.pipeline, step.engine.name, verdict.reason).inc()
+                    log.info("translation refused by a quality check", extra={
+                        "session_id": job.session_id, "segment_id": job.segment_id, "language": job.target,
+                        "fields": {"backend": step.engine.name, "check": verdict.reason,
+                                   "detail": verdict.detail, "attempt": attempt}})
+                    if text.strip() and (best is None or verdict.reason != "empty"):
+                        best = (text, verdict.reason, step.engine.name)
+                    last_error = None
+                    if attempt + 1 >= tries:
+                        break
+                    continue
+                last_error = outcome
+                if isinstance(outcome, UnsupportedError | CircuitOpen | QueueFull):
+                    break
+                if not isinstance(outcome, EngineError):
+                    log.error("engine raised", exc_info=outcome, extra={"fields": {"backend": step.engine.name}})
+                if attempt + 1 >= 2:
+                    break
+        if best is not None:
+            # Every engine failed a check: show the least-bad output, flagged, rather than nothing.
+            res = TranslateResult(segmentId=job.segment_id, language=job.target, text=best[0],
+                                  quality=f"degraded:{best[1]}")
+            res.backend = best[2]  # type: ignore[attr-defined]
+            return res
+        if isinstance(last_error, EngineError):
+            return self._error(job, last_error.code, str(last_error))
+        if isinstance(last_error, QueueFull):
+            return self._error(job, ERR_UPSTREAM, str(last_error))
+        return self._error(job, ERR_TRANSLATION_FAILED, f"translation failed: {last_error}")

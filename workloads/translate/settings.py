@@ -1,0 +1,139 @@
+"""Settings of the translation service: environment (``LT_TRANSLATE_*``) merged with the pipeline.
+
+The operator's resolved pipeline (``load_resolved()``) says which backend and model the stage runs
+and what the spec asks for; the environment tunes the service itself (batching, timeouts, engine
+URLs, secrets). An environment value always wins, so one container image serves every pipeline and
+a test overrides any knob without writing a pipeline file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from livetranslate.config import AUTH_MOUNT_DIR, VLLM_LOCAL_URL, ResolvedPipeline, load_resolved
+
+BackendName = Literal["vllm", "openai", "apertium"]
+# How several segments travel to an OpenAI-compatible server in one micro-batch:
+#   list:       one /v1/completions call with a list of prompts (vLLM batches them on the GPU);
+#   packed:     one prompt holding numbered lines (servers that run one request at a time, such as
+#               llama-cpp-python's, where a prompt list is silently cut to its first entry);
+#   concurrent: one request per segment, all in flight at once (chat-only hosted APIs).
+BatchMode = Literal["list", "packed", "concurrent"]
+PromptStyle = Literal["completion", "chat"]
+
+
+class OpenAISettings(BaseModel):
+    """An OpenAI-compatible endpoint: the vLLM engine in the pod, a llama.cpp server, a hosted API."""
+
+    url: str | None = None
+    api_key: SecretStr | None = None
+    # A file holding the key (the operator mounts spec.translation.apiKeySecretRef there).
+    api_key_file: Path | None = None
+    model: str | None = None
+    prompt_style: PromptStyle = "completion"
+    batch_mode: BatchMode = "concurrent"
+    timeout_s: float = Field(15.0, gt=0)
+    temperature: float = Field(0.0, ge=0, le=2)
+    # Output budget: tokens per source character (plus a floor), so a runaway stops early.
+    max_tokens_per_char: float = Field(1.0, gt=0)
+    min_max_tokens: int = Field(32, ge=1)
+
+    def key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        if self.api_key_file is not None and self.api_key_file.exists():
+            return self.api_key_file.read_text().strip() or None
+        return None
+
+
+class VllmSettings(OpenAISettings):
+    url: str | None = VLLM_LOCAL_URL
+    batch_mode: BatchMode = "list"
+    # Put the engine to sleep (level 1: weights to CPU RAM, KV cache dropped) after this many idle
+    # seconds; 0 keeps it awake. Needs vLLM started with --enable-sleep-mode and
+    # VLLM_SERVER_DEV_MODE=1 (the endpoints exist only then).
+    sleep_after_idle_s: float = Field(0.0, ge=0)
+    sleep_level: Literal[1, 2] = 1
+    metrics_interval_s: float = Field(5.0, gt=0)
+    wake_timeout_s: float = Field(120.0, gt=0)
+
+
+class ApertiumSettings(BaseModel):
+    modes_dir: Path = Path("/usr/share/apertium/modes")
+    apy_binary: str = "apertium-apy"
+    startup_timeout_s: float = Field(60.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0)
+    # Parallel HTTP requests to APy (it keeps one warm pipeline per pair and queues behind it).
+    concurrency: int = Field(8, ge=1)
+    restart_backoff_s: float = Field(1.0, ge=0)
+
+
+class BatchSettings(BaseModel):
+    window_ms: float = Field(8.0, ge=0, description="How long a batch waits for more segments")
+    max_batch: int = Field(16, ge=1)
+    max_queue: int = Field(512, ge=1, description="Segments waiting; beyond it requests get 429")
+    max_inflight_batches: int = Field(4, ge=1)
+
+
+class BreakerSettings(BaseModel):
+    failures: int = Field(3, ge=1, description="Consecutive failures that open the circuit")
+    reset_s: float = Field(15.0, gt=0, description="Open time before one trial call")
+
+
+class TranslateSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LT_TRANSLATE_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    pipeline: str | None = None
+    backend: BackendName | None = None
+    model: str | None = None
+    fallback_models: list[str] | None = None
+    # Next steps after the primary backend, in order (for example ["openai"] for an external
+    # endpoint behind the local vLLM, or ["apertium"] for an offline last resort).
+    fallback: list[BackendName] = Field(default_factory=list)
+    context_segments: int | None = Field(None, ge=0, le=32)
+    max_chars: int = Field(2000, ge=1, le=4000)
+    request_timeout_s: float = Field(30.0, gt=0)
+    source_language: str | None = None
+    target_languages: list[str] | None = None
+    # Bearer token for POST /v1/admin/model (unset: the endpoint is open inside the pod network).
+    admin_token: SecretStr | None = None
+
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    apertium: ApertiumSettings = Field(default_factory=ApertiumSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
+
+    def merged(self, resolved: ResolvedPipeline | None) -> TranslateSettings:
+        """Fill what the environment left open from the operator's resolved pipeline."""
+        out = self.model_copy(deep=True)
+        if resolved is None:
+            out.pipeline = out.pipeline or "local"
+            out.backend = out.backend or "apertium"
+            out.context_segments = 3 if out.context_segments is None else out.context_segments
+            out.fallback_models = out.fallback_models or []
+            return out
+        spec = resolved.spec.translation
+        out.pipeline = out.pipeline or resolved.name
+        out.backend = out.backend or resolved.placement.translationBackend
+        out.model = out.model or resolved.placement.translationModel or spec.model
+        out.fallback_models = out.fallback_models if out.fallback_models is not None else list(
+            spec.fallbackModels)
+        out.context_segments = (spec.contextSegments if out.context_segments is None
+                                else out.context_segments)
+        out.source_language = out.source_language or resolved.spec.sourceLanguage
+        out.target_languages = out.target_languages or list(resolved.spec.targetLanguages)
+        if out.openai.url is None and spec.endpoint:
+            out.openai.url = spec.endpoint
+        if spec.apiKeySecretRef is not None and out.openai.api_key is None and out.openai.api_key_file is None:
+            out.openai.api_key_file = Path(AUTH_MOUNT_DIR).parent / "translation-key" / spec.apiKeySecretRef.key
+        return out
+
+
+def load_settings(config_path: str | None = None) -> TranslateSettings:
+    return TranslateSettings().merged(load_resolved(config_path))
