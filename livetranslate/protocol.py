@@ -140,6 +140,9 @@ class AudioStart(_Msg):
     # Session seconds already transcribed before this stream (a resumed session): segment times
     # the audio service reports are offset by it, so they stay in session time.
     timeOffset: float = Field(0.0, ge=0)
+    # The audio service takes 16 kHz only (the gateway resamples); any other rate is refused with
+    # a clear error rather than transcribed at the wrong speed.
+    sampleRate: int = MODEL_SAMPLE_RATE
 
 
 class AudioFlush(_Msg):
