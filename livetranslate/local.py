@@ -1,0 +1,301 @@
+"""``livetranslate up [-f pipeline.yaml]``: the whole pipeline on this machine's CPU.
+
+Reads the same TranslationPipeline YAML a user would ``kubectl apply``, resolves it the way the
+operator would on a cluster without accelerators (audio on CPU with the packaged tiny.en Whisper,
+translation on the offline Apertium backend unless the spec names an OpenAI-compatible endpoint),
+writes the resolved document to a temporary ``pipeline.json`` and runs the three workloads as
+child processes (``livetranslate serve ...``) on loopback ports. Each child is watched: one that
+dies is reported with the end of its log and restarted (a few times, then everything stops with
+the reason); Ctrl-C or SIGTERM stops the gateway first (it finalises open sessions while its
+upstreams still run), then the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from livetranslate.api import API_VERSION, KIND, TranslationPipelineSpec, describe_validation_error
+from livetranslate.capabilities import backend_problems
+from livetranslate.config import CONFIG_ENV, Endpoints, Placement, ResolvedPipeline
+
+STAGES = ("audio", "translation", "gateway")
+SERVE_NAME = {"audio": "audio", "translation": "translate", "gateway": "gateway"}
+MAX_RESTARTS = 3
+RESTART_WINDOW_SECONDS = 120.0
+
+
+class UpError(Exception):
+    """A problem the user must fix; the message says which field or command."""
+
+
+def load_pipeline(path: Path | None) -> tuple[str, str, TranslationPipelineSpec]:
+    """(name, namespace, spec) from a YAML file (the first TranslationPipeline in it), or defaults."""
+    if path is None:
+        return "local", "default", TranslationPipelineSpec()
+    try:
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise UpError(f"{path}: {exc}") from exc
+    for doc in docs:
+        if not isinstance(doc, dict):
+            continue
+        if doc.get("kind") == KIND:
+            if doc.get("apiVersion") != API_VERSION:
+                raise UpError(f"{path}: apiVersion {doc.get('apiVersion')!r}; this version reads {API_VERSION}")
+            meta = doc.get("metadata") or {}
+            try:
+                spec = TranslationPipelineSpec.model_validate(doc.get("spec") or {})
+            except ValueError as exc:
+                raise UpError(f"{path}: {describe_validation_error(exc)}") from exc
+            return str(meta.get("name") or "local"), str(meta.get("namespace") or "default"), spec
+    raise UpError(f"{path}: no {KIND} resource (apiVersion {API_VERSION}) in the file")
+
+
+def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
+                  ports: dict[str, int]) -> ResolvedPipeline:
+    """What the operator would decide on a CPU-only cluster, with loopback endpoints."""
+    if spec.translation.backend == "vllm":
+        raise UpError("spec.translation.backend: vllm needs a GPU; livetranslate up runs on this "
+                      "machine's CPU (use apertium, or openai with spec.translation.endpoint)")
+    if spec.translation.backend == "openai":
+        backend, model = "openai", spec.translation.model
+        reason = f"backend openai at {spec.translation.endpoint}"
+    else:
+        backend, model = "apertium", "apertium"
+        reason = "no GPU on this machine: offline Apertium on CPU"
+    problems = backend_problems(backend, spec.sourceLanguage, list(spec.targetLanguages),
+                                endpoint=spec.translation.endpoint)
+    if problems:
+        raise UpError("; ".join(problems))
+    placement = Placement(audioDevice="cpu", audioReason="livetranslate up runs on this machine's CPU",
+                          translationBackend=backend, translationModel=model, translationReason=reason)
+    endpoints = Endpoints(**{stage: f"http://127.0.0.1:{ports[stage]}" for stage in STAGES})
+    return ResolvedPipeline(name=name, namespace=namespace, generation=1, spec=spec,
+                            placement=placement, endpoints=endpoints)
+
+
+def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise UpError("no free TCP port on loopback")
+
+
+@dataclass
+class Child:
+    stage: str
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    log_file: IO[bytes] | None = None
+    started_at: float = 0.0
+    ready_at: float | None = None
+    restarts: deque[float] = field(default_factory=deque)
+    restart_at: float | None = None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+class Runner:
+    def __init__(self, resolved: ResolvedPipeline, config_path: Path, log_dir: Path, host: str,
+                 out: IO[str], extra_env: dict[str, str]) -> None:
+        self.resolved = resolved
+        self.config_path = config_path
+        self.log_dir = log_dir
+        self.host = host
+        self.out = out
+        self.extra_env = extra_env
+        self.children = {
+            stage: Child(stage, int(getattr(resolved.endpoints, stage).rsplit(":", 1)[1]),
+                         log_dir / f"{stage}.log")
+            for stage in STAGES
+        }
+        self.stopping = False
+
+    def say(self, message: str) -> None:
+        self.out.write(message + "\n")
+        self.out.flush()
+
+    def start(self, child: Child) -> None:
+        env = {**os.environ, CONFIG_ENV: str(self.config_path), "PYTHONSAFEPATH": "1", **self.extra_env}
+        env.setdefault("LT_LOG_FORMAT", "json")
+        bind = self.host if child.stage == "gateway" else "127.0.0.1"
+        cmd = [sys.executable, "-P", "-m", "livetranslate.cli", "serve", SERVE_NAME[child.stage],
+               "--host", bind, "--port", str(child.port)]
+        child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
+        child.proc = subprocess.Popen(cmd, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, start_new_session=True)
+        child.started_at = time.monotonic()
+        child.ready_at = None
+
+    def ready(self, child: Child) -> bool:
+        import httpx
+
+        try:
+            r = httpx.get(f"http://127.0.0.1:{child.port}/readyz", timeout=1.0)
+        except httpx.HTTPError:
+            return False
+        return r.status_code == 200
+
+    def check_children(self) -> None:
+        """Restart a child that died (after a growing pause), or raise UpError once it keeps dying."""
+        for child in self.children.values():
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            now = time.monotonic()
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    self.start(child)
+                continue
+            code = child.proc.returncode
+            while child.restarts and now - child.restarts[0] > RESTART_WINDOW_SECONDS:
+                child.restarts.popleft()
+            tail = child.tail()
+            if len(child.restarts) >= MAX_RESTARTS:
+                raise UpError(f"{child.stage} exited with code {code} {MAX_RESTARTS + 1} times in "
+                              f"{RESTART_WINDOW_SECONDS:.0f} s; giving up. Its log ({child.log_path}) "
+                              f"ends:\n{_indent(tail)}")
+            child.restarts.append(now)
+            pause = 2.0 ** (len(child.restarts) - 1)
+            child.restart_at = now + pause
+            self.say(f"{child.stage}: exited with code {code}; restarting in {pause:.0f} s "
+                     f"({len(child.restarts)}/{MAX_RESTARTS}). Its log ends:\n{_indent(tail)}")
+
+    def wait_ready(self, timeout: float) -> None:
+        began = time.monotonic()
+        last_note = 0.0
+        while True:
+            self.check_children()
+            waiting = []
+            for child in self.children.values():
+                if child.ready_at is None and self.ready(child):
+                    child.ready_at = time.monotonic()
+                    self.say(f"{child.stage}: ready in {child.ready_at - child.started_at:.1f} s")
+                if child.ready_at is None:
+                    waiting.append(child.stage)
+            if not waiting:
+                return
+            now = time.monotonic()
+            if now - began > timeout:
+                raise UpError(f"not ready after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.log_dir})")
+            if now - last_note > 5:
+                last_note = now
+                self.say(f"waiting for {', '.join(waiting)} ({now - began:.0f} s; models load on first start)")
+            time.sleep(0.3)
+
+    def stop(self) -> None:
+        """Gateway first (it flushes open sessions through the upstreams), then the others."""
+        self.stopping = True
+        for group in (("gateway",), ("audio", "translation")):
+            procs = [self.children[s].proc for s in group]
+            live = [p for p in procs if p is not None and p.poll() is None]
+            for p in live:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 25
+            for p in live:
+                try:
+                    p.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        p.kill()
+                    p.wait()
+        for child in self.children.values():
+            if child.log_file is not None:
+                child.log_file.close()
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="livetranslate up", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-f", "--file", type=Path, help="TranslationPipeline YAML (default: en -> es)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default loopback)")
+    parser.add_argument("--port", type=int, default=8080, help="gateway port (default 8080, or a free one)")
+    parser.add_argument("--log-dir", type=Path, help="where the services' logs go (default: a temp dir)")
+    parser.add_argument("--redis-url", help="share session state through this Redis (REDIS_URL)")
+    parser.add_argument("--startup-timeout", type=float, default=600.0)
+    args = parser.parse_args(argv)
+    out = sys.stdout
+
+    try:
+        name, namespace, spec = load_pipeline(args.file)
+        ports = {"gateway": free_port(args.port, args.host),
+                 "audio": free_port(), "translation": free_port()}
+        resolved = resolve_local(name, namespace, spec, ports)
+    except UpError as exc:
+        print(f"livetranslate up: {exc}", file=sys.stderr)
+        return 2
+
+    workdir = Path(tempfile.mkdtemp(prefix="livetranslate-up-"))
+    log_dir = args.log_dir or workdir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "pipeline.json"
+    config_path.write_text(resolved.to_json())
+    extra_env: dict[str, str] = {"LT_GATEWAY_PIPELINE": name}
+    if args.redis_url:
+        extra_env["REDIS_URL"] = args.redis_url
+
+    targets = ", ".join(spec.targetLanguages)
+    out.write(f"livetranslate up: pipeline {name!r}: {spec.sourceLanguage} -> {targets}; audio "
+              f"{spec.audio.model} on CPU; translation {resolved.placement.translationBackend}\n"
+              f"logs: {log_dir}\n")
+    out.flush()
+    runner = Runner(resolved, config_path, log_dir, args.host, out, extra_env)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    code = 0
+    try:
+        for child in runner.children.values():
+            runner.start(child)
+            runner.say(f"{child.stage}: starting on 127.0.0.1:{child.port} (pid {child.proc.pid if child.proc else '?'})")
+        runner.wait_ready(args.startup_timeout)
+        gw = ports["gateway"]
+        shown = "127.0.0.1" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+        runner.say(f"\nLiveTranslate is ready: open http://{shown}:{gw}/\n"
+                   f"  stream a file: livetranslate stream FILE.wav --url ws://{shown}:{gw}/v1/stream\n"
+                   f"  Ctrl-C stops everything.")
+        while True:
+            runner.check_children()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        runner.say("stopping…")
+    except UpError as exc:
+        print(f"livetranslate up: {exc}", file=sys.stderr)
+        code = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        runner.stop()
+        runner.say("stopped")
+    return code
