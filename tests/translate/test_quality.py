@@ -1,0 +1,86 @@
+"""Prompts, cleanup and quality checks: what decides whether a caption translation is shown."""
+
+from __future__ import annotations
+
+from livetranslate.capabilities import backend_problems
+from livetranslate.protocol import ContextSegment
+from livetranslate.workloads.translate.quality import (
+    Job,
+    build_packed_prompt,
+    build_prompt,
+    check,
+    clean_apertium,
+    cleanup,
+    parse_packed,
+)
+
+
+def test_prompt_carries_session_context_and_asks_for_the_translation_only() -> None:
+    # oldest first, as the gateway sends it
+    ctx = (ContextSegment(source="Old segment.", translations={"es": "Segmento viejo."}),
+           ContextSegment(source="We built a robot called Max.", translations={"es": "Construimos un robot llamado Max."}),
+           ContextSegment(source="It can walk.", translations={"es": "Puede caminar."}))
+    prompt = build_prompt(Job("He is very fast.", "en", "es", ctx), context_segments=2)
+    assert "Spanish translation" in prompt.text and "only" in prompt.text
+    # the last two context segments, with the translations users already saw, before the segment
+    assert "English: It can walk.\nSpanish: Puede caminar." in prompt.text
+    assert "Construimos un robot llamado Max." in prompt.text
+    assert "Old segment." not in prompt.text
+    assert prompt.text.endswith("English: He is very fast.\nSpanish:")
+    # the chat shape replays the same context as earlier turns
+    roles = [m["role"] for m in prompt.messages]
+    assert roles[0] == "system" and roles[-1] == "user"
+    assert {"role": "assistant", "content": "Puede caminar."} in prompt.messages
+
+
+def test_context_without_this_target_is_left_out() -> None:
+    ctx = (ContextSegment(source="Hello there.", translations={"fr": "Bonjour."}),)
+    prompt = build_prompt(Job("Good.", "en", "de", ctx), 3)
+    assert "Hello there." not in prompt.text
+
+
+def test_cleanup_strips_wrappers() -> None:
+    assert cleanup(' "Hola a todos."', "es") == "Hola a todos."
+    assert cleanup("Here is the translation: «Hola a todos.»", "es") == "Hola a todos."
+    assert cleanup("Spanish: Hola a todos.\n\nNote: informal register.", "es") == "Hola a todos."
+    assert cleanup("Sure! Here's the Spanish translation:\nHola.", "es") == "Hola."
+    assert cleanup("Hola a todos. (Note: literal)", "es") == "Hola a todos."
+    assert cleanup("  Hola,   amigos  ", "es") == "Hola, amigos"
+
+
+def test_apertium_markers_are_removed() -> None:
+    assert clean_apertium("Hola Mundo, dónde es la #canal de *Zorblax?") == "Hola Mundo, dónde es la canal de Zorblax?"
+
+
+def test_checks_catch_what_users_would_see_as_broken() -> None:
+    src = "The new product ships next week."
+    assert check(src, "El nuevo producto sale la semana que viene.", "en", "es").ok
+    assert check(src, "", "en", "es").reason == "empty"
+    assert check(src, "The new product ships next week.", "en", "es").reason == "echo"
+    assert check(src, "This is the product and it ships in the week.", "en", "es").reason == "wrong_language"
+    assert check(src, "Новый продукт выйдет на следующей неделе.", "en", "es").reason == "wrong_language"
+    assert check(src, "Новый продукт выйдет на следующей неделе.", "en", "ru").ok
+    assert check(src, "El producto " * 40, "en", "es").reason == "runaway"
+    assert check(src, "El nuevo producto", "en", "es", truncated=True).reason == "runaway"
+    # names and numbers may legitimately stay the same
+    assert check("OpenAI.", "OpenAI.", "en", "es").ok
+    assert check(src, "新产品下周发货。", "en", "zh").ok
+
+
+def test_packed_prompt_and_parse() -> None:
+    jobs = [Job("One.", "en", "es"), Job("Two.", "en", "es"), Job("Three.", "en", "es")]
+    prompt = build_packed_prompt(jobs, 3)
+    assert "1. One.\n2. Two.\n3. Three.\nSpanish:\n1." in prompt.text
+    assert parse_packed(" Uno.\n2. Dos.\n3. Tres.", 3) == ["Uno.", "Dos.", "Tres."]
+    # a skipped line is reported as missing, never shifted onto the wrong segment
+    assert parse_packed(" Uno.\n3. Tres.", 3) == ["Uno.", None, "Tres."]
+
+
+def test_backend_problems_name_the_field() -> None:
+    assert backend_problems("apertium", "en", ["es"]) == []
+    problems = backend_problems("apertium", "en", ["es", "de"])
+    assert len(problems) == 1 and problems[0].startswith("spec.targetLanguages[1]")
+    missing = backend_problems("apertium", "en", ["ca"], installed_modes={"eng-spa"})
+    assert "apertium-eng-cat" in missing[0]
+    assert backend_problems("vllm", "en", ["de", "ja"]) == []
+    assert backend_problems("vllm", "en", ["qq"])[0].startswith("spec.targetLanguages[0]")
