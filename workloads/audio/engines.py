@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
 from livetranslate.workloads.audio.settings import AudioSettings
 
 log = logging.getLogger(__name__)

@@ -63,7 +63,7 @@ class DiarizationSettings(BaseModel):
     backend: Literal["auto", "resemblyzer", "pyannote"] = "auto"
     pyannote_path: str = ""
     # Cosine similarity to a speaker's centroid above which audio is that speaker.
-    threshold: float = Field(0.70, gt=0.0, lt=1.0)
+    threshold: float = Field(0.75, gt=0.0, lt=1.0)
     # Seconds of audio a speaker decision looks at (the utterance so far, at most this much).
     window_seconds: float = Field(6.0, gt=0.5)
 

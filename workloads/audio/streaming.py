@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+
 from livetranslate.workloads.audio.engines import Hypothesis, Word
 from livetranslate.workloads.audio.settings import StreamingSettings
 from livetranslate.workloads.audio.vad import FRAME_SECONDS, VadStream
@@ -242,6 +243,10 @@ class StreamSession:
         prompt = " ".join(self._prompt_words[-40:]) or None
         return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
                              utterance_start=max(start, self._speech_start))
+
+    def abort(self) -> None:
+        """The pass asked for could not run (queue full, decoder error): ask again later."""
+        self.in_flight = False
 
     def apply(self, req: DecodeRequest, hyp: Hypothesis) -> list[PartialOut | FinalOut]:
         """Turn a hypothesis of ``req`` into events; marks the session free for the next pass."""

@@ -1,0 +1,169 @@
+"""The streaming policy as pure logic: LocalAgreement, never-revised finals, session time, filters.
+
+The hypotheses here are scripted (this tier tests the policy's rules, which must hold for any
+decoder output); the tests against the real model are in test_service.py.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from livetranslate.config import Endpoints, ResolvedPipeline
+from livetranslate.workloads.audio.diarization import SpeakerTracker
+from livetranslate.workloads.audio.engines import Hypothesis, Word
+from livetranslate.workloads.audio.settings import AudioSettings, StreamingSettings, load_settings
+from livetranslate.workloads.audio.streaming import (
+    AudioBuffer,
+    FinalOut,
+    PartialOut,
+    StreamSession,
+    is_hallucination,
+)
+from livetranslate.workloads.audio.vad import VadStream
+
+SR = 16000
+
+
+def _hyp(*words: tuple[str, float, float]) -> Hypothesis:
+    return Hypothesis(words=[Word(t, s, e) for t, s, e in words], text=" ".join(w[0] for w in words),
+                      avg_logprob=-0.2)
+
+
+def _session() -> StreamSession:
+    return StreamSession(StreamingSettings(step_seconds=0.5), VadStream(None), use_vad=False)
+
+
+def _feed(s: StreamSession, seconds: float) -> None:
+    s.feed(np.zeros(int(seconds * SR), dtype=np.float32))
+
+
+def test_buffer_keeps_time_addressing_across_trims() -> None:
+    buf = AudioBuffer()
+    buf.append(np.arange(SR * 5, dtype=np.float32))
+    buf.trim_to(2.0)
+    assert buf.start == pytest.approx(2.0)
+    assert buf.slice(2.0, 2.0 + 1 / SR)[0] == 2 * SR
+    buf.append(np.arange(SR * 10, dtype=np.float32))  # grows past the initial capacity
+    assert buf.end == pytest.approx(15.0)
+    assert buf.slice(5.0, 5.0 + 1 / SR)[0] == 0
+
+
+def test_agreed_words_become_final_and_the_rest_stays_partial() -> None:
+    s = _session()
+    _feed(s, 1.0)
+    req = s.next_request()
+    assert req is not None and not req.final
+    out = s.apply(req, _hyp(("The", 0.1, 0.3), ("meeting", 0.3, 0.7), ("will", 0.7, 0.9)))
+    assert [type(o) for o in out] == [PartialOut]
+    assert s.next_request() is None  # not enough new audio for the next step
+    _feed(s, 0.6)
+    req = s.next_request()
+    assert req is not None
+    out = s.apply(req, _hyp(("The", 0.1, 0.3), ("meeting", 0.3, 0.7), ("will", 0.7, 0.9),
+                            ("start", 0.9, 1.4)))
+    finals = [o for o in out if isinstance(o, FinalOut)]
+    partials = [o for o in out if isinstance(o, PartialOut)]
+    assert [f.text for f in finals] == ["The meeting will"]
+    assert finals[0].start == pytest.approx(0.1) and finals[0].end == pytest.approx(0.9)
+    assert partials[-1].text == "start"
+
+
+def test_a_final_is_never_revised_by_later_hypotheses() -> None:
+    s = _session()
+    texts: list[str] = []
+    script = [
+        [("We", 0.0, 0.2), ("need", 0.2, 0.5)],
+        [("We", 0.0, 0.2), ("need", 0.2, 0.5), ("to", 0.5, 0.6)],
+        # the decoder changes its mind about committed words: they must not come back
+        [("He", 0.0, 0.2), ("needs", 0.2, 0.5), ("to", 0.5, 0.6), ("finish", 0.6, 1.0)],
+        [("We", 0.0, 0.2), ("need", 0.2, 0.5), ("to", 0.5, 0.6), ("finish", 0.6, 1.0), ("it.", 1.0, 1.3)],
+    ]
+    for words in script:
+        _feed(s, 0.6)
+        req = s.next_request()
+        assert req is not None
+        texts += [o.text for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)]
+    s.flush()
+    req = s.next_request()
+    assert req is not None and req.final
+    texts += [o.text for o in s.apply(req, _hyp(*script[-1])) if isinstance(o, FinalOut)]
+    assert " ".join(texts).split() == ["We", "need", "to", "finish", "it."]
+
+
+def test_end_of_stream_finalises_what_was_heard() -> None:
+    s = _session()
+    _feed(s, 1.0)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(("Hello", 0.1, 0.5)))
+    s.flush()
+    req = s.next_request()
+    assert req is not None and req.final
+    out = s.apply(req, _hyp(("Hello", 0.1, 0.5), ("there.", 0.5, 0.9)))
+    assert [o.text for o in out if isinstance(o, FinalOut)] == ["Hello there."]
+    assert s.flushed
+
+
+def test_times_are_session_seconds_with_the_offset() -> None:
+    s = StreamSession(StreamingSettings(), VadStream(None), time_offset=100.0, use_vad=False)
+    _feed(s, 1.0)
+    s.flush()
+    req = s.next_request()
+    assert req is not None
+    out = s.apply(req, _hyp(("Hi.", 0.2, 0.6)))
+    final = next(o for o in out if isinstance(o, FinalOut))
+    assert (final.start, final.end) == (pytest.approx(100.2), pytest.approx(100.6))
+
+
+def test_silence_with_vad_asks_for_no_decoding() -> None:
+    from livetranslate.workloads.audio.vad import SileroVad
+
+    s = StreamSession(StreamingSettings(), SileroVad().stream())
+    for _ in range(50):
+        _feed(s, 0.1)
+        assert s.next_request() is None
+    assert s.buffer.end - s.buffer.start <= 0.5  # idle audio is not kept
+
+
+@pytest.mark.parametrize("text", ["Thank you.", "Subtitles by the Amara.org community", "you"])
+def test_known_hallucinations_on_unsure_decodes_are_dropped(text: str) -> None:
+    hyp = Hypothesis(words=[Word(text, 0, 1)], text=text, no_speech_prob=0.5, avg_logprob=-0.9)
+    assert is_hallucination(hyp, voiced_seconds=0.4)
+
+
+def test_real_thank_you_in_a_sentence_is_kept() -> None:
+    text = "Thank you all for coming to the town hall this evening."
+    hyp = Hypothesis(words=[Word(w, 0, 1) for w in text.split()], text=text, no_speech_prob=0.01,
+                     avg_logprob=-0.2)
+    assert not is_hallucination(hyp, voiced_seconds=3.0)
+
+
+def test_speaker_labels_are_stable_and_bounded() -> None:
+    rng = np.random.default_rng(0)
+    a, b, c = (v / np.linalg.norm(v) for v in rng.normal(size=(3, 64)))
+    tracker = SpeakerTracker(max_speakers=2, threshold=0.75)
+    assert [tracker.assign(x) for x in (a, b, a, b)] == ["S1", "S2", "S1", "S2"]
+    assert tracker.assign(c) in {"S1", "S2"}  # max 2 speakers: the nearest one
+    assert tracker.speakers == 2
+
+
+def test_settings_come_from_the_pipeline_unless_the_environment_overrides(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    resolved = ResolvedPipeline.model_validate({
+        "name": "town-hall",
+        "spec": {"sourceLanguage": "en", "targetLanguages": ["es"],
+                 "audio": {"model": "/models/small", "diarization": {"enabled": True, "maxSpeakers": 3}}},
+        "placement": {"audioDevice": "gpu"},
+        "endpoints": Endpoints(audio="http://a", translation="http://t", gateway="http://g").model_dump(),
+    })
+    s = load_settings(resolved)
+    assert (s.pipeline, s.model, s.device, s.diarization, s.max_speakers) == (
+        "town-hall", "/models/small", "gpu", True, 3)
+    monkeypatch.setenv("LT_AUDIO_DEVICE", "cpu")
+    monkeypatch.setenv("LT_AUDIO_STREAMING__STEP_SECONDS", "0.25")
+    s = load_settings(resolved)
+    assert s.device == "cpu" and s.streaming.step_seconds == 0.25 and s.model == "/models/small"
+    assert json.loads(AudioSettings().model_dump_json())["limits"]["max_sessions"] >= 1

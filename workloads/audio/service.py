@@ -1,0 +1,131 @@
+"""The audio service's shared state: one engine, one VAD model, one diarizer, one decode queue.
+
+Held on ``app.state.audio``. Models load in a background thread after startup so ``/healthz``
+answers at once and ``/readyz`` can say "loading" or why loading failed (a model that cannot load
+keeps the pod unready with the reason, rather than crash-looping without one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from livetranslate import metrics
+from livetranslate.workloads.audio.diarization import Diarizer
+from livetranslate.workloads.audio.engines import Engine, ModelLoadError, load_engine
+from livetranslate.workloads.audio.scheduler import DecodeScheduler
+from livetranslate.workloads.audio.settings import AudioSettings
+from livetranslate.workloads.audio.vad import SileroVad
+
+log = logging.getLogger(__name__)
+
+RTF_INTERVAL_SECONDS = 5.0
+
+
+class AudioService:
+    def __init__(self, settings: AudioSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.m_processing = metrics.audio_processing(self.registry)
+        self.m_rtf = metrics.audio_realtime_factor(self.registry)
+        self.m_queue = metrics.queue_depth(self.registry).labels(pipeline=settings.pipeline, stage="audio")
+        self.m_sessions = metrics.sessions_active(self.registry).labels(pipeline=settings.pipeline)
+        self.engine: Engine | None = None
+        self.vad: SileroVad | None = None
+        self.diarizer: Diarizer | None = None
+        self.load_error: str | None = None
+        self.loading = True
+        self.sessions: set[str] = set()
+        self.scheduler = DecodeScheduler(settings.worker_count(), settings.limits.max_queue,
+                                         on_depth=self.m_queue.set)
+        self.decode_seconds_total = 0.0
+        self.audio_seconds_total = 0.0
+        self._diarizer_lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def device(self) -> str:
+        return self.engine.device if self.engine else self.settings.device
+
+    @property
+    def model(self) -> str:
+        return self.engine.model if self.engine else (self.settings.model or "tiny.en")
+
+    async def start(self) -> None:
+        self.scheduler.start()
+        self._tasks.append(asyncio.create_task(self._load(), name="audio-model-load"))
+        self._tasks.append(asyncio.create_task(self._rtf_loop(), name="audio-rtf"))
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.scheduler.stop()
+
+    async def _load(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.vad = await asyncio.to_thread(SileroVad)
+            engine = await asyncio.to_thread(load_engine, self.settings)
+            # Warm-up pass: the first CTranslate2 call allocates its buffers.
+            await asyncio.to_thread(engine.transcribe, np.zeros(16000, dtype=np.float32))
+            self.engine = engine
+            if self.settings.diarization:
+                await self.get_diarizer()
+        except ModelLoadError as exc:
+            self.load_error = str(exc)
+        except Exception as exc:
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.exception("model load failed")
+        finally:
+            self.loading = False
+        if self.load_error:
+            log.error("audio model not loaded", extra={"fields": {"reason": self.load_error}})
+        else:
+            log.info("audio model loaded", extra={"fields": {
+                "engine": getattr(self.engine, "name", "?"), "device": self.device, "model": self.model,
+                "seconds": round(time.perf_counter() - t0, 2), "workers": self.scheduler.workers}})
+
+    async def get_diarizer(self) -> Diarizer:
+        """The shared diarizer, loaded on first use when the pipeline did not enable it up front."""
+        async with self._diarizer_lock:
+            if self.diarizer is None:
+                diarizer = await asyncio.to_thread(Diarizer, self.settings.diarizer)
+                await asyncio.to_thread(diarizer.warm_up)
+                self.diarizer = diarizer
+            return self.diarizer
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        if self.loading:
+            return False, {"model": "loading", "device": self.device, "modelName": self.model}
+        if self.load_error or self.engine is None:
+            return False, {"model": "failed", "reason": self.load_error, "device": self.device,
+                           "modelName": self.model}
+        return True, {"model": "loaded", "engine": self.engine.name, "device": self.device,
+                      "modelName": self.model, "sessions": len(self.sessions),
+                      "queueDepth": self.scheduler.depth, "workers": self.scheduler.workers}
+
+    def record_pass(self, decode_seconds: float) -> None:
+        self.decode_seconds_total += decode_seconds
+        self.m_processing.labels(pipeline=self.settings.pipeline, device=self.device).observe(decode_seconds)
+
+    async def _rtf_loop(self) -> None:
+        """Aggregate real-time factor: decoder seconds per second of incoming audio, per worker.
+
+        Across N parallel workers the service keeps up while this stays below 1, the same reading
+        the single-stream definition gives; the autoscaler and dashboards read it that way.
+        """
+        last_decode, last_audio = 0.0, 0.0
+        while True:
+            await asyncio.sleep(RTF_INTERVAL_SECONDS)
+            d_decode = self.decode_seconds_total - last_decode
+            d_audio = self.audio_seconds_total - last_audio
+            last_decode, last_audio = self.decode_seconds_total, self.audio_seconds_total
+            if d_audio > 0:
+                self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(
+                    d_decode / d_audio / self.scheduler.workers)
