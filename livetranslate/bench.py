@@ -1,0 +1,582 @@
+"""``livetranslate bench autoscaling``: our autoscaling policy against the incumbents.
+
+Load traces (concurrent real-time sessions over time) are replayed through a discrete-time
+(1 s) fluid queueing model of the pipeline, once per policy:
+
+* **livetranslate**: the operator's own pure decision function
+  (``livetranslate.operator.scaling.policy.decide``), fed Signals built from the simulated metrics;
+* **hpa**: Kubernetes' HorizontalPodAutoscaler algorithm on CPU utilisation per stage:
+  desired = ceil(current x metric / target), 10% tolerance, 15 s sync, 300 s scale-down
+  stabilization (largest recommendation of the window), scale-up at most max(4 pods, 100%) per
+  60 s, not-yet-ready pods counted at 0% when scaling up (as the HPA controller does);
+* **keda**: a KEDA-style Prometheus scaler: the stage's demand (offered work in replica units,
+  a rate query that does not saturate) polled every 30 s, desired = ceil(value / threshold),
+  scale-down only after a 300 s cooldown, through the same HPA scale-up limits KEDA's HPA has.
+
+The model is the same for every policy, and so are its metrics: every signal a policy reads is
+what Prometheus would hold (scraped every 15 s, a 30 s rate window, the same multiplicative noise
+series per trace for all policies). New replicas serve only after a start-up delay per stage
+(model load). Per-replica service rates come from ``benchmarks/results/*.json`` of the workload
+benchmarks when present (keys named in ``_measured_rates``), else from the documented defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import logging
+import math
+import os
+import random
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from livetranslate.api import TranslationPipelineSpec, parse_spec
+
+log = logging.getLogger(__name__)
+
+STAGES = ("audio", "translation", "gateway")
+SCRAPE_S = 15
+RATE_WINDOW_S = 30
+
+
+# ------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class StageModel:
+    """One stage as a pool of identical replicas serving a fluid of work."""
+
+    capacity_per_replica: float   # work units per second one ready replica serves at saturation
+    base_latency_s: float         # latency of one item on an idle replica
+    startup_s: float              # from scale-up to serving (image pull, model load)
+    work_per_session: float       # work units per second one active session offers
+
+
+@dataclass
+class ModelParams:
+    audio: StageModel
+    translation: StageModel
+    gateway: StageModel
+    slo_p95_s: float = 1.5
+    noise: float = 0.08           # standard deviation of the multiplicative metric noise
+    source: str = "defaults"
+
+    def stage(self, name: str) -> StageModel:
+        return {"audio": self.audio, "translation": self.translation, "gateway": self.gateway}[name]
+
+
+def default_params(spec: TranslationPipelineSpec) -> ModelParams:
+    """Documented defaults (docs/scaling.md): what one replica of each stage sustains.
+
+    audio: streaming Whisper re-decodes a growing window, so a 2-core replica with RTF about 0.03
+    per pass keeps up with about 16 concurrent sessions; translation: a final segment every ~3 s
+    per session and target language, one vLLM replica (7B, continuous batching) about 12
+    requests/s; gateway: maxSessionsPerReplica sessions (refusing beyond).
+    """
+    targets = len(spec.targetLanguages)
+    return ModelParams(
+        audio=StageModel(capacity_per_replica=16.0, base_latency_s=0.45, startup_s=30.0, work_per_session=1.0),
+        translation=StageModel(capacity_per_replica=12.0, base_latency_s=0.30, startup_s=90.0,
+                               work_per_session=targets / 3.0),
+        gateway=StageModel(capacity_per_replica=float(spec.gateway.maxSessionsPerReplica), base_latency_s=0.05,
+                           startup_s=5.0, work_per_session=1.0),
+        slo_p95_s=spec.scaling.latencySLO.p95Seconds,
+    )
+
+
+def _measured_rates(params: ModelParams, results_dir: Path) -> ModelParams:
+    """Take per-replica rates from the workload benchmarks' JSON results where they exist.
+
+    Recognised keys (first found wins): ``sessions_per_replica`` or ``realtime_sessions`` in an
+    audio result; ``requests_per_second`` or ``throughput_rps`` in a translation result.
+    """
+    sources = []
+    for path in sorted(glob.glob(str(results_dir / "*.json"))):
+        name = Path(path).name
+        if name.startswith("autoscaling"):
+            continue
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(data, dict):
+            continue
+        flat = _flatten(data)
+        if name.startswith("audio"):
+            for key in ("sessions_per_replica", "realtime_sessions"):
+                if isinstance(flat.get(key), int | float) and flat[key] > 0:
+                    params.audio.capacity_per_replica = float(flat[key])
+                    sources.append(f"{name}:{key}")
+                    break
+        if name.startswith("translat"):
+            for key in ("requests_per_second", "throughput_rps"):
+                if isinstance(flat.get(key), int | float) and flat[key] > 0:
+                    params.translation.capacity_per_replica = float(flat[key])
+                    sources.append(f"{name}:{key}")
+                    break
+    if sources:
+        params.source = "measured (" + ", ".join(sources) + "), others defaults"
+    return params
+
+
+def _flatten(data: Mapping[str, Any], out: dict[str, Any] | None = None) -> dict[str, Any]:
+    out = {} if out is None else out
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            _flatten(value, out)
+        else:
+            out.setdefault(key, value)
+    return out
+
+
+def _queueing_factor(rho: float) -> float:
+    """p95 inflation of a stage's latency with its utilisation (an M/M/c-like knee)."""
+    rho = min(max(rho, 0.0), 0.95)
+    return 1.0 + 0.3 * rho / (1.0 - rho)
+
+
+@dataclass
+class StageState:
+    replicas: int
+    ready_at: list[float] = field(default_factory=list)   # one entry per replica
+    backlog: float = 0.0
+
+    def ready(self, t: float) -> int:
+        return sum(1 for r in self.ready_at if r <= t)
+
+    def set_replicas(self, n: int, t: float, startup: float) -> None:
+        if n > self.replicas:
+            self.ready_at += [t + startup] * (n - self.replicas)
+        elif n < self.replicas:
+            # Kubernetes removes not-ready pods first, then the newest.
+            self.ready_at.sort()
+            self.ready_at = self.ready_at[:n]
+        self.replicas = n
+
+
+@dataclass
+class Truth:
+    """The true per-second state of the simulated pipeline (what metrics are scraped from)."""
+
+    caption_p95: float
+    translation_p95: float
+    queue: dict[str, float]
+    util: dict[str, float]        # offered / ready capacity, uncapped
+    sessions: float
+    refused: bool
+
+
+@dataclass
+class Observed:
+    """What Prometheus holds at a scrape: 30 s averages with the trace's noise applied."""
+
+    time: float
+    caption_p95: float
+    translation_p95: float
+    queue: dict[str, float]
+    util: dict[str, float]        # uncapped (real-time factor, request-rate demand)
+    cpu: dict[str, float]         # CPU utilisation of ready pods: saturates at 1.0
+    demand: dict[str, float]      # offered work in replica units (for a KEDA rate query)
+    sessions: float
+
+
+# ---------------------------------------------------------------------------------- the policies
+
+
+class Policy:
+    name = "policy"
+
+    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
+               ready: dict[str, int]) -> dict[str, int]:
+        raise NotImplementedError
+
+
+class HpaPolicy(Policy):
+    """Kubernetes HPA (autoscaling/v2 defaults) on a per-stage metric against a target."""
+
+    name = "hpa"
+    sync_s = 15
+    tolerance = 0.1
+    down_window_s = 300.0
+    up_period_s = 60.0
+
+    def __init__(self, spec: TranslationPipelineSpec, target: float = 0.7, metric: str = "cpu") -> None:
+        self.spec = spec
+        self.target = target
+        self.metric = metric
+        self.recs: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}
+        self.ups: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}  # (time, replicas before)
+        self.next_t = 0.0
+
+    def _metric(self, obs: Observed, stage: str) -> float:
+        return obs.cpu[stage] if self.metric == "cpu" else obs.demand[stage]
+
+    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
+               ready: dict[str, int]) -> dict[str, int]:
+        if t < self.next_t or obs is None:
+            return replicas
+        self.next_t = t + self.sync_s
+        out = dict(replicas)
+        for s in STAGES:
+            lo, hi = _bounds(self.spec, s)
+            cur = replicas[s]
+            rdy = max(1, ready[s])
+            if self.metric == "cpu":
+                value = self._metric(obs, s)           # average over ready pods
+                ratio = value / self.target
+                if ratio > 1.0 and ready[s] < cur:     # unready pods count as 0% for scale-up
+                    ratio = value * ready[s] / cur / self.target
+                raw = cur * ratio if abs(ratio - 1.0) > self.tolerance else cur
+            else:                                       # AverageValue over the demand total
+                total = self._metric(obs, s)
+                ratio = total / (self.target * max(1, cur))
+                raw = total / self.target if abs(ratio - 1.0) > self.tolerance else cur
+            del rdy
+            rec = _clamp(math.ceil(raw - 1e-9), lo, hi)
+            self.recs[s] = [(ts, r) for ts, r in self.recs[s] if t - ts < self.down_window_s] + [(t, rec)]
+            desired = rec
+            if desired < cur:
+                desired = min(cur, max(r for _, r in self.recs[s]))
+            if desired > cur:
+                self.ups[s] = [(ts, r) for ts, r in self.ups[s] if t - ts < self.up_period_s]
+                base = min([r for _, r in self.ups[s]] + [cur])
+                limit = max(base + 4, 2 * base)
+                desired = min(desired, limit)
+                if desired > cur:
+                    self.ups[s].append((t, cur))
+            out[s] = _clamp(desired, lo, hi)
+        return out
+
+
+class KedaPolicy(HpaPolicy):
+    """KEDA's Prometheus scaler: a demand query polled every 30 s, 300 s cooldown, fed to an HPA
+    (AverageValue target) with its default scale-up limits."""
+
+    name = "keda"
+    sync_s = 30
+
+    def __init__(self, spec: TranslationPipelineSpec, target: float = 0.7) -> None:
+        super().__init__(spec, target=target, metric="demand")
+
+
+class LiveTranslatePolicy(Policy):
+    """The operator's decide(), called every spec.scaling.interval with simulated Signals."""
+
+    name = "livetranslate"
+
+    def __init__(self, spec: TranslationPipelineSpec) -> None:
+        from livetranslate.operator.scaling.policy import History
+
+        self.spec = spec
+        self.interval = spec.scaling.interval_seconds
+        self.history = History()
+        self.next_t = 0.0
+
+    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
+               ready: dict[str, int]) -> dict[str, int]:
+        from livetranslate.operator.scaling.policy import Current, decide
+        from livetranslate.operator.scaling.signals import Sample, Signals
+
+        if t < self.next_t or obs is None:
+            return replicas
+        self.next_t = t + self.interval
+        sig = Signals(
+            time=t,
+            caption_p95=Sample.of(obs.caption_p95),
+            translation_p95=Sample.of(obs.translation_p95),
+            queue_depth={s: Sample.of(obs.queue[s]) for s in STAGES},
+            sessions_active=Sample.of(obs.sessions),
+            audio_rtf=Sample.of(obs.util["audio"]),
+            # GPU memory is not simulated (model placement is tested in the unit and integration
+            # tests; the bench spec has no fallback models): that signal is absent, not invented.
+            # KV-cache use follows the translation stage's utilisation and saturates at 1.
+            gpu_memory_fraction=Sample.absent("missing"),
+            vllm_requests_waiting=Sample.of(obs.queue["translation"]),
+            kv_cache_usage=Sample.of(min(1.0, obs.util["translation"])),
+        )
+        current = Current(replicas=replicas, ready=ready, model=self.spec.translation.model,
+                          audio_device="cpu", translation_backend="vllm")
+        decision = decide(self.spec, sig, current, self.history, t)
+        self.history = decision.history
+        return {s: decision.stages[s].desired for s in STAGES}
+
+
+def _bounds(spec: TranslationPipelineSpec, stage: str) -> tuple[int, int]:
+    r = {"audio": spec.audio.replicas, "translation": spec.translation.replicas,
+         "gateway": spec.gateway.replicas}[stage]
+    return r.min, r.max
+
+
+def _clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, v))
+
+
+# --------------------------------------------------------------------------------- the simulator
+
+
+@dataclass
+class RunResult:
+    policy: str
+    trace: str
+    slo_violation_s: float
+    replica_seconds: float
+    actions: int
+    series: dict[str, list[float]]
+
+
+def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: TranslationPipelineSpec,
+             noise_seed: int) -> RunResult:
+    """Replay ``trace`` (sessions per second) under ``policy``; metrics lag and noise are shared."""
+    rng = random.Random(noise_seed)
+    n_scrapes = len(trace) // SCRAPE_S + 2
+    noise = [{k: 1.0 + rng.gauss(0.0, params.noise) for k in ("cap", "tr", "qa", "qt", "ua", "ut", "ug", "s")}
+             for _ in range(n_scrapes)]
+    state = {s: StageState(0) for s in STAGES}
+    for s in STAGES:
+        lo, _ = _bounds(spec, s)
+        start = _clamp(max(1, math.ceil(trace[0] * params.stage(s).work_per_session
+                                        / (params.stage(s).capacity_per_replica * 0.7))), lo, _bounds(spec, s)[1])
+        state[s].set_replicas(start, -1e9, 0.0)
+    history: list[Truth] = []
+    obs: Observed | None = None
+    violation = 0.0
+    replica_s = 0.0
+    actions = 0
+    series: dict[str, list[float]] = {"t": [], "sessions": [], "latency": [],
+                                      **{f"replicas_{s}": [] for s in STAGES}}
+    for t, sessions in enumerate(trace):
+        ready = {s: state[s].ready(t) for s in STAGES}
+        latency = 0.05
+        util: dict[str, float] = {}
+        queue: dict[str, float] = {}
+        per_stage: dict[str, float] = {}
+        for s in STAGES:
+            m = params.stage(s)
+            offered = sessions * m.work_per_session
+            cap = ready[s] * m.capacity_per_replica
+            st = state[s]
+            if s == "gateway":
+                util[s] = offered / cap if cap else float("inf")
+                queue[s] = 0.0
+                per_stage[s] = m.base_latency_s
+                continue
+            st.backlog = max(0.0, st.backlog + offered - cap)
+            rho = offered / cap if cap else float("inf")
+            util[s] = rho
+            queue[s] = st.backlog
+            drain = st.backlog / cap if cap else 30.0
+            per_stage[s] = m.base_latency_s * _queueing_factor(rho) + drain
+        refused = sessions > ready["gateway"] * params.gateway.capacity_per_replica
+        latency = per_stage["audio"] + per_stage["translation"] + per_stage["gateway"]
+        truth = Truth(caption_p95=latency, translation_p95=per_stage["translation"], queue=queue,
+                      util=util, sessions=sessions, refused=refused)
+        history.append(truth)
+        if latency > params.slo_p95_s or refused:
+            violation += 1.0
+        replica_s += sum(state[s].replicas for s in STAGES)
+        if t % SCRAPE_S == 0:
+            obs = _observe(t, history[-RATE_WINDOW_S:], noise[t // SCRAPE_S], params, state, ready)
+        wanted = policy.decide(float(t), obs, {s: state[s].replicas for s in STAGES}, ready)
+        for s in STAGES:
+            if wanted[s] != state[s].replicas:
+                actions += 1
+                state[s].set_replicas(wanted[s], float(t), params.stage(s).startup_s)
+        if t % 5 == 0:
+            series["t"].append(float(t))
+            series["sessions"].append(sessions)
+            series["latency"].append(latency)
+            for s in STAGES:
+                series[f"replicas_{s}"].append(float(state[s].replicas))
+    return RunResult(policy.name, "", violation, replica_s, actions, series)
+
+
+def _observe(t: int, window: list[Truth], nz: dict[str, float], params: ModelParams,
+             state: dict[str, StageState], ready: dict[str, int]) -> Observed:
+    def avg(f: Callable[[Truth], float]) -> float:
+        vals = [min(f(w), 1e6) for w in window]
+        return sum(vals) / len(vals)
+
+    util = {s: sum(min(w.util[s], 1e6) for w in window) / len(window) for s in STAGES}
+    sessions = avg(lambda w: w.sessions)
+    demand = {s: sessions * params.stage(s).work_per_session / params.stage(s).capacity_per_replica
+              for s in STAGES}
+    return Observed(
+        time=float(t),
+        caption_p95=avg(lambda w: w.caption_p95) * nz["cap"],
+        translation_p95=avg(lambda w: w.translation_p95) * nz["tr"],
+        queue={"audio": avg(lambda w: w.queue["audio"]) * nz["qa"],
+               "translation": avg(lambda w: w.queue["translation"]) * nz["qt"], "gateway": 0.0},
+        util={"audio": util["audio"] * nz["ua"], "translation": util["translation"] * nz["ut"],
+              "gateway": util["gateway"] * nz["ug"]},
+        cpu={s: min(1.0, util[s] * nz["u" + s[0]]) for s in STAGES},
+        demand={s: demand[s] * nz["u" + s[0]] for s in STAGES},
+        sessions=avg(lambda w: w.sessions) * nz["s"],
+    )
+
+
+# ------------------------------------------------------------------------------------- the traces
+
+
+def builtin_traces(seed: int = 7) -> dict[str, list[float]]:
+    """step, burst, diurnal and noisy traces of concurrent sessions, one value per second."""
+    rng = random.Random(seed)
+    step = [40.0 if t < 300 or t >= 1500 else 240.0 for t in range(2400)]
+    burst = []
+    for t in range(2400):
+        phase = t % 600
+        burst.append(300.0 if 200 <= phase < 320 else 60.0)
+    diurnal = [20.0 + 280.0 * (0.5 - 0.5 * math.cos(2 * math.pi * t / 3600.0)) for t in range(3600)]
+    noisy = []
+    level = 150.0
+    for _ in range(2400):
+        level = min(260.0, max(60.0, level + rng.gauss(0.0, 3.0)))
+        noisy.append(max(0.0, level * (1.0 + rng.gauss(0.0, 0.15))))
+    return {"step": step, "burst": burst, "diurnal": diurnal, "noisy": noisy}
+
+
+def load_trace(path: str) -> list[float]:
+    """Read a CSV with header ``t_seconds,active_sessions`` into one value per second."""
+    points: list[tuple[float, float]] = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"t_seconds", "active_sessions"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a header t_seconds,active_sessions")
+        for row in reader:
+            points.append((float(row["t_seconds"]), float(row["active_sessions"])))
+    if not points:
+        raise ValueError(f"{path}: no rows")
+    points.sort()
+    end = math.ceil(points[-1][0]) + 1
+    out: list[float] = []
+    j = 0
+    for t in range(end):
+        while j + 1 < len(points) and points[j + 1][0] <= t:
+            j += 1
+        out.append(max(0.0, points[j][1]) if points[0][0] <= t else max(0.0, points[0][1]))
+    return out
+
+
+def bench_spec() -> TranslationPipelineSpec:
+    """The pipeline the benchmark scales: wide replica ranges so bounds do not decide the result."""
+    return parse_spec({
+        "targetLanguages": ["es"],
+        "audio": {"replicas": {"min": 1, "max": 40}},
+        "translation": {"replicas": {"min": 1, "max": 24}, "fallbackModels": []},
+        "gateway": {"replicas": {"min": 1, "max": 4}},
+        "scaling": {"interval": "15s", "scaleDownStabilization": "300s", "latencySLO": {"p95Seconds": 1.5}},
+    })
+
+
+def run(traces: dict[str, list[float]], params: ModelParams, spec: TranslationPipelineSpec) -> list[RunResult]:
+    results = []
+    for i, (name, trace) in enumerate(traces.items()):
+        for factory in (lambda: LiveTranslatePolicy(spec), lambda: HpaPolicy(spec), lambda: KedaPolicy(spec)):
+            policy: Policy = factory()
+            res = simulate(trace, policy, params, spec, noise_seed=1000 + i)
+            res.trace = name
+            results.append(res)
+    return results
+
+
+def summary(results: list[RunResult]) -> tuple[float, float]:
+    ours = [r for r in results if r.policy == "livetranslate"]
+    hpa = [r for r in results if r.policy == "hpa"]
+    v_ours, v_hpa = sum(r.slo_violation_s for r in ours), sum(r.slo_violation_s for r in hpa)
+    rs_ours, rs_hpa = sum(r.replica_seconds for r in ours), sum(r.replica_seconds for r in hpa)
+    return (v_ours / v_hpa if v_hpa else (0.0 if v_ours == 0 else float("inf")),
+            rs_ours / rs_hpa if rs_hpa else float("inf"))
+
+
+def table(results: list[RunResult]) -> str:
+    lines = [f"{'trace':<10} {'policy':<14} {'slo_violation_s':>16} {'replica_seconds':>16} {'actions':>8}"]
+    for r in results:
+        lines.append(f"{r.trace:<10} {r.policy:<14} {r.slo_violation_s:>16.0f} {r.replica_seconds:>16.0f} "
+                     f"{r.actions:>8d}")
+    return "\n".join(lines)
+
+
+def plot(results: list[RunResult], path: str, slo: float) -> None:
+    """Replicas (all stages) and caption p95 over time, one column per trace."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    traces = list(dict.fromkeys(r.trace for r in results))
+    fig, axes = plt.subplots(2, len(traces), figsize=(4.2 * len(traces), 6.5), squeeze=False, sharex="col")
+    colours = {"livetranslate": "tab:green", "hpa": "tab:blue", "keda": "tab:orange"}
+    for col, trace in enumerate(traces):
+        top, bottom = axes[0][col], axes[1][col]
+        for r in (r for r in results if r.trace == trace):
+            total = [sum(v) for v in zip(*(r.series[f"replicas_{s}"] for s in STAGES), strict=True)]
+            top.plot(r.series["t"], total, label=r.policy, color=colours.get(r.policy), lw=1.2)
+            bottom.plot(r.series["t"], [min(v, 10.0) for v in r.series["latency"]], color=colours.get(r.policy),
+                        lw=1.0)
+        first = next(r for r in results if r.trace == trace)
+        twin = top.twinx()
+        twin.plot(first.series["t"], first.series["sessions"], color="grey", lw=0.8, ls=":")
+        twin.set_ylabel("sessions", color="grey")
+        bottom.axhline(slo, color="red", ls="--", lw=0.8)
+        top.set_title(trace)
+        top.set_ylabel("replicas (all stages)")
+        bottom.set_ylabel("caption p95 (s, capped at 10)")
+        bottom.set_xlabel("time (s)")
+        bottom.set_yscale("log")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _autoscaling(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="livetranslate bench autoscaling",
+                                     description="Replay load traces under our policy, HPA and KEDA.")
+    parser.add_argument("--trace", help="CSV with header t_seconds,active_sessions (replaces the built-ins)")
+    parser.add_argument("--plot", default="docs/img/autoscaling.png", help="where to write the PNG ('' = none)")
+    parser.add_argument("--results-dir", default="benchmarks/results",
+                        help="workload benchmark results to read service rates from")
+    parser.add_argument("--json", default="", help="also write the figures as JSON here")
+    args = parser.parse_args(argv)
+    spec = bench_spec()
+    params = _measured_rates(default_params(spec), Path(args.results_dir))
+    traces = {Path(args.trace).stem: load_trace(args.trace)} if args.trace else builtin_traces()
+    results = run(traces, params, spec)
+    x, y = summary(results)
+    print(f"service rates per replica: audio {params.audio.capacity_per_replica:g} sessions, "
+          f"translation {params.translation.capacity_per_replica:g} req/s, gateway "
+          f"{params.gateway.capacity_per_replica:g} sessions ({params.source}); SLO p95 {params.slo_p95_s}s")
+    print(table(results))
+    if args.plot:
+        plot(results, args.plot, params.slo_p95_s)
+        print(f"plot: {args.plot}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "params": asdict(params),
+            "loadavg": list(os.getloadavg()),
+            "results": [{k: v for k, v in asdict(r).items() if k != "series"} for r in results],
+            "slo_violation_ratio_vs_hpa": x, "replica_seconds_ratio_vs_hpa": y}, indent=2))
+    print(f"slo_violation_ratio_vs_hpa={x:.3f} replica_seconds_ratio_vs_hpa={y:.3f}")
+    return 0
+
+
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"autoscaling": _autoscaling}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: livetranslate bench NAME [options]\n\nbenchmarks: " + ", ".join(BENCHMARKS))
+        return 0 if argv else 2
+    bench = BENCHMARKS.get(argv[0])
+    if bench is None:
+        print(f"livetranslate bench: unknown benchmark {argv[0]!r} (have: {', '.join(BENCHMARKS)})",
+              file=sys.stderr)
+        return 2
+    return bench(argv[1:])

@@ -1,0 +1,429 @@
+"""The autoscaler's decision: a pure function of (spec, signals, current state, history, clock).
+
+No I/O and no clock reads here, so the same function runs in the operator's timer, in unit tests
+on hand-made signal histories and in ``livetranslate bench autoscaling`` against the incumbents.
+
+How it decides, per interval:
+
+1. **No data, no action.** If a signal the decision needs is missing, stale or Prometheus is
+   unreachable, nothing changes and ``ScalingActive=False`` says which signal and why.
+2. **Load per stage**, as a ratio to its target (1.0 = at target), from signals that do not
+   saturate: gateway = sessions / (maxSessionsPerReplica x replicas x 0.8); audio = real-time
+   factor / 0.7; translation = the larger of translation p95 over its latency budget and the
+   KV-cache use over 0.9 while requests wait. Queues on a stage add to its ratio.
+3. **The bottleneck.** When caption p95 breaches the SLO, the stage whose queue and latency share
+   explain it (translation's share is translation p95 / caption p95, audio's the rest) takes the
+   breach ratio p95/SLO as its load; the other stage does not (scaling it would cost replicas
+   and fix nothing).
+4. **Up fast, down slow.** A stage over 1 + tolerance for ``UP_SUSTAIN`` consecutive intervals
+   scales to ceil(replicas x load) (at least +1, at most x2 per step). Scale-down goes to the
+   largest recommendation seen during ``scaleDownStabilization``, only when the whole window
+   was calm and no scale-up happened in it. Inside the tolerance band nothing moves, so noise of
+   a few percent never flaps. Always clamped to the stage's [min, max].
+5. **Model placement.** GPU memory over ``highWatermark`` (or the KV cache saturated with
+   requests waiting) for ``UP_SUSTAIN`` intervals moves translation to the next
+   ``fallbackModels`` entry *instead of* adding translation replicas that would not fit; GPU
+   memory below ``lowWatermark`` for the whole stabilization window moves it one step back
+   towards the primary model. With no fallback left, replicas are added (they land on other
+   GPUs, where the scheduler finds ``nvidia.com/gpu`` free).
+6. **NPU exhaustion.** Audio on NPU needing more replicas while the cluster has no allocatable
+   NPU left moves audio to the next entry of ``audio.devices`` (GPU or CPU).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from livetranslate.api import Device, Stage, TranslationPipelineSpec
+from livetranslate.operator.scaling.signals import STAGES, Signals
+
+Direction = Literal["up", "down", "none"]
+
+# Targets the load ratios are measured against (documented in docs/scaling.md).
+GATEWAY_TARGET_UTILISATION = 0.8   # headroom for reconnect storms before sessions are refused
+AUDIO_TARGET_RTF = 0.7             # decoder time per audio second that still absorbs bursts
+KV_CACHE_SATURATED = 0.9           # vLLM preempts requests close to a full KV cache
+KV_CACHE_TARGET = 0.7              # KV-cache use a translation replica is sized for
+TRANSLATION_BUDGET_SHARE = 0.5     # translation's share of the caption-latency SLO
+QUEUE_PER_REPLICA = 4.0            # queued items per replica above which a stage is backed up
+TOLERANCE = 0.1                    # no action while load is within 1 +- TOLERANCE of target
+UP_SUSTAIN = 2                     # consecutive intervals over target before scaling up
+IMMEDIATE_LOAD = 1.5               # ...unless this far over: no noise explains 50% (act at once)
+MAX_STEP_FACTOR = 4.0              # at most doubling a stage in one step
+DRAIN_TARGET_S = 60.0              # a backlog that drains within this needs no more replicas
+TREND_WINDOW_S = 90.0              # sessions history the demand slope is fitted over
+MIN_TREND_POINTS = 4
+LOOKAHEAD_S = 60.0                 # about a translation replica's start-up (vLLM model load)
+MAX_GROWTH = 1.5
+SETTLE_INTERVALS = 2               # intervals before a newly ready replica shows in rate windows
+DOWN_CALM = 1.0                    # caption p95 must stay under this share of the SLO to shrink
+
+
+@dataclass(frozen=True)
+class Current:
+    """What runs now: replicas per stage, the active translation model, the audio device."""
+
+    replicas: Mapping[str, int]
+    model: str
+    # Ready replicas per stage (Deployment status); defaults to ``replicas``. The load signals
+    # come from ready pods only, so sizing from them avoids re-adding replicas still starting.
+    ready: Mapping[str, int] | None = None
+    audio_device: Device = "cpu"
+    translation_backend: str = "vllm"
+
+
+@dataclass(frozen=True)
+class History:
+    """What the policy remembers between intervals (held by the timer; empty after a restart,
+    which only makes it more cautious: no scale-down until a full window has been seen)."""
+
+    started: float | None = None
+    over_streak: Mapping[str, int] = field(default_factory=dict)
+    # (time, {stage: recommended replicas}) for the stabilization window.
+    recommendations: tuple[tuple[float, Mapping[str, int]], ...] = ()
+    last_up: Mapping[str, float] = field(default_factory=dict)
+    memory_high_streak: int = 0
+    memory_low_since: float | None = None
+    last_model_change: float | None = None
+    # Queue depths seen last interval (to tell a draining backlog from a growing one).
+    queues: Mapping[str, float] = field(default_factory=dict)
+    queues_time: float | None = None
+    # (time, active sessions) over the trend window: the demand's slope.
+    sessions: tuple[tuple[float, float], ...] = ()
+    # Ready replicas per stage at the last SETTLE_INTERVALS intervals.
+    ready: tuple[Mapping[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
+class StageDecision:
+    stage: Stage
+    current: int
+    desired: int
+    direction: Direction
+    reason: str          # short, low-cardinality: the metric label
+    message: str         # in words, for status and Events
+
+    @property
+    def changed(self) -> bool:
+        return self.desired != self.current
+
+
+@dataclass(frozen=True)
+class Decision:
+    time: float
+    active: bool                     # the ScalingActive condition
+    condition_reason: str
+    message: str
+    stages: Mapping[str, StageDecision]
+    history: History
+    model: str | None = None         # new active translation model, when it changes
+    model_reason: str = ""
+    model_message: str = ""
+    audio_device: Device | None = None
+    audio_device_message: str = ""
+
+    @property
+    def changes(self) -> list[StageDecision]:
+        return [d for d in self.stages.values() if d.changed]
+
+
+def _growth(trend: tuple[tuple[float, float], ...], sessions: float) -> float:
+    """Factor by which demand grows over LOOKAHEAD_S at the least-squares slope of the trend.
+
+    Only growth counts (a falling trend never hastens a scale-down), it needs MIN_TREND_POINTS
+    samples so one noisy scrape makes no slope, and it is capped at MAX_GROWTH.
+    """
+    if len(trend) < MIN_TREND_POINTS or sessions <= 0:
+        return 1.0
+    n = len(trend)
+    mt = sum(t for t, _ in trend) / n
+    mv = sum(v for _, v in trend) / n
+    var = sum((t - mt) ** 2 for t, _ in trend)
+    if var <= 0:
+        return 1.0
+    slope = sum((t - mt) * (v - mv) for t, v in trend) / var
+    if slope <= 0:
+        return 1.0
+    level = mv + slope * (trend[-1][0] - mt)   # the fitted value now: less noisy than the last sample
+    return min(MAX_GROWTH, max(1.0, (level + slope * LOOKAHEAD_S) / max(level, 1e-9)))
+
+
+def _clamp(value: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, value))
+
+
+def _ranges(spec: TranslationPipelineSpec) -> dict[str, tuple[int, int]]:
+    return {"audio": (spec.audio.replicas.min, spec.audio.replicas.max),
+            "translation": (spec.translation.replicas.min, spec.translation.replicas.max),
+            "gateway": (spec.gateway.replicas.min, spec.gateway.replicas.max)}
+
+
+def model_chain(spec: TranslationPipelineSpec) -> list[str]:
+    """The primary model, then the fallbacks in order, without repeats."""
+    chain: list[str] = []
+    for name in [spec.translation.model, *spec.translation.fallbackModels]:
+        if name not in chain:
+            chain.append(name)
+    return chain
+
+
+def required_signals(current: Current) -> tuple[str, ...]:
+    """Signals without which no decision is safe for this pipeline."""
+    names: tuple[str, ...] = ("caption_p95", "translation_p95", "sessions_active",
+                              "queue:audio", "queue:translation")
+    return names
+
+
+def _hold(now: float, current: Current, history: History, reason: str, message: str) -> Decision:
+    stages = {s: StageDecision(s, current.replicas.get(s, 0), current.replicas.get(s, 0), "none",
+                               reason, message) for s in STAGES}
+    # Streaks restart: a breach seen before a data gap is not "sustained" across it.
+    return Decision(time=now, active=False, condition_reason=reason, message=message, stages=stages,
+                    history=replace(history, over_streak={}, memory_high_streak=0))
+
+
+def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, history: History,
+           now: float) -> Decision:
+    """One autoscaling step. Pure: the caller persists ``Decision.history`` for the next call."""
+    scaling = spec.scaling
+    slo = scaling.latencySLO.p95Seconds
+    stabilization = scaling.scale_down_stabilization_seconds
+    started = history.started if history.started is not None else now
+
+    if signals.error:
+        return _hold(now, current, replace(history, started=started), "PrometheusUnreachable",
+                     f"holding replicas: Prometheus at {scaling.prometheusUrl} unreachable ({signals.error})")
+    problems = signals.describe_problems(required_signals(current))
+    if problems:
+        return _hold(now, current, replace(history, started=started), "MetricsUnavailable",
+                     "holding replicas: no usable data for " + "; ".join(problems))
+
+    caption = signals.caption_p95.or_zero_if_idle() or 0.0
+    translation_p95 = signals.translation_p95.or_zero_if_idle() or 0.0
+    sessions = signals.sessions_active.value or 0.0
+    q_audio = signals.queue("audio").value or 0.0
+    q_translation = signals.queue("translation").value or 0.0
+    waiting = signals.vllm_requests_waiting.value if signals.vllm_requests_waiting.ok else 0.0
+    waiting = waiting or 0.0
+    replicas = {s: max(0, int(current.replicas.get(s, 0))) for s in STAGES}
+    ranges = _ranges(spec)
+
+    # --- load ratio per stage (1.0 = at target) and why -----------------------------------
+    load: dict[str, float] = {}
+    why: dict[str, tuple[str, str]] = {}
+    capacity = spec.gateway.maxSessionsPerReplica * max(1, replicas["gateway"])
+    load["gateway"] = sessions / (capacity * GATEWAY_TARGET_UTILISATION)
+    why["gateway"] = ("capacity", f"{sessions:.0f} sessions on {capacity} session slots")
+
+    rtf = signals.audio_rtf.value if signals.audio_rtf.ok else None
+    load["audio"] = (rtf or 0.0) / AUDIO_TARGET_RTF
+    why["audio"] = ("realtime_factor", f"audio real-time factor {rtf or 0.0:.2f} > {AUDIO_TARGET_RTF}")
+    budget = slo * TRANSLATION_BUDGET_SHARE
+    load["translation"] = translation_p95 / budget
+    why["translation"] = ("translation_latency", f"translation p95 {translation_p95:.2f}s > budget {budget:.2f}s")
+    kv = signals.kv_cache_usage.value if signals.kv_cache_usage.ok else None
+    if kv is not None:
+        # vLLM's KV-cache use grows with concurrent sequences: the translation stage's
+        # utilisation. Where it is known it sizes the stage; latency (not linear in replicas)
+        # only counts when it is over budget.
+        over_budget = load["translation"] if load["translation"] > 1.0 else 0.0
+        load["translation"] = max(kv / KV_CACHE_TARGET, over_budget)
+        if kv / KV_CACHE_TARGET >= load["translation"]:
+            why["translation"] = ("kv_cache", f"KV cache {kv:.0%} > target {KV_CACHE_TARGET:.0%}"
+                                  + (f" with {waiting:.0f} requests waiting" if waiting else ""))
+
+    # The steady-state need, before queues, breaches and trends: what scale-down recommends.
+    util_load = dict(load)
+
+    # Backed-up queues: a stage with more than QUEUE_PER_REPLICA items per replica is over target
+    # in proportion, whatever its other signals say (they lag; a queue does not) -- unless the
+    # queue is already draining fast enough (capacity added earlier has caught up with demand).
+    depths = {"audio": q_audio, "translation": q_translation + waiting}
+    for stage, depth in depths.items():
+        qload = depth / (QUEUE_PER_REPLICA * max(1, replicas[stage]))
+        prev = history.queues.get(stage)
+        if prev is not None and history.queues_time is not None and now > history.queues_time:
+            drain_rate = (prev - depth) / (now - history.queues_time)
+            if drain_rate > 0 and depth / drain_rate <= DRAIN_TARGET_S:
+                continue
+        if qload > load[stage] and qload > 1.0:
+            load[stage] = qload
+            why[stage] = ("queue", f"{depth:.0f} queued {stage} items on {replicas[stage]} replicas")
+
+    # --- SLO breach: blame the bottleneck, not every stage ------------------------------------
+    # The stage nearest to (or over) its own target explains the breach; ties go to the one
+    # with the larger share of the latency. Latency is not linear in replicas, so a breach that
+    # the stage's own load does not already explain adds a modest step (+20%, at least one).
+    breach = caption / slo if slo > 0 else 0.0
+    bottleneck: str | None = None
+    if breach > 1.0:
+        t_share = min(1.0, translation_p95 / caption) if caption > 0 else 0.0
+        t_score = load["translation"] + t_share
+        a_score = load["audio"] + (1.0 - t_share)
+        bottleneck = "translation" if t_score >= a_score else "audio"
+        bump = min(breach, 1.0 + 2 * TOLERANCE)
+        if bump > load[bottleneck]:
+            load[bottleneck] = bump
+            why[bottleneck] = ("latency_slo", (f"caption p95 {caption:.2f}s > SLO {slo:.2f}s, "
+                                               f"{bottleneck} is the bottleneck"))
+
+    # --- GPU memory / KV pressure -> smaller model before more replicas --------------------------
+    chain = model_chain(spec)
+    idx = chain.index(current.model) if current.model in chain else 0
+    mem = signals.gpu_memory_fraction.value if signals.gpu_memory_fraction.ok else None
+    high = scaling.gpuMemory.highWatermark
+    low = scaling.gpuMemory.lowWatermark
+    kv_pressure = kv is not None and kv >= KV_CACHE_SATURATED and waiting > 0
+    memory_high = (mem is not None and mem > high) or kv_pressure
+    mem_streak = history.memory_high_streak + 1 if memory_high else 0
+    mem_low_since = history.memory_low_since
+    if mem is not None and mem < low and not kv_pressure:
+        mem_low_since = mem_low_since if mem_low_since is not None else now
+    else:
+        mem_low_since = None
+    uses_gpu_model = current.translation_backend == "vllm"
+    new_model: str | None = None
+    model_reason = model_message = ""
+    if uses_gpu_model and mem_streak >= UP_SUSTAIN and idx + 1 < len(chain):
+        new_model = chain[idx + 1]
+        model_reason = "gpu_memory" if (mem is not None and mem > high) else "kv_cache"
+        cause = (f"GPU memory {mem:.0%} > highWatermark {high:.0%}" if model_reason == "gpu_memory"
+                 else f"KV cache {kv:.0%} with {waiting:.0f} requests waiting")
+        model_message = f"{cause}: translation model {current.model} -> {new_model}"
+        mem_streak = 0
+    elif (uses_gpu_model and idx > 0 and mem_low_since is not None
+          and now - mem_low_since >= stabilization
+          and (history.last_model_change is None or now - history.last_model_change >= stabilization)):
+        new_model = chain[idx - 1]
+        model_reason = "gpu_memory_relief"
+        model_message = (f"GPU memory {mem:.0%} < lowWatermark {low:.0%} for {stabilization:.0f}s: "
+                         f"translation model {current.model} -> {new_model}")
+        mem_low_since = None
+
+    # --- per-stage replica decisions --------------------------------------------------------
+    # --- demand trend: size for where sessions will be when new replicas are ready ---------
+    trend = tuple((t, v) for t, v in history.sessions if now - t <= TREND_WINDOW_S) + ((now, sessions),)
+    growth = _growth(trend, sessions)
+    if growth > 1.0:
+        for s in STAGES:
+            if load[s] * growth > 1.0 + TOLERANCE >= load[s]:
+                why[s] = (why[s][0] if load[s] > 1.0 else "demand_trend",
+                          f"sessions rising ({sessions:.0f}, x{growth:.2f} in {LOOKAHEAD_S:.0f}s)")
+            load[s] *= growth
+
+    # The replicas the signals came from: ready now and in the last SETTLE_INTERVALS intervals
+    # (rate windows lag). Sizing from these, not from the replica count just set, keeps the
+    # policy from adding replicas again while the ones it added are starting or not yet measured.
+    ready_now = {s: replicas[s] if current.ready is None
+                 else max(0, min(replicas[s], int(current.ready.get(s, replicas[s])))) for s in STAGES}
+    source_replicas = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
+                       for s in STAGES}
+
+    over_streak: dict[str, int] = {}
+    recommend: dict[str, int] = {}
+    overs: dict[str, bool] = {}
+    for s in STAGES:
+        lo, hi = ranges[s]
+        cur = replicas[s]
+        over = load[s] > 1.0 + TOLERANCE
+        overs[s] = over
+        over_streak[s] = history.over_streak.get(s, 0) + 1 if over else 0
+        # What this stage needs for its current demand (queues drained, no breach): the
+        # scale-down window keeps the largest of these, so a drained backlog's extra replicas
+        # are not held, but a demand seen within the window is.
+        basis = source_replicas[s] if source_replicas[s] > 0 else cur
+        need = math.ceil(basis * util_load[s] - 1e-9) if basis else lo
+        recommend[s] = _clamp(max(need, 1) if util_load[s] > 0 or lo > 0 else need, lo, hi)
+        if util_load[s] >= 1.0 - TOLERANCE:
+            recommend[s] = max(recommend[s], _clamp(cur, lo, hi) if util_load[s] <= 1.0 + TOLERANCE else 0)
+
+    devices = list(spec.audio.devices)
+    next_devices = devices[devices.index("npu") + 1:] if "npu" in devices else []
+
+    window = tuple((t, r) for t, r in history.recommendations if now - t < stabilization)
+    window = (*window, (now, recommend))
+    full_window = now - started >= stabilization
+    last_up = dict(history.last_up)
+    stages: dict[str, StageDecision] = {}
+    calm = caption <= slo * DOWN_CALM
+    for s in STAGES:
+        lo, hi = ranges[s]
+        cur = replicas[s]
+        reason, message = why[s]
+        if cur < lo or cur > hi:
+            desired = _clamp(cur, lo, hi)
+            stages[s] = StageDecision(s, cur, desired, "up" if desired > cur else "down", "bounds",
+                                      f"{s} replicas {cur} outside [{lo}, {hi}]")
+            continue
+        if over_streak[s] >= UP_SUSTAIN or (overs[s] and load[s] >= IMMEDIATE_LOAD):
+            if (s == "translation" and uses_gpu_model and memory_high and idx + 1 < len(chain)
+                    and model_reason != "gpu_memory_relief"):
+                # Replicas of a model that does not fit would not help: the smaller model first
+                # (switched now, or as soon as the memory pressure is confirmed).
+                stages[s] = StageDecision(s, cur, cur, "none", model_reason or "gpu_memory",
+                                          "GPU memory pressure: switching to a smaller model before "
+                                          "adding translation replicas")
+                continue
+            if s == "audio" and current.audio_device == "npu" and signals.npu_free == 0 and not next_devices:
+                stages[s] = StageDecision(s, cur, cur, "none", "npu_exhausted",
+                                          f"{message}, but no allocatable NPU is left and audio.devices "
+                                          "names no other device")
+                continue
+            step = min(MAX_STEP_FACTOR, load[s])
+            wanted = math.ceil(max(1, source_replicas[s]) * step)
+            if source_replicas[s] < cur and wanted <= cur:
+                stages[s] = StageDecision(s, cur, cur, "none", "starting",
+                                          f"{message}; waiting for {cur - source_replicas[s]} new {s} "
+                                          "replicas to start and show in the metrics")
+                continue
+            desired = _clamp(max(cur + 1, wanted), lo, hi)
+            if desired > cur:
+                last_up[s] = now
+                sustained = f"for {over_streak[s]} intervals" if over_streak[s] > 1 else "at once (far over)"
+                over_streak[s] = 0
+                stages[s] = StageDecision(s, cur, desired, "up", reason,
+                                          f"{message} {sustained}: {s} {cur} -> {desired}")
+                continue
+            stages[s] = StageDecision(s, cur, cur, "none", "at_max", f"{message}, but {s} is at max {hi}")
+            continue
+        target = max(r.get(s, cur) for _, r in window)
+        if target < cur and calm and full_window and bottleneck != s:
+            stages[s] = StageDecision(s, cur, target, "down", "stabilized",
+                                      f"{s} load {load[s]:.2f} of target for {stabilization:.0f}s: "
+                                      f"{s} {cur} -> {target}")
+            continue
+        stages[s] = StageDecision(s, cur, cur, "none", "steady", f"{s} load {load[s]:.2f} of target")
+
+    # --- NPU exhaustion: new audio replicas move along devices -----------------------------------
+    audio_device: Device | None = None
+    audio_device_message = ""
+    audio = stages["audio"]
+    if audio.direction == "up" and current.audio_device == "npu" and signals.npu_free == 0 and next_devices:
+        audio_device = next_devices[0]
+        audio_device_message = (f"no allocatable NPU left for {audio.desired - audio.current} more "
+                                f"audio replicas: audio moves npu -> {audio_device}")
+
+    new_history = History(
+        started=started,
+        over_streak=over_streak,
+        recommendations=window,
+        last_up=last_up,
+        memory_high_streak=mem_streak,
+        memory_low_since=mem_low_since,
+        last_model_change=now if new_model is not None else history.last_model_change,
+        queues=depths,
+        queues_time=now,
+        ready=(*history.ready, ready_now)[-SETTLE_INTERVALS:],
+        sessions=trend,
+    )
+    changes = [d for d in stages.values() if d.changed]
+    summary = "; ".join(d.message for d in changes) or "all stages within target"
+    if new_model:
+        summary = f"{model_message}; {summary}"
+    return Decision(time=now, active=True, condition_reason="Scaling" if changes or new_model else "WithinTarget",
+                    message=summary, stages=stages, history=new_history, model=new_model,
+                    model_reason=model_reason, model_message=model_message, audio_device=audio_device,
+                    audio_device_message=audio_device_message)
