@@ -145,6 +145,7 @@ class ApertiumEngine(Engine):
                 await self._spawn()
             except (EngineError, OSError) as exc:
                 self.state.ready = False
+                self.state.recovering = False
                 self.state.detail = str(exc)
                 log.error("apertium-apy failed to start", extra={"fields": {"error": str(exc)}})
                 await self._kill()
@@ -154,6 +155,7 @@ class ApertiumEngine(Engine):
             assert self.proc is not None
             backoff = self.settings.restart_backoff_s
             self.state.ready = True
+            self.state.recovering = False
             self.state.detail = f"ok (apertium-apy pid {self.proc.pid} on 127.0.0.1:{self.port})"
             self.state.model = "apertium"
             self._up.set()
@@ -167,6 +169,7 @@ class ApertiumEngine(Engine):
                 break
             self.restarts += 1
             self.state.ready = False
+            self.state.recovering = True
             self.state.detail = f"apertium-apy exited with {rc}; restarting"
             log.error("apertium-apy died; restarting", extra={"fields": {"returncode": rc,
                                                                         "restarts": self.restarts}})
@@ -196,33 +199,49 @@ class ApertiumEngine(Engine):
             await self.client.aclose()
 
     async def check(self) -> EngineState:
-        if self.proc is not None and self.proc.returncode is not None:
+        if self.proc is not None and self.proc.returncode is not None and not self._stopping:
+            # Died since the supervisor last looked: it is about to restart it.
             self.state.ready = False
+            self.state.recovering = True
         return self.state
 
     async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
                         ) -> list[Output | BaseException]:
-        if not self._up.is_set():
-            # A restart takes about a second: wait for it rather than fail the segment.
-            try:
-                await asyncio.wait_for(self._up.wait(), timeout=min(5.0, self.settings.startup_timeout_s))
-            except TimeoutError:
-                raise EngineError(f"apertium-apy is down: {self.state.detail}") from None
+        await self._wait_up()
         results = await asyncio.gather(*(self._one(j) for j in jobs), return_exceptions=True)
         return list(results)
 
+    async def _wait_up(self) -> None:
+        """A restart takes about a second: wait for it rather than fail the segment."""
+        if self.proc is not None and self.proc.returncode is not None:
+            self._up.clear()
+        if self._up.is_set():
+            return
+        try:
+            await asyncio.wait_for(self._up.wait(), timeout=min(5.0, self.settings.startup_timeout_s))
+        except TimeoutError:
+            raise EngineError(f"apertium-apy is down: {self.state.detail}") from None
+
     async def _one(self, job: Job) -> Output:
         mode = apertium_mode(job.source, job.target)
-        if mode is None or self.client is None:
+        if mode is None:
             raise EngineError(f"no apertium pair {job.source}->{job.target}")
+        params = {"langpair": mode.replace("-", "|", 1), "q": job.text, "markUnknown": "no"}
         async with self._sem:
-            try:
-                resp = await self.client.get("/translate", params={
-                    "langpair": mode.replace("-", "|", 1), "q": job.text, "markUnknown": "no"})
-            except httpx.TimeoutException as exc:
-                raise EngineError(f"apertium: no reply within {self.settings.timeout_s:g} s") from exc
-            except httpx.HTTPError as exc:
-                raise EngineError(f"apertium: {type(exc).__name__}: {exc}") from exc
+            for attempt in range(2):
+                assert self.client is not None
+                try:
+                    resp = await self.client.get("/translate", params=params)
+                    break
+                except httpx.TimeoutException as exc:
+                    raise EngineError(f"apertium: no reply within {self.settings.timeout_s:g} s") from exc
+                except httpx.TransportError as exc:
+                    # APy died under us: wait for the supervisor's restart, then ask once more.
+                    if attempt == 0:
+                        await asyncio.sleep(0.05)
+                        await self._wait_up()
+                        continue
+                    raise EngineError(f"apertium: {type(exc).__name__}: {exc}") from exc
         if resp.status_code != 200:
             raise EngineError(f"apertium: HTTP {resp.status_code}: {resp.text[:200]}")
         try:

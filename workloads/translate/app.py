@@ -81,6 +81,7 @@ def create_app(settings: TranslateSettings | None = None) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics(service: ServiceDep) -> Response:
+        service.sync_local_metrics()
         return Response(generate_latest(service.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.post("/v1/translate", response_model=None)
@@ -92,7 +93,7 @@ def create_app(settings: TranslateSettings | None = None) -> FastAPI:
                                            f"{limit}: split it before sending"}, status_code=422)
         if not req.text.strip():
             return JSONResponse({"detail": "text is empty"}, status_code=422)
-        if not service.ready and not any(s.engine.state.ready for s in service.steps[1:]):
+        if not service.accepting:
             service.metrics.refused.labels(service.pipeline, "not_ready").inc()
             return JSONResponse({"detail": f"translation engine not ready: {service.primary.engine.state.detail}"},
                                 status_code=503, headers={"Retry-After": "2"})

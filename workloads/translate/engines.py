@@ -53,6 +53,9 @@ class EngineState:
     detail: str = "starting"
     model: str | None = None
     sleeping: bool = False
+    # Down but coming back by itself within seconds (a child process restarting): requests wait
+    # for it instead of being refused.
+    recovering: bool = False
     stats: dict[str, float] = field(default_factory=dict)
 
 

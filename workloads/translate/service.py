@@ -163,6 +163,15 @@ class TranslationService:
         if self.problems:
             log.error("pipeline languages this service cannot serve", extra={"fields": {"problems": self.problems}})
 
+    def sync_local_metrics(self) -> None:
+        """Gauges known without asking an engine (cheap enough for every scrape)."""
+        for step in self.steps:
+            labels = (self.pipeline, step.engine.name)
+            self.metrics.breaker_open.labels(*labels).set(0.0 if step.breaker.state == "closed" else 1.0)
+            if isinstance(step.engine, ApertiumEngine):
+                self.metrics.restarts.labels(*labels).set(step.engine.restarts)
+        self._report_depth()
+
     async def refresh(self) -> None:
         """Ask every engine for its health and usage; mirror it into metrics."""
         for step in self.steps:
@@ -266,6 +275,11 @@ class TranslationService:
     @property
     def ready(self) -> bool:
         return self.primary.engine.state.ready
+
+    @property
+    def accepting(self) -> bool:
+        """Take new segments while some engine of the chain can serve them, or is coming back."""
+        return any(s.engine.state.ready or s.engine.state.recovering for s in self.steps)
 
     def readiness(self) -> dict[str, object]:
         return {

@@ -1,0 +1,139 @@
+"""The offline backend for real: Debian's Apertium behind apertium-apy, as `livetranslate up` runs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from livetranslate.workloads.translate.app import create_app
+from livetranslate.workloads.translate.settings import TranslateSettings
+
+from .conftest import free_port, metric_value, read_ndjson, stop_process, tr_request, wait_http
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(shutil.which("apertium-apy") is None or not os.path.exists(
+        "/usr/share/apertium/modes/eng-spa.mode"),
+        reason="Debian packages apertium-apy and apertium-eng-spa are not installed (scripts/bootstrap.sh)"),
+]
+
+
+def apertium_settings(**over: Any) -> TranslateSettings:
+    over.setdefault("target_languages", ["es"])
+    return TranslateSettings(pipeline="offline", backend="apertium", source_language="en", **over)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(apertium_settings())) as c:
+        deadline = time.monotonic() + 60
+        while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        yield c
+
+
+def test_english_to_spanish(client: TestClient) -> None:
+    [line] = read_ndjson(client.post("/v1/translate", json=tr_request("Good morning, where is the train station?",
+                                                                      ["es"], segment=7)))
+    assert line["type"] == "translation" and line["segmentId"] == 7 and line["quality"] == "ok"
+    assert "Buenos días" in line["text"] and "tren" in line["text"]
+    assert "#" not in line["text"] and "*" not in line["text"]
+
+
+def test_missing_pair_is_a_clear_error_not_a_passthrough(client: TestClient) -> None:
+    lines = read_ndjson(client.post("/v1/translate", json=tr_request("Good morning.", ["es", "de"])))
+    by_lang = {line["language"]: line for line in lines}
+    assert by_lang["es"]["type"] == "translation"
+    assert by_lang["de"]["type"] == "error" and by_lang["de"]["code"] == "unsupported_language"
+    assert "en->de" in by_lang["de"]["message"]
+
+
+def test_readyz_names_pipeline_pairs_it_cannot_serve() -> None:
+    with TestClient(create_app(apertium_settings(target_languages=["es", "ca"]))) as c:
+        body = c.get("/readyz").json()
+    assert any("en->ca" in p and "apertium-eng-cat" in p for p in body["problems"]) or os.path.exists(
+        "/usr/share/apertium/modes/eng-cat.mode")
+
+
+def test_many_sessions_at_once(client: TestClient) -> None:
+    sentences = ["The meeting starts now.", "Thank you for coming.", "We have three new products.",
+                 "Please ask your questions.", "The house is big."]
+    def one(i: int) -> list[dict[str, Any]]:
+        return read_ndjson(client.post("/v1/translate", json=tr_request(
+            sentences[i % len(sentences)], ["es"], session=f"s{i}", segment=i)))
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, range(32)))
+    assert all(r[0]["type"] == "translation" and r[0]["segmentId"] == i and r[0]["text"]
+               for i, r in enumerate(results))
+    assert results[4][0]["text"].startswith("La casa es")
+
+
+def test_apy_bound_to_loopback_and_restarted_when_it_dies(client: TestClient) -> None:
+    service = client.app.state.service  # type: ignore[attr-defined]
+    engine = service.primary.engine
+    pid, port = engine.proc.pid, engine.port
+    local = [line.split()[3] for line in subprocess.run(["ss", "-ltnH", f"sport = :{port}"], check=True,
+                                                       capture_output=True, text=True).stdout.splitlines()]
+    assert local == [f"127.0.0.1:{port}"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    saw_unready = False
+    while time.monotonic() < deadline and not saw_unready:
+        saw_unready = client.get("/readyz").status_code == 503
+    # a segment sent during the restart waits for APy instead of failing
+    resp = client.post("/v1/translate", json=tr_request("Thank you for coming.", ["es"]))
+    assert resp.status_code == 200, resp.text
+    [line] = read_ndjson(resp)
+    assert line["type"] == "translation", str(line)
+    assert engine.proc.pid != pid
+    assert saw_unready
+    assert metric_value(client.get("/metrics").text, "livetranslate_translation_engine_restarts") >= 1
+
+
+def test_served_as_users_start_it(tmp_path: Any) -> None:
+    """`livetranslate serve translate` with the pipeline file the operator writes."""
+    from livetranslate.api import TranslationPipelineSpec
+    from livetranslate.config import Endpoints, Placement, ResolvedPipeline
+
+    resolved = ResolvedPipeline(
+        name="town-hall", spec=TranslationPipelineSpec(targetLanguages=["es"]),
+        placement=Placement(translationBackend="apertium"),
+        endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"))
+    (tmp_path / "pipeline.json").write_text(resolved.to_json())
+    port = free_port()
+    env = {**os.environ, "LT_PIPELINE_CONFIG": str(tmp_path / "pipeline.json"), "PYTHONSAFEPATH": "1"}
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "translate",
+                             "--host", "127.0.0.1", "--port", str(port)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{base}/healthz", 60, proc)
+        deadline = time.monotonic() + 60
+        while httpx.get(f"{base}/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        resp = httpx.post(f"{base}/v1/translate", json=tr_request("The house is big.", ["es"]), timeout=10)
+        assert read_ndjson(resp)[0]["text"].startswith("La casa es")
+        text = httpx.get(f"{base}/metrics").text
+        assert metric_value(text, "livetranslate_translation_latency_seconds_count", pipeline="town-hall") == 1
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], check=False, capture_output=True,
+                                  text=True).stdout.split()
+        assert children, "apertium-apy child not running"
+    finally:
+        stop_process(proc)
+    # the service takes its APy child down with it
+    time.sleep(0.5)
+    for child in children:
+        status = Path(f"/proc/{child}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()
