@@ -19,6 +19,7 @@ _BRACKETS = re.compile(r"\[[^\[\]]*\]")
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _FUNCTION = re.compile(r"\b([a-zA-Z_][a-zA-Z0-9_]*)\s*\(")
 _VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
+_DURATION = re.compile(r"\b\d+(\.\d+)?(ms|s|m|h|d|w|y)\b")
 _NUMBER = re.compile(r"\b\d+(\.\d+)?([eE][-+]?\d+)?\b")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
@@ -34,6 +35,7 @@ def metric_names(expr: str) -> set[str]:
     text = _BRACKETS.sub(" ", text)
     text = _GROUPING.sub(" ", text)
     text = _FUNCTION.sub(" (", text)
+    text = _DURATION.sub(" ", text)
     text = _NUMBER.sub(" ", text)
     return {name for name in _IDENT.findall(text) if name.lower() not in _KEYWORDS}
 

@@ -1,0 +1,229 @@
+"""The pipeline dashboard against real data: `livetranslate up` runs the three services as users
+run them, a real Prometheus (/usr/bin/prometheus, loopback, 1 s scrapes) scrapes them while real
+speech streams through the gateway, and every panel of the pipeline overview must return data.
+
+Set LT_DASHBOARD_PNG_DIR=docs/img to also render the panels' data to
+docs/img/dashboard-pipeline-overview.png (matplotlib; no Grafana runs here).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "dashboards" / "pipeline-overview.json"
+# The session is short: a rate window of a few scrapes, not Grafana's minutes.
+LIVE_VARS = {"$__rate_interval": "10s", "$__interval": "2s", "$namespace": ".*", "$pipeline": ".*",
+             "$node": ".*", "$slo": "1.5", "$high_watermark": "0.9"}
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _substitute(expr: str) -> str:
+    for var in sorted(LIVE_VARS, key=len, reverse=True):
+        expr = expr.replace(var, LIVE_VARS[var])
+    return expr
+
+
+def _stop(proc: subprocess.Popen[Any]) -> None:
+    """End a process this test started (by its pid) and wait for it."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@dataclass
+class LiveRun:
+    prometheus: str
+    start: float
+    end: float
+    events: list[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
+    prometheus_bin = shutil.which("prometheus")
+    if not prometheus_bin:
+        pytest.skip("prometheus not found (Debian package prometheus; scripts/bootstrap.sh installs it)")
+    try:
+        import livetranslate.local  # noqa: F401
+        from livetranslate.testing.speech import SENTENCES, Utterance, compose, require_tools, write_wav
+        require_tools()
+    except (ImportError, RuntimeError, OSError) as exc:
+        pytest.skip(f"livetranslate up or speech tools unavailable: {exc}")
+
+    tmp = tmp_path_factory.mktemp("live-dashboard")
+    gateway_port = _free_port()
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "LT_LOG_FORMAT": "json"}
+    up = subprocess.Popen(
+        [sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", str(gateway_port),
+         "--log-dir", str(tmp / "logs")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    procs: list[subprocess.Popen[Any]] = [up]
+    try:
+        ports: dict[str, int] = {}
+        deadline = time.monotonic() + 300
+        lines: list[str] = []
+        assert up.stdout is not None
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            if not line:
+                pytest.fail("livetranslate up exited:\n" + "".join(lines[-30:]))
+            lines.append(line)
+            m = re.match(r"(audio|translation|gateway): starting on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                ports[m.group(1)] = int(m.group(2))
+            if "is ready" in line:
+                break
+        else:
+            pytest.fail("livetranslate up not ready in 300 s:\n" + "".join(lines[-30:]))
+        assert set(ports) == {"audio", "translation", "gateway"}, lines
+
+        # Prometheus as a cluster would scrape the pods: one job per stage, a namespace label.
+        prom_port = _free_port()
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": f"livetranslate-{stage}", "scrape_interval": "1s",
+                 "static_configs": [{"targets": [f"127.0.0.1:{port}"],
+                                     "labels": {"namespace": "default", "pod": f"local-{stage}-0"}}]}
+                for stage, port in ports.items()],
+        }
+        (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+        prom = subprocess.Popen(
+            [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(prom)
+        prom_url = f"http://127.0.0.1:{prom_port}"
+        for _ in range(120):
+            try:
+                if httpx.get(f"{prom_url}/-/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        start = time.time()
+        time.sleep(3)
+
+        samples, _ = compose([Utterance(s) for s in SENTENCES[:4]])
+        wav = write_wav(tmp / "speech.wav", samples)
+        events: list[dict[str, Any]] = []
+        # One paced like a live microphone (sessions and queues visible to 1 s scrapes), one fast.
+        for extra in (["--realtime"], []):
+            out = subprocess.run(
+                [sys.executable, "-P", "-m", "livetranslate.cli", "stream", str(wav), "--url",
+                 f"ws://127.0.0.1:{gateway_port}/v1/stream", "--json", *extra],
+                capture_output=True, text=True, env=env, timeout=180, check=False)
+            assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+            events += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+        time.sleep(4)  # let the last values be scraped
+        yield LiveRun(prom_url, start, time.time(), events)
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)
+
+
+def _query_range(run: LiveRun, expr: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{run.prometheus}/api/v1/query_range",
+                  params={"query": _substitute(expr), "start": run.start, "end": run.end, "step": "1s"},
+                  timeout=30)
+    body = r.json()
+    assert body["status"] == "success", (expr, body)
+    return list(body["data"]["result"])
+
+
+def _finite(series: list[dict[str, Any]]) -> bool:
+    return any(math.isfinite(float(v)) for s in series for _, v in s["values"])
+
+
+def test_the_session_produced_captions_and_translations(live: LiveRun) -> None:
+    kinds = {e.get("type") for e in live.events}
+    assert {"transcript.final", "translation"} <= kinds, kinds
+
+
+def test_every_pipeline_panel_returns_data(live: LiveRun) -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    empty = []
+    results: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
+    for panel in dash["panels"]:
+        per_target = [(t["legendFormat"], _query_range(live, t["expr"])) for t in panel["targets"]]
+        results[panel["title"]] = per_target
+        if not any(_finite(series) for _, series in per_target):
+            empty.append(panel["title"])
+    assert not empty, f"panels without data after a real session: {empty}"
+    png_dir = os.environ.get("LT_DASHBOARD_PNG_DIR")
+    if png_dir:
+        render_png(dash, results, Path(png_dir) / "dashboard-pipeline-overview.png", live)
+
+
+def render_png(dash: dict[str, Any], results: dict[str, list[tuple[str, list[dict[str, Any]]]]],
+               path: Path, run: LiveRun) -> None:
+    """Lay the panels out on Grafana's 24-column grid and plot each target's series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = dash["panels"]
+    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
+    fig = plt.figure(figsize=(18, rows * 0.5 + 1))
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.end))
+    fig.suptitle(f"{dash['title']}: livetranslate up, scraped by a real Prometheus, {when}", fontsize=12)
+    for panel in panels:
+        g = panel["gridPos"]
+        top = 0.94  # room for the title
+        ax = fig.add_axes((g["x"] / 24 + 0.035, top - (g["y"] + g["h"]) / rows * top + 0.035,
+                           g["w"] / 24 - 0.05, g["h"] / rows * top - 0.075))
+        ax.set_title(panel["title"], fontsize=9, loc="left")
+        ax.tick_params(labelsize=7)
+        if panel["type"] == "stat":
+            shown = []
+            for legend, series in results[panel["title"]]:
+                for s in series:
+                    vals = [float(v) for _, v in s["values"] if math.isfinite(float(v))]
+                    if vals:
+                        label = re.sub(r"\{\{(\w+)\}\}", lambda m, s=s: s["metric"].get(m.group(1), ""), legend)
+                        shown.append(label if panel["options"].get("textMode") == "name" else f"{vals[-1]:.3g}")
+            ax.text(0.5, 0.45, "\n".join(shown) or "no data", ha="center", va="center", fontsize=16)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            continue
+        for legend, series in results[panel["title"]]:
+            for s in series:
+                xs = [float(t) - run.start for t, v in s["values"]]
+                ys = [float(v) for _, v in s["values"]]
+                label = re.sub(r"\{\{(\w+)\}\}", lambda m, s=s: s["metric"].get(m.group(1), ""), legend)
+                ax.plot(xs, ys, label=label, linewidth=1.2, linestyle="--" if label == "SLO" else "-")
+        ax.set_xlabel("seconds into the session", fontsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
