@@ -34,6 +34,17 @@ class Word:
     start: float
     end: float
     probability: float = 1.0
+    segment: int = 0  # index into Hypothesis.segments
+
+
+@dataclass(frozen=True)
+class SegmentStats:
+    """What the decoder says about its own confidence in one segment."""
+
+    text: str
+    no_speech_prob: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 1.0
 
 
 @dataclass
@@ -46,6 +57,12 @@ class Hypothesis:
     avg_logprob: float = 0.0
     compression_ratio: float = 1.0
     seconds: float = 0.0  # wall time of the pass
+    segments: list[SegmentStats] = field(default_factory=list)
+
+
+def max_new_tokens(seconds: float) -> int:
+    """A token budget no real speech exceeds (about 4 words/s): it cuts decoder loops short."""
+    return int(10 + 8 * seconds)
 
 
 class Engine(Protocol):
@@ -160,14 +177,18 @@ class FasterWhisperEngine:
             initial_prompt=prompt or None,
             vad_filter=False,
             without_timestamps=False,
+            max_new_tokens=max_new_tokens(len(audio) / SAMPLE_RATE),
         )
         hyp = Hypothesis()
         texts: list[str] = []
         weights = 0.0
-        for seg in segments:
+        for index, seg in enumerate(segments):
             texts.append(seg.text)
+            hyp.segments.append(SegmentStats(seg.text.strip(), float(seg.no_speech_prob),
+                                             float(seg.avg_logprob), float(seg.compression_ratio)))
             for w in seg.words or []:
-                hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability)))
+                hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability),
+                                      index))
             span = max(seg.end - seg.start, 1e-3)
             hyp.no_speech_prob = max(hyp.no_speech_prob, float(seg.no_speech_prob))
             hyp.avg_logprob += float(seg.avg_logprob) * span
@@ -227,7 +248,7 @@ class OpenVinoEngine:
         cfg = pipe.get_generation_config()
         cfg.word_timestamps = True
         cfg.return_timestamps = True
-        cfg.max_new_tokens = 224
+        cfg.max_new_tokens = max_new_tokens(len(audio) / SAMPLE_RATE)
         if prompt:
             cfg.initial_prompt = prompt
         kwargs: dict[str, Any] = {}

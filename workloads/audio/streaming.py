@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from livetranslate.workloads.audio.engines import Hypothesis, Word
+from livetranslate.workloads.audio.engines import Hypothesis, SegmentStats, Word
 from livetranslate.workloads.audio.settings import StreamingSettings
 from livetranslate.workloads.audio.vad import FRAME_SECONDS, VadStream
 
@@ -54,9 +54,9 @@ def norm_text(text: str) -> str:
     return " ".join(w for w in (norm_word(t) for t in text.split()) if w)
 
 
-def is_hallucination(hyp: Hypothesis, voiced_seconds: float) -> bool:
-    """True when a hypothesis looks invented rather than heard."""
-    text = norm_text(hyp.text or " ".join(w.text for w in hyp.words))
+def is_hallucination(hyp: Hypothesis | SegmentStats, voiced_seconds: float) -> bool:
+    """True when a hypothesis (or one of its segments) looks invented rather than heard."""
+    text = norm_text(hyp.text or " ".join(w.text for w in getattr(hyp, "words", [])))
     if not text:
         return False
     if hyp.compression_ratio > 2.4:  # the same words over and over
@@ -69,6 +69,27 @@ def is_hallucination(hyp: Hypothesis, voiced_seconds: float) -> bool:
     if text in _HALLUCINATED_PHRASES:
         return hyp.no_speech_prob > 0.2 or hyp.avg_logprob < -0.6 or voiced_seconds < 0.5
     return False
+
+
+def heard_words(hyp: Hypothesis, duration: float, voiced_seconds: float) -> list[Word]:
+    """The words of a hypothesis that were plausibly heard.
+
+    Whisper fails by segment: a segment that is a known hallucination, repeats itself, or repeats
+    an earlier segment of the same pass (a decoder loop over a short buffer) is dropped whole,
+    while the segments that carry real speech are kept. Words squeezed into the last 50 ms of
+    the buffer are cut too: speech cannot start where the audio ends, loops can.
+    """
+    if not hyp.segments:
+        return [] if is_hallucination(hyp, voiced_seconds) else list(hyp.words)
+    seen: list[str] = []
+    keep: set[int] = set()
+    for i, seg in enumerate(hyp.segments):
+        text = norm_text(seg.text)
+        repeated = bool(text) and any(text == s or (len(text) > 12 and text in s) for s in seen)
+        if not repeated and not is_hallucination(seg, voiced_seconds):
+            keep.add(i)
+        seen.append(text)
+    return [w for w in hyp.words if w.segment in keep and w.start < duration - 0.05]
 
 
 @dataclass(frozen=True)
@@ -253,9 +274,8 @@ class StreamSession:
         self.in_flight = False
         self.decoded_seconds += req.end - req.start
         voiced = req.end - max(req.start, req.utterance_start)
-        words = [] if is_hallucination(hyp, voiced) else [
-            Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability)
-            for w in hyp.words]
+        words = [Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability)
+                 for w in heard_words(hyp, req.end - req.start, voiced)]
         fresh = self._drop_committed(words)
         out: list[PartialOut | FinalOut] = []
         if req.final:
@@ -340,10 +360,11 @@ class StreamSession:
         words = [w for w in words if w.text.strip()]
         if not words:
             return None
+        # Word times jitter between passes: a final never starts before the previous one ended.
+        start = max(words[0].start, self._committed_end, 0.0)
         self._committed_end = max(self._committed_end, words[-1].end)
         self._committed_tail = (self._committed_tail + [norm_word(w.text) for w in words])[-10:]
         self._utterance_words = [*self._utterance_words, *words]
         text = " ".join(w.text for w in words).strip()
-        start = max(words[0].start, 0.0)
         end = max(words[-1].end, start)
         return FinalOut(text, self._session(start), self._session(end), start, end)

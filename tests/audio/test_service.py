@@ -1,0 +1,191 @@
+"""The audio service as users run it, with real speech and the real tiny.en weights.
+
+Each test streams espeak-ng speech over ``/v1/audio`` to a ``livetranslate serve audio`` process
+and checks what a user of the captions would notice: the words, that finals stay put, that
+silence and noise stay blank, that bad input gets a clear answer, and that sessions do not
+disturb each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Callable
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+
+from livetranslate.testing import speech
+from livetranslate.workloads.audio.client import stream_audio, to_pcm16
+
+from .conftest import Server
+
+pytestmark = pytest.mark.slow
+
+Spans = list[tuple[float, float, str, str]]
+
+
+def _reference(spans: Spans) -> str:
+    return " ".join(s[2] for s in spans)
+
+
+async def test_transcribes_several_voices_with_pauses(audio_server: Server,
+                                                      meeting: tuple[np.ndarray, Spans]) -> None:
+    audio, spans = meeting
+    result = await stream_audio(audio_server.ws, audio, speed=3.0, session_id="wer")
+    assert result.events[0]["type"] == "ready"
+    assert result.events[-1]["type"] == "flushed"
+    wer = speech.word_error_rate(_reference(spans), result.text)
+    assert wer <= 0.25, (wer, result.text)
+    assert result.of("partial"), "partials are refreshed while someone speaks"
+
+
+async def test_finals_are_ordered_in_session_time_and_never_repeated(
+        audio_server: Server, meeting: tuple[np.ndarray, Spans]) -> None:
+    audio, spans = meeting
+    result = await stream_audio(audio_server.ws, audio, speed=3.0, session_id="order", time_offset=42.0)
+    finals = result.finals
+    assert finals
+    for f in finals:
+        assert f["end"] >= f["start"] >= 42.0
+    for a, b in itertools.pairwise(finals):
+        assert b["start"] >= a["end"] - 0.05, (a, b)  # a later final never re-covers an earlier one
+    # each spoken sentence lies within the session-time span of the finals that carry it
+    assert finals[0]["start"] < 42.0 + spans[0][1]
+    assert finals[-1]["end"] > 42.0 + spans[-1][0]
+
+
+async def test_silence_and_noise_give_no_captions(audio_server: Server) -> None:
+    silence = np.zeros(16000 * 5, dtype=np.float32)
+    noise = speech.add_noise(np.zeros(16000 * 5, dtype=np.float32) + 1e-3, snr_db=-30, seed=1) * 0.05
+    for i, audio in enumerate((silence, noise)):
+        result = await stream_audio(audio_server.ws, audio, speed=5.0, session_id=f"quiet{i}")
+        assert result.finals == [], result.finals
+        assert not [p for p in result.of("partial") if p["text"]]
+
+
+async def test_speech_in_noise_is_still_understood(audio_server: Server,
+                                                   meeting: tuple[np.ndarray, Spans]) -> None:
+    audio, spans = meeting
+    noisy = speech.add_noise(audio, snr_db=15, seed=3)
+    result = await stream_audio(audio_server.ws, noisy, speed=3.0, session_id="noisy")
+    wer = speech.word_error_rate(_reference(spans), result.text)
+    assert wer <= 0.35, (wer, result.text)
+
+
+async def test_concurrent_sessions_each_get_their_own_words(audio_server: Server) -> None:
+    texts = speech.SENTENCES[:4]
+    clips = [np.concatenate([np.zeros(8000, np.float32), speech.speak(t, v), np.zeros(8000, np.float32)])
+             for t, v in zip(texts, ("en-us", "en-gb", "en-us+f4", "en-us+m7"), strict=True)]
+    results = await asyncio.gather(*(stream_audio(audio_server.ws, c, speed=1.5, session_id=f"c{i}")
+                                      for i, c in enumerate(clips)))
+    wers = []
+    for i, result in enumerate(results):
+        own = speech.word_error_rate(texts[i], result.text)
+        wers.append(own)
+        # no session ever gets another session's words
+        assert own < min(speech.word_error_rate(t, result.text) for j, t in enumerate(texts) if j != i)
+    assert sum(wers) / len(wers) <= 0.3, [r.text for r in results]
+
+
+async def _exchange(url: str, *frames: str | bytes, wait: float = 2.0) -> tuple[list[dict[str, object]], int | None]:
+    events: list[dict[str, object]] = []
+    code = None
+    async with websockets.connect(url) as ws:
+        for f in frames:
+            await ws.send(f)
+        try:
+            while True:
+                events.append(json.loads(await asyncio.wait_for(ws.recv(), timeout=wait)))
+        except TimeoutError:
+            pass
+        except websockets.ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd else None
+    return events, code
+
+
+def _start(sid: str, **extra: object) -> str:
+    return json.dumps({"type": "start", "sessionId": sid, **extra})
+
+
+async def test_bad_input_gets_clear_errors_without_dropping_the_session(audio_server: Server) -> None:
+    events, code = await _exchange(audio_server.ws, _start("bad"), b"\x00\x01\x02", "{nonsense",
+                                   wait=1.5)
+    codes = [e.get("code") for e in events if e["type"] == "error"]
+    assert events[0]["type"] == "ready"
+    assert codes == ["bad_audio", "bad_message"]
+    assert code is None  # still open after two bad frames
+
+
+async def test_audio_before_start_and_oversized_frames_are_refused(audio_server: Server) -> None:
+    events, _ = await _exchange(audio_server.ws, b"\x00\x00" * 100, wait=1.0)
+    assert events and events[0]["code"] == "session_not_started"
+    events, _ = await _exchange(audio_server.ws, _start("big"), b"\x00" * (1024 * 1024 + 2), wait=1.5)
+    assert [e.get("code") for e in events if e["type"] == "error"] == ["frame_too_large"]
+
+
+async def test_wrong_sample_rate_is_refused_with_a_reason(audio_server: Server) -> None:
+    events, code = await _exchange(audio_server.ws, _start("rate", sampleRate=44100))
+    assert events[0]["type"] == "error" and "16000" in str(events[0]["message"])
+    assert code == 1008
+
+
+async def test_garbage_flood_closes_only_that_session(audio_server: Server) -> None:
+    clip = np.concatenate([speech.speak(speech.SENTENCES[1]), np.zeros(8000, np.float32)])
+    good = asyncio.create_task(stream_audio(audio_server.ws, clip, speed=1.0, session_id="good"))
+    _events, code = await _exchange(audio_server.ws, _start("flood"), *(["garbage"] * 5))
+    assert code == 1008
+    result = await good
+    assert speech.word_error_rate(speech.SENTENCES[1], result.text) <= 0.35
+
+
+async def test_idle_and_endless_silence_are_closed_with_a_reason(audio_server: Server) -> None:
+    events, code = await _exchange(audio_server.ws, _start("idle"), wait=8.0)
+    assert [e.get("code") for e in events if e["type"] == "error"] == ["idle_timeout"]
+    assert code == 1000
+    async with websockets.connect(audio_server.ws) as ws:
+        await ws.send(_start("mute"))
+        await ws.recv()
+        reason = None
+        try:
+            for _ in range(100):  # 10 s of silence at 10x real time; the limit is 6 s
+                await ws.send(to_pcm16(np.zeros(1600, np.float32)))
+                await asyncio.sleep(0.01)
+        except websockets.ConnectionClosed:
+            pass
+        try:
+            while True:
+                ev = json.loads(await asyncio.wait_for(ws.recv(), timeout=3))
+                if ev["type"] == "error":
+                    reason = ev["code"]
+        except (TimeoutError, websockets.ConnectionClosed):
+            pass
+    assert reason == "silence_timeout"
+
+
+async def test_health_readiness_and_metrics(audio_server: Server, meeting: tuple[np.ndarray, Spans]) -> None:
+    async with httpx.AsyncClient(base_url=audio_server.base) as http:
+        assert (await http.get("/healthz")).status_code == 200
+        ready = (await http.get("/readyz")).json()
+        assert ready["ready"] and ready["checks"]["device"] == "cpu"
+        await stream_audio(audio_server.ws, meeting[0][: 16000 * 4], speed=4.0, session_id="m")
+        text = (await http.get("/metrics")).text
+    for name in ("livetranslate_audio_processing_seconds_count", "livetranslate_audio_realtime_factor",
+                 'livetranslate_queue_depth{pipeline="local",stage="audio"}',
+                 "livetranslate_sessions_active"):
+        assert name in text
+    count = next(line for line in text.splitlines()
+                 if line.startswith("livetranslate_audio_processing_seconds_count"))
+    assert float(count.split()[-1]) > 0
+
+
+def test_a_model_that_cannot_load_makes_readyz_say_why(server_factory: Callable[..., Server]) -> None:
+    server = server_factory({"LT_AUDIO_MODEL": "/nonexistent/whisper-model"}, wait_ready=False)
+    r = httpx.get(server.base + "/readyz")
+    assert r.status_code == 503
+    checks = r.json()["checks"]
+    assert checks["model"] == "failed" and "/nonexistent/whisper-model" in checks["reason"]
+    assert httpx.get(server.base + "/healthz").status_code == 200
