@@ -207,6 +207,14 @@ class Runner:
                 self.say(f"waiting for {', '.join(waiting)} ({now - began:.0f} s; models load on first start)")
             time.sleep(0.3)
 
+    def note_recovered(self) -> None:
+        """Say when a restarted child is serving again."""
+        for child in self.children.values():
+            if (child.ready_at is None and child.restart_at is None and child.proc is not None
+                    and child.proc.poll() is None and self.ready(child)):
+                child.ready_at = time.monotonic()
+                self.say(f"{child.stage}: ready in {child.ready_at - child.started_at:.1f} s (restarted)")
+
     def stop(self) -> None:
         """Gateway first (it flushes open sessions through the upstreams), then the others."""
         self.stopping = True
@@ -287,6 +295,7 @@ def main(argv: list[str]) -> int:
                    f"  Ctrl-C stops everything.")
         while True:
             runner.check_children()
+            runner.note_recovered()
             time.sleep(0.5)
     except KeyboardInterrupt:
         runner.say("stopping…")

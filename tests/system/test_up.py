@@ -1,0 +1,97 @@
+"""The product as a user runs it: `livetranslate up`, then `livetranslate stream` with real speech."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livetranslate.testing.speech import word_error_rate
+from tests.system.conftest import ROOT, Up, livetranslate_cmd
+
+pytestmark = pytest.mark.slow
+
+
+def stream(up: Up, wav: Path, *extra: str, timeout: float = 120) -> tuple[int, list[dict[str, Any]]]:
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    done = subprocess.run(livetranslate_cmd("stream", str(wav), "--url", up.ws_url, "--json", *extra),
+                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+    events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return done.returncode, events
+
+
+def check_transcript(events: list[dict[str, Any]], reference: str, max_wer: float) -> None:
+    finals = [e for e in events if e["type"] == "transcript.final"]
+    ids = [f["segmentId"] for f in finals]
+    assert ids == list(range(len(ids))), f"finals not numbered 0..n-1 exactly once: {ids}"
+    hypothesis = " ".join(f["text"] for f in finals)
+    wer = word_error_rate(reference, hypothesis)
+    assert wer <= max_wer, f"WER {wer:.2f}: {hypothesis!r}"
+    translations = [e for e in events if e["type"] == "translation"]
+    per_final = sorted((t["segmentId"], t["language"]) for t in translations)
+    assert per_final == [(i, "es") for i in ids], "one Spanish translation per final"
+    assert all(t["text"].strip() for t in translations)
+    assert events[-1]["type"] == "session.ended"
+
+
+def test_stream_real_speech_through_up(up: Up, speech_wav: tuple[Path, str]) -> None:
+    wav, reference = speech_wav
+    code, events = stream(up, wav, "--realtime")
+    assert code == 0, events
+    check_transcript(events, reference, max_wer=0.25)
+    translations = " ".join(e["text"] for e in events if e["type"] == "translation").lower()
+    # Apertium's Spanish for words of the reference, not the English echoed back.
+    assert any(w in translations for w in ("reunión", "minutos", "informe", "proyecto", "mes"))
+    finals = [e for e in events if e["type"] == "transcript.final"]
+    assert all(0 <= f["latency"] < 10 for f in finals)
+
+
+def test_stream_at_44100_hz_stereo(up: Up, speech_wav: tuple[Path, str], tmp_path: Path) -> None:
+    wav, reference = speech_wav
+    resampled = tmp_path / "speech-44k-stereo.wav"
+    subprocess.run(["sox", str(wav), "-r", "44100", "-c", "2", "-b", "16", str(resampled)], check=True)
+    code, events = stream(up, resampled)
+    assert code == 0, events
+    check_transcript(events, reference, max_wer=0.25)
+
+
+def test_audio_service_killed_mid_session(up: Up, speech_wav: tuple[Path, str]) -> None:
+    """`up` restarts the audio child; the gateway tells the client, buffers, replays: the session
+    survives and its transcript is still whole."""
+    wav, reference = speech_wav
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    proc = subprocess.Popen(livetranslate_cmd("stream", str(wav), "--url", up.ws_url, "--json", "--realtime"),
+                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    mark = len(up.lines)
+    time.sleep(6.0)  # mid-way through the second sentence
+    os.kill(up.pid_of("audio"), signal.SIGKILL)
+    up.wait_for_line(r"audio: exited with code", 20, start=mark)
+    out, _ = proc.communicate(timeout=180)
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert proc.returncode == 0, out
+    errors = [e for e in events if e["type"] == "error"]
+    assert any(e["code"] == "upstream_unavailable" for e in errors), events
+    up.wait_for_line(r"audio: ready in", 120, start=mark)
+    check_transcript(events, reference, max_wer=0.35)
+
+
+def test_up_refuses_a_spec_it_cannot_run(tmp_path: Path) -> None:
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+                    "metadata: {name: town-hall}\nspec:\n  targetLanguages: [de]\n")
+    done = subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0"), capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
+    assert done.returncode == 2
+    assert "spec.targetLanguages[0]" in done.stderr and "en->de" in done.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+                   "metadata: {name: x}\nspec:\n  targetLanguages: []\n")
+    done = subprocess.run(livetranslate_cmd("up", "-f", str(bad)), capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
+    assert done.returncode == 2 and "spec.targetLanguages" in done.stderr
