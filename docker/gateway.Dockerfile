@@ -1,0 +1,39 @@
+# syntax=docker/dockerfile:1.7
+# The gateway (`livetranslate serve gateway`): the public WebSocket /v1/stream, the captions page
+# at /, resampling to 16 kHz, session state in memory or Redis. No models.
+# Build from the repository root:  docker build -f docker/gateway.Dockerfile -t livetranslate-gateway:0.1.0 .
+# Runs as UID 10001, read-only root filesystem; writable: /tmp (HOME). Probes: :8080/healthz, /readyz.
+
+FROM python:3.11.11-slim-bookworm AS builder
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG PIP_INDEX_URL
+ARG PIP_EXTRA_INDEX_URL
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY livetranslate ./livetranslate
+COPY operator ./operator
+COPY workloads ./workloads
+RUN python -m venv /opt/venv \
+ && /opt/venv/bin/pip install --upgrade pip \
+ && /opt/venv/bin/pip install ".[gateway]" \
+ && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM python:3.11.11-slim-bookworm
+LABEL org.opencontainers.image.title="livetranslate-gateway" \
+      org.opencontainers.image.description="WebSocket gateway and captions page" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN groupadd --system --gid 10001 livetranslate \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin livetranslate
+COPY --from=builder /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONSAFEPATH=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    LT_LOG_FORMAT=json
+USER 10001:10001
+EXPOSE 8080
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s \
+  CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+ENTRYPOINT ["livetranslate"]
+CMD ["serve", "gateway"]
