@@ -1,0 +1,351 @@
+"""Kopf handlers: thin wrappers that parse, place, build, apply and report.
+
+- create/update/resume of a TranslationPipeline -> ``reconcile`` (everything idempotent);
+- a Node change that changes what the cluster offers -> ``reconcile`` of every pipeline;
+- a change of a Deployment the operator owns -> the owner's status (replicas, readiness, phase).
+
+Shared objects live on Kopf's ``memo`` (one per operator): ``memo.kube`` (the client layer, also
+used by the autoscaler), ``memo.settings``, ``memo.resolved`` (last applied config per pipeline).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+import pydantic
+from prometheus_client import CollectorRegistry, start_http_server
+
+from livetranslate import metrics
+from livetranslate.api import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    Stage,
+    describe_validation_error,
+    first_error_field,
+    parse_spec,
+)
+from livetranslate.capabilities import backend_problems
+from livetranslate.config import ResolvedPipeline
+from livetranslate.logs import log_context
+from livetranslate.operator import builders, placement, status
+from livetranslate.operator.kube import ApiError, KubeClient
+from livetranslate.operator.settings import OperatorSettings
+
+log = logging.getLogger(__name__)
+
+ANNOTATION_PREFIX = GROUP
+MANAGED = {builders.MANAGED_BY_LABEL: builders.MANAGED_BY}
+
+
+@dataclass
+class NodeFacts:
+    """What every Node offers, kept from Node events (shared by all objects' handlers)."""
+
+    nodes: dict[str, dict[str, bool]] = field(default_factory=dict)
+    seeded: bool = False
+    cluster: placement.ClusterDevices | None = None
+
+
+class InvalidSpec(Exception):
+    """A spec the schema let through but the operator cannot run; ``field`` names the culprit."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+# ------------------------------------------------------------------------------------ lifecycle
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Configure Kopf for a well-behaved controller and open the client and /metrics."""
+    # Kopf's own Events (handler failures) are off by default in 1.45; users read them in describe.
+    settings.posting.enabled = True
+    settings.posting.level = logging.WARNING
+    # Keep Kopf's bookkeeping in annotations under our prefix, out of the user-facing status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+    op_settings: OperatorSettings = memo.get("settings") or OperatorSettings()
+    memo.settings = op_settings
+    # Kopf gives each object a shallow copy of this memo: state shared across objects lives in
+    # mutable containers created here, never in attributes set later.
+    memo.resolved = {}
+    memo.status_locks = {}
+    memo.reconcile_locks = {}
+    memo.nodes = NodeFacts()
+    if memo.get("kube") is None:
+        memo.kube = await KubeClient.connect()
+        memo.owns_kube = True
+    registry: CollectorRegistry = memo.get("registry") or CollectorRegistry()
+    memo.registry = registry
+    memo.reconcile_seconds = metrics.reconcile_seconds(registry)
+    if op_settings.metrics_port:
+        start_http_server(op_settings.metrics_port, registry=registry)
+        logger.info("serving /metrics on port %d", op_settings.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    kube = memo.get("kube")
+    if kube is not None and memo.get("owns_kube"):
+        await kube.close()
+
+
+# -------------------------------------------------------------------------------------- indices
+
+
+@kopf.index("v1", "nodes")
+def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, bool]]:
+    """Per-node accelerator facts; placement reads the whole index."""
+    return {name: placement.node_devices(body)}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def pipeline_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """(namespace, name) -> the resource, so a Node change can reconcile every pipeline."""
+    return {(namespace or "", name): {"apiVersion": API_VERSION, "kind": KIND,
+                                "metadata": dict(body.metadata), "spec": dict(body.spec),
+                                "status": dict(body.status)}}
+
+
+def cluster_from(index: Mapping[str, Iterable[dict[str, bool]]]) -> placement.ClusterDevices:
+    return placement.summarize(facts for values in index.values() for facts in values)
+
+
+# ------------------------------------------------------------------------------------ reconcile
+
+
+async def reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement.ClusterDevices,
+                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+    """Bring one pipeline's children to its spec; returns the status written.
+
+    Raises ``InvalidSpec`` (after writing status Failed and an Event, with no child touched) and
+    ``ApiError`` for API failures (retried by the caller).
+    """
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    locks: dict[tuple[str, str], asyncio.Lock] = memo.reconcile_locks
+    # One reconcile per pipeline at a time (a spec change and a Node change can coincide), each
+    # working from a fresh read, so placement changes are detected against what was really written.
+    async with locks.setdefault(key, asyncio.Lock()):
+        fresh = await memo.kube.get(API_VERSION, KIND, key[0], key[1])
+        if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+            return {}
+        return await _reconcile(fresh, memo, cluster, logger)
+
+
+async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement.ClusterDevices,
+                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+    kube: KubeClient = memo.kube
+    settings: OperatorSettings = memo.settings
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    generation = int(meta.get("generation") or 0)
+    previous = dict(body.get("status") or {})
+    owner = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta}
+    started = time.perf_counter()
+    try:
+        try:
+            spec = parse_spec(body.get("spec"))
+        except pydantic.ValidationError as e:
+            raise InvalidSpec(first_error_field(e), describe_validation_error(e)) from e
+        annotations = meta.get("annotations") or {}
+        placed = placement.place(spec, cluster,
+                                 active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION))
+        problems = backend_problems(placed.translationBackend, spec.sourceLanguage,
+                                    list(spec.targetLanguages), endpoint=spec.translation.endpoint)
+        if problems:
+            raise InvalidSpec(problems[0].split(":", 1)[0], "; ".join(problems))
+    except InvalidSpec as e:
+        message = (f"{e.message} (existing children, if any, keep running the last valid spec)"
+                   if previous.get("phase") not in (None, "Pending", "Failed") else e.message)
+        new = status.failed_status(message, e.field, generation, previous)
+        await _patch_status(kube, namespace, name, new)
+        await kube.post_event(owner, "InvalidSpec", message, type_="Warning")
+        memo.reconcile_seconds.labels(result="invalid").observe(time.perf_counter() - started)
+        raise
+
+    resolved = builders.resolve(name, namespace, generation, spec, placed)
+    current: dict[Stage, int | None] = {}
+    existing: dict[Stage, Any] = {}
+    for stage in builders.STAGES:
+        dep = await kube.get("apps/v1", "Deployment", namespace, builders.deployment_name(name, stage))
+        existing[stage] = dep
+        current[stage] = None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
+    state = builders.BuildState(replicas=current)
+    observed: dict[Stage, status.StageObservation] = {}
+    for manifest in builders.build_children(resolved, state, settings):
+        keep: list[tuple[str, ...]] = []
+        stage = manifest["metadata"]["labels"].get(builders.STAGE_LABEL)
+        # Within bounds, replicas belong to the autoscaler: do not write them back.
+        if manifest["kind"] == "Deployment" and current.get(stage) == manifest["spec"]["replicas"]:
+            keep.append(("spec", "replicas"))
+        applied = await kube.apply(manifest, owner, keep_on_update=keep)
+        if manifest["kind"] == "Deployment":
+            observed[stage] = status.StageObservation.from_deployment(applied)
+    memo.resolved[(namespace, name)] = resolved
+
+    await _announce_placement(kube, owner, previous, resolved)
+    new = await refresh_status(memo, namespace, name)
+    memo.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - started)
+    logger.info("reconciled: audio on %s, translation %s/%s, phase %s", placed.audioDevice,
+                placed.translationBackend, placed.translationModel, (new or {}).get("phase"))
+    return new or {}
+
+
+async def refresh_status(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:
+    """Recompute a pipeline's status from fresh reads and write it if it changed.
+
+    Serialized per pipeline and read fresh inside the lock: the reconcile and the Deployment
+    watch both call this, and a write computed from an older view must never land last.
+    """
+    resolved: ResolvedPipeline | None = memo.resolved.get((namespace, name))
+    if resolved is None:
+        return None
+    kube: KubeClient = memo.kube
+    locks: dict[tuple[str, str], asyncio.Lock] = memo.status_locks
+    lock = locks.setdefault((namespace, name), asyncio.Lock())
+    async with lock:
+        current = await kube.get(API_VERSION, KIND, namespace, name)
+        if current is None:
+            return None
+        previous = current.get("status") or {}
+        generation = int(current["metadata"].get("generation") or 0)
+        if previous.get("phase") == "Failed" and int(previous.get("observedGeneration") or 0) >= generation:
+            return previous  # the current spec was refused: its Failed status stands
+        if generation > resolved.generation:
+            return None  # a newer spec is being reconciled; that reconcile writes status
+        observed: dict[Stage, status.StageObservation] = {}
+        for stage in builders.STAGES:
+            dep = await kube.get("apps/v1", "Deployment", namespace, builders.deployment_name(name, stage))
+            observed[stage] = status.StageObservation.from_deployment(dep)
+        new = status.compute_status(resolved, observed, previous)
+        if status.status_changed(previous, {k: v for k, v in new.items() if k != "conditions"}) or \
+                _conditions_changed(previous.get("conditions") or [], new["conditions"]):
+            await _patch_status(kube, namespace, name, new)
+        return new
+
+
+async def _announce_placement(kube: KubeClient, owner: Mapping[str, Any], previous: Mapping[str, Any],
+                              resolved: ResolvedPipeline) -> None:
+    """An Event whenever the audio device or the translation backend/model changes."""
+    p = resolved.placement
+    before = ((previous.get("audio") or {}).get("device"),
+              (previous.get("translation") or {}).get("backend"),
+              (previous.get("translation") or {}).get("model"))
+    after = (p.audioDevice, p.translationBackend, p.translationModel)
+    if before == after:
+        return
+    if before == (None, None, None):
+        message = f"audio: {p.audioReason}; translation: {p.translationReason}"
+        await kube.post_event(owner, "Placed", message)
+        return
+    changes = []
+    if before[0] != after[0]:
+        changes.append(f"audio {before[0]} -> {after[0]} ({p.audioReason})")
+    if before[1:] != after[1:]:
+        changes.append(f"translation {before[1]}/{before[2]} -> {after[1]}/{after[2]} ({p.translationReason})")
+    await kube.post_event(owner, "PlacementChanged", "; ".join(changes))
+
+
+async def _patch_status(kube: KubeClient, namespace: str, name: str, new: Mapping[str, Any]) -> None:
+    try:
+        await kube.patch_status(API_VERSION, KIND, namespace, name, new)
+    except ApiError as e:
+        if e.status != 404:  # deleted meanwhile: nothing to report on
+            raise
+
+
+def _api_retry(e: ApiError, settings: OperatorSettings) -> kopf.TemporaryError:
+    return kopf.TemporaryError(f"Kubernetes API: {e}", delay=settings.retry_delay_seconds)
+
+
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+@kopf.on.create(GROUP, VERSION, PLURAL)
+@kopf.on.update(GROUP, VERSION, PLURAL)
+async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Create, update and resume are one idempotent reconcile (a restart mid-way converges)."""
+    node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
+    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(body.metadata),
+           "spec": dict(body.spec), "status": dict(body.status)}
+    with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace):
+        try:
+            await reconcile(raw, memo, cluster_from(node_index), logger)
+        except InvalidSpec as e:
+            raise kopf.PermanentError(e.message) from e
+        except ApiError as e:
+            if e.status in (400, 403, 422):
+                raise kopf.PermanentError(f"Kubernetes API refused a child: {e}") from e
+            raise _api_retry(e, memo.settings) from e
+
+
+# ----------------------------------------------------------------------------- cluster changes
+
+
+@kopf.on.event("v1", "nodes")
+async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, logger: kopf.Logger,
+                       **kwargs: Any) -> None:
+    """Re-place every pipeline when what the cluster offers changes (an NPU node joins or leaves)."""
+    node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
+    pipeline_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pipeline_index"]
+    # Facts kept here from the events themselves: the index may not include this event yet.
+    facts: NodeFacts = memo.nodes
+    if not facts.seeded:
+        facts.nodes.update({n: f for n, values in node_index.items() for f in values})
+        facts.seeded = True
+    if type == "DELETED":
+        facts.nodes.pop(name, None)
+    else:
+        facts.nodes[name] = placement.node_devices(body)
+    cluster = placement.summarize(facts.nodes.values())
+    last, facts.cluster = facts.cluster, cluster
+    if last is None or (last.npu_nodes > 0, last.gpu_nodes > 0) == (cluster.npu_nodes > 0, cluster.gpu_nodes > 0):
+        return
+    logger.info("cluster devices changed: %s -> %s; re-placing pipelines", last.describe(), cluster.describe())
+    for (namespace, pipeline_name), bodies in list(pipeline_index.items()):
+        for pipeline_body in bodies:
+            with log_context(pipeline=pipeline_name, namespace=namespace):
+                try:
+                    await reconcile(pipeline_body, memo, cluster, logger)
+                except InvalidSpec:
+                    pass  # status and Event already written
+                except ApiError as e:
+                    logger.warning("re-placing %s/%s failed, the next change retries: %s",
+                                   namespace, pipeline_name, e)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
+async def deployment_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo,
+                             logger: kopf.Logger, **_: Any) -> None:
+    """Roll readiness up into the owner's status (watch, not poll: no sleeping in handlers)."""
+    name = labels.get(builders.PIPELINE_LABEL)
+    if not name or not namespace:
+        return
+    try:
+        await refresh_status(memo, namespace, name)
+    except ApiError as e:
+        logger.warning("status of %s/%s not updated, the next change retries: %s", namespace, name, e)
+
+
+def _conditions_changed(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:
+    def key(cs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        return {c.get("type", ""): (c.get("status"), c.get("reason"), c.get("message"),
+                                    c.get("observedGeneration")) for c in cs}
+    return key(old) != key(new)

@@ -1,0 +1,272 @@
+"""The operator's small Kubernetes client: apply manifests idempotently, read Deployments, post Events.
+
+Plain async functions over one aiohttp session, authenticated the way Kopf itself logs in
+(in-cluster service account, else ``$KUBECONFIG``), so the operator needs no second Kubernetes
+client library. The autoscaler (operator/scaling/) uses the same module to read and patch
+Deployments and to post its Events.
+
+``apply`` is create-or-patch: create; on 409 (it exists, perhaps created by a previous operator
+process that died mid-reconcile) merge-patch it to the desired state, adopting it with an
+ownerReference. Children are never deleted and recreated, so a restart never duplicates or
+restarts anything.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import logging
+import ssl
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import aiohttp
+import kopf
+
+log = logging.getLogger(__name__)
+
+# apiVersion -> URL prefix; kind -> plural (the resources the operator and autoscaler touch).
+PLURALS = {
+    "ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments", "Event": "events",
+    "Secret": "secrets", "Node": "nodes", "Pod": "pods", "TranslationPipeline": "translationpipelines",
+}
+CLUSTER_SCOPED = {"Node"}
+
+
+class ApiError(Exception):
+    """A Kubernetes API error with its HTTP status (404, 409, 422, ...)."""
+
+    def __init__(self, status: int, message: str, body: Any = None) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.body = body
+
+
+def resource_url(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
+                 subresource: str | None = None) -> str:
+    prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [prefix]
+    if namespace and kind not in CLUSTER_SCOPED:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(PLURALS[kind])
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    meta = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _ssl_context(info: kopf.ConnectionInfo, tmpdir: str) -> ssl.SSLContext | bool:
+    if info.insecure:
+        return False
+    if not info.server.startswith("https"):
+        return True
+    ctx = ssl.create_default_context()
+    if info.ca_path:
+        ctx.load_verify_locations(cafile=str(info.ca_path))
+    elif info.ca_data:
+        data = info.ca_data if isinstance(info.ca_data, bytes) else info.ca_data.encode()
+        ctx.load_verify_locations(cadata=base64.b64decode(data).decode())
+
+    def _file(path: Any, data: Any, name: str) -> str | None:
+        if path:
+            return str(path)
+        if data:
+            raw = data if isinstance(data, bytes) else data.encode()
+            target = f"{tmpdir}/{name}"
+            with open(target, "wb") as f:
+                f.write(base64.b64decode(raw))
+            return target
+        return None
+
+    cert = _file(info.certificate_path, info.certificate_data, "client.crt")
+    key = _file(info.private_key_path, info.private_key_data, "client.key")
+    if cert:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class KubeClient:
+    """One authenticated session to the API server. Create with ``await KubeClient.connect()``."""
+
+    def __init__(self, server: str, session: aiohttp.ClientSession, default_namespace: str | None = None,
+                 tmpdir: tempfile.TemporaryDirectory[str] | None = None) -> None:
+        self.server = server.rstrip("/")
+        self.session = session
+        self.default_namespace = default_namespace
+        self._tmpdir = tmpdir
+
+    @classmethod
+    async def connect(cls, info: kopf.ConnectionInfo | None = None, *,
+                      user_agent: str = "livetranslate-operator") -> KubeClient:
+        if info is None:
+            settings = kopf.OperatorSettings()
+            info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+                settings=settings)
+        if info is None:
+            raise kopf.LoginError("no service account and no kubeconfig: cannot reach a cluster")
+        tmpdir = tempfile.TemporaryDirectory(prefix="lt-kube-")
+        headers = {"Accept": "application/json", "User-Agent": user_agent}
+        headers.update(info.as_http_headers())
+        connector = aiohttp.TCPConnector(ssl=_ssl_context(info, tmpdir.name), limit=64)
+        session = aiohttp.ClientSession(headers=headers, connector=connector, trust_env=info.trust_env,
+                                        timeout=aiohttp.ClientTimeout(total=30))
+        return cls(info.server, session, info.default_namespace, tmpdir)
+
+    async def close(self) -> None:
+        await self.session.close()
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+
+    async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
+                      content_type: str | None = None) -> Any:
+        headers = {"Content-Type": content_type} if content_type else None
+        async with self.session.request(method, self.server + path, json=json, params=params,
+                                        headers=headers) as resp:
+            if resp.status >= 400:
+                try:
+                    body = await resp.json(content_type=None)
+                    message = body.get("message", "") if isinstance(body, dict) else str(body)
+                except (ValueError, aiohttp.ContentTypeError):
+                    body, message = None, await resp.text()
+                raise ApiError(resp.status, message or resp.reason or "", body)
+            return await resp.json(content_type=None)
+
+    # ------------------------------------------------------------------------------ plain verbs
+
+    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            result: dict[str, Any] = await self.request("GET", resource_url(api_version, kind, namespace, name))
+            return result
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def list(self, api_version: str, kind: str, namespace: str | None = None,
+                   label_selector: str | None = None) -> list[dict[str, Any]]:
+        params = {"labelSelector": label_selector} if label_selector else None
+        result = await self.request("GET", resource_url(api_version, kind, namespace), params=params)
+        items: list[dict[str, Any]] = result.get("items") or []
+        return items
+
+    async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        result: dict[str, Any] = await self.request(
+            "POST", resource_url(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), json=manifest)
+        return result
+
+    async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
+                    patch: Mapping[str, Any], *, subresource: str | None = None) -> dict[str, Any]:
+        """RFC 7386 merge patch (lists replaced whole, which is what desired-state apply wants)."""
+        result: dict[str, Any] = await self.request(
+            "PATCH", resource_url(api_version, kind, namespace, name, subresource), json=patch,
+            content_type="application/merge-patch+json")
+        return result
+
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
+                           status: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.patch(api_version, kind, namespace, name, {"status": status}, subresource="status")
+
+    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
+        try:
+            await self.request("DELETE", resource_url(api_version, kind, namespace, name),
+                               json={"propagationPolicy": "Background"})
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
+    # ------------------------------------------------------------------------ idempotent apply
+
+    async def apply(self, manifest: Mapping[str, Any], owner: Mapping[str, Any] | None = None, *,
+                    keep_on_update: Sequence[tuple[str, ...]] = ()) -> dict[str, Any]:
+        """Create, or (on 409) merge-patch to ``manifest``; adopt it under ``owner``.
+
+        ``keep_on_update`` lists field paths written only at creation: after that another
+        component owns them (``("spec", "replicas")`` belongs to the autoscaler).
+        """
+        desired = _with_owner(manifest, owner)
+        meta = desired["metadata"]
+        try:
+            return await self.create(desired)
+        except ApiError as e:
+            if e.status != 409:
+                raise
+        patch = _without(desired, keep_on_update)
+        existing = await self.get(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"])
+        if existing is not None:
+            patch["metadata"]["ownerReferences"] = _merged_owners(
+                existing.get("metadata", {}).get("ownerReferences") or [], meta.get("ownerReferences") or [])
+            if _contains(existing, patch):
+                return existing  # nothing to change: no write, no new resourceVersion, no rollout
+        return await self.patch(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"], patch)
+
+    # ----------------------------------------------------------------------------------- events
+
+    async def post_event(self, involved: Mapping[str, Any], reason: str, message: str, *,
+                         type_: str = "Normal", component: str = "livetranslate-operator") -> None:
+        """A core/v1 Event on ``involved`` (what ``kubectl describe`` shows). Never raises."""
+        meta = involved.get("metadata", {})
+        namespace = meta.get("namespace") or self.default_namespace or "default"
+        now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{meta.get('name', 'unknown')}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
+            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
+                               "name": meta.get("name"), "namespace": meta.get("namespace"),
+                               "uid": meta.get("uid")},
+            "reason": reason, "message": message[:1024], "type": type_,
+            "source": {"component": component}, "reportingComponent": component,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.request("POST", resource_url("v1", "Event", namespace), json=event)
+        except (TimeoutError, ApiError, aiohttp.ClientError) as e:
+            log.warning("could not post event %s: %s", reason, e)
+
+
+def _with_owner(manifest: Mapping[str, Any], owner: Mapping[str, Any] | None) -> dict[str, Any]:
+    desired = {**manifest, "metadata": dict(manifest["metadata"])}
+    if owner is not None:
+        desired["metadata"]["ownerReferences"] = [owner_reference(owner)]
+    return desired
+
+
+def _merged_owners(existing: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Keep other owners' references, replace ours (same uid) -- adoption without theft."""
+    uids = {o.get("uid") for o in ours}
+    return [o for o in existing if o.get("uid") not in uids] + ours
+
+
+def _without(manifest: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
+    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in manifest.items()}
+    for path in paths:
+        node: Any = out
+        for key in path[:-1]:
+            if not isinstance(node, dict) or key not in node:
+                node = None
+                break
+            node[key] = dict(node[key])
+            node = node[key]
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return out
+
+
+def _contains(existing: Any, wanted: Any) -> bool:
+    """Whether merge-patching ``wanted`` onto ``existing`` would change nothing."""
+    if isinstance(wanted, dict):
+        if not isinstance(existing, dict):
+            return False
+        return all(_contains(existing.get(k), v) if v is not None else k not in existing
+                   for k, v in wanted.items())
+    return bool(existing == wanted)

@@ -1,0 +1,65 @@
+"""Operator settings: images, resources and timings, from ``LT_OPERATOR_*`` environment variables.
+
+The Helm chart sets these on the operator Deployment; nothing here is read from the pipeline spec,
+because images and cluster-wide resource policy belong to the platform team, not to each pipeline.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Resources(BaseModel):
+    """Requests and limits of one container (Kubernetes quantity strings)."""
+
+    cpuRequest: str = "250m"
+    memoryRequest: str = "512Mi"
+    cpuLimit: str | None = "2"
+    memoryLimit: str = "2Gi"
+
+    def as_k8s(self, extra: dict[str, str] | None = None) -> dict[str, dict[str, str]]:
+        requests = {"cpu": self.cpuRequest, "memory": self.memoryRequest}
+        limits = {"memory": self.memoryLimit}
+        if self.cpuLimit:
+            limits["cpu"] = self.cpuLimit
+        for key, value in (extra or {}).items():
+            # Extended resources (GPU, NPU) must have request == limit.
+            requests[key] = value
+            limits[key] = value
+        return {"requests": requests, "limits": limits}
+
+
+class OperatorSettings(BaseSettings):
+    """``LT_OPERATOR_AUDIO_IMAGE=...``; nested values as JSON or ``LT_OPERATOR_AUDIO_RESOURCES__CPULIMIT``."""
+
+    model_config = SettingsConfigDict(env_prefix="LT_OPERATOR_", env_nested_delimiter="__")
+
+    audio_image: str = "livetranslate/audio:0.1.0"
+    translate_image: str = "livetranslate/translate:0.1.0"
+    gateway_image: str = "livetranslate/gateway:0.1.0"
+    vllm_image: str = "vllm/vllm-openai:v0.11.0"
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    # Namespaces to watch; empty = the whole cluster.
+    namespaces: list[str] = Field(default_factory=list)
+    # Port of the operator's own /metrics (livetranslate_reconcile_seconds); 0 disables it.
+    metrics_port: int = 9090
+    # Kopf's liveness endpoint for the operator pod's livenessProbe; empty disables it.
+    liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
+    # Seconds before a failed API call in a handler is retried (kopf.TemporaryError).
+    retry_delay_seconds: float = 5.0
+    # How long the vLLM container may take to download and load a model before it is restarted.
+    vllm_startup_seconds: int = 1800
+    service_account: str | None = None
+
+    audio_resources: Resources = Field(default_factory=lambda: Resources(
+        cpuRequest="1", memoryRequest="1Gi", cpuLimit="4", memoryLimit="4Gi"))
+    translate_resources: Resources = Field(default_factory=lambda: Resources(
+        cpuRequest="250m", memoryRequest="512Mi", cpuLimit="2", memoryLimit="2Gi"))
+    gateway_resources: Resources = Field(default_factory=lambda: Resources(
+        cpuRequest="250m", memoryRequest="256Mi", cpuLimit="2", memoryLimit="1Gi"))
+    vllm_resources: Resources = Field(default_factory=lambda: Resources(
+        cpuRequest="4", memoryRequest="24Gi", cpuLimit=None, memoryLimit="48Gi"))
+    # Size of the emptyDir that holds downloaded models (Whisper, vLLM's HF cache).
+    model_cache_size: str = "20Gi"

@@ -1,0 +1,148 @@
+"""Status: observed Deployments + placement -> phase, conditions and per-stage figures.
+
+Pure, so the rules users read in ``kubectl get tp`` (when is a pipeline Ready, Degraded, Failed)
+are unit-tested without a cluster. Conditions keep their lastTransitionTime while their status
+does not change, as Kubernetes conventions require.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from livetranslate.api import Stage
+from livetranslate.config import ResolvedPipeline
+from livetranslate.operator.builders import STAGES, gateway_endpoint
+
+STAGE_CONDITIONS: dict[Stage, str] = {"audio": "AudioReady", "translation": "TranslationReady",
+                                      "gateway": "GatewayReady"}
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class StageObservation:
+    """The parts of a Deployment's spec and status that readiness depends on."""
+
+    exists: bool = False
+    desired: int = 0
+    replicas: int = 0
+    ready: int = 0
+    updated: int = 0
+    available: int = 0
+    generation: int = 0
+    observed_generation: int = 0
+
+    @classmethod
+    def from_deployment(cls, deployment: Mapping[str, Any] | None) -> StageObservation:
+        if not deployment:
+            return cls()
+        spec = deployment.get("spec") or {}
+        status = deployment.get("status") or {}
+        meta = deployment.get("metadata") or {}
+        return cls(
+            exists=True,
+            desired=int(spec.get("replicas", 1) or 0),
+            replicas=int(status.get("replicas", 0) or 0),
+            ready=int(status.get("readyReplicas", 0) or 0),
+            updated=int(status.get("updatedReplicas", 0) or 0),
+            available=int(status.get("availableReplicas", 0) or 0),
+            generation=int(meta.get("generation", 0) or 0),
+            observed_generation=int(status.get("observedGeneration", 0) or 0),
+        )
+
+    @property
+    def rolled_out(self) -> bool:
+        """The controller saw the current template and every desired replica runs it, ready."""
+        return (self.exists and self.observed_generation >= self.generation
+                and self.updated >= self.desired and self.ready >= self.desired)
+
+
+def _condition(previous: Mapping[str, Mapping[str, Any]], type_: str, ok: bool, reason: str,
+               message: str, generation: int, now: str) -> dict[str, Any]:
+    status = "True" if ok else "False"
+    prev = previous.get(type_)
+    since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
+    return {"type": type_, "status": status, "reason": reason, "message": message,
+            "observedGeneration": generation, "lastTransitionTime": since or now}
+
+
+def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObservation],
+                   previous: Mapping[str, Any] | None, *, now: str | None = None) -> dict[str, Any]:
+    """The status patch for a pipeline whose children were applied from ``resolved``."""
+    now = now or now_iso()
+    prev_conditions = {c.get("type", ""): c for c in (previous or {}).get("conditions") or []}
+    gen = resolved.generation
+    conditions = []
+    ready_stages = 0
+    any_ready_replica = True
+    for stage in STAGES:
+        obs = observed.get(stage, StageObservation())
+        ok = obs.rolled_out
+        ready_stages += ok
+        any_ready_replica = any_ready_replica and (obs.ready > 0 or obs.desired == 0)
+        if not obs.exists:
+            reason, message = "NotCreated", f"Deployment {resolved.name}-{stage} does not exist yet"
+        elif ok:
+            reason, message = "ReplicasReady", f"{obs.ready}/{obs.desired} replicas ready"
+        elif obs.observed_generation < obs.generation or obs.updated < obs.desired:
+            reason, message = "RollingOut", (f"{obs.updated}/{obs.desired} replicas updated, "
+                                             f"{obs.ready} ready")
+        else:
+            reason, message = "ReplicasNotReady", f"{obs.ready}/{obs.desired} replicas ready"
+        conditions.append(_condition(prev_conditions, STAGE_CONDITIONS[stage], ok, reason, message, gen, now))
+
+    all_ready = ready_stages == len(STAGES)
+    if all_ready:
+        phase = "Ready"
+        ready = _condition(prev_conditions, "Ready", True, "AllStagesReady",
+                           "audio, translation and gateway are ready", gen, now)
+    else:
+        was_ready = (previous or {}).get("phase") in ("Ready", "Degraded")
+        # Serving on fewer replicas than wanted (or mid-rollout) after having been Ready is
+        # Degraded; never having been Ready is Progressing.
+        phase = "Degraded" if was_ready and any_ready_replica else "Progressing"
+        waiting = [STAGE_CONDITIONS[s] for s, c in zip(STAGES, conditions, strict=True) if c["status"] != "True"]
+        ready = _condition(prev_conditions, "Ready", False, "StagesNotReady",
+                           f"waiting for {', '.join(waiting)}", gen, now)
+    # Conditions this module does not own (ScalingActive, written by the autoscaler) are kept.
+    owned = {"Ready", *STAGE_CONDITIONS.values()}
+    kept = [c for t, c in prev_conditions.items() if t not in owned and t]
+    p = resolved.placement
+    return {
+        "phase": phase,
+        "observedGeneration": gen,
+        "conditions": [ready, *conditions, *kept],
+        "readyStages": f"{ready_stages}/{len(STAGES)}",
+        "audio": {"replicas": observed.get("audio", StageObservation()).replicas,
+                  "readyReplicas": observed.get("audio", StageObservation()).ready,
+                  "device": p.audioDevice, "model": resolved.spec.audio.model, "reason": p.audioReason},
+        "translation": {"replicas": observed.get("translation", StageObservation()).replicas,
+                        "readyReplicas": observed.get("translation", StageObservation()).ready,
+                        "model": p.translationModel, "backend": p.translationBackend,
+                        "reason": p.translationReason},
+        "gateway": {"replicas": observed.get("gateway", StageObservation()).replicas,
+                    "readyReplicas": observed.get("gateway", StageObservation()).ready,
+                    "endpoint": gateway_endpoint(resolved.name, resolved.namespace)},
+    }
+
+
+def failed_status(message: str, field: str, generation: int, previous: Mapping[str, Any] | None,
+                  *, now: str | None = None) -> dict[str, Any]:
+    """Status of a spec the operator refuses: Failed, Ready=False naming the field."""
+    now = now or now_iso()
+    prev_conditions = {c.get("type", ""): c for c in (previous or {}).get("conditions") or []}
+    ready = _condition(prev_conditions, "Ready", False, "InvalidSpec", message, generation, now)
+    kept = [c for t, c in prev_conditions.items() if t != "Ready" and t]
+    return {"phase": "Failed", "observedGeneration": generation, "conditions": [ready, *kept],
+            "invalidField": field}
+
+
+def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    """Whether patching ``new`` would change anything (skips no-op writes on every watch event)."""
+    current = current or {}
+    return any(current.get(k) != v for k, v in new.items())

@@ -1,0 +1,36 @@
+"""Fixtures: the Kubernetes emulator on loopback and the real operator (Kopf) running against it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import kmock
+import pytest
+
+from livetranslate.crd import build_crd
+from livetranslate.operator.settings import OperatorSettings
+from livetranslate.testing.kube_emulator import KubeEmulator
+from livetranslate.testing.kube_operator import Cluster, OperatorProcess
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    api = KubeEmulator()
+    api.install_crd(build_crd())
+    async with api, kmock.Server(api) as server:
+        url = str(server.url).rstrip("/")
+        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(url, tmp_path / "kubeconfig")))
+        yield Cluster(api, url)
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
+    proc = OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5))
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.task is not None:
+            await proc.stop()
+
