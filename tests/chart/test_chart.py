@@ -273,6 +273,37 @@ def test_rbac_has_no_wildcards_and_only_what_the_operator_needs(render: Any, val
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
 
 
+def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+# What the chart grants beyond the operator's own reconcile and scaling calls: Kopf peering (only
+# with peering on) and the per-pipeline PodMonitors (only with rbac.pipelineMonitors).
+PEERING = {("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")}
+MONITORS = {("monitoring.coreos.com", "podmonitors", v)
+            for v in ("get", "list", "watch", "create", "patch", "update", "delete")}
+
+
+@pytest.mark.parametrize("overrides, extras", [
+    ({}, PEERING | MONITORS),
+    ({"operator": {"replicas": 1, "peering": {"enabled": False}}, "rbac": {"pipelineMonitors": False}}, set()),
+])
+def test_cluster_role_grants_exactly_what_the_operator_uses(
+        render: Any, overrides: dict[str, Any], extras: set[tuple[str, str, str]]) -> None:
+    """The operator's integration tests check every API call it makes against
+    livetranslate.operator.rbac.RULES; the chart must grant those rules, and nothing else."""
+    try:
+        from livetranslate.operator import rbac
+    except ImportError as exc:
+        pytest.skip(f"the operator's RBAC rules are not importable yet: {exc}")
+    wanted = {(g, r, v) for groups, resources, verbs in rbac.RULES for g in groups for r in resources for v in verbs}
+    (role,) = [o for o in render(overrides) if o["kind"] == "ClusterRole"]
+    granted = _triples(role["rules"])
+    assert granted - wanted - extras == set(), "the chart grants more than the operator uses"
+    assert wanted - granted == set(), "the operator makes calls the chart does not allow (403 in a cluster)"
+    assert extras <= granted
+
+
 # ------------------------------------------------------------------ files copied from elsewhere
 
 
