@@ -5,6 +5,7 @@ rules, and every rule reads only metrics that something really exports.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -94,3 +95,13 @@ def test_rules_rendered_with_other_values_are_still_valid(render: Any, non_defau
     assert out.returncode == 0, out.stdout + out.stderr
     for r in (r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r):
         assert r["annotations"]["runbook_url"].startswith("https://docs.example.internal/livetranslate/operations#")
+
+
+def test_every_runbook_url_points_at_a_section_of_the_operations_guide(render: Any) -> None:
+    values = {"prometheusRule": {"enabled": True, "runbookBaseUrl": "https://docs.example.internal/ops"}}
+    (rule,) = [o for o in render(values) if o["kind"] == "PrometheusRule"]
+    headings = {re.sub(r"[^a-z0-9-]", "", line.lstrip("#").strip().lower().replace(" ", "-"))
+                for line in (ROOT / "docs" / "operations.md").read_text().splitlines() if line.startswith("#")}
+    for r in (r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r):
+        anchor = r["annotations"]["runbook_url"].rpartition("#")[2]
+        assert anchor in headings, f"{r['alert']}: docs/operations.md has no section #{anchor}"
