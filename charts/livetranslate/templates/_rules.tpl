@@ -112,7 +112,7 @@ files/alerts.rules.yaml byte for byte in content (tests/chart/test_alerts.py), w
         {{- end }}
     - alert: LiveTranslateOperatorReconcileErrors
       expr: |-
-        sum by (namespace, job) (rate(livetranslate_reconcile_seconds_count{result="error"}[10m])) > 0
+        sum by (namespace, job) (rate(livetranslate_reconcile_seconds_count{result!~"ok|invalid"}[10m])) > 0
       for: 15m
       labels:
         severity: warning
