@@ -138,11 +138,16 @@ class AudioConnection:
 
     async def _receive(self) -> Mapping[str, Any]:
         timeout = self.settings.limits.idle_timeout_seconds
-        try:
-            msg = await asyncio.wait_for(self.ws.receive(), timeout=timeout)
-        except TimeoutError:
-            await self._send(AudioError(code=ERR_IDLE, message=f"no data for {timeout:g} s; closing"))
-            raise _Close(CLOSE_NORMAL, "idle timeout") from None
+        while True:
+            try:
+                msg = await asyncio.wait_for(self.ws.receive(), timeout=timeout)
+                break
+            except TimeoutError:
+                # A client waiting for its last finals after a flush is not idle.
+                if self._flush_pending or (self.stream is not None and self.stream.in_flight):
+                    continue
+                await self._send(AudioError(code=ERR_IDLE, message=f"no data for {timeout:g} s; closing"))
+                raise _Close(CLOSE_NORMAL, "idle timeout") from None
         if msg["type"] == "websocket.disconnect":
             raise WebSocketDisconnect(msg.get("code", 1000))
         return msg
