@@ -149,7 +149,7 @@ class FakeVllm:
                 return JSONResponse({"error": "engine is sleeping"}, status_code=503)
             self.completions.append(body)
             if self.mode == "slow":
-                await asyncio.sleep(30)
+                await asyncio.sleep(3)
             await asyncio.sleep(self.delay_s)
             if self.mode == "garbage":
                 return PlainTextResponse("<html>502 Bad Gateway</html>", status_code=200)

@@ -78,6 +78,11 @@ def test_many_sessions_at_once(client: TestClient) -> None:
     assert all(r[0]["type"] == "translation" and r[0]["segmentId"] == i and r[0]["text"]
                for i, r in enumerate(results))
     assert results[4][0]["text"].startswith("La casa es")
+    # concurrent segments went to APy together (one joined call per batch), and came back apart
+    text = client.get("/metrics").text
+    calls = metric_value(text, "livetranslate_translation_batch_size_count", backend="apertium")
+    segments = metric_value(text, "livetranslate_translation_batch_size_sum", backend="apertium")
+    assert segments / calls > 1.5
 
 
 def test_apy_bound_to_loopback_and_restarted_when_it_dies(client: TestClient) -> None:

