@@ -9,7 +9,6 @@ docs/img/dashboard-pipeline-overview.png (matplotlib; no Grafana runs here).
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -27,11 +26,13 @@ import httpx
 import pytest
 import yaml
 
+from livetranslate.testing.grafana import empty_panels, query_panels, render_png
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "pipeline-overview.json"
 # The session is short: a rate window of a few scrapes, not Grafana's minutes.
-LIVE_VARS = {"$__rate_interval": "10s", "$__interval": "2s", "$namespace": ".*", "$pipeline": ".*",
-             "$node": ".*", "$slo": "1.5", "$high_watermark": "0.9"}
+LIVE_VARS = {"__rate_interval": "10s", "__interval": "2s", "namespace": ".*", "pipeline": ".*",
+             "slo": "1.5"}
 
 pytestmark = pytest.mark.slow
 
@@ -40,12 +41,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _substitute(expr: str) -> str:
-    for var in sorted(LIVE_VARS, key=len, reverse=True):
-        expr = expr.replace(var, LIVE_VARS[var])
-    return expr
 
 
 def _stop(proc: subprocess.Popen[Any]) -> None:
@@ -151,19 +146,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
             _stop(proc)
 
 
-def _query_range(run: LiveRun, expr: str) -> list[dict[str, Any]]:
-    r = httpx.get(f"{run.prometheus}/api/v1/query_range",
-                  params={"query": _substitute(expr), "start": run.start, "end": run.end, "step": "1s"},
-                  timeout=30)
-    body = r.json()
-    assert body["status"] == "success", (expr, body)
-    return list(body["data"]["result"])
-
-
-def _finite(series: list[dict[str, Any]]) -> bool:
-    return any(math.isfinite(float(v)) for s in series for _, v in s["values"])
-
-
 def test_the_session_produced_captions_and_translations(live: LiveRun) -> None:
     kinds = {e.get("type") for e in live.events}
     assert {"transcript.final", "translation"} <= kinds, kinds
@@ -171,59 +153,10 @@ def test_the_session_produced_captions_and_translations(live: LiveRun) -> None:
 
 def test_every_pipeline_panel_returns_data(live: LiveRun) -> None:
     dash = json.loads(DASHBOARD.read_text())
-    empty = []
-    results: dict[str, list[tuple[str, list[dict[str, Any]]]]] = {}
-    for panel in dash["panels"]:
-        per_target = [(t["legendFormat"], _query_range(live, t["expr"])) for t in panel["targets"]]
-        results[panel["title"]] = per_target
-        if not any(_finite(series) for _, series in per_target):
-            empty.append(panel["title"])
-    assert not empty, f"panels without data after a real session: {empty}"
+    data = query_panels(live.prometheus, dash, live.start, live.end, LIVE_VARS, step="1s")
+    assert not empty_panels(data), f"panels without data after a real session: {empty_panels(data)}"
     png_dir = os.environ.get("LT_DASHBOARD_PNG_DIR")
     if png_dir:
-        render_png(dash, results, Path(png_dir) / "dashboard-pipeline-overview.png", live)
-
-
-def render_png(dash: dict[str, Any], results: dict[str, list[tuple[str, list[dict[str, Any]]]]],
-               path: Path, run: LiveRun) -> None:
-    """Lay the panels out on Grafana's 24-column grid and plot each target's series."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = dash["panels"]
-    rows = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in panels)
-    fig = plt.figure(figsize=(18, rows * 0.5 + 1))
-    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.end))
-    fig.suptitle(f"{dash['title']}: livetranslate up, scraped by a real Prometheus, {when}", fontsize=12)
-    for panel in panels:
-        g = panel["gridPos"]
-        top = 0.94  # room for the title
-        ax = fig.add_axes((g["x"] / 24 + 0.035, top - (g["y"] + g["h"]) / rows * top + 0.035,
-                           g["w"] / 24 - 0.05, g["h"] / rows * top - 0.075))
-        ax.set_title(panel["title"], fontsize=9, loc="left")
-        ax.tick_params(labelsize=7)
-        if panel["type"] == "stat":
-            shown = []
-            for legend, series in results[panel["title"]]:
-                for s in series:
-                    vals = [float(v) for _, v in s["values"] if math.isfinite(float(v))]
-                    if vals:
-                        label = re.sub(r"\{\{(\w+)\}\}", lambda m, s=s: s["metric"].get(m.group(1), ""), legend)
-                        shown.append(label if panel["options"].get("textMode") == "name" else f"{vals[-1]:.3g}")
-            ax.text(0.5, 0.45, "\n".join(shown) or "no data", ha="center", va="center", fontsize=16)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            continue
-        for legend, series in results[panel["title"]]:
-            for s in series:
-                xs = [float(t) - run.start for t, v in s["values"]]
-                ys = [float(v) for _, v in s["values"]]
-                label = re.sub(r"\{\{(\w+)\}\}", lambda m, s=s: s["metric"].get(m.group(1), ""), legend)
-                ax.plot(xs, ys, label=label, linewidth=1.2, linestyle="--" if label == "SLO" else "-")
-        ax.set_xlabel("seconds into the session", fontsize=7)
-        ax.legend(fontsize=7, loc="upper left")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(live.end))
+        render_png(dash, data, Path(png_dir) / "dashboard-pipeline-overview.png",
+                   f"livetranslate up, scraped by a real Prometheus, {when}", live.start)
