@@ -1,0 +1,110 @@
+"""Resume: a dropped connection, the same or another replica, no final lost or sent twice."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+
+from tests.gateway.conftest import BLOCK, LEVEL, Client, Stack, block_audio, drop
+
+
+def half_block(level: int) -> bytes:
+    return np.full(BLOCK // 2, level * LEVEL, dtype="<i2").tobytes()
+
+
+def finals_of(*clients: Client) -> list[tuple[int, str, float, float]]:
+    return [(e["segmentId"], e["text"], e["start"], e["end"])
+            for c in clients for e in c.of("transcript.final")]
+
+
+async def first_half(url: str) -> tuple[Client, str]:
+    """Two whole blocks (finals 0 and 1, delivered) and half a block still being heard, then a drop."""
+    a = Client(url)
+    await a.__aenter__()
+    await a.send_json({"type": "session.start", "targetLanguages": ["es"]})
+    sid = (await a.recv())["sessionId"]
+    await a.send_audio(block_audio([1, 2]))
+    await a.until(lambda e: e["type"] == "translation" and e["segmentId"] == 1)
+    await a.send_audio(half_block(3))
+    await a.until(lambda e: e["type"] == "transcript.partial" and e["text"] == "block 3")
+    drop(a)
+    return a, sid
+
+
+async def second_half(url: str, sid: str, ack: int | None) -> Client:
+    b = Client(url)
+    await b.__aenter__()
+    start: dict[str, Any] = {"type": "session.start", "sessionId": sid}
+    if ack is not None:
+        start["lastSegmentId"] = ack
+    await b.send_json(start)
+    started = await b.recv()
+    assert started["type"] == "session.started" and started["resumed"] is True
+    assert started["sessionId"] == sid and started["targetLanguages"] == ["es"]
+    await b.send_audio(block_audio([4]))
+    await b.send_json({"type": "session.end"})
+    await b.until(lambda e: e["type"] == "session.ended")
+    await b.__aexit__()
+    return b
+
+
+EXPECTED = [(0, "block 1", 0.0, 1.0), (1, "block 2", 1.0, 2.0), (2, "block 3", 2.0, 2.5),
+            (3, "block 4", 2.5, 3.5)]
+
+
+async def test_resume_after_a_drop_with_acknowledgement(stack: Stack) -> None:
+    a, sid = await first_half(stack.ws_url)
+    b = await second_half(stack.ws_url, sid, ack=1)
+    # The words heard when the connection dropped were finalised and delivered on resume; the
+    # new audio continues the session clock and the numbering.
+    assert finals_of(a, b) == EXPECTED
+    seen = [(e["segmentId"], e["language"]) for c in (a, b) for e in c.of("translation")]
+    assert sorted(seen) == [(i, "es") for i in range(4)]
+
+
+async def test_resume_resends_what_the_client_did_not_get(stack: Stack) -> None:
+    _, sid = await first_half(stack.ws_url)
+    # This client says it only got segment 0: segment 1 comes again, with its translation.
+    b = await second_half(stack.ws_url, sid, ack=0)
+    assert [f[0] for f in finals_of(b)] == [1, 2, 3]
+    assert sorted(e["segmentId"] for e in b.of("translation")) == [1, 2, 3]
+
+
+async def test_resume_without_acknowledgement_uses_delivery_records(stack: Stack) -> None:
+    a, sid = await first_half(stack.ws_url)
+    b = await second_half(stack.ws_url, sid, ack=None)
+    assert finals_of(a, b) == EXPECTED
+
+
+async def test_resume_on_another_replica_through_redis(stack: Stack, redis_url: str) -> None:
+    one = await stack.make_gateway(redis_url=redis_url)
+    two = await stack.make_gateway(redis_url=redis_url)
+    url_one = one.url.replace("http://", "ws://") + "/v1/stream"
+    url_two = two.url.replace("http://", "ws://") + "/v1/stream"
+    a, sid = await first_half(url_one)
+    # Straight to the other replica: it waits for the first to finish finalising the dropped
+    # audio (the session lease), then resumes from the shared state.
+    b = await second_half(url_two, sid, ack=1)
+    assert finals_of(a, b) == EXPECTED
+    # The context of the resumed session's first new request came from Redis.
+    last = max(stack.translation.requests, key=lambda r: r.segmentId)
+    assert last.segmentId == 3 and [c.source for c in last.context] == ["block 1", "block 2", "block 3"]
+
+
+async def test_session_state_survives_the_replica_it_started_on(stack: Stack, redis_url: str) -> None:
+    one = await stack.make_gateway(redis_url=redis_url)
+    two = await stack.make_gateway(redis_url=redis_url)
+    a, sid = await first_half(one.url.replace("http://", "ws://") + "/v1/stream")
+    await asyncio.sleep(0.5)
+    await one.stop()  # the first replica goes away (a rollout) after its flush
+    b = await second_half(two.url.replace("http://", "ws://") + "/v1/stream", sid, ack=1)
+    assert finals_of(a, b) == EXPECTED
+
+
+async def test_unknown_session_id_starts_a_new_session(stack: Stack) -> None:
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "sessionId": "my-own-id"})
+        started = await c.recv()
+        assert started["sessionId"] == "my-own-id" and started["resumed"] is False

@@ -1,0 +1,76 @@
+"""Upstreams dying and coming back mid-session: the client is told, the session stays open, audio
+is buffered and replayed, translations are retried; nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.gateway.conftest import Client, Stack, block_audio
+
+
+async def test_audio_service_restarts_mid_session(stack: Stack) -> None:
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1, 2]))
+        await c.until(lambda e: e["type"] == "transcript.final" and e["segmentId"] == 1)
+        await stack.audio_server.stop(force=True)
+        error = await c.until(lambda e: e["type"] == "error")
+        assert error["code"] == "upstream_unavailable" and "audio" in error["message"]
+        # Spoken while the audio service is away: held by the gateway.
+        await c.send_audio(block_audio([3, 4]))
+        await asyncio.sleep(0.5)
+        await stack.audio_server.start()
+        await c.send_audio(block_audio([5]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended", timeout=20)
+    finals = [(e["segmentId"], e["text"], e["start"]) for e in c.of("transcript.final")]
+    assert finals == [(0, "block 1", 0.0), (1, "block 2", 1.0), (2, "block 3", 2.0),
+                      (3, "block 4", 3.0), (4, "block 5", 4.0)]
+    # The replacement stream started at the last final's end, in session time.
+    assert stack.audio.starts[-1].timeOffset == 2.0
+    assert sorted(e["segmentId"] for e in c.of("translation")) == [0, 1, 2, 3, 4]
+
+
+async def test_audio_service_down_at_session_start(stack: Stack) -> None:
+    await stack.audio_server.stop(force=True)
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        assert (await c.recv())["type"] == "session.started"
+        assert (await c.recv())["code"] == "upstream_unavailable"
+        await c.send_audio(block_audio([7]))
+        await stack.audio_server.start()
+        final = await c.until(lambda e: e["type"] == "transcript.final", timeout=15)
+        assert (final["segmentId"], final["text"]) == (0, "block 7")
+
+
+async def test_translation_service_restarts_mid_session(stack: Stack) -> None:
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1]))
+        await c.until(lambda e: e["type"] == "translation")
+        await stack.translation_server.stop(force=True)
+        await c.send_audio(block_audio([2, 3]))
+        # Finals keep coming without translation; the client learns why.
+        await c.until(lambda e: e["type"] == "transcript.final" and e["segmentId"] == 2)
+        if not any(e["code"] == "upstream_unavailable" for e in c.of("error")):
+            await c.until(lambda e: e["type"] == "error" and e["code"] == "upstream_unavailable")
+        await stack.translation_server.start()
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended", timeout=20)
+    assert sorted(e["segmentId"] for e in c.of("translation")) == [0, 1, 2]
+    assert all(e["text"] == f"es:block {e['segmentId'] + 1}" for e in c.of("translation"))
+
+
+async def test_a_language_that_fails_is_reported_per_segment(stack: Stack) -> None:
+    stack.translation.fail_languages = {"fr"}
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start"})
+        await c.recv()
+        await c.send_audio(block_audio([1]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert [(e["language"], e["text"]) for e in c.of("translation")] == [("es", "es:block 1")]
+    [err] = c.of("error")
+    assert (err["code"], err["segmentId"], err["language"]) == ("translation_failed", 0, "fr")
