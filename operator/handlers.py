@@ -88,6 +88,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     # mutable containers created here, never in attributes set later.
     memo.resolved = {}
     memo.status_locks = {}
+    memo.status_pending = set()
     memo.reconcile_locks = {}
     memo.nodes = NodeFacts()
     if memo.get("kube") is None:
@@ -183,23 +184,23 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
         raise
 
     resolved = builders.resolve(name, namespace, generation, spec, placed)
-    current: dict[Stage, int | None] = {}
-    existing: dict[Stage, Any] = {}
-    for stage in builders.STAGES:
-        dep = await kube.get("apps/v1", "Deployment", namespace, builders.deployment_name(name, stage))
-        existing[stage] = dep
-        current[stage] = None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
+    existing = await _deployments(kube, namespace, name)
+    current: dict[Stage, int | None] = {
+        stage: None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
+        for stage, dep in existing.items()}
     state = builders.BuildState(replicas=current)
-    observed: dict[Stage, status.StageObservation] = {}
-    for manifest in builders.build_children(resolved, state, settings):
+
+    async def apply(manifest: dict[str, Any]) -> None:
         keep: list[tuple[str, ...]] = []
         stage = manifest["metadata"]["labels"].get(builders.STAGE_LABEL)
         # Within bounds, replicas belong to the autoscaler: do not write them back.
         if manifest["kind"] == "Deployment" and current.get(stage) == manifest["spec"]["replicas"]:
             keep.append(("spec", "replicas"))
-        applied = await kube.apply(manifest, owner, keep_on_update=keep)
-        if manifest["kind"] == "Deployment":
-            observed[stage] = status.StageObservation.from_deployment(applied)
+        await kube.apply(manifest, owner, keep_on_update=keep)
+
+    config, *rest = builders.build_children(resolved, state, settings)
+    await apply(config)  # first: the pods mount it
+    await asyncio.gather(*(apply(m) for m in rest))
     memo.resolved[(namespace, name)] = resolved
 
     await _announce_placement(kube, owner, previous, resolved)
@@ -210,7 +211,19 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     return new or {}
 
 
-async def refresh_status(memo: kopf.Memo, namespace: str, name: str) -> dict[str, Any] | None:
+async def _deployments(kube: KubeClient, namespace: str, name: str) -> dict[Stage, dict[str, Any] | None]:
+    """The pipeline's Deployments by stage (one list call, not one get per stage)."""
+    found: dict[Stage, dict[str, Any] | None] = dict.fromkeys(builders.STAGES)
+    for dep in await kube.list("apps/v1", "Deployment", namespace,
+                               label_selector=f"{builders.PIPELINE_LABEL}={name}"):
+        stage = (dep["metadata"].get("labels") or {}).get(builders.STAGE_LABEL)
+        if stage in found and dep["metadata"]["name"] == builders.deployment_name(name, stage):
+            found[stage] = dep
+    return found
+
+
+async def refresh_status(memo: kopf.Memo, namespace: str, name: str, *,
+                         pending: set[tuple[str, str]] | None = None) -> dict[str, Any] | None:
     """Recompute a pipeline's status from fresh reads and write it if it changed.
 
     Serialized per pipeline and read fresh inside the lock: the reconcile and the Deployment
@@ -218,11 +231,15 @@ async def refresh_status(memo: kopf.Memo, namespace: str, name: str) -> dict[str
     """
     resolved: ResolvedPipeline | None = memo.resolved.get((namespace, name))
     if resolved is None:
+        if pending is not None:
+            pending.discard((namespace, name))
         return None
     kube: KubeClient = memo.kube
     locks: dict[tuple[str, str], asyncio.Lock] = memo.status_locks
     lock = locks.setdefault((namespace, name), asyncio.Lock())
     async with lock:
+        if pending is not None:
+            pending.discard((namespace, name))  # events from now on need a refresh of their own
         current = await kube.get(API_VERSION, KIND, namespace, name)
         if current is None:
             return None
@@ -232,10 +249,8 @@ async def refresh_status(memo: kopf.Memo, namespace: str, name: str) -> dict[str
             return previous  # the current spec was refused: its Failed status stands
         if generation > resolved.generation:
             return None  # a newer spec is being reconciled; that reconcile writes status
-        observed: dict[Stage, status.StageObservation] = {}
-        for stage in builders.STAGES:
-            dep = await kube.get("apps/v1", "Deployment", namespace, builders.deployment_name(name, stage))
-            observed[stage] = status.StageObservation.from_deployment(dep)
+        observed = {stage: status.StageObservation.from_deployment(dep)
+                    for stage, dep in (await _deployments(kube, namespace, name)).items()}
         new = status.compute_status(resolved, observed, previous)
         if status.status_changed(previous, {k: v for k, v in new.items() if k != "conditions"}) or \
                 _conditions_changed(previous.get("conditions") or [], new["conditions"]):
@@ -338,8 +353,12 @@ async def deployment_changed(labels: Mapping[str, str], namespace: str | None, m
     name = labels.get(builders.PIPELINE_LABEL)
     if not name or not namespace:
         return
+    pending: set[tuple[str, str]] = memo.status_pending
+    if (namespace, name) in pending:
+        return  # a refresh is already queued; it reads fresh state, covering this event too
+    pending.add((namespace, name))
     try:
-        await refresh_status(memo, namespace, name)
+        await refresh_status(memo, namespace, name, pending=pending)
     except ApiError as e:
         logger.warning("status of %s/%s not updated, the next change retries: %s", namespace, name, e)
 

@@ -27,6 +27,7 @@ kube-apiserver where an operator can tell the difference:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import copy
 import datetime
 import functools
@@ -239,10 +240,13 @@ class KubeEmulator(kmock.KubernetesScaffold):
     auto_ready_deployments: bool = False
     # Awaited before each API call is served: tests hold a call to kill a client mid-flight.
     gate: Callable[[Call], Awaitable[None]] | None = None
+    # Called with (event type, resource, object) on every stored change (benchmarks time them).
+    listeners: list[Callable[[str, ResourceKey, dict[str, Any]], None]] = attrs.field(factory=list)
     _rv: int = attrs.field(default=1000, init=False)
     _log: list[_Event] = attrs.field(factory=list, init=False)
     _log_floor: int = attrs.field(default=0, init=False)
     _changed: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    _info_cache: dict[ResourceKey, kmock.ResourceInfo | None] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -253,6 +257,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
     def install_crd(self, crd: Mapping[str, Any]) -> None:
         """Serve a CustomResourceDefinition: discovery, storage and schema admission."""
         spec = crd["spec"]
+        self._info_cache.clear()
         for version in spec["versions"]:
             key = f"{spec['group']}/{version['name']}/{spec['names']['plural']}"
             self.resources[key] = kmock.ResourceInfo(
@@ -280,10 +285,15 @@ class KubeEmulator(kmock.KubernetesScaffold):
         return path
 
     def _info(self, key: ResourceKey) -> kmock.ResourceInfo | None:
-        for res in self.resources:
-            if (res.group, res.version, res.plural) == key:
-                return self.resources[res]  # type: ignore[return-value]
-        return None
+        if key not in self._info_cache:
+            self._info_cache[key] = next((self.resources[r] for r in self.resources  # type: ignore[misc]
+                                          if (r.group, r.version, r.plural) == key), None)
+        return self._info_cache[key]
+
+    def _events_after(self, rv: int) -> list[_Event]:
+        """Log entries newer than ``rv`` (the log is ordered by resourceVersion)."""
+        start = bisect.bisect_right(self._log, rv, key=lambda e: e.rv)
+        return self._log[start:]
 
     def find(self, group_version_plural: str, namespace: str | None = None,
              label_selector: str | None = None) -> list[dict[str, Any]]:
@@ -338,6 +348,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
 
     def _emit(self, resource: ResourceKey, type_: str, obj: dict[str, Any], rv: int) -> None:
         self._log.append(_Event(rv, resource, type_, copy.deepcopy(obj)))
+        for listener in self.listeners:
+            listener(type_, resource, obj)
         if len(self._log) > LOG_LIMIT:
             drop = len(self._log) - LOG_LIMIT // 2
             self._log_floor = self._log[drop - 1].rv
@@ -620,8 +632,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 "message": f"too old resource version: {since} ({self._log_floor})"}}]
             cursor = None
         elif since:
-            pending = [{"type": e.type, "object": e.obj} for e in self._log
-                       if e.rv > since and self._matches(key, namespace, params, e.resource, e.obj, name)]
+            pending = [{"type": e.type, "object": e.obj} for e in self._events_after(since)
+                       if self._matches(key, namespace, params, e.resource, e.obj, name)]
             cursor = self._rv
         else:
             pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for (r, _, _), o in self.objects.items()
@@ -642,8 +654,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
                     except TimeoutError:
                         if raw.transport is None or raw.transport.is_closing():
                             break
-                pending = [{"type": e.type, "object": e.obj} for e in self._log
-                           if e.rv > cursor and self._matches(key, namespace, params, e.resource, e.obj, name)]
+                pending = [{"type": e.type, "object": e.obj} for e in self._events_after(cursor)
+                           if self._matches(key, namespace, params, e.resource, e.obj, name)]
                 cursor = self._rv
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

@@ -1,0 +1,173 @@
+"""Operator benchmark: reconcile latency and memory for 1, 10 and 100 pipelines.
+
+The Kubernetes API emulator runs in this process on loopback; the operator runs as users run it
+(``livetranslate operator``) in a child process, so its peak RSS (VmHWM) is its own. For each N a
+fresh emulator and operator start, N TranslationPipelines are created at once, and each one's
+latency is the time from its creation (as stored by the API server) to the moment its seventh
+child (ConfigMap, 3 Services, 3 Deployments) is stored. Targets: p95 < 1 s at 100 pipelines,
+peak RSS < 200 MB. Figures are recorded with the load average: the machine is shared.
+
+Usage: python -P benchmarks/bench_operator.py [--counts 1 10 100] [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import kmock
+
+from livetranslate.crd import build_crd
+from livetranslate.testing.kube_emulator import KubeEmulator, ResourceKey
+
+ROOT = Path(__file__).resolve().parents[1]
+TP: ResourceKey = ("livetranslate.io", "v1alpha1", "translationpipelines")
+CHILDREN = 7
+SPEC = {"sourceLanguage": "en", "targetLanguages": ["es"],
+        # The autoscaler would query a Prometheus that is not there; this measures reconciling.
+        "scaling": {"enabled": False}}
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def spawn_operator(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """``livetranslate operator`` as users start it, logging to ``log_path``."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "operator"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=log)
+
+
+async def run_one(count: int, timeout: float) -> dict[str, Any]:
+    cpu_before = time.process_time()
+    api = KubeEmulator(auto_ready_deployments=True)
+    api.install_crd(build_crd())
+    created: dict[str, float] = {}
+    children: dict[str, int] = {}
+    done: dict[str, float] = {}
+
+    def listen(type_: str, resource: ResourceKey, obj: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        meta = obj.get("metadata", {})
+        if type_ != "ADDED":
+            return
+        if resource == TP:
+            created[meta["name"]] = now
+            return
+        owner = (meta.get("labels") or {}).get("livetranslate.io/pipeline")
+        if owner and resource[2] in ("configmaps", "services", "deployments"):
+            children[owner] = children.get(owner, 0) + 1
+            if children[owner] == CHILDREN:
+                done[owner] = now
+
+    api.listeners.append(listen)
+    with tempfile.TemporaryDirectory(prefix="lt-bench-op-") as tmp:
+        async with api, kmock.Server(api) as server:
+            kubeconfig = api.kubeconfig(str(server.url), Path(tmp) / "kubeconfig")
+            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1",
+                   "LT_OPERATOR_METRICS_PORT": "0", "LT_OPERATOR_LIVENESS_ENDPOINT": "",
+                   "LT_LOG_LEVEL": "WARNING"}
+            proc = spawn_operator(env, Path(tmp) / "operator.log")
+            try:
+                # Ready = its watches are open (it has listed the custom resources).
+                deadline = time.monotonic() + 60
+                while not any(c.verb == "watch" and c.resource == "translationpipelines" for c in api.calls):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError("operator did not start: " + (Path(tmp) / "operator.log").read_text()[-2000:])
+                    await asyncio.sleep(0.05)
+                rss_idle = peak_rss_mib(proc.pid)
+                started = time.perf_counter()
+                for i in range(count):
+                    api.create("livetranslate.io/v1alpha1/translationpipelines",
+                               {"metadata": {"name": f"bench-{i:03d}", "namespace": "bench"}, "spec": SPEC})
+                    if i % 10 == 9:
+                        await asyncio.sleep(0)  # let the server breathe, as clients would
+                while len(done) < count and time.perf_counter() - started < timeout:
+                    await asyncio.sleep(0.02)
+                all_done = time.perf_counter() - started
+                # Let status settle (Deployments report ready) before reading the peak.
+                await asyncio.sleep(2.0)
+                ready = sum(1 for (r, _, _), o in api.objects.items()
+                            if r == TP and (o.get("status") or {}).get("phase") == "Ready")
+                rss_peak = peak_rss_mib(proc.pid)
+                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+                operator_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    latencies = [done[n] - created[n] for n in done]
+    return {
+        "pipelines": count,
+        "completed": len(done),
+        "ready_after_2s": ready,
+        "latency_p50_s": round(percentile(latencies, 0.50), 4),
+        "latency_p95_s": round(percentile(latencies, 0.95), 4),
+        "latency_max_s": round(max(latencies), 4) if latencies else None,
+        "all_children_s": round(all_done, 3),
+        "rss_idle_mib": round(rss_idle, 1),
+        "rss_peak_mib": round(rss_peak, 1),
+        "api_calls": len(api.calls),
+        "operator_cpu_s": round(operator_cpu, 2),
+        "emulator_cpu_s": round(time.process_time() - cpu_before, 2),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--counts", type=int, nargs="+", default=[1, 10, 100])
+    parser.add_argument("--timeout", type=float, default=180.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = parser.parse_args()
+    load_before = [round(x, 2) for x in os.getloadavg()]
+    results = [asyncio.run(run_one(n, args.timeout)) for n in args.counts]
+    report = {"benchmark": "operator", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "cpus": os.cpu_count(), "loadavg_before": load_before,
+              "targets": {"latency_p95_s_at_100": 1.0, "rss_peak_mib": 200}, "results": results}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "operator.json").write_text(json.dumps(report, indent=2) + "\n")
+    lines = ["# Operator benchmark", "",
+             (f"{report['when']}, {report['cpus']} CPUs shared with other work, load average before "
+              f"{load_before}. Emulated API server in the benchmark process, `livetranslate operator` in its "
+              "own process. Latency: TranslationPipeline stored -> its 7th child stored; all pipelines "
+              "created at once."),
+             "", ("| pipelines | done | p50 (s) | p95 (s) | max (s) | all children (s) | RSS idle (MiB) | "
+                  "RSS peak (MiB) | load avg |"), "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['pipelines']} | {r['completed']} | {r['latency_p50_s']} | {r['latency_p95_s']} | "
+                     f"{r['latency_max_s']} | {r['all_children_s']} | {r['rss_idle_mib']} | {r['rss_peak_mib']} | "
+                     f"{r['loadavg']} |")
+    lines += ["", "Targets: p95 < 1 s at 100 pipelines; peak RSS < 200 MB.", ""]
+    (args.out / "operator.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
