@@ -108,3 +108,20 @@ async def test_unknown_session_id_starts_a_new_session(stack: Stack) -> None:
         await c.send_json({"type": "session.start", "sessionId": "my-own-id"})
         started = await c.recv()
         assert started["sessionId"] == "my-own-id" and started["resumed"] is False
+
+
+async def test_resume_while_the_old_socket_still_looks_open(stack: Stack) -> None:
+    """A client whose old connection died without a FIN comes back: the replica closes the old
+    one at once instead of making the client wait for a timeout."""
+    a = Client(stack.ws_url)
+    await a.__aenter__()
+    await a.send_json({"type": "session.start", "targetLanguages": ["es"]})
+    sid = (await a.recv())["sessionId"]
+    await a.send_audio(block_audio([1]))
+    await a.until(lambda e: e["type"] == "transcript.final")
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    b = await second_half(stack.ws_url, sid, ack=0)
+    assert loop.time() - began < 5
+    assert [f[1] for f in finals_of(a, b)] == ["block 1", "block 4"]
+    await a.__aexit__()

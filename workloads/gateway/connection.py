@@ -150,6 +150,7 @@ class Session:
         self._outage_reported = {"audio": False, "translation": False}
         self._audio_done = asyncio.Event()
         self.finished = False
+        self.superseded = False
 
     @property
     def audio_seconds(self) -> float:
@@ -203,6 +204,9 @@ class Session:
         if self.finished:
             return
         self.finished = True
+        if self.superseded:
+            await self.abort()
+            return
         s = self.gw.settings
         self._flush_requested = True
         self._audio_more.set()
@@ -231,9 +235,12 @@ class Session:
             await self.gw.store.release(self.sid, self.owner)
 
     async def abort(self) -> None:
-        for task in self._tasks:
+        """Stop at once, keeping nothing: the session lives on with another connection."""
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         self.finished = True
         await self.gw.store.release(self.sid, self.owner)
 
@@ -241,9 +248,17 @@ class Session:
         while True:
             await asyncio.sleep(LEASE_SECONDS / 4)
             try:
-                await self.gw.store.refresh(self.sid, self.owner)
+                owned = await self.gw.store.refresh(self.sid, self.owner)
             except Exception as exc:  # noqa: BLE001 - the store being briefly away is not fatal
                 log.warning("lease refresh failed", extra={"fields": {"error": str(exc)}})
+                continue
+            if not owned:
+                # Another connection resumed this session (this one looked alive but was not):
+                # stop without writing state the new owner now holds.
+                log.warning("session taken over by another connection")
+                self.superseded = True
+                await self.conn.shutdown("session resumed on another connection")
+                return
 
     # ---------------------------------------------------------------- audio
 
@@ -692,6 +707,12 @@ class Connection:
             return
         sid = start.sessionId or uuid.uuid4().hex
         owner = f"{gw.replica_id}:{self.id}"
+        for other in [x for x in gw.sessions if x.sid == sid and x.conn is not self]:
+            # The client is back while its old socket still looks open here (a drop without
+            # FIN): end the old connection now; its flush finishes before our claim succeeds.
+            log.info("resume while the previous connection is open; closing that one",
+                     extra={"session_id": sid})
+            await other.conn.shutdown("session resumed on another connection")
         if not await gw.store.claim(sid, owner, gw.settings.resume_wait_seconds):
             log.warning("previous owner kept the session lease; taking it over", extra={"session_id": sid})
             await gw.store.take_over(sid, owner)

@@ -55,7 +55,7 @@ class SessionStore(Protocol):
     async def put_segment(self, session_id: str, segment: SegmentRecord) -> None: ...
     async def segments(self, session_id: str) -> list[SegmentRecord]: ...
     async def claim(self, session_id: str, owner: str, wait_seconds: float) -> bool: ...
-    async def refresh(self, session_id: str, owner: str) -> None: ...
+    async def refresh(self, session_id: str, owner: str) -> bool: ...
     async def release(self, session_id: str, owner: str) -> None: ...
     async def take_over(self, session_id: str, owner: str) -> None: ...
     async def ping(self) -> bool: ...
@@ -121,10 +121,13 @@ class MemorySessionStore:
                 except TimeoutError:
                     pass
 
-    async def refresh(self, session_id: str, owner: str) -> None:
+    async def refresh(self, session_id: str, owner: str) -> bool:
+        """Extend the lease; False when someone else holds it now."""
         holder = self._owners.get(session_id)
         if holder and holder[0] == owner:
             self._owners[session_id] = (owner, time.monotonic() + LEASE_SECONDS)
+            return True
+        return holder is None
 
     async def release(self, session_id: str, owner: str) -> None:
         async with self._released:
@@ -219,9 +222,13 @@ class RedisSessionStore:
                 return False
             await asyncio.sleep(0.1)
 
-    async def refresh(self, session_id: str, owner: str) -> None:
-        await self._refresh(keys=[self._key(session_id, ":owner")],
-                            args=[owner, int(LEASE_SECONDS * 1000)])
+    async def refresh(self, session_id: str, owner: str) -> bool:
+        """Extend the lease; False when someone else holds it now."""
+        if await self._refresh(keys=[self._key(session_id, ":owner")],
+                               args=[owner, int(LEASE_SECONDS * 1000)]):
+            return True
+        return bool(await self._redis.set(self._key(session_id, ":owner"), owner, nx=True,
+                                          px=int(LEASE_SECONDS * 1000)))
 
     async def release(self, session_id: str, owner: str) -> None:
         await self._release(keys=[self._key(session_id, ":owner")], args=[owner])
