@@ -54,10 +54,12 @@ UP_SUSTAIN = 2                     # consecutive intervals over target before sc
 IMMEDIATE_LOAD = 1.5               # ...unless this far over: no noise explains 50% (act at once)
 MAX_STEP_FACTOR = 4.0              # at most doubling a stage in one step
 DRAIN_TARGET_S = 60.0              # a backlog that drains within this needs no more replicas
-TREND_WINDOW_S = 90.0              # sessions history the demand slope is fitted over
+TREND_WINDOW_S = 180.0              # sessions history the demand slope is fitted over
 MIN_TREND_POINTS = 4
+TREND_SIGNIFICANCE = 2.5           # standard errors a slope must clear to count as a trend
 LOOKAHEAD_S = 60.0                 # about a translation replica's start-up (vLLM model load)
 MAX_GROWTH = 1.5
+MODEL_SETTLE_INTERVALS = 4         # intervals after a model change before translation is resized
 SETTLE_INTERVALS = 2               # intervals before a newly ready replica shows in rate windows
 DOWN_CALM = 1.0                    # caption p95 must stay under this share of the SLO to shrink
 
@@ -146,6 +148,10 @@ def _growth(trend: tuple[tuple[float, float], ...], sessions: float) -> float:
         return 1.0
     slope = sum((t - mt) * (v - mv) for t, v in trend) / var
     if slope <= 0:
+        return 1.0
+    # Only a slope that noise cannot explain: more than TREND_SIGNIFICANCE standard errors.
+    residual = sum((v - (mv + slope * (t - mt))) ** 2 for t, v in trend) / max(1, n - 2)
+    if slope <= TREND_SIGNIFICANCE * math.sqrt(residual / var):
         return 1.0
     level = mv + slope * (trend[-1][0] - mt)   # the fitted value now: less noisy than the last sample
     return min(MAX_GROWTH, max(1.0, (level + slope * LOOKAHEAD_S) / max(level, 1e-9)))
@@ -359,6 +365,13 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
                                       f"{s} replicas {cur} outside [{lo}, {hi}]")
             continue
         if over_streak[s] >= UP_SUSTAIN or (overs[s] and load[s] >= IMMEDIATE_LOAD):
+            settle_s = MODEL_SETTLE_INTERVALS * scaling.interval_seconds
+            if (s == "translation" and history.last_model_change is not None
+                    and now - history.last_model_change < settle_s):
+                # The new model's pods are starting; latency still shows the old one.
+                stages[s] = StageDecision(s, cur, cur, "none", "model_settling",
+                                          f"{message}; waiting {settle_s:.0f}s for the model change to show")
+                continue
             if (s == "translation" and uses_gpu_model and memory_high and idx + 1 < len(chain)
                     and model_reason != "gpu_memory_relief"):
                 # Replicas of a model that does not fit would not help: the smaller model first
@@ -409,7 +422,10 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     new_history = History(
         started=started,
         over_streak=over_streak,
-        recommendations=window,
+        # A scale-up is itself a recommendation: what was just added is kept for a full window.
+        recommendations=(*window[:-1], (now, {s: max(recommend[s], stages[s].desired)
+                                               if stages[s].direction == "up" else recommend[s]
+                                               for s in STAGES})),
         last_up=last_up,
         memory_high_streak=mem_streak,
         memory_low_since=mem_low_since,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,8 +38,16 @@ STAGES: tuple[Stage, ...] = ("audio", "translation", "gateway")
 POD_LABEL = "pod"
 NAMESPACE_LABEL = "namespace"
 # PromQL range of the rate() under histogram_quantile: long enough for a stable p95 at a few
-# captions per second, short enough to see a breach within two 15 s intervals.
+# captions per second, short enough to see a breach within two 15 s intervals. It must cover at
+# least two scrapes: set LT_SCALING_MIN_RATE_WINDOW_SECONDS lower only with a faster scrape.
 MIN_RATE_WINDOW_S = 30.0
+MIN_RATE_WINDOW_ENV = "LT_SCALING_MIN_RATE_WINDOW_SECONDS"
+
+
+def rate_window_seconds(interval_seconds: float) -> int:
+    """The rate() window for a pipeline: four scaling intervals, never below the minimum."""
+    floor = float(os.environ.get(MIN_RATE_WINDOW_ENV) or MIN_RATE_WINDOW_S)
+    return int(max(floor, 4 * interval_seconds))
 
 
 @dataclass(frozen=True)
@@ -138,7 +147,7 @@ def _sel(**labels: str) -> str:
 
 def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries:
     """PromQL for one pipeline. Pure, so the exact queries are unit-tested and documented."""
-    window = f"{int(max(MIN_RATE_WINDOW_S, 4 * interval_seconds))}s"
+    window = f"{rate_window_seconds(interval_seconds)}s"
     ours = _sel(pipeline=name, **{NAMESPACE_LABEL: namespace})
     gateway_pods = _sel(pipeline=name, **{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-gateway-.*"})
     translation_pods = _sel(**{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-translation-.*"})

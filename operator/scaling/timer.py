@@ -1,0 +1,253 @@
+"""The autoscaler's Kopf timer: gather signals, call the pure policy, act. Nothing else.
+
+One timer per TranslationPipeline. Kopf's timer interval is fixed when the handler is registered,
+so the timer ticks every ``TICK_S`` and runs a decision once ``spec.scaling.interval`` has passed
+since the last one (per-object memo), which lets every pipeline keep its own interval.
+
+Acting:
+- Deployment ``spec.replicas`` (merge patch): the operator is the single writer of replicas after
+  creation; no HPA or KEDA may target these Deployments (docs/scaling.md);
+- the annotation ``livetranslate.io/active-model`` on the TranslationPipeline (the reconcile
+  handler re-places translation on it), and ``livetranslate.io/audio-device`` when an NPU pool is
+  exhausted;
+- ``status.lastScalingDecision`` and the ``ScalingActive`` condition, an Event per action (and one
+  when scaling is held), and ``livetranslate_scaling_decisions_total{stage,direction,reason}``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+import pydantic
+from prometheus_client import CollectorRegistry, Counter
+
+from livetranslate import metrics
+from livetranslate.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, Device, parse_spec
+from livetranslate.logs import log_context
+from livetranslate.operator import builders, placement
+from livetranslate.operator.kube import ApiError, KubeClient
+from livetranslate.operator.scaling.policy import Current, Decision, History, decide
+from livetranslate.operator.scaling.signals import STAGES, PrometheusSignals
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+AUDIO_DEVICE_ANNOTATION = f"{GROUP}/audio-device"
+CONDITION = "ScalingActive"
+
+_counters: dict[int, Counter] = {}
+
+
+def decisions_counter(registry: CollectorRegistry) -> Counter:
+    """One counter per registry (the operator's), created on first use."""
+    counter = _counters.get(id(registry))
+    if counter is None:
+        counter = metrics.scaling_decisions(registry)
+        _counters[id(registry)] = counter
+    return counter
+
+
+def _now_iso(ts: float) -> str:
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def read_deployments(kube: KubeClient, namespace: str, name: str) -> dict[str, dict[str, int]] | None:
+    """{stage: {replicas, ready}} of the pipeline's Deployments; None until all three exist."""
+    out: dict[str, dict[str, int]] = {}
+    for stage in STAGES:
+        dep = await kube.get("apps/v1", "Deployment", namespace, builders.deployment_name(name, stage))
+        if dep is None:
+            return None
+        replicas = int((dep.get("spec") or {}).get("replicas") or 0)
+        ready = int((dep.get("status") or {}).get("readyReplicas") or 0)
+        out[stage] = {"replicas": replicas, "ready": ready}
+    return out
+
+
+async def npu_free(kube: KubeClient) -> int | None:
+    """Allocatable NPUs in the cluster not requested by any running or pending pod.
+
+    None when no node offers an NPU (no NPU pool to exhaust) or the API did not answer.
+    """
+    try:
+        nodes = await kube.list("v1", "Node")
+        allocatable = sum(placement.parse_quantity(((n.get("status") or {}).get("allocatable") or {})
+                                                   .get(placement.NPU_RESOURCE, 0)) for n in nodes
+                          if not (n.get("spec") or {}).get("unschedulable"))
+        if allocatable <= 0:
+            return None
+        pods = await kube.list("v1", "Pod")
+    except ApiError as e:
+        log.warning("cannot count NPUs: %s", e)
+        return None
+    requested = 0.0
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        for c in (pod.get("spec") or {}).get("containers") or []:
+            requested += placement.parse_quantity(
+                ((c.get("resources") or {}).get("requests") or {}).get(placement.NPU_RESOURCE, 0))
+    return max(0, int(allocatable - requested))
+
+
+def scaling_condition(decision: Decision, previous: Mapping[str, Any] | None, generation: int) -> dict[str, Any]:
+    status = "True" if decision.active else "False"
+    since = None
+    if previous and previous.get("status") == status:
+        since = previous.get("lastTransitionTime")
+    return {"type": CONDITION, "status": status, "reason": decision.condition_reason,
+            "message": decision.message[:1024], "observedGeneration": generation,
+            "lastTransitionTime": since or _now_iso(decision.time)}
+
+
+async def act(kube: KubeClient, body: Mapping[str, Any], decision: Decision, *,
+              counter: Counter | None = None) -> dict[str, Any]:
+    """Apply a decision: replicas, annotations, status, Events, the counter. Returns the status patch."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    owner = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta}
+    record: dict[str, Any] | None = None
+    for change in decision.changes:
+        await kube.patch("apps/v1", "Deployment", namespace, builders.deployment_name(name, change.stage),
+                         {"spec": {"replicas": change.desired}})
+        record = {"time": _now_iso(decision.time), "stage": change.stage, "from": change.current,
+                  "to": change.desired, "reason": change.message}
+        if counter is not None:
+            counter.labels(pipeline=name, stage=change.stage, direction=change.direction,
+                           reason=change.reason).inc()
+        await kube.post_event(owner, "ScaledUp" if change.direction == "up" else "ScaledDown", change.message)
+        log.info("scaled %s %d -> %d: %s", change.stage, change.current, change.desired, change.message,
+                 extra={"pipeline": name, "namespace": namespace, "stage": change.stage})
+    annotations: dict[str, str] = {}
+    current_model = ((meta.get("annotations") or {}).get(builders.ACTIVE_MODEL_ANNOTATION))
+    if decision.model is not None:
+        annotations[builders.ACTIVE_MODEL_ANNOTATION] = decision.model
+        record = {"time": _now_iso(decision.time), "stage": "translation",
+                  "from": current_model or "", "to": decision.model, "reason": decision.model_message}
+        if counter is not None:
+            counter.labels(pipeline=name, stage="translation", direction="model",
+                           reason=decision.model_reason).inc()
+        await kube.post_event(owner, "ModelChanged", decision.model_message)
+        log.info("%s", decision.model_message, extra={"pipeline": name, "namespace": namespace})
+    if decision.audio_device is not None:
+        annotations[AUDIO_DEVICE_ANNOTATION] = decision.audio_device
+        if counter is not None:
+            counter.labels(pipeline=name, stage="audio", direction="device", reason="npu_exhausted").inc()
+        await kube.post_event(owner, "AudioDeviceChanged", decision.audio_device_message, type_="Warning")
+    if annotations:
+        await kube.patch(API_VERSION, KIND, namespace, name, {"metadata": {"annotations": annotations}})
+
+    status = dict(body.get("status") or {})
+    conditions = [dict(c) for c in status.get("conditions") or []]
+    previous = next((c for c in conditions if c.get("type") == CONDITION), None)
+    generation = int(meta.get("generation") or 0)
+    condition = scaling_condition(decision, previous, generation)
+    patch: dict[str, Any] = {}
+    if previous is None or any(previous.get(k) != condition[k] for k in ("status", "reason", "message")):
+        patch["conditions"] = [c for c in conditions if c.get("type") != CONDITION] + [condition]
+        if not decision.active and (previous is None or previous.get("status") != "False"
+                                    or previous.get("reason") != decision.condition_reason):
+            await kube.post_event(owner, "ScalingHeld", decision.message, type_="Warning")
+    if record is not None:
+        patch["lastScalingDecision"] = record
+    if patch:
+        try:
+            await kube.patch_status(API_VERSION, KIND, namespace, name, patch)
+        except ApiError as e:
+            if e.status != 404:
+                raise
+    return patch
+
+
+async def scale_once(kube: KubeClient, body: Mapping[str, Any], history: History, *, now: float | None = None,
+                     counter: Counter | None = None, signals_source: PrometheusSignals | None = None
+                     ) -> Decision | None:
+    """One full autoscaling step for one pipeline. None when there is nothing to scale yet."""
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
+    try:
+        spec = parse_spec(body.get("spec"))
+    except pydantic.ValidationError:
+        return None  # the reconcile handler reports invalid specs
+    if not spec.scaling.enabled:
+        return None
+    deployments = await read_deployments(kube, namespace, name)
+    if deployments is None:
+        return None  # not reconciled yet
+    status = body.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    model = placement.active_model(spec, annotations.get(builders.ACTIVE_MODEL_ANNOTATION))
+    audio_device: Device = (status.get("audio") or {}).get("device") or spec.audio.devices[0]
+    backend = (status.get("translation") or {}).get("backend") or "vllm"
+    npus = await npu_free(kube) if audio_device == "npu" else None
+    # A query slower than the interval is as good as none: the next interval asks again.
+    source = signals_source or PrometheusSignals(
+        spec.scaling.prometheusUrl, timeout_s=max(1.0, min(5.0, spec.scaling.interval_seconds)))
+    taken = time.time() if now is None else now
+    signals = await source.gather(name, namespace, spec.scaling.interval_seconds, now=taken, npu_free=npus)
+    current = Current(replicas={s: d["replicas"] for s, d in deployments.items()},
+                      ready={s: d["ready"] for s, d in deployments.items()},
+                      model=model, audio_device=audio_device, translation_backend=backend)
+    decision = decide(spec, signals, current, history, taken)
+    await act(kube, body, decision, counter=counter)
+    return decision
+
+
+async def replace_translation(kube: KubeClient, memo: kopf.Memo, namespace: str, name: str,
+                              node_index: Any, logger: Any) -> None:
+    """Re-place translation now that the active-model annotation changed.
+
+    Kopf leaves annotations under its own storage prefix (``livetranslate.io/``) out of the
+    change detection, so patching the annotation alone fires no update handler. The reconcile
+    is idempotent, so calling it here is safe even where an update handler also fires.
+    """
+    from livetranslate.operator import handlers
+
+    fresh = await kube.get(API_VERSION, KIND, namespace, name)
+    if fresh is None or node_index is None:
+        return
+    try:
+        await handlers.reconcile(fresh, memo, handlers.cluster_from(node_index), logger)
+    except handlers.InvalidSpec:
+        pass  # status and Event already written by the reconcile
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S)
+async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Run one decision whenever this pipeline's spec.scaling.interval has elapsed."""
+    spec = body.get("spec") or {}
+    try:
+        interval = parse_spec(spec).scaling.interval_seconds
+    except pydantic.ValidationError:
+        return
+    now = time.time()
+    if now < float(memo.get("scaling_next_at") or 0.0):
+        return
+    memo.scaling_next_at = now + interval
+    kube: KubeClient | None = memo.get("kube")
+    if kube is None:
+        return
+    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(body.metadata),
+           "spec": dict(body.spec), "status": dict(body.status)}
+    registry = memo.get("registry")
+    counter = decisions_counter(registry) if isinstance(registry, CollectorRegistry) else None
+    with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace, component="autoscaler"):
+        try:
+            decision = await scale_once(kube, raw, memo.get("scaling_history") or History(), now=now,
+                                        counter=counter)
+        except ApiError as e:
+            log.warning("autoscaling step failed, retrying next interval: %s", e)
+            return
+        if decision is not None:
+            memo.scaling_history = decision.history
+            if decision.model is not None:
+                try:
+                    await replace_translation(kube, memo, body.metadata.namespace or "", body.metadata.name or "",
+                                              kwargs.get("node_index"), logger)
+                except ApiError as e:
+                    log.warning("re-placing translation failed, the next reconcile retries: %s", e)
