@@ -98,6 +98,18 @@ def openmetrics(t0: int) -> str:
     gauge("vllm:num_requests_waiting", [(vllm_a, [max(0.0, 40 * (f - 0.4)) for f in frac]),
                                         (vllm_b, [math.nan if f < 0.5 else 0.0 for f in frac])])
 
+    # The translation service mirrors its engine's state (vLLM listens on the pod's loopback only).
+    tr_a = _labels(pipeline="town-hall", backend="vllm", namespace="demo", pod=pod_a, container="translate")
+    tr_b = _labels(pipeline="town-hall", backend="vllm", namespace="demo", pod=pod_b, container="translate")
+    gauge("livetranslate_translation_engine_kv_cache_usage_ratio",
+          [(tr_a, [0.2 + 0.75 * f for f in frac]), (tr_b, [math.nan if f < 0.5 else 0.3 for f in frac])])
+    gauge("livetranslate_translation_engine_requests_waiting",
+          [(tr_a, [max(0.0, 40 * (f - 0.4)) for f in frac]), (tr_b, [math.nan if f < 0.5 else 0.0 for f in frac])])
+    gauge("livetranslate_translation_model_info",
+          [(_labels(pipeline="town-hall", backend="vllm", model=primary, namespace="demo", pod=pod_a), [1.0] * n),
+           (_labels(pipeline="town-hall", backend="vllm", model=fallback, namespace="demo", pod=pod_b),
+            [math.nan if f < 0.5 else 1.0 for f in frac])])
+
     op = {"namespace": "demo", "pipeline": "town-hall"}
     replicas = {"audio": [2.0] * n, "translation": [1.0 if f < 0.5 else 2.0 for f in frac],
                 "gateway": [1.0] * n}
