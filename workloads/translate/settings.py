@@ -8,6 +8,8 @@ a test overrides any knob without writing a pipeline file.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -135,5 +137,19 @@ class TranslateSettings(BaseSettings):
         return out
 
 
+def _compat_env(settings: TranslateSettings, env: Mapping[str, str]) -> TranslateSettings:
+    """Also honour the names the operator's pod builder sets (LT_TRANSLATION_BACKEND/_MODEL,
+    LT_VLLM_URL, OPENAI_API_KEY) wherever the LT_TRANSLATE_* name was not given."""
+    if settings.backend is None and env.get("LT_TRANSLATION_BACKEND") in ("vllm", "openai", "apertium"):
+        settings.backend = env["LT_TRANSLATION_BACKEND"]  # type: ignore[assignment]
+    if settings.model is None and env.get("LT_TRANSLATION_MODEL"):
+        settings.model = env["LT_TRANSLATION_MODEL"]
+    if "LT_TRANSLATE_VLLM__URL" not in env and env.get("LT_VLLM_URL"):
+        settings.vllm.url = env["LT_VLLM_URL"]
+    if settings.openai.api_key is None and env.get("OPENAI_API_KEY"):
+        settings.openai.api_key = SecretStr(env["OPENAI_API_KEY"])
+    return settings
+
+
 def load_settings(config_path: str | None = None) -> TranslateSettings:
-    return TranslateSettings().merged(load_resolved(config_path))
+    return _compat_env(TranslateSettings(), os.environ).merged(load_resolved(config_path))

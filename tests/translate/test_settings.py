@@ -1,0 +1,49 @@
+"""Settings: the operator's resolved pipeline fills what the environment leaves open."""
+
+from __future__ import annotations
+
+import pytest
+
+from livetranslate.api import TranslationPipelineSpec
+from livetranslate.config import Endpoints, Placement, ResolvedPipeline
+from livetranslate.workloads.translate.settings import TranslateSettings, _compat_env, load_settings
+
+
+def resolved(**placement: str) -> ResolvedPipeline:
+    return ResolvedPipeline(
+        name="town-hall", spec=TranslationPipelineSpec.model_validate({
+            "targetLanguages": ["es", "de"],
+            "translation": {"model": "Qwen/Qwen2.5-7B-Instruct", "fallbackModels": ["Qwen/Qwen2.5-3B-Instruct-AWQ"],
+                            "contextSegments": 4}}),
+        placement=Placement(**placement),  # type: ignore[arg-type]
+        endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"))
+
+
+def test_resolved_pipeline_fills_backend_model_and_context() -> None:
+    s = TranslateSettings().merged(resolved(translationBackend="vllm", translationModel="Qwen/Qwen2.5-7B-Instruct"))
+    assert (s.pipeline, s.backend, s.model) == ("town-hall", "vllm", "Qwen/Qwen2.5-7B-Instruct")
+    assert s.fallback_models == ["Qwen/Qwen2.5-3B-Instruct-AWQ"] and s.context_segments == 4
+    assert s.target_languages == ["es", "de"] and s.vllm.url == "http://127.0.0.1:8000"
+
+
+def test_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_TRANSLATE_BACKEND", "openai")
+    monkeypatch.setenv("LT_TRANSLATE_OPENAI__URL", "http://llm:8080/v1")
+    monkeypatch.setenv("LT_TRANSLATE_OPENAI__API_KEY", "sk-test")
+    monkeypatch.setenv("LT_TRANSLATE_BATCH__MAX_BATCH", "4")
+    s = TranslateSettings().merged(resolved(translationBackend="vllm"))
+    assert s.backend == "openai" and s.openai.url == "http://llm:8080/v1" and s.batch.max_batch == 4
+    assert s.openai.key() == "sk-test" and "sk-test" not in repr(s)
+
+
+def test_operator_env_names_are_understood(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
+    env = {"LT_TRANSLATION_BACKEND": "vllm", "LT_TRANSLATION_MODEL": "m", "LT_VLLM_URL": "http://127.0.0.1:9",
+           "OPENAI_API_KEY": "k"}
+    s = _compat_env(TranslateSettings(), env)
+    assert (s.backend, s.model, s.vllm.url, s.openai.key()) == ("vllm", "m", "http://127.0.0.1:9", "k")
+
+
+def test_no_pipeline_file_means_local_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LT_PIPELINE_CONFIG", "/nonexistent/pipeline.json")
+    s = load_settings()
+    assert s.backend == "apertium" and s.pipeline == "local"
