@@ -15,7 +15,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from livetranslate.protocol import (
     audio_client_adapter,
 )
 from livetranslate.workloads.audio.diarization import SpeakerTracker
+from livetranslate.workloads.audio.engines import Engine, Hypothesis
 from livetranslate.workloads.audio.scheduler import Overloaded
 from livetranslate.workloads.audio.service import AudioService
 from livetranslate.workloads.audio.streaming import DecodeRequest, FinalOut, PartialOut, StreamSession
@@ -264,8 +265,8 @@ class AudioConnection:
             self._wake.clear()
             while (req := stream.next_request()) is not None:
                 try:
-                    hyp = await svc.scheduler.run(
-                        lambda r=req: engine.transcribe(r.audio, r.prompt, language))  # type: ignore[misc]
+                    hyp = await svc.scheduler.run_batched(
+                        _batch_call(engine, req.prompt, language), (req.prompt, language), req.audio)
                 except Overloaded as exc:
                     stream.abort()
                     await self._overloaded(str(exc))
@@ -311,6 +312,25 @@ class AudioConnection:
             except Exception:
                 log.exception("diarization failed")
         await self._send(AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker))
+
+
+_BATCH_CALLS: dict[tuple[int, str | None, str], Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
+
+
+def _batch_call(engine: Engine, prompt: str | None, language: str
+                ) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
+    """One callable per (engine, prompt, language), so the scheduler can tell what batches together."""
+    key = (id(engine), prompt, language)
+    fn = _BATCH_CALLS.get(key)
+    if fn is None:
+        if len(_BATCH_CALLS) > 1024:  # prompts vary: keep the table small
+            _BATCH_CALLS.clear()
+
+        def fn(audios: list[np.ndarray]) -> list[Hypothesis]:
+            return engine.transcribe_batch(audios, prompt, language)
+
+        _BATCH_CALLS[key] = fn
+    return fn
 
 
 class _NullVad:

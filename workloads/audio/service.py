@@ -42,7 +42,7 @@ class AudioService:
         self.loading = True
         self.sessions: set[str] = set()
         self.scheduler = DecodeScheduler(settings.worker_count(), settings.limits.max_queue,
-                                         on_depth=self.m_queue.set)
+                                         max_batch=settings.max_batch, on_depth=self.m_queue.set)
         self.decode_seconds_total = 0.0
         self.audio_seconds_total = 0.0
         self._diarizer_lock = asyncio.Lock()

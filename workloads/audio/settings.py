@@ -88,6 +88,8 @@ class AudioSettings(BaseSettings):
     workers: int = Field(0, ge=0)
     threads_per_worker: int = Field(0, ge=0)
     beam_size: int = Field(1, ge=1, le=10)
+    # Most buffers of different sessions decoded in one call when they wait at the same time.
+    max_batch: int = Field(8, ge=1, le=64)
     # Pad the encoder input to the buffer's length instead of 30 s (faster-whisper engine).
     dynamic_padding: bool = True
     vad: bool = True
