@@ -169,10 +169,8 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
         sessions_active=f"sum({m.SESSIONS_ACTIVE}{gateway_pods})",
         audio_rtf=f"avg({m.AUDIO_REALTIME_FACTOR}{ours})",
         gpu_memory_fraction=f"max({used} / ({used} + {free}))",
-        vllm_requests_waiting=f'sum({{__name__="vllm:num_requests_waiting",'
-                              f'{NAMESPACE_LABEL}="{namespace}",{POD_LABEL}=~"{name}-translation-.*"}})',
-        kv_cache_usage=f'max({{__name__="vllm:kv_cache_usage_perc",'
-                       f'{NAMESPACE_LABEL}="{namespace}",{POD_LABEL}=~"{name}-translation-.*"}})',
+        vllm_requests_waiting=f"sum(vllm:num_requests_waiting{translation_pods})",
+        kv_cache_usage=f"max(vllm:kv_cache_usage_perc{translation_pods})",
         # time() - timestamp(): how old the newest sample of each family is.
         freshness={
             "caption": f"time() - max(timestamp({m.CAPTION_LATENCY}_count{ours}))",
@@ -181,8 +179,7 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
             "sessions": f"time() - max(timestamp({m.SESSIONS_ACTIVE}{gateway_pods}))",
             "rtf": f"time() - max(timestamp({m.AUDIO_REALTIME_FACTOR}{ours}))",
             "gpu": f"time() - max(timestamp({used}))",
-            "vllm": f'time() - max(timestamp({{__name__="vllm:num_requests_waiting",'
-                    f'{NAMESPACE_LABEL}="{namespace}",{POD_LABEL}=~"{name}-translation-.*"}}))',
+            "vllm": f"time() - max(timestamp(vllm:num_requests_waiting{translation_pods}))",
         },
     )
 

@@ -1,0 +1,69 @@
+"""`livetranslate bench autoscaling`: the user-facing command, its trace format and its honesty."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from livetranslate import bench
+from livetranslate.cli import main as cli
+
+
+def test_user_trace_gives_a_table_a_plot_and_the_summary_as_last_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "my-event.csv"
+    trace.write_text("t_seconds,active_sessions\n0,20\n120,180\n420,30\n600,30\n")
+    plot = tmp_path / "plot.png"
+    rc = cli(["bench", "autoscaling", "--trace", str(trace), "--plot", str(plot),
+              "--results-dir", str(tmp_path), "--json", str(tmp_path / "out.json")])
+    assert rc == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert re.fullmatch(r"slo_violation_ratio_vs_hpa=\d+\.\d+ replica_seconds_ratio_vs_hpa=\d+\.\d+", out[-1])
+    rows = [line.split() for line in out if line.startswith("my-event ")]
+    assert sorted(r[1] for r in rows) == ["hpa", "keda", "livetranslate"]
+    assert plot.stat().st_size > 10_000
+    assert (tmp_path / "out.json").exists()
+
+
+def test_trace_csv_needs_its_header(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,sessions\n0,1\n")
+    with pytest.raises(ValueError, match="t_seconds,active_sessions"):
+        bench.load_trace(str(bad))
+
+
+def test_trace_is_held_between_points(tmp_path: Path) -> None:
+    path = tmp_path / "trace.csv"
+    path.write_text("t_seconds,active_sessions\n0,5\n3,9\n")
+    assert bench.load_trace(str(path)) == [5.0, 5.0, 5.0, 9.0]
+
+
+def test_every_policy_sees_the_same_load_and_metric_noise() -> None:
+    spec = bench.bench_spec()
+    params = bench.default_params(spec)
+    trace = [50.0] * 200 + [150.0] * 400
+    runs = [bench.simulate(trace, p, params, spec, noise_seed=5)
+            for p in (bench.LiveTranslatePolicy(spec), bench.HpaPolicy(spec), bench.KedaPolicy(spec))]
+    assert {tuple(r.series["sessions"]) for r in runs} == {tuple(runs[0].series["sessions"])}
+    # A constant policy gives the same figures twice: the noise is seeded per trace, not per run.
+    again = bench.simulate(trace, bench.HpaPolicy(spec), params, spec, noise_seed=5)
+    assert again.slo_violation_s == runs[1].slo_violation_s and again.replica_seconds == runs[1].replica_seconds
+
+
+def test_hpa_scale_up_is_limited_like_kubernetes() -> None:
+    spec = bench.bench_spec()
+    hpa = bench.HpaPolicy(spec)
+    obs = bench.Observed(time=0, caption_p95=9, translation_p95=1, queue={"audio": 0, "translation": 0, "gateway": 0},
+                         util={"audio": 9, "translation": 1, "gateway": 0.1},
+                         cpu={"audio": 1.0, "translation": 1.0, "gateway": 0.1},
+                         demand={"audio": 90, "translation": 9, "gateway": 0.1}, sessions=100)
+    reps = {"audio": 10, "translation": 2, "gateway": 1}
+    out = hpa.decide(0.0, obs, reps, dict(reps))
+    # CPU saturates at 100%: ceil(10 x 1.0 / 0.7) = 15, whatever the real overload.
+    assert out["audio"] == 15
+    keda = bench.KedaPolicy(spec)
+    out = keda.decide(0.0, obs, reps, dict(reps))
+    # A demand query does not saturate, but HPA's max(4 pods, 100%) per minute still applies.
+    assert out["audio"] == 20
