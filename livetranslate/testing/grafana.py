@@ -77,6 +77,9 @@ def render_png(dashboard: Mapping[str, Any], data: PanelData, path: Path, subtit
     fig = plt.figure(figsize=(18, rows * 0.5 + 1))
     fig.suptitle(f"{dashboard['title']}: {subtitle}", fontsize=12)
     top = 0.94  # room for the title
+    span = max((float(t) for ts in data.values() for _, ss in ts for s in ss for t, _ in s["values"]),
+               default=t0) - t0
+    scale, unit = (60.0, "minutes") if span > 600 else (1.0, "seconds")
     for panel in panels:
         g = panel["gridPos"]
         ax = fig.add_axes((g["x"] / 24 + 0.035, top - (g["y"] + g["h"]) / rows * top + 0.035,
@@ -102,12 +105,12 @@ def render_png(dashboard: Mapping[str, Any], data: PanelData, path: Path, subtit
             continue
         for legend, series in targets:
             for s in series:
-                xs = [(float(t) - t0) / 60 for t, _ in s["values"]]
+                xs = [(float(t) - t0) / scale for t, _ in s["values"]]
                 ys = [float(v) for _, v in s["values"]]
                 label = _legend(legend, s["metric"])
                 dashed = label in ("SLO", "high watermark")
                 ax.plot(xs, ys, label=label, linewidth=1.2, linestyle="--" if dashed else "-")
-        ax.set_xlabel("minutes", fontsize=7)
+        ax.set_xlabel(unit, fontsize=7)
         if ax.lines:
             ax.legend(fontsize=7, loc="upper left")
     path.parent.mkdir(parents=True, exist_ok=True)
