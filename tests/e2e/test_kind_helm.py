@@ -127,6 +127,14 @@ def _free_port() -> int:
 def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_path: Path) -> None:
     # The operator: two replicas, one active through peering, both Ready.
     kube.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-livetranslate", "--timeout=300s")
+    deadline = time.monotonic() + 120
+    paused = False
+    while time.monotonic() < deadline and not paused:
+        logs = kube.kubectl("-n", OPERATOR_NS, "logs", "-l", "app.kubernetes.io/component=operator",
+                            "--prefix", "--tail=-1", check=False).stdout
+        paused = "Pausing operations in favour of" in logs
+        time.sleep(3)
+    assert paused, "with Kopf peering one of the two operator replicas must pause"
 
     # A namespace that refuses any pod breaking the restricted Pod Security Standard.
     kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
@@ -146,6 +154,7 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
                  "--timeout=900s", timeout=960)
     status = kube.get_json("-n", PIPELINE_NS, "tp", PIPELINE)["status"]
     assert status["audio"]["device"] == "cpu", status
+    assert status["translation"]["model"] == "apertium", status
     assert status["translation"]["readyReplicas"] >= 1 and status["gateway"]["readyReplicas"] >= 1, status
 
     # Speech through the gateway, over a port-forward, exactly as NOTES.txt tells users.
