@@ -311,6 +311,15 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
             raise _api_retry(e, memo.settings) from e
 
 
+@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
+async def forget_pipeline(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """Drop in-memory state; the children go with the owner (garbage collection), no finalizer."""
+    key = (namespace or "", name)
+    memo.resolved.pop(key, None)
+    memo.status_locks.pop(key, None)
+    memo.reconcile_locks.pop(key, None)
+
+
 # ----------------------------------------------------------------------------- cluster changes
 
 

@@ -1,0 +1,53 @@
+"""`livetranslate operator` and `livetranslate crd` as users run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from livetranslate.api import parse_spec
+from livetranslate.operator import builders, placement
+from livetranslate.operator.settings import OperatorSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-P", "-m", "livetranslate.cli", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=120, check=False)
+
+
+def test_operator_command_parses_its_options() -> None:
+    out = cli("operator", "--help")
+    assert out.returncode == 0, out.stderr
+    assert "--namespace" in out.stdout and "--metrics-port" in out.stdout
+
+
+def test_crd_command_prints_one_yaml_document() -> None:
+    out = cli("crd")
+    assert out.returncode == 0, out.stderr
+    doc = yaml.safe_load(out.stdout)
+    assert doc["kind"] == "CustomResourceDefinition"
+    assert doc["metadata"]["name"] == "translationpipelines.livetranslate.io"
+
+
+def test_images_and_resources_come_from_operator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {"LT_OPERATOR_AUDIO_IMAGE": "acme/lt-audio:9", "LT_OPERATOR_VLLM_IMAGE": "vllm/vllm-openai:x",
+           "LT_OPERATOR_GATEWAY_RESOURCES__MEMORYLIMIT": "3Gi", "LT_OPERATOR_NAMESPACES": '["a","b"]'}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = OperatorSettings()
+    assert settings.namespaces == ["a", "b"]
+    spec = parse_spec({})
+    resolved = builders.resolve("p", "ns", 1, spec, placement.place(spec, placement.ClusterDevices(gpu_nodes=1)))
+    kids = {m["metadata"]["name"]: m for m in builders.build_children(resolved, builders.BuildState(), settings)
+            if m["kind"] == "Deployment"}
+    assert kids["p-audio"]["spec"]["template"]["spec"]["containers"][0]["image"] == "acme/lt-audio:9"
+    vllm = kids["p-translation"]["spec"]["template"]["spec"]["containers"][1]
+    assert vllm["image"] == "vllm/vllm-openai:x"
+    gateway = kids["p-gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["resources"]["limits"]["memory"] == "3Gi"
