@@ -122,16 +122,31 @@ class KubeClient:
                                         timeout=aiohttp.ClientTimeout(total=30))
         return cls(info.server, session, info.default_namespace, tmpdir)
 
+    def _relogin(self) -> bool:
+        settings = kopf.OperatorSettings()
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        if info is None:
+            return False
+        fresh = info.as_http_headers()
+        if not fresh or all(self.session.headers.get(k) == v for k, v in fresh.items()):
+            return False
+        self.session.headers.update(fresh)
+        return True
+
     async def close(self) -> None:
         await self.session.close()
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
 
     async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
-                      content_type: str | None = None) -> Any:
+                      content_type: str | None = None, _retried: bool = False) -> Any:
         headers = {"Content-Type": content_type} if content_type else None
         async with self.session.request(method, self.server + path, json=json, params=params,
                                         headers=headers) as resp:
+            if resp.status == 401 and not _retried and self._relogin():
+                # Projected service-account tokens rotate: read the credentials again, once.
+                return await self.request(method, path, json=json, params=params, content_type=content_type,
+                                          _retried=True)
             if resp.status >= 400:
                 try:
                     body = await resp.json(content_type=None)
