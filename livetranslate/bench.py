@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 STAGES = ("audio", "translation", "gateway")
 SCRAPE_S = 15
 RATE_WINDOW_S = 30
+LATENCY_WINDOW_S = 60   # the autoscaler's histogram rate window at a 15 s interval (4 x 15 s)
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -381,7 +382,7 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
             violation += 1.0
         replica_s += sum(state[s].replicas for s in STAGES)
         if t % SCRAPE_S == 0:
-            obs = _observe(t, history[-RATE_WINDOW_S:], noise[t // SCRAPE_S], params, state, ready)
+            obs = _observe(t, history[-LATENCY_WINDOW_S:], noise[t // SCRAPE_S], params)
         wanted = policy.decide(float(t), obs, {s: state[s].replicas for s in STAGES}, ready)
         for s in STAGES:
             if wanted[s] != state[s].replicas:
@@ -396,27 +397,34 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
     return RunResult(policy.name, "", violation, replica_s, actions, series)
 
 
-def _observe(t: int, window: list[Truth], nz: dict[str, float], params: ModelParams,
-             state: dict[str, StageState], ready: dict[str, int]) -> Observed:
-    def avg(f: Callable[[Truth], float]) -> float:
-        vals = [min(f(w), 1e6) for w in window]
-        return sum(vals) / len(vals)
+def _observe(t: int, history: list[Truth], nz: dict[str, float], params: ModelParams) -> Observed:
+    """What each kind of metric shows at a scrape (the same for every policy).
 
-    util = {s: sum(min(w.util[s], 1e6) for w in window) / len(window) for s in STAGES}
-    sessions = avg(lambda w: w.sessions)
-    demand = {s: sessions * params.stage(s).work_per_session / params.stage(s).capacity_per_replica
+    Gauges (queue depth, sessions, real-time factor, KV-cache use) are the value at the scrape;
+    CPU utilisation (metrics-server) and a KEDA rate query average the last RATE_WINDOW_S;
+    latency percentiles come from histograms over the LATENCY_WINDOW_S rate window.
+    """
+    now = history[-1]
+    rate_w = history[-RATE_WINDOW_S:]
+    latency_w = history[-LATENCY_WINDOW_S:]
+
+    def avg(window: list[Truth], f: Callable[[Truth], float]) -> float:
+        return sum(min(f(w), 1e6) for w in window) / len(window)
+
+    cpu_util = {s: avg(rate_w, lambda w, s=s: w.util[s]) for s in STAGES}  # type: ignore[misc]
+    sessions_rate = avg(rate_w, lambda w: w.sessions)
+    demand = {s: sessions_rate * params.stage(s).work_per_session / params.stage(s).capacity_per_replica
               for s in STAGES}
     return Observed(
         time=float(t),
-        caption_p95=avg(lambda w: w.caption_p95) * nz["cap"],
-        translation_p95=avg(lambda w: w.translation_p95) * nz["tr"],
-        queue={"audio": avg(lambda w: w.queue["audio"]) * nz["qa"],
-               "translation": avg(lambda w: w.queue["translation"]) * nz["qt"], "gateway": 0.0},
-        util={"audio": util["audio"] * nz["ua"], "translation": util["translation"] * nz["ut"],
-              "gateway": util["gateway"] * nz["ug"]},
-        cpu={s: min(1.0, util[s] * nz["u" + s[0]]) for s in STAGES},
+        caption_p95=avg(latency_w, lambda w: w.caption_p95) * nz["cap"],
+        translation_p95=avg(latency_w, lambda w: w.translation_p95) * nz["tr"],
+        queue={"audio": now.queue["audio"] * nz["qa"], "translation": now.queue["translation"] * nz["qt"],
+               "gateway": 0.0},
+        util={s: min(now.util[s], 1e6) * nz["u" + s[0]] for s in STAGES},
+        cpu={s: min(1.0, cpu_util[s] * nz["u" + s[0]]) for s in STAGES},
         demand={s: demand[s] * nz["u" + s[0]] for s in STAGES},
-        sessions=avg(lambda w: w.sessions) * nz["s"],
+        sessions=now.sessions * nz["s"],
     )
 
 
@@ -462,15 +470,25 @@ def load_trace(path: str) -> list[float]:
     return out
 
 
-def bench_spec() -> TranslationPipelineSpec:
+def bench_spec(audio_max: int = 40, translation_max: int = 24, gateway_max: int = 4) -> TranslationPipelineSpec:
     """The pipeline the benchmark scales: wide replica ranges so bounds do not decide the result."""
     return parse_spec({
         "targetLanguages": ["es"],
-        "audio": {"replicas": {"min": 1, "max": 40}},
-        "translation": {"replicas": {"min": 1, "max": 24}, "fallbackModels": []},
-        "gateway": {"replicas": {"min": 1, "max": 4}},
+        "audio": {"replicas": {"min": 1, "max": audio_max}},
+        "translation": {"replicas": {"min": 1, "max": translation_max}, "fallbackModels": []},
+        "gateway": {"replicas": {"min": 1, "max": gateway_max}},
         "scaling": {"interval": "15s", "scaleDownStabilization": "300s", "latencySLO": {"p95Seconds": 1.5}},
     })
+
+
+def sized_spec(params: ModelParams, peak_sessions: float) -> TranslationPipelineSpec:
+    """``bench_spec`` with each max at least twice what the peak needs at full utilisation, so
+    measured (possibly small) per-replica rates never pin every policy at its max."""
+    def need(stage: StageModel) -> int:
+        return math.ceil(2 * peak_sessions * stage.work_per_session / stage.capacity_per_replica)
+
+    return bench_spec(max(40, need(params.audio)), max(24, need(params.translation)),
+                      max(4, need(params.gateway)))
 
 
 def run(traces: dict[str, list[float]], params: ModelParams, spec: TranslationPipelineSpec) -> list[RunResult]:
@@ -544,9 +562,9 @@ def _autoscaling(argv: list[str]) -> int:
                         help="workload benchmark results to read service rates from")
     parser.add_argument("--json", default="", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
-    spec = bench_spec()
-    params = _measured_rates(default_params(spec), Path(args.results_dir))
+    params = _measured_rates(default_params(bench_spec()), Path(args.results_dir))
     traces = {Path(args.trace).stem: load_trace(args.trace)} if args.trace else builtin_traces()
+    spec = sized_spec(params, max(max(t) for t in traces.values()))
     results = run(traces, params, spec)
     x, y = summary(results)
     print(f"service rates per replica: audio {params.audio.capacity_per_replica:g} sessions, "
