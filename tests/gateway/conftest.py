@@ -91,6 +91,7 @@ class FakeAudio:
     starts: list[AudioStart] = field(default_factory=list)
     received_seconds: float = 0.0
     final_delay: float = 0.0
+    idle_timeout: float | None = None  # like the real service: close a stream that gets no audio
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -121,7 +122,13 @@ class FakeAudio:
 
             try:
                 while True:
-                    msg = await ws.receive()
+                    try:
+                        msg = await asyncio.wait_for(ws.receive(), self.idle_timeout)
+                    except TimeoutError:
+                        await ws.send_text(json.dumps({"type": "error", "code": "idle_timeout",
+                                                       "message": "no audio"}))
+                        await ws.close(1000, "idle timeout")
+                        return
                     if msg["type"] == "websocket.disconnect":
                         return
                     if msg.get("bytes") is not None:

@@ -74,3 +74,20 @@ async def test_a_language_that_fails_is_reported_per_segment(stack: Stack) -> No
     assert [(e["language"], e["text"]) for e in c.of("translation")] == [("es", "es:block 1")]
     [err] = c.of("error")
     assert (err["code"], err["segmentId"], err["language"]) == ("translation_failed", 0, "fr")
+
+
+async def test_an_idle_stream_closed_by_the_audio_service_is_not_an_outage(stack: Stack) -> None:
+    stack.audio.idle_timeout = 0.5
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1]))
+        await c.until(lambda e: e["type"] == "translation")
+        await asyncio.sleep(1.5)  # the microphone is muted; the audio service drops the stream
+        await c.send_audio(block_audio([2]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert not c.of("error")
+    assert [(e["segmentId"], e["text"], e["start"]) for e in c.of("transcript.final")] == [
+        (0, "block 1", 0.0), (1, "block 2", 1.0)]
+    assert stack.audio.streams == 2

@@ -64,6 +64,12 @@ CLOSE_TRY_AGAIN = 1013
 _UPSTREAM_CHUNK = 32000  # 1 s of 16 kHz PCM16 per frame to the audio service, at most
 
 OnSent = Callable[[], Awaitable[None]] | None
+# The audio service closes a stream that got no audio for a while with this error code.
+AUDIO_IDLE_TIMEOUT = "idle_timeout"
+
+
+class _UpstreamIdle(UpstreamUnavailable):
+    """The audio service closed a stream it got no audio on: not an outage."""
 
 
 class SendQueue:
@@ -327,6 +333,14 @@ class Session:
                 try:
                     await asyncio.gather(writer, reader)
                     return  # flushed: the session's audio is complete
+                except _UpstreamIdle:
+                    # The audio service let an idle stream go (a muted microphone): open a new
+                    # one when audio comes again. Nothing is wrong, so the client hears nothing.
+                    while self._sent >= len(self._buf) and not self._flush_requested:
+                        self._audio_more.clear()
+                        await self._audio_more.wait()
+                    if self._flush_requested and self._sent >= len(self._buf):
+                        return
                 except UpstreamUnavailable as exc:
                     gw.audio_breaker.failure()
                     self._report_outage("audio", str(exc))
@@ -358,6 +372,7 @@ class Session:
                 await self._audio_more.wait()
 
     async def _read_audio(self, link: AudioLink) -> None:
+        idle = False
         async for event in link.events():
             if isinstance(event, AudioPartial):
                 if event.text.strip():
@@ -367,9 +382,14 @@ class Session:
             elif isinstance(event, AudioFinal):
                 await self._on_final(event)
             elif isinstance(event, AudioError):
+                if event.code == AUDIO_IDLE_TIMEOUT:
+                    idle = True
+                    continue
                 self.conn.send_event("error", ErrorEvent(code=event.code, message=event.message))
             elif isinstance(event, AudioFlushed):
                 return
+        if idle:
+            raise _UpstreamIdle("audio service closed an idle stream")
         raise UpstreamUnavailable("audio service closed the stream")
 
     async def _on_final(self, event: AudioFinal) -> None:

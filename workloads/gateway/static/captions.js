@@ -150,8 +150,12 @@
       await context.audioWorklet.addModule('static/pcm-worklet.js');
       const source = context.createMediaStreamSource(stream);
       const node = new AudioWorkletNode(context, 'pcm-capture');
-      node.port.onmessage = (m) => { if (ws && ws.readyState === WebSocket.OPEN) ws.send(m.data); };
-      source.connect(node);
+      node.port.onmessage = (m) => {
+        lt.framesCaptured = (lt.framesCaptured || 0) + 1;
+        if (ws && ws.readyState === WebSocket.OPEN) ws.send(m.data);
+      };
+      // A worklet only runs while the graph pulls it: feed its (silent) output to the speakers.
+      source.connect(node).connect(context.destination);
       audio = { stream, context, node };
       if (context.state === 'suspended') await context.resume();
       ui.rate.textContent = `${(context.sampleRate / 1000).toFixed(1)} kHz`;

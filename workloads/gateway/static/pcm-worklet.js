@@ -3,7 +3,8 @@
 class PcmCapture extends AudioWorkletProcessor {
   constructor() {
     super();
-    this.batch = new Int16Array(Math.round(sampleRate * 0.04));
+    this.size = Math.round(sampleRate * 0.04);
+    this.batch = new Int16Array(this.size);
     this.filled = 0;
   }
   process(inputs) {
@@ -12,9 +13,10 @@ class PcmCapture extends AudioWorkletProcessor {
       for (let i = 0; i < channel.length; i++) {
         const s = Math.max(-1, Math.min(1, channel[i]));
         this.batch[this.filled++] = s < 0 ? s * 0x8000 : s * 0x7fff;
-        if (this.filled === this.batch.length) {
+        if (this.filled === this.size) {
+          // Transferred, not copied: the old array is detached afterwards, hence this.size.
           this.port.postMessage(this.batch.buffer, [this.batch.buffer]);
-          this.batch = new Int16Array(this.batch.length);
+          this.batch = new Int16Array(this.size);
           this.filled = 0;
         }
       }

@@ -1,0 +1,126 @@
+"""The captions page in a real headless Chromium whose microphone is a WAV of real speech: the
+page captures at the browser's own rate (44.1/48 kHz) through its AudioWorklet, the gateway
+resamples, and captions and translations appear in their columns. Keeps a screenshot for the docs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.system.conftest import ROOT, Up
+
+pytestmark = pytest.mark.slow
+
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
+         "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+         "--window-size=1280,760", "--remote-debugging-port=0"]
+SCREENSHOT = ROOT / "docs" / "img" / "captions.png"
+
+
+class Page:
+    """Just enough of the DevTools protocol: evaluate JavaScript, take a screenshot."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self._ids = count(1)
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        msg_id = next(self._ids)
+        await self.ws.send(json.dumps({"id": msg_id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(await asyncio.wait_for(self.ws.recv(), 30))
+            if reply.get("id") == msg_id:
+                if "error" in reply:
+                    raise RuntimeError(reply["error"])
+                return reply["result"]  # type: ignore[no-any-return]
+
+    async def eval(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result["result"].get("value")
+
+
+def devtools_port(proc: subprocess.Popen[str], timeout: float = 30) -> int:
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if m := re.search(r"DevTools listening on ws://127\.0\.0\.1:(\d+)/", line):
+            return int(m.group(1))
+        if not line and proc.poll() is not None:
+            break
+    raise AssertionError("chromium did not start its DevTools server")
+
+
+def launch(chromium: str, profile: str, wav: Path, url: str) -> tuple[subprocess.Popen[str], str]:
+    """Chromium on the page, its microphone fed from ``wav``; returns it and the page's DevTools URL."""
+    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}",
+                             f"--use-file-for-fake-audio-capture={wav}", url],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = devtools_port(proc)
+        targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    [target] = [t for t in targets if t["type"] == "page"]
+    return proc, target["webSocketDebuggerUrl"]
+
+
+async def test_captions_page_in_chromium(up: Up, speech_wav: tuple[Path, str]) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    wav, _ = speech_wav
+    with tempfile.TemporaryDirectory() as profile:
+        proc, devtools = launch(chromium, profile, wav, up.page_url + "?autostart=1")
+        try:
+            async with connect(devtools, max_size=64 * 1024 * 1024) as ws:
+                page = Page(ws)
+                state: dict[str, Any] = {}
+                deadline = time.monotonic() + 90
+                while time.monotonic() < deadline:
+                    state = await page.eval(
+                        "JSON.parse(JSON.stringify({state: window.__livetranslate.state, "
+                        "finals: window.__livetranslate.finals.length, "
+                        "es: (window.__livetranslate.translations.es || []).length, "
+                        "errors: window.__livetranslate.errors, "
+                        "rate: document.getElementById('rate').textContent}))") or {}
+                    if state.get("finals", 0) >= 3 and state.get("es", 0) >= 3:
+                        break
+                    await asyncio.sleep(0.5)
+                assert state.get("state") == "live", state
+                assert state["finals"] >= 3 and state["es"] >= 3, state
+                assert state["rate"] in ("44.1 kHz", "48.0 kHz"), state
+                # The DOM shows them: a transcript row and its Spanish row, and a measured latency.
+                source = await page.eval("document.querySelector('#col-source li').textContent")
+                spanish = await page.eval("document.querySelector('#col-es li').textContent")
+                latency = await page.eval("document.getElementById('latency').textContent")
+                assert source.strip() and spanish.strip() and spanish != source
+                assert re.match(r"latency \d+\.\d\d s", latency), latency
+                words = (await page.eval("document.getElementById('col-source').textContent")).lower()
+                assert any(w in words for w in ("meeting", "minutes", "report", "project")), words
+                shot = await page.call("Page.captureScreenshot", format="png")
+                SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+                SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
