@@ -364,6 +364,22 @@ def build_service(resolved: ResolvedPipeline, stage: Stage) -> dict[str, Any]:
     }
 
 
+def build_pdb(resolved: ResolvedPipeline, stage: Stage) -> dict[str, Any]:
+    """At most one pod of a stage down at a time in voluntary disruptions (node drains).
+
+    maxUnavailable 1 never blocks draining a single-replica stage, and keeps a multi-replica gateway
+    from dropping every live session at once.
+    """
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": {"name": deployment_name(resolved.name, stage), "namespace": resolved.namespace,
+                     "labels": labels(resolved.name, stage)},
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(resolved.name, stage)},
+                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+    }
+
+
 def build_configmap(resolved: ResolvedPipeline) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -381,6 +397,7 @@ def build_children(resolved: ResolvedPipeline, state: BuildState,
     return [
         build_configmap(resolved),
         *(build_service(resolved, stage) for stage in STAGES),
+        *(build_pdb(resolved, stage) for stage in STAGES),
         build_audio(resolved, state, settings),
         build_translation(resolved, state, settings),
         build_gateway(resolved, state, settings),

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PLURALS = {
     "ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments", "Event": "events",
     "Secret": "secrets", "Node": "nodes", "Pod": "pods", "TranslationPipeline": "translationpipelines",
+    "PodDisruptionBudget": "poddisruptionbudgets",
 }
 CLUSTER_SCOPED = {"Node"}
 

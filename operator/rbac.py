@@ -18,6 +18,7 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     (("apps",), ("deployments",), ("get", "list", "watch", "create", "patch", "update", "delete")),
     (("apps",), ("deployments/scale",), ("get", "patch", "update")),
     (("",), ("services", "configmaps"), ("get", "list", "watch", "create", "patch", "update", "delete")),
+    (("policy",), ("poddisruptionbudgets",), ("get", "list", "watch", "create", "patch", "update", "delete")),
     # Placement reads what the cluster offers.
     (("",), ("nodes",), ("get", "list", "watch")),
     # Events for placement changes and refused specs (core and events.k8s.io, Kopf uses core).

@@ -52,7 +52,7 @@ class Cluster:
     def children(self, name: str, namespace: str = NS) -> dict[str, dict[str, Any]]:
         sel = f"livetranslate.io/pipeline={name}"
         out: dict[str, dict[str, Any]] = {}
-        for res in ("v1/configmaps", "v1/services", "apps/v1/deployments"):
+        for res in ("v1/configmaps", "v1/services", "apps/v1/deployments", "policy/v1/poddisruptionbudgets"):
             for obj in self.api.find(res, namespace, sel):
                 out[f"{obj['kind']}/{obj['metadata']['name']}"] = obj
         return out

@@ -98,12 +98,17 @@ def test_children_names_labels_and_config() -> None:
     assert sorted(kids) == sorted(["ConfigMap/town-hall-config", "Service/town-hall-audio",
                                    "Service/town-hall-translation", "Service/town-hall-gateway",
                                    "Deployment/town-hall-audio", "Deployment/town-hall-translation",
-                                   "Deployment/town-hall-gateway"])
+                                   "Deployment/town-hall-gateway", "PodDisruptionBudget/town-hall-audio",
+                                   "PodDisruptionBudget/town-hall-translation",
+                                   "PodDisruptionBudget/town-hall-gateway"])
     config = json.loads(kids["ConfigMap/town-hall-config"]["data"]["pipeline.json"])
     assert ResolvedPipeline.model_validate(config) == resolved()
     for stage in builders.STAGES:
         dep, svc = kids[f"Deployment/town-hall-{stage}"], kids[f"Service/town-hall-{stage}"]
         assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+        pdb = kids[f"PodDisruptionBudget/town-hall-{stage}"]
+        assert pdb["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+        assert pdb["spec"]["maxUnavailable"] == 1
         assert dep["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items()
         assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
 

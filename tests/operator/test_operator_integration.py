@@ -21,6 +21,7 @@ TP = "livetranslate.io/v1alpha1/translationpipelines"
 API = "livetranslate.io/v1alpha1"
 KIND = "TranslationPipeline"
 STAGES = ("audio", "translation", "gateway")
+CHILDREN = 10  # ConfigMap + a Service, a PodDisruptionBudget and a Deployment per stage
 
 
 @pytest.fixture
@@ -58,12 +59,12 @@ def condition(cluster: Cluster, name: str, type_: str) -> dict[str, Any]:
 async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready(
         cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
     await kube.create(pipeline("town-hall"))
-    kids = await eventually(lambda: len(cluster.children("town-hall")) == 7 and cluster.children("town-hall"),
-                            message="7 children")
+    kids = await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"),
+                            message=f"{CHILDREN} children")
     tp = cluster.tp("town-hall")
     assert tp is not None
-    assert sorted(kids) == sorted(["ConfigMap/town-hall-config"] + [f"{k}/town-hall-{s}" for s in STAGES
-                                                                   for k in ("Deployment", "Service")])
+    assert sorted(kids) == sorted(["ConfigMap/town-hall-config"] + [
+        f"{k}/town-hall-{s}" for s in STAGES for k in ("Deployment", "Service", "PodDisruptionBudget")])
     for obj in kids.values():
         refs = obj["metadata"]["ownerReferences"]
         assert refs == [{"apiVersion": API, "kind": KIND, "name": "town-hall", "uid": tp["metadata"]["uid"],
@@ -99,7 +100,7 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
 async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replicas(
         cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
     await kube.create(pipeline("town-hall"))
-    kids = await eventually(lambda: len(cluster.children("town-hall")) == 7 and cluster.children("town-hall"))
+    kids = await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"))
     uids = {k: v["metadata"]["uid"] for k, v in kids.items()}
     # The autoscaler (single writer of replicas) scales translation to 3.
     await kube.request("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/town-hall-translation/scale",
@@ -152,7 +153,7 @@ async def test_operator_killed_mid_reconcile_converges_without_duplicates(
     second = OperatorProcess(settings)
     await second.start()
     try:
-        kids = await eventually(lambda: len(cluster.children("town-hall")) == 7 and cluster.children("town-hall"))
+        kids = await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"))
         for key, obj in before.items():
             assert kids[key]["metadata"]["uid"] == obj["metadata"]["uid"], f"{key} was recreated"
         deployments = cluster.api.find("apps/v1/deployments", NS, "livetranslate.io/pipeline=town-hall")
@@ -170,7 +171,7 @@ async def test_placement_prefers_npu_and_gpu_when_nodes_offer_them(
                          taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"}])
     await asyncio.sleep(0.3)  # let the node watch see both
     await kube.create(pipeline("conference", {"targetLanguages": ["es", "de"]}))
-    await eventually(lambda: len(cluster.children("conference")) == 7)
+    await eventually(lambda: len(cluster.children("conference")) == CHILDREN)
     audio = deployment(cluster, "conference", "audio") or {}
     pod = audio["spec"]["template"]["spec"]
     assert container(audio, "audio")["resources"]["limits"]["npu.intel.com/accel"] == "1"
@@ -196,7 +197,7 @@ async def test_cpu_only_cluster_falls_back_and_a_joining_npu_node_moves_audio(
         cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
     cluster.api.add_node("cpu-1")
     await kube.create(pipeline("town-hall"))
-    await eventually(lambda: len(cluster.children("town-hall")) == 7)
+    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
     audio = deployment(cluster, "town-hall", "audio") or {}
     assert "npu.intel.com/accel" not in container(audio, "audio")["resources"]["limits"]
     assert [c["name"] for c in (deployment(cluster, "town-hall", "translation") or {})["spec"]["template"]["spec"][
@@ -233,7 +234,7 @@ async def test_spec_the_backend_cannot_serve_fails_then_recovers_when_fixed(
     assert cluster.children("town-hall") == {}, "nothing half-built"
 
     await kube.patch(API, KIND, NS, "town-hall", {"spec": {"targetLanguages": ["es"]}})
-    await eventually(lambda: len(cluster.children("town-hall")) == 7)
+    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
     cluster.mark_ready("town-hall")
     await eventually(lambda: phase(cluster, "town-hall") == "Ready")
     assert condition(cluster, "town-hall", "Ready")["observedGeneration"] == 2
@@ -249,7 +250,7 @@ async def test_schema_refuses_invalid_specs_at_apply_time(cluster: Cluster, kube
 
 async def test_delete_removes_every_child(cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
     await kube.create(pipeline("town-hall"))
-    await eventually(lambda: len(cluster.children("town-hall")) == 7)
+    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
     await kube.delete(API, KIND, NS, "town-hall")
     await eventually(lambda: cluster.tp("town-hall") is None and cluster.children("town-hall") == {},
                      message="pipeline and children gone")
@@ -260,7 +261,7 @@ async def test_every_api_call_is_covered_by_the_rbac_rules(
     cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
     calls_before = len(cluster.api.calls)
     await kube.create(pipeline("town-hall"))
-    await eventually(lambda: len(cluster.children("town-hall")) == 7)
+    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
     cluster.mark_ready("town-hall")
     await eventually(lambda: phase(cluster, "town-hall") == "Ready")
     await operator.stop()
