@@ -37,8 +37,8 @@ async def test_audio_service_down_at_session_start(stack: Stack) -> None:
     async with Client(stack.ws_url) as c:
         await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
         assert (await c.recv())["type"] == "session.started"
-        assert (await c.recv())["code"] == "upstream_unavailable"
         await c.send_audio(block_audio([7]))
+        assert (await c.recv())["code"] == "upstream_unavailable"
         await stack.audio_server.start()
         final = await c.until(lambda e: e["type"] == "transcript.final", timeout=15)
         assert (final["segmentId"], final["text"]) == (0, "block 7")

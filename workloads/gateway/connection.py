@@ -306,6 +306,13 @@ class Session:
         gw, s = self.gw, self.gw.settings
         backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
         try:
+            # The audio stream opens with the first audio: a session that only listens (or a
+            # muted microphone) holds no upstream connection.
+            while not self._buf and not self._flush_requested:
+                self._audio_more.clear()
+                await self._audio_more.wait()
+            if not self._buf:
+                return
             while True:
                 if not gw.config.audio_url:
                     self._report_outage("audio", "no audio service is configured")
