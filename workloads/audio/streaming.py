@@ -295,7 +295,7 @@ class StreamSession:
                 self._last_partial = ""
                 out.append(PartialOut("", self._session(req.end), self._session(req.end)))
             return out
-        agreed = self._agreement(self._prev, fresh)
+        agreed = self._agreement(self._prev, fresh) if voiced >= self.settings.min_agree_seconds else []
         pending = fresh
         if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(_PUNCT_END)):
             final = self._commit(agreed)
