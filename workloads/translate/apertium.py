@@ -71,6 +71,7 @@ def _apy_interpreter(binary: str) -> str | None:
 class ApertiumEngine(Engine):
     name = "apertium"
     batch_mode = "joined"
+    max_inflight = 2  # APy runs one pipeline per pair: one batch in it, the next one on its way
 
     def __init__(self, settings: ApertiumSettings) -> None:
         super().__init__()

@@ -161,6 +161,9 @@ class MicroBatcher:
     async def _run(self) -> None:
         while True:
             first = await self._queue.get()
+            # Wait for engine capacity before forming the batch: while every slot is busy, segments
+            # keep queueing and the next batch grows with the load (adaptive batching).
+            await self._slots.acquire()
             groups: dict[tuple[str, str, str | None, int], list[_Item]] = {}
 
             full = self._add(groups, first)
@@ -177,13 +180,14 @@ class MicroBatcher:
             # Drain what is already queued without waiting: under load the window never idles.
             while not self._queue.empty():
                 self._add(groups, self._queue.get_nowait())
-            for items in groups.values():
-                for start in range(0, len(items), self.max_batch):
-                    chunk = items[start:start + self.max_batch]
+            chunks = [items[i:i + self.max_batch] for items in groups.values()
+                      for i in range(0, len(items), self.max_batch)]
+            for n, chunk in enumerate(chunks):
+                if n > 0:
                     await self._slots.acquire()
-                    task = asyncio.create_task(self._dispatch(chunk))
-                    self._inflight.add(task)
-                    task.add_done_callback(self._inflight.discard)
+                task = asyncio.create_task(self._dispatch(chunk))
+                self._inflight.add(task)
+                task.add_done_callback(self._inflight.discard)
 
     async def _dispatch(self, items: list[_Item]) -> None:
         started = time.monotonic()

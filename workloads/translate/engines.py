@@ -64,6 +64,9 @@ class Engine(ABC):
 
     name: str = "engine"
     batch_mode: str = "list"
+    # Batches worth having in flight at once (None: as many as the settings allow). An engine that
+    # works through one request at a time gains nothing from more, and its batches stay smaller.
+    max_inflight: int | None = None
 
     def __init__(self) -> None:
         self.state = EngineState()

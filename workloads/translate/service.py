@@ -129,7 +129,10 @@ class TranslationService:
         breaker = CircuitBreaker(engine.name, self.settings.breaker.failures, self.settings.breaker.reset_s)
         batcher = MicroBatcher(
             engine, window_ms=b.window_ms, max_batch=b.max_batch, max_queue=b.max_queue,
-            max_inflight=b.max_inflight_batches, breaker=breaker, on_batch=self._on_batch,
+            # The engine's cap lets batches grow; with batching off, concurrency is all there is.
+            max_inflight=(b.max_inflight_batches if b.max_batch == 1
+                          else min(b.max_inflight_batches, engine.max_inflight or b.max_inflight_batches)),
+            breaker=breaker, on_batch=self._on_batch,
             on_depth=lambda _depth: self._report_depth())
         return _Step(engine, batcher, breaker)
 
