@@ -61,6 +61,9 @@ LOOKAHEAD_S = 60.0                 # about a translation replica's start-up (vLL
 MAX_GROWTH = 1.5
 MODEL_SETTLE_INTERVALS = 4         # intervals after a model change before translation is resized
 SETTLE_INTERVALS = 2               # intervals before a newly ready replica shows in rate windows
+LEARN_MIN_UTIL, LEARN_MAX_UTIL = 0.1, 0.9   # where utilisation is linear in sessions
+LEARN_RATE = 0.3
+QUEUE_DRAIN_HEADROOM = 1.25        # a backlog may add this much over the demand model's need
 DOWN_CALM = 1.0                    # caption p95 must stay under this share of the SLO to shrink
 
 
@@ -97,6 +100,8 @@ class History:
     sessions: tuple[tuple[float, float], ...] = ()
     # Ready replicas per stage at the last SETTLE_INTERVALS intervals.
     ready: tuple[Mapping[str, int], ...] = ()
+    # Learned replica-utilisation per active session, per stage (the demand model).
+    per_session: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -241,6 +246,38 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             why["translation"] = ("kv_cache", f"KV cache {kv:.0%} > target {KV_CACHE_TARGET:.0%}"
                                   + (f" with {waiting:.0f} requests waiting" if waiting else ""))
 
+    # The replicas the signals came from: ready now and in the last SETTLE_INTERVALS intervals
+    # (rate windows lag). Sizing from these, not from the replica count just set, keeps the
+    # policy from adding replicas again while the ones it added are starting or not yet measured.
+    ready_now = {s: replicas[s] if current.ready is None
+                 else max(0, min(replicas[s], int(current.ready.get(s, replicas[s])))) for s in STAGES}
+    source_replicas = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
+                       for s in STAGES}
+
+    # Demand model: replica-utilisation per session, learned while the utilisation signal is
+    # in its linear range. When a stage saturates (the KV cache tops out at 100%, a queue grows)
+    # it bounds how many replicas the current sessions need, so a backlog cannot inflate the
+    # step beyond what draining it takes.
+    per_session = dict(history.per_session)
+    targets = {"audio": AUDIO_TARGET_RTF, "translation": KV_CACHE_TARGET}
+    utilisation = {"audio": rtf, "translation": kv}
+    demand_load: dict[str, float] = {}
+    for stage, u in utilisation.items():
+        steady = ready_now[stage] == replicas[stage] and ready_now[stage] > 0
+        if u is not None and sessions >= 1 and steady and LEARN_MIN_UTIL <= u <= LEARN_MAX_UTIL:
+            sample = u * ready_now[stage] / sessions
+            old = per_session.get(stage)
+            per_session[stage] = sample if old is None else old + LEARN_RATE * (sample - old)
+        if stage in per_session and sessions > 0:
+            demand_load[stage] = sessions * per_session[stage] / (max(1, source_replicas[stage]) * targets[stage])
+
+    bound = demand_load.get("translation")
+    if why["translation"][0] == "translation_latency" and bound is not None \
+            and load["translation"] > bound * QUEUE_DRAIN_HEADROOM:
+        # Latency over budget that the demand does not explain is a backlog draining (it lags in
+        # the rate window): it gets the same bound as a queue.
+        load["translation"] = max(1.0 + 2 * TOLERANCE, bound * QUEUE_DRAIN_HEADROOM)
+
     # The steady-state need, before queues, breaches and trends: what scale-down recommends.
     util_load = dict(load)
 
@@ -255,6 +292,8 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             drain_rate = (prev - depth) / (now - history.queues_time)
             if drain_rate > 0 and depth / drain_rate <= DRAIN_TARGET_S:
                 continue
+        if stage in demand_load:
+            qload = min(qload, demand_load[stage] * QUEUE_DRAIN_HEADROOM)
         if qload > load[stage] and qload > 1.0:
             load[stage] = qload
             why[stage] = ("queue", f"{depth:.0f} queued {stage} items on {replicas[stage]} replicas")
@@ -314,19 +353,13 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     trend = tuple((t, v) for t, v in history.sessions if now - t <= TREND_WINDOW_S) + ((now, sessions),)
     growth = _growth(trend, sessions)
     if growth > 1.0:
+        # Only ahead of a breach: a stage already over target is sized from what it sees now (a
+        # step in demand looks like a slope to the fit, and would be counted twice).
         for s in STAGES:
-            if load[s] * growth > 1.0 + TOLERANCE >= load[s]:
-                why[s] = (why[s][0] if load[s] > 1.0 else "demand_trend",
-                          f"sessions rising ({sessions:.0f}, x{growth:.2f} in {LOOKAHEAD_S:.0f}s)")
-            load[s] *= growth
-
-    # The replicas the signals came from: ready now and in the last SETTLE_INTERVALS intervals
-    # (rate windows lag). Sizing from these, not from the replica count just set, keeps the
-    # policy from adding replicas again while the ones it added are starting or not yet measured.
-    ready_now = {s: replicas[s] if current.ready is None
-                 else max(0, min(replicas[s], int(current.ready.get(s, replicas[s])))) for s in STAGES}
-    source_replicas = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
-                       for s in STAGES}
+            if load[s] <= 1.0 + TOLERANCE < load[s] * growth:
+                why[s] = ("demand_trend", (f"sessions rising ({sessions:.0f}, x{growth:.2f} in "
+                                          f"{LOOKAHEAD_S:.0f}s)"))
+                load[s] *= growth
 
     over_streak: dict[str, int] = {}
     recommend: dict[str, int] = {}
@@ -432,6 +465,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         last_model_change=now if new_model is not None else history.last_model_change,
         queues=depths,
         queues_time=now,
+        per_session=per_session,
         ready=(*history.ready, ready_now)[-SETTLE_INTERVALS:],
         sessions=trend,
     )

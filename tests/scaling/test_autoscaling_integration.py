@@ -54,6 +54,11 @@ def scaling_condition(cluster: Cluster) -> dict[str, Any]:
     return next((c for c in (tp.get("status") or {}).get("conditions") or [] if c["type"] == "ScalingActive"), {})
 
 
+def last_decision(cluster: Cluster) -> dict[str, Any] | None:
+    decision: dict[str, Any] | None = ((cluster.tp(PIPELINE) or {}).get("status") or {}).get("lastScalingDecision")
+    return decision
+
+
 def scaling_events(cluster: Cluster) -> list[dict[str, Any]]:
     return [e for e in cluster.events(PIPELINE)
             if e["reason"] in ("ScaledUp", "ScaledDown", "ModelChanged", "ScalingHeld")]
@@ -97,7 +102,7 @@ async def test_latency_breach_scales_the_bottleneck_stage_within_two_intervals(
                      message="translation scaled up within two intervals")
     took = time.monotonic() - breach_seen
     assert replicas(cluster)["audio"] == 1 and replicas(cluster)["gateway"] == 1, "only the bottleneck scales"
-    record = (cluster.tp(PIPELINE) or {})["status"]["lastScalingDecision"]
+    record = await eventually(lambda: last_decision(cluster), timeout=5, message="status.lastScalingDecision")
     assert record["stage"] == "translation" and record["from"] == 1 and record["to"] > 1
     assert record["reason"]
     await eventually(lambda: any(e["reason"] == "ScaledUp" for e in cluster.events(PIPELINE)), timeout=5)
@@ -170,8 +175,9 @@ async def test_gpu_memory_pressure_switches_the_model_and_relief_restores_it(
     relief_from = time.monotonic()
     await eventually(lambda: annotation() == primary, timeout=STABILIZATION_S + 15, message="primary restored")
     assert time.monotonic() - relief_from >= STABILIZATION_S - INTERVAL_S
-    record = (cluster.tp(PIPELINE) or {})["status"]["lastScalingDecision"]
-    assert record["to"] == primary and record["stage"] == "translation"
+    record = await eventually(lambda: (last_decision(cluster) or {}).get("to") == primary and last_decision(cluster),
+                              timeout=5, message="the restore recorded in status")
+    assert record["stage"] == "translation" and record["from"] == fallback
 
 
 async def test_missing_metrics_hold_replicas_with_a_reason(

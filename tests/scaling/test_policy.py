@@ -298,3 +298,15 @@ def test_npu_exhaustion_without_another_device_holds_audio() -> None:
     decisions, final = run(spec, cur(device="npu"), lambda t: exhausted, 3)
     assert final.replicas["audio"] == 2
     assert decisions[-1].stages["audio"].reason == "npu_exhausted"
+
+
+def test_a_draining_backlog_does_not_inflate_the_step_beyond_the_learned_demand() -> None:
+    spec = make_spec(audio={"replicas": {"min": 1, "max": 40}, "devices": ["cpu"]})
+    # Steady: 20 sessions on 2 replicas at RTF 0.5 teaches 0.05 replica-utilisation per session.
+    steady = healthy(0, sessions_active=Sample.of(20), audio_rtf=Sample.of(0.5))
+    decisions, current = run(spec, cur(audio=2), lambda t: steady, 4)
+    # A step to 60 sessions with a huge audio backlog: the need is 60 x 0.05 / 0.7 = 4.3 replicas.
+    step = healthy(0, sessions_active=Sample.of(60), audio_rtf=Sample.of(1.5), caption_p95=Sample.of(4.0),
+                   queue_depth={"audio": Sample.of(5000), "translation": Sample.of(0), "gateway": Sample.of(0)})
+    decisions, final = run(spec, current, lambda t: step, 2, history=decisions[-1].history, start=2000.0)
+    assert 5 <= final.replicas["audio"] <= 6, final.replicas
