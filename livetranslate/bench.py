@@ -572,8 +572,12 @@ def _autoscaling(argv: list[str]) -> int:
           f"{params.gateway.capacity_per_replica:g} sessions ({params.source}); SLO p95 {params.slo_p95_s}s")
     print(table(results))
     if args.plot:
-        plot(results, args.plot, params.slo_p95_s)
-        print(f"plot: {args.plot}")
+        try:
+            plot(results, args.plot, params.slo_p95_s)
+            print(f"plot: {args.plot}")
+        except ImportError:
+            # matplotlib comes with the dev extra; the table and figures do not need it.
+            print("plot: skipped (matplotlib is not installed)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
