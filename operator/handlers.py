@@ -88,6 +88,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     # mutable containers created here, never in attributes set later.
     memo.resolved = {}
     memo.status_locks = {}
+    memo.refused = {}
     memo.status_pending = set()
     memo.reconcile_locks = {}
     memo.nodes = NodeFacts()
@@ -177,6 +178,7 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     except InvalidSpec as e:
         message = (f"{e.message} (existing children, if any, keep running the last valid spec)"
                    if previous.get("phase") not in (None, "Pending", "Failed") else e.message)
+        memo.refused[(namespace, name)] = generation
         new = status.failed_status(message, e.field, generation, previous)
         await _patch_status(kube, namespace, name, new)
         await kube.post_event(owner, "InvalidSpec", message, type_="Warning")
@@ -202,6 +204,7 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     await apply(config)  # first: the pods mount it
     await asyncio.gather(*(apply(m) for m in rest))
     memo.resolved[(namespace, name)] = resolved
+    memo.refused.pop((namespace, name), None)
 
     await _announce_placement(kube, owner, previous, resolved)
     new = await refresh_status(memo, namespace, name)
@@ -245,7 +248,7 @@ async def refresh_status(memo: kopf.Memo, namespace: str, name: str, *,
             return None
         previous = current.get("status") or {}
         generation = int(current["metadata"].get("generation") or 0)
-        if previous.get("phase") == "Failed" and int(previous.get("observedGeneration") or 0) >= generation:
+        if memo.refused.get((namespace, name)) == generation:
             return previous  # the current spec was refused: its Failed status stands
         if generation > resolved.generation:
             return None  # a newer spec is being reconciled; that reconcile writes status
@@ -316,6 +319,7 @@ async def forget_pipeline(name: str, namespace: str | None, memo: kopf.Memo, **_
     """Drop in-memory state; the children go with the owner (garbage collection), no finalizer."""
     key = (namespace or "", name)
     memo.resolved.pop(key, None)
+    memo.refused.pop(key, None)
     memo.status_locks.pop(key, None)
     memo.reconcile_locks.pop(key, None)
 

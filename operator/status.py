@@ -118,6 +118,7 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
         "observedGeneration": gen,
         "conditions": [ready, *conditions, *kept],
         "readyStages": f"{ready_stages}/{len(STAGES)}",
+        "invalidField": None,  # (merge patch) clears what a refused spec had set
         "audio": {"replicas": observed.get("audio", StageObservation()).replicas,
                   "readyReplicas": observed.get("audio", StageObservation()).ready,
                   "device": p.audioDevice, "model": resolved.spec.audio.model, "reason": p.audioReason},

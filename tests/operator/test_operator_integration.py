@@ -75,6 +75,7 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
     assert config["endpoints"]["gateway"] == "http://town-hall-gateway.demo.svc:8080"
 
     await eventually(lambda: phase(cluster, "town-hall") == "Progressing")
+    assert "invalidField" not in (cluster.tp("town-hall") or {})["status"]
     # Deployments report ready -> the pipeline is Ready, with figures taken from their status.
     cluster.mark_ready("town-hall")
     await eventually(lambda: phase(cluster, "town-hall") == "Ready", message="phase Ready")
@@ -270,3 +271,16 @@ async def test_every_api_call_is_covered_by_the_rbac_rules(
     assert len(cluster.api.calls) > calls_before
     missing = sorted(c for c in ours if not rbac.allows(*c))
     assert missing == []
+
+
+async def test_a_gpu_joining_lets_a_refused_pipeline_run_on_vllm(
+        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster.api.add_node("cpu-1")
+    await kube.create(pipeline("town-hall", {"targetLanguages": ["de"]}))  # no en->de offline
+    await eventually(lambda: phase(cluster, "town-hall") == "Failed")
+    cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
+    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN, message="built once a GPU joined")
+    translation = deployment(cluster, "town-hall", "translation") or {}
+    assert [c["name"] for c in translation["spec"]["template"]["spec"]["containers"]] == ["translation", "vllm"]
+    await eventually(lambda: phase(cluster, "town-hall") == "Progressing")
+    assert "invalidField" not in (cluster.tp("town-hall") or {})["status"]
