@@ -297,6 +297,8 @@ class TranslationPipelineStatus(BaseModel):
     lastScalingDecision: ScalingDecisionRecord | None = None
     # "2/3": stages whose Deployment has all its replicas ready (a kubectl get printer column).
     readyStages: str | None = None
+    # The spec field the operator refused (phase Failed), e.g. "spec.targetLanguages[1]".
+    invalidField: str | None = None
 
 
 def parse_spec(spec: dict[str, Any] | None) -> TranslationPipelineSpec:
