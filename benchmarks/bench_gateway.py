@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import resource
 import socket
 import subprocess
@@ -175,6 +176,21 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url} did not answer")
 
 
+def wait_idle(port: int, timeout: float = 300) -> None:
+    """Until the gateway has finished closing the previous phase's sessions (not to measure that)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        m = re.search(r"^livetranslate_sessions_active\{[^}]*\} (\S+)$", text, re.MULTILINE)
+        if m and float(m.group(1)) == 0:
+            time.sleep(2.0)
+            return
+        time.sleep(1.0)
+    raise RuntimeError("the gateway did not finish closing sessions")
+
+
 def wait_file(path: Path, proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -229,7 +245,7 @@ def run(connections: int, audio_sessions: list[int], seconds: float, tmp: Path) 
         print(f"held {held['held']}/{connections} sessions: gateway RSS {rss:.0f} MiB "
               f"({result['hold']['rss_per_connection_kib']} KiB per connection)", flush=True)
         stop(client)
-        time.sleep(5.0)
+        wait_idle(gw_port)
 
         result["latency"] = []
         for n in audio_sessions:
@@ -245,7 +261,7 @@ def run(connections: int, audio_sessions: list[int], seconds: float, tmp: Path) 
             result["latency"].append(row)
             print(f"{n} live audio sessions: round trip through the gateway p50 {row['p50_ms']} ms, "
                   f"p99 {row['p99_ms']} ms ({len(lat)} samples, {row['errors']} errors)", flush=True)
-            time.sleep(3.0)
+            wait_idle(gw_port)
     finally:
         stop(gw)
         stop(standin_proc)
@@ -254,7 +270,7 @@ def run(connections: int, audio_sessions: list[int], seconds: float, tmp: Path) 
 
 def write(result: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gateway.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{result['name']}.json").write_text(json.dumps(result, indent=2) + "\n")
     h = result["hold"]
     lines = [
         "# Gateway capacity and added latency",
@@ -278,7 +294,7 @@ def write(result: dict[str, Any]) -> None:
     lines += ["", ("Round trip = client sends the chunk completing a second of audio -> gateway -> stand-in "
                    "-> final -> gateway -> client: an upper bound on gateway-added latency (target p99 under "
                    "20 ms at 1,000 sessions), since client and stand-in share the same cores.")]
-    (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{result['name']}.md").write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -295,6 +311,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=10000)
     parser.add_argument("--sessions", default="1,1000")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--name", default="gateway", help="results file name under benchmarks/results")
     args = parser.parse_args()
     if args.cmd == "standin":
         raise_fd_limit()
@@ -309,8 +326,9 @@ def main() -> None:
         raise_fd_limit()  # the children inherit it
         with tempfile.TemporaryDirectory() as tmp:
             result = run(args.connections, [int(x) for x in args.sessions.split(",")], args.seconds, Path(tmp))
+        result["name"] = args.name
         write(result)
-        print((RESULTS / "gateway.md").read_text())
+        print((RESULTS / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ class AudioConverter:
         self._resampler = (soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1, dtype="float32",
                                                quality="HQ")
                            if sample_rate != MODEL_SAMPLE_RATE else None)
+        self._passthrough = (sample_rate == MODEL_SAMPLE_RATE and encoding == "pcm_s16le" and channels == 1)
 
     @property
     def bytes_per_second(self) -> int:
@@ -32,10 +33,12 @@ class AudioConverter:
 
     def convert(self, data: bytes, last: bool = False) -> bytes:
         """Converted PCM16 for ``data``; ``last`` drains the resampler at the end of the stream."""
-        buf = self._tail + data
+        buf = self._tail + data if self._tail else data
         usable = len(buf) - len(buf) % self.frame_bytes
         self._tail = buf[usable:]
         body = buf[:usable]
+        if self._passthrough:
+            return bytes(body)  # already what the audio service takes: no numpy round trip
         if self.encoding == "pcm_s16le":
             samples = np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
         else:
