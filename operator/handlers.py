@@ -120,11 +120,9 @@ def node_index(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, bool
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def pipeline_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
-    """(namespace, name) -> the resource, so a Node change can reconcile every pipeline."""
-    return {(namespace or "", name): {"apiVersion": API_VERSION, "kind": KIND,
-                                "metadata": dict(body.metadata), "spec": dict(body.spec),
-                                "status": dict(body.status)}}
+def pipeline_index(namespace: str | None, name: str, uid: str, **_: Any) -> dict[tuple[str, str], str]:
+    """(namespace, name) -> uid: the pipelines a Node change re-places (each is read fresh then)."""
+    return {(namespace or "", name): uid}
 
 
 def cluster_from(index: Mapping[str, Iterable[dict[str, bool]]]) -> placement.ClusterDevices:
@@ -332,7 +330,7 @@ async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, l
                        **kwargs: Any) -> None:
     """Re-place every pipeline when what the cluster offers changes (an NPU node joins or leaves)."""
     node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
-    pipeline_index: kopf.Index[tuple[str, str], dict[str, Any]] = kwargs["pipeline_index"]
+    pipeline_index: kopf.Index[tuple[str, str], str] = kwargs["pipeline_index"]
     # Facts kept here from the events themselves: the index may not include this event yet.
     facts: NodeFacts = memo.nodes
     if not facts.seeded:
@@ -347,16 +345,16 @@ async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, l
     if last is None or (last.npu_nodes > 0, last.gpu_nodes > 0) == (cluster.npu_nodes > 0, cluster.gpu_nodes > 0):
         return
     logger.info("cluster devices changed: %s -> %s; re-placing pipelines", last.describe(), cluster.describe())
-    for (namespace, pipeline_name), bodies in list(pipeline_index.items()):
-        for pipeline_body in bodies:
-            with log_context(pipeline=pipeline_name, namespace=namespace):
-                try:
-                    await reconcile(pipeline_body, memo, cluster, logger)
-                except InvalidSpec:
-                    pass  # status and Event already written
-                except ApiError as e:
-                    logger.warning("re-placing %s/%s failed, the next change retries: %s",
-                                   namespace, pipeline_name, e)
+    for namespace, pipeline_name in list(pipeline_index.keys()):
+        ref = {"metadata": {"namespace": namespace, "name": pipeline_name}}
+        with log_context(pipeline=pipeline_name, namespace=namespace):
+            try:
+                await reconcile(ref, memo, cluster, logger)
+            except InvalidSpec:
+                pass  # status and Event already written
+            except ApiError as e:
+                logger.warning("re-placing %s/%s failed, the next change retries: %s",
+                               namespace, pipeline_name, e)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
