@@ -307,8 +307,12 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
         except InvalidSpec as e:
             raise kopf.PermanentError(e.message) from e
         except ApiError as e:
-            if e.status in (400, 403, 422):
+            if e.status in (400, 422):
+                # The server refuses the manifest itself: retrying the same spec cannot help.
                 raise kopf.PermanentError(f"Kubernetes API refused a child: {e}") from e
+            if e.status == 403:
+                # Missing RBAC or a quota/admission policy: an admin can fix it; retry slowly.
+                raise kopf.TemporaryError(f"Kubernetes API forbids it: {e}", delay=60) from e
             raise _api_retry(e, memo.settings) from e
 
 
