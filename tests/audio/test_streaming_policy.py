@@ -32,8 +32,9 @@ def _hyp(*words: tuple[str, float, float]) -> Hypothesis:
                       avg_logprob=-0.2)
 
 
-def _session() -> StreamSession:
-    return StreamSession(StreamingSettings(step_seconds=0.5), VadStream(None), use_vad=False)
+def _session(min_agree_seconds: float = 1.0) -> StreamSession:
+    return StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=min_agree_seconds),
+                         VadStream(None), use_vad=False)
 
 
 def _feed(s: StreamSession, seconds: float) -> None:
@@ -69,6 +70,20 @@ def test_agreed_words_become_final_and_the_rest_stays_partial() -> None:
     assert [f.text for f in finals] == ["The meeting will"]
     assert finals[0].start == pytest.approx(0.1) and finals[0].end == pytest.approx(0.9)
     assert partials[-1].text == "start"
+
+
+def test_agreement_waits_until_the_utterance_is_long_enough() -> None:
+    s = _session(min_agree_seconds=2.0)
+    words = (("The", 0.1, 0.3), ("meeting", 0.3, 0.7), ("will", 0.7, 0.9))
+    for _ in range(2):  # two agreeing passes over 1.0 s and 1.6 s: too early to commit
+        _feed(s, 0.6 if s.received else 1.0)
+        req = s.next_request()
+        assert req is not None
+        assert not [o for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)]
+    _feed(s, 0.6)
+    req = s.next_request()
+    assert req is not None
+    assert [o.text for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)] == ["The meeting will"]
 
 
 def test_a_final_is_never_revised_by_later_hypotheses() -> None:

@@ -265,8 +265,10 @@ class AudioConnection:
             self._wake.clear()
             while (req := stream.next_request()) is not None:
                 try:
+                    beam = self.settings.final_beam_size if req.final else self.settings.beam_size
                     hyp = await svc.scheduler.run_batched(
-                        _batch_call(engine, req.prompt, language), (req.prompt, language), req.audio)
+                        _batch_call(engine, req.prompt, language, beam), (req.prompt, language, beam),
+                        req.audio)
                 except Overloaded as exc:
                     stream.abort()
                     await self._overloaded(str(exc))
@@ -314,20 +316,20 @@ class AudioConnection:
         await self._send(AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker))
 
 
-_BATCH_CALLS: dict[tuple[int, str | None, str], Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
+_BATCH_CALLS: dict[tuple[int, str | None, str, int], Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
 
 
-def _batch_call(engine: Engine, prompt: str | None, language: str
+def _batch_call(engine: Engine, prompt: str | None, language: str, beam: int
                 ) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
-    """One callable per (engine, prompt, language), so the scheduler can tell what batches together."""
-    key = (id(engine), prompt, language)
+    """One callable per (engine, prompt, language, beam): the scheduler batches equal callables."""
+    key = (id(engine), prompt, language, beam)
     fn = _BATCH_CALLS.get(key)
     if fn is None:
         if len(_BATCH_CALLS) > 1024:  # prompts vary: keep the table small
             _BATCH_CALLS.clear()
 
         def fn(audios: list[np.ndarray]) -> list[Hypothesis]:
-            return engine.transcribe_batch(audios, prompt, language)
+            return engine.transcribe_batch(audios, prompt, language, beam)
 
         _BATCH_CALLS[key] = fn
     return fn

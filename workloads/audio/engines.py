@@ -71,10 +71,10 @@ class Engine(Protocol):
     model: str
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None,
-                   language: str | None = None) -> Hypothesis: ...
+                   language: str | None = None, beam_size: int | None = None) -> Hypothesis: ...
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None) -> list[Hypothesis]: ...
+                         language: str | None = None, beam_size: int | None = None) -> list[Hypothesis]: ...
 
 
 class ModelLoadError(RuntimeError):
@@ -164,7 +164,7 @@ class FasterWhisperEngine:
             raise ModelLoadError(f"faster-whisper could not load {model_dir}: {exc}") from exc
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None,
-                   language: str | None = None) -> Hypothesis:
+                   language: str | None = None, beam_size: int | None = None) -> Hypothesis:
         import time
 
         t0 = time.perf_counter()
@@ -172,7 +172,7 @@ class FasterWhisperEngine:
         segments, _info = self._model.transcribe(
             audio,
             language=(language if language and language != "auto" else None) if multilingual else "en",
-            beam_size=self.beam_size,
+            beam_size=beam_size or self.beam_size,
             best_of=1,
             temperature=0.0,
             word_timestamps=True,
@@ -206,7 +206,7 @@ class FasterWhisperEngine:
 
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None) -> list[Hypothesis]:
+                         language: str | None = None, beam_size: int | None = None) -> list[Hypothesis]:
         """Several sessions' buffers in one encoder and one decoder call.
 
         Buffers are padded to the longest one (plus a second) and decoded greedily together with
@@ -219,7 +219,7 @@ class FasterWhisperEngine:
         from faster_whisper.transcribe import BatchedInferencePipeline
 
         if len(audios) == 1:
-            return [self.transcribe(audios[0], prompt, language)]
+            return [self.transcribe(audios[0], prompt, language, beam_size)]
         t0 = time.perf_counter()
         model = self._model
         multilingual = bool(model.model.is_multilingual)
@@ -232,7 +232,8 @@ class FasterWhisperEngine:
         batch = np.stack([np.pad(f[..., :frames], ((0, 0), (0, frames - min(frames, f.shape[-1]))))
                           for f in feats])
         meta = [{"offset": 0.0, "duration": len(a) / SAMPLE_RATE} for a in audios]
-        options = self._batch_options(tokenizer, prompt, max(len(a) for a in audios) / SAMPLE_RATE)
+        options = self._batch_options(tokenizer, prompt, max(len(a) for a in audios) / SAMPLE_RATE,
+                                      beam_size or self.beam_size)
         # A fresh pipeline object per call: it keeps one piece of state between calls.
         outputs = BatchedInferencePipeline(model).forward(batch, tokenizer, meta, options)
         elapsed = time.perf_counter() - t0
@@ -254,11 +255,11 @@ class FasterWhisperEngine:
             hyps.append(hyp)
         return hyps
 
-    def _batch_options(self, tokenizer: Any, prompt: str | None, seconds: float) -> Any:
+    def _batch_options(self, tokenizer: Any, prompt: str | None, seconds: float, beam_size: int) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         return TranscriptionOptions(
-            beam_size=self.beam_size, best_of=1, patience=1, length_penalty=1, repetition_penalty=1,
+            beam_size=beam_size, best_of=1, patience=1, length_penalty=1, repetition_penalty=1,
             no_repeat_ngram_size=0, log_prob_threshold=None, no_speech_threshold=None,
             compression_ratio_threshold=None, condition_on_previous_text=False,
             prompt_reset_on_temperature=0.5, temperatures=[0.0], initial_prompt=prompt or None, prefix=None,
@@ -317,7 +318,7 @@ class OpenVinoEngine:
         return pipe
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None,
-                   language: str | None = None) -> Hypothesis:
+                   language: str | None = None, beam_size: int | None = None) -> Hypothesis:
         import time
 
         t0 = time.perf_counter()
@@ -326,6 +327,7 @@ class OpenVinoEngine:
         cfg.word_timestamps = self._word_timestamps
         cfg.return_timestamps = True
         cfg.max_new_tokens = max_new_tokens(len(audio) / SAMPLE_RATE)
+        cfg.num_beams = beam_size or 1
         if prompt:
             cfg.initial_prompt = prompt
         result = pipe.generate(audio.astype(np.float32).tolist(), cfg)
@@ -343,8 +345,8 @@ class OpenVinoEngine:
         return hyp
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None) -> list[Hypothesis]:
-        return [self.transcribe(a, prompt, language) for a in audios]
+                         language: str | None = None, beam_size: int | None = None) -> list[Hypothesis]:
+        return [self.transcribe(a, prompt, language, beam_size) for a in audios]
 
 
 def _spread_words(text: str, chunks: Any, duration: float) -> list[Word]:
