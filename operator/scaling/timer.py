@@ -1,8 +1,9 @@
-"""The autoscaler's Kopf timer: gather signals, call the pure policy, act. Nothing else.
+"""The autoscaler's periodic loop: gather signals, call the pure policy, act. Nothing else.
 
-One timer per TranslationPipeline. Kopf's timer interval is fixed when the handler is registered,
-so the timer ticks every ``TICK_S`` and runs a decision once ``spec.scaling.interval`` has passed
-since the last one (per-object memo), which lets every pipeline keep its own interval.
+One loop per TranslationPipeline, at its own ``spec.scaling.interval``. It is a Kopf daemon that
+sleeps the interval between decisions rather than a ``@kopf.timer``: a timer's interval is fixed
+when the handler is registered (every pipeline would share one tick, and Kopf logs every tick),
+while a daemon re-reads the live spec each time and is cancelled with its pipeline.
 
 Acting:
 - Deployment ``spec.replicas`` (merge patch): the operator is the single writer of replicas after
@@ -37,6 +38,7 @@ from livetranslate.operator.scaling.signals import STAGES, PrometheusSignals
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+DEFAULT_INTERVAL_S = 15.0
 AUDIO_DEVICE_ANNOTATION = f"{GROUP}/audio-device"
 CONDITION = "ScalingActive"
 
@@ -217,18 +219,8 @@ async def replace_translation(kube: KubeClient, memo: kopf.Memo, namespace: str,
         pass  # status and Event already written by the reconcile
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TICK_S, initial_delay=TICK_S)
-async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
-    """Run one decision whenever this pipeline's spec.scaling.interval has elapsed."""
-    spec = body.get("spec") or {}
-    try:
-        interval = parse_spec(spec).scaling.interval_seconds
-    except pydantic.ValidationError:
-        return
-    now = time.time()
-    if now < float(memo.get("scaling_next_at") or 0.0):
-        return
-    memo.scaling_next_at = now + interval
+async def autoscale_step(body: kopf.Body, memo: kopf.Memo, logger: Any, node_index: Any) -> None:
+    """One decision for one pipeline, with its failures logged (the next interval retries)."""
     kube: KubeClient | None = memo.get("kube")
     if kube is None:
         return
@@ -238,16 +230,31 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
     counter = decisions_counter(registry) if isinstance(registry, CollectorRegistry) else None
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace, component="autoscaler"):
         try:
-            decision = await scale_once(kube, raw, memo.get("scaling_history") or History(), now=now,
-                                        counter=counter)
+            decision = await scale_once(kube, raw, memo.get("scaling_history") or History(), counter=counter)
         except ApiError as e:
             log.warning("autoscaling step failed, retrying next interval: %s", e)
             return
-        if decision is not None:
-            memo.scaling_history = decision.history
-            if decision.model is not None:
-                try:
-                    await replace_translation(kube, memo, body.metadata.namespace or "", body.metadata.name or "",
-                                              kwargs.get("node_index"), logger)
-                except ApiError as e:
-                    log.warning("re-placing translation failed, the next reconcile retries: %s", e)
+        if decision is None:
+            return
+        memo.scaling_history = decision.history
+        if decision.model is not None:
+            try:
+                await replace_translation(kube, memo, body.metadata.namespace or "", body.metadata.name or "",
+                                          node_index, logger)
+            except ApiError as e:
+                log.warning("re-placing translation failed, the next reconcile retries: %s", e)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=TICK_S, cancellation_timeout=10.0)
+async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
+                    **kwargs: Any) -> None:
+    """The pipeline's autoscaling loop: one decision, then sleep spec.scaling.interval (re-read
+    from the live body every time, so an edited interval applies at once)."""
+    while not stopped:
+        try:
+            interval = parse_spec(dict(body.spec)).scaling.interval_seconds
+        except pydantic.ValidationError:
+            interval = DEFAULT_INTERVAL_S  # the reconcile handler reports the invalid spec
+        else:
+            await autoscale_step(body, memo, logger, kwargs.get("node_index"))
+        await stopped.wait(interval)
