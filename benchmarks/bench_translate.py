@@ -154,6 +154,44 @@ def measure(label: str, base: str, plan: list[tuple[int, int]], targets: list[st
     return rows
 
 
+async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any]]:
+    """The engines alone (no HTTP service in between): 16 segments one call each vs one batch."""
+    from livetranslate.workloads.translate.apertium import ApertiumEngine
+    from livetranslate.workloads.translate.engines import Engine, OpenAIEngine
+    from livetranslate.workloads.translate.quality import Job
+    from livetranslate.workloads.translate.settings import ApertiumSettings, OpenAISettings
+
+    jobs = [Job(SEGMENTS[i % len(SEGMENTS)], "en", "es") for i in range(16)]
+    engines: list[tuple[str, Engine]] = [("apertium", ApertiumEngine(ApertiumSettings()))]
+    if llama_url:
+        engines.append(("llama", OpenAIEngine(OpenAISettings(url=llama_url, model="gemma-270m", timeout_s=600,
+                                                             batch_mode="packed"), 3)))
+    rows = []
+    for label, engine in engines:
+        await engine.start()
+        if isinstance(engine, ApertiumEngine):
+            await asyncio.wait_for(engine._up.wait(), 60)
+        await engine.translate(jobs[:2], None)  # warm-up
+        one, batch = [], []
+        for _ in range(rounds):
+            t = time.perf_counter()
+            for j in jobs:
+                await engine.translate([j], None)
+            one.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            await engine.translate(jobs, None)
+            batch.append(time.perf_counter() - t)
+        await engine.close()
+        row = {"config": f"{label}-engine", "segments": len(jobs), "rounds": rounds,
+               "one_call_per_segment_s": round(statistics.median(one), 3),
+               "one_batch_s": round(statistics.median(batch), 3),
+               "gain": round(statistics.median(one) / statistics.median(batch), 2),
+               "loadavg": [round(x, 2) for x in os.getloadavg()]}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer segments per session")
@@ -161,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     q = 2 if args.quick else 1
     rows: list[dict[str, Any]] = []
+    engine_rows: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
@@ -205,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                     procs.append(proc)
                     rows += measure(label, base, plan, ["es"])
                     stop(proc)
+                engine_rows = asyncio.run(engine_level(f"http://127.0.0.1:{lport}", 3 if not args.quick else 1))
+            else:
+                engine_rows = asyncio.run(engine_level(None, 3))
         finally:
             for p in procs:
                 stop(p)
@@ -221,9 +263,11 @@ def main(argv: list[str] | None = None) -> int:
     if ("llama-batched", 32) in by and ("llama-unbatched", 32) in by:
         summary["llama_batching_throughput_gain_at_32_sessions"] = round(
             by[("llama-batched", 32)]["throughput_per_s"] / by[("llama-unbatched", 32)]["throughput_per_s"], 2)
+    for r in engine_rows:
+        summary[f"{r['config']}_batch_gain_16_segments"] = r["gain"]
     result = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "summary": summary, "rows": rows}
+              "summary": summary, "rows": rows, "engine_rows": engine_rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "translate.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Translation stage benchmark", "",
@@ -234,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['config']} | {r['sessions']} | {r['segments']} | {r['p50_ms']} | {r['p95_ms']} | "
                      f"{r['throughput_per_s']} | {r['quality']} | {r['loadavg']} |")
+    lines += ["", "Engines alone (no HTTP service), 16 segments: one call each vs one batch (median of rounds):", "",
+              "| engine | one call per segment s | one batch s | gain | load avg |", "|---|---|---|---|---|"]
+    for r in engine_rows:
+        lines.append(f"| {r['config']} | {r['one_call_per_segment_s']} | {r['one_batch_s']} | {r['gain']} | "
+                     f"{r['loadavg']} |")
     lines += ["", "Summary: " + json.dumps(summary)]
     (RESULTS / "translate.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(summary))

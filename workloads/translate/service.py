@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -218,8 +219,6 @@ class TranslationService:
         The ConfigMap is mounted as a file that the kubelet updates in place; watching it means the
         operator (and its autoscaler) reaches every replica without calling each pod.
         """
-        import os
-
         path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
         try:
             mtime = path.stat().st_mtime
