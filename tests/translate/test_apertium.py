@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +30,32 @@ pytestmark = [
         "/usr/share/apertium/modes/eng-spa.mode"),
         reason="Debian packages apertium-apy and apertium-eng-spa are not installed (scripts/bootstrap.sh)"),
 ]
+
+
+def listening_addresses(port: int) -> list[str]:
+    """IPv4/IPv6 addresses with a listening TCP socket on ``port`` (from /proc, no tools needed)."""
+    found = []
+    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                addr, _, hexport = fields[1].partition(":")
+                if int(hexport, 16) == port and fields[3] == "0A":
+                    if width == 8:
+                        found.append(socket.inet_ntoa(bytes.fromhex(addr)[::-1]))
+                    else:
+                        found.append(addr)
+    return found
+
+
+def child_pids(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid:
+                out.append(int(stat.parent.name))
+    return out
 
 
 def apertium_settings(**over: Any) -> TranslateSettings:
@@ -89,9 +117,7 @@ def test_apy_bound_to_loopback_and_restarted_when_it_dies(client: TestClient) ->
     service = client.app.state.service  # type: ignore[attr-defined]
     engine = service.primary.engine
     pid, port = engine.proc.pid, engine.port
-    local = [line.split()[3] for line in subprocess.run(["ss", "-ltnH", f"sport = :{port}"], check=True,
-                                                       capture_output=True, text=True).stdout.splitlines()]
-    assert local == [f"127.0.0.1:{port}"]
+    assert listening_addresses(port) == ["127.0.0.1"]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     saw_unready = False
@@ -121,7 +147,8 @@ def test_served_as_users_start_it(tmp_path: Any) -> None:
     env = {**os.environ, "LT_PIPELINE_CONFIG": str(tmp_path / "pipeline.json"), "PYTHONSAFEPATH": "1"}
     proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "translate",
                              "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"),
+                            start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthz", 60, proc)
@@ -132,8 +159,7 @@ def test_served_as_users_start_it(tmp_path: Any) -> None:
         assert read_ndjson(resp)[0]["text"].startswith("La casa es")
         text = httpx.get(f"{base}/metrics").text
         assert metric_value(text, "livetranslate_translation_latency_seconds_count", pipeline="town-hall") == 1
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], check=False, capture_output=True,
-                                  text=True).stdout.split()
+        children = child_pids(proc.pid)
         assert children, "apertium-apy child not running"
     finally:
         stop_process(proc)
