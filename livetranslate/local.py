@@ -281,7 +281,10 @@ def main(argv: list[str]) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         raise KeyboardInterrupt
 
+    # Both explicitly: a shell starts background jobs with SIGINT ignored, and Python then keeps
+    # it ignored, so a Ctrl-C sent later (or `kill -INT`) would never stop us otherwise.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     code = 0
     try:
         for child in runner.children.values():
