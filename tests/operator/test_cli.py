@@ -12,6 +12,7 @@ import yaml
 from livetranslate.api import parse_spec
 from livetranslate.operator import builders, placement
 from livetranslate.operator.settings import OperatorSettings
+from livetranslate.testing.kube_operator import Cluster, eventually, pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,3 +52,56 @@ def test_images_and_resources_come_from_operator_settings(monkeypatch: pytest.Mo
     assert vllm["image"] == "vllm/vllm-openai:x"
     gateway = kids["p-gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["resources"]["limits"]["memory"] == "3Gi"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+async def test_operator_process_serves_metrics_and_liveness(cluster: Cluster) -> None:
+    """`livetranslate operator` as the chart runs it: /metrics with reconcile timings, /healthz."""
+    import asyncio
+    import os
+
+    import aiohttp
+
+    metrics_port, live_port = _free_port(), _free_port()
+    env = {**os.environ, "PYTHONSAFEPATH": "1", "LT_OPERATOR_METRICS_PORT": str(metrics_port),
+           "LT_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{live_port}/healthz", "LT_LOG_LEVEL": "WARNING"}
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-P", "-m", "livetranslate.cli", "operator",
+                                                env=env, cwd=ROOT, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        cluster.api.create("livetranslate.io/v1alpha1/translationpipelines", pipeline("town-hall"))
+        await eventually(lambda: len(cluster.children("town-hall")) == 10, timeout=60)
+        async with aiohttp.ClientSession() as http:
+            async def scrape() -> str:
+                try:
+                    async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                        return await resp.text()
+                except aiohttp.ClientError:
+                    return ""
+
+            async def healthy() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{live_port}/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            deadline = asyncio.get_running_loop().time() + 30
+            text = ""
+            while 'livetranslate_reconcile_seconds_count{result="ok"}' not in text:
+                assert asyncio.get_running_loop().time() < deadline, text[-2000:]
+                await asyncio.sleep(0.2)
+                text = await scrape()
+            assert await healthy()
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=30)
+    assert proc.returncode == 0, "SIGTERM is a clean exit"
