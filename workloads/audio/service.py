@@ -87,6 +87,12 @@ class AudioService:
         if self.load_error:
             log.error("audio model not loaded", extra={"fields": {"reason": self.load_error}})
         else:
+            # Publish the labelled series from the start, so dashboards and the autoscaler see
+            # zeros rather than "no data" before the first session.
+            self.m_processing.labels(pipeline=self.settings.pipeline, device=self.device)
+            self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(0)
+            self.m_queue.set(0)
+            self.m_sessions.set(0)
             log.info("audio model loaded", extra={"fields": {
                 "engine": getattr(self.engine, "name", "?"), "device": self.device, "model": self.model,
                 "seconds": round(time.perf_counter() - t0, 2), "workers": self.scheduler.workers}})
