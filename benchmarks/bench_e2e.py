@@ -2,10 +2,11 @@
 end of speech -> final caption at the client, and -> its translation, with 1, 4 and 8 sessions
 streaming real speech in real time at once.
 
-"End of speech" is the session time at which a final segment ends (``end``), mapped to the wall
-clock at which the client sent that sample (the client paces audio like a microphone, so sample t
-leaves at t0 + t). The gateway's own measure (``latency`` on the final event) is recorded next to
-it. Run: ``.venv/bin/python -P benchmarks/bench_e2e.py``.
+"End of speech" is the session time at which a final segment ends (``end``) on the speaker's
+clock: the client paces audio like a microphone with 100 ms buffers (sample t is spoken at t0 + t
+and leaves with its chunk, at most 100 ms later), so the figure includes that capture delay. The
+gateway's own measure (``latency`` on the final event: arrival of that sample -> final sent) is
+recorded next to it. Run: ``.venv/bin/python -P benchmarks/bench_e2e.py``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ async def session(url: str, pcm: bytes, delay: float) -> dict[str, Any]:
         async def send() -> None:
             step = int(16000 * CHUNK_SECONDS) * 2
             for k, i in enumerate(range(0, len(pcm), step)):
-                await asyncio.sleep(max(0.0, t0 + k * CHUNK_SECONDS - time.monotonic()))
+                # Like a microphone: a chunk leaves once its last sample has been spoken.
+                await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK_SECONDS - time.monotonic()))
                 await ws.send(pcm[i:i + step])
             await ws.send('{"type": "session.end"}')
 
@@ -61,14 +63,13 @@ async def session(url: str, pcm: bytes, delay: float) -> dict[str, Any]:
             ev = json.loads(raw)
             if ev["type"] == "transcript.final":
                 finals[ev["segmentId"]] = ev
-                # The sample at ev.end left the client at t0 + end (+ one chunk, sent whole).
-                spoken = t0 + min(ev["end"] + CHUNK_SECONDS, len(pcm) / 32000)
-                out["final_latency"].append(now - spoken)
+                # The speaker finished the segment at t0 + end.
+                out["final_latency"].append(now - (t0 + ev["end"]))
                 if ev.get("latency") is not None:
                     out["gateway_latency"].append(ev["latency"])
             elif ev["type"] == "translation" and ev["segmentId"] in finals:
                 end = finals[ev["segmentId"]]["end"]
-                out["translation_latency"].append(now - (t0 + min(end + CHUNK_SECONDS, len(pcm) / 32000)))
+                out["translation_latency"].append(now - (t0 + end))
             elif ev["type"] == "session.ended":
                 break
         await sender

@@ -147,7 +147,8 @@ class Runner:
         child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop()
         # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
         child.proc = subprocess.Popen(cmd, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+                                      stdin=subprocess.DEVNULL, start_new_session=True,
+                                      preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
         child.started_at = time.monotonic()
         child.ready_at = None
 
@@ -235,6 +236,15 @@ class Runner:
         for child in self.children.values():
             if child.log_file is not None:
                 child.log_file.close()
+
+
+def _die_with_parent() -> None:
+    """In the child: a SIGTERM when `up` itself dies (even by SIGKILL), so no service is orphaned."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def _indent(text: str) -> str:
