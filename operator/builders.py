@@ -37,6 +37,8 @@ STAGE_LABEL = "livetranslate.io/stage"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 CONFIG_HASH_ANNOTATION = "livetranslate.io/config-hash"
 ACTIVE_MODEL_ANNOTATION = "livetranslate.io/active-model"
+# Written by the autoscaler when the audio device pool it prefers is exhausted (placement.place).
+AUDIO_DEVICE_ANNOTATION = "livetranslate.io/audio-device"
 RUN_AS = 10001
 MODEL_DIR = "/models"
 ENDPOINT_PATH = "/v1/stream"

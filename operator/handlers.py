@@ -28,6 +28,7 @@ from livetranslate.api import (
     KIND,
     PLURAL,
     VERSION,
+    ReplicaRange,
     Stage,
     describe_validation_error,
     first_error_field,
@@ -98,6 +99,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     registry: CollectorRegistry = memo.get("registry") or CollectorRegistry()
     memo.registry = registry
     memo.reconcile_seconds = metrics.reconcile_seconds(registry)
+    memo.stage_gauges = metrics.stage_replicas(registry)
+    memo.scaling_active_gauge = metrics.scaling_active(registry)
     if op_settings.metrics_port:
         start_http_server(op_settings.metrics_port, registry=registry)
         logger.info("serving /metrics on port %d", op_settings.metrics_port)
@@ -148,7 +151,15 @@ async def reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement
         fresh = await memo.kube.get(API_VERSION, KIND, key[0], key[1])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return {}
-        return await _reconcile(fresh, memo, cluster, logger)
+        started = time.perf_counter()
+        try:
+            return await _reconcile(fresh, memo, cluster, logger)
+        except InvalidSpec:
+            raise  # counted as result="invalid" where it was raised
+        except Exception:
+            # API failures and bugs alike: the reconcile-errors alert pages on this label.
+            memo.reconcile_seconds.labels(result="error").observe(time.perf_counter() - started)
+            raise
 
 
 async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement.ClusterDevices,
@@ -168,7 +179,8 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
             raise InvalidSpec(first_error_field(e), describe_validation_error(e)) from e
         annotations = meta.get("annotations") or {}
         placed = placement.place(spec, cluster,
-                                 active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION))
+                                 active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION),
+                                 audio_device_annotation=annotations.get(builders.AUDIO_DEVICE_ANNOTATION))
         problems = backend_problems(placed.translationBackend, spec.sourceLanguage,
                                     list(spec.targetLanguages), endpoint=spec.translation.endpoint)
         if problems:
@@ -212,6 +224,22 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     return new or {}
 
 
+def _export_stage_gauges(memo: kopf.Memo, namespace: str, name: str, resolved: ResolvedPipeline,
+                         new: Mapping[str, Any]) -> None:
+    """Desired/ready/max replicas per stage for the alerts (no ready replicas, pinned at max)."""
+    gauges = memo.get("stage_gauges")
+    if not gauges:
+        return
+    desired, ready, maximum = gauges
+    for stage in builders.STAGES:
+        observed = new.get(stage) or {}
+        bounds: ReplicaRange = getattr(resolved.spec, stage).replicas
+        labels = {"namespace": namespace, "pipeline": name, "stage": stage}
+        desired.labels(**labels).set(int(observed.get("replicas") or 0))
+        ready.labels(**labels).set(int(observed.get("readyReplicas") or 0))
+        maximum.labels(**labels).set(bounds.max)
+
+
 async def _deployments(kube: KubeClient, namespace: str, name: str) -> dict[Stage, dict[str, Any] | None]:
     """The pipeline's Deployments by stage (one list call, not one get per stage)."""
     found: dict[Stage, dict[str, Any] | None] = dict.fromkeys(builders.STAGES)
@@ -253,6 +281,7 @@ async def refresh_status(memo: kopf.Memo, namespace: str, name: str, *,
         observed = {stage: status.StageObservation.from_deployment(dep)
                     for stage, dep in (await _deployments(kube, namespace, name)).items()}
         new = status.compute_status(resolved, observed, previous)
+        _export_stage_gauges(memo, namespace, name, resolved, new)
         if status.status_changed(previous, {k: v for k, v in new.items() if k != "conditions"}) or \
                 _conditions_changed(previous.get("conditions") or [], new["conditions"]):
             await _patch_status(kube, namespace, name, new)
@@ -324,6 +353,12 @@ async def forget_pipeline(name: str, namespace: str | None, memo: kopf.Memo, **_
     memo.refused.pop(key, None)
     memo.status_locks.pop(key, None)
     memo.reconcile_locks.pop(key, None)
+    for gauge in (*memo.get("stage_gauges", ()), memo.get("scaling_active_gauge")):
+        if gauge is None:
+            continue
+        for labels in list(gauge._metrics):  # the label sets of this pipeline only
+            if labels[:2] == (key[0], name):
+                gauge.remove(*labels)
 
 
 # ----------------------------------------------------------------------------- cluster changes

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import logging
+import random
 import signal
 from typing import Any
 
@@ -40,11 +41,20 @@ def register_handlers(modules: list[str] | None = None) -> None:
             log.error("handler module %s is not installed; running without it", module)
 
 
-def kopf_settings() -> kopf.OperatorSettings:
+def kopf_settings(op: OperatorSettings | None = None) -> kopf.OperatorSettings:
     settings = kopf.OperatorSettings()
     # Namespaces and CRDs are not scanned: the namespaces to serve are given, and the CRD is
     # installed by the chart before the operator starts.
     settings.scanning.disabled = True
+    if op is not None and op.peering:
+        # One active replica: the others pause while a peer of higher priority is alive. Kopf
+        # pauses *every* replica of equal priority, so each process draws its own.
+        settings.peering.name = op.peering
+        settings.peering.clusterwide = not op.namespaces
+        settings.peering.mandatory = True
+        settings.peering.standalone = False
+        settings.peering.lifetime = op.peering_lifetime
+        settings.peering.priority = random.randint(1, 2**31 - 1)
     return settings
 
 
@@ -56,10 +66,11 @@ async def run(*, settings: OperatorSettings | None = None, stop_flag: Any = None
     memo = memo if memo is not None else kopf.Memo()
     memo.settings = settings
     await kopf.operator(
-        standalone=True,
+        standalone=not settings.peering,
+        peering_name=settings.peering or None,
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        settings=kopf_settings(),
+        settings=kopf_settings(settings),
         memo=memo,
         stop_flag=stop_flag,
         ready_flag=ready_flag,

@@ -92,11 +92,23 @@ def active_model(spec: TranslationPipelineSpec, annotation: str | None) -> str:
 
 
 def place(spec: TranslationPipelineSpec, cluster: ClusterDevices, *,
-          active_model_annotation: str | None = None) -> Placement:
-    """Choose the audio device (first of spec.audio.devices the cluster has) and the backend."""
+          active_model_annotation: str | None = None,
+          audio_device_annotation: str | None = None) -> Placement:
+    """Choose the audio device (first of spec.audio.devices the cluster has) and the backend.
+
+    ``audio_device_annotation`` is the autoscaler's move along spec.audio.devices (an exhausted
+    NPU pool): honoured only while it names a later entry of the list that the cluster offers.
+    """
     skipped = [d for d in spec.audio.devices if not cluster.has(d)]
     chosen: Device | None = next((d for d in spec.audio.devices if cluster.has(d)), None)
-    if chosen is None:
+    devices = list(spec.audio.devices)
+    moved = next((d for d in devices if d == audio_device_annotation), None)
+    if (chosen is not None and moved is not None and cluster.has(moved)
+            and devices.index(moved) > devices.index(chosen)):
+        audio_reason = (f"{moved}: moved along spec.audio.devices by the autoscaler "
+                        f"(no allocatable {chosen} left)")
+        chosen = moved
+    elif chosen is None:
         # Every preferred accelerator is missing and cpu was not listed: schedule on the first
         # preference anyway (pods stay Pending until such a node joins) and say so.
         chosen = spec.audio.devices[0]

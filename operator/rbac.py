@@ -21,6 +21,8 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     (("policy",), ("poddisruptionbudgets",), ("get", "list", "watch", "create", "patch", "update", "delete")),
     # Placement reads what the cluster offers.
     (("",), ("nodes",), ("get", "list", "watch")),
+    # The autoscaler counts NPUs already requested by pods (an exhausted NPU pool moves audio on).
+    (("",), ("pods",), ("list",)),
     # Events for placement changes and refused specs (core and events.k8s.io, Kopf uses core).
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
 ]

@@ -52,6 +52,11 @@ class OperatorSettings(BaseSettings):
     # How long the vLLM container may take to download and load a model before it is restarted.
     vllm_startup_seconds: int = 1800
     service_account: str | None = None
+    # Kopf peering: with a name set, replicas register in the ClusterKopfPeering of that name and
+    # only the highest-priority one acts (the chart runs two). Empty = standalone.
+    peering: str = ""
+    # Seconds a replica's peering record stays valid without a heartbeat.
+    peering_lifetime: int = 60
 
     audio_resources: Resources = Field(default_factory=lambda: Resources(
         cpuRequest="1", memoryRequest="1Gi", cpuLimit="4", memoryLimit="4Gi"))

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 TICK_S = 1.0
 DEFAULT_INTERVAL_S = 15.0
-AUDIO_DEVICE_ANNOTATION = f"{GROUP}/audio-device"
+AUDIO_DEVICE_ANNOTATION = builders.AUDIO_DEVICE_ANNOTATION
 CONDITION = "ScalingActive"
 
 _counters: dict[int, Counter] = {}
@@ -237,6 +237,10 @@ async def autoscale_step(body: kopf.Body, memo: kopf.Memo, logger: Any, node_ind
         if decision is None:
             return
         memo.scaling_history = decision.history
+        gauge = memo.get("scaling_active_gauge")
+        if gauge is not None:
+            gauge.labels(namespace=body.metadata.namespace or "", pipeline=body.metadata.name or "").set(
+                1 if decision.active else 0)
         if decision.model is not None:
             try:
                 await replace_translation(kube, memo, body.metadata.namespace or "", body.metadata.name or "",

@@ -272,3 +272,36 @@ def test_apply_helpers() -> None:
     other = {"uid": "u1", "name": "someone-else"}
     ours = {"uid": "u2", "name": "us"}
     assert _merged_owners([other, {"uid": "u2", "name": "old"}], [ours]) == [other, ours]
+
+
+@pytest.mark.parametrize(("annotation", "expected"), [
+    ("gpu", "gpu"),    # the autoscaler moved audio off an exhausted NPU pool
+    ("cpu", "cpu"),
+    ("npu", "npu"),    # naming the first choice changes nothing
+    ("tpu", "npu"),    # not a device of the spec: ignored
+])
+def test_audio_device_annotation_moves_along_devices_only(annotation: str, expected: str) -> None:
+    placed = placement.place(parse_spec({}), NPU_GPU, audio_device_annotation=annotation)
+    assert placed.audioDevice == expected
+    if expected != "npu":
+        assert "autoscaler" in placed.audioReason
+
+
+def test_audio_device_annotation_needs_the_device_in_the_cluster() -> None:
+    npu_only = placement.ClusterDevices(npu_nodes=1, nodes=1)
+    placed = placement.place(parse_spec({"audio": {"devices": ["npu", "gpu"]}}), npu_only,
+                             audio_device_annotation="gpu")
+    assert placed.audioDevice == "npu"
+
+
+def test_peering_settings_give_one_active_replica() -> None:
+    from livetranslate.operator.main import kopf_settings
+
+    assert kopf_settings(OperatorSettings()).peering.mandatory is False
+    a = kopf_settings(OperatorSettings(peering="livetranslate", peering_lifetime=30))
+    b = kopf_settings(OperatorSettings(peering="livetranslate", peering_lifetime=30))
+    assert (a.peering.name, a.peering.mandatory, a.peering.standalone, a.peering.lifetime) == (
+        "livetranslate", True, False, 30)
+    assert a.peering.clusterwide is True
+    # Kopf pauses every replica of equal priority: two processes must not draw the same one.
+    assert a.peering.priority != b.peering.priority

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from livetranslate import metrics
 from livetranslate.operator import rbac
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
@@ -96,6 +97,13 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
     assert operator.memo is not None
     samples = operator.memo.registry.get_sample_value("livetranslate_reconcile_seconds_count", {"result": "ok"})
     assert samples and samples >= 1
+    # The gauges the "no ready replicas" and "pinned at max" alerts read.
+    registry = operator.memo.registry
+    gateway = {"namespace": NS, "pipeline": "town-hall", "stage": "gateway"}
+    await eventually(lambda: registry.get_sample_value(metrics.STAGE_READY_REPLICAS, gateway) == 0)
+    assert registry.get_sample_value(metrics.STAGE_REPLICAS, gateway) == 1
+    assert registry.get_sample_value(metrics.STAGE_MAX_REPLICAS, gateway) == 4
+    assert registry.get_sample_value(metrics.STAGE_READY_REPLICAS, {**gateway, "stage": "audio"}) == 1
 
 
 async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replicas(
