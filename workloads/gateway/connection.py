@@ -150,6 +150,7 @@ class Session:
         self._segments: dict[int, SegmentRecord] = {}
         self._recent: collections.deque[int] = collections.deque(maxlen=max(1, gw.config.context_segments))
         self._translate_q: asyncio.Queue[int | None] = asyncio.Queue()
+        self._untranslated: set[int] = set()  # segments queued for translation, not yet done
         self._final_at: dict[int, float] = {}
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -191,15 +192,16 @@ class Session:
             missing = [lang for lang in self.state.targetLanguages
                        if lang not in rec.translations and lang not in rec.translationErrors]
             if missing:
-                self._translate_q.put_nowait(rec.segmentId)
+                self._queue_translate(rec.segmentId)
         # Keep only the newest segments in memory: older ones are needed neither as context nor
         # for delivery flags any more.
-        for sid in [k for k in self._segments if k not in self._recent
-                    and k not in self._pending_ids()]:
-            del self._segments[sid]
+        for seg_id in [k for k in self._segments if k not in self._recent
+                       and k not in self._untranslated]:
+            del self._segments[seg_id]
 
-    def _pending_ids(self) -> set[int]:
-        return {i for i in self._translate_q._queue if i is not None}  # type: ignore[attr-defined]
+    def _queue_translate(self, seg_id: int) -> None:
+        self._untranslated.add(seg_id)
+        self._translate_q.put_nowait(seg_id)
 
     async def finish(self, graceful_end: bool) -> None:
         """Flush the audio stream and the translations, then end or detach the session.
@@ -417,7 +419,7 @@ class Session:
         self._final_at[seg_id] = time.monotonic()
         self._queue_final(rec, latency)
         if self.state.targetLanguages:
-            self._translate_q.put_nowait(seg_id)
+            self._queue_translate(seg_id)
         else:
             self._remember(seg_id)
 
@@ -459,7 +461,7 @@ class Session:
     def _remember(self, seg_id: int) -> None:
         if len(self._recent) == self._recent.maxlen:
             old = self._recent[0]
-            if old not in self._pending_ids():
+            if old not in self._untranslated:
                 self._segments.pop(old, None)
                 self._final_at.pop(old, None)
         self._recent.append(seg_id)
@@ -474,6 +476,8 @@ class Session:
             rec = self._segments.get(seg_id)
             if rec is not None:
                 await self._translate(rec)
+            self._untranslated.discard(seg_id)
+            if rec is not None:
                 self._remember(seg_id)
 
     async def _translate(self, rec: SegmentRecord) -> None:
