@@ -150,9 +150,11 @@ def test_engine_timeout_and_death(fake_vllm: FakeVllm) -> None:
         assert resp.status_code == 503 and "Retry-After" in resp.headers
 
 
-def test_bad_input(client: TestClient) -> None:
-    too_long = client.post("/v1/translate", json=tr_request("word " * 500, ["es"]))
-    assert too_long.status_code == 422 and "at most 2000" in too_long.json()["detail"]
+def test_bad_input(client: TestClient, fake_vllm: FakeVllm) -> None:
+    assert client.post("/v1/translate", json=tr_request("word " * 900, ["es"])).status_code == 422  # protocol cap
+    with TestClient(create_app(vllm_settings(fake_vllm, max_chars=1000))) as short:
+        too_long = short.post("/v1/translate", json=tr_request("word " * 300, ["es"]))
+        assert too_long.status_code == 422 and "at most 1000" in too_long.json()["detail"]
     assert client.post("/v1/translate", json=tr_request("Hi there.", ["not a language"])).status_code == 422
     [line] = read_ndjson(client.post("/v1/translate", json=tr_request("Hi there.", ["qq"])))
     assert line["type"] == "error" and line["code"] == "unsupported_language"

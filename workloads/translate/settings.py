@@ -98,7 +98,9 @@ class TranslateSettings(BaseSettings):
     # endpoint behind the local vLLM, or ["apertium"] for an offline last resort).
     fallback: list[BackendName] = Field(default_factory=list)
     context_segments: int | None = Field(None, ge=0, le=32)
-    max_chars: int = Field(2000, ge=1, le=4000)
+    # The protocol caps a segment at 4000 characters (what the gateway sends at most); lower it to
+    # refuse long segments an engine with a short context window cannot take.
+    max_chars: int = Field(4000, ge=1, le=4000)
     request_timeout_s: float = Field(30.0, gt=0)
     source_language: str | None = None
     target_languages: list[str] | None = None
