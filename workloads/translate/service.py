@@ -398,6 +398,10 @@ class TranslationService:
                         "session_id": job.session_id, "segment_id": job.segment_id, "language": job.target,
                         "fields": {"backend": step.engine.name, "check": verdict.reason,
                                    "detail": verdict.detail, "attempt": attempt}})
+                    if verdict.reason == "runaway":
+                        # Keep what a caption can show: about the source's length, cut at a word.
+                        limit = 3 * len(job.text) + 40
+                        text = text[:limit].rsplit(" ", 1)[0] if len(text) > limit else text
                     if text.strip() and (best is None or verdict.reason != "empty"):
                         best = (text, verdict.reason, step.engine.name)
                     last_error = None
