@@ -267,8 +267,8 @@ class AudioConnection:
                 try:
                     beam = self.settings.final_beam_size if req.final else self.settings.beam_size
                     hyp = await svc.scheduler.run_batched(
-                        _batch_call(engine, req.prompt, language, beam), (req.prompt, language, beam),
-                        req.audio)
+                        _batch_call(engine, req.prompt, language, beam, req.word_times),
+                        (req.prompt, language, beam, req.word_times), req.audio)
                 except Overloaded as exc:
                     stream.abort()
                     await self._overloaded(str(exc))
@@ -311,25 +311,25 @@ class AudioConnection:
                     lambda: diarizer.label(tracker, req.audio, t0, t1))
             except Overloaded:
                 speaker = None
-            except Exception:
+            except Exception:  # a caption without a speaker beats no caption
                 log.exception("diarization failed")
         await self._send(AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker))
 
 
-_BATCH_CALLS: dict[tuple[int, str | None, str, int], Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
+_BATCH_CALLS: dict[tuple[int, str | None, str, int, bool], Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
 
 
-def _batch_call(engine: Engine, prompt: str | None, language: str, beam: int
+def _batch_call(engine: Engine, prompt: str | None, language: str, beam: int, word_times: bool
                 ) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
-    """One callable per (engine, prompt, language, beam): the scheduler batches equal callables."""
-    key = (id(engine), prompt, language, beam)
+    """One callable per pass kind (engine, prompt, language, beam, word times): equal ones batch."""
+    key = (id(engine), prompt, language, beam, word_times)
     fn = _BATCH_CALLS.get(key)
     if fn is None:
         if len(_BATCH_CALLS) > 1024:  # prompts vary: keep the table small
             _BATCH_CALLS.clear()
 
         def fn(audios: list[np.ndarray]) -> list[Hypothesis]:
-            return engine.transcribe_batch(audios, prompt, language, beam)
+            return engine.transcribe_batch(audios, prompt, language, beam, word_times)
 
         _BATCH_CALLS[key] = fn
     return fn

@@ -70,11 +70,12 @@ class Engine(Protocol):
     device: str
     model: str
 
-    def transcribe(self, audio: np.ndarray, prompt: str | None = None,
-                   language: str | None = None, beam_size: int | None = None) -> Hypothesis: ...
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
+                   beam_size: int | None = None, word_times: bool = True) -> Hypothesis: ...
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None, beam_size: int | None = None) -> list[Hypothesis]: ...
+                         language: str | None = None, beam_size: int | None = None,
+                         word_times: bool = True) -> list[Hypothesis]: ...
 
 
 class ModelLoadError(RuntimeError):
@@ -163,8 +164,10 @@ class FasterWhisperEngine:
         except Exception as exc:  # CTranslate2 raises plain RuntimeError/ValueError
             raise ModelLoadError(f"faster-whisper could not load {model_dir}: {exc}") from exc
 
-    def transcribe(self, audio: np.ndarray, prompt: str | None = None,
-                   language: str | None = None, beam_size: int | None = None) -> Hypothesis:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
+                   beam_size: int | None = None, word_times: bool = True) -> Hypothesis:
+        """``word_times=False`` skips the alignment pass (about a third of a pass's cost); words
+        then get times spread over their segment, good enough for a partial."""
         import time
 
         t0 = time.perf_counter()
@@ -175,7 +178,7 @@ class FasterWhisperEngine:
             beam_size=beam_size or self.beam_size,
             best_of=1,
             temperature=0.0,
-            word_timestamps=True,
+            word_timestamps=word_times,
             condition_on_previous_text=False,
             initial_prompt=prompt or None,
             vad_filter=False,
@@ -189,6 +192,9 @@ class FasterWhisperEngine:
             texts.append(seg.text)
             hyp.segments.append(SegmentStats(seg.text.strip(), float(seg.no_speech_prob),
                                              float(seg.avg_logprob), float(seg.compression_ratio)))
+            if seg.words is None:
+                hyp.words += [Word(w.text, w.start, w.end, 1.0, index) for w in
+                              _spread_words(seg.text, None, 0.0, float(seg.start), float(seg.end))]
             for w in seg.words or []:
                 hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability),
                                       index))
@@ -206,7 +212,8 @@ class FasterWhisperEngine:
 
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None, beam_size: int | None = None) -> list[Hypothesis]:
+                         language: str | None = None, beam_size: int | None = None,
+                         word_times: bool = True) -> list[Hypothesis]:
         """Several sessions' buffers in one encoder and one decoder call.
 
         Buffers are padded to the longest one (plus a second) and decoded greedily together with
@@ -219,7 +226,7 @@ class FasterWhisperEngine:
         from faster_whisper.transcribe import BatchedInferencePipeline
 
         if len(audios) == 1:
-            return [self.transcribe(audios[0], prompt, language, beam_size)]
+            return [self.transcribe(audios[0], prompt, language, beam_size, word_times)]
         t0 = time.perf_counter()
         model = self._model
         multilingual = bool(model.model.is_multilingual)
@@ -233,7 +240,7 @@ class FasterWhisperEngine:
                           for f in feats])
         meta = [{"offset": 0.0, "duration": len(a) / SAMPLE_RATE} for a in audios]
         options = self._batch_options(tokenizer, prompt, max(len(a) for a in audios) / SAMPLE_RATE,
-                                      beam_size or self.beam_size)
+                                      beam_size or self.beam_size, word_times)
         # A fresh pipeline object per call: it keeps one piece of state between calls.
         outputs = BatchedInferencePipeline(model).forward(batch, tokenizer, meta, options)
         elapsed = time.perf_counter() - t0
@@ -244,6 +251,9 @@ class FasterWhisperEngine:
                 text = str(seg["text"]).strip()
                 hyp.segments.append(SegmentStats(text, float(seg["no_speech_prob"]),
                                                  float(seg["avg_logprob"]), float(seg["compression_ratio"])))
+                if "words" not in seg:
+                    hyp.words += [Word(w.text, w.start, w.end, 1.0, index) for w in
+                                  _spread_words(text, None, 0.0, float(seg["start"]), float(seg["end"]))]
                 hyp.words += [Word(str(w["word"]).strip(), float(w["start"]), float(w["end"]),
                                    float(w["probability"]), index) for w in seg.get("words") or []
                               if str(w["word"]).strip()]
@@ -255,7 +265,8 @@ class FasterWhisperEngine:
             hyps.append(hyp)
         return hyps
 
-    def _batch_options(self, tokenizer: Any, prompt: str | None, seconds: float, beam_size: int) -> Any:
+    def _batch_options(self, tokenizer: Any, prompt: str | None, seconds: float, beam_size: int,
+                       word_times: bool) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         return TranscriptionOptions(
@@ -264,7 +275,7 @@ class FasterWhisperEngine:
             compression_ratio_threshold=None, condition_on_previous_text=False,
             prompt_reset_on_temperature=0.5, temperatures=[0.0], initial_prompt=prompt or None, prefix=None,
             suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=True,
+            without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=word_times,
             prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
             multilingual=False, max_new_tokens=max_new_tokens(seconds), clip_timestamps="0",
             hallucination_silence_threshold=None, hotwords=None)
@@ -317,14 +328,14 @@ class OpenVinoEngine:
             self._local.pipe = pipe
         return pipe
 
-    def transcribe(self, audio: np.ndarray, prompt: str | None = None,
-                   language: str | None = None, beam_size: int | None = None) -> Hypothesis:
+    def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
+                   beam_size: int | None = None, word_times: bool = True) -> Hypothesis:
         import time
 
         t0 = time.perf_counter()
         pipe = self._pipeline()
         cfg = pipe.get_generation_config()
-        cfg.word_timestamps = self._word_timestamps
+        cfg.word_timestamps = self._word_timestamps and word_times
         cfg.return_timestamps = True
         cfg.max_new_tokens = max_new_tokens(len(audio) / SAMPLE_RATE)
         cfg.num_beams = beam_size or 1
@@ -345,11 +356,13 @@ class OpenVinoEngine:
         return hyp
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None, beam_size: int | None = None) -> list[Hypothesis]:
-        return [self.transcribe(a, prompt, language, beam_size) for a in audios]
+                         language: str | None = None, beam_size: int | None = None,
+                         word_times: bool = True) -> list[Hypothesis]:
+        return [self.transcribe(a, prompt, language, beam_size, word_times) for a in audios]
 
 
-def _spread_words(text: str, chunks: Any, duration: float) -> list[Word]:
+def _spread_words(text: str, chunks: Any, duration: float, start: float = 0.0,
+                  end: float | None = None) -> list[Word]:
     """Word times when the engine gives only chunk (or no) timestamps: spread evenly by length.
 
     Rough, but enough for LocalAgreement (which compares words, not times) and for trimming.
@@ -359,14 +372,14 @@ def _spread_words(text: str, chunks: Any, duration: float) -> list[Word]:
         spans = [(str(c.text), float(c.start_ts), float(c.end_ts if c.end_ts >= 0 else duration))
                  for c in chunks]
     elif text:
-        spans = [(text, 0.0, duration)]
+        spans = [(text, start, duration if end is None else end)]
     words: list[Word] = []
-    for chunk_text, start, end in spans:
+    for chunk_text, t0, t1 in spans:
         parts = chunk_text.split()
         total = sum(len(p) for p in parts) or 1
-        t = start
+        t = t0
         for p in parts:
-            d = (end - start) * len(p) / total
+            d = (t1 - t0) * len(p) / total
             words.append(Word(p, t, t + d))
             t += d
     return words

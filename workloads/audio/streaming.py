@@ -100,6 +100,9 @@ class DecodeRequest:
     final: bool  # commit everything (end of utterance, end of stream, or a full buffer)
     prompt: str | None
     utterance_start: float  # stream seconds where the current utterance began
+    # Whether this pass may commit words (and so needs exact word times); early passes of an
+    # utterance only feed partials and the next agreement, which compares text.
+    word_times: bool = True
 
 
 @dataclass(frozen=True)
@@ -262,8 +265,10 @@ class StreamSession:
         self.in_flight = True
         self._last_request_end = end
         prompt = " ".join(self._prompt_words[-40:]) or None
+        utterance_start = max(start, self._speech_start)
+        may_commit = final or end - utterance_start >= self.settings.min_agree_seconds
         return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
-                             utterance_start=max(start, self._speech_start))
+                             utterance_start=utterance_start, word_times=may_commit)
 
     def abort(self) -> None:
         """The pass asked for could not run (queue full, decoder error): ask again later."""
