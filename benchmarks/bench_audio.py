@@ -199,7 +199,6 @@ async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
         cpu_seconds_per_audio_second=round(cpu / (duration * streams), 4),
         tail_seconds=round(max(tails), 3), rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(),
         per_stream_p95=per_p95)
-    fig.sustained = max(per_p95) <= 2.0 and max(tails) <= 3.0
     return fig
 
 
@@ -236,7 +235,7 @@ def run_peer(peer: Path, wav: Path, reference: str, ref_words: list[tuple[str, f
         latency_max=round(max(lat), 3) if lat else None, words_matched=len(lat),
         cpu_seconds_per_audio_second=round(cpu / duration, 4), tail_seconds=round(last - duration, 3),
         rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(), per_stream_p95=[_pct(lat, 95) or 0.0])
-    fig.sustained = (fig.latency_p95 or 99) <= 2.0
+    fig.sustained = (fig.tail_seconds or 99) <= 3.0
     print(f"peer wall {time.time() - t0:.1f}s, hypothesis: {hyp[:200]}...", file=sys.stderr)
     return fig
 
@@ -256,6 +255,25 @@ def _child_cpu() -> float:
 
 
 # ---------------------------------------------------------------- main
+
+
+SUSTAIN_P95_GROWTH = 1.25
+SUSTAIN_TAIL_SECONDS = 3.0
+
+
+def mark_sustained(runs: list[RunFigures]) -> None:
+    """N streams are sustained when they keep up: no stream's p95 final latency is more than 25%
+    above the lone stream's, and every stream's last final comes within 3 s of its end of audio.
+
+    Relative to the lone stream because the policy itself sets that latency (the agreement it
+    waits for, ``min_agree_seconds``); what concurrency must not do is add to it.
+    """
+    lone = next((f for f in runs if f.streams == 1), None)
+    base = lone.latency_p95 if lone and lone.latency_p95 else None
+    for f in runs:
+        ok_tail = f.tail_seconds is not None and f.tail_seconds <= SUSTAIN_TAIL_SECONDS
+        ok_lat = base is not None and max(f.per_stream_p95 or [99.0]) <= SUSTAIN_P95_GROWTH * base
+        f.sustained = ok_tail and ok_lat
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         proc.wait(timeout=30)
 
     ours = [f for f in figures if f.system == "livetranslate"]
+    mark_sustained(ours)
     sustained = max((f.streams for f in ours if f.sustained), default=0)
     by_n = {f.streams: f for f in ours}
     per_stream_mib = None
@@ -342,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{f.latency_max} | {f.cpu_seconds_per_audio_second} | {f.tail_seconds} | "
                      f"{f.rss_mib_peak} | {f.sustained} | {', '.join(f'{x:.2f}' for x in f.loadavg)} |")
     lines += ["", (f"Real-time streams sustained by one service process: **{sustained}** "
-              "(every stream's p95 final latency <= 2 s and last final <= 3 s after its audio ends)."),
+              "(no stream's p95 final latency over 1.25x the lone stream's, every last final <= 3 s after "
+               "its audio ends)."),
               (f"Memory per extra stream: **{per_stream_mib} MiB** (peak RSS difference between the "
               f"{ours[0].streams if ours else '?'}- and {ours[-1].streams if ours else '?'}-stream runs)."), ""]
     lines.append(f"CPU time per stream at 1 stream implies **{result['compute_capacity_streams_estimate']}** "
