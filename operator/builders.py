@@ -382,6 +382,21 @@ def build_pdb(resolved: ResolvedPipeline, stage: Stage) -> dict[str, Any]:
     }
 
 
+def build_podmonitor(resolved: ResolvedPipeline) -> dict[str, Any]:
+    """Prometheus-operator scrape config for every pod of the pipeline: the autoscaler's and the
+    dashboards' signals come from these scrapes, at the autoscaler's own interval."""
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": resolved.name, "namespace": resolved.namespace, "labels": labels(resolved.name)},
+        "spec": {
+            "selector": {"matchLabels": {PIPELINE_LABEL: resolved.name}},
+            "podMetricsEndpoints": [{"port": "http", "path": "/metrics",
+                                     "interval": resolved.spec.scaling.interval}],
+        },
+    }
+
+
 def build_configmap(resolved: ResolvedPipeline) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

@@ -99,6 +99,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     registry: CollectorRegistry = memo.get("registry") or CollectorRegistry()
     memo.registry = registry
     memo.reconcile_seconds = metrics.reconcile_seconds(registry)
+    memo.discovery = {}
     memo.stage_gauges = metrics.stage_replicas(registry)
     memo.scaling_active_gauge = metrics.scaling_active(registry)
     if op_settings.metrics_port:
@@ -213,6 +214,8 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     config, *rest = builders.build_children(resolved, state, settings)
     await apply(config)  # first: the pods mount it
     await asyncio.gather(*(apply(m) for m in rest))
+    if settings.pipeline_monitors and await _serves_podmonitors(memo):
+        await apply(builders.build_podmonitor(resolved))
     memo.resolved[(namespace, name)] = resolved
     memo.refused.pop((namespace, name), None)
 
@@ -238,6 +241,24 @@ def _export_stage_gauges(memo: kopf.Memo, namespace: str, name: str, resolved: R
         desired.labels(**labels).set(int(observed.get("replicas") or 0))
         ready.labels(**labels).set(int(observed.get("readyReplicas") or 0))
         maximum.labels(**labels).set(bounds.max)
+
+
+PODMONITOR_RECHECK_S = 300.0
+
+
+async def _serves_podmonitors(memo: kopf.Memo) -> bool:
+    """Whether the prometheus-operator CRDs exist, asked again every few minutes."""
+    cache: dict[str, tuple[float, bool]] = memo.discovery
+    now = time.monotonic()
+    seen = cache.get("podmonitors")
+    if seen is None or now - seen[0] > PODMONITOR_RECHECK_S:
+        try:
+            found = await memo.kube.serves("monitoring.coreos.com/v1", "podmonitors")
+        except ApiError:
+            found = seen[1] if seen else False
+        cache["podmonitors"] = (now, found)
+        return found
+    return seen[1]
 
 
 async def _deployments(kube: KubeClient, namespace: str, name: str) -> dict[Stage, dict[str, Any] | None]:

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 PLURALS = {
     "ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments", "Event": "events",
     "Secret": "secrets", "Node": "nodes", "Pod": "pods", "TranslationPipeline": "translationpipelines",
-    "PodDisruptionBudget": "poddisruptionbudgets",
+    "PodDisruptionBudget": "poddisruptionbudgets", "PodMonitor": "podmonitors",
 }
 CLUSTER_SCOPED = {"Node"}
 
@@ -156,6 +156,17 @@ class KubeClient:
                     body, message = None, await resp.text()
                 raise ApiError(resp.status, message or resp.reason or "", body)
             return await resp.json(content_type=None)
+
+    async def serves(self, api_version: str, plural: str) -> bool:
+        """Whether the API server serves a resource (discovery; needs no RBAC rule)."""
+        prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        try:
+            found = await self.request("GET", prefix)
+        except ApiError as e:
+            if e.status in (404, 503):
+                return False
+            raise
+        return any(r.get("name") == plural for r in (found or {}).get("resources") or [])
 
     # ------------------------------------------------------------------------------ plain verbs
 

@@ -27,6 +27,12 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     (("", "events.k8s.io"), ("events",), ("create", "patch")),
 ]
 
+# Granted by the chart only with rbac.pipelineMonitors (the operator then creates a PodMonitor per
+# pipeline where the prometheus-operator CRDs exist).
+MONITOR_RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
+    (("monitoring.coreos.com",), ("podmonitors",), ("get", "list", "watch", "create", "patch", "update", "delete")),
+]
+
 
 def allows(group: str, resource: str, verb: str,
            rules: Iterable[tuple[Iterable[str], Iterable[str], Iterable[str]]] = RULES) -> bool:

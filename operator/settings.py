@@ -52,6 +52,9 @@ class OperatorSettings(BaseSettings):
     # How long the vLLM container may take to download and load a model before it is restarted.
     vllm_startup_seconds: int = 1800
     service_account: str | None = None
+    # Create a PodMonitor per pipeline where the prometheus-operator CRDs exist (checked through
+    # discovery every few minutes, so installing them later is picked up).
+    pipeline_monitors: bool = True
     # Kopf peering: with a name set, replicas register in the ClusterKopfPeering of that name and
     # only the highest-priority one acts (the chart runs two). Empty = standalone.
     peering: str = ""

@@ -281,8 +281,9 @@ def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 # What the chart grants beyond the operator's own reconcile and scaling calls: Kopf peering (only
 # with peering on) and the per-pipeline PodMonitors (only with rbac.pipelineMonitors).
 PEERING = {("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")}
-MONITORS = {("monitoring.coreos.com", "podmonitors", v)
-            for v in ("get", "list", "watch", "create", "patch", "update", "delete")}
+from livetranslate.operator.rbac import MONITOR_RULES
+
+MONITORS = {(g, r, v) for groups, resources, verbs in MONITOR_RULES for g in groups for r in resources for v in verbs}
 
 
 @pytest.mark.parametrize("overrides, extras", [
@@ -303,6 +304,7 @@ def test_cluster_role_grants_exactly_what_the_operator_uses(
     assert granted - wanted - extras == set(), "the chart grants more than the operator uses"
     assert wanted - granted == set(), "the operator makes calls the chart does not allow (403 in a cluster)"
     assert extras <= granted
+
 
 
 # ------------------------------------------------------------------ files copied from elsewhere

@@ -292,3 +292,37 @@ async def test_a_gpu_joining_lets_a_refused_pipeline_run_on_vllm(
     assert [c["name"] for c in translation["spec"]["template"]["spec"]["containers"]] == ["translation", "vllm"]
     await eventually(lambda: phase(cluster, "town-hall") == "Progressing")
     assert "invalidField" not in (cluster.tp("town-hall") or {})["status"]
+
+
+PODMONITOR_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {"type": "object",
+                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+async def test_a_podmonitor_per_pipeline_where_the_prometheus_operator_is_installed(
+        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster.api.install_crd(PODMONITOR_CRD)
+    await kube.create(pipeline("town-hall"))
+    monitors = await eventually(lambda: cluster.api.find("monitoring.coreos.com/v1/podmonitors", NS),
+                                message="a PodMonitor")
+    (monitor,) = monitors
+    tp = cluster.tp("town-hall") or {}
+    assert monitor["metadata"]["ownerReferences"][0]["uid"] == tp["metadata"]["uid"]  # garbage-collected
+    assert monitor["spec"]["selector"] == {"matchLabels": {"livetranslate.io/pipeline": "town-hall"}}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
+    ours = {(c.group, c.resource, c.verb) for c in cluster.api.calls
+            if c.agent != "test-kubectl" and c.group == "monitoring.coreos.com"}
+    assert ours and all(rbac.allows(*c, rules=rbac.MONITOR_RULES) for c in ours)
+
+
+async def test_no_podmonitor_without_the_prometheus_operator(
+        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    await kube.create(pipeline("town-hall"))
+    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
+    assert not any(c.group == "monitoring.coreos.com" for c in cluster.api.calls)
