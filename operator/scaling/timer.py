@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import random
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -253,7 +254,16 @@ async def autoscale_step(body: kopf.Body, memo: kopf.Memo, logger: Any, node_ind
 async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
                     **kwargs: Any) -> None:
     """The pipeline's autoscaling loop: one decision, then sleep spec.scaling.interval (re-read
-    from the live body every time, so an edited interval applies at once)."""
+    from the live body every time, so an edited interval applies at once).
+
+    The first decision waits a random part of one interval: a new pipeline has no metrics yet,
+    and after an operator restart hundreds of loops would otherwise all query Prometheus and the
+    API server in the same instant, in the middle of the restart's reconciles."""
+    try:
+        first = parse_spec(dict(body.spec)).scaling.interval_seconds
+    except pydantic.ValidationError:
+        first = DEFAULT_INTERVAL_S
+    await stopped.wait(random.uniform(0.0, first))
     while not stopped:
         try:
             interval = parse_spec(dict(body.spec)).scaling.interval_seconds
