@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import kmock
 import kopf
 
+from livetranslate.crd import build_crd
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.testing.kube_emulator import KubeEmulator
@@ -113,3 +116,15 @@ class OperatorProcess:
         if self.kube is not None:
             await self.kube.close()
             self.kube = None
+
+
+@contextlib.asynccontextmanager
+async def emulated_cluster(kubeconfig: Path, *, auto_ready_deployments: bool = False) -> AsyncIterator[Cluster]:
+    """The emulator on loopback with the TranslationPipeline CRD installed, and a kubeconfig for it
+    written to ``kubeconfig`` (point $KUBECONFIG there before starting the operator)."""
+    api = KubeEmulator(auto_ready_deployments=auto_ready_deployments)
+    api.install_crd(build_crd())
+    async with api, kmock.Server(api) as server:
+        url = str(server.url).rstrip("/")
+        api.kubeconfig(url, kubeconfig)
+        yield Cluster(api, url)

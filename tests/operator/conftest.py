@@ -5,23 +5,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import kmock
 import pytest
 
-from livetranslate.crd import build_crd
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.kube_emulator import KubeEmulator
-from livetranslate.testing.kube_operator import Cluster, OperatorProcess
+from livetranslate.testing.kube_operator import Cluster, OperatorProcess, emulated_cluster
 
 
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    api = KubeEmulator()
-    api.install_crd(build_crd())
-    async with api, kmock.Server(api) as server:
-        url = str(server.url).rstrip("/")
-        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(url, tmp_path / "kubeconfig")))
-        yield Cluster(api, url)
+    async with emulated_cluster(tmp_path / "kubeconfig") as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        yield cluster
 
 
 @pytest.fixture

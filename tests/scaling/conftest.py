@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import kmock
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from livetranslate import metrics as m
-from livetranslate.crd import build_crd
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.kube_emulator import KubeEmulator
-from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess
+from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess, emulated_cluster
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PIPELINE = "town-hall"
@@ -233,12 +230,9 @@ def prometheus(prometheus_binary: str, workloads: Workloads, tmp_path: Path,
 
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    api = KubeEmulator(auto_ready_deployments=True)
-    api.install_crd(build_crd())
-    async with api, kmock.Server(api) as server:
-        url = str(server.url).rstrip("/")
-        monkeypatch.setenv("KUBECONFIG", str(api.kubeconfig(url, tmp_path / "kubeconfig")))
-        yield Cluster(api, url)
+    async with emulated_cluster(tmp_path / "kubeconfig", auto_ready_deployments=True) as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        yield cluster
 
 
 @pytest.fixture
