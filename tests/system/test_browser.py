@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -67,17 +69,35 @@ def devtools_port(proc: subprocess.Popen[str], timeout: float = 30) -> int:
     raise AssertionError("chromium did not start its DevTools server")
 
 
+def end(proc: subprocess.Popen[str], timeout: float = 10) -> None:
+    """End Chromium and every helper process it started (renderer, GPU, crashpad). They share its
+    session, and they keep writing into the profile after the browser process exits, so the profile
+    can be removed only once the whole group is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.1)
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+    proc.wait()
+
+
 def launch(chromium: str, profile: str, wav: Path, url: str) -> tuple[subprocess.Popen[str], str]:
     """Chromium on the page, its microphone fed from ``wav``; returns it and the page's DevTools URL."""
     proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}",
                              f"--use-file-for-fake-audio-capture={wav}", url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     try:
         port = devtools_port(proc)
         targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
     except BaseException:
-        proc.kill()
-        proc.wait()
+        end(proc)
         raise
     [target] = [t for t in targets if t["type"] == "page"]
     return proc, target["webSocketDebuggerUrl"]
@@ -123,9 +143,4 @@ async def test_captions_page_in_chromium(up: Up, speech_wav: tuple[Path, str]) -
                     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
                     SCREENSHOT.write_bytes(shot)
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            end(proc)
