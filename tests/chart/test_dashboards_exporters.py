@@ -15,7 +15,6 @@ import math
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ import httpx
 import pytest
 
 from livetranslate.metrics import LATENCY_BUCKETS, PROCESSING_BUCKETS
+from livetranslate.procs import free_port
 from livetranslate.testing.grafana import empty_panels, query_panels, render_png
 
 pytestmark = pytest.mark.slow
@@ -136,12 +136,6 @@ def openmetrics(t0: int) -> str:
     return "\n".join(lines) + "\n# EOF\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, float, float]]:
     promtool, prom_bin = shutil.which("promtool"), shutil.which("prometheus")
@@ -155,7 +149,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     out = subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(tmp / "series.om"), str(data)],
                          capture_output=True, text=True, check=False, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
-    port = _free_port()
+    port = free_port()
     (tmp / "prometheus.yml").write_text("global: {scrape_interval: 1m}\n")
     proc = subprocess.Popen([prom_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
                              f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],

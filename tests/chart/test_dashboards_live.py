@@ -12,8 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ import httpx
 import pytest
 import yaml
 
+from livetranslate.procs import free_port, stop
 from livetranslate.testing.grafana import empty_panels, query_panels, render_png
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,23 +34,6 @@ LIVE_VARS = {"__rate_interval": "10s", "__interval": "2s", "namespace": ".*", "p
              "slo": "1.5"}
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _stop(proc: subprocess.Popen[Any]) -> None:
-    """End a process this test started (by its pid) and wait for it."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
 
 
 @dataclass
@@ -75,7 +57,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         pytest.skip(f"livetranslate up or speech tools unavailable: {exc}")
 
     tmp = tmp_path_factory.mktemp("live-dashboard")
-    gateway_port = _free_port()
+    gateway_port = free_port()
     env = {**os.environ, "PYTHONSAFEPATH": "1", "LT_LOG_FORMAT": "json"}
     up = subprocess.Popen(
         [sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", str(gateway_port),
@@ -102,7 +84,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         assert set(ports) == {"audio", "translation", "gateway"}, lines
 
         # Prometheus as a cluster would scrape the pods: one job per stage, a namespace label.
-        prom_port = _free_port()
+        prom_port = free_port()
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
@@ -143,7 +125,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         yield LiveRun(prom_url, start, time.time(), events)
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            stop(proc, timeout=30)
 
 
 def test_the_session_produced_captions_and_translations(live: LiveRun) -> None:

@@ -27,6 +27,8 @@ from typing import Any
 import pytest
 import yaml
 
+from livetranslate.procs import free_port
+
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,12 +120,6 @@ def release(kube: Kube) -> Iterator[Any]:
         config.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_path: Path) -> None:
     # The operator: two replicas, one active through peering, both Ready.
     kube.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-livetranslate", "--timeout=300s")
@@ -162,7 +158,7 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
 
     samples, script = compose([Utterance(s) for s in SENTENCES[:3]])
     wav = write_wav(tmp_path / "speech.wav", samples)
-    port = _free_port()
+    port = free_port()
     forward = subprocess.Popen(
         ["kubectl", "-n", PIPELINE_NS, "port-forward", f"svc/{PIPELINE}-gateway", f"{port}:8080"],
         env=kube.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -12,6 +12,7 @@ import yaml
 from livetranslate.api import parse_spec
 from livetranslate.operator import builders, placement
 from livetranslate.operator.settings import OperatorSettings
+from livetranslate.procs import free_port
 from livetranslate.testing.kube_operator import Cluster, eventually, pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,14 +55,6 @@ def test_images_and_resources_come_from_operator_settings(monkeypatch: pytest.Mo
     assert gateway["resources"]["limits"]["memory"] == "3Gi"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.slow
 async def test_operator_process_serves_metrics_and_liveness(cluster: Cluster) -> None:
     """`livetranslate operator` as the chart runs it: /metrics with reconcile timings, /healthz."""
@@ -70,7 +63,7 @@ async def test_operator_process_serves_metrics_and_liveness(cluster: Cluster) ->
 
     import aiohttp
 
-    metrics_port, live_port = _free_port(), _free_port()
+    metrics_port, live_port = free_port(), free_port()
     env = {**os.environ, "PYTHONSAFEPATH": "1", "LT_OPERATOR_METRICS_PORT": str(metrics_port),
            "LT_OPERATOR_LIVENESS_ENDPOINT": f"http://127.0.0.1:{live_port}/healthz", "LT_LOG_LEVEL": "WARNING"}
     proc = await asyncio.create_subprocess_exec(sys.executable, "-P", "-m", "livetranslate.cli", "operator",

@@ -1,0 +1,68 @@
+"""The shared child-process steps: a stop ends the grandchildren too, a wait notices a child that
+died before answering, and a busy preferred port is not handed out."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from livetranslate.procs import free_port, start, stop, wait_http
+
+# A server that forks a grandchild first: the grandchild must end with it.
+SERVER = """
+import http.server, os, sys, time
+if os.fork() == 0:
+    open(sys.argv[2], "w").write(str(os.getpid()))
+    time.sleep(600)
+http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), http.server.SimpleHTTPRequestHandler).serve_forever()
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (ended, not yet reaped by init) counts as gone.
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split(") ", 1)[1][0] != "Z"
+
+
+def test_stop_ends_the_child_and_what_it_forked(tmp_path: Path) -> None:
+    port = free_port()
+    pid_file = tmp_path / "grandchild.pid"
+    proc = start([sys.executable, "-c", SERVER, str(port), str(pid_file)], log=tmp_path / "server.log")
+    wait_http(f"http://127.0.0.1:{port}/", timeout=30, proc=proc)
+    grandchild = int(pid_file.read_text())
+    assert _alive(grandchild)
+    assert stop(proc, timeout=5) != 0
+    for _ in range(50):
+        if not _alive(grandchild):
+            break
+        time.sleep(0.1)
+    assert not _alive(grandchild)
+
+
+def test_wait_notices_a_child_that_exits_before_answering() -> None:
+    proc = start([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        wait_http(f"http://127.0.0.1:{free_port()}/", timeout=30, proc=proc)
+
+
+def test_wait_gives_up_after_its_timeout() -> None:
+    with pytest.raises(TimeoutError):
+        wait_http(f"http://127.0.0.1:{free_port()}/", timeout=0.5)
+
+
+def test_a_busy_preferred_port_is_not_handed_out() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        assert free_port(taken) != taken
+    assert free_port(taken) == taken
