@@ -8,6 +8,11 @@ child processes (``livetranslate serve ...``) on loopback ports. Each child is w
 dies is reported with the end of its log and restarted (a few times, then everything stops with
 the reason); Ctrl-C or SIGTERM stops the gateway first (it finalises open sessions while its
 upstreams still run), then the rest.
+
+`up` is also the children's subreaper (Linux): a helper a child started in a session of its own
+(the translation service's apertium-apy and its pipeline processes) is re-parented to `up` when that
+child dies uncleanly, and `up` ends and reaps it, so a crash-and-restart leaks no process tree. On
+a cluster the container runtime does that when a pod's main process dies.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ STAGES = ("audio", "translation", "gateway")
 SERVE_NAME = {"audio": "audio", "translation": "translate", "gateway": "gateway"}
 MAX_RESTARTS = 3
 RESTART_WINDOW_SECONDS = 120.0
+ORPHAN_KILL_AFTER_SECONDS = 5.0  # SIGTERM first; SIGKILL an adopted orphan still alive after this
 
 
 class UpError(Exception):
@@ -133,6 +139,7 @@ class Runner:
             for stage in STAGES
         }
         self.stopping = False
+        self.orphans: dict[int, float] = {}  # adopted orphan pid -> when we first asked it to end
 
     def say(self, message: str) -> None:
         self.out.write(message + "\n")
@@ -185,6 +192,40 @@ class Runner:
             child.restart_at = now + pause
             self.say(f"{child.stage}: exited with code {code}; restarting in {pause:.0f} s "
                      f"({len(child.restarts)}/{MAX_RESTARTS}). Its log ends:\n{_indent(tail)}")
+        self.end_orphans()
+
+    def end_orphans(self) -> None:
+        """End and reap processes re-parented to us because the child that started them died.
+
+        Only pids that are not our own children are waited on: reaping a child's status here
+        would hide its exit code from ``Popen.poll()``.
+        """
+        ours = {c.proc.pid for c in self.children.values() if c.proc is not None}
+        now = time.monotonic()
+        for pid, pgid, state, name in _adopted(os.getpid()):
+            if pid in ours:
+                continue
+            if state == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, os.WNOHANG)
+                self.orphans.pop(pid, None)
+                continue
+            asked = self.orphans.get(pid)
+            sig = signal.SIGTERM if asked is None else (
+                signal.SIGKILL if now - asked > ORPHAN_KILL_AFTER_SECONDS else None)
+            if sig is None:
+                continue
+            if asked is None:
+                self.orphans[pid] = now
+                self.say(f"ending orphaned process {pid} ({name}) left by a child that died")
+            # Its own process group when it leads one (APy and its pipeline), else just itself.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if pgid == pid and pgid != os.getpgrp():
+                    os.killpg(pgid, sig)
+                else:
+                    os.kill(pid, sig)
+        for pid in [p for p in self.orphans if not Path(f"/proc/{p}").exists()]:
+            del self.orphans[pid]
 
     def wait_ready(self, timeout: float) -> None:
         began = time.monotonic()
@@ -233,6 +274,13 @@ class Runner:
                     with contextlib.suppress(ProcessLookupError):
                         p.kill()
                     p.wait()
+        # Whatever the children left behind (a helper that outlived its parent's shutdown).
+        deadline = time.monotonic() + ORPHAN_KILL_AFTER_SECONDS + 2
+        while True:
+            self.end_orphans()
+            if not self.orphans or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         for child in self.children.values():
             if child.log_file is not None:
                 child.log_file.close()
@@ -245,6 +293,34 @@ def _die_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _become_subreaper() -> None:
+    """Orphans of our children's children come to us instead of to init, so we can end them."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_child_subreaper = 36
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_child_subreaper, 1)
+
+
+def _adopted(parent: int) -> list[tuple[int, int, str, str]]:
+    """(pid, process group, state, name) of every process whose parent is ``parent`` (/proc)."""
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        head, _, rest = stat.rpartition(")")
+        fields = rest.split()
+        if len(fields) < 3 or int(fields[1]) != parent:
+            continue
+        found.append((int(entry.name), int(fields[2]), fields[0], head.partition("(")[2]))
+    return found
 
 
 def _indent(text: str) -> str:
@@ -296,6 +372,7 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     code = 0
+    _become_subreaper()
     try:
         for child in runner.children.values():
             runner.start(child)
