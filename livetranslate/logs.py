@@ -10,9 +10,11 @@ import contextvars
 import json
 import logging
 import os
+import re
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +23,68 @@ _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("lt_lo
 # Keys copied from a record's extra= into the JSON line.
 CONTEXT_KEYS = ("pipeline", "namespace", "session_id", "segment_id", "stage", "component", "language")
 _SECRET_HINTS = ("token", "authorization", "api_key", "apikey", "password", "secret")
+
+
+# Credentials in free text: query parameters (browsers send ?token=...; uvicorn logs every
+# WebSocket request line with its query string at INFO) and HTTP header lines (uvicorn's debug
+# level logs each request header). A value runs to the next separator, quote or backslash, so the
+# same patterns work on a JSON-escaped line.
+_SECRET_QUERY = re.compile(
+    r"(?i)([?&;](?:access_?token|token|api_?key|apikey|key|password|secret|sig|signature)=)[^&\s\"'\\]+")
+_SECRET_HEADER = re.compile(
+    r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|sec-websocket-protocol)"
+    r"(\s*[:=]\s*)[^\"\\\r\n]+")
+_REDACTED = "[redacted]"
+# Literal secrets registered by the process that loaded them (the gateway's accepted tokens):
+# replaced wherever they appear, however they got into a line (a client sending its token in the
+# wrong header, an exception quoting a URL).
+_secrets: frozenset[str] = frozenset()
+_secrets_lock = threading.Lock()
+_MIN_SECRET_LENGTH = 6  # shorter values would blank out ordinary words
+
+
+def register_secrets(values: Iterable[str]) -> None:
+    """Never log these strings (added to what is registered already)."""
+    global _secrets
+    fresh = {v for v in values if len(v) >= _MIN_SECRET_LENGTH}
+    if not fresh - _secrets:
+        return
+    with _secrets_lock:
+        _secrets = _secrets | fresh
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials replaced by ``[redacted]``; cheap when there are none."""
+    if "=" in text:
+        text = _SECRET_QUERY.sub(lambda m: m.group(1) + _REDACTED, text)
+    if ":" in text or "=" in text:
+        text = _SECRET_HEADER.sub(lambda m: m.group(1) + m.group(2) + _REDACTED, text)
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, _REDACTED)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites each record's message without credentials before any formatter sees it.
+
+    Installed on the handler (not a logger), so records from every library (uvicorn, websockets,
+    httpx) pass through it.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class RedactingTextFormatter(logging.Formatter):
+    """The plain-text format, with tracebacks redacted too (they may quote a URL)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 @contextmanager
@@ -60,7 +124,8 @@ class JsonFormatter(logging.Formatter):
                 line[key] = "[redacted]"
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        # Extra fields and tracebacks were not covered by RedactingFilter (it sees the message).
+        return redact(json.dumps(line, default=str))
 
 
 def configure_logging(level: str | None = None, component: str | None = None) -> None:
@@ -69,8 +134,9 @@ def configure_logging(level: str | None = None, component: str | None = None) ->
     for h in list(root.handlers):
         root.removeHandler(h)
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactingFilter())
     if os.environ.get("LT_LOG_FORMAT", "json") == "text":
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(RedactingTextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(JsonFormatter())
     root.addHandler(handler)

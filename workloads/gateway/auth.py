@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from livetranslate.logs import register_secrets
+
 log = logging.getLogger(__name__)
 
 _RELOAD_SECONDS = 5.0
@@ -47,6 +49,9 @@ class TokenAuth:
                 log.error("cannot read auth tokens; refusing every client",
                           extra={"fields": {"dir": str(self.directory), "error": str(exc)}})
             self._tokens = tokens
+            # Whatever path a token takes into a log line (a header logged by a library at
+            # debug level, a client sending it where it does not belong), it is redacted.
+            register_secrets(t.decode(errors="replace") for t in tokens)
         return self._tokens
 
     def check(self, token: str | None) -> bool:
