@@ -178,6 +178,8 @@ class Runner:
                 if now >= child.restart_at:
                     child.restart_at = None
                     self.start(child)
+                    self.say(f"{child.stage}: starting on 127.0.0.1:{child.port} "
+                             f"(pid {child.proc.pid if child.proc else '?'}) after a restart")
                 continue
             code = child.proc.returncode
             while child.restarts and now - child.restarts[0] > RESTART_WINDOW_SECONDS:
