@@ -47,6 +47,9 @@ def main(argv: list[str]) -> int:
         port=args.port,
         ws=_ws_impl(),
         ws_max_size=2 * 1024 * 1024,
+        # permessage-deflate, which browsers and most clients offer, would inflate every audio
+        # frame and deflate every event: CPU per frame for PCM that barely compresses.
+        ws_per_message_deflate=False,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=20,

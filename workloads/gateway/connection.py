@@ -15,7 +15,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from fastapi import WebSocket
@@ -296,13 +296,15 @@ class Session:
             self._sent -= n
 
     def _arrival_of(self, t: float) -> float | None:
-        """Wall-clock (monotonic) time at which the sample at session time ``t`` reached us."""
-        while len(self._arrivals) > 1 and self._arrivals[0][0] < t - 60:
-            self._arrivals.popleft()
-        for end, at in self._arrivals:
-            if end >= t - 1e-6:
-                return at
-        return self._arrivals[-1][1] if self._arrivals else None
+        """Wall-clock (monotonic) time at which the sample at session time ``t`` reached us.
+
+        Finals come in session-time order, so frames that ended before ``t`` are never asked
+        about again: dropping them keeps this O(1) per final instead of a scan of the last minute.
+        """
+        arrivals = self._arrivals
+        while len(arrivals) > 1 and arrivals[0][0] < t - 1e-6:
+            arrivals.popleft()
+        return arrivals[0][1] if arrivals else None
 
     async def _audio_loop(self) -> None:
         gw, s = self.gw, self.gw.settings
@@ -579,6 +581,8 @@ class Connection:
         self._close: tuple[int, str] | None = None
         self._ended = False
         self._receiver: asyncio.Task[None] | None = None
+        self._last_rx = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- run
 
@@ -633,16 +637,19 @@ class Connection:
 
     async def _send_loop(self) -> None:
         stuck = self.gw.settings.stuck_client_seconds
+        loop = asyncio.get_running_loop()
         while True:
             _kind, text, on_sent = await self.queue.get()
+            # A timer, not wait_for: wait_for would wrap every send in a task of its own.
+            timer = loop.call_later(stuck, self._fail, CLOSE_POLICY,
+                                    f"client too slow: a send blocked for {stuck:.0f}s")
             try:
-                await asyncio.wait_for(self.ws.send_text(text), stuck)
-            except TimeoutError:
-                self._fail(CLOSE_POLICY, f"client too slow: a send blocked for {stuck:.0f}s")
-                return
+                await self.ws.send_text(text)
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._fail(CLOSE_NORMAL, "")
                 return
+            finally:
+                timer.cancel()
             if on_sent is not None:
                 await on_sent()
 
@@ -662,27 +669,43 @@ class Connection:
 
     async def _receive_loop(self) -> None:
         s = self.gw.settings
-        while True:
-            timeout = s.idle_timeout_seconds if self.session else s.start_timeout_seconds
-            try:
-                msg = await asyncio.wait_for(self.ws.receive(), timeout)
-            except TimeoutError:
-                self._fail(CLOSE_POLICY, "idle timeout" if self.session else "no session.start received")
-                return
-            if msg["type"] == "websocket.disconnect":
-                return
-            wait = self._messages.take(1)
-            if wait > 1.0:
-                self._error(ERR_RATE_LIMITED, f"more than {s.max_messages_per_second:.0f} messages "
-                            "per second; message dropped")
-                continue
-            data = msg.get("bytes")
-            if data is not None:
-                await self._on_binary(data)
-            else:
-                await self._on_text(msg.get("text") or "")
-            if self._ended:
-                return
+        loop = asyncio.get_running_loop()
+        # The idle limit is one timer per connection, re-armed only when it fires early, rather
+        # than a wait_for per message (which wraps every receive in a new task and timer).
+        self._last_rx = loop.time()
+        self._idle_timer = loop.call_at(self._last_rx + s.start_timeout_seconds, self._idle_check)
+        try:
+            while True:
+                msg = await self.ws.receive()
+                self._last_rx = loop.time()
+                if msg["type"] == "websocket.disconnect":
+                    return
+                await self._on_message(msg)
+                if self._ended:
+                    return
+        finally:
+            if self._idle_timer is not None:
+                self._idle_timer.cancel()
+
+    def _idle_check(self) -> None:
+        s = self.gw.settings
+        timeout = s.idle_timeout_seconds if self.session else s.start_timeout_seconds
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_rx >= timeout - 0.01:
+            self._fail(CLOSE_POLICY, "idle timeout" if self.session else "no session.start received")
+        else:
+            self._idle_timer = loop.call_at(self._last_rx + timeout, self._idle_check)
+
+    async def _on_message(self, msg: MutableMapping[str, Any]) -> None:
+        if self._messages.take(1) > 1.0:
+            self._error(ERR_RATE_LIMITED, f"more than {self.gw.settings.max_messages_per_second:.0f} "
+                        "messages per second; message dropped")
+            return
+        data = msg.get("bytes")
+        if data is not None:
+            await self._on_binary(data)
+        else:
+            await self._on_text(msg.get("text") or "")
 
     async def _on_binary(self, data: bytes) -> None:
         s = self.gw.settings

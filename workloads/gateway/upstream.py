@@ -122,8 +122,11 @@ class AudioLink:
     @classmethod
     async def open(cls, base_url: str, start: AudioStart, timeout: float) -> AudioLink:
         try:
+            # No compression (PCM does not deflate well and it costs CPU on every frame at both
+            # ends) and no proxy lookup (an in-cluster service; the lookup walks the environment
+            # on every connect).
             ws = await connect(ws_url(base_url) + "/v1/audio", open_timeout=timeout,
-                               max_size=4 * 1024 * 1024, close_timeout=2)
+                               max_size=4 * 1024 * 1024, close_timeout=2, compression=None, proxy=None)
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             raise UpstreamUnavailable(f"audio service: {exc}") from exc
         except Exception as exc:  # an HTTP error status during the handshake (InvalidStatus)
