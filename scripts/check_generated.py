@@ -15,7 +15,16 @@ GENERATED: dict[str, list[str]] = {
     "crds/translationpipelines.livetranslate.io.yaml": [sys.executable, "-P", "-m", "livetranslate.cli", "crd"],
     "charts/livetranslate/crds/translationpipelines.livetranslate.io.yaml": [
         sys.executable, "-P", "-m", "livetranslate.cli", "crd"],
+    # The reliability table, from the committed benchmarks/results/*.json (scripts/reliability.sh).
+    "RELIABILITY.md": [sys.executable, "-P", "benchmarks/reliability_report.py", "--stdout"],
 }
+
+
+def _shown(cmd: list[str]) -> str:
+    """The command as a user types it."""
+    if cmd[2:4] == ["-m", "livetranslate.cli"]:
+        return "livetranslate " + " ".join(cmd[4:])
+    return "python " + " ".join(cmd[1:])
 
 
 def main() -> int:
@@ -23,11 +32,11 @@ def main() -> int:
     for rel, cmd in GENERATED.items():
         path = ROOT / rel
         if not path.exists():
-            stale.append(f"{rel}: missing (generate it with: {' '.join(cmd[3:])})")
+            stale.append(f"{rel}: missing (generate it with: {_shown(cmd)})")
             continue
         now = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
         if now != path.read_text():
-            stale.append(f"{rel}: differs from `livetranslate {' '.join(cmd[5:])}`; regenerate and commit")
+            stale.append(f"{rel}: differs from `{_shown(cmd)}`; regenerate and commit")
     for line in stale:
         print(f"stale generated file: {line}", file=sys.stderr)
     return 1 if stale else 0
