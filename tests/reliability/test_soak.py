@@ -1,0 +1,62 @@
+"""A short soak through `livetranslate up` (benchmarks/bench_soak.py with small numbers): two
+real-time sessions of real speech, the audio service SIGKILLed mid-way. What a user would notice:
+no utterance goes without a final, no final comes twice, the sessions end cleanly, and captions
+come back after the restart."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from livetranslate.testing.speech import require_tools
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+DURATION = 40.0
+KILL_AT = 14.0
+
+
+@pytest.fixture(scope="module")
+def soak(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    require_tools()
+    out = tmp_path_factory.mktemp("soak")
+    cmd = [sys.executable, "-P", str(ROOT / "benchmarks" / "bench_soak.py"), "--sessions", "2",
+           "--duration", str(DURATION), "--first-restart", str(KILL_AT), "--restart-every", "600",
+           "--restart-stages", "audio", "--max-restarts", "1", "--sample-every", "2", "--bucket", "10",
+           "--results-dir", str(out), "--name", "soak-test"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**os.environ, "PYTHONSAFEPATH": "1"}, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result: dict[str, Any] = json.loads((out / "soak-test.json").read_text())
+    return result
+
+
+def test_no_final_lost_or_duplicated_across_an_audio_restart(soak: dict[str, Any]) -> None:
+    t = soak["totals"]
+    assert [k["stage"] for k in soak["restarts"]] == ["audio"]
+    kill = soak["restarts"][0]
+    assert t["lost"] == 0, [s["lost_utterances"] for s in soak["sessions"]]
+    assert t["duplicate_segment_ids"] == 0 and t["duplicate_texts"] == 0, soak["sessions"]
+    assert t["sessions_failed"] == 0, soak["sessions"]
+    assert t["translations_missing"] == 0 and t["translations_duplicated"] == 0
+    # The restart happened while people were talking, and they kept talking after it.
+    assert t["utterances"] >= 2 * 8
+    assert all(s["audio_seconds"] > kill["t"] + 10 for s in soak["sessions"])
+
+
+def test_the_gateway_recovers_and_up_restarts_the_audio_service(soak: dict[str, Any]) -> None:
+    kill = soak["restarts"][0]
+    assert kill["ready_after_s"] is not None, "up never reported the audio service ready again"
+    # Captions for speech begun after the kill arrived (the replayed audio and the new speech).
+    assert kill["first_final_after_s"] is not None, soak["sessions"]
+    # Nothing the dead service started is left behind, and `up` itself kept running.
+    assert soak["orphans_at_end"] == 0
+    assert soak["rss"]["gateway"]["incarnations"] == 1 and soak["rss"]["up"]["incarnations"] == 1
