@@ -143,6 +143,7 @@ class Session:
         # Audio since the last final's end: replayed to a new audio stream after an outage.
         self._buf = bytearray()
         self._buf_start = state.audioSeconds  # session seconds of _buf[0]
+        self._buf_limit = int(gw.settings.audio_buffer_seconds * 32000)
         self._sent = 0  # bytes of _buf the current audio stream has been given
         self._audio_more = asyncio.Event()
         self._flush_requested = False
@@ -271,20 +272,27 @@ class Session:
     # ---------------------------------------------------------------- audio
 
     def feed(self, pcm16: bytes) -> bool:
-        """Add converted audio. False when the replay buffer overflowed (audio service away)."""
-        self._buf += pcm16
-        self._arrivals.append((self.audio_seconds, time.monotonic()))
-        limit = int(self.gw.settings.audio_buffer_seconds * 32000)
-        overflow = len(self._buf) - limit
-        if overflow > 0 and self._sent < overflow:
-            overflow -= overflow % 2
-            del self._buf[:overflow]
-            self._buf_start += pcm16_seconds(overflow)
-            self._sent = max(0, self._sent - overflow)
+        """Add converted audio. False when the replay buffer overflowed (audio service away).
+
+        The buffer holds at most ``audio_buffer_seconds``, sent or not: audio the service has but
+        has not finalised yet (a long silence gives no finals) is otherwise never trimmed.
+        """
+        buf = self._buf
+        buf += pcm16
+        self._arrivals.append((self._buf_start + len(buf) / 32000, time.monotonic()))
+        overflow = len(buf) - self._buf_limit
+        if overflow <= 0:
             self._audio_more.set()
-            return False
+            return True
+        overflow -= overflow % 2
+        lost = overflow > self._sent  # audio the audio service never got
+        del buf[:overflow]
+        self._buf_start += pcm16_seconds(overflow)
+        self._sent = max(0, self._sent - overflow)
+        while len(self._arrivals) > 1 and self._arrivals[0][0] < self._buf_start:
+            self._arrivals.popleft()
         self._audio_more.set()
-        return True
+        return not lost
 
     def _trim_to(self, t: float) -> None:
         """Forget buffered audio up to session time ``t`` (a final covers it)."""
