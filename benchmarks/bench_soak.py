@@ -299,7 +299,7 @@ def evaluate_session(log: SessionLog, languages: list[str]) -> dict[str, Any]:
     for start, end, text in log.spans:
         hits = [f for f in finals if _overlap(f.start, f.end, start - SPAN_SLACK, end + SPAN_SLACK) > 0]
         if not hits:
-            lost.append({"start": start, "end": end, "text": text})
+            lost.append({"start": start, "end": end, "text": text, "spoken_at_run_s": round(log.t0 + start, 1)})
             continue
         ref = set(normalize(text))
         got = {w for f in hits for w in normalize(f.text)}
@@ -640,6 +640,14 @@ def write_md(result: dict[str, Any], path: Path) -> None:
     for k in result["restarts"]:
         lines.append(f"| {k['stage']} | {k['t']:.0f} s | {k['pid']} | {k['ready_after_s']} s | "
                      f"{k['first_final_after_s']} s | {k['loadavg'][0]:.2f} |")
+    if not result["latency_trend"]["kept_real_time"]:
+        lines += ["", (f"**This machine did not keep these {cfg['sessions']} sessions in real time** (load average "
+                       f"{load['mean']:.1f} on {result['cpus']} cores, from this run and other work): the audio "
+                       "backlog grew through the run, and with it the caption latency, the gateway's replay "
+                       "buffer (audio since the last final) and the audio service's queues, so RSS growth "
+                       "here measures the backlog as much as any leak. Utterances lost 'still queued at the "
+                       "end' are that backlog, cut off by the gateway's flush limit at session end "
+                       "(LT_GATEWAY_FLUSH_TIMEOUT, 30 s); holes are the figure that restarts would cause.")]
     lines += ["", "| process | RSS first quarter | growth | slope | processes | flat |",
               "| --- | --- | --- | --- | --- | --- |"]
     for role, g in result["rss"].items():
@@ -709,7 +717,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--name", default="soak")
     parser.add_argument("--plot", type=Path, help="PNG plot path (default docs/img/soak.png for the full run)")
+    parser.add_argument("--rerender", action="store_true",
+                        help="no run: rebuild the reliability rows and the .md from the existing .json")
     args = parser.parse_args(argv)
+    if args.rerender:
+        path = args.results_dir / f"{args.name}.json"
+        stored: dict[str, Any] = json.loads(path.read_text())
+        stored["reliability"] = rows_for(stored)
+        path.write_text(json.dumps(stored, indent=1) + "\n")
+        write_md(stored, args.results_dir / f"{args.name}.md")
+        print((args.results_dir / f"{args.name}.md").read_text())
+        return 0
     if args.first_restart is None:
         args.first_restart = args.restart_every
     command = "python -P benchmarks/bench_soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
