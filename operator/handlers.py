@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import kopf
 import pydantic
 from prometheus_client import CollectorRegistry, start_http_server
@@ -105,13 +107,91 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     if op_settings.metrics_port:
         start_http_server(op_settings.metrics_port, registry=registry)
         logger.info("serving /metrics on port %d", op_settings.metrics_port)
+    if op_settings.resync_seconds > 0:
+        memo.resync_task = asyncio.create_task(resync_loop(memo.kube, op_settings), name="resync")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("resync_task")
+    if task is not None:
+        task.cancel()
     kube = memo.get("kube")
     if kube is not None and memo.get("owns_kube"):
         await kube.close()
+
+
+# ------------------------------------------------------------------------- level-triggered resync
+
+RESYNC_ANNOTATION = f"{GROUP}/resync"
+
+
+def lag_key(pipeline: Mapping[str, Any]) -> tuple[str, int, bool] | None:
+    """(uid, generation, deleting) of a pipeline the operator has not caught up with, else None:
+    its status is not at its generation, or it is being deleted and still carries our finalizer."""
+    meta = pipeline.get("metadata") or {}
+    generation = int(meta.get("generation") or 0)
+    if meta.get("deletionTimestamp"):
+        if f"{GROUP}/finalizer" in (meta.get("finalizers") or []):
+            return (meta.get("uid", ""), generation, True)
+        return None
+    observed = (pipeline.get("status") or {}).get("observedGeneration")
+    return None if observed == generation else (meta.get("uid", ""), generation, False)
+
+
+async def resync_once(kube: KubeClient, namespaces: list[str], lagging: dict[str, tuple[str, int, bool]]) -> int:
+    """Nudge every pipeline that has been lagging, unchanged, since the previous sweep.
+
+    Kopf is edge-triggered: when the processing of an event fails with an error it does not
+    retry (a 409 on its own bookkeeping patch, a 5xx that outlasts its backoffs), it waits for
+    the object's next event, which may never come. Found by the chaos benchmark (pipelines that
+    never got children). A sweep finds such pipelines from their status and writes an
+    annotation, which is an event: the active replica (with peering) processes the pipeline
+    again, finalizers and daemons included. Returns how many were nudged.
+    """
+    pipelines: list[dict[str, Any]] = []
+    for namespace in namespaces or [None]:  # type: ignore[list-item]
+        pipelines += await kube.list(API_VERSION, KIND, namespace)
+    nudged = 0
+    still: dict[str, tuple[str, int, bool]] = {}
+    for pipeline in pipelines:
+        key = lag_key(pipeline)
+        if key is None:
+            continue
+        meta = pipeline["metadata"]
+        ref = f"{meta.get('namespace')}/{meta.get('name')}"
+        still[ref] = key
+        if lagging.get(ref) != key:
+            continue  # first seen lagging: give the normal path one interval
+        with log_context(pipeline=meta.get("name"), namespace=meta.get("namespace")):
+            log.warning("pipeline lags its %s for a whole resync interval; nudging it",
+                        "deletion" if key[2] else f"generation {key[1]}")
+        try:
+            await kube.patch(API_VERSION, KIND, meta.get("namespace"), meta["name"],
+                             {"metadata": {"annotations": {RESYNC_ANNOTATION: status.now_iso()}}})
+            nudged += 1
+        except ApiError as e:
+            if e.status != 404:
+                log.warning("could not nudge %s: %s", ref, e)
+    lagging.clear()
+    lagging.update(still)
+    return nudged
+
+
+async def resync_loop(kube: KubeClient, settings: OperatorSettings) -> None:
+    """Every ``resync_seconds`` (jittered), ``resync_once``; ends with the client's session."""
+    lagging: dict[str, tuple[str, int, bool]] = {}
+    while not kube.session.closed:
+        await asyncio.sleep(settings.resync_seconds * random.uniform(0.8, 1.2))
+        if kube.session.closed:
+            return
+        try:
+            await resync_once(kube, settings.namespaces, lagging)
+        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
+            log.warning("resync sweep failed, the next one retries: %s", e)
+        except RuntimeError as e:  # the session closed under the request: the operator is stopping
+            log.debug("resync sweep stopped: %s", e)
+            return
 
 
 # -------------------------------------------------------------------------------------- indices

@@ -13,9 +13,11 @@ restarts anything.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime
 import logging
+import random
 import ssl
 import tempfile
 import uuid
@@ -35,6 +37,16 @@ PLURALS = {
 }
 CLUSTER_SCOPED = {"Node"}
 
+# Answers worth retrying in place, briefly, before a handler gives up on the whole reconcile (and
+# Kopf retries it after OperatorSettings.retry_delay_seconds): throttling (429, its Retry-After
+# honoured), a failing API server or etcd (500, 502-504), a dropped connection, and a merge patch
+# that lost a race with another writer (409 Conflict: kube-apiserver gives up after a few internal
+# retries under contention; a merge patch states the desired fields, so sending it again is
+# safe). A create's 409 means AlreadyExists and is ``apply``'s business, not a retry.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+RETRY_BACKOFFS: tuple[float, ...] = (0.25, 0.5, 1.0)  # seconds, each scaled by a random 0.5-1.5
+RETRY_AFTER_CAP_S = 10.0  # a longer Retry-After is left to the handler's own (slower) retry
+
 
 class ApiError(Exception):
     """A Kubernetes API error with its HTTP status (404, 409, 422, ...)."""
@@ -44,6 +56,20 @@ class ApiError(Exception):
         self.status = status
         self.message = message
         self.body = body
+        self.retry_after: float | None = None  # seconds, from a 429's Retry-After
+
+
+def _retry_after(header: str | None, body: Any) -> float | None:
+    """Retry-After (seconds form), else the Status object's details.retryAfterSeconds."""
+    try:
+        if header:
+            return max(0.0, float(header))
+        details = body.get("details") if isinstance(body, dict) else None
+        if isinstance(details, dict) and details.get("retryAfterSeconds") is not None:
+            return max(0.0, float(details["retryAfterSeconds"]))
+    except (TypeError, ValueError):
+        pass
+    return None
 
 
 def resource_url(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
@@ -100,11 +126,13 @@ class KubeClient:
     """One authenticated session to the API server. Create with ``await KubeClient.connect()``."""
 
     def __init__(self, server: str, session: aiohttp.ClientSession, default_namespace: str | None = None,
-                 tmpdir: tempfile.TemporaryDirectory[str] | None = None) -> None:
+                 tmpdir: tempfile.TemporaryDirectory[str] | None = None,
+                 retry_backoffs: Sequence[float] = RETRY_BACKOFFS) -> None:
         self.server = server.rstrip("/")
         self.session = session
         self.default_namespace = default_namespace
         self._tmpdir = tmpdir
+        self.retry_backoffs = tuple(retry_backoffs)
 
     @classmethod
     async def connect(cls, info: kopf.ConnectionInfo | None = None, *,
@@ -141,20 +169,62 @@ class KubeClient:
 
     async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
                       content_type: str | None = None, _retried: bool = False) -> Any:
+        """One API call; transient failures are retried a bounded number of times with jittered
+        backoff (see RETRY_STATUSES), then raised as ApiError for the caller's slower retry."""
+        for attempt, backoff in enumerate((*self.retry_backoffs, None)):
+            try:
+                return await self._request_once(method, path, json=json, params=params,
+                                                content_type=content_type, _retried=_retried)
+            except ApiError as e:
+                delay = self._retry_delay(method, e, backoff)
+                if delay is None:
+                    raise
+                log.debug("%s %s: HTTP %d, retry %d in %.2fs", method, path, e.status, attempt + 1, delay)
+            except aiohttp.ClientConnectionError as e:
+                if backoff is None:
+                    raise ApiError(503, f"connection to the API server failed: {e!r}") from e
+                delay = backoff * random.uniform(0.5, 1.5)
+                log.debug("%s %s: %r, retry %d in %.2fs", method, path, e, attempt + 1, delay)
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    @staticmethod
+    def _retry_delay(method: str, error: ApiError, backoff: float | None) -> float | None:
+        """Seconds to wait before sending the request again, or None to give up now."""
+        if backoff is None:
+            return None
+        reason = error.body.get("reason") if isinstance(error.body, dict) else None
+        if error.status == 409 and method == "PATCH" and reason == "Conflict":
+            return backoff * random.uniform(0.5, 1.5)
+        if error.status not in RETRY_STATUSES:
+            return None
+        delay = backoff * random.uniform(0.5, 1.5)
+        if error.status == 429:
+            retry_after = error.retry_after
+            if retry_after is not None:
+                if retry_after > RETRY_AFTER_CAP_S:
+                    return None
+                delay = max(delay, retry_after)
+        return delay
+
+    async def _request_once(self, method: str, path: str, *, json: Any, params: Mapping[str, str] | None,
+                            content_type: str | None, _retried: bool) -> Any:
         headers = {"Content-Type": content_type} if content_type else None
         async with self.session.request(method, self.server + path, json=json, params=params,
                                         headers=headers) as resp:
             if resp.status == 401 and not _retried and self._relogin():
                 # Projected service-account tokens rotate: read the credentials again, once.
-                return await self.request(method, path, json=json, params=params, content_type=content_type,
-                                          _retried=True)
+                return await self._request_once(method, path, json=json, params=params,
+                                                content_type=content_type, _retried=True)
             if resp.status >= 400:
                 try:
                     body = await resp.json(content_type=None)
                     message = body.get("message", "") if isinstance(body, dict) else str(body)
                 except (ValueError, aiohttp.ContentTypeError):
                     body, message = None, await resp.text()
-                raise ApiError(resp.status, message or resp.reason or "", body)
+                error = ApiError(resp.status, message or resp.reason or "", body)
+                error.retry_after = _retry_after(resp.headers.get("Retry-After"), body)
+                raise error
             return await resp.json(content_type=None)
 
     async def serves(self, api_version: str, plural: str) -> bool:

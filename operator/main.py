@@ -46,6 +46,9 @@ def kopf_settings(op: OperatorSettings | None = None) -> kopf.OperatorSettings:
     # Namespaces and CRDs are not scanned: the namespaces to serve are given, and the CRD is
     # installed by the chart before the operator starts.
     settings.scanning.disabled = True
+    if op is not None:
+        # Bounded retries of Kopf's own requests (no error storm: each waits longer).
+        settings.networking.error_backoffs = tuple(op.api_error_backoffs)
     if op is not None and op.peering:
         # One active replica: the others pause while a peer of higher priority is alive. Kopf
         # pauses *every* replica of equal priority, so each process draws its own.

@@ -51,6 +51,13 @@ class OperatorSettings(BaseSettings):
     retry_delay_seconds: float = 5.0
     # How long the vLLM container may take to download and load a model before it is restarted.
     vllm_startup_seconds: int = 1800
+    # Seconds between sweeps that nudge pipelines whose status lags their spec (or whose deletion
+    # is stuck) for a whole interval: Kopf waits for a new event after some errors. 0 disables.
+    resync_seconds: float = 20.0
+    # Kopf's own API calls (finalizers, progress annotations, watches) on 5xx, 429 (a longer
+    # Retry-After wins) and connection errors: one retry after each of these delays, then the
+    # event is dropped (the resync sweep picks the pipeline up again). Bounded: 54 s in all.
+    api_error_backoffs: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
     service_account: str | None = None
     # Create a PodMonitor per pipeline where the prometheus-operator CRDs exist (checked through
     # discovery every few minutes, so installing them later is picked up).

@@ -21,7 +21,11 @@ kube-apiserver where an operator can tell the difference:
   field, like the API server), using kube_schema;
 - Deployments get a ``scale`` subresource; tests mark Deployments ready and add/remove Nodes;
 - every API call is recorded as (verb, apiGroup, resource[/subresource]) in ``calls`` so RBAC
-  rules can be checked against what the operator really does.
+  rules can be checked against what the operator really does;
+- faults can be injected at run time (``faults = Faults(...)``): 409 conflicts on writes, 429
+  throttling with Retry-After, 500s and watch streams cut mid-stream, each at its own rate from a
+  seeded generator, answered with the Status objects a real API server sends; ``injected`` counts
+  them by kind.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ from __future__ import annotations
 import asyncio
 import bisect
 import copy
+import dataclasses
 import datetime
 import functools
 import json
+import random
 import re
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +85,82 @@ class ApiStatus(Exception):
     def __init__(self, code: int, reason: str, message: str) -> None:
         super().__init__(message)
         self.code, self.reason, self.message = code, reason, message
+
+
+@dataclass
+class Faults:
+    """What the emulator gets wrong on purpose, per request, for reliability tests and benchmarks.
+
+    Each rate is the probability that one request meets that fault; the kinds are drawn in the
+    order 429, 500, 409 from one ``random.Random(seed)``, so a run is reproducible for a given
+    request order. A real API server answers 409 to writes racing with another writer, 429 from
+    API Priority and Fairness (always with Retry-After), 500 when etcd or a webhook fails, and
+    ends watch streams whenever its connection or the server goes away: the operator must ride
+    out all four without duplicating children or storming the server with retries.
+    """
+
+    conflict: float = 0.0  # 409 Conflict on update/patch (writes that raced another writer)
+    throttle: float = 0.0  # 429 TooManyRequests with Retry-After, any verb
+    server_error: float = 0.0  # 500 InternalError, any verb
+    # A watch stream is cut (connection closed mid-stream): a new stream is doomed to be cut
+    # within ``drop_within_s`` with this probability, and before each event it sends it is cut
+    # with this probability, halfway through that event's line.
+    drop_watch: float = 0.0
+    retry_after_s: int = 1  # the Retry-After a 429 carries
+    drop_within_s: float = 3.0  # a doomed watch is cut after uniform(0, drop_within_s) seconds
+    seed: int = 0
+    # Requests from clients with these User-Agents are never faulted (a test's own kubectl).
+    spare_agents: frozenset[str] = frozenset({"test-kubectl"})
+    rng: random.Random = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+
+    @classmethod
+    def parse(cls, text: str) -> Faults:
+        """``"conflict=0.1,throttle=0.1,server_error=0.1,drop_watch=0.1,seed=7"`` (a CLI flag)."""
+        values: dict[str, Any] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, value = part.partition("=")
+            kind = cls.__dataclass_fields__[name.strip()].type
+            values[name.strip()] = int(value) if kind in ("int", int) else float(value)
+        return cls(**values)
+
+    def draw(self, call: Call) -> str | None:
+        """The fault this request meets, if any: "throttle", "server_error", "conflict", "drop_watch"."""
+        if call.agent in self.spare_agents:
+            return None
+        x = self.rng.random()
+        for kind, rate in (("throttle", self.throttle), ("server_error", self.server_error)):
+            if x < rate:
+                return kind
+            x -= rate
+        if call.verb in ("update", "patch") and x < self.conflict:
+            return "conflict"
+        if call.verb == "watch" and self.rng.random() < self.drop_watch:
+            return "drop_watch"
+        return None
+
+
+def fault_status(kind: str, call: Call, faults: Faults) -> tuple[dict[str, Any], dict[str, str]]:
+    """The Status body and headers kube-apiserver sends for an injected fault."""
+    group_resource = f"{call.resource.split('/')[0]}{'.' + call.group if call.group else ''}"
+    if kind == "throttle":
+        return ({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                 "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
+                 "details": {"retryAfterSeconds": faults.retry_after_s}, "code": 429},
+                {"Retry-After": str(faults.retry_after_s)})
+    if kind == "conflict":
+        return ({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                 "message": f"Operation cannot be fulfilled on {group_resource} \"{call.name}\": the object "
+                            "has been modified; please apply your changes to the latest version and try again",
+                 "reason": "Conflict", "details": {"name": call.name, "group": call.group,
+                                                   "kind": call.resource.split("/")[0]},
+                 "code": 409}, {})
+    return ({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+             "message": "Internal error occurred: etcdserver: request timed out (injected fault)",
+             "reason": "InternalError",
+             "details": {"causes": [{"message": "etcdserver: request timed out"}]}, "code": 500}, {})
 
 
 def _now() -> str:
@@ -242,6 +325,11 @@ class KubeEmulator(kmock.KubernetesScaffold):
     gate: Callable[[Call], Awaitable[None]] | None = None
     # Called with (event type, resource, object) on every stored change (benchmarks time them).
     listeners: list[Callable[[str, ResourceKey, dict[str, Any]], None]] = attrs.field(factory=list)
+    # Fault injection, switchable at any time (None = a healthy server); counts by kind.
+    faults: Faults | None = None
+    injected: Counter[str] = attrs.field(factory=Counter, init=False)
+    # (loop time, fault kind, call) of every injected fault, for backoff measurements.
+    fault_log: list[tuple[float, str, Call]] = attrs.field(factory=list, init=False)
     _rv: int = attrs.field(default=1000, init=False)
     _log: list[_Event] = attrs.field(factory=list, init=False)
     _log_floor: int = attrs.field(default=0, init=False)
@@ -311,6 +399,19 @@ class KubeEmulator(kmock.KubernetesScaffold):
         """Create an object as a client would (defaults, uid, events), bypassing HTTP."""
         key = _key(group_version_plural)
         return self._create(key, obj.get("metadata", {}).get("namespace"), copy.deepcopy(obj))
+
+    def patch_object(self, group_version_plural: str, namespace: str | None, name: str,
+                     patch: Mapping[str, Any]) -> dict[str, Any]:
+        """Merge-patch an object as a client would (kubectl edit), bypassing HTTP and faults."""
+        key = (_key(group_version_plural), namespace, name)
+        old = self.objects.get(key)
+        if old is None:
+            raise ApiStatus(404, "NotFound", f"{key[0][2]} \"{name}\" not found")
+        return self._write(key, merge_patch(old, dict(patch)))
+
+    def delete_object(self, group_version_plural: str, namespace: str | None, name: str) -> dict[str, Any]:
+        """Delete as a client would (finalizers honoured, dependents collected), bypassing HTTP."""
+        return self._delete(_key(group_version_plural), namespace, name)
 
     def add_node(self, name: str, *, allocatable: Mapping[str, str] | None = None,
                  labels: Mapping[str, str] | None = None, taints: Iterable[Mapping[str, str]] = (),
@@ -513,11 +614,22 @@ class KubeEmulator(kmock.KubernetesScaffold):
         self.calls.append(call)
         if self.gate is not None:
             await self.gate(call)
+        faults = self.faults
+        fault = faults.draw(call) if faults is not None else None
+        if fault is not None and faults is not None:
+            self.injected[fault] += 1
+            self.fault_log.append((asyncio.get_running_loop().time(), fault, call))
+            if fault != "drop_watch":
+                body, headers = fault_status(fault, call, faults)
+                return aiohttp.web.json_response(body, status=body["code"], headers=headers)
         try:
             if self._info(key) is None:
                 raise ApiStatus(404, "NotFound", f"the server could not find the requested resource {key}")
             if verb == "watch":
-                return await self._watch(raw, key, request.namespace, params, request.name)
+                cut_after = (faults.rng.uniform(0.0, faults.drop_within_s)
+                             if fault == "drop_watch" and faults is not None else None)
+                return await self._watch(raw, key, request.namespace, params, request.name, cut_after=cut_after,
+                                         call=call)
             if verb == "list":
                 return aiohttp.web.json_response(self._list(key, request.namespace, params))
             if request.name is None and method != "POST":
@@ -619,7 +731,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 "metadata": {"resourceVersion": str(self._rv)}, "items": items}
 
     async def _watch(self, raw: aiohttp.web.BaseRequest, key: ResourceKey, namespace: str | None,
-                     params: Mapping[str, str], name: str | None) -> aiohttp.web.StreamResponse:
+                     params: Mapping[str, str], name: str | None,
+                     cut_after: float | None = None, call: Call | None = None) -> aiohttp.web.StreamResponse:
         since_text = params.get("resourceVersion") or "0"
         since = int(since_text) if since_text.isdigit() else 0
         timeout = float(params.get("timeoutSeconds") or 1800)
@@ -641,16 +754,37 @@ class KubeEmulator(kmock.KubernetesScaffold):
             cursor = self._rv
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        cut_at = loop.time() + cut_after if cut_after is not None else None
         try:
             while True:
                 for event in pending:
-                    await response.write(json.dumps(event).encode() + b"\n")
+                    line = json.dumps(event).encode() + b"\n"
+                    faults = self.faults
+                    if faults is not None and faults.drop_watch and call is not None \
+                            and call.agent not in faults.spare_agents and faults.rng.random() < faults.drop_watch:
+                        # Cut halfway through an event: the client holds a partial line.
+                        self.injected["drop_watch"] += 1
+                        self.fault_log.append((loop.time(), "drop_watch", call))
+                        await response.write(line[:len(line) // 2])
+                        cut_at = loop.time()
+                    if cut_at is not None and loop.time() >= cut_at:
+                        # A dropped connection: no terminating chunk, the client sees the
+                        # stream break (half an event list delivered, perhaps).
+                        if raw.transport is not None:
+                            raw.transport.abort()
+                        return response
+                    await response.write(line)
                 if cursor is None or loop.time() >= deadline:
                     break
+                if cut_at is not None and loop.time() >= cut_at:
+                    if raw.transport is not None:
+                        raw.transport.abort()
+                    return response
                 if self._rv == cursor:
+                    wake = deadline if cut_at is None else min(deadline, cut_at)
                     try:
                         await asyncio.wait_for(self._changed.wait(),
-                                               timeout=min(1.0, max(0.0, deadline - loop.time())))
+                                               timeout=min(1.0, max(0.0, wake - loop.time())))
                     except TimeoutError:
                         if raw.transport is None or raw.transport.is_closing():
                             break
