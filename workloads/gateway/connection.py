@@ -689,7 +689,9 @@ class Connection:
                 if msg["type"] == "websocket.disconnect":
                     return
                 await self._on_message(msg)
-                if self._ended:
+                # Once closing is decided, stop reading: a cancel only lands at the next real
+                # suspension, and a backlog of queued frames never suspends.
+                if self._ended or self._close is not None:
                     return
         finally:
             if self._idle_timer is not None:
