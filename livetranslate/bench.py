@@ -171,6 +171,7 @@ class Truth:
     util: dict[str, float]        # offered / ready capacity, uncapped
     sessions: float
     refused: bool
+    served: dict[str, float] = field(default_factory=dict)   # work units completed this second
 
 
 @dataclass
@@ -185,6 +186,7 @@ class Observed:
     cpu: dict[str, float]         # CPU utilisation of ready pods: saturates at 1.0
     demand: dict[str, float]      # offered work in replica units (for a KEDA rate query)
     sessions: float
+    throughput: dict[str, float] = field(default_factory=dict)  # completions/s, a rate query
 
 
 # ---------------------------------------------------------------------------------- the policies
@@ -205,7 +207,7 @@ class HpaPolicy(Policy):
     sync_s = 15
     tolerance = 0.1
     down_window_s = 300.0
-    up_period_s = 60.0
+    up_period_s = 15.0
 
     def __init__(self, spec: TranslationPipelineSpec, target: float = 0.7, metric: str = "cpu") -> None:
         self.spec = spec
@@ -298,8 +300,11 @@ class LiveTranslatePolicy(Policy):
             # tests; the bench spec has no fallback models): that signal is absent, not invented.
             # KV-cache use follows the translation stage's utilisation and saturates at 1.
             gpu_memory_fraction=Sample.absent("missing"),
-            vllm_requests_waiting=Sample.of(obs.queue["translation"]),
+            # The model has one translation queue, reported as the stage's queue depth; counting
+            # it again as vLLM's waiting requests would double it.
+            vllm_requests_waiting=Sample.of(0.0),
             kv_cache_usage=Sample.of(min(1.0, obs.util["translation"])),
+            throughput={s: Sample.of(v) for s, v in obs.throughput.items()},
         )
         current = Current(replicas=replicas, ready=ready, model=self.spec.translation.model,
                           audio_device="cpu", translation_backend="vllm")
@@ -357,6 +362,7 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
         util: dict[str, float] = {}
         queue: dict[str, float] = {}
         per_stage: dict[str, float] = {}
+        served: dict[str, float] = {}
         for s in STAGES:
             m = params.stage(s)
             offered = sessions * m.work_per_session
@@ -367,6 +373,7 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
                 queue[s] = 0.0
                 per_stage[s] = m.base_latency_s
                 continue
+            served[s] = min(st.backlog + offered, cap)
             st.backlog = max(0.0, st.backlog + offered - cap)
             rho = offered / cap if cap else float("inf")
             util[s] = rho
@@ -376,7 +383,7 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
         refused = sessions > ready["gateway"] * params.gateway.capacity_per_replica
         latency = per_stage["audio"] + per_stage["translation"] + per_stage["gateway"]
         truth = Truth(caption_p95=latency, translation_p95=per_stage["translation"], queue=queue,
-                      util=util, sessions=sessions, refused=refused)
+                      util=util, sessions=sessions, refused=refused, served=served)
         history.append(truth)
         if latency > params.slo_p95_s or refused:
             violation += 1.0
@@ -425,6 +432,8 @@ def _observe(t: int, history: list[Truth], nz: dict[str, float], params: ModelPa
         cpu={s: min(1.0, cpu_util[s] * nz["u" + s[0]]) for s in STAGES},
         demand={s: demand[s] * nz["u" + s[0]] for s in STAGES},
         sessions=now.sessions * nz["s"],
+        throughput={s: avg(rate_w, lambda w, s=s: w.served.get(s, 0.0)) * nz["u" + s[0]]  # type: ignore[misc]
+                    for s in ("audio", "translation")},
     )
 
 

@@ -32,6 +32,7 @@ How it decides, per interval:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -44,9 +45,9 @@ Direction = Literal["up", "down", "none"]
 
 # Targets the load ratios are measured against (documented in docs/scaling.md).
 GATEWAY_TARGET_UTILISATION = 0.8   # headroom for reconnect storms before sessions are refused
-AUDIO_TARGET_RTF = 0.7             # decoder time per audio second that still absorbs bursts
+AUDIO_TARGET_RTF = 0.75            # decoder time per audio second that still absorbs bursts
 KV_CACHE_SATURATED = 0.9           # vLLM preempts requests close to a full KV cache
-KV_CACHE_TARGET = 0.7              # KV-cache use a translation replica is sized for
+KV_CACHE_TARGET = 0.68             # KV-cache use a translation replica is sized for
 TRANSLATION_BUDGET_SHARE = 0.5     # translation's share of the caption-latency SLO
 QUEUE_PER_REPLICA = 4.0            # queued items per replica above which a stage is backed up
 TOLERANCE = 0.1                    # no action while load is within 1 +- TOLERANCE of target
@@ -62,9 +63,19 @@ MAX_GROWTH = 1.5
 MODEL_SETTLE_INTERVALS = 4         # intervals after a model change before translation is resized
 SETTLE_INTERVALS = 2               # intervals before a newly ready replica shows in rate windows
 LEARN_MIN_UTIL, LEARN_MAX_UTIL = 0.1, 0.9   # where utilisation is linear in sessions
-LEARN_RATE = 0.3
+LEARN_RATE = 0.05
 QUEUE_DRAIN_HEADROOM = 1.25        # a backlog may add this much over the demand model's need
 DOWN_CALM = 1.0                    # caption p95 must stay under this share of the SLO to shrink
+LEVEL_FIT = True
+LEVEL_WINDOW_S = 90.0              # session samples averaged into the demand level
+STEP_SIGMAS, STEP_FRACTION = 4.0, 0.4
+LOOKAHEAD_INTERVALS = SETTLE_INTERVALS + 1
+PLAN_TOLERANCE = 0.0
+PLAN_SUSTAIN = 1
+PLAN_DRAIN_S = 20.0                # a backlog is drained within this once catch-up replicas are ready
+STARTUP_PRIOR_S = 60.0             # replica start-up assumed until one has been measured
+STARTUP_PRIORS = {"audio": 45.0, "translation": 120.0}
+STARTUP_LEARN_RATE = 0.5
 
 
 @dataclass(frozen=True)
@@ -102,6 +113,30 @@ class History:
     ready: tuple[Mapping[str, int], ...] = ()
     # Learned replica-utilisation per active session, per stage (the demand model).
     per_session: Mapping[str, float] = field(default_factory=dict)
+    # Measured seconds from a scale-up to its replicas being ready, per stage, and the scale-up
+    # being timed: (time, replicas it asked for).
+    startup: Mapping[str, float] = field(default_factory=dict)
+    pending_up: Mapping[str, tuple[tuple[float, int], ...]] = field(default_factory=dict)
+    # Learned items one replica completes per second at full utilisation, per stage.
+    per_replica: Mapping[str, float] = field(default_factory=dict)
+    # Samples behind each learned figure (its running mean's weight; see _learn).
+    learned: Mapping[str, int] = field(default_factory=dict)
+    # Stages running catch-up replicas for a backlog (released once it has drained), and when
+    # each stage last had a backlog (a latency breach inside the latency window after it is the
+    # backlog's, already being drained, not a reason for more steady replicas).
+    catch_up: Mapping[str, int] = field(default_factory=dict)
+    backlog_at: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A stage's replicas planned from its demand: what the sessions need, and catch-up."""
+
+    demand: float        # replicas' worth of work the sessions offer (at 100% utilisation)
+    need: float          # replicas at the target utilisation
+    catch_up: float      # extra replicas to drain the backlog within PLAN_DRAIN_S
+    backlog: float       # the backlog expected when new replicas are ready, in items
+    drain_s: float       # seconds the backlog would take to drain with ``need`` replicas
 
 
 @dataclass(frozen=True)
@@ -137,29 +172,73 @@ class Decision:
         return [d for d in self.stages.values() if d.changed]
 
 
-def _growth(trend: tuple[tuple[float, float], ...], sessions: float) -> float:
-    """Factor by which demand grows over LOOKAHEAD_S at the least-squares slope of the trend.
+def _fit(points: tuple[tuple[float, float], ...], significance: float = TREND_SIGNIFICANCE
+         ) -> tuple[float, float] | None:
+    """Least-squares (slope, fitted value at the last point) of a rise noise cannot explain.
+
+    None unless there are MIN_TREND_POINTS samples and the slope is positive by more than
+    ``significance`` standard errors.
+    """
+    n = len(points)
+    if n < MIN_TREND_POINTS:
+        return None
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    if var <= 0:
+        return None
+    slope = sum((t - mt) * (v - mv) for t, v in points) / var
+    residual = sum((v - (mv + slope * (t - mt))) ** 2 for t, v in points) / max(1, n - 2)
+    if slope <= 0 or slope <= significance * math.sqrt(residual / var):
+        return None
+    return slope, mv + slope * (points[-1][0] - mt)
+
+
+def _since_step(trend: tuple[tuple[float, float], ...]) -> tuple[tuple[float, float], ...]:
+    """The samples after the last jump no noise explains (demand stepped there): all, if none.
+
+    A jump is a change between consecutive samples more than STEP_SIGMAS times the typical
+    (median) change and more than STEP_FRACTION of the level.
+    """
+    values = [v for _, v in trend]
+    jumps = [abs(b - a) for a, b in itertools.pairwise(values)]
+    if len(jumps) < 3:
+        return trend
+    typical = sorted(jumps)[len(jumps) // 2]
+    for i in range(len(jumps) - 1, -1, -1):
+        if jumps[i] > max(STEP_SIGMAS * typical, STEP_FRACTION * max(values[i], values[i + 1], 1.0)):
+            return trend[i + 1:]
+    return trend
+
+
+def _growth(trend: tuple[tuple[float, float], ...], sessions: float, lookahead_s: float) -> float:
+    """Factor by which demand grows over ``lookahead_s`` at the least-squares slope of the trend.
 
     Only growth counts (a falling trend never hastens a scale-down), it needs MIN_TREND_POINTS
-    samples so one noisy scrape makes no slope, and it is capped at MAX_GROWTH.
+    samples so one noisy scrape makes no slope, and it is capped at MAX_GROWTH. The recent half
+    of the window must rise at least half as steeply: a step in demand that already happened
+    fits a slope over the whole window, but it is not going to continue.
     """
-    if len(trend) < MIN_TREND_POINTS or sessions <= 0:
+    if sessions <= 0 or len(_since_step(trend)) < len(trend):
         return 1.0
-    n = len(trend)
-    mt = sum(t for t, _ in trend) / n
-    mv = sum(v for _, v in trend) / n
-    var = sum((t - mt) ** 2 for t, _ in trend)
-    if var <= 0:
+    whole = _fit(trend)
+    recent = _fit(trend[len(trend) // 2:], significance=0.0)
+    if whole is None or recent is None or recent[0] < 0.5 * whole[0]:
         return 1.0
-    slope = sum((t - mt) * (v - mv) for t, v in trend) / var
-    if slope <= 0:
-        return 1.0
-    # Only a slope that noise cannot explain: more than TREND_SIGNIFICANCE standard errors.
-    residual = sum((v - (mv + slope * (t - mt))) ** 2 for t, v in trend) / max(1, n - 2)
-    if slope <= TREND_SIGNIFICANCE * math.sqrt(residual / var):
-        return 1.0
-    level = mv + slope * (trend[-1][0] - mt)   # the fitted value now: less noisy than the last sample
-    return min(MAX_GROWTH, max(1.0, (level + slope * LOOKAHEAD_S) / max(level, 1e-9)))
+    slope, level = whole
+    return min(MAX_GROWTH, max(1.0, (level + slope * lookahead_s) / max(level, 1e-9)))
+
+
+def _learn(old: float | None, n: int, sample: float) -> tuple[float, int]:
+    """A running mean of the first samples, then a moving average over the last 1/LEARN_RATE.
+
+    Each sample is noisy (two scraped gauges divided); averaging many keeps the demand model's
+    error small, and the moving average still follows a real change (another model, a slower node).
+    """
+    if old is None or n <= 0:
+        return sample, 1
+    n += 1
+    return old + max(LEARN_RATE, 1.0 / n) * (sample - old), n
 
 
 def _clamp(value: int, lo: int, hi: int) -> int:
@@ -170,6 +249,66 @@ def _ranges(spec: TranslationPipelineSpec) -> dict[str, tuple[int, int]]:
     return {"audio": (spec.audio.replicas.min, spec.audio.replicas.max),
             "translation": (spec.translation.replicas.min, spec.translation.replicas.max),
             "gateway": (spec.gateway.replicas.min, spec.gateway.replicas.max)}
+
+
+def _level(trend: tuple[tuple[float, float], ...]) -> float:
+    """The session count now, with the scrape noise averaged out but no lag on a step.
+
+    The mean of the samples of the last LEVEL_WINDOW_S since demand last stepped (the fitted
+    value now where they rise significantly): a step in demand is followed at once.
+    """
+    now_t = trend[-1][0]
+    recent = tuple(p for p in _since_step(trend) if now_t - p[0] <= LEVEL_WINDOW_S)
+    if LEVEL_FIT:
+        fit = _fit(recent)
+        if fit is not None:
+            return fit[1]
+    return sum(v for _, v in recent) / len(recent)
+
+
+def _until_ready(history: History, stage: str, now: float) -> float:
+    """Seconds until replicas asked for now (or still starting) serve: the measured start-up."""
+    startup = history.startup.get(stage, STARTUP_PRIORS.get(stage, STARTUP_PRIOR_S))
+    batches = [t for t, _ in history.pending_up.get(stage, ())]
+    return max(0.0, startup - (now - min(batches))) if batches else startup
+
+
+def _plans(history: History, now: float, sessions: float, per_session: Mapping[str, float],
+           per_replica: Mapping[str, float], depths: Mapping[str, float],
+           targets: Mapping[str, float]) -> dict[str, _Plan]:
+    """Replicas planned from the demand, for stages whose cost per session and throughput are known.
+
+    Sessions arrive before latency rises, so the need (sessions x learned cost / target) leads.
+    A backlog is drained on purpose: the queue keeps growing at its current rate until new
+    replicas are ready (one measured start-up), and catch-up replicas are added so that, served
+    at the stage's measured throughput per replica, it drains while the sessions keep arriving.
+    Captions are late until every stage has drained, so each stage drains by when the slowest
+    backlogged stage can have drained (its start-up plus PLAN_DRAIN_S): catching up faster than
+    that costs replicas and shortens no breach. Catch-up replicas go once the backlog has drained.
+    """
+    work: dict[str, tuple[float, float, float]] = {}     # stage: (backlog, replica-seconds, until ready)
+    for stage in targets:
+        if stage not in per_session or stage not in per_replica or sessions <= 0:
+            continue
+        depth = depths.get(stage, 0.0)
+        growth = 0.0
+        prev = history.queues.get(stage)
+        if prev is not None and history.queues_time is not None and now > history.queues_time:
+            growth = max(0.0, (depth - prev) / (now - history.queues_time))
+        until_ready = _until_ready(history, stage, now)
+        backlog = depth + growth * until_ready
+        work[stage] = (backlog, backlog / per_replica[stage], until_ready)
+    backlogged = [w[2] for w in work.values() if w[1] > 0]
+    deadline = max(backlogged, default=0.0) + PLAN_DRAIN_S
+    out: dict[str, _Plan] = {}
+    for stage, (backlog, replica_s, until_ready) in work.items():
+        demand = sessions * per_session[stage]
+        need = demand / targets[stage]
+        spare = need - demand
+        drain_s = replica_s / spare if spare > 0 else math.inf
+        catch_up = max(0.0, demand + replica_s / max(PLAN_DRAIN_S, deadline - until_ready) - need)
+        out[stage] = _Plan(demand, need, catch_up, backlog, drain_s)
+    return out
 
 
 def model_chain(spec: TranslationPipelineSpec) -> list[str]:
@@ -254,11 +393,29 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     source_replicas = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
                        for s in STAGES}
 
+    # Start-up time per stage, measured from our own scale-ups to their replicas being ready.
+    startup = dict(history.startup)
+    pending_up: dict[str, tuple[tuple[float, int], ...]] = {}
+    for stage, batches in history.pending_up.items():
+        waiting_for: list[tuple[float, int]] = []
+        for asked_at, asked in batches:
+            if replicas[stage] < asked:
+                continue                   # scaled down (or bounded) before they were ready
+            if ready_now[stage] >= asked:
+                took = now - asked_at
+                old = startup.get(stage)
+                startup[stage] = took if old is None else old + STARTUP_LEARN_RATE * (took - old)
+                continue
+            waiting_for.append((asked_at, asked))
+        if waiting_for:
+            pending_up[stage] = tuple(waiting_for)
+
     # Demand model: replica-utilisation per session, learned while the utilisation signal is
     # in its linear range. When a stage saturates (the KV cache tops out at 100%, a queue grows)
     # it bounds how many replicas the current sessions need, so a backlog cannot inflate the
     # step beyond what draining it takes.
     per_session = dict(history.per_session)
+    learned = dict(history.learned)
     targets = {"audio": AUDIO_TARGET_RTF, "translation": KV_CACHE_TARGET}
     utilisation = {"audio": rtf, "translation": kv}
     demand_load: dict[str, float] = {}
@@ -266,10 +423,25 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         steady = ready_now[stage] == replicas[stage] and ready_now[stage] > 0
         if u is not None and sessions >= 1 and steady and LEARN_MIN_UTIL <= u <= LEARN_MAX_UTIL:
             sample = u * ready_now[stage] / sessions
-            old = per_session.get(stage)
-            per_session[stage] = sample if old is None else old + LEARN_RATE * (sample - old)
+            per_session[stage], learned[stage] = _learn(per_session.get(stage), learned.get(stage, 0), sample)
         if stage in per_session and sessions > 0:
             demand_load[stage] = sessions * per_session[stage] / (max(1, source_replicas[stage]) * targets[stage])
+
+    depths = {"audio": q_audio, "translation": q_translation + waiting}
+    # Throughput per replica at full utilisation, learned while the replica count is settled
+    # (the rate window then covers the replicas it came from).
+    per_replica = dict(history.per_replica)
+    for stage, u in utilisation.items():
+        rate = signals.rate(stage)
+        settled = ready_now[stage] == replicas[stage] == source_replicas[stage] > 0
+        if rate.ok and (rate.value or 0.0) > 0 and u is not None and u >= LEARN_MIN_UTIL and settled:
+            sample = (rate.value or 0.0) / (ready_now[stage] * min(1.0, u))
+            per_replica[stage], learned["rate:" + stage] = _learn(per_replica.get(stage),
+                                                                  learned.get("rate:" + stage, 0), sample)
+    trend = tuple((t, v) for t, v in history.sessions if now - t <= TREND_WINDOW_S) + ((now, sessions),)
+    level = _level(trend)
+    plans = _plans(history, now, level, per_session, per_replica, depths, targets)
+    backed_up = {s: depths.get(s, 0.0) > QUEUE_PER_REPLICA * max(1, replicas[s]) for s in STAGES}
 
     bound = demand_load.get("translation")
     if why["translation"][0] == "translation_latency" and bound is not None \
@@ -278,14 +450,29 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         # the rate window): it gets the same bound as a queue.
         load["translation"] = max(1.0 + 2 * TOLERANCE, bound * QUEUE_DRAIN_HEADROOM)
 
+    # Planned stages: the sessions' need, plus catch-up replicas while a backlog would not drain.
+    for stage, plan in plans.items():
+        basis = max(1, source_replicas[stage])
+        load[stage] = max(plan.need, plan.demand + plan.catch_up) / basis
+        why[stage] = ("demand", (f"{level:.0f} sessions need {plan.need:.1f} {stage} replicas at "
+                                 f"{targets[stage]:.0%}"))
+        if plan.catch_up > 0:
+            why[stage] = ("backlog", (f"{plan.backlog:.0f} queued {stage} items would take "
+                                      f"{plan.drain_s:.0f}s to drain: {level:.0f} sessions need "
+                                      f"{plan.need:.1f} replicas plus {plan.catch_up:.1f} to catch up "
+                                      f"within {PLAN_DRAIN_S:.0f}s"))
+
     # The steady-state need, before queues, breaches and trends: what scale-down recommends.
     util_load = dict(load)
+    for stage, plan in plans.items():
+        util_load[stage] = plan.need / max(1, source_replicas[stage])
 
     # Backed-up queues: a stage with more than QUEUE_PER_REPLICA items per replica is over target
     # in proportion, whatever its other signals say (they lag; a queue does not) -- unless the
     # queue is already draining fast enough (capacity added earlier has caught up with demand).
-    depths = {"audio": q_audio, "translation": q_translation + waiting}
     for stage, depth in depths.items():
+        if stage in plans:
+            continue   # the plan sizes this stage's backlog from its throughput
         qload = depth / (QUEUE_PER_REPLICA * max(1, replicas[stage]))
         prev = history.queues.get(stage)
         if prev is not None and history.queues_time is not None and now > history.queues_time:
@@ -310,7 +497,13 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         a_score = load["audio"] + (1.0 - t_share)
         bottleneck = "translation" if t_score >= a_score else "audio"
         bump = min(breach, 1.0 + 2 * TOLERANCE)
-        if bump > load[bottleneck]:
+        # A breach within the latency window of a planned stage's backlog is that backlog's (the
+        # histogram still holds its delays): the plan already drains it.
+        backlog_seen = history.backlog_at.get(bottleneck)
+        recent_backlog = bottleneck in plans and (
+            backed_up[bottleneck]
+            or (backlog_seen is not None and now - backlog_seen <= 4 * scaling.interval_seconds))
+        if bump > load[bottleneck] and not recent_backlog:
             load[bottleneck] = bump
             why[bottleneck] = ("latency_slo", (f"caption p95 {caption:.2f}s > SLO {slo:.2f}s, "
                                                f"{bottleneck} is the bottleneck"))
@@ -350,16 +543,19 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
 
     # --- per-stage replica decisions --------------------------------------------------------
     # --- demand trend: size for where sessions will be when new replicas are ready ---------
-    trend = tuple((t, v) for t, v in history.sessions if now - t <= TREND_WINDOW_S) + ((now, sessions),)
-    growth = _growth(trend, sessions)
-    if growth > 1.0:
+    for s in STAGES:
+        # Look as far ahead as the next replicas could serve after these: a start-up (measured),
+        # the intervals their metrics take to settle, and one interval to decide.
+        lookahead = (history.startup.get(s, LOOKAHEAD_S)
+                     + LOOKAHEAD_INTERVALS * scaling.interval_seconds)
+        growth = _growth(trend, sessions, lookahead)
         # Only ahead of a breach: a stage already over target is sized from what it sees now (a
         # step in demand looks like a slope to the fit, and would be counted twice).
-        for s in STAGES:
-            if load[s] <= 1.0 + TOLERANCE < load[s] * growth:
-                why[s] = ("demand_trend", (f"sessions rising ({sessions:.0f}, x{growth:.2f} in "
-                                          f"{LOOKAHEAD_S:.0f}s)"))
-                load[s] *= growth
+        threshold = 1.0 + (PLAN_TOLERANCE if s in plans else TOLERANCE)
+        if growth > 1.0 and load[s] <= threshold < load[s] * growth:
+            why[s] = ("demand_trend", (f"sessions rising ({sessions:.0f}, x{growth:.2f} in "
+                                      f"{lookahead:.0f}s)"))
+            load[s] *= growth
 
     over_streak: dict[str, int] = {}
     recommend: dict[str, int] = {}
@@ -367,7 +563,9 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     for s in STAGES:
         lo, hi = ranges[s]
         cur = replicas[s]
-        over = load[s] > 1.0 + TOLERANCE
+        # A planned stage's need comes from the smoothed session count, so noise is already out
+        # of it: it grows as soon as the need exceeds what runs (the window still holds it).
+        over = load[s] > 1.0 + (PLAN_TOLERANCE if s in plans else TOLERANCE)
         overs[s] = over
         over_streak[s] = history.over_streak.get(s, 0) + 1 if over else 0
         # What this stage needs for its current demand (queues drained, no breach): the
@@ -386,6 +584,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     window = (*window, (now, recommend))
     full_window = now - started >= stabilization
     last_up = dict(history.last_up)
+    catch_up = dict(history.catch_up)
     stages: dict[str, StageDecision] = {}
     calm = caption <= slo * DOWN_CALM
     for s in STAGES:
@@ -397,7 +596,11 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             stages[s] = StageDecision(s, cur, desired, "up" if desired > cur else "down", "bounds",
                                       f"{s} replicas {cur} outside [{lo}, {hi}]")
             continue
-        if over_streak[s] >= UP_SUSTAIN or (overs[s] and load[s] >= IMMEDIATE_LOAD):
+        catching_up = s in plans and plans[s].catch_up > 0
+        # A planned stage's need is already smoothed (the session level), so one interval over
+        # is sustained enough.
+        sustain = PLAN_SUSTAIN if s in plans else UP_SUSTAIN
+        if over_streak[s] >= sustain or (overs[s] and (load[s] >= IMMEDIATE_LOAD or catching_up)):
             settle_s = MODEL_SETTLE_INTERVALS * scaling.interval_seconds
             if (s == "translation" and history.last_model_change is not None
                     and now - history.last_model_change < settle_s):
@@ -418,8 +621,13 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
                                           f"{message}, but no allocatable NPU is left and audio.devices "
                                           "names no other device")
                 continue
-            step = min(MAX_STEP_FACTOR, load[s])
-            wanted = math.ceil(max(1, source_replicas[s]) * step)
+            if s in plans:
+                # Planned from the demand: as many as it needs, in one step (the sessions are
+                # counted, not inferred from a saturating signal, so no step limit is needed).
+                wanted = math.ceil(load[s] * max(1, source_replicas[s]) - 1e-9)
+            else:
+                step = min(MAX_STEP_FACTOR, load[s])
+                wanted = math.ceil(max(1, source_replicas[s]) * step)
             if source_replicas[s] < cur and wanted <= cur:
                 stages[s] = StageDecision(s, cur, cur, "none", "starting",
                                           f"{message}; waiting for {cur - source_replicas[s]} new {s} "
@@ -428,6 +636,9 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             desired = _clamp(max(cur + 1, wanted), lo, hi)
             if desired > cur:
                 last_up[s] = now
+                pending_up[s] = (*pending_up.get(s, ()), (now, desired))
+                if catching_up:
+                    catch_up[s] = desired
                 sustained = f"for {over_streak[s]} intervals" if over_streak[s] > 1 else "at once (far over)"
                 over_streak[s] = 0
                 stages[s] = StageDecision(s, cur, desired, "up", reason,
@@ -436,6 +647,15 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             stages[s] = StageDecision(s, cur, cur, "none", "at_max", f"{message}, but {s} is at max {hi}")
             continue
         target = max(r.get(s, cur) for _, r in window)
+        if s in catch_up and not catching_up and not backed_up[s]:
+            # The backlog has drained: the catch-up replicas go; the window's need stays.
+            del catch_up[s]
+            keep = _clamp(max(target, math.ceil(util_load[s] * max(1, source_replicas[s]) - 1e-9)), lo, hi)
+            if keep < cur:
+                stages[s] = StageDecision(s, cur, keep, "down", "backlog_drained",
+                                          f"{s} backlog drained: catch-up replicas released, "
+                                          f"{s} {cur} -> {keep}")
+                continue
         if target < cur and calm and full_window and bottleneck != s:
             stages[s] = StageDecision(s, cur, target, "down", "stabilized",
                                       f"{s} load {load[s]:.2f} of target for {stabilization:.0f}s: "
@@ -456,8 +676,10 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         started=started,
         over_streak=over_streak,
         # A scale-up is itself a recommendation: what was just added is kept for a full window.
+        # (Catch-up replicas are not: they go once the backlog has drained.)
         recommendations=(*window[:-1], (now, {s: max(recommend[s], stages[s].desired)
-                                               if stages[s].direction == "up" else recommend[s]
+                                               if stages[s].direction == "up" and s not in catch_up
+                                               else recommend[s]
                                                for s in STAGES})),
         last_up=last_up,
         memory_high_streak=mem_streak,
@@ -468,6 +690,12 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         per_session=per_session,
         ready=(*history.ready, ready_now)[-SETTLE_INTERVALS:],
         sessions=trend,
+        startup=startup,
+        pending_up=pending_up,
+        per_replica=per_replica,
+        learned=learned,
+        catch_up=catch_up,
+        backlog_at={**history.backlog_at, **{s: now for s in STAGES if backed_up[s]}},
     )
     changes = [d for d in stages.values() if d.changed]
     summary = "; ".join(d.message for d in changes) or "all stages within target"

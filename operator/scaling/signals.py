@@ -100,6 +100,10 @@ class Signals:
     gpu_memory_fraction: Sample = MISSING
     vllm_requests_waiting: Sample = MISSING
     kv_cache_usage: Sample = MISSING
+    # Items each stage completes per second (audio decode passes, translations), in the units of
+    # its queue depth: it turns a backlog into the replica-seconds needed to drain it. Optional:
+    # without it the policy sizes backlogs by the demand model only.
+    throughput: Mapping[str, Sample] = field(default_factory=dict)
     # Allocatable NPUs not yet requested in the cluster; None = unknown or no NPU pool.
     npu_free: int | None = None
     # Set when Prometheus itself could not be asked (every sample is then ``unreachable``).
@@ -107,6 +111,10 @@ class Signals:
 
     def queue(self, stage: str) -> Sample:
         return self.queue_depth.get(stage, MISSING)
+
+    def rate(self, stage: str) -> Sample:
+        """Items per second the stage completes (``throughput``), MISSING when not known."""
+        return self.throughput.get(stage, MISSING)
 
     def describe_problems(self, names: tuple[str, ...]) -> list[str]:
         """'caption_p95: stale (412s old)'-style lines for the named signals that are not usable."""
@@ -134,6 +142,8 @@ class Queries:
     gpu_memory_fraction: str
     vllm_requests_waiting: str
     kv_cache_usage: str
+    audio_throughput: str
+    translation_throughput: str
     freshness: dict[str, str]
 
 
@@ -171,6 +181,13 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
         gpu_memory_fraction=f"max({used} / ({used} + {free}))",
         vllm_requests_waiting=f"sum(vllm:num_requests_waiting{translation_pods})",
         kv_cache_usage=f"max(vllm:kv_cache_usage_perc{translation_pods})",
+        # Decode passes and translations completed per second: the units of each stage's queue
+        # (the scheduler's pending passes, the batcher's pending requests). Translation counts the
+        # translation service's own series (they carry ``backend``), not the gateway's copy.
+        audio_throughput=f"sum(rate({m.AUDIO_PROCESSING}_count{ours}[{window}]))",
+        translation_throughput=(f"sum(rate({m.TRANSLATION_LATENCY}_count"
+                                f"{_sel(pipeline=name, **{NAMESPACE_LABEL: namespace, 'backend__re': '.+'})}"
+                                f"[{window}]))"),
         # time() - timestamp(): how old the newest sample of each family is.
         freshness={
             "caption": f"time() - max(timestamp({m.CAPTION_LATENCY}_count{ours}))",
@@ -244,7 +261,7 @@ class PrometheusSignals:
         taken = time.time() if now is None else now
         names = ["caption_p95", "caption_count", "translation_p95", "translation_count", "queue_depth",
                  "sessions_active", "audio_rtf", "gpu_memory_fraction", "vllm_requests_waiting",
-                 "kv_cache_usage"]
+                 "kv_cache_usage", "audio_throughput", "translation_throughput"]
         promqls = [getattr(q, n) for n in names] + list(q.freshness.values())
         client = self._client or httpx.AsyncClient(timeout=self._timeout)
         try:
@@ -286,5 +303,8 @@ class PrometheusSignals:
             gpu_memory_fraction=_sample(_scalar(by["gpu_memory_fraction"]), age["gpu"], stale_after),
             vllm_requests_waiting=_sample(_scalar(by["vllm_requests_waiting"]), age["vllm"], stale_after),
             kv_cache_usage=_sample(_scalar(by["kv_cache_usage"]), age["vllm"], stale_after),
+            throughput={"audio": _sample(_scalar(by["audio_throughput"]), age["rtf"], stale_after),
+                        "translation": _sample(_scalar(by["translation_throughput"]), age["translation"],
+                                               stale_after)},
             npu_free=npu_free,
         )
