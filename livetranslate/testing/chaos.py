@@ -26,6 +26,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from livetranslate.local import _die_with_parent
 from livetranslate.operator import builders
 from livetranslate.testing.kube_emulator import Call, KubeEmulator
 
@@ -81,8 +82,10 @@ class OperatorSubprocess:
         with open(self.log_path, "ab") as log:
             log.write(f'{{"chaos": "operator start #{self.starts}"}}\n'.encode())
             log.flush()
+            # Dies with us even if we are SIGKILLed: no operator left acting on a dead emulator port.
             self.proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "operator"],
-                                         env=self.env, stdout=subprocess.DEVNULL, stderr=log)
+                                         env=self.env, stdout=subprocess.DEVNULL, stderr=log,
+                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
         self.starts += 1
 
     async def wait_watching(self, timeout: float = 90.0) -> float:
