@@ -208,3 +208,36 @@ async def test_a_client_that_stops_reading_is_closed(stack: Stack) -> None:
     # The session it held was detached (resumable), not lost: its finals are in the store.
     [sid] = [json.loads(t)["sessionId"] for t in ws.sent if '"session.started"' in t]
     assert [s.text for s in await gw.store.segments(sid)] == ["block 1", "block 2", "block 3"]
+
+
+async def test_garbage_after_the_close_decision_is_not_read(stack: Stack) -> None:
+    """A burst of garbage already queued when the gateway decides to close is not answered too."""
+    async with Client(stack.ws_url) as c:
+        for _ in range(60):
+            await c.ws.send("{")
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await c.recv()
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+    assert len(c.of("error")) == 11  # max_bad_messages (10) tolerated, the 11th closes
+
+
+async def test_silence_without_finals_keeps_the_replay_buffer_bounded(stack: Stack) -> None:
+    """Audio the service got but never finalised (silence) is held for replay only up to the limit."""
+    server = await stack.make_gateway(audio_buffer_seconds=2.0)
+    url = server.url.replace("http://", "ws://") + "/v1/stream"
+    async with Client(url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": []})
+        await c.recv()
+        for second in range(1, 7):  # six seconds of silence, as a microphone sends it: no final
+            await c.send_audio(block_audio([0]))
+            for _ in range(200):
+                if stack.audio.received_seconds >= second:
+                    break
+                await asyncio.sleep(0.02)
+        session = next(iter(server.app.state.gateway.sessions))
+        assert len(session._buf) <= 2 * 32000
+        assert not c.of("error")  # nothing the service had not got was dropped
+        await c.send_audio(block_audio([3]))
+        final = await c.until(lambda e: e["type"] == "transcript.final")
+        assert final["text"] == "block 3" and final["start"] == pytest.approx(6.0)
