@@ -22,6 +22,7 @@ import kmock
 import pytest
 
 from livetranslate.crd import build_crd
+from livetranslate.operator import handlers
 from livetranslate.operator.kube import ApiError, KubeClient
 from livetranslate.testing.chaos import (
     OPERATOR_AGENT,
@@ -211,3 +212,37 @@ async def test_operator_converges_under_api_faults_without_duplicates_or_a_retry
     final = inspect(emulator, NS)
     assert final.orphans == final.duplicates == final.stuck_finalizers == []
     assert operator.crashes() == []
+
+
+async def test_the_resync_sweep_nudges_only_pipelines_lagging_for_a_whole_interval(api: Api) -> None:
+    """Kopf drops an event whose processing failed on an API error and waits for the next one;
+    the sweep turns a pipeline that stayed behind its spec (or its deletion) into a new event."""
+    emulator = api.emulator
+    tp = "livetranslate.io/v1alpha1/translationpipelines"
+    for name in ("behind", "current", "deleting"):
+        emulator.create(tp, {"metadata": {"name": name, "namespace": NS}, "spec": {}})
+    # What the operator writes through /status once it has reconciled generation 1.
+    obj = emulator.read(tp, NS, "current") or {}
+    emulator._write((_tp_key(), NS, "current"), {**obj, "status": {"observedGeneration": 1}}, subresource="status")
+    emulator.patch_object(tp, NS, "deleting", {"metadata": {"finalizers": ["livetranslate.io/finalizer"]}})
+    emulator.delete_object(tp, NS, "deleting")
+    kube = await KubeClient.connect(user_agent="resync-probe")
+    lagging: dict[str, tuple[str, int, bool]] = {}
+    try:
+        assert await handlers.resync_once(kube, [NS], lagging) == 0, "first seen: left to the normal path"
+        assert set(lagging) == {f"{NS}/behind", f"{NS}/deleting"}
+        assert await handlers.resync_once(kube, [NS], lagging) == 2
+        for name in ("behind", "deleting"):
+            annotations = (emulator.read(tp, NS, name) or {})["metadata"].get("annotations") or {}
+            assert handlers.RESYNC_ANNOTATION in annotations
+        assert handlers.RESYNC_ANNOTATION not in ((emulator.read(tp, NS, "current") or {})["metadata"]
+                                                  .get("annotations") or {})
+        # A spec change restarts the clock: the normal path gets a whole interval again.
+        emulator.patch_object(tp, NS, "behind", {"spec": {"audio": {"vad": False}}})
+        assert await handlers.resync_once(kube, [NS], lagging) == 1, "only the deletion is still stuck"
+    finally:
+        await kube.close()
+
+
+def _tp_key() -> tuple[str, str, str]:
+    return ("livetranslate.io", "v1alpha1", "translationpipelines")
