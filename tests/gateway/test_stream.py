@@ -7,6 +7,7 @@ import json
 
 import httpx
 import numpy as np
+import pytest
 
 from tests.gateway.conftest import Client, Stack, block_audio
 
@@ -53,13 +54,16 @@ async def test_translation_requests_carry_context(stack: Stack) -> None:
     assert all(r.targetLanguages == ["es"] for r in reqs)
 
 
-async def test_any_rate_resampled_and_stereo_downmixed(stack: Stack) -> None:
-    rate = 44100
+@pytest.mark.parametrize(("encoding", "rate"), [("pcm_f32le", 44100), ("pcm_s16le", 48000)])
+async def test_any_rate_resampled_and_stereo_downmixed(stack: Stack, encoding: str, rate: int) -> None:
     t = np.arange(rate * 3) / rate
     tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    stereo = np.stack([tone, tone], axis=1).astype("<f4").tobytes()
+    if encoding == "pcm_s16le":
+        stereo = (np.stack([tone, tone], axis=1) * 32767).astype("<i2").tobytes()
+    else:
+        stereo = np.stack([tone, tone], axis=1).astype("<f4").tobytes()
     async with Client(stack.ws_url) as c:
-        await c.send_json({"type": "session.start", "sampleRate": rate, "encoding": "pcm_f32le",
+        await c.send_json({"type": "session.start", "sampleRate": rate, "encoding": encoding,
                            "channels": 2})
         await c.recv()
         # Odd chunk sizes split samples and channels: the gateway must carry the remainders.

@@ -22,8 +22,11 @@ class AudioConverter:
         self.channels = channels
         self.frame_bytes = _SAMPLE_WIDTH[encoding] * channels
         self._tail = b""
-        self._resampler = (soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1, dtype="float32",
-                                               quality="HQ")
+        # PCM16 stays int16 through soxr (it resamples int16 natively): the float round trip
+        # (convert, scale, clip, scale back) cost as much as the resampling itself per frame.
+        self._int16 = encoding == "pcm_s16le"
+        self._resampler = (soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1,
+                                               dtype="int16" if self._int16 else "float32", quality="HQ")
                            if sample_rate != MODEL_SAMPLE_RATE else None)
         self._passthrough = (sample_rate == MODEL_SAMPLE_RATE and encoding == "pcm_s16le" and channels == 1)
 
@@ -39,11 +42,16 @@ class AudioConverter:
         body = buf[:usable]
         if self._passthrough:
             return bytes(body)  # already what the audio service takes: no numpy round trip
-        if self.encoding == "pcm_s16le":
-            samples = np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
-        else:
-            samples = np.frombuffer(body, dtype="<f4").astype(np.float32)
-            samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+        if self._int16:
+            pcm = np.frombuffer(body, dtype="<i2")
+            if self.channels > 1:
+                pcm = (pcm.reshape(-1, self.channels).astype(np.int32).sum(axis=1)
+                       // self.channels).astype(np.int16)
+            if self._resampler is not None:
+                pcm = self._resampler.resample_chunk(pcm, last=last)
+            return pcm.astype("<i2", copy=False).tobytes()
+        samples = np.frombuffer(body, dtype="<f4").astype(np.float32)
+        samples = np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
         if self.channels > 1:
             samples = samples.reshape(-1, self.channels).mean(axis=1)
         if self._resampler is not None:
