@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import sys
 import tempfile
@@ -81,6 +82,7 @@ def run(examples: int, rounds: int) -> dict[str, Any]:
             finally:
                 good.stop()
             left = gw.wait_sessions_gone()
+            left = -1 if math.isnan(left) else int(left)  # NaN: the metric was missing
             rss_end = gw.rss_mib()
             result.update({
                 "totals": totals, "frame_kinds": kinds, "problems": problems[:20],
