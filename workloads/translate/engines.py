@@ -97,6 +97,21 @@ class Engine(ABC):
         """Called for every batch; engines that sleep when idle reset their timer here."""
 
 
+def served_names(models: Any) -> list[str]:
+    """Model names a /v1/models reply says the server answers to, its ids first.
+
+    llama-server lists one entry per model and its other names under ``aliases`` (``--alias a,b``);
+    vLLM and hosted APIs list one entry per name. Both count as served for a model switch.
+    """
+    data = models.get("data", []) if isinstance(models, dict) else []
+    names: list[str] = [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
+    for m in data:
+        aliases = m.get("aliases") if isinstance(m, dict) else None
+        if isinstance(aliases, list):
+            names += [a for a in aliases if isinstance(a, str) and a not in names]
+    return names
+
+
 class OpenAIEngine(Engine):
     """Any OpenAI-compatible server: /v1/completions (few-shot prompt) or /v1/chat/completions."""
 
@@ -128,7 +143,7 @@ class OpenAIEngine(Engine):
     # ------------------------------------------------------------ readiness
 
     def _recently_served(self) -> bool:
-        # A server that runs one request at a time (llama.cpp) answers /v1/models only between
+        # A server that runs one request at a time (llama-cpp-python's) answers /v1/models only between
         # generations: a probe that times out while translations keep succeeding is not an outage.
         return self.served_models != [] and time.monotonic() - self._last_success < 15.0
 
@@ -139,7 +154,7 @@ class OpenAIEngine(Engine):
         try:
             resp = await self.client.get("/v1/models", timeout=3.0)
             resp.raise_for_status()
-            self.served_models = [m.get("id", "") for m in resp.json().get("data", [])]
+            self.served_models = served_names(resp.json())
             self.state.ready = True
             self.state.detail = "ok"
         except httpx.TimeoutException as exc:

@@ -20,7 +20,8 @@ from livetranslate.config import AUTH_MOUNT_DIR, VLLM_LOCAL_URL, ResolvedPipelin
 
 BackendName = Literal["vllm", "openai", "apertium"]
 # How several segments travel to an OpenAI-compatible server in one micro-batch:
-#   list:       one /v1/completions call with a list of prompts (vLLM batches them on the GPU);
+#   list:       one /v1/completions call with a list of prompts (vLLM batches them on the GPU;
+#               llama.cpp's llama-server decodes them together in its --parallel slots);
 #   packed:     one prompt holding numbered lines (servers that run one request at a time, such as
 #               llama-cpp-python's, where a prompt list is silently cut to its first entry);
 #   concurrent: one request per segment, all in flight at once (chat-only hosted APIs).
