@@ -412,11 +412,9 @@ async def _announce_placement(kube: KubeClient, owner: Mapping[str, Any], previo
 
 
 async def _patch_status(kube: KubeClient, namespace: str, name: str, new: Mapping[str, Any]) -> None:
-    try:
-        await kube.patch_status(API_VERSION, KIND, namespace, name, new)
-    except ApiError as e:
-        if e.status != 404:  # deleted meanwhile: nothing to report on
-            raise
+    # Only the conditions the reconcile owns are replaced: the autoscaler writes ScalingActive
+    # concurrently (a pipeline deleted meanwhile has nothing to report on: None, no error).
+    await status.write_status(kube, namespace, name, new, owned=status.RECONCILE_CONDITIONS)
 
 
 def _api_retry(e: ApiError, settings: OperatorSettings) -> kopf.TemporaryError:

@@ -3,21 +3,28 @@
 Pure, so the rules users read in ``kubectl get tp`` (when is a pipeline Ready, Degraded, Failed)
 are unit-tested without a cluster. Conditions keep their lastTransitionTime while their status
 does not change, as Kubernetes conventions require.
+
+The one exception, ``write_status``, is how both writers of the status (the reconcile and the
+autoscaler) write it: each owns some condition types, and neither may drop the other's.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from livetranslate.api import Stage
+from livetranslate.api import API_VERSION, KIND, Stage
 from livetranslate.config import ResolvedPipeline
 from livetranslate.operator.builders import STAGES, gateway_endpoint
+from livetranslate.operator.kube import ApiError, KubeClient
 
 STAGE_CONDITIONS: dict[Stage, str] = {"audio": "AudioReady", "translation": "TranslationReady",
                                       "gateway": "GatewayReady"}
+# Condition types each writer owns (the autoscaler owns ScalingActive).
+RECONCILE_CONDITIONS = frozenset({"Ready", *STAGE_CONDITIONS.values()})
+WRITE_ATTEMPTS = 5
 
 
 def now_iso() -> str:
@@ -147,3 +154,54 @@ def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) ->
     """Whether patching ``new`` would change anything (skips no-op writes on every watch event)."""
     current = current or {}
     return any(current.get(k) != v for k, v in new.items())
+
+
+def merge_conditions(current: list[Mapping[str, Any]], ours: list[Mapping[str, Any]],
+                     owned: Collection[str]) -> list[dict[str, Any]]:
+    """The condition list to write: ``owned`` types from ``ours``, every other type as it is now.
+
+    Entries keep their place in ``current``; owned types ``current`` lacks are appended.
+    """
+    mine = {c.get("type"): dict(c) for c in ours if c.get("type") in owned}
+    out: list[dict[str, Any]] = []
+    for c in current:
+        t = c.get("type")
+        if t in owned:
+            if t in mine:
+                out.append(mine.pop(t))
+        else:
+            out.append(dict(c))
+    return out + list(mine.values())
+
+
+async def write_status(kube: KubeClient, namespace: str, name: str, patch: Mapping[str, Any],
+                       owned: Collection[str]) -> dict[str, Any] | None:
+    """Merge-patch a pipeline's status without losing another writer's conditions.
+
+    ``conditions`` is a list, and a merge patch replaces a list whole: the reconcile (Ready and
+    the stage conditions) and the autoscaler (ScalingActive), each writing the list as it read
+    it a moment earlier, would drop each other's latest entries. So the list is rebuilt from the
+    object as it is now (``owned`` types from ``patch``, the rest untouched) and written with the
+    object's resourceVersion as a precondition: if anyone wrote in between, the API server
+    answers 409 Conflict and it is read and merged again. None when the pipeline is gone.
+    """
+    for attempt in range(WRITE_ATTEMPTS):
+        fresh = await kube.get(API_VERSION, KIND, namespace, name)
+        if fresh is None:
+            return None
+        body = dict(patch)
+        if "conditions" in patch:
+            now = list((fresh.get("status") or {}).get("conditions") or [])
+            body["conditions"] = merge_conditions(now, list(patch["conditions"] or []), owned)
+        precondition = {"resourceVersion": fresh["metadata"]["resourceVersion"]}
+        try:
+            result: dict[str, Any] = await kube.patch(API_VERSION, KIND, namespace, name,
+                                                      {"metadata": precondition, "status": body},
+                                                      subresource="status")
+            return result
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            if e.status != 409 or attempt == WRITE_ATTEMPTS - 1:
+                raise
+    return None

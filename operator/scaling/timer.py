@@ -32,6 +32,7 @@ from livetranslate import metrics
 from livetranslate.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, Device, parse_spec
 from livetranslate.logs import log_context
 from livetranslate.operator import builders, placement
+from livetranslate.operator import status as status_writer
 from livetranslate.operator.kube import ApiError, KubeClient
 from livetranslate.operator.scaling.policy import Current, Decision, History, decide
 from livetranslate.operator.scaling.signals import STAGES, PrometheusSignals
@@ -159,11 +160,9 @@ async def act(kube: KubeClient, body: Mapping[str, Any], decision: Decision, *,
     if record is not None:
         patch["lastScalingDecision"] = record
     if patch:
-        try:
-            await kube.patch_status(API_VERSION, KIND, namespace, name, patch)
-        except ApiError as e:
-            if e.status != 404:
-                raise
+        # Read-modify-write with a resourceVersion precondition: the reconcile writes the other
+        # conditions concurrently, and a plain merge patch of the list would drop its entries.
+        await status_writer.write_status(kube, namespace, name, patch, owned={CONDITION})
     return patch
 
 
@@ -203,11 +202,15 @@ async def scale_once(kube: KubeClient, body: Mapping[str, Any], history: History
 
 async def replace_translation(kube: KubeClient, memo: kopf.Memo, namespace: str, name: str,
                               node_index: Any, logger: Any) -> None:
-    """Re-place translation now that the active-model annotation changed.
+    """Re-place the pipeline now that a placement annotation (active model, audio device) changed.
 
-    Kopf leaves annotations under its own storage prefix (``livetranslate.io/``) out of the
-    change detection, so patching the annotation alone fires no update handler. The reconcile
-    is idempotent, so calling it here is safe even where an update handler also fires.
+    Kopf leaves every annotation under a prefix it stores its own state under out of the change
+    detection (``DiffBaseStorage.build`` drops the annotations of prefixes marked with
+    ``<prefix>/kopf-managed``), and the operator's storage prefix is ``livetranslate.io``: so
+    patching ``livetranslate.io/active-model`` or ``livetranslate.io/audio-device`` fires no update
+    handler, whoever sets it. The autoscaler therefore reconciles itself after it sets one, and
+    when it sees one changed by hand between two intervals. The reconcile is idempotent, so
+    calling it here is safe even where an update handler also fires.
     """
     from livetranslate.operator import handlers
 
@@ -242,7 +245,17 @@ async def autoscale_step(body: kopf.Body, memo: kopf.Memo, logger: Any, node_ind
         if gauge is not None:
             gauge.labels(namespace=body.metadata.namespace or "", pipeline=body.metadata.name or "").set(
                 1 if decision.active else 0)
-        if decision.model is not None:
+        annotations = body.metadata.annotations or {}
+        seen = (annotations.get(builders.ACTIVE_MODEL_ANNOTATION), annotations.get(AUDIO_DEVICE_ANNOTATION))
+        ours = decision.model is not None or decision.audio_device is not None
+        if ours:
+            memo.placement_written = (decision.model or seen[0], decision.audio_device or seen[1])
+        last_seen = memo.get("placement_seen")
+        memo.placement_seen = seen
+        # One set by hand since the last interval (kubectl annotate), not our own write arriving.
+        by_hand = last_seen is not None and seen != last_seen and seen != memo.get("placement_written")
+        # Either way no update handler fires for it (see replace_translation).
+        if ours or by_hand:
             try:
                 await replace_translation(kube, memo, body.metadata.namespace or "", body.metadata.name or "",
                                           node_index, logger)

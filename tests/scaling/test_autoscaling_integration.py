@@ -195,3 +195,18 @@ async def test_missing_metrics_hold_replicas_with_a_reason(
     await asyncio.sleep(3 * INTERVAL_S)
     assert replicas(cluster) == before, "scaled on missing data"
     await eventually(lambda: any(e["reason"] == "ScalingHeld" for e in cluster.events(PIPELINE)), timeout=5)
+
+
+async def test_a_hand_set_active_model_is_placed_and_conditions_survive_both_writers(
+        running: tuple[Cluster, Prometheus, Workloads]) -> None:
+    """Kopf ignores changes of annotations under its storage prefix (livetranslate.io/): an
+    operator pinning the smaller model with kubectl annotate still gets it placed, by the
+    autoscaler's next interval. Meanwhile the reconcile and the autoscaler both write conditions."""
+    cluster, _, _ = running
+    fallback = "Qwen/Qwen2.5-3B-Instruct-AWQ"
+    cluster.api.patch_object("livetranslate.io/v1alpha1/translationpipelines", NS, PIPELINE,
+                             {"metadata": {"annotations": {ACTIVE_MODEL: fallback}}})
+    await eventually(lambda: ((cluster.tp(PIPELINE) or {}).get("status") or {}).get("translation", {})
+                     .get("model") == fallback, timeout=10 * INTERVAL_S, message="the pinned model placed")
+    types = {c["type"] for c in ((cluster.tp(PIPELINE) or {}).get("status") or {}).get("conditions") or []}
+    assert {"Ready", "AudioReady", "TranslationReady", "GatewayReady", "ScalingActive"} <= types
