@@ -417,8 +417,11 @@ async def _patch_status(kube: KubeClient, namespace: str, name: str, new: Mappin
     await status.write_status(kube, namespace, name, new, owned=status.RECONCILE_CONDITIONS)
 
 
-def _api_retry(e: ApiError, settings: OperatorSettings) -> kopf.TemporaryError:
-    return kopf.TemporaryError(f"Kubernetes API: {e}", delay=settings.retry_delay_seconds)
+def _api_retry(e: ApiError, settings: OperatorSettings, retry: int = 0) -> kopf.TemporaryError:
+    """Retry the reconcile later, each time twice as late (jittered, capped): an API server that
+    keeps failing sees fewer requests from every pipeline, not a steady stream from all of them."""
+    delay = min(settings.retry_delay_seconds * 2 ** min(retry, 10), settings.retry_max_delay_seconds)
+    return kopf.TemporaryError(f"Kubernetes API: {e}", delay=delay * random.uniform(0.8, 1.2))
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -441,7 +444,7 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
             if e.status == 403:
                 # Missing RBAC or a quota/admission policy: an admin can fix it; retry slowly.
                 raise kopf.TemporaryError(f"Kubernetes API forbids it: {e}", delay=60) from e
-            raise _api_retry(e, memo.settings) from e
+            raise _api_retry(e, memo.settings, int(kwargs.get("retry") or 0)) from e
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)

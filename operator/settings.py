@@ -49,8 +49,8 @@ class OperatorSettings(BaseSettings):
     liveness_endpoint: str = "http://0.0.0.0:8081/healthz"
     # Seconds before a failed API call in a handler is retried (kopf.TemporaryError).
     retry_delay_seconds: float = 5.0
-    # How long the vLLM container may take to download and load a model before it is restarted.
-    vllm_startup_seconds: int = 1800
+    # The cap of that delay, which doubles with each consecutive failure of the same reconcile.
+    retry_max_delay_seconds: float = 120.0
     # Seconds between sweeps that nudge pipelines whose status lags their spec (or whose deletion
     # is stuck) for a whole interval: Kopf waits for a new event after some errors. 0 disables.
     resync_seconds: float = 20.0
@@ -60,6 +60,8 @@ class OperatorSettings(BaseSettings):
     api_error_backoffs: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
     service_account: str | None = None
     # Create a PodMonitor per pipeline where the prometheus-operator CRDs exist (checked through
+    # How long the vLLM container may take to download and load a model before it is restarted.
+    vllm_startup_seconds: int = 1800
     # discovery every few minutes, so installing them later is picked up).
     pipeline_monitors: bool = True
     # Kopf peering: with a name set, replicas register in the ClusterKopfPeering of that name and
