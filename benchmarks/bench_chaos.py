@@ -348,6 +348,8 @@ def render_md(report: dict[str, Any]) -> str:
     lines = ["# Operator chaos and API faults", "",
              (f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
              f"{report['loadavg']}. `{report['command']}`."), "",
+             *([f"API faults measured in a later run: {report['faults_measured_at']}, `{report['faults_command']}`.",
+                ""] if report.get("faults_measured_at") else []),
              "| item | figure | value | unit | target | met |", "|---|---|---|---|---|---|"]
     for r in report["reliability"]:
         met = {True: "yes", False: "**no**", None: ""}[r["met"]]
@@ -424,10 +426,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--rerender", action="store_true",
                         help="run nothing: recompute the reliability rows and the .md from the stored JSON")
+    parser.add_argument("--faults-from", type=Path, default=None,
+                        help="with --rerender: take the API-fault runs from this results file (a later "
+                             "--skip-chaos run) and keep the stored chaos rounds")
     args = parser.parse_args()
     if args.rerender:
         path = args.out / f"{args.name}.json"
         report = json.loads(path.read_text())
+        if args.faults_from is not None:
+            other = json.loads(args.faults_from.read_text())
+            report.update(faults=other["faults"], outage=other["outage"],
+                          faults_measured_at=other["measured_at"], faults_command=other["command"])
         report["reliability"] = reliability_rows(report.get("chaos"), report.get("faults") or [],
                                                  report.get("outage"))
         path.write_text(json.dumps(report, indent=2) + "\n")

@@ -60,7 +60,7 @@ async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 async def operator(api: Api, tmp_path: Path) -> AsyncIterator[OperatorSubprocess]:
     """``livetranslate operator`` in its own process (killed by pid at teardown)."""
     op = OperatorSubprocess(api.emulator, api.kubeconfig, tmp_path / "operator.log",
-                            env={"LT_OPERATOR_RESYNC_SECONDS": "5"})
+                            env={"LT_OPERATOR_RESYNC_SECONDS": "5", "LT_OPERATOR_RETRY_DELAY_SECONDS": "1"})
     try:
         yield op
     finally:
