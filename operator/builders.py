@@ -397,6 +397,43 @@ def build_podmonitor(resolved: ResolvedPipeline) -> dict[str, Any]:
     }
 
 
+# Stages only the gateway may call; the gateway itself takes client traffic from anywhere.
+INTERNAL_STAGES: tuple[Stage, ...] = ("audio", "translation")
+
+
+def build_network_policies(resolved: ResolvedPipeline, settings: OperatorSettings) -> list[dict[str, Any]]:
+    """Ingress isolation per stage: the audio and translation APIs answer only this pipeline's
+    gateway (their /metrics, on the same port, also the configured scrapers); the gateway's port
+    is open, since its clients are browsers and apps anywhere.
+
+    Egress is left open: the workloads reach DNS, model downloads, Redis and hosted LLM endpoints
+    whose addresses the operator cannot know. Kubelet probes are node traffic, which the common
+    CNIs (Calico, Cilium) admit regardless of policy.
+    """
+    port = [{"protocol": "TCP", "port": SERVICE_PORT}]
+    gateway_peer = {"podSelector": {"matchLabels": selector(resolved.name, "gateway")}}
+    scrapers = [dict(peer) for peer in settings.network_policy_scrapers]
+
+    def policy(stage: Stage, ingress: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": {"name": deployment_name(resolved.name, stage), "namespace": resolved.namespace,
+                         "labels": labels(resolved.name, stage)},
+            "spec": {"podSelector": {"matchLabels": selector(resolved.name, stage)},
+                     "policyTypes": ["Ingress"], "ingress": ingress},
+        }
+
+    out = []
+    for stage in INTERNAL_STAGES:
+        ingress = [{"from": [gateway_peer], "ports": port}]
+        if scrapers:
+            ingress.append({"from": scrapers, "ports": port})
+        out.append(policy(stage, ingress))
+    out.append(policy("gateway", [{"ports": port}]))
+    return out
+
+
 def build_configmap(resolved: ResolvedPipeline) -> dict[str, Any]:
     return {
         "apiVersion": "v1",

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,7 +292,8 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
         await kube.apply(manifest, owner, keep_on_update=keep)
 
     config, *rest = builders.build_children(resolved, state, settings)
-    await apply(config)  # first: the pods mount it
+    # First: the pods mount the config, and no pod should ever run without its NetworkPolicy.
+    await asyncio.gather(apply(config), _network_policies(kube, resolved, settings, apply))
     await asyncio.gather(*(apply(m) for m in rest))
     if settings.pipeline_monitors and await _serves_podmonitors(memo):
         await apply(builders.build_podmonitor(resolved))
@@ -321,6 +322,19 @@ def _export_stage_gauges(memo: kopf.Memo, namespace: str, name: str, resolved: R
         desired.labels(**labels).set(int(observed.get("replicas") or 0))
         ready.labels(**labels).set(int(observed.get("readyReplicas") or 0))
         maximum.labels(**labels).set(bounds.max)
+
+
+async def _network_policies(kube: KubeClient, resolved: ResolvedPipeline, settings: OperatorSettings,
+                            apply: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """Apply the pipeline's NetworkPolicies, or, with them turned off, remove the ones it made."""
+    if settings.network_policies:
+        await asyncio.gather(*(apply(m) for m in builders.build_network_policies(resolved, settings)))
+        return
+    made = await kube.list("networking.k8s.io/v1", "NetworkPolicy", resolved.namespace,
+                           label_selector=f"{builders.PIPELINE_LABEL}={resolved.name},"
+                                          f"{builders.MANAGED_BY_LABEL}={builders.MANAGED_BY}")
+    await asyncio.gather(*(kube.delete("networking.k8s.io/v1", "NetworkPolicy", resolved.namespace,
+                                       p["metadata"]["name"]) for p in made))
 
 
 PODMONITOR_RECHECK_S = 300.0

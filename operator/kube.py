@@ -34,6 +34,7 @@ PLURALS = {
     "ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments", "Event": "events",
     "Secret": "secrets", "Node": "nodes", "Pod": "pods", "TranslationPipeline": "translationpipelines",
     "PodDisruptionBudget": "poddisruptionbudgets", "PodMonitor": "podmonitors",
+    "NetworkPolicy": "networkpolicies",
 }
 CLUSTER_SCOPED = {"Node"}
 

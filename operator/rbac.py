@@ -11,26 +11,33 @@ from collections.abc import Iterable
 
 # (apiGroups, resources, verbs), exactly as they go into a ClusterRole's rules.
 RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
-    # The custom resource: watched; status and Kopf's progress annotations written.
-    (("livetranslate.io",), ("translationpipelines",), ("get", "list", "watch", "patch", "update")),
-    (("livetranslate.io",), ("translationpipelines/status",), ("get", "patch", "update")),
-    # Children, applied idempotently (create, then patch on 409).
-    (("apps",), ("deployments",), ("get", "list", "watch", "create", "patch", "update", "delete")),
-    (("apps",), ("deployments/scale",), ("get", "patch", "update")),
-    (("",), ("services", "configmaps"), ("get", "list", "watch", "create", "patch", "update", "delete")),
-    (("policy",), ("poddisruptionbudgets",), ("get", "list", "watch", "create", "patch", "update", "delete")),
-    # Placement reads what the cluster offers.
-    (("",), ("nodes",), ("get", "list", "watch")),
+    # The custom resource: listed and watched (Kopf), read fresh per reconcile; Kopf's progress
+    # annotations and the autoscaler's annotations patched; status patched through /status.
+    (("livetranslate.io",), ("translationpipelines",), ("get", "list", "watch", "patch")),
+    (("livetranslate.io",), ("translationpipelines/status",), ("patch",)),
+    # Children, applied idempotently: create, and on 409 get + merge-patch where they drifted.
+    # Nothing is ever deleted by the operator: ownerReferences let the garbage collector do it.
+    # Deployments are also listed and watched (status roll-up) and their replicas patched by the
+    # autoscaler (on the Deployment itself, not through /scale).
+    (("apps",), ("deployments",), ("get", "list", "watch", "create", "patch")),
+    (("",), ("services", "configmaps"), ("get", "create", "patch")),
+    (("policy",), ("poddisruptionbudgets",), ("get", "create", "patch")),
+    # Per-stage NetworkPolicies, applied like the other children; listed and deleted only when
+    # LT_OPERATOR_NETWORK_POLICIES turns them off.
+    (("networking.k8s.io",), ("networkpolicies",), ("get", "list", "create", "patch", "delete")),
+    # Placement reads what the cluster offers (Kopf's Node index lists and watches).
+    (("",), ("nodes",), ("list", "watch")),
     # The autoscaler counts NPUs already requested by pods (an exhausted NPU pool moves audio on).
     (("",), ("pods",), ("list",)),
-    # Events for placement changes and refused specs (core and events.k8s.io, Kopf uses core).
-    (("", "events.k8s.io"), ("events",), ("create", "patch")),
+    # Events for placement changes, refused specs and scaling (core/v1, POSTed by ours and Kopf's).
+    (("",), ("events",), ("create",)),
 ]
 
 # Granted by the chart only with rbac.pipelineMonitors (the operator then creates a PodMonitor per
 # pipeline where the prometheus-operator CRDs exist).
 MONITOR_RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
-    (("monitoring.coreos.com",), ("podmonitors",), ("get", "list", "watch", "create", "patch", "update", "delete")),
+    # Applied like the other children (whether the CRDs exist is asked through discovery).
+    (("monitoring.coreos.com",), ("podmonitors",), ("get", "create", "patch")),
 ]
 
 

@@ -6,6 +6,8 @@ because images and cluster-wide resource policy belong to the platform team, not
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -58,10 +60,10 @@ class OperatorSettings(BaseSettings):
     # Retry-After wins) and connection errors: one retry after each of these delays, then the
     # event is dropped (the resync sweep picks the pipeline up again). Bounded: 54 s in all.
     api_error_backoffs: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
-    service_account: str | None = None
-    # Create a PodMonitor per pipeline where the prometheus-operator CRDs exist (checked through
     # How long the vLLM container may take to download and load a model before it is restarted.
     vllm_startup_seconds: int = 1800
+    service_account: str | None = None
+    # Create a PodMonitor per pipeline where the prometheus-operator CRDs exist (checked through
     # discovery every few minutes, so installing them later is picked up).
     pipeline_monitors: bool = True
     # Kopf peering: with a name set, replicas register in the ClusterKopfPeering of that name and
@@ -69,6 +71,17 @@ class OperatorSettings(BaseSettings):
     peering: str = ""
     # Seconds a replica's peering record stays valid without a heartbeat.
     peering_lifetime: int = 60
+    # One NetworkPolicy per stage of every pipeline: only the gateway reaches the audio and
+    # translation pods, only `network_policy_scrapers` reach their metrics, clients reach the
+    # gateway from anywhere. Off (LT_OPERATOR_NETWORK_POLICIES=false) deletes the ones it made:
+    # for clusters whose CNI enforces none, or whose platform team writes its own.
+    network_policies: bool = True
+    # NetworkPolicy peers (Kubernetes NetworkPolicyPeer objects, JSON in the env var) allowed to
+    # scrape /metrics of the audio and translation pods. The default matches Prometheus pods as
+    # kube-prometheus-stack and the Prometheus operator label them, in a namespace "monitoring".
+    network_policy_scrapers: list[dict[str, Any]] = Field(default_factory=lambda: [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}])
 
     audio_resources: Resources = Field(default_factory=lambda: Resources(
         cpuRequest="1", memoryRequest="1Gi", cpuLimit="4", memoryLimit="4Gi"))
