@@ -101,6 +101,7 @@ class History:
     # (time, {stage: recommended replicas}) for the stabilization window.
     recommendations: tuple[tuple[float, Mapping[str, int]], ...] = ()
     last_up: Mapping[str, float] = field(default_factory=dict)
+    last_down: Mapping[str, float] = field(default_factory=dict)
     memory_high_streak: int = 0
     memory_low_since: float | None = None
     last_model_change: float | None = None
@@ -543,15 +544,22 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
 
     # --- per-stage replica decisions --------------------------------------------------------
     # --- demand trend: size for where sessions will be when new replicas are ready ---------
+    rising: dict[str, bool] = {}
+    # A planned stage grows as soon as its smoothed need exceeds what runs, except within a
+    # stabilization window of shrinking: coming back up then takes a rise beyond the tolerance
+    # band (a need on a replica boundary, 4.0 +- noise, must not go 5, 4, 5 window after window).
+    tolerance = {s: TOLERANCE if now - history.last_down.get(s, -math.inf) < stabilization else PLAN_TOLERANCE
+                 for s in STAGES}
     for s in STAGES:
         # Look as far ahead as the next replicas could serve after these: a start-up (measured),
         # the intervals their metrics take to settle, and one interval to decide.
         lookahead = (history.startup.get(s, LOOKAHEAD_S)
                      + LOOKAHEAD_INTERVALS * scaling.interval_seconds)
         growth = _growth(trend, sessions, lookahead)
+        rising[s] = growth > 1.0
         # Only ahead of a breach: a stage already over target is sized from what it sees now (a
         # step in demand looks like a slope to the fit, and would be counted twice).
-        threshold = 1.0 + (PLAN_TOLERANCE if s in plans else TOLERANCE)
+        threshold = 1.0 + (tolerance[s] if s in plans else TOLERANCE)
         if growth > 1.0 and load[s] <= threshold < load[s] * growth:
             why[s] = ("demand_trend", (f"sessions rising ({sessions:.0f}, x{growth:.2f} in "
                                       f"{lookahead:.0f}s)"))
@@ -565,7 +573,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         cur = replicas[s]
         # A planned stage's need comes from the smoothed session count, so noise is already out
         # of it: it grows as soon as the need exceeds what runs (the window still holds it).
-        over = load[s] > 1.0 + (PLAN_TOLERANCE if s in plans else TOLERANCE)
+        over = load[s] > 1.0 + (tolerance[s] if s in plans else TOLERANCE)
         overs[s] = over
         over_streak[s] = history.over_streak.get(s, 0) + 1 if over else 0
         # What this stage needs for its current demand (queues drained, no breach): the
@@ -647,6 +655,10 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             stages[s] = StageDecision(s, cur, cur, "none", "at_max", f"{message}, but {s} is at max {hi}")
             continue
         target = max(r.get(s, cur) for _, r in window)
+        if s in plans:
+            # Never below what the plan wants now (its trend lookahead included): shrinking to
+            # the window's need while the trend already asks for more would flap.
+            target = max(target, math.ceil(load[s] * max(1, source_replicas[s]) - 1e-9))
         if s in catch_up and not catching_up and not backed_up[s]:
             # The backlog has drained: the catch-up replicas go; the window's need stays.
             del catch_up[s]
@@ -656,7 +668,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
                                           f"{s} backlog drained: catch-up replicas released, "
                                           f"{s} {cur} -> {keep}")
                 continue
-        if target < cur and calm and full_window and bottleneck != s:
+        if target < cur and calm and full_window and bottleneck != s and not rising[s]:
             stages[s] = StageDecision(s, cur, target, "down", "stabilized",
                                       f"{s} load {load[s]:.2f} of target for {stabilization:.0f}s: "
                                       f"{s} {cur} -> {target}")
@@ -682,6 +694,8 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
                                                else recommend[s]
                                                for s in STAGES})),
         last_up=last_up,
+        last_down={**history.last_down, **{s: now for s in STAGES if stages[s].direction == "down"
+                                           and stages[s].reason == "stabilized"}},
         memory_high_streak=mem_streak,
         memory_low_since=mem_low_since,
         last_model_change=now if new_model is not None else history.last_model_change,

@@ -103,3 +103,21 @@ async def test_prometheus_error_answer_is_unreachable_not_zero() -> None:
         s = await PrometheusSignals("http://prom:9090", client=client).gather("p", "ns", 15.0)
     assert s.error.startswith("HTTP 400")
     assert not s.sessions_active.usable
+
+
+async def test_throughput_per_stage_is_read_from_the_stages_own_series() -> None:
+    q = build_queries("town-hall", "demo", 15.0)
+    for expr in (q.audio_throughput, q.translation_throughput):
+        assert not unknown_metrics(expr), expr
+    assert "livetranslate_audio_processing_seconds_count" in q.audio_throughput
+    # The gateway records the same translation-latency histogram: only the translation
+    # service's series (with its backend label) count completed translations.
+    assert 'backend=~".+"' in q.translation_throughput
+    s = await gather({
+        "time() - max(timestamp(": 2.0,
+        "sum(rate(livetranslate_audio_processing_seconds_count": 40.0,
+        'sum(rate(livetranslate_translation_latency_seconds_count{pipeline="town-hall",namespace="demo",'
+        'backend=~".+"}': 12.5,
+    })
+    assert s.rate("audio").value == 40.0 and s.rate("translation").value == 12.5
+    assert (await gather({})).rate("audio").status == "missing"
