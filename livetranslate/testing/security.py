@@ -424,3 +424,167 @@ RBAC_NOT_SEEN_IN_EMULATOR: dict[Triple, str] = {
     ("", "pods", "list"): "operator/scaling/timer.py counts NPUs requested by running pods, only "
                           "once a pipeline's audio sits on an NPU (covered in tests/scaling)",
 }
+
+
+# ----------------------------------------------------------------- NetworkPolicy behaviour
+
+
+@dataclass(frozen=True)
+class Flow:
+    what: str
+    expected: bool
+    allowed: bool
+
+    @property
+    def ok(self) -> bool:
+        return self.expected == self.allowed
+
+
+def network_policy_flows(settings: Any = None, namespace: str = "demo") -> list[Flow]:
+    """Who may connect to whom under the operator's policies for two pipelines side by side."""
+    from livetranslate.operator import builders
+    from livetranslate.operator.settings import OperatorSettings
+
+    settings = settings or OperatorSettings()
+    _, spec, placement = next(pipeline_variants())
+    pods: dict[str, dict[str, Pod]] = {}
+    policies: list[dict[str, Any]] = []
+    for name in ("town-hall", "board-meeting"):
+        resolved = builders.resolve(name, namespace, 1, spec, placement)
+        children = builders.build_children(resolved, builders.BuildState(), settings)
+        pods[name] = pods_of(c for c in children if c["kind"] == "Deployment")
+        policies += builders.build_network_policies(resolved, settings)
+    ours, other = pods["town-hall"], pods["board-meeting"]
+    port = ours["gateway"].ports["http"]
+    prometheus = Pod("prometheus-0", "monitoring", {"app.kubernetes.io/name": "prometheus"})
+    strangers = [
+        Pod("debug", namespace, {"run": "debug"}),
+        Pod("grafana-0", "monitoring", {"app.kubernetes.io/name": "grafana"}),
+        Pod("prometheus-elsewhere", namespace, {"app.kubernetes.io/name": "prometheus"}),
+        Pod("ingress-nginx", "ingress", {"app.kubernetes.io/name": "ingress-nginx"}),
+        Pod("other-pipeline-gateway", namespace, dict(other["gateway"].labels)),
+    ]
+    flows: list[Flow] = []
+
+    def flow(src: Pod, dst_stage: str, expected: bool, p: int = port) -> None:
+        allowed = ingress_allowed(policies, src, ours[dst_stage], p)
+        flows.append(Flow(f"{src.name} ({src.namespace}) -> {dst_stage}:{p}", expected, allowed))
+
+    for stage in builders.INTERNAL_STAGES:
+        flow(ours["gateway"], stage, True)
+        flow(prometheus, stage, bool(settings.network_policy_scrapers))
+        flow(ours["gateway"], stage, False, p=port + 1)
+        for src in strangers:
+            flow(src, stage, False)
+        for sibling in builders.INTERNAL_STAGES:
+            if sibling != stage:
+                flow(ours[sibling], stage, False)
+    for src in [prometheus, *strangers]:
+        flow(src, "gateway", True)
+    return flows
+
+
+# ------------------------------------------------------------------ the operator, for real
+
+
+PODMONITOR_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {"type": "object",
+                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+@dataclass
+class OperatorScenario:
+    """What the real operator did against the emulator: its API calls and its policies."""
+
+    calls: set[Triple]
+    policies_created: list[dict[str, Any]]
+    policy_restored: bool
+    policies_after_off: list[dict[str, Any]]
+    children_after_off: int
+    owner_uid: str
+
+
+async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorScenario:
+    """Create a pipeline, hand-edit its children, update it, change the Nodes, restart the
+    operator with NetworkPolicies off: every kind of call the operator makes in normal life."""
+    from livetranslate.operator import builders
+    from livetranslate.operator.kube import KubeClient
+    from livetranslate.operator.settings import OperatorSettings
+    from livetranslate.testing.kube_operator import (
+        NS,
+        OperatorProcess,
+        emulated_cluster,
+        eventually,
+        pipeline,
+    )
+
+    def operator(**overrides: Any) -> OperatorProcess:
+        return OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5,
+                                                **overrides))
+
+    kubeconfig = workdir / "kubeconfig"
+    saved = os.environ.get("KUBECONFIG")
+    async with emulated_cluster(kubeconfig) as cluster:
+        os.environ["KUBECONFIG"] = str(kubeconfig)
+        kube = await KubeClient.connect(user_agent="test-kubectl")
+        try:
+            api = cluster.api
+
+            def policies() -> list[dict[str, Any]]:
+                return api.find("networking.k8s.io/v1/networkpolicies", NS, f"{builders.PIPELINE_LABEL}={name}")
+
+            api.install_crd(PODMONITOR_CRD)
+            op = operator()
+            await op.start()
+            try:
+                api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
+                await kube.create(pipeline(name))
+                created = await eventually(lambda: len(policies()) == 3 and policies(), message="3 policies")
+                await eventually(lambda: api.find("monitoring.coreos.com/v1/podmonitors", NS), message="PodMonitor")
+                cluster.mark_ready(name)
+                wanted = next(p for p in created if p["metadata"]["name"] == f"{name}-audio")["spec"]
+                # Hand edits of the children: the next reconcile patches them back.
+                await kube.patch("v1", "Service", NS, f"{name}-audio",
+                                 {"spec": {"selector": {builders.STAGE_LABEL: "gateway"}}})
+                await kube.patch("policy/v1", "PodDisruptionBudget", NS, f"{name}-audio",
+                                 {"spec": {"maxUnavailable": 3}})
+                await kube.patch("networking.k8s.io/v1", "NetworkPolicy", NS, f"{name}-audio",
+                                 {"spec": {"ingress": [{}]}})
+                await kube.patch("monitoring.coreos.com/v1", "PodMonitor", NS, name,
+                                 {"spec": {"selector": {"matchLabels": {builders.PIPELINE_LABEL: "other"}}}})
+                await kube.patch("livetranslate.io/v1alpha1", "TranslationPipeline", NS, name,
+                                 {"spec": {"targetLanguages": ["es", "ca"]}})
+                await eventually(lambda: '"ca"' in (api.read("v1/configmaps", NS, f"{name}-config") or {})
+                                 .get("data", {}).get("pipeline.json", ""), message="the update applied")
+                restored = await eventually(
+                    lambda: (api.read("networking.k8s.io/v1/networkpolicies", NS, f"{name}-audio")
+                             or {}).get("spec") == wanted, message="a hand-edited policy restored")
+                api.remove_node("gpu-1")
+                api.add_node("cpu-1")
+                await asyncio.sleep(1.0)
+            finally:
+                await op.kill()
+            # Turned off (chart value -> env var -> the operator pods restart).
+            op = operator(network_policies=False)
+            await op.start()
+            try:
+                await eventually(lambda: policies() == [], message="policies removed once turned off")
+            finally:
+                await op.kill()
+            tp = cluster.tp(name) or {}
+            return OperatorScenario(
+                calls={(c.group, c.resource, c.verb) for c in api.calls if c.agent != "test-kubectl"},
+                policies_created=created, policy_restored=bool(restored), policies_after_off=policies(),
+                children_after_off=len(cluster.children(name)), owner_uid=tp["metadata"]["uid"])
+        finally:
+            await kube.close()
+            if saved is None:
+                os.environ.pop("KUBECONFIG", None)
+            else:
+                os.environ["KUBECONFIG"] = saved

@@ -17,23 +17,18 @@ import asyncio
 import io
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from livetranslate.operator import builders, rbac
-from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.testing import security
 from livetranslate.testing.kube_operator import (
     NS,
-    Cluster,
-    OperatorProcess,
-    emulated_cluster,
     eventually,
-    pipeline,
 )
 
 TOKEN = "lt-6f1d0c9e-Alice-Token-7b3a"
@@ -167,9 +162,14 @@ def test_every_pod_the_operator_builds_is_restricted() -> None:
     assert report.violations == []
 
 
-def test_every_pod_the_chart_renders_is_restricted() -> None:
+@pytest.fixture(scope="module")
+def chart_objects() -> list[tuple[str, dict[str, Any]]]:
     pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) is not installed")
-    report = security.pss_report(security.chart_objects())
+    return list(security.chart_objects())
+
+
+def test_every_pod_the_chart_renders_is_restricted(chart_objects: list[tuple[str, dict[str, Any]]]) -> None:
+    report = security.pss_report(chart_objects)
     assert report.templates >= len(security.CHART_VARIANTS)  # the operator Deployment in each
     assert report.violations == []
 
@@ -201,31 +201,10 @@ def test_network_policies_select_the_pods_and_ports_the_services_use() -> None:
 
 
 def test_network_policies_admit_only_gateway_to_workloads_and_scrapers_to_metrics() -> None:
-    children, policies = _children()
-    other_children, other_policies = _children(name="board-meeting")
-    pods = security.pods_of(c for c in children if c["kind"] == "Deployment")
-    other = security.pods_of(c for c in other_children if c["kind"] == "Deployment")
-    everything = policies + other_policies
-    port = 8080
-    prometheus = security.Pod("prometheus-0", "monitoring", {"app.kubernetes.io/name": "prometheus"})
-    grafana = security.Pod("grafana-0", "monitoring", {"app.kubernetes.io/name": "grafana"})
-    prometheus_elsewhere = security.Pod("prometheus-0", "demo", {"app.kubernetes.io/name": "prometheus"})
-    stranger = security.Pod("debug", NS, {"run": "debug"})
-    browser = security.Pod("ingress-nginx", "ingress", {"app.kubernetes.io/name": "ingress-nginx"})
-
-    def allowed(src: security.Pod, dst: security.Pod, p: int = port) -> bool:
-        return security.ingress_allowed(everything, src, dst, p)
-
-    for stage in builders.INTERNAL_STAGES:
-        dst = pods[stage]
-        assert allowed(pods["gateway"], dst), f"gateway -> {stage}"
-        assert allowed(prometheus, dst), f"prometheus -> {stage} metrics"
-        assert not allowed(pods["gateway"], dst, 9090), f"gateway -> {stage} on another port"
-        for src in (stranger, grafana, prometheus_elsewhere, browser, other["gateway"],
-                    *(pods[s] for s in builders.INTERNAL_STAGES if s != stage)):
-            assert not allowed(src, dst), f"{src.name} ({src.namespace}) -> {stage}"
-    for src in (browser, stranger, prometheus, other["gateway"]):
-        assert allowed(src, pods["gateway"]), f"{src.name} -> gateway (clients come from anywhere)"
+    flows = security.network_policy_flows()
+    assert len(flows) > 20
+    assert [f.what for f in flows if not f.ok] == []
+    assert [f for f in flows if f.allowed], "the policies do not block everything"
 
 
 def test_scrapers_are_configurable() -> None:
@@ -250,9 +229,8 @@ def test_network_policies_are_valid_kubernetes_objects() -> None:
         kv.validate(policy, "1.27", strict=True)
 
 
-def test_chart_networkpolicy_for_the_operator() -> None:
-    pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) is not installed")
-    objects = {label: [o for lbl, o in security.chart_objects() if lbl == label] for label in security.CHART_VARIANTS}
+def test_chart_networkpolicy_for_the_operator(chart_objects: list[tuple[str, dict[str, Any]]]) -> None:
+    objects = {label: [o for lbl, o in chart_objects if lbl == label] for label in security.CHART_VARIANTS}
     (policy,) = [o for o in objects["defaults"] if o["kind"] == "NetworkPolicy"]
     (deployment,) = [o for o in objects["defaults"] if o["kind"] == "Deployment"]
     operator = security.Pod("operator", "lt-system", deployment["spec"]["template"]["metadata"]["labels"])
@@ -274,92 +252,20 @@ def test_chart_networkpolicy_for_the_operator() -> None:
 # ------------------------------------------------------------------ the operator, for real
 
 
-@pytest.fixture
-async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    async with emulated_cluster(tmp_path / "kubeconfig") as cluster:
-        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-        yield cluster
-
-
-@pytest.fixture
-async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.connect(user_agent="test-kubectl")
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-def _operator(**overrides: Any) -> OperatorProcess:
-    return OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5,
-                                            **overrides))
-
-
-PODMONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object",
-                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
-
-
-def _policies(cluster: Cluster, name: str = "town-hall") -> list[dict[str, Any]]:
-    return cluster.api.find("networking.k8s.io/v1/networkpolicies", NS, f"{builders.PIPELINE_LABEL}={name}")
-
-
 @pytest.mark.slow
-async def test_operator_creates_network_policies_and_removes_them_when_turned_off(
-        cluster: Cluster, kube: KubeClient) -> None:
-    """Also the RBAC cross-check: after create, update, a Node change, a restart with policies
-    off and a delete, every rule the operator holds was used and every call it made was allowed."""
-    cluster.api.install_crd(PODMONITOR_CRD)
-    operator = _operator()
-    await operator.start()
-    try:
-        cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
-        await kube.create(pipeline("town-hall"))
-        policies = await eventually(lambda: len(_policies(cluster)) == 3 and _policies(cluster),
-                                    message="three NetworkPolicies")
-        tp = cluster.tp("town-hall") or {}
-        expected = {p["metadata"]["name"]: p for p in _children()[1]}
-        for policy in policies:
-            assert policy["metadata"]["ownerReferences"][0]["uid"] == tp["metadata"]["uid"]  # garbage-collected
-            assert policy["spec"] == expected[policy["metadata"]["name"]]["spec"]
-        cluster.mark_ready("town-hall")
-        await eventually(lambda: cluster.api.find("monitoring.coreos.com/v1/podmonitors", NS), message="PodMonitor")
-        # Someone edits children by hand: the next reconcile patches them back (the patch verbs).
-        await kube.patch("v1", "Service", NS, "town-hall-audio",
-                         {"spec": {"selector": {builders.STAGE_LABEL: "gateway"}}})
-        await kube.patch("policy/v1", "PodDisruptionBudget", NS, "town-hall-audio", {"spec": {"maxUnavailable": 3}})
-        await kube.patch("networking.k8s.io/v1", "NetworkPolicy", NS, "town-hall-audio",
-                         {"spec": {"ingress": [{}]}})
-        await kube.patch("monitoring.coreos.com/v1", "PodMonitor", NS, "town-hall",
-                         {"spec": {"selector": {"matchLabels": {builders.PIPELINE_LABEL: "other"}}}})
-        await kube.patch("livetranslate.io/v1alpha1", "TranslationPipeline", NS, "town-hall",
-                         {"spec": {"targetLanguages": ["es", "ca"]}})
-        await eventually(lambda: "\"ca\"" in (cluster.api.read("v1/configmaps", NS, "town-hall-config") or {})
-                         .get("data", {}).get("pipeline.json", ""), message="the update applied")
-        await eventually(lambda: (cluster.api.read("networking.k8s.io/v1/networkpolicies", NS, "town-hall-audio")
-                                  or {}).get("spec") == expected["town-hall-audio"]["spec"],
-                         message="a hand-edited policy restored")
-        cluster.api.remove_node("gpu-1")
-        cluster.api.add_node("cpu-1")
-        await asyncio.sleep(1.0)
-    finally:
-        await operator.kill()
-    # The platform team turns them off (chart value -> env var -> the operator restarts).
-    operator = _operator(network_policies=False)
-    await operator.start()
-    try:
-        await eventually(lambda: _policies(cluster) == [], message="policies removed once turned off")
-        assert len(cluster.children("town-hall")) == 10, "nothing else touched"
-    finally:
-        await operator.kill()
+async def test_operator_creates_network_policies_and_removes_them_when_turned_off(tmp_path: Path) -> None:
+    """Also the RBAC cross-check: after create, hand edits, an update, a Node change and a restart
+    with policies off, every call the operator made is granted and every grant was used."""
+    run = await security.operator_scenario(tmp_path)
+    expected = {p["metadata"]["name"]: p for p in _children()[1]}
+    assert sorted(p["metadata"]["name"] for p in run.policies_created) == sorted(expected)
+    for policy in run.policies_created:
+        assert policy["metadata"]["ownerReferences"][0]["uid"] == run.owner_uid  # garbage-collected
+        assert policy["spec"] == expected[policy["metadata"]["name"]]["spec"]
+    assert run.policy_restored, "a hand-edited policy is put back"
+    assert run.policies_after_off == [] and run.children_after_off == 10, "off removes only the policies"
 
-    used = {(c.group, c.resource, c.verb) for c in cluster.api.calls if c.agent != "test-kubectl"}
     granted = security.rule_triples([*rbac.RULES, *rbac.MONITOR_RULES])
-    assert sorted(used - granted) == [], "calls the ClusterRole would refuse (403 in a cluster)"
-    assert sorted(granted - used - set(security.RBAC_NOT_SEEN_IN_EMULATOR)) == [], "grants the operator does not use"
+    assert sorted(run.calls - granted) == [], "calls the ClusterRole would refuse (403 in a cluster)"
+    assert sorted(granted - run.calls - set(security.RBAC_NOT_SEEN_IN_EMULATOR)) == [], \
+        "grants the operator does not use"
