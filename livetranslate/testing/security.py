@@ -528,6 +528,7 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
         return OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5,
                                                 **overrides))
 
+    workdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = workdir / "kubeconfig"
     saved = os.environ.get("KUBECONFIG")
     async with emulated_cluster(kubeconfig) as cluster:
