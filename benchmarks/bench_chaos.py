@@ -2,11 +2,12 @@
 
 Chaos: 50 TranslationPipelines; each round applies a few creates, spec updates and deletes, then
 SIGKILLs the operator process (by pid) when it sends a randomly chosen request of the reconciles
-those changes start, sometimes changes more while it is down, restarts it and times how long the
-cluster takes to be right again: every live pipeline with exactly its children, its config at the
-current generation and its status Ready (or Failed naming the field, for a spec the CPU-only
-cluster cannot serve); every deleted pipeline gone, with its children. 100 rounds by default.
-Counted: orphaned children, duplicate children, lost or stale status, stuck finalizers.
+those changes start, sometimes changes more while it is down, restarts it, kills it again at a
+random request of its resume (every pipeline re-reconciled), restarts it once more and times how
+long the cluster takes to be right again: every live pipeline with exactly its children, its
+config at the current generation and its status Ready (or Failed naming the field, for a spec the
+CPU-only cluster cannot serve); every deleted pipeline gone, with its children. 50 rounds of 2
+kills (100 SIGKILLs) by default. Counted: orphaned children, duplicate children, lost or stale status, stuck finalizers.
 
 API faults: for each fault kind (409 on writes, 429 with Retry-After, 500, watch streams cut
 mid-stream) at each rate (10% and 30% of requests), a fresh emulator and operator, 20 pipelines
@@ -16,7 +17,7 @@ delay before a faulted request is retried (backoff). Then an outage: every reque
 for 10 s while changes are pending; requests per second during the outage against the baseline
 rate show whether retries back off or storm.
 
-Usage: python -P benchmarks/bench_chaos.py [--rounds 100] [--pipelines 50] [--skip-faults]
+Usage: python -P benchmarks/bench_chaos.py [--rounds 50] [--kills-per-round 2] [--pipelines 50] [--skip-faults]
        [--skip-chaos] [--rates 0.1 0.3] [--out benchmarks/results]
 Writes benchmarks/results/chaos.json (with the "reliability" rows) and chaos.md.
 """
@@ -75,7 +76,8 @@ def emulator() -> KubeEmulator:
 
 
 async def run_chaos(rounds: int, size: int, seed: int, timeout: float, tmp: Path,
-                    progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[dict[str, Any]], None] | None = None,
+                    kills_per_round: int = 1) -> dict[str, Any]:
     rng = random.Random(seed)
     api = emulator()
     totals: Counter[str] = Counter()
@@ -97,31 +99,38 @@ async def run_chaos(rounds: int, size: int, seed: int, timeout: float, tmp: Path
         for i in range(rounds):
             calls_before = operator_calls(api)
             work.step(rng.randint(1, 6))
-            # Kill at a random request of the reconciles just started (a restart's resume is
-            # about 15 requests per pipeline, a change's reconcile about 15 too).
-            switch.arm(rng.randint(1, 120))
-            try:
-                await asyncio.wait_for(switch.fired.wait(), timeout=rng.uniform(2.0, 6.0))
-                where = f"{switch.tripped_by.verb} {switch.tripped_by.resource}" if switch.tripped_by else "?"
-            except TimeoutError:
-                switch.remaining = None
-                op.kill()  # the reconciles finished first: kill it idle
-                where = "idle"
-            sent = operator_calls(api, 0) - calls_before
-            if rng.random() < 0.5:
-                work.step(rng.randint(1, 4))  # users keep applying while the operator is down
-            op.spawn()
+            wheres: list[str] = []
+            startup = 0.0
             restarted = time.monotonic()
-            try:
-                startup = await op.wait_watching()
-            except RuntimeError as e:  # did not come up (noted, then once more, as a pod restart would)
-                failures.append(f"round {i + 1}: restart failed: {str(e)[-300:]}")
-                op.kill()
+            for kill in range(kills_per_round):
+                # Kill at a random request of the reconciles under way: the changes just applied
+                # (about 15 requests per pipeline) or, from the second kill on, the previous
+                # restart's resume of every pipeline.
+                switch.arm(rng.randint(1, 120 if kill == 0 else 400))
+                try:
+                    await asyncio.wait_for(switch.fired.wait(), timeout=rng.uniform(2.0, 6.0))
+                    call = switch.tripped_by
+                    wheres.append(f"{call.verb} {call.resource}" if call else "?")
+                except TimeoutError:
+                    switch.remaining = None
+                    op.kill()  # the reconciles finished first: kill it idle
+                    wheres.append("idle")
+                if rng.random() < 0.5:
+                    work.step(rng.randint(1, 4))  # users keep applying while the operator is down
                 op.spawn()
-                startup = await op.wait_watching()
+                restarted = time.monotonic()
+                try:
+                    startup = await op.wait_watching()
+                except RuntimeError as e:  # did not come up (noted, then once more, as a pod restart would)
+                    failures.append(f"round {i + 1}: restart failed: {str(e)[-300:]}")
+                    op.kill()
+                    op.spawn()
+                    startup = await op.wait_watching()
+            where = ", ".join(wheres)
+            sent = operator_calls(api, 0) - calls_before
             _elapsed, found = await converge(api, NS, max(1.0, timeout - (time.monotonic() - restarted)))
             to_converge = time.monotonic() - restarted if found.converged else None
-            row = {"round": i + 1, "killed_at": where, "requests_before_kill": sent,
+            row = {"round": i + 1, "killed_at": where, "kills": len(wheres), "requests_in_round": sent,
                    "startup_s": round(startup, 2),
                    "converge_s": round(to_converge, 2) if to_converge is not None else None,
                    "pipelines": len(work.names()), "loadavg": loadavg()}
@@ -130,7 +139,7 @@ async def run_chaos(rounds: int, size: int, seed: int, timeout: float, tmp: Path
                 failures.append(f"round {i + 1}: {found.summary()}")
                 totals.update(found.counts())
             per_round.append(row)
-            print(f"round {i + 1}/{rounds}: killed at {where} after {sent} requests; "
+            print(f"round {i + 1}/{rounds}: killed at {where} ({sent} requests); "
                   f"restart watching in {startup:.1f}s, converged "
                   f"{f'in {to_converge:.1f}s' if to_converge is not None else 'NOT: ' + found.summary()} "
                   f"(load {loadavg()[0]})", flush=True)
@@ -150,13 +159,15 @@ def chaos_summary(rounds: int, size: int, seed: int, work: Workload, op: Operato
     startups = [r["startup_s"] for r in per_round]
     return {
         "rounds": len(per_round), "rounds_planned": rounds, "pipelines": size, "seed": seed,
-        "operations": dict(work.ops), "kills": len(per_round), "converged_rounds": len(times),
+        "operations": dict(work.ops), "kills": sum(r.get("kills", 1) for r in per_round),
+        "converged_rounds": len(times),
         "converge_p50_s": round(percentile(times, 0.5), 2), "converge_p95_s": round(percentile(times, 0.95), 2),
         "converge_max_s": round(max(times), 2) if times else None,
         "startup_p50_s": round(percentile(startups, 0.5), 2) if startups else None,
         "problems_at_timeout": dict(totals), "final": final.counts(), "failures": failures[:20],
         "crash_log_lines": crashes[:20], "crash_lines": len(crashes), "kopf_event_drops": kopf_drops,
-        "killed_at": dict(Counter(r["killed_at"] for r in per_round)), "per_round": per_round,
+        "killed_at": dict(Counter(w for r in per_round for w in r["killed_at"].split(", "))),
+        "per_round": per_round,
     }
 
 
@@ -296,12 +307,13 @@ def reliability_rows(chaos: dict[str, Any] | None, faults: list[dict[str, Any]],
             rows.append({"item": item, "figure": f"{words} after {k} SIGKILLs, {n} pipelines",
                          "value": counts.get(key, 0), "unit": "", "target": "0",
                          "met": counts.get(key, 0) == 0})
-        rows.append({"item": item, "figure": f"rounds converged within the timeout ({k} of {chaos['rounds_planned']} "
-                                             "planned kills done)",
+        rows.append({"item": item, "figure": f"rounds converged within the timeout ({k} kills in "
+                                             f"{chaos['rounds']} of {chaos['rounds_planned']} planned rounds)",
                      "value": f"{chaos['converged_rounds']}/{chaos['rounds']}", "unit": "",
                      "target": "all", "met": chaos["converged_rounds"] == chaos["rounds"]})
         for q in ("p50", "p95", "max"):
-            rows.append({"item": item, "figure": f"time to converge after a restart, {q} (process start included)",
+            rows.append({"item": item, "figure": f"time to converge after a round's last restart, {q} "
+                                                 "(process start included)",
                          "value": chaos[f"converge_{q}_s"], "unit": "s", "target": "", "met": None})
         rows.append({"item": item, "figure": "handler crashes in the operator log", "value": chaos["crash_lines"],
                      "unit": "", "target": "0", "met": chaos["crash_lines"] == 0})
@@ -356,7 +368,8 @@ def render_md(report: dict[str, Any]) -> str:
         lines.append(f"| {r['item']} | {r['figure']} | {r['value']} | {r['unit']} | {r['target']} | {met} |")
     chaos = report.get("chaos")
     if chaos:
-        lines += ["", (f"Chaos: {chaos['kills']} SIGKILLs over {chaos['rounds']} rounds, operations "
+        lines += ["", (f"Chaos: {chaos['kills']} SIGKILLs over {chaos['rounds']} rounds (the first of a round "
+                       "mid-reconcile of its changes, the next during the restart's resume), operations "
                       f"{chaos['operations']}; where the kill landed: {chaos['killed_at']}. Restart to "
                       f"watching p50 {chaos['startup_p50_s']} s (process start and imports).")]
         if chaos["failures"]:
@@ -406,14 +419,18 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         chaos = None
         if not args.skip_chaos:
             chaos = await run_chaos(args.rounds, args.pipelines, args.seed, args.timeout, tmp,
-                                    progress=lambda partial: write(partial, faults, outage))
+                                    progress=lambda partial: write(partial, faults, outage),
+                                    kills_per_round=args.kills_per_round)
         write(chaos, faults, outage)
     return report
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=100, help="operator kills (chaos rounds)")
+    parser.add_argument("--rounds", type=int, default=50, help="chaos rounds (changes, kills, convergence)")
+    parser.add_argument("--kills-per-round", type=int, default=2,
+                        help="SIGKILLs per round: the first mid-reconcile of the changes, the next ones "
+                             "during the restart's resume; convergence is timed after the last restart")
     parser.add_argument("--pipelines", type=int, default=50)
     parser.add_argument("--fault-pipelines", type=int, default=20)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3])
