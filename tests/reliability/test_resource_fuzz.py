@@ -147,7 +147,7 @@ def names_a_field(message: str) -> bool:
 # --------------------------------------------------------------------------- schema property
 
 
-@settings(max_examples=250, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(spec=spec_strategy)
 def test_every_spec_is_admitted_or_refused_naming_the_field(spec: dict[str, Any]) -> None:
     stored, errors = admit(manifest(spec), SCHEMA)
@@ -219,7 +219,7 @@ _serial = itertools.count()
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                  HealthCheck.filter_too_much])
 @given(spec=plausible_specs)
 async def test_admitted_specs_reconcile_to_ready_or_fail_naming_the_field(
