@@ -181,11 +181,17 @@ class KubeClient:
                 if delay is None:
                     raise
                 log.debug("%s %s: HTTP %d, retry %d in %.2fs", method, path, e.status, attempt + 1, delay)
-            except aiohttp.ClientConnectionError as e:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as e:
                 if backoff is None:
                     raise ApiError(503, f"connection to the API server failed: {e!r}") from e
                 delay = backoff * random.uniform(0.5, 1.5)
                 log.debug("%s %s: %r, retry %d in %.2fs", method, path, e, attempt + 1, delay)
+            except TimeoutError as e:
+                # The server is overloaded (or the network partitioned): sending it the same
+                # request again at once would add to the load. An ApiError lets the handler retry
+                # the reconcile later, with its growing delay (found by the chaos benchmark on a
+                # saturated machine: a bare TimeoutError made Kopf wait its 60 s default backoff).
+                raise ApiError(504, f"{method} {path}: no answer from the API server in time") from e
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: the last attempt returns or raises")
 
