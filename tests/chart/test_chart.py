@@ -280,7 +280,7 @@ def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 
 # What the chart grants beyond the operator's own reconcile and scaling calls: Kopf peering (only
 # with peering on) and the per-pipeline PodMonitors (only with rbac.pipelineMonitors).
-PEERING = {("kopf.dev", "clusterkopfpeerings", v) for v in ("get", "list", "watch", "patch")}
+PEERING = {("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")}
 from livetranslate.operator.rbac import MONITOR_RULES
 
 MONITORS = {(g, r, v) for groups, resources, verbs in MONITOR_RULES for g in groups for r in resources for v in verbs}

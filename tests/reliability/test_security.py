@@ -24,12 +24,10 @@ from typing import Any
 import pytest
 
 from livetranslate.operator import builders, rbac
+from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.testing import security
-from livetranslate.testing.kube_operator import (
-    NS,
-    eventually,
-)
+from livetranslate.testing.kube_operator import NS, OperatorProcess, emulated_cluster, eventually, pipeline
 
 TOKEN = "lt-6f1d0c9e-Alice-Token-7b3a"
 OTHER_TOKEN = "lt-2a9e44d1-Bob-Token-c0de"  # accepted too: a second key of the Secret
@@ -269,3 +267,45 @@ async def test_operator_creates_network_policies_and_removes_them_when_turned_of
     assert sorted(run.calls - granted) == [], "calls the ClusterRole would refuse (403 in a cluster)"
     assert sorted(granted - run.calls - set(security.RBAC_NOT_SEEN_IN_EMULATOR)) == [], \
         "grants the operator does not use"
+
+
+@pytest.mark.slow
+async def test_peering_uses_exactly_the_charts_peering_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's clusterkopfpeerings rule (Kopf's own calls, two replicas) against what Kopf
+    does with peering on: registering, renewing and withdrawing its record."""
+    import yaml
+
+    crd = yaml.safe_load((security.CHART / "crds" / "clusterkopfpeerings.kopf.dev.yaml").read_text())
+    async with emulated_cluster(tmp_path / "kubeconfig") as cluster:
+        monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+        # The emulator prunes `metadata` under a schema that does not list it (the API server
+        # never does): keep every field, the schema is not what this test is about.
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["x-kubernetes-preserve-unknown-fields"] = True
+        cluster.api.install_crd(crd)
+        kube = await KubeClient.connect(user_agent="test-kubectl")
+        try:
+            await kube.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings",
+                               json={"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
+                                     "metadata": {"name": "lt-peers"}})
+            op = OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5,
+                                                  peering="lt-peers", peering_lifetime=5))
+            await op.start()
+            try:
+                await kube.create(pipeline("town-hall"))
+                await eventually(lambda: cluster.api.read("v1/configmaps", NS, "town-hall-config"),
+                                 timeout=30, message="the active replica reconciles")
+            finally:
+                await op.stop()  # graceful: the replica withdraws its peering record
+        finally:
+            await kube.close()
+    used = {(c.group, c.resource, c.verb) for c in cluster.api.calls
+            if c.agent != "test-kubectl" and c.group == "kopf.dev"}
+    chart = {(g, r, v) for g, r, v in security.rule_triples(_chart_rules()) if g == "kopf.dev"}
+    assert used and used <= chart, f"Kopf peering calls the chart does not grant: {sorted(used - chart)}"
+    assert sorted(chart - used) == [], "peering grants Kopf does not use"
+
+
+def _chart_rules() -> list[tuple[list[str], list[str], list[str]]]:
+    pytest.importorskip("helm_python", reason="helm-python-sdk (dev extra) is not installed")
+    (role,) = [o for _, o in security.chart_objects() if o["kind"] == "ClusterRole" and _ == "defaults"]
+    return [(r["apiGroups"], r["resources"], r["verbs"]) for r in role["rules"]]
