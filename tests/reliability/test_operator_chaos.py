@@ -32,7 +32,7 @@ from livetranslate.testing.chaos import (
     converge,
     inspect,
 )
-from livetranslate.testing.kube_emulator import Faults, KubeEmulator
+from livetranslate.testing.kube_emulator import Call, Faults, KubeEmulator
 
 NS = "chaos"
 
@@ -246,3 +246,23 @@ async def test_the_resync_sweep_nudges_only_pipelines_lagging_for_a_whole_interv
 
 def _tp_key() -> tuple[str, str, str]:
     return ("livetranslate.io", "v1alpha1", "translationpipelines")
+
+
+async def test_a_request_the_server_does_not_answer_in_time_is_an_api_error(api: Api) -> None:
+    """So the handler retries the reconcile after its own delay, not Kopf's 60 s crash backoff."""
+    emulator = api.emulator
+
+    async def stall(call: Call) -> None:
+        if call.agent == "slow-probe":
+            await asyncio.sleep(2)
+
+    emulator.gate = stall
+    session = aiohttp.ClientSession(headers={"User-Agent": "slow-probe"},
+                                    timeout=aiohttp.ClientTimeout(total=0.3))
+    kube = KubeClient(api.url, session)
+    try:
+        with pytest.raises(ApiError) as err:
+            await kube.get("v1", "ConfigMap", NS, "anything")
+        assert err.value.status == 504
+    finally:
+        await kube.close()
