@@ -8,7 +8,8 @@ Load traces (concurrent real-time sessions over time) are replayed through a dis
 * **hpa**: Kubernetes' HorizontalPodAutoscaler algorithm on CPU utilisation per stage:
   desired = ceil(current x metric / target), 10% tolerance, 15 s sync, 300 s scale-down
   stabilization (largest recommendation of the window), scale-up at most max(4 pods, 100%) per
-  60 s, not-yet-ready pods counted at 0% when scaling up (as the HPA controller does);
+  15 s (Kubernetes' defaults.go; the 60 s in the API field comment is stale), not-yet-ready
+  pods counted at 0% when scaling up (as the HPA controller does);
 * **keda**: a KEDA-style Prometheus scaler: the stage's demand (offered work in replica units,
   a rate query that does not saturate) polled every 30 s, desired = ceil(value / threshold),
   scale-down only after a 300 s cooldown, through the same HPA scale-up limits KEDA's HPA has.
@@ -500,12 +501,14 @@ def sized_spec(params: ModelParams, peak_sessions: float) -> TranslationPipeline
                       max(4, need(params.gateway)))
 
 
-def run(traces: dict[str, list[float]], params: ModelParams, spec: TranslationPipelineSpec) -> list[RunResult]:
+def run(traces: dict[str, list[float]], params: ModelParams, spec: TranslationPipelineSpec,
+        noise_offset: int = 0) -> list[RunResult]:
+    """Every policy on every trace; ``noise_offset`` draws another metric-noise series."""
     results = []
     for i, (name, trace) in enumerate(traces.items()):
         for factory in (lambda: LiveTranslatePolicy(spec), lambda: HpaPolicy(spec), lambda: KedaPolicy(spec)):
             policy: Policy = factory()
-            res = simulate(trace, policy, params, spec, noise_seed=1000 + i)
+            res = simulate(trace, policy, params, spec, noise_seed=1000 + i + noise_offset)
             res.trace = name
             results.append(res)
     return results

@@ -9,24 +9,34 @@ How it decides, per interval:
    unreachable, nothing changes and ``ScalingActive=False`` says which signal and why.
 2. **Load per stage**, as a ratio to its target (1.0 = at target), from signals that do not
    saturate: gateway = sessions / (maxSessionsPerReplica x replicas x 0.8); audio = real-time
-   factor / 0.7; translation = the larger of translation p95 over its latency budget and the
-   KV-cache use over 0.9 while requests wait. Queues on a stage add to its ratio.
-3. **The bottleneck.** When caption p95 breaches the SLO, the stage whose queue and latency share
-   explain it (translation's share is translation p95 / caption p95, audio's the rest) takes the
-   breach ratio p95/SLO as its load; the other stage does not (scaling it would cost replicas
-   and fix nothing).
-4. **Up fast, down slow.** A stage over 1 + tolerance for ``UP_SUSTAIN`` consecutive intervals
-   scales to ceil(replicas x load) (at least +1, at most x2 per step). Scale-down goes to the
-   largest recommendation seen during ``scaleDownStabilization``, only when the whole window
-   was calm and no scale-up happened in it. Inside the tolerance band nothing moves, so noise of
-   a few percent never flaps. Always clamped to the stage's [min, max].
-5. **Model placement.** GPU memory over ``highWatermark`` (or the KV cache saturated with
+   factor / AUDIO_TARGET_RTF; translation = KV-cache use / KV_CACHE_TARGET (the translation p95
+   over its latency budget where there is no KV cache, and whenever it is over that budget).
+   Queues on a stage add to its ratio.
+3. **The plan: sessions lead.** Sessions arrive before latency rises. Where the stage's cost per
+   session (replica-utilisation per session, learned while utilisation is in its linear range)
+   and its throughput per replica are known, its replicas are planned: need = session level x
+   cost / target, the level being the session count with scrape noise averaged out (a step is
+   followed at once). A backlog gets catch-up replicas: enough to drain what will be queued by
+   the time they are ready (one measured start-up) within PLAN_DRAIN_S, or by when the slowest
+   backlogged stage can have drained, whichever is later; they are released once the backlog
+   has drained and are never held by the stabilization window. A significant rise of sessions
+   (not a step that already happened) is planned for one start-up plus settling ahead.
+4. **The bottleneck.** When caption p95 breaches the SLO, the stage whose own load and latency
+   share explain it gets the breach (+20%, at least one replica) unless a backlog of that stage,
+   being drained by the plan, explains it; the other stage is not scaled for it.
+5. **Up fast, down slow.** A planned stage grows as soon as its need exceeds what runs (the need
+   is already smoothed), other stages when over 1 + tolerance for UP_SUSTAIN intervals or 1.5x
+   over at once. Scale-down goes to the largest need recommended during
+   ``scaleDownStabilization``, only after a full window, while caption p95 is within the SLO and
+   sessions are not trending up; within a window of a scale-down, coming back up takes a rise
+   beyond the tolerance band. Always clamped to the stage's [min, max].
+6. **Model placement.** GPU memory over ``highWatermark`` (or the KV cache saturated with
    requests waiting) for ``UP_SUSTAIN`` intervals moves translation to the next
    ``fallbackModels`` entry *instead of* adding translation replicas that would not fit; GPU
    memory below ``lowWatermark`` for the whole stabilization window moves it one step back
    towards the primary model. With no fallback left, replicas are added (they land on other
    GPUs, where the scheduler finds ``nvidia.com/gpu`` free).
-6. **NPU exhaustion.** Audio on NPU needing more replicas while the cluster has no allocatable
+7. **NPU exhaustion.** Audio on NPU needing more replicas while the cluster has no allocatable
    NPU left moves audio to the next entry of ``audio.devices`` (GPU or CPU).
 """
 
@@ -45,6 +55,9 @@ Direction = Literal["up", "down", "none"]
 
 # Targets the load ratios are measured against (documented in docs/scaling.md).
 GATEWAY_TARGET_UTILISATION = 0.8   # headroom for reconnect storms before sessions are refused
+# Audio runs hotter than translation: it has most of the replicas, and its decoder batches keep
+# up to about RTF 0.8; translation's KV cache needs room for long segments. (Both chosen on the
+# benchmark's traces; see docs/scaling.md.)
 AUDIO_TARGET_RTF = 0.75            # decoder time per audio second that still absorbs bursts
 KV_CACHE_SATURATED = 0.9           # vLLM preempts requests close to a full KV cache
 KV_CACHE_TARGET = 0.68             # KV-cache use a translation replica is sized for
@@ -53,27 +66,28 @@ QUEUE_PER_REPLICA = 4.0            # queued items per replica above which a stag
 TOLERANCE = 0.1                    # no action while load is within 1 +- TOLERANCE of target
 UP_SUSTAIN = 2                     # consecutive intervals over target before scaling up
 IMMEDIATE_LOAD = 1.5               # ...unless this far over: no noise explains 50% (act at once)
-MAX_STEP_FACTOR = 4.0              # at most doubling a stage in one step
+MAX_STEP_FACTOR = 4.0              # at most x4 in one step (stages without a plan)
 DRAIN_TARGET_S = 60.0              # a backlog that drains within this needs no more replicas
 TREND_WINDOW_S = 180.0              # sessions history the demand slope is fitted over
 MIN_TREND_POINTS = 4
 TREND_SIGNIFICANCE = 2.5           # standard errors a slope must clear to count as a trend
-LOOKAHEAD_S = 60.0                 # about a translation replica's start-up (vLLM model load)
-MAX_GROWTH = 1.5
+LOOKAHEAD_S = 60.0                 # trend lookahead until a start-up has been measured
+MAX_GROWTH = 1.5                   # the trend never more than x1.5 a stage's need
 MODEL_SETTLE_INTERVALS = 4         # intervals after a model change before translation is resized
 SETTLE_INTERVALS = 2               # intervals before a newly ready replica shows in rate windows
 LEARN_MIN_UTIL, LEARN_MAX_UTIL = 0.1, 0.9   # where utilisation is linear in sessions
-LEARN_RATE = 0.05
+LEARN_RATE = 0.05                  # learned figures: a moving average over the last ~20 samples
 QUEUE_DRAIN_HEADROOM = 1.25        # a backlog may add this much over the demand model's need
 DOWN_CALM = 1.0                    # caption p95 must stay under this share of the SLO to shrink
-LEVEL_FIT = True
 LEVEL_WINDOW_S = 90.0              # session samples averaged into the demand level
-STEP_SIGMAS, STEP_FRACTION = 4.0, 0.4
-LOOKAHEAD_INTERVALS = SETTLE_INTERVALS + 1
-PLAN_TOLERANCE = 0.0
-PLAN_SUSTAIN = 1
+STEP_SIGMAS, STEP_FRACTION = 4.0, 0.4   # a jump this far beyond the typical one is a step
+LOOKAHEAD_INTERVALS = SETTLE_INTERVALS + 1   # trend lookahead beyond a start-up: settle + decide
+PLAN_TOLERANCE = 0.0               # a planned stage grows once its smoothed need exceeds what runs
+PLAN_SUSTAIN = 1                   # ...in one interval (the level already averages the noise)
 PLAN_DRAIN_S = 20.0                # a backlog is drained within this once catch-up replicas are ready
 STARTUP_PRIOR_S = 60.0             # replica start-up assumed until one has been measured
+# Start-up priors per stage until measured (conservative: image pull and model load; a vLLM
+# replica loading a 7B model takes a minute or two, a Whisper replica well under one).
 STARTUP_PRIORS = {"audio": 45.0, "translation": 120.0}
 STARTUP_LEARN_RATE = 0.5
 
@@ -260,10 +274,9 @@ def _level(trend: tuple[tuple[float, float], ...]) -> float:
     """
     now_t = trend[-1][0]
     recent = tuple(p for p in _since_step(trend) if now_t - p[0] <= LEVEL_WINDOW_S)
-    if LEVEL_FIT:
-        fit = _fit(recent)
-        if fit is not None:
-            return fit[1]
+    fit = _fit(recent)
+    if fit is not None:
+        return fit[1]
     return sum(v for _, v in recent) / len(recent)
 
 
