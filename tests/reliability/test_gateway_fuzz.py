@@ -204,6 +204,9 @@ def start_messages(draw: st.DrawFn) -> str:
         msg["targetLanguages"] = draw(st.lists(st.sampled_from(["es", "de", "xx-invalid!", ""]), max_size=3))
     if draw(st.booleans()):
         msg["sourceLanguage"] = draw(st.sampled_from(["en", "auto", "de", "??"]))
+    if draw(st.integers(0, 9)) == 0:  # a resume: of a session seen before or not, any ack
+        msg["sessionId"] = draw(st.sampled_from(["fuzz-a", "fuzz-b", "bad id!", ""]))
+        msg["lastSegmentId"] = draw(st.one_of(st.integers(-3, 50), st.none()))
     if draw(st.integers(0, 9)) == 0:
         msg[draw(st.text(min_size=1, max_size=8))] = draw(_json_scalars)
     return json.dumps(msg)
@@ -515,7 +518,7 @@ def test_fuzzed_frames_get_errors_or_policy_closes_and_good_sessions_lose_nothin
     good = GoodSessions(gw.url)
     good.start()
     try:
-        result = run_campaign(gw, examples=int(os.environ.get("LT_FUZZ_EXAMPLES", "60")))
+        result = run_campaign(gw, examples=int(os.environ.get("LT_FUZZ_EXAMPLES", "150")))
     finally:
         good.stop()
     assert not result.problems, result.problems[0] + "\n" + gw.log_tail()
