@@ -310,6 +310,7 @@ class KubeClient:
         if existing is not None:
             patch["metadata"]["ownerReferences"] = _merged_owners(
                 existing.get("metadata", {}).get("ownerReferences") or [], meta.get("ownerReferences") or [])
+            _drop_extra_keys(patch, existing, OWNED_MAPS)
             if _contains(existing, patch):
                 return existing  # nothing to change: no write, no new resourceVersion, no rollout
         return await self.patch(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"], patch)
@@ -349,6 +350,37 @@ def _merged_owners(existing: list[dict[str, Any]], ours: list[dict[str, Any]]) -
     """Keep other owners' references, replace ours (same uid) -- adoption without theft."""
     uids = {o.get("uid") for o in ours}
     return [o for o in existing if o.get("uid") not in uids] + ours
+
+
+# Maps a child's manifest owns whole: a merge patch only adds and overwrites keys, so a key added
+# by hand (a Service selector or a NetworkPolicy podSelector narrowed to nothing, leaving the pods
+# unreachable or unprotected) would survive every reconcile. The API server defaults nothing
+# inside these, so the keys the manifest lacks are removed (null in the merge patch).
+OWNED_MAPS: tuple[tuple[str, ...], ...] = (
+    ("spec", "selector"), ("spec", "selector", "matchLabels"),
+    ("spec", "podSelector"), ("spec", "podSelector", "matchLabels"),
+)
+
+
+def _drop_extra_keys(patch: dict[str, Any], existing: Mapping[str, Any],
+                     paths: Sequence[tuple[str, ...]]) -> None:
+    """Set to None, in ``patch``, each key of an owned map that ``existing`` has and ``patch`` lacks."""
+    for path in paths:
+        have: Any = existing
+        want: Any = patch
+        for key in path:
+            have = have.get(key) if isinstance(have, Mapping) else None
+            want = want.get(key) if isinstance(want, Mapping) else None
+        if not isinstance(have, Mapping) or not isinstance(want, dict):
+            continue
+        extra = [k for k in have if k not in want]
+        if not extra:
+            continue
+        node = patch  # copy along the path: the caller's manifest is shared
+        for key in path:
+            node[key] = dict(node[key])
+            node = node[key]
+        node.update(dict.fromkeys(extra))
 
 
 def _without(manifest: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:

@@ -549,7 +549,8 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
                 created = await eventually(lambda: len(policies()) == 3 and policies(), message="3 policies")
                 await eventually(lambda: api.find("monitoring.coreos.com/v1/podmonitors", NS), message="PodMonitor")
                 cluster.mark_ready(name)
-                wanted = next(p for p in created if p["metadata"]["name"] == f"{name}-audio")["spec"]
+                wanted = {stage: next(p for p in created if p["metadata"]["name"] == f"{name}-{stage}")["spec"]
+                          for stage in ("audio", "translation")}
                 # Hand edits of the children: the next reconcile patches them back.
                 await kube.patch("v1", "Service", NS, f"{name}-audio",
                                  {"spec": {"selector": {builders.STAGE_LABEL: "gateway"}}})
@@ -557,6 +558,9 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
                                  {"spec": {"maxUnavailable": 3}})
                 await kube.patch("networking.k8s.io/v1", "NetworkPolicy", NS, f"{name}-audio",
                                  {"spec": {"ingress": [{}]}})
+                # A selector narrowed to nothing would leave the pods unprotected: put back too.
+                await kube.patch("networking.k8s.io/v1", "NetworkPolicy", NS, f"{name}-translation",
+                                 {"spec": {"podSelector": {"matchLabels": {"narrowed": "by-hand"}}}})
                 await kube.patch("monitoring.coreos.com/v1", "PodMonitor", NS, name,
                                  {"spec": {"selector": {"matchLabels": {builders.PIPELINE_LABEL: "other"}}}})
                 await kube.patch("livetranslate.io/v1alpha1", "TranslationPipeline", NS, name,
@@ -564,8 +568,9 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
                 await eventually(lambda: '"ca"' in (api.read("v1/configmaps", NS, f"{name}-config") or {})
                                  .get("data", {}).get("pipeline.json", ""), message="the update applied")
                 restored = await eventually(
-                    lambda: (api.read("networking.k8s.io/v1/networkpolicies", NS, f"{name}-audio")
-                             or {}).get("spec") == wanted, message="a hand-edited policy restored")
+                    lambda: all((api.read("networking.k8s.io/v1/networkpolicies", NS, f"{name}-{stage}")
+                                 or {}).get("spec") == wanted[stage] for stage in wanted),
+                    message="hand-edited policies restored")
                 api.remove_node("gpu-1")
                 api.add_node("cpu-1")
                 await asyncio.sleep(1.0)
