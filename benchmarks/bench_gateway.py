@@ -539,6 +539,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             assert args.baseline_ref, "--ab-rounds needs --baseline-ref"
             result["ab"] = ab_rounds(args, variants[0][1], audio_port, standin_proc.pid, tmp)  # type: ignore[arg-type]
         for variant, src in variants:
+            if not phases and not (variant == "current" and args.connections):
+                continue
             gw_port = free_port()
             url = f"ws://127.0.0.1:{gw_port}/v1/stream"
             gw = start_gateway(variant, src, audio_port, gw_port, tmp)
