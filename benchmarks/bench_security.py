@@ -239,7 +239,8 @@ def measure(workdir: Path, audit: bool) -> tuple[list[dict[str, Any]], dict[str,
     rows.append(row("wildcards in the chart's ClusterRole", wildcards, "", "0", wildcards == 0))
     policies_ok = (len(run.policies_created) == 3 and run.policy_restored and run.policies_after_off == []
                    and run.children_after_off == 10)
-    rows.append(row("operator creates 3 NetworkPolicies per pipeline, restores a hand-edited one, removes them "
+    rows.append(row("operator creates 3 NetworkPolicies per pipeline, restores hand-edited ones (rules replaced, "
+                    "selector narrowed to nothing), removes them "
                     "when turned off", "yes" if policies_ok else "no", "", "yes", policies_ok))
 
     pins = read_lock() if LOCK.exists() else {}
