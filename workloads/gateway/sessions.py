@@ -157,8 +157,8 @@ class MemorySessionStore:
 def _copy_state(state: SessionState) -> SessionState:
     """A copy sharing nothing mutable with ``state``: its fields are scalars and one list of str.
 
-    Written on every final, so not ``model_copy(deep=True)``, whose generic deepcopy cost about
-    ten times as much CPU as the rest of a final's path.
+    Written several times per final, so not ``model_copy(deep=True)``: its generic deepcopy
+    measured about three times the CPU of this copy (13 us against 4 us per segment).
     """
     return state.model_copy(update={"targetLanguages": list(state.targetLanguages)})
 
