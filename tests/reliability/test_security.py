@@ -75,6 +75,14 @@ async def test_every_key_of_the_secret_is_a_token(gateway: security.GatewayProce
 
 
 @pytest.mark.slow
+def test_the_captions_page_opened_with_a_token_sends_no_referer(gateway: security.GatewayProcess) -> None:
+    import httpx
+
+    page = httpx.get(f"{gateway.http_url}/?token={TOKEN}", timeout=10)
+    assert page.status_code == 200 and page.headers["referrer-policy"] == "no-referrer"
+
+
+@pytest.mark.slow
 def test_no_token_reaches_the_gateway_log(gateway: security.GatewayProcess,
                                           auth_outcomes: list[security.AuthOutcome]) -> None:
     log = gateway.log()

@@ -63,7 +63,8 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         prefix = request.headers.get("x-forwarded-prefix") or request.scope.get("root_path") or ""
         base = prefix.rstrip("/") + "/"
         return HTMLResponse(index_html.replace("<!--BASE-->", f'<base href="{_attr(base)}">'),
-                            headers={"cache-control": "no-cache"})
+                            # Opened as /?token=...: no Referer may carry that URL elsewhere.
+                            headers={"cache-control": "no-cache", "referrer-policy": "no-referrer"})
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:
