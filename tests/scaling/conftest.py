@@ -67,6 +67,9 @@ class Load:
     gpu_used_fraction: float = 0.7
     kv_cache: float = 0.5
     vllm_waiting: float = 0.0
+    # Decode passes the audio pod completes per second (its processing histogram's rate); 0 = the
+    # pod publishes no such series (the autoscaler then has no audio throughput, and no plan).
+    audio_passes_per_s: float = 0.0
     jitter: dict[str, float] = field(default_factory=dict)
 
 
@@ -81,6 +84,8 @@ class Workloads:
         self.caption = m.caption_latency(self.gateway.registry)
         self.sessions = m.sessions_active(self.gateway.registry)
         self.rtf = m.audio_realtime_factor(self.audio.registry)
+        self.passes = m.audio_processing(self.audio.registry)
+        self._passes_due = 0.0
         self.queue_a = m.queue_depth(self.audio.registry)
         self.tr_latency = m.translation_latency(self.translation.registry)
         self.queue_t = m.queue_depth(self.translation.registry)
@@ -112,6 +117,11 @@ class Workloads:
         for _ in range(20):
             self.caption.labels(PIPELINE).observe(ld.caption_s)
             self.tr_latency.labels(PIPELINE).observe(ld.translation_s)
+        if ld.audio_passes_per_s > 0:   # called every 0.1 s
+            self._passes_due += ld.audio_passes_per_s * 0.1
+            while self._passes_due >= 1.0:
+                self._passes_due -= 1.0
+                self.passes.labels(PIPELINE, "cpu").observe(0.05)
 
     async def _feed(self) -> None:
         while True:

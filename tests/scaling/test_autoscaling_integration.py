@@ -210,3 +210,28 @@ async def test_a_hand_set_active_model_is_placed_and_conditions_survive_both_wri
                      .get("model") == fallback, timeout=10 * INTERVAL_S, message="the pinned model placed")
     types = {c["type"] for c in ((cluster.tp(PIPELINE) or {}).get("status") or {}).get("conditions") or []}
     assert {"Ready", "AudioReady", "TranslationReady", "GatewayReady", "ScalingActive"} <= types
+
+
+async def test_a_session_step_is_planned_from_the_learned_cost_with_catch_up_for_the_backlog(
+        running: tuple[Cluster, Prometheus, Workloads]) -> None:
+    """Through the real Prometheus: the audio pod's decode throughput and RTF teach the cost of a
+    session; four times the sessions with a backlog are met in one step (need plus catch-up, at
+    the stage's max), and the catch-up goes once the backlog has drained."""
+    cluster, _, w = running
+    # Steady: 40 sessions at RTF 0.5 on one audio replica completing 20 passes/s.
+    w.load.sessions, w.load.audio_rtf, w.load.audio_passes_per_s = 40, 0.5, 20
+    await asyncio.sleep(8 * INTERVAL_S)   # the rate window fills, cost and throughput are learned
+    assert replicas(cluster)["audio"] == 1
+    # 160 sessions: one replica saturates (40 passes/s) and 4000 passes queue up.
+    w.load.sessions, w.load.audio_rtf, w.load.audio_passes_per_s, w.load.queue_audio = 160, 2.0, 40, 4000
+    await eventually(lambda: replicas(cluster)["audio"] == 4, timeout=6 * INTERVAL_S,
+                     message="audio planned to its max (need 3 + catch-up)")
+    record = await eventually(lambda: (last_decision(cluster) or {}).get("stage") == "audio" and last_decision(cluster),
+                              timeout=5, message="the decision recorded")
+    assert "catch up" in record["reason"] and record["from"] == 1
+    # Four replicas serve: the backlog drains and the catch-up replica goes, long before the
+    # stabilization window; the need (160 x 0.0125 / 0.75 = 2.7 -> 3) stays.
+    w.load.audio_rtf, w.load.audio_passes_per_s, w.load.queue_audio = 0.5, 80, 0
+    await eventually(lambda: replicas(cluster)["audio"] == 3, timeout=STABILIZATION_S - 1,
+                     message="catch-up released once the backlog drained")
+    assert any("backlog drained" in e["message"] for e in cluster.events(PIPELINE) if e["reason"] == "ScaledDown")
