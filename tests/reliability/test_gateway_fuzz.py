@@ -205,8 +205,16 @@ def start_messages(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         msg["sourceLanguage"] = draw(st.sampled_from(["en", "auto", "de", "??"]))
     if draw(st.integers(0, 9)) == 0:  # a resume: of a session seen before or not, any ack
-        msg["sessionId"] = draw(st.sampled_from(["fuzz-a", "fuzz-b", "bad id!", ""]))
+        # Ids per process: fuzzing clients running at once must not resume each other's sessions.
+        sid = draw(st.sampled_from([f"fuzz-{os.getpid()}-a", f"fuzz-{os.getpid()}-b", "bad id!", ""]))
+        msg["sessionId"] = sid
         msg["lastSegmentId"] = draw(st.one_of(st.integers(-3, 50), st.none()))
+        if sid.startswith("fuzz-"):
+            # A resumed session keeps the languages it started with; a new one checks them. Which
+            # of the two this is depends on earlier examples, so keep the languages servable.
+            msg.pop("sourceLanguage", None)
+            if "targetLanguages" in msg:
+                msg["targetLanguages"] = draw(st.sampled_from([[], PIPELINE_TARGETS]))
     if draw(st.integers(0, 9)) == 0:
         msg[draw(st.text(min_size=1, max_size=8))] = draw(_json_scalars)
     return json.dumps(msg)
