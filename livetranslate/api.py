@@ -56,14 +56,16 @@ def parse_duration(value: str) -> float:
 class _Model(BaseModel):
     # Unknown fields are an error (a typo in a spec must not be silently ignored); the API server
     # prunes them the same way because the CRD schema is structural without preserve-unknown.
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # Strict types, as the CRD schema is: `enabled: 0.0` or `replicas: {min: "2"}` is refused by
+    # kubectl apply, so `livetranslate up` must refuse it too (found by resource fuzzing).
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class ReplicaRange(_Model):
     """Replica bounds the autoscaler stays within."""
 
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self.min <= self.max", "message": "replicas.min must be <= replicas.max"}
@@ -157,7 +159,7 @@ class LatencySLO(_Model):
 
 class GpuMemory(_Model):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self.lowWatermark < self.highWatermark",
@@ -198,7 +200,7 @@ class ScalingSpec(_Model):
 
 class TranslationPipelineSpec(_Model):
     model_config = ConfigDict(
-        extra="forbid",
+        extra="forbid", strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "!self.targetLanguages.exists(l, l == self.sourceLanguage)",
