@@ -49,6 +49,7 @@ def kopf_settings(op: OperatorSettings | None = None) -> kopf.OperatorSettings:
     if op is not None:
         # Bounded retries of Kopf's own requests (no error storm: each waits longer).
         settings.networking.error_backoffs = tuple(op.api_error_backoffs)
+        settings.watching.reconnect_backoff = op.watch_reconnect_seconds
     if op is not None and op.peering:
         # One active replica: the others pause while a peer of higher priority is alive. Kopf
         # pauses *every* replica of equal priority, so each process draws its own.

@@ -60,6 +60,11 @@ class OperatorSettings(BaseSettings):
     # Retry-After wins) and connection errors: one retry after each of these delays, then the
     # event is dropped (the resync sweep picks the pipeline up again). Bounded: 54 s in all.
     api_error_backoffs: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
+    # Seconds before Kopf opens a watch stream again after one ended or broke (Kopf's default is
+    # 0.1 s: with an API server that keeps cutting streams or answering 429, that is ten requests
+    # a second per watched resource, each re-listing it). Nothing is missed: watches resume from
+    # the last resourceVersion seen.
+    watch_reconnect_seconds: float = 1.0
     # How long the vLLM container may take to download and load a model before it is restarted.
     vllm_startup_seconds: int = 1800
     service_account: str | None = None
