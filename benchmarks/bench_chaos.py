@@ -346,11 +346,16 @@ def reliability_rows(chaos: dict[str, Any] | None, faults: list[dict[str, Any]],
                          "met": f["retry_delay_p50_s"] > 0.1})
     if outage:
         item = "2 API faults"
+        # Per pipeline, three clients retry while the server is down (the reconcile, Kopf's own
+        # bookkeeping patch and its Event posting), each backing off from about 1 s: a storm
+        # would be each retrying at the speed of its failures, hundreds of requests a second.
+        per_pipeline = round(outage["outage_requests_per_s"] / max(1, outage["pipelines"]), 2)
         rows.append({"item": item, "figure": (f"outage (every request 500 for {outage['outage_s']:.0f}s, "
-                                              f"{outage['pipelines']} pipelines changing): requests/s"),
-                     "value": outage["outage_requests_per_s"], "unit": "req/s",
-                     "target": f"below the healthy rate ({outage['healthy_requests_per_s']} req/s)",
-                     "met": outage["outage_requests_per_s"] < outage["healthy_requests_per_s"]})
+                                              f"{outage['pipelines']} pipelines changing): requests/s per pipeline "
+                                              f"({outage['outage_requests_per_s']} in all; "
+                                              f"{outage['healthy_requests_per_s']} while healthy)"),
+                     "value": per_pipeline, "unit": "req/s", "target": "<= 1.5 (3 clients backing off from 1 s)",
+                     "met": per_pipeline <= 1.5})
         rows.append({"item": item, "figure": "outage: time to converge once the server heals",
                      "value": outage["converge_after_outage_s"], "unit": "s", "target": "", "met": None})
     return rows
