@@ -86,3 +86,27 @@ async def test_an_exception_reaches_only_its_caller() -> None:
         assert await good == 1
     finally:
         await sched.stop()
+
+
+async def test_urgent_work_goes_ahead_of_waiting_refreshes_in_its_own_order() -> None:
+    order: list[str] = []
+    gate = threading.Event()
+
+    def one(name: str) -> str:
+        gate.wait(5)
+        order.append(name)
+        return name
+
+    sched = DecodeScheduler(workers=1, max_queue=64, max_batch=1)
+    sched.start()
+    try:
+        busy = asyncio.create_task(sched.run_batched(lambda i: [one(i[0])], "k", "busy"))
+        await asyncio.sleep(0.05)
+        tasks = [asyncio.create_task(sched.run_batched(lambda i: [one(i[0])], "k", name, urgent=urgent))
+                 for name, urgent in (("p1", False), ("p2", False), ("f1", True), ("f2", True))]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await asyncio.gather(busy, *tasks)
+        assert order == ["busy", "f1", "f2", "p1", "p2"]
+    finally:
+        await sched.stop()

@@ -27,14 +27,14 @@ from livetranslate.workloads.audio.vad import VadStream
 SR = 16000
 
 
-def _hyp(*words: tuple[str, float, float]) -> Hypothesis:
-    return Hypothesis(words=[Word(t, s, e) for t, s, e in words], text=" ".join(w[0] for w in words),
-                      avg_logprob=-0.2)
+def _hyp(*words: tuple[str, float, float], probability: float = 0.9) -> Hypothesis:
+    return Hypothesis(words=[Word(t, s, e, probability) for t, s, e in words],
+                      text=" ".join(w[0] for w in words), avg_logprob=-0.2)
 
 
-def _session(min_agree_seconds: float = 1.0) -> StreamSession:
-    return StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=min_agree_seconds),
-                         VadStream(None), use_vad=False)
+def _session(min_agree_seconds: float = 1.0, **extra: float) -> StreamSession:
+    return StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=min_agree_seconds,
+                                           **extra), VadStream(None), use_vad=False)
 
 
 def _feed(s: StreamSession, seconds: float) -> None:
@@ -72,18 +72,34 @@ def test_agreed_words_become_final_and_the_rest_stays_partial() -> None:
     assert partials[-1].text == "start"
 
 
-def test_agreement_waits_until_the_utterance_is_long_enough() -> None:
-    s = _session(min_agree_seconds=2.0)
-    words = (("The", 0.1, 0.3), ("meeting", 0.3, 0.7), ("will", 0.7, 0.9))
-    for _ in range(2):  # two agreeing passes over 1.0 s and 1.6 s: too early to commit
+def test_unsure_agreement_waits_until_the_utterance_is_long_enough() -> None:
+    s = _session(min_agree_seconds=2.0, agree_min_probability=0.5)
+    words = (("For", 0.1, 0.3), ("me", 0.3, 0.7), ("then", 0.7, 0.9))
+    for _ in range(2):  # two agreeing but unsure passes over 1.0 s and 1.6 s: too early to commit
         _feed(s, 0.6 if s.received else 1.0)
         req = s.next_request()
         assert req is not None
-        assert not [o for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)]
+        assert not [o for o in s.apply(req, _hyp(*words, probability=0.3)) if isinstance(o, FinalOut)]
     _feed(s, 0.6)
     req = s.next_request()
     assert req is not None
-    assert [o.text for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)] == ["The meeting will"]
+    out = s.apply(req, _hyp(*words, probability=0.3))
+    assert [o.text for o in out if isinstance(o, FinalOut)] == ["For me then"]
+
+
+def test_sure_agreement_commits_early_but_not_at_the_buffer_edge() -> None:
+    s = _session(min_agree_seconds=2.0, agree_min_probability=0.5, agree_margin_seconds=0.3)
+    _feed(s, 1.0)
+    req = s.next_request()
+    assert req is not None and not req.word_times  # nothing to agree with yet: no alignment pass
+    s.apply(req, _hyp(("Please", 0.1, 0.4), ("open", 0.4, 0.7), ("the", 0.7, 0.9)))
+    _feed(s, 0.5)
+    req = s.next_request()
+    assert req is not None and req.word_times
+    out = s.apply(req, _hyp(("Please", 0.1, 0.4), ("open", 0.4, 0.7), ("the", 0.7, 0.9),
+                            ("quarter", 0.9, 1.35)))
+    # "quarter" ends within 0.3 s of the audio's end: it may still be "quarterly"
+    assert [o.text for o in out if isinstance(o, FinalOut)] == ["Please open the"]
 
 
 def test_a_final_is_never_revised_by_later_hypotheses() -> None:
@@ -101,6 +117,7 @@ def test_a_final_is_never_revised_by_later_hypotheses() -> None:
         req = s.next_request()
         assert req is not None
         texts += [o.text for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)]
+    _feed(s, 0.2)  # audio no pass has heard yet: the end of stream needs a final pass
     s.flush()
     req = s.next_request()
     assert req is not None and req.final
@@ -114,12 +131,27 @@ def test_end_of_stream_finalises_what_was_heard() -> None:
     req = s.next_request()
     assert req is not None
     s.apply(req, _hyp(("Hello", 0.1, 0.5)))
+    _feed(s, 0.3)
     s.flush()
     req = s.next_request()
     assert req is not None and req.final
     out = s.apply(req, _hyp(("Hello", 0.1, 0.5), ("there.", 0.5, 0.9)))
     assert [o.text for o in out if isinstance(o, FinalOut)] == ["Hello there."]
     assert s.flushed
+
+
+def test_an_utterance_end_the_last_pass_heard_is_final_without_another_pass() -> None:
+    s = _session()
+    _feed(s, 1.0)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(("Hello", 0.1, 0.5), ("there.", 0.5, 0.9)))
+    s.flush()  # nothing arrived after that pass
+    assert s.next_request() is None
+    ready = s.take_ready()
+    assert [o.text for o, _ in ready if isinstance(o, FinalOut)] == ["Hello there."]
+    assert all(src is req for _, src in ready)  # the audio the final came from (diarization)
+    assert s.flushed and s.take_ready() == []
 
 
 def test_times_are_session_seconds_with_the_offset() -> None:

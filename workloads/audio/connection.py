@@ -263,12 +263,17 @@ class AudioConnection:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while (req := stream.next_request()) is not None:
+            while True:
+                req = stream.next_request()
+                for done, source in stream.take_ready():
+                    await self._emit(done, source)
+                if req is None:
+                    break
                 try:
                     beam = self.settings.final_beam_size if req.final else self.settings.beam_size
                     hyp = await svc.scheduler.run_batched(
                         _batch_call(engine, req.prompt, language, beam, req.word_times),
-                        (req.prompt, language, beam, req.word_times), req.audio)
+                        (req.prompt, language, beam, req.word_times), req.audio, urgent=req.final)
                 except Overloaded as exc:
                     stream.abort()
                     await self._overloaded(str(exc))

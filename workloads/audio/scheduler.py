@@ -40,6 +40,7 @@ class _Job:
     batch_fn: Callable[[list[Any]], list[Any]] | None = None
     key: Hashable = None
     item: Any = None
+    urgent: bool = False
 
 
 class DecodeScheduler:
@@ -78,7 +79,12 @@ class DecodeScheduler:
     def _enqueue(self, job: _Job) -> None:
         if len(self._jobs) >= self.max_queue:
             raise Overloaded(f"decode queue full ({self.max_queue} waiting)")
-        self._jobs.append(job)
+        if job.urgent:
+            # Ahead of every waiting job that is not urgent, behind the urgent ones (FIFO).
+            at = next((i for i, j in enumerate(self._jobs) if not j.urgent), len(self._jobs))
+            self._jobs.insert(at, job)
+        else:
+            self._jobs.append(job)
         self._ready.set()
         self._on_depth(len(self._jobs))
 
@@ -91,15 +97,18 @@ class DecodeScheduler:
     async def run(self, fn: Callable[[], T]) -> T:
         return await self.submit(fn)
 
-    async def run_batched(self, batch_fn: Callable[[list[Any]], list[T]], key: Hashable, item: Any) -> T:
+    async def run_batched(self, batch_fn: Callable[[list[Any]], list[T]], key: Hashable, item: Any,
+                          urgent: bool = False) -> T:
         """Run ``batch_fn`` over this item and any others queued with the same function and key.
 
         Batches form only from work that is already waiting, so a lone session never waits for
         company: under light load every pass runs alone at once, under heavy load passes share
-        one encoder/decoder call (dynamic batching).
+        one encoder/decoder call (dynamic batching). ``urgent`` work (a pass that finalises an
+        utterance someone finished saying) goes ahead of refreshes of partials: under load
+        those only get a little staler, while a final waited for is latency a user sees.
         """
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._enqueue(_Job(None, future, batch_fn=batch_fn, key=key, item=item))
+        self._enqueue(_Job(None, future, batch_fn=batch_fn, key=key, item=item, urgent=urgent))
         return await future
 
     def _take(self) -> list[_Job]:

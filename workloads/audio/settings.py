@@ -23,10 +23,13 @@ DeviceName = Literal["cpu", "gpu", "npu", "cuda", "auto"]
 class StreamingSettings(BaseModel):
     """How the rolling buffer becomes partials and finals (LT_AUDIO_STREAMING__*)."""
 
-    # New audio (seconds) a speaking session accumulates before its next partial decode.
-    step_seconds: float = Field(0.5, gt=0.05, le=5.0)
-    # Silence that ends an utterance: everything heard so far becomes final.
-    min_silence_seconds: float = Field(0.45, gt=0.05, le=5.0)
+    # New audio (seconds) a speaking session accumulates before its next partial decode. Short,
+    # because a word becomes final one pass after it is first heard; under load a session's
+    # passes space out by themselves (one in flight each), so this is a floor, not a rate.
+    step_seconds: float = Field(0.3, gt=0.05, le=5.0)
+    # Silence that ends an utterance: everything heard so far becomes final. The pass that runs
+    # as the silence starts usually already heard it all, so the final costs no further pass.
+    min_silence_seconds: float = Field(0.35, gt=0.05, le=5.0)
     # Audio kept before the first voiced frame, so word onsets are not clipped.
     preroll_seconds: float = Field(0.3, ge=0.0, le=2.0)
     # Once the buffer is longer than this, it is cut at the last committed word.
@@ -35,11 +38,15 @@ class StreamingSettings(BaseModel):
     max_buffer_seconds: float = Field(24.0, gt=2.0, le=29.0)
     # Agreed words needed before a mid-utterance final (1 = word by word, like LocalAgreement-2).
     min_final_words: int = Field(2, ge=1, le=50)
-    # Voiced audio an utterance needs before agreement may commit words: the first hypotheses of
-    # an utterance, over a second of audio, agree on wrong words too often. Measured on the
-    # benchmark audio (1 stream, load ~5): 1.2 s -> WER 0.07-0.08, p95 final latency 1.5 s;
-    # 1.6 s -> 0.041, 2.0 s; 2.0 s -> 0.013, 2.4 s (ufal/whisper_streaming: 0.027, 8.3 s).
-    min_agree_seconds: float = Field(2.0, ge=0.0, le=10.0)
+    # Two passes over the first second of an utterance agree on wrong words too often ("For me,
+    # then" for "The meeting will"), and those words carry a low decoder probability. Until the
+    # utterance has this much voiced audio, agreed words commit only while each has at least
+    # agree_min_probability; after it, agreement alone commits.
+    min_agree_seconds: float = Field(1.0, ge=0.0, le=10.0)
+    agree_min_probability: float = Field(0.5, ge=0.0, le=1.0)
+    # Audio an agreed word needs after it before it commits: a word cut by the buffer's end
+    # ("slide" of "slides", "present" of "presentation") agrees with itself one step later.
+    agree_margin_seconds: float = Field(0.3, ge=0.0, le=2.0)
     # Silero speech probability thresholds (enter / stay).
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     vad_neg_threshold: float = Field(0.35, gt=0.0, lt=1.0)

@@ -184,6 +184,10 @@ class StreamSession:
         self._committed_tail: list[str] = []  # normalised words, for overlap removal
         self._prompt_words: list[str] = []  # committed words of this utterance cut from the buffer
         self._prev: list[Word] = []  # previous hypothesis past the committed point (stream times)
+        self._prev_req: DecodeRequest | None = None  # the pass _prev came from
+        # Events made without a decoder pass (an utterance end the last pass already covered),
+        # with the pass whose audio they came from; the connection drains them.
+        self._ready: list[tuple[PartialOut | FinalOut, DecodeRequest]] = []
         self._utterance_words: list[Word] = []  # committed words still inside the buffer
         self._last_request_end = 0.0
         self._last_partial = ""
@@ -207,7 +211,8 @@ class StreamSession:
                 if not self.in_speech:
                     self.in_speech = True
                     self._speech_start = frame_start
-                    self._prev = []
+                    if not self._utterance_ends:  # else the pending end still needs _prev
+                        self._prev, self._prev_req = [], None
                 self._voice_end = self._vad_time
                 self.last_voice_at = self._vad_time
             elif self.in_speech and prob < s.vad_neg_threshold and \
@@ -252,12 +257,24 @@ class StreamSession:
                 self._utterance_ends.popleft()
                 self._finish_utterance(end)
                 return self.next_request()
+            if self._prev_req is not None and self._prev_req.end >= end:
+                # The last pass already heard the whole utterance (it ran during the silence
+                # that ended it): its hypothesis is what a final pass would decode, so finalise
+                # it now instead of paying a decoder pass (and a queue wait) for it.
+                self._utterance_ends.popleft()
+                self._finalize_prev(end)
+                return self.next_request()
             return self._request(start, end, final=True)
         if not self.in_speech:
             return None
         end = self.received
         voiced_from = max(start, self._speech_start if self._use_vad else start)
-        if end - voiced_from < MIN_DECODE_SECONDS or end - self._last_request_end < s.step_seconds:
+        # Once the voice has stopped (plus the tail pad), one pass over all of it right away,
+        # whatever the step: if the silence lasts, that pass becomes the utterance's final.
+        heard = self._voice_end + TAIL_PAD_SECONDS
+        closing = self._use_vad and end >= heard > self._last_request_end
+        if end - voiced_from < MIN_DECODE_SECONDS or (end - self._last_request_end < s.step_seconds
+                                                      and not closing):
             return None
         return self._request(start, end, final=end - start >= s.max_buffer_seconds)
 
@@ -266,7 +283,9 @@ class StreamSession:
         self._last_request_end = end
         prompt = " ".join(self._prompt_words[-40:]) or None
         utterance_start = max(start, self._speech_start)
-        may_commit = final or end - utterance_start >= self.settings.min_agree_seconds
+        # Agreement needs a previous hypothesis: the first pass of an utterance only feeds the
+        # partial and the next comparison, so it skips the word-alignment pass.
+        may_commit = final or bool(self._prev)
         return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
                              utterance_start=utterance_start, word_times=may_commit)
 
@@ -287,7 +306,7 @@ class StreamSession:
             final = self._commit(fresh)
             if final:
                 out.append(final)
-            self._prev = []
+            self._prev, self._prev_req = [], None
             end_of_utterance = bool(self._utterance_ends) and self._utterance_ends[0] == req.end
             if end_of_utterance:
                 self._utterance_ends.popleft()
@@ -300,14 +319,14 @@ class StreamSession:
                 self._last_partial = ""
                 out.append(PartialOut("", self._session(req.end), self._session(req.end)))
             return out
-        agreed = self._agreement(self._prev, fresh) if voiced >= self.settings.min_agree_seconds else []
+        agreed = self._confident(self._agreement(self._prev, fresh), voiced, req.end) if req.word_times else []
         pending = fresh
         if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(_PUNCT_END)):
             final = self._commit(agreed)
             if final:
                 out.append(final)
             pending = fresh[len(agreed):]
-        self._prev = pending
+        self._prev, self._prev_req = pending, req
         text = " ".join(w.text for w in pending)
         if text != self._last_partial:
             self._last_partial = text
@@ -321,6 +340,22 @@ class StreamSession:
             self.buffer.trim_to(cut)
         return out
 
+    def take_ready(self) -> list[tuple[PartialOut | FinalOut, DecodeRequest]]:
+        """Events made without a decoder pass, each with the pass whose audio it came from."""
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _finalize_prev(self, end: float) -> None:
+        req = self._prev_req
+        assert req is not None
+        final = self._commit([w for w in self._prev if w.start < end])
+        if final:
+            self._ready.append((final, req))
+        if self._last_partial:
+            self._last_partial = ""
+            self._ready.append((PartialOut("", self._session(end), self._session(end)), req))
+        self._finish_utterance(end)
+
     # ------------------------------------------------------------------ helpers
 
     def _session(self, t: float) -> float:
@@ -331,7 +366,7 @@ class StreamSession:
         self._committed_tail = []
         self._prompt_words = []
         self._utterance_words = []
-        self._prev = []
+        self._prev, self._prev_req = [], None
         if self.buffer.start < end:
             self.buffer.trim_to(end)
 
@@ -351,6 +386,22 @@ class StreamSession:
                     fresh = fresh[n:]
                     break
         return fresh
+
+    def _confident(self, agreed: list[Word], voiced: float, end: float) -> list[Word]:
+        """The agreed prefix the decoder is also sure of.
+
+        Two passes over a second of audio agree on wrong words too often (\"For me, then\" for
+        \"The meeting will\"); those words carry a low probability, right ones rarely do. So while
+        the utterance is shorter than ``min_agree_seconds`` the prefix stops at the first word
+        under ``agree_min_probability``; after that, agreement alone commits.
+        """
+        s = self.settings
+        for i, w in enumerate(agreed):
+            if w.end > end - s.agree_margin_seconds:
+                return agreed[:i]
+            if voiced < s.min_agree_seconds and w.probability < s.agree_min_probability:
+                return agreed[:i]
+        return agreed
 
     @staticmethod
     def _agreement(prev: list[Word], cur: list[Word]) -> list[Word]:
