@@ -11,10 +11,12 @@ every round (bounded memory). Run: ``.venv/bin/python -P benchmarks/bench_gatewa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.util
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +40,58 @@ def load_campaign() -> ModuleType:
     return module
 
 
-def run(examples: int, rounds: int) -> dict[str, Any]:
+class _RemoteGateway:
+    """What ``run_campaign`` needs of a gateway that another process started: its URL and liveness."""
+
+    def __init__(self, url: str, pid: int) -> None:
+        self.url = url
+        self.gateway = self
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if Path(f"/proc/{self.pid}").exists():
+            return None
+        self.returncode = -1
+        return self.returncode
+
+
+def worker(url: str, pid: int, examples: int, out: Path) -> None:
+    """One more fuzzing client, in its own process, at the same time as the others."""
+    fz = load_campaign()
+    try:
+        r = fz.run_campaign(_RemoteGateway(url, pid), examples=examples)
+    except Exception as exc:  # noqa: BLE001 - an oracle failure: reported to the harness
+        r = fz.CampaignResult(problems=[f"{type(exc).__name__}: {str(exc)[:2000]}"])
+    out.write_text(json.dumps(dataclasses.asdict(r)))
+
+
+def run_round(fz: ModuleType, gw: Any, examples: int, parallel: int, tmp: Path) -> Any:
+    """``parallel`` fuzzing clients at once (this process and parallel-1 workers); results summed."""
+    outs = [tmp / f"worker-{i}-{time.monotonic_ns()}.json" for i in range(parallel - 1)]
+    procs = [subprocess.Popen([sys.executable, "-P", str(Path(__file__).resolve()), "worker", "--url", gw.url,
+                               "--pid", str(gw.gateway.pid), "--examples", str(examples), "--out", str(out)])
+             for out in outs]
+    try:
+        mine = fz.run_campaign(gw, examples=examples)
+    except Exception as exc:  # noqa: BLE001 - an oracle failure: recorded, next round
+        mine = fz.CampaignResult(problems=[f"{type(exc).__name__}: {str(exc)[:2000]}"])
+    for proc, out in zip(procs, outs, strict=True):
+        proc.wait(1800)
+        if out.exists():
+            other = json.loads(out.read_text())
+            for key in ("examples", "frames_sent", "bad_inputs", "error_events", "policy_closes"):
+                setattr(mine, key, getattr(mine, key) + other[key])
+            mine.problems += other["problems"]
+            mine.crashed = mine.crashed or other["crashed"]
+            for kind, n in other["kinds"].items():
+                mine.kinds[kind] = mine.kinds.get(kind, 0) + n
+        else:
+            mine.problems.append(f"fuzz worker exited with {proc.returncode} and no result")
+    return mine
+
+
+def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
     fz = load_campaign()
     per_round = max(1, examples // rounds)
     result: dict[str, Any] = {
@@ -60,10 +113,9 @@ def run(examples: int, rounds: int) -> dict[str, Any]:
             kinds: dict[str, int] = {}
             try:
                 for i in range(rounds):
-                    try:
-                        r = fz.run_campaign(gw, examples=per_round)
-                    except Exception as exc:  # noqa: BLE001 - an oracle failure: recorded, next round
-                        r = fz.CampaignResult(problems=[f"{type(exc).__name__}: {str(exc)[:2000]}"])
+                    began = time.monotonic()
+                    r = run_round(fz, gw, max(1, per_round // parallel), parallel, Path(tmp))
+                    r.seconds = time.monotonic() - began  # wall clock of the round, all clients
                     for key in ("examples", "frames_sent", "bad_inputs", "error_events", "policy_closes"):
                         totals[key] += getattr(r, key)
                     totals["seconds"] += r.seconds
@@ -138,8 +190,9 @@ def write(result: dict[str, Any]) -> None:
         (f"Measured {result['measured_at']} on {result['cpus']} shared cores (load average "
          f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])} before, "
          f"{', '.join(f'{x:.2f}' for x in result['loadavg'])} after); `{result['command']}`. "
-         f"{t['examples']} generated sessions in {t['seconds']:.0f} s against a `livetranslate serve gateway` "
-         "process with the audio stand-in, well-behaved sessions streaming alongside."),
+         f"{t['examples']} generated sessions in {t['seconds']:.0f} s ({result.get('parallel', 1)} fuzzing clients "
+         "at once) against a `livetranslate serve gateway` process with the audio stand-in, well-behaved "
+         "sessions streaming alongside."),
         "",
         "| figure | value | target | met |",
         "| --- | --- | --- | --- |",
@@ -159,9 +212,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--examples", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--parallel", type=int, default=3, help="fuzzing clients at once")
+    sub = parser.add_subparsers(dest="cmd")
+    w = sub.add_parser("worker")
+    w.add_argument("--url", required=True)
+    w.add_argument("--pid", type=int, required=True)
+    w.add_argument("--examples", type=int, required=True)
+    w.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     os.environ.setdefault("LT_LOG_FORMAT", "text")
-    result = run(args.examples, args.rounds)
+    if args.cmd == "worker":
+        worker(args.url, args.pid, args.examples, args.out)
+        return
+    result = run(args.examples, args.rounds, args.parallel)
+    result["parallel"] = args.parallel
     result["command"] = "python -P benchmarks/bench_gateway_fuzz.py " + " ".join(sys.argv[1:])
     write(result)
     print((RESULTS / "gateway_fuzz.md").read_text())
