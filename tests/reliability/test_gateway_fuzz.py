@@ -533,7 +533,7 @@ def test_fuzzed_frames_get_errors_or_policy_closes_and_good_sessions_lose_nothin
     good = GoodSessions(gw.url)
     good.start()
     try:
-        result = run_campaign(gw, examples=int(os.environ.get("LT_FUZZ_EXAMPLES", "150")))
+        result = run_campaign(gw, examples=int(os.environ.get("LT_FUZZ_EXAMPLES", "300")))
     finally:
         good.stop()
     assert not result.problems, result.problems[0] + "\n" + gw.log_tail()
