@@ -1,13 +1,18 @@
-"""Gateway capacity: connections held with RSS per connection, and gateway-added latency under
-many live audio sessions.
+"""Gateway capacity: connections held with RSS per connection, and gateway-added latency and CPU
+per frame under many live audio sessions.
 
 Three processes, so the figures are the gateway's own: the gateway as it runs in production
 (``livetranslate serve gateway``), a lightweight audio stand-in speaking the internal protocol
 (a final for every second of audio, sent the moment that second arrives), and the client load in
-a process of its own. The latency measured is client -> gateway -> stand-in -> gateway -> client
-for the chunk that completes each second of audio; the stand-in and the client share the same
-2 cores, so the figure is an upper bound on what the gateway adds. A 1-session run in the same
-invocation is the baseline. Run: ``.venv/bin/python -P benchmarks/bench_gateway.py``.
+a process of its own. Stand-in and client speak RFC 6455 directly (frames built once, binary
+payloads never copied): a WebSocket library on both ends cost more CPU than the gateway itself.
+The latency measured is client -> gateway -> stand-in -> gateway -> client for the frame that
+completes each second of audio; the stand-in and the client share the same cores, so the figure
+is an upper bound on what the gateway adds. Gateway CPU per frame is its process CPU time over
+the frames sent, counted until it has caught up. ``--baseline-ref`` also runs the gateway of an
+older revision in the same invocation (sequentially, and with ``--ab-rounds`` side by side, both
+loaded at once so both see the same contention on shared cores).
+Run: ``.venv/bin/python -P benchmarks/bench_gateway.py [--baseline-ref REV --ab-rounds 3]``.
 """
 
 from __future__ import annotations
