@@ -58,6 +58,38 @@ async def test_finals_are_ordered_in_session_time_and_never_repeated(
     assert finals[-1]["end"] > 42.0 + spans[-1][0]
 
 
+async def test_each_sentence_is_final_soon_after_it_ends_with_no_word_lost_or_repeated(
+        audio_server: Server, meeting: tuple[np.ndarray, Spans]) -> None:
+    """Live pacing, as a microphone sends: a sentence followed by a pause is final while the
+    pause lasts (by agreement while it is spoken, the rest at its end), without waiting for more
+    speech or a flush; and the words committed piecewise add up to the sentence, each once."""
+    audio, spans = meeting
+    audio = np.concatenate([audio, np.zeros(16000, np.float32)])
+    result = await stream_audio(audio_server.ws, audio, speed=1.0, session_id="live")
+    finals = [(e, sent) for e, sent in zip(result.events, result.sent_audio, strict=True)
+              if e["type"] == "final"]
+    assert finals
+    for start, end, text, _voice in spans:
+        last = speech.normalize(text)[-1]
+        # the final that carries the sentence's last word, found by its time in the session
+        carrier = [(e, sent) for e, sent in finals if start - 0.3 <= e["end"] <= end + 0.6]
+        assert carrier, (text, [e for e, _ in finals])
+        sent_then = max(sent for _e, sent in carrier)
+        # while the pause after it lasts (0.9 s) or soon after: not held until later speech
+        assert sent_then <= end + 3.0, (text, end, sent_then)
+        assert last in speech.normalize(" ".join(e["text"] for e, _ in carrier)) or \
+            speech.word_error_rate(text, " ".join(e["text"] for e, _ in carrier)) <= 0.4
+    ref = speech.normalize(_reference(spans))
+    hyp = speech.normalize(result.text)
+    assert speech.word_error_rate(_reference(spans), result.text) <= 0.25, result.text
+    # A misheard word is replaced, not dropped or doubled: a word lost or sent twice where one
+    # commit ends and the next begins would change the count.
+    assert abs(len(hyp) - len(ref)) <= 2, (result.text, [e["text"] for e, _ in finals])
+    for (a, _), (b, _) in itertools.pairwise(finals):  # a commit boundary never repeats a word
+        wa, wb = speech.normalize(a["text"]), speech.normalize(b["text"])
+        assert not (wa and wb and wa[-1] == wb[0]), (a, b)
+
+
 async def test_silence_and_noise_give_no_captions(audio_server: Server) -> None:
     silence = np.zeros(16000 * 5, dtype=np.float32)
     noise = speech.add_noise(np.zeros(16000 * 5, dtype=np.float32) + 1e-3, snr_db=-30, seed=1) * 0.05
