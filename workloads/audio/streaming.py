@@ -9,7 +9,11 @@ hypothesis, which yields partial and final events:
   cheapest and the most effective guard against Whisper hallucinating on silence.
 - While someone speaks, the buffer (the utterance so far) is re-decoded every ``step_seconds`` of
   new audio. Words that two consecutive hypotheses agree on (LocalAgreement-2) are committed and
-  sent as a final; the rest is the partial. At the end of the utterance everything left is final.
+  sent as a final once they have ``agree_margin_seconds`` of audio after them (and, early in an
+  utterance, a confident decoder); the rest is the partial.
+- When the voice stops, one pass covers the whole utterance at once; if the silence lasts, that
+  hypothesis becomes the final of everything left, with no further pass (end-of-utterance
+  commit). Otherwise (the decoder was busy) a final pass over the utterance runs.
 - A final is never revised: committed words are cut out of later hypotheses by time and by
   n-gram overlap, and the buffer is trimmed at a committed word once it grows long.
 - Times are stream seconds inside this class; events carry session seconds (``time_offset`` +
