@@ -60,6 +60,12 @@ class ApiError(Exception):
         self.retry_after: float | None = None  # seconds, from a 429's Retry-After
 
 
+def _has_precondition(body: Any) -> bool:
+    """Whether a request body pins the object's resourceVersion (optimistic concurrency)."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    return isinstance(metadata, dict) and metadata.get("resourceVersion") is not None
+
+
 def _retry_after(header: str | None, body: Any) -> float | None:
     """Retry-After (seconds form), else the Status object's details.retryAfterSeconds."""
     try:
@@ -177,7 +183,7 @@ class KubeClient:
                 return await self._request_once(method, path, json=json, params=params,
                                                 content_type=content_type, _retried=_retried)
             except ApiError as e:
-                delay = self._retry_delay(method, e, backoff)
+                delay = self._retry_delay(method, e, backoff, _has_precondition(json))
                 if delay is None:
                     raise
                 log.debug("%s %s: HTTP %d, retry %d in %.2fs", method, path, e.status, attempt + 1, delay)
@@ -196,13 +202,16 @@ class KubeClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
-    def _retry_delay(method: str, error: ApiError, backoff: float | None) -> float | None:
-        """Seconds to wait before sending the request again, or None to give up now."""
+    def _retry_delay(method: str, error: ApiError, backoff: float | None,
+                     precondition: bool = False) -> float | None:
+        """Seconds to wait before sending the request again, or None to give up now. A patch that
+        carries ``metadata.resourceVersion`` is a precondition: its 409 means the object moved on,
+        and the same body can never succeed, so the caller (who must re-read) hears of it at once."""
         if backoff is None:
             return None
         reason = error.body.get("reason") if isinstance(error.body, dict) else None
         if error.status == 409 and method == "PATCH" and reason == "Conflict":
-            return backoff * random.uniform(0.5, 1.5)
+            return None if precondition else backoff * random.uniform(0.5, 1.5)
         if error.status not in RETRY_STATUSES:
             return None
         delay = backoff * random.uniform(0.5, 1.5)

@@ -99,3 +99,17 @@ async def test_rotated_token_is_picked_up_on_401(tmp_path: Path, monkeypatch: py
     finally:
         await client.close()
         await runner.cleanup()
+
+
+async def test_a_stale_precondition_is_reported_at_once_not_resent(cluster: Cluster, kube: KubeClient) -> None:
+    """A patch pinned to a resourceVersion that has moved on cannot succeed when sent again: the
+    caller hears of the 409 after one request and re-reads, instead of waiting out the backoffs."""
+    created = await kube.apply(configmap({"k": "v1"}), OWNER)
+    stale = created["metadata"]["resourceVersion"]
+    await kube.patch("v1", "ConfigMap", NS, "cm", {"data": {"k": "v2"}})
+    before = len(cluster.api.calls)
+    with pytest.raises(ApiError) as err:
+        await kube.patch("v1", "ConfigMap", NS, "cm", {"metadata": {"resourceVersion": stale}, "data": {"k": "v3"}})
+    assert err.value.status == 409
+    patches = [c for c in cluster.api.calls[before:] if c.verb == "patch"]
+    assert len(patches) == 1
