@@ -392,12 +392,14 @@ class StreamSession:
         return fresh
 
     def _confident(self, agreed: list[Word], voiced: float, end: float) -> list[Word]:
-        """The agreed prefix the decoder is also sure of.
+        """The agreed prefix that may be committed now.
 
-        Two passes over a second of audio agree on wrong words too often (\"For me, then\" for
-        \"The meeting will\"); those words carry a low probability, right ones rarely do. So while
-        the utterance is shorter than ``min_agree_seconds`` the prefix stops at the first word
-        under ``agree_min_probability``; after that, agreement alone commits.
+        A word needs ``agree_margin_seconds`` of audio after it: one cut by the buffer's end
+        ("slide" of "slides") agrees with itself one step later. And two passes over a second of
+        audio agree on wrong words too often ("For me, then" for "The meeting will"); those carry
+        a low probability, right ones rarely do. So while the utterance is shorter than
+        ``min_agree_seconds`` the prefix also stops at the first word under
+        ``agree_min_probability``; after that, agreement alone commits.
         """
         s = self.settings
         for i, w in enumerate(agreed):
