@@ -11,7 +11,7 @@ here=$(pwd)
 extras=${LT_EXTRAS:-dev}
 venv=${LT_VENV:-$here/.venv}
 
-apt_pkgs=(redis-server prometheus chromium espeak-ng sox apertium apertium-eng-spa apertium-apy libsndfile1 ffmpeg)
+apt_pkgs=(redis-server prometheus chromium espeak-ng sox apertium apertium-eng-spa apertium-apy libsndfile1 ffmpeg cmake g++)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -45,12 +45,13 @@ if [ ! -f "$stamp" ]; then
   "$py" -m pip uninstall -y -q torchvision >/dev/null 2>&1 || true
   touch "$stamp"
 fi
-# llama-cpp-python: the OpenAI-compatible server that the translation tests and benchmark run
-# Gemma-3-270M on. It builds from source (about 10 minutes on 2 cores; pip caches the wheel, so later
-# runs take seconds); a native build uses CPU instructions some machines here lack (illegal
-# instruction), hence the pinned feature set.
-if [[ "$extras" == *dev* ]] && ! "$py" -c 'import llama_cpp.server' 2>/dev/null; then
-  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF" \
-    pip "llama-cpp-python[server]==0.3.36"
+# llama.cpp's llama-server: the batching OpenAI-compatible engine the translation tests and
+# benchmark run Gemma-3-270M on (parallel slots decode a micro-batch together). No registry ships
+# the binary: it builds from the llama.cpp sources vendored in the llama-cpp-python sdist, only the
+# llama-server target, with a pinned CPU feature set (a native build dies with an illegal
+# instruction on some machines here). Cached in ~/.cache/livetranslate/llama-server/<version-flags>,
+# so only a bare machine builds it (workloads/translate/llama_server.py; time in docs/translation.md).
+if [[ "$extras" == *dev* ]]; then
+  "$py" -P -m livetranslate.workloads.translate.llama_server build
 fi
 echo "bootstrap: ready ($venv)"

