@@ -162,19 +162,24 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
     gateway_pods = _sel(pipeline=name, **{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-gateway-.*"})
     translation_pods = _sel(**{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-translation-.*"})
 
-    def p95(metric: str) -> str:
-        return f"histogram_quantile(0.95, sum by (le) (rate({metric}_bucket{ours}[{window}])))"
+    # The translation service records the same histogram as the gateway, with a ``backend``
+    # label: the SLO is what listeners see, so latency reads the gateway's series only
+    # (``backend=""`` matches series without the label), never a mix of the two.
+    listeners = _sel(pipeline=name, **{NAMESPACE_LABEL: namespace, "backend": ""})
 
-    def count(metric: str) -> str:
-        return f"sum(rate({metric}_count{ours}[{window}]))"
+    def p95(metric: str, sel: str = ours) -> str:
+        return f"histogram_quantile(0.95, sum by (le) (rate({metric}_bucket{sel}[{window}])))"
+
+    def count(metric: str, sel: str = ours) -> str:
+        return f"sum(rate({metric}_count{sel}[{window}]))"
 
     used = f"DCGM_FI_DEV_FB_USED{translation_pods}"
     free = f"DCGM_FI_DEV_FB_FREE{translation_pods}"
     return Queries(
         caption_p95=p95(m.CAPTION_LATENCY),
         caption_count=count(m.CAPTION_LATENCY),
-        translation_p95=p95(m.TRANSLATION_LATENCY),
-        translation_count=count(m.TRANSLATION_LATENCY),
+        translation_p95=p95(m.TRANSLATION_LATENCY, listeners),
+        translation_count=count(m.TRANSLATION_LATENCY, listeners),
         queue_depth=f"sum by (stage) ({m.QUEUE_DEPTH}{ours})",
         sessions_active=f"sum({m.SESSIONS_ACTIVE}{gateway_pods})",
         audio_rtf=f"avg({m.AUDIO_REALTIME_FACTOR}{ours})",

@@ -121,3 +121,12 @@ async def test_throughput_per_stage_is_read_from_the_stages_own_series() -> None
     })
     assert s.rate("audio").value == 40.0 and s.rate("translation").value == 12.5
     assert (await gather({})).rate("audio").status == "missing"
+
+
+def test_translation_latency_is_the_listeners_series_only() -> None:
+    """The gateway (what listeners see) and the translation service record the same histogram;
+    a p95 over both would mix two measurements. The SLO reads the gateway's, which has no backend."""
+    q = build_queries("town-hall", "demo", 15.0)
+    for expr in (q.translation_p95, q.translation_count):
+        assert 'backend=""' in expr, expr
+    assert 'backend' not in q.caption_p95
