@@ -458,13 +458,15 @@ def overload_signals(result: dict[str, Any]) -> tuple[int, int, bool]:
 
 
 def kept_real_time(result: dict[str, Any]) -> bool:
-    """Bounded latency that did not grow, and no overload signal. Keeping up looks like a p95 near
-    the SLO (1.1 s measured at 4 sessions on a quiet machine); REALTIME_BOUND_S is far above it."""
+    """Bounded latency that did not grow, and no audio shed by the gateway. Keeping up looks like a
+    p95 near the SLO (1.1 s measured at 4 sessions on a quiet machine); REALTIME_BOUND_S is far
+    above it. A decoder "overloaded" notice alone does not count: one comes after most audio
+    restarts, while the fresh decoder works through the replayed audio."""
     trend = result["latency_trend"]
     first, last = trend["first_quarter_p95_s"], trend["last_quarter_p95_s"]
-    overloaded, dropped, _ = overload_signals(result)
+    _, dropped, _ = overload_signals(result)
     return (first is not None and last is not None and last <= REALTIME_BOUND_S
-            and last <= max(2 * first, first + 2.0) and overloaded == 0 and dropped == 0)
+            and last <= max(2 * first, first + 2.0) and dropped == 0)
 
 
 def around_restarts(logs: list[SessionLog], kills: list[dict[str, Any]], window: float) -> dict[str, Any]:
@@ -617,8 +619,7 @@ def rows_for(result: dict[str, Any]) -> list[dict[str, Any]]:
                  "value": "yes" if kept else "no (overloaded)", "unit": "", "target": "yes", "met": kept})
     rows.append({"item": ITEM, "figure": "overload notices to clients: decoder overloaded / audio dropped by the "
                  f"gateway's replay buffer{' (at least; estimated)' if estimated else ''}",
-                 "value": f"{overloaded} / {dropped}", "unit": "", "target": "0 / 0",
-                 "met": overloaded == 0 and dropped == 0})
+                 "value": f"{overloaded} / {dropped}", "unit": "", "target": "- / 0", "met": dropped == 0})
     worst = max((b["p95_s"] for b in result["latency_per_bucket"] if b["p95_s"] is not None), default=None)
     rows.append({"item": ITEM, "figure": f"worst per-{cfg['bucket_s']:.0f} s p95 caption latency", "value": worst,
                  "unit": "s", "target": "", "met": None})
