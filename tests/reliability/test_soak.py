@@ -49,7 +49,7 @@ def test_no_final_lost_or_duplicated_across_upstream_restarts(soak: dict[str, An
     assert t["sessions_failed"] == 0, soak["sessions"]
     assert t["translations_missing"] == 0 and t["translations_duplicated"] == 0
     # The restart happened while people were talking, and they kept talking after it.
-    assert t["utterances"] >= 2 * 8
+    assert t["utterances"] >= 2 * 6
     assert all(s["audio_seconds"] > kill["t"] + 10 for s in soak["sessions"])
 
 
