@@ -25,12 +25,13 @@ import json
 import os
 import re
 import resource
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from livetranslate.procs import free_port, wait_http
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz PCM16
@@ -40,12 +41,6 @@ SECOND = 32000
 def raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mib(pid: int) -> float:
@@ -368,20 +363,6 @@ async def client_hold(url: str, n: int, out: Path) -> None:
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-P", *args], env={**os.environ, **(env or {})},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
 
 
 def wait_idle(port: int, timeout: float = 300) -> None:

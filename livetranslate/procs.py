@@ -36,11 +36,11 @@ def free_port(preferred: int = 0, host: str = LOOPBACK) -> int:
 
 
 def start(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None,
-          **popen: Any) -> subprocess.Popen[bytes]:
+          unset: Sequence[str] = (), **popen: Any) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in a session of its own (so :func:`stop` can end it and every process it
-    forks), with ``env`` added to this process's environment and its output appended to ``log``
-    (discarded when None)."""
-    full_env = {**os.environ, **(env or {})}
+    forks), with ``env`` added to this process's environment (less the names in ``unset``) and its
+    output appended to ``log`` (discarded when None)."""
+    full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     if log is None:
         return subprocess.Popen(list(cmd), env=full_env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

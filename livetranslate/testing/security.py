@@ -10,19 +10,17 @@ Kubernetes NetworkPolicy semantics.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from livetranslate.procs import free_port, start, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "livetranslate"
@@ -121,12 +119,6 @@ async def http_probes(base_http_url: str, token: str, wrong: str) -> None:
                 await client.get(path, headers={"Authorization": f"Bearer {t}", "Cookie": f"token={t}"})
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class GatewayProcess:
     """``livetranslate serve gateway`` as its container runs it, logging to a file.
 
@@ -155,41 +147,23 @@ class GatewayProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60.0) -> None:
-        import httpx
 
         closed = f"http://127.0.0.1:{free_port()}"
-        env = {**os.environ, "LT_GATEWAY_AUTH_DIR": str(self.auth_dir), "LT_LOG_LEVEL": self.log_level,
+        env = {"LT_GATEWAY_AUTH_DIR": str(self.auth_dir), "LT_LOG_LEVEL": self.log_level,
                "LT_GATEWAY_ALLOWED_ORIGINS": json.dumps(self.allowed_origins),
                "LT_GATEWAY_AUDIO_URL": closed, "LT_GATEWAY_TRANSLATION_URL": closed,
                "LT_GATEWAY_CONNECT_TIMEOUT": "0.5", "PYTHONSAFEPATH": "1"}
-        env.pop("LT_CONFIG", None)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "livetranslate.cli", "serve", "gateway", "--host", "127.0.0.1",
-                 "--port", str(self.port)],
-                env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gateway exited ({self.proc.returncode}): {self.log_path.read_text()[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.http_url + "/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.1)
-        raise RuntimeError("gateway did not answer /healthz")
+        self.proc = start([sys.executable, "-m", "livetranslate.cli", "serve", "gateway", "--host", "127.0.0.1",
+                           "--port", str(self.port)], env=env, log=self.log_path, unset=["LT_CONFIG"])
+        try:
+            wait_http(self.http_url + "/healthz", timeout=timeout, proc=self.proc, require_200=True)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {self.log_path.read_text()[-2000:]}") from e
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop(self.proc, timeout=20)
         self.proc = None
 
     def log(self) -> str:

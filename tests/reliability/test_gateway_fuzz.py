@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +36,7 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from livetranslate.procs import free_port
 from livetranslate.protocol import (
     ERR_BAD_AUDIO,
     ERR_BAD_MESSAGE,
@@ -68,12 +68,6 @@ PROBE = '{"type": "fuzz.probe"}'  # an unknown type: its error marks "everything
 
 
 # ------------------------------------------------------------------ processes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_mib(pid: int) -> float:
@@ -143,7 +137,7 @@ class GatewayUnderTest:
 
 def start_gateway(tmp: Path, **env_overrides: str) -> GatewayUnderTest:
     """The stand-in and a gateway process on free loopback ports, ready to serve."""
-    audio_port, port = _free_port(), _free_port()
+    audio_port, port = free_port(), free_port()
     standin = subprocess.Popen([sys.executable, "-P", str(STANDIN), "standin", "--port", str(audio_port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     env = {**os.environ, "LT_GATEWAY_AUDIO_URL": f"http://127.0.0.1:{audio_port}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -22,17 +21,12 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from livetranslate import metrics as m
 from livetranslate.operator.settings import OperatorSettings
+from livetranslate.procs import free_port
 from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess, emulated_cluster
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PIPELINE = "town-hall"
 SCRAPE_S = 0.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Exporter:
