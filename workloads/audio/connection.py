@@ -235,7 +235,6 @@ class AudioConnection:
                 samples = np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
                 stream.flushing = False
                 stream.feed(samples)
-                self.service.audio_seconds_total += len(samples) / MODEL_SAMPLE_RATE
                 if stream.received - stream.last_voice_at > limits.silence_timeout_seconds:
                     await self._send(AudioError(code=ERR_SILENCE, message=(
                         f"no speech for {limits.silence_timeout_seconds:g} s; closing")))

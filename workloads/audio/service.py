@@ -27,6 +27,13 @@ log = logging.getLogger(__name__)
 RTF_INTERVAL_SECONDS = 5.0
 
 
+def decoder_utilisation(decode_seconds: float, wall_seconds: float, workers: int) -> float:
+    """Busy decoder seconds per wall second per worker, in [0, 1]."""
+    if wall_seconds <= 0 or workers <= 0:
+        return 0.0
+    return min(1.0, max(0.0, decode_seconds / (wall_seconds * workers)))
+
+
 class AudioService:
     def __init__(self, settings: AudioSettings) -> None:
         self.settings = settings
@@ -44,7 +51,6 @@ class AudioService:
         self.scheduler = DecodeScheduler(settings.worker_count(), settings.limits.max_queue,
                                          max_batch=settings.max_batch, on_depth=self.m_queue.set)
         self.decode_seconds_total = 0.0
-        self.audio_seconds_total = 0.0
         self._diarizer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -121,17 +127,21 @@ class AudioService:
         self.m_processing.labels(pipeline=self.settings.pipeline, device=self.device).observe(decode_seconds)
 
     async def _rtf_loop(self) -> None:
-        """Aggregate real-time factor: decoder seconds per second of incoming audio, per worker.
+        """The pod's real-time factor: decoder seconds per wall-clock second, per worker.
 
-        Across N parallel workers the service keeps up while this stays below 1, the same reading
-        the single-stream definition gives; the autoscaler and dashboards read it that way.
+        For one real-time stream this is the classic real-time factor (decode time over audio
+        time). Across sessions it is the decoders' utilisation: it grows with the sessions the pod
+        serves and reaches 1 where the pod stops keeping up, which is how the autoscaler and the
+        dashboards read it. Decode seconds over *audio* seconds would instead stay flat as sessions
+        are added (it is the cost of one session) and would never show a pod falling behind. A
+        batched pass counts its wall time once (split between its sessions), so the sum is the
+        workers' busy time. Idle intervals publish 0, never the last busy value.
         """
-        last_decode, last_audio = 0.0, 0.0
+        last_decode, last_at = self.decode_seconds_total, time.monotonic()
         while True:
             await asyncio.sleep(RTF_INTERVAL_SECONDS)
+            now = time.monotonic()
             d_decode = self.decode_seconds_total - last_decode
-            d_audio = self.audio_seconds_total - last_audio
-            last_decode, last_audio = self.decode_seconds_total, self.audio_seconds_total
-            if d_audio > 0:
-                self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(
-                    d_decode / d_audio / self.scheduler.workers)
+            last_decode, elapsed, last_at = self.decode_seconds_total, now - last_at, now
+            self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(
+                decoder_utilisation(d_decode, elapsed, self.scheduler.workers))
