@@ -36,6 +36,7 @@ from typing import Any, Self
 import httpx
 import numpy as np
 
+from livetranslate.procs import free_port, start, stop, wait_http
 from livetranslate.testing import speech
 from livetranslate.workloads.audio.client import StreamResult, stream_audio
 from livetranslate.workloads.audio.engines import packaged_model_dir
@@ -154,28 +155,18 @@ class RssSampler:
 
 def start_service(tmp: Path, env: dict[str, str], name: str = "audio-service"
                   ) -> tuple[subprocess.Popen[bytes], str]:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (tmp / f"{name}.log").open("wb")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("livetranslate")), "serve", "audio", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env={**os.environ, "PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "none.json"),
-             "LT_LOG_LEVEL": "warning", **env},
-        stdout=log, stderr=subprocess.STDOUT)
+    port = free_port()
+    proc = start([str(Path(sys.executable).with_name("livetranslate")), "serve", "audio", "--host", "127.0.0.1",
+                  "--port", str(port)],
+                 env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "none.json"),
+                      "LT_LOG_LEVEL": "warning", **env}, log=tmp / f"{name}.log")
     base = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    proc.terminate()
-    raise RuntimeError("audio service did not become ready")
+    try:
+        wait_http(base + "/readyz", timeout=120, proc=proc, require_200=True)
+    except (RuntimeError, TimeoutError):
+        stop(proc)
+        raise
+    return proc, base
 
 
 def final_words_of(result: StreamResult, offset: float) -> list[tuple[str, float]]:
@@ -513,8 +504,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(asdict(fig)), file=sys.stderr)
         if "livetranslate-baseline" in services:  # its memory and CPU stay out of what follows
             bproc = services.pop("livetranslate-baseline")[0]
-            bproc.terminate()
-            bproc.wait(timeout=30)
+            stop(bproc)
         url = base.replace("http://", "ws://") + "/v1/audio"
         for n in (int(x) for x in args.streams.split(",")):
             fig = asyncio.run(run_service(url, proc.pid, audio, reference, ref_words, n))
@@ -523,8 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics_text = httpx.get(base + "/metrics").text
     finally:
         for sproc, _ in services.values():
-            sproc.terminate()
-            sproc.wait(timeout=30)
+            stop(sproc)
 
     summary = {name: summarize(figures, name) for name in
                ["livetranslate", *(["livetranslate-baseline"] if baseline_env else []),

@@ -24,12 +24,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from livetranslate.procs import free_port, start, stop, wait_http
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -59,42 +58,6 @@ SEGMENTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = log.open("wb") if log else subprocess.DEVNULL
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise TimeoutError(url)
-
-
 def serve_translate(env: dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = start([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "translate", "--host", "127.0.0.1",
@@ -102,7 +65,7 @@ def serve_translate(env: dict[str, str], tmp: Path, name: str) -> tuple[subproce
                  env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "absent.json"), **env},
                  log=tmp / f"{name}.log")
     base = f"http://127.0.0.1:{port}"
-    wait_ready(f"{base}/readyz", proc)
+    wait_http(f"{base}/readyz", timeout=120, proc=proc, require_200=True)
     return proc, base
 
 
@@ -235,7 +198,7 @@ def start_llama(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = start(llama_server.server_command(binary, Path(assemble()), port=port, aliases=[LLAMA_MODEL],
                                              parallel=LLAMA_SLOTS, ctx_size=16384, threads=LLAMA_THREADS),
                  log=tmp / "llama-server.log")
-    wait_ready(f"http://127.0.0.1:{port}/health", proc)
+    wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, require_200=True)
     return proc, f"http://127.0.0.1:{port}"
 
 

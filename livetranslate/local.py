@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ import yaml
 from livetranslate.api import API_VERSION, KIND, TranslationPipelineSpec, describe_validation_error
 from livetranslate.capabilities import backend_problems
 from livetranslate.config import CONFIG_ENV, Endpoints, Placement, ResolvedPipeline
+from livetranslate.procs import free_port
 
 STAGES = ("audio", "translation", "gateway")
 SERVE_NAME = {"audio": "audio", "translation": "translate", "gateway": "gateway"}
@@ -92,17 +92,6 @@ def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
     endpoints = Endpoints(**{stage: f"http://127.0.0.1:{ports[stage]}" for stage in STAGES})
     return ResolvedPipeline(name=name, namespace=namespace, generation=1, spec=spec,
                             placement=placement, endpoints=endpoints)
-
-
-def free_port(preferred: int = 0, host: str = "127.0.0.1") -> int:
-    for candidate in ([preferred] if preferred else []) + [0]:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            try:
-                sock.bind((host, candidate))
-            except OSError:
-                continue
-            return int(sock.getsockname()[1])
-    raise UpError("no free TCP port on loopback")
 
 
 @dataclass
@@ -346,7 +335,7 @@ def main(argv: list[str]) -> int:
         ports = {"gateway": free_port(args.port, args.host),
                  "audio": free_port(), "translation": free_port()}
         resolved = resolve_local(name, namespace, spec, ports)
-    except UpError as exc:
+    except (UpError, OSError) as exc:
         print(f"livetranslate up: {exc}", file=sys.stderr)
         return 2
 

@@ -6,8 +6,6 @@ tiny.en weights; each server fixture ends its own process by pid.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
+from livetranslate.procs import free_port, start, stop
 from livetranslate.testing import speech
 
 VOICES = ("en-us", "en-gb", "en-us+f4", "en-us+m7")
@@ -35,21 +34,13 @@ class Server:
         return self.base.replace("http://", "ws://") + "/v1/audio"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(tmp: Path, env: dict[str, str], wait_ready: bool = True, timeout: float = 180.0) -> Server:
-    port = _free_port()
+    port = free_port()
     log = tmp / f"audio-{port}.log"
-    full_env = {**os.environ, "PYTHONSAFEPATH": "1", "LT_LOG_FORMAT": "text",
-                "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json"), **env}
     exe = Path(sys.executable).with_name("livetranslate")
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
-                                env=full_env, stdout=out, stderr=subprocess.STDOUT)
+    proc = start([str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
+                 env={"PYTHONSAFEPATH": "1", "LT_LOG_FORMAT": "text",
+                      "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json"), **env}, log=log)
     server = Server(f"http://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,13 +58,7 @@ def start_server(tmp: Path, env: dict[str, str], wait_ready: bool = True, timeou
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.terminate()
-        try:
-            server.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+    stop(server.proc, timeout=20)
 
 
 @pytest.fixture(scope="session")

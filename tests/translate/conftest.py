@@ -12,13 +12,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import re
-import signal
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +27,8 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from livetranslate.procs import free_port, start, stop, wait_http
+
 GEMMA_MAIN = "gemma-270m"
 GEMMA_SMALL = "gemma-270m-small"
 
@@ -44,38 +41,6 @@ SPANISH = {
     "Thank you for your questions.": "Gracias por sus preguntas.",
     "Where is the train station?": "¿Dónde está la estación de tren?",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=1.0).status_code < 500:
-                return
-        time.sleep(0.2)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
-def stop_process(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process this fixture started (its own process group), by pid."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(5)
 
 
 class ThreadServer:
@@ -246,25 +211,17 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     port = free_port()
     cmd = ls.server_command(binary, model, port=port, aliases=[GEMMA_MAIN, GEMMA_SMALL], parallel=LLAMA_SLOTS,
                             ctx_size=8192, threads=LLAMA_THREADS)
-    log = (tmp_path_factory.mktemp("llama") / "server.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    proc = start(cmd, log=log)
     try:
-        # /health answers 503 while the model loads, 200 once slots are ready
-        deadline = time.monotonic() + 120
         url = f"http://127.0.0.1:{port}"
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {proc.returncode}; log {log.name}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"llama-server not healthy within 120 s; log {log.name}")
-            time.sleep(0.2)
+        try:  # /health answers 503 while the model loads, 200 once slots are ready
+            wait_http(f"{url}/health", timeout=120, proc=proc, require_200=True)
+        except (RuntimeError, TimeoutError) as e:
+            raise RuntimeError(f"llama-server did not become healthy: {e}; log {log}") from e
         yield LlamaServer(url, LLAMA_SLOTS)
     finally:
-        stop_process(proc)
-        log.close()
+        stop(proc)
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from livetranslate.procs import free_port, stop, wait_http
 from livetranslate.workloads.translate.app import create_app
 from livetranslate.workloads.translate.settings import TranslateSettings
 
-from .conftest import free_port, metric_value, read_ndjson, stop_process, tr_request, wait_http
+from .conftest import metric_value, read_ndjson, tr_request
 
 pytestmark = [
     pytest.mark.slow,
@@ -162,7 +163,7 @@ def test_served_as_users_start_it(tmp_path: Any) -> None:
         children = child_pids(proc.pid)
         assert children, "apertium-apy child not running"
     finally:
-        stop_process(proc)
+        stop(proc)
     # the service takes its APy child down with it
     time.sleep(0.5)
     for child in children:

@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from livetranslate.capabilities import apertium_mode, backend_problems
+from livetranslate.procs import free_port
 
 from .engines import Engine, EngineError, EngineState, GarbageError, Output
 from .quality import Job
@@ -42,12 +42,6 @@ tornado.tcpserver.TCPServer.bind = _loopback_bind
 sys.argv = ["apertium-apy"] + sys.argv[1:]
 apy.main()
 """
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def installed_modes(modes_dir: Path) -> set[str]:
