@@ -119,6 +119,20 @@ class OperatorProcess:
 
 
 @contextlib.asynccontextmanager
+async def running_operator(*, graceful_stop: bool = False) -> AsyncIterator[OperatorProcess]:
+    """The operator as the tests run it: no metrics or liveness server, a short retry delay. On
+    exit it is cancelled (Kopf's graceful exit waits out idle watch streams, seconds per test)
+    unless ``graceful_stop`` asks for the SIGTERM path."""
+    proc = OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5))
+    await proc.start()
+    try:
+        yield proc
+    finally:
+        if proc.task is not None:
+            await (proc.stop() if graceful_stop else proc.kill())
+
+
+@contextlib.asynccontextmanager
 async def emulated_cluster(kubeconfig: Path, *, auto_ready_deployments: bool = False) -> AsyncIterator[Cluster]:
     """The emulator on loopback with the TranslationPipeline CRD installed, and a kubeconfig for it
     written to ``kubeconfig`` (point $KUBECONFIG there before starting the operator)."""

@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.kube_operator import Cluster, OperatorProcess, emulated_cluster
+from livetranslate.testing.kube_operator import Cluster, OperatorProcess, emulated_cluster, running_operator
 
 
 @pytest.fixture
@@ -20,13 +19,5 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 @pytest.fixture
 async def operator(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
-    proc = OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5))
-    await proc.start()
-    try:
+    async with running_operator() as proc:
         yield proc
-    finally:
-        if proc.task is not None:
-            # Cancel rather than stop gracefully: Kopf's graceful exit waits out idle watch streams
-            # (seconds per test); the graceful path is exercised by the RBAC test's explicit stop().
-            await proc.kill()
-

@@ -20,9 +20,14 @@ import yaml
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from livetranslate import metrics as m
-from livetranslate.operator.settings import OperatorSettings
 from livetranslate.procs import free_port
-from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess, emulated_cluster
+from livetranslate.testing.kube_operator import (
+    NS,
+    Cluster,
+    OperatorProcess,
+    emulated_cluster,
+    running_operator,
+)
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PIPELINE = "town-hall"
@@ -241,10 +246,5 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 @pytest.fixture
 async def operator(cluster: Cluster) -> AsyncIterator[OperatorProcess]:
-    proc = OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5))
-    await proc.start()
-    try:
+    async with running_operator(graceful_stop=True) as proc:
         yield proc
-    finally:
-        if proc.task is not None:
-            await proc.stop()
