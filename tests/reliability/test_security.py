@@ -111,6 +111,15 @@ async def test_no_token_in_uvicorns_access_log(tmp_path: Path) -> None:
     old_level = root.level
     root.addHandler(handler)
     root.setLevel(logging.DEBUG)
+    # Earlier tests in the same process may have configured uvicorn's loggers (its default
+    # dictConfig gives "uvicorn" and "uvicorn.access" handlers of their own and no propagation;
+    # logs.configure() raises the access log's level): start from plain loggers that reach the
+    # root handler, as a deployment that turns the access log on would have.
+    uvicorn_loggers = [logging.getLogger(n) for n in ("uvicorn", "uvicorn.access", "uvicorn.error")]
+    saved = [(lg.level, lg.propagate, lg.disabled, list(lg.handlers)) for lg in uvicorn_loggers]
+    for lg in uvicorn_loggers:
+        lg.setLevel(logging.NOTSET)
+        lg.propagate, lg.disabled, lg.handlers = True, False, []
     port = security.free_port()
     cfg = GatewayConfig(GatewaySettings(auth_dir=str(auth), audio_url=f"http://127.0.0.1:{security.free_port()}",
                                         translation_url=f"http://127.0.0.1:{security.free_port()}"), None)
@@ -128,6 +137,9 @@ async def test_no_token_in_uvicorns_access_log(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 15)
         root.removeHandler(handler)
         root.setLevel(old_level)
+        for lg, (level, propagate, disabled, handlers) in zip(uvicorn_loggers, saved, strict=True):
+            lg.setLevel(level)
+            lg.propagate, lg.disabled, lg.handlers = propagate, disabled, handlers
     log = stream.getvalue()
     assert '"logger": "uvicorn.access"' in log and "/metrics?token=[redacted]" in log
     assert security.leaks(log, ["access-log-only-token-42", "not-registered-token-99"]) == []
