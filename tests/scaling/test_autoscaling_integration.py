@@ -226,9 +226,13 @@ async def test_a_session_step_is_planned_from_the_learned_cost_with_catch_up_for
     w.load.sessions, w.load.audio_rtf, w.load.audio_passes_per_s, w.load.queue_audio = 160, 2.0, 40, 4000
     await eventually(lambda: replicas(cluster)["audio"] == 4, timeout=6 * INTERVAL_S,
                      message="audio planned to its max (need 3 + catch-up)")
-    record = await eventually(lambda: (last_decision(cluster) or {}).get("stage") == "audio" and last_decision(cluster),
-                              timeout=5, message="the decision recorded")
-    assert "catch up" in record["reason"] and record["from"] == 1
+    await eventually(lambda: (last_decision(cluster) or {}).get("stage") == "audio", timeout=5,
+                     message="the decision recorded")
+    # Prometheus scrapes the gateway (sessions) and the audio pod (queue) at different moments, so
+    # the step may come as one decision (1 -> 4) or as the need first and the catch-up at the next
+    # interval: either way a scale-up names the catch-up, and it was reached within the bound above.
+    ups = [e["message"] for e in cluster.events(PIPELINE) if e["reason"] == "ScaledUp"]
+    assert any("catch up" in m for m in ups), ups
     # Four replicas serve: the backlog drains and the catch-up replica goes as such (not through
     # the stabilization window, which holds the need: 160 x 0.0125 / 0.75 = 2.7 -> 3).
     w.load.audio_rtf, w.load.audio_passes_per_s, w.load.queue_audio = 0.5, 80, 0
