@@ -197,6 +197,25 @@ def test_speaker_labels_are_stable_and_bounded() -> None:
     assert tracker.speakers == 2
 
 
+def test_a_voice_first_heard_in_this_utterance_is_refined_not_split() -> None:
+    rng = np.random.default_rng(1)
+    a, b, noise = (v / np.linalg.norm(v) for v in rng.normal(size=(3, 64)))
+    short_b = 0.6 * b + 0.8 * noise  # an embedding of too little speech: cosine 0.6 to b
+    short_b /= np.linalg.norm(short_b)
+    tracker = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert tracker.assign(a, 3.0, utterance=0.0) == "S1"
+    # A new voice opens S2 from a short clip; more of it in the same utterance matches neither
+    # centroid well, yet is the same provisional voice, and the longer clip now dominates S2.
+    assert tracker.assign(short_b, 0.7, utterance=4.0) == "S2"
+    assert tracker.assign(b, 2.5, utterance=4.0) == "S2"
+    assert tracker.speakers == 2
+    assert tracker.assign(b, 2.0, utterance=8.0) == "S2"  # later turns find the refined centroid
+    # Outside the utterance that opened it a voice is no longer provisional: a third voice opens S3.
+    assert tracker.assign(noise, 2.0, utterance=12.0) == "S3"
+    # Without an utterance every call stands alone, as before.
+    assert tracker.assign(-a, 1.0) == "S4"
+
+
 def test_settings_come_from_the_pipeline_unless_the_environment_overrides(
         tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     resolved = ResolvedPipeline.model_validate({

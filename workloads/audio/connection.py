@@ -310,9 +310,10 @@ class AudioConnection:
         if self.tracker is not None and self.service.diarizer is not None:
             diarizer, tracker = self.service.diarizer, self.tracker
             t0, t1 = out.stream_start - req.start, out.stream_end - req.start
+            # The buffer starts afresh with each utterance: its start names the utterance.
             try:
                 speaker = await self.service.scheduler.run(
-                    lambda: diarizer.label(tracker, req.audio, t0, t1))
+                    lambda: diarizer.label(tracker, req.audio, t0, t1, utterance=req.start))
             except Overloaded:
                 speaker = None
             except Exception:  # a caption without a speaker beats no caption

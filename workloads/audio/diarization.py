@@ -124,27 +124,56 @@ class LocalSegmenter:
 
 
 class SpeakerTracker:
-    """Per-session online clustering: stable labels S1, S2, ... up to max_speakers."""
+    """Per-session online clustering: stable labels S1, S2, ... up to max_speakers.
+
+    Streaming commits cut an utterance into several finals, and the first final of a new voice
+    may carry well under a second of speech: its embedding is a poor centroid, and the same voice
+    heard again a moment later, with more audio, can fall below the threshold and open yet
+    another speaker. So a voice first heard in the current utterance is provisional: within that
+    utterance, an embedding that matches no speaker refines it instead of opening a new one, and
+    every centroid is a mean weighted by seconds of speech, so the longer clips dominate. An
+    embedding that matches a known speaker is taken as that speaker at any time (a turn change
+    without a pause), and outside the utterance that opened it a voice is no longer provisional.
+    """
+
+    # Seconds of speech after which a centroid follows new audio at a fixed rate (a long session
+    # can still follow a voice that drifts).
+    MEMORY_SECONDS = 30.0
 
     def __init__(self, max_speakers: int, threshold: float) -> None:
         self.max_speakers = max_speakers
         self.threshold = threshold
         self._centroids: list[np.ndarray] = []
-        self._counts: list[int] = []
+        self._seconds: list[float] = []
+        self._utterance: object = None
+        self._provisional: int | None = None
 
-    def assign(self, emb: np.ndarray) -> str:
+    def assign(self, emb: np.ndarray, seconds: float = 1.0, utterance: object = None) -> str:
+        """The label of ``emb`` (an embedding of ``seconds`` of speech). ``utterance`` names the
+        utterance it belongs to (None: unknown, each call stands alone)."""
+        if utterance is None or utterance != self._utterance:
+            self._utterance, self._provisional = utterance, None
         if self._centroids:
             sims = [float(np.dot(emb, c) / (np.linalg.norm(c) or 1.0)) for c in self._centroids]
             best = int(np.argmax(sims))
+            log.debug("speaker similarities %s over %.2f s (utterance %s, provisional %s)",
+                      [round(x, 3) for x in sims], seconds, utterance, self._provisional)
             if sims[best] >= self.threshold or len(self._centroids) >= self.max_speakers:
-                self._counts[best] += 1
-                # Running mean, capped so a long session can still follow a voice that drifts.
-                w = 1.0 / min(self._counts[best], 20)
-                self._centroids[best] = (1 - w) * self._centroids[best] + w * emb
-                return f"S{best + 1}"
+                return self._update(best, emb, seconds)
+            if self._provisional is not None:
+                return self._update(self._provisional, emb, seconds)
         self._centroids.append(emb.copy())
-        self._counts.append(1)
+        self._seconds.append(seconds)
+        if utterance is not None:
+            self._provisional = len(self._centroids) - 1
         return f"S{len(self._centroids)}"
+
+    def _update(self, index: int, emb: np.ndarray, seconds: float) -> str:
+        total = self._seconds[index] + seconds
+        w = seconds / min(total, self.MEMORY_SECONDS) if total > 0 else 1.0
+        self._centroids[index] = (1 - min(w, 1.0)) * self._centroids[index] + min(w, 1.0) * emb
+        self._seconds[index] = total
+        return f"S{index + 1}"
 
     @property
     def speakers(self) -> int:
@@ -180,16 +209,22 @@ class Diarizer:
     def tracker(self, max_speakers: int) -> SpeakerTracker:
         return SpeakerTracker(max_speakers, self.settings.threshold)
 
-    def label(self, tracker: SpeakerTracker, audio: np.ndarray, t0: float, t1: float) -> str:
-        """The speaker of [t0, t1] (seconds into ``audio``, which holds the utterance so far).
+    def label(self, tracker: SpeakerTracker, audio: np.ndarray, t0: float, t1: float,
+              utterance: object = None) -> str:
+        """The speaker of [t0, t1] (seconds into ``audio``, which holds the utterance so far;
+        ``utterance`` tells the tracker which utterance, see SpeakerTracker).
 
-        Short finals borrow the utterance audio before them (same speaker until a pause, unless
-        the segmenter sees a change) so the embedding has enough speech to be reliable.
+        The embedding takes the dominant local speaker's speech from all of the utterance heard
+        so far, before the final and after it (the decoder commits behind the live edge, so the
+        buffer runs on past ``t1``): a short final alone is too little speech for a reliable
+        embedding, and the segmenter keeps another voice at a turn change out of it. Without a
+        segmenter, short finals borrow the utterance audio before them.
         """
         window = self.settings.window_seconds
         t0 = max(0.0, min(t0, t1 - MIN_EMBED_SECONDS))
-        lo = max(0, int((t1 - window) * SAMPLE_RATE))
-        clip = audio[lo:int(t1 * SAMPLE_RATE)]
+        end = max(t1, len(audio) / SAMPLE_RATE) if self.segmenter is not None else t1
+        lo = max(0, int((min(t0, end - window)) * SAMPLE_RATE))
+        clip = audio[lo:int(end * SAMPLE_RATE)]
         seg_t0, seg_t1 = t0 - lo / SAMPLE_RATE, t1 - lo / SAMPLE_RATE
         speech = clip
         if self.segmenter is not None and len(clip) >= SAMPLE_RATE // 2:
@@ -198,4 +233,4 @@ class Diarizer:
                 speech = clip[mask]
         if len(speech) < MIN_EMBED_SECONDS * SAMPLE_RATE:
             speech = clip[max(0, int(seg_t0 * SAMPLE_RATE)):]
-        return tracker.assign(self.embedder.embed(speech))
+        return tracker.assign(self.embedder.embed(speech), len(speech) / SAMPLE_RATE, utterance)
