@@ -36,14 +36,14 @@ from typing import Any, Self
 import httpx
 import numpy as np
 
-from livetranslate.procs import free_port, start, stop, wait_http
+from livetranslate.procs import cpu_seconds, free_port, rss_mib, start, stop, wait_http
 from livetranslate.testing import speech
+from livetranslate.testing.figures import rounded_percentile as pct
 from livetranslate.workloads.audio.client import StreamResult, stream_audio
 from livetranslate.workloads.audio.engines import packaged_model_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICES = ("en-us", "en-gb", "en-us+f4", "en-us+m7")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -115,22 +115,6 @@ def latencies(final_words: list[tuple[str, float]], ref: list[tuple[str, float]]
     return out
 
 
-def _pct(xs: list[float], q: float) -> float | None:
-    return round(float(np.percentile(xs, q)), 3) if xs else None
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 class RssSampler:
     def __init__(self, pid: int) -> None:
         self.pid, self.peak, self._stop = pid, 0.0, threading.Event()
@@ -138,7 +122,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _rss_mib(self.pid))
+            self.peak = max(self.peak, rss_mib(self.pid))
             time.sleep(0.1)
 
     def __enter__(self) -> Self:
@@ -208,10 +192,10 @@ async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
         return await stream_audio(url, audio, session_id=f"bench-{streams}-{i}", speed=1.0,
                                   chunk_seconds=0.1, timeout=600)
 
-    cpu0 = _cpu_seconds(pid)
+    cpu0 = cpu_seconds(pid)
     with RssSampler(pid) as rss:
         results = await asyncio.gather(*(one(i) for i in range(streams)))
-    cpu = _cpu_seconds(pid) - cpu0
+    cpu = cpu_seconds(pid) - cpu0
     all_lat: list[float] = []
     heard: list[float] = []
     per_p95: list[float] = []
@@ -221,17 +205,17 @@ async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
         lat = latencies(final_words_of(r, 0.0), ref_words)
         all_lat += lat
         heard += latencies(heard_words_of(r), ref_words)
-        per_p95.append(_pct(lat, 95) or 0.0)
+        per_p95.append(pct(lat, 0.95) or 0.0)
         wers.append(speech.word_error_rate(reference, r.text))
         finals_t = [t for ev, t in zip(r.events, r.arrival, strict=True) if ev.get("type") == "final"]
         tails.append((max(finals_t) - duration) if finals_t else float("inf"))
     fig = RunFigures(
         system=system, streams=streams, wer=round(float(np.mean(wers)), 4),
-        latency_p50=_pct(all_lat, 50), latency_p95=_pct(all_lat, 95),
+        latency_p50=pct(all_lat, 0.50), latency_p95=pct(all_lat, 0.95),
         latency_max=round(max(all_lat), 3) if all_lat else None, words_matched=len(all_lat),
         cpu_seconds_per_audio_second=round(cpu / (duration * streams), 4),
         tail_seconds=round(max(tails), 3), rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(),
-        per_stream_p95=per_p95, heard_p50=_pct(heard, 50), heard_p95=_pct(heard, 95))
+        per_stream_p95=per_p95, heard_p50=pct(heard, 0.50), heard_p95=pct(heard, 0.95))
     return fig
 
 
@@ -329,17 +313,17 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
     by_route: dict[str, Any] = {}
     for route in ("agreement", "end of utterance"):
         lat = [f for _h, f, r in rows if r == route]
-        by_route[route] = {"words": len(lat), "final_p50": _pct(lat, 50), "final_p95": _pct(lat, 95)}
+        by_route[route] = {"words": len(lat), "final_p50": pct(lat, 0.50), "final_p95": pct(lat, 0.95)}
     return {
         "settings_env": env, "words": len(rows),
-        "first_hypothesis_p50": _pct([h for h, _f, _r in rows], 50),
-        "first_hypothesis_p95": _pct([h for h, _f, _r in rows], 95),
-        "final_p50": _pct([f for _h, f, _r in rows], 50), "final_p95": _pct([f for _h, f, _r in rows], 95),
-        "hypothesis_to_final_p50": _pct([f - h for h, f, _r in rows], 50),
-        "hypothesis_to_final_p95": _pct([f - h for h, f, _r in rows], 95),
+        "first_hypothesis_p50": pct([h for h, _f, _r in rows], 0.50),
+        "first_hypothesis_p95": pct([h for h, _f, _r in rows], 0.95),
+        "final_p50": pct([f for _h, f, _r in rows], 0.50), "final_p95": pct([f for _h, f, _r in rows], 0.95),
+        "hypothesis_to_final_p50": pct([f - h for h, f, _r in rows], 0.50),
+        "hypothesis_to_final_p95": pct([f - h for h, f, _r in rows], 0.95),
         "by_route": by_route, "passes": len(decode),
-        "decode_seconds_p50": _pct(decode, 50), "decode_seconds_p95": _pct(decode, 95),
-        "wait_for_previous_pass_p50": _pct(waited, 50), "wait_for_previous_pass_p95": _pct(waited, 95),
+        "decode_seconds_p50": pct(decode, 0.50), "decode_seconds_p95": pct(decode, 0.95),
+        "wait_for_previous_pass_p50": pct(waited, 0.50), "wait_for_previous_pass_p95": pct(waited, 0.95),
         "wer": round(speech.word_error_rate(reference, " ".join(w for w, _, _ in finals)), 4),
         "loadavg": os.getloadavg(),
     }
@@ -374,10 +358,10 @@ def run_peer(peer: Path, wav: Path, reference: str, ref_words: list[tuple[str, f
     last = max((t for _, t in words), default=float("inf"))
     fig = RunFigures(
         system="whisper_streaming", streams=1, wer=round(speech.word_error_rate(reference, hyp), 4),
-        latency_p50=_pct(lat, 50), latency_p95=_pct(lat, 95),
+        latency_p50=pct(lat, 0.50), latency_p95=pct(lat, 0.95),
         latency_max=round(max(lat), 3) if lat else None, words_matched=len(lat),
         cpu_seconds_per_audio_second=round(cpu / duration, 4), tail_seconds=round(last - duration, 3),
-        rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(), per_stream_p95=[_pct(lat, 95) or 0.0])
+        rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(), per_stream_p95=[pct(lat, 0.95) or 0.0])
     fig.sustained = (fig.tail_seconds or 99) <= 3.0
     print(f"peer wall {time.time() - t0:.1f}s, hypothesis: {hyp[:200]}...", file=sys.stderr)
     return fig
@@ -485,7 +469,7 @@ def main(argv: list[str] | None = None) -> int:
         services["livetranslate-baseline"] = start_service(tmp, baseline_env, "audio-baseline")
     try:
         proc, base = services["livetranslate"]
-        idle_rss = _rss_mib(proc.pid)
+        idle_rss = rss_mib(proc.pid)
         # Single-stream rounds: every system once per round, the order rotated each round, so
         # the machine's other load falls on all of them alike.
         systems = [*services, *(["whisper_streaming"] if args.peer else [])]

@@ -49,17 +49,13 @@ from livetranslate.testing.chaos import (
     Workload,
     converge,
     inspect,
-    percentile,
 )
+from livetranslate.testing.figures import loadavg, percentile
 from livetranslate.testing.kube_emulator import Call, Faults, KubeEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "chaos"
 FAULT_KINDS = ("conflict", "throttle", "server_error", "drop_watch")
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def operator_calls(api: KubeEmulator, since: int = 0) -> int:

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from livetranslate.api import describe_validation_error, parse_spec
 from livetranslate.crd import build_crd
 from livetranslate.testing.chaos import OperatorSubprocess, inspect
+from livetranslate.testing.figures import loadavg
 from livetranslate.testing.kube_emulator import KubeEmulator
 from livetranslate.testing.kube_schema import admit
 from livetranslate.testing.spec_fuzz import (
@@ -51,10 +52,6 @@ from livetranslate.testing.spec_fuzz import (
 ROOT = Path(__file__).resolve().parents[1]
 NS = "fuzz"
 ITEM = "3 Resource fuzzing"
-
-
-def loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def draw(strategy: st.SearchStrategy[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:

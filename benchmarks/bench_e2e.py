@@ -24,17 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from livetranslate.testing.figures import percentile
 from livetranslate.testing.speech import SENTENCES, Utterance, compose, to_pcm16, word_error_rate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_SECONDS = 0.1
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def session(url: str, pcm: bytes, delay: float) -> dict[str, Any]:

@@ -31,7 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livetranslate.procs import free_port, wait_http
+from livetranslate.procs import cpu_seconds, free_port, rss_mib, wait_http
+from livetranslate.testing.figures import percentile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz PCM16
@@ -41,20 +42,6 @@ SECOND = 32000
 def raise_fd_limit() -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 # ------------------------------------------------------------------ lean WebSocket ends
@@ -242,12 +229,6 @@ class ClientStream(asyncio.Protocol):
         self.transport.write(ws_frame(OP_TEXT, text.encode(), masked=True))
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (and its reaped children), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids: dict[str, int],
                        out: Path) -> None:
     """``n`` real-time sessions paced by one ticker; CPU of every process over the streaming window."""
@@ -277,7 +258,7 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
 
     await asyncio.gather(*(open_one() for _ in range(n)))
     pids = {**pids, "client": os.getpid()}
-    cpu0 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     interval = frame_ms / 1000
     # Phases spread evenly over one frame interval, as independent microphones would be.
@@ -304,7 +285,7 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
         s.transport.write(frame)
         frames += 1
     wall = time.monotonic() - t0
-    cpu1 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     # CPU per frame counts until the gateway has caught up (every final is back): a gateway that
     # falls behind would otherwise look cheap, its backlog unprocessed when the window closes.
     # Resampled audio: the resampler holds back a few ms of the last second until more audio comes,
@@ -315,7 +296,7 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
            and time.monotonic() < drain_deadline):
         await asyncio.sleep(0.1)
     drained = time.monotonic() - t0
-    cpu2 = {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    cpu2 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     for s in streams:
         if s.transport is not None:
             s.transport.abort()

@@ -29,6 +29,8 @@ from typing import Any
 import kmock
 
 from livetranslate.crd import build_crd
+from livetranslate.procs import cpu_seconds, rss_mib
+from livetranslate.testing.figures import loadavg, percentile
 from livetranslate.testing.kube_emulator import KubeEmulator, ResourceKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,22 +39,6 @@ CHILDREN = 10  # ConfigMap + a Service, a PodDisruptionBudget and a Deployment p
 SPEC = {"sourceLanguage": "en", "targetLanguages": ["es"],
         # The autoscaler would query a Prometheus that is not there; this measures reconciling.
         "scaling": {"enabled": False}}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def spawn_operator(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -99,7 +85,7 @@ async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[s
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("operator did not start: " + (Path(tmp) / "operator.log").read_text()[-2000:])
                     await asyncio.sleep(0.05)
-                rss_idle = peak_rss_mib(proc.pid)
+                rss_idle = rss_mib(proc.pid, peak=True)
                 started = time.perf_counter()
                 for i in range(count):
                     api.create("livetranslate.io/v1alpha1/translationpipelines",
@@ -124,9 +110,8 @@ async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[s
                         steady.append(done[probe] - created[probe])
                 ready = sum(1 for (r, _, _), o in api.objects.items()
                             if r == TP and (o.get("status") or {}).get("phase") == "Ready")
-                rss_peak = peak_rss_mib(proc.pid)
-                fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-                operator_cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                rss_peak = rss_mib(proc.pid, peak=True)
+                operator_cpu = cpu_seconds(proc.pid)
             finally:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -151,7 +136,7 @@ async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[s
         "api_calls": len(api.calls),
         "operator_cpu_s": round(operator_cpu, 2),
         "emulator_cpu_s": round(time.process_time() - cpu_before, 2),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "loadavg": loadavg(),
     }
 
 
@@ -189,7 +174,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    load_before = loadavg()
     results = [asyncio.run(run_one(n, args.timeout)) for n in args.counts]
     report = {"benchmark": "operator", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "cpus": os.cpu_count(), "loadavg_before": load_before,

@@ -52,10 +52,11 @@ from typing import Any
 import numpy as np
 
 from livetranslate import procs
+from livetranslate.testing.figures import percentile
 from livetranslate.testing.speech import SAMPLE_RATE, SENTENCES, normalize, speak, to_pcm16, word_error_rate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_e2e import CHUNK_SECONDS, percentile
+from bench_e2e import CHUNK_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

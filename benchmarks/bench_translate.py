@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 
 from livetranslate.procs import free_port, start, stop, wait_http
+from livetranslate.testing.figures import loadavg, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -107,14 +108,12 @@ async def run_sessions(base: str, sessions: int, per_session: int, targets: list
         wall = time.perf_counter()
         await asyncio.gather(*(session(i) for i in range(sessions)))
         wall = time.perf_counter() - wall
-    lat = sorted(latencies)
-    def pct(p: float) -> float:
-        return lat[min(len(lat) - 1, round(p * (len(lat) - 1)))] if lat else float("nan")
+    lat = latencies
     return {"sessions": sessions, "segments": len(lat), "wall_s": round(wall, 3),
             "throughput_per_s": round(len(lat) / wall, 3) if wall else 0.0,
-            "p50_ms": round(pct(0.50) * 1000, 1), "p95_ms": round(pct(0.95) * 1000, 1),
+            "p50_ms": round(percentile(lat, 0.50) * 1000, 1), "p95_ms": round(percentile(lat, 0.95) * 1000, 1),
             "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
-            "quality": quality, "loadavg": [round(x, 2) for x in os.getloadavg()]}
+            "quality": quality, "loadavg": loadavg()}
 
 
 def measure(label: str, base: str, plan: list[tuple[int, int]], targets: list[str]) -> list[dict[str, Any]]:
@@ -159,7 +158,7 @@ async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any
                "one_call_per_segment_s": round(statistics.median(one), 3),
                "one_batch_s": round(statistics.median(batch), 3),
                "gain": round(statistics.median(one) / statistics.median(batch), 2),
-               "loadavg": [round(x, 2) for x in os.getloadavg()]}
+               "loadavg": loadavg()}
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows

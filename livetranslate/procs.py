@@ -1,5 +1,5 @@
 """Child processes on loopback: a free port, a start in a session of its own, a readiness wait and
-a stop that ends the whole group.
+a stop that ends the whole group; and what a benchmark reads of a running child (CPU seconds, RSS).
 
 `livetranslate up`, the Apertium engine (which runs apertium-apy beside the service), the tests and
 the benchmarks all start services as child processes. They share these four steps so that every
@@ -104,3 +104,18 @@ def _leads_group(proc: subprocess.Popen[Any]) -> bool:
         return os.getpgid(proc.pid) == proc.pid
     except ProcessLookupError:
         return False
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a running process (its reaped children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int, peak: bool = False) -> float:
+    """Resident memory of a running process in MiB (``peak``: its high-water mark, VmHWM)."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+    return 0.0  # a kernel thread or a zombie has no user memory

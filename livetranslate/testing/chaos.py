@@ -28,6 +28,7 @@ from typing import Any
 
 from livetranslate.local import _die_with_parent
 from livetranslate.operator import builders
+from livetranslate.testing.figures import loadavg
 from livetranslate.testing.kube_emulator import Call, KubeEmulator
 
 TP = "livetranslate.io/v1alpha1/translationpipelines"
@@ -45,15 +46,6 @@ UNSERVABLE_TARGET = "de"
 def base_spec() -> dict[str, Any]:
     # The autoscaler would query a Prometheus that is not there; chaos is about reconciling.
     return {"sourceLanguage": "en", "targetLanguages": [SERVABLE_TARGET], "scaling": {"enabled": False}}
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 # ------------------------------------------------------------------------------- the operator
@@ -344,8 +336,8 @@ class Workload:
 
 @contextlib.contextmanager
 def loadavg_noted() -> Iterator[dict[str, Any]]:
-    note: dict[str, Any] = {"loadavg_before": [round(x, 2) for x in os.getloadavg()]}
+    note: dict[str, Any] = {"loadavg_before": loadavg()}
     try:
         yield note
     finally:
-        note["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        note["loadavg_after"] = loadavg()

@@ -1,5 +1,6 @@
 """The shared child-process steps: a stop ends the grandchildren too, a wait notices a child that
-died before answering, and a busy preferred port is not handed out."""
+died before answering, and a busy preferred port is not handed out; and the figures a benchmark
+reads of a running child (CPU seconds, RSS) are that child's."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from livetranslate.procs import free_port, start, stop, wait_http
+from livetranslate.procs import cpu_seconds, free_port, rss_mib, start, stop, wait_http
 
 # A server that forks a grandchild first: the grandchild must end with it.
 SERVER = """
@@ -66,3 +67,21 @@ def test_a_busy_preferred_port_is_not_handed_out() -> None:
         taken = busy.getsockname()[1]
         assert free_port(taken) != taken
     assert free_port(taken) == taken
+
+
+def test_cpu_seconds_and_rss_are_the_childs_own(tmp_path: Path) -> None:
+    # The child holds 64 MiB it has written to and burns CPU for about half a second, then waits.
+    burn = ("import time; b = bytearray(64 << 20); b[::4096] = b'x' * len(b[::4096]); t = time.process_time()\n"
+            "while time.process_time() - t < 0.5: pass\nprint('done', flush=True); time.sleep(60)")
+    log = tmp_path / "child.log"
+    proc = start([sys.executable, "-c", burn], log=log)
+    try:
+        deadline = time.monotonic() + 30
+        while "done" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert 0.45 <= cpu_seconds(proc.pid) < 5.0
+        assert rss_mib(proc.pid) >= 64
+        assert rss_mib(proc.pid, peak=True) >= rss_mib(proc.pid)
+        assert rss_mib(os.getpid()) < rss_mib(os.getpid(), peak=True) + 1
+    finally:
+        stop(proc)

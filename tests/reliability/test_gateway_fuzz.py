@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from livetranslate.procs import free_port
+from livetranslate.procs import free_port, rss_mib
 from livetranslate.protocol import (
     ERR_BAD_AUDIO,
     ERR_BAD_MESSAGE,
@@ -70,13 +70,6 @@ PROBE = '{"type": "fuzz.probe"}'  # an unknown type: its error marks "everything
 # ------------------------------------------------------------------ processes
 
 
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -103,7 +96,7 @@ class GatewayUnderTest:
         return f"http://127.0.0.1:{self.port}"
 
     def rss_mib(self) -> float:
-        return _rss_mib(self.gateway.pid)
+        return rss_mib(self.gateway.pid)
 
     def alive(self) -> bool:
         if self.gateway.poll() is not None:
