@@ -24,6 +24,18 @@ from livetranslate.testing.kube_emulator import KubeEmulator
 
 NS = "demo"
 
+# The Prometheus Operator's PodMonitor CRD, schemaless: installing it tells the operator that
+# PodMonitors can be made (it checks discovery, as on a cluster with kube-prometheus-stack).
+PODMONITOR_CRD: dict[str, Any] = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
+             "versions": [{"name": "v1", "served": True, "storage": True,
+                           "schema": {"openAPIV3Schema": {"type": "object",
+                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
 
 def pipeline(name: str = "town-hall", spec: dict[str, Any] | None = None, namespace: str = NS) -> dict[str, Any]:
     return {"apiVersion": "livetranslate.io/v1alpha1", "kind": "TranslationPipeline",

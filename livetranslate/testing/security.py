@@ -461,17 +461,6 @@ def network_policy_flows(settings: Any = None, namespace: str = "demo") -> list[
 # ------------------------------------------------------------------ the operator, for real
 
 
-PODMONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object",
-                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
-
-
 @dataclass
 class OperatorScenario:
     """What the real operator did against the emulator: its API calls and its policies."""
@@ -492,6 +481,7 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
     from livetranslate.operator.settings import OperatorSettings
     from livetranslate.testing.kube_operator import (
         NS,
+        PODMONITOR_CRD,
         OperatorProcess,
         emulated_cluster,
         eventually,

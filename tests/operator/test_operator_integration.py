@@ -14,7 +14,14 @@ from livetranslate.operator import rbac
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.testing.kube_emulator import Call
-from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess, eventually, pipeline
+from livetranslate.testing.kube_operator import (
+    NS,
+    PODMONITOR_CRD,
+    Cluster,
+    OperatorProcess,
+    eventually,
+    pipeline,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -292,17 +299,6 @@ async def test_a_gpu_joining_lets_a_refused_pipeline_run_on_vllm(
     assert [c["name"] for c in translation["spec"]["template"]["spec"]["containers"]] == ["translation", "vllm"]
     await eventually(lambda: phase(cluster, "town-hall") == "Progressing")
     assert "invalidField" not in (cluster.tp("town-hall") or {})["status"]
-
-
-PODMONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object",
-                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
-}
 
 
 async def test_a_podmonitor_per_pipeline_where_the_prometheus_operator_is_installed(
