@@ -86,12 +86,10 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
     gen = resolved.generation
     conditions = []
     ready_stages = 0
-    any_ready_replica = True
     for stage in STAGES:
         obs = observed.get(stage, StageObservation())
         ok = obs.rolled_out
         ready_stages += ok
-        any_ready_replica = any_ready_replica and (obs.ready > 0 or obs.desired == 0)
         if not obs.exists:
             reason, message = "NotCreated", f"Deployment {resolved.name}-{stage} does not exist yet"
         elif ok:
@@ -110,9 +108,10 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
                            "audio, translation and gateway are ready", gen, now)
     else:
         was_ready = (previous or {}).get("phase") in ("Ready", "Degraded")
-        # Serving on fewer replicas than wanted (or mid-rollout) after having been Ready is
-        # Degraded; never having been Ready is Progressing.
-        phase = "Degraded" if was_ready and any_ready_replica else "Progressing"
+        # Short of replicas after having been Ready (mid-rollout, a pod lost, even a whole stage
+        # down) is Degraded: users were served and are not fully served now, which on-call must
+        # tell apart from a pipeline still coming up for the first time (Progressing).
+        phase = "Degraded" if was_ready else "Progressing"
         waiting = [STAGE_CONDITIONS[s] for s, c in zip(STAGES, conditions, strict=True) if c["status"] != "True"]
         ready = _condition(prev_conditions, "Ready", False, "StagesNotReady",
                            f"waiting for {', '.join(waiting)}", gen, now)

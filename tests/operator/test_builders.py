@@ -240,6 +240,10 @@ def test_status_ready_only_when_every_stage_rolled_out() -> None:
     stale = {**all_ready, "audio": obs(1, 1, generation=2, observed=1)}
     st2 = status.compute_status(r, stale, st, now="t1")
     assert st2["phase"] == "Degraded" and st2["readyStages"] == "2/3"
+    # A whole stage down after having been Ready: Degraded too, never back to Progressing.
+    down = status.compute_status(r, {**all_ready, "gateway": obs(1, 0)}, st, now="t1")
+    assert down["phase"] == "Degraded" and down["readyStages"] == "2/3"
+    assert status.compute_status(r, {**all_ready, "gateway": obs(1, 0)}, None, now="t1")["phase"] == "Progressing"
     again = status.compute_status(r, all_ready, st2, now="t2")
     # Ready flipped False then True: transition time moves; unchanged conditions keep theirs.
     assert again["conditions"][0]["lastTransitionTime"] == "t2"

@@ -107,5 +107,24 @@ async def test_a_write_in_between_is_detected_and_merged_again(api: tuple[Cluste
 @pytest.mark.slow
 async def test_a_deleted_pipeline_is_not_an_error(api: tuple[Cluster, KubeClient]) -> None:
     cluster, kube = api
-    cluster.api.delete_object(TP, NS, NAME)
-    assert await status.write_status(kube, NS, "gone", {"phase": "Ready"}, owned=set()) is None
+
+    class DeletedInBetween:
+        """The pipeline is deleted after this writer read it and before its patch lands."""
+
+        def __init__(self) -> None:
+            self.patched = 0
+
+        async def get(self, *args: Any) -> dict[str, Any] | None:
+            fresh = await kube.get(*args)
+            cluster.api.delete_object(TP, NS, NAME)
+            return fresh
+
+        async def patch(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            self.patched += 1
+            return await kube.patch(*args, **kwargs)  # answers 404
+
+    racing = DeletedInBetween()
+    assert await status.write_status(racing, NS, NAME, {"phase": "Ready"}, owned=set()) is None  # type: ignore[arg-type]
+    assert racing.patched == 1 and cluster.tp(NAME) is None
+    # One already gone before the read is not an error either.
+    assert await status.write_status(kube, NS, NAME, {"phase": "Ready"}, owned=set()) is None

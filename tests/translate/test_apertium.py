@@ -21,7 +21,7 @@ from fastapi.testclient import TestClient
 
 from livetranslate.procs import free_port, stop, wait_http
 from livetranslate.workloads.translate.app import create_app
-from livetranslate.workloads.translate.settings import TranslateSettings
+from livetranslate.workloads.translate.settings import ApertiumSettings, TranslateSettings
 
 from .conftest import metric_value, read_ndjson, tr_request
 
@@ -89,11 +89,17 @@ def test_missing_pair_is_a_clear_error_not_a_passthrough(client: TestClient) -> 
     assert "en->de" in by_lang["de"]["message"]
 
 
-def test_readyz_names_pipeline_pairs_it_cannot_serve() -> None:
-    with TestClient(create_app(apertium_settings(target_languages=["es", "ca"]))) as c:
+def test_readyz_names_pipeline_pairs_it_cannot_serve(tmp_path: Path) -> None:
+    # A modes directory with every installed pair but English->Catalan, whatever this machine has.
+    installed = ApertiumSettings().modes_dir
+    for mode in installed.glob("*.mode"):
+        if not mode.name.startswith("eng-cat"):
+            (tmp_path / mode.name).symlink_to(mode)
+    settings = apertium_settings(target_languages=["es", "ca"], apertium=ApertiumSettings(modes_dir=tmp_path))
+    with TestClient(create_app(settings)) as c:
         body = c.get("/readyz").json()
-    assert any("en->ca" in p and "apertium-eng-cat" in p for p in body["problems"]) or os.path.exists(
-        "/usr/share/apertium/modes/eng-cat.mode")
+    assert any("en->ca" in p and "apertium-eng-cat" in p for p in body["problems"]), body
+    assert not any("en->es" in p for p in body["problems"]), body
 
 
 def test_many_sessions_at_once(client: TestClient) -> None:
