@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up a bare machine (scripts/bootstrap.sh) and runs every check CI runs: lint, types, the
 # generated-files check, then the whole pytest suite (unit, integration with real processes, and
-# the e2e tier, which skips with a reason where no Kubernetes cluster can be had).
+# the e2e tier, which skips with a reason where no Kubernetes cluster can be had). Bootstrap has
+# installed every tool the other tiers need, so any other skip fails the run (tests/conftest.py).
 # Extra arguments go to pytest (e.g. scripts/test.sh tests/unit -k crd).
 set -euo pipefail
 export PYTHONSAFEPATH=1
@@ -17,6 +18,7 @@ mypy livetranslate operator workloads
 echo "== generated files are current"
 python scripts/check_generated.py
 echo "== pytest"
+export LT_TESTS_REQUIRE_ALL=${LT_TESTS_REQUIRE_ALL:-1}
 set +e
 pytest -p no:cacheprovider "$@"
 rc=$?

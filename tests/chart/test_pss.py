@@ -7,8 +7,13 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import kubernetes_validate as kv
 import pytest
 
+from livetranslate.api import TranslationPipelineSpec
+from livetranslate.config import Placement
+from livetranslate.operator import builders
+from livetranslate.operator.settings import OperatorSettings
 from livetranslate.testing.pss import object_violations, restricted_violations
 
 GOOD_POD: dict[str, Any] = {
@@ -85,13 +90,6 @@ def test_objects_without_pods_have_no_violations() -> None:
 
 
 def _operator_children() -> list[tuple[str, list[dict[str, Any]]]]:
-    try:
-        from livetranslate.api import TranslationPipelineSpec
-        from livetranslate.config import Placement
-        from livetranslate.operator import builders
-        from livetranslate.operator.settings import OperatorSettings
-    except ImportError as exc:  # the operator's builders land separately
-        pytest.skip(f"operator builders not importable: {exc}")
     spec = TranslationPipelineSpec.model_validate({
         "targetLanguages": ["es", "de"], "gateway": {"authSecretRef": {"name": "lt-tokens"}},
         "audio": {"diarization": {"enabled": True}}})
@@ -117,7 +115,6 @@ def test_operator_built_pods_are_restricted() -> None:
 
 
 def test_operator_built_objects_match_the_kubernetes_openapi_schema() -> None:
-    kv = pytest.importorskip("kubernetes_validate")
     for _label, children in _operator_children():
         for child in children:
             kv.validate(child, "1.27", strict=True)

@@ -118,5 +118,9 @@ def test_sample_pipeline_gets_children_status_and_is_garbage_collected(operator:
     assert operator.json("deployment", "town-hall-gateway", "-n", NS)["metadata"]["uid"] == uid
 
     operator("delete", "tp", "town-hall", "-n", NS, "--wait=true", timeout=180)
-    wait_for(lambda: not (operator.json("deployments,services,configmaps", "-n", NS, "-l", selector) or {}).get(
-        "items"), what="children garbage-collected")
+
+    def children_gone() -> bool:
+        got = operator.json("deployments,services,configmaps", "-n", NS, "-l", selector)
+        return got is not None and not got.get("items")  # None: kubectl failed, not "gone"
+
+    wait_for(children_gone, what="children garbage-collected")

@@ -123,5 +123,8 @@ async def test_resume_while_the_old_socket_still_looks_open(stack: Stack) -> Non
     began = loop.time()
     b = await second_half(stack.ws_url, sid, ack=0)
     assert loop.time() - began < 5
+    # The old connection was closed by the replica (1012: go elsewhere), not left to time out.
+    await asyncio.wait_for(a.ws.wait_closed(), timeout=3)
+    assert a.ws.close_code == 1012, (a.ws.close_code, a.ws.close_reason)
     assert [f[1] for f in finals_of(a, b)] == ["block 1", "block 4"]
     await a.__aexit__()

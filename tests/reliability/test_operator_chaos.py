@@ -163,11 +163,13 @@ async def test_operator_killed_at_random_points_converges_every_time(
     work.fill()
     _, found = await converge(emulator, NS, timeout=60)
     assert found.converged, found.summary()
+    mid_reconcile = 0
     for _ in range(5):
         work.step(rng.randint(2, 5))
         switch.arm(rng.randint(1, 40))
         try:
             await asyncio.wait_for(switch.fired.wait(), timeout=5)
+            mid_reconcile += switch.tripped_by is not None
         except TimeoutError:
             switch.remaining = None
             operator.kill()
@@ -177,6 +179,8 @@ async def test_operator_killed_at_random_points_converges_every_time(
         _, found = await converge(emulator, NS, timeout=60)
         assert found.converged, f"after kill #{operator.starts - 1}: {found.summary()}"
     assert work.ops["delete"] > 0 and work.ops["update"] > 0
+    # Most kills must land on a request of the operator's (mid-reconcile), not between reconciles.
+    assert mid_reconcile >= 3, f"only {mid_reconcile} of 5 kills landed mid-reconcile"
     assert operator.crashes() == []
 
 

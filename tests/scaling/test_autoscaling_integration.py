@@ -97,6 +97,7 @@ async def test_latency_breach_scales_the_bottleneck_stage_within_two_intervals(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and await p95(prom, "livetranslate_caption_latency_seconds") <= 1.5:
         await asyncio.sleep(0.1)
+    assert await p95(prom, "livetranslate_caption_latency_seconds") > 1.5, "Prometheus never held the breach"
     breach_seen = time.monotonic()
     await eventually(lambda: replicas(cluster)["translation"] > 1, timeout=2 * INTERVAL_S + 2.0,
                      message="translation scaled up within two intervals")

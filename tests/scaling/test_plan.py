@@ -129,14 +129,13 @@ def test_start_up_is_measured_from_our_own_scale_ups() -> None:
     assert d.stages["audio"].direction == "up"
     wanted = d.stages["audio"].desired
     history = d.history
-    started = t
     for k in range(1, 6):   # ready after four intervals
         t += INTERVAL
         ready = wanted if k >= 4 else 2
         current = Current(replicas={"audio": wanted, "translation": 2, "gateway": 1},
                           ready={"audio": ready, "translation": 2, "gateway": 1}, model="big", audio_device="cpu")
         history = decide(spec, world(t, 60, ready, caption=2.0), current, history, t).history
-    assert history.startup["audio"] == 4 * INTERVAL == started + 4 * INTERVAL - started
+    assert history.startup["audio"] == 4 * INTERVAL  # from our scale-up to all wanted replicas ready
 
 
 def test_a_step_that_already_happened_is_not_a_trend() -> None:
