@@ -171,7 +171,7 @@ def chaos_summary(rounds: int, size: int, seed: int, work: Workload, op: Operato
 
 
 async def run_faults(kind: str | None, rate: float, seed: int, size: int, timeout: float,
-                     tmp: Path) -> dict[str, Any]:
+                     tmp: Path, idle_s: float = 30.0) -> dict[str, Any]:
     """One fault kind at one rate (kind None = the fault-free baseline)."""
     rng = random.Random(seed)
     api = emulator()
@@ -199,8 +199,10 @@ async def run_faults(kind: str | None, rate: float, seed: int, size: int, timeou
         converging_s = time.monotonic() - t0
         calls1 = operator_calls(api)
         # Idle: converged, nothing changes; an error storm would show here.
-        await asyncio.sleep(5.0)
+        await asyncio.sleep(idle_s)
         idle_calls = operator_calls(api) - calls1
+        idle_kinds = Counter(f"{c.verb} {c.resource}" for c in api.calls[calls1:]
+                             if c.agent.startswith((OPERATOR_AGENT, "kopf")))
         crashes = op.crashes()
         kopf_drops = op.api_error_throttles()
         op.stop()
@@ -212,7 +214,8 @@ async def run_faults(kind: str | None, rate: float, seed: int, size: int, timeou
         "converged": found.converged and found2.converged,
         "problems": (found2 if found.converged else found).counts(),
         "requests": calls1 - calls0, "requests_per_s": round((calls1 - calls0) / max(converging_s, 1e-9), 1),
-        "idle_requests_per_s": round(idle_calls / 5.0, 2),
+        "idle_requests_per_s": round(idle_calls / idle_s, 2), "idle_seconds": idle_s,
+        "idle_requests": dict(idle_kinds.most_common(8)),
         "injected": dict(api.injected),
         "retry_delay_p50_s": round(percentile(backoffs, 0.5), 2) if backoffs else None,
         "retry_delay_min_s": round(min(backoffs), 2) if backoffs else None,
@@ -411,11 +414,13 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         faults: list[dict[str, Any]] = []
         outage = None
         if not args.skip_faults:
-            faults.append(await run_faults(None, 0.0, args.seed, args.fault_pipelines, args.timeout, tmp))
+            faults.append(await run_faults(None, 0.0, args.seed, args.fault_pipelines, args.timeout, tmp,
+                                           args.idle_seconds))
             print(json.dumps(faults[-1]), flush=True)
-            for kind in FAULT_KINDS:
+            for kind in args.fault_kinds:
                 for rate in args.rates:
-                    faults.append(await run_faults(kind, rate, args.seed, args.fault_pipelines, args.timeout, tmp))
+                    faults.append(await run_faults(kind, rate, args.seed, args.fault_pipelines, args.timeout, tmp,
+                                                   args.idle_seconds))
                     print(json.dumps(faults[-1]), flush=True)
             outage = await run_outage(args.seed, args.fault_pipelines, args.outage_seconds, args.timeout, tmp)
             print(json.dumps(outage), flush=True)
@@ -438,6 +443,9 @@ def main() -> int:
     parser.add_argument("--pipelines", type=int, default=50)
     parser.add_argument("--fault-pipelines", type=int, default=20)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3])
+    parser.add_argument("--fault-kinds", nargs="+", choices=FAULT_KINDS, default=list(FAULT_KINDS))
+    parser.add_argument("--idle-seconds", type=float, default=30.0,
+                        help="how long the converged cluster is watched for idle traffic")
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a round may take to converge")
     parser.add_argument("--seed", type=int, default=6)

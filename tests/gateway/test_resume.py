@@ -128,3 +128,25 @@ async def test_resume_while_the_old_socket_still_looks_open(stack: Stack) -> Non
     assert a.ws.close_code == 1012, (a.ws.close_code, a.ws.close_reason)
     assert [f[1] for f in finals_of(a, b)] == ["block 1", "block 4"]
     await a.__aexit__()
+
+
+async def test_a_resume_may_change_the_target_languages(stack: Stack) -> None:
+    a, sid = await first_half(stack.ws_url)
+    # A language this pipeline does not serve is refused, and the session is not lost by it.
+    async with Client(stack.ws_url) as bad:
+        await bad.send_json({"type": "session.start", "sessionId": sid, "targetLanguages": ["de"]})
+        error = await bad.until(lambda e: e["type"] == "error")
+        assert error["code"] == "unsupported_language" and "['de']" in error["message"]
+    b = Client(stack.ws_url)
+    await b.__aenter__()
+    await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": 1, "targetLanguages": ["fr"]})
+    started = await b.recv()
+    assert started["resumed"] is True and started["targetLanguages"] == ["fr"]
+    await b.send_audio(block_audio([4]))
+    await b.send_json({"type": "session.end"})
+    await b.until(lambda e: e["type"] == "session.ended")
+    await b.__aexit__()
+    assert finals_of(a, b) == EXPECTED
+    # Segments 0-1 were translated before the change; what is translated after it is in French.
+    assert sorted((e["segmentId"], e["language"]) for e in a.of("translation")) == [(0, "es"), (1, "es")]
+    assert {e["language"] for e in b.of("translation") if e["segmentId"] == 3} == {"fr"}

@@ -786,22 +786,29 @@ class Connection:
             await gw.store.take_over(sid, owner)
         state = await gw.store.load(sid)
         resumed = state is not None
+        problem = None
         if state is None:
             source = start.sourceLanguage or cfg.source_language
             targets = start.targetLanguages if start.targetLanguages is not None else cfg.target_languages
-            problem = None
             if source != cfg.source_language and cfg.source_language != "auto":
                 problem = f"sourceLanguage {source!r}: this pipeline transcribes {cfg.source_language!r}"
-            unknown = [t for t in targets if t not in cfg.target_languages]
-            if unknown:
-                problem = (f"targetLanguages {unknown}: this pipeline translates to "
-                           f"{cfg.target_languages} only")
-            if problem:
-                await gw.store.release(sid, owner)
-                self._error(ERR_UNSUPPORTED_LANGUAGE, problem, bad=False)
-                return
-            state = SessionState(sessionId=sid, sourceLanguage=source, targetLanguages=list(targets))
-            await gw.store.save(state)
+            problem = _unknown_targets(targets, cfg.target_languages) or problem
+            if not problem:
+                state = SessionState(sessionId=sid, sourceLanguage=source, targetLanguages=list(targets))
+                await gw.store.save(state)
+        elif start.targetLanguages is not None and list(start.targetLanguages) != state.targetLanguages:
+            # A listener may change languages when it comes back: from the next segment on, with
+            # the context of any language the session had. The source language stays the session's.
+            problem = _unknown_targets(start.targetLanguages, cfg.target_languages)
+            if not problem:
+                log.info("resumed session changes its target languages", extra={"session_id": sid, "fields": {
+                    "from": state.targetLanguages, "to": list(start.targetLanguages)}})
+                state.targetLanguages = list(start.targetLanguages)
+                await gw.store.save(state)
+        if problem or state is None:
+            await gw.store.release(sid, owner)
+            self._error(ERR_UNSUPPORTED_LANGUAGE, problem or "no session state", bad=False)
+            return
         bind_log_context(session_id=sid)
         self.converter = AudioConverter(start.sampleRate, start.encoding, start.channels)
         self._bytes = TokenBucket(self.converter.bytes_per_second * gw.settings.max_audio_speed,
@@ -831,6 +838,12 @@ class Connection:
         self.gw.sessions.discard(self.session)
         self._ended = True
         log.info("session ended")
+
+
+def _unknown_targets(targets: list[str], served: list[str]) -> str | None:
+    """The error for target languages this pipeline does not translate to, if any."""
+    unknown = [t for t in targets if t not in served]
+    return f"targetLanguages {unknown}: this pipeline translates to {served} only" if unknown else None
 
 
 def _describe(exc: ValidationError) -> str:
