@@ -210,9 +210,9 @@ class Stack:
 
 
 def gateway_config(audio_url: str, translation_url: str, **overrides: Any) -> GatewayConfig:
-    settings = GatewaySettings(audio_url=audio_url, translation_url=translation_url,
-                               target_languages=["es", "fr"], retry_base_seconds=0.05,
-                               retry_max_seconds=0.3, breaker_reset_seconds=0.3, **overrides)
+    fast: dict[str, Any] = {"target_languages": ["es", "fr"], "retry_base_seconds": 0.05,
+                            "retry_max_seconds": 0.3, "breaker_reset_seconds": 0.3}
+    settings = GatewaySettings(audio_url=audio_url, translation_url=translation_url, **{**fast, **overrides})
     return GatewayConfig(settings, None)
 
 

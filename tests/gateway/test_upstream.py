@@ -32,6 +32,32 @@ async def test_audio_service_restarts_mid_session(stack: Stack) -> None:
     assert sorted(e["segmentId"] for e in c.of("translation")) == [0, 1, 2, 3, 4]
 
 
+async def test_sessions_waiting_on_an_open_circuit_resume_as_soon_as_a_trial_succeeds(stack: Stack) -> None:
+    # Slow pacing: a 1 s circuit period, backoff from 1 s up to 8 s. Sessions that found the
+    # circuit open must not each sleep out a backoff period once the audio service is back.
+    gateway = await stack.make_gateway(breaker_reset_seconds=1.0, retry_base_seconds=1.0, retry_max_seconds=8.0)
+    url = gateway.url.replace("http://", "ws://") + "/v1/stream"
+    await stack.audio_server.stop(force=True)
+    clients = [Client(url) for _ in range(6)]
+    for i, c in enumerate(clients):
+        await c.__aenter__()
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([i + 1]))
+    for c in clients:
+        assert (await c.until(lambda e: e["type"] == "error"))["code"] == "upstream_unavailable"
+    await asyncio.sleep(5.0)  # the circuit opened and every session is waiting (or backing off)
+    loop = asyncio.get_running_loop()
+    await stack.audio_server.start()
+    back = loop.time()
+    for c in clients:
+        await c.until(lambda e: e["type"] == "transcript.final", timeout=15)
+    # One circuit period plus a trial and jitter; sleeping out a backoff would take 2-8 s.
+    assert loop.time() - back < 3.0, loop.time() - back
+    for c in clients:
+        await c.__aexit__()
+
+
 async def test_audio_service_down_at_session_start(stack: Stack) -> None:
     await stack.audio_server.stop(force=True)
     async with Client(stack.ws_url) as c:

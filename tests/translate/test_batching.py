@@ -6,7 +6,8 @@ import asyncio
 
 import pytest
 
-from livetranslate.workloads.translate.batching import CircuitBreaker, CircuitOpen, MicroBatcher, QueueFull
+from livetranslate.workloads.resilience import CircuitBreaker
+from livetranslate.workloads.translate.batching import CircuitOpen, MicroBatcher, QueueFull
 from livetranslate.workloads.translate.engines import Engine, EngineError, Output
 from livetranslate.workloads.translate.quality import Job
 
@@ -68,7 +69,7 @@ async def test_bounded_queue_refuses_instead_of_growing() -> None:
 
 async def test_breaker_opens_after_failures_and_lets_one_trial_through() -> None:
     now = [0.0]
-    breaker = CircuitBreaker("e", failures=2, reset_s=10, clock=lambda: now[0])
+    breaker = CircuitBreaker("e", failures=2, reset_seconds=10, clock=lambda: now[0])
     assert breaker.allow()
     breaker.failure()
     assert breaker.state == "closed"
@@ -97,3 +98,20 @@ async def test_failing_engine_trips_the_breaker_for_later_batches() -> None:
         assert len(engine.calls) == 2
     finally:
         await b.close()
+
+
+async def test_waiters_wake_when_a_trial_closes_the_circuit_not_a_period_later() -> None:
+    breaker = CircuitBreaker("e", failures=1, reset_seconds=0.3)
+    breaker.failure()
+    assert breaker.state == "open" and 0.2 < breaker.retry_in() <= 0.3
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await breaker.wait_ready()  # nobody closes it: wakes when the trial is due
+    assert breaker.allow() and 0.25 <= loop.time() - began < 1.0
+    assert not breaker.allow() and breaker.retry_in() > 0.2  # the trial is out; others wait
+    waiter = asyncio.create_task(breaker.wait_ready())
+    await asyncio.sleep(0.05)
+    began = loop.time()
+    breaker.success()  # the trial succeeded: the waiter goes at once
+    await waiter
+    assert loop.time() - began < 0.1 and breaker.retry_in() == 0.0 and breaker.allow()

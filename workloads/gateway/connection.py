@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -58,7 +59,8 @@ from livetranslate.protocol import (
 from livetranslate.workloads.gateway.audio import AudioConverter, pcm16_seconds
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, SegmentRecord, SessionState
-from livetranslate.workloads.gateway.upstream import AudioLink, Backoff, UpstreamRejected, UpstreamUnavailable
+from livetranslate.workloads.gateway.upstream import AudioLink, UpstreamRejected, UpstreamUnavailable
+from livetranslate.workloads.resilience import Backoff, CircuitBreaker
 
 log = logging.getLogger(__name__)
 
@@ -335,7 +337,7 @@ class Session:
                     return
                 if not gw.audio_breaker.allow():
                     self._report_outage("audio", "audio service unavailable (circuit open)")
-                    await asyncio.sleep(backoff.next())
+                    await self._wait_for(gw.audio_breaker)
                     continue
                 start = AudioStart(type="start", sessionId=self.sid, language=self.state.sourceLanguage,
                                    diarization=gw.config.diarization, maxSpeakers=gw.config.max_speakers,
@@ -375,6 +377,13 @@ class Session:
                     await link.close()
         finally:
             self._audio_done.set()
+
+    async def _wait_for(self, breaker: CircuitBreaker) -> None:
+        """Wait while the upstream's circuit is open: until a trial (this session's or another's)
+        closes it, then a moment of jitter so the sessions that waited do not all reconnect in
+        the same instant. A fixed backoff here would add up to its cap to every outage."""
+        await breaker.wait_ready()
+        await asyncio.sleep(random.uniform(0.0, min(0.25, self.gw.settings.retry_base_seconds)))
 
     async def _write_audio(self, link: AudioLink) -> None:
         flushed = False
@@ -517,7 +526,7 @@ class Session:
                 return
             if not gw.translation_breaker.allow():
                 self._report_outage("translation", "translation service unavailable (circuit open)")
-                await asyncio.sleep(backoff.next())
+                await self._wait_for(gw.translation_breaker)
                 continue
             request = TranslateRequest(sessionId=self.sid, segmentId=rec.segmentId, text=rec.text[:4000],
                                        sourceLanguage=self.state.sourceLanguage,

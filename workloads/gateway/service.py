@@ -17,7 +17,8 @@ from livetranslate import metrics
 from livetranslate.workloads.gateway.auth import TokenAuth
 from livetranslate.workloads.gateway.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 from livetranslate.workloads.gateway.settings import GatewayConfig
-from livetranslate.workloads.gateway.upstream import CircuitBreaker, TranslationClient
+from livetranslate.workloads.gateway.upstream import TranslationClient
+from livetranslate.workloads.resilience import CircuitBreaker
 
 if TYPE_CHECKING:
     from livetranslate.workloads.gateway.connection import Session

@@ -1,17 +1,14 @@
 """Clients of the two upstream services, with the failure handling a live session needs.
 
 Audio: one WebSocket per session (``/v1/audio``). Translation: ``POST /v1/translate`` answered with
-NDJSON, one line per language. Each upstream has one ``CircuitBreaker`` per gateway process: after
-``failures`` consecutive failures new attempts fail fast for ``reset_seconds`` (so a dead service
-costs a thousand sessions one timeout, not a thousand), then one trial call decides.
+NDJSON, one line per language. Each upstream has one ``CircuitBreaker`` (workloads/resilience.py)
+per gateway process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
-import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -39,66 +36,6 @@ class UpstreamUnavailable(Exception):
 
 class UpstreamRejected(Exception):
     """The upstream refused the request itself (4xx, or an error before ready); retrying won't help."""
-
-
-class CircuitBreaker:
-    def __init__(self, name: str, failures: int = 5, reset_seconds: float = 5.0) -> None:
-        self.name = name
-        self._threshold = failures
-        self._reset = reset_seconds
-        self._failures = 0
-        self._opened_at: float | None = None
-        self._trial_at: float | None = None
-
-    @property
-    def state(self) -> str:
-        if self._opened_at is None:
-            return "closed"
-        return "half-open" if time.monotonic() - self._opened_at >= self._reset else "open"
-
-    def allow(self) -> bool:
-        if self._opened_at is None:
-            return True
-        now = time.monotonic()
-        if now - self._opened_at < self._reset:
-            return False
-        # Half-open: one trial at a time; a trial that never reports back frees the slot later.
-        if self._trial_at is not None and now - self._trial_at < self._reset:
-            return False
-        self._trial_at = now
-        return True
-
-    def success(self) -> None:
-        if self._opened_at is not None:
-            log.info("circuit closed", extra={"fields": {"upstream": self.name}})
-        self._failures = 0
-        self._opened_at = None
-        self._trial_at = None
-
-    def failure(self) -> None:
-        self._failures += 1
-        self._trial_at = None
-        if self._failures >= self._threshold:
-            if self._opened_at is None:
-                log.warning("circuit open", extra={"fields": {"upstream": self.name}})
-            self._opened_at = time.monotonic()
-
-
-class Backoff:
-    """Exponential backoff with full jitter, so reconnecting sessions do not stampede."""
-
-    def __init__(self, base: float, cap: float) -> None:
-        self._base = base
-        self._cap = cap
-        self._attempt = 0
-
-    def next(self) -> float:
-        delay = min(self._cap, self._base * 2 ** self._attempt)
-        self._attempt = min(self._attempt + 1, 30)
-        return random.uniform(delay / 2, delay)
-
-    def reset(self) -> None:
-        self._attempt = 0
 
 
 def ws_url(base: str) -> str:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ..resilience import CircuitBreaker
 from .engines import Engine, EngineError, Output
 from .quality import Job
 
@@ -30,49 +31,6 @@ class QueueFull(Exception):
 
 class CircuitOpen(EngineError):
     pass
-
-
-class CircuitBreaker:
-    """Stops calling an engine that keeps failing; lets one trial call through after ``reset_s``."""
-
-    def __init__(self, name: str, failures: int, reset_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.name = name
-        self.threshold = failures
-        self.reset_s = reset_s
-        self.clock = clock
-        self.failures = 0
-        self.opened_at: float | None = None
-        self._trial = False
-
-    @property
-    def state(self) -> str:
-        if self.opened_at is None:
-            return "closed"
-        return "half_open" if self.clock() - self.opened_at >= self.reset_s else "open"
-
-    def allow(self) -> bool:
-        st = self.state
-        if st == "closed":
-            return True
-        if st == "half_open" and not self._trial:
-            self._trial = True
-            return True
-        return False
-
-    def success(self) -> None:
-        self.failures = 0
-        self.opened_at = None
-        self._trial = False
-
-    def failure(self) -> None:
-        self.failures += 1
-        self._trial = False
-        if self.failures >= self.threshold or self.opened_at is not None:
-            if self.opened_at is None:
-                log.warning("circuit opened", extra={"fields": {"engine": self.name,
-                                                               "failures": self.failures}})
-            self.opened_at = self.clock()
 
 
 @dataclass

@@ -31,8 +31,9 @@ from livetranslate.protocol import (
     TranslateResult,
 )
 
+from ..resilience import CircuitBreaker
 from .apertium import ApertiumEngine
-from .batching import CircuitBreaker, CircuitOpen, MicroBatcher, QueueFull
+from .batching import CircuitOpen, MicroBatcher, QueueFull
 from .engines import Engine, EngineError, OpenAIEngine, Output, UnsupportedError, VllmEngine
 from .quality import Job, check, clean_apertium, cleanup
 from .settings import BackendName, TranslateSettings
