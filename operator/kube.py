@@ -302,27 +302,35 @@ class KubeClient:
 
     async def apply(self, manifest: Mapping[str, Any], owner: Mapping[str, Any] | None = None, *,
                     keep_on_update: Sequence[tuple[str, ...]] = ()) -> dict[str, Any]:
-        """Create, or (on 409) merge-patch to ``manifest``; adopt it under ``owner``.
+        """Create, or merge-patch to ``manifest``; adopt it under ``owner``.
+
+        Read first: most applies (updates, resumes, resync sweeps) find the object there and
+        unchanged, which then costs one GET and no write, rather than a create refused with 409
+        (an error on the API server's dashboards) and a GET. A create that loses a race to
+        another writer (409) falls back to the patch.
 
         ``keep_on_update`` lists field paths written only at creation: after that another
         component owns them (``("spec", "replicas")`` belongs to the autoscaler).
         """
         desired = _with_owner(manifest, owner)
         meta = desired["metadata"]
-        try:
-            return await self.create(desired)
-        except ApiError as e:
-            if e.status != 409:
-                raise
+        api_version, kind, namespace, name = desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"]
+        existing = await self.get(api_version, kind, namespace, name)
+        if existing is None:
+            try:
+                return await self.create(desired)
+            except ApiError as e:
+                if e.status != 409:
+                    raise
+            existing = await self.get(api_version, kind, namespace, name)
         patch = _without(desired, keep_on_update)
-        existing = await self.get(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"])
         if existing is not None:
             patch["metadata"]["ownerReferences"] = _merged_owners(
                 existing.get("metadata", {}).get("ownerReferences") or [], meta.get("ownerReferences") or [])
             _drop_extra_keys(patch, existing, OWNED_MAPS)
             if _contains(existing, patch):
                 return existing  # nothing to change: no write, no new resourceVersion, no rollout
-        return await self.patch(desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"], patch)
+        return await self.patch(api_version, kind, namespace, name, patch)
 
     # ----------------------------------------------------------------------------------- events
 

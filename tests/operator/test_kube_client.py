@@ -39,8 +39,25 @@ async def test_apply_creates_then_patches_then_does_nothing(cluster: Cluster, ku
     assert again["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"], "no-op: no write"
     changed = await kube.apply(configmap({"k": "v2"}), OWNER)
     assert changed["data"] == {"k": "v2"} and changed["metadata"]["uid"] == first["metadata"]["uid"]
-    writes = [c for c in cluster.api.calls if c.resource == "configmaps" and c.verb in ("create", "patch")]
-    assert [c.verb for c in writes] == ["create", "create", "create", "patch"]  # 409 twice, one patch
+    calls = [c.verb for c in cluster.api.calls if c.resource == "configmaps"]
+    # Read first: the unchanged apply is one GET and no write; no create is ever refused.
+    assert calls == ["get", "create", "get", "get", "patch"]
+
+
+async def test_apply_that_loses_a_create_race_patches_instead(cluster: Cluster, kube: KubeClient) -> None:
+    class Racing(KubeClient):
+        async def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+            await kube.create(configmap({"k": "theirs"}))  # another writer got there first
+            return await super().create(obj)
+
+    racer = await Racing.connect()
+    try:
+        won = await racer.apply(configmap({"k": "ours"}), OWNER)
+    finally:
+        await racer.close()
+    assert won["data"] == {"k": "ours"} and won["metadata"]["ownerReferences"][0]["uid"] == "uid-p"
+    verbs = [c.verb for c in cluster.api.calls if c.resource == "configmaps"]
+    assert verbs == ["get", "create", "create", "get", "patch"]  # theirs, ours refused (409), patch
 
 
 async def test_apply_adopts_without_dropping_other_owners(cluster: Cluster, kube: KubeClient) -> None:
