@@ -283,6 +283,9 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
         stage: None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
         for stage, dep in existing.items()}
     state = builders.BuildState(replicas=current)
+    # No Deployment yet: the children are most likely all missing, so create first (a child
+    # that does exist, from a reconcile cut short, answers 409 and is patched).
+    first_build = all(dep is None for dep in existing.values())
 
     async def apply(manifest: dict[str, Any]) -> None:
         keep: list[tuple[str, ...]] = []
@@ -290,7 +293,7 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
         # Within bounds, replicas belong to the autoscaler: do not write them back.
         if manifest["kind"] == "Deployment" and current.get(stage) == manifest["spec"]["replicas"]:
             keep.append(("spec", "replicas"))
-        await kube.apply(manifest, owner, keep_on_update=keep)
+        await kube.apply(manifest, owner, keep_on_update=keep, likely_new=first_build)
 
     config, *rest = builders.build_children(resolved, state, settings)
     # First: the pods mount the config, and no pod should ever run without its NetworkPolicy.

@@ -301,13 +301,14 @@ class KubeClient:
     # ------------------------------------------------------------------------ idempotent apply
 
     async def apply(self, manifest: Mapping[str, Any], owner: Mapping[str, Any] | None = None, *,
-                    keep_on_update: Sequence[tuple[str, ...]] = ()) -> dict[str, Any]:
+                    keep_on_update: Sequence[tuple[str, ...]] = (), likely_new: bool = False) -> dict[str, Any]:
         """Create, or merge-patch to ``manifest``; adopt it under ``owner``.
 
         Read first: most applies (updates, resumes, resync sweeps) find the object there and
         unchanged, which then costs one GET and no write, rather than a create refused with 409
-        (an error on the API server's dashboards) and a GET. A create that loses a race to
-        another writer (409) falls back to the patch.
+        (an error on the API server's dashboards) and a GET. ``likely_new`` (the owner was never
+        reconciled) creates first instead, saving the GET that would answer 404. Either way a
+        create that loses a race to another writer (409) falls back to the patch.
 
         ``keep_on_update`` lists field paths written only at creation: after that another
         component owns them (``("spec", "replicas")`` belongs to the autoscaler).
@@ -315,7 +316,7 @@ class KubeClient:
         desired = _with_owner(manifest, owner)
         meta = desired["metadata"]
         api_version, kind, namespace, name = desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"]
-        existing = await self.get(api_version, kind, namespace, name)
+        existing = None if likely_new else await self.get(api_version, kind, namespace, name)
         if existing is None:
             try:
                 return await self.create(desired)

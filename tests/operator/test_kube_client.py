@@ -130,3 +130,10 @@ async def test_a_stale_precondition_is_reported_at_once_not_resent(cluster: Clus
     assert err.value.status == 409
     patches = [c for c in cluster.api.calls[before:] if c.verb == "patch"]
     assert len(patches) == 1
+
+
+async def test_apply_of_a_likely_new_object_creates_first(cluster: Cluster, kube: KubeClient) -> None:
+    await kube.apply(configmap({"k": "v1"}), OWNER, likely_new=True)
+    again = await kube.apply(configmap({"k": "v2"}), OWNER, likely_new=True)  # the hint was wrong
+    assert again["data"] == {"k": "v2"}
+    assert [c.verb for c in cluster.api.calls if c.resource == "configmaps"] == ["create", "create", "get", "patch"]
