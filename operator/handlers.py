@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 ANNOTATION_PREFIX = GROUP
 MANAGED = {builders.MANAGED_BY_LABEL: builders.MANAGED_BY}
+# Deployment events within this many seconds of the first share one status refresh.
+STATUS_COALESCE_SECONDS = 0.2
 
 
 @dataclass
@@ -540,6 +542,13 @@ async def deployment_changed(labels: Mapping[str, str], namespace: str | None, m
         return  # a refresh is already queued; it reads fresh state, covering this event too
     pending.add((namespace, name))
     try:
+        # Events come in bursts (a rollout's pods turning ready, a watch stream catching up after
+        # a cut, a re-list): wait a moment so one refresh covers the burst, not one per event.
+        try:
+            await asyncio.sleep(STATUS_COALESCE_SECONDS)
+        except asyncio.CancelledError:
+            pending.discard((namespace, name))
+            raise
         await refresh_status(memo, namespace, name, pending=pending)
     except ApiError as e:
         versions.pop(key, None)  # not reflected in status: a re-list must not skip it
