@@ -306,10 +306,10 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
     b = [w for w, _, _ in finals]
     rows: list[tuple[float, float, str]] = []
     for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
-        for k in range(block.size):
-            end = ref_words[block.a + k][1]
-            _w, final_t, route = finals[block.b + k]
-            rows.append((first_seen[block.b + k] - end, final_t - end, route))
+        for j in range(block.size):
+            end = ref_words[block.a + j][1]
+            _w, final_t, route = finals[block.b + j]
+            rows.append((first_seen[block.b + j] - end, final_t - end, route))
     by_route: dict[str, Any] = {}
     for route in ("agreement", "end of utterance"):
         lat = [f for _h, f, r in rows if r == route]

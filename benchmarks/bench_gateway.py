@@ -189,8 +189,9 @@ class ClientStream(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.transport.write(self._request)
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -505,12 +506,12 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         if args.ab_rounds:
             assert args.baseline_ref, "--ab-rounds needs --baseline-ref"
             result["ab"] = ab_rounds(args, variants[0][1], audio_port, standin_proc.pid, tmp)  # type: ignore[arg-type]
-        for variant, src in variants:
+        for variant, tree in variants:
             if not phases and not (variant == "current" and args.connections):
                 continue
             gw_port = free_port()
             url = f"ws://127.0.0.1:{gw_port}/v1/stream"
-            gw = start_gateway(variant, src, audio_port, gw_port, tmp)
+            gw = start_gateway(variant, tree, audio_port, gw_port, tmp)
             try:
                 if variant == "current" and args.connections:
                     result["gateway_rss_idle_mib"] = round(rss_mib(gw.pid), 1)

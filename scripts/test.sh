@@ -14,7 +14,7 @@ export PATH="$venv/bin:$PATH"
 echo "== ruff"
 ruff check livetranslate operator workloads tests benchmarks
 echo "== mypy"
-mypy livetranslate operator workloads
+mypy livetranslate operator workloads benchmarks
 echo "== generated files are current"
 python scripts/check_generated.py
 echo "== pytest"
