@@ -66,6 +66,9 @@ async def test_garbage_gets_error_events_and_the_session_goes_on(stack: Stack) -
         await c.send_json({"type": "session.start", "targetLanguages": ["de"]})
         err = await c.recv()
         assert err["code"] == "unsupported_language" and "de" in err["message"]
+        await c.send_json({"type": "session.start", "sourceLanguage": "fr", "targetLanguages": ["es"]})
+        err = await c.recv()
+        assert err["code"] == "unsupported_language" and "this pipeline transcribes 'en'" in err["message"]
         await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
         assert (await c.recv())["type"] == "session.started"
         await c.send_json({"type": "session.start"})

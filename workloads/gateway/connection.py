@@ -795,29 +795,26 @@ class Connection:
             await gw.store.take_over(sid, owner)
         state = await gw.store.load(sid)
         resumed = state is not None
-        problem = None
-        if state is None:
-            source = start.sourceLanguage or cfg.source_language
-            targets = start.targetLanguages if start.targetLanguages is not None else cfg.target_languages
-            if source != cfg.source_language and cfg.source_language != "auto":
-                problem = f"sourceLanguage {source!r}: this pipeline transcribes {cfg.source_language!r}"
-            problem = _unknown_targets(targets, cfg.target_languages) or problem
-            if not problem:
-                state = SessionState(sessionId=sid, sourceLanguage=source, targetLanguages=list(targets))
-                await gw.store.save(state)
-        elif start.targetLanguages is not None and list(start.targetLanguages) != state.targetLanguages:
-            # A listener may change languages when it comes back: from the next segment on, with
-            # the context of any language the session had. The source language stays the session's.
-            problem = _unknown_targets(start.targetLanguages, cfg.target_languages)
-            if not problem:
-                log.info("resumed session changes its target languages", extra={"session_id": sid, "fields": {
-                    "from": state.targetLanguages, "to": list(start.targetLanguages)}})
-                state.targetLanguages = list(start.targetLanguages)
-                await gw.store.save(state)
-        if problem or state is None:
+        # A resume keeps the session's source language; a targetLanguages list in it replaces the
+        # session's from the next segment on (a listener may change languages when it comes back).
+        source = state.sourceLanguage if state else start.sourceLanguage or cfg.source_language
+        asked = start.targetLanguages
+        targets = asked if asked is not None else (state.targetLanguages if state else cfg.target_languages)
+        problem = _unknown_targets(targets, cfg.target_languages) if state is None or asked is not None else None
+        if state is None and source != cfg.source_language and cfg.source_language != "auto":
+            problem = problem or f"sourceLanguage {source!r}: this pipeline transcribes {cfg.source_language!r}"
+        if problem:
             await gw.store.release(sid, owner)
-            self._error(ERR_UNSUPPORTED_LANGUAGE, problem or "no session state", bad=False)
+            self._error(ERR_UNSUPPORTED_LANGUAGE, problem, bad=False)
             return
+        if state is None:
+            state = SessionState(sessionId=sid, sourceLanguage=source, targetLanguages=list(targets))
+            await gw.store.save(state)
+        elif list(targets) != state.targetLanguages:
+            log.info("resumed session changes its target languages", extra={"session_id": sid, "fields": {
+                "from": state.targetLanguages, "to": list(targets)}})
+            state.targetLanguages = list(targets)
+            await gw.store.save(state)
         bind_log_context(session_id=sid)
         self.converter = AudioConverter(start.sampleRate, start.encoding, start.channels)
         self._bytes = TokenBucket(self.converter.bytes_per_second * gw.settings.max_audio_speed,
