@@ -327,3 +327,22 @@ async def test_no_podmonitor_without_the_prometheus_operator(
     await eventually(lambda: any(e["reason"] == "Placed" for e in cluster.events("town-hall")))
     assert len(cluster.children("town-hall")) == CHILDREN
     assert not any(c.group == "monitoring.coreos.com" for c in cluster.api.calls)
+
+
+async def test_a_burst_of_deployment_events_costs_one_status_refresh(
+        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    # No autoscaler: its timer reads the pipeline too.
+    await kube.create(pipeline("town-hall", {"scaling": {"enabled": False}}))
+    await eventually(lambda: any(e["reason"] == "Placed" for e in cluster.events("town-hall")))
+    await eventually(lambda: phase(cluster, "town-hall") == "Progressing")
+    await asyncio.sleep(1.0)  # the reconcile's own events have settled
+    before = len(cluster.api.calls)
+    for stage in ("audio", "translation", "gateway"):  # a rollout: pods turn ready 20 ms apart
+        cluster.api.set_deployment_ready(NS, f"town-hall-{stage}")
+        await asyncio.sleep(0.02)
+    await eventually(lambda: phase(cluster, "town-hall") == "Ready")
+    await asyncio.sleep(1.0)
+    # A refresh reads the Deployments once (then the status write reads the pipeline and patches).
+    refreshes = [c for c in cluster.api.calls[before:]
+                 if c.agent != "test-kubectl" and (c.verb, c.resource) == ("list", "deployments")]
+    assert len(refreshes) == 1, [(c.agent, c.verb, c.resource) for c in cluster.api.calls[before:]]

@@ -170,8 +170,9 @@ class SpeakerTracker:
 
     def _update(self, index: int, emb: np.ndarray, seconds: float) -> str:
         total = self._seconds[index] + seconds
-        w = seconds / min(total, self.MEMORY_SECONDS) if total > 0 else 1.0
-        self._centroids[index] = (1 - min(w, 1.0)) * self._centroids[index] + min(w, 1.0) * emb
+        # A mean weighted by seconds of speech, forgetting at a fixed rate past MEMORY_SECONDS.
+        w = min(1.0, seconds / min(total, self.MEMORY_SECONDS)) if total > 0 else 1.0
+        self._centroids[index] = (1 - w) * self._centroids[index] + w * emb
         self._seconds[index] = total
         return f"S{index + 1}"
 
