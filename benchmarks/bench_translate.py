@@ -38,6 +38,7 @@ from typing import Any
 import httpx
 
 from livetranslate.procs import free_port, start, stop, wait_http
+from livetranslate.protocol import context_window
 from livetranslate.testing.figures import loadavg, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +81,8 @@ async def run_sessions(base: str, sessions: int, per_session: int, targets: list
             for k in range(per_session):
                 text = SEGMENTS[(i * 5 + k) % len(SEGMENTS)]
                 body = {"sessionId": f"bench-{i}", "segmentId": k, "text": text, "sourceLanguage": "en",
-                        "targetLanguages": targets, "context": context[-3:]}
+                        "targetLanguages": targets,
+                        "context": [context[j] for j in context_window(k, 3) if j < len(context)]}
                 started = time.perf_counter()
                 translations: dict[str, str] = {}
                 try:

@@ -132,7 +132,8 @@ class TranslationSpec(_Model):
     gpuMemoryUtilization: float = Field(0.85, gt=0, le=1)
     maxModelLen: int = Field(4096, ge=256, le=1_048_576, description="vLLM --max-model-len")
     contextSegments: int = Field(3, ge=0, le=32,
-                                 description="Earlier segments of the session sent as context")
+                                 description="Earlier segments of the session sent as context (at least this many, "
+                                             "growing to twice this minus one before the window moves on)")
     endpoint: str | None = Field(None, max_length=2048,
                                  description="Base URL of an OpenAI-compatible server (backend openai)")
     apiKeySecretRef: SecretKeyRef | None = None

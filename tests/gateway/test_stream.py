@@ -41,16 +41,19 @@ async def test_translation_requests_carry_context(stack: Stack) -> None:
     async with Client(stack.ws_url) as c:
         await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
         await c.recv()
-        await c.send_audio(block_audio([1, 2, 3, 4, 5]))
+        await c.send_audio(block_audio([1, 2, 3, 4, 5, 6, 7]))
         await c.send_json({"type": "session.end"})
         await c.until(lambda e: e["type"] == "session.ended")
     reqs = sorted(stack.translation.requests, key=lambda r: r.segmentId)
-    assert [r.segmentId for r in reqs] == [0, 1, 2, 3, 4]
+    assert [r.segmentId for r in reqs] == list(range(7))
     assert reqs[0].context == []
-    # contextSegments defaults to 3: the three finals before, each with its translation.
-    last = reqs[4].context
-    assert [c.source for c in last] == ["block 2", "block 3", "block 4"]
-    assert [c.translations for c in last] == [{"es": f"es:block {k}"} for k in (2, 3, 4)]
+    # contextSegments defaults to 3: the finals before, each with its translation; the window
+    # grows append-only to five (so each prompt extends the previous one), then moves on by three.
+    sources = [[c.source for c in r.context] for r in reqs]
+    assert sources[3] == ["block 1", "block 2", "block 3"]
+    assert sources[5] == ["block 1", "block 2", "block 3", "block 4", "block 5"]
+    assert sources[6] == ["block 4", "block 5", "block 6"]
+    assert [c.translations for c in reqs[6].context] == [{"es": f"es:block {k}"} for k in (4, 5, 6)]
     assert all(r.targetLanguages == ["es"] for r in reqs)
 
 

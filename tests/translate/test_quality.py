@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from livetranslate.capabilities import backend_problems
-from livetranslate.protocol import ContextSegment
+from livetranslate.protocol import ContextSegment, context_span, context_window
 from livetranslate.workloads.translate.quality import (
     Job,
     build_packed_prompt,
@@ -18,13 +18,15 @@ from livetranslate.workloads.translate.quality import (
 def test_prompt_carries_session_context_and_asks_for_the_translation_only() -> None:
     # oldest first, as the gateway sends it
     ctx = (ContextSegment(source="Old segment.", translations={"es": "Segmento viejo."}),
+           ContextSegment(source="Earlier one.", translations={"es": "Uno anterior."}),
            ContextSegment(source="We built a robot called Max.", translations={"es": "Construimos un robot llamado Max."}),
            ContextSegment(source="It can walk.", translations={"es": "Puede caminar."}))
     prompt = build_prompt(Job("He is very fast.", "en", "es", ctx), context_segments=2)
     assert "Spanish translation" in prompt.text and "only" in prompt.text
-    # the last two context segments, with the translations users already saw, before the segment
+    # at most 2 * 2 - 1 context segments (the gateway's growing window), with the translations
+    # users already saw, before the segment
     assert "English: It can walk.\nSpanish: Puede caminar." in prompt.text
-    assert "Construimos un robot llamado Max." in prompt.text
+    assert "Construimos un robot llamado Max." in prompt.text and "Uno anterior." in prompt.text
     assert "Old segment." not in prompt.text
     assert prompt.text.endswith("English: He is very fast.\nSpanish:")
     # the chat shape replays the same context as earlier turns
@@ -84,3 +86,20 @@ def test_backend_problems_name_the_field() -> None:
     assert "apertium-eng-cat" in missing[0]
     assert backend_problems("vllm", "en", ["de", "ja"]) == []
     assert backend_problems("vllm", "en", ["qq"])[0].startswith("spec.targetLanguages[0]")
+
+
+def test_a_sessions_prompts_extend_each_other_between_window_jumps() -> None:
+    # The gateway's context window only grows between jumps, so an engine's prefix cache finds
+    # each prompt's start (previous prompt + the translation it produced) already computed.
+    size, said = 3, [(f"Line {i}.", f"Linea {i}.") for i in range(14)]
+    previous: tuple[str, str] | None = None
+    jumps = []
+    for n in range(len(said)):
+        window = context_window(n, size)
+        assert min(n, size) <= len(window) <= context_span(size) and window.stop == n
+        ctx = tuple(ContextSegment(source=said[i][0], translations={"es": said[i][1]}) for i in window)
+        prompt = build_prompt(Job(said[n][0], "en", "es", ctx), size).text
+        if previous is not None and not prompt.startswith(previous[0] + " " + previous[1]):
+            jumps.append(n)
+        previous = (prompt, said[n][1])
+    assert jumps == [6, 9, 12]

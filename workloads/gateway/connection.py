@@ -55,6 +55,8 @@ from livetranslate.protocol import (
     TranslateRequest,
     TranslationEvent,
     client_message_adapter,
+    context_span,
+    context_window,
 )
 from livetranslate.workloads.gateway.audio import AudioConverter, pcm16_seconds
 from livetranslate.workloads.gateway.service import Gateway
@@ -155,7 +157,8 @@ class Session:
         self._flush_requested = False
         self._arrivals: collections.deque[tuple[float, float]] = collections.deque()
         self._segments: dict[int, SegmentRecord] = {}
-        self._recent: collections.deque[int] = collections.deque(maxlen=max(1, gw.config.context_segments))
+        self._recent: collections.deque[int] = collections.deque(
+            maxlen=max(1, context_span(gw.config.context_segments)))
         self._translate_q: asyncio.Queue[int | None] = asyncio.Queue()
         self._untranslated: set[int] = set()  # segments queued for translation, not yet done
         self._final_at: dict[int, float] = {}
@@ -507,10 +510,10 @@ class Session:
         gw, s = self.gw, self.gw.settings
         remaining = [lang for lang in self.state.targetLanguages
                      if lang not in rec.translations and lang not in rec.translationErrors]
-        n = gw.config.context_segments
+        window = context_window(rec.segmentId, gw.config.context_segments)
         context = [ContextSegment(source=self._segments[i].text,
                                   translations=dict(self._segments[i].translations))
-                   for i in list(self._recent)[-n:] if n and i in self._segments and i < rec.segmentId]
+                   for i in self._recent if i in window and i in self._segments]
         backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
         deadline: float | None = None
         while remaining:

@@ -13,7 +13,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from livetranslate.capabilities import language_name, primary
-from livetranslate.protocol import ContextSegment
+from livetranslate.protocol import ContextSegment, context_span
 
 # One worked example per target language anchors the format for base and instruct models alike.
 _EXAMPLE_SOURCE = "Good morning, everyone, and thank you for coming."
@@ -78,7 +78,8 @@ def name(code: str) -> str:
 
 def _context_pairs(job: Job, limit: int) -> list[tuple[str, str]]:
     pairs: list[tuple[str, str]] = []
-    for seg in job.context[-limit:] if limit else ():
+    span = context_span(limit)
+    for seg in job.context[-span:] if span else ():
         out = seg.translations.get(job.target) or seg.translations.get(primary(job.target))
         if out:
             pairs.append((seg.source.strip(), out.strip()))

@@ -29,6 +29,7 @@ from livetranslate.protocol import (
     ERR_UPSTREAM,
     TranslateRequest,
     TranslateResult,
+    context_span,
 )
 
 from ..resilience import CircuitBreaker
@@ -318,7 +319,8 @@ class TranslationService:
     async def translate(self, req: TranslateRequest) -> AsyncIterator[TranslateResult]:
         """One result per target language, yielded as each is ready (targets run concurrently)."""
         received = time.monotonic()
-        context = tuple(req.context[-(self.settings.context_segments or 0):]) if self.settings.context_segments else ()
+        span = context_span(self.settings.context_segments or 0)
+        context = tuple(req.context[-span:]) if span else ()
         tasks = [asyncio.create_task(self._target(Job(req.text, req.sourceLanguage, t, context, req.sessionId,
                                                       req.segmentId), received))
                  for t in req.targetLanguages]
