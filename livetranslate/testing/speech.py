@@ -106,13 +106,30 @@ def to_pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
-_NUMBERS = {"0": "zero", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five",
-            "6": "six", "7": "seven", "8": "eight", "9": "nine", "10": "ten"}
+_UNITS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen "
+          "fifteen sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def _spoken(number: int) -> list[str]:
+    """0-99 as the words a speaker says ("25" -> twenty five)."""
+    if number < 20:
+        return [_UNITS[number]]
+    tens, unit = divmod(number, 10)
+    return [_TENS[tens - 2]] + ([_UNITS[unit]] if unit else [])
 
 
 def normalize(text: str) -> list[str]:
-    words = re.sub(r"[^a-z0-9' ]+", " ", text.lower()).split()
-    return [_NUMBERS.get(w, w) for w in words]
+    """Lower-case words without punctuation, numbers under 100 spelt out ("12%" -> twelve percent).
+
+    Whisper writes numbers as digits, scripts and references spell them: without this, "twenty
+    minutes" heard as "20 minutes" would count as an error in every system compared.
+    """
+    text = text.lower().replace("%", " percent ")
+    out: list[str] = []
+    for w in re.sub(r"[^a-z0-9' ]+", " ", text).split():
+        out += _spoken(int(w)) if w.isdigit() and int(w) < 100 else [w]
+    return out
 
 
 def word_error_rate(reference: str, hypothesis: str) -> float:
