@@ -30,6 +30,9 @@ SCALING_ACTIVE = "livetranslate_scaling_active"
 # Translation service internals (workloads/translate): batching, quality gate, fallback chain and
 # the engine's own state, mirrored from vLLM's /metrics so one scrape shows the whole stage.
 TRANSLATION_BATCH_SIZE = "livetranslate_translation_batch_size"
+# Sessions' buffers decoded in one engine call by the audio service (workloads/audio).
+AUDIO_BATCH_SIZE = "livetranslate_audio_batch_size"
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 TRANSLATION_BATCH_SECONDS = "livetranslate_translation_batch_seconds"
 TRANSLATION_RESULTS = "livetranslate_translation_results_total"
 TRANSLATION_FALLBACKS = "livetranslate_translation_fallbacks_total"
@@ -71,6 +74,11 @@ def translation_latency(registry: CollectorRegistry, extra_labels: tuple[str, ..
 def audio_processing(registry: CollectorRegistry) -> Histogram:
     return Histogram(AUDIO_PROCESSING, "Wall time of one decoder pass over a session's buffer",
                      ["pipeline", "device"], buckets=PROCESSING_BUCKETS, registry=registry)
+
+
+def audio_batch_size(registry: CollectorRegistry) -> Histogram:
+    return Histogram(AUDIO_BATCH_SIZE, "Sessions' buffers decoded together in one engine call",
+                     ["pipeline", "device"], buckets=BATCH_SIZE_BUCKETS, registry=registry)
 
 
 def audio_realtime_factor(registry: CollectorRegistry) -> Gauge:

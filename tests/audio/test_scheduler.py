@@ -20,7 +20,8 @@ async def test_waiting_work_is_batched_and_a_lone_item_is_not_delayed() -> None:
         calls.append(items)
         return [i * 10 for i in items]
 
-    sched = DecodeScheduler(workers=1, max_queue=64, max_batch=4)
+    sizes: list[int] = []
+    sched = DecodeScheduler(workers=1, max_queue=64, max_batch=4, on_batch=sizes.append)
     sched.start()
     try:
         first = asyncio.create_task(sched.run_batched(batch, "k", 0))  # occupies the only worker
@@ -31,6 +32,7 @@ async def test_waiting_work_is_batched_and_a_lone_item_is_not_delayed() -> None:
         assert await first == 0
         assert [await r for r in rest] == [10, 20, 30, 40, 50]
         assert calls == [[0], [1, 2, 3, 4], [5]]  # waiting items shared calls, at most max_batch
+        assert sizes == [1, 4, 1]  # what livetranslate_audio_batch_size observes
         t0 = time.monotonic()
         assert await sched.run_batched(batch, "k", 7) == 70  # alone: runs at once
         assert time.monotonic() - t0 < 1.0

@@ -209,9 +209,14 @@ async def test_health_readiness_and_metrics(audio_server: Server, meeting: tuple
                  'livetranslate_queue_depth{pipeline="local",stage="audio"}',
                  "livetranslate_sessions_active"):
         assert name in text
-    count = next(line for line in text.splitlines()
-                 if line.startswith("livetranslate_audio_processing_seconds_count"))
-    assert float(count.split()[-1]) > 0
+    def sample(prefix: str) -> float:
+        return float(next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1])
+
+    passes = sample("livetranslate_audio_processing_seconds_count")
+    assert passes > 0
+    # Every pass went through one engine call; a lone session's calls carry one buffer each.
+    assert sample("livetranslate_audio_batch_size_count") == passes
+    assert sample("livetranslate_audio_batch_size_sum") == passes
 
 
 def test_a_model_that_cannot_load_makes_readyz_say_why(server_factory: Callable[..., Server]) -> None:

@@ -45,11 +45,13 @@ class _Job:
 
 class DecodeScheduler:
     def __init__(self, workers: int, max_queue: int, max_batch: int = 8,
-                 on_depth: Callable[[int], None] | None = None) -> None:
+                 on_depth: Callable[[int], None] | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> None:
         self.workers = workers
         self.max_queue = max_queue
         self.max_batch = max_batch
         self._on_depth = on_depth or (lambda _n: None)
+        self._on_batch = on_batch or (lambda _n: None)
         self._jobs: deque[_Job] = deque()
         self._ready = asyncio.Event()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lt-decode")
@@ -145,6 +147,7 @@ class DecodeScheduler:
                     results = await loop.run_in_executor(self._pool, lambda f=fn, i=items: f(i))  # type: ignore[misc]
                     self.batches += 1
                     self.batched_items += len(batch)
+                    self._on_batch(len(batch))
                 else:
                     assert head.fn is not None
                     results = [await loop.run_in_executor(self._pool, head.fn)]

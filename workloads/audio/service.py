@@ -40,6 +40,7 @@ class AudioService:
         self.registry = CollectorRegistry()
         self.m_processing = metrics.audio_processing(self.registry)
         self.m_rtf = metrics.audio_realtime_factor(self.registry)
+        self.m_batch = metrics.audio_batch_size(self.registry)
         self.m_queue = metrics.queue_depth(self.registry).labels(pipeline=settings.pipeline, stage="audio")
         self.m_sessions = metrics.sessions_active(self.registry).labels(pipeline=settings.pipeline)
         self.engine: Engine | None = None
@@ -49,7 +50,8 @@ class AudioService:
         self.loading = True
         self.sessions: set[str] = set()
         self.scheduler = DecodeScheduler(settings.worker_count(), settings.limits.max_queue,
-                                         max_batch=settings.max_batch, on_depth=self.m_queue.set)
+                                         max_batch=settings.max_batch, on_depth=self.m_queue.set,
+                                         on_batch=self._record_batch)
         self.decode_seconds_total = 0.0
         self._diarizer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -96,6 +98,7 @@ class AudioService:
             # Publish the labelled series from the start, so dashboards and the autoscaler see
             # zeros rather than "no data" before the first session.
             self.m_processing.labels(pipeline=self.settings.pipeline, device=self.device)
+            self.m_batch.labels(pipeline=self.settings.pipeline, device=self.device)
             self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(0)
             self.m_queue.set(0)
             self.m_sessions.set(0)
@@ -121,6 +124,9 @@ class AudioService:
         return True, {"model": "loaded", "engine": self.engine.name, "device": self.device,
                       "modelName": self.model, "sessions": len(self.sessions),
                       "queueDepth": self.scheduler.depth, "workers": self.scheduler.workers}
+
+    def _record_batch(self, size: int) -> None:
+        self.m_batch.labels(pipeline=self.settings.pipeline, device=self.device).observe(size)
 
     def record_pass(self, decode_seconds: float) -> None:
         self.decode_seconds_total += decode_seconds

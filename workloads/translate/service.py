@@ -61,7 +61,7 @@ class _Metrics:
         self.latency = m.translation_latency(registry, ("backend",))
         self.queue = m.queue_depth(registry)
         self.batch = Histogram(m.TRANSLATION_BATCH_SIZE, "Segments per engine call",
-                               ["pipeline", "backend"], buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+                               ["pipeline", "backend"], buckets=m.BATCH_SIZE_BUCKETS,
                                registry=registry)
         self.batch_seconds = Histogram(m.TRANSLATION_BATCH_SECONDS, "Wall time of one engine call",
                                        ["pipeline", "backend"], buckets=m.PROCESSING_BUCKETS,
