@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from livetranslate.procs import cpu_seconds, free_port, rss_mib, wait_http
 from livetranslate.testing.figures import percentile
@@ -189,9 +189,10 @@ class ClientStream(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
+        # A cast, not an isinstance check: uvloop's TCP transport does not subclass asyncio.Transport
+        # (the check made every client connection fail under uvloop).
+        self.transport = cast(asyncio.Transport, transport)
+        self.transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
