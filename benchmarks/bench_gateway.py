@@ -237,8 +237,9 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
     import heapq
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
-    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    # Several URLs (comma-separated): gateway replicas, sessions spread over them in turn as a
+    # Service would spread connections.
+    targets = [urlsplit(u) for u in url.split(",")]
     loop = asyncio.get_running_loop()
     frame_bytes = rate * 2 * frame_ms // 1000
     second = rate * 2
@@ -247,18 +248,21 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
     failures = 0
     sem = asyncio.Semaphore(100)
 
-    async def open_one() -> None:
+    async def open_one(index: int) -> None:
         nonlocal failures
+        parts = targets[index % len(targets)]
         async with sem:
             try:
                 _t, proto = await loop.create_connection(lambda: ClientStream(parts.netloc, parts.path, rate),
-                                                         host, port)
+                                                         parts.hostname or "127.0.0.1", parts.port or 80)
                 await asyncio.wait_for(proto.started, 60)
                 streams.append(proto)
+                per_target[index % len(targets)] += 1
             except Exception:  # noqa: BLE001 - counted and reported
                 failures += 1
 
-    await asyncio.gather(*(open_one() for _ in range(n)))
+    per_target = [0] * len(targets)
+    await asyncio.gather(*(open_one(i) for i in range(n)))
     pids = {**pids, "client": os.getpid()}
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
@@ -308,7 +312,7 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
         "wall_seconds": wall, "cpu_seconds": {k: cpu1[k] - cpu0[k] for k in pids},
         "drained_seconds": drained, "cpu_seconds_drained": {k: cpu2[k] - cpu0[k] for k in pids},
         "undelivered": sum(max(0, len(s.sent_at) - pending_ok) for s in streams),
-        "errors": [e for s in streams for e in s.errors][:20],
+        "errors": [e for s in streams for e in s.errors][:20], "sessions_per_url": per_target,
     }))
 
 
@@ -424,12 +428,16 @@ def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids
                     "--pids", ",".join(f"{k}={v}" for k, v in pids.items()), "--out", str(out)])
     data = wait_file(out, client, seconds + 300)
     stop(client)
+    for key in ("cpu_seconds", "cpu_seconds_drained"):  # replicas "gateway-0", "gateway-1": summed
+        cpu_by = data[key]
+        cpu_by["gateway"] = sum(v for k, v in list(cpu_by.items()) if k.split("-")[0] == "gateway")
     lat = [x * 1000 for x in data["latencies"]]
     cpu, wall, frames = data["cpu_seconds"], data["wall_seconds"], max(1, data["frames"])
     return {
         "sessions": n, "frame_ms": frame_ms, "sample_rate": rate, "frames": data["frames"],
         "samples": len(lat), "failures": data["failures"], "closed_early": data["closed_early"],
         "late_frames": data["late_frames"], "client_errors": data["errors"],
+        "sessions_per_gateway": data["sessions_per_url"],
         "p50_ms": round(percentile(lat, 0.50), 1), "p95_ms": round(percentile(lat, 0.95), 1),
         "p99_ms": round(percentile(lat, 0.99), 1),
         "gateway_cpu_us_per_frame": round(data["cpu_seconds_drained"]["gateway"] * 1e6 / frames, 1),
@@ -530,9 +538,37 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     wait_idle(gw_port)
             finally:
                 stop(gw)
+        if args.replicas > 1:
+            result["latency"] += replica_phases(args.replicas, phases, args.seconds, audio_port, standin_proc.pid,
+                                                tmp)
     finally:
         stop(standin_proc)
     return result
+
+
+def replica_phases(replicas: int, phases: list[tuple[int, int, int]], seconds: float, audio_port: int,
+                   standin_pid: int, tmp: Path) -> list[dict[str, Any]]:
+    """The same phases against several gateway processes (one per core, as replicas of a
+    Deployment would run), the client spreading its sessions over them."""
+    ports = [free_port() for _ in range(replicas)]
+    gws = [start_gateway("current", None, audio_port, port, tmp) for port in ports]
+    rows = []
+    try:
+        url = ",".join(f"ws://127.0.0.1:{port}/v1/stream" for port in ports)
+        pids = {f"gateway-{i}": gw.pid for i, gw in enumerate(gws)} | {"standin": standin_pid}
+        for n, frame_ms, rate in phases:
+            row = audio_phase(url, n, seconds, frame_ms, rate, pids, tmp)
+            row["gateway"] = f"current, {replicas} replicas"
+            rows.append(row)
+            print(f"[{replicas} replicas] {n} sessions, {frame_ms} ms frames at {rate} Hz: p50 {row['p50_ms']} ms "
+                  f"p99 {row['p99_ms']} ms; gateways {row['gateway_cpu_us_per_frame']} us CPU/frame, "
+                  f"cores {row['cores']}, load {row['loadavg'][0]:.2f}", flush=True)
+            for port in ports:
+                wait_idle(port)
+    finally:
+        for gw in gws:
+            stop(gw)
+    return rows
 
 
 def hold_phase(url: str, connections: int, pid: int, tmp: Path, idle_mib: float) -> dict[str, Any]:
@@ -671,6 +707,8 @@ def main() -> None:
     parser.add_argument("--browser-sessions", default="100", help="live sessions, 40 ms frames at 48 kHz")
     parser.add_argument("--frame-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--replicas", type=int, default=1,
+                        help="also run the live-session phases against this many gateway processes")
     parser.add_argument("--baseline-ref", default="", help="also run the gateway of this git revision")
     parser.add_argument("--name", default="gateway", help="results file name under benchmarks/results")
     parser.add_argument("--ab-rounds", type=int, default=0,

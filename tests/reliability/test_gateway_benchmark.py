@@ -18,12 +18,17 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_a_small_run_holds_its_connections_and_times_every_session(tmp_path: Path) -> None:
     out = tmp_path / "gateway-small"
     subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "bench_gateway.py"), "--connections", "50",
-                    "--sessions", "2", "--browser-sessions", "1", "--seconds", "2", "--name", str(out)],
+                    "--sessions", "2", "--browser-sessions", "1", "--seconds", "2", "--replicas", "2",
+                    "--name", str(out)],
                    cwd=ROOT, check=True, capture_output=True, timeout=300)
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["hold"]["sessions_held"] == 50 and result["hold"]["failures"] == 0
-    rows = {(r["sessions"], r["sample_rate"]): r for r in result["latency"]}
-    assert set(rows) == {(2, 16000), (1, 48000)}
+    rows = {(r["gateway"], r["sessions"], r["sample_rate"]): r for r in result["latency"]}
+    assert set(rows) == {(g, n, rate) for g in ("current", "current, 2 replicas")
+                         for n, rate in ((2, 16000), (1, 48000))}
     for row in rows.values():
         assert row["failures"] == 0 and row["frames"] > 0 and row["samples"] > 0
         assert row["undelivered_finals"] == 0
+    # Two replicas: the client spread its sessions over both, and both gateways' CPU is counted.
+    assert rows[("current, 2 replicas", 2, 16000)]["sessions_per_gateway"] == [1, 1]
+    assert {"gateway-0", "gateway-1"} <= set(rows[("current, 2 replicas", 2, 16000)]["cores"])
