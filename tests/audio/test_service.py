@@ -214,9 +214,11 @@ async def test_health_readiness_and_metrics(audio_server: Server, meeting: tuple
 
     passes = sample("livetranslate_audio_processing_seconds_count")
     assert passes > 0
-    # Every pass went through one engine call; a lone session's calls carry one buffer each.
-    assert sample("livetranslate_audio_batch_size_count") == passes
-    assert sample("livetranslate_audio_batch_size_sum") == passes
+    # Every pass went through an engine call, several sessions' passes sometimes through one (this
+    # server is shared with the module's other tests); a pass whose session closed while it ran is
+    # in a call but not counted as a finished pass.
+    calls, buffers = sample("livetranslate_audio_batch_size_count"), sample("livetranslate_audio_batch_size_sum")
+    assert 0 < calls <= buffers and buffers >= passes
 
 
 def test_a_model_that_cannot_load_makes_readyz_say_why(server_factory: Callable[..., Server]) -> None:
