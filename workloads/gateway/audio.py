@@ -65,3 +65,38 @@ def to_pcm16(samples: np.ndarray) -> bytes:
 
 def pcm16_seconds(nbytes: int) -> float:
     return nbytes / (2 * MODEL_SAMPLE_RATE)
+
+
+class ReplayBuffer:
+    """PCM bytes a session keeps until a final covers them: appended at the end, dropped from the
+    front, read at any offset (the part the audio service has not been sent yet).
+
+    Dropping only moves a head index; the bytes before it are removed once they are at least half
+    of the buffer (and 64 KiB). A bytearray trimmed with ``del buf[:n]`` after every final moved
+    all of its remaining bytes on the next append that reached its allocation: 7 us per 100 ms
+    frame with 10 s or more held (an utterance without a final, an upstream outage), against
+    0.5 us this way.
+    """
+
+    _COMPACT_BYTES = 65536
+
+    def __init__(self) -> None:
+        self._data = bytearray()
+        self._head = 0
+
+    def __len__(self) -> int:
+        return len(self._data) - self._head
+
+    def append(self, pcm16: bytes) -> None:
+        self._data += pcm16
+
+    def drop_front(self, nbytes: int) -> None:
+        self._head += max(0, min(nbytes, len(self)))
+        if self._head >= self._COMPACT_BYTES and 2 * self._head >= len(self._data):
+            del self._data[:self._head]
+            self._head = 0
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Up to ``size`` bytes from ``offset`` (counted from the first byte held)."""
+        start = self._head + offset
+        return bytes(self._data[start:min(len(self._data), start + size)])

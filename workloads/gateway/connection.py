@@ -58,7 +58,7 @@ from livetranslate.protocol import (
     context_span,
     context_window,
 )
-from livetranslate.workloads.gateway.audio import AudioConverter, pcm16_seconds
+from livetranslate.workloads.gateway.audio import AudioConverter, ReplayBuffer, pcm16_seconds
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, SegmentRecord, SessionState
 from livetranslate.workloads.gateway.upstream import AudioLink, UpstreamRejected, UpstreamUnavailable
@@ -149,8 +149,8 @@ class Session:
         self.owner = owner
         self.sid = state.sessionId
         # Audio since the last final's end: replayed to a new audio stream after an outage.
-        self._buf = bytearray()
-        self._buf_start = state.audioSeconds  # session seconds of _buf[0]
+        self._buf = ReplayBuffer()
+        self._buf_start = state.audioSeconds  # session seconds of the first byte in _buf
         self._buf_limit = int(gw.settings.audio_buffer_seconds * 32000)
         self._sent = 0  # bytes of _buf the current audio stream has been given
         self._audio_more = asyncio.Event()
@@ -287,7 +287,7 @@ class Session:
         has not finalised yet (a long silence gives no finals) is otherwise never trimmed.
         """
         buf = self._buf
-        buf += pcm16
+        buf.append(pcm16)
         self._arrivals.append((self._buf_start + len(buf) / 32000, time.monotonic()))
         overflow = len(buf) - self._buf_limit
         if overflow <= 0:
@@ -295,7 +295,7 @@ class Session:
             return True
         overflow -= overflow % 2
         lost = overflow > self._sent  # audio the audio service never got
-        del buf[:overflow]
+        buf.drop_front(overflow)
         self._buf_start += pcm16_seconds(overflow)
         self._sent = max(0, self._sent - overflow)
         while len(self._arrivals) > 1 and self._arrivals[0][0] < self._buf_start:
@@ -308,7 +308,7 @@ class Session:
         n = round((t - self._buf_start) * 16000) * 2
         n = max(0, min(n, self._sent))
         if n:
-            del self._buf[:n]
+            self._buf.drop_front(n)
             self._buf_start += pcm16_seconds(n)
             self._sent -= n
 
@@ -392,8 +392,7 @@ class Session:
         flushed = False
         while True:
             if self._sent < len(self._buf):
-                end = min(len(self._buf), self._sent + _UPSTREAM_CHUNK)
-                chunk = bytes(self._buf[self._sent:end])
+                chunk = self._buf.read(self._sent, _UPSTREAM_CHUNK)
                 await link.send_audio(chunk)
                 self._sent += len(chunk)  # after the await: trims during it adjusted _sent
                 continue
