@@ -27,12 +27,14 @@ STAGE_MAX_REPLICAS = "livetranslate_stage_max_replicas"
 # 1 while the autoscaler acts, 0 while it is held (condition ScalingActive=False, e.g. no metrics).
 SCALING_ACTIVE = "livetranslate_scaling_active"
 
+# Sessions' buffers decoded in one engine call by the audio service (workloads/audio).
+AUDIO_BATCH_SIZE = "livetranslate_audio_batch_size"
+# Items per engine call, for the audio and the translation stage alike.
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
 # Translation service internals (workloads/translate): batching, quality gate, fallback chain and
 # the engine's own state, mirrored from vLLM's /metrics so one scrape shows the whole stage.
 TRANSLATION_BATCH_SIZE = "livetranslate_translation_batch_size"
-# Sessions' buffers decoded in one engine call by the audio service (workloads/audio).
-AUDIO_BATCH_SIZE = "livetranslate_audio_batch_size"
-BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 TRANSLATION_BATCH_SECONDS = "livetranslate_translation_batch_seconds"
 TRANSLATION_RESULTS = "livetranslate_translation_results_total"
 TRANSLATION_FALLBACKS = "livetranslate_translation_fallbacks_total"

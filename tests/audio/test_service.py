@@ -221,6 +221,24 @@ async def test_health_readiness_and_metrics(audio_server: Server, meeting: tuple
     assert 0 < calls <= buffers and buffers >= passes
 
 
+async def test_batch_size_metric_counts_every_engine_call(server_factory: Callable[..., Server],
+                                                         meeting: tuple[np.ndarray, Spans]) -> None:
+    # A server of its own: a lone session's passes each take one engine call of one buffer.
+    server = server_factory({})
+    await stream_audio(server.ws, meeting[0][: 16000 * 6], speed=3.0, session_id="alone")
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        text = (await http.get("/metrics")).text
+
+    def sample(prefix: str) -> float:
+        return float(next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1])
+
+    passes = sample("livetranslate_audio_processing_seconds_count")
+    assert passes > 0
+    assert sample("livetranslate_audio_batch_size_count") == passes
+    assert sample("livetranslate_audio_batch_size_sum") == passes
+    assert sample('livetranslate_audio_batch_size_bucket{device="cpu",le="1.0"') == passes
+
+
 def test_a_model_that_cannot_load_makes_readyz_say_why(server_factory: Callable[..., Server]) -> None:
     server = server_factory({"LT_AUDIO_MODEL": "/nonexistent/whisper-model"}, wait_ready=False)
     r = httpx.get(server.base + "/readyz")

@@ -150,3 +150,26 @@ async def test_a_resume_may_change_the_target_languages(stack: Stack) -> None:
     # Segments 0-1 were translated before the change; what is translated after it is in French.
     assert sorted((e["segmentId"], e["language"]) for e in a.of("translation")) == [(0, "es"), (1, "es")]
     assert {e["language"] for e in b.of("translation") if e["segmentId"] == 3} == {"fr"}
+
+
+async def test_a_resumed_session_keeps_its_growing_context_window(stack: Stack) -> None:
+    # The window of earlier segments sent as context grows append-only to 2 * 3 - 1 (so the
+    # engine's prefix cache keeps hitting); after a resume it must come from the stored segments.
+    a = Client(stack.ws_url)
+    await a.__aenter__()
+    await a.send_json({"type": "session.start", "targetLanguages": ["es"]})
+    sid = (await a.recv())["sessionId"]
+    await a.send_audio(block_audio([1, 2, 3, 4]))
+    await a.until(lambda e: e["type"] == "translation" and e["segmentId"] == 3)
+    drop(a)
+    b = Client(stack.ws_url)
+    await b.__aenter__()
+    await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": 3})
+    assert (await b.recv())["resumed"] is True
+    await b.send_audio(block_audio([5, 6]))
+    await b.send_json({"type": "session.end"})
+    await b.until(lambda e: e["type"] == "session.ended")
+    await b.__aexit__()
+    reqs = {r.segmentId: r for r in stack.translation.requests if r.sessionId == sid}
+    assert [c.source for c in reqs[4].context] == [f"block {k}" for k in (1, 2, 3, 4)]
+    assert [c.source for c in reqs[5].context] == [f"block {k}" for k in (1, 2, 3, 4, 5)]

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from livetranslate.api import TranslationSpec
 from livetranslate.capabilities import backend_problems
-from livetranslate.protocol import ContextSegment, context_span, context_window
+from livetranslate.protocol import ContextSegment, TranslateRequest, context_span, context_window
 from livetranslate.workloads.translate.quality import (
     Job,
     build_packed_prompt,
@@ -103,3 +104,12 @@ def test_a_sessions_prompts_extend_each_other_between_window_jumps() -> None:
             jumps.append(n)
         previous = (prompt, said[n][1])
     assert jumps == [6, 9, 12]
+
+
+def test_the_widest_context_a_pipeline_can_ask_for_fits_a_translate_request() -> None:
+    # contextSegments at its maximum makes the gateway send context_span of it: the internal
+    # request must take that many, or every such request would be refused with 422.
+    limit = next(m.le for m in TranslationSpec.model_fields["contextSegments"].metadata if hasattr(m, "le"))
+    ctx = [ContextSegment(source=f"Line {i}.") for i in range(context_span(limit))]
+    req = TranslateRequest(sessionId="s", segmentId=99, text="Next.", targetLanguages=["es"], context=ctx)
+    assert len(req.context) == context_span(limit) == 2 * limit - 1
