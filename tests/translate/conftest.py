@@ -210,7 +210,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
     model = gguf_path()
     port = free_port()
     cmd = ls.server_command(binary, model, port=port, aliases=[GEMMA_MAIN, GEMMA_SMALL], parallel=LLAMA_SLOTS,
-                            ctx_size=8192, threads=LLAMA_THREADS)
+                            threads=LLAMA_THREADS)
     log = tmp_path_factory.mktemp("llama") / "server.log"
     proc = start(cmd, log=log)
     try:

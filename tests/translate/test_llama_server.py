@@ -28,7 +28,11 @@ def test_server_command_batches_on_loopback(tmp_path: Path) -> None:
                             parallel=16, ctx_size=8192, threads=2)
     joined = " ".join(cmd)
     assert "--host 127.0.0.1" in joined and "--port 9000" in joined
-    assert "--parallel 16" in joined and "--cont-batching" in cmd and "--kv-unified" in cmd
+    assert "--parallel 16" in joined and "--cont-batching" in cmd and "--ctx-size 8192" in joined
+    assert "--no-kv-unified" in cmd  # a KV cache per slot: batched steps attend only to their own
+    default = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, parallel=8,
+                                kv_unified=True)
+    assert f"--ctx-size {8 * ls.CTX_PER_SLOT}" in " ".join(default) and "--kv-unified" in default
     assert "--alias a,b" in joined and "--metrics" in cmd
 
 

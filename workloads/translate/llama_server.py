@@ -189,19 +189,35 @@ def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = F
         return BuildInfo(target, seconds, built=True, flags=list(BUILD_FLAGS))
 
 
+# Tokens of KV cache each slot owns by default: a prompt with the default contextSegments (3: a
+# window of up to 5 earlier segments and their translations, about 35 tokens each, after the
+# instruction and example) plus its output fits with room. contextSegments 32 (63 segments) needs
+# about 2,500: pass ctx_size for it.
+CTX_PER_SLOT = 1024
+
+
 def server_command(binary: Path, model: Path, *, port: int, host: str = "127.0.0.1",
-                   aliases: Sequence[str] = (), parallel: int = 16, ctx_size: int = 16384,
-                   threads: int | None = None, metrics: bool = True) -> list[str]:
+                   aliases: Sequence[str] = (), parallel: int = 32, ctx_size: int | None = None,
+                   threads: int | None = None, kv_unified: bool = False, metrics: bool = True) -> list[str]:
     """The command line that serves ``model`` as an OpenAI-compatible, batching engine.
 
-    ``parallel`` slots decode together (continuous batching). The KV cache is unified: the slots
-    share ``ctx_size`` tokens instead of each getting a fixed ``ctx_size / parallel`` share, so a
-    long few-shot prompt fits in any slot while short ones leave room for more. ``--metrics`` adds
-    ``/metrics`` (``llamacpp:requests_processing``, ``llamacpp:n_busy_slots_per_decode``, ...).
+    ``parallel`` slots decode together (continuous batching); give it at least as many slots as
+    sessions it serves, so each session's prompt stays cached in a slot of its own (the
+    translation context window only grows between jumps, so the next prompt of a session extends
+    the cached one and only the new line is processed). ``ctx_size`` defaults to
+    ``parallel * CTX_PER_SLOT``.
+
+    Each slot gets its own KV cache (``--no-kv-unified``) unless ``kv_unified``: with one unified
+    buffer, every decode step attends over the cells of all slots, so the cost of a batched step
+    grows with every other session's cached prompt. Measured with Gemma-3-270M on 2 cores, 32 warm
+    sessions, prompt lists of 16, one thread: 1.70 segments/s unified, 2.98 per slot.
+    ``--metrics`` adds ``/metrics`` (``llamacpp:requests_processing``,
+    ``llamacpp:n_busy_slots_per_decode``, ...).
     """
+    ctx = ctx_size if ctx_size is not None else parallel * CTX_PER_SLOT
     cmd = [str(binary), "--model", str(model), "--host", host, "--port", str(port),
-           "--parallel", str(parallel), "--cont-batching", "--kv-unified", "--ctx-size", str(ctx_size),
-           "--threads", str(threads or os.cpu_count() or 2), "--no-webui"]
+           "--parallel", str(parallel), "--cont-batching", "--kv-unified" if kv_unified else "--no-kv-unified",
+           "--ctx-size", str(ctx), "--threads", str(threads or os.cpu_count() or 2), "--no-webui"]
     if aliases:
         cmd += ["--alias", ",".join(aliases)]
     if metrics:
@@ -224,8 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--port", type=int, default=8081)
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--alias", action="append", default=[], help="model name(s) the API answers to")
-    s.add_argument("--parallel", type=int, default=16)
-    s.add_argument("--ctx-size", type=int, default=16384)
+    s.add_argument("--parallel", type=int, default=32, help="slots: at least the sessions served")
+    s.add_argument("--ctx-size", type=int, default=None, help=f"KV cache tokens (default: {CTX_PER_SLOT} per slot)")
+    s.add_argument("--kv-unified", action="store_true", help="one KV buffer shared by all slots")
     s.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -247,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.write(f"{binary}\n")
         return 0
     cmd = server_command(binary, args.model, port=args.port, host=args.host, aliases=args.alias,
-                         parallel=args.parallel, ctx_size=args.ctx_size, threads=args.threads)
+                         parallel=args.parallel, ctx_size=args.ctx_size, threads=args.threads,
+                         kv_unified=args.kv_unified)
     os.execv(cmd[0], cmd)
     return 0  # not reached
 
