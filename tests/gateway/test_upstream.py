@@ -5,7 +5,38 @@ from __future__ import annotations
 
 import asyncio
 
+from websockets.asyncio.server import ServerConnection, serve
+
+from livetranslate.protocol import AudioReady, AudioStart
+from livetranslate.workloads.gateway.upstream import AudioLink
 from tests.gateway.conftest import Client, Stack, block_audio
+
+
+async def test_a_frame_goes_out_at_once_unless_the_socket_pushes_back() -> None:
+    """The hot path: an idle stream takes a frame without a task switch, in order; it declines
+    (and the caller falls back to the waiting send) under backpressure or once closed."""
+    got: list[bytes | str] = []
+    done = asyncio.Event()
+
+    async def audio_service(ws: ServerConnection) -> None:
+        await ws.recv()
+        await ws.send(AudioReady(device="cpu", model="tiny.en").model_dump_json())
+        async for message in ws:
+            got.append(message)
+        done.set()
+
+    async with serve(audio_service, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        link = await AudioLink.open(f"http://127.0.0.1:{port}", AudioStart(type="start", sessionId="s"), 5.0)
+        assert link.send_now(b"\x01\x00" * 800) and link.send_now(b"\x02\x00" * 800)
+        link._ws.pause_writing()  # what the transport calls over its high-water mark
+        assert not link.send_now(b"\x03\x00")
+        link._ws.resume_writing()
+        await link.send_audio(b"\x03\x00")  # the waiting path, after the fast ones
+        await link.close()
+        assert not link.send_now(b"\x04\x00")
+        await asyncio.wait_for(done.wait(), 5)
+    assert got == [b"\x01\x00" * 800, b"\x02\x00" * 800, b"\x03\x00"]
 
 
 async def test_audio_service_restarts_mid_session(stack: Stack) -> None:

@@ -153,6 +153,9 @@ class Session:
         self._buf_start = state.audioSeconds  # session seconds of the first byte in _buf
         self._buf_limit = int(gw.settings.audio_buffer_seconds * 32000)
         self._sent = 0  # bytes of _buf the current audio stream has been given
+        # The current stream while its writer waits with everything sent: feed() hands it new
+        # frames directly (AudioLink.send_now) instead of waking the writer task for each.
+        self._idle_link: AudioLink | None = None
         self._audio_more = asyncio.Event()
         self._flush_requested = False
         self._arrivals: collections.deque[tuple[float, float]] = collections.deque()
@@ -287,11 +290,17 @@ class Session:
         has not finalised yet (a long silence gives no finals) is otherwise never trimmed.
         """
         buf = self._buf
+        was_sent = self._sent == len(buf)
         buf.append(pcm16)
         self._arrivals.append((self._buf_start + len(buf) / 32000, time.monotonic()))
         overflow = len(buf) - self._buf_limit
         if overflow <= 0:
-            self._audio_more.set()
+            link = self._idle_link
+            if (link is not None and was_sent and len(pcm16) <= _UPSTREAM_CHUNK
+                    and not self._flush_requested and link.send_now(pcm16)):
+                self._sent += len(pcm16)
+            else:
+                self._audio_more.set()
             return True
         overflow -= overflow % 2
         lost = overflow > self._sent  # audio the audio service never got
@@ -403,7 +412,11 @@ class Session:
             if self._sent >= len(self._buf):
                 if flushed:
                     return
-                await self._audio_more.wait()
+                self._idle_link = link
+                try:
+                    await self._audio_more.wait()
+                finally:
+                    self._idle_link = None
 
     async def _read_audio(self, link: AudioLink) -> None:
         idle = False

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from livetranslate.protocol import (
     AudioError,
@@ -88,6 +89,27 @@ class AudioLink:
             await self._ws.send(pcm16)
         except (OSError, ConnectionClosed) as exc:
             raise UpstreamUnavailable(f"audio service: {exc}") from exc
+
+    def send_now(self, pcm16: bytes) -> bool:
+        """Hand ``pcm16`` to the socket without a task switch, when that cannot block.
+
+        The hot path of a live session: one client frame in, one frame out, with the writer task
+        idle. ``send`` would go through an async context manager and a drain check per frame;
+        here the frame is written straight away when the stream is open, no fragmented message
+        is in flight and the socket is not applying backpressure. False (nothing sent) means:
+        use :meth:`send_audio`, which waits. A write that fails leaves the stream to fail its
+        reader; the replay buffer still holds the audio for the next stream.
+        """
+        ws = self._ws
+        if (ws.protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused
+                or ws.transport.is_closing()):
+            return False
+        try:
+            ws.protocol.send_binary(pcm16)
+            ws.send_data()
+        except Exception as exc:  # noqa: BLE001 - a dead socket: the reader reports it
+            log.debug("audio frame write failed", extra={"fields": {"error": str(exc)}})
+        return True
 
     async def flush(self) -> None:
         try:
