@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,6 +113,36 @@ def served_names(models: Any) -> list[str]:
     return names
 
 
+class SlotMap:
+    """Which llama-server slot each (session, target language) stream of prompts uses.
+
+    A new stream takes the slot with the fewest streams on it (the lowest index on a tie), so up
+    to ``slots`` streams each own a slot and more share them evenly; the least recently used
+    stream is forgotten once ``4 * slots`` are known (an ended session sends nothing more).
+    """
+
+    def __init__(self, slots: int) -> None:
+        if slots < 1:
+            raise ValueError("a server has at least one slot")
+        self.slots = slots
+        self._of: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._load = [0] * slots
+
+    def slot(self, session_id: str, target: str) -> int:
+        key = (session_id, target)
+        known = self._of.get(key)
+        if known is not None:
+            self._of.move_to_end(key)
+            return known
+        if len(self._of) >= 4 * self.slots:
+            _, old = self._of.popitem(last=False)
+            self._load[old] -= 1
+        chosen = min(range(self.slots), key=lambda i: (self._load[i], i))
+        self._of[key] = chosen
+        self._load[chosen] += 1
+        return chosen
+
+
 class OpenAIEngine(Engine):
     """Any OpenAI-compatible server: /v1/completions (few-shot prompt) or /v1/chat/completions."""
 
@@ -136,6 +167,8 @@ class OpenAIEngine(Engine):
         self.served_models: list[str] = []
         self._last_success = 0.0
         self._posting = 0  # requests in flight to the server
+        self.slot_map: SlotMap | None = None  # with slot_affinity, once /props gave the slot count
+        self._slots_asked = False  # /props answered, with a slot count or without
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -147,7 +180,33 @@ class OpenAIEngine(Engine):
         # generations: a probe that times out while translations keep succeeding is not an outage.
         return self.served_models != [] and time.monotonic() - self._last_success < 15.0
 
+    async def _discover_slots(self) -> None:
+        """llama-server's slot count (``/props`` ``total_slots``), for slot affinity.
+
+        A server not up yet is asked again at the next readiness check; one that answers without
+        a slot count (not a llama-server) is told once, and its prompts go unpinned.
+        """
+        try:
+            resp = await self.client.get("/props", timeout=3.0)
+        except httpx.HTTPError:
+            return
+        self._slots_asked = True
+        try:
+            resp.raise_for_status()
+            props = resp.json()
+        except (httpx.HTTPError, ValueError):
+            props = None
+        slots = props.get("total_slots") if isinstance(props, dict) else None
+        if isinstance(slots, int) and slots > 0:
+            self.slot_map = SlotMap(slots)
+            log.info("slot affinity on", extra={"fields": {"engine": self.base, "slots": slots}})
+        else:
+            log.warning("slot affinity: the server reports no slot count (/props total_slots); "
+                        "prompts go unpinned", extra={"fields": {"engine": self.base}})
+
     async def check(self) -> EngineState:
+        if self.settings.slot_affinity and not self._slots_asked:
+            await self._discover_slots()
         if self._recently_served():
             self.state.ready, self.state.detail = True, "ok"
             return self.state
@@ -242,6 +301,8 @@ class OpenAIEngine(Engine):
         chat = self.settings.prompt_style == "chat"
         body: dict[str, Any] = {"model": model, "temperature": temperature,
                                 "max_tokens": self._max_tokens(job.text)}
+        if self.slot_map is not None:
+            body["id_slot"] = self.slot_map.slot(job.session_id, job.target)
         if chat:
             body["messages"] = prompt.messages
             data = await self._post("/v1/chat/completions", body)

@@ -39,6 +39,13 @@ class OpenAISettings(BaseModel):
     model: str | None = None
     prompt_style: PromptStyle = "completion"
     batch_mode: BatchMode = "concurrent"
+    # llama.cpp's llama-server: pin each session's prompts for one target language to one slot
+    # (its ``id_slot``), so the slot's cached prompt is the session's and only the new line is
+    # processed. Without it the server picks a slot by prompt similarity, and when many sessions'
+    # context windows jump at once they take each other's slots. Applies to one request per
+    # segment (``concurrent``); a prompt list cannot pin its prompts. The slot count comes from
+    # the server's ``/props``. Other servers ignore or refuse the field: leave it off for them.
+    slot_affinity: bool = False
     timeout_s: float = Field(15.0, gt=0)
     temperature: float = Field(0.0, ge=0, le=2)
     # Output budget: tokens per source character (plus a floor), so a runaway stops early.

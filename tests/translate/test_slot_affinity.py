@@ -1,0 +1,118 @@
+"""Slot affinity for llama.cpp's llama-server: each (session, language) stream of prompts keeps
+one slot, so the slot's cached prompt is that session's and only the new line is processed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+
+from livetranslate.protocol import ContextSegment
+from livetranslate.workloads.translate.engines import OpenAIEngine, SlotMap
+from livetranslate.workloads.translate.quality import Job, build_prompt
+from livetranslate.workloads.translate.settings import OpenAISettings
+
+from .conftest import GEMMA_MAIN, LlamaServer
+
+
+def test_streams_own_a_slot_each_then_share_them_evenly() -> None:
+    slots = SlotMap(3)
+    first = [slots.slot(f"s{i}", "es") for i in range(3)]
+    assert first == [0, 1, 2]
+    assert slots.slot("s1", "es") == 1  # a known stream keeps its slot
+    assert slots.slot("s1", "de") == 0  # another language is another prompt stream
+    assert sorted(slots.slot(f"t{i}", "es") for i in range(2)) == [1, 2]  # the least loaded first
+    with pytest.raises(ValueError):
+        SlotMap(0)
+
+
+def test_streams_not_heard_from_are_forgotten_and_free_their_slot() -> None:
+    slots = SlotMap(2)
+    for i in range(8):  # 4 x slots streams remembered
+        slots.slot(f"s{i}", "es")
+    slots.slot("s0", "es")  # s0 is recent again; s1 is now the oldest
+    slots.slot("new", "es")  # forgets s1
+    assert ("s1", "es") not in slots._of and ("s0", "es") in slots._of
+    assert sum(slots._load) == 8 and max(slots._load) - min(slots._load) <= 1
+
+
+def engine_with(handler: Any, **settings: Any) -> OpenAIEngine:
+    engine = OpenAIEngine(OpenAISettings(url="http://engine.test", model="m", **settings), 2)
+    engine.client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=engine.base)
+    return engine
+
+
+def completion(text: str) -> httpx.Response:
+    return httpx.Response(200, json={"choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+
+
+async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_count() -> None:
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/props":
+            return httpx.Response(200, json={"total_slots": 4})
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        bodies.append(json.loads(request.content))
+        return completion(" Hola.")
+
+    engine = engine_with(handler, slot_affinity=True)
+    await engine.check()
+    await engine.translate([Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None)
+    await engine.translate([Job("Again.", "en", "es", session_id="a", segment_id=1)], None)
+    assert sorted(b["id_slot"] for b in bodies[:2]) == [0, 1]
+    assert bodies[2]["id_slot"] == next(b["id_slot"] for b in bodies[:2] if "Hello." in b["prompt"])
+    await engine.close()
+
+
+async def test_a_server_without_a_slot_count_gets_unpinned_requests_and_one_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    bodies: list[dict[str, Any]] = []
+    asked = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/props":
+            asked.append(1)
+            return httpx.Response(404)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        bodies.append(json.loads(request.content))
+        return completion(" Hola.")
+
+    engine = engine_with(handler, slot_affinity=True)
+    for _ in range(3):
+        await engine.check()
+    await engine.translate([Job("Hello.", "en", "es", session_id="a")], None)
+    assert engine.slot_map is None and "id_slot" not in bodies[0] and asked == [1]
+    assert sum("slot affinity" in r.message for r in caplog.records) == 1
+    off = engine_with(handler)  # the default: nothing asked, nothing pinned
+    await off.check()
+    assert asked == [1]
+    await engine.close()
+    await off.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_pinned_session_reuses_its_slots_cached_prompt_on_a_real_llama_server(llama: LlamaServer) -> None:
+    engine = OpenAIEngine(OpenAISettings(url=llama.url, model=GEMMA_MAIN, timeout_s=120.0, slot_affinity=True), 3)
+    await engine.check()
+    assert engine.slot_map is not None and engine.slot_map.slots == llama.slots
+    first = Job("We opened a new office in Madrid.", "en", "es", session_id="pin-a", segment_id=0)
+    other = Job("The train leaves at nine.", "en", "es", session_id="pin-b", segment_id=0)
+    [out_a, out_b] = await engine.translate([first, other], None)
+    assert not isinstance(out_a, BaseException) and not isinstance(out_b, BaseException)
+    nxt = Job("It has room for forty people.", "en", "es", session_id="pin-a", segment_id=1,
+              context=(ContextSegment(source=first.text, translations={"es": out_a.text.strip()}),))
+    tokenized = await engine.client.post("/tokenize", json={"content": build_prompt(nxt, 3).text})
+    prompt_tokens = len(tokenized.json()["tokens"])
+    before = llama.metrics()["llamacpp:prompt_tokens_total"]
+    [out] = await engine.translate([nxt], None)
+    processed = llama.metrics()["llamacpp:prompt_tokens_total"] - before
+    assert not isinstance(out, BaseException) and out.text.strip()
+    # The slot held the session's previous prompt and answer: most of this prompt was cached.
+    assert processed < prompt_tokens / 2, (processed, prompt_tokens)
+    await engine.close()
