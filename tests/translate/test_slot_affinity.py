@@ -95,16 +95,52 @@ async def test_a_server_without_a_slot_count_gets_unpinned_requests_and_one_warn
     await off.close()
 
 
+async def test_a_server_not_up_yet_is_asked_for_its_slots_again_at_the_next_check() -> None:
+    up = False
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if not up:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/props":
+            return httpx.Response(200, json={"total_slots": 2})
+        return httpx.Response(200, json={"data": [{"id": "m"}]})
+
+    engine = engine_with(handler, slot_affinity=True)
+    state = await engine.check()
+    assert not state.ready and engine.slot_map is None
+    up = True
+    state = await engine.check()
+    assert state.ready and engine.slot_map is not None and engine.slot_map.slots == 2
+    await engine.close()
+
+
+async def slot_tasks(engine: OpenAIEngine) -> dict[int, int | None]:
+    """The last task each llama-server slot ran (``/slots``; absent on a slot never used)."""
+    resp = await engine.client.get("/slots")
+    return {s["id"]: s.get("id_task") for s in resp.json()}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-async def test_a_pinned_session_reuses_its_slots_cached_prompt_on_a_real_llama_server(llama: LlamaServer) -> None:
+async def test_a_pinned_session_runs_in_its_slot_and_reuses_its_cached_prompt(llama: LlamaServer) -> None:
     engine = OpenAIEngine(OpenAISettings(url=llama.url, model=GEMMA_MAIN, timeout_s=120.0, slot_affinity=True), 3)
     await engine.check()
-    assert engine.slot_map is not None and engine.slot_map.slots == llama.slots
+    slot_map = engine.slot_map
+    assert slot_map is not None and slot_map.slots == llama.slots
+    for i in range(llama.slots - 1):  # other streams take the lower slots: this session gets the last
+        slot_map.slot(f"other-{i}", "es")
+    last = llama.slots - 1
+    assert slot_map.slot("pin-a", "es") == last
+    # Make that slot the one the server would pick last on its own: the most recently used, with
+    # a prompt nothing like a translation prompt (it chooses by prompt similarity, then LRU).
+    await engine.client.post("/v1/completions", json={"model": GEMMA_MAIN, "prompt": "Zebra quartz", "max_tokens": 1,
+                                                      "id_slot": last})
+    tasks = await slot_tasks(engine)
     first = Job("We opened a new office in Madrid.", "en", "es", session_id="pin-a", segment_id=0)
-    other = Job("The train leaves at nine.", "en", "es", session_id="pin-b", segment_id=0)
-    [out_a, out_b] = await engine.translate([first, other], None)
-    assert not isinstance(out_a, BaseException) and not isinstance(out_b, BaseException)
+    [out_a] = await engine.translate([first], None)
+    assert not isinstance(out_a, BaseException)
+    ran = {slot for slot, task in (await slot_tasks(engine)).items() if task != tasks.get(slot)}
+    assert ran == {last}  # the server honoured the pin; left to itself it would not pick this slot
     nxt = Job("It has room for forty people.", "en", "es", session_id="pin-a", segment_id=1,
               context=(ContextSegment(source=first.text, translations={"es": out_a.text.strip()}),))
     tokenized = await engine.client.post("/tokenize", json={"content": build_prompt(nxt, 3).text})
