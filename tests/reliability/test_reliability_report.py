@@ -3,28 +3,18 @@ document is exactly what the generator makes from the committed results (as for 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from tests.reliability.conftest import load_benchmark
+
 ROOT = Path(__file__).resolve().parents[2]
 
-
-def _report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reliability_report", ROOT / "benchmarks" / "reliability_report.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _report()
+report = load_benchmark("reliability_report")
 
 
 def _write(path: Path, rows: list[dict[str, object]], **extra: object) -> None:
