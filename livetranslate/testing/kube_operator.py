@@ -42,8 +42,11 @@ def pipeline(name: str = "town-hall", spec: dict[str, Any] | None = None, namesp
             "metadata": {"name": name, "namespace": namespace}, "spec": spec if spec is not None else {}}
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0, message: str = "") -> Any:
-    """Poll ``check`` until it returns something truthy (the operator is asynchronous)."""
+async def eventually(check: Callable[[], Any], timeout: float = 20.0,
+                     message: str | Callable[[], str] = "") -> Any:
+    """Poll ``check`` until it returns something truthy (the operator is asynchronous).
+
+    ``message`` may be a callable: it is asked only on failure, so it can describe the state then."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -51,7 +54,8 @@ async def eventually(check: Callable[[], Any], timeout: float = 20.0, message: s
         if last:
             return last
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s: {message or check} (last: {last!r})")
+    said = message() if callable(message) else message
+    raise AssertionError(f"timed out after {timeout}s: {said or check} (last: {last!r})")
 
 
 class Cluster:
