@@ -41,8 +41,10 @@ class StreamingSettings(BaseModel):
     # Two passes over the first second of an utterance agree on wrong words too often ("For me,
     # then" for "The meeting will"), and those words carry a low decoder probability. Until the
     # utterance has this much voiced audio, agreed words commit only while each has at least
-    # agree_min_probability; after it, agreement alone commits.
-    min_agree_seconds: float = Field(1.0, ge=0.0, le=10.0)
+    # agree_min_probability; after it, agreement alone commits. 0.7 s rather than 1.0 s: in the
+    # benchmark replay it cut the p95 final latency by 0.06-0.10 s at the same WER (0.5 s and
+    # below let wrong early words through: WER 0.118 -> 0.132).
+    min_agree_seconds: float = Field(0.7, ge=0.0, le=10.0)
     agree_min_probability: float = Field(0.5, ge=0.0, le=1.0)
     # Audio an agreed word needs after it before it commits: a word cut by the buffer's end
     # ("slide" of "slides", "present" of "presentation") agrees with itself one step later.
