@@ -114,6 +114,43 @@ async def test_a_server_not_up_yet_is_asked_for_its_slots_again_at_the_next_chec
     await engine.close()
 
 
+async def test_a_restarted_server_is_asked_for_its_slots_again_and_streams_keep_theirs_if_unchanged() -> None:
+    state = {"slots": 4, "down": False}
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if state["down"]:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/props":
+            return httpx.Response(200, json={"total_slots": state["slots"]})
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        bodies.append(json.loads(request.content))
+        return completion(" Hola.")
+
+    engine = engine_with(handler, slot_affinity=True)
+    await engine.check()
+    first = engine.slot_map
+    await engine.translate([Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None)
+    # The server goes away: a failed request; it comes back with the same slot count.
+    state["down"] = True
+    [lost] = await engine.translate([Job("Lost.", "en", "es", session_id="a", segment_id=1)], None)
+    assert isinstance(lost, BaseException) and engine.slot_map is not None
+    state["down"] = False
+    await engine.check()
+    assert engine.slot_map is first  # same count: assignments kept
+    # Down again; back with 2 slots (another --parallel): a new map within the new count.
+    state["down"] = True
+    [lost] = await engine.translate([Job("Lost.", "en", "es", session_id="a", segment_id=2)], None)
+    assert isinstance(lost, BaseException) and engine.slot_map is not None
+    state["down"], state["slots"] = False, 2
+    await engine.check()
+    assert engine.slot_map is not first and engine.slot_map is not None and engine.slot_map.slots == 2
+    await engine.translate([Job(f"S{i}.", "en", "es", session_id=f"s{i}") for i in range(3)], None)
+    assert all(0 <= b["id_slot"] < 2 for b in bodies[-3:])
+    await engine.close()
+
+
 async def slot_tasks(engine: OpenAIEngine) -> dict[int, int | None]:
     """The last task each llama-server slot ran (``/slots``; absent on a slot never used)."""
     resp = await engine.client.get("/slots")

@@ -184,7 +184,9 @@ class OpenAIEngine(Engine):
         """llama-server's slot count (``/props`` ``total_slots``), for slot affinity.
 
         A server not up yet is asked again at the next readiness check; one that answers without
-        a slot count (not a llama-server) is told once, and its prompts go unpinned.
+        a slot count (not a llama-server) is told once, and its prompts go unpinned. After a lost
+        connection (a restarted server may run another ``--parallel``) it is asked again; the
+        streams keep their slots when the count is unchanged.
         """
         try:
             resp = await self.client.get("/props", timeout=3.0)
@@ -198,6 +200,8 @@ class OpenAIEngine(Engine):
             props = None
         slots = props.get("total_slots") if isinstance(props, dict) else None
         if isinstance(slots, int) and slots > 0:
+            if self.slot_map is not None and self.slot_map.slots == slots:
+                return
             self.slot_map = SlotMap(slots)
             log.info("slot affinity on", extra={"fields": {"engine": self.base, "slots": slots}})
         else:
@@ -267,6 +271,8 @@ class OpenAIEngine(Engine):
         except httpx.TimeoutException as exc:
             raise EngineError(f"{self.name}: no reply within {self.settings.timeout_s:g} s") from exc
         except httpx.HTTPError as exc:
+            if self.settings.slot_affinity:
+                self._slots_asked = False  # the server may come back with another slot count
             raise EngineError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         finally:
             self._posting -= 1
