@@ -144,7 +144,10 @@ class StandinStream(asyncio.Protocol):
                 self._received += n
                 if self._received // SECOND > before // SECOND:
                     end = self._offset + self._received // SECOND
-                    self._send(json.dumps({"type": "final", "text": f"second {int(end)}",
+                    # The text carries when the stand-in got the second's last byte (CLOCK_MONOTONIC
+                    # is one clock for every process here), so the client can split the round trip
+                    # into the gateway's way in and its way out.
+                    self._send(json.dumps({"type": "final", "text": f"second {int(end)} at {time.monotonic():.6f}",
                                            "start": end - 1.0, "end": end}))
             elif opcode == OP_TEXT and payload is not None:
                 msg = json.loads(payload)
@@ -185,6 +188,7 @@ class ClientStream(asyncio.Protocol):
         self.started = asyncio.get_running_loop().create_future()
         self.sent_at: dict[int, float] = {}
         self.latencies: list[float] = []
+        self.legs: list[tuple[float, float]] = []  # (client -> stand-in, stand-in -> client)
         self.errors: list[str] = []
         self.closed = False
 
@@ -216,9 +220,13 @@ class ClientStream(asyncio.Protocol):
         for opcode, payload, _n in self._frames.feed(data):
             if opcode == OP_TEXT and payload is not None:
                 if b'"transcript.final"' in payload:
-                    t = self.sent_at.pop(round(json.loads(payload)["end"]), None)
+                    final = json.loads(payload)
+                    t = self.sent_at.pop(round(final["end"]), None)
                     if t is not None:
                         self.latencies.append(now - t)
+                        _, _, at = final["text"].partition(" at ")
+                        if at:
+                            self.legs.append((float(at) - t, now - float(at)))
                 elif b'"session.started"' in payload and not self.started.done():
                     self.started.set_result(None)
                 elif b'"error"' in payload:
@@ -308,6 +316,7 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
             s.transport.abort()
     out.write_text(json.dumps({
         "latencies": [x for s in streams for x in s.latencies], "failures": failures,
+        "legs": [x for s in streams for x in s.legs],
         "closed_early": sum(1 for s in streams if s.closed), "frames": frames, "late_frames": late,
         "wall_seconds": wall, "cpu_seconds": {k: cpu1[k] - cpu0[k] for k in pids},
         "drained_seconds": drained, "cpu_seconds_drained": {k: cpu2[k] - cpu0[k] for k in pids},
@@ -440,6 +449,7 @@ def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids
         "sessions_per_gateway": data["sessions_per_url"],
         "p50_ms": round(percentile(lat, 0.50), 1), "p95_ms": round(percentile(lat, 0.95), 1),
         "p99_ms": round(percentile(lat, 0.99), 1),
+        **legs_ms(data.get("legs", [])),
         "gateway_cpu_us_per_frame": round(data["cpu_seconds_drained"]["gateway"] * 1e6 / frames, 1),
         "cores": {k: round(v / wall, 2) for k, v in cpu.items()},
         "catch_up_seconds": round(data["drained_seconds"] - wall, 1),
@@ -449,6 +459,16 @@ def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids
             frames / max(1e-9, data["cpu_seconds_drained"]["gateway"]) / (1000 / frame_ms)),
         "loadavg": os.getloadavg(),
     }
+
+
+def legs_ms(legs: list[list[float]]) -> dict[str, float]:
+    """p50/p99 of each half of the round trip: client -> gateway -> stand-in ("in") and stand-in ->
+    gateway -> client ("out"), in ms."""
+    if not legs:
+        return {}
+    inbound, outbound = [x[0] * 1000 for x in legs], [x[1] * 1000 for x in legs]
+    return {"in_p50_ms": round(percentile(inbound, 0.5), 1), "in_p99_ms": round(percentile(inbound, 0.99), 1),
+            "out_p50_ms": round(percentile(outbound, 0.5), 1), "out_p99_ms": round(percentile(outbound, 0.99), 1)}
 
 
 def ab_rounds(args: argparse.Namespace, src: Path, audio_port: int, standin_pid: int, tmp: Path
@@ -509,12 +529,14 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
         variants.insert(0, ("baseline", src))
         result["baseline_ref"] = args.baseline_ref
-    phases = [(int(n), args.frame_ms, 16000) for n in args.sessions.split(",") if n]
-    phases += [(int(n), 40, 48000) for n in args.browser_sessions.split(",") if n]
+    phases = [(int(n), args.frame_ms, 16000) for n in args.sessions.split(",") if n and int(n) > 0]
+    phases += [(int(n), 40, 48000) for n in args.browser_sessions.split(",") if n and int(n) > 0]
     try:
         if args.ab_rounds:
             assert args.baseline_ref, "--ab-rounds needs --baseline-ref"
             result["ab"] = ab_rounds(args, variants[0][1], audio_port, standin_proc.pid, tmp)  # type: ignore[arg-type]
+        if args.log_sessions:
+            result["store_gc"] = [store_gc_phase(variant, tree, args.log_sessions, tmp) for variant, tree in variants]
         for variant, tree in variants:
             if not phases and not (variant == "current" and args.connections):
                 continue
@@ -532,8 +554,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                     row["gateway"] = variant
                     result["latency"].append(row)
                     print(f"[{variant}] {n} sessions, {frame_ms} ms frames at {rate} Hz: p50 {row['p50_ms']} ms "
-                          f"p99 {row['p99_ms']} ms; gateway {row['gateway_cpu_us_per_frame']} us CPU/frame, "
-                          f"cores {row['cores']}, late frames {row['late_frames']}, load {row['loadavg'][0]:.2f}",
+                          f"p99 {row['p99_ms']} ms (in p50/p99 {row.get('in_p50_ms')}/{row.get('in_p99_ms')}, "
+                          f"out {row.get('out_p50_ms')}/{row.get('out_p99_ms')}); "
+                          f"gateway {row['gateway_cpu_us_per_frame']} us CPU/frame, cores {row['cores']}, late frames {row['late_frames']}, load {row['loadavg'][0]:.2f}",
                           flush=True)
                     wait_idle(gw_port)
             finally:
@@ -569,6 +592,64 @@ def replica_phases(replicas: int, phases: list[tuple[int, int, int]], seconds: f
         for gw in gws:
             stop(gw)
     return rows
+
+
+def store_gc(src: Path | None, sessions: int, out: Path) -> None:
+    """Fill the in-memory session store (``src``'s, or this tree's) with ``sessions`` full segment
+    logs and measure what the cyclic garbage collector then walks: tracked objects added, and the
+    pause of a full collection (the gateway's event loop stops for it)."""
+    import gc
+    import importlib.util
+    import statistics
+
+    import livetranslate.workloads.gateway.sessions as sessions_mod
+    from livetranslate.workloads.gateway.settings import GatewaySettings
+
+    if src is not None:
+        spec = importlib.util.spec_from_file_location("baseline_sessions", src / "workloads" / "gateway" / "sessions.py")
+        assert spec is not None and spec.loader is not None
+        sessions_mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sessions_mod)
+    per_session = GatewaySettings().session_log_segments
+    store = sessions_mod.MemorySessionStore(max_segments=per_session)
+
+    async def fill() -> None:
+        for sid in range(sessions):
+            for i in range(per_session):
+                rec = sessions_mod.SegmentRecord(
+                    segmentId=i, text="a final caption of about ten words, as speech gives them",
+                    start=float(i), end=i + 1.0, speaker="SPEAKER_00", finalSent=True,
+                    translations={"es": "un subtítulo final de unas diez palabras"}, translationsSent=["es"])
+                await store.put_segment(f"session-{sid}", rec)
+
+    gc.collect()
+    objects0, rss0 = len(gc.get_objects()), rss_mib(os.getpid())
+    asyncio.run(fill())
+    gc.collect()
+    objects1, rss1 = len(gc.get_objects()), rss_mib(os.getpid())
+    pauses = []
+    for _ in range(5):
+        t = time.perf_counter()
+        gc.collect()
+        pauses.append((time.perf_counter() - t) * 1000)
+    out.write_text(json.dumps({"sessions": sessions, "segments_per_session": per_session,
+                               "tracked_objects_added": objects1 - objects0,
+                               "full_collection_ms": round(statistics.median(pauses), 1),
+                               "rss_added_mib": round(rss1 - rss0, 1)}))
+
+
+def store_gc_phase(variant: str, src: Path | None, sessions: int, tmp: Path) -> dict[str, Any]:
+    me = str(Path(__file__).resolve())
+    out = tmp / f"store-gc-{variant}.json"
+    args = [me, "store-gc", "--sessions", str(sessions), "--out", str(out)]
+    if src is not None:
+        args += ["--src", str(src)]
+    proc = spawn(args)
+    row = {"gateway": variant, **wait_file(out, proc, 600), "loadavg": os.getloadavg()}
+    stop(proc)
+    print(f"[{variant}] {sessions} full session logs in memory: {row['tracked_objects_added']:,} tracked objects, "
+          f"full collection {row['full_collection_ms']} ms", flush=True)
+    return row
 
 
 def hold_phase(url: str, connections: int, pid: int, tmp: Path, idle_mib: float) -> dict[str, Any]:
@@ -609,6 +690,13 @@ def write(result: dict[str, Any], name: str) -> None:
         result.setdefault("baseline_ref", previous.get("baseline_ref"))
     else:
         result["latency_measured_at"] = result["measured_at"]
+    if "store_gc" not in result and path.exists():  # --log-sessions 0 keeps the last GC figures
+        previous = json.loads(path.read_text())
+        if "store_gc" in previous:
+            result["store_gc"] = previous["store_gc"]
+            result["store_gc_measured_at"] = previous.get("store_gc_measured_at", previous.get("measured_at"))
+    elif "store_gc" in result:
+        result["store_gc_measured_at"] = result["measured_at"]
     path.write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Gateway capacity and added latency",
@@ -669,6 +757,19 @@ def write(result: dict[str, Any], name: str) -> None:
             lines.append(f"| {r['round']} | {r['sessions']} | {r['frame_ms']} ms @ {r['sample_rate'] // 1000} kHz | "
                          f"{b['gateway_cpu_us_per_frame']} us | {c['gateway_cpu_us_per_frame']} us | {ratio:.2f} | "
                          f"{b['p99_ms']} ms | {c['p99_ms']} ms | {r['loadavg'][0]:.2f} |")
+    if result.get("store_gc"):
+        lines += ["", (f"Session logs in the in-memory store (measured {result['store_gc_measured_at']}; a "
+                       "single-replica gateway keeps each session's last finals for resume). A full "
+                       "garbage collection walks every tracked object and stops the event loop while it "
+                       "does; full collections come whenever the old generation has grown by a quarter, "
+                       "which it does while logs fill:"), "",
+                  ("| gateway | sessions x finals logged | tracked objects added | full collection pause | "
+                   "RSS added | load avg |"),
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for r in result["store_gc"]:
+            lines.append(f"| {r['gateway']} | {r['sessions']:,} x {r['segments_per_session']} | "
+                         f"{r['tracked_objects_added']:,} | {r['full_collection_ms']} ms | {r['rss_added_mib']} MiB | "
+                         f"{r['loadavg'][0]:.2f} |")
     if result.get("notes"):
         lines += ["", result["notes"]]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -694,6 +795,10 @@ def main() -> None:
     p.add_argument("--url", required=True)
     p.add_argument("-n", type=int, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("store-gc")
+    p.add_argument("--src", type=Path, default=None)
+    p.add_argument("--sessions", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("client-audio")
     p.add_argument("--url", required=True)
     p.add_argument("-n", type=int, required=True)
@@ -707,6 +812,8 @@ def main() -> None:
     parser.add_argument("--browser-sessions", default="100", help="live sessions, 40 ms frames at 48 kHz")
     parser.add_argument("--frame-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--log-sessions", type=int, default=1000,
+                        help="sessions whose full segment logs fill the in-memory store for the GC figure (0 skips)")
     parser.add_argument("--replicas", type=int, default=1,
                         help="also run the live-session phases against this many gateway processes")
     parser.add_argument("--baseline-ref", default="", help="also run the gateway of this git revision")
@@ -731,6 +838,8 @@ def main() -> None:
         serve_from(args.src, args.port)
     elif args.cmd == "client-hold":
         asyncio.run(client_hold(args.url, args.n, args.out))
+    elif args.cmd == "store-gc":
+        store_gc(args.src, args.sessions, args.out)
     elif args.cmd == "client-audio":
         raise_fd_limit()
         pids = {k: int(v) for k, v in (x.split("=") for x in args.pids.split(",") if x)}

@@ -19,7 +19,7 @@ def test_a_small_run_holds_its_connections_and_times_every_session(tmp_path: Pat
     out = tmp_path / "gateway-small"
     subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "bench_gateway.py"), "--connections", "50",
                     "--sessions", "2", "--browser-sessions", "1", "--seconds", "2", "--replicas", "2",
-                    "--name", str(out)],
+                    "--log-sessions", "3", "--name", str(out)],
                    cwd=ROOT, check=True, capture_output=True, timeout=300)
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["hold"]["sessions_held"] == 50 and result["hold"]["failures"] == 0
@@ -32,3 +32,9 @@ def test_a_small_run_holds_its_connections_and_times_every_session(tmp_path: Pat
     # Two replicas: the client spread its sessions over both, and both gateways' CPU is counted.
     assert rows[("current, 2 replicas", 2, 16000)]["sessions_per_gateway"] == [1, 1]
     assert {"gateway-0", "gateway-1"} <= set(rows[("current, 2 replicas", 2, 16000)]["cores"])
+    # Each final's round trip is split at the stand-in into the gateway's way in and way out.
+    for row in rows.values():
+        assert 0 <= row["in_p50_ms"] <= row["p50_ms"] and 0 <= row["out_p50_ms"] <= row["p50_ms"]
+    # Full session logs in the in-memory store: objects the garbage collector walks, and its pause.
+    (logs,) = result["store_gc"]
+    assert logs["sessions"] == 3 and logs["tracked_objects_added"] < 100 and logs["full_collection_ms"] >= 0

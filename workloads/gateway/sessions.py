@@ -72,7 +72,12 @@ class MemorySessionStore:
         self._ttl = ttl_seconds
         self._max_segments = max_segments
         self._states: dict[str, SessionState] = {}
-        self._segments: dict[str, dict[int, SegmentRecord]] = {}
+        # The log holds each segment as its JSON, as Redis does: one str per segment, which the
+        # cyclic garbage collector never visits. As models (4 tracked objects each) a full log of
+        # 1,000 sessions was 2 million objects and a 0.5 s pause on every full collection, which
+        # happen while logs grow; dumping also costs less than copying the model (2.0 us against
+        # 3.6), and the log is read back only when a session resumes.
+        self._segments: dict[str, dict[int, str]] = {}
         self._owners: dict[str, tuple[str, float]] = {}
         self._released = asyncio.Condition()
         self._swept_at = time.monotonic()
@@ -105,12 +110,12 @@ class MemorySessionStore:
 
     async def put_segment(self, session_id: str, segment: SegmentRecord) -> None:
         log = self._segments.setdefault(session_id, {})
-        log[segment.segmentId] = _copy_segment(segment)
+        log[segment.segmentId] = segment.model_dump_json()
         log.pop(segment.segmentId - self._max_segments, None)  # segment ids are consecutive
 
     async def segments(self, session_id: str) -> list[SegmentRecord]:
         log = self._segments.get(session_id, {})
-        return [_copy_segment(log[k]) for k in sorted(log)]
+        return [SegmentRecord.model_validate_json(log[k]) for k in sorted(log)]
 
     async def claim(self, session_id: str, owner: str, wait_seconds: float) -> bool:
         deadline = time.monotonic() + wait_seconds
@@ -157,17 +162,10 @@ class MemorySessionStore:
 def _copy_state(state: SessionState) -> SessionState:
     """A copy sharing nothing mutable with ``state``: its fields are scalars and one list of str.
 
-    Written several times per final, so not ``model_copy(deep=True)``: its generic deepcopy
-    measured about three times the CPU of this copy (13 us against 4 us per segment).
+    Written with every final, so not ``model_copy(deep=True)``: its generic deepcopy measured
+    about three times the CPU of this copy. One state per session, so kept as a model.
     """
     return state.model_copy(update={"targetLanguages": list(state.targetLanguages)})
-
-
-def _copy_segment(segment: SegmentRecord) -> SegmentRecord:
-    """As ``_copy_state``: the containers are copied, their str items are immutable."""
-    return segment.model_copy(update={"translations": dict(segment.translations),
-                                      "translationErrors": dict(segment.translationErrors),
-                                      "translationsSent": list(segment.translationsSent)})
 
 
 # Release only if we still own it: a lease that expired and was taken over stays with its new owner.
