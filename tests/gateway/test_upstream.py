@@ -8,7 +8,7 @@ import asyncio
 from websockets.asyncio.server import ServerConnection, serve
 
 from livetranslate.protocol import AudioReady, AudioStart
-from livetranslate.workloads.gateway.upstream import AudioLink
+from livetranslate.workloads.gateway.upstream import AudioLink, MaskKeys
 from tests.gateway.conftest import Client, Stack, block_audio
 
 
@@ -29,6 +29,10 @@ async def test_a_frame_goes_out_at_once_unless_the_socket_pushes_back() -> None:
         port = server.sockets[0].getsockname()[1]
         link = await AudioLink.open(f"http://127.0.0.1:{port}", AudioStart(type="start", sessionId="s"), 5.0)
         assert link.send_now(b"\x01\x00" * 800) and link.send_now(b"\x02\x00" * 800)
+        # The frames are built here: each length encoding (7-bit, 16-bit, 64-bit) reaches a real
+        # server, which refuses unmasked or malformed client frames.
+        sizes = (10, 125, 126, 65535, 65536, 70000)
+        assert all(link.send_now(bytes([n % 251]) * n) for n in sizes)
         link._ws.pause_writing()  # what the transport calls over its high-water mark
         assert not link.send_now(b"\x03\x00")
         link._ws.resume_writing()
@@ -36,7 +40,14 @@ async def test_a_frame_goes_out_at_once_unless_the_socket_pushes_back() -> None:
         await link.close()
         assert not link.send_now(b"\x04\x00")
         await asyncio.wait_for(done.wait(), 5)
-    assert got == [b"\x01\x00" * 800, b"\x02\x00" * 800, b"\x03\x00"]
+    assert got == [b"\x01\x00" * 800, b"\x02\x00" * 800, *(bytes([n % 251]) * n for n in sizes), b"\x03\x00"]
+
+
+def test_mask_keys_are_fresh_four_bytes_from_a_refilled_pool() -> None:
+    keys = MaskKeys(keys=8)
+    taken = [keys.take() for _ in range(40)]  # five refills
+    assert all(len(k) == 4 for k in taken)
+    assert len(set(taken)) > 35  # random 32-bit keys: a repeat among 40 is a 2e-7 event
 
 
 async def test_audio_service_restarts_mid_session(stack: Stack) -> None:

@@ -9,12 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import struct
 from collections.abc import AsyncIterator
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
+from websockets.utils import apply_mask as _apply_mask_py
+
+try:  # the C version websockets builds, as its own frames use
+    from websockets.speedups import apply_mask  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - a websockets built without its extension
+    apply_mask = _apply_mask_py
 
 from livetranslate.protocol import (
     AudioError,
@@ -48,6 +56,42 @@ def ws_url(base: str) -> str:
 
 
 AudioEvent = AudioReady | AudioPartial | AudioFinal | AudioError | AudioFlushed
+
+
+class MaskKeys:
+    """Masking keys for the frames a client sends (RFC 6455 section 5.3: a fresh, unpredictable
+    key per frame, from a strong source of entropy): 4 bytes at a time from a pool ``os.urandom``
+    refills. websockets draws each key with a system call of its own, which was a tenth of the
+    gateway's CPU at 1,000 live sessions; the pool makes it one call per ``keys`` frames. Only the
+    event loop's thread takes keys."""
+
+    def __init__(self, keys: int = 1024) -> None:
+        self._size = 4 * keys
+        self._pool = b""
+        self._at = 0
+
+    def take(self) -> bytes:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(self._size), 0
+        key = self._pool[self._at:self._at + 4]
+        self._at += 4
+        return key
+
+
+_MASK_KEYS = MaskKeys()
+
+
+def masked_binary_frame(payload: bytes, key: bytes) -> bytes:
+    """One final binary frame from a client: FIN + opcode 2, the mask bit and length, the key, the
+    masked payload (RFC 6455 section 5.2)."""
+    n = len(payload)
+    if n < 126:
+        head = struct.pack("!BB", 0x82, 0x80 | n)
+    elif n < 65536:
+        head = struct.pack("!BBH", 0x82, 0x80 | 126, n)
+    else:
+        head = struct.pack("!BBQ", 0x82, 0x80 | 127, n)
+    return head + key + apply_mask(payload, key)
 
 
 class AudioLink:
@@ -96,17 +140,19 @@ class AudioLink:
         The hot path of a live session: one client frame in, one frame out, with the writer task
         idle. ``send`` would go through an async context manager and a drain check per frame;
         here the frame is written straight away when the stream is open, no fragmented message
-        is in flight and the socket is not applying backpressure. False (nothing sent) means:
-        use :meth:`send_audio`, which waits. A write that fails leaves the stream to fail its
-        reader; the replay buffer still holds the audio for the next stream.
+        is in flight and the socket is not applying backpressure. The frame is built here, with a
+        key from the pool (``MaskKeys``), and written to the transport: the protocol keeps no
+        state about the data frames a client sends, and it has nothing of its own waiting (the
+        connection writes what the protocol produces in the same callback). False (nothing sent)
+        means: use :meth:`send_audio`, which waits. A write that fails leaves the stream to fail
+        its reader; the replay buffer still holds the audio for the next stream.
         """
         ws = self._ws
         if (ws.protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused
                 or ws.transport.is_closing()):
             return False
         try:
-            ws.protocol.send_binary(pcm16)
-            ws.send_data()
+            ws.transport.write(masked_binary_frame(pcm16, _MASK_KEYS.take()))
         except Exception as exc:  # noqa: BLE001 - a dead socket: the reader reports it
             log.debug("audio frame write failed", extra={"fields": {"error": str(exc)}})
         return True
