@@ -28,10 +28,16 @@ def test_reads_see_exactly_the_bytes_not_yet_dropped_across_compactions() -> Non
     assert buf.read(0, 10) == b"\x01\x02"
 
 
-def test_dropped_bytes_are_released_once_they_are_half_the_buffer() -> None:
+def test_frames_a_drop_covers_are_released_and_appends_keep_references() -> None:
     buf = ReplayBuffer()
-    buf.append(bytes(200_000))
-    buf.drop_front(50_000)  # under half: only the head moves
-    assert len(buf._data) == 200_000
-    buf.drop_front(60_000)  # 110,000 of 200,000 dropped: compacted
-    assert len(buf._data) == len(buf) == 90_000
+    frames = [bytes([i]) * 3200 for i in range(10)]
+    for frame in frames:
+        buf.append(frame)
+    assert buf._frames[0] is frames[0]  # appending copies nothing
+    buf.drop_front(3 * 3200 + 100)  # three whole frames and the start of the fourth
+    assert len(buf._frames) == 7 and len(buf) == 7 * 3200 - 100
+    assert buf.read(0, 200) == bytes([3]) * 200 and buf.read(3100, 2) == bytes([4]) * 2
+    # A read within one frame returns a slice of it; across frames, the joined bytes.
+    assert buf.read(3000, 200) == bytes([3]) * 100 + bytes([4]) * 100
+    buf.append(b"")  # an empty conversion (a resampler still filling) adds no frame
+    assert len(buf._frames) == 7
