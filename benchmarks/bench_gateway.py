@@ -721,10 +721,10 @@ def write(result: dict[str, Any], name: str) -> None:
     lines += [
         f"Live audio sessions (measured {result.get('latency_measured_at', result['measured_at'])}):",
         "",
-        ("| gateway | live sessions | frames | round trip p50 | p95 | p99 | gateway CPU per frame | "
-        "cores used: gateway / stand-in / client | sessions per gateway core | catch-up after the window | "
-        "load avg |"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ("| gateway | live sessions | frames | round trip p50 | p95 | p99 | way in p50 / p99 | way out p50 / p99 | "
+         "gateway CPU per frame | cores used: gateway / stand-in / client | sessions per gateway core | "
+         "catch-up after the window | load avg |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["latency"]:
         c = r["cores"]
@@ -733,13 +733,16 @@ def write(result: dict[str, Any], name: str) -> None:
                  "sessions_per_gateway_core": "n/a"}
         lines.append(
             f"| {r['gateway']} | {r['sessions']} | {r['frame_ms']} ms @ {r['sample_rate'] // 1000} kHz | "
-            f"{r['p50_ms']} ms | {r['p95_ms']} ms | {r['p99_ms']} ms | {_us(r['gateway_cpu_us_per_frame'])} | "
+            f"{r['p50_ms']} ms | {r['p95_ms']} ms | {r['p99_ms']} ms | {_legs(r, 'in')} | {_legs(r, 'out')} | "
+            f"{_us(r['gateway_cpu_us_per_frame'])} | "
             f"{c['gateway']} / {c['standin']} / {c['client']} | {_n(r['sessions_per_gateway_core'])} | "
             f"{r['catch_up_seconds']} s | {r['loadavg'][0]:.2f} |")
     lines += ["", (
         "Round trip = the client writes the frame completing a second of audio -> gateway -> stand-in -> "
         "final -> gateway -> client: an upper bound on gateway-added latency (target p99 under 20 ms at "
-        "1,000 sessions), since client and stand-in run on the same cores. Gateway CPU per frame = the "
+        "1,000 sessions), since client and stand-in run on the same cores. Way in = client write -> the "
+        "stand-in reading that frame; way out = the stand-in writing the final -> the client reading it "
+        "(one CLOCK_MONOTONIC for all three processes). Gateway CPU per frame = the "
         "gateway process's CPU time over the streaming window / frames sent in it; sessions per gateway "
         "core = the real-time sessions one fully used core carries at that cost. `baseline` is the "
         f"gateway of `{result.get('baseline_ref', '-')}` run in the same invocation. 100 ms frames at "
@@ -773,6 +776,12 @@ def write(result: dict[str, Any], name: str) -> None:
     if result.get("notes"):
         lines += ["", result["notes"]]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def _legs(row: dict[str, Any], way: str) -> str:
+    if f"{way}_p50_ms" not in row:  # recorded before the round trip was split
+        return "-"
+    return f"{row[f'{way}_p50_ms']} / {row[f'{way}_p99_ms']} ms"
 
 
 def _us(value: Any) -> str:
