@@ -1,4 +1,4 @@
-// The captions page: microphone -> AudioWorklet (PCM16 at the AudioContext's own rate) -> the
+// The captions page: microphone -> AudioWorklet (PCM16, 16 kHz where the browser allows) -> the
 // gateway's /v1/stream; partials, finals and translations rendered one column per language.
 // URLs are relative to the document base, so the page works behind a path prefix.
 'use strict';
@@ -140,15 +140,34 @@
     };
   }
 
+  // Capture at 16 kHz, the rate the audio service decodes, where the browser can: it resamples the
+  // microphone itself, the page sends a third of the bytes of 48 kHz, and the gateway passes the
+  // audio through instead of resampling it. A browser that cannot feed a microphone into a context
+  // of another rate (NotSupportedError) captures at the device's own rate, which the gateway
+  // resamples; so does ?rate=native.
+  async function openContext(stream) {
+    if (params.get('rate') !== 'native') {
+      let context = null;
+      try {
+        context = new AudioContext({ sampleRate: 16000 });
+        return { context, source: context.createMediaStreamSource(stream) };
+      } catch (e) {
+        console.warn('no 16 kHz capture; using the device rate', e);
+        if (context) await context.close();
+      }
+    }
+    const context = new AudioContext();
+    return { context, source: context.createMediaStreamSource(stream) };
+  }
+
   async function start() {
     wanted = true;
     ui.toggle.textContent = 'Stop';
     try {
       const stream = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
-      const context = new AudioContext();
+      const { context, source } = await openContext(stream);
       await context.audioWorklet.addModule('static/pcm-worklet.js');
-      const source = context.createMediaStreamSource(stream);
       const node = new AudioWorkletNode(context, 'pcm-capture');
       node.port.onmessage = (m) => {
         lt.framesCaptured = (lt.framesCaptured || 0) + 1;
