@@ -746,8 +746,9 @@ def write(result: dict[str, Any], name: str) -> None:
         "gateway process's CPU time over the streaming window / frames sent in it; sessions per gateway "
         "core = the real-time sessions one fully used core carries at that cost. `baseline` is the "
         f"gateway of `{result.get('baseline_ref', '-')}` run in the same invocation. 100 ms frames at "
-        "16 kHz are what `livetranslate stream` sends; 40 ms at 48 kHz is what the captions page sends "
-        "from a typical browser microphone (resampled by the gateway).")]
+        "16 kHz are what `livetranslate stream` sends; the captions page sends 40 ms frames, at 16 kHz "
+        "where the browser captures at that rate (Chromium does) and at 48 kHz from a typical "
+        "microphone where it does not (resampled by the gateway).")]
     if result.get("ab"):
         lines += ["", ("Baseline and current side by side (both gateways loaded at the same time by their "
                        "own client process, so both see the same contention):"), "",
