@@ -48,18 +48,33 @@ def completion(text: str) -> httpx.Response:
     return httpx.Response(200, json={"choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
 
 
-async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_count() -> None:
-    bodies: list[dict[str, Any]] = []
+class FakeLlamaServer:
+    """The llama-server endpoints the engine uses, in their documented shapes: ``/props`` with
+    ``total_slots`` (a 404 from a server without it: ``slots=None``), ``/v1/models``, and
+    completions, whose request bodies are kept. ``up=False`` refuses every connection."""
 
-    def handler(request: httpx.Request) -> httpx.Response:
+    def __init__(self, slots: int | None = 4) -> None:
+        self.slots = slots
+        self.up = True
+        self.bodies: list[dict[str, Any]] = []
+        self.props_asked = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/props":
-            return httpx.Response(200, json={"total_slots": 4})
+            self.props_asked += 1
+            return httpx.Response(404) if self.slots is None else httpx.Response(200, json={"total_slots": self.slots})
         if request.url.path == "/v1/models":
             return httpx.Response(200, json={"data": [{"id": "m"}]})
-        bodies.append(json.loads(request.content))
+        self.bodies.append(json.loads(request.content))
         return completion(" Hola.")
 
-    engine = engine_with(handler, slot_affinity=True)
+
+async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_count() -> None:
+    server = FakeLlamaServer(slots=4)
+    bodies = server.bodies
+    engine = engine_with(server, slot_affinity=True)
     await engine.check()
     await engine.translate([Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None)
     await engine.translate([Job("Again.", "en", "es", session_id="a", segment_id=1)], None)
@@ -70,80 +85,51 @@ async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_co
 
 async def test_a_server_without_a_slot_count_gets_unpinned_requests_and_one_warning(
         caplog: pytest.LogCaptureFixture) -> None:
-    bodies: list[dict[str, Any]] = []
-    asked = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/props":
-            asked.append(1)
-            return httpx.Response(404)
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "m"}]})
-        bodies.append(json.loads(request.content))
-        return completion(" Hola.")
-
-    engine = engine_with(handler, slot_affinity=True)
+    server = FakeLlamaServer(slots=None)
+    engine = engine_with(server, slot_affinity=True)
     for _ in range(3):
         await engine.check()
     await engine.translate([Job("Hello.", "en", "es", session_id="a")], None)
-    assert engine.slot_map is None and "id_slot" not in bodies[0] and asked == [1]
+    assert engine.slot_map is None and "id_slot" not in server.bodies[0] and server.props_asked == 1
     assert sum("slot affinity" in r.message for r in caplog.records) == 1
-    off = engine_with(handler)  # the default: nothing asked, nothing pinned
+    off = engine_with(server)  # the default: nothing asked, nothing pinned
     await off.check()
-    assert asked == [1]
+    assert server.props_asked == 1
     await engine.close()
     await off.close()
 
 
 async def test_a_server_not_up_yet_is_asked_for_its_slots_again_at_the_next_check() -> None:
-    up = False
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if not up:
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path == "/props":
-            return httpx.Response(200, json={"total_slots": 2})
-        return httpx.Response(200, json={"data": [{"id": "m"}]})
-
-    engine = engine_with(handler, slot_affinity=True)
+    server = FakeLlamaServer(slots=2)
+    server.up = False
+    engine = engine_with(server, slot_affinity=True)
     state = await engine.check()
     assert not state.ready and engine.slot_map is None
-    up = True
+    server.up = True
     state = await engine.check()
     assert state.ready and engine.slot_map is not None and engine.slot_map.slots == 2
     await engine.close()
 
 
 async def test_a_restarted_server_is_asked_for_its_slots_again_and_streams_keep_theirs_if_unchanged() -> None:
-    state = {"slots": 4, "down": False}
-    bodies: list[dict[str, Any]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if state["down"]:
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path == "/props":
-            return httpx.Response(200, json={"total_slots": state["slots"]})
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "m"}]})
-        bodies.append(json.loads(request.content))
-        return completion(" Hola.")
-
-    engine = engine_with(handler, slot_affinity=True)
+    server = FakeLlamaServer(slots=4)
+    bodies = server.bodies
+    engine = engine_with(server, slot_affinity=True)
     await engine.check()
     first = engine.slot_map
     await engine.translate([Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None)
     # The server goes away: a failed request; it comes back with the same slot count.
-    state["down"] = True
+    server.up = False
     [lost] = await engine.translate([Job("Lost.", "en", "es", session_id="a", segment_id=1)], None)
     assert isinstance(lost, BaseException) and engine.slot_map is not None
-    state["down"] = False
+    server.up = True
     await engine.check()
     assert engine.slot_map is first  # same count: assignments kept
     # Down again; back with 2 slots (another --parallel): a new map within the new count.
-    state["down"] = True
+    server.up = False
     [lost] = await engine.translate([Job("Lost.", "en", "es", session_id="a", segment_id=2)], None)
     assert isinstance(lost, BaseException) and engine.slot_map is not None
-    state["down"], state["slots"] = False, 2
+    server.up, server.slots = True, 2
     await engine.check()
     assert engine.slot_map is not first and engine.slot_map is not None and engine.slot_map.slots == 2
     await engine.translate([Job(f"S{i}.", "en", "es", session_id=f"s{i}") for i in range(3)], None)
