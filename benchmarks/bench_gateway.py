@@ -416,16 +416,22 @@ def start_gateway(variant: str, src: Path | None, audio_port: int, gw_port: int,
 
 def serve_from(src: Path, port: int) -> None:
     """Run the gateway package and serve.py of an exported older revision (the baseline)."""
-    import importlib.util
-
     import livetranslate.workloads.gateway as pkg
 
     pkg.__path__[:] = [str(src / "workloads" / "gateway")]
-    spec = importlib.util.spec_from_file_location("baseline_serve", src / "livetranslate" / "serve.py")
+    load_file(src / "livetranslate" / "serve.py", "baseline_serve").main(
+        ["gateway", "--host", "127.0.0.1", "--port", str(port)])
+
+
+def load_file(path: Path, name: str) -> Any:
+    """A module from a file of an exported older revision (the baseline)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    module.main(["gateway", "--host", "127.0.0.1", "--port", str(port)])
+    return module
 
 
 def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids: dict[str, int],
@@ -599,17 +605,13 @@ def store_gc(src: Path | None, sessions: int, out: Path) -> None:
     logs and measure what the cyclic garbage collector then walks: tracked objects added, and the
     pause of a full collection (the gateway's event loop stops for it)."""
     import gc
-    import importlib.util
     import statistics
 
     import livetranslate.workloads.gateway.sessions as sessions_mod
     from livetranslate.workloads.gateway.settings import GatewaySettings
 
     if src is not None:
-        spec = importlib.util.spec_from_file_location("baseline_sessions", src / "workloads" / "gateway" / "sessions.py")
-        assert spec is not None and spec.loader is not None
-        sessions_mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sessions_mod)
+        sessions_mod = load_file(src / "workloads" / "gateway" / "sessions.py", "baseline_sessions")
     per_session = GatewaySettings().session_log_segments
     store = sessions_mod.MemorySessionStore(max_segments=per_session)
 
