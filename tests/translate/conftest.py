@@ -28,6 +28,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from livetranslate.procs import free_port, start, stop, wait_http
+from livetranslate.workloads.translate.engines import OpenAIEngine
+from livetranslate.workloads.translate.settings import OpenAISettings
 
 GEMMA_MAIN = "gemma-270m"
 GEMMA_SMALL = "gemma-270m-small"
@@ -184,6 +186,45 @@ LLAMA_SLOTS = 8
 # whose cores are shared (CI runs many suites at once) a preempted thread stalls the other; measured
 # here at load 13, one request took 1.9 s on one thread and 11.8 s on two.
 LLAMA_THREADS = 1
+
+
+def engine_with(handler: Any, **settings: Any) -> OpenAIEngine:
+    engine = OpenAIEngine(OpenAISettings(url="http://engine.test", model="m", **settings), 2)
+    engine.client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=engine.base)
+    return engine
+
+
+def completion(text: str) -> httpx.Response:
+    return httpx.Response(200, json={"choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
+
+
+class FakeLlamaServer:
+    """The llama-server endpoints the engine uses, in their documented shapes: ``/props`` with
+    ``total_slots`` (a 404 from a server without it: ``slots=None``), ``/v1/models``, ``/metrics``
+    (the Prometheus text in ``metrics``; a 404 when None, as without ``--metrics``), and
+    completions, whose request bodies are kept. ``up=False`` refuses every connection."""
+
+    def __init__(self, slots: int | None = 4, metrics: str | None = None) -> None:
+        self.slots = slots
+        self.metrics = metrics
+        self.up = True
+        self.bodies: list[dict[str, Any]] = []
+        self.props_asked = 0
+        self.metrics_asked = 0
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if not self.up:
+            raise httpx.ConnectError("connection refused", request=request)
+        if request.url.path == "/props":
+            self.props_asked += 1
+            return httpx.Response(404) if self.slots is None else httpx.Response(200, json={"total_slots": self.slots})
+        if request.url.path == "/metrics":
+            self.metrics_asked += 1
+            return httpx.Response(404) if self.metrics is None else httpx.Response(200, text=self.metrics)
+        if request.url.path == "/v1/models":
+            return httpx.Response(200, json={"data": [{"id": "m"}]})
+        self.bodies.append(json.loads(request.content))
+        return completion(" Hola.")
 
 
 @dataclass

@@ -3,10 +3,6 @@ one slot, so the slot's cached prompt is that session's and only the new line is
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
-import httpx
 import pytest
 
 from livetranslate.protocol import ContextSegment
@@ -14,7 +10,7 @@ from livetranslate.workloads.translate.engines import OpenAIEngine, SlotMap
 from livetranslate.workloads.translate.quality import Job, build_prompt
 from livetranslate.workloads.translate.settings import OpenAISettings
 
-from .conftest import GEMMA_MAIN, LlamaServer
+from .conftest import GEMMA_MAIN, FakeLlamaServer, LlamaServer, engine_with
 
 
 def test_streams_own_a_slot_each_then_share_them_evenly() -> None:
@@ -36,39 +32,6 @@ def test_streams_not_heard_from_are_forgotten_and_free_their_slot() -> None:
     slots.slot("new", "es")  # forgets s1
     assert ("s1", "es") not in slots._of and ("s0", "es") in slots._of
     assert sum(slots._load) == 8 and max(slots._load) - min(slots._load) <= 1
-
-
-def engine_with(handler: Any, **settings: Any) -> OpenAIEngine:
-    engine = OpenAIEngine(OpenAISettings(url="http://engine.test", model="m", **settings), 2)
-    engine.client = httpx.AsyncClient(transport=httpx.MockTransport(handler), base_url=engine.base)
-    return engine
-
-
-def completion(text: str) -> httpx.Response:
-    return httpx.Response(200, json={"choices": [{"index": 0, "text": text, "finish_reason": "stop"}]})
-
-
-class FakeLlamaServer:
-    """The llama-server endpoints the engine uses, in their documented shapes: ``/props`` with
-    ``total_slots`` (a 404 from a server without it: ``slots=None``), ``/v1/models``, and
-    completions, whose request bodies are kept. ``up=False`` refuses every connection."""
-
-    def __init__(self, slots: int | None = 4) -> None:
-        self.slots = slots
-        self.up = True
-        self.bodies: list[dict[str, Any]] = []
-        self.props_asked = 0
-
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        if not self.up:
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path == "/props":
-            self.props_asked += 1
-            return httpx.Response(404) if self.slots is None else httpx.Response(200, json={"total_slots": self.slots})
-        if request.url.path == "/v1/models":
-            return httpx.Response(200, json={"data": [{"id": "m"}]})
-        self.bodies.append(json.loads(request.content))
-        return completion(" Hola.")
 
 
 async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_count() -> None:

@@ -169,6 +169,7 @@ class OpenAIEngine(Engine):
         self._posting = 0  # requests in flight to the server
         self.slot_map: SlotMap | None = None  # with slot_affinity, once /props gave the slot count
         self._slots_asked = False  # /props answered, with a slot count or without
+        self._serves_metrics: bool | None = None  # /metrics with llama.cpp's names; None: not known yet
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -209,11 +210,44 @@ class OpenAIEngine(Engine):
                         "prompts go unpinned", extra={"fields": {"engine": self.base}})
 
     async def check(self) -> EngineState:
+        await self._probe()
+        if self.state.ready:
+            await self._read_metrics()
+        else:
+            self._serves_metrics = None  # what comes back may be another server
+        return self.state
+
+    async def _read_metrics(self) -> None:
+        """The server's own load, where it publishes it: llama-server with ``--metrics`` (how
+        ``llama_server.server_command`` starts it) serves ``llamacpp:requests_processing`` and
+        ``llamacpp:requests_deferred`` (requests waiting for a free slot). A server that answers
+        ``/metrics`` with an error or without those names (a hosted API, llama-cpp-python's
+        server) is asked once; one that does not answer (busy, restarting) is asked again at the
+        next check."""
+        if self._serves_metrics is False:
+            return
+        try:
+            resp = await self.client.get("/metrics", timeout=2.0)
+        except httpx.HTTPError:
+            return
+        if resp.status_code >= 500:
+            return
+        stats = engine_stats(resp.text, LLAMACPP_STATS) if resp.status_code == 200 else {}
+        if not stats:
+            self._serves_metrics = False
+            log.info("the engine publishes no llama.cpp metrics; its load is not mirrored",
+                     extra={"fields": {"engine": self.base, "status": resp.status_code}})
+            return
+        self._serves_metrics = True
+        self.state.stats = stats
+
+    async def _probe(self) -> None:
+        """Readiness: ``/v1/models`` (and, with slot affinity, the slot count once)."""
         if self.settings.slot_affinity and not self._slots_asked:
             await self._discover_slots()
         if self._recently_served():
             self.state.ready, self.state.detail = True, "ok"
-            return self.state
+            return
         try:
             resp = await self.client.get("/v1/models", timeout=3.0)
             resp.raise_for_status()
@@ -229,7 +263,6 @@ class OpenAIEngine(Engine):
         except (httpx.HTTPError, ValueError) as exc:
             self.state.ready = False
             self.state.detail = f"{self.base} unreachable: {type(exc).__name__}: {exc}"
-        return self.state
 
     def resolve_model(self, model: str | None) -> str:
         """The model name to send: the one asked for, else the server's only (first) model."""
@@ -393,8 +426,36 @@ def parse_labels(text: str, metric: str) -> dict[str, str]:
     return {}
 
 
-VLLM_METRICS = ("vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
-                "vllm:gpu_cache_usage_perc", "process_resident_memory_bytes")
+# EngineState.stats keys: an engine's own state under one name, whatever its server calls it.
+STAT_WAITING = "requests_waiting"
+STAT_RUNNING = "requests_running"
+STAT_KV_CACHE = "kv_cache_usage"
+STAT_GPU_RESERVED = "gpu_reserved_fraction"
+STAT_HOST_RSS = "host_rss_bytes"
+
+# Server metric -> stat; where two names give one stat, the first one present wins.
+VLLM_STATS = {
+    "vllm:num_requests_waiting": STAT_WAITING,
+    "vllm:num_requests_running": STAT_RUNNING,
+    "vllm:kv_cache_usage_perc": STAT_KV_CACHE,
+    "vllm:gpu_cache_usage_perc": STAT_KV_CACHE,  # its name before vLLM 0.10
+    "process_resident_memory_bytes": STAT_HOST_RSS,
+}
+LLAMACPP_STATS = {
+    "llamacpp:requests_deferred": STAT_WAITING,  # no free slot yet
+    "llamacpp:requests_processing": STAT_RUNNING,
+    "llamacpp:kv_cache_usage_ratio": STAT_KV_CACHE,  # published by older llama-server builds
+}
+
+
+def engine_stats(text: str, names: dict[str, str]) -> dict[str, float]:
+    """The stats a server's Prometheus text gives, by ``names`` (server metric -> stat)."""
+    found = parse_prometheus(text, tuple(names))
+    stats: dict[str, float] = {}
+    for metric, stat in names.items():
+        if metric in found and stat not in stats:
+            stats[stat] = found[metric]
+    return stats
 
 
 class VllmEngine(OpenAIEngine):
@@ -424,18 +485,16 @@ class VllmEngine(OpenAIEngine):
             health = await self.client.get("/health", timeout=3.0)
             if health.status_code != 200:
                 raise EngineError(f"/health answered {health.status_code}")
-            await super().check()
+            await self._probe()
             if not self.state.ready:
                 return self.state
             metrics = await self.client.get("/metrics", timeout=3.0)
             if metrics.status_code == 200:
-                stats = parse_prometheus(metrics.text, VLLM_METRICS)
-                if "vllm:kv_cache_usage_perc" not in stats and "vllm:gpu_cache_usage_perc" in stats:
-                    stats["vllm:kv_cache_usage_perc"] = stats["vllm:gpu_cache_usage_perc"]
+                stats = engine_stats(metrics.text, VLLM_STATS)
                 info = parse_labels(metrics.text, "vllm:cache_config_info")
                 if "gpu_memory_utilization" in info:
                     try:
-                        stats["gpu_memory_utilization"] = float(info["gpu_memory_utilization"])
+                        stats[STAT_GPU_RESERVED] = float(info["gpu_memory_utilization"])
                     except ValueError:
                         pass
                 self.state.stats = stats

@@ -35,7 +35,19 @@ from livetranslate.protocol import (
 from ..resilience import CircuitBreaker
 from .apertium import ApertiumEngine
 from .batching import CircuitOpen, MicroBatcher, QueueFull
-from .engines import Engine, EngineError, OpenAIEngine, Output, UnsupportedError, VllmEngine
+from .engines import (
+    STAT_GPU_RESERVED,
+    STAT_HOST_RSS,
+    STAT_KV_CACHE,
+    STAT_RUNNING,
+    STAT_WAITING,
+    Engine,
+    EngineError,
+    OpenAIEngine,
+    Output,
+    UnsupportedError,
+    VllmEngine,
+)
 from .quality import Job, check, clean_apertium, cleanup
 from .settings import BackendName, TranslateSettings
 
@@ -187,16 +199,13 @@ class TranslationService:
             self.metrics.engine_sleeping.labels(*labels).set(1.0 if st.sleeping else 0.0)
             self.metrics.breaker_open.labels(*labels).set(0.0 if step.breaker.state == "closed" else 1.0)
             stats = st.stats
-            if "vllm:kv_cache_usage_perc" in stats:
-                self.metrics.kv_cache.labels(*labels).set(stats["vllm:kv_cache_usage_perc"])
-            if "vllm:num_requests_waiting" in stats:
-                self.metrics.waiting.labels(*labels).set(stats["vllm:num_requests_waiting"])
-            if "vllm:num_requests_running" in stats:
-                self.metrics.running.labels(*labels).set(stats["vllm:num_requests_running"])
-            if "gpu_memory_utilization" in stats:
-                self.metrics.memory.labels(*labels, "gpu_reserved_fraction").set(stats["gpu_memory_utilization"])
-            if "process_resident_memory_bytes" in stats:
-                self.metrics.memory.labels(*labels, "host_rss_bytes").set(stats["process_resident_memory_bytes"])
+            for stat, gauge in ((STAT_KV_CACHE, self.metrics.kv_cache), (STAT_WAITING, self.metrics.waiting),
+                                (STAT_RUNNING, self.metrics.running)):
+                if stat in stats:
+                    gauge.labels(*labels).set(stats[stat])
+            for kind in (STAT_GPU_RESERVED, STAT_HOST_RSS):  # the stat names are the kind labels
+                if kind in stats:
+                    self.metrics.memory.labels(*labels, kind).set(stats[kind])
             if isinstance(step.engine, ApertiumEngine):
                 self.metrics.restarts.labels(*labels).set(step.engine.restarts)
 
