@@ -239,6 +239,12 @@ async def test_batch_size_metric_counts_every_engine_call(server_factory: Callab
     assert sample('livetranslate_audio_batch_size_bucket{device="cpu",le="1.0"') == passes
 
 
+def test_numpy_blas_runs_one_thread_in_the_service(audio_server: Server) -> None:
+    # The default (AudioSettings.blas_threads = 1), as the library itself reports it: a second
+    # OpenBLAS thread busy-waited between mel-spectrogram products, half a core at 8 streams.
+    assert "BLAS threads limited to 1 (openblas=1)" in audio_server.log.read_text()
+
+
 def test_a_model_that_cannot_load_makes_readyz_say_why(server_factory: Callable[..., Server]) -> None:
     server = server_factory({"LT_AUDIO_MODEL": "/nonexistent/whisper-model"}, wait_ready=False)
     r = httpx.get(server.base + "/readyz")

@@ -27,6 +27,18 @@ log = logging.getLogger(__name__)
 RTF_INTERVAL_SECONDS = 5.0
 
 
+def limit_blas_threads(threads: int) -> None:
+    """Cap numpy's BLAS thread pool for the whole process (``AudioSettings.blas_threads``; 0
+    leaves the library's default)."""
+    if threads <= 0:
+        return
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    threadpool_limits(limits=threads, user_api="blas")
+    now = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas")
+    log.info("BLAS threads limited to %d (%s)", threads, now or "no BLAS library loaded")
+
+
 def decoder_utilisation(decode_seconds: float, wall_seconds: float, workers: int) -> float:
     """Busy decoder seconds per wall second per worker, in [0, 1]."""
     if wall_seconds <= 0 or workers <= 0:
@@ -77,6 +89,7 @@ class AudioService:
 
     async def _load(self) -> None:
         t0 = time.perf_counter()
+        limit_blas_threads(self.settings.blas_threads)
         try:
             self.vad = await asyncio.to_thread(SileroVad)
             engine = await asyncio.to_thread(load_engine, self.settings)

@@ -101,6 +101,12 @@ class AudioSettings(BaseSettings):
     # Decoder worker threads (0 = one per CPU core) and CTranslate2 threads per worker.
     workers: int = Field(0, ge=0)
     threads_per_worker: int = Field(0, ge=0)
+    # Threads of numpy's BLAS (OpenBLAS) in this process; 0 leaves the library's default (one per
+    # core). Its only work here is the mel filter bank of each pass, a small matrix product the
+    # decode workers already run side by side, and its spare thread busy-waits after each one.
+    # Measured on 2 cores (benchmarks/results/audio.md): one stream's CPU 0.49 -> 0.26 s per
+    # audio second; at 8 streams p95 final latency 1.50 -> 1.21 s.
+    blas_threads: int = Field(1, ge=0)
     # Beam width of partial passes (redone every step) and of the pass that finalises an
     # utterance. Greedy for both by default: beam 5 on final passes cost 6% more CPU and gave no
     # measurable WER gain on the benchmark audio (0.081 vs 0.068, within run-to-run noise).
