@@ -435,6 +435,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-env", action="append", default=[],
                         help="KEY=VALUE for a second service run alongside as a baseline (e.g. "
                              "the previous policy's settings)")
+    parser.add_argument("--baseline-streams", default="",
+                        help="stream counts also run against the baseline service, each next to the "
+                             "same count on this one (the order alternating), for a side-by-side "
+                             "comparison under load")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process replay that splits latency into its parts")
     args = parser.parse_args(argv)
@@ -486,14 +490,18 @@ def main(argv: list[str] | None = None) -> int:
                 fig.round = r
                 figures.append(fig)
                 print(json.dumps(asdict(fig)), file=sys.stderr)
-        if "livetranslate-baseline" in services:  # its memory and CPU stay out of what follows
-            bproc = services.pop("livetranslate-baseline")[0]
+        side_by_side = {int(x) for x in args.baseline_streams.split(",") if x} if baseline_env else set()
+        if "livetranslate-baseline" in services and not side_by_side:
+            bproc = services.pop("livetranslate-baseline")[0]  # its memory stays out of what follows
             stop(bproc)
-        url = base.replace("http://", "ws://") + "/v1/audio"
-        for n in (int(x) for x in args.streams.split(",")):
-            fig = asyncio.run(run_service(url, proc.pid, audio, reference, ref_words, n))
-            figures.append(fig)
-            print(json.dumps(asdict(fig)), file=sys.stderr)
+        for i, n in enumerate(int(x) for x in args.streams.split(",")):
+            order = ["livetranslate", "livetranslate-baseline"] if n in side_by_side else ["livetranslate"]
+            for system in order if i % 2 == 0 else order[::-1]:
+                sproc, sbase = services[system]
+                fig = asyncio.run(run_service(sbase.replace("http://", "ws://") + "/v1/audio", sproc.pid, audio,
+                                              reference, ref_words, n, system))
+                figures.append(fig)
+                print(json.dumps(asdict(fig)), file=sys.stderr)
         metrics_text = httpx.get(base + "/metrics").text
     finally:
         for sproc, _ in services.values():
@@ -509,6 +517,9 @@ def main(argv: list[str] | None = None) -> int:
         if f.system == "whisper_streaming":
             f.sustained = (f.tail_seconds or 99) <= SUSTAIN_TAIL_SECONDS
     sustained = max((f.streams for f in ours if f.sustained), default=0)
+    theirs = [f for f in figures if f.system == "livetranslate-baseline" and f.round == 0]
+    if theirs:  # the baseline's side-by-side runs, judged against its own lone stream
+        mark_sustained(theirs, summary["livetranslate-baseline"]["latency_p95"]["max"])
     per_stream_mib = None
     if len(ours) >= 2:
         lo, hi = ours[0], ours[-1]
@@ -527,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
         "single_stream_summary": summary,
         "latency_breakdown": breakdown,
         "realtime_sessions": sustained, "memory_per_extra_stream_mib": per_stream_mib,
+        "baseline_realtime_sessions": max((f.streams for f in theirs if f.sustained), default=0) if theirs else None,
         # What the CPU time of one stream at the designed cadence says 2 idle cores could carry
         # (an estimate: this machine's cores were shared with other work during the run).
         "compute_capacity_streams_estimate": round((os.cpu_count() or 1) / one.cpu_seconds_per_audio_second, 1)
@@ -592,7 +604,10 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
                      f"{f['rss_mib_peak']} | {f['sustained']} | {', '.join(f'{x:.2f}' for x in f['loadavg'])} |")
     lines += ["", (f"Real-time streams sustained by one service process: **{result['realtime_sessions']}** "
               f"(every stream's p95 final latency within max({TARGET_P95_SECONDS} s, 1.25x the lone stream's "
-               f"worst round) and its last final <= {SUSTAIN_TAIL_SECONDS:g} s after its audio ends)."),
+               f"worst round) and its last final <= {SUSTAIN_TAIL_SECONDS:g} s after its audio ends)."
+               + (f" The baseline, run next to it at {args.baseline_streams} streams: "
+                  f"**{result['baseline_realtime_sessions']}**." if result.get("baseline_realtime_sessions")
+                  is not None else "")),
               (f"Memory per extra stream: **{result['memory_per_extra_stream_mib']} MiB** (peak RSS difference "
                "between the fewest- and most-stream runs of one process)."),
               (f"CPU time per stream at 1 stream implies **{result['compute_capacity_streams_estimate']}** "
