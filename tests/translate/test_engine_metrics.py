@@ -37,7 +37,7 @@ llamacpp:requests_deferred 5
 
 def test_server_names_map_to_one_set_of_stats() -> None:
     assert engine_stats(LLAMACPP_TEXT, LLAMACPP_STATS) == {STAT_RUNNING: 3.0, STAT_WAITING: 5.0}
-    # vLLM before 0.10 called the KV-cache gauge gpu_cache_usage_perc; the current name wins.
+    # Older vLLM releases called the KV-cache gauge gpu_cache_usage_perc; the current name wins.
     old = 'vllm:gpu_cache_usage_perc{model_name="m"} 0.25\n'
     assert engine_stats(old, VLLM_STATS) == {STAT_KV_CACHE: 0.25}
     both = old + 'vllm:kv_cache_usage_perc{model_name="m"} 0.5\n'

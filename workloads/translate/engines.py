@@ -438,7 +438,7 @@ VLLM_STATS = {
     "vllm:num_requests_waiting": STAT_WAITING,
     "vllm:num_requests_running": STAT_RUNNING,
     "vllm:kv_cache_usage_perc": STAT_KV_CACHE,
-    "vllm:gpu_cache_usage_perc": STAT_KV_CACHE,  # its name before vLLM 0.10
+    "vllm:gpu_cache_usage_perc": STAT_KV_CACHE,  # its older name (still read)
     "process_resident_memory_bytes": STAT_HOST_RSS,
 }
 LLAMACPP_STATS = {
