@@ -23,6 +23,7 @@ import base64
 import hashlib
 import json
 import os
+import random
 import re
 import resource
 import subprocess
@@ -32,11 +33,12 @@ from pathlib import Path
 from typing import Any, cast
 
 from livetranslate.procs import cpu_seconds, free_port, rss_mib, wait_http
-from livetranslate.testing.figures import percentile
+from livetranslate.testing.figures import cpu_model, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz PCM16
 SECOND = 32000
+SEED = 7  # session start offsets (client_audio)
 
 
 def raise_fd_limit() -> None:
@@ -275,8 +277,15 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
     interval = frame_ms / 1000
-    # Phases spread evenly over one frame interval, as independent microphones would be.
-    due = [(t0 + i * interval / max(1, len(streams)), i) for i in range(len(streams))]
+    # Each session starts at its own moment within a second, as independent speakers do. The
+    # stand-in answers the frame completing each second of a stream with a final, so sessions
+    # that all started within one frame interval would get their finals in the same 100 ms of
+    # every second: a burst real traffic does not make (finals come at the ends of utterances),
+    # which held the gateway's loop for tens of ms each second and measured that burst rather
+    # than the gateway. Seeded, so every run and both gateways of a side-by-side round see the
+    # same start pattern; the frames of all sessions fall spread over each frame interval too.
+    starts = random.Random(SEED)
+    due = [(t0 + starts.uniform(0.0, 1.0), i) for i in range(len(streams))]
     heapq.heapify(due)
     sent_bytes = [0] * len(streams)
     frames = late = 0
@@ -524,8 +533,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     audio_port = free_port()
     standin_proc = spawn([str(Path(__file__).resolve()), "standin", "--port", str(audio_port)])
     result: dict[str, Any] = {"loadavg_before": os.getloadavg(), "cpus": os.cpu_count(),
-                              "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "latency": []}
+                              "cpu_model": cpu_model(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "latency": [], "session_starts": f"random within one second (seed {SEED})"}
     variants: list[tuple[str, Path | None]] = [("current", None)]
     if args.baseline_ref:
         src = tmp / "baseline"
@@ -703,7 +712,8 @@ def write(result: dict[str, Any], name: str) -> None:
     lines = [
         "# Gateway capacity and added latency",
         "",
-        (f"Measured {result['measured_at']} on {result['cpus']} shared cores (load average before: "
+        (f"Measured {result['measured_at']} on {result['cpus']} shared cores"
+         + (f" ({result['cpu_model']})" if result.get("cpu_model") else "") + " (load average before: "
          f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); gateway, audio stand-in and "
          f"client load in three processes. `{result['command']}`."),
         "",
@@ -750,7 +760,12 @@ def write(result: dict[str, Any], name: str) -> None:
         f"gateway of `{result.get('baseline_ref', '-')}` run in the same invocation. 100 ms frames at "
         "16 kHz are what `livetranslate stream` sends; the captions page sends 40 ms frames, at 16 kHz "
         "where the browser captures at that rate (Chromium does) and at 48 kHz from a typical "
-        "microphone where it does not (resampled by the gateway).")]
+        "microphone where it does not (resampled by the gateway). "
+        + (f"Session starts: {result['session_starts']}, as independent speakers start, so each "
+           "second's finals are spread over the second."
+           if result.get("session_starts") else
+           "These sessions all started within one frame interval, so every session's final came in "
+           "the same 100 ms of each second (a burst real traffic does not make)."))]
     if result.get("ab"):
         lines += ["", ("Baseline and current side by side (both gateways loaded at the same time by their "
                        "own client process, so both see the same contention):"), "",

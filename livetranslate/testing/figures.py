@@ -31,3 +31,17 @@ def rounded_percentile(values: Sequence[float], q: float, digits: int = 3) -> fl
 def loadavg() -> list[float]:
     """The 1, 5 and 15 minute load averages, rounded: recorded beside every measured figure."""
     return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_model() -> str:
+    """The processor's model name (Linux ``/proc/cpuinfo``), recorded beside figures that depend
+    on it: the same benchmark on another machine of the fleet can differ by half."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    return value.strip()
+    except OSError:
+        pass
+    return "unknown"

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from livetranslate.testing.figures import loadavg, percentile, rounded_percentile
+from livetranslate.testing.figures import cpu_model, loadavg, percentile, rounded_percentile
 
 
 @pytest.mark.parametrize("q", [0.0, 0.5, 0.9, 0.95, 0.99, 1.0])
@@ -27,3 +28,10 @@ def test_no_values_is_nan_or_null_and_a_bad_quantile_is_refused() -> None:
 def test_loadavg_is_three_rounded_figures() -> None:
     load = loadavg()
     assert len(load) == 3 and all(x == round(x, 2) for x in load)
+
+
+def test_cpu_model_names_the_processor_or_says_unknown() -> None:
+    model = cpu_model()
+    assert model and model == model.strip()
+    if Path("/proc/cpuinfo").exists() and "model name" in Path("/proc/cpuinfo").read_text():
+        assert model != "unknown"
