@@ -92,10 +92,17 @@ async def test_sessions_waiting_on_an_open_circuit_resume_as_soon_as_a_trial_suc
     loop = asyncio.get_running_loop()
     await stack.audio_server.start()
     back = loop.time()
-    for c in clients:
+
+    async def resumed(c: Client) -> float:
         await c.until(lambda e: e["type"] == "transcript.final", timeout=15)
-    # One circuit period plus a trial and jitter; sleeping out a backoff would take 2-8 s.
-    assert loop.time() - back < 3.0, loop.time() - back
+        return loop.time() - back
+
+    times = sorted(await asyncio.gather(*(resumed(c) for c in clients)))
+    # A trial that succeeds once the circuit half-opens wakes the sessions waiting on it. Measured
+    # on an idle machine: the first resumed 0.1-0.2 s after the restart, the last 0.9-2.7 s (a
+    # 3.0 s bound failed once at 3.01 s on a loaded machine). Each session sleeping out its own
+    # backoff (1 s doubling up to 8 s, randomized) would leave the last several seconds behind.
+    assert times[-1] < 4.0, times
     for c in clients:
         await c.__aexit__()
 
