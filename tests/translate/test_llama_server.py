@@ -34,6 +34,13 @@ def test_server_command_batches_on_loopback(tmp_path: Path) -> None:
                                 kv_unified=True)
     assert f"--ctx-size {8 * ls.CTX_PER_SLOT}" in " ".join(default) and "--kv-unified" in default
     assert "--alias a,b" in joined and "--metrics" in cmd
+    assert "--n-gpu-layers" not in cmd and "--backend-sampling" not in cmd  # a CPU engine unless asked
+    gpu = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, gpu_layers=999)
+    assert gpu[gpu.index("--n-gpu-layers") + 1] == "999"
+    assert "--backend-sampling" in gpu  # on a GPU the host-side sampler is the per-sequence cost
+    host = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, gpu_layers=999,
+                             backend_sampling=False)
+    assert "--backend-sampling" not in host
 
 
 def test_explicit_binary_wins_and_must_be_executable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
