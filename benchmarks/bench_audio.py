@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import difflib
 import json
 import os
 import re
@@ -105,15 +104,47 @@ def reference_word_ends(audio: np.ndarray) -> list[tuple[str, float]]:
     return out
 
 
+# A word shows at most this long after its audio ended (the peer lags up to about 12 s on 2
+# cores) and not long before the offline pass places its end. The bound is what keeps a word of
+# one repeat of the sentences (--repeat) from aligning to the same word in another repeat, which
+# a text-only alignment does: with --repeat 3 it matched a third of the words one repeat (62.5 s)
+# off and reported a p95 latency of 62.8 s.
+MAX_LAG_SECONDS = 30.0
+MAX_LEAD_SECONDS = 5.0
+
+
+def align_in_time(ref: list[tuple[str, float]], hyp: list[tuple[str, float]]) -> list[tuple[int, int]]:
+    """Index pairs (reference word, hypothesis word) of a longest in-order alignment of equal words,
+    where a pair counts only if the hypothesis time is within the lag bounds of the reference end."""
+    n, m = len(ref), len(hyp)
+    best = np.zeros((n + 1, m + 1), dtype=np.int32)
+    for i in range(n - 1, -1, -1):
+        word, end = ref[i]
+        row, below = best[i], best[i + 1]
+        for j in range(m - 1, -1, -1):
+            lag = hyp[j][1] - end
+            if hyp[j][0] == word and -MAX_LEAD_SECONDS <= lag <= MAX_LAG_SECONDS:
+                row[j] = below[j + 1] + 1
+            else:
+                row[j] = max(below[j], row[j + 1])
+    pairs: list[tuple[int, int]] = []
+    i = j = 0
+    while i < n and j < m:
+        lag = hyp[j][1] - ref[i][1]
+        if hyp[j][0] == ref[i][0] and -MAX_LEAD_SECONDS <= lag <= MAX_LAG_SECONDS \
+                and best[i, j] == best[i + 1, j + 1] + 1:
+            pairs.append((i, j))
+            i, j = i + 1, j + 1
+        elif best[i + 1, j] >= best[i, j + 1]:
+            i += 1
+        else:
+            j += 1
+    return pairs
+
+
 def latencies(final_words: list[tuple[str, float]], ref: list[tuple[str, float]]) -> list[float]:
     """Emission time minus the reference end time of each final word that aligns to a reference word."""
-    a = [w for w, _ in ref]
-    b = [w for w, _ in final_words]
-    out = []
-    for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
-        for k in range(block.size):
-            out.append(final_words[block.b + k][1] - ref[block.a + k][1])
-    return out
+    return [final_words[j][1] - ref[i][1] for i, j in align_in_time(ref, final_words)]
 
 
 class RssSampler:
@@ -303,14 +334,11 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
             finals.append((w, now, route))
             first_seen.append(min([pt for ws, pt in partial_words if w in ws] or [now]))
         partial_words = []
-    a = [w for w, _ in ref_words]
-    b = [w for w, _, _ in finals]
     rows: list[tuple[float, float, str]] = []
-    for block in difflib.SequenceMatcher(a=a, b=b, autojunk=False).get_matching_blocks():
-        for j in range(block.size):
-            end = ref_words[block.a + j][1]
-            _w, final_t, route = finals[block.b + j]
-            rows.append((first_seen[block.b + j] - end, final_t - end, route))
+    for i, j in align_in_time(ref_words, [(w, t) for w, t, _ in finals]):
+        end = ref_words[i][1]
+        _w, final_t, route = finals[j]
+        rows.append((first_seen[j] - end, final_t - end, route))
     by_route: dict[str, Any] = {}
     for route in ("agreement", "end of utterance"):
         lat = [f for _h, f, r in rows if r == route]
