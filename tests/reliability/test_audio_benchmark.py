@@ -44,3 +44,18 @@ def test_substituted_and_inserted_words_leave_the_rest_aligned() -> None:
     pairs = bench_audio.align_in_time(ref, shown)
     assert [ref[i][0] for i, _ in pairs] == ["the", "meeting", "start", "in", "five", "minutes"]
     assert [shown[j][0] for _, j in pairs] == ["the", "meeting", "start", "in", "five", "minutes"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_seeded_replay_repeats_its_figures() -> None:
+    # Real speech through the real engine and streaming policy, replayed twice with one seed.
+    speech = bench_audio.speech
+    audio, spans = speech.compose([speech.Utterance(t, voice) for t, voice in
+                                   zip(speech.SENTENCES[:2], bench_audio.VOICES, strict=False)])
+    reference = " ".join(s[2] for s in spans)
+    ref_words = bench_audio.reference_word_ends(audio)
+    first, again = (bench_audio.latency_breakdown(audio, reference, ref_words, {}, seed=7) for _ in range(2))
+    for key in ("wer", "words", "passes", "final_p50", "final_p95", "decode_seconds_p50"):
+        assert first[key] == again[key], key
+    assert first["seed"] == 7 and first["words"] >= 10 and first["wer"] < 0.3
