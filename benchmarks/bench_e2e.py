@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livetranslate.testing.figures import percentile
+from livetranslate.testing.figures import cpu_model, percentile
 from livetranslate.testing.speech import SENTENCES, Utterance, compose, to_pcm16, word_error_rate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,12 +95,14 @@ def start_up(log: Path) -> tuple[subprocess.Popen[str], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", default="1,4,8")
+    parser.add_argument("--name", default="e2e",
+                        help="stem of the results files in benchmarks/results (the whole .md is rewritten)")
     args = parser.parse_args()
     samples, _spans = compose([Utterance(t, pause_after=1.0) for t in SENTENCES[:4]])
     pcm = to_pcm16(samples)
     reference = " ".join(SENTENCES[:4])
     result: dict[str, Any] = {"audio_seconds": round(len(samples) / 16000, 2), "cpus": os.cpu_count(),
-                              "loadavg_before": os.getloadavg(), "runs": []}
+                              "cpu_model": cpu_model(), "loadavg_before": os.getloadavg(), "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_up(Path(tmp) / "up.log")
         try:
@@ -127,11 +129,12 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "e2e.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# End-to-end caption latency through `livetranslate up`",
         "",
-        (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {result['cpus']} cores shared "
+        (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {result['cpus']} cores "
+         f"({result['cpu_model']}) shared "
          f"with other work (load average before: {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); "
          f"{result['audio_seconds']} s of espeak-ng speech per session, streamed in real time; faster-whisper "
          "tiny.en int8 on CPU, Apertium en->es. `benchmarks/bench_e2e.py`."),
@@ -145,8 +148,8 @@ def main() -> None:
                      f"{r['gateway_measured_final_p95_ms']} ms | {r['mean_wer']} | "
                      f"{r['loadavg_at_start'][0]:.2f} |")
     lines += ["", "Targets at 4 sessions on 2 cores: p95 final under 1.5 s, p95 translation under 2.0 s."]
-    (RESULTS / "e2e.md").write_text("\n".join(lines) + "\n")
-    print((RESULTS / "e2e.md").read_text())
+    (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    print((RESULTS / f"{args.name}.md").read_text())
 
 
 if __name__ == "__main__":
