@@ -216,7 +216,8 @@ def server_command(binary: Path, model: Path, *, port: int, host: str = "127.0.0
     ``llamacpp:n_busy_slots_per_decode``, ...).
 
     ``gpu_layers`` offloads that many layers (``--n-gpu-layers``; a number above the model's
-    layer count offloads all of them) to a binary built with a GPU backend; a CPU build ignores it.
+    layer count offloads all of them) to a binary built with a GPU backend; the CPU build warns
+    "no usable GPU found, --gpu-layers option will be ignored" and serves on the CPU.
     ``backend_sampling`` (default: on when offloading) picks each next token inside the model's
     graph rather than in the server's one host thread. On a GPU the host path costs about 0.7 ms
     per sequence per token over Gemma-3-270M's 262,144-token vocabulary: a 32-sequence step took
@@ -233,7 +234,9 @@ def server_command(binary: Path, model: Path, *, port: int, host: str = "127.0.0
         cmd.append("--metrics")
     if gpu_layers is not None:
         cmd += ["--n-gpu-layers", str(gpu_layers)]
-    if backend_sampling if backend_sampling is not None else gpu_layers is not None:
+    if backend_sampling is None:
+        backend_sampling = gpu_layers is not None
+    if backend_sampling:
         cmd.append("--backend-sampling")
     return cmd
 
