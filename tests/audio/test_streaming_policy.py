@@ -72,6 +72,21 @@ def test_agreed_words_become_final_and_the_rest_stays_partial() -> None:
     assert partials[-1].text == "start"
 
 
+def test_passes_keep_their_step_when_audio_comes_in_tenths_of_a_second() -> None:
+    # Stream time is a sum of 0.1 s chunks (12.4 - 12.1 == 0.29999999999999893): a 0.3 s step
+    # compared without tolerance waited for a fourth chunk every other pass (0.4 s apart).
+    s = StreamSession(StreamingSettings(step_seconds=0.3), VadStream(None), use_vad=False)
+    pass_ends = []
+    for _ in range(150):
+        _feed(s, 0.1)
+        req = s.next_request()
+        if req is not None:
+            pass_ends.append(req.end)
+            s.apply(req, Hypothesis())
+    gaps = np.diff(pass_ends)
+    assert len(pass_ends) == 50 and gaps == pytest.approx(np.full(len(gaps), 0.3))
+
+
 def test_unsure_agreement_waits_until_the_utterance_is_long_enough() -> None:
     s = _session(min_agree_seconds=2.0, agree_min_probability=0.5)
     words = (("For", 0.1, 0.3), ("me", 0.3, 0.7), ("then", 0.7, 0.9))

@@ -37,6 +37,9 @@ SAMPLE_RATE = 16000
 TAIL_PAD_SECONDS = 0.2
 # Shortest voiced audio worth a decoder pass.
 MIN_DECODE_SECONDS = 0.3
+# Stream times are sums of chunk lengths, so 12.4 - 12.1 is 0.29999999999999893: every
+# threshold comparison allows this much, or a 0.3 s step waits for a fourth 0.1 s chunk.
+TIME_EPS = 1e-6
 
 # Whisper's well-known inventions on silence, music and noise. A match on a whole utterance is
 # dropped when the decoder itself was unsure; phrases that never occur in live speech always are.
@@ -220,7 +223,7 @@ class StreamSession:
                 self._voice_end = self._vad_time
                 self.last_voice_at = self._vad_time
             elif self.in_speech and prob < s.vad_neg_threshold and \
-                    self._vad_time - self._voice_end >= s.min_silence_seconds:
+                    self._vad_time - self._voice_end >= s.min_silence_seconds - TIME_EPS:
                 self.in_speech = False
                 self._utterance_ends.append(min(self._voice_end + TAIL_PAD_SECONDS, self._vad_time))
         if not self.in_speech and not self._utterance_ends and not self.in_flight:
@@ -277,8 +280,9 @@ class StreamSession:
         # whatever the step: if the silence lasts, that pass becomes the utterance's final.
         heard = self._voice_end + TAIL_PAD_SECONDS
         closing = self._use_vad and end >= heard > self._last_request_end
-        if end - voiced_from < MIN_DECODE_SECONDS or (end - self._last_request_end < s.step_seconds
-                                                      and not closing):
+        too_short = end - voiced_from < MIN_DECODE_SECONDS - TIME_EPS
+        too_soon = end - self._last_request_end < s.step_seconds - TIME_EPS
+        if too_short or (too_soon and not closing):
             return None
         return self._request(start, end, final=end - start >= s.max_buffer_seconds)
 
