@@ -231,6 +231,24 @@ def test_a_voice_first_heard_in_this_utterance_is_refined_not_split() -> None:
     assert tracker.assign(-a, 1.0) == "S4"
 
 
+def test_a_short_clip_needs_less_similarity_to_match_a_known_voice() -> None:
+    rng = np.random.default_rng(2)
+    a, other = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 64)))
+    other -= np.dot(other, a) * a
+    other /= np.linalg.norm(other)
+    near_a = 0.72 * a + np.sqrt(1 - 0.72 ** 2) * other  # cosine 0.72 to a, under the 0.75 threshold
+    tracker = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert tracker.assign(a, 3.0, utterance=0.0) == "S1"
+    # 0.8 s of speech (a returning voice's first final) is a noisy embedding: it still matches.
+    assert tracker.assign(near_a, 0.8, utterance=4.0) == "S1"
+    # The same similarity from 1.5 s or more of speech is another voice.
+    fresh = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert fresh.assign(a, 3.0, utterance=0.0) == "S1"
+    assert fresh.assign(near_a, 2.0, utterance=4.0) == "S2"
+    assert tracker.match_threshold(0.6) == pytest.approx(0.69)
+    assert tracker.match_threshold(1.5) == tracker.match_threshold(5.0) == pytest.approx(0.75)
+
+
 def test_settings_come_from_the_pipeline_unless_the_environment_overrides(
         tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
     resolved = ResolvedPipeline.model_validate({
