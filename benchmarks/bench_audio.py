@@ -485,6 +485,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="stream counts also run against the baseline service, each next to the "
                              "same count on this one (the order alternating), for a side-by-side "
                              "comparison under load")
+    parser.add_argument("--fresh-process", action="store_true",
+                        help="start each service anew for every single-stream round: CTranslate2's "
+                             "int8 CPU decode differs between processes by a few words on this "
+                             "corpus, so rounds in one process understate the spread of WER")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process replay that splits latency into its parts")
     args = parser.parse_args(argv)
@@ -524,6 +528,13 @@ def main(argv: list[str] | None = None) -> int:
         # the machine's other load falls on all of them alike.
         systems = [*services, *(["whisper_streaming"] if args.peer else [])]
         for r in range(1, args.rounds + 1):
+            if args.fresh_process and r > 1:
+                for name, e in (("livetranslate", env), ("livetranslate-baseline", baseline_env)):
+                    if name in services:
+                        stop(services[name][0])
+                        services[name] = start_service(tmp, e, "audio-service" if name == "livetranslate"
+                                                       else "audio-baseline")
+                proc, base = services["livetranslate"]
             k = (r - 1) % len(systems)
             for system in systems[k:] + systems[:k]:
                 if system == "whisper_streaming":
