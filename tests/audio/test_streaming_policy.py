@@ -52,48 +52,6 @@ def test_buffer_keeps_time_addressing_across_trims() -> None:
     assert buf.slice(5.0, 5.0 + 1 / SR)[0] == 0
 
 
-def test_buffer_keeps_its_history_readable_after_a_trim() -> None:
-    buf = AudioBuffer(history_seconds=1.0)
-    buf.append(np.arange(SR * 5, dtype=np.float32))
-    buf.trim_to(3.0)
-    assert buf.start == pytest.approx(3.0) and buf.history == pytest.approx(1.0)
-    assert buf.slice(2.0, 2.0 + 1 / SR)[0] == 2 * SR
-    assert buf.slice(0.5, 2.0 + 1 / SR)[0] == 2 * SR  # nothing older than the history
-    buf.append(np.arange(SR * 10, dtype=np.float32))  # grows: the history moves along
-    assert buf.history == pytest.approx(1.0) and buf.slice(2.5, 2.5 + 1 / SR)[0] == 2.5 * SR
-    assert buf.end == pytest.approx(15.0)
-
-
-def test_a_pass_with_context_decodes_earlier_audio_and_keeps_only_the_buffers_words() -> None:
-    s = StreamSession(StreamingSettings(step_seconds=0.5, max_buffer_seconds=2.5, context_seconds=2.0),
-                      VadStream(None), use_vad=False)
-    s.feed(np.arange(SR * 2.5, dtype=np.float32))
-    first = s.next_request()
-    assert first is not None and first.final and first.context == 0.0  # nothing before it yet
-    s.apply(first, _hyp(("one", 0.5, 1.0)))
-    s.feed(np.arange(SR * 2.5, SR * 3.5, dtype=np.float32))
-    req = s.next_request()
-    assert req is not None and (req.start, req.end, req.context) == pytest.approx((2.5, 3.5, 2.0))
-    assert len(req.audio) == 3 * SR and req.audio[0] == 0.5 * SR  # 2 s before the buffer
-    assert len(req.buffer_audio) == SR and req.buffer_audio[0] == 2.5 * SR
-    assert req.prompt is None and req.word_times  # context words are told apart by time
-    # "one" was heard in the context (audio seconds 0.0-0.5): not this buffer's word.
-    out = s.apply(req, _hyp(("one", 0.0, 0.5), ("two", 2.1, 2.5)))
-    assert out == [PartialOut("two", 2.6, 3.0)]
-
-
-def test_context_never_pushes_a_pass_past_whispers_window() -> None:
-    s = StreamSession(StreamingSettings(step_seconds=0.5, max_buffer_seconds=28.0, context_seconds=10.0),
-                      VadStream(None), use_vad=False)
-    _feed(s, 28.0)
-    first = s.next_request()
-    assert first is not None and first.final
-    s.apply(first, _hyp(("one", 0.5, 1.0)))
-    _feed(s, 25.0)
-    req = s.next_request()
-    assert req is not None and req.end - req.start + req.context == pytest.approx(29.0)
-
-
 def test_agreed_words_become_final_and_the_rest_stays_partial() -> None:
     s = _session()
     _feed(s, 1.0)

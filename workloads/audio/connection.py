@@ -313,7 +313,7 @@ class AudioConnection:
             # The buffer starts afresh with each utterance: its start names the utterance.
             try:
                 speaker = await self.service.scheduler.run(
-                    lambda: diarizer.label(tracker, req.buffer_audio, t0, t1, utterance=req.start))
+                    lambda: diarizer.label(tracker, req.audio, t0, t1, utterance=req.start))
             except Overloaded:
                 speaker = None
             except Exception:  # a caption without a speaker beats no caption

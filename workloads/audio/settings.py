@@ -49,11 +49,6 @@ class StreamingSettings(BaseModel):
     # Audio an agreed word needs after it before it commits: a word cut by the buffer's end
     # ("slide" of "slides", "present" of "presentation") agrees with itself one step later.
     agree_margin_seconds: float = Field(0.3, ge=0.0, le=2.0)
-    # Earlier audio decoded in front of the buffer on every pass, for context; words heard in
-    # it are dropped. Whisper transcribes a short utterance better with the speech before it:
-    # 8-12 s cut the 608-word benchmark's WER from 0.099 to 0.087-0.084 in the replay, but each
-    # CPU pass cost 3.6-5x as much (docs/audio.md). For GPU pods; 0 (off) on CPU by default.
-    context_seconds: float = Field(0.0, ge=0.0, le=20.0)
     # Silero speech probability thresholds (enter / stay).
     vad_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     vad_neg_threshold: float = Field(0.35, gt=0.0, lt=1.0)

@@ -16,10 +16,6 @@ hypothesis, which yields partial and final events:
   commit). Otherwise (the decoder was busy) a final pass over the utterance runs.
 - A final is never revised: committed words are cut out of later hypotheses by time and by
   n-gram overlap, and the buffer is trimmed at a committed word once it grows long.
-- With ``context_seconds`` set, every pass also decodes that much of the audio before the
-  buffer (earlier utterances and the pauses between them) and keeps only the words heard inside
-  the buffer: Whisper transcribes a few seconds of speech better with the speech before it.
-  Each pass then costs several times as much on CPU, so it is off by default (docs/audio.md).
 - Times are stream seconds inside this class; events carry session seconds (``time_offset`` +
   stream time) so a resumed session continues its clock.
 """
@@ -114,14 +110,6 @@ class DecodeRequest:
     # Whether this pass may commit words (and so needs exact word times); early passes of an
     # utterance only feed partials and the next agreement, which compares text.
     word_times: bool = True
-    # Seconds of earlier audio in front of the buffer at the start of ``audio`` (decoded for
-    # context only; words heard there are dropped): ``audio`` spans start - context .. end.
-    context: float = 0.0
-
-    @property
-    def buffer_audio(self) -> np.ndarray:
-        """The audio from ``start`` to ``end``, without the context in front."""
-        return self.audio[round(self.context * SAMPLE_RATE):]
 
 
 @dataclass(frozen=True)
@@ -141,39 +129,28 @@ class FinalOut:
 
 
 class AudioBuffer:
-    """A growable float32 buffer addressed by stream time; trimming from the front is O(1).
+    """A growable float32 buffer addressed by stream time; trimming from the front is O(1)."""
 
-    ``history_seconds`` of audio before ``start`` stay readable after a trim (decoder context).
-    """
-
-    def __init__(self, history_seconds: float = 0.0) -> None:
+    def __init__(self) -> None:
         self._data = np.zeros(SAMPLE_RATE * 4, dtype=np.float32)
-        self._history = round(history_seconds * SAMPLE_RATE)
-        self._oldest = 0  # index of the first kept sample (history included)
-        self._head = 0  # index of the sample at ``start``
+        self._head = 0  # index of the first kept sample
         self._tail = 0  # index after the last sample
-        self.start = 0.0  # stream seconds of the sample at ``_head``
+        self.start = 0.0  # stream seconds of the first kept sample
 
     @property
     def end(self) -> float:
         return self.start + (self._tail - self._head) / SAMPLE_RATE
 
-    @property
-    def history(self) -> float:
-        """Seconds of audio still readable before ``start``."""
-        return (self._head - self._oldest) / SAMPLE_RATE
-
     def append(self, samples: np.ndarray) -> None:
         n = len(samples)
         if self._tail + n > len(self._data):
-            kept = self._tail - self._oldest
+            kept = self._tail - self._head
             size = len(self._data)
             while kept + n > size // 2:
                 size *= 2
             fresh = np.zeros(size, dtype=np.float32)
-            fresh[:kept] = self._data[self._oldest:self._tail]
-            self._head -= self._oldest
-            self._data, self._oldest, self._tail = fresh, 0, kept
+            fresh[:kept] = self._data[self._head:self._tail]
+            self._data, self._head, self._tail = fresh, 0, kept
         self._data[self._tail:self._tail + n] = samples
         self._tail += n
 
@@ -183,12 +160,10 @@ class AudioBuffer:
         drop = max(0, min(drop, self._tail - self._head))
         self._head += drop
         self.start += drop / SAMPLE_RATE
-        self._oldest = max(self._oldest, self._head - self._history)
 
     def slice(self, t0: float, t1: float) -> np.ndarray:
-        """Samples from ``t0`` to ``t1``; history before ``start`` is readable, nothing older."""
-        a = max(self._oldest, self._head + round((t0 - self.start) * SAMPLE_RATE))
-        b = max(a, self._head + round((t1 - self.start) * SAMPLE_RATE))
+        a = self._head + max(0, round((t0 - self.start) * SAMPLE_RATE))
+        b = self._head + max(0, round((t1 - self.start) * SAMPLE_RATE))
         return self._data[a:min(b, self._tail)].copy()
 
     def nbytes(self) -> int:
@@ -204,7 +179,7 @@ class StreamSession:
         self.time_offset = time_offset
         self._vad = vad
         self._use_vad = use_vad
-        self.buffer = AudioBuffer(settings.context_seconds)
+        self.buffer = AudioBuffer()
         self.received = 0.0  # stream seconds received
         self._vad_time = 0.0  # stream seconds the VAD has looked at
         self.in_speech = not use_vad
@@ -314,17 +289,13 @@ class StreamSession:
     def _request(self, start: float, end: float, final: bool) -> DecodeRequest:
         self.in_flight = True
         self._last_request_end = end
-        # Whisper hears at most 30 s: context fills what the buffer leaves of 29 s.
-        context = min(self.settings.context_seconds, self.buffer.history, max(0.0, 29.0 - (end - start)))
-        # The context audio carries the committed words a trim cut out of the buffer.
-        prompt = None if context else " ".join(self._prompt_words[-40:]) or None
+        prompt = " ".join(self._prompt_words[-40:]) or None
         utterance_start = max(start, self._speech_start)
         # Agreement needs a previous hypothesis: the first pass of an utterance only feeds the
-        # partial and the next comparison, so it skips the word-alignment pass. Words heard in
-        # the context are told apart by their times, so a pass with context always aligns.
-        may_commit = final or bool(self._prev) or context > 0
-        return DecodeRequest(self.buffer.slice(start - context, end), start, end, final, prompt,
-                             utterance_start=utterance_start, word_times=may_commit, context=context)
+        # partial and the next comparison, so it skips the word-alignment pass.
+        may_commit = final or bool(self._prev)
+        return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
+                             utterance_start=utterance_start, word_times=may_commit)
 
     def abort(self) -> None:
         """The pass asked for could not run (queue full, decoder error): ask again later."""
@@ -333,12 +304,10 @@ class StreamSession:
     def apply(self, req: DecodeRequest, hyp: Hypothesis) -> list[PartialOut | FinalOut]:
         """Turn a hypothesis of ``req`` into events; marks the session free for the next pass."""
         self.in_flight = False
-        self.decoded_seconds += req.end - req.start + req.context
+        self.decoded_seconds += req.end - req.start
         voiced = req.end - max(req.start, req.utterance_start)
-        origin = req.start - req.context
-        words = [Word(w.text, origin + w.start, min(origin + w.end, req.end), w.probability)
-                 for w in heard_words(hyp, req.end - origin, voiced)
-                 if (w.start + w.end) / 2 > req.context]  # words of the context are not ours
+        words = [Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability)
+                 for w in heard_words(hyp, req.end - req.start, voiced)]
         fresh = self._drop_committed(words)
         out: list[PartialOut | FinalOut] = []
         if req.final:
