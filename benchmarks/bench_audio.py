@@ -487,8 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                              "comparison under load")
     parser.add_argument("--fresh-process", action="store_true",
                         help="start each service anew for every single-stream round: CTranslate2's "
-                             "int8 CPU decode differs between processes by a few words on this "
-                             "corpus, so rounds in one process understate the spread of WER")
+                             "int8 CPU decode can differ between processes by a few words, which "
+                             "rounds in one process would not show")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process replay that splits latency into its parts")
     args = parser.parse_args(argv)
@@ -518,9 +518,10 @@ def main(argv: list[str] | None = None) -> int:
             if name == "livetranslate" or baseline_env:
                 breakdown[name] = latency_breakdown(audio, reference, ref_words, e)
                 print(json.dumps({name: breakdown[name]}), file=sys.stderr)
-    services = {"livetranslate": start_service(tmp, env)}
-    if baseline_env:
-        services["livetranslate-baseline"] = start_service(tmp, baseline_env, "audio-baseline")
+    # system -> (service settings, log name)
+    specs = {"livetranslate": (env, "audio-service"),
+             **({"livetranslate-baseline": (baseline_env, "audio-baseline")} if baseline_env else {})}
+    services = {name: start_service(tmp, e, log) for name, (e, log) in specs.items()}
     try:
         proc, base = services["livetranslate"]
         idle_rss = rss_mib(proc.pid)
@@ -529,11 +530,9 @@ def main(argv: list[str] | None = None) -> int:
         systems = [*services, *(["whisper_streaming"] if args.peer else [])]
         for r in range(1, args.rounds + 1):
             if args.fresh_process and r > 1:
-                for name, e in (("livetranslate", env), ("livetranslate-baseline", baseline_env)):
-                    if name in services:
-                        stop(services[name][0])
-                        services[name] = start_service(tmp, e, "audio-service" if name == "livetranslate"
-                                                       else "audio-baseline")
+                for name, (e, log) in specs.items():
+                    stop(services[name][0])
+                    services[name] = start_service(tmp, e, log)
                 proc, base = services["livetranslate"]
             k = (r - 1) % len(systems)
             for system in systems[k:] + systems[:k]:
