@@ -169,6 +169,40 @@ def test_an_utterance_end_the_last_pass_heard_is_final_without_another_pass() ->
     assert s.flushed and s.take_ready() == []
 
 
+class _ScriptedVad(VadStream):
+    """Voiced for the first ``voiced`` frames, silent after."""
+
+    def __init__(self, voiced: int) -> None:
+        super().__init__(None)
+        self.voiced = voiced
+        self.frames = 0
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        probs = super().feed(samples)
+        index = np.arange(self.frames, self.frames + len(probs))
+        self.frames += len(probs)
+        return (index < self.voiced).astype(np.float32)
+
+
+def test_an_utterance_end_on_a_chunk_boundary_needs_no_extra_wait_or_pass() -> None:
+    # 25 VAD frames (0.8 s) plus the 0.2 s tail pad is 1.0000000000000004 s; ten 0.1 s chunks
+    # are 0.9999999999999999 s. Compared exactly, the closing pass waited for the next chunk
+    # and the utterance's end then asked for a final pass the closing one had made needless.
+    s = StreamSession(StreamingSettings(step_seconds=0.3), _ScriptedVad(voiced=25))
+    words = (("Hello", 0.1, 0.5), ("there.", 0.5, 0.8))
+    pass_ends, finals = [], []
+    for _ in range(20):
+        _feed(s, 0.1)
+        req = s.next_request()
+        if req is not None:
+            assert not req.final
+            pass_ends.append(req.end)
+            finals += [o.text for o in s.apply(req, _hyp(*words)) if isinstance(o, FinalOut)]
+        finals += [o.text for o, _ in s.take_ready() if isinstance(o, FinalOut)]
+    assert pass_ends == pytest.approx([0.3, 0.6, 0.9, 1.0])
+    assert finals == ["Hello there."]
+
+
 def test_times_are_session_seconds_with_the_offset() -> None:
     s = StreamSession(StreamingSettings(), VadStream(None), time_offset=100.0, use_vad=False)
     _feed(s, 1.0)

@@ -260,11 +260,11 @@ class StreamSession:
         start = self.buffer.start
         if self._utterance_ends:
             end = self._utterance_ends[0]
-            if end - max(start, self._committed_end) < 0.1:  # nothing left to hear
+            if end - max(start, self._committed_end) < 0.1 - TIME_EPS:  # nothing left to hear
                 self._utterance_ends.popleft()
                 self._finish_utterance(end)
                 return self.next_request()
-            if self._prev_req is not None and self._prev_req.end >= end:
+            if self._prev_req is not None and self._prev_req.end >= end - TIME_EPS:
                 # The last pass already heard the whole utterance (it ran during the silence
                 # that ended it): its hypothesis is what a final pass would decode, so finalise
                 # it now instead of paying a decoder pass (and a queue wait) for it.
@@ -279,12 +279,13 @@ class StreamSession:
         # Once the voice has stopped (plus the tail pad), one pass over all of it right away,
         # whatever the step: if the silence lasts, that pass becomes the utterance's final.
         heard = self._voice_end + TAIL_PAD_SECONDS
-        closing = self._use_vad and end >= heard > self._last_request_end
+        # (25 VAD frames plus the pad is 1.0000000000000004 s, ten 0.1 s chunks 0.9999999999999999)
+        closing = self._use_vad and end >= heard - TIME_EPS and heard > self._last_request_end + TIME_EPS
         too_short = end - voiced_from < MIN_DECODE_SECONDS - TIME_EPS
         too_soon = end - self._last_request_end < s.step_seconds - TIME_EPS
         if too_short or (too_soon and not closing):
             return None
-        return self._request(start, end, final=end - start >= s.max_buffer_seconds)
+        return self._request(start, end, final=end - start >= s.max_buffer_seconds - TIME_EPS)
 
     def _request(self, start: float, end: float, final: bool) -> DecodeRequest:
         self.in_flight = True
@@ -342,7 +343,8 @@ class StreamSession:
                 out.append(PartialOut(text, self._session(pending[0].start), self._session(pending[-1].end)))
             else:
                 out.append(PartialOut("", self._session(req.end), self._session(req.end)))
-        if req.end - self.buffer.start > self.settings.trim_seconds and self._committed_end > self.buffer.start:
+        if req.end - self.buffer.start > self.settings.trim_seconds + TIME_EPS and \
+                self._committed_end > self.buffer.start:
             cut = self._committed_end
             self._prompt_words += self._utterance_committed_words(cut)
             self.buffer.trim_to(cut)
@@ -380,8 +382,8 @@ class StreamSession:
 
     def _utterance_committed_words(self, cut: float) -> list[str]:
         """Committed words of this utterance before ``cut`` not yet in the prompt."""
-        words = [w.text for w in self._utterance_words if w.end <= cut + 1e-6]
-        self._utterance_words = [w for w in self._utterance_words if w.end > cut + 1e-6]
+        words = [w.text for w in self._utterance_words if w.end <= cut + TIME_EPS]
+        self._utterance_words = [w for w in self._utterance_words if w.end > cut + TIME_EPS]
         return words
 
     def _drop_committed(self, words: list[Word]) -> list[Word]:
