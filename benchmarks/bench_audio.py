@@ -66,6 +66,19 @@ class RunFigures:
     # End of a word's audio to the first partial that shows it (the service only).
     heard_p50: float | None = None
     heard_p95: float | None = None
+    # Longest run of one token repeated back to back in the raw text (". . . ." when a decoder
+    # loops on its own output): a collapse, not a few misheard words.
+    longest_repeat: int = 0
+
+
+def longest_repeat(text: str) -> int:
+    """Most times one whitespace-separated token follows itself in ``text``."""
+    best = run = 0
+    prev = None
+    for tok in text.split():
+        run = run + 1 if tok == prev else 1
+        best, prev = max(best, run), tok
+    return best
 
 
 # More sentences than the tests' eight, so one misheard word moves WER by less than a point.
@@ -248,7 +261,9 @@ async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
         latency_max=round(max(all_lat), 3) if all_lat else None, words_matched=len(all_lat),
         cpu_seconds_per_audio_second=round(cpu / (duration * streams), 4),
         tail_seconds=round(max(tails), 3), rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(),
-        per_stream_p95=per_p95, heard_p50=pct(heard, 0.50), heard_p95=pct(heard, 0.95))
+        per_stream_p95=per_p95, heard_p50=pct(heard, 0.50), heard_p95=pct(heard, 0.95),
+        longest_repeat=max(longest_repeat(" ".join(ev["text"] for ev in r.events if ev.get("type") == "final"))
+                           for r in results))
     return fig
 
 
@@ -378,10 +393,18 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
 # ---------------------------------------------------------------- the peer
 
 
+PEER = "whisper_streaming"
+# The peer's own simulation in which decoding takes no time (its --comp_unaware): every chunk is
+# exactly --min-chunk-size and emission times are simulated, so its WER and latency are what its
+# algorithm gives on an infinitely fast machine, whatever this one's cores are doing.
+PEER_UNAWARE = "whisper_streaming-unaware"
+
+
 def run_peer(peer: Path, wav: Path, reference: str, ref_words: list[tuple[str, float]],
-             duration: float, min_chunk: float) -> RunFigures:
+             duration: float, min_chunk: float, comp_unaware: bool = False) -> RunFigures:
     cmd = [sys.executable, "whisper_online.py", str(wav), "--backend", "faster-whisper", "--lan", "en",
-           "--model_dir", str(packaged_model_dir()), "--min-chunk-size", str(min_chunk), "-l", "WARNING"]
+           "--model_dir", str(packaged_model_dir()), "--min-chunk-size", str(min_chunk), "-l", "WARNING",
+           *(["--comp_unaware"] if comp_unaware else [])]
     env = {**os.environ}
     env.pop("PYTHONSAFEPATH", None)  # the peer imports its sibling modules from its own folder
     t0 = time.time()
@@ -403,11 +426,13 @@ def run_peer(peer: Path, wav: Path, reference: str, ref_words: list[tuple[str, f
     hyp = " ".join(texts)
     last = max((t for _, t in words), default=float("inf"))
     fig = RunFigures(
-        system="whisper_streaming", streams=1, wer=round(speech.word_error_rate(reference, hyp), 4),
+        system=PEER_UNAWARE if comp_unaware else PEER, streams=1,
+        wer=round(speech.word_error_rate(reference, hyp), 4),
         latency_p50=pct(lat, 0.50), latency_p95=pct(lat, 0.95),
         latency_max=round(max(lat), 3) if lat else None, words_matched=len(lat),
         cpu_seconds_per_audio_second=round(cpu / duration, 4), tail_seconds=round(last - duration, 3),
-        rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(), per_stream_p95=[pct(lat, 0.95) or 0.0])
+        rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(), per_stream_p95=[pct(lat, 0.95) or 0.0],
+        longest_repeat=longest_repeat(hyp))
     fig.sustained = (fig.tail_seconds or 99) <= 3.0
     print(f"peer wall {time.time() - t0:.1f}s, hypothesis: {hyp[:200]}...", file=sys.stderr)
     return fig
@@ -453,8 +478,9 @@ def mark_sustained(runs: list[RunFigures], lone_p95: float | None) -> None:
 def _spread(values: list[float]) -> dict[str, float | None]:
     xs = [v for v in values if v is not None]
     if not xs:
-        return {"mean": None, "min": None, "max": None}
-    return {"mean": round(float(np.mean(xs)), 4), "min": round(min(xs), 4), "max": round(max(xs), 4)}
+        return {"mean": None, "median": None, "min": None, "max": None}
+    return {"mean": round(float(np.mean(xs)), 4), "median": round(float(np.median(xs)), 4),
+            "min": round(min(xs), 4), "max": round(max(xs), 4)}
 
 
 def summarize(figures: list[RunFigures], system: str) -> dict[str, Any]:
@@ -489,6 +515,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start each service anew for every single-stream round: CTranslate2's "
                              "int8 CPU decode can differ between processes by a few words, which "
                              "rounds in one process would not show")
+    parser.add_argument("--peer-unaware", type=int, default=0, metavar="N",
+                        help="also run the peer N times in its computation-unaware simulation "
+                             "(decoding takes no time): its accuracy and latency free of this machine")
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process replay that splits latency into its parts")
     args = parser.parse_args(argv)
@@ -527,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
         idle_rss = rss_mib(proc.pid)
         # Single-stream rounds: every system once per round, the order rotated each round, so
         # the machine's other load falls on all of them alike.
-        systems = [*services, *(["whisper_streaming"] if args.peer else [])]
+        systems = [*services, *([PEER] if args.peer else [])]
         for r in range(1, args.rounds + 1):
             if args.fresh_process and r > 1:
                 for name, (e, log) in specs.items():
@@ -536,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc, base = services["livetranslate"]
             k = (r - 1) % len(systems)
             for system in systems[k:] + systems[:k]:
-                if system == "whisper_streaming":
+                if system == PEER:
                     assert args.peer is not None
                     fig = run_peer(args.peer, wav, reference, ref_words, duration, args.peer_min_chunk)
                 else:
@@ -562,15 +591,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sproc, _ in services.values():
             stop(sproc)
+    for r in range(1, (args.peer_unaware if args.peer else 0) + 1):  # after the services: nothing else runs
+        assert args.peer is not None
+        fig = run_peer(args.peer, wav, reference, ref_words, duration, args.peer_min_chunk, comp_unaware=True)
+        fig.round = r
+        figures.append(fig)
+        print(json.dumps(asdict(fig)), file=sys.stderr)
 
     summary = {name: summarize(figures, name) for name in
                ["livetranslate", *(["livetranslate-baseline"] if baseline_env else []),
-                *(["whisper_streaming"] if args.peer else [])]}
+                *([PEER] if args.peer else []), *([PEER_UNAWARE] if args.peer and args.peer_unaware else [])]}
     ours = [f for f in figures if f.system == "livetranslate" and f.round == 0]
     lone = summary["livetranslate"]["latency_p95"]["max"]
     mark_sustained(ours, lone)
     for f in figures:
-        if f.system == "whisper_streaming":
+        if f.system == PEER:
             f.sustained = (f.tail_seconds or 99) <= SUSTAIN_TAIL_SECONDS
     sustained = max((f.streams for f in ours if f.sustained), default=0)
     theirs = [f for f in figures if f.system == "livetranslate-baseline" and f.round == 0]
@@ -627,11 +662,13 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
         (f"Peer: ufal/whisper_streaming {peer.get('commit', '')[:10]} {peer.get('args', '')} "
          f"(run: {peer['run']}). Baseline service settings: {result['baseline_env'] or 'none'}."), "",
         "## One stream, rounds interleaved (mean and range over rounds)", "",
-        "| system | rounds | WER | final latency p50 (s) | p95 (s) | CPU s per audio s | load avg (1 min) |",
-        "|---|---|---|---|---|---|---|",
+        "| system | rounds | WER | WER median | final latency p50 (s) | p95 (s) | CPU s per audio s | load avg (1 min) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, sm in result["single_stream_summary"].items():
-        lines.append(f"| {name} | {sm['rounds']} | {_fmt(sm['wer'])} | {_fmt(sm['latency_p50'])} | "
+        median = sm["wer"].get("median")  # absent from results written before it was recorded
+        lines.append(f"| {name} | {sm['rounds']} | {_fmt(sm['wer'])} | "
+                     f"{'-' if median is None else f'{median:.3f}'} | {_fmt(sm['latency_p50'])} | "
                      f"{_fmt(sm['latency_p95'])} | {_fmt(sm['cpu_seconds_per_audio_second'])} | "
                      f"{_fmt(sm['loadavg_1min'])} |")
     if result["latency_breakdown"]:
@@ -652,13 +689,14 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{b['wait_for_previous_pass_p95']} | {', '.join(f'{x:.2f}' for x in b['loadavg'])} |")
     lines += ["", "## Every run", "",
               ("| system | round | streams | WER | first partial p50 / p95 (s) | final latency p50 / p95 / max (s) | "
-               "CPU s per audio s | tail (s) | peak RSS MiB | sustained | load avg |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+               "CPU s per audio s | tail (s) | peak RSS MiB | sustained | longest repeat | load avg |"),
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for f in result["runs"]:
         lines.append(f"| {f['system']} | {f['round'] or '-'} | {f['streams']} | {f['wer']:.3f} | "
                      f"{f['heard_p50']} / {f['heard_p95']} | {f['latency_p50']} / {f['latency_p95']} / "
                      f"{f['latency_max']} | {f['cpu_seconds_per_audio_second']} | {f['tail_seconds']} | "
-                     f"{f['rss_mib_peak']} | {f['sustained']} | {', '.join(f'{x:.2f}' for x in f['loadavg'])} |")
+                     f"{f['rss_mib_peak']} | {f['sustained']} | {f.get('longest_repeat', '-')} | "
+                     f"{', '.join(f'{x:.2f}' for x in f['loadavg'])} |")
     lines += ["", (f"Real-time streams sustained by one service process: **{result['realtime_sessions']}** "
               f"(every stream's p95 final latency within max({TARGET_P95_SECONDS} s, 1.25x the lone stream's "
                f"worst round) and its last final <= {SUSTAIN_TAIL_SECONDS:g} s after its audio ends)."
@@ -669,6 +707,10 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
                "between the fewest- and most-stream runs of one process)."),
               (f"CPU time per stream at 1 stream implies **{result['compute_capacity_streams_estimate']}** "
                "streams of compute on idle cores (an estimate, not a measurement)."),
+              (f"{PEER_UNAWARE}: the peer in its own computation-unaware simulation (decoding takes no "
+               "time, chunks are exactly the minimum size): its accuracy and latency on an infinitely fast "
+               "machine. Longest repeat: most times one token follows itself in the raw text (a decoder "
+               "looping on its own output, such as '. . . .')."),
               ("Latency is measured per word: wall time of the final (or first partial) carrying it minus the "
                "word's end in the audio (from one offline pass of the same model).")]
     return "\n".join(lines)

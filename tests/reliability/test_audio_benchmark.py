@@ -46,6 +46,13 @@ def test_substituted_and_inserted_words_leave_the_rest_aligned() -> None:
     assert [shown[j][0] for _, j in pairs] == ["the", "meeting", "start", "in", "five", "minutes"]
 
 
+def test_a_decoder_looping_on_its_own_output_shows_as_a_long_repeat() -> None:
+    # What the peer printed once it collapsed: words, then only dots.
+    assert bench_audio.longest_repeat("to the airport leave every 20 minutes. . . . . . . . . .") == 9
+    assert bench_audio.longest_repeat("that that is is it") == 2
+    assert bench_audio.longest_repeat("") == 0
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_seeded_replay_repeats_its_figures() -> None:
