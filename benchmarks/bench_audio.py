@@ -522,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-breakdown", action="store_true",
                         help="skip the in-process replay that splits latency into its parts")
     args = parser.parse_args(argv)
+    if args.peer_unaware and not args.peer:
+        parser.error("--peer-unaware runs the peer: give its checkout with --peer")
 
     speech.require_tools()
     audio, reference = make_audio(args.repeat)
@@ -592,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for sproc, _ in services.values():
             stop(sproc)
-    for r in range(1, (args.peer_unaware if args.peer else 0) + 1):  # after the services: nothing else runs
+    for r in range(1, args.peer_unaware + 1):  # after the services: nothing else runs
         assert args.peer is not None
         fig = run_peer(args.peer, wav, reference, ref_words, duration, args.peer_min_chunk, comp_unaware=True)
         fig.round = r
@@ -601,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {name: summarize(figures, name) for name in
                ["livetranslate", *(["livetranslate-baseline"] if baseline_env else []),
-                *([PEER] if args.peer else []), *([PEER_UNAWARE] if args.peer and args.peer_unaware else [])]}
+                *([PEER] if args.peer else []), *([PEER_UNAWARE] if args.peer_unaware else [])]}
     ours = [f for f in figures if f.system == "livetranslate" and f.round == 0]
     # The lone stream's worst round; with --rounds 0, the one-stream run of the streams list.
     lone = summary["livetranslate"]["latency_p95"]["max"] or next(

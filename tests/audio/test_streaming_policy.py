@@ -87,6 +87,24 @@ def test_passes_keep_their_step_when_audio_comes_in_tenths_of_a_second() -> None
     assert len(pass_ends) == 50 and gaps == pytest.approx(np.full(len(gaps), 0.3))
 
 
+def test_speech_without_a_pause_is_finalised_at_the_buffer_cap() -> None:
+    # Someone talks on without a pause: a final pass at every max_buffer_seconds of audio keeps
+    # the buffer bounded, on the chunk that reaches the cap (sixty 0.1 s chunks sum to
+    # 5.999999999999995 s, which an exact comparison let run one step past the cap).
+    s = StreamSession(StreamingSettings(step_seconds=0.3, max_buffer_seconds=6.0, trim_seconds=25.0),
+                      VadStream(None), use_vad=False)
+    final_ends = []
+    for _ in range(200):
+        _feed(s, 0.1)
+        req = s.next_request()
+        if req is not None:
+            if req.final:
+                final_ends.append(req.end)
+            s.apply(req, _hyp(("talking", req.end - req.start - 0.5, req.end - req.start - 0.2)))
+        assert s.buffer.end - s.buffer.start <= 6.0 + 1e-6
+    assert final_ends == pytest.approx([6.0, 12.0, 18.0])
+
+
 def test_unsure_agreement_waits_until_the_utterance_is_long_enough() -> None:
     s = _session(min_agree_seconds=2.0, agree_min_probability=0.5)
     words = (("For", 0.1, 0.3), ("me", 0.3, 0.7), ("then", 0.7, 0.9))

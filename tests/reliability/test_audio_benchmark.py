@@ -53,6 +53,12 @@ def test_a_decoder_looping_on_its_own_output_shows_as_a_long_repeat() -> None:
     assert bench_audio.longest_repeat("") == 0
 
 
+def test_the_peers_simulation_needs_the_peer() -> None:
+    with pytest.raises(SystemExit) as exc:
+        bench_audio.main(["--peer-unaware", "1"])
+    assert exc.value.code == 2
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_seeded_replay_repeats_its_figures() -> None:
