@@ -12,6 +12,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 CAPTION_LATENCY = "livetranslate_caption_latency_seconds"
 TRANSLATION_LATENCY = "livetranslate_translation_latency_seconds"
+# End of a sentence's speech to its final translation sent: what a listener waits for.
+SENTENCE_LATENCY = "livetranslate_sentence_latency_seconds"
+# Translation requests the gateway made for one sentence (its live partials and its final
+# translation, retries included): the translation load that sentences and partials cost.
+SENTENCE_TRANSLATION_CALLS = "livetranslate_sentence_translation_calls"
 AUDIO_PROCESSING = "livetranslate_audio_processing_seconds"
 AUDIO_REALTIME_FACTOR = "livetranslate_audio_realtime_factor"
 QUEUE_DEPTH = "livetranslate_queue_depth"
@@ -71,6 +76,20 @@ def caption_latency(registry: CollectorRegistry) -> Histogram:
 def translation_latency(registry: CollectorRegistry, extra_labels: tuple[str, ...] = ()) -> Histogram:
     return Histogram(TRANSLATION_LATENCY, "Final transcript to translation sent",
                      ["pipeline", *extra_labels], buckets=LATENCY_BUCKETS, registry=registry)
+
+
+def sentence_latency(registry: CollectorRegistry) -> Histogram:
+    return Histogram(SENTENCE_LATENCY, "End of a sentence's speech to its final translation sent",
+                     ["pipeline"], buckets=LATENCY_BUCKETS, registry=registry)
+
+
+# One final translation at least; live partials add one per final heard at most.
+CALLS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
+
+
+def sentence_translation_calls(registry: CollectorRegistry) -> Histogram:
+    return Histogram(SENTENCE_TRANSLATION_CALLS, "Translation requests made for one sentence",
+                     ["pipeline"], buckets=CALLS_BUCKETS, registry=registry)
 
 
 def audio_processing(registry: CollectorRegistry) -> Histogram:

@@ -85,12 +85,29 @@ class TranscriptFinal(_Event):
 
 
 class TranslationEvent(_Event):
+    """One sentence, translated whole into one language: sent once and never changed."""
+
     type: Literal["translation"] = "translation"
-    segmentId: int
+    sentenceId: int
+    segmentIds: list[int]  # the finals the sentence covers, in order
+    segmentId: int  # the last of segmentIds (older clients key translations by it)
     language: str
     text: str
     quality: str | None = None  # "ok", or what the quality checks caught ("retried", "fallback", ...)
-    latency: float | None = None  # gateway-measured seconds from the final transcript to this event
+    latency: float | None = None  # gateway-measured seconds from the sentence's last final to this event
+
+
+class TranslationPartial(_Event):
+    """The sentence still being spoken, translated as far as it has been heard.
+
+    A later partial of the same ``sentenceId`` and language, or its ``translation``, replaces it.
+    """
+
+    type: Literal["translation.partial"] = "translation.partial"
+    sentenceId: int
+    segmentIds: list[int]
+    language: str
+    text: str
 
 
 class ErrorEvent(_Event):
@@ -98,6 +115,7 @@ class ErrorEvent(_Event):
     code: str
     message: str
     segmentId: int | None = None
+    sentenceId: int | None = None
     language: str | None = None
 
 
@@ -106,13 +124,10 @@ class SessionEnded(_Event):
     sessionId: str
 
 
-ServerEvent = Annotated[
-    SessionStarted | TranscriptPartial | TranscriptFinal | TranslationEvent | ErrorEvent | SessionEnded,
-    Field(discriminator="type"),
-]
-server_event_adapter: TypeAdapter[
-    SessionStarted | TranscriptPartial | TranscriptFinal | TranslationEvent | ErrorEvent | SessionEnded
-] = TypeAdapter(ServerEvent)
+AnyServerEvent = (SessionStarted | TranscriptPartial | TranscriptFinal | TranslationPartial
+                  | TranslationEvent | ErrorEvent | SessionEnded)
+ServerEvent = Annotated[AnyServerEvent, Field(discriminator="type")]
+server_event_adapter: TypeAdapter[AnyServerEvent] = TypeAdapter(ServerEvent)
 
 # Error codes users can program against.
 ERR_BAD_MESSAGE = "bad_message"
@@ -176,6 +191,17 @@ class AudioFinal(_Event):
     speaker: str | None = None
 
 
+class AudioUtteranceEnd(_Event):
+    """The speaker paused: the utterance that ended at session second ``end`` is complete.
+
+    Sent after the utterance's last final (if it had one). The gateway closes the open sentence
+    on it, so a sentence without closing punctuation is translated as soon as the voice stops.
+    """
+
+    type: Literal["utterance_end"] = "utterance_end"
+    end: float
+
+
 class AudioError(_Event):
     type: Literal["error"] = "error"
     code: str
@@ -186,13 +212,9 @@ class AudioFlushed(_Event):
     type: Literal["flushed"] = "flushed"
 
 
-AudioServerEvent = Annotated[
-    AudioReady | AudioPartial | AudioFinal | AudioError | AudioFlushed,
-    Field(discriminator="type"),
-]
-audio_server_adapter: TypeAdapter[
-    AudioReady | AudioPartial | AudioFinal | AudioError | AudioFlushed
-] = TypeAdapter(AudioServerEvent)
+AnyAudioEvent = AudioReady | AudioPartial | AudioFinal | AudioUtteranceEnd | AudioError | AudioFlushed
+AudioServerEvent = Annotated[AnyAudioEvent, Field(discriminator="type")]
+audio_server_adapter: TypeAdapter[AnyAudioEvent] = TypeAdapter(AudioServerEvent)
 
 
 # ---------------------------------------------------------------- internal: gateway -> translation
@@ -229,6 +251,13 @@ class ContextSegment(_Msg):
 
 
 class TranslateRequest(_Msg):
+    """One unit to translate: a whole sentence, or (``partial``) the part of one heard so far.
+
+    ``segmentId`` names the unit: the sentence id where the gateway translates sentences. A
+    partial is a preview that a later request replaces, so the service spends no retries or
+    fallbacks on it.
+    """
+
     sessionId: str
     segmentId: int
     text: str = Field(..., max_length=4000)
@@ -236,6 +265,7 @@ class TranslateRequest(_Msg):
     targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] = Field(
         ..., min_length=1, max_length=16)
     context: list[ContextSegment] = Field(default_factory=list, max_length=64)
+    partial: bool = False
 
 
 class TranslateResult(_Event):

@@ -1,7 +1,8 @@
 """``livetranslate stream FILE.wav``: send a recording to a gateway and print captions as they come.
 
 The file goes out in its own rate and channel count (the gateway resamples), as fast as the
-gateway reads it or, with ``--realtime``, paced like a live microphone. A dropped connection is
+pipeline transcribes it (a few seconds ahead of the last word heard, never slower than real time)
+or, with ``--realtime``, paced like a live microphone. A dropped connection is
 resumed with the session id and the last final received, so nothing is printed twice.
 """
 
@@ -11,6 +12,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import time
 import wave
@@ -49,16 +51,38 @@ def read_wav(path: Path) -> Wav:
 
 @dataclass
 class Printer:
+    """Prints what a listener reads: each sentence's transcript with its translations under it.
+
+    On a terminal the sentence being spoken is one live line at the bottom (its finals, the
+    current partial and its translation so far), rewritten in place; piped output gets plain
+    lines only, one per sentence and one per translation. Finals of a pipeline without target
+    languages (or with ``--finals``) are printed as they come.
+    """
+
     out: TextIO
     as_json: bool
     partials: bool
+    show_finals: bool = False
     finals: list[dict[str, Any]] = field(default_factory=list)
     translations: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
-    _partial_shown: bool = False
+    heard_until: float = 0.0  # session seconds the transcripts have reached (flow control)
+    _by_segment: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _printed_sentences: set[int] = field(default_factory=set)
+    _open_text: str = ""
+    _partial_text: str = ""
+    _translation_partial: str = ""
+    _targets: bool = True
+    _live_shown: bool = False
+
+    @property
+    def sentences(self) -> int:
+        return len(self._printed_sentences)
 
     def event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("type")
+        if kind in ("transcript.partial", "transcript.final") and isinstance(ev.get("end"), int | float):
+            self.heard_until = max(self.heard_until, float(ev["end"]))
         if kind == "transcript.final":
             self.finals.append(ev)
         elif kind == "translation":
@@ -69,36 +93,88 @@ class Printer:
             self.out.write(json.dumps(ev) + "\n")
             self.out.flush()
             return
-        tty = self.out.isatty()
+        if kind == "session.started":
+            self._targets = bool(ev.get("targetLanguages", True))
         if kind == "transcript.partial":
-            if self.partials or tty:
-                line = f"  … {ev['text']}"
-                self.out.write(("\r\033[K" + line) if tty else line + "\n")
-                self._partial_shown = tty
-            self.out.flush()
-            return
-        if self._partial_shown:
-            self.out.write("\r\033[K")
-            self._partial_shown = False
-        if kind == "transcript.final":
-            who = f" {ev['speaker']}:" if ev.get("speaker") else ""
-            lat = f"  ({ev['latency']:.2f} s)" if isinstance(ev.get("latency"), float) else ""
-            self.out.write(f"[{ev['start']:7.2f}-{ev['end']:7.2f}] #{ev['segmentId']}{who} {ev['text']}{lat}\n")
+            self._partial_text = ev.get("text", "")
+            if self.partials and not self.out.isatty():
+                self._line(f"  … {self._partial_text}")
+        elif kind == "transcript.final":
+            self._by_segment[ev["segmentId"]] = ev
+            self._partial_text = ""
+            if self.show_finals or not self._targets:
+                who = f" {ev['speaker']}:" if ev.get("speaker") else ""
+                lat = f"  ({ev['latency']:.2f} s)" if isinstance(ev.get("latency"), float) else ""
+                self._line(f"[{ev['start']:7.2f}-{ev['end']:7.2f}] #{ev['segmentId']}{who} {ev['text']}{lat}")
+            else:
+                self._open_text = f"{self._open_text} {ev['text']}".strip()
+        elif kind == "translation.partial":
+            self._translation_partial = f"{ev['language']}: {ev['text']}"
         elif kind == "translation":
-            self.out.write(f"{'':>19}{ev['language']}: {ev['text']}\n")
+            self._sentence_header(ev)
+            self._line(f"    {ev['language']}: {ev['text']}" + _quality_note(ev.get("quality")))
         elif kind == "error":
-            where = f" (segment {ev['segmentId']}, {ev.get('language')})" if ev.get("segmentId") is not None else ""
-            self.out.write(f"error {ev['code']}{where}: {ev['message']}\n")
+            if ev.get("sentenceId") is not None:
+                self._sentence_header(ev)
+            where = f" ({ev.get('language')})" if ev.get("language") else ""
+            self._line(f"error {ev['code']}{where}: {ev['message']}")
         elif kind == "session.started":
-            self.out.write(f"session {ev['sessionId']}{' resumed' if ev.get('resumed') else ''}\n")
+            self._line(f"session {ev['sessionId']}{' resumed' if ev.get('resumed') else ''}")
         elif kind == "session.ended":
-            self.out.write(f"session {ev['sessionId']} ended\n")
+            self._line(f"session {ev['sessionId']} ended")
+        self._live()
+
+    def _sentence_header(self, ev: dict[str, Any]) -> None:
+        """The sentence's transcript, once, before its first translation (or error)."""
+        sid = ev.get("sentenceId")
+        if sid is None or sid in self._printed_sentences:
+            return
+        self._printed_sentences.add(sid)
+        finals = [self._by_segment.pop(i) for i in ev.get("segmentIds", []) if i in self._by_segment]
+        if not finals:
+            return
+        text = " ".join(f["text"] for f in finals)
+        who = f" {finals[0]['speaker']}:" if finals[0].get("speaker") else ""
+        if not self.show_finals:
+            self._line(f"[{finals[0]['start']:7.2f}-{finals[-1]['end']:7.2f}]{who} {text}")
+        done = " ".join(f["text"] for f in finals)
+        if self._open_text.startswith(done):
+            self._open_text = self._open_text[len(done):].strip()
+        else:
+            self._open_text = ""
+        self._translation_partial = ""
+
+    def _line(self, text: str) -> None:
+        if self._live_shown:
+            self.out.write("\r\033[K")
+            self._live_shown = False
+        self.out.write(text + "\n")
+
+    def _live(self) -> None:
+        """On a terminal: the sentence being spoken, rewritten in place on the last line."""
+        if self.out.isatty():
+            heard = " ".join(t for t in (self._open_text, self._partial_text) if t)
+            line = f"  … {heard}" + (f"  ⟶  {self._translation_partial}" if self._translation_partial else "")
+            width = shutil.get_terminal_size((100, 20)).columns - 1
+            self.out.write("\r\033[K" + (line if len(line) <= width else "…" + line[-(width - 1):]))
+            self._live_shown = bool(heard or self._translation_partial)
         self.out.flush()
+
+
+def _quality_note(quality: Any) -> str:
+    return f"  [{quality}]" if isinstance(quality, str) and quality not in ("ok", "") else ""
+
+
+# Without --realtime, audio goes out as fast as the transcripts follow it: at most this many seconds
+# ahead of the last word transcribed, and never slower than real time (a long pause in the file
+# gives no transcripts to follow). The audio service reports "overloaded" once 20 s of speech
+# wait for its decoder (LT_AUDIO_LIMITS__MAX_BACKLOG_SECONDS); this keeps a file well below that.
+LEAD_SECONDS = 8.0
 
 
 async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, token: str | None,
                       targets: list[str] | None, printer: Printer, max_reconnects: int = 5,
-                      session_id: str | None = None) -> bool:
+                      session_id: str | None = None, lead_seconds: float = LEAD_SECONDS) -> bool:
     """Stream ``wav`` through one session; True once ``session.ended`` arrived."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -126,11 +202,13 @@ async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, toke
                     nonlocal pos
                     paced_from = time.monotonic() - pos / wav.bytes_per_second
                     while pos < len(wav.pcm):
-                        if realtime:
-                            due = paced_from + pos / wav.bytes_per_second
-                            delay = due - time.monotonic()
-                            if delay > 0:
-                                await asyncio.sleep(delay)
+                        due = paced_from + pos / wav.bytes_per_second
+                        if not realtime and pos / wav.bytes_per_second <= printer.heard_until + lead_seconds:
+                            due = 0.0  # the transcripts keep up: send on
+                        delay = due - time.monotonic()
+                        if delay > 0:
+                            await asyncio.sleep(min(delay, 0.1) if not realtime else delay)
+                            continue
                         await ws.send(wav.pcm[pos:pos + chunk])
                         pos += chunk
                     await ws.send('{"type": "session.end"}')
@@ -185,10 +263,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--session-id", help="resume or name a session")
     parser.add_argument("--json", action="store_true", help="print every event as one JSON line")
     parser.add_argument("--partials", action="store_true", help="print partials on their own lines")
+    parser.add_argument("--finals", action="store_true",
+                        help="print every final as it comes, not only whole sentences")
     args = parser.parse_args(argv)
 
     wav = read_wav(args.file)
-    printer = Printer(sys.stdout, args.json, args.partials)
+    printer = Printer(sys.stdout, args.json, args.partials, show_finals=args.finals)
     try:
         ok = asyncio.run(stream_file(wav, args.url, realtime=args.realtime, chunk_ms=args.chunk_ms,
                                      token=args.token, targets=args.targets, printer=printer,
@@ -197,8 +277,8 @@ def main(argv: list[str]) -> int:
         return 130
     if not args.json:
         lats = [f["latency"] for f in printer.finals if isinstance(f.get("latency"), float)]
-        summary = (f"{len(printer.finals)} finals, {len(printer.translations)} translations, "
-                   f"{len(printer.errors)} errors")
+        summary = (f"{len(printer.finals)} finals, {printer.sentences} sentences, "
+                   f"{len(printer.translations)} translations, {len(printer.errors)} errors")
         if lats:
             summary += f", median caption latency {sorted(lats)[len(lats) // 2]:.2f} s"
         print(summary, file=sys.stderr)

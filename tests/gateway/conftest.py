@@ -3,8 +3,10 @@ speak exactly the internal protocols of livetranslate/protocol.py.
 
 The audio stand-in is deterministic so tests can account for every second of audio: each full
 second of session audio whose samples sit at a constant level ``k * 1000`` becomes the final
-``"block k"`` (silence, k = 0, becomes nothing, as VAD would), partials report the block being
-heard, and ``flush`` finalises a trailing partial block. The translation stand-in answers
+``"block k"`` (or ``texts[k]``; silence, k = 0, becomes nothing, as VAD would), partials report
+the block being heard, and ``flush`` finalises a trailing partial block. Each final is an
+utterance of its own (an ``utterance_end`` follows it, so each is a sentence) unless
+``utterance_per_block`` is off: then an utterance ends at a silent block and at the flush. The translation stand-in answers
 ``"<lang>:<text>"`` for every language and records each request (to check the context sent).
 """
 
@@ -92,6 +94,8 @@ class FakeAudio:
     received_seconds: float = 0.0
     final_delay: float = 0.0
     idle_timeout: float | None = None  # like the real service: close a stream that gets no audio
+    utterance_per_block: bool = True
+    texts: dict[int, str] = field(default_factory=dict)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -110,15 +114,27 @@ class FakeAudio:
             pending = np.zeros(0, dtype="<i2")
             t0 = start.timeOffset
             done = 0  # samples finalised in this stream
+            speaking = False
+
+            async def utterance_end(at: float) -> None:
+                nonlocal speaking
+                if speaking:
+                    speaking = False
+                    await ws.send_text(json.dumps({"type": "utterance_end", "end": at}))
 
             async def final(samples: np.ndarray, last: bool) -> None:
+                nonlocal speaking
                 level = round(float(np.median(samples)) / LEVEL)
                 begin = t0 + done / BLOCK
+                end = begin + len(samples) / BLOCK
                 if level:
                     if self.final_delay:
                         await asyncio.sleep(self.final_delay)
-                    await ws.send_text(json.dumps({"type": "final", "text": f"block {level}",
-                                                   "start": begin, "end": begin + len(samples) / BLOCK}))
+                    await ws.send_text(json.dumps({"type": "final", "text": self.texts.get(level, f"block {level}"),
+                                                   "start": begin, "end": end}))
+                    speaking = True
+                if not level or self.utterance_per_block or last:
+                    await utterance_end(end)
 
             try:
                 while True:
@@ -150,6 +166,7 @@ class FakeAudio:
                             await final(pending, True)
                             done += len(pending)
                         pending = pending[:0]
+                        await utterance_end(t0 + done / BLOCK)
                         await ws.send_text('{"type": "flushed"}')
             except WebSocketDisconnect:
                 return

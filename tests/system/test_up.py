@@ -34,9 +34,13 @@ def check_transcript(events: list[dict[str, Any]], reference: str, max_wer: floa
     wer = word_error_rate(reference, hypothesis)
     assert wer <= max_wer, f"WER {wer:.2f}: {hypothesis!r}"
     translations = [e for e in events if e["type"] == "translation"]
-    per_final = sorted((t["segmentId"], t["language"]) for t in translations)
-    assert per_final == [(i, "es") for i in ids], "one Spanish translation per final"
+    # Sentences: consecutive ids, each translated once, their finals covering every final once.
+    assert [t["sentenceId"] for t in translations] == list(range(len(translations)))
+    covered = [i for t in translations for i in t["segmentIds"]]
+    assert covered == ids, "every final in exactly one translated sentence"
+    assert all(t["segmentId"] == t["segmentIds"][-1] and t["language"] == "es" for t in translations)
     assert all(t["text"].strip() for t in translations)
+    assert len(translations) < len(finals) or len(finals) <= 4, "sentences, not one per final"
     assert events[-1]["type"] == "session.ended"
 
 
@@ -59,6 +63,24 @@ def test_stream_at_44100_hz_stereo(up: Up, speech_wav: tuple[Path, str], tmp_pat
     code, events = stream(up, resampled)
     assert code == 0, events
     check_transcript(events, reference, max_wer=0.25)
+
+
+def test_stream_prints_sentences_of_a_file_without_overload(up: Up, speech_wav: tuple[Path, str]) -> None:
+    """The README's own command, piped: plain lines, each sentence with its translation under
+    it; the file goes out as fast as the pipeline transcribes it and never overloads it."""
+    wav, _ = speech_wav
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+    done = subprocess.run(livetranslate_cmd("stream", str(wav), "--url", up.ws_url), capture_output=True,
+                          text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert "overloaded" not in done.stdout and "error" not in done.stdout, done.stdout
+    assert "\033" not in done.stdout and "\r" not in done.stdout  # no terminal control codes in a pipe
+    sentences = [i for i, line in enumerate(lines) if line.startswith("[")]
+    assert len(sentences) >= 2, done.stdout
+    for i in sentences:
+        assert lines[i + 1].startswith("    es: "), done.stdout
+    assert " sentences, " in done.stderr
 
 
 def test_audio_service_killed_mid_session(up: Up, speech_wav: tuple[Path, str]) -> None:

@@ -3,9 +3,10 @@
 A ``Connection`` owns the socket: accept, a receive task (validation, limits, audio conversion), a
 send task (a bounded queue where superseded partials are dropped first and finals never are) and
 cleanup. A ``Session`` owns what the connection feeds: the audio-service stream (reconnected and
-replayed from the last final when the service comes back), the translation worker (one final at a
-time, so each request carries the translations of the finals before it as context), and the state
-written through to the session store (see sessions.py for the resume semantics).
+replayed from the last final when the service comes back), its ``SentenceTranslator`` (finals
+grouped into sentences, each translated whole with the sentences before it as context, and the
+open one re-translated as it grows; translator.py), and the state written through to the session
+store (see sessions.py for the resume semantics).
 
 An audio frame's path (receive, rate limits, conversion, replay buffer, forward to the audio
 stream) creates no task, timer, pydantic model or metric sample: at 1,000 live sessions it runs
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -36,7 +36,6 @@ from livetranslate.protocol import (
     ERR_INTERNAL,
     ERR_NOT_STARTED,
     ERR_RATE_LIMITED,
-    ERR_TRANSLATION_FAILED,
     ERR_UNSUPPORTED_LANGUAGE,
     ERR_UPSTREAM,
     AudioError,
@@ -44,7 +43,7 @@ from livetranslate.protocol import (
     AudioFlushed,
     AudioPartial,
     AudioStart,
-    ContextSegment,
+    AudioUtteranceEnd,
     ErrorEvent,
     SessionEnd,
     SessionEnded,
@@ -52,17 +51,14 @@ from livetranslate.protocol import (
     SessionStarted,
     TranscriptFinal,
     TranscriptPartial,
-    TranslateRequest,
-    TranslationEvent,
     client_message_adapter,
-    context_span,
-    context_window,
 )
 from livetranslate.workloads.gateway.audio import AudioConverter, ReplayBuffer, pcm16_seconds
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, SegmentRecord, SessionState
+from livetranslate.workloads.gateway.translator import Closed, SentenceTranslator, wait_for_breaker
 from livetranslate.workloads.gateway.upstream import AudioLink, UpstreamRejected, UpstreamUnavailable
-from livetranslate.workloads.resilience import Backoff, CircuitBreaker
+from livetranslate.workloads.resilience import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +96,13 @@ class SendQueue:
 
     def put(self, kind: str, text: str, on_sent: OnSent = None) -> bool:
         """False when the client is stuck (too many events it must not lose are waiting)."""
-        if kind == "partial":
-            kept = [item for item in self._items if item[0] != "partial"]
+        if kind.startswith("partial"):
+            kept = [item for item in self._items if item[0] != kind]
             self.dropped_partials += len(self._items) - len(kept)
             self._items = collections.deque(kept)
         self._items.append((kind, text, on_sent))
         if len(self._items) > self.limit:
-            kept = [item for item in self._items if item[0] != "partial"]
+            kept = [item for item in self._items if not item[0].startswith("partial")]
             self.dropped_partials += len(self._items) - len(kept)
             self._items = collections.deque(kept)
         self._ready.set()
@@ -164,18 +160,14 @@ class Session:
         self._audio_more = asyncio.Event()
         self._flush_requested = False
         self._arrivals: collections.deque[tuple[float, float]] = collections.deque()
-        self._segments: dict[int, SegmentRecord] = {}
-        self._recent: collections.deque[int] = collections.deque(
-            maxlen=max(1, context_span(gw.config.context_segments)))
-        self._translate_q: asyncio.Queue[int | None] = asyncio.Queue()
-        self._untranslated: set[int] = set()  # segments queued for translation, not yet done
-        self._final_at: dict[int, float] = {}
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
         self._outage_reported = {"audio": False, "translation": False}
         self._audio_done = asyncio.Event()
         self.finished = False
         self.superseded = False
+        self.translator = SentenceTranslator(gw, state, conn.send_event, self._persist,
+                                             self._report_outage, self._recovered)
 
     @property
     def audio_seconds(self) -> float:
@@ -183,7 +175,7 @@ class Session:
 
     @property
     def translate_backlog(self) -> int:
-        return self._translate_q.qsize()
+        return self.translator.backlog
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -192,34 +184,18 @@ class Session:
             await self._replay(last_segment_id)
         self._tasks = [
             asyncio.create_task(self._audio_loop(), name=f"audio-{self.sid}"),
-            asyncio.create_task(self._translate_loop(), name=f"translate-{self.sid}"),
+            asyncio.create_task(self.translator.run(), name=f"translate-{self.sid}"),
             asyncio.create_task(self._lease_loop(), name=f"lease-{self.sid}"),
         ]
 
     async def _replay(self, ack: int | None) -> None:
         """Send what the client missed; queue translations a previous owner never finished."""
         for rec in await self.gw.store.segments(self.sid):
-            self._segments[rec.segmentId] = rec
-            self._recent.append(rec.segmentId)
             resend = rec.segmentId > ack if ack is not None else not rec.finalSent
             if resend:
                 self._queue_final(rec, latency=None)
-            for lang, text in rec.translations.items():
-                if resend or lang not in rec.translationsSent:
-                    self._queue_translation(rec, lang, text, quality=None, latency=None)
-            missing = [lang for lang in self.state.targetLanguages
-                       if lang not in rec.translations and lang not in rec.translationErrors]
-            if missing:
-                self._queue_translate(rec.segmentId)
-        # Keep only the newest segments in memory: older ones are needed neither as context nor
-        # for delivery flags any more.
-        for seg_id in [k for k in self._segments if k not in self._recent
-                       and k not in self._untranslated]:
-            del self._segments[seg_id]
-
-    def _queue_translate(self, seg_id: int) -> None:
-        self._untranslated.add(seg_id)
-        self._translate_q.put_nowait(seg_id)
+            self.translator.replay(rec, resend)
+        self.translator.replay_done()
 
     async def finish(self, graceful_end: bool) -> None:
         """Flush the audio stream and the translations, then end or detach the session.
@@ -241,7 +217,11 @@ class Session:
         except TimeoutError:
             log.warning("audio flush timed out; the last unfinalised audio is lost",
                         extra={"fields": {"seconds": round(pcm16_seconds(len(self._buf)), 2)}})
-        self._translate_q.put_nowait(None)
+        closed = await self.translator.finish()
+        if closed:
+            await self._close_sentences(closed)
+            self.translator.submit(closed)
+        self.translator.stop()
         translate_task = self._tasks[1] if len(self._tasks) > 1 else None
         if translate_task is not None:
             try:
@@ -264,6 +244,7 @@ class Session:
         """After finish or abort: forget the finished tasks (see Connection._release)."""
         self._tasks = []
         self._idle_link = None
+        self.translator.release()
 
     async def abort(self) -> None:
         """Stop at once, keeping nothing: the session lives on with another connection."""
@@ -359,7 +340,7 @@ class Session:
                     return
                 if not gw.audio_breaker.allow():
                     self._report_outage("audio", "audio service unavailable (circuit open)")
-                    await self._wait_for(gw.audio_breaker)
+                    await wait_for_breaker(gw.audio_breaker, min(0.25, s.retry_base_seconds))
                     continue
                 start = AudioStart(type="start", sessionId=self.sid, language=self.state.sourceLanguage,
                                    diarization=gw.config.diarization, maxSpeakers=gw.config.max_speakers,
@@ -400,13 +381,6 @@ class Session:
         finally:
             self._audio_done.set()
 
-    async def _wait_for(self, breaker: CircuitBreaker) -> None:
-        """Wait while the upstream's circuit is open: until a trial (this session's or another's)
-        closes it, then a moment of jitter so the sessions that waited do not all reconnect in
-        the same instant. A fixed backoff here would add up to its cap to every outage."""
-        await breaker.wait_ready()
-        await asyncio.sleep(random.uniform(0.0, min(0.25, self.gw.settings.retry_base_seconds)))
-
     async def _write_audio(self, link: AudioLink) -> None:
         flushed = False
         while True:
@@ -438,6 +412,8 @@ class Session:
                     self.conn.send_event("partial", ev)
             elif isinstance(event, AudioFinal):
                 await self._on_final(event)
+            elif isinstance(event, AudioUtteranceEnd):
+                await self._on_utterance_end()
             elif isinstance(event, AudioError):
                 if event.code == AUDIO_IDLE_TIMEOUT:
                     idle = True
@@ -460,16 +436,25 @@ class Session:
         self.state.audioSeconds = self.audio_seconds
         rec = SegmentRecord(segmentId=seg_id, text=text, start=event.start, end=event.end,
                             speaker=event.speaker)
-        self._segments[seg_id] = rec
-        await self._persist(rec)
-        await self.gw.store.save(self.state)
+        closed = self.translator.add_final(rec, arrived)
+        await self._close_sentences(closed, also=rec)
         latency = time.monotonic() - arrived if arrived is not None else None
-        self._final_at[seg_id] = time.monotonic()
         self._queue_final(rec, latency)
-        if self.state.targetLanguages:
-            self._queue_translate(seg_id)
-        else:
-            self._remember(seg_id)
+        self.translator.submit(closed)
+        self.translator.want_partial()
+
+    async def _on_utterance_end(self) -> None:
+        closed = self.translator.utterance_end()
+        if closed:
+            await self._close_sentences(closed)
+            self.translator.submit(closed)
+
+    async def _close_sentences(self, closed: list[Closed], also: SegmentRecord | None = None) -> None:
+        """Log the closing finals (and ``also``, a new final) and the session's sentence count."""
+        records = [c.record for c in closed if c.record is not also]
+        for rec in [*records, *([also] if also is not None else [])]:
+            await self._persist(rec)
+        await self.gw.store.save(self.state)
 
     def _queue_final(self, rec: SegmentRecord, latency: float | None) -> None:
         ev = TranscriptFinal(segmentId=rec.segmentId, text=rec.text, start=rec.start, end=rec.end,
@@ -484,114 +469,12 @@ class Session:
 
         self.conn.send_event("final", ev, sent)
 
-    def _queue_translation(self, rec: SegmentRecord, lang: str, text: str, quality: str | None,
-                           latency: float | None) -> None:
-        ev = TranslationEvent(segmentId=rec.segmentId, language=lang, text=text, quality=quality,
-                              latency=round(latency, 4) if latency is not None else None)
-        final_at = self._final_at.get(rec.segmentId)
-
-        async def sent() -> None:
-            if final_at is not None:
-                self.gw.translation_latency.observe(time.monotonic() - final_at)
-            if lang not in rec.translationsSent:
-                rec.translationsSent.append(lang)
-            await self._persist(rec)
-
-        self.conn.send_event("translation", ev, sent)
-
     async def _persist(self, rec: SegmentRecord) -> None:
         async with self._write_lock:
             try:
                 await self.gw.store.put_segment(self.sid, rec)
             except Exception as exc:  # noqa: BLE001 - the live captions matter more than the log
                 log.warning("session store write failed", extra={"fields": {"error": str(exc)}})
-
-    def _remember(self, seg_id: int) -> None:
-        if len(self._recent) == self._recent.maxlen:
-            old = self._recent[0]
-            if old not in self._untranslated:
-                self._segments.pop(old, None)
-                self._final_at.pop(old, None)
-        self._recent.append(seg_id)
-
-    # ---------------------------------------------------------------- translation
-
-    async def _translate_loop(self) -> None:
-        while True:
-            seg_id = await self._translate_q.get()
-            if seg_id is None:
-                return
-            rec = self._segments.get(seg_id)
-            if rec is not None:
-                await self._translate(rec)
-            self._untranslated.discard(seg_id)
-            if rec is not None:
-                self._remember(seg_id)
-
-    async def _translate(self, rec: SegmentRecord) -> None:
-        gw, s = self.gw, self.gw.settings
-        remaining = [lang for lang in self.state.targetLanguages
-                     if lang not in rec.translations and lang not in rec.translationErrors]
-        window = context_window(rec.segmentId, gw.config.context_segments)
-        context = [ContextSegment(source=self._segments[i].text,
-                                  translations=dict(self._segments[i].translations))
-                   for i in self._recent if i in window and i in self._segments]
-        backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
-        deadline: float | None = None
-        while remaining:
-            if self.finished and deadline is None:
-                deadline = time.monotonic() + s.translate_timeout
-            if deadline is not None and time.monotonic() > deadline:
-                for lang in remaining:
-                    self._translation_failed(rec, lang, "translation service unavailable at session end")
-                return
-            if gw.translation is None:
-                for lang in remaining:
-                    self._translation_failed(rec, lang, "no translation service is configured")
-                return
-            if not gw.translation_breaker.allow():
-                self._report_outage("translation", "translation service unavailable (circuit open)")
-                await self._wait_for(gw.translation_breaker)
-                continue
-            request = TranslateRequest(sessionId=self.sid, segmentId=rec.segmentId, text=rec.text[:4000],
-                                       sourceLanguage=self.state.sourceLanguage,
-                                       targetLanguages=list(remaining), context=context)
-            try:
-                async for result in gw.translation.translate(request):
-                    lang = result.language
-                    if lang not in remaining or result.segmentId != rec.segmentId:
-                        continue
-                    remaining.remove(lang)
-                    if result.type == "error":
-                        self._translation_failed(rec, lang, result.message or "translation failed",
-                                                 result.code or ERR_TRANSLATION_FAILED)
-                    else:
-                        rec.translations[lang] = result.text
-                        final_at = self._final_at.get(rec.segmentId)
-                        latency = time.monotonic() - final_at if final_at is not None else None
-                        await self._persist(rec)
-                        self._queue_translation(rec, lang, result.text, result.quality, latency)
-                gw.translation_breaker.success()
-                self._recovered("translation")
-                for lang in remaining:
-                    self._translation_failed(rec, lang, "the translation service returned no result")
-                remaining = []
-            except UpstreamRejected as exc:
-                gw.translation_breaker.success()  # it answered: alive, just refused this request
-                for lang in remaining:
-                    self._translation_failed(rec, lang, str(exc))
-                return
-            except (UpstreamUnavailable, ValidationError) as exc:
-                gw.translation_breaker.failure()
-                self._report_outage("translation", str(exc))
-                await asyncio.sleep(backoff.next())
-
-    def _translation_failed(self, rec: SegmentRecord, lang: str, message: str,
-                            code: str = ERR_TRANSLATION_FAILED) -> None:
-        rec.translationErrors[lang] = message
-        self.conn.send_event("error", ErrorEvent(code=code, message=message, segmentId=rec.segmentId,
-                                                 language=lang))
-        asyncio.get_running_loop().create_task(self._persist(rec))
 
     # ---------------------------------------------------------------- outages
 
@@ -692,6 +575,8 @@ class Connection:
                 log.debug("close failed", extra={"fields": {"error": str(exc)}})
 
     def send_event(self, kind: str, event: BaseModel, on_sent: OnSent = None) -> None:
+        """Queue an event; ``kind`` "partial" (a transcript) and "partial:<lang>" (a sentence's
+        translation so far) are superseded by the next event of the same kind."""
         if not self.queue.put(kind, event.model_dump_json(exclude_none=True), on_sent):
             self._fail(CLOSE_POLICY, "client too slow: send queue full")
 

@@ -53,6 +53,8 @@ class Gateway:
         p = config.pipeline
         self.caption_latency = metrics.caption_latency(self.registry).labels(pipeline=p)
         self.translation_latency = metrics.translation_latency(self.registry).labels(pipeline=p)
+        self.sentence_latency = metrics.sentence_latency(self.registry).labels(pipeline=p)
+        self.sentence_calls = metrics.sentence_translation_calls(self.registry).labels(pipeline=p)
         self.sessions_gauge = metrics.sessions_active(self.registry).labels(pipeline=p)
         self.sessions_gauge.set_function(lambda: len(self.sessions))
         depth = metrics.queue_depth(self.registry)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, Field
 class SessionState(BaseModel):
     sessionId: str
     nextSegment: int = 0
+    nextSentence: int = 0  # the open sentence's id (or the next one's): ids move on as they close
     audioSeconds: float = 0.0
     sourceLanguage: str = "en"
     targetLanguages: list[str] = Field(default_factory=list)
@@ -44,6 +45,9 @@ class SegmentRecord(BaseModel):
     translationErrors: dict[str, str] = Field(default_factory=dict)
     finalSent: bool = False
     translationsSent: list[str] = Field(default_factory=list)
+    # Set on the final that closes a sentence: the sentence covers the finals since the previous
+    # closing one, and ``translations`` (with their flags) are the whole sentence's.
+    sentenceId: int | None = None
 
 
 class SessionStore(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,6 +47,20 @@ class GatewaySettings(BaseSettings):
     stuck_client_seconds: float = 10.0  # a send (or a full queue) blocked this long closes the socket
     idle_timeout_seconds: float = 300.0  # no frame at all for this long -> close
     start_timeout_seconds: float = 30.0  # no session.start within this -> close
+
+    # Sentences: what is translated (docs/captions.md). "final" translates every final alone, the
+    # behaviour before sentences, kept to measure against (benchmarks/bench_quality.py).
+    translation_unit: Literal["sentence", "final"] = "sentence"
+    sentence_max_words: int = Field(40, ge=1, description="An open sentence closes at this many words")
+    sentence_max_seconds: float = Field(20.0, gt=0, description="... or when it spans this long")
+    # An open sentence that got no final for this long closes (a pause the audio service did not
+    # report as an utterance end, e.g. a lost event).
+    sentence_idle_seconds: float = Field(3.0, gt=0)
+    # Live re-translation of the open sentence on each new final: at most one request in flight
+    # per session, none while whole sentences wait, and no more often than this.
+    partial_translations: bool = True
+    partial_min_interval_seconds: float = Field(0.5, ge=0)
+    partial_settle_seconds: float = Field(0.1, ge=0)
 
     # Sessions.
     session_ttl_seconds: int = 3600  # how long a detached session can be resumed

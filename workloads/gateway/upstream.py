@@ -25,10 +25,8 @@ except ImportError:  # pragma: no cover - a websockets built without its extensi
     apply_mask = _apply_mask_py
 
 from livetranslate.protocol import (
+    AnyAudioEvent,
     AudioError,
-    AudioFinal,
-    AudioFlushed,
-    AudioPartial,
     AudioReady,
     AudioStart,
     TranslateRequest,
@@ -55,7 +53,7 @@ def ws_url(base: str) -> str:
     return base
 
 
-AudioEvent = AudioReady | AudioPartial | AudioFinal | AudioError | AudioFlushed
+AudioEvent = AnyAudioEvent
 
 
 class MaskKeys:

@@ -54,6 +54,9 @@ class Job:
     context: tuple[ContextSegment, ...] = ()
     session_id: str = ""
     segment_id: int = 0
+    # A preview of a sentence still being spoken: a later request replaces it, so it gets the
+    # primary engine once, with no retry and no fallback (those are for what listeners keep).
+    partial: bool = False
 
 
 @dataclass

@@ -331,7 +331,7 @@ class TranslationService:
         span = context_span(self.settings.context_segments or 0)
         context = tuple(req.context[-span:]) if span else ()
         tasks = [asyncio.create_task(self._target(Job(req.text, req.sourceLanguage, t, context, req.sessionId,
-                                                      req.segmentId), received))
+                                                      req.segmentId, req.partial), received))
                  for t in req.targetLanguages]
         try:
             for fut in asyncio.as_completed(tasks):
@@ -372,6 +372,8 @@ class TranslationService:
                                    quality="same_language")
         reasons = [s.engine.unsupported(job.source, job.target) for s in self.steps]
         usable = [s for s, r in zip(self.steps, reasons, strict=True) if r is None]
+        if job.partial:
+            usable = usable[:1]
         if not usable:
             return self._error(job, ERR_UNSUPPORTED_LANGUAGE, f"{job.source}->{job.target}: {reasons[0]}")
         best: tuple[str, str, str] | None = None  # (text, failed check, backend)
@@ -385,7 +387,7 @@ class TranslationService:
                 self.metrics.fallbacks.labels(self.pipeline, usable[pos - 1].engine.name,
                                               step.engine.name, reason).inc()
             # Deterministic engines (Apertium) give the same answer twice: no point retrying a check.
-            tries = 2 if step.engine.name != "apertium" else 1
+            tries = 2 if step.engine.name != "apertium" and not job.partial else 1
             for attempt in range(2):
                 try:
                     outcome = await step.batcher.submit(job, model, attempt)
