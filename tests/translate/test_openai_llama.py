@@ -162,6 +162,10 @@ def test_unreachable_endpoint_falls_back_to_offline_apertium() -> None:
         while not ready.json()["engines"][1]["ready"] and time.monotonic() < deadline:
             time.sleep(0.1)
             ready = c.get("/readyz")
+        # A preview of a sentence still being spoken is not worth the fallback: the primary's
+        # error comes back at once, and the gateway shows the sentence's own translation later.
+        [preview] = read_ndjson(c.post("/v1/translate", json={**tr_request("The house", ["es"]), "partial": True}))
+        assert preview["type"] == "error", preview
         [line] = read_ndjson(c.post("/v1/translate", json=tr_request("The house is big.", ["es"])))
         assert line["type"] == "translation" and line["quality"] == "fallback"
         assert line["text"].startswith("La casa es")
