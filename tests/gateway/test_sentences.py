@@ -156,3 +156,33 @@ async def test_resume_between_a_preview_and_the_sentence(stack: Stack) -> None:
     # the next sentence.
     assert translations == [(0, (0, 1)), (1, (2,))]
     assert len(set(translations)) == len(translations)
+
+
+async def test_sentences_survive_the_replica_they_started_on(stack: Stack, redis_url: str) -> None:
+    url_one = await sentence_stack(stack, redis_url=redis_url)
+    two = await stack.make_gateway(redis_url=redis_url)
+    a = Client(url_one)
+    await a.__aenter__()
+    await a.send_json({"type": "session.start", "targetLanguages": ["es"]})
+    sid = (await a.recv())["sessionId"]
+    await speak(a, [1, 2, 3, 4])  # sentence 0 closed and translated, sentence 1 open
+    await a.until(lambda e: e["type"] == "translation.partial" and e["sentenceId"] == 1)
+    drop(a)
+    await asyncio.sleep(0.5)
+    await stack.gateways[-2].stop()  # the first replica goes away (a rollout) after its flush
+
+    b = Client(two.url.replace("http://", "ws://") + "/v1/stream")
+    await b.__aenter__()
+    ack = max(e["segmentId"] for e in a.of("transcript.final"))
+    await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": ack})
+    assert (await b.recv())["resumed"] is True
+    await speak(b, [5, 0])
+    await b.send_json({"type": "session.end"})
+    await b.until(lambda e: e["type"] == "session.ended")
+    await b.__aexit__()
+
+    got = [(t["sentenceId"], t["segmentIds"]) for c in (a, b) for t in c.of("translation")]
+    assert got == [(0, [0, 1, 2]), (1, [3]), (2, [4])]
+    # Sentence 2's context came from the log in Redis: the two sentences before it.
+    last = next(r for r in stack.translation.requests if r.segmentId == 2 and not r.partial)
+    assert [c.source for c in last.context] == ["Good morning, everyone, and thanks for joining us.", "Let's start"]
