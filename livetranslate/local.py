@@ -33,7 +33,7 @@ from typing import IO, Any
 import yaml
 
 from livetranslate.api import API_VERSION, KIND, TranslationPipelineSpec, describe_validation_error
-from livetranslate.capabilities import backend_problems
+from livetranslate.capabilities import backend_problems, installed_modes
 from livetranslate.config import CONFIG_ENV, Endpoints, Placement, ResolvedPipeline
 from livetranslate.procs import free_port
 
@@ -83,8 +83,10 @@ def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
     else:
         backend, model = "apertium", "apertium"
         reason = "no GPU on this machine: offline Apertium on CPU"
+    # Checked against the Apertium modes this machine really has: a missing pair names its package.
     problems = backend_problems(backend, spec.sourceLanguage, list(spec.targetLanguages),
-                                endpoint=spec.translation.endpoint)
+                                endpoint=spec.translation.endpoint,
+                                installed_modes=installed_modes() if backend == "apertium" else None)
     if problems:
         raise UpError("; ".join(problems))
     placement = Placement(audioDevice="cpu", audioReason="livetranslate up runs on this machine's CPU",

@@ -11,7 +11,11 @@ here=$(pwd)
 extras=${LT_EXTRAS:-dev}
 venv=${LT_VENV:-$here/.venv}
 
-apt_pkgs=(redis-server prometheus chromium espeak-ng sox apertium apertium-eng-spa apertium-apy libsndfile1 ffmpeg cmake g++)
+# The offline backend's Apertium pairs: the one table of them is APERTIUM_PACKAGES in
+# livetranslate/capabilities.py (the translate image installs the same set); 277 MiB installed.
+read -r -a apertium_pairs <<< "$(python3 -P livetranslate/capabilities.py)"
+apt_pkgs=(redis-server prometheus chromium espeak-ng sox apertium apertium-apy "${apertium_pairs[@]}" libsndfile1 ffmpeg
+          cmake g++)
 missing=()
 for p in "${apt_pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

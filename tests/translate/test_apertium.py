@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from livetranslate.procs import free_port, stop, wait_http
+from livetranslate.workloads.translate.apertium import ApertiumEngine
 from livetranslate.workloads.translate.app import create_app
 from livetranslate.workloads.translate.settings import ApertiumSettings, TranslateSettings
 
@@ -59,6 +60,17 @@ def child_pids(pid: int) -> list[int]:
     return out
 
 
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes in process group ``pgid``."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                out.append(int(stat.parent.name))
+    return out
+
+
 def apertium_settings(**over: Any) -> TranslateSettings:
     over.setdefault("target_languages", ["es"])
     return TranslateSettings(pipeline="offline", backend="apertium", source_language="en", **over)
@@ -89,11 +101,28 @@ def test_missing_pair_is_a_clear_error_not_a_passthrough(client: TestClient) -> 
     assert "en->de" in by_lang["de"]["message"]
 
 
+def test_pair_without_a_mode_is_translated_through_a_pivot(client: TestClient) -> None:
+    # No English->French mode is packaged: eng-spa then es-fr, and the listener is told so
+    [line] = read_ndjson(client.post("/v1/translate", json=tr_request("The house is big.", ["fr"])))
+    assert line["type"] == "translation" and line["quality"] == "pivot:es", line
+    assert line["text"].startswith("La maison est grande")
+
+
+def test_only_the_pipelines_own_pairs_are_warmed(client: TestClient) -> None:
+    # Warming every installed mode (133 here) started hundreds of processes and GiBs
+    engine = client.app.state.service.primary.engine  # type: ignore[attr-defined]
+    assert engine.warm_modes == ["eng-spa"]
+    french = ApertiumEngine(ApertiumSettings(), "en", ["es", "fr"])
+    assert french.warm_modes == ["eng-spa", "es-fr"]
+    assert ApertiumEngine(ApertiumSettings(), "auto", ["es"]).warm_modes == []
+
+
 def test_readyz_names_pipeline_pairs_it_cannot_serve(tmp_path: Path) -> None:
-    # A modes directory with every installed pair but English->Catalan, whatever this machine has.
+    # A modes directory with every installed pair but English->Catalan, whatever this machine has
+    # (and without Spanish->Catalan, which would reach Catalan from English through Spanish).
     installed = ApertiumSettings().modes_dir
     for mode in installed.glob("*.mode"):
-        if not mode.name.startswith("eng-cat"):
+        if not mode.name.startswith(("eng-cat", "spa-cat")):
             (tmp_path / mode.name).symlink_to(mode)
     settings = apertium_settings(target_languages=["es", "ca"], apertium=ApertiumSettings(modes_dir=tmp_path))
     with TestClient(create_app(settings)) as c:
@@ -125,6 +154,7 @@ def test_apy_bound_to_loopback_and_restarted_when_it_dies(client: TestClient) ->
     engine = service.primary.engine
     pid, port = engine.proc.pid, engine.port
     assert listening_addresses(port) == ["127.0.0.1"]
+    assert group_members(pid), "APy's pair pipelines run in its process group"
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     saw_unready = False
@@ -137,6 +167,9 @@ def test_apy_bound_to_loopback_and_restarted_when_it_dies(client: TestClient) ->
     assert line["type"] == "translation", str(line)
     assert engine.proc.pid != pid
     assert saw_unready
+    # the dead APy's pair pipelines went with it, not left running as orphans (they see their stdin
+    # close; the supervisor also kills the group, for a pipeline stuck in a long read)
+    assert group_members(pid) == []
     assert metric_value(client.get("/metrics").text, "livetranslate_translation_engine_restarts") >= 1
 
 

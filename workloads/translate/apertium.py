@@ -16,12 +16,11 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Awaitable
-from pathlib import Path
+from collections.abc import Awaitable, Collection
 
 import httpx
 
-from livetranslate.capabilities import apertium_mode, backend_problems
+from livetranslate.capabilities import ApertiumPairs, Route, backend_problems, installed_modes
 from livetranslate.procs import free_port
 
 from .engines import Engine, EngineError, EngineState, GarbageError, Output
@@ -44,13 +43,6 @@ apy.main()
 """
 
 
-def installed_modes(modes_dir: Path) -> set[str]:
-    """Modes really installed (``eng-spa.mode`` -> ``eng-spa``)."""
-    if not modes_dir.is_dir():
-        return set()
-    return {p.name.removesuffix(".mode") for p in modes_dir.glob("*.mode")}
-
-
 def _apy_interpreter(binary: str) -> str | None:
     path = shutil.which(binary)
     if path is None:
@@ -67,10 +59,16 @@ class ApertiumEngine(Engine):
     batch_mode = "joined"
     max_inflight = 2  # APy runs one pipeline per pair: one batch in it, the next one on its way
 
-    def __init__(self, settings: ApertiumSettings) -> None:
+    def __init__(self, settings: ApertiumSettings, source: str | None = None,
+                 targets: Collection[str] = ()) -> None:
         super().__init__()
         self.settings = settings
         self.modes = installed_modes(settings.modes_dir)
+        self.pairs = ApertiumPairs(self.modes)
+        # The pipeline's own pairs are warmed at start; any other pair (a detected language) starts
+        # its pipeline on first use and APy stops it again after ``pipe_idle_s`` unused.
+        routes = [self.pairs.route(source, t) for t in targets] if source and source != "auto" else []
+        self.warm_modes = sorted({m for r in routes if r is not None for m in r.modes})
         self.proc: asyncio.subprocess.Process | None = None
         self.port = 0
         self.restarts = 0
@@ -98,7 +96,7 @@ class ApertiumEngine(Engine):
         env["LC_ALL"] = env.get("LC_ALL") or "C.UTF-8"
         self.proc = await asyncio.create_subprocess_exec(
             interpreter, "-I", "-c", _LAUNCHER, "-p", str(self.port), "-t", str(int(self.settings.timeout_s)),
-            str(self.settings.modes_dir),
+            "-m", str(int(self.settings.pipe_idle_s)), str(self.settings.modes_dir),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
             cwd="/", start_new_session=True)
         if self.client is not None:
@@ -117,12 +115,12 @@ class ApertiumEngine(Engine):
             await asyncio.sleep(0.1)
         else:
             raise EngineError(f"apertium-apy did not answer within {self.settings.startup_timeout_s:g} s")
-        # Warm each installed pair's pipeline: the first call on a pair costs ~70 ms more.
-        for mode in sorted(self.modes):
-            if "_" in mode or mode.count("-") != 1:
-                continue
+        # Warm the pipeline's pairs: the first call on a pair costs ~70 ms more. Never every
+        # installed mode: each is a chain of processes holding its dictionaries (133 modes of 44
+        # packages would start hundreds of processes and several GiB for pairs no one asked for).
+        for mode in self.warm_modes:
             with contextlib.suppress(httpx.HTTPError):
-                await self.client.get("/translate", params={"langpair": mode.replace("-", "|"), "q": "ok"},
+                await self.client.get("/translate", params={"langpair": mode.replace("-", "|", 1), "q": "ok"},
                                       timeout=self.settings.timeout_s)
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
@@ -160,6 +158,10 @@ class ApertiumEngine(Engine):
             drain = asyncio.create_task(self._drain_stderr(self.proc))
             rc = await self.proc.wait()
             drain.cancel()
+            # Its pair pipelines share its process group: none may outlive it (one busy in a long
+            # translation would hold its dictionaries until it read the closed pipe).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self._up.clear()
             if self._stopping:
                 break
@@ -214,7 +216,7 @@ class ApertiumEngine(Engine):
             whole = await self._one(jobs[0], text=joined)
             parts = [p.strip() for p in whole.text.split("\n\n")]
             if len(parts) == len(jobs) and all(parts):
-                return [Output(p) for p in parts]
+                return [Output(p, via=whole.via) for p in parts]
             log.warning("apertium batch reply did not split back; asking per segment",
                         extra={"fields": {"segments": len(jobs), "parts": len(parts)}})
         except EngineError:
@@ -241,11 +243,16 @@ class ApertiumEngine(Engine):
             raise EngineError(f"apertium-apy is down: {self.state.detail}") from None
 
     async def _one(self, job: Job, text: str | None = None) -> Output:
-        mode = apertium_mode(job.source, job.target)
-        if mode is None:
+        route: Route | None = self.pairs.route(job.source, job.target)
+        if route is None:
             raise EngineError(f"no apertium pair {job.source}->{job.target}")
-        params = {"langpair": mode.replace("-", "|", 1), "q": job.text if text is None else text,
-                  "markUnknown": "no"}
+        out = job.text if text is None else text
+        for mode in route.modes:  # one mode, or two chained through the pivot language
+            out = await self._mode(mode, out)
+        return Output(out, via=route.via)
+
+    async def _mode(self, mode: str, text: str) -> str:
+        params = {"langpair": mode.replace("-", "|", 1), "q": text, "markUnknown": "no"}
         async with self._sem:
             for attempt in range(2):
                 assert self.client is not None
@@ -269,5 +276,5 @@ class ApertiumEngine(Engine):
             raise GarbageError(f"apertium: unreadable reply {resp.text[:120]!r}") from exc
         if not isinstance(text, str):
             raise GarbageError("apertium: reply without text")
-        return Output(text)
+        return text
 

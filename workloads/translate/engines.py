@@ -46,6 +46,7 @@ class Output:
     text: str
     truncated: bool = False
     packed_miss: bool = False  # a packed batch skipped this line; it was re-asked on its own
+    via: str | None = None  # translated through this pivot language (two offline pairs chained)
 
 
 @dataclass

@@ -116,7 +116,7 @@ def build_engine(kind: BackendName, settings: TranslateSettings) -> Engine:
         return VllmEngine(settings.vllm, ctx)
     if kind == "openai":
         return OpenAIEngine(settings.openai, ctx)
-    return ApertiumEngine(settings.apertium)
+    return ApertiumEngine(settings.apertium, settings.source_language, settings.target_languages or [])
 
 
 class TranslationService:
@@ -398,7 +398,7 @@ class TranslationService:
                             else cleanup(outcome.text, job.target))
                     verdict = check(job.text, text, job.source, job.target, truncated=outcome.truncated)
                     if verdict.ok:
-                        quality = "ok"
+                        quality = f"pivot:{outcome.via}" if outcome.via else "ok"
                         if pos > 0:
                             quality = "fallback"
                         elif attempt > 0:

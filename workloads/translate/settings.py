@@ -80,6 +80,8 @@ class ApertiumSettings(BaseModel):
     # Parallel HTTP requests to APy (it keeps one warm pipeline per pair and queues behind it).
     concurrency: int = Field(8, ge=1)
     restart_backoff_s: float = Field(1.0, ge=0)
+    # APy stops a pair's pipeline unused this long (a detected language's pair, not the pipeline's).
+    pipe_idle_s: float = Field(300.0, ge=1)
 
 
 class BatchSettings(BaseModel):
