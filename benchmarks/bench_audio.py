@@ -293,7 +293,12 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
     """
     from livetranslate.workloads.audio.engines import load_engine
     from livetranslate.workloads.audio.settings import AudioSettings
-    from livetranslate.workloads.audio.streaming import FinalOut, PartialOut, StreamSession
+    from livetranslate.workloads.audio.streaming import (
+        PartialOut,
+        StreamEvent,
+        StreamSession,
+        UtteranceEndOut,
+    )
     from livetranslate.workloads.audio.vad import SileroVad
 
     saved = {k: os.environ.get(k) for k in env}
@@ -310,7 +315,7 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
     engine.transcribe(np.zeros(speech.SAMPLE_RATE, np.float32))
     rng = random.Random(seed) if seed is not None else None
     session = StreamSession(settings.streaming, SileroVad().stream())
-    events: list[tuple[float, PartialOut | FinalOut, str]] = []
+    events: list[tuple[float, StreamEvent, str]] = []
     decode: list[float] = []
     waited: list[float] = []
     pending: tuple[Any, Any, float] | None = None
@@ -359,6 +364,8 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
     first_seen: list[float] = []
     partial_words: list[tuple[list[str], float]] = []
     for now, ev, route in events:
+        if isinstance(ev, UtteranceEndOut):
+            continue
         if isinstance(ev, PartialOut):
             partial_words.append((speech.normalize(ev.text), now))
             continue

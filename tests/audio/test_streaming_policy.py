@@ -7,19 +7,22 @@ decoder output); the tests against the real model are in test_service.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 from livetranslate.config import Endpoints, ResolvedPipeline
 from livetranslate.workloads.audio.diarization import SpeakerTracker
-from livetranslate.workloads.audio.engines import Hypothesis, Word
+from livetranslate.workloads.audio.engines import Hypothesis, Word, is_glued
 from livetranslate.workloads.audio.settings import AudioSettings, StreamingSettings, load_settings
 from livetranslate.workloads.audio.streaming import (
     AudioBuffer,
     FinalOut,
     PartialOut,
+    StreamEvent,
     StreamSession,
+    UtteranceEndOut,
     is_hallucination,
 )
 from livetranslate.workloads.audio.vad import VadStream
@@ -27,8 +30,14 @@ from livetranslate.workloads.audio.vad import VadStream
 SR = 16000
 
 
-def _hyp(*words: tuple[str, float, float], probability: float = 0.9) -> Hypothesis:
-    return Hypothesis(words=[Word(t, s, e, probability) for t, s, e in words],
+# A scripted word: text, start, end, and optionally True for a word glued to the one before.
+_W = tuple[str, float, float] | tuple[str, float, float, bool]
+
+
+def _hyp(*words: _W, probability: float = 0.9) -> Hypothesis:
+    """A scripted pass; a fourth item True marks a word glued to the one before ("'clock")."""
+    return Hypothesis(words=[Word(w[0], w[1], w[2], probability, glued=len(w) > 3 and bool(w[3]))
+                             for w in words],
                       text=" ".join(w[0] for w in words), avg_logprob=-0.2)
 
 
@@ -184,29 +193,32 @@ def test_an_utterance_end_the_last_pass_heard_is_final_without_another_pass() ->
     ready = s.take_ready()
     assert [o.text for o, _ in ready if isinstance(o, FinalOut)] == ["Hello there."]
     assert all(src is req for _, src in ready)  # the audio the final came from (diarization)
+    # then the utterance is over: said once, after its final, at the utterance's end
+    assert isinstance(ready[0][0], FinalOut) and ready[-1][0] == UtteranceEndOut(1.0)
+    assert [o for o, _ in ready if isinstance(o, UtteranceEndOut)] == [UtteranceEndOut(1.0)]
     assert s.flushed and s.take_ready() == []
 
 
 class _ScriptedVad(VadStream):
-    """Voiced for the first ``voiced`` frames, silent after."""
+    """Voiced in the given frame ranges, silent elsewhere."""
 
-    def __init__(self, voiced: int) -> None:
+    def __init__(self, *voiced: range) -> None:
         super().__init__(None)
         self.voiced = voiced
         self.frames = 0
 
     def feed(self, samples: np.ndarray) -> np.ndarray:
         probs = super().feed(samples)
-        index = np.arange(self.frames, self.frames + len(probs))
+        index = range(self.frames, self.frames + len(probs))
         self.frames += len(probs)
-        return (index < self.voiced).astype(np.float32)
+        return np.array([any(i in r for r in self.voiced) for i in index], dtype=np.float32)
 
 
 def test_an_utterance_end_on_a_chunk_boundary_needs_no_extra_wait_or_pass() -> None:
     # 25 VAD frames (0.8 s) plus the 0.2 s tail pad is 1.0000000000000004 s; ten 0.1 s chunks
     # are 0.9999999999999999 s. Compared exactly, the closing pass waited for the next chunk
     # and the utterance's end then asked for a final pass the closing one had made needless.
-    s = StreamSession(StreamingSettings(step_seconds=0.3), _ScriptedVad(voiced=25))
+    s = StreamSession(StreamingSettings(step_seconds=0.3), _ScriptedVad(range(25)))
     words = (("Hello", 0.1, 0.5), ("there.", 0.5, 0.8))
     pass_ends, finals = [], []
     for _ in range(20):
@@ -219,6 +231,161 @@ def test_an_utterance_end_on_a_chunk_boundary_needs_no_extra_wait_or_pass() -> N
         finals += [o.text for o, _ in s.take_ready() if isinstance(o, FinalOut)]
     assert pass_ends == pytest.approx([0.3, 0.6, 0.9, 1.0])
     assert finals == ["Hello there."]
+
+
+def _run(s: StreamSession, chunks: int, script: Callable[[float, float], Hypothesis],
+         flush: bool = True) -> list[StreamEvent]:
+    """Feed ``chunks`` of 0.1 s, run every pass the session asks for at once (``script`` gives the
+    hypothesis of a pass over stream seconds [start, end)), and return the events in order."""
+    events: list[StreamEvent] = []
+
+    def drain() -> None:
+        while (req := s.next_request()) is not None:
+            events.extend(o for o, _ in s.take_ready())
+            events.extend(s.apply(req, script(req.start, req.end)))
+        events.extend(o for o, _ in s.take_ready())
+
+    for _ in range(chunks):
+        _feed(s, 0.1)
+        drain()
+    if flush:
+        s.flush()
+        drain()
+    return events
+
+
+def _texts(events: list[StreamEvent]) -> list[str]:
+    return [o.text for o in events if isinstance(o, FinalOut)]
+
+
+def _kinds(events: list[StreamEvent]) -> list[str]:
+    """Finals and utterance ends in the order they were made."""
+    return ["final" if isinstance(o, FinalOut) else "end" for o in events
+            if isinstance(o, FinalOut | UtteranceEndOut)]
+
+
+def test_a_word_whisper_splits_in_two_is_never_split_across_finals() -> None:
+    # faster-whisper gives "8 o'clock" as " o" + "'clock" and "can't" as " can" + "'t". The pass
+    # at 1.6 s agrees with the one before up to "o": committing that would leave the next final
+    # to start with "'clock"; the commit holds back to "8" instead.
+    sentence: list[_W] = [
+        ("The", 0.0, 0.2), ("train", 0.2, 0.4), ("leaves", 0.4, 0.6), ("at", 0.6, 0.7), ("8", 0.7, 0.8),
+        ("o", 0.8, 0.9), ("'clock", 0.9, 1.1, True), ("and", 1.1, 1.2), ("we", 1.2, 1.4),
+        ("can", 1.4, 1.6), ("'t", 1.6, 1.7, True), ("be", 1.7, 1.8), ("late.", 1.8, 2.0)]
+    s = _session()
+    events: list[StreamEvent] = []
+    for seconds, heard in ((1.0, 6), (0.6, 8), (0.6, 13)):  # each pass hears a little more
+        _feed(s, seconds)
+        req = s.next_request()
+        assert req is not None
+        events += s.apply(req, _hyp(*sentence[:heard]))
+    _feed(s, 0.3)
+    s.flush()
+    req = s.next_request()
+    assert req is not None and req.final
+    events += s.apply(req, _hyp(*sentence))
+    finals = _texts(events)
+    assert finals == ["The train leaves at 8", "o'clock and", "we can't be late."]  # not "... at 8 o"
+    # the partial shows the word whole as well
+    assert "o'clock and" in [o.text for o in events if isinstance(o, PartialOut)]
+
+
+def test_a_commit_never_ends_on_a_word_left_open() -> None:
+    # "well-" waits for its rest ("known"): an agreement up to it holds back to the word before.
+    script = [("We", 0.0, 0.2), ("fixed", 0.2, 0.5), ("the", 0.5, 0.6), ("well-", 0.6, 0.8)]
+    s = _session()
+    _feed(s, 1.2)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(*script))
+    _feed(s, 0.6)
+    req = s.next_request()
+    assert req is not None
+    out = s.apply(req, _hyp(*script, ("known", 0.8, 1.1, True), ("bugs.", 1.1, 1.3)))
+    assert _texts(out) == ["We fixed the"]
+    assert [o.text for o in out if isinstance(o, PartialOut)] == ["well-known bugs."]
+
+
+def test_numbers_and_compounds_read_without_inner_spaces() -> None:
+    s = _session()
+    _feed(s, 1.5)
+    s.flush()
+    req = s.next_request()
+    assert req is not None and req.final
+    out = s.apply(req, _hyp(("Inflation", 0.0, 0.4), ("rose", 0.4, 0.6), ("to", 0.6, 0.7), ("12", 0.7, 0.9),
+                            (".5", 0.9, 1.1, True), ("percent,", 1.1, 1.3), ("a", 1.3, 1.35),
+                            ("twenty", 1.35, 1.4), ("-", 1.4, 1.42, True)))
+    # the dangling hyphen of a cut-off word goes at the end of an utterance: nothing follows it
+    assert _texts(out) == ["Inflation rose to 12.5 percent, a twenty"]
+
+
+def test_a_full_buffer_keeps_a_word_left_open_for_the_next_buffer() -> None:
+    # The cap forces a final at 3.0 s while "twenty-" waits for "first": that word stays in the
+    # buffer, so the next pass hears "twenty-first" whole; the forced final ends no utterance.
+    s = StreamSession(StreamingSettings(step_seconds=0.5, max_buffer_seconds=3.0, trim_seconds=25.0),
+                      VadStream(None), use_vad=False)
+    spoken: list[_W] = [
+        ("In", 0.0, 0.3), ("the", 0.3, 0.6), ("new", 0.6, 1.0), ("century", 1.0, 1.6), ("we", 1.6, 2.0),
+        ("saw", 2.0, 2.5), ("twenty-", 2.55, 2.95), ("first", 2.95, 3.4, True), ("steps.", 3.4, 3.9)]
+
+    def heard(start: float, end: float) -> Hypothesis:
+        # A pass hears the words that start in its audio; the first word of a pass is glued to
+        # nothing (a buffer cut at "twenty-" would hear " first" as a word of its own).
+        words: list[_W] = []
+        for text, t0, t1, *glued in spoken:
+            if start - 0.01 <= t0 < end:
+                words.append((text, t0 - start, min(t1, end) - start, any(glued) and bool(words)))
+        return _hyp(*words)
+
+    events = _run(s, 40, heard)
+    assert " ".join(_texts(events)) == "In the new century we saw twenty-first steps."
+    assert _kinds(events)[-1] == "end" and _kinds(events).count("end") == 1  # only at the flush
+
+
+def test_each_utterance_ends_once_after_its_final() -> None:
+    # Two utterances with a pause between them: each gets exactly one utterance end, after its
+    # final and at its own end, whichever way it was finalised.
+    s = StreamSession(StreamingSettings(step_seconds=0.3), _ScriptedVad(range(25), range(70, 95)))
+    events = _run(s, 45, lambda start, end: _hyp(("Hello", 0.1, 0.4), ("there.", 0.4, 0.6)))
+    assert _kinds(events) == ["final", "end", "final", "end"]
+    ends = [o.end for o in events if isinstance(o, UtteranceEndOut)]
+    finals = [o for o in events if isinstance(o, FinalOut)]
+    assert finals[0].end <= ends[0] < finals[1].start <= finals[1].end <= ends[1]
+
+
+def test_the_final_pass_of_an_utterance_ends_it_after_its_final() -> None:
+    s = _session()
+    _feed(s, 1.0)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(("Hello", 0.1, 0.5)))
+    _feed(s, 0.3)
+    s.flush()
+    req = s.next_request()
+    assert req is not None and req.final
+    out = s.apply(req, _hyp(("Hello", 0.1, 0.5), ("there.", 0.5, 0.9)))
+    assert _kinds(out) == ["final", "end"] and out[-1] == UtteranceEndOut(1.3)
+
+
+def test_an_utterance_with_nothing_left_to_hear_still_ends() -> None:
+    # Speech stops right where the buffer cap forced its final: no pass and no final are left,
+    # but the utterance end is still said (once); the forced final itself ends nothing.
+    s = StreamSession(StreamingSettings(step_seconds=0.5, max_buffer_seconds=3.0, trim_seconds=25.0),
+                      VadStream(None), use_vad=False)
+    events = _run(s, 30, lambda start, end: _hyp(("Talking", 0.1, end - start - 0.4)), flush=False)
+    assert _kinds(events) == ["final"]
+    s.flush()
+    assert s.next_request() is None
+    ready = s.take_ready()
+    assert ready == [(UtteranceEndOut(3.0), None)]
+    assert s.flushed and s.take_ready() == []
+
+
+def test_glued_is_read_from_the_space_the_decoder_wrote() -> None:
+    assert is_glued("'clock", 1) and is_glued(".5", 3) and is_glued("-known", 2)
+    assert not is_glued(" o", 1) and not is_glued(" -", 1)
+    assert not is_glued("Hello", 0)  # nothing before it in the pass
+    assert not is_glued("的", 1, language="zh")  # written without spaces: every word looks glued
 
 
 def test_times_are_session_seconds_with_the_offset() -> None:

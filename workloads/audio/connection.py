@@ -39,13 +39,20 @@ from livetranslate.protocol import (
     AudioPartial,
     AudioReady,
     AudioStart,
+    AudioUtteranceEnd,
     audio_client_adapter,
 )
 from livetranslate.workloads.audio.diarization import SpeakerTracker
 from livetranslate.workloads.audio.engines import Engine, Hypothesis
 from livetranslate.workloads.audio.scheduler import Overloaded
 from livetranslate.workloads.audio.service import AudioService
-from livetranslate.workloads.audio.streaming import DecodeRequest, FinalOut, PartialOut, StreamSession
+from livetranslate.workloads.audio.streaming import (
+    DecodeRequest,
+    PartialOut,
+    StreamEvent,
+    StreamSession,
+    UtteranceEndOut,
+)
 
 log = logging.getLogger(__name__)
 
@@ -302,12 +309,17 @@ class AudioConnection:
         # Retry after a short pause even if no new audio arrives (a flush may be waiting).
         asyncio.get_running_loop().call_later(0.2, self._wake.set)
 
-    async def _emit(self, out: PartialOut | FinalOut, req: DecodeRequest) -> None:
+    async def _emit(self, out: StreamEvent, req: DecodeRequest | None) -> None:
+        """Send one event. Events go out in the order the session made them (the diarizer is
+        awaited before the final is queued), so an utterance end always follows its final."""
         if isinstance(out, PartialOut):
             await self._send(AudioPartial(text=out.text, start=out.start, end=out.end))
             return
+        if isinstance(out, UtteranceEndOut):
+            await self._send(AudioUtteranceEnd(end=out.end))
+            return
         speaker = None
-        if self.tracker is not None and self.service.diarizer is not None:
+        if self.tracker is not None and self.service.diarizer is not None and req is not None:
             diarizer, tracker = self.service.diarizer, self.tracker
             t0, t1 = out.stream_start - req.start, out.stream_end - req.start
             # The buffer starts afresh with each utterance: its start names the utterance.

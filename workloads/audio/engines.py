@@ -35,6 +35,9 @@ class Word:
     end: float
     probability: float = 1.0
     segment: int = 0  # index into Hypothesis.segments
+    # The decoder wrote no space before this word: it continues the previous one ("o" "'clock",
+    # "12" ".5", "well" "-known"), so a final must not end between the two.
+    glued: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,24 @@ class Hypothesis:
 def max_new_tokens(seconds: float) -> int:
     """A token budget no real speech exceeds (about 4 words/s): it cuts decoder loops short."""
     return int(10 + 8 * seconds)
+
+
+# Languages Whisper writes without spaces: faster-whisper splits their text into words at unicode
+# characters (OpenVINO GenAI at punctuation only), so no word has a space before it and "glued"
+# would hold every commit back to the end of the utterance.
+_NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
+
+
+def is_glued(raw: str, index: int, language: str | None = None) -> bool:
+    """Whether a decoder word, as the decoder wrote it (before stripping), continues the previous one.
+
+    Whisper's word splitter (faster-whisper's and OpenVINO GenAI's, both after openai/whisper)
+    starts a new word at a token with a leading space or at a punctuation token, and merges
+    punctuation into the word after it: "o'clock" comes out as " o" and "'clock". Only the missing
+    space tells the second part belongs to the first. The first word of a pass has nothing in
+    that pass to continue.
+    """
+    return index > 0 and bool(raw) and not raw[0].isspace() and language not in _NO_SPACE_LANGUAGES
 
 
 class Engine(Protocol):
@@ -172,7 +193,7 @@ class FasterWhisperEngine:
 
         t0 = time.perf_counter()
         multilingual = bool(self._model.model.is_multilingual)
-        segments, _info = self._model.transcribe(
+        segments, info = self._model.transcribe(
             audio,
             language=(language if language and language != "auto" else None) if multilingual else "en",
             beam_size=beam_size or self.beam_size,
@@ -188,6 +209,7 @@ class FasterWhisperEngine:
         hyp = Hypothesis()
         texts: list[str] = []
         weights = 0.0
+        spoken = info.language if multilingual else "en"
         for index, seg in enumerate(segments):
             texts.append(seg.text)
             hyp.segments.append(SegmentStats(seg.text.strip(), float(seg.no_speech_prob),
@@ -196,8 +218,9 @@ class FasterWhisperEngine:
                 hyp.words += [Word(w.text, w.start, w.end, 1.0, index) for w in
                               _spread_words(seg.text, None, 0.0, float(seg.start), float(seg.end))]
             for w in seg.words or []:
-                hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability),
-                                      index))
+                if w.word.strip():
+                    hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability),
+                                          index, is_glued(w.word, len(hyp.words), spoken)))
             span = max(seg.end - seg.start, 1e-3)
             hyp.no_speech_prob = max(hyp.no_speech_prob, float(seg.no_speech_prob))
             hyp.avg_logprob += float(seg.avg_logprob) * span
@@ -254,9 +277,11 @@ class FasterWhisperEngine:
                 if "words" not in seg:
                     hyp.words += [Word(w.text, w.start, w.end, 1.0, index) for w in
                                   _spread_words(text, None, 0.0, float(seg["start"]), float(seg["end"]))]
-                hyp.words += [Word(str(w["word"]).strip(), float(w["start"]), float(w["end"]),
-                                   float(w["probability"]), index) for w in seg.get("words") or []
-                              if str(w["word"]).strip()]
+                for w in seg.get("words") or []:
+                    raw = str(w["word"])
+                    if raw.strip():
+                        hyp.words.append(Word(raw.strip(), float(w["start"]), float(w["end"]),
+                                              float(w["probability"]), index, is_glued(raw, len(hyp.words), lang)))
             hyp.text = " ".join(sg.text for sg in hyp.segments).strip()
             if hyp.segments:
                 hyp.no_speech_prob = max(sg.no_speech_prob for sg in hyp.segments)
@@ -345,8 +370,12 @@ class OpenVinoEngine:
         hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "")
         words = getattr(result, "words", None)
         if words:
-            hyp.words = [Word(str(w.word).strip(), float(w.start_ts), float(w.end_ts)) for w in words
-                         if str(w.word).strip()]
+            # GenAI's word splitter keeps each word's leading space, as faster-whisper's does.
+            for w in words:
+                raw = str(w.word)
+                if raw.strip():
+                    hyp.words.append(Word(raw.strip(), float(w.start_ts), float(w.end_ts),
+                                          glued=is_glued(raw, len(hyp.words), language)))
         else:
             hyp.words = _spread_words(hyp.text, getattr(result, "chunks", None), len(audio) / SAMPLE_RATE)
         scores = getattr(result, "scores", None)
@@ -366,6 +395,7 @@ def _spread_words(text: str, chunks: Any, duration: float, start: float = 0.0,
     """Word times when the engine gives only chunk (or no) timestamps: spread evenly by length.
 
     Rough, but enough for LocalAgreement (which compares words, not times) and for trimming.
+    Words split at whitespace are whole words, so none of them is glued to the one before.
     """
     spans: list[tuple[str, float, float]] = []
     if chunks:

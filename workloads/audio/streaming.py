@@ -16,6 +16,11 @@ hypothesis, which yields partial and final events:
   commit). Otherwise (the decoder was busy) a final pass over the utterance runs.
 - A final is never revised: committed words are cut out of later hypotheses by time and by
   n-gram overlap, and the buffer is trimmed at a committed word once it grows long.
+- A final ends on a whole word: Whisper splits "o'clock", "12.5" and "well-known" into a word
+  and a glued rest ("'clock"), so no commit ends before a glued word or after a word that
+  leaves its end open ("twenty-"); glued words join without a space.
+- Every utterance that ends (a pause, or the end of the stream) yields an ``UtteranceEndOut``
+  after its last final, so the gateway knows a sentence without closing punctuation is over.
 - Times are stream seconds inside this class; events carry session seconds (``time_offset`` +
   stream time) so a resumed session continues its clock.
 """
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +57,11 @@ _HALLUCINATED_PHRASES = {
 _NEVER_LIVE = ("subtitles by", "amara org", "transcribed by", "translated by", "captions by",
                "www ", "copyright", "subscribe to my channel")
 _PUNCT_END = (".", "?", "!", ",", ";", ":")
+# A word that ends like this may be waiting for its glued rest: "twenty-" for "first", "o'" for
+# "clock", and a number's "12." or "12," for "5" or "000" (at the end of a buffer the decoder
+# writes "12." and a pass later " 12" + ".5"). A commit never ends on it while more may follow.
+_OPEN_END = re.compile(r"(?:[-'\u2019\u2011]|\d[.,])$")
+_HYPHENS = ("-", "\u2011")
 
 
 def norm_word(text: str) -> str:
@@ -59,6 +70,23 @@ def norm_word(text: str) -> str:
 
 def norm_text(text: str) -> str:
     return " ".join(w for w in (norm_word(t) for t in text.split()) if w)
+
+
+def join_words(words: Sequence[Word]) -> str:
+    """Words as text: a glued word ("'clock" after "o") follows the one before without a space."""
+    return "".join(w.text if i == 0 or w.glued else " " + w.text for i, w in enumerate(words))
+
+
+def whole_word_prefix(words: Sequence[Word], n: int) -> int:
+    """The length of the longest prefix of ``words[:n]`` that ends on a word boundary.
+
+    A commit of ``words[:n]`` would split a word when ``words[n]`` is glued to the word before
+    it, or when the last word leaves its end open; such a boundary is held back to the previous
+    whole-word boundary (the held words come back in the next hypothesis).
+    """
+    while n > 0 and ((n < len(words) and words[n].glued) or _OPEN_END.search(words[n - 1].text)):
+        n -= 1
+    return n
 
 
 def is_hallucination(hyp: Hypothesis | SegmentStats, voiced_seconds: float) -> bool:
@@ -128,6 +156,21 @@ class FinalOut:
     stream_end: float
 
 
+@dataclass(frozen=True)
+class UtteranceEndOut:
+    """The voice stopped (or the stream ended): the utterance's finals are all out.
+
+    It follows the utterance's last final, so a consumer that groups finals into sentences can
+    close one that has no closing punctuation; a full buffer that forces a final mid-utterance
+    makes none.
+    """
+
+    end: float  # session seconds
+
+
+StreamEvent = PartialOut | FinalOut | UtteranceEndOut
+
+
 class AudioBuffer:
     """A growable float32 buffer addressed by stream time; trimming from the front is O(1)."""
 
@@ -189,12 +232,13 @@ class StreamSession:
         self._utterance_ends: deque[float] = deque()
         self._committed_end = 0.0
         self._committed_tail: list[str] = []  # normalised words, for overlap removal
-        self._prompt_words: list[str] = []  # committed words of this utterance cut from the buffer
+        self._prompt_words: list[Word] = []  # committed words of this utterance cut from the buffer
         self._prev: list[Word] = []  # previous hypothesis past the committed point (stream times)
         self._prev_req: DecodeRequest | None = None  # the pass _prev came from
         # Events made without a decoder pass (an utterance end the last pass already covered),
-        # with the pass whose audio they came from; the connection drains them.
-        self._ready: list[tuple[PartialOut | FinalOut, DecodeRequest]] = []
+        # with the pass whose audio they came from (None if there was none); the connection
+        # drains them.
+        self._ready: list[tuple[StreamEvent, DecodeRequest | None]] = []
         self._utterance_words: list[Word] = []  # committed words still inside the buffer
         self._last_request_end = 0.0
         self._last_partial = ""
@@ -262,7 +306,8 @@ class StreamSession:
             end = self._utterance_ends[0]
             if end - max(start, self._committed_end) < 0.1 - TIME_EPS:  # nothing left to hear
                 self._utterance_ends.popleft()
-                self._finish_utterance(end)
+                source = self._prev_req
+                self._ready.append((self._finish_utterance(end), source))
                 return self.next_request()
             if self._prev_req is not None and self._prev_req.end >= end - TIME_EPS:
                 # The last pass already heard the whole utterance (it ran during the silence
@@ -290,7 +335,7 @@ class StreamSession:
     def _request(self, start: float, end: float, final: bool) -> DecodeRequest:
         self.in_flight = True
         self._last_request_end = end
-        prompt = " ".join(self._prompt_words[-40:]) or None
+        prompt = join_words(self._prompt_words[-40:]) or None
         utterance_start = max(start, self._speech_start)
         # Agreement needs a previous hypothesis: the first pass of an utterance only feeds the
         # partial and the next comparison, so it skips the word-alignment pass.
@@ -302,33 +347,41 @@ class StreamSession:
         """The pass asked for could not run (queue full, decoder error): ask again later."""
         self.in_flight = False
 
-    def apply(self, req: DecodeRequest, hyp: Hypothesis) -> list[PartialOut | FinalOut]:
+    def apply(self, req: DecodeRequest, hyp: Hypothesis) -> list[StreamEvent]:
         """Turn a hypothesis of ``req`` into events; marks the session free for the next pass."""
         self.in_flight = False
         self.decoded_seconds += req.end - req.start
         voiced = req.end - max(req.start, req.utterance_start)
-        words = [Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability)
+        words = [Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability,
+                      glued=w.glued)
                  for w in heard_words(hyp, req.end - req.start, voiced)]
         fresh = self._drop_committed(words)
-        out: list[PartialOut | FinalOut] = []
+        out: list[StreamEvent] = []
         if req.final:
-            final = self._commit(fresh)
-            if final:
-                out.append(final)
             self._prev, self._prev_req = [], None
             end_of_utterance = bool(self._utterance_ends) and self._utterance_ends[0] == req.end
             if end_of_utterance:
-                self._utterance_ends.popleft()
-                self._finish_utterance(req.end)
-            else:  # a full buffer: keep listening to the same utterance with context
-                self._committed_end = max(self._committed_end, req.end)
-                self._prompt_words += self._utterance_committed_words(req.end)
-                self.buffer.trim_to(req.end)
+                final = self._commit(fresh, utterance_end=True)
+            else:
+                # A full buffer: keep listening to the same utterance with context. A last word
+                # left open ("twenty-") stays in the buffer, so the next pass hears it whole.
+                n = whole_word_prefix(fresh, len(fresh)) or len(fresh)
+                final = self._commit(fresh[:n])
+                cut = fresh[n].start if n < len(fresh) else req.end
+                self._committed_end = max(self._committed_end, cut)
+                self._prompt_words += self._utterance_committed_words(cut)
+                self.buffer.trim_to(cut)
+            if final:
+                out.append(final)
             if self._last_partial:
                 self._last_partial = ""
                 out.append(PartialOut("", self._session(req.end), self._session(req.end)))
+            if end_of_utterance:
+                self._utterance_ends.popleft()
+                out.append(self._finish_utterance(req.end))
             return out
         agreed = self._confident(self._agreement(self._prev, fresh), voiced, req.end) if req.word_times else []
+        agreed = agreed[:whole_word_prefix(fresh, len(agreed))]
         pending = fresh
         if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(_PUNCT_END)):
             final = self._commit(agreed)
@@ -336,7 +389,7 @@ class StreamSession:
                 out.append(final)
             pending = fresh[len(agreed):]
         self._prev, self._prev_req = pending, req
-        text = " ".join(w.text for w in pending)
+        text = join_words(pending)
         if text != self._last_partial:
             self._last_partial = text
             if pending:
@@ -350,7 +403,7 @@ class StreamSession:
             self.buffer.trim_to(cut)
         return out
 
-    def take_ready(self) -> list[tuple[PartialOut | FinalOut, DecodeRequest]]:
+    def take_ready(self) -> list[tuple[StreamEvent, DecodeRequest | None]]:
         """Events made without a decoder pass, each with the pass whose audio it came from."""
         ready, self._ready = self._ready, []
         return ready
@@ -358,20 +411,23 @@ class StreamSession:
     def _finalize_prev(self, end: float) -> None:
         req = self._prev_req
         assert req is not None
-        final = self._commit([w for w in self._prev if w.start < end])
+        n = sum(1 for w in self._prev if w.start < end)
+        while n < len(self._prev) and self._prev[n].glued:  # a word the end cuts in two stays whole
+            n += 1
+        final = self._commit(self._prev[:n], utterance_end=True)
         if final:
             self._ready.append((final, req))
         if self._last_partial:
             self._last_partial = ""
             self._ready.append((PartialOut("", self._session(end), self._session(end)), req))
-        self._finish_utterance(end)
+        self._ready.append((self._finish_utterance(end), req))
 
     # ------------------------------------------------------------------ helpers
 
     def _session(self, t: float) -> float:
         return round(self.time_offset + t, 3)
 
-    def _finish_utterance(self, end: float) -> None:
+    def _finish_utterance(self, end: float) -> UtteranceEndOut:
         self._committed_end = max(self._committed_end, end)
         self._committed_tail = []
         self._prompt_words = []
@@ -379,10 +435,13 @@ class StreamSession:
         self._prev, self._prev_req = [], None
         if self.buffer.start < end:
             self.buffer.trim_to(end)
+        # The pass a final came from may place its last word past the end VAD saw (or the end
+        # cut a word it kept whole): the utterance ends after its last final.
+        return UtteranceEndOut(self._session(self._committed_end))
 
-    def _utterance_committed_words(self, cut: float) -> list[str]:
+    def _utterance_committed_words(self, cut: float) -> list[Word]:
         """Committed words of this utterance before ``cut`` not yet in the prompt."""
-        words = [w.text for w in self._utterance_words if w.end <= cut + TIME_EPS]
+        words = [w for w in self._utterance_words if w.end <= cut + TIME_EPS]
         self._utterance_words = [w for w in self._utterance_words if w.end > cut + TIME_EPS]
         return words
 
@@ -424,15 +483,19 @@ class StreamSession:
             agreed.append(b)
         return agreed
 
-    def _commit(self, words: list[Word]) -> FinalOut | None:
+    def _commit(self, words: list[Word], utterance_end: bool = False) -> FinalOut | None:
+        """A final of ``words``. At the end of an utterance nothing will follow a dangling
+        hyphen ("twenty-"), so it goes."""
         words = [w for w in words if w.text.strip()]
-        if not words:
+        text = join_words(words).strip()
+        if utterance_end:
+            text = text.rstrip("".join(_HYPHENS)).rstrip()
+        if not text:
             return None
         # Word times jitter between passes: a final never starts before the previous one ended.
         start = max(words[0].start, self._committed_end, 0.0)
         self._committed_end = max(self._committed_end, words[-1].end)
         self._committed_tail = (self._committed_tail + [norm_word(w.text) for w in words])[-10:]
         self._utterance_words = [*self._utterance_words, *words]
-        text = " ".join(w.text for w in words).strip()
         end = max(words[-1].end, start)
         return FinalOut(text, self._session(start), self._session(end), start, end)
