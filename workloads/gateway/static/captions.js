@@ -1,25 +1,330 @@
 // The captions page: microphone -> AudioWorklet (PCM16, 16 kHz where the browser allows) -> the
-// gateway's /v1/stream; partials, finals and translations rendered one column per language.
+// gateway's /v1/stream -> captions that read like text. The transcript flows as one paragraph per
+// sentence, and each target language sits beside it on the same row, so a sentence and its
+// translations line up. What is still open (a partial, finals not yet translated, a
+// translation.partial) is grey and replaced in place; a row never repeats.
 // URLs are relative to the document base, so the page works behind a path prefix.
 'use strict';
 (() => {
   const params = new URLSearchParams(location.search);
   const $ = (id) => document.getElementById(id);
   const ui = { toggle: $('toggle'), state: $('state'), latency: $('latency'), rate: $('rate'),
-               message: $('message'), columns: $('columns'), source: $('col-source'), partial: $('partial') };
+               message: $('message'), captions: $('captions'), heads: $('heads'), hint: $('hint'),
+               rows: $('rows'), live: $('live'), announce: $('announce') };
   // Read by tests (and handy in the console): everything the page has received.
-  const lt = window.__livetranslate = { state: 'idle', finals: [], translations: {}, errors: [],
-                                        latencies: [], sessionId: null, lastSegmentId: null };
-  let ws = null, audio = null, wanted = false, retry = 0, targets = [];
+  const lt = window.__livetranslate = { state: 'idle', finals: [], translations: {}, partials: {},
+                                        errors: [], latencies: [], sessionId: null,
+                                        lastSegmentId: null, following: true, upstream: {} };
+  let ws = null, audio = null, wanted = false, retry = 0;
 
+  // ------------------------------------------------------------------ target languages
+  // ?targets=es,fr asks the gateway for these languages (it refuses ones the pipeline does not
+  // serve); without it the pipeline's own list, echoed in session.started, decides.
+  const LANG = /^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$/;
+  const asked = (params.get('targets') || '').split(',').map((s) => s.trim()).filter((s) => LANG.test(s));
+  let targets = [];
+  let names = null;
+  try { names = new Intl.DisplayNames([navigator.language || 'en'], { type: 'language' }); } catch (e) { names = null; }
+
+  function langName(code) {
+    try { const n = names && names.of(code); if (n && n !== code) return n; } catch (e) { /* unknown tag */ }
+    return code;
+  }
+
+  function setTargets(list) {
+    const next = [...new Set(list)];
+    if (next.join() === targets.join()) return;
+    targets = next;
+    ui.captions.style.setProperty('--cols', String(targets.length + 1));
+    ui.heads.replaceChildren(ui.heads.firstElementChild);
+    for (const lang of targets) {
+      const head = document.createElement('div');
+      head.className = 'head';
+      head.dataset.lang = lang;
+      head.append(langName(lang) + ' ');
+      const code = document.createElement('span');
+      code.className = 'code';
+      code.textContent = lang;
+      head.append(code);
+      ui.heads.append(head);
+    }
+    groups.forEach(render);
+  }
+
+  // ------------------------------------------------------------------ sentence groups
+  // A group is one row: the finals (and the live partial) of one sentence, and its translations.
+  // The gateway says which finals form a sentence only when a translation(.partial) names their
+  // segmentIds; until then a final joins the open group of its speaker. A group is sealed (takes
+  // no more finals of its own accord) on sentence-final punctuation or a final translation, and
+  // done (no longer grey) once sealed with every target language translated or failed.
+  const slots = new Map();      // segmentId -> {id, text, final, speaker, group}
+  const sentences = new Map();  // sentenceId -> group
+  const groups = [];            // in transcript order
+  let partialSlot = null, lastFinal = null;
+  const SENTENCE_END = /[.!?…。！？][)"'’”\]]*$/;
+
+  function keyOf(g) {
+    let k = Infinity;
+    for (const s of g.slots) k = Math.min(k, s.id);
+    for (const id of g.named) k = Math.min(k, id);
+    return k;
+  }
+
+  function speakerOf(g, except) {
+    const first = g.slots.find((s) => s.final && s !== except);
+    return first ? (first.speaker || null) : undefined;
+  }
+
+  function newGroup() {
+    const g = { sentenceId: null, slots: [], named: new Set(), sealed: false, done: false, tr: {},
+                el: null, src: null, cells: {} };
+    groups.push(g);
+    return g;
+  }
+
+  // Keeps groups (and their rows) in transcript order after a change of membership.
+  function place(g) {
+    const i = groups.indexOf(g);
+    if (i >= 0) groups.splice(i, 1);
+    const k = keyOf(g);
+    let at = groups.findIndex((h) => keyOf(h) > k);
+    if (at < 0) at = groups.length;
+    groups.splice(at, 0, g);
+    if (g.el) {
+      const next = groups.slice(at + 1).find((h) => h.el);
+      if (g.el.nextElementSibling !== (next ? next.el : null) || g.el.parentNode !== ui.rows) {
+        ui.rows.insertBefore(g.el, next ? next.el : null);
+      }
+    }
+  }
+
+  function drop(g) {
+    const i = groups.indexOf(g);
+    if (i >= 0) groups.splice(i, 1);
+    if (g.el) g.el.remove();
+  }
+
+  function move(slot, g) {
+    const from = slot.group;
+    if (from === g) return;
+    if (from) {
+      from.slots.splice(from.slots.indexOf(slot), 1);
+      if (!from.slots.length && from.sentenceId === null) drop(from);
+      else { render(from); place(from); }
+    }
+    slot.group = g;
+    g.slots.push(slot);
+    g.slots.sort((a, b) => a.id - b.id);
+    render(g);
+    place(g);
+  }
+
+  // The open group a new final of this speaker joins: the newest unsealed group whose finals are
+  // this speaker's (or that has none yet); otherwise a new row.
+  function openGroupFor(speaker, exclude) {
+    for (let i = groups.length - 1; i >= 0; i--) {
+      const g = groups[i];
+      if (g.sealed || g === exclude) continue;
+      const sp = speakerOf(g);
+      if (sp === undefined || sp === (speaker || null)) return g;
+    }
+    return newGroup();
+  }
+
+  function slotFor(id) {
+    let slot = slots.get(id);
+    if (!slot) { slot = { id, text: '', final: false, speaker: null, group: null }; slots.set(id, slot); }
+    return slot;
+  }
+
+  function removeSlot(slot) {
+    slots.delete(slot.id);
+    const g = slot.group;
+    if (!g) return;
+    g.slots.splice(g.slots.indexOf(slot), 1);
+    if (!g.slots.length && g.sentenceId === null) drop(g);
+    else render(g);
+  }
+
+  // The gateway names the finals of sentence `sid`: give it its row, pull those finals into it
+  // and, once the sentence is final, push out the finals it does not cover (the next sentence's).
+  function bindSentence(sid, ids, final) {
+    let g = sentences.get(sid);
+    if (!g) {
+      const holder = ids.map((id) => slots.get(id)).find((s) => s && s.group);
+      g = holder && holder.group.sentenceId === null ? holder.group : newGroup();
+      g.sentenceId = sid;
+      sentences.set(sid, g);
+    }
+    // A final translation's list is the sentence; a partial's may still grow.
+    if (final) g.named = new Set(ids);
+    else ids.forEach((id) => g.named.add(id));
+    for (const id of ids) {
+      const slot = slots.get(id);
+      if (slot && slot.group !== g) move(slot, g);
+    }
+    if (final) {
+      g.sealed = true;
+      const covered = new Set(ids);
+      let dest = null;
+      for (const slot of [...g.slots]) {
+        if (covered.has(slot.id)) continue;
+        // A final goes to its speaker's open sentence; the live partial follows the final before it.
+        if (slot.final) dest = openGroupFor(slot.speaker, g);
+        else dest = dest || openGroupFor(lastFinal ? lastFinal.speaker : null, g);
+        move(slot, dest);
+      }
+    }
+    place(g);
+    return g;
+  }
+
+  function groupOfSegment(id) {
+    const slot = slots.get(id);
+    if (slot && slot.group) return slot.group;
+    return groups.find((g) => g.named.has(id)) || null;
+  }
+
+  // ------------------------------------------------------------------ rendering
+  function cell(g, lang) {
+    let c = g.cells[lang];
+    if (!c) {
+      c = g.cells[lang] = document.createElement('div');
+      c.dataset.lang = lang;
+      c.lang = lang;
+    }
+    return c;
+  }
+
+  function render(g) {
+    if (!g.el) {
+      g.el = document.createElement('div');
+      g.el.className = 'row';
+      const src = document.createElement('div');
+      src.className = 'cell src';
+      src.dataset.lang = 'source';
+      g.src = document.createElement('p');
+      src.append(g.src);
+      g.el.append(src);
+      place(g);
+      ui.hint.hidden = true;
+    }
+    const settled = targets.every((lang) => g.tr[lang] && g.tr[lang].state !== 'partial');
+    const wasDone = g.done;
+    g.done = g.sealed && settled;
+    g.el.classList.toggle('open', !g.done);
+    if (g.sentenceId === null) delete g.el.dataset.sentence;
+    else g.el.dataset.sentence = String(g.sentenceId);
+    g.el.dataset.segments = g.slots.map((s) => s.id).join(' ');
+
+    // The source paragraph: a speaker badge where the speaker changes (never an empty one).
+    const parts = [];
+    let speaker = null;
+    for (const s of g.slots) {
+      if (s.final && s.speaker && s.speaker !== speaker) {
+        const badge = document.createElement('span');
+        badge.className = 'speaker';
+        badge.textContent = s.speaker;
+        parts.push(badge);
+      }
+      if (s.final) speaker = s.speaker || speaker;
+      const span = document.createElement('span');
+      span.className = s.final ? 'seg' : 'seg partial';
+      span.dataset.segment = String(s.id);
+      span.textContent = s.text;
+      if (parts.length) parts.push(' ');
+      parts.push(span);
+    }
+    g.src.replaceChildren(...parts);
+
+    const cells = targets.map((lang) => {
+      const c = cell(g, lang);
+      const t = g.tr[lang];
+      c.className = 'cell tr' + (!t ? ' empty' : t.state === 'partial' ? ' pending'
+        : t.state === 'failed' ? ' failed' : '');
+      c.replaceChildren();
+      c.title = (t && t.title) || '';
+      if (t) {
+        c.append(t.text);
+        if (t.quality && !/^(ok|retried)$/.test(t.quality)) {
+          const q = document.createElement('span');
+          q.className = 'quality';
+          q.textContent = t.quality.replace(/:.*/, '');
+          q.title = `translation quality: ${t.quality}`;
+          c.append(' ', q);
+        }
+      }
+      return c;
+    });
+    // Cells in column order (a language added later, or ?targets reordering them).
+    g.el.replaceChildren(g.el.firstElementChild, ...cells);
+    if (g.done && !wasDone) announce(g);
+  }
+
+  function announce(g) {
+    const p = document.createElement('p');
+    p.textContent = [g.slots.map((s) => s.text).join(' '),
+      ...targets.map((lang) => g.tr[lang] && g.tr[lang].state === 'final' ? `${langName(lang)}: ${g.tr[lang].text}` : '')]
+      .filter(Boolean).join(' — ');
+    ui.announce.append(p);
+    while (ui.announce.childElementCount > 6) ui.announce.firstElementChild.remove();
+  }
+
+  // ------------------------------------------------------------------ following the live edge
+  // The page follows the newest caption until the user scrolls away from it; then it stays put
+  // and "Jump to live" brings it back (so does scrolling to the bottom again).
+  const EDGE_PX = 48;
+  function atEdge() {
+    const c = ui.captions;
+    return c.scrollHeight - c.scrollTop - c.clientHeight <= EDGE_PX;
+  }
+  function setFollowing(on) {
+    lt.following = on;
+    ui.live.hidden = on;
+  }
+  function follow() {
+    if (lt.following) ui.captions.scrollTop = ui.captions.scrollHeight;
+  }
+  ui.captions.addEventListener('scroll', () => {
+    const edge = atEdge();
+    if (edge !== lt.following) setFollowing(edge);
+  }, { passive: true });
+  window.addEventListener('resize', follow);
+  ui.live.addEventListener('click', () => {
+    setFollowing(true);
+    follow();
+    ui.captions.focus({ preventScroll: true });
+  });
+
+  // ------------------------------------------------------------------ connection state
+  const STATES = { idle: 'idle', connecting: 'connecting…', live: 'live', reconnecting: 'reconnecting…',
+                   upstream: 'upstream unavailable', ended: 'ended', error: 'error' };
   function setState(state, message, isError) {
     lt.state = state;
-    ui.state.textContent = state;
+    ui.state.textContent = STATES[state] || state;
     ui.state.dataset.state = state;
     if (message !== undefined) {
       ui.message.textContent = message;
       ui.message.className = isError ? 'error' : '';
     }
+    ui.hint.textContent = state === 'idle' || state === 'error' || state === 'ended'
+      ? 'Start the microphone, then speak — captions appear here' : 'Speak — captions appear here';
+  }
+
+  // upstream_unavailable names the service ("audio service unavailable ...", "translation ...");
+  // there is no "recovered" event: the service is back when its next event arrives.
+  function upstreamDown(message) {
+    const m = /^(\w+) service/.exec(message || '');
+    lt.upstream[m ? m[1] : 'upstream'] = true;
+    setState('upstream', message, true);
+  }
+  function upstreamUp(which) {
+    if (!lt.upstream[which]) return;
+    delete lt.upstream[which];
+    if (lt.state !== 'upstream') return;
+    const still = Object.keys(lt.upstream);
+    if (still.length) setState('upstream');
+    else setState('live', 'Listening…');
   }
 
   function streamUrl() {
@@ -29,35 +334,6 @@
     return url.toString();
   }
 
-  function column(lang) {
-    let list = document.getElementById('col-' + lang);
-    if (!list) {
-      const section = document.createElement('section');
-      section.className = 'column';
-      section.dataset.lang = lang;
-      const title = document.createElement('h2');
-      title.textContent = lang;
-      list = document.createElement('ol');
-      list.className = 'segments';
-      list.id = 'col-' + lang;
-      section.append(title, list);
-      ui.columns.append(section);
-    }
-    return list;
-  }
-
-  function row(list, segmentId) {
-    let li = list.querySelector(`li[data-segment="${segmentId}"]`);
-    if (!li) {
-      li = document.createElement('li');
-      li.dataset.segment = String(segmentId);
-      // Keep rows in segment order even when a translation lands before an earlier one.
-      const after = [...list.children].find((c) => Number(c.dataset.segment) > segmentId);
-      list.insertBefore(li, after || null);
-    }
-    return li;
-  }
-
   function showLatency(seconds) {
     lt.latencies.push(seconds);
     const recent = lt.latencies.slice(-20).sort((a, b) => a - b);
@@ -65,45 +341,94 @@
     ui.latency.textContent = `latency ${seconds.toFixed(2)} s (median ${median.toFixed(2)} s)`;
   }
 
+  // ------------------------------------------------------------------ events
   function onEvent(ev) {
     switch (ev.type) {
       case 'session.started':
         lt.sessionId = ev.sessionId;
-        targets = ev.targetLanguages || [];
-        targets.forEach(column);
+        if (Array.isArray(ev.targetLanguages)) setTargets(ev.targetLanguages);
         retry = 0;
+        lt.upstream = {};
         setState('live', ev.resumed ? 'Resumed session ' + ev.sessionId : 'Listening…');
         break;
-      case 'transcript.partial':
-        ui.partial.textContent = ev.text;
+      case 'transcript.partial': {
+        upstreamUp('audio');
+        let slot = slots.get(ev.segmentId);
+        if (slot && slot.final) break;  // a final never changes
+        if (partialSlot && partialSlot !== slot && !partialSlot.final) removeSlot(partialSlot);
+        slot = partialSlot = slotFor(ev.segmentId);
+        slot.text = ev.text;
+        if (!slot.group) {
+          const home = lastFinal && lastFinal.group && !lastFinal.group.sealed ? lastFinal.group : null;
+          move(slot, home || openGroupFor(lastFinal ? lastFinal.speaker : null));
+        }
+        render(slot.group);
         break;
+      }
       case 'transcript.final': {
+        upstreamUp('audio');
         if (lt.lastSegmentId !== null && ev.segmentId <= lt.lastSegmentId) break;
         lt.lastSegmentId = ev.segmentId;
         lt.finals.push(ev);
-        const li = row(ui.source, ev.segmentId);
-        li.textContent = '';
-        if (ev.speaker) {
-          const who = document.createElement('span');
-          who.className = 'speaker';
-          who.textContent = ev.speaker;
-          li.append(who);
+        if (partialSlot && partialSlot.id !== ev.segmentId && !partialSlot.final) removeSlot(partialSlot);
+        partialSlot = null;
+        const slot = slotFor(ev.segmentId);
+        Object.assign(slot, { text: ev.text, final: true, speaker: ev.speaker || null });
+        lastFinal = slot;
+        const g = slot.group;
+        const keep = g && (g.named.has(slot.id)
+          || (!g.sealed && [undefined, slot.speaker].includes(speakerOf(g, slot))));
+        if (!keep) {
+          const named = groups.find((h) => h.named.has(slot.id));
+          move(slot, named || openGroupFor(slot.speaker));
         }
-        li.append(document.createTextNode(ev.text));
-        ui.partial.textContent = '';
+        // The gateway closes a sentence on its final punctuation too: start the next row now
+        // rather than when the translation arrives (a translation naming more pulls them back).
+        if (SENTENCE_END.test(ev.text.trim())) slot.group.sealed = true;
+        render(slot.group);
         if (typeof ev.latency === 'number') showLatency(ev.latency);
         break;
       }
-      case 'translation':
-        (lt.translations[ev.language] = lt.translations[ev.language] || []).push(ev);
-        row(column(ev.language), ev.segmentId).textContent = ev.text;
+      case 'translation.partial': {
+        upstreamUp('translation');
+        const g = bindSentence(ev.sentenceId, ev.segmentIds || [], false);
+        const t = g.tr[ev.language];
+        if (!t || t.state === 'partial') {
+          g.tr[ev.language] = { text: ev.text, state: 'partial' };
+          lt.partials[ev.language] = (lt.partials[ev.language] || 0) + 1;
+        }
+        if (!targets.includes(ev.language)) setTargets([...targets, ev.language]);
+        render(g);
         break;
+      }
+      case 'translation': {
+        upstreamUp('translation');
+        (lt.translations[ev.language] = lt.translations[ev.language] || []).push(ev);
+        const ids = ev.segmentIds || (ev.segmentId != null ? [ev.segmentId] : []);
+        const g = bindSentence(ev.sentenceId ?? `seg${ev.segmentId}`, ids, true);
+        g.tr[ev.language] = { text: ev.text, state: 'final', quality: ev.quality };
+        if (!targets.includes(ev.language)) setTargets([...targets, ev.language]);
+        render(g);
+        break;
+      }
       case 'error':
         lt.errors.push(ev);
-        if (ev.segmentId !== undefined && ev.segmentId !== null && ev.language) {
-          const li = row(column(ev.language), ev.segmentId);
-          li.textContent = '(translation unavailable)';
-          li.className = 'failed';
+        if (ev.language && (ev.sentenceId != null || ev.segmentId != null)) {
+          // One sentence's translation into one language failed: say so in its cell.
+          let g = (ev.sentenceId != null && sentences.get(ev.sentenceId)) || groupOfSegment(ev.segmentId);
+          if (g && ev.sentenceId != null && g.sentenceId === null) {
+            g.sentenceId = ev.sentenceId;
+            sentences.set(ev.sentenceId, g);
+          }
+          if (g) {
+            g.sealed = true;
+            g.tr[ev.language] = { text: 'translation unavailable', state: 'failed', title: `${ev.code}: ${ev.message}` };
+            render(g);
+          } else {
+            setState(lt.state, `${ev.code}: ${ev.message}`, true);
+          }
+        } else if (ev.code === 'upstream_unavailable') {
+          upstreamDown(ev.message);
         } else {
           setState(lt.state, `${ev.code}: ${ev.message}`, true);
         }
@@ -113,19 +438,26 @@
         lt.sessionId = null;
         break;
     }
+    follow();
   }
 
+  // ------------------------------------------------------------------ the socket
   function connect() {
-    setState(retry ? 'reconnecting' : 'connecting');
+    if (retry) setState('reconnecting');
+    else setState('connecting', 'Connecting to the gateway…');
     const socket = ws = new WebSocket(streamUrl());
     socket.binaryType = 'arraybuffer';
     socket.onopen = () => {
       const start = { type: 'session.start', sampleRate: audio.context.sampleRate,
                       encoding: 'pcm_s16le', channels: 1 };
+      if (asked.length) start.targetLanguages = asked;
       if (lt.sessionId) { start.sessionId = lt.sessionId; start.lastSegmentId = lt.lastSegmentId ?? -1; }
       socket.send(JSON.stringify(start));
     };
-    socket.onmessage = (m) => { try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); } };
+    socket.onmessage = (m) => {
+      lt.received = (lt.received || 0) + 1;
+      try { onEvent(JSON.parse(m.data)); } catch (e) { console.error(e); }
+    };
     socket.onclose = (e) => {
       if (ws !== socket) return;
       ws = null;
@@ -140,6 +472,7 @@
     };
   }
 
+  // ------------------------------------------------------------------ the microphone
   // Capture at 16 kHz, the rate the audio service decodes, where the browser can: it resamples the
   // microphone itself, the page sends a third of the bytes of 48 kHz, and the gateway passes the
   // audio through instead of resampling it. A browser that cannot feed a microphone into a context
@@ -163,6 +496,7 @@
   async function start() {
     wanted = true;
     ui.toggle.textContent = 'Stop';
+    setState('connecting', 'Opening the microphone…');
     try {
       const stream = await navigator.mediaDevices.getUserMedia({
         audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
@@ -178,6 +512,7 @@
       audio = { stream, context, node };
       if (context.state === 'suspended') await context.resume();
       ui.rate.textContent = `${(context.sampleRate / 1000).toFixed(1)} kHz`;
+      ui.rate.hidden = false;
       connect();
     } catch (e) {
       wanted = false;
@@ -198,6 +533,8 @@
     }
   }
 
+  setTargets(asked);
+  setState('idle');
   ui.toggle.addEventListener('click', () => (wanted ? stop() : start()));
   if (params.get('autostart') === '1') start();
 })();
