@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "stream": ("livetranslate.stream", "stream a WAV file to a gateway and print captions"),
     "operator": ("livetranslate.operator.main", "run the operator against the current kubeconfig"),
     "crd": ("livetranslate.crd", "print the TranslationPipeline CRD YAML"),
+    "languages": ("livetranslate.languages", "list the language pairs that translate offline (Apertium)"),
     "serve": ("livetranslate.serve", "run one workload service (audio | translate | gateway)"),
     "convert-openvino": ("livetranslate.workloads.audio.convert",
                          "convert CTranslate2 Whisper weights into an OpenVINO IR"),

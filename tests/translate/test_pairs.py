@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from livetranslate.capabilities import (
@@ -83,3 +85,28 @@ def test_problems_name_the_package_to_install() -> None:
     assert backend_problems("apertium", "auto", ["es", "fr"]) == []
     [bad] = backend_problems("apertium", "en", ["de"])
     assert "no en->de pair" in bad
+
+
+def test_languages_command_lists_what_the_spec_check_accepts(capsys: pytest.CaptureFixture[str]) -> None:
+    from livetranslate.cli import main
+
+    assert main(["languages", "--from", "en", "--to", "fr", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [route] = doc["routes"]
+    assert route["modes"] == ["eng-spa", "es-fr"] and route["quality"] == "pivot:es"
+    assert route["packages"] == ["apertium-eng-spa", "apertium-fr-es"]
+    assert main(["languages"]) == 0
+    text = capsys.readouterr().out
+    en = next(line for line in text.splitlines() if line.startswith("en "))
+    assert "-> bs ca" in en and "through es:" in en and " fr " in en
+    # every source the listing names is one the spec check accepts for its direct targets
+    for r in packaged_pairs().routes():
+        assert backend_problems("apertium", r.source, [r.target]) == [], r
+
+
+def test_languages_command_refuses_an_unknown_code(capsys: pytest.CaptureFixture[str]) -> None:
+    from livetranslate.cli import main
+
+    assert main(["languages", "--to", "xx"]) == 2
+    assert "'xx' is not a language code" in capsys.readouterr().err
+    assert main(["languages", "--from", "en", "--to", "de"]) == 1  # known, but no offline path
