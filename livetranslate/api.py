@@ -92,9 +92,43 @@ class Diarization(_Model):
     maxSpeakers: int = Field(4, ge=1, le=32)
 
 
+# Whisper models that ship in the package index (the audio extra), and whether each hears more than
+# English. Any other model is converted weights the user mounts, named by path or URI.
+PACKAGED_WHISPER_MODELS: dict[str, bool] = {"tiny.en": False, "base": True}
+ENGLISH_DEFAULT_MODEL = "tiny.en"
+MULTILINGUAL_DEFAULT_MODEL = "base"
+
+
+def is_model_path(model: str) -> bool:
+    """Whether ``model`` names converted weights by path or URI rather than by a packaged name."""
+    return model.startswith(("/", "./", "../", "~")) or "://" in model
+
+
 class AudioSpec(_Model):
-    model: str = Field("tiny.en", min_length=1, max_length=512,
-                       description="Whisper size name, or a path/URI of a converted model")
+    model_config = ConfigDict(
+        extra="forbid", strict=True,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "!has(self.model) || self.model in ['tiny.en', 'base'] || self.model.startsWith('/') "
+                         "|| self.model.startsWith('./') || self.model.startsWith('../') "
+                         "|| self.model.startsWith('~') || self.model.contains('://')",
+                 "message": "model: neither a packaged model (tiny.en, base) nor the path or URI of "
+                            "converted weights"},
+            ]
+        },
+    )
+    model: str | None = Field(
+        None, min_length=1, max_length=512,
+        description="Whisper model: a packaged name (tiny.en, English only; base, multilingual) or the "
+                    "path/URI of converted weights. Default: tiny.en for English, base otherwise")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | None) -> str | None:
+        if v is not None and v not in PACKAGED_WHISPER_MODELS and not is_model_path(v):
+            raise ValueError(f"{v!r} is neither a packaged model ({', '.join(PACKAGED_WHISPER_MODELS)}) nor "
+                             "the path or URI of converted weights (e.g. /models/whisper-small)")
+        return v
     devices: list[Device] = Field(
         default_factory=lambda: list(DEFAULT_DEVICES), min_length=1, max_length=3,
         json_schema_extra={"x-kubernetes-list-type": "set"},
@@ -205,7 +239,11 @@ class TranslationPipelineSpec(_Model):
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "!self.targetLanguages.exists(l, l == self.sourceLanguage)",
-                 "message": "targetLanguages must not contain sourceLanguage"}
+                 "message": "targetLanguages must not contain sourceLanguage"},
+                {"rule": "!has(self.audio) || !has(self.audio.model) || self.audio.model != 'tiny.en' "
+                         "|| self.sourceLanguage == 'en'",
+                 "message": "audio.model: tiny.en hears English only; use base (or leave it unset) for "
+                            "another sourceLanguage or auto"},
             ]
         },
     )
@@ -234,7 +272,19 @@ class TranslationPipelineSpec(_Model):
     def _source_not_target(self) -> TranslationPipelineSpec:
         if self.sourceLanguage in self.targetLanguages:
             raise ValueError("targetLanguages must not contain sourceLanguage")
+        model = self.audio.model
+        if model is not None and PACKAGED_WHISPER_MODELS.get(model) is False and self.sourceLanguage != "en":
+            raise ValueError(f"audio.model: {model} hears English only and cannot transcribe or detect "
+                             f"sourceLanguage {self.sourceLanguage}; use {MULTILINGUAL_DEFAULT_MODEL} (packaged, "
+                             "multilingual), a path to converted multilingual weights, or leave it unset")
         return self
+
+    def audio_model(self) -> str:
+        """The Whisper model the audio stage loads: the spec's, or the packaged default for the
+        source language (English-only tiny.en for English, multilingual base otherwise)."""
+        if self.audio.model:
+            return self.audio.model
+        return ENGLISH_DEFAULT_MODEL if self.sourceLanguage == "en" else MULTILINGUAL_DEFAULT_MODEL
 
 
 # ----------------------------------------------------------------------------------------- status

@@ -32,7 +32,13 @@ from typing import IO, Any
 
 import yaml
 
-from livetranslate.api import API_VERSION, KIND, TranslationPipelineSpec, describe_validation_error
+from livetranslate.api import (
+    API_VERSION,
+    KIND,
+    TranslationPipelineSpec,
+    describe_validation_error,
+    is_model_path,
+)
 from livetranslate.capabilities import backend_problems, installed_modes
 from livetranslate.config import CONFIG_ENV, Endpoints, Placement, ResolvedPipeline
 from livetranslate.procs import free_port
@@ -89,6 +95,14 @@ def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
                                 installed_modes=installed_modes() if backend == "apertium" else None)
     if problems:
         raise UpError("; ".join(problems))
+    model = spec.audio_model()
+    if is_model_path(model):
+        if "://" in model and not model.startswith("file://"):
+            raise UpError(f"spec.audio.model: {model} is a remote URI; livetranslate up loads models from this "
+                          "machine (a packaged name: tiny.en, base; or a directory of converted weights)")
+        if not Path(model.removeprefix("file://")).expanduser().is_dir():
+            raise UpError(f"spec.audio.model: {model} is not a directory on this machine (converted "
+                          "faster-whisper or OpenVINO weights; or a packaged name: tiny.en, base)")
     placement = Placement(audioDevice="cpu", audioReason="livetranslate up runs on this machine's CPU",
                           translationBackend=backend, translationModel=model, translationReason=reason)
     endpoints = Endpoints(**{stage: f"http://127.0.0.1:{ports[stage]}" for stage in STAGES})
@@ -157,6 +171,13 @@ class Runner:
             r = httpx.get(f"http://127.0.0.1:{child.port}/readyz", timeout=1.0)
         except httpx.HTTPError:
             return False
+        if r.status_code == 503:
+            # A model that failed to load will not load by waiting: stop now, with its reason.
+            with contextlib.suppress(ValueError, AttributeError):
+                checks = r.json().get("checks") or {}
+                if checks.get("model") == "failed":
+                    raise UpError(f"{child.stage}: the model {checks.get('modelName') or ''} did not load: "
+                                  f"{checks.get('reason')} (log: {child.log_path})")
         return r.status_code == 200
 
     def check_children(self) -> None:
@@ -352,7 +373,7 @@ def main(argv: list[str]) -> int:
 
     targets = ", ".join(spec.targetLanguages)
     out.write(f"livetranslate up: pipeline {name!r}: {spec.sourceLanguage} -> {targets}; audio "
-              f"{spec.audio.model} on CPU; translation {resolved.placement.translationBackend}\n"
+              f"{spec.audio_model()} on CPU; translation {resolved.placement.translationBackend}\n"
               f"logs: {log_dir}\n")
     out.flush()
     runner = Runner(resolved, config_path, log_dir, args.host, out, extra_env)

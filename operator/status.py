@@ -127,7 +127,7 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
         "invalidField": None,  # (merge patch) clears what a refused spec had set
         "audio": {"replicas": observed.get("audio", StageObservation()).replicas,
                   "readyReplicas": observed.get("audio", StageObservation()).ready,
-                  "device": p.audioDevice, "model": resolved.spec.audio.model, "reason": p.audioReason},
+                  "device": p.audioDevice, "model": resolved.spec.audio_model(), "reason": p.audioReason},
         "translation": {"replicas": observed.get("translation", StageObservation()).replicas,
                         "readyReplicas": observed.get("translation", StageObservation()).ready,
                         "model": p.translationModel, "backend": p.translationBackend,

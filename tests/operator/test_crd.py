@@ -89,7 +89,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("bad duration", {"scaling": {"interval": "soon"}}, "interval"),
     ("bad secret name", {"gateway": {"authSecretRef": {"name": "Not_A_Name"}}}, "name"),
     ("zero sessions", {"gateway": {"maxSessionsPerReplica": 0}}, "maxSessionsPerReplica"),
+    ("model neither packaged nor a path", {"audio": {"model": "small"}}, "a packaged model (tiny.en, base)"),
+    ("English-only model for Spanish", {"sourceLanguage": "es", "targetLanguages": ["en"], "audio": {"model": "tiny.en"}},
+     "tiny.en hears English only"),
+    ("English-only model for auto", {"sourceLanguage": "auto", "audio": {"model": "tiny.en"}},
+     "tiny.en hears English only"),
 ]
+
+
+@pytest.mark.parametrize(("spec", "model"), [
+    ({}, "tiny.en"),
+    ({"sourceLanguage": "es", "targetLanguages": ["en"]}, "base"),
+    ({"sourceLanguage": "auto", "targetLanguages": ["en"]}, "base"),
+    ({"sourceLanguage": "es", "targetLanguages": ["en"], "audio": {"model": "/models/whisper-small"}},
+     "/models/whisper-small"),
+    ({"audio": {"model": "base"}}, "base"),
+])
+def test_the_audio_model_defaults_to_one_that_hears_the_source_language(spec: dict[str, Any], model: str) -> None:
+    stored, errors = admit(tp(spec), SCHEMA)
+    assert errors == []
+    assert parse_spec(stored["spec"]).audio_model() == model
 
 
 @pytest.mark.parametrize(("spec", "needle"), [(s, n) for _, s, n in INVALID], ids=[i for i, _, _ in INVALID])

