@@ -23,7 +23,9 @@ from livetranslate.workloads.audio.streaming import (
     StreamEvent,
     StreamSession,
     UtteranceEndOut,
+    continues_word,
     is_hallucination,
+    norm_word,
 )
 from livetranslate.workloads.audio.vad import VadStream
 
@@ -385,7 +387,9 @@ def test_glued_is_read_from_the_space_the_decoder_wrote() -> None:
     assert is_glued("'clock", 1) and is_glued(".5", 3) and is_glued("-known", 2)
     assert not is_glued(" o", 1) and not is_glued(" -", 1)
     assert not is_glued("Hello", 0)  # nothing before it in the pass
-    assert not is_glued("的", 1, language="zh")  # written without spaces: every word looks glued
+    # written without spaces: every word is glued (joined without a space) but may end a commit
+    assert is_glued("的", 1) and not continues_word(Word("的", 0, 1, glued=True))
+    assert continues_word(Word("'clock", 0, 1, glued=True))
 
 
 def test_times_are_session_seconds_with_the_offset() -> None:
@@ -485,3 +489,29 @@ def test_settings_come_from_the_pipeline_unless_the_environment_overrides(
     s = load_settings(resolved)
     assert s.device == "cpu" and s.streaming.step_seconds == 0.25 and s.model == "/models/small"
     assert json.loads(AudioSettings().model_dump_json())["limits"]["max_sessions"] >= 1
+
+
+@pytest.mark.parametrize("words", [
+    ("Встреча", "начнётся", "через", "пять", "минут."),       # Russian
+    ("Η", "συνάντηση", "θα", "ξεκινήσει", "σύντομα."),        # Greek
+    ("会", "议", "五", "分", "钟", "后", "开", "始。"),          # Chinese, as Whisper splits it: by character
+    ("नमस्ते", "आप", "कैसे", "हैं", "दोस्त"),                     # Hindi: vowel signs are marks
+], ids=["ru", "el", "zh", "hi"])
+def test_words_of_every_script_agree_and_commit_before_the_pause(words: tuple[str, ...]) -> None:
+    s = _session()
+    step = 1.4 / len(words)
+    unspaced = words[0] == "会"
+    timed = [(w, 0.1 + i * step, 0.1 + (i + 1) * step, unspaced and i > 0) for i, w in enumerate(words)]
+    _feed(s, 1.0)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(*timed[:-1]))
+    _feed(s, 0.6)
+    req = s.next_request()
+    assert req is not None
+    finals = [o for o in s.apply(req, _hyp(*timed)) if isinstance(o, FinalOut)]
+    # the words both passes heard are final while the speaker is still talking
+    assert finals and finals[0].text.startswith(words[0]), finals
+    assert all(norm_word(w) for w in words)
+    if unspaced:  # read as written: no spaces between the characters
+        assert " " not in finals[0].text and finals[0].text.startswith("会议五分"), finals

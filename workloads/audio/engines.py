@@ -69,22 +69,18 @@ def max_new_tokens(seconds: float) -> int:
     return int(10 + 8 * seconds)
 
 
-# Languages Whisper writes without spaces: faster-whisper splits their text into words at unicode
-# characters (OpenVINO GenAI at punctuation only), so no word has a space before it and "glued"
-# would hold every commit back to the end of the utterance.
-_NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
-
-
-def is_glued(raw: str, index: int, language: str | None = None) -> bool:
-    """Whether a decoder word, as the decoder wrote it (before stripping), continues the previous one.
+def is_glued(raw: str, index: int) -> bool:
+    """Whether a decoder word, as the decoder wrote it (before stripping), has no space before it.
 
     Whisper's word splitter (faster-whisper's and OpenVINO GenAI's, both after openai/whisper)
     starts a new word at a token with a leading space or at a punctuation token, and merges
     punctuation into the word after it: "o'clock" comes out as " o" and "'clock". Only the missing
     space tells the second part belongs to the first. The first word of a pass has nothing in
-    that pass to continue.
+    that pass to continue. In scripts written without spaces (Chinese, Japanese, Thai) every word
+    is glued: it joins the previous one without a space, but a commit may still end before it
+    (``streaming.continues_word``).
     """
-    return index > 0 and bool(raw) and not raw[0].isspace() and language not in _NO_SPACE_LANGUAGES
+    return index > 0 and bool(raw) and not raw[0].isspace()
 
 
 class Engine(Protocol):
@@ -179,7 +175,7 @@ class FasterWhisperEngine:
 
         t0 = time.perf_counter()
         multilingual = bool(self._model.model.is_multilingual)
-        segments, info = self._model.transcribe(
+        segments, _info = self._model.transcribe(
             audio,
             language=(language if language and language != "auto" else None) if multilingual else "en",
             beam_size=beam_size or self.beam_size,
@@ -195,7 +191,6 @@ class FasterWhisperEngine:
         hyp = Hypothesis()
         texts: list[str] = []
         weights = 0.0
-        spoken = info.language if multilingual else "en"
         for index, seg in enumerate(segments):
             texts.append(seg.text)
             hyp.segments.append(SegmentStats(seg.text.strip(), float(seg.no_speech_prob),
@@ -206,7 +201,7 @@ class FasterWhisperEngine:
             for w in seg.words or []:
                 if w.word.strip():
                     hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability),
-                                          index, is_glued(w.word, len(hyp.words), spoken)))
+                                          index, is_glued(w.word, len(hyp.words))))
             span = max(seg.end - seg.start, 1e-3)
             hyp.no_speech_prob = max(hyp.no_speech_prob, float(seg.no_speech_prob))
             hyp.avg_logprob += float(seg.avg_logprob) * span
@@ -267,7 +262,7 @@ class FasterWhisperEngine:
                     raw = str(w["word"])
                     if raw.strip():
                         hyp.words.append(Word(raw.strip(), float(w["start"]), float(w["end"]),
-                                              float(w["probability"]), index, is_glued(raw, len(hyp.words), lang)))
+                                              float(w["probability"]), index, is_glued(raw, len(hyp.words))))
             hyp.text = " ".join(sg.text for sg in hyp.segments).strip()
             if hyp.segments:
                 hyp.no_speech_prob = max(sg.no_speech_prob for sg in hyp.segments)
@@ -361,7 +356,7 @@ class OpenVinoEngine:
                 raw = str(w.word)
                 if raw.strip():
                     hyp.words.append(Word(raw.strip(), float(w.start_ts), float(w.end_ts),
-                                          glued=is_glued(raw, len(hyp.words), language)))
+                                          glued=is_glued(raw, len(hyp.words))))
         else:
             hyp.words = _spread_words(hyp.text, getattr(result, "chunks", None), len(audio) / SAMPLE_RATE)
         scores = getattr(result, "scores", None)

@@ -28,6 +28,7 @@ hypothesis, which yields partial and final events:
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -65,11 +66,28 @@ _HYPHENS = ("-", "\u2011")
 
 
 def norm_word(text: str) -> str:
-    return re.sub(r"[^a-z0-9']+", "", text.lower())
+    """A word as the agreement compares it: case-folded letters, marks, digits and apostrophes of
+    any script (Cyrillic, Greek, Arabic, Devanagari's vowel signs, and the characters Whisper
+    splits Chinese and Japanese into; an ASCII-only rule made every such word empty, and nothing
+    committed before a pause)."""
+    folded = unicodedata.normalize("NFKC", text).casefold().replace("\u2019", "'")
+    return "".join(c for c in folded if c == "'" or unicodedata.category(c)[0] in "LMN")
 
 
 def norm_text(text: str) -> str:
     return " ".join(w for w in (norm_word(t) for t in text.split()) if w)
+
+
+# Scripts written without spaces between words (CJK ideographs, kana, Thai, Lao, Myanmar, and
+# CJK punctuation and full-width forms): Whisper's words there are characters or short runs, each
+# glued to the one before, and a commit may end between any two of them.
+_UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u3000-\u30ff\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def continues_word(word: Word) -> bool:
+    """Whether ``word`` is the rest of the word before it ("'clock" after "o"), so no commit may
+    end between the two; a glued character of an unspaced script starts a word of its own."""
+    return word.glued and not _UNSPACED.match(word.text)
 
 
 def join_words(words: Sequence[Word]) -> str:
@@ -84,7 +102,7 @@ def whole_word_prefix(words: Sequence[Word], n: int) -> int:
     it, or when the last word leaves its end open; such a boundary is held back to the previous
     whole-word boundary (the held words come back in the next hypothesis).
     """
-    while n > 0 and ((n < len(words) and words[n].glued) or _OPEN_END.search(words[n - 1].text)):
+    while n > 0 and ((n < len(words) and continues_word(words[n])) or _OPEN_END.search(words[n - 1].text)):
         n -= 1
     return n
 
@@ -412,7 +430,7 @@ class StreamSession:
         req = self._prev_req
         assert req is not None
         n = sum(1 for w in self._prev if w.start < end)
-        while n < len(self._prev) and self._prev[n].glued:  # a word the end cuts in two stays whole
+        while n < len(self._prev) and continues_word(self._prev[n]):  # a word the end cuts stays whole
             n += 1
         final = self._commit(self._prev[:n], utterance_end=True)
         if final:
