@@ -279,6 +279,20 @@ def packaged_pairs() -> ApertiumPairs:
     return ApertiumPairs(m for modes in APERTIUM_PACKAGES.values() for m in modes)
 
 
+def offline_source_languages(targets: Collection[str], pairs: ApertiumPairs | None = None) -> list[str]:
+    """The spoken languages (as Whisper names them) the offline backend can do something with for
+    these targets: translate into at least one of them, or pass through (a target language itself).
+    Language detection in ``auto`` sessions chooses among these."""
+    pairs = pairs or packaged_pairs()
+    reverse = {alias: spoken for spoken, aliases in _ALIASES.items() for alias in aliases}
+    found: set[str] = {primary(t) for t in targets}
+    for source in pairs.edges:
+        if any(pairs.route(source, t) is not None for t in targets):
+            found.add(primary(source))
+            found.update(s for s, aliases in _ALIASES.items() if primary(source) in aliases)
+    return sorted(found - set(reverse))
+
+
 def _apertium_problems(source: str, targets: list[str], installed: Collection[str] | None) -> list[str]:
     shipped = packaged_pairs()
     here = shipped if installed is None else ApertiumPairs(installed)

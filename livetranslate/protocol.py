@@ -82,6 +82,7 @@ class TranscriptFinal(_Event):
     end: float
     speaker: str | None = None
     latency: float | None = None  # gateway-measured seconds from the end of speech to this event
+    language: str | None = None  # the detected spoken language, where sourceLanguage is auto
 
 
 class TranslationEvent(_Event):
@@ -150,6 +151,9 @@ class AudioStart(_Msg):
     type: Literal["start"]
     sessionId: str
     language: str = "en"
+    # With language "auto": the languages detection may choose among (the ones the pipeline can
+    # translate from, or pass through); empty means any language the model knows.
+    languages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] = Field(default_factory=list, max_length=128)
     diarization: bool = False
     maxSpeakers: int = Field(4, ge=1, le=32)
     # Session seconds already transcribed before this stream (a resumed session): segment times
@@ -189,6 +193,8 @@ class AudioFinal(_Event):
     start: float
     end: float
     speaker: str | None = None
+    # The spoken language of the final's utterance, where the session's language is "auto".
+    language: str | None = None
 
 
 class AudioUtteranceEnd(_Event):

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import websockets
 
+from livetranslate.capabilities import offline_source_languages
 from livetranslate.protocol import AudioUtteranceEnd, audio_server_adapter
 from livetranslate.testing import speech
 from livetranslate.workloads.audio.client import stream_audio, to_pcm16
@@ -66,19 +67,20 @@ def engine() -> Engine:
     return load_engine(AudioSettings(workers=1))
 
 
-def _replay(engine: Engine, audio: np.ndarray) -> list[StreamEvent]:
+def _replay(engine: Engine, audio: np.ndarray, language: str = "en",
+            candidates: tuple[str, ...] | None = None) -> list[StreamEvent]:
     """The service's streaming path in-process, with every pass run the moment it is asked for:
     which audio each pass covers then depends on the audio alone, not on the machine's load."""
     settings = AudioSettings(workers=1)
-    session = StreamSession(settings.streaming, SileroVad().stream())
+    session = StreamSession(settings.streaming, SileroVad().stream(), language=language)
     events: list[StreamEvent] = []
 
     def drain() -> None:
         while (req := session.next_request()) is not None:
             events.extend(o for o, _ in session.take_ready())
             beam = settings.final_beam_size if req.final else settings.beam_size
-            events.extend(session.apply(req, engine.transcribe(req.audio, req.prompt, "en", beam,
-                                                               req.word_times)))
+            events.extend(session.apply(req, engine.transcribe(req.audio, req.prompt, req.language, beam,
+                                                               req.word_times, candidates)))
         events.extend(o for o, _ in session.take_ready())
 
     for i in range(0, len(audio), 1600):
@@ -356,3 +358,33 @@ def test_a_model_that_cannot_load_makes_readyz_say_why(server_factory: Callable[
     checks = r.json()["checks"]
     assert checks["model"] == "failed" and "/nonexistent/whisper-model" in checks["reason"]
     assert httpx.get(server.base + "/healthz").status_code == 200
+
+
+# A meeting that moves between English and Spanish, an utterance at a time (espeak-ng voices).
+BILINGUAL: tuple[tuple[str, str, str], ...] = (
+    ("Good morning everyone, thank you for joining the meeting today.", "en-us", "en"),
+    ("Buenos días a todos, gracias por venir a la reunión de hoy.", "es", "es"),
+    ("The budget for next year is ready for your review.", "en-gb", "en"),
+    ("El presupuesto del próximo año está listo para su revisión.", "es", "es"),
+    ("La reunión termina a las cinco de la tarde.", "es-419", "es"),
+    ("Please send your questions before Friday.", "en-us", "en"),
+)
+
+
+@pytest.mark.slow
+def test_an_auto_session_hears_english_and_spanish_utterance_by_utterance() -> None:
+    speech.require_tools()
+    audio, spans = speech.compose([speech.Utterance(t, v, pause_after=1.0) for t, v, _ in BILINGUAL])
+    engine = load_engine(AudioSettings(model="base", workers=1))
+    # detection chooses among the languages an offline en<->es pipeline can use, as the gateway asks
+    events = _replay(engine, audio, language="auto", candidates=tuple(offline_source_languages(["es", "en"])))
+    finals = [e for e in events if isinstance(e, FinalOut)]
+    # each utterance's finals carry the language it was spoken in
+    per_utterance: list[set[str | None]] = []
+    for start, end, _text, _voice in spans:
+        per_utterance.append({f.language for f in finals if start - 0.3 <= f.stream_start < end + 0.3})
+    expected = [lang for _, _, lang in BILINGUAL]
+    right = sum(1 for got, want in zip(per_utterance, expected, strict=True) if got == {want})
+    assert right == len(BILINGUAL), list(zip(per_utterance, expected, strict=True))
+    spanish = " ".join(f.text for f in finals if f.language == "es").lower()
+    assert "días a todos" in spanish and "presupuesto" in spanish, spanish

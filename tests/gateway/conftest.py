@@ -96,6 +96,7 @@ class FakeAudio:
     idle_timeout: float | None = None  # like the real service: close a stream that gets no audio
     utterance_per_block: bool = True
     texts: dict[int, str] = field(default_factory=dict)
+    languages: dict[int, str] = field(default_factory=dict)  # the language each level's final was detected in
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -131,7 +132,8 @@ class FakeAudio:
                     if self.final_delay:
                         await asyncio.sleep(self.final_delay)
                     await ws.send_text(json.dumps({"type": "final", "text": self.texts.get(level, f"block {level}"),
-                                                   "start": begin, "end": end}))
+                                                   "start": begin, "end": end,
+                                                   "language": self.languages.get(level)}))
                     speaking = True
                 if not level or self.utterance_per_block or last:
                     await utterance_end(end)

@@ -98,3 +98,13 @@ def test_a_resumed_session_continues_its_open_sentence_under_the_same_id() -> No
     [s] = asm.add(Piece(21, "next one.", 1.0, 2.0))
     assert (s.id, s.segment_ids, s.text) == (7, [20, 21], "and the next one.")
     assert asm.next_id == 8
+
+
+def test_a_change_of_detected_language_starts_a_new_sentence() -> None:
+    asm = SentenceAssembler(SentenceRules())
+    assert asm.add(Piece(0, "Good morning", 0, 1, "en")) == []
+    [closed] = asm.add(Piece(1, "buenos días", 1, 2, "es"))
+    assert (closed.segment_ids, closed.reason, closed.language) == ([0], "language", "en")
+    assert asm.open is not None and asm.open.language == "es" and asm.open.segment_ids == [1]
+    # finals without a detected language (a fixed source) never split a sentence
+    assert asm.add(Piece(2, "a todos", 2, 3)) == [] and asm.open.segment_ids == [1, 2]

@@ -186,3 +186,34 @@ async def test_sentences_survive_the_replica_they_started_on(stack: Stack, redis
     # Sentence 2's context came from the log in Redis: the two sentences before it.
     last = next(r for r in stack.translation.requests if r.segmentId == 2 and not r.partial)
     assert [c.source for c in last.context] == ["Good morning, everyone, and thanks for joining us.", "Let's start"]
+
+
+async def test_auto_source_translates_each_sentence_from_its_detected_language(stack: Stack) -> None:
+    # A bilingual meeting: English, then Spanish inside the same utterance, then English again.
+    stack.audio.utterance_per_block = False
+    stack.audio.texts = {1: "Good morning", 2: "buenos días a todos.", 3: "Let's begin."}
+    stack.audio.languages = {1: "en", 2: "es", 3: "en"}
+    server = await stack.make_gateway(source_language="auto", target_languages=["es", "en"])
+    url = server.url.replace("http://", "ws://") + "/v1/stream"
+    async with Client(url) as c:
+        await c.send_json({"type": "session.start", "sourceLanguage": "auto"})
+        await c.recv()
+        await speak(c, [1, 2, 3, 0], gap=0.7)
+        await c.until(lambda e: e["type"] == "translation" and e["sentenceId"] == 2 and e["language"] == "en")
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+
+    assert [(f["text"], f["language"]) for f in c.of("transcript.final")] == [
+        ("Good morning", "en"), ("buenos días a todos.", "es"), ("Let's begin.", "en")]
+    got = {(t["sentenceId"], t["language"]): (t["segmentIds"], t["text"], t["quality"]) for t in c.of("translation")}
+    # the language change closed the English sentence before the Spanish final joined it; each
+    # sentence went to the engine from its own language, and the language it was spoken in is
+    # its transcript, not a translation
+    assert got == {
+        (0, "es"): ([0], "es:Good morning", "ok"), (0, "en"): ([0], "Good morning", "source"),
+        (1, "es"): ([1], "buenos días a todos.", "source"), (1, "en"): ([1], "en:buenos días a todos.", "ok"),
+        (2, "es"): ([2], "es:Let's begin.", "ok"), (2, "en"): ([2], "Let's begin.", "source"),
+    }
+    whole = [r for r in stack.translation.requests if not r.partial]
+    assert [(r.sourceLanguage, r.targetLanguages) for r in whole] == [("en", ["es"]), ("es", ["en"]), ("en", ["es"])]
+    assert all(r.sourceLanguage != "auto" for r in stack.translation.requests)

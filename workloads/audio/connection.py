@@ -203,7 +203,8 @@ class AudioConnection:
         self.start = start
         self.stream = StreamSession(self.settings.streaming,
                                     svc.vad.stream() if self.settings.vad else _no_vad(),
-                                    time_offset=start.timeOffset, use_vad=self.settings.vad)
+                                    time_offset=start.timeOffset, use_vad=self.settings.vad,
+                                    language=start.language)
         svc.sessions.add(self.session_id)
         self._registered = True
         svc.m_sessions.set(len(svc.sessions))
@@ -265,7 +266,8 @@ class AudioConnection:
         stream, svc = self.stream, self.service
         engine = svc.engine
         assert engine is not None
-        language = self.start.language
+        # What a detection pass (sourceLanguage auto) may choose among; None: every language.
+        candidates = tuple(self.start.languages) if self.start.languages else None
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -278,8 +280,8 @@ class AudioConnection:
                 try:
                     beam = self.settings.final_beam_size if req.final else self.settings.beam_size
                     hyp = await svc.scheduler.run_batched(
-                        _batch_call(engine, req.prompt, language, beam, req.word_times),
-                        (req.prompt, language, beam, req.word_times), req.audio, urgent=req.final)
+                        _batch_call(engine, req.prompt, req.language, beam, req.word_times, candidates),
+                        (req.prompt, req.language, beam, req.word_times, candidates), req.audio, urgent=req.final)
                 except Overloaded as exc:
                     stream.abort()
                     await self._overloaded(str(exc))
@@ -330,23 +332,26 @@ class AudioConnection:
                 speaker = None
             except Exception:  # a caption without a speaker beats no caption
                 log.exception("diarization failed")
-        await self._send(AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker))
+        await self._send(AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker,
+                                    language=out.language))
 
 
-_BATCH_CALLS: dict[tuple[int, str | None, str, int, bool], Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
+_BatchKey = tuple[int, str | None, str | None, int, bool, tuple[str, ...] | None]
+_BATCH_CALLS: dict[_BatchKey, Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
 
 
-def _batch_call(engine: Engine, prompt: str | None, language: str, beam: int, word_times: bool
-                ) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
-    """One callable per pass kind (engine, prompt, language, beam, word times): equal ones batch."""
-    key = (id(engine), prompt, language, beam, word_times)
+def _batch_call(engine: Engine, prompt: str | None, language: str | None, beam: int, word_times: bool,
+                candidates: tuple[str, ...] | None = None) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
+    """One callable per pass kind (engine, prompt, language, beam, word times, the languages a
+    detection pass chooses among): equal ones batch."""
+    key = (id(engine), prompt, language, beam, word_times, candidates)
     fn = _BATCH_CALLS.get(key)
     if fn is None:
         if len(_BATCH_CALLS) > 1024:  # prompts vary: keep the table small
             _BATCH_CALLS.clear()
 
         def fn(audios: list[np.ndarray]) -> list[Hypothesis]:
-            return engine.transcribe_batch(audios, prompt, language, beam, word_times)
+            return engine.transcribe_batch(audios, prompt, language, beam, word_times, candidates)
 
         _BATCH_CALLS[key] = fn
     return fn

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -62,6 +63,10 @@ class Hypothesis:
     compression_ratio: float = 1.0
     seconds: float = 0.0  # wall time of the pass
     segments: list[SegmentStats] = field(default_factory=list)
+    # The language the pass decoded in: the one asked for, or (asked for none) the one the model
+    # detected, with the detection's probability (1.0 when it was asked for).
+    language: str | None = None
+    language_probability: float = 1.0
 
 
 def max_new_tokens(seconds: float) -> int:
@@ -89,11 +94,15 @@ class Engine(Protocol):
     model: str
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
-                   beam_size: int | None = None, word_times: bool = True) -> Hypothesis: ...
+                   beam_size: int | None = None, word_times: bool = True,
+                   candidates: Sequence[str] | None = None) -> Hypothesis:
+        """One pass. ``language`` None: the model detects it, among ``candidates`` when given
+        (the languages the pipeline can do something with), and the hypothesis says which."""
+        ...
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
                          language: str | None = None, beam_size: int | None = None,
-                         word_times: bool = True) -> list[Hypothesis]: ...
+                         word_times: bool = True, candidates: Sequence[str] | None = None) -> list[Hypothesis]: ...
 
 
 def resolve_model_path(model: str) -> Path:
@@ -168,16 +177,25 @@ class FasterWhisperEngine:
             raise ModelLoadError(f"faster-whisper could not load {model_dir}: {exc}") from exc
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
-                   beam_size: int | None = None, word_times: bool = True) -> Hypothesis:
+                   beam_size: int | None = None, word_times: bool = True,
+                   candidates: Sequence[str] | None = None) -> Hypothesis:
         """``word_times=False`` skips the alignment pass (about a third of a pass's cost); words
         then get times spread over their segment, good enough for a partial."""
         import time
 
         t0 = time.perf_counter()
         multilingual = bool(self._model.model.is_multilingual)
-        segments, _info = self._model.transcribe(
+        asked = (language if language and language != "auto" else None) if multilingual else "en"
+        detected, probability = (None, 1.0)
+        if asked is None:
+            # Detection as faster-whisper does it inside transcribe (one encoder pass and the
+            # language token), but choosing among the candidates, whose probabilities are
+            # renormalised: Whisper base hears espeak-ng Spanish as Latin now and then.
+            detected, probability = self.detect_language(audio, candidates)
+            asked = detected
+        segments, info = self._model.transcribe(
             audio,
-            language=(language if language and language != "auto" else None) if multilingual else "en",
+            language=asked,
             beam_size=beam_size or self.beam_size,
             best_of=1,
             temperature=0.0,
@@ -188,7 +206,8 @@ class FasterWhisperEngine:
             without_timestamps=False,
             max_new_tokens=max_new_tokens(len(audio) / SAMPLE_RATE),
         )
-        hyp = Hypothesis()
+        hyp = Hypothesis(language=asked or info.language,
+                         language_probability=probability if detected else 1.0)
         texts: list[str] = []
         weights = 0.0
         for index, seg in enumerate(segments):
@@ -215,9 +234,24 @@ class FasterWhisperEngine:
         return hyp
 
 
+    def detect_language(self, audio: np.ndarray, candidates: Sequence[str] | None = None) -> tuple[str, float]:
+        """The most likely spoken language (among ``candidates`` where given) and its probability
+        (renormalised over the candidates)."""
+        if not self._model.model.is_multilingual:
+            return "en", 1.0
+        best, probability, ranked = self._model.detect_language(audio)
+        if candidates:
+            allowed = {c.split("-")[0].lower() for c in candidates}
+            kept = [(lang, p) for lang, p in ranked if lang in allowed]
+            total = sum(p for _, p in kept)
+            if kept and total > 0:
+                best, p = max(kept, key=lambda lp: lp[1])
+                probability = p / total
+        return str(best), float(probability)
+
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
                          language: str | None = None, beam_size: int | None = None,
-                         word_times: bool = True) -> list[Hypothesis]:
+                         word_times: bool = True, candidates: Sequence[str] | None = None) -> list[Hypothesis]:
         """Several sessions' buffers in one encoder and one decoder call.
 
         Buffers are padded to the longest one (plus a second) and decoded greedily together with
@@ -229,12 +263,14 @@ class FasterWhisperEngine:
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import BatchedInferencePipeline
 
-        if len(audios) == 1:
-            return [self.transcribe(audios[0], prompt, language, beam_size, word_times)]
-        t0 = time.perf_counter()
         model = self._model
         multilingual = bool(model.model.is_multilingual)
-        lang = (language if language and language != "auto" else "en") if multilingual else "en"
+        if len(audios) == 1 or (multilingual and (not language or language == "auto")):
+            # Detection is per buffer (each session's utterance has its own language): the plain
+            # path detects; only passes of a known language decode together.
+            return [self.transcribe(a, prompt, language, beam_size, word_times, candidates) for a in audios]
+        t0 = time.perf_counter()
+        lang = language if multilingual and language else "en"
         tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=lang)
         feats = [model.feature_extractor(a)[..., :-1] for a in audios]
         longest = max(f.shape[-1] for f in feats)
@@ -250,7 +286,7 @@ class FasterWhisperEngine:
         elapsed = time.perf_counter() - t0
         hyps = []
         for segs in outputs:
-            hyp = Hypothesis(seconds=elapsed / len(audios))
+            hyp = Hypothesis(seconds=elapsed / len(audios), language=lang)
             for index, seg in enumerate(segs):
                 text = str(seg["text"]).strip()
                 hyp.segments.append(SegmentStats(text, float(seg["no_speech_prob"]),
@@ -335,7 +371,8 @@ class OpenVinoEngine:
         return pipe
 
     def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
-                   beam_size: int | None = None, word_times: bool = True) -> Hypothesis:
+                   beam_size: int | None = None, word_times: bool = True,
+                   candidates: Sequence[str] | None = None) -> Hypothesis:
         import time
 
         t0 = time.perf_counter()
@@ -347,8 +384,15 @@ class OpenVinoEngine:
         cfg.num_beams = beam_size or 1
         if prompt:
             cfg.initial_prompt = prompt
+        asked = language if language and language != "auto" else None
+        multilingual = bool(getattr(cfg, "is_multilingual", False))
+        if asked and multilingual:
+            cfg.language = f"<|{asked}|>"  # GenAI's form of a language token
         result = pipe.generate(audio.astype(np.float32).tolist(), cfg)
-        hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "")
+        # GenAI detects the language of a multilingual model left without one but does not report
+        # it: such a pass carries no language and the session's tracker keeps what it knows.
+        hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "",
+                         language=asked if multilingual else "en")
         words = getattr(result, "words", None)
         if words:
             # GenAI's word splitter keeps each word's leading space, as faster-whisper's does.
@@ -367,8 +411,8 @@ class OpenVinoEngine:
 
     def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
                          language: str | None = None, beam_size: int | None = None,
-                         word_times: bool = True) -> list[Hypothesis]:
-        return [self.transcribe(a, prompt, language, beam_size, word_times) for a in audios]
+                         word_times: bool = True, candidates: Sequence[str] | None = None) -> list[Hypothesis]:
+        return [self.transcribe(a, prompt, language, beam_size, word_times, candidates) for a in audios]
 
 
 def _spread_words(text: str, chunks: Any, duration: float, start: float = 0.0,

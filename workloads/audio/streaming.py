@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from livetranslate.workloads.audio.engines import Hypothesis, SegmentStats, Word
+from livetranslate.workloads.audio.language import LanguageTracker
 from livetranslate.workloads.audio.settings import StreamingSettings
 from livetranslate.workloads.audio.vad import FRAME_SECONDS, VadStream
 
@@ -156,6 +157,9 @@ class DecodeRequest:
     # Whether this pass may commit words (and so needs exact word times); early passes of an
     # utterance only feed partials and the next agreement, which compares text.
     word_times: bool = True
+    # The language to decode in; None asks the engine to detect it (sourceLanguage auto, until
+    # the utterance's language is confirmed: workloads/audio/language.py).
+    language: str | None = "en"
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,7 @@ class FinalOut:
     end: float
     stream_start: float  # stream seconds, for slicing the request audio (diarization)
     stream_end: float
+    language: str | None = None  # the detected spoken language (sessions with sourceLanguage auto)
 
 
 @dataclass(frozen=True)
@@ -235,8 +240,11 @@ class StreamSession:
     """Streaming state of one session; not thread-safe (the connection serialises calls)."""
 
     def __init__(self, settings: StreamingSettings, vad: VadStream, time_offset: float = 0.0,
-                 use_vad: bool = True) -> None:
+                 use_vad: bool = True, language: str = "en") -> None:
         self.settings = settings
+        # "auto": each utterance's language is detected and confirmed, the session's follows with
+        # hysteresis; any other code is decoded as given.
+        self.language = LanguageTracker(fixed=None if language == "auto" else language)
         self.time_offset = time_offset
         self._vad = vad
         self._use_vad = use_vad
@@ -359,7 +367,8 @@ class StreamSession:
         # partial and the next comparison, so it skips the word-alignment pass.
         may_commit = final or bool(self._prev)
         return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
-                             utterance_start=utterance_start, word_times=may_commit)
+                             utterance_start=utterance_start, word_times=may_commit,
+                             language=self.language.for_pass())
 
     def abort(self) -> None:
         """The pass asked for could not run (queue full, decoder error): ask again later."""
@@ -370,6 +379,8 @@ class StreamSession:
         self.in_flight = False
         self.decoded_seconds += req.end - req.start
         voiced = req.end - max(req.start, req.utterance_start)
+        if req.language is None:  # a detection pass
+            self.language.observe(hyp.language, hyp.language_probability, voiced)
         words = [Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability,
                       glued=w.glued)
                  for w in heard_words(hyp, req.end - req.start, voiced)]
@@ -446,6 +457,7 @@ class StreamSession:
         return round(self.time_offset + t, 3)
 
     def _finish_utterance(self, end: float) -> UtteranceEndOut:
+        self.language.end_utterance()
         self._committed_end = max(self._committed_end, end)
         self._committed_tail = []
         self._prompt_words = []
@@ -516,4 +528,5 @@ class StreamSession:
         self._committed_tail = (self._committed_tail + [norm_word(w.text) for w in words])[-10:]
         self._utterance_words = [*self._utterance_words, *words]
         end = max(words[-1].end, start)
-        return FinalOut(text, self._session(start), self._session(end), start, end)
+        language = self.language.current() if self.language.detecting else None
+        return FinalOut(text, self._session(start), self._session(end), start, end, language)

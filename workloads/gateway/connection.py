@@ -344,7 +344,8 @@ class Session:
                     continue
                 start = AudioStart(type="start", sessionId=self.sid, language=self.state.sourceLanguage,
                                    diarization=gw.config.diarization, maxSpeakers=gw.config.max_speakers,
-                                   timeOffset=round(self._buf_start, 6))
+                                   timeOffset=round(self._buf_start, 6),
+                                   languages=gw.config.detect_languages if self.state.sourceLanguage == "auto" else [])
                 try:
                     link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
                 except (UpstreamUnavailable, UpstreamRejected) as exc:
@@ -435,7 +436,8 @@ class Session:
         self.state.nextSegment += 1
         self.state.audioSeconds = self.audio_seconds
         rec = SegmentRecord(segmentId=seg_id, text=text, start=event.start, end=event.end,
-                            speaker=event.speaker)
+                            speaker=event.speaker,
+                            language=event.language if self.state.sourceLanguage == "auto" else None)
         closed = self.translator.add_final(rec, arrived)
         await self._close_sentences(closed, also=rec)
         latency = time.monotonic() - arrived if arrived is not None else None
@@ -458,7 +460,7 @@ class Session:
 
     def _queue_final(self, rec: SegmentRecord, latency: float | None) -> None:
         ev = TranscriptFinal(segmentId=rec.segmentId, text=rec.text, start=rec.start, end=rec.end,
-                             speaker=rec.speaker,
+                             speaker=rec.speaker, language=rec.language,
                              latency=round(latency, 4) if latency is not None else None)
 
         async def sent() -> None:

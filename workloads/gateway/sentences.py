@@ -9,7 +9,8 @@ translates each once, whole.
 
 A sentence closes
 * on sentence-final punctuation at the end of a final (not after a known abbreviation),
-* at the end of an utterance (the speaker paused: the audio service says so), or
+* at the end of an utterance (the speaker paused: the audio service says so),
+* before a final in another detected language (``sourceLanguage: auto``), or
 * at a bound of words or seconds, cut after the last final that ends a clause (comma, semicolon,
   colon, dash) where one exists, so a speaker who never pauses still gets translations.
 
@@ -65,13 +66,14 @@ class Piece:
     text: str
     start: float
     end: float
+    language: str | None = None  # the detected spoken language (sourceLanguage auto)
 
 
 @dataclass
 class Sentence:
     id: int
     pieces: list[Piece] = field(default_factory=list)
-    # Why it closed: "punctuation", "utterance", "bound", "final" (one per final), "flush".
+    # Why it closed: "punctuation", "utterance", "bound", "language", "final" (one per final), "flush".
     reason: str = ""
 
     @property
@@ -93,6 +95,11 @@ class Sentence:
     @property
     def words(self) -> int:
         return sum(count_words(p.text) for p in self.pieces)
+
+    @property
+    def language(self) -> str | None:
+        """The detected language of its finals (a sentence never mixes two)."""
+        return next((p.language for p in self.pieces if p.language), None)
 
 
 @dataclass(frozen=True)
@@ -121,10 +128,17 @@ class SentenceAssembler:
 
     def add(self, piece: Piece) -> list[Sentence]:
         """Add a final; returns the sentences it closed (usually none or one)."""
+        closed: list[Sentence] = []
+        if (self.open is not None and piece.language and self.open.language
+                and piece.language != self.open.language):
+            closed = self._close("language")  # the speaker changed language: a new sentence
         if self.open is None:
             self.open = Sentence(self.next_id)
         sentence = self.open
         sentence.pieces.append(piece)
+        return closed + self._close_rules(sentence, piece)
+
+    def _close_rules(self, sentence: Sentence, piece: Piece) -> list[Sentence]:
         if self.rules.unit == "final":
             return self._close("final")
         if ends_sentence(piece.text):

@@ -41,6 +41,7 @@ class SegmentRecord(BaseModel):
     start: float
     end: float
     speaker: str | None = None
+    language: str | None = None  # detected spoken language (sessions with sourceLanguage auto)
     translations: dict[str, str] = Field(default_factory=dict)
     translationErrors: dict[str, str] = Field(default_factory=dict)
     finalSent: bool = False

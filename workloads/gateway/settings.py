@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from livetranslate.capabilities import offline_source_languages
 from livetranslate.config import AUTH_MOUNT_DIR, ResolvedPipeline, load_resolved
 
 
@@ -26,6 +27,8 @@ class GatewaySettings(BaseSettings):
     redis_url: str | None = Field(None, description="Redis for session state; REDIS_URL is read too")
     max_sessions: int | None = Field(None, ge=1, description="Overrides spec.gateway.maxSessionsPerReplica")
     source_language: str | None = None
+    # LT_GATEWAY_DETECT_LANGUAGES='["en","es"]': the spoken languages detection may choose among.
+    detect_languages: list[str] | None = None
     target_languages: list[str] | None = None
     context_segments: int | None = Field(None, ge=0, le=32)
     diarization: bool | None = None
@@ -97,6 +100,14 @@ class GatewayConfig:
         self.max_sessions = settings.max_sessions or (spec.gateway.maxSessionsPerReplica if spec else 500)
         self.source_language = settings.source_language or (spec.sourceLanguage if spec else "en")
         self.target_languages = list(settings.target_languages or (spec.targetLanguages if spec else ["es"]))
+        # What language detection may choose among in auto sessions: the settings' list, else on
+        # the offline backend the languages it can translate from; empty means any.
+        if settings.detect_languages is not None:
+            self.detect_languages = list(settings.detect_languages)
+        elif resolved is not None and resolved.placement.translationBackend == "apertium":
+            self.detect_languages = offline_source_languages(self.target_languages)
+        else:
+            self.detect_languages = []
         self.context_segments = (settings.context_segments if settings.context_segments is not None
                                  else (spec.translation.contextSegments if spec else 3))
         self.diarization = (settings.diarization if settings.diarization is not None

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ValidationError
 
+from livetranslate.capabilities import primary
 from livetranslate.protocol import (
     ERR_TRANSLATION_FAILED,
     ContextSegment,
@@ -124,7 +125,7 @@ class SentenceTranslator:
         caller persists them, then sends the final, then calls ``submit``)."""
         self._last_final_at = time.monotonic()
         self._open[rec.segmentId] = (rec, arrived)
-        closed = self._closed(self.assembler.add(Piece(rec.segmentId, rec.text, rec.start, rec.end)))
+        closed = self._closed(self.assembler.add(Piece(rec.segmentId, rec.text, rec.start, rec.end, rec.language)))
         if self.assembler.open is not None:
             self._partial_wanted = True
         return closed
@@ -171,8 +172,8 @@ class SentenceTranslator:
         self.state.nextSentence = self.assembler.next_id
         entries = list(self._open.values())
         self._open.clear()
-        sentence = Sentence(rec.sentenceId, [Piece(r.segmentId, r.text, r.start, r.end) for r, _ in entries],
-                            reason="restored")
+        sentence = Sentence(rec.sentenceId, [Piece(r.segmentId, r.text, r.start, r.end, r.language)
+                                             for r, _ in entries], reason="restored")
         closed = Closed(sentence, rec, None, None)
         for lang, text in rec.translations.items():
             if resend or lang not in rec.translationsSent:
@@ -185,7 +186,8 @@ class SentenceTranslator:
 
     def replay_done(self) -> None:
         """The finals after the last closed sentence are the open sentence; it goes on."""
-        self.assembler.restore([Piece(r.segmentId, r.text, r.start, r.end) for r, _ in self._open.values()])
+        self.assembler.restore([Piece(r.segmentId, r.text, r.start, r.end, r.language)
+                                for r, _ in self._open.values()])
         if self._jobs:
             self._wake.set()
 
@@ -275,15 +277,34 @@ class SentenceTranslator:
     def _count_call(self, sentence_id: int) -> None:
         self._calls[sentence_id] = self._calls.get(sentence_id, 0) + 1
 
+    def _source_of(self, sentence: Sentence) -> str:
+        """The language a sentence is translated from: the session's, or (sourceLanguage auto)
+        the one detected in its finals."""
+        return sentence.language or self.state.sourceLanguage
+
+    def _spoken_in(self, sentence: Sentence, targets: list[str]) -> tuple[list[str], list[str]]:
+        """``targets`` split into those the sentence is already spoken in (sent as they are, with
+        quality "source") and those to translate."""
+        source = sentence.language
+        if source is None:
+            return [], list(targets)
+        same = [t for t in targets if primary(t) == primary(source)]
+        return same, [t for t in targets if t not in same]
+
     async def _translate_partial(self) -> None:
         sentence = self.assembler.open
         assert sentence is not None and self.gw.translation is not None
         self._partial_wanted = False
         self._last_partial_at = time.monotonic()
         ids, text = sentence.segment_ids, sentence.text
+        same, targets = self._spoken_in(sentence, list(self.state.targetLanguages))
+        for lang in same:
+            self._outbox(f"partial:{lang}", TranslationPartial(
+                sentenceId=sentence.id, segmentIds=ids, language=lang, text=text), None)
+        if not targets:
+            return
         request = TranslateRequest(sessionId=self.state.sessionId, segmentId=sentence.id, text=text[:4000],
-                                   sourceLanguage=self.state.sourceLanguage,
-                                   targetLanguages=list(self.state.targetLanguages),
+                                   sourceLanguage=self._source_of(sentence), targetLanguages=targets,
                                    context=self._context_for(sentence.id), partial=True)
         self._count_call(sentence.id)
         try:
@@ -301,6 +322,12 @@ class SentenceTranslator:
         rec, sentence = job.record, job.sentence
         remaining = [lang for lang in self.state.targetLanguages
                      if lang not in rec.translations and lang not in rec.translationErrors]
+        same, remaining = self._spoken_in(sentence, remaining)
+        for lang in same:  # spoken in a target language already: the transcript is its text
+            rec.translations[lang] = sentence.text
+            await self._persist(rec)
+            latency = time.monotonic() - job.closed_at if job.closed_at is not None else None
+            self._queue_translation(job, lang, sentence.text, "source", latency)
         context = self._context_for(sentence.id)
         backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
         deadline: float | None = None
@@ -318,7 +345,7 @@ class SentenceTranslator:
                 await wait_for_breaker(gw.translation_breaker, min(0.25, s.retry_base_seconds))
                 continue
             request = TranslateRequest(sessionId=self.state.sessionId, segmentId=sentence.id,
-                                       text=sentence.text[:4000], sourceLanguage=self.state.sourceLanguage,
+                                       text=sentence.text[:4000], sourceLanguage=self._source_of(sentence),
                                        targetLanguages=list(remaining), context=context)
             self._count_call(sentence.id)
             try:
