@@ -515,3 +515,58 @@ def test_words_of_every_script_agree_and_commit_before_the_pause(words: tuple[st
     assert all(norm_word(w) for w in words)
     if unspaced:  # read as written: no spaces between the characters
         assert " " not in finals[0].text and finals[0].text.startswith("会议五分"), finals
+
+
+def test_a_final_never_runs_past_the_end_of_a_sentence() -> None:
+    s = _session()
+    words: list[_W] = [("for", 0.1, 0.3), ("joining", 0.3, 0.6), ("us.", 0.6, 0.8), ("Let's", 0.9, 1.1),
+                       ("ask", 1.1, 1.3), ("Dr.", 1.3, 1.5), ("Smith", 1.5, 1.7), ("about", 1.7, 1.9),
+                       ("12", 1.9, 2.0), (".5", 2.0, 2.1, True), ("percent.", 2.1, 2.4), ("Then", 2.5, 2.7)]
+    _feed(s, 3.0)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(*words))
+    _feed(s, 0.6)
+    req = s.next_request()
+    assert req is not None
+    finals = [o.text for o in s.apply(req, _hyp(*words, ("we", 2.7, 2.9))) if isinstance(o, FinalOut)]
+    # one final per sentence; an abbreviation and a decimal's glued rest do not end one
+    assert finals[:2] == ["for joining us.", "Let's ask Dr. Smith about 12.5 percent."], finals
+
+
+def test_the_final_pass_of_an_utterance_splits_its_sentences_too() -> None:
+    s = _session()
+    _feed(s, 1.0)
+    s.flush()
+    events: list[StreamEvent] = []
+    while (req := s.next_request()) is not None:
+        events += s.apply(req, _hyp(("Thank", 0.1, 0.3), ("you.", 0.3, 0.5), ("Next", 0.6, 0.8),
+                                    ("item", 0.8, 0.95)))
+    events += [o for o, _ in s.take_ready()]
+    assert [o.text for o in events if isinstance(o, FinalOut)] == ["Thank you.", "Next item"]
+    assert isinstance(events[-1], UtteranceEndOut)
+
+
+def test_a_glued_rest_of_a_word_already_final_is_dropped() -> None:
+    s = _session()
+    first: list[_W] = [("a", 0.1, 0.2), ("series", 0.2, 0.5), ("of", 0.5, 0.6), ("posts", 0.6, 1.0)]
+    _feed(s, 1.6)
+    req = s.next_request()
+    assert req is not None
+    s.apply(req, _hyp(*first))
+    _feed(s, 0.6)
+    req = s.next_request()
+    assert req is not None
+    finals = [o.text for o in s.apply(req, _hyp(*first, ("social", 1.3, 1.9))) if isinstance(o, FinalOut)]
+    assert finals == ["a series of posts"], finals
+    # later passes re-segment the committed word: "post" + "-son", then "social media"
+    rest: list[_W] = [("post", 0.6, 0.95), ("-son", 0.95, 1.25, True), ("social", 1.3, 1.6), ("media", 1.6, 2.0),
+                      ("and", 2.0, 2.2), ("events", 2.2, 2.6)]
+    out = []
+    for n in (4, 6):
+        _feed(s, 0.6)
+        req = s.next_request()
+        assert req is not None
+        out += s.apply(req, _hyp(*first[:3], *rest[:n]))
+    texts = [o.text for o in out if isinstance(o, (FinalOut, PartialOut)) and o.text]
+    assert texts and all(not t.startswith("-") for t in texts), texts

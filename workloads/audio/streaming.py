@@ -19,6 +19,8 @@ hypothesis, which yields partial and final events:
 - A final ends on a whole word: Whisper splits "o'clock", "12.5" and "well-known" into a word
   and a glued rest ("'clock"), so no commit ends before a glued word or after a word that
   leaves its end open ("twenty-"); glued words join without a space.
+- A final never runs past the end of a sentence: words that hold one are committed as one final
+  per sentence, so the gateway closes and translates a sentence as soon as its final arrives.
 - Every utterance that ends (a pause, or the end of the stream) yields an ``UtteranceEndOut``
   after its last final, so the gateway knows a sentence without closing punctuation is over.
 - Times are stream seconds inside this class; events carry session seconds (``time_offset`` +
@@ -35,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from livetranslate.text import ends_sentence
 from livetranslate.workloads.audio.engines import Hypothesis, SegmentStats, Word
 from livetranslate.workloads.audio.language import LanguageTracker
 from livetranslate.workloads.audio.settings import StreamingSettings
@@ -390,18 +393,16 @@ class StreamSession:
             self._prev, self._prev_req = [], None
             end_of_utterance = bool(self._utterance_ends) and self._utterance_ends[0] == req.end
             if end_of_utterance:
-                final = self._commit(fresh, utterance_end=True)
+                out += self._commit_sentences(fresh, utterance_end=True)
             else:
                 # A full buffer: keep listening to the same utterance with context. A last word
                 # left open ("twenty-") stays in the buffer, so the next pass hears it whole.
                 n = whole_word_prefix(fresh, len(fresh)) or len(fresh)
-                final = self._commit(fresh[:n])
+                out += self._commit_sentences(fresh[:n])
                 cut = fresh[n].start if n < len(fresh) else req.end
                 self._committed_end = max(self._committed_end, cut)
                 self._prompt_words += self._utterance_committed_words(cut)
                 self.buffer.trim_to(cut)
-            if final:
-                out.append(final)
             if self._last_partial:
                 self._last_partial = ""
                 out.append(PartialOut("", self._session(req.end), self._session(req.end)))
@@ -413,9 +414,7 @@ class StreamSession:
         agreed = agreed[:whole_word_prefix(fresh, len(agreed))]
         pending = fresh
         if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(_PUNCT_END)):
-            final = self._commit(agreed)
-            if final:
-                out.append(final)
+            out += self._commit_sentences(agreed)
             pending = fresh[len(agreed):]
         self._prev, self._prev_req = pending, req
         text = join_words(pending)
@@ -443,9 +442,7 @@ class StreamSession:
         n = sum(1 for w in self._prev if w.start < end)
         while n < len(self._prev) and continues_word(self._prev[n]):  # a word the end cuts stays whole
             n += 1
-        final = self._commit(self._prev[:n], utterance_end=True)
-        if final:
-            self._ready.append((final, req))
+        self._ready += [(final, req) for final in self._commit_sentences(self._prev[:n], utterance_end=True)]
         if self._last_partial:
             self._last_partial = ""
             self._ready.append((PartialOut("", self._session(end), self._session(end)), req))
@@ -484,6 +481,11 @@ class StreamSession:
                 if tail[-n:] == [norm_word(w.text) for w in fresh[:n]]:
                     fresh = fresh[n:]
                     break
+        # A glued rest whose head is already final ("posts" committed, then a pass hears
+        # "post" + "-son"): a final is never revised, and the rest alone would start the next
+        # final inside a word. It goes.
+        while fresh and len(fresh) < len(words) and self._committed_tail and continues_word(fresh[0]):
+            fresh = fresh[1:]
         return fresh
 
     def _confident(self, agreed: list[Word], voiced: float, end: float) -> list[Word]:
@@ -512,6 +514,19 @@ class StreamSession:
                 break
             agreed.append(b)
         return agreed
+
+    def _commit_sentences(self, words: list[Word], utterance_end: bool = False) -> list[FinalOut]:
+        """Finals of ``words``, one per sentence they hold: a final never runs past a sentence's
+        end ("...for joining us. Let's" is two), so the gateway can close each sentence on its
+        own final and translate it at once instead of waiting for the next one to end."""
+        groups: list[list[Word]] = [[]]
+        for i, w in enumerate(words):
+            groups[-1].append(w)
+            if ends_sentence(w.text) and i + 1 < len(words) and not continues_word(words[i + 1]):
+                groups.append([])
+        finals = [self._commit(g, utterance_end=utterance_end and i == len(groups) - 1)
+                  for i, g in enumerate(groups) if g]
+        return [f for f in finals if f is not None]
 
     def _commit(self, words: list[Word], utterance_end: bool = False) -> FinalOut | None:
         """A final of ``words``. At the end of an utterance nothing will follow a dangling

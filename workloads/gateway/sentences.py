@@ -24,26 +24,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from livetranslate.text import ends_sentence
+
 TranslationUnit = Literal["sentence", "final"]
 
-# Sentence-final punctuation, Latin and CJK, optionally followed by closing quotes or brackets.
-_SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’»)\]]*$")
 _CLAUSE_END = re.compile(r"[,;:—–、，；：]+[\"'”’»)\]]*$|\s[-–—]$")
-# Words whose trailing period does not end a sentence ("Mr. Smith"). "etc." is left out: it
-# ends sentences more often than not.
-_ABBREVIATIONS = frozenset({
-    "mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "sr.", "jr.", "vs.", "e.g.", "i.e.", "no.",
-    "approx.", "dept.", "fig.", "mt.", "sra.", "dra.", "hr.", "fr.",
-})
-
-
-def ends_sentence(text: str) -> bool:
-    """Whether a final's text ends on sentence-final punctuation (not an abbreviation)."""
-    text = text.rstrip()
-    if not _SENTENCE_END.search(text):
-        return False
-    last = text.rsplit(None, 1)[-1].lower()
-    return last not in _ABBREVIATIONS
 
 
 def ends_clause(text: str) -> bool:
