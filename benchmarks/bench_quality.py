@@ -622,32 +622,32 @@ def translate_all(base: str, texts: Sequence[str], target: str = TARGET) -> list
     return out
 
 
-def transcribe_utterances(conditions: dict[str, Session]) -> dict[str, list[str]]:
+def transcribe_utterances(conditions: dict[str, Session], model: str) -> dict[str, list[str]]:
     """Each utterance decoded whole by the engine and settings the audio service loads."""
-    from livetranslate.workloads.audio.engines import FasterWhisperEngine, packaged_model_dir
+    from livetranslate.workloads.audio.engines import FasterWhisperEngine, resolve_model_path
     from livetranslate.workloads.audio.settings import AudioSettings
 
     settings = AudioSettings()
-    engine = FasterWhisperEngine(packaged_model_dir(), "cpu", settings.compute_type or "int8", 1, 2,
-                                 settings.final_beam_size)
+    engine = FasterWhisperEngine(resolve_model_path(model), "cpu", settings.compute_type or "int8", 1, 2,
+                                 settings.final_beam_size, model)
     out: dict[str, list[str]] = {}
     for condition, session in conditions.items():
         texts = []
         for utt in session.utterances():
             a = max(0, int((utt[0].start - 0.2) * SAMPLE_RATE))
             b = min(len(session.samples), int((utt[-1].end + 0.4) * SAMPLE_RATE))
-            texts.append(engine.transcribe(session.samples[a:b], word_times=False).text)
+            texts.append(engine.transcribe(session.samples[a:b], language="en", word_times=False).text)
         out[condition] = texts
     return out
 
 
-def ceilings(conditions: dict[str, Session], tmp: Path) -> dict[str, Any]:
+def ceilings(conditions: dict[str, Session], tmp: Path, model: str) -> dict[str, Any]:
     from livetranslate.procs import stop
 
     spoken = next(iter(conditions.values())).sentences
     english = [s.english for s in spoken]
     spanish = [s.spanish for s in spoken]
-    transcripts = transcribe_utterances(conditions)
+    transcripts = transcribe_utterances(conditions, model)
     proc, base = _sibling("bench_translate").serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp,
                                                               "quality-translate")
     try:
@@ -685,6 +685,7 @@ def _mark(ok: bool | None) -> str:
 
 def table(result: dict[str, Any]) -> list[str]:
     ceil = result["ceilings"]
+    model = result.get("model", "tiny.en")
     lines = [
         ("| mode | audio | sessions | WER | chrF (ceiling) | BLEU | translations / sentence | calls / sentence "
          "| sentence -> translation p50 / p95 | end of speech -> first translation p50 / p95 "
@@ -711,7 +712,7 @@ def table(result: dict[str, Any]) -> list[str]:
     for name in ("clean", "noisy"):
         if name in ceil:
             c = ceil[name]
-            lines.append(f"| tiny.en per utterance + Apertium per sentence, {name} | {c['wer']:.3f} "
+            lines.append(f"| {model} per utterance + Apertium per sentence, {name} | {c['wer']:.3f} "
                          f"| {c['chrf']:.1f} | {c['bleu']:.1f} | {c['sentences']} |")
     mt = ceil["mt_only"]
     lines.append(f"| Apertium on the correct English (MT only) | 0 | {_num(mt['chrf'], 1)} | {_num(mt['bleu'], 1)} "
@@ -729,7 +730,8 @@ def markdown(result: dict[str, Any]) -> str:
          f"before {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}. {c['sentences']} sentences in "
          f"{c['utterances']} utterances, {c['words']} words, {c['audio_seconds']} s, {len(c['voices'])} espeak-ng "
          f"voices; noisy = white noise at {c['snr_db']:g} dB SNR (seed {c['noise_seed']}). `livetranslate up`: "
-         "faster-whisper tiny.en int8 streaming on CPU, Apertium en->es. Every session streams in real "
+         f"faster-whisper {result.get('model', 'tiny.en')} int8 streaming on CPU, Apertium en->es. Every session "
+         "streams in real "
          "time; chrF and BLEU are document-level (sacrebleu) against hand-written Spanish. "
          f"`{result['command']}`"),
         "",
@@ -757,6 +759,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"gateway translation units to compare ({UNIT_ENV}), comma-separated")
     parser.add_argument("--sentences", type=int, default=None, help="the corpus's first K sentences (smoke runs)")
     parser.add_argument("--no-ceiling", action="store_true", help="skip the offline ceilings")
+    parser.add_argument("--model", default="tiny.en",
+                        help="Whisper model of the audio service and the ceiling (tiny.en, base, or a path)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="results stem: writes STEM.json and STEM.md (default benchmarks/results/quality)")
     args = parser.parse_args(argv)
@@ -785,9 +789,12 @@ def main(argv: list[str] | None = None) -> int:
                    "sentence_ends": [s.end for s in clean.sentences]},
         "targets": TARGETS,
         "match_tolerance_s": MATCH_TOLERANCE_S,
+        "model": args.model,
     }
+    # `livetranslate up` passes its environment on: the audio service loads this model.
+    os.environ["LT_AUDIO_MODEL"] = args.model
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        result["ceilings"] = {} if args.no_ceiling else ceilings(conditions, Path(tmp))
+        result["ceilings"] = {} if args.no_ceiling else ceilings(conditions, Path(tmp), args.model)
         result["ceilings"].setdefault("mt_only", {"chrf": None, "bleu": None, "translations": []})
         runs, examples = live_runs(modes, conditions, args.sessions, Path(tmp)) if modes else ([], {})
     result["runs"] = runs
