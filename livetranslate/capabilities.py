@@ -130,6 +130,40 @@ LANGUAGE_NAMES: dict[str, str] = {
 }
 
 
+# The languages Whisper transcribes: its tokenizer's language tokens (tests hold this to
+# faster-whisper's own list). Whisper's codes, which are ISO 639-1 but for "haw" and "yue" and two
+# older tags: Javanese "jw" (BCP-47 "jv") and Norwegian "no" (what a spec says as "nb").
+WHISPER_LANGUAGES = frozenset(
+    ["af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy", "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw", "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn", "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl", "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "zh", "yue"])
+_TO_WHISPER = {"jv": "jw", "nb": "no", "fil": "tl", "sh": "sr", "iw": "he", "in": "id", "zh-yue": "yue"}
+_FROM_WHISPER = {"jw": "jv"}
+
+
+def whisper_language(code: str) -> str | None:
+    """The Whisper language token for a BCP-47 tag ("pt-BR" -> "pt", "nb" -> "no"), or None where
+    Whisper does not hear the language."""
+    tag = code.lower()
+    spoken = _TO_WHISPER.get(tag) or _TO_WHISPER.get(primary(tag)) or primary(tag)
+    return spoken if spoken in WHISPER_LANGUAGES else None
+
+
+def from_whisper(code: str) -> str:
+    """A language Whisper detected, as the BCP-47 tag the API uses ("jw" -> "jv")."""
+    return _FROM_WHISPER.get(code, code)
+
+
+def speech_problems(source: str) -> list[str]:
+    """Why the audio stage cannot transcribe ``sourceLanguage`` (empty = fine; ``auto`` detects)."""
+    if source == "auto" or whisper_language(source) is not None:
+        return []
+    name = language_name(source)
+    named = f" ({name})" if name else ""
+    heard = ", ".join(sorted(WHISPER_LANGUAGES))
+    problem = (f"spec.sourceLanguage: Whisper does not transcribe {source}{named}; it hears "
+               f"{len(WHISPER_LANGUAGES)} languages ({heard}), or use auto")
+    return [problem]
+
+
 def primary(code: str) -> str:
     return code.split("-", 1)[0].lower()
 

@@ -39,7 +39,7 @@ from livetranslate.api import (
     describe_validation_error,
     is_model_path,
 )
-from livetranslate.capabilities import backend_problems, installed_modes
+from livetranslate.capabilities import backend_problems, installed_modes, speech_problems
 from livetranslate.config import CONFIG_ENV, Endpoints, Placement, ResolvedPipeline
 from livetranslate.procs import free_port
 
@@ -90,9 +90,9 @@ def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
         backend, model = "apertium", "apertium"
         reason = "no GPU on this machine: offline Apertium on CPU"
     # Checked against the Apertium modes this machine really has: a missing pair names its package.
-    problems = backend_problems(backend, spec.sourceLanguage, list(spec.targetLanguages),
-                                endpoint=spec.translation.endpoint,
-                                installed_modes=installed_modes() if backend == "apertium" else None)
+    problems = speech_problems(spec.sourceLanguage) + backend_problems(
+        backend, spec.sourceLanguage, list(spec.targetLanguages), endpoint=spec.translation.endpoint,
+        installed_modes=installed_modes() if backend == "apertium" else None)
     if problems:
         raise UpError("; ".join(problems))
     model = spec.audio_model()

@@ -36,7 +36,7 @@ from livetranslate.api import (
     first_error_field,
     parse_spec,
 )
-from livetranslate.capabilities import backend_problems
+from livetranslate.capabilities import backend_problems, speech_problems
 from livetranslate.config import ResolvedPipeline
 from livetranslate.logs import log_context
 from livetranslate.operator import builders, placement, status
@@ -265,8 +265,9 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
         placed = placement.place(spec, cluster,
                                  active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION),
                                  audio_device_annotation=annotations.get(builders.AUDIO_DEVICE_ANNOTATION))
-        problems = backend_problems(placed.translationBackend, spec.sourceLanguage,
-                                    list(spec.targetLanguages), endpoint=spec.translation.endpoint)
+        problems = speech_problems(spec.sourceLanguage) + backend_problems(
+            placed.translationBackend, spec.sourceLanguage, list(spec.targetLanguages),
+            endpoint=spec.translation.endpoint)
         if problems:
             raise InvalidSpec(problems[0].split(":", 1)[0], "; ".join(problems))
     except InvalidSpec as e:

@@ -140,3 +140,12 @@ def test_up_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     done = up_with(str(tmp_path / "empty"), timeout=120)
     assert done.returncode != 0 and "audio: the model" in done.stderr and "did not load" in done.stderr, done.stderr
+
+
+def test_up_refuses_a_language_whisper_does_not_hear(tmp_path: Path) -> None:
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+                    "metadata: {name: x}\nspec:\n  sourceLanguage: ast\n  targetLanguages: [es]\n")
+    done = subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0"), capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
+    assert done.returncode == 2 and "spec.sourceLanguage: Whisper does not transcribe ast" in done.stderr

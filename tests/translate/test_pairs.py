@@ -110,3 +110,16 @@ def test_languages_command_refuses_an_unknown_code(capsys: pytest.CaptureFixture
     assert main(["languages", "--to", "xx"]) == 2
     assert "'xx' is not a language code" in capsys.readouterr().err
     assert main(["languages", "--from", "en", "--to", "de"]) == 1  # known, but no offline path
+
+
+def test_whisper_languages_are_faster_whispers_own_and_tags_map_to_them() -> None:
+    from faster_whisper.tokenizer import _LANGUAGE_CODES
+
+    from livetranslate.capabilities import WHISPER_LANGUAGES, from_whisper, speech_problems, whisper_language
+
+    assert set(_LANGUAGE_CODES) == WHISPER_LANGUAGES
+    assert whisper_language("pt-BR") == "pt" and whisper_language("nb") == "no" and whisper_language("jv") == "jw"
+    assert whisper_language("ast") is None and from_whisper("jw") == "jv"
+    assert speech_problems("auto") == [] and speech_problems("es-419") == []
+    [problem] = speech_problems("ast")
+    assert problem.startswith("spec.sourceLanguage: Whisper does not transcribe ast (Asturian)")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from livetranslate.capabilities import from_whisper, whisper_language
 from livetranslate.workloads.audio.packaged import PACKAGED, ModelLoadError, packaged_model_dir
 from livetranslate.workloads.audio.settings import AudioSettings
 
@@ -185,7 +186,7 @@ class FasterWhisperEngine:
 
         t0 = time.perf_counter()
         multilingual = bool(self._model.model.is_multilingual)
-        asked = (language if language and language != "auto" else None) if multilingual else "en"
+        asked = (whisper_language(language) if language and language != "auto" else None) if multilingual else "en"
         detected, probability = (None, 1.0)
         if asked is None:
             # Detection as faster-whisper does it inside transcribe (one encoder pass and the
@@ -206,7 +207,7 @@ class FasterWhisperEngine:
             without_timestamps=False,
             max_new_tokens=max_new_tokens(len(audio) / SAMPLE_RATE),
         )
-        hyp = Hypothesis(language=asked or info.language,
+        hyp = Hypothesis(language=from_whisper(asked or info.language),
                          language_probability=probability if detected else 1.0)
         texts: list[str] = []
         weights = 0.0
@@ -241,7 +242,7 @@ class FasterWhisperEngine:
             return "en", 1.0
         best, probability, ranked = self._model.detect_language(audio)
         if candidates:
-            allowed = {c.split("-")[0].lower() for c in candidates}
+            allowed = {w for w in (whisper_language(c) for c in candidates) if w}
             kept = [(lang, p) for lang, p in ranked if lang in allowed]
             total = sum(p for _, p in kept)
             if kept and total > 0:
@@ -270,7 +271,7 @@ class FasterWhisperEngine:
             # path detects; only passes of a known language decode together.
             return [self.transcribe(a, prompt, language, beam_size, word_times, candidates) for a in audios]
         t0 = time.perf_counter()
-        lang = language if multilingual and language else "en"
+        lang = (whisper_language(language) or "en") if multilingual and language else "en"
         tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=lang)
         feats = [model.feature_extractor(a)[..., :-1] for a in audios]
         longest = max(f.shape[-1] for f in feats)
@@ -286,7 +287,7 @@ class FasterWhisperEngine:
         elapsed = time.perf_counter() - t0
         hyps = []
         for segs in outputs:
-            hyp = Hypothesis(seconds=elapsed / len(audios), language=lang)
+            hyp = Hypothesis(seconds=elapsed / len(audios), language=from_whisper(lang))
             for index, seg in enumerate(segs):
                 text = str(seg["text"]).strip()
                 hyp.segments.append(SegmentStats(text, float(seg["no_speech_prob"]),
@@ -384,7 +385,7 @@ class OpenVinoEngine:
         cfg.num_beams = beam_size or 1
         if prompt:
             cfg.initial_prompt = prompt
-        asked = language if language and language != "auto" else None
+        asked = whisper_language(language) if language and language != "auto" else None
         multilingual = bool(getattr(cfg, "is_multilingual", False))
         if asked and multilingual:
             cfg.language = f"<|{asked}|>"  # GenAI's form of a language token
@@ -392,7 +393,7 @@ class OpenVinoEngine:
         # GenAI detects the language of a multilingual model left without one but does not report
         # it: such a pass carries no language and the session's tracker keeps what it knows.
         hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "",
-                         language=asked if multilingual else "en")
+                         language=(from_whisper(asked) if asked else None) if multilingual else "en")
         words = getattr(result, "words", None)
         if words:
             # GenAI's word splitter keeps each word's leading space, as faster-whisper's does.
