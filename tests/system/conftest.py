@@ -3,6 +3,7 @@ models on CPU), shared by the system tests; stopped with SIGINT (Ctrl-C) at the 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -53,11 +54,12 @@ def livetranslate_cmd(*args: str) -> list[str]:
     return [sys.executable, "-P", "-m", "livetranslate.cli", *args]
 
 
-@pytest.fixture(scope="session")
-def up() -> Iterator[Up]:
+@contextlib.contextmanager
+def running_up(*args: str) -> Iterator[Up]:
+    """`livetranslate up` with ``args`` as a user runs it, until it says it is ready; Ctrl-C after."""
     require_tools()
     env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(livetranslate_cmd("up", "--port", "0"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(livetranslate_cmd("up", "--port", "0", *args), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                             start_new_session=True)
     handle = Up(proc)
@@ -80,6 +82,12 @@ def up() -> Iterator[Up]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def up() -> Iterator[Up]:
+    with running_up() as handle:
+        yield handle
 
 
 REFERENCE = (

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from livetranslate.testing.speech import word_error_rate
-from tests.system.conftest import ROOT, Up, livetranslate_cmd
+from livetranslate.testing.speech import Utterance, compose, word_error_rate, write_wav
+from tests.system.conftest import ROOT, Up, livetranslate_cmd, running_up
 
 pytestmark = pytest.mark.slow
 
@@ -149,3 +149,38 @@ def test_up_refuses_a_language_whisper_does_not_hear(tmp_path: Path) -> None:
     done = subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0"), capture_output=True, text=True,
                           timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
     assert done.returncode == 2 and "spec.sourceLanguage: Whisper does not transcribe ast" in done.stderr
+
+
+BILINGUAL = (("Good morning everyone, thank you for joining the meeting today.", "en-us", "en"),
+             ("Buenos días a todos, gracias por venir a la reunión de hoy.", "es", "es"),
+             ("The budget for next year is ready for your review.", "en-gb", "en"),
+             ("El presupuesto del próximo año está listo para su revisión.", "es", "es"))
+
+
+def test_an_auto_pipeline_translates_each_language_it_hears(tmp_path: Path) -> None:
+    """sourceLanguage auto through `livetranslate up`: the packaged multilingual model, detection
+    among the languages Apertium can use, each sentence translated from the language it was
+    spoken in, and the language it was spoken in passed through."""
+    samples, _ = compose([Utterance(t, v, pause_after=1.2) for t, v, _ in BILINGUAL])
+    wav = write_wav(tmp_path / "bilingual.wav", samples)
+    spec = tmp_path / "pipeline.yaml"
+    spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\nmetadata: {name: mixed}\n"
+                    "spec:\n  sourceLanguage: auto\n  targetLanguages: [es, en]\n")
+    with running_up("-f", str(spec)) as handle:
+        assert any("base on CPU" in line for line in handle.lines), handle.lines
+        code, events = stream(handle, wav, "--realtime")
+    assert code == 0, events
+    finals = [e for e in events if e["type"] == "transcript.final"]
+    languages = [f.get("language") for f in finals]
+    assert {"en", "es"} <= set(languages), [(f["text"], f.get("language")) for f in finals]
+    # each utterance's words in the language it was spoken in (the first final of each utterance)
+    by_text = " | ".join(f"{f['language']}:{f['text']}" for f in finals)
+    assert "es:" in by_text and ("buenos" in by_text.lower() or "presupuesto" in by_text.lower()), by_text
+    translations = [e for e in events if e["type"] == "translation"]
+    source = [t for t in translations if t["quality"] == "source"]
+    made = [t for t in translations if t["quality"] == "ok"]
+    # Spanish sentences were translated into English and passed through as Spanish, and the
+    # other way round
+    assert {t["language"] for t in source} == {"en", "es"} and {t["language"] for t in made} == {"en", "es"}
+    english = " ".join(t["text"] for t in made if t["language"] == "en").lower()
+    assert any(w in english for w in ("budget", "year", "meeting", "morning", "good")), english
