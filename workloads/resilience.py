@@ -5,7 +5,8 @@ translation service one per engine step of its fallback chain. After ``failures`
 failures the circuit opens and calls fail fast for ``reset_seconds`` (a dead service costs a
 thousand sessions one timeout, not a thousand), then one trial call at a time decides: success
 closes it, failure opens it for another period. Callers that would rather wait than fail wait on
-``wait_ready``: they wake the moment a trial closes the circuit, not a backoff period later.
+``wait_ready``: they wake the moment a trial closes the circuit, not a backoff period later; a
+caller backing off after its own failed call waits on ``pause``, which ends early in the same way.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class CircuitBreaker:
         self._trial_at: float | None = None
         self._closed = asyncio.Event()
         self._closed.set()
+        self._succeeded = asyncio.Event()
 
     @property
     def state(self) -> str:
@@ -69,9 +71,23 @@ class CircuitBreaker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
 
+    async def pause(self, seconds: float, jitter: float) -> None:
+        """A caller's backoff after its own failed call: ``seconds``, or until a call through this
+        breaker (this caller's or another's) succeeds, then up to ``jitter`` more so the callers
+        that waited do not all retry in the same instant."""
+        succeeded = self._succeeded
+        try:
+            await asyncio.wait_for(succeeded.wait(), seconds)
+        except TimeoutError:
+            return
+        await asyncio.sleep(random.uniform(0.0, jitter))
+
     def success(self) -> None:
         if self.opened_at is not None:
             log.info("circuit closed", extra={"fields": {"upstream": self.name}})
+        if self.failures:  # the upstream is back: wake every pause; later pauses get a fresh event
+            self._succeeded.set()
+            self._succeeded = asyncio.Event()
         self.failures = 0
         self.opened_at = None
         self._trial_at = None

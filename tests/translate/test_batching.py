@@ -115,3 +115,24 @@ async def test_waiters_wake_when_a_trial_closes_the_circuit_not_a_period_later()
     breaker.success()  # the trial succeeded: the waiter goes at once
     await waiter
     assert loop.time() - began < 0.1 and breaker.retry_in() == 0.0 and breaker.allow()
+
+
+async def test_a_caller_backing_off_wakes_when_another_call_succeeds() -> None:
+    # A session that failed once (circuit still closed, or a failed trial) backs off; it must not
+    # sleep out its whole backoff once another session's call gets through.
+    breaker = CircuitBreaker("e", failures=3, reset_seconds=0.3)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    await breaker.pause(0.2, jitter=0.0)  # nobody succeeds: the whole backoff
+    assert 0.19 <= loop.time() - began < 0.5
+    breaker.failure()
+    backing_off = [asyncio.create_task(breaker.pause(30.0, jitter=0.01)) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    began = loop.time()
+    breaker.success()
+    await asyncio.gather(*backing_off)
+    assert loop.time() - began < 0.5
+    breaker.success()  # a success with no failure before it wakes nothing, and later pauses wait
+    began = loop.time()
+    await breaker.pause(0.1, jitter=0.0)
+    assert loop.time() - began >= 0.09

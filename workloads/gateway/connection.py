@@ -351,7 +351,7 @@ class Session:
                 except (UpstreamUnavailable, UpstreamRejected) as exc:
                     gw.audio_breaker.failure()
                     self._report_outage("audio", str(exc))
-                    await asyncio.sleep(backoff.next())
+                    await gw.audio_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
                     continue
                 gw.audio_breaker.success()
                 backoff.reset()
@@ -373,7 +373,7 @@ class Session:
                 except UpstreamUnavailable as exc:
                     gw.audio_breaker.failure()
                     self._report_outage("audio", str(exc))
-                    await asyncio.sleep(backoff.next())
+                    await gw.audio_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
                 finally:
                     for t in (writer, reader):
                         t.cancel()

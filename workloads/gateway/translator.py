@@ -373,7 +373,7 @@ class SentenceTranslator:
             except (UpstreamUnavailable, ValidationError) as exc:
                 gw.translation_breaker.failure()
                 self._report_outage("translation", str(exc))
-                await asyncio.sleep(backoff.next())
+                await gw.translation_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
         calls = self._calls.pop(sentence.id, 0)
         if calls:
             gw.sentence_calls.observe(calls)
