@@ -75,8 +75,9 @@ async def run_sessions(url: str, pcm: bytes, n: int) -> list[dict[str, Any]]:
     return await asyncio.gather(*(session(url, pcm, i * 0.37) for i in range(n)))
 
 
-def start_up(log: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", "0"],
+def start_up(log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`livetranslate up --port 0 ARGS`, until it prints its page; its output goes to ``log``."""
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", "0", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "PYTHONSAFEPATH": "1"}, start_new_session=True)
     assert proc.stdout is not None

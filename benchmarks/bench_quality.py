@@ -116,8 +116,8 @@ class Spoken:
 
     index: int
     utterance: int
-    english: str
-    spanish: str
+    text: str       # as spoken
+    reference: str  # its translation, written by hand
     voice: str
     start: float
     end: float  # the last voiced 10 ms frame
@@ -177,10 +177,10 @@ def build_session(utterances: list[dict[str, Any]], lead_silence: float = 0.5) -
     sentences: list[Spoken] = []
     for k, u in enumerate(utterances):
         pairs = u["sentences"]
-        for j, (english, spanish) in enumerate(pairs):
-            audio = speak(english, u["voice"])
+        for j, (text, reference) in enumerate(pairs):
+            audio = speak(text, u["voice"])
             voiced = round(speech_end(audio, 0.0, len(audio) / SAMPLE_RATE) * SAMPLE_RATE)
-            sentences.append(Spoken(len(sentences), k, english, spanish, u["voice"], round(at / SAMPLE_RATE, 3),
+            sentences.append(Spoken(len(sentences), k, text, reference, u["voice"], round(at / SAMPLE_RATE, 3),
                                     round((at + voiced) / SAMPLE_RATE, 3)))
             if j < len(pairs) - 1:
                 audio = np.concatenate([audio[:voiced], np.zeros(int(INTRA_PAUSE_S * SAMPLE_RATE), np.float32)])
@@ -357,7 +357,7 @@ def session_figures(log: SessionLog, spoken: Sequence[Spoken], target: str = TAR
     finals: dict[int, dict[str, Any]] = {}
     final_translations: dict[int, tuple[Arrival, dict[str, Any]]] = {}
     first_seen: dict[int, float] = {}  # segmentId -> arrival of the first translation covering it
-    vocabulary = {w for s in spoken for w in words(s.english)}
+    vocabulary = {w for s in spoken for w in words(s.text)}
     for arr in log.arrivals:
         ev = arr.event
         kind = ev.get("type")
@@ -421,10 +421,10 @@ def aggregate(figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | 
     """Pooled latencies, mean (and range) of the per-session scores, counts per spoken sentence."""
     n = max(len(figs), 1)
     sentences = len(spoken) * n
-    english = " ".join(s.english for s in spoken)
-    spanish = [s.spanish for s in spoken]
-    wers = [wer(english, f.finals_text) for f in figs]
-    scores = [doc_scores(f.translations, spanish) for f in figs]
+    said = " ".join(s.text for s in spoken)
+    references = [s.reference for s in spoken]
+    wers = [wer(said, f.finals_text) for f in figs]
+    scores = [doc_scores(f.translations, references) for f in figs]
 
     def pooled(name: str) -> list[float]:
         return [x for f in figs for x in getattr(f, name)]
@@ -466,8 +466,8 @@ def aggregate(figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | 
 # ------------------------------------------------------------------------------------ live runs
 
 
-async def stream_session(url: str, pcm: bytes, delay: float, target: str = TARGET,
-                         grace_s: float = 120.0) -> SessionLog:
+async def stream_session(url: str, pcm: bytes, delay: float, source: str = "en",
+                         targets: Sequence[str] = (TARGET,), grace_s: float = 120.0) -> SessionLog:
     """One session in real time; every event recorded as it arrives."""
     from websockets.asyncio.client import connect
 
@@ -479,8 +479,8 @@ async def stream_session(url: str, pcm: bytes, delay: float, target: str = TARGE
     try:
         async with connect(url, max_size=4 * 1024 * 1024, open_timeout=30) as ws:
             await ws.send(json.dumps({"type": "session.start", "sampleRate": SAMPLE_RATE,
-                                      "encoding": "pcm_s16le", "channels": 1, "sourceLanguage": "en",
-                                      "targetLanguages": [target]}))
+                                      "encoding": "pcm_s16le", "channels": 1, "sourceLanguage": source,
+                                      "targetLanguages": list(targets)}))
             started = json.loads(await ws.recv())
             if started.get("type") != "session.started":
                 log.error = f"no session.started: {started}"
@@ -520,8 +520,9 @@ async def stream_session(url: str, pcm: bytes, delay: float, target: str = TARGE
     return log
 
 
-async def run_sessions(url: str, pcm: bytes, n: int) -> list[SessionLog]:
-    return list(await asyncio.gather(*(stream_session(url, pcm, i * 0.37) for i in range(n))))
+async def run_sessions(url: str, pcm: bytes, n: int, source: str = "en", targets: Sequence[str] = (TARGET,)
+                       ) -> list[SessionLog]:
+    return list(await asyncio.gather(*(stream_session(url, pcm, i * 0.37, source, targets) for i in range(n))))
 
 
 def counter_value(text: str, names: Sequence[str] = CALL_METRICS) -> tuple[str, float] | None:
@@ -562,30 +563,41 @@ def unit_env(unit: str) -> Iterator[None]:
             os.environ[UNIT_ENV] = before
 
 
-def live_runs(modes: Sequence[str], conditions: dict[str, Session], sessions: int, tmp: Path
-              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+@contextlib.contextmanager
+def up_running(log: Path, spec: Path | None = None, mode: str = "sentence") -> Iterator[tuple[str, str]]:
+    """`livetranslate up` (with ``spec`` if given, translating by ``mode``) until the block ends:
+    its WebSocket and metrics URLs."""
     from livetranslate.procs import stop
 
-    e2e = _sibling("bench_e2e")
+    with unit_env(mode):
+        proc, url = _sibling("bench_e2e").start_up(log, *(["-f", str(spec)] if spec else []))
+    try:
+        yield url, url.replace("ws://", "http://").replace("/v1/stream", "/metrics")
+    finally:
+        stop(proc, 60)
+
+
+def live_runs(modes: Sequence[str], conditions: dict[str, Session], sessions: int, tmp: Path,
+              spec: Path | None = None, source: str = "en", target: str = TARGET
+              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per gateway translation unit, `livetranslate up` (with ``spec`` if given) and ``sessions``
+    real-time sessions of each condition from ``source`` into ``target``."""
     rows: list[dict[str, Any]] = []
     examples: dict[str, Any] = {}
     warm = next(iter(conditions.values()))
     warm_pcm = to_pcm16(warm.samples[: int(min(warm.seconds, 12.0) * SAMPLE_RATE)])
     for mode in modes:
-        with unit_env(mode):
-            proc, url = e2e.start_up(tmp / f"up-{mode}.log")
-        metrics_url = url.replace("ws://", "http://").replace("/v1/stream", "/metrics")
-        try:
-            asyncio.run(run_sessions(url, warm_pcm, 1))  # the first decoder passes are slower
+        with up_running(tmp / f"up-{mode}.log", spec, mode) as (url, metrics_url):
+            asyncio.run(run_sessions(url, warm_pcm, 1, source, [target]))  # the first decoder passes are slower
             for condition, session in conditions.items():
                 load = loadavg()
                 before = read_counter(metrics_url)
                 print(f"{mode}/{condition}: {sessions} session(s) x {session.seconds:.0f} s in real time "
                       f"(load {load[0]})", flush=True)
-                logs = asyncio.run(run_sessions(url, to_pcm16(session.samples), sessions))
+                logs = asyncio.run(run_sessions(url, to_pcm16(session.samples), sessions, source, [target]))
                 after = read_counter(metrics_url)
                 calls = after[1] - before[1] if before and after and before[0] == after[0] else None
-                figs = [session_figures(lg, session.sentences) for lg in logs]
+                figs = [session_figures(lg, session.sentences, target) for lg in logs]
                 row = {"mode": mode, "condition": condition, **aggregate(figs, session.sentences, calls),
                        "calls_metric": after[0] if after else None, "loadavg_at_start": load,
                        "loadavg_after": loadavg()}
@@ -594,35 +606,41 @@ def live_runs(modes: Sequence[str], conditions: dict[str, Session], sessions: in
                                                    "translations": figs[0].translations if figs else [],
                                                    "sentences": figs[0].matches if figs else []}
                 print(json.dumps({k: v for k, v in row.items() if k not in ("split_examples",)}), flush=True)
-        finally:
-            stop(proc, 60)
     return rows, examples
 
 
 # ------------------------------------------------------------------------------ offline ceilings
 
 
-def translate_all(base: str, texts: Sequence[str], target: str = TARGET) -> list[str]:
-    """Each text alone through the translation service (its Apertium path and clean-up)."""
+def translate_events(base: str, texts: Sequence[str], target: str = TARGET, source: str = "en"
+                     ) -> list[dict[str, Any]]:
+    """Each text alone through the translation service (its Apertium path and clean-up): the
+    final ``translation`` event for ``target`` of each (empty when none came), with ``seconds``."""
     import httpx
 
-    out: list[str] = []
+    out: list[dict[str, Any]] = []
     with httpx.Client(base_url=base, timeout=60) as client:
         for i, text in enumerate(texts):
-            body = {"sessionId": "quality-offline", "segmentId": i, "text": text, "sourceLanguage": "en",
+            body = {"sessionId": "quality-offline", "segmentId": i, "text": text, "sourceLanguage": source,
                     "targetLanguages": [target]}
-            got = ""
+            got: dict[str, Any] = {}
+            began = time.monotonic()
             with client.stream("POST", "/v1/translate", json=body) as resp:
                 for line in resp.iter_lines():
                     if line.strip():
                         ev = json.loads(line)
                         if ev.get("type") == "translation" and ev.get("language") == target:
-                            got = str(ev.get("text", ""))
-            out.append(got)
+                            got = ev
+            out.append({**got, "seconds": time.monotonic() - began})
     return out
 
 
-def transcribe_utterances(conditions: dict[str, Session], model: str) -> dict[str, list[str]]:
+def translate_all(base: str, texts: Sequence[str], target: str = TARGET, source: str = "en") -> list[str]:
+    return [str(ev.get("text", "")) for ev in translate_events(base, texts, target, source)]
+
+
+def transcribe_utterances(conditions: dict[str, Session], model: str, language: str = "en"
+                          ) -> dict[str, list[str]]:
     """Each utterance decoded whole by the engine and settings the audio service loads."""
     from livetranslate.workloads.audio.engines import FasterWhisperEngine, resolve_model_path
     from livetranslate.workloads.audio.settings import AudioSettings
@@ -636,28 +654,29 @@ def transcribe_utterances(conditions: dict[str, Session], model: str) -> dict[st
         for utt in session.utterances():
             a = max(0, int((utt[0].start - 0.2) * SAMPLE_RATE))
             b = min(len(session.samples), int((utt[-1].end + 0.4) * SAMPLE_RATE))
-            texts.append(engine.transcribe(session.samples[a:b], language="en", word_times=False).text)
+            texts.append(engine.transcribe(session.samples[a:b], language=language, word_times=False).text)
         out[condition] = texts
     return out
 
 
-def ceilings(conditions: dict[str, Session], tmp: Path, model: str) -> dict[str, Any]:
+def ceilings(conditions: dict[str, Session], tmp: Path, model: str, source: str = "en", target: str = TARGET
+             ) -> dict[str, Any]:
     from livetranslate.procs import stop
 
     spoken = next(iter(conditions.values())).sentences
-    english = [s.english for s in spoken]
-    spanish = [s.spanish for s in spoken]
-    transcripts = transcribe_utterances(conditions, model)
+    said = [s.text for s in spoken]
+    references = [s.reference for s in spoken]
+    transcripts = transcribe_utterances(conditions, model, source)
     proc, base = _sibling("bench_translate").serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp,
                                                               "quality-translate")
     try:
-        mt = translate_all(base, english)
-        result: dict[str, Any] = {"mt_only": {**doc_scores(mt, spanish), "translations": mt}}
+        mt = translate_all(base, said, target, source)
+        result: dict[str, Any] = {"mt_only": {**doc_scores(mt, references), "translations": mt}}
         for condition, texts in transcripts.items():
             sentences = [s for t in texts for s in split_sentences(t)]
-            translated = translate_all(base, sentences)
-            result[condition] = {"wer": round(wer(" ".join(english), " ".join(texts)), 4),
-                                 **doc_scores(translated, spanish), "sentences": len(sentences),
+            translated = translate_all(base, sentences, target, source)
+            result[condition] = {"wer": round(wer(" ".join(said), " ".join(texts)), 4),
+                                 **doc_scores(translated, references), "sentences": len(sentences),
                                  "transcript": texts, "translations": translated}
     finally:
         stop(proc)
@@ -783,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": loadavg(),
         "subset": args.sentences is not None,
         "corpus": {"path": str(CORPUS.relative_to(ROOT)), "sentences": len(clean.sentences),
-                   "utterances": len(utterances), "words": sum(len(words(s.english)) for s in clean.sentences),
+                   "utterances": len(utterances), "words": sum(len(words(s.text)) for s in clean.sentences),
                    "audio_seconds": round(clean.seconds, 2), "voices": sorted({u["voice"] for u in utterances}),
                    "snr_db": SNR_DB, "noise_seed": NOISE_SEED,
                    "sentence_ends": [s.end for s in clean.sentences]},

@@ -121,15 +121,16 @@ def _spoken(number: int) -> list[str]:
 
 
 def normalize(text: str) -> list[str]:
-    """Lower-case words without punctuation, numbers under 100 spelt out ("12%" -> twelve percent).
+    """Lower-case words of any script without punctuation, numbers under 100 spelt out in English
+    ("12%" -> twelve percent); accents stay ("años" is not "anos").
 
     Whisper writes numbers as digits, scripts and references spell them: without this, "twenty
     minutes" heard as "20 minutes" would count as an error in every system compared.
     """
-    text = text.lower().replace("%", " percent ")
+    text = text.casefold().replace("%", " percent ").replace("\u2019", "'")
     out: list[str] = []
-    for w in re.sub(r"[^a-z0-9' ]+", " ", text).split():
-        out += _spoken(int(w)) if w.isdigit() and int(w) < 100 else [w]
+    for w in re.sub(r"[^\w' ]+|_", " ", text).split():
+        out += _spoken(int(w)) if w.isdecimal() and int(w) < 100 else [w]
     return out
 
 
