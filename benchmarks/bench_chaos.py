@@ -395,7 +395,7 @@ def render_md(report: dict[str, Any]) -> str:
                          f"{f['retry_delay_p50_s']} | {f['loadavg']} |")
     lines += ["", "Kopf event drops: times Kopf's own bookkeeping request failed with an API error it does not",
               "retry (409) or that outlasted its backoffs; the operator's resync sweep nudges such pipelines",
-              "(operator/handlers.py resync_loop), which is why a 409 scenario converges in tens of seconds.", ""]
+              "(operator/resync.py), which is why a 409 scenario converges in tens of seconds.", ""]
     return "\n".join(lines)
 
 

@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import kopf
 import pydantic
 from prometheus_client import CollectorRegistry, start_http_server
@@ -41,11 +40,21 @@ from livetranslate.config import ResolvedPipeline
 from livetranslate.logs import log_context
 from livetranslate.operator import builders, placement, status
 from livetranslate.operator.kube import ApiError, KubeClient
+from livetranslate.operator.resync import resync_loop
 from livetranslate.operator.settings import OperatorSettings
 
 log = logging.getLogger(__name__)
 
-ANNOTATION_PREFIX = GROUP
+# Kopf keeps its own bookkeeping (handler progress, the last handled spec) under a prefix of its
+# own, as other Kopf operators do. Kopf leaves every annotation under its storage prefix out of
+# what it diffs; with its state under ``livetranslate.io/`` a change of our own annotations there
+# (the active model, the audio device, a resync nudge) fired no handler. Now whoever sets one,
+# kubectl or the autoscaler, the update handler reconciles: one channel for placement changes.
+KOPF_PREFIX = f"kopf.{GROUP}"
+# What operators before the move left on existing pipelines: the ``kopf-managed`` marker alone
+# makes Kopf ignore the whole ``livetranslate.io/`` prefix, so the reconcile removes these once.
+LEGACY_KOPF_ANNOTATIONS = frozenset(f"{GROUP}/{key}" for key in (
+    "kopf-managed", "last-handled-configuration", "reconcile_pipeline", "forget_pipeline"))
 MANAGED = {builders.MANAGED_BY_LABEL: builders.MANAGED_BY}
 # Deployment events within this many seconds of the first share one status refresh.
 STATUS_COALESCE_SECONDS = 0.2
@@ -78,10 +87,11 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     # Kopf's own Events (handler failures) are off by default in 1.45; users read them in describe.
     settings.posting.enabled = True
     settings.posting.level = logging.WARNING
-    # Keep Kopf's bookkeeping in annotations under our prefix, out of the user-facing status.
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    # Kopf's bookkeeping in annotations under its own prefix, out of the user-facing status and
+    # out of the prefix of the annotations users and the autoscaler set (see KOPF_PREFIX).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
+        prefix=KOPF_PREFIX, key="last-handled-configuration")
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -122,79 +132,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     kube = memo.get("kube")
     if kube is not None and memo.get("owns_kube"):
         await kube.close()
-
-
-# ------------------------------------------------------------------------- level-triggered resync
-
-RESYNC_ANNOTATION = f"{GROUP}/resync"
-
-
-def lag_key(pipeline: Mapping[str, Any]) -> tuple[str, int, bool] | None:
-    """(uid, generation, deleting) of a pipeline the operator has not caught up with, else None:
-    its status is not at its generation, or it is being deleted and still carries our finalizer."""
-    meta = pipeline.get("metadata") or {}
-    generation = int(meta.get("generation") or 0)
-    if meta.get("deletionTimestamp"):
-        if f"{GROUP}/finalizer" in (meta.get("finalizers") or []):
-            return (meta.get("uid", ""), generation, True)
-        return None
-    observed = (pipeline.get("status") or {}).get("observedGeneration")
-    return None if observed == generation else (meta.get("uid", ""), generation, False)
-
-
-async def resync_once(kube: KubeClient, namespaces: list[str], lagging: dict[str, tuple[str, int, bool]]) -> int:
-    """Nudge every pipeline that has been lagging, unchanged, since the previous sweep.
-
-    Kopf is edge-triggered: when the processing of an event fails with an error it does not
-    retry (a 409 on its own bookkeeping patch, a 5xx that outlasts its backoffs), it waits for
-    the object's next event, which may never come. Found by the chaos benchmark (pipelines that
-    never got children). A sweep finds such pipelines from their status and writes an
-    annotation, which is an event: the active replica (with peering) processes the pipeline
-    again, finalizers and daemons included. Returns how many were nudged.
-    """
-    pipelines: list[dict[str, Any]] = []
-    for namespace in namespaces or [None]:  # type: ignore[list-item]
-        pipelines += await kube.list(API_VERSION, KIND, namespace)
-    nudged = 0
-    still: dict[str, tuple[str, int, bool]] = {}
-    for pipeline in pipelines:
-        key = lag_key(pipeline)
-        if key is None:
-            continue
-        meta = pipeline["metadata"]
-        ref = f"{meta.get('namespace')}/{meta.get('name')}"
-        still[ref] = key
-        if lagging.get(ref) != key:
-            continue  # first seen lagging: give the normal path one interval
-        with log_context(pipeline=meta.get("name"), namespace=meta.get("namespace")):
-            log.warning("pipeline lags its %s for a whole resync interval; nudging it",
-                        "deletion" if key[2] else f"generation {key[1]}")
-        try:
-            await kube.patch(API_VERSION, KIND, meta.get("namespace"), meta["name"],
-                             {"metadata": {"annotations": {RESYNC_ANNOTATION: status.now_iso()}}})
-            nudged += 1
-        except ApiError as e:
-            if e.status != 404:
-                log.warning("could not nudge %s: %s", ref, e)
-    lagging.clear()
-    lagging.update(still)
-    return nudged
-
-
-async def resync_loop(kube: KubeClient, settings: OperatorSettings) -> None:
-    """Every ``resync_seconds`` (jittered), ``resync_once``; ends with the client's session."""
-    lagging: dict[str, tuple[str, int, bool]] = {}
-    while not kube.session.closed:
-        await asyncio.sleep(settings.resync_seconds * random.uniform(0.8, 1.2))
-        if kube.session.closed:
-            return
-        try:
-            await resync_once(kube, settings.namespaces, lagging)
-        except (ApiError, aiohttp.ClientError, TimeoutError) as e:
-            log.warning("resync sweep failed, the next one retries: %s", e)
-        except RuntimeError as e:  # the session closed under the request: the operator is stopping
-            log.debug("resync sweep stopped: %s", e)
-            return
 
 
 # -------------------------------------------------------------------------------------- indices
@@ -280,6 +217,10 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
         memo.reconcile_seconds.labels(result="invalid").observe(time.perf_counter() - started)
         raise
 
+    legacy = sorted(LEGACY_KOPF_ANNOTATIONS & set(annotations))
+    if legacy:
+        await kube.patch(API_VERSION, KIND, namespace, name, {"metadata": {"annotations": dict.fromkeys(legacy)}})
+        logger.info("removed the annotations of the operator's old Kopf storage: %s", ", ".join(legacy))
     resolved = builders.resolve(name, namespace, generation, spec, placed)
     existing = await _deployments(kube, namespace, name)
     current: dict[Stage, int | None] = {
@@ -405,7 +346,7 @@ async def refresh_status(memo: kopf.Memo, namespace: str, name: str, *,
         new = status.compute_status(resolved, observed, previous)
         _export_stage_gauges(memo, namespace, name, resolved, new)
         if status.status_changed(previous, {k: v for k, v in new.items() if k != "conditions"}) or \
-                _conditions_changed(previous.get("conditions") or [], new["conditions"]):
+                status.conditions_changed(previous.get("conditions") or [], new["conditions"]):
             await _patch_status(kube, namespace, name, new)
         return new
 
@@ -554,10 +495,3 @@ async def deployment_changed(labels: Mapping[str, str], namespace: str | None, m
     except ApiError as e:
         versions.pop(key, None)  # not reflected in status: a re-list must not skip it
         logger.warning("status of %s/%s not updated, the next change retries: %s", namespace, name, e)
-
-
-def _conditions_changed(old: list[Mapping[str, Any]], new: list[Mapping[str, Any]]) -> bool:
-    def key(cs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
-        return {c.get("type", ""): (c.get("status"), c.get("reason"), c.get("message"),
-                                    c.get("observedGeneration")) for c in cs}
-    return key(old) != key(new)

@@ -11,7 +11,7 @@ autoscaler) write it: each owns some condition types, and neither may drop the o
 from __future__ import annotations
 
 import datetime
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +153,14 @@ def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) ->
     """Whether patching ``new`` would change anything (skips no-op writes on every watch event)."""
     current = current or {}
     return any(current.get(k) != v for k, v in new.items())
+
+
+def conditions_changed(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> bool:
+    """Whether two condition lists differ in anything but their transition times."""
+    def key(cs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
+        return {c.get("type", ""): (c.get("status"), c.get("reason"), c.get("message"),
+                                    c.get("observedGeneration")) for c in cs}
+    return key(old) != key(new)
 
 
 def merge_conditions(current: list[Mapping[str, Any]], ours: list[Mapping[str, Any]],

@@ -200,30 +200,7 @@ async def scale_once(kube: KubeClient, body: Mapping[str, Any], history: History
     return decision
 
 
-async def replace_translation(kube: KubeClient, memo: kopf.Memo, namespace: str, name: str,
-                              node_index: Any, logger: Any) -> None:
-    """Re-place the pipeline now that a placement annotation (active model, audio device) changed.
-
-    Kopf leaves every annotation under a prefix it stores its own state under out of the change
-    detection (``DiffBaseStorage.build`` drops the annotations of prefixes marked with
-    ``<prefix>/kopf-managed``), and the operator's storage prefix is ``livetranslate.io``: so
-    patching ``livetranslate.io/active-model`` or ``livetranslate.io/audio-device`` fires no update
-    handler, whoever sets it. The autoscaler therefore reconciles itself after it sets one, and
-    when it sees one changed by hand between two intervals. The reconcile is idempotent, so
-    calling it here is safe even where an update handler also fires.
-    """
-    from livetranslate.operator import handlers
-
-    fresh = await kube.get(API_VERSION, KIND, namespace, name)
-    if fresh is None or node_index is None:
-        return
-    try:
-        await handlers.reconcile(fresh, memo, handlers.cluster_from(node_index), logger)
-    except handlers.InvalidSpec:
-        pass  # status and Event already written by the reconcile
-
-
-async def autoscale_step(body: kopf.Body, memo: kopf.Memo, logger: Any, node_index: Any) -> None:
+async def autoscale_step(body: kopf.Body, memo: kopf.Memo) -> None:
     """One decision for one pipeline, with its failures logged (the next interval retries)."""
     kube: KubeClient | None = memo.get("kube")
     if kube is None:
@@ -245,22 +222,6 @@ async def autoscale_step(body: kopf.Body, memo: kopf.Memo, logger: Any, node_ind
         if gauge is not None:
             gauge.labels(namespace=body.metadata.namespace or "", pipeline=body.metadata.name or "").set(
                 1 if decision.active else 0)
-        annotations = body.metadata.annotations or {}
-        seen = (annotations.get(builders.ACTIVE_MODEL_ANNOTATION), annotations.get(AUDIO_DEVICE_ANNOTATION))
-        ours = decision.model is not None or decision.audio_device is not None
-        if ours:
-            memo.placement_written = (decision.model or seen[0], decision.audio_device or seen[1])
-        last_seen = memo.get("placement_seen")
-        memo.placement_seen = seen
-        # One set by hand since the last interval (kubectl annotate), not our own write arriving.
-        by_hand = last_seen is not None and seen != last_seen and seen != memo.get("placement_written")
-        # Either way no update handler fires for it (see replace_translation).
-        if ours or by_hand:
-            try:
-                await replace_translation(kube, memo, body.metadata.namespace or "", body.metadata.name or "",
-                                          node_index, logger)
-            except ApiError as e:
-                log.warning("re-placing translation failed, the next reconcile retries: %s", e)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=TICK_S, cancellation_timeout=10.0)
@@ -283,5 +244,5 @@ async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopp
         except pydantic.ValidationError:
             interval = DEFAULT_INTERVAL_S  # the reconcile handler reports the invalid spec
         else:
-            await autoscale_step(body, memo, logger, kwargs.get("node_index"))
+            await autoscale_step(body, memo)
         await stopped.wait(interval)

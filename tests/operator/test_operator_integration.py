@@ -346,3 +346,39 @@ async def test_a_burst_of_deployment_events_costs_one_status_refresh(
     refreshes = [c for c in cluster.api.calls[before:]
                  if c.agent != "test-kubectl" and (c.verb, c.resource) == ("list", "deployments")]
     assert len(refreshes) == 1, [(c.agent, c.verb, c.resource) for c in cluster.api.calls[before:]]
+
+
+async def test_an_annotation_set_by_hand_is_placed_on_a_pipeline_an_older_operator_handled(
+        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    """Kopf's state lives under kopf.livetranslate.io/, so a change of a livetranslate.io/
+    annotation fires the update handler: with the autoscaler off, nothing else could place it.
+    A pipeline an older operator handled carries the livetranslate.io/kopf-managed marker that
+    would hide the whole prefix from Kopf: the first reconcile removes the old storage."""
+    cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "2"})
+    await asyncio.sleep(0.3)
+    old = pipeline("legacy", {"translation": {"backend": "vllm", "fallbackModels": ["Qwen/Qwen2.5-3B-Instruct-AWQ"]},
+                              "scaling": {"enabled": False}})
+    old["metadata"]["annotations"] = {
+        "livetranslate.io/kopf-managed": "yes",
+        "livetranslate.io/last-handled-configuration": json.dumps({"spec": {"targetLanguages": ["es"]}}),
+        "team": "events"}
+    await kube.create(old)
+    await eventually(lambda: len(cluster.children("legacy")) == CHILDREN)
+
+    def annotations() -> dict[str, str]:
+        return (cluster.tp("legacy") or {}).get("metadata", {}).get("annotations") or {}
+
+    await eventually(lambda: not any(k.startswith("livetranslate.io/") for k in annotations()),
+                     message=lambda: f"old Kopf storage left: {annotations()}")
+    assert annotations()["team"] == "events"
+    assert any(k.startswith("kopf.livetranslate.io/") for k in annotations()), annotations()
+
+    def served_model() -> str:
+        args = container(deployment(cluster, "legacy", "translation") or {}, "vllm")["args"]
+        return str(args[args.index("--model") + 1])
+
+    await eventually(lambda: served_model() == "Qwen/Qwen2.5-7B-Instruct")
+    cluster.api.patch_object(TP, NS, "legacy",
+                             {"metadata": {"annotations": {"livetranslate.io/active-model": "Qwen/Qwen2.5-3B-Instruct-AWQ"}}})
+    await eventually(lambda: served_model() == "Qwen/Qwen2.5-3B-Instruct-AWQ", timeout=10,
+                     message="the hand-set model placed by the update handler")

@@ -22,7 +22,7 @@ import kmock
 import pytest
 
 from livetranslate.crd import build_crd
-from livetranslate.operator import handlers
+from livetranslate.operator import resync
 from livetranslate.operator.kube import ApiError, KubeClient
 from livetranslate.testing.chaos import (
     OPERATOR_AGENT,
@@ -233,17 +233,17 @@ async def test_the_resync_sweep_nudges_only_pipelines_lagging_for_a_whole_interv
     kube = await KubeClient.connect(user_agent="resync-probe")
     lagging: dict[str, tuple[str, int, bool]] = {}
     try:
-        assert await handlers.resync_once(kube, [NS], lagging) == 0, "first seen: left to the normal path"
+        assert await resync.resync_once(kube, [NS], lagging) == 0, "first seen: left to the normal path"
         assert set(lagging) == {f"{NS}/behind", f"{NS}/deleting"}
-        assert await handlers.resync_once(kube, [NS], lagging) == 2
+        assert await resync.resync_once(kube, [NS], lagging) == 2
         for name in ("behind", "deleting"):
             annotations = (emulator.read(tp, NS, name) or {})["metadata"].get("annotations") or {}
-            assert handlers.RESYNC_ANNOTATION in annotations
-        assert handlers.RESYNC_ANNOTATION not in ((emulator.read(tp, NS, "current") or {})["metadata"]
+            assert resync.RESYNC_ANNOTATION in annotations
+        assert resync.RESYNC_ANNOTATION not in ((emulator.read(tp, NS, "current") or {})["metadata"]
                                                   .get("annotations") or {})
         # A spec change restarts the clock: the normal path gets a whole interval again.
         emulator.patch_object(tp, NS, "behind", {"spec": {"audio": {"vad": False}}})
-        assert await handlers.resync_once(kube, [NS], lagging) == 1, "only the deletion is still stuck"
+        assert await resync.resync_once(kube, [NS], lagging) == 1, "only the deletion is still stuck"
     finally:
         await kube.close()
 
