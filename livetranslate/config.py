@@ -4,7 +4,9 @@ The operator resolves a TranslationPipeline (defaults filled, devices placed, ba
 service addresses known) into one JSON document, stored in the ConfigMap ``<name>-config`` under
 the key ``pipeline.json`` and mounted into every pod at ``/etc/livetranslate/pipeline.json``.
 ``livetranslate up`` writes the same document to a temporary file for its local processes. Workloads
-never talk to the Kubernetes API; this file (plus their own env settings) is all they know.
+never talk to the Kubernetes API; this file is the only channel from the operator to them (the
+pods carry no copies of its values in their environment). The environment of a workload tunes the
+service itself and overrides the file for local runs and tests.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ VLLM_LOCAL_URL = f"http://127.0.0.1:{VLLM_PORT}"
 # Where the gateway finds the Secret named by spec.gateway.authSecretRef: every value of the
 # Secret (one file per key) is an accepted bearer token.
 AUTH_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/auth"
+# Where the translation service finds the Secret named by spec.translation.apiKeySecretRef.
+TRANSLATION_KEY_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/translation-key"
 
 ResolvedBackend = Literal["vllm", "openai", "apertium"]
 

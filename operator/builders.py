@@ -18,6 +18,7 @@ from livetranslate.config import (
     CONFIG_KEY,
     DEFAULT_CONFIG_PATH,
     SERVICE_PORT,
+    TRANSLATION_KEY_MOUNT_DIR,
     VLLM_LOCAL_URL,
     VLLM_PORT,
     Endpoints,
@@ -152,8 +153,6 @@ def _http_probe(path: str, *, period: int, failures: int, initial: int = 0) -> d
 def _base_env(resolved: ResolvedPipeline, stage: Stage) -> list[dict[str, Any]]:
     return [
         {"name": CONFIG_ENV, "value": DEFAULT_CONFIG_PATH},
-        {"name": "LT_PIPELINE", "value": resolved.name},
-        {"name": "LT_STAGE", "value": stage},
         {"name": "LT_PORT", "value": str(SERVICE_PORT)},
         # Read-only root filesystem: everything that caches goes to the writable emptyDirs.
         {"name": "HOME", "value": "/tmp"},
@@ -259,7 +258,6 @@ def build_audio(resolved: ResolvedPipeline, state: BuildState, settings: Operato
     device = resolved.placement.audioDevice
     container = _app_container(resolved, "audio", settings.audio_image, settings.audio_resources,
                                settings, placing.device_resources(device))
-    container["env"].append({"name": "LT_AUDIO_DEVICE", "value": device})
     template = _pod_template(resolved, "audio", [container], _volumes(resolved.name, settings),
                              device, settings)
     replicas = desired_replicas(resolved.spec.audio.replicas, state.replicas.get("audio"))
@@ -313,19 +311,19 @@ def build_translation(resolved: ResolvedPipeline, state: BuildState,
     backend = resolved.placement.translationBackend
     container = _app_container(resolved, "translation", settings.translate_image,
                                settings.translate_resources, settings)
-    container["env"].append({"name": "LT_TRANSLATION_BACKEND", "value": backend})
-    container["env"].append({"name": "LT_TRANSLATION_MODEL", "value": resolved.placement.translationModel})
-    ref = resolved.spec.translation.apiKeySecretRef
-    if backend == "openai" and ref is not None:
-        container["env"].append({"name": "OPENAI_API_KEY", "valueFrom": {
-            "secretKeyRef": {"name": ref.name, "key": ref.key}}})
     containers = [container]
     volumes = _volumes(resolved.name, settings)
+    ref = resolved.spec.translation.apiKeySecretRef
+    if backend == "openai" and ref is not None:
+        # A file, not an env copy: the service reads the key where pipeline.json says it is.
+        volumes.append({"name": "translation-key", "secret": {"secretName": ref.name, "items": [
+            {"key": ref.key, "path": ref.key}]}})
+        container["volumeMounts"].append({"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR,
+                                          "readOnly": True})
     device: Device = "cpu"
     strategy = _SURGE
     progress_deadline = 600
     if backend == "vllm":
-        container["env"].append({"name": "LT_VLLM_URL", "value": VLLM_LOCAL_URL})
         containers.append(_vllm_container(resolved, settings))
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
         device = "gpu"
@@ -342,8 +340,6 @@ def build_gateway(resolved: ResolvedPipeline, state: BuildState, settings: Opera
     container = _app_container(resolved, "gateway", settings.gateway_image, settings.gateway_resources,
                                settings, startup_failures=24)
     volumes = _volumes(resolved.name, settings)
-    if gw.redisUrl:
-        container["env"].append({"name": "REDIS_URL", "value": gw.redisUrl})
     if gw.authSecretRef is not None:
         volumes.append({"name": "auth", "secret": {"secretName": gw.authSecretRef.name}})
         container["volumeMounts"].append({"name": "auth", "mountPath": AUTH_MOUNT_DIR, "readOnly": True})

@@ -10,6 +10,7 @@ operator`` against the cluster's kubeconfig.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,11 +111,12 @@ def test_sample_pipeline_gets_children_status_and_is_garbage_collected(operator:
              "-p", '{"spec": {"gateway": {"redisUrl": "redis://redis:6379/0"}}}')
 
     def patched() -> bool:
-        dep = operator.json("deployment", "town-hall-gateway", "-n", NS)
-        envs = dep["spec"]["template"]["spec"]["containers"][0].get("env", [])
-        return any(e["name"] == "REDIS_URL" for e in envs)
+        # pipeline.json is the only channel to the pods; the config hash rolls them in place
+        config = operator.json("configmap", "town-hall-config", "-n", NS)
+        doc = json.loads(((config or {}).get("data") or {}).get("pipeline.json") or "{}")
+        return bool(doc.get("spec", {}).get("gateway", {}).get("redisUrl") == "redis://redis:6379/0")
 
-    wait_for(patched, what="gateway patched with REDIS_URL")
+    wait_for(patched, what="pipeline.json patched with the Redis URL")
     assert operator.json("deployment", "town-hall-gateway", "-n", NS)["metadata"]["uid"] == uid
 
     operator("delete", "tp", "town-hall", "-n", NS, "--wait=true", timeout=180)

@@ -8,12 +8,13 @@ from typing import Any
 import pytest
 
 from livetranslate.api import parse_spec
-from livetranslate.config import AUTH_MOUNT_DIR, ResolvedPipeline
+from livetranslate.config import AUTH_MOUNT_DIR, TRANSLATION_KEY_MOUNT_DIR, ResolvedPipeline
 from livetranslate.operator import builders, placement, status
 from livetranslate.operator.builders import BuildState
 from livetranslate.operator.kube import _contains, _merged_owners, _without
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.testing.pss import object_violations
+from livetranslate.workloads.translate.settings import TranslateSettings
 
 SETTINGS = OperatorSettings()
 NONE = placement.ClusterDevices()
@@ -43,6 +44,12 @@ def container(dep: dict[str, Any], name: str) -> dict[str, Any]:
 
 def env(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
+
+
+def pipeline_doc(r: ResolvedPipeline) -> dict[str, Any]:
+    """The pipeline.json the pods mount (the ConfigMap's document)."""
+    doc: dict[str, Any] = json.loads(children(r)[f"ConfigMap/{builders.configmap_name(r.name)}"]["data"]["pipeline.json"])
+    return doc
 
 
 # ------------------------------------------------------------------------------------ placement
@@ -150,11 +157,12 @@ def test_probes_ports_and_scrape_annotations() -> None:
 
 
 def test_npu_audio_requests_the_device_and_tolerates_its_taint() -> None:
-    dep = children(resolved({}, NPU_GPU))["Deployment/town-hall-audio"]
+    r = resolved({}, NPU_GPU)
+    dep = children(r)["Deployment/town-hall-audio"]
     c = container(dep, "audio")
     assert c["resources"]["requests"]["npu.intel.com/accel"] == "1" == c["resources"]["limits"][
         "npu.intel.com/accel"]
-    assert env(c)["LT_AUDIO_DEVICE"] == "npu"
+    assert pipeline_doc(r)["placement"]["audioDevice"] == "npu"
     assert {"key": "npu.intel.com/accel", "operator": "Exists", "effect": "NoSchedule"} in pod(dep)["tolerations"]
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "no spare NPU to surge onto"
 
@@ -175,34 +183,50 @@ def test_vllm_translation_pod_runs_the_engine_next_to_the_service() -> None:
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert vllm["startupProbe"]["failureThreshold"] * vllm["startupProbe"]["periodSeconds"] >= 600
     assert vllm["image"].startswith("vllm/vllm-openai:")
-    assert env(container(dep, "translation"))["LT_VLLM_URL"] == "http://127.0.0.1:8000"
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod(dep)["tolerations"]
     assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod(dep)["volumes"])  # /dev/shm
 
 
 def test_cpu_translation_has_no_engine_container_and_no_gpu() -> None:
-    dep = children(resolved())["Deployment/town-hall-translation"]
+    r = resolved()
+    dep = children(r)["Deployment/town-hall-translation"]
     assert [c["name"] for c in pod(dep)["containers"]] == ["translation"]
     assert "nvidia.com/gpu" not in json.dumps(dep["spec"]["template"]["spec"]["containers"])
-    assert env(container(dep, "translation"))["LT_TRANSLATION_BACKEND"] == "apertium"
+    assert pipeline_doc(r)["placement"]["translationBackend"] == "apertium"
 
 
 def test_gateway_gets_redis_and_the_auth_secret() -> None:
     r = resolved({"gateway": {"redisUrl": "redis://r:6379/0", "authSecretRef": {"name": "lt-tokens"}}})
     dep = children(r)["Deployment/town-hall-gateway"]
     c = container(dep, "gateway")
-    assert env(c)["REDIS_URL"] == "redis://r:6379/0"
+    assert pipeline_doc(r)["spec"]["gateway"]["redisUrl"] == "redis://r:6379/0"
     assert {"name": "auth", "mountPath": AUTH_MOUNT_DIR, "readOnly": True} in c["volumeMounts"]
     assert {"name": "auth", "secret": {"secretName": "lt-tokens"}} in pod(dep)["volumes"]
-    no_auth = children(resolved())["Deployment/town-hall-gateway"]
-    assert "REDIS_URL" not in env(container(no_auth, "gateway"))
 
 
 def test_openai_backend_reads_its_key_from_the_secret() -> None:
     r = resolved({"translation": {"backend": "openai", "endpoint": "http://llm:8000/v1",
                                   "apiKeySecretRef": {"name": "llm", "key": "token"}}})
-    c = container(children(r)["Deployment/town-hall-translation"], "translation")
-    assert env(c)["OPENAI_API_KEY"] == {"secretKeyRef": {"name": "llm", "key": "token"}}
+    dep = children(r)["Deployment/town-hall-translation"]
+    c = container(dep, "translation")
+    assert {"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR, "readOnly": True} in c["volumeMounts"]
+    assert {"name": "translation-key", "secret": {"secretName": "llm", "items": [{"key": "token", "path": "token"}]}} \
+        in pod(dep)["volumes"]
+    # where the service looks for it, told by pipeline.json
+    settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
+    assert str(settings.openai.api_key_file) == f"{TRANSLATION_KEY_MOUNT_DIR}/token"
+
+
+def test_pipeline_json_is_the_only_channel_to_the_workloads() -> None:
+    """No pod carries a copy of a value pipeline.json holds (placement, model, Redis, the key)."""
+    r = resolved({"gateway": {"redisUrl": "redis://r:6379/0"}}, NPU_GPU)
+    for name, dep in children(r).items():
+        if not name.startswith("Deployment/"):
+            continue
+        for c in pod(dep)["containers"]:
+            if c["name"] != "vllm":
+                assert set(env(c)) == {"LT_PIPELINE_CONFIG", "LT_PORT", "HOME", "XDG_CACHE_HOME", "HF_HOME",
+                                       "POD_NAME", "POD_NAMESPACE"}, (name, sorted(env(c)))
 
 
 @pytest.mark.parametrize(("bounds", "current", "expected"), [

@@ -54,6 +54,18 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
 
 
+def pipeline_doc(cluster: Cluster, name: str) -> dict[str, Any]:
+    """The pipeline.json the pods mount, as the ConfigMap holds it now ({} before it exists)."""
+    cm = cluster.api.read("v1/configmaps", NS, f"{name}-config") or {}
+    doc: dict[str, Any] = json.loads((cm.get("data") or {}).get("pipeline.json") or "{}")
+    return doc
+
+
+def audio_device(cluster: Cluster, name: str) -> str | None:
+    device: str | None = pipeline_doc(cluster, name).get("placement", {}).get("audioDevice")
+    return device
+
+
 def phase(cluster: Cluster, name: str) -> str | None:
     tp = cluster.tp(name)
     return (tp or {}).get("status", {}).get("phase")
@@ -125,8 +137,8 @@ async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replic
     await kube.patch(API, KIND, NS, "town-hall", {"spec": {
         "gateway": {"redisUrl": "redis://redis.demo.svc:6379/0", "replicas": {"min": 2, "max": 4}},
         "audio": {"vad": False}}})
-    await eventually(lambda: "REDIS_URL" in env(container(deployment(cluster, "town-hall", "gateway") or {},
-                                                          "gateway")), message="gateway gets REDIS_URL")
+    await eventually(lambda: pipeline_doc(cluster, "town-hall")["spec"]["gateway"]["redisUrl"]
+                     == "redis://redis.demo.svc:6379/0", message="pipeline.json gets the Redis URL")
     after = cluster.children("town-hall")
     assert {k: v["metadata"]["uid"] for k, v in after.items()} == uids, "children patched, never recreated"
     gw = deployment(cluster, "town-hall", "gateway") or {}
@@ -192,7 +204,7 @@ async def test_placement_prefers_npu_and_gpu_when_nodes_offer_them(
     pod = audio["spec"]["template"]["spec"]
     assert container(audio, "audio")["resources"]["limits"]["npu.intel.com/accel"] == "1"
     assert {"key": "npu.intel.com/accel", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert env(container(audio, "audio"))["LT_AUDIO_DEVICE"] == "npu"
+    assert audio_device(cluster, "conference") == "npu"
 
     translation = deployment(cluster, "conference", "translation") or {}
     vllm = container(translation, "vllm")
@@ -221,19 +233,21 @@ async def test_cpu_only_cluster_falls_back_and_a_joining_npu_node_moves_audio(
     uid = audio["metadata"]["uid"]
 
     cluster.api.add_node("npu-1", allocatable={"npu.intel.com/accel": "1"})
-    await eventually(lambda: env(container(deployment(cluster, "town-hall", "audio") or {}, "audio"))
-                     .get("LT_AUDIO_DEVICE") == "npu", message="audio re-placed on the NPU")
-    audio = deployment(cluster, "town-hall", "audio") or {}
-    assert audio["metadata"]["uid"] == uid
-    assert container(audio, "audio")["resources"]["limits"]["npu.intel.com/accel"] == "1"
+
+    def on_npu() -> bool:
+        limits = container(deployment(cluster, "town-hall", "audio") or {}, "audio")["resources"]["limits"]
+        return audio_device(cluster, "town-hall") == "npu" and limits.get("npu.intel.com/accel") == "1"
+
+    await eventually(on_npu, message="audio re-placed on the NPU")
+    assert (deployment(cluster, "town-hall", "audio") or {})["metadata"]["uid"] == uid
     moved = await eventually(lambda: [e for e in cluster.events("town-hall") if e["reason"] == "PlacementChanged"])
     assert "cpu -> npu" in moved[0]["message"]
     await eventually(lambda: ((cluster.tp("town-hall") or {}).get("status", {}).get("audio", {})
                               .get("device")) == "npu")
 
     cluster.api.remove_node("npu-1")
-    await eventually(lambda: env(container(deployment(cluster, "town-hall", "audio") or {}, "audio"))
-                     .get("LT_AUDIO_DEVICE") == "cpu", message="audio back on CPU when the NPU leaves")
+    await eventually(lambda: audio_device(cluster, "town-hall") == "cpu" and not on_npu(),
+                     message="audio back on CPU when the NPU leaves")
 
 
 async def test_spec_the_backend_cannot_serve_fails_then_recovers_when_fixed(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from livetranslate.api import TranslationPipelineSpec
 from livetranslate.config import Endpoints, Placement, ResolvedPipeline
-from livetranslate.workloads.translate.settings import TranslateSettings, _compat_env, load_settings
+from livetranslate.workloads.translate.settings import TranslateSettings, load_settings
 
 
 def resolved(**placement: str) -> ResolvedPipeline:
@@ -36,11 +38,18 @@ def test_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.openai.key() == "sk-test" and "sk-test" not in repr(s)
 
 
-def test_operator_env_names_are_understood(monkeypatch: pytest.MonkeyPatch, tmp_path: object) -> None:
-    env = {"LT_TRANSLATION_BACKEND": "vllm", "LT_TRANSLATION_MODEL": "m", "LT_VLLM_URL": "http://127.0.0.1:9",
-           "OPENAI_API_KEY": "k"}
-    s = _compat_env(TranslateSettings(), env)
-    assert (s.backend, s.model, s.vllm.url, s.openai.key()) == ("vllm", "m", "http://127.0.0.1:9", "k")
+def test_the_pipeline_file_is_the_channel_and_openai_api_key_the_one_alias(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The env copies the operator's pods used to carry mean nothing now; OPENAI_API_KEY, the name
+    OpenAI clients read, still gives the key of a local run."""
+    path = tmp_path / "pipeline.json"
+    path.write_text(resolved(translationBackend="vllm", translationModel="Qwen/Qwen2.5-7B-Instruct").to_json())
+    for name, value in {"LT_TRANSLATION_BACKEND": "openai", "LT_TRANSLATION_MODEL": "m",
+                        "LT_VLLM_URL": "http://127.0.0.1:9", "OPENAI_API_KEY": "k"}.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings(str(path))
+    assert (s.backend, s.model, s.vllm.url) == ("vllm", "Qwen/Qwen2.5-7B-Instruct", "http://127.0.0.1:8000")
+    assert s.openai.key() == "k"
 
 
 def test_no_pipeline_file_means_local_offline(monkeypatch: pytest.MonkeyPatch) -> None:

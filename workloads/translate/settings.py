@@ -9,14 +9,13 @@ a test overrides any knob without writing a pipeline file.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from livetranslate.config import AUTH_MOUNT_DIR, VLLM_LOCAL_URL, ResolvedPipeline, load_resolved
+from livetranslate.config import TRANSLATION_KEY_MOUNT_DIR, VLLM_LOCAL_URL, ResolvedPipeline, load_resolved
 
 BackendName = Literal["vllm", "openai", "apertium"]
 # How several segments travel to an OpenAI-compatible server in one micro-batch:
@@ -145,23 +144,14 @@ class TranslateSettings(BaseSettings):
         if out.openai.url is None and spec.endpoint:
             out.openai.url = spec.endpoint
         if spec.apiKeySecretRef is not None and out.openai.api_key is None and out.openai.api_key_file is None:
-            out.openai.api_key_file = Path(AUTH_MOUNT_DIR).parent / "translation-key" / spec.apiKeySecretRef.key
+            out.openai.api_key_file = Path(TRANSLATION_KEY_MOUNT_DIR) / spec.apiKeySecretRef.key
         return out
 
 
-def _compat_env(settings: TranslateSettings, env: Mapping[str, str]) -> TranslateSettings:
-    """Also honour the names the operator's pod builder sets (LT_TRANSLATION_BACKEND/_MODEL,
-    LT_VLLM_URL, OPENAI_API_KEY) wherever the LT_TRANSLATE_* name was not given."""
-    if settings.backend is None and env.get("LT_TRANSLATION_BACKEND") in ("vllm", "openai", "apertium"):
-        settings.backend = env["LT_TRANSLATION_BACKEND"]  # type: ignore[assignment]
-    if settings.model is None and env.get("LT_TRANSLATION_MODEL"):
-        settings.model = env["LT_TRANSLATION_MODEL"]
-    if "LT_TRANSLATE_VLLM__URL" not in env and env.get("LT_VLLM_URL"):
-        settings.vllm.url = env["LT_VLLM_URL"]
-    if settings.openai.api_key is None and env.get("OPENAI_API_KEY"):
-        settings.openai.api_key = SecretStr(env["OPENAI_API_KEY"])
-    return settings
-
-
 def load_settings(config_path: str | None = None) -> TranslateSettings:
-    return _compat_env(TranslateSettings(), os.environ).merged(load_resolved(config_path))
+    """The environment, filled from the pipeline file (the operator's only channel to the pod)."""
+    settings = TranslateSettings()
+    # The name every OpenAI client reads, for a local run against a hosted endpoint.
+    if settings.openai.api_key is None and os.environ.get("OPENAI_API_KEY"):
+        settings.openai.api_key = SecretStr(os.environ["OPENAI_API_KEY"])
+    return settings.merged(load_resolved(config_path))
