@@ -30,7 +30,12 @@ def test_two_agreeing_passes_or_one_sure_long_one_confirm_an_utterance() -> None
     assert t.current() == "es" and t.end_utterance() == "es"
     assert t.for_pass() is None  # the next utterance is detected afresh
     t.observe("en", 0.95, 1.2)
-    assert t.confirmed == "en"
+    assert t.confirmed is None, "one sure pass confirms only the session's language"
+    t.observe("en", 0.9, 1.6)
+    assert t.confirmed == "en"  # two that agree confirm another
+    t.end_utterance()
+    t.observe("es", 0.95, 1.2)
+    assert t.confirmed == "es"  # the session's language (es) is confirmed by one sure pass
     # a sure detection of too little voice does not confirm alone
     t2 = LanguageTracker()
     t2.observe("en", 0.95, 0.5)
@@ -41,6 +46,7 @@ def test_the_session_language_switches_only_after_two_utterances() -> None:
     t = LanguageTracker()
     for lang in ("en", "es", "en", "es", "es"):
         t.observe(lang, 0.9, 1.5)
+        t.observe(lang, 0.9, 2.0)
         assert t.end_utterance() == lang  # each confirmed utterance keeps its own language
         if lang == "en":
             assert t.session == "en"
@@ -83,3 +89,21 @@ def test_an_auto_session_detects_then_decodes_in_the_confirmed_language() -> Non
     fixed.feed(np.zeros(16000, dtype=np.float32))
     req = fixed.next_request()
     assert req is not None and req.language == "en"
+
+
+def test_an_auto_session_commits_no_word_before_its_language_is_confirmed() -> None:
+    """Two passes agree on the words but not on the language: nothing is final yet (a final is
+    never revised, and it would carry a guess); once confirmed, the words go in that language."""
+    s = StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=0.5), VadStream(None),
+                      use_vad=False, language="auto")
+    words = [("Of", 0.1, 0.3), ("course", 0.3, 0.8), ("our", 0.9, 1.1), ("total", 1.1, 1.5)]
+    s.feed(np.zeros(16000, dtype=np.float32))
+    out: list[list[FinalOut]] = []
+    for seconds, language in ((1.0, "es"), (1.6, "en"), (2.1, "en")):
+        req = s.next_request()
+        assert req is not None and req.language is None
+        finals = [o for o in s.apply(req, _hyp(words, language, 0.6)) if isinstance(o, FinalOut)]
+        out.append(finals)
+        s.feed(np.zeros(8000, dtype=np.float32))
+    assert out[0] == out[1] == [], "the words agree, the language does not yet"
+    assert out[2] and all(f.language == "en" for f in out[2])

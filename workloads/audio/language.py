@@ -5,8 +5,10 @@ token's probability after one encoder pass). One pass over half a second of spee
 
 * An utterance's passes run with detection until its language is **confirmed**: two passes agree
   on it, or one pass over at least ``SURE_SECONDS`` of voice is at least ``SURE_PROBABILITY``
-  sure. From then on the utterance decodes in that language (no more detection cost, and no
-  pass can flip a half-spoken sentence into another language).
+  sure of the session's language (another language always needs two passes that agree: one
+  sure pass put a Spanish sentence in French). From then on the utterance decodes in that
+  language (no more detection cost, and no pass can flip a half-spoken sentence into another
+  language), and its words commit only from then on, so every final carries it.
 * The **session language** changes with hysteresis: it follows the first utterance, and later
   switches only when ``SWITCH_UTTERANCES`` utterances in a row were confirmed in another
   language. An utterance that never got a confident detection (a short "OK", "sí") takes the
@@ -50,7 +52,8 @@ class LanguageTracker:
             return
         previous = self._votes[-1] if self._votes else None
         self._votes.append((language, probability))
-        sure = probability >= SURE_PROBABILITY and voiced_seconds >= SURE_SECONDS - 1e-6
+        familiar = self.session is None or language == self.session
+        sure = familiar and probability >= SURE_PROBABILITY and voiced_seconds >= SURE_SECONDS - 1e-6
         agreed = previous is not None and previous[0] == language and min(previous[1], probability) >= GUESS_PROBABILITY
         if sure or agreed:
             self.confirmed = language

@@ -412,6 +412,10 @@ class StreamSession:
             return out
         agreed = self._confident(self._agreement(self._prev, fresh), voiced, req.end) if req.word_times else []
         agreed = agreed[:whole_word_prefix(fresh, len(agreed))]
+        if self.language.detecting and not self.language.confirmed:
+            # Words wait for their utterance's language (a final is never revised): the passes
+            # after confirmation decode them again in it, and the first final carries it.
+            agreed = []
         pending = fresh
         if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(_PUNCT_END)):
             out += self._commit_sentences(agreed)
