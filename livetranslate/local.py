@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -346,8 +347,12 @@ def main(argv: list[str]) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-f", "--file", type=Path, help="TranslationPipeline YAML (default: en -> es)")
     parser.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default loopback)")
-    parser.add_argument("--port", type=int, default=8080, help="gateway port (default 8080, or a free one)")
-    parser.add_argument("--log-dir", type=Path, help="where the services' logs go (default: a temp dir)")
+    parser.add_argument("--port", type=int, default=8080,
+                        help="gateway port (default 8080; 0 picks a free one; a port another program "
+                             "holds moves to a free one, with a warning)")
+    parser.add_argument("--log-dir", type=Path,
+                        help="where the services' logs go (default: a temporary folder, removed at a "
+                             "clean stop and kept when a service failed)")
     parser.add_argument("--redis-url", help="share session state through this Redis (REDIS_URL)")
     parser.add_argument("--startup-timeout", type=float, default=600.0)
     args = parser.parse_args(argv)
@@ -361,6 +366,9 @@ def main(argv: list[str]) -> int:
     except (UpError, OSError) as exc:
         print(f"livetranslate up: {exc}", file=sys.stderr)
         return 2
+    if args.port and ports["gateway"] != args.port:
+        print(f"livetranslate up: WARNING: port {args.port} is held by another program; the page moves to "
+              f"port {ports['gateway']} (stop that program, or choose a port with --port)", file=sys.stderr)
 
     workdir = Path(tempfile.mkdtemp(prefix="livetranslate-up-"))
     log_dir = args.log_dir or workdir
@@ -410,5 +418,9 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         runner.stop()
+        if code and args.log_dir is None:
+            runner.say(f"the services' logs stay in {log_dir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
         runner.say("stopped")
     return code

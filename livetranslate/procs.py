@@ -27,6 +27,9 @@ def free_port(preferred: int = 0, host: str = LOOPBACK) -> int:
     it before the caller binds; callers that can bind port 0 themselves should."""
     for candidate in ([preferred] if preferred else []) + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # Probe as the servers bind (uvicorn and asyncio set SO_REUSEADDR): a port whose last
+            # connections wait in TIME_WAIT after a quick restart is free to them, so free here.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind((host, candidate))
             except OSError:

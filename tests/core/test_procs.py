@@ -69,6 +69,27 @@ def test_a_busy_preferred_port_is_not_handed_out() -> None:
     assert free_port(taken) == taken
 
 
+def test_a_port_whose_connections_wait_in_time_wait_is_free_again() -> None:
+    """What a quick restart of `livetranslate up` meets: the server closed its end of a connection
+    first, so the port's last connection waits in TIME_WAIT for a minute. Servers bind it with
+    SO_REUSEADDR, so the probe must not move the page off the port the user asked for."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        conn, _ = server.accept()
+        conn.close()  # the server side closes first: its end goes to TIME_WAIT
+        time.sleep(0.1)
+        client.close()
+    time.sleep(0.1)
+    # without SO_REUSEADDR the port is refused: the case is real
+    with socket.socket() as plain, pytest.raises(OSError):
+        plain.bind(("127.0.0.1", port))
+    assert free_port(port) == port
+
+
 def test_cpu_seconds_and_rss_are_the_childs_own(tmp_path: Path) -> None:
     # The child touches 128 MiB and frees it (peak), keeps 64 MiB (current), burns about half a
     # second of CPU, then waits to be read.

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,9 @@ def test_an_auto_pipeline_translates_each_language_it_hears(tmp_path: Path) -> N
         assert any("base on CPU" in line for line in handle.lines), handle.lines
         code, events = stream(handle, wav, "--realtime")
     assert code == 0, events
+    # Ctrl-C is a clean stop: the temporary folder (pipeline.json, the logs) goes with it
+    logs = next(line.split("logs: ", 1)[1] for line in handle.lines if line.startswith("logs: "))
+    assert logs.startswith(tempfile.gettempdir()) and not Path(logs).exists(), handle.lines[-5:]
     finals = [e for e in events if e["type"] == "transcript.final"]
     languages = [f.get("language") for f in finals]
     assert {"en", "es"} <= set(languages), [(f["text"], f.get("language")) for f in finals]
