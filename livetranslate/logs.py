@@ -7,7 +7,6 @@ them with ``log_context``); only entry points call ``configure_logging``.
 from __future__ import annotations
 
 import contextvars
-import json
 import logging
 import os
 import re
@@ -17,6 +16,8 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter as JsonLines
 
 _context: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("lt_log_context", default={})  # noqa: B039 (never mutated)
 
@@ -103,29 +104,34 @@ def bind_log_context(**fields: Any) -> None:
     _context.set({**_context.get(), **{k: v for k, v in fields.items() if v is not None}})
 
 
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        line.update(_context.get())
-        for key in CONTEXT_KEYS:
-            if key in record.__dict__:
-                line[key] = record.__dict__[key]
-        extra = record.__dict__.get("fields")
+class JsonFormatter(JsonLines):
+    """One JSON object per line (python-json-logger): ``ts``, ``level``, ``logger``, ``msg``, any
+    extra the record carries (a ``fields`` dict flattened into the line), the fields bound with
+    ``log_context`` where the record does not set them, ``exc`` for a traceback; a key that names a
+    secret is redacted, and so is every secret in values and tracebacks."""
+
+    def __init__(self) -> None:
+        super().__init__("%(name)s %(message)s", rename_fields={"name": "logger", "message": "msg", "exc_info": "exc"},
+                         json_default=str)
+
+    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
+                   message_dict: dict[str, Any]) -> None:
+        log_data["ts"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+                          + f".{int(record.msecs):03d}Z")
+        log_data["level"] = record.levelname.lower()
+        super().add_fields(log_data, record, message_dict)
+        for key, value in _context.get().items():
+            log_data.setdefault(key, value)
+        extra = log_data.pop("fields", None)
         if isinstance(extra, dict):
-            line.update(extra)
-        for key in list(line):
+            log_data.update(extra)
+        for key in list(log_data):
             if any(h in key.lower() for h in _SECRET_HINTS):
-                line[key] = "[redacted]"
-        if record.exc_info:
-            line["exc"] = self.formatException(record.exc_info)
+                log_data[key] = _REDACTED
+
+    def serialize_log_record(self, log_data: dict[str, Any]) -> str:
         # Extra fields and tracebacks were not covered by RedactingFilter (it sees the message).
-        return redact(json.dumps(line, default=str))
+        return redact(super().serialize_log_record(log_data))
 
 
 def configure_logging(level: str | None = None, component: str | None = None) -> None:

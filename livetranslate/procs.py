@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -111,14 +113,16 @@ def _leads_group(proc: subprocess.Popen[Any]) -> bool:
 
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a running process (its reaped children not included)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def rss_mib(pid: int, peak: bool = False) -> float:
-    """Resident memory of a running process in MiB (``peak``: its high-water mark, VmHWM)."""
-    key = "VmHWM:" if peak else "VmRSS:"
+    """Resident memory of a running process in MiB (``peak``: its high-water mark). psutil has no
+    peak on Linux, so that one is the kernel's VmHWM line."""
+    if not peak:
+        return float(psutil.Process(pid).memory_info().rss) / 2**20
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key):
+        if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return 0.0  # a kernel thread or a zombie has no user memory

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 from livetranslate.capabilities import language_name
 
@@ -397,34 +399,13 @@ class OpenAIEngine(Engine):
         return outs
 
 
-def parse_prometheus(text: str, names: tuple[str, ...]) -> dict[str, float]:
-    """Sum of each named sample over its label sets (one engine per pod: usually one series)."""
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        head, _, rest = line.partition(" ")
-        metric = head.split("{", 1)[0]
-        if metric in names:
-            try:
-                value = float(rest.split()[0])
-            except (ValueError, IndexError):
-                continue
-            found[metric] = found.get(metric, 0.0) + value
-    return found
-
-
-def parse_labels(text: str, metric: str) -> dict[str, str]:
-    """The labels of the first sample of ``metric`` (vLLM publishes config as *_info labels)."""
-    for line in text.splitlines():
-        if line.startswith(metric + "{"):
-            body = line[len(metric) + 1:line.rindex("}")]
-            out: dict[str, str] = {}
-            for part in body.split('",'):
-                k, _, v = part.partition("=")
-                out[k.strip()] = v.strip().strip('"')
-            return out
-    return {}
+def metric_samples(text: str) -> list[Sample]:
+    """Every sample of a server's Prometheus text exposition (``prometheus_client``'s parser). A
+    body that does not parse gives none: the engine is then reported without stats."""
+    try:
+        return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+    except ValueError:
+        return []
 
 
 # EngineState.stats keys: an engine's own state under one name, whatever its server calls it.
@@ -451,7 +432,10 @@ LLAMACPP_STATS = {
 
 def engine_stats(text: str, names: dict[str, str]) -> dict[str, float]:
     """The stats a server's Prometheus text gives, by ``names`` (server metric -> stat)."""
-    found = parse_prometheus(text, tuple(names))
+    found: dict[str, float] = {}
+    for sample in metric_samples(text):  # summed over label sets (one engine per pod: one series)
+        if sample.name in names:
+            found[sample.name] = found.get(sample.name, 0.0) + sample.value
     stats: dict[str, float] = {}
     for metric, stat in names.items():
         if metric in found and stat not in stats:
@@ -492,7 +476,7 @@ class VllmEngine(OpenAIEngine):
             metrics = await self.client.get("/metrics", timeout=3.0)
             if metrics.status_code == 200:
                 stats = engine_stats(metrics.text, VLLM_STATS)
-                info = parse_labels(metrics.text, "vllm:cache_config_info")
+                info = next((x.labels for x in metric_samples(metrics.text) if x.name == "vllm:cache_config_info"), {})
                 if "gpu_memory_utilization" in info:
                     try:
                         stats[STAT_GPU_RESERVED] = float(info["gpu_memory_utilization"])
