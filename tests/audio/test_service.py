@@ -23,12 +23,12 @@ import websockets
 
 from livetranslate.capabilities import offline_source_languages
 from livetranslate.protocol import AudioUtteranceEnd, audio_server_adapter
-from livetranslate.testing import speech
 from livetranslate.workloads.audio.client import stream_audio, to_pcm16
 from livetranslate.workloads.audio.engines import Engine, load_engine
 from livetranslate.workloads.audio.settings import AudioSettings
 from livetranslate.workloads.audio.streaming import FinalOut, StreamEvent, StreamSession, UtteranceEndOut
 from livetranslate.workloads.audio.vad import SileroVad
+from livetranslate_testing import speech
 
 from .conftest import Server
 
@@ -420,4 +420,5 @@ def test_non_latin_speech_commits_before_the_pause(voice: str, text: str, script
         [(f.text, f.stream_end, speech_end) for f in finals]
     heard = " ".join(f.text for f in finals).lower()
     assert len(re.findall(script, heard)) > len(heard) // 2, heard
-    assert words is None or words in heard, heard
+    # (finals of a script without spaces are joined here with one: compare without them)
+    assert words is None or words.replace(" ", "") in heard.replace(" ", ""), heard
