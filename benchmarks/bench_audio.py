@@ -37,11 +37,11 @@ import httpx
 import numpy as np
 
 from livetranslate.procs import cpu_seconds, free_port, rss_mib, start, stop, wait_http
-from livetranslate.testing import speech
-from livetranslate.testing.figures import cpu_model
-from livetranslate.testing.figures import rounded_percentile as pct
 from livetranslate.workloads.audio.client import StreamResult, stream_audio
 from livetranslate.workloads.audio.engines import packaged_model_dir
+from livetranslate_testing import speech
+from livetranslate_testing.figures import cpu_model
+from livetranslate_testing.figures import rounded_percentile as pct
 
 ROOT = Path(__file__).resolve().parents[1]
 VOICES = ("en-us", "en-gb", "en-us+f4", "en-us+m7")

@@ -44,7 +44,7 @@ from typing import Any
 import kmock
 
 from livetranslate.crd import build_crd
-from livetranslate.testing.chaos import (
+from livetranslate_testing.chaos import (
     OPERATOR_AGENT,
     Inspection,
     KillSwitch,
@@ -53,8 +53,8 @@ from livetranslate.testing.chaos import (
     converge,
     inspect,
 )
-from livetranslate.testing.figures import loadavg, percentile
-from livetranslate.testing.kube_emulator import Call, Faults, KubeEmulator
+from livetranslate_testing.figures import loadavg, percentile
+from livetranslate_testing.kube_emulator import Call, Faults, KubeEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
 NS = "chaos"

@@ -2,7 +2,7 @@
 
 1. Schema: N hypothesis-generated specs (wrong types, out-of-range numbers, bad language codes,
    duplicates, min > max, unknown fields, mixed with valid ones) through the CRD's OpenAPI schema
-   and CEL rules as the API server applies them (livetranslate.testing.kube_schema): how many are
+   and CEL rules as the API server applies them (livetranslate_testing.kube_schema): how many are
    refused, how many refusals name the field, and whether the models (what ``livetranslate up``
    and the operator parse) agree with the schema on every one.
 2. Operator: M admitted specs (every value in bounds; refusals then come from rules across fields
@@ -36,11 +36,11 @@ from hypothesis import strategies as st
 
 from livetranslate.api import describe_validation_error, parse_spec
 from livetranslate.crd import build_crd
-from livetranslate.testing.chaos import OperatorSubprocess, inspect
-from livetranslate.testing.figures import loadavg
-from livetranslate.testing.kube_emulator import KubeEmulator
-from livetranslate.testing.kube_schema import admit
-from livetranslate.testing.spec_fuzz import (
+from livetranslate_testing.chaos import OperatorSubprocess, inspect
+from livetranslate_testing.figures import loadavg
+from livetranslate_testing.kube_emulator import KubeEmulator
+from livetranslate_testing.kube_schema import admit
+from livetranslate_testing.spec_fuzz import (
     SCHEMA,
     TP,
     manifest,

@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livetranslate.testing.figures import cpu_model, percentile
-from livetranslate.testing.speech import SENTENCES, Utterance, compose, to_pcm16, word_error_rate
+from livetranslate_testing.figures import cpu_model, percentile
+from livetranslate_testing.speech import SENTENCES, Utterance, compose, to_pcm16, word_error_rate
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_SECONDS = 0.1

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from livetranslate.procs import cpu_seconds, free_port, rss_mib, wait_http
-from livetranslate.testing.figures import cpu_model, percentile
+from livetranslate_testing.figures import cpu_model, percentile
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz PCM16

@@ -43,8 +43,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from livetranslate.testing.figures import cpu_model, loadavg
-from livetranslate.testing.speech import to_pcm16
+from livetranslate_testing.figures import cpu_model, loadavg
+from livetranslate_testing.speech import to_pcm16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
 import bench_quality as quality

@@ -30,8 +30,8 @@ import kmock
 
 from livetranslate.crd import build_crd
 from livetranslate.procs import cpu_seconds, rss_mib
-from livetranslate.testing.figures import loadavg, percentile
-from livetranslate.testing.kube_emulator import KubeEmulator, ResourceKey
+from livetranslate_testing.figures import loadavg, percentile
+from livetranslate_testing.kube_emulator import KubeEmulator, ResourceKey
 
 ROOT = Path(__file__).resolve().parents[1]
 TP: ResourceKey = ("livetranslate.io", "v1alpha1", "translationpipelines")

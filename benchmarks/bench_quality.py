@@ -69,8 +69,8 @@ from typing import Any
 
 import numpy as np
 
-from livetranslate.testing.figures import cpu_model, loadavg, rounded_percentile
-from livetranslate.testing.speech import SAMPLE_RATE, add_noise, normalize, speak, to_pcm16
+from livetranslate_testing.figures import cpu_model, loadavg, rounded_percentile
+from livetranslate_testing.speech import SAMPLE_RATE, add_noise, normalize, speak, to_pcm16
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).resolve().parent / "corpus" / "meeting.json"

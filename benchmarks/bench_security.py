@@ -1,7 +1,7 @@
 """Security figures (issue 6, item 6), recorded as RELIABILITY.md rows.
 
 Runs the checks tests/reliability/test_security.py asserts on (the same functions, from
-livetranslate.testing.security) and records how much each one covered: connection attempts
+livetranslate_testing.security) and records how much each one covered: connection attempts
 probed against the real gateway process, log lines scanned for tokens, pod templates held to the
 restricted Pod Security Standard, RBAC grants seen in use, NetworkPolicy flows decided, and the
 dependency audit.
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from livetranslate.operator import rbac
-from livetranslate.testing import security
+from livetranslate_testing import security
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"

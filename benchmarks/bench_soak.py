@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 
 from livetranslate import procs
-from livetranslate.testing.figures import percentile
-from livetranslate.testing.speech import SAMPLE_RATE, SENTENCES, normalize, speak, to_pcm16, word_error_rate
+from livetranslate_testing.figures import percentile
+from livetranslate_testing.speech import SAMPLE_RATE, SENTENCES, normalize, speak, to_pcm16, word_error_rate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_e2e import CHUNK_SECONDS

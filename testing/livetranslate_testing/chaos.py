@@ -28,8 +28,8 @@ from typing import Any
 
 from livetranslate.local import _die_with_parent
 from livetranslate.operator import builders
-from livetranslate.testing.figures import loadavg
-from livetranslate.testing.kube_emulator import Call, KubeEmulator
+from livetranslate_testing.figures import loadavg
+from livetranslate_testing.kube_emulator import Call, KubeEmulator
 
 TP = "livetranslate.io/v1alpha1/translationpipelines"
 CHILD_RESOURCES = ("v1/configmaps", "v1/services", "apps/v1/deployments", "policy/v1/poddisruptionbudgets",

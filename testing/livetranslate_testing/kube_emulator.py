@@ -52,7 +52,7 @@ import kmock
 import yaml
 from kmock._internal import rendering
 
-from livetranslate.testing.kube_schema import admit
+from livetranslate_testing.kube_schema import admit
 
 ResourceKey = tuple[str, str, str]  # group, version, plural
 ObjectKey = tuple[ResourceKey, str | None, str]  # resource, namespace, name

@@ -20,7 +20,7 @@ import kopf
 from livetranslate.crd import build_crd
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.kube_emulator import KubeEmulator
+from livetranslate_testing.kube_emulator import KubeEmulator
 
 NS = "demo"
 

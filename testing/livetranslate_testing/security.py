@@ -264,7 +264,7 @@ class PssReport:
 
 def pss_report(objects: Iterable[tuple[str, dict[str, Any]]]) -> PssReport:
     """Hold every pod-creating object to the restricted Pod Security Standard."""
-    from livetranslate.testing.pss import object_violations, pod_spec_of
+    from livetranslate_testing.pss import object_violations, pod_spec_of
 
     templates, kinds, violations = 0, dict[str, int](), []
     for label, obj in objects:
@@ -479,7 +479,7 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
     from livetranslate.operator import builders
     from livetranslate.operator.kube import KubeClient
     from livetranslate.operator.settings import OperatorSettings
-    from livetranslate.testing.kube_operator import (
+    from livetranslate_testing.kube_operator import (
         NS,
         PODMONITOR_CRD,
         OperatorProcess,

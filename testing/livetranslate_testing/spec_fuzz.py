@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import strategies as st
 
 from livetranslate.crd import openapi_schema
-from livetranslate.testing.kube_operator import NS
+from livetranslate_testing.kube_operator import NS
 
 SCHEMA = openapi_schema()
 TP = "livetranslate.io/v1alpha1/translationpipelines"

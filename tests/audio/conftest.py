@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from livetranslate.procs import free_port, start, stop
-from livetranslate.testing import speech
+from livetranslate_testing import speech
 
 VOICES = ("en-us", "en-gb", "en-us+f4", "en-us+m7")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from livetranslate.testing import speech
 from livetranslate.workloads.audio.client import stream_audio
+from livetranslate_testing import speech
 
 from .conftest import Server
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from livetranslate.testing import speech
 from livetranslate.workloads.audio.engines import is_openvino_dir, load_engine, packaged_model_dir
 from livetranslate.workloads.audio.settings import AudioSettings
+from livetranslate_testing import speech
 
 pytestmark = pytest.mark.slow
 

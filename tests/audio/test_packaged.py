@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from livetranslate.testing import speech
 from livetranslate.workloads.audio import packaged
 from livetranslate.workloads.audio.engines import ModelLoadError, load_engine, resolve_model_path
 from livetranslate.workloads.audio.settings import AudioSettings
+from livetranslate_testing import speech
 
 
 def _fake_parts(tmp: Path, halves: tuple[bytes, bytes]) -> list[Path]:

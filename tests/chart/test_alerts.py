@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from livetranslate.testing.promql import unknown_metrics
+from livetranslate_testing.promql import unknown_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts" / "livetranslate" / "files" / "alerts.rules.yaml"

@@ -18,7 +18,7 @@ import yaml
 
 from livetranslate.operator import rbac
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.pss import object_violations
+from livetranslate_testing.pss import object_violations
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "livetranslate"

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from livetranslate.testing.promql import metric_names, unknown_metrics
+from livetranslate_testing.promql import metric_names, unknown_metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "dashboards").glob("*.json"))

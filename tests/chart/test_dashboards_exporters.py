@@ -25,7 +25,7 @@ import pytest
 
 from livetranslate.metrics import LATENCY_BUCKETS, PROCESSING_BUCKETS
 from livetranslate.procs import free_port
-from livetranslate.testing.grafana import empty_panels, query_panels, render_png
+from livetranslate_testing.grafana import empty_panels, query_panels, render_png
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from livetranslate.procs import free_port, stop
-from livetranslate.testing.grafana import empty_panels, query_panels, render_png
+from livetranslate_testing.grafana import empty_panels, query_panels, render_png
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "pipeline-overview.json"
@@ -51,7 +51,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         pytest.skip("prometheus not found (Debian package prometheus; scripts/bootstrap.sh installs it)")
     try:
         import livetranslate.local  # noqa: F401
-        from livetranslate.testing.speech import SENTENCES, Utterance, compose, require_tools, write_wav
+        from livetranslate_testing.speech import SENTENCES, Utterance, compose, require_tools, write_wav
         require_tools()
     except (ImportError, RuntimeError, OSError) as exc:
         pytest.skip(f"livetranslate up or speech tools unavailable: {exc}")

@@ -155,3 +155,12 @@ def test_dockerignore_keeps_local_state_out() -> None:
             for copy in stage.args("COPY"):
                 if not copy.startswith("--from"):
                     assert not ({p.rstrip("/").removeprefix("./") for p in copy.split()[:-1]} & ignored), copy
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_images_install_the_lockfiles_versions_and_no_test_support(image: str) -> None:
+    text = (DOCKER / f"{image}.Dockerfile").read_text()
+    assert "COPY pyproject.toml README.md requirements.lock ./" in text
+    assert re.search(r'pip install -c \S+ "\.\[' + image + r'\]"', text), "installed without the lockfile"
+    # the test support is a distribution of its own (testing/); no dev extra in an image
+    assert "testing" not in text and "[dev]" not in text

@@ -1,4 +1,4 @@
-"""The restricted Pod Security Standard check (livetranslate.testing.pss) and every pod template
+"""The restricted Pod Security Standard check (livetranslate_testing.pss) and every pod template
 the operator builds held to it, for each placement it can choose (CPU/Apertium, GPU/vLLM, NPU).
 """
 
@@ -14,7 +14,7 @@ from livetranslate.api import TranslationPipelineSpec
 from livetranslate.config import Placement
 from livetranslate.operator import builders
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.pss import object_violations, restricted_violations
+from livetranslate_testing.pss import object_violations, restricted_violations
 
 GOOD_POD: dict[str, Any] = {
     "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},

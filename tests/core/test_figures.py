@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from livetranslate.testing.figures import cpu_model, loadavg, percentile, rounded_percentile
+from livetranslate_testing.figures import cpu_model, loadavg, percentile, rounded_percentile
 
 
 @pytest.mark.parametrize("q", [0.0, 0.5, 0.9, 0.95, 0.99, 1.0])

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from livetranslate.testing.speech import word_error_rate
+from livetranslate_testing.speech import word_error_rate
 
 
 def test_word_error_rate() -> None:

@@ -154,7 +154,7 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
     assert status["translation"]["readyReplicas"] >= 1 and status["gateway"]["readyReplicas"] >= 1, status
 
     # Speech through the gateway, over a port-forward, exactly as NOTES.txt tells users.
-    from livetranslate.testing.speech import SENTENCES, Utterance, compose, word_error_rate, write_wav
+    from livetranslate_testing.speech import SENTENCES, Utterance, compose, word_error_rate, write_wav
 
     samples, script = compose([Utterance(s) for s in SENTENCES[:3]])
     wav = write_wav(tmp_path / "speech.wav", samples)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from livetranslate.testing.kube_operator import Cluster, OperatorProcess, emulated_cluster, running_operator
+from livetranslate_testing.kube_operator import Cluster, OperatorProcess, emulated_cluster, running_operator
 
 
 @pytest.fixture

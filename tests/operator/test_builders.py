@@ -13,8 +13,8 @@ from livetranslate.operator import builders, placement, status
 from livetranslate.operator.builders import BuildState
 from livetranslate.operator.kube import _contains, _merged_owners, _without
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.pss import object_violations
 from livetranslate.workloads.translate.settings import TranslateSettings
+from livetranslate_testing.pss import object_violations
 
 SETTINGS = OperatorSettings()
 NONE = placement.ClusterDevices()

@@ -13,7 +13,7 @@ from livetranslate.api import parse_spec
 from livetranslate.operator import builders, placement
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.procs import free_port
-from livetranslate.testing.kube_operator import Cluster, eventually, pipeline
+from livetranslate_testing.kube_operator import Cluster, eventually, pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ import yaml
 
 from livetranslate.api import TranslationPipelineSpec, parse_spec
 from livetranslate.crd import MAX_NAME_LENGTH, build_crd, openapi_schema, render
-from livetranslate.testing.kube_schema import admit, check_structural
+from livetranslate_testing.kube_schema import admit, check_structural
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = openapi_schema()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from livetranslate.operator.kube import ApiError, KubeClient
-from livetranslate.testing.kube_operator import NS, Cluster
+from livetranslate_testing.kube_operator import NS, Cluster
 
 
 @pytest.fixture

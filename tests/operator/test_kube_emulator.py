@@ -10,8 +10,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from livetranslate.testing.kube_emulator import match_labels
-from livetranslate.testing.kube_operator import NS, Cluster, pipeline
+from livetranslate_testing.kube_emulator import match_labels
+from livetranslate_testing.kube_operator import NS, Cluster, pipeline
 
 TP_URL = f"/apis/livetranslate.io/v1alpha1/namespaces/{NS}/translationpipelines"
 CM_URL = f"/api/v1/namespaces/{NS}/configmaps"

@@ -13,8 +13,8 @@ from livetranslate import metrics
 from livetranslate.operator import rbac
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.kube_emulator import Call
-from livetranslate.testing.kube_operator import (
+from livetranslate_testing.kube_emulator import Call
+from livetranslate_testing.kube_operator import (
     NS,
     PODMONITOR_CRD,
     Cluster,

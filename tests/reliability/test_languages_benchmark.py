@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from livetranslate.capabilities import packaged_pairs
-from livetranslate.testing.speech import normalize
+from livetranslate_testing.speech import normalize
 from tests.reliability.conftest import load_benchmark
 
 bench_languages = load_benchmark("bench_languages")

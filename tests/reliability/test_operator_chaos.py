@@ -24,7 +24,7 @@ import pytest
 from livetranslate.crd import build_crd
 from livetranslate.operator import resync
 from livetranslate.operator.kube import ApiError, KubeClient
-from livetranslate.testing.chaos import (
+from livetranslate_testing.chaos import (
     OPERATOR_AGENT,
     KillSwitch,
     OperatorSubprocess,
@@ -32,7 +32,7 @@ from livetranslate.testing.chaos import (
     converge,
     inspect,
 )
-from livetranslate.testing.kube_emulator import Call, Faults, KubeEmulator
+from livetranslate_testing.kube_emulator import Call, Faults, KubeEmulator
 
 NS = "chaos"
 

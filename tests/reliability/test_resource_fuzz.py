@@ -21,9 +21,9 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 
 from livetranslate.api import describe_validation_error, first_error_field, parse_spec
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess, emulated_cluster, eventually
-from livetranslate.testing.kube_schema import admit
-from livetranslate.testing.spec_fuzz import (
+from livetranslate_testing.kube_operator import NS, Cluster, OperatorProcess, emulated_cluster, eventually
+from livetranslate_testing.kube_schema import admit
+from livetranslate_testing.spec_fuzz import (
     SCHEMA,
     TP,
     manifest,

@@ -8,7 +8,7 @@
 - the per-pipeline NetworkPolicies admit exactly gateway -> workloads and scrapers -> metrics.
 
 The figures (cases probed, templates checked, grants used) are recorded by
-benchmarks/bench_security.py with the same functions (livetranslate.testing.security).
+benchmarks/bench_security.py with the same functions (livetranslate_testing.security).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import pytest
 from livetranslate.operator import builders, rbac
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
-from livetranslate.testing import security
-from livetranslate.testing.kube_operator import NS, OperatorProcess, emulated_cluster, eventually, pipeline
+from livetranslate_testing import security
+from livetranslate_testing.kube_operator import NS, OperatorProcess, emulated_cluster, eventually, pipeline
 
 TOKEN = "lt-6f1d0c9e-Alice-Token-7b3a"
 OTHER_TOKEN = "lt-2a9e44d1-Bob-Token-c0de"  # accepted too: a second key of the Secret

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from livetranslate.testing.speech import require_tools
+from livetranslate_testing.speech import require_tools
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from livetranslate import metrics as m
 from livetranslate.procs import free_port
-from livetranslate.testing.kube_operator import (
+from livetranslate_testing.kube_operator import (
     NS,
     Cluster,
     OperatorProcess,

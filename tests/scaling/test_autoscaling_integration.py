@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from livetranslate.operator.kube import KubeClient
-from livetranslate.testing.kube_operator import NS, Cluster, OperatorProcess, eventually, pipeline
+from livetranslate_testing.kube_operator import NS, Cluster, OperatorProcess, eventually, pipeline
 
 from .conftest import PIPELINE, Prometheus, Workloads
 

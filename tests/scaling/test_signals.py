@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from livetranslate.operator.scaling.signals import PrometheusSignals, build_queries, rate_window_seconds
-from livetranslate.testing.promql import unknown_metrics
+from livetranslate_testing.promql import unknown_metrics
 
 
 def test_queries_name_only_known_metrics_and_select_this_pipelines_pods() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from livetranslate.operator import status
 from livetranslate.operator.kube import KubeClient
-from livetranslate.testing.kube_operator import NS, Cluster, emulated_cluster, pipeline
+from livetranslate_testing.kube_operator import NS, Cluster, emulated_cluster, pipeline
 
 TP = "livetranslate.io/v1alpha1/translationpipelines"
 NAME = "town-hall"

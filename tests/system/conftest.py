@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from livetranslate.testing.speech import Utterance, compose, require_tools, write_wav
+from livetranslate_testing.speech import Utterance, compose, require_tools, write_wav
 
 ROOT = Path(__file__).resolve().parents[2]
 

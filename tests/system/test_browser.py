@@ -35,7 +35,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 
-from livetranslate.testing.speech import SENTENCES, Utterance, compose, write_wav
+from livetranslate_testing.speech import SENTENCES, Utterance, compose, write_wav
 from tests.system.conftest import ROOT, Up
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from livetranslate.testing.speech import Utterance, compose, word_error_rate, write_wav
+from livetranslate_testing.speech import Utterance, compose, word_error_rate, write_wav
 from tests.system.conftest import ROOT, Up, livetranslate_cmd, running_up
 
 pytestmark = pytest.mark.slow
