@@ -15,7 +15,8 @@ from collections.abc import Iterator
 import pytest
 from websockets.exceptions import ConnectionClosed
 
-from livetranslate.workloads.gateway.connection import Connection, Session
+from livetranslate.workloads.gateway.connection import Connection
+from livetranslate.workloads.gateway.session import Session
 from livetranslate.workloads.gateway.upstream import AudioLink
 from tests.gateway.conftest import Client, Stack, block_audio, drop
 

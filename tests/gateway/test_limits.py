@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from livetranslate.workloads.gateway.connection import SendQueue
+from livetranslate.workloads.gateway.outbox import SendQueue
 from tests.gateway.conftest import Client, Stack, block_audio
 
 

@@ -15,13 +15,14 @@ from prometheus_client import CollectorRegistry
 
 from livetranslate import metrics
 from livetranslate.workloads.gateway.auth import TokenAuth
+from livetranslate.workloads.gateway.outbox import CLOSE_RESTART
 from livetranslate.workloads.gateway.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 from livetranslate.workloads.gateway.settings import GatewayConfig
 from livetranslate.workloads.gateway.upstream import TranslationClient
 from livetranslate.workloads.resilience import CircuitBreaker
 
 if TYPE_CHECKING:
-    from livetranslate.workloads.gateway.connection import Session
+    from livetranslate.workloads.gateway.session import Session
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Gateway:
         self.sessions_gauge.set_function(lambda: len(self.sessions))
         depth = metrics.queue_depth(self.registry)
         depth.labels(pipeline=p, stage="gateway_send").set_function(
-            lambda: sum(s.conn.queue.depth for s in self.sessions))
+            lambda: sum(s.outbox.queue.depth for s in self.sessions))
         depth.labels(pipeline=p, stage="gateway_translate").set_function(
             lambda: sum(s.translate_backlog for s in self.sessions))
 
@@ -97,6 +98,6 @@ class Gateway:
 
     async def close(self) -> None:
         for session in list(self.sessions):
-            await session.conn.shutdown("server shutting down")
+            session.outbox.close(CLOSE_RESTART, "server shutting down")
         await self.http.aclose()
         await self.store.close()

@@ -39,6 +39,7 @@ from livetranslate.protocol import (
     context_span,
     context_window,
 )
+from livetranslate.workloads.gateway.outbox import OnSent
 from livetranslate.workloads.gateway.sentences import Piece, Sentence, SentenceAssembler, SentenceRules
 from livetranslate.workloads.gateway.sessions import SegmentRecord, SessionState
 from livetranslate.workloads.gateway.upstream import UpstreamRejected, UpstreamUnavailable
@@ -49,8 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OnSent = Callable[[], Awaitable[None]] | None
-Outbox = Callable[[str, BaseModel, OnSent], None]
+Send = Callable[[str, BaseModel, OnSent], None]  # Outbox.send (outbox.py)
 
 
 async def wait_for_breaker(breaker: CircuitBreaker, jitter: float) -> None:
@@ -88,7 +88,7 @@ class Closed:
 
 
 class SentenceTranslator:
-    def __init__(self, gw: Gateway, state: SessionState, outbox: Outbox,
+    def __init__(self, gw: Gateway, state: SessionState, outbox: Send,
                  persist: Callable[[SegmentRecord], Awaitable[None]],
                  report_outage: Callable[[str, str], None], recovered: Callable[[str], None]) -> None:
         s = gw.settings

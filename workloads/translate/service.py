@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from livetranslate import metrics as m
 from livetranslate.capabilities import primary
-from livetranslate.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, load_resolved
 from livetranslate.protocol import (
     ERR_TRANSLATION_FAILED,
     ERR_UNSUPPORTED_LANGUAGE,
@@ -136,7 +133,6 @@ class TranslationService:
         self.allowed_models = [x for x in [settings.model, *(settings.fallback_models or [])] if x]
         self.problems: list[str] = []
         self._background: list[asyncio.Task[None]] = []
-        self._config_mtime: float | None = None
         self._set_model_info()
 
     def _step(self, engine: Engine) -> _Step:
@@ -220,38 +216,8 @@ class TranslationService:
                         await step.engine.maybe_sleep()
                         self.metrics.engine_sleeping.labels(self.pipeline, "vllm").set(
                             1.0 if step.engine.state.sleeping else 0.0)
-                await self._watch_config()
             except Exception:  # the poller must survive any one bad round
                 log.exception("engine poll failed")
-
-    async def _watch_config(self) -> None:
-        """Follow the operator's model choice: a changed placement.translationModel switches models.
-
-        The ConfigMap is mounted as a file that the kubelet updates in place; watching it means the
-        operator (and its autoscaler) reaches every replica without calling each pod.
-        """
-        path = Path(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
-        try:
-            mtime = path.stat().st_mtime
-        except OSError:
-            return
-        if self._config_mtime is None:
-            self._config_mtime = mtime
-            return
-        if mtime == self._config_mtime:
-            return
-        self._config_mtime = mtime
-        resolved = load_resolved(path)
-        if resolved is None or self.model is None:
-            return
-        self.allowed_models = [x for x in [resolved.spec.translation.model,
-                                           *resolved.spec.translation.fallbackModels] if x]
-        wanted = resolved.placement.translationModel or resolved.spec.translation.model
-        if wanted and wanted != self.model:
-            try:
-                await self.set_model(wanted)
-            except ModelSwitchError as exc:
-                log.error("cannot switch to the operator's model", extra={"fields": {"error": str(exc)}})
 
     # ------------------------------------------------------------ model switching
 
