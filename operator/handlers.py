@@ -4,8 +4,8 @@
 - a Node change that changes what the cluster offers -> ``reconcile`` of every pipeline;
 - a change of a Deployment the operator owns -> the owner's status (replicas, readiness, phase).
 
-Shared objects live on Kopf's ``memo`` (one per operator): ``memo.kube`` (the client layer, also
-used by the autoscaler), ``memo.settings``, ``memo.resolved`` (last applied config per pipeline).
+What the handlers share is one typed ``OperatorState`` on Kopf's ``memo`` (state.py): the client,
+the settings, the metrics and the per-pipeline bookkeeping; the autoscaler reads it too.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -42,6 +41,7 @@ from livetranslate.operator import builders, placement, status
 from livetranslate.operator.kube import ApiError, KubeClient
 from livetranslate.operator.resync import resync_loop
 from livetranslate.operator.settings import OperatorSettings
+from livetranslate.operator.state import NodeFacts, OperatorState
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +58,6 @@ LEGACY_KOPF_ANNOTATIONS = frozenset(f"{GROUP}/{key}" for key in (
 MANAGED = {builders.MANAGED_BY_LABEL: builders.MANAGED_BY}
 # Deployment events within this many seconds of the first share one status refresh.
 STATUS_COALESCE_SECONDS = 0.2
-
-
-@dataclass
-class NodeFacts:
-    """What every Node offers, kept from Node events (shared by all objects' handlers)."""
-
-    nodes: dict[str, dict[str, bool]] = field(default_factory=dict)
-    seeded: bool = False
-    cluster: placement.ClusterDevices | None = None
 
 
 class InvalidSpec(Exception):
@@ -98,40 +89,30 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     settings.networking.request_timeout = 60
 
     op_settings: OperatorSettings = memo.get("settings") or OperatorSettings()
-    memo.settings = op_settings
-    # Kopf gives each object a shallow copy of this memo: state shared across objects lives in
-    # mutable containers created here, never in attributes set later.
-    memo.resolved = {}
-    memo.status_locks = {}
-    memo.refused = {}
-    memo.status_pending = set()
-    memo.deployment_versions = {}
-    memo.reconcile_locks = {}
-    memo.nodes = NodeFacts()
-    if memo.get("kube") is None:
-        memo.kube = await KubeClient.connect()
-        memo.owns_kube = True
+    # Kopf gives each object a shallow copy of this memo: what objects share is this one object.
+    kube: KubeClient | None = memo.get("kube")
     registry: CollectorRegistry = memo.get("registry") or CollectorRegistry()
-    memo.registry = registry
-    memo.reconcile_seconds = metrics.reconcile_seconds(registry)
-    memo.discovery = {}
-    memo.stage_gauges = metrics.stage_replicas(registry)
-    memo.scaling_active_gauge = metrics.scaling_active(registry)
+    state = memo.state = OperatorState(
+        kube=kube or await KubeClient.connect(), settings=op_settings, registry=registry,
+        reconcile_seconds=metrics.reconcile_seconds(registry), stage_gauges=metrics.stage_replicas(registry),
+        scaling_active_gauge=metrics.scaling_active(registry), scaling_decisions=metrics.scaling_decisions(registry),
+        owns_kube=kube is None)
     if op_settings.metrics_port:
         start_http_server(op_settings.metrics_port, registry=registry)
         logger.info("serving /metrics on port %d", op_settings.metrics_port)
     if op_settings.resync_seconds > 0:
-        memo.resync_task = asyncio.create_task(resync_loop(memo.kube, op_settings), name="resync")
+        state.resync_task = asyncio.create_task(resync_loop(state.kube, op_settings), name="resync")
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
-    task: asyncio.Task[None] | None = memo.get("resync_task")
-    if task is not None:
-        task.cancel()
-    kube = memo.get("kube")
-    if kube is not None and memo.get("owns_kube"):
-        await kube.close()
+    state: OperatorState | None = memo.get("state")
+    if state is None:
+        return
+    if state.resync_task is not None:
+        state.resync_task.cancel()
+    if state.owns_kube:
+        await state.kube.close()
 
 
 # -------------------------------------------------------------------------------------- indices
@@ -156,7 +137,7 @@ def cluster_from(index: Mapping[str, Iterable[dict[str, bool]]]) -> placement.Cl
 # ------------------------------------------------------------------------------------ reconcile
 
 
-async def reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement.ClusterDevices,
+async def reconcile(body: Mapping[str, Any], state: OperatorState, cluster: placement.ClusterDevices,
                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
     """Bring one pipeline's children to its spec; returns the status written.
 
@@ -165,28 +146,28 @@ async def reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement
     """
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
-    locks: dict[tuple[str, str], asyncio.Lock] = memo.reconcile_locks
+    locks: dict[tuple[str, str], asyncio.Lock] = state.reconcile_locks
     # One reconcile per pipeline at a time (a spec change and a Node change can coincide), each
     # working from a fresh read, so placement changes are detected against what was really written.
     async with locks.setdefault(key, asyncio.Lock()):
-        fresh = await memo.kube.get(API_VERSION, KIND, key[0], key[1])
+        fresh = await state.kube.get(API_VERSION, KIND, key[0], key[1])
         if fresh is None or fresh["metadata"].get("deletionTimestamp"):
             return {}
         started = time.perf_counter()
         try:
-            return await _reconcile(fresh, memo, cluster, logger)
+            return await _reconcile(fresh, state, cluster, logger)
         except InvalidSpec:
             raise  # counted as result="invalid" where it was raised
         except Exception:
             # API failures and bugs alike: the reconcile-errors alert pages on this label.
-            memo.reconcile_seconds.labels(result="error").observe(time.perf_counter() - started)
+            state.reconcile_seconds.labels(result="error").observe(time.perf_counter() - started)
             raise
 
 
-async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placement.ClusterDevices,
+async def _reconcile(body: Mapping[str, Any], state: OperatorState, cluster: placement.ClusterDevices,
                      logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
-    kube: KubeClient = memo.kube
-    settings: OperatorSettings = memo.settings
+    kube: KubeClient = state.kube
+    settings: OperatorSettings = state.settings
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     generation = int(meta.get("generation") or 0)
@@ -210,11 +191,11 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     except InvalidSpec as e:
         message = (f"{e.message} (existing children, if any, keep running the last valid spec)"
                    if previous.get("phase") not in (None, "Pending", "Failed") else e.message)
-        memo.refused[(namespace, name)] = generation
+        state.refused[(namespace, name)] = generation
         new = status.failed_status(message, e.field, generation, previous)
         await _patch_status(kube, namespace, name, new)
         await kube.post_event(owner, "InvalidSpec", message, type_="Warning")
-        memo.reconcile_seconds.labels(result="invalid").observe(time.perf_counter() - started)
+        state.reconcile_seconds.labels(result="invalid").observe(time.perf_counter() - started)
         raise
 
     legacy = sorted(LEGACY_KOPF_ANNOTATIONS & set(annotations))
@@ -226,7 +207,7 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
     current: dict[Stage, int | None] = {
         stage: None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
         for stage, dep in existing.items()}
-    state = builders.BuildState(replicas=current)
+    build = builders.BuildState(replicas=current)
     # No Deployment yet: the children are most likely all missing, so create first (a child
     # that does exist, from a reconcile cut short, answers 409 and is patched).
     first_build = all(dep is None for dep in existing.values())
@@ -239,30 +220,27 @@ async def _reconcile(body: Mapping[str, Any], memo: kopf.Memo, cluster: placemen
             keep.append(("spec", "replicas"))
         await kube.apply(manifest, owner, keep_on_update=keep, likely_new=first_build)
 
-    config, *rest = builders.build_children(resolved, state, settings)
+    config, *rest = builders.build_children(resolved, build, settings)
     # First: the pods mount the config, and no pod should ever run without its NetworkPolicy.
     await asyncio.gather(apply(config), _network_policies(kube, resolved, settings, apply))
     await asyncio.gather(*(apply(m) for m in rest))
-    if settings.pipeline_monitors and await _serves_podmonitors(memo):
+    if settings.pipeline_monitors and await _serves_podmonitors(state):
         await apply(builders.build_podmonitor(resolved))
-    memo.resolved[(namespace, name)] = resolved
-    memo.refused.pop((namespace, name), None)
+    state.resolved[(namespace, name)] = resolved
+    state.refused.pop((namespace, name), None)
 
     await _announce_placement(kube, owner, previous, resolved)
-    new = await refresh_status(memo, namespace, name)
-    memo.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - started)
+    refreshed = await refresh_status(state, namespace, name)
+    state.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - started)
     logger.info("reconciled: audio on %s, translation %s/%s, phase %s", placed.audioDevice,
-                placed.translationBackend, placed.translationModel, (new or {}).get("phase"))
-    return new or {}
+                placed.translationBackend, placed.translationModel, (refreshed or {}).get("phase"))
+    return refreshed or {}
 
 
-def _export_stage_gauges(memo: kopf.Memo, namespace: str, name: str, resolved: ResolvedPipeline,
+def _export_stage_gauges(state: OperatorState, namespace: str, name: str, resolved: ResolvedPipeline,
                          new: Mapping[str, Any]) -> None:
     """Desired/ready/max replicas per stage for the alerts (no ready replicas, pinned at max)."""
-    gauges = memo.get("stage_gauges")
-    if not gauges:
-        return
-    desired, ready, maximum = gauges
+    desired, ready, maximum = state.stage_gauges
     for stage in builders.STAGES:
         observed = new.get(stage) or {}
         bounds: ReplicaRange = getattr(resolved.spec, stage).replicas
@@ -288,14 +266,14 @@ async def _network_policies(kube: KubeClient, resolved: ResolvedPipeline, settin
 PODMONITOR_RECHECK_S = 300.0
 
 
-async def _serves_podmonitors(memo: kopf.Memo) -> bool:
+async def _serves_podmonitors(state: OperatorState) -> bool:
     """Whether the prometheus-operator CRDs exist, asked again every few minutes."""
-    cache: dict[str, tuple[float, bool]] = memo.discovery
+    cache: dict[str, tuple[float, bool]] = state.discovery
     now = time.monotonic()
     seen = cache.get("podmonitors")
     if seen is None or now - seen[0] > PODMONITOR_RECHECK_S:
         try:
-            found = await memo.kube.serves("monitoring.coreos.com/v1", "podmonitors")
+            found = await state.kube.serves("monitoring.coreos.com/v1", "podmonitors")
         except ApiError:
             found = seen[1] if seen else False
         cache["podmonitors"] = (now, found)
@@ -314,20 +292,20 @@ async def _deployments(kube: KubeClient, namespace: str, name: str) -> dict[Stag
     return found
 
 
-async def refresh_status(memo: kopf.Memo, namespace: str, name: str, *,
+async def refresh_status(state: OperatorState, namespace: str, name: str, *,
                          pending: set[tuple[str, str]] | None = None) -> dict[str, Any] | None:
     """Recompute a pipeline's status from fresh reads and write it if it changed.
 
     Serialized per pipeline and read fresh inside the lock: the reconcile and the Deployment
     watch both call this, and a write computed from an older view must never land last.
     """
-    resolved: ResolvedPipeline | None = memo.resolved.get((namespace, name))
+    resolved: ResolvedPipeline | None = state.resolved.get((namespace, name))
     if resolved is None:
         if pending is not None:
             pending.discard((namespace, name))
         return None
-    kube: KubeClient = memo.kube
-    locks: dict[tuple[str, str], asyncio.Lock] = memo.status_locks
+    kube: KubeClient = state.kube
+    locks: dict[tuple[str, str], asyncio.Lock] = state.status_locks
     lock = locks.setdefault((namespace, name), asyncio.Lock())
     async with lock:
         if pending is not None:
@@ -337,14 +315,14 @@ async def refresh_status(memo: kopf.Memo, namespace: str, name: str, *,
             return None
         previous = current.get("status") or {}
         generation = int(current["metadata"].get("generation") or 0)
-        if memo.refused.get((namespace, name)) == generation:
+        if state.refused.get((namespace, name)) == generation:
             return previous  # the current spec was refused: its Failed status stands
         if generation > resolved.generation:
             return None  # a newer spec is being reconciled; that reconcile writes status
         observed = {stage: status.StageObservation.from_deployment(dep)
                     for stage, dep in (await _deployments(kube, namespace, name)).items()}
         new = status.compute_status(resolved, observed, previous)
-        _export_stage_gauges(memo, namespace, name, resolved, new)
+        _export_stage_gauges(state, namespace, name, resolved, new)
         if status.status_changed(previous, {k: v for k, v in new.items() if k != "conditions"}) or \
                 status.conditions_changed(previous.get("conditions") or [], new["conditions"]):
             await _patch_status(kube, namespace, name, new)
@@ -396,7 +374,7 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
            "spec": dict(body.spec), "status": dict(body.status)}
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace):
         try:
-            await reconcile(raw, memo, cluster_from(node_index), logger)
+            await reconcile(raw, memo.state, cluster_from(node_index), logger)
         except InvalidSpec as e:
             raise kopf.PermanentError(e.message) from e
         except ApiError as e:
@@ -406,20 +384,16 @@ async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logg
             if e.status == 403:
                 # Missing RBAC or a quota/admission policy: an admin can fix it; retry slowly.
                 raise kopf.TemporaryError(f"Kubernetes API forbids it: {e}", delay=60) from e
-            raise _api_retry(e, memo.settings, int(kwargs.get("retry") or 0)) from e
+            raise _api_retry(e, memo.state.settings, int(kwargs.get("retry") or 0)) from e
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
 async def forget_pipeline(name: str, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Drop in-memory state; the children go with the owner (garbage collection), no finalizer."""
     key = (namespace or "", name)
-    memo.resolved.pop(key, None)
-    memo.refused.pop(key, None)
-    memo.status_locks.pop(key, None)
-    memo.reconcile_locks.pop(key, None)
-    for gauge in (*memo.get("stage_gauges", ()), memo.get("scaling_active_gauge")):
-        if gauge is None:
-            continue
+    state: OperatorState = memo.state
+    state.forget(key)
+    for gauge in (*state.stage_gauges, state.scaling_active_gauge):
         for labels in list(gauge._metrics):  # the label sets of this pipeline only
             if labels[:2] == (key[0], name):
                 gauge.remove(*labels)
@@ -435,7 +409,7 @@ async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, l
     node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
     pipeline_index: kopf.Index[tuple[str, str], str] = kwargs["pipeline_index"]
     # Facts kept here from the events themselves: the index may not include this event yet.
-    facts: NodeFacts = memo.nodes
+    facts: NodeFacts = memo.state.nodes
     if not facts.seeded:
         facts.nodes.update({n: f for n, values in node_index.items() for f in values})
         facts.seeded = True
@@ -452,7 +426,7 @@ async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, l
         ref = {"metadata": {"namespace": namespace, "name": pipeline_name}}
         with log_context(pipeline=pipeline_name, namespace=namespace):
             try:
-                await reconcile(ref, memo, cluster, logger)
+                await reconcile(ref, memo.state, cluster, logger)
             except InvalidSpec:
                 pass  # status and Event already written
             except ApiError as e:
@@ -471,7 +445,7 @@ async def deployment_changed(labels: Mapping[str, str], namespace: str | None, m
     # One whose resourceVersion was handled already changed nothing: refreshing every pipeline's
     # status on every dropped watch was a request storm (the API-fault benchmark: 48 req/s with
     # 30% of watch streams cut, on a cluster where nothing changed).
-    versions: dict[tuple[str, str], str | None] = memo.deployment_versions
+    versions: dict[tuple[str, str], str | None] = memo.state.deployment_versions
     key, version = (namespace, str(body.metadata.name)), body.metadata.get("resourceVersion")
     if kwargs.get("type") == "DELETED":
         versions.pop(key, None)
@@ -479,7 +453,7 @@ async def deployment_changed(labels: Mapping[str, str], namespace: str | None, m
         return
     else:
         versions[key] = version
-    pending: set[tuple[str, str]] = memo.status_pending
+    pending: set[tuple[str, str]] = memo.state.status_pending
     if (namespace, name) in pending:
         return  # a refresh is already queued; it reads fresh state, covering this event too
     pending.add((namespace, name))
@@ -491,7 +465,7 @@ async def deployment_changed(labels: Mapping[str, str], namespace: str | None, m
         except asyncio.CancelledError:
             pending.discard((namespace, name))
             raise
-        await refresh_status(memo, namespace, name, pending=pending)
+        await refresh_status(memo.state, namespace, name, pending=pending)
     except ApiError as e:
         versions.pop(key, None)  # not reflected in status: a re-list must not skip it
         logger.warning("status of %s/%s not updated, the next change retries: %s", namespace, name, e)

@@ -26,9 +26,8 @@ from typing import Any
 
 import kopf
 import pydantic
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import Counter
 
-from livetranslate import metrics
 from livetranslate.api import API_VERSION, GROUP, KIND, PLURAL, VERSION, Device, parse_spec
 from livetranslate.logs import log_context
 from livetranslate.operator import builders, placement
@@ -36,6 +35,7 @@ from livetranslate.operator import status as status_writer
 from livetranslate.operator.kube import ApiError, KubeClient
 from livetranslate.operator.scaling.policy import Current, Decision, History, decide
 from livetranslate.operator.scaling.signals import STAGES, PrometheusSignals
+from livetranslate.operator.state import OperatorState
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,6 @@ TICK_S = 1.0
 DEFAULT_INTERVAL_S = 15.0
 AUDIO_DEVICE_ANNOTATION = builders.AUDIO_DEVICE_ANNOTATION
 CONDITION = "ScalingActive"
-
-_counters: dict[int, Counter] = {}
-
-
-def decisions_counter(registry: CollectorRegistry) -> Counter:
-    """One counter per registry (the operator's), created on first use."""
-    counter = _counters.get(id(registry))
-    if counter is None:
-        counter = metrics.scaling_decisions(registry)
-        _counters[id(registry)] = counter
-    return counter
 
 
 def _now_iso(ts: float) -> str:
@@ -201,27 +190,25 @@ async def scale_once(kube: KubeClient, body: Mapping[str, Any], history: History
 
 
 async def autoscale_step(body: kopf.Body, memo: kopf.Memo) -> None:
-    """One decision for one pipeline, with its failures logged (the next interval retries)."""
-    kube: KubeClient | None = memo.get("kube")
-    if kube is None:
+    """One decision for one pipeline, with its failures logged (the next interval retries). The
+    pipeline's history lives on its own memo; the client and metrics on the shared state."""
+    state: OperatorState | None = memo.get("state")
+    if state is None:
         return
     raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(body.metadata),
            "spec": dict(body.spec), "status": dict(body.status)}
-    registry = memo.get("registry")
-    counter = decisions_counter(registry) if isinstance(registry, CollectorRegistry) else None
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace, component="autoscaler"):
         try:
-            decision = await scale_once(kube, raw, memo.get("scaling_history") or History(), counter=counter)
+            decision = await scale_once(state.kube, raw, memo.get("scaling_history") or History(),
+                                        counter=state.scaling_decisions)
         except ApiError as e:
             log.warning("autoscaling step failed, retrying next interval: %s", e)
             return
         if decision is None:
             return
         memo.scaling_history = decision.history
-        gauge = memo.get("scaling_active_gauge")
-        if gauge is not None:
-            gauge.labels(namespace=body.metadata.namespace or "", pipeline=body.metadata.name or "").set(
-                1 if decision.active else 0)
+        state.scaling_active_gauge.labels(namespace=body.metadata.namespace or "",
+                                          pipeline=body.metadata.name or "").set(1 if decision.active else 0)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=TICK_S, cancellation_timeout=10.0)

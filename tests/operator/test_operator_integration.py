@@ -114,10 +114,10 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
     await eventually(lambda: condition(cluster, "town-hall", "GatewayReady").get("status") == "False")
     assert phase(cluster, "town-hall") == "Degraded"
     assert operator.memo is not None
-    samples = operator.memo.registry.get_sample_value("livetranslate_reconcile_seconds_count", {"result": "ok"})
+    samples = operator.memo.state.registry.get_sample_value("livetranslate_reconcile_seconds_count", {"result": "ok"})
     assert samples and samples >= 1
     # The gauges the "no ready replicas" and "pinned at max" alerts read.
-    registry = operator.memo.registry
+    registry = operator.memo.state.registry
     gateway = {"namespace": NS, "pipeline": "town-hall", "stage": "gateway"}
     await eventually(lambda: registry.get_sample_value(metrics.STAGE_READY_REPLICAS, gateway) == 0)
     assert registry.get_sample_value(metrics.STAGE_REPLICAS, gateway) == 1
