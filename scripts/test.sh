@@ -14,10 +14,7 @@ bash scripts/bootstrap.sh
 venv=${LT_VENV:-$(pwd)/.venv}
 export PATH="$venv/bin:$PATH"
 
-echo "== mypy"
-mypy livetranslate operator workloads testing/livetranslate_testing benchmarks
-echo "== import contracts"
-bash scripts/lint_imports.sh
+bash scripts/check_layers.sh  # mypy and the import contracts, on the package as installed
 echo "== generated files are current"
 python scripts/check_generated.py
 echo "== pytest"

@@ -342,7 +342,7 @@ def required_signals(current: Current) -> tuple[str, ...]:
 
 
 def _hold(now: float, current: Current, history: History, reason: str, message: str) -> Decision:
-    stages = {s: StageDecision(s, current.replicas.get(s, 0), current.replicas.get(s, 0), "none",
+    stages: dict[str, StageDecision] = {s: StageDecision(s, current.replicas.get(s, 0), current.replicas.get(s, 0), "none",
                                reason, message) for s in STAGES}
     # Streaks restart: a breach seen before a data gap is not "sustained" across it.
     return Decision(time=now, active=False, condition_reason=reason, message=message, stages=stages,
@@ -372,7 +372,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     q_translation = signals.queue("translation").value or 0.0
     waiting = signals.vllm_requests_waiting.value if signals.vllm_requests_waiting.ok else 0.0
     waiting = waiting or 0.0
-    replicas = {s: max(0, int(current.replicas.get(s, 0))) for s in STAGES}
+    replicas: dict[str, int] = {s: max(0, int(current.replicas.get(s, 0))) for s in STAGES}
     ranges = _ranges(spec)
 
     # --- load ratio per stage (1.0 = at target) and why -----------------------------------
@@ -402,9 +402,9 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     # The replicas the signals came from: ready now and in the last SETTLE_INTERVALS intervals
     # (rate windows lag). Sizing from these, not from the replica count just set, keeps the
     # policy from adding replicas again while the ones it added are starting or not yet measured.
-    ready_now = {s: replicas[s] if current.ready is None
+    ready_now: dict[str, int] = {s: replicas[s] if current.ready is None
                  else max(0, min(replicas[s], int(current.ready.get(s, replicas[s])))) for s in STAGES}
-    source_replicas = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
+    source_replicas: dict[str, int] = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
                        for s in STAGES}
 
     # Start-up time per stage, measured from our own scale-ups to their replicas being ready.
@@ -455,7 +455,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     trend = tuple((t, v) for t, v in history.sessions if now - t <= TREND_WINDOW_S) + ((now, sessions),)
     level = _level(trend)
     plans = _plans(history, now, level, per_session, per_replica, depths, targets)
-    backed_up = {s: depths.get(s, 0.0) > QUEUE_PER_REPLICA * max(1, replicas[s]) for s in STAGES}
+    backed_up: dict[str, bool] = {s: depths.get(s, 0.0) > QUEUE_PER_REPLICA * max(1, replicas[s]) for s in STAGES}
 
     bound = demand_load.get("translation")
     if why["translation"][0] == "translation_latency" and bound is not None \
