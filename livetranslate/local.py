@@ -343,8 +343,11 @@ def _indent(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livetranslate up", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="livetranslate up",
+        description="Run the whole pipeline on this machine's CPU: speech recognition, translation and "
+                    "the gateway with its captions page. Takes the same TranslationPipeline YAML you "
+                    "would kubectl apply; without -f it translates English into Spanish. Ctrl-C stops it.")
     parser.add_argument("-f", "--file", type=Path, help="TranslationPipeline YAML (default: en -> es)")
     parser.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default loopback)")
     parser.add_argument("--port", type=int, default=8080,
@@ -354,7 +357,8 @@ def main(argv: list[str]) -> int:
                         help="where the services' logs go (default: a temporary folder, removed at a "
                              "clean stop and kept when a service failed)")
     parser.add_argument("--redis-url", help="share session state through this Redis (REDIS_URL)")
-    parser.add_argument("--startup-timeout", type=float, default=600.0)
+    parser.add_argument("--startup-timeout", type=float, default=600.0,
+                        help="seconds to wait for every service to be ready (default 600)")
     args = parser.parse_args(argv)
     out = sys.stdout
 

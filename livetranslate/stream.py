@@ -253,7 +253,10 @@ async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, toke
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livetranslate stream", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="livetranslate stream",
+        description="Send a WAV recording to a LiveTranslate gateway and print the captions and "
+                    "translations as they come. A dropped connection resumes where it left off.")
     parser.add_argument("file", type=Path, help="16-bit PCM WAV, any rate from 8 to 48 kHz, mono or stereo")
     parser.add_argument("--url", default=os.environ.get("LT_GATEWAY_URL", DEFAULT_URL),
                         help=f"gateway WebSocket (default {DEFAULT_URL})")

@@ -236,12 +236,15 @@ def convert(model: Path, output: Path, weight_format: str = "int8", stateless: b
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livetranslate convert-openvino", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="livetranslate convert-openvino",
+        description="Convert Whisper weights for faster-whisper (CTranslate2) into an OpenVINO IR that "
+                    "the audio service runs on an Intel NPU. Runs on OpenVINO's CPU device; no NPU needed.")
     parser.add_argument("--model", type=Path, default=None,
                         help="CTranslate2 Whisper directory (default: the packaged tiny.en)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="directory for the OpenVINO IR")
-    parser.add_argument("--weight-format", default="int8", choices=["fp32", "fp16", "int8", "int4"])
+    parser.add_argument("--weight-format", default="int8", choices=["fp32", "fp16", "int8", "int4"],
+                        help="weight precision of the IR (default int8)")
     parser.add_argument("--stateless", action="store_true",
                         help="decoder without internal state (needed by the NPU pipeline)")
     parser.add_argument("--keep-checkpoint", type=Path, default=None,
@@ -250,7 +253,15 @@ def main(argv: list[str]) -> int:
     configure_logging(component="convert-openvino")
     if shutil.which("optimum-cli") is None and not Path(sys.executable).with_name("optimum-cli").exists():
         parser.error("optimum-cli not found: install the convert extra (pip install 'livetranslate[convert]')")
-    out = convert(args.model or packaged_model_dir(), args.output, args.weight_format, args.stateless,
-                  args.keep_checkpoint)
+    model = args.model or packaged_model_dir()
+    if not (model / "model.bin").is_file():
+        print(f"livetranslate convert-openvino: {model} holds no CTranslate2 Whisper model (no model.bin)",
+              file=sys.stderr)
+        return 2
+    try:
+        out = convert(model, args.output, args.weight_format, args.stateless, args.keep_checkpoint)
+    except (OSError, ValueError, subprocess.CalledProcessError) as exc:
+        print(f"livetranslate convert-openvino: {exc}", file=sys.stderr)
+        return 1
     log.info("converted", extra={"fields": {"output": str(out)}})
     return 0
