@@ -155,6 +155,19 @@ class SecretRef(_Model):
     name: str = Field(..., pattern=DNS1123_PATTERN, max_length=253)
 
 
+class FallbackEndpoint(_Model):
+    """An OpenAI-compatible endpoint that takes the segments the primary engine cannot (its circuit
+    open, an error, a refused language), in the order listed."""
+
+    endpoint: str = Field(..., pattern=r"^https?://", max_length=2048,
+                          description="Base URL of an OpenAI-compatible server (…/v1)")
+    model: str | None = Field(None, min_length=1, max_length=512,
+                              description="Model name to ask for; default: the server's only model")
+    apiKeySecretRef: SecretKeyRef | None = None
+    promptStyle: Literal["chat", "completion"] = Field(
+        "chat", description="chat: /v1/chat/completions (hosted APIs); completion: /v1/completions")
+
+
 class TranslationSpec(_Model):
     backend: Backend = "auto"
     model: str = Field("Qwen/Qwen2.5-7B-Instruct", min_length=1, max_length=512,
@@ -171,7 +184,17 @@ class TranslationSpec(_Model):
     endpoint: str | None = Field(None, max_length=2048,
                                  description="Base URL of an OpenAI-compatible server (backend openai)")
     apiKeySecretRef: SecretKeyRef | None = None
+    sleepAfterIdle: Duration | None = Field(
+        None, description="vLLM sleep mode: free the GPU's memory after this long without requests "
+                          "(weights to CPU memory); the next request wakes it. Unset: always awake")
+    fallback: list[FallbackEndpoint] = Field(
+        default_factory=list, max_length=4,
+        description="OpenAI-compatible endpoints behind the primary engine's circuit breaker, in order")
     replicas: ReplicaRange = _replicas(1, 8)
+
+    @property
+    def sleep_after_idle_seconds(self) -> float:
+        return parse_duration(self.sleepAfterIdle) if self.sleepAfterIdle else 0.0
 
 
 class GatewaySpec(_Model):

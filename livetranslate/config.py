@@ -36,6 +36,8 @@ VLLM_LOCAL_URL = f"http://127.0.0.1:{VLLM_PORT}"
 AUTH_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/auth"
 # Where the translation service finds the Secret named by spec.translation.apiKeySecretRef.
 TRANSLATION_KEY_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/translation-key"
+# Where it finds the key of spec.translation.fallback[i]: FALLBACK_KEYS_MOUNT_DIR/<i>/<key>.
+FALLBACK_KEYS_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/fallback-keys"
 
 ResolvedBackend = Literal["vllm", "openai", "apertium"]
 

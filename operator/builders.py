@@ -17,6 +17,7 @@ from livetranslate.config import (
     CONFIG_ENV,
     CONFIG_KEY,
     DEFAULT_CONFIG_PATH,
+    FALLBACK_KEYS_MOUNT_DIR,
     SERVICE_PORT,
     TRANSLATION_KEY_MOUNT_DIR,
     VLLM_LOCAL_URL,
@@ -320,6 +321,13 @@ def build_translation(resolved: ResolvedPipeline, state: BuildState,
             {"key": ref.key, "path": ref.key}]}})
         container["volumeMounts"].append({"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR,
                                           "readOnly": True})
+    for i, fallback in enumerate(resolved.spec.translation.fallback):  # each key where the settings look
+        if fallback.apiKeySecretRef is not None:
+            key = fallback.apiKeySecretRef
+            volumes.append({"name": f"fallback-key-{i}", "secret": {"secretName": key.name, "items": [
+                {"key": key.key, "path": key.key}]}})
+            container["volumeMounts"].append({"name": f"fallback-key-{i}", "mountPath": f"{FALLBACK_KEYS_MOUNT_DIR}/{i}",
+                                              "readOnly": True})
     device: Device = "cpu"
     strategy = _SURGE
     progress_deadline = 600

@@ -333,3 +333,19 @@ def test_peering_settings_give_one_active_replica() -> None:
     assert a.peering.clusterwide is True
     # Kopf pauses every replica of equal priority: two processes must not draw the same one.
     assert a.peering.priority != b.peering.priority
+
+
+def test_fallback_endpoint_keys_are_mounted_where_the_settings_look() -> None:
+    r = resolved({"translation": {"fallback": [
+        {"endpoint": "https://a.example/v1"},
+        {"endpoint": "https://b.example/v1", "apiKeySecretRef": {"name": "b-key", "key": "token"}}]}}, NPU_GPU)
+    dep = children(r)["Deployment/town-hall-translation"]
+    c = container(dep, "translation")
+    assert {"name": "fallback-key-1", "mountPath": "/etc/livetranslate/fallback-keys/1", "readOnly": True} \
+        in c["volumeMounts"]
+    assert {"name": "fallback-key-1", "secret": {"secretName": "b-key", "items": [{"key": "token", "path": "token"}]}} \
+        in pod(dep)["volumes"]
+    assert not any(v["name"] == "fallback-key-0" for v in pod(dep)["volumes"]), "no key, no volume"
+    settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
+    assert str(settings.fallback_endpoints[1].api_key_file) == "/etc/livetranslate/fallback-keys/1/token"
+    assert object_violations(dep) == [], "restricted pod security holds with the key volumes"

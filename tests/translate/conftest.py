@@ -77,6 +77,7 @@ class FakeVllm:
     model: str = "Qwen/Qwen2.5-7B-Instruct"
     served: list[str] = field(default_factory=list)
     completions: list[dict[str, Any]] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)  # each completion's header
     sleeping: bool = False
     sleep_calls: list[str] = field(default_factory=list)
     wake_calls: int = 0
@@ -115,6 +116,7 @@ class FakeVllm:
             if self.sleeping:
                 return JSONResponse({"error": "engine is sleeping"}, status_code=503)
             self.completions.append(body)
+            self.authorizations.append(request.headers.get("authorization"))
             if self.mode == "slow":
                 await asyncio.sleep(3)
             await asyncio.sleep(self.delay_s)

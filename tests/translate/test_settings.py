@@ -56,3 +56,24 @@ def test_no_pipeline_file_means_local_offline(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("LT_PIPELINE_CONFIG", "/nonexistent/pipeline.json")
     s = load_settings()
     assert s.backend == "apertium" and s.pipeline == "local"
+
+
+def test_spec_sleep_and_fallback_endpoints_fill_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = TranslationPipelineSpec.model_validate({"translation": {
+        "sleepAfterIdle": "10m", "fallback": [
+            {"endpoint": "https://llm.example.com/v1", "model": "m", "apiKeySecretRef": {"name": "k", "key": "token"}},
+            {"endpoint": "http://llama.demo.svc:8080/v1", "promptStyle": "completion"}]}})
+    r = ResolvedPipeline(name="t", spec=spec, placement=Placement(translationBackend="vllm"),
+                         endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"))
+    s = TranslateSettings().merged(r)
+    assert s.vllm.sleep_after_idle_s == 600.0
+    first, second = s.fallback_endpoints
+    assert (first.url, first.model, first.prompt_style) == ("https://llm.example.com/v1", "m", "chat")
+    assert str(first.api_key_file) == "/etc/livetranslate/fallback-keys/0/token"
+    assert (second.prompt_style, second.api_key_file, second.model) == ("completion", None, None)
+    # the pod's environment still wins over the pipeline file
+    monkeypatch.setenv("LT_TRANSLATE_VLLM__SLEEP_AFTER_IDLE_S", "0")
+    assert TranslateSettings().merged(r).vllm.sleep_after_idle_s == 0.0
+    # and a fallback that is not an http(s) URL is refused with the spec
+    with pytest.raises(ValueError, match="endpoint"):
+        TranslationPipelineSpec.model_validate({"translation": {"fallback": [{"endpoint": "llm:8080"}]}})

@@ -197,3 +197,68 @@ def test_a_pod_serves_the_model_its_pipeline_file_names(fake_vllm: FakeVllm, tmp
         assert c.get("/v1/admin/model").json()["model"] == small
         [line] = read_ndjson(c.post("/v1/translate", json=tr_request("Where is the train station?", ["es"])))
         assert line["type"] == "translation" and fake_vllm.completions[-1]["model"] == small
+
+
+def _pipeline_file(tmp_path: Any, translation: dict[str, Any], model: str) -> str:
+    from livetranslate.api import TranslationPipelineSpec
+    from livetranslate.config import Endpoints, Placement, ResolvedPipeline
+
+    resolved = ResolvedPipeline(
+        name="town-hall", spec=TranslationPipelineSpec.model_validate(
+            {"targetLanguages": ["es"], "translation": {"backend": "vllm", "model": model, **translation}}),
+        placement=Placement(translationBackend="vllm", translationModel=model),
+        endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"))
+    path = tmp_path / "pipeline.json"
+    path.write_text(resolved.to_json())
+    return str(path)
+
+
+def test_spec_sleep_after_idle_puts_vllm_to_sleep_and_a_request_wakes_it(
+        fake_vllm: FakeVllm, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spec.translation.sleepAfterIdle reaches the pod through its pipeline file: GPU memory freed
+    while nobody speaks, the next segment wakes the engine and is translated."""
+    monkeypatch.setenv("LT_PIPELINE_CONFIG", _pipeline_file(tmp_path, {"sleepAfterIdle": "300ms"}, fake_vllm.model))
+    monkeypatch.setenv("LT_TRANSLATE_VLLM__URL", fake_vllm.url)
+    monkeypatch.setenv("LT_TRANSLATE_VLLM__METRICS_INTERVAL_S", "0.1")
+    with TestClient(create_app()) as c:
+        deadline = time.monotonic() + 10
+        while not fake_vllm.sleeping and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake_vllm.sleep_calls == ["1"]
+        [line] = read_ndjson(c.post("/v1/translate", json=tr_request("Where is the train station?", ["es"])))
+        assert line["type"] == "translation" and fake_vllm.wake_calls == 1 and not fake_vllm.sleeping
+
+
+def test_spec_fallback_endpoint_takes_over_when_vllm_fails(
+        fake_vllm: FakeVllm, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """spec.translation.fallback: the segments vLLM cannot translate (500s) go to the endpoint
+    behind its circuit breaker, with the key from the Secret the operator mounts."""
+    from .conftest import ThreadServer
+
+    hosted = FakeVllm(model="hosted-model")
+    hosted.server = ThreadServer(hosted.app()).start()
+    try:
+        fake_vllm.mode = "error"
+        key_file = tmp_path / "key"
+        key_file.write_text("sk-test\n")
+        monkeypatch.setenv("LT_PIPELINE_CONFIG", _pipeline_file(tmp_path, {"fallback": [
+            {"endpoint": hosted.url, "model": "hosted-model", "promptStyle": "completion",
+             "apiKeySecretRef": {"name": "llm-key"}}]}, fake_vllm.model))
+        monkeypatch.setenv("LT_TRANSLATE_VLLM__URL", fake_vllm.url)
+        from livetranslate.workloads.translate import settings as translate_settings
+
+        settings = translate_settings.load_settings()
+        assert str(settings.fallback_endpoints[0].api_key_file) == "/etc/livetranslate/fallback-keys/0/apiKey"
+        settings.fallback_endpoints[0].api_key_file = key_file  # where the pod has it mounted
+        with TestClient(create_app(settings)) as c:
+            for i in range(3):
+                [line] = read_ndjson(c.post("/v1/translate", json=tr_request(f"Where is station {i}?", ["es"],
+                                                                              segment=i)))
+                assert line["type"] == "translation" and line["quality"] == "fallback", line
+                assert line["backend"] == "fallback-1"
+            assert metric_value(c.get("/metrics").text, "livetranslate_translation_fallbacks_total",
+                                from_backend="vllm", to_backend="fallback-1") == 3
+        assert [r["model"] for r in hosted.completions] == ["hosted-model"] * 3
+        assert hosted.authorizations == ["Bearer sk-test"] * 3
+    finally:
+        hosted.server.stop()

@@ -127,6 +127,8 @@ class TranslationService:
         if engines is None:
             kinds: list[BackendName] = [backend] + [k for k in settings.fallback if k != backend]
             engines = [build_engine(k, settings) for k in kinds]
+            engines += [OpenAIEngine(endpoint, settings.context_segments or 0, name=f"fallback-{i + 1}")
+                        for i, endpoint in enumerate(settings.fallback_endpoints)]
         self.steps = [self._step(e) for e in engines]
         self.primary = self.steps[0]
         self.model: str | None = settings.model if self.primary.engine.name != "apertium" else None

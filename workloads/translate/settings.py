@@ -15,7 +15,13 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from livetranslate.config import TRANSLATION_KEY_MOUNT_DIR, VLLM_LOCAL_URL, ResolvedPipeline, load_resolved
+from livetranslate.config import (
+    FALLBACK_KEYS_MOUNT_DIR,
+    TRANSLATION_KEY_MOUNT_DIR,
+    VLLM_LOCAL_URL,
+    ResolvedPipeline,
+    load_resolved,
+)
 
 BackendName = Literal["vllm", "openai", "apertium"]
 # How several segments travel to an OpenAI-compatible server in one micro-batch:
@@ -106,6 +112,8 @@ class TranslateSettings(BaseSettings):
     # Next steps after the primary backend, in order (for example ["openai"] for an external
     # endpoint behind the local vLLM, or ["apertium"] for an offline last resort).
     fallback: list[BackendName] = Field(default_factory=list)
+    # Then these OpenAI-compatible endpoints, in order (spec.translation.fallback).
+    fallback_endpoints: list[OpenAISettings] = Field(default_factory=list)
     context_segments: int | None = Field(None, ge=0, le=32)
     # The protocol caps a segment at 4000 characters (what the gateway sends at most); lower it to
     # refuse long segments an engine with a short context window cannot take.
@@ -145,6 +153,14 @@ class TranslateSettings(BaseSettings):
             out.openai.url = spec.endpoint
         if spec.apiKeySecretRef is not None and out.openai.api_key is None and out.openai.api_key_file is None:
             out.openai.api_key_file = Path(TRANSLATION_KEY_MOUNT_DIR) / spec.apiKeySecretRef.key
+        if "sleep_after_idle_s" not in out.vllm.model_fields_set and spec.sleepAfterIdle:
+            out.vllm.sleep_after_idle_s = spec.sleep_after_idle_seconds
+        if not out.fallback_endpoints:
+            out.fallback_endpoints = [
+                OpenAISettings(url=f.endpoint, model=f.model, prompt_style=f.promptStyle,
+                               api_key_file=(Path(FALLBACK_KEYS_MOUNT_DIR) / str(i) / f.apiKeySecretRef.key
+                                             if f.apiKeySecretRef is not None else None))
+                for i, f in enumerate(spec.fallback)]
         return out
 
 
