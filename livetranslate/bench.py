@@ -573,6 +573,11 @@ def _autoscaling(argv: list[str]) -> int:
     parser.add_argument("--results-dir", default="benchmarks/results",
                         help="workload benchmark results to read service rates from")
     parser.add_argument("--json", default="", help="also write the figures as JSON here")
+    parser.add_argument("--families", type=int, default=0, metavar="N",
+                        help="also replay N seeds of every trace family (ramps, flash crowds, working "
+                             "days, ...) and report the distribution of the ratios (0 = off)")
+    parser.add_argument("--dev-seeds", action="store_true",
+                        help="with --families: the seeds to develop a policy against, not the reported ones")
     args = parser.parse_args(argv)
     params = _measured_rates(default_params(bench_spec()), Path(args.results_dir))
     traces = {Path(args.trace).stem: load_trace(args.trace)} if args.trace else builtin_traces()
@@ -590,15 +595,35 @@ def _autoscaling(argv: list[str]) -> int:
         except ImportError:
             # matplotlib comes with the dev extra; the table and figures do not need it.
             print("plot: skipped (matplotlib is not installed)")
+    families = _families(params, args.families, args.dev_seeds) if args.families > 0 else []
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({
             "params": asdict(params),
             "loadavg": list(os.getloadavg()),
             "results": [{k: v for k, v in asdict(r).items() if k != "series"} for r in results],
-            "slo_violation_ratio_vs_hpa": x, "replica_seconds_ratio_vs_hpa": y}, indent=2))
+            "slo_violation_ratio_vs_hpa": x, "replica_seconds_ratio_vs_hpa": y,
+            "families": families}, indent=2))
     print(f"slo_violation_ratio_vs_hpa={x:.3f} replica_seconds_ratio_vs_hpa={y:.3f}")
     return 0
+
+
+def _families(params: ModelParams, n: int, dev: bool) -> list[dict[str, Any]]:
+    from livetranslate import bench_traces
+
+    seeds = (bench_traces.DEV_SEEDS if dev else bench_traces.REPORT_SEEDS)[:n]
+    out = []
+    print(f"trace families, {len(seeds)} {'development' if dev else 'report'} seeds each "
+          "(ratios of ours to HPA / KEDA: median and 90th percentile)")
+    print(f"{'family':<14} {'SLO vs HPA':>14} {'SLO vs KEDA':>14} {'replica-s vs HPA':>17} {'target':>7}")
+    for family in bench_traces.FAMILIES:
+        d = bench_traces.distribution(family, seeds, params)
+        s = d["summary"]
+        cell = {k: f"{v['median']:.2f} / {v['p90']:.2f}" for k, v in s.items()}
+        print(f"{family:<14} {cell['slo_vs_hpa']:>14} {cell['slo_vs_keda']:>14} {cell['replicas_vs_hpa']:>17} "
+              f"{'met' if d['met'] else 'MISS':>7}")
+        out.append(d)
+    return out
 
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {"autoscaling": _autoscaling}

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
-from livetranslate import bench
+from livetranslate import bench, bench_traces
 from livetranslate.cli import main as cli
 
 
@@ -67,3 +68,33 @@ def test_hpa_scale_up_is_limited_like_kubernetes() -> None:
     out = keda.decide(0.0, obs, reps, dict(reps))
     # A demand query does not saturate, but HPA's max(4 pods, 100%) per minute still applies.
     assert out["audio"] == 20
+
+
+def test_trace_families_are_seeded_draws_of_distinct_shapes() -> None:
+    bt = bench_traces
+    assert set(bt.DEV_SEEDS).isdisjoint(bt.REPORT_SEEDS) and len(bt.REPORT_SEEDS) >= 30
+    for family in bt.FAMILIES:
+        a, b = bt.generate(family, 1000), bt.generate(family, 1001)
+        assert a == bt.generate(family, 1000), f"{family}: a seed is one trace"
+        assert a != b, f"{family}: another seed, another draw"
+        assert min(a) >= 0 and len(a) >= 1800 and max(a) > 50, family
+    flash = bt.generate("flash_crowd", 1000)
+    jump = max(flash[t + 30] - flash[t] for t in range(len(flash) - 30))
+    assert jump > 100, "a flash crowd arrives within half a minute"
+    night = bt.generate("quiet_night", 1000)
+    assert max(night[: 5 * 3600]) < 40 < max(night[5 * 3600:]), "quiet for hours, then the morning"
+
+
+def test_families_report_the_distribution_of_the_ratios(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out = tmp_path / "a.json"
+    rc = cli(["bench", "autoscaling", "--families", "2", "--plot", "", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "trace families, 2 report seeds each" in printed and "working_day" in printed
+    families = json.loads(out.read_text())["families"]
+    assert [f["family"] for f in families] == list(bench_traces.FAMILIES)
+    for f in families:
+        assert f["seeds"] == [1000, 1001] and len(f["per_seed"]) == 2
+        for key in ("slo_vs_hpa", "slo_vs_keda", "replicas_vs_hpa", "replicas_vs_keda"):
+            values = sorted(s[key] for s in f["per_seed"])
+            assert values[0] <= f["summary"][key]["median"] <= f["summary"][key]["p90"] <= values[-1]
