@@ -8,15 +8,15 @@ import asyncio
 import httpx
 import pytest
 
-from livetranslate.workloads.translate.engines import (
+from livetranslate.workloads.translate.engine_metrics import (
     LLAMACPP_STATS,
     STAT_KV_CACHE,
     STAT_RUNNING,
     STAT_WAITING,
     VLLM_STATS,
-    OpenAIEngine,
     engine_stats,
 )
+from livetranslate.workloads.translate.engines import OpenAIEngine
 from livetranslate.workloads.translate.quality import Job
 from livetranslate.workloads.translate.settings import OpenAISettings
 

@@ -32,21 +32,11 @@ from livetranslate.protocol import (
 from ..resilience import CircuitBreaker
 from .apertium import ApertiumEngine
 from .batching import CircuitOpen, MicroBatcher, QueueFull
-from .engines import (
-    STAT_GPU_RESERVED,
-    STAT_HOST_RSS,
-    STAT_KV_CACHE,
-    STAT_RUNNING,
-    STAT_WAITING,
-    Engine,
-    EngineError,
-    OpenAIEngine,
-    Output,
-    UnsupportedError,
-    VllmEngine,
-)
+from .engine_metrics import STAT_GPU_RESERVED, STAT_HOST_RSS, STAT_KV_CACHE, STAT_RUNNING, STAT_WAITING
+from .engines import Engine, EngineError, OpenAIEngine, Output, UnsupportedError
 from .quality import Job, check, clean_apertium, cleanup
 from .settings import BackendName, TranslateSettings
+from .vllm import VllmEngine
 
 log = logging.getLogger(__name__)
 
