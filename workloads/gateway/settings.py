@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from livetranslate.api import TranslationPipelineSpec
 from livetranslate.capabilities import offline_source_languages
 from livetranslate.config import AUTH_MOUNT_DIR, ResolvedPipeline, load_resolved
 
@@ -90,16 +91,17 @@ class GatewayConfig:
     def __init__(self, settings: GatewaySettings, resolved: ResolvedPipeline | None) -> None:
         self.settings = settings
         self.resolved = resolved
-        spec = resolved.spec if resolved else None
+        # Without a pipeline file (a gateway started by hand, a test) the API's own defaults apply.
+        spec = resolved.spec if resolved else TranslationPipelineSpec()
         self.pipeline = resolved.name if resolved else settings.pipeline
         self.audio_url = _strip(settings.audio_url or (resolved.endpoints.audio if resolved else None))
         self.translation_url = _strip(
             settings.translation_url or (resolved.endpoints.translation if resolved else None))
         self.redis_url = (settings.redis_url or os.environ.get("REDIS_URL")
-                          or (spec.gateway.redisUrl if spec else None))
-        self.max_sessions = settings.max_sessions or (spec.gateway.maxSessionsPerReplica if spec else 500)
-        self.source_language = settings.source_language or (spec.sourceLanguage if spec else "en")
-        self.target_languages = list(settings.target_languages or (spec.targetLanguages if spec else ["es"]))
+                          or spec.gateway.redisUrl)
+        self.max_sessions = settings.max_sessions or spec.gateway.maxSessionsPerReplica
+        self.source_language = settings.source_language or spec.sourceLanguage
+        self.target_languages = list(settings.target_languages or spec.targetLanguages)
         # What language detection may choose among in auto sessions: the settings' list, else on
         # the offline backend the languages it can translate from; empty means any.
         if settings.detect_languages is not None:
@@ -109,15 +111,15 @@ class GatewayConfig:
         else:
             self.detect_languages = []
         self.context_segments = (settings.context_segments if settings.context_segments is not None
-                                 else (spec.translation.contextSegments if spec else 3))
+                                 else spec.translation.contextSegments)
         self.diarization = (settings.diarization if settings.diarization is not None
-                            else bool(spec and spec.audio.diarization.enabled))
-        self.max_speakers = settings.max_speakers or (spec.audio.diarization.maxSpeakers if spec else 4)
+                            else spec.audio.diarization.enabled)
+        self.max_speakers = settings.max_speakers or spec.audio.diarization.maxSpeakers
         self.allowed_origins = list(settings.allowed_origins if settings.allowed_origins is not None
-                                    else (spec.gateway.allowedOrigins if spec else []))
+                                    else spec.gateway.allowedOrigins)
         if settings.auth_dir:
             self.auth_dir: Path | None = Path(settings.auth_dir)
-        elif spec and spec.gateway.authSecretRef:
+        elif spec.gateway.authSecretRef:
             self.auth_dir = Path(AUTH_MOUNT_DIR)
         else:
             self.auth_dir = None

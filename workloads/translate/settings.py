@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from livetranslate.api import TranslationSpec
 from livetranslate.config import (
     FALLBACK_KEYS_MOUNT_DIR,
     TRANSLATION_KEY_MOUNT_DIR,
@@ -136,7 +137,8 @@ class TranslateSettings(BaseSettings):
         if resolved is None:
             out.pipeline = out.pipeline or "local"
             out.backend = out.backend or "apertium"
-            out.context_segments = 3 if out.context_segments is None else out.context_segments
+            if out.context_segments is None:  # the API's default, as a pipeline would have it
+                out.context_segments = TranslationSpec().contextSegments
             out.fallback_models = out.fallback_models or []
             return out
         spec = resolved.spec.translation
