@@ -54,6 +54,9 @@ TRANSLATION_ENGINE_MEMORY = "livetranslate_translation_engine_memory"
 TRANSLATION_ENGINE_RESTARTS = "livetranslate_translation_engine_restarts"
 TRANSLATION_BREAKER_OPEN = "livetranslate_translation_circuit_open"
 TRANSLATION_MODEL_INFO = "livetranslate_translation_model_info"
+# Admission: the sessions a replica sustains (measured), and the sessions it refused.
+STAGE_CAPACITY_SESSIONS = "livetranslate_stage_capacity_sessions"
+ADMISSION_REFUSALS = "livetranslate_admission_refusals_total"
 
 # Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
 EXTERNAL_METRICS = (
@@ -106,6 +109,16 @@ def audio_realtime_factor(registry: CollectorRegistry) -> Gauge:
     return Gauge(AUDIO_REALTIME_FACTOR,
                  "Processing seconds per second of audio (below 1 keeps up with real time)",
                  ["pipeline", "device"], registry=registry)
+
+
+def stage_capacity_sessions(registry: CollectorRegistry) -> Gauge:
+    return Gauge(STAGE_CAPACITY_SESSIONS, "Sessions one replica of the stage sustains, as measured by it",
+                 ["pipeline", "stage"], registry=registry)
+
+
+def admission_refusals(registry: CollectorRegistry) -> Counter:
+    return Counter(ADMISSION_REFUSALS.removesuffix("_total"), "Sessions a replica refused, by reason",
+                   ["pipeline", "stage", "reason"], registry=registry)
 
 
 def queue_depth(registry: CollectorRegistry) -> Gauge:

@@ -422,3 +422,20 @@ def test_non_latin_speech_commits_before_the_pause(voice: str, text: str, script
     assert len(re.findall(script, heard)) > len(heard) // 2, heard
     # (finals of a script without spaces are joined here with one: compare without them)
     assert words is None or words.replace(" ", "") in heard.replace(" ", ""), heard
+
+
+async def test_a_session_past_the_replicas_capacity_is_refused_with_the_reason(
+        server_factory: Callable[..., Server]) -> None:
+    """A replica refuses the session it cannot serve in real time (here its configured cap of one)
+    with a reason a client can act on, counts the refusal and publishes its capacity."""
+    server = server_factory({"LT_AUDIO_LIMITS__MAX_SESSIONS": "1"})
+    async with websockets.connect(server.ws) as first:
+        await first.send(_start("first"))
+        assert json.loads(await first.recv())["type"] == "ready"
+        events, code = await _exchange(server.ws, _start("second"))
+        assert code == 1013 and events[0]["code"] == "capacity_exceeded", events
+        assert "at most 1 sessions; try another" in str(events[0]["message"])
+    async with httpx.AsyncClient(base_url=server.base) as http:
+        text = (await http.get("/metrics")).text
+    assert 'livetranslate_admission_refusals_total{pipeline="local",reason="capacity",stage="audio"} 1.0' in text
+    assert 'livetranslate_stage_capacity_sessions{pipeline="local",stage="audio"} 1.0' in text

@@ -188,9 +188,10 @@ class AudioConnection:
             why = "still loading" if svc.loading else (svc.load_error or "not loaded")
             await self._send(AudioError(code=ERR_MODEL, message=f"speech model unavailable: {why}"))
             raise _Close(CLOSE_TRY_AGAIN, "model unavailable")
-        if len(svc.sessions) >= self.settings.limits.max_sessions:
-            await self._send(AudioError(code=ERR_CAPACITY, message=(
-                f"this replica serves {self.settings.limits.max_sessions} sessions; try another")))
+        if len(svc.sessions) >= svc.capacity.sessions:
+            # Past what it sustains every session's captions would fall behind: refuse the new one.
+            svc.m_refusals.labels(pipeline=self.settings.pipeline, stage="audio", reason="capacity").inc()
+            await self._send(AudioError(code=ERR_CAPACITY, message=svc.capacity.refusal()))
             raise _Close(CLOSE_TRY_AGAIN, "capacity exceeded")
         if start.diarization:
             try:

@@ -16,6 +16,7 @@ import numpy as np
 from prometheus_client import CollectorRegistry
 
 from livetranslate import metrics
+from livetranslate.workloads.audio.capacity import CapacityEstimate
 from livetranslate.workloads.audio.diarization import Diarizer
 from livetranslate.workloads.audio.engines import Engine, ModelLoadError, load_engine
 from livetranslate.workloads.audio.scheduler import DecodeScheduler
@@ -52,6 +53,10 @@ class AudioService:
         self.registry = CollectorRegistry()
         self.m_processing = metrics.audio_processing(self.registry)
         self.m_rtf = metrics.audio_realtime_factor(self.registry)
+        self.capacity = CapacityEstimate(static_cap=self.settings.limits.max_sessions)
+        self.m_capacity = metrics.stage_capacity_sessions(self.registry)
+        self.m_capacity.labels(pipeline=self.settings.pipeline, stage="audio").set(self.capacity.sessions)
+        self.m_refusals = metrics.admission_refusals(self.registry)
         self.m_batch = metrics.audio_batch_size(self.registry)
         self.m_queue = metrics.queue_depth(self.registry).labels(pipeline=settings.pipeline, stage="audio")
         self.m_sessions = metrics.sessions_active(self.registry).labels(pipeline=settings.pipeline)
@@ -162,5 +167,7 @@ class AudioService:
             now = time.monotonic()
             d_decode = self.decode_seconds_total - last_decode
             last_decode, elapsed, last_at = self.decode_seconds_total, now - last_at, now
-            self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(
-                decoder_utilisation(d_decode, elapsed, self.scheduler.workers))
+            utilisation = decoder_utilisation(d_decode, elapsed, self.scheduler.workers)
+            self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(utilisation)
+            self.capacity.observe(utilisation, len(self.sessions))
+            self.m_capacity.labels(pipeline=self.settings.pipeline, stage="audio").set(self.capacity.sessions)
