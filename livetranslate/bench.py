@@ -1,7 +1,7 @@
 """``livetranslate bench autoscaling``: our autoscaling policy against the incumbents.
 
-Load traces (concurrent real-time sessions over time) are replayed through a discrete-time
-(1 s) fluid queueing model of the pipeline, once per policy:
+Load traces (concurrent real-time sessions over time; bench_traces.py) are replayed through a
+discrete-time (1 s) fluid queueing model of the pipeline, once per policy (bench_policies.py):
 
 * **livetranslate**: the operator's own pure decision function
   (``livetranslate.operator.scaling.policy.decide``), fed Signals built from the simulated metrics;
@@ -24,7 +24,6 @@ benchmarks when present (keys named in ``_measured_rates``), else from the docum
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import logging
@@ -38,10 +37,20 @@ from pathlib import Path
 from typing import Any
 
 from livetranslate.api import TranslationPipelineSpec, parse_spec
+from livetranslate.bench_policies import (
+    STAGES,
+    HpaPolicy,
+    KedaPolicy,
+    LiveTranslatePolicy,
+    Observed,
+    Policy,
+    bounds,
+    clamp,
+)
+from livetranslate.bench_traces import builtin_traces, load_trace
 
 log = logging.getLogger(__name__)
 
-STAGES = ("audio", "translation", "gateway")
 SCRAPE_S = 15
 RATE_WINDOW_S = 30
 LATENCY_WINDOW_S = 60   # the autoscaler's histogram rate window at a 15 s interval (4 x 15 s)
@@ -175,155 +184,6 @@ class Truth:
     served: dict[str, float] = field(default_factory=dict)   # work units completed this second
 
 
-@dataclass
-class Observed:
-    """What Prometheus holds at a scrape: 30 s averages with the trace's noise applied."""
-
-    time: float
-    caption_p95: float
-    translation_p95: float
-    queue: dict[str, float]
-    util: dict[str, float]        # uncapped (real-time factor, request-rate demand)
-    cpu: dict[str, float]         # CPU utilisation of ready pods: saturates at 1.0
-    demand: dict[str, float]      # offered work in replica units (for a KEDA rate query)
-    sessions: float
-    throughput: dict[str, float] = field(default_factory=dict)  # completions/s, a rate query
-
-
-# ---------------------------------------------------------------------------------- the policies
-
-
-class Policy:
-    name = "policy"
-
-    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
-               ready: dict[str, int]) -> dict[str, int]:
-        raise NotImplementedError
-
-
-class HpaPolicy(Policy):
-    """Kubernetes HPA (autoscaling/v2 defaults) on a per-stage metric against a target."""
-
-    name = "hpa"
-    sync_s = 15
-    tolerance = 0.1
-    down_window_s = 300.0
-    up_period_s = 15.0
-
-    def __init__(self, spec: TranslationPipelineSpec, target: float = 0.7, metric: str = "cpu") -> None:
-        self.spec = spec
-        self.target = target
-        self.metric = metric
-        self.recs: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}
-        self.ups: dict[str, list[tuple[float, int]]] = {s: [] for s in STAGES}  # (time, replicas before)
-        self.next_t = 0.0
-
-    def _metric(self, obs: Observed, stage: str) -> float:
-        return obs.cpu[stage] if self.metric == "cpu" else obs.demand[stage]
-
-    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
-               ready: dict[str, int]) -> dict[str, int]:
-        if t < self.next_t or obs is None:
-            return replicas
-        self.next_t = t + self.sync_s
-        out = dict(replicas)
-        for s in STAGES:
-            lo, hi = _bounds(self.spec, s)
-            cur = replicas[s]
-            rdy = max(1, ready[s])
-            if self.metric == "cpu":
-                value = self._metric(obs, s)           # average over ready pods
-                ratio = value / self.target
-                if ratio > 1.0 and ready[s] < cur:     # unready pods count as 0% for scale-up
-                    ratio = value * ready[s] / cur / self.target
-                raw = cur * ratio if abs(ratio - 1.0) > self.tolerance else cur
-            else:                                       # AverageValue over the demand total
-                total = self._metric(obs, s)
-                ratio = total / (self.target * max(1, cur))
-                raw = total / self.target if abs(ratio - 1.0) > self.tolerance else cur
-            del rdy
-            rec = _clamp(math.ceil(raw - 1e-9), lo, hi)
-            self.recs[s] = [(ts, r) for ts, r in self.recs[s] if t - ts < self.down_window_s] + [(t, rec)]
-            desired = rec
-            if desired < cur:
-                desired = min(cur, max(r for _, r in self.recs[s]))
-            if desired > cur:
-                self.ups[s] = [(ts, r) for ts, r in self.ups[s] if t - ts < self.up_period_s]
-                base = min([r for _, r in self.ups[s]] + [cur])
-                limit = max(base + 4, 2 * base)
-                desired = min(desired, limit)
-                if desired > cur:
-                    self.ups[s].append((t, cur))
-            out[s] = _clamp(desired, lo, hi)
-        return out
-
-
-class KedaPolicy(HpaPolicy):
-    """KEDA's Prometheus scaler: a demand query polled every 30 s, 300 s cooldown, fed to an HPA
-    (AverageValue target) with its default scale-up limits."""
-
-    name = "keda"
-    sync_s = 30
-
-    def __init__(self, spec: TranslationPipelineSpec, target: float = 0.7) -> None:
-        super().__init__(spec, target=target, metric="demand")
-
-
-class LiveTranslatePolicy(Policy):
-    """The operator's decide(), called every spec.scaling.interval with simulated Signals."""
-
-    name = "livetranslate"
-
-    def __init__(self, spec: TranslationPipelineSpec) -> None:
-        from livetranslate.operator.scaling.policy import History
-
-        self.spec = spec
-        self.interval = spec.scaling.interval_seconds
-        self.history = History()
-        self.next_t = 0.0
-
-    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
-               ready: dict[str, int]) -> dict[str, int]:
-        from livetranslate.operator.scaling.policy import Current, decide
-        from livetranslate.operator.scaling.signals import Sample, Signals
-
-        if t < self.next_t or obs is None:
-            return replicas
-        self.next_t = t + self.interval
-        sig = Signals(
-            time=t,
-            caption_p95=Sample.of(obs.caption_p95),
-            translation_p95=Sample.of(obs.translation_p95),
-            queue_depth={s: Sample.of(obs.queue[s]) for s in STAGES},
-            sessions_active=Sample.of(obs.sessions),
-            audio_rtf=Sample.of(obs.util["audio"]),
-            # GPU memory is not simulated (model placement is tested in the unit and integration
-            # tests; the bench spec has no fallback models): that signal is absent, not invented.
-            # KV-cache use follows the translation stage's utilisation and saturates at 1.
-            gpu_memory_fraction=Sample.absent("missing"),
-            # The model has one translation queue, reported as the stage's queue depth; counting
-            # it again as vLLM's waiting requests would double it.
-            vllm_requests_waiting=Sample.of(0.0),
-            kv_cache_usage=Sample.of(min(1.0, obs.util["translation"])),
-            throughput={s: Sample.of(v) for s, v in obs.throughput.items()},
-        )
-        current = Current(replicas=replicas, ready=ready, model=self.spec.translation.model,
-                          audio_device="cpu", translation_backend="vllm")
-        decision = decide(self.spec, sig, current, self.history, t)
-        self.history = decision.history
-        return {s: decision.stages[s].desired for s in STAGES}
-
-
-def _bounds(spec: TranslationPipelineSpec, stage: str) -> tuple[int, int]:
-    r = {"audio": spec.audio.replicas, "translation": spec.translation.replicas,
-         "gateway": spec.gateway.replicas}[stage]
-    return r.min, r.max
-
-
-def _clamp(v: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, v))
-
-
 # --------------------------------------------------------------------------------- the simulator
 
 
@@ -346,9 +206,9 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
              for _ in range(n_scrapes)]
     state = {s: StageState(0) for s in STAGES}
     for s in STAGES:
-        lo, _ = _bounds(spec, s)
-        start = _clamp(max(1, math.ceil(trace[0] * params.stage(s).work_per_session
-                                        / (params.stage(s).capacity_per_replica * 0.7))), lo, _bounds(spec, s)[1])
+        lo, _ = bounds(spec, s)
+        start = clamp(max(1, math.ceil(trace[0] * params.stage(s).work_per_session
+                                        / (params.stage(s).capacity_per_replica * 0.7))), lo, bounds(spec, s)[1])
         state[s].set_replicas(start, -1e9, 0.0)
     history: list[Truth] = []
     obs: Observed | None = None
@@ -436,48 +296,6 @@ def _observe(t: int, history: list[Truth], nz: dict[str, float], params: ModelPa
         throughput={s: avg(rate_w, lambda w, s=s: w.served.get(s, 0.0)) * nz["u" + s[0]]  # type: ignore[misc]
                     for s in ("audio", "translation")},
     )
-
-
-# ------------------------------------------------------------------------------------- the traces
-
-
-def builtin_traces(seed: int = 7) -> dict[str, list[float]]:
-    """step, burst, diurnal and noisy traces of concurrent sessions, one value per second."""
-    rng = random.Random(seed)
-    step = [40.0 if t < 300 or t >= 1500 else 240.0 for t in range(2400)]
-    burst = []
-    for t in range(2400):
-        phase = t % 600
-        burst.append(300.0 if 200 <= phase < 320 else 60.0)
-    diurnal = [20.0 + 280.0 * (0.5 - 0.5 * math.cos(2 * math.pi * t / 3600.0)) for t in range(3600)]
-    noisy = []
-    level = 150.0
-    for _ in range(2400):
-        level = min(260.0, max(60.0, level + rng.gauss(0.0, 3.0)))
-        noisy.append(max(0.0, level * (1.0 + rng.gauss(0.0, 0.15))))
-    return {"step": step, "burst": burst, "diurnal": diurnal, "noisy": noisy}
-
-
-def load_trace(path: str) -> list[float]:
-    """Read a CSV with header ``t_seconds,active_sessions`` into one value per second."""
-    points: list[tuple[float, float]] = []
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames is None or not {"t_seconds", "active_sessions"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: expected a header t_seconds,active_sessions")
-        for row in reader:
-            points.append((float(row["t_seconds"]), float(row["active_sessions"])))
-    if not points:
-        raise ValueError(f"{path}: no rows")
-    points.sort()
-    end = math.ceil(points[-1][0]) + 1
-    out: list[float] = []
-    j = 0
-    for t in range(end):
-        while j + 1 < len(points) and points[j + 1][0] <= t:
-            j += 1
-        out.append(max(0.0, points[j][1]) if points[0][0] <= t else max(0.0, points[0][1]))
-    return out
 
 
 def bench_spec(audio_max: int = 40, translation_max: int = 24, gateway_max: int = 4) -> TranslationPipelineSpec:

@@ -1,4 +1,5 @@
-"""Load-trace families for ``livetranslate bench autoscaling --families``: many draws, not one.
+"""Load traces for ``livetranslate bench autoscaling``: the four built-in traces, a user's CSV,
+and trace families for ``--families``: many draws, not one.
 
 A policy tuned on four traces can hold on those four and lose on the next shape it meets. Each
 family here is a generator of concurrent-session traces (one value per second) whose shape
@@ -27,6 +28,7 @@ The families (durations and ranges are the generator's; each draw picks within t
 
 from __future__ import annotations
 
+import csv
 import math
 import random
 import statistics
@@ -37,6 +39,50 @@ Trace = list[float]
 
 DEV_SEEDS = tuple(range(30))
 REPORT_SEEDS = tuple(range(1000, 1030))
+
+
+# The four built-in traces of the headline figure, and a user's own trace from a CSV.
+
+def builtin_traces(seed: int = 7) -> dict[str, list[float]]:
+    """step, burst, diurnal and noisy traces of concurrent sessions, one value per second."""
+    rng = random.Random(seed)
+    step = [40.0 if t < 300 or t >= 1500 else 240.0 for t in range(2400)]
+    burst = []
+    for t in range(2400):
+        phase = t % 600
+        burst.append(300.0 if 200 <= phase < 320 else 60.0)
+    diurnal = [20.0 + 280.0 * (0.5 - 0.5 * math.cos(2 * math.pi * t / 3600.0)) for t in range(3600)]
+    noisy = []
+    level = 150.0
+    for _ in range(2400):
+        level = min(260.0, max(60.0, level + rng.gauss(0.0, 3.0)))
+        noisy.append(max(0.0, level * (1.0 + rng.gauss(0.0, 0.15))))
+    return {"step": step, "burst": burst, "diurnal": diurnal, "noisy": noisy}
+
+
+def load_trace(path: str) -> list[float]:
+    """Read a CSV with header ``t_seconds,active_sessions`` into one value per second."""
+    points: list[tuple[float, float]] = []
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is None or not {"t_seconds", "active_sessions"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: expected a header t_seconds,active_sessions")
+        for row in reader:
+            points.append((float(row["t_seconds"]), float(row["active_sessions"])))
+    if not points:
+        raise ValueError(f"{path}: no rows")
+    points.sort()
+    end = math.ceil(points[-1][0]) + 1
+    out: list[float] = []
+    j = 0
+    for t in range(end):
+        while j + 1 < len(points) and points[j + 1][0] <= t:
+            j += 1
+        out.append(max(0.0, points[j][1]) if points[0][0] <= t else max(0.0, points[0][1]))
+    return out
+
+
+# The families.
 
 
 def ramp(rng: random.Random) -> Trace:

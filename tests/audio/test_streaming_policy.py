@@ -23,11 +23,9 @@ from livetranslate.workloads.audio.streaming import (
     StreamEvent,
     StreamSession,
     UtteranceEndOut,
-    continues_word,
-    is_hallucination,
-    norm_word,
 )
 from livetranslate.workloads.audio.vad import VadStream
+from livetranslate.workloads.audio.words import continues_word, is_hallucination, norm_word
 
 SR = 16000
 

@@ -84,7 +84,7 @@ def is_glued(raw: str, index: int) -> bool:
     space tells the second part belongs to the first. The first word of a pass has nothing in
     that pass to continue. In scripts written without spaces (Chinese, Japanese, Thai) every word
     is glued: it joins the previous one without a space, but a commit may still end before it
-    (``streaming.continues_word``).
+    (``words.continues_word``).
     """
     return index > 0 and bool(raw) and not raw[0].isspace()
 
