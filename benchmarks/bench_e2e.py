@@ -36,8 +36,7 @@ async def session(url: str, pcm: bytes, delay: float) -> dict[str, Any]:
 
     await asyncio.sleep(delay)
     finals: dict[int, dict[str, Any]] = {}
-    out: dict[str, Any] = {"final_latency": [], "translation_latency": [], "gateway_latency": [],
-                           "text": ""}
+    out: dict[str, Any] = {"final_latency": [], "translation_latency": [], "gateway_latency": [], "text": ""}
     async with connect(url, max_size=4 * 1024 * 1024) as ws:
         await ws.send(json.dumps({"type": "session.start", "sampleRate": 16000}))
         json.loads(await ws.recv())
@@ -48,7 +47,7 @@ async def session(url: str, pcm: bytes, delay: float) -> dict[str, Any]:
             for k, i in enumerate(range(0, len(pcm), step)):
                 # Like a microphone: a chunk leaves once its last sample has been spoken.
                 await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK_SECONDS - time.monotonic()))
-                await ws.send(pcm[i:i + step])
+                await ws.send(pcm[i : i + step])
             await ws.send('{"type": "session.end"}')
 
         sender = asyncio.create_task(send())
@@ -77,9 +76,14 @@ async def run_sessions(url: str, pcm: bytes, n: int) -> list[dict[str, Any]]:
 
 def start_up(log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """`livetranslate up --port 0 ARGS`, until it prints its page; its output goes to ``log``."""
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", "0", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONSAFEPATH": "1"}, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        start_new_session=True,
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + 600
     with log.open("w") as f:
@@ -96,14 +100,22 @@ def start_up(log: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sessions", default="1,4,8")
-    parser.add_argument("--name", default="e2e",
-                        help="stem of the results files in benchmarks/results (the whole .md is rewritten)")
+    parser.add_argument(
+        "--name",
+        default="e2e",
+        help="stem of the results files in benchmarks/results (the whole .md is rewritten)",
+    )
     args = parser.parse_args()
     samples, _spans = compose([Utterance(t, pause_after=1.0) for t in SENTENCES[:4]])
     pcm = to_pcm16(samples)
     reference = " ".join(SENTENCES[:4])
-    result: dict[str, Any] = {"audio_seconds": round(len(samples) / 16000, 2), "cpus": os.cpu_count(),
-                              "cpu_model": cpu_model(), "loadavg_before": os.getloadavg(), "runs": []}
+    result: dict[str, Any] = {
+        "audio_seconds": round(len(samples) / 16000, 2),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "loadavg_before": os.getloadavg(),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_up(Path(tmp) / "up.log")
         try:
@@ -115,12 +127,19 @@ def main() -> None:
                 tr = [x * 1000 for o in outs for x in o["translation_latency"]]
                 gwl = [x * 1000 for o in outs for x in o["gateway_latency"]]
                 wer = sum(word_error_rate(reference, o["text"]) for o in outs) / n
-                row = {"sessions": n, "finals": len(fin), "translations": len(tr),
-                       "final_p50_ms": round(percentile(fin, 0.5)), "final_p95_ms": round(percentile(fin, 0.95)),
-                       "translation_p50_ms": round(percentile(tr, 0.5)),
-                       "translation_p95_ms": round(percentile(tr, 0.95)),
-                       "gateway_measured_final_p95_ms": round(percentile(gwl, 0.95)),
-                       "mean_wer": round(wer, 3), "loadavg_at_start": load, "loadavg_after": os.getloadavg()}
+                row = {
+                    "sessions": n,
+                    "finals": len(fin),
+                    "translations": len(tr),
+                    "final_p50_ms": round(percentile(fin, 0.5)),
+                    "final_p95_ms": round(percentile(fin, 0.95)),
+                    "translation_p50_ms": round(percentile(tr, 0.5)),
+                    "translation_p95_ms": round(percentile(tr, 0.95)),
+                    "gateway_measured_final_p95_ms": round(percentile(gwl, 0.95)),
+                    "mean_wer": round(wer, 3),
+                    "loadavg_at_start": load,
+                    "loadavg_after": os.getloadavg(),
+                }
                 result["runs"].append(row)
                 print(json.dumps(row), flush=True)
         finally:
@@ -134,20 +153,24 @@ def main() -> None:
     lines = [
         "# End-to-end caption latency through `livetranslate up`",
         "",
-        (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {result['cpus']} cores "
-         f"({result['cpu_model']}) shared "
-         f"with other work (load average before: {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); "
-         f"{result['audio_seconds']} s of espeak-ng speech per session, streamed in real time; faster-whisper "
-         "tiny.en int8 on CPU, Apertium en->es. `benchmarks/bench_e2e.py`."),
+        (
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {result['cpus']} cores "
+            f"({result['cpu_model']}) shared "
+            f"with other work (load average before: {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); "
+            f"{result['audio_seconds']} s of espeak-ng speech per session, streamed in real time; faster-whisper "
+            "tiny.en int8 on CPU, Apertium en->es. `benchmarks/bench_e2e.py`."
+        ),
         "",
         "| sessions | finals | end of speech -> final p50 | p95 | -> translation p50 | p95 | gateway-measured final p95 | mean WER | load avg |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["runs"]:
-        lines.append(f"| {r['sessions']} | {r['finals']} | {r['final_p50_ms']} ms | {r['final_p95_ms']} ms | "
-                     f"{r['translation_p50_ms']} ms | {r['translation_p95_ms']} ms | "
-                     f"{r['gateway_measured_final_p95_ms']} ms | {r['mean_wer']} | "
-                     f"{r['loadavg_at_start'][0]:.2f} |")
+        lines.append(
+            f"| {r['sessions']} | {r['finals']} | {r['final_p50_ms']} ms | {r['final_p95_ms']} ms | "
+            f"{r['translation_p50_ms']} ms | {r['translation_p95_ms']} ms | "
+            f"{r['gateway_measured_final_p95_ms']} ms | {r['mean_wer']} | "
+            f"{r['loadavg_at_start'][0]:.2f} |"
+        )
     lines += ["", "Targets at 4 sessions on 2 cores: p95 final under 1.5 s, p95 translation under 2.0 s."]
     (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print((RESULTS / f"{args.name}.md").read_text())

@@ -87,11 +87,11 @@ class FrameReader:
             if n == 126:
                 if size - pos < 4:
                     break
-                n, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+                n, head = int.from_bytes(buf[pos + 2 : pos + 4], "big"), 4
             elif n == 127:
                 if size - pos < 10:
                     break
-                n, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+                n, head = int.from_bytes(buf[pos + 2 : pos + 10], "big"), 10
             if b1 & 0x80:
                 head += 4
             if size - pos < head + n:
@@ -100,9 +100,9 @@ class FrameReader:
             if opcode in (OP_BINARY, 0):
                 out.append((opcode, None, n))
             else:
-                payload = bytes(buf[pos + head:pos + head + n])
+                payload = bytes(buf[pos + head : pos + head + n])
                 if b1 & 0x80:
-                    payload = apply_mask(payload, bytes(buf[pos + head - 4:pos + head]))
+                    payload = apply_mask(payload, bytes(buf[pos + head - 4 : pos + head]))
                 out.append((opcode, payload, n))
             pos += head + n
         if pos:
@@ -136,8 +136,10 @@ class StandinStream(asyncio.Protocol):
                 if name.strip().lower() == b"sec-websocket-key":
                     key = value.strip()
             accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
-            self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            self.transport.write(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            )
             self._frames = FrameReader()
             data = rest
         for opcode, payload, n in self._frames.feed(data):
@@ -149,8 +151,16 @@ class StandinStream(asyncio.Protocol):
                     # The text carries when the stand-in got the second's last byte (CLOCK_MONOTONIC
                     # is one clock for every process here), so the client can split the round trip
                     # into the gateway's way in and its way out.
-                    self._send(json.dumps({"type": "final", "text": f"second {int(end)} at {time.monotonic():.6f}",
-                                           "start": end - 1.0, "end": end}))
+                    self._send(
+                        json.dumps(
+                            {
+                                "type": "final",
+                                "text": f"second {int(end)} at {time.monotonic():.6f}",
+                                "start": end - 1.0,
+                                "end": end,
+                            }
+                        )
+                    )
             elif opcode == OP_TEXT and payload is not None:
                 msg = json.loads(payload)
                 if msg.get("type") == "start":
@@ -182,9 +192,11 @@ class ClientStream(asyncio.Protocol):
     def __init__(self, host: str, path: str, rate: int) -> None:
         self.transport: asyncio.Transport | None = None
         self._start = json.dumps({"type": "session.start", "sampleRate": rate, "targetLanguages": []})
-        self._request = (f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
-                         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                         "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        self._request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
         self._head = b""
         self._frames: FrameReader | None = None
         self.started = asyncio.get_running_loop().create_future()
@@ -241,8 +253,9 @@ class ClientStream(asyncio.Protocol):
         self.transport.write(ws_frame(OP_TEXT, text.encode(), masked=True))
 
 
-async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids: dict[str, int],
-                       out: Path) -> None:
+async def client_audio(
+    url: str, n: int, seconds: float, frame_ms: int, rate: int, pids: dict[str, int], out: Path
+) -> None:
     """``n`` real-time sessions paced by one ticker; CPU of every process over the streaming window."""
     import heapq
     from urllib.parse import urlsplit
@@ -263,8 +276,11 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
         parts = targets[index % len(targets)]
         async with sem:
             try:
-                _t, proto = await loop.create_connection(lambda: ClientStream(parts.netloc, parts.path, rate),
-                                                         parts.hostname or "127.0.0.1", parts.port or 80)
+                _t, proto = await loop.create_connection(
+                    lambda: ClientStream(parts.netloc, parts.path, rate),
+                    parts.hostname or "127.0.0.1",
+                    parts.port or 80,
+                )
                 await asyncio.wait_for(proto.started, 60)
                 streams.append(proto)
                 per_target[index % len(targets)] += 1
@@ -315,23 +331,35 @@ async def client_audio(url: str, n: int, seconds: float, frame_ms: int, rate: in
     # so the final of each stream's last second is not due.
     pending_ok = 0 if rate == 16000 else 1
     drain_deadline = time.monotonic() + 60
-    while (any(len(s.sent_at) > pending_ok for s in streams if not s.closed)
-           and time.monotonic() < drain_deadline):
+    while (
+        any(len(s.sent_at) > pending_ok for s in streams if not s.closed)
+        and time.monotonic() < drain_deadline
+    ):
         await asyncio.sleep(0.1)
     drained = time.monotonic() - t0
     cpu2 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     for s in streams:
         if s.transport is not None:
             s.transport.abort()
-    out.write_text(json.dumps({
-        "latencies": [x for s in streams for x in s.latencies], "failures": failures,
-        "legs": [x for s in streams for x in s.legs],
-        "closed_early": sum(1 for s in streams if s.closed), "frames": frames, "late_frames": late,
-        "wall_seconds": wall, "cpu_seconds": {k: cpu1[k] - cpu0[k] for k in pids},
-        "drained_seconds": drained, "cpu_seconds_drained": {k: cpu2[k] - cpu0[k] for k in pids},
-        "undelivered": sum(max(0, len(s.sent_at) - pending_ok) for s in streams),
-        "errors": [e for s in streams for e in s.errors][:20], "sessions_per_url": per_target,
-    }))
+    out.write_text(
+        json.dumps(
+            {
+                "latencies": [x for s in streams for x in s.latencies],
+                "failures": failures,
+                "legs": [x for s in streams for x in s.legs],
+                "closed_early": sum(1 for s in streams if s.closed),
+                "frames": frames,
+                "late_frames": late,
+                "wall_seconds": wall,
+                "cpu_seconds": {k: cpu1[k] - cpu0[k] for k in pids},
+                "drained_seconds": drained,
+                "cpu_seconds_drained": {k: cpu2[k] - cpu0[k] for k in pids},
+                "undelivered": sum(max(0, len(s.sent_at) - pending_ok) for s in streams),
+                "errors": [e for s in streams for e in s.errors][:20],
+                "sessions_per_url": per_target,
+            }
+        )
+    )
 
 
 # ------------------------------------------------------------------ client load process
@@ -357,8 +385,9 @@ async def client_hold(url: str, n: int, out: Path) -> None:
                 failures += 1
 
     await asyncio.gather(*(one() for _ in range(n)))
-    out.write_text(json.dumps({"held": len(conns), "failures": failures,
-                               "seconds": time.monotonic() - began}))
+    out.write_text(
+        json.dumps({"held": len(conns), "failures": failures, "seconds": time.monotonic() - began})
+    )
     await asyncio.sleep(3600)  # held until the harness has measured and kills us
 
 
@@ -366,8 +395,12 @@ async def client_hold(url: str, n: int, out: Path) -> None:
 
 
 def spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-P", *args], env={**os.environ, **(env or {})},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [sys.executable, "-P", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def wait_idle(port: int, timeout: float = 300) -> None:
@@ -406,12 +439,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def start_gateway(variant: str, src: Path | None, audio_port: int, gw_port: int, tmp: Path
-                  ) -> subprocess.Popen[bytes]:
-    env = {"LT_GATEWAY_AUDIO_URL": f"http://127.0.0.1:{audio_port}",
-           "LT_GATEWAY_TRANSLATION_URL": "http://127.0.0.1:9", "LT_GATEWAY_MAX_SESSIONS": "100000",
-           "LT_GATEWAY_PIPELINE": "bench", "LT_LOG_LEVEL": "warning",
-           "LT_PIPELINE_CONFIG": str(tmp / "absent.json")}
+def start_gateway(
+    variant: str, src: Path | None, audio_port: int, gw_port: int, tmp: Path
+) -> subprocess.Popen[bytes]:
+    env = {
+        "LT_GATEWAY_AUDIO_URL": f"http://127.0.0.1:{audio_port}",
+        "LT_GATEWAY_TRANSLATION_URL": "http://127.0.0.1:9",
+        "LT_GATEWAY_MAX_SESSIONS": "100000",
+        "LT_GATEWAY_PIPELINE": "bench",
+        "LT_LOG_LEVEL": "warning",
+        "LT_PIPELINE_CONFIG": str(tmp / "absent.json"),
+    }
     if variant == "baseline":
         assert src is not None
         args = [str(Path(__file__).resolve()), "gateway-from", "--src", str(src), "--port", str(gw_port)]
@@ -429,7 +467,8 @@ def serve_from(src: Path, port: int) -> None:
 
     pkg.__path__[:] = [str(src / "workloads" / "gateway")]
     load_file(src / "livetranslate" / "serve.py", "baseline_serve").main(
-        ["gateway", "--host", "127.0.0.1", "--port", str(port)])
+        ["gateway", "--host", "127.0.0.1", "--port", str(port)]
+    )
 
 
 def load_file(path: Path, name: str) -> Any:
@@ -443,13 +482,31 @@ def load_file(path: Path, name: str) -> Any:
     return module
 
 
-def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids: dict[str, int],
-                tmp: Path) -> dict[str, Any]:
+def audio_phase(
+    url: str, n: int, seconds: float, frame_ms: int, rate: int, pids: dict[str, int], tmp: Path
+) -> dict[str, Any]:
     me = str(Path(__file__).resolve())
     out = tmp / f"audio-{n}-{frame_ms}-{rate}-{time.monotonic_ns()}.json"
-    client = spawn([me, "client-audio", "--url", url, "-n", str(n), "--seconds", str(seconds),
-                    "--frame-ms", str(frame_ms), "--rate", str(rate),
-                    "--pids", ",".join(f"{k}={v}" for k, v in pids.items()), "--out", str(out)])
+    client = spawn(
+        [
+            me,
+            "client-audio",
+            "--url",
+            url,
+            "-n",
+            str(n),
+            "--seconds",
+            str(seconds),
+            "--frame-ms",
+            str(frame_ms),
+            "--rate",
+            str(rate),
+            "--pids",
+            ",".join(f"{k}={v}" for k, v in pids.items()),
+            "--out",
+            str(out),
+        ]
+    )
     data = wait_file(out, client, seconds + 300)
     stop(client)
     for key in ("cpu_seconds", "cpu_seconds_drained"):  # replicas "gateway-0", "gateway-1": summed
@@ -458,11 +515,18 @@ def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids
     lat = [x * 1000 for x in data["latencies"]]
     cpu, wall, frames = data["cpu_seconds"], data["wall_seconds"], max(1, data["frames"])
     return {
-        "sessions": n, "frame_ms": frame_ms, "sample_rate": rate, "frames": data["frames"],
-        "samples": len(lat), "failures": data["failures"], "closed_early": data["closed_early"],
-        "late_frames": data["late_frames"], "client_errors": data["errors"],
+        "sessions": n,
+        "frame_ms": frame_ms,
+        "sample_rate": rate,
+        "frames": data["frames"],
+        "samples": len(lat),
+        "failures": data["failures"],
+        "closed_early": data["closed_early"],
+        "late_frames": data["late_frames"],
+        "client_errors": data["errors"],
         "sessions_per_gateway": data["sessions_per_url"],
-        "p50_ms": round(percentile(lat, 0.50), 1), "p95_ms": round(percentile(lat, 0.95), 1),
+        "p50_ms": round(percentile(lat, 0.50), 1),
+        "p95_ms": round(percentile(lat, 0.95), 1),
         "p99_ms": round(percentile(lat, 0.99), 1),
         **legs_ms(data.get("legs", [])),
         "gateway_cpu_us_per_frame": round(data["cpu_seconds_drained"]["gateway"] * 1e6 / frames, 1),
@@ -471,7 +535,8 @@ def audio_phase(url: str, n: int, seconds: float, frame_ms: int, rate: int, pids
         "undelivered_finals": data["undelivered"],
         # Real-time sessions one fully used core would carry at this per-frame cost.
         "sessions_per_gateway_core": round(
-            frames / max(1e-9, data["cpu_seconds_drained"]["gateway"]) / (1000 / frame_ms)),
+            frames / max(1e-9, data["cpu_seconds_drained"]["gateway"]) / (1000 / frame_ms)
+        ),
         "loadavg": os.getloadavg(),
     }
 
@@ -482,12 +547,17 @@ def legs_ms(legs: list[list[float]]) -> dict[str, float]:
     if not legs:
         return {}
     inbound, outbound = [x[0] * 1000 for x in legs], [x[1] * 1000 for x in legs]
-    return {"in_p50_ms": round(percentile(inbound, 0.5), 1), "in_p99_ms": round(percentile(inbound, 0.99), 1),
-            "out_p50_ms": round(percentile(outbound, 0.5), 1), "out_p99_ms": round(percentile(outbound, 0.99), 1)}
+    return {
+        "in_p50_ms": round(percentile(inbound, 0.5), 1),
+        "in_p99_ms": round(percentile(inbound, 0.99), 1),
+        "out_p50_ms": round(percentile(outbound, 0.5), 1),
+        "out_p99_ms": round(percentile(outbound, 0.99), 1),
+    }
 
 
-def ab_rounds(args: argparse.Namespace, src: Path, audio_port: int, standin_pid: int, tmp: Path
-              ) -> list[dict[str, Any]]:
+def ab_rounds(
+    args: argparse.Namespace, src: Path, audio_port: int, standin_pid: int, tmp: Path
+) -> list[dict[str, Any]]:
     """Baseline and current gateways loaded at the same time, each by its own client process.
 
     Other work on these shared cores moves CPU-per-frame figures by more than the change being
@@ -501,26 +571,55 @@ def ab_rounds(args: argparse.Namespace, src: Path, audio_port: int, standin_pid:
         for i in range(args.ab_rounds):
             for frame_ms, rate in ((args.frame_ms, 16000), (40, 48000)):
                 outs = {v: tmp / f"ab-{v}-{i}-{rate}.json" for v in ports}
-                clients = {v: spawn([me, "client-audio", "--url", f"ws://127.0.0.1:{ports[v]}/v1/stream",
-                                     "-n", str(args.ab_sessions), "--seconds", str(args.seconds),
-                                     "--frame-ms", str(frame_ms), "--rate", str(rate),
-                                     "--pids", f"gateway={gws[v].pid},standin={standin_pid}",
-                                     "--out", str(outs[v])]) for v in ports}
-                row: dict[str, Any] = {"round": i + 1, "sessions": args.ab_sessions, "frame_ms": frame_ms,
-                                       "sample_rate": rate}
+                clients = {
+                    v: spawn(
+                        [
+                            me,
+                            "client-audio",
+                            "--url",
+                            f"ws://127.0.0.1:{ports[v]}/v1/stream",
+                            "-n",
+                            str(args.ab_sessions),
+                            "--seconds",
+                            str(args.seconds),
+                            "--frame-ms",
+                            str(frame_ms),
+                            "--rate",
+                            str(rate),
+                            "--pids",
+                            f"gateway={gws[v].pid},standin={standin_pid}",
+                            "--out",
+                            str(outs[v]),
+                        ]
+                    )
+                    for v in ports
+                }
+                row: dict[str, Any] = {
+                    "round": i + 1,
+                    "sessions": args.ab_sessions,
+                    "frame_ms": frame_ms,
+                    "sample_rate": rate,
+                }
                 for v in ports:
                     data = wait_file(outs[v], clients[v], args.seconds + 300)
                     stop(clients[v])
                     lat = sorted(x * 1000 for x in data["latencies"])
-                    row[v] = {"gateway_cpu_us_per_frame": round(
-                                  data["cpu_seconds_drained"]["gateway"] * 1e6 / max(1, data["frames"]), 1),
-                              "p50_ms": round(percentile(lat, 0.5), 1), "p99_ms": round(percentile(lat, 0.99), 1),
-                              "undelivered_finals": data["undelivered"]}
+                    row[v] = {
+                        "gateway_cpu_us_per_frame": round(
+                            data["cpu_seconds_drained"]["gateway"] * 1e6 / max(1, data["frames"]), 1
+                        ),
+                        "p50_ms": round(percentile(lat, 0.5), 1),
+                        "p99_ms": round(percentile(lat, 0.99), 1),
+                        "undelivered_finals": data["undelivered"],
+                    }
                 row["loadavg"] = os.getloadavg()
                 rows.append(row)
-                print(f"[a/b {i + 1}] {args.ab_sessions} sessions, {frame_ms} ms at {rate} Hz: gateway CPU per "
-                      f"frame baseline {row['baseline']['gateway_cpu_us_per_frame']} us, current "
-                      f"{row['current']['gateway_cpu_us_per_frame']} us (load {row['loadavg'][0]:.2f})", flush=True)
+                print(
+                    f"[a/b {i + 1}] {args.ab_sessions} sessions, {frame_ms} ms at {rate} Hz: gateway CPU per "
+                    f"frame baseline {row['baseline']['gateway_cpu_us_per_frame']} us, current "
+                    f"{row['current']['gateway_cpu_us_per_frame']} us (load {row['loadavg'][0]:.2f})",
+                    flush=True,
+                )
                 for port in ports.values():
                     wait_idle(port)
     finally:
@@ -532,15 +631,24 @@ def ab_rounds(args: argparse.Namespace, src: Path, audio_port: int, standin_pid:
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     audio_port = free_port()
     standin_proc = spawn([str(Path(__file__).resolve()), "standin", "--port", str(audio_port)])
-    result: dict[str, Any] = {"loadavg_before": os.getloadavg(), "cpus": os.cpu_count(),
-                              "cpu_model": cpu_model(), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                              "latency": [], "session_starts": f"random within one second (seed {SEED})"}
+    result: dict[str, Any] = {
+        "loadavg_before": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "latency": [],
+        "session_starts": f"random within one second (seed {SEED})",
+    }
     variants: list[tuple[str, Path | None]] = [("current", None)]
     if args.baseline_ref:
         src = tmp / "baseline"
         src.mkdir()
-        archive = subprocess.run(["git", "archive", args.baseline_ref, "workloads/gateway", "livetranslate/serve.py"],
-                                 check=True, capture_output=True, cwd=Path(__file__).resolve().parents[1]).stdout
+        archive = subprocess.run(
+            ["git", "archive", args.baseline_ref, "workloads/gateway", "livetranslate/serve.py"],
+            check=True,
+            capture_output=True,
+            cwd=Path(__file__).resolve().parents[1],
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(src)], input=archive, check=True)
         variants.insert(0, ("baseline", src))
         result["baseline_ref"] = args.baseline_ref
@@ -551,7 +659,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             assert args.baseline_ref, "--ab-rounds needs --baseline-ref"
             result["ab"] = ab_rounds(args, variants[0][1], audio_port, standin_proc.pid, tmp)  # type: ignore[arg-type]
         if args.log_sessions:
-            result["store_gc"] = [store_gc_phase(variant, tree, args.log_sessions, tmp) for variant, tree in variants]
+            result["store_gc"] = [
+                store_gc_phase(variant, tree, args.log_sessions, tmp) for variant, tree in variants
+            ]
         for variant, tree in variants:
             if not phases and not (variant == "current" and args.connections):
                 continue
@@ -561,31 +671,49 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             try:
                 if variant == "current" and args.connections:
                     result["gateway_rss_idle_mib"] = round(rss_mib(gw.pid), 1)
-                    result["hold"] = hold_phase(url, args.connections, gw.pid, tmp, result["gateway_rss_idle_mib"])
+                    result["hold"] = hold_phase(
+                        url, args.connections, gw.pid, tmp, result["gateway_rss_idle_mib"]
+                    )
                     wait_idle(gw_port)
                 for n, frame_ms, rate in phases:
-                    row = audio_phase(url, n, args.seconds, frame_ms, rate,
-                                      {"gateway": gw.pid, "standin": standin_proc.pid}, tmp)
+                    row = audio_phase(
+                        url,
+                        n,
+                        args.seconds,
+                        frame_ms,
+                        rate,
+                        {"gateway": gw.pid, "standin": standin_proc.pid},
+                        tmp,
+                    )
                     row["gateway"] = variant
                     result["latency"].append(row)
-                    print(f"[{variant}] {n} sessions, {frame_ms} ms frames at {rate} Hz: p50 {row['p50_ms']} ms "
-                          f"p99 {row['p99_ms']} ms (in p50/p99 {row.get('in_p50_ms')}/{row.get('in_p99_ms')}, "
-                          f"out {row.get('out_p50_ms')}/{row.get('out_p99_ms')}); "
-                          f"gateway {row['gateway_cpu_us_per_frame']} us CPU/frame, cores {row['cores']}, late frames {row['late_frames']}, load {row['loadavg'][0]:.2f}",
-                          flush=True)
+                    print(
+                        f"[{variant}] {n} sessions, {frame_ms} ms frames at {rate} Hz: p50 {row['p50_ms']} ms "
+                        f"p99 {row['p99_ms']} ms (in p50/p99 {row.get('in_p50_ms')}/{row.get('in_p99_ms')}, "
+                        f"out {row.get('out_p50_ms')}/{row.get('out_p99_ms')}); "
+                        f"gateway {row['gateway_cpu_us_per_frame']} us CPU/frame, cores {row['cores']}, late frames {row['late_frames']}, load {row['loadavg'][0]:.2f}",
+                        flush=True,
+                    )
                     wait_idle(gw_port)
             finally:
                 stop(gw)
         if args.replicas > 1:
-            result["latency"] += replica_phases(args.replicas, phases, args.seconds, audio_port, standin_proc.pid,
-                                                tmp)
+            result["latency"] += replica_phases(
+                args.replicas, phases, args.seconds, audio_port, standin_proc.pid, tmp
+            )
     finally:
         stop(standin_proc)
     return result
 
 
-def replica_phases(replicas: int, phases: list[tuple[int, int, int]], seconds: float, audio_port: int,
-                   standin_pid: int, tmp: Path) -> list[dict[str, Any]]:
+def replica_phases(
+    replicas: int,
+    phases: list[tuple[int, int, int]],
+    seconds: float,
+    audio_port: int,
+    standin_pid: int,
+    tmp: Path,
+) -> list[dict[str, Any]]:
     """The same phases against several gateway processes (one per core, as replicas of a
     Deployment would run), the client spreading its sessions over them."""
     ports = [free_port() for _ in range(replicas)]
@@ -598,9 +726,12 @@ def replica_phases(replicas: int, phases: list[tuple[int, int, int]], seconds: f
             row = audio_phase(url, n, seconds, frame_ms, rate, pids, tmp)
             row["gateway"] = f"current, {replicas} replicas"
             rows.append(row)
-            print(f"[{replicas} replicas] {n} sessions, {frame_ms} ms frames at {rate} Hz: p50 {row['p50_ms']} ms "
-                  f"p99 {row['p99_ms']} ms; gateways {row['gateway_cpu_us_per_frame']} us CPU/frame, "
-                  f"cores {row['cores']}, load {row['loadavg'][0]:.2f}", flush=True)
+            print(
+                f"[{replicas} replicas] {n} sessions, {frame_ms} ms frames at {rate} Hz: p50 {row['p50_ms']} ms "
+                f"p99 {row['p99_ms']} ms; gateways {row['gateway_cpu_us_per_frame']} us CPU/frame, "
+                f"cores {row['cores']}, load {row['loadavg'][0]:.2f}",
+                flush=True,
+            )
             for port in ports:
                 wait_idle(port)
     finally:
@@ -628,9 +759,15 @@ def store_gc(src: Path | None, sessions: int, out: Path) -> None:
         for sid in range(sessions):
             for i in range(per_session):
                 rec = sessions_mod.SegmentRecord(
-                    segmentId=i, text="a final caption of about ten words, as speech gives them",
-                    start=float(i), end=i + 1.0, speaker="SPEAKER_00", finalSent=True,
-                    translations={"es": "un subtítulo final de unas diez palabras"}, translationsSent=["es"])
+                    segmentId=i,
+                    text="a final caption of about ten words, as speech gives them",
+                    start=float(i),
+                    end=i + 1.0,
+                    speaker="SPEAKER_00",
+                    finalSent=True,
+                    translations={"es": "un subtítulo final de unas diez palabras"},
+                    translationsSent=["es"],
+                )
                 await store.put_segment(f"session-{sid}", rec)
 
     gc.collect()
@@ -643,10 +780,17 @@ def store_gc(src: Path | None, sessions: int, out: Path) -> None:
         t = time.perf_counter()
         gc.collect()
         pauses.append((time.perf_counter() - t) * 1000)
-    out.write_text(json.dumps({"sessions": sessions, "segments_per_session": per_session,
-                               "tracked_objects_added": objects1 - objects0,
-                               "full_collection_ms": round(statistics.median(pauses), 1),
-                               "rss_added_mib": round(rss1 - rss0, 1)}))
+    out.write_text(
+        json.dumps(
+            {
+                "sessions": sessions,
+                "segments_per_session": per_session,
+                "tracked_objects_added": objects1 - objects0,
+                "full_collection_ms": round(statistics.median(pauses), 1),
+                "rss_added_mib": round(rss1 - rss0, 1),
+            }
+        )
+    )
 
 
 def store_gc_phase(variant: str, src: Path | None, sessions: int, tmp: Path) -> dict[str, Any]:
@@ -658,8 +802,11 @@ def store_gc_phase(variant: str, src: Path | None, sessions: int, tmp: Path) -> 
     proc = spawn(args)
     row = {"gateway": variant, **wait_file(out, proc, 600), "loadavg": os.getloadavg()}
     stop(proc)
-    print(f"[{variant}] {sessions} full session logs in memory: {row['tracked_objects_added']:,} tracked objects, "
-          f"full collection {row['full_collection_ms']} ms", flush=True)
+    print(
+        f"[{variant}] {sessions} full session logs in memory: {row['tracked_objects_added']:,} tracked objects, "
+        f"full collection {row['full_collection_ms']} ms",
+        flush=True,
+    )
     return row
 
 
@@ -671,14 +818,19 @@ def hold_phase(url: str, connections: int, pid: int, tmp: Path, idle_mib: float)
     time.sleep(2.0)
     rss = rss_mib(pid)
     hold = {
-        "connections_requested": connections, "sessions_held": held["held"],
-        "failures": held["failures"], "open_seconds": round(held["seconds"], 1),
+        "connections_requested": connections,
+        "sessions_held": held["held"],
+        "failures": held["failures"],
+        "open_seconds": round(held["seconds"], 1),
         "gateway_rss_mib": round(rss, 1),
         "rss_per_connection_kib": round((rss - idle_mib) * 1024 / max(1, held["held"]), 1),
         "loadavg": os.getloadavg(),
     }
-    print(f"held {held['held']}/{connections} sessions: gateway RSS {rss:.0f} MiB "
-          f"({hold['rss_per_connection_kib']} KiB per connection)", flush=True)
+    print(
+        f"held {held['held']}/{connections} sessions: gateway RSS {rss:.0f} MiB "
+        f"({hold['rss_per_connection_kib']} KiB per connection)",
+        flush=True,
+    )
     stop(client)
     return hold
 
@@ -712,10 +864,13 @@ def write(result: dict[str, Any], name: str) -> None:
     lines = [
         "# Gateway capacity and added latency",
         "",
-        (f"Measured {result['measured_at']} on {result['cpus']} shared cores"
-         + (f" ({result['cpu_model']})" if result.get("cpu_model") else "") + " (load average before: "
-         f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); gateway, audio stand-in and "
-         f"client load in three processes. `{result['command']}`."),
+        (
+            f"Measured {result['measured_at']} on {result['cpus']} shared cores"
+            + (f" ({result['cpu_model']})" if result.get("cpu_model") else "")
+            + " (load average before: "
+            f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); gateway, audio stand-in and "
+            f"client load in three processes. `{result['command']}`."
+        ),
         "",
     ]
     if "hold" in result:
@@ -725,72 +880,106 @@ def write(result: dict[str, Any], name: str) -> None:
             "",
             "| connections held (session started) | failures | gateway RSS | RSS per connection | target |",
             "| --- | --- | --- | --- | --- |",
-            (f"| {h['sessions_held']:,} of {h['connections_requested']:,} | {h['failures']} | "
-             f"{h['gateway_rss_mib']:.0f} MiB (idle {result['gateway_rss_idle_mib']:.0f} MiB) | "
-             f"{h['rss_per_connection_kib']} KiB | 10,000 under 1 GiB |"),
+            (
+                f"| {h['sessions_held']:,} of {h['connections_requested']:,} | {h['failures']} | "
+                f"{h['gateway_rss_mib']:.0f} MiB (idle {result['gateway_rss_idle_mib']:.0f} MiB) | "
+                f"{h['rss_per_connection_kib']} KiB | 10,000 under 1 GiB |"
+            ),
             "",
         ]
     lines += [
         f"Live audio sessions (measured {result.get('latency_measured_at', result['measured_at'])}):",
         "",
-        ("| gateway | live sessions | frames | round trip p50 | p95 | p99 | way in p50 / p99 | way out p50 / p99 | "
-         "gateway CPU per frame | cores used: gateway / stand-in / client | sessions per gateway core | "
-         "catch-up after the window | load avg |"),
+        (
+            "| gateway | live sessions | frames | round trip p50 | p95 | p99 | way in p50 / p99 | way out p50 / p99 | "
+            "gateway CPU per frame | cores used: gateway / stand-in / client | sessions per gateway core | "
+            "catch-up after the window | load avg |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["latency"]:
         c = r["cores"]
         if r.get("undelivered_finals"):  # it never caught up: CPU per frame would flatter it
-            r = {**r, "gateway_cpu_us_per_frame": f"n/a ({r['undelivered_finals']} finals still due)",
-                 "sessions_per_gateway_core": "n/a"}
+            r = {
+                **r,
+                "gateway_cpu_us_per_frame": f"n/a ({r['undelivered_finals']} finals still due)",
+                "sessions_per_gateway_core": "n/a",
+            }
         lines.append(
             f"| {r['gateway']} | {r['sessions']} | {r['frame_ms']} ms @ {r['sample_rate'] // 1000} kHz | "
             f"{r['p50_ms']} ms | {r['p95_ms']} ms | {r['p99_ms']} ms | {_legs(r, 'in')} | {_legs(r, 'out')} | "
             f"{_us(r['gateway_cpu_us_per_frame'])} | "
             f"{c['gateway']} / {c['standin']} / {c['client']} | {_n(r['sessions_per_gateway_core'])} | "
-            f"{r['catch_up_seconds']} s | {r['loadavg'][0]:.2f} |")
-    lines += ["", (
-        "Round trip = the client writes the frame completing a second of audio -> gateway -> stand-in -> "
-        "final -> gateway -> client: an upper bound on gateway-added latency (target p99 under 20 ms at "
-        "1,000 sessions), since client and stand-in run on the same cores. Way in = client write -> the "
-        "stand-in reading that frame; way out = the stand-in writing the final -> the client reading it "
-        "(one CLOCK_MONOTONIC for all three processes). Gateway CPU per frame = the "
-        "gateway process's CPU time over the streaming window / frames sent in it; sessions per gateway "
-        "core = the real-time sessions one fully used core carries at that cost. `baseline` is the "
-        f"gateway of `{result.get('baseline_ref', '-')}` run in the same invocation. 100 ms frames at "
-        "16 kHz are what `livetranslate stream` sends; the captions page sends 40 ms frames, at 16 kHz "
-        "where the browser captures at that rate (Chromium does) and at 48 kHz from a typical "
-        "microphone where it does not (resampled by the gateway). "
-        + (f"Session starts: {result['session_starts']}, as independent speakers start, so each "
-           "second's finals are spread over the second."
-           if result.get("session_starts") else
-           "These sessions all started within one frame interval, so every session's final came in "
-           "the same 100 ms of each second (a burst real traffic does not make)."))]
+            f"{r['catch_up_seconds']} s | {r['loadavg'][0]:.2f} |"
+        )
+    lines += [
+        "",
+        (
+            "Round trip = the client writes the frame completing a second of audio -> gateway -> stand-in -> "
+            "final -> gateway -> client: an upper bound on gateway-added latency (target p99 under 20 ms at "
+            "1,000 sessions), since client and stand-in run on the same cores. Way in = client write -> the "
+            "stand-in reading that frame; way out = the stand-in writing the final -> the client reading it "
+            "(one CLOCK_MONOTONIC for all three processes). Gateway CPU per frame = the "
+            "gateway process's CPU time over the streaming window / frames sent in it; sessions per gateway "
+            "core = the real-time sessions one fully used core carries at that cost. `baseline` is the "
+            f"gateway of `{result.get('baseline_ref', '-')}` run in the same invocation. 100 ms frames at "
+            "16 kHz are what `livetranslate stream` sends; the captions page sends 40 ms frames, at 16 kHz "
+            "where the browser captures at that rate (Chromium does) and at 48 kHz from a typical "
+            "microphone where it does not (resampled by the gateway). "
+            + (
+                f"Session starts: {result['session_starts']}, as independent speakers start, so each "
+                "second's finals are spread over the second."
+                if result.get("session_starts")
+                else "These sessions all started within one frame interval, so every session's final came in "
+                "the same 100 ms of each second (a burst real traffic does not make)."
+            )
+        ),
+    ]
     if result.get("ab"):
-        lines += ["", ("Baseline and current side by side (both gateways loaded at the same time by their "
-                       "own client process, so both see the same contention):"), "",
-                  ("| round | sessions | frames | gateway CPU per frame: baseline | current | current / baseline "
-                  "| p99 baseline | p99 current | load avg |"),
-                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            (
+                "Baseline and current side by side (both gateways loaded at the same time by their "
+                "own client process, so both see the same contention):"
+            ),
+            "",
+            (
+                "| round | sessions | frames | gateway CPU per frame: baseline | current | current / baseline "
+                "| p99 baseline | p99 current | load avg |"
+            ),
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in result["ab"]:
             b, c = r["baseline"], r["current"]
             ratio = c["gateway_cpu_us_per_frame"] / max(1e-9, b["gateway_cpu_us_per_frame"])
-            lines.append(f"| {r['round']} | {r['sessions']} | {r['frame_ms']} ms @ {r['sample_rate'] // 1000} kHz | "
-                         f"{b['gateway_cpu_us_per_frame']} us | {c['gateway_cpu_us_per_frame']} us | {ratio:.2f} | "
-                         f"{b['p99_ms']} ms | {c['p99_ms']} ms | {r['loadavg'][0]:.2f} |")
+            lines.append(
+                f"| {r['round']} | {r['sessions']} | {r['frame_ms']} ms @ {r['sample_rate'] // 1000} kHz | "
+                f"{b['gateway_cpu_us_per_frame']} us | {c['gateway_cpu_us_per_frame']} us | {ratio:.2f} | "
+                f"{b['p99_ms']} ms | {c['p99_ms']} ms | {r['loadavg'][0]:.2f} |"
+            )
     if result.get("store_gc"):
-        lines += ["", (f"Session logs in the in-memory store (measured {result['store_gc_measured_at']}; a "
-                       "single-replica gateway keeps each session's last finals for resume). A full "
-                       "garbage collection walks every tracked object and stops the event loop while it "
-                       "does; full collections come whenever the old generation has grown by a quarter, "
-                       "which it does while logs fill:"), "",
-                  ("| gateway | sessions x finals logged | tracked objects added | full collection pause | "
-                   "RSS added | load avg |"),
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "",
+            (
+                f"Session logs in the in-memory store (measured {result['store_gc_measured_at']}; a "
+                "single-replica gateway keeps each session's last finals for resume). A full "
+                "garbage collection walks every tracked object and stops the event loop while it "
+                "does; full collections come whenever the old generation has grown by a quarter, "
+                "which it does while logs fill:"
+            ),
+            "",
+            (
+                "| gateway | sessions x finals logged | tracked objects added | full collection pause | "
+                "RSS added | load avg |"
+            ),
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for r in result["store_gc"]:
-            lines.append(f"| {r['gateway']} | {r['sessions']:,} x {r['segments_per_session']} | "
-                         f"{r['tracked_objects_added']:,} | {r['full_collection_ms']} ms | {r['rss_added_mib']} MiB | "
-                         f"{r['loadavg'][0]:.2f} |")
+            lines.append(
+                f"| {r['gateway']} | {r['sessions']:,} x {r['segments_per_session']} | "
+                f"{r['tracked_objects_added']:,} | {r['full_collection_ms']} ms | {r['rss_added_mib']} MiB | "
+                f"{r['loadavg'][0]:.2f} |"
+            )
     if result.get("notes"):
         lines += ["", result["notes"]]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
@@ -839,14 +1028,26 @@ def main() -> None:
     parser.add_argument("--browser-sessions", default="100", help="live sessions, 40 ms frames at 48 kHz")
     parser.add_argument("--frame-ms", type=int, default=100)
     parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--log-sessions", type=int, default=1000,
-                        help="sessions whose full segment logs fill the in-memory store for the GC figure (0 skips)")
-    parser.add_argument("--replicas", type=int, default=1,
-                        help="also run the live-session phases against this many gateway processes")
+    parser.add_argument(
+        "--log-sessions",
+        type=int,
+        default=1000,
+        help="sessions whose full segment logs fill the in-memory store for the GC figure (0 skips)",
+    )
+    parser.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="also run the live-session phases against this many gateway processes",
+    )
     parser.add_argument("--baseline-ref", default="", help="also run the gateway of this git revision")
     parser.add_argument("--name", default="gateway", help="results file name under benchmarks/results")
-    parser.add_argument("--ab-rounds", type=int, default=0,
-                        help="rounds of baseline and current loaded side by side (needs --baseline-ref)")
+    parser.add_argument(
+        "--ab-rounds",
+        type=int,
+        default=0,
+        help="rounds of baseline and current loaded side by side (needs --baseline-ref)",
+    )
     parser.add_argument("--ab-sessions", type=int, default=100)
     parser.add_argument("--notes", default=None, help="a paragraph for the .md (kept in the JSON)")
     parser.add_argument("--rewrite", action="store_true", help="only regenerate the .md from the JSON")

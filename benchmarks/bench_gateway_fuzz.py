@@ -69,9 +69,25 @@ def worker(url: str, pid: int, examples: int, out: Path) -> None:
 def run_round(fz: ModuleType, gw: Any, examples: int, parallel: int, tmp: Path) -> Any:
     """``parallel`` fuzzing clients at once (this process and parallel-1 workers); results summed."""
     outs = [tmp / f"worker-{i}-{time.monotonic_ns()}.json" for i in range(parallel - 1)]
-    procs = [subprocess.Popen([sys.executable, "-P", str(Path(__file__).resolve()), "worker", "--url", gw.url,
-                               "--pid", str(gw.gateway.pid), "--examples", str(examples), "--out", str(out)])
-             for out in outs]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-P",
+                str(Path(__file__).resolve()),
+                "worker",
+                "--url",
+                gw.url,
+                "--pid",
+                str(gw.gateway.pid),
+                "--examples",
+                str(examples),
+                "--out",
+                str(out),
+            ]
+        )
+        for out in outs
+    ]
     try:
         mine = fz.run_campaign(gw, examples=examples)
     except Exception as exc:  # noqa: BLE001 - an oracle failure: recorded, next round
@@ -95,8 +111,11 @@ def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
     fz = load_campaign()
     per_round = max(1, examples // rounds)
     result: dict[str, Any] = {
-        "name": "gateway_fuzz", "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_before": os.getloadavg(), "cpus": os.cpu_count(), "rounds": [],
+        "name": "gateway_fuzz",
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_before": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "rounds": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
         gw = fz.start_gateway(Path(tmp))
@@ -106,8 +125,14 @@ def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
             result["rss_after_warmup_mib"] = round(rss_start, 1)
             good = fz.GoodSessions(gw.url)
             good.start()
-            totals = {"examples": warm.examples, "frames_sent": 0, "bad_inputs": 0, "error_events": 0,
-                      "policy_closes": 0, "seconds": 0.0}
+            totals = {
+                "examples": warm.examples,
+                "frames_sent": 0,
+                "bad_inputs": 0,
+                "error_events": 0,
+                "policy_closes": 0,
+                "seconds": 0.0,
+            }
             problems: list[str] = list(warm.problems)
             crashed = False
             kinds: dict[str, int] = {}
@@ -123,12 +148,20 @@ def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
                     crashed = crashed or r.crashed or not gw.alive()
                     for kind, n in r.kinds.items():
                         kinds[kind] = kinds.get(kind, 0) + n
-                    row = {"round": i + 1, "examples": r.examples, "rss_mib": round(gw.rss_mib(), 1),
-                           "problems": len(r.problems), "good_sessions": good.completed,
-                           "loadavg": os.getloadavg()}
+                    row = {
+                        "round": i + 1,
+                        "examples": r.examples,
+                        "rss_mib": round(gw.rss_mib(), 1),
+                        "problems": len(r.problems),
+                        "good_sessions": good.completed,
+                        "loadavg": os.getloadavg(),
+                    }
                     result["rounds"].append(row)
-                    print(f"round {i + 1}/{rounds}: {r.examples} examples, gateway RSS {row['rss_mib']} MiB, "
-                          f"{len(r.problems)} problems, {good.completed} good sessions so far", flush=True)
+                    print(
+                        f"round {i + 1}/{rounds}: {r.examples} examples, gateway RSS {row['rss_mib']} MiB, "
+                        f"{len(r.problems)} problems, {good.completed} good sessions so far",
+                        flush=True,
+                    )
                     if crashed:
                         break
             finally:
@@ -136,14 +169,21 @@ def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
             left = gw.wait_sessions_gone()
             left = -1 if math.isnan(left) else int(left)  # NaN: the metric was missing
             rss_end = gw.rss_mib()
-            result.update({
-                "totals": totals, "frame_kinds": kinds, "problems": problems[:20],
-                "gateway_crashed": crashed, "good_sessions": good.completed,
-                "good_session_failures": good.failures[:20], "sessions_left": left,
-                "rss_end_mib": round(rss_end, 1), "rss_growth_mib": round(rss_end - rss_start, 1),
-                "rss_peak_mib": max([rss_end, *(r["rss_mib"] for r in result["rounds"])]),
-                "tracebacks_in_log": gw.log_tail(10_000_000).count("Traceback"),
-            })
+            result.update(
+                {
+                    "totals": totals,
+                    "frame_kinds": kinds,
+                    "problems": problems[:20],
+                    "gateway_crashed": crashed,
+                    "good_sessions": good.completed,
+                    "good_session_failures": good.failures[:20],
+                    "sessions_left": left,
+                    "rss_end_mib": round(rss_end, 1),
+                    "rss_growth_mib": round(rss_end - rss_start, 1),
+                    "rss_peak_mib": max([rss_end, *(r["rss_mib"] for r in result["rounds"])]),
+                    "tracebacks_in_log": gw.log_tail(10_000_000).count("Traceback"),
+                }
+            )
         finally:
             fz.stop_gateway(gw)
     result["loadavg"] = os.getloadavg()
@@ -155,28 +195,79 @@ def reliability_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
     t = r["totals"]
     n = t["examples"]
     return [
-        {"item": ITEM, "figure": "generated sessions (hypothesis examples) over a real WebSocket",
-         "value": n, "unit": "sessions", "target": "", "met": None},
-        {"item": ITEM, "figure": "frames sent (text and binary, incl. floods and oversized frames)",
-         "value": t["frames_sent"], "unit": "frames", "target": "", "met": None},
-        {"item": ITEM, "figure": "gateway crashes", "value": int(r["gateway_crashed"]), "unit": "",
-         "target": "0", "met": not r["gateway_crashed"]},
-        {"item": ITEM, "figure": "sessions where a bad input got neither an error event nor a policy close "
-         "(or any other oracle failure)", "value": len(r["problems"]), "unit": "sessions", "target": "0",
-         "met": not r["problems"]},
-        {"item": ITEM, "figure": "bad inputs sent / error events received / policy closes",
-         "value": f"{t['bad_inputs']} / {t['error_events']} / {t['policy_closes']}", "unit": "",
-         "target": "", "met": None},
-        {"item": ITEM, "figure": "well-behaved sessions alongside that lost or repeated a final",
-         "value": len(r["good_session_failures"]), "unit": f"of {r['good_sessions']}", "target": "0",
-         "met": not r["good_session_failures"] and r["good_sessions"] > 0},
-        {"item": ITEM, "figure": "sessions still held after every connection closed",
-         "value": r["sessions_left"], "unit": "", "target": "0", "met": r["sessions_left"] == 0},
-        {"item": ITEM, "figure": f"gateway RSS growth over {n} fuzz sessions (after warm-up)",
-         "value": r["rss_growth_mib"], "unit": "MiB", "target": "bounded: under 96 MiB",
-         "met": r["rss_growth_mib"] < 96},
-        {"item": ITEM, "figure": "tracebacks in the gateway log", "value": r["tracebacks_in_log"], "unit": "",
-         "target": "0", "met": r["tracebacks_in_log"] == 0},
+        {
+            "item": ITEM,
+            "figure": "generated sessions (hypothesis examples) over a real WebSocket",
+            "value": n,
+            "unit": "sessions",
+            "target": "",
+            "met": None,
+        },
+        {
+            "item": ITEM,
+            "figure": "frames sent (text and binary, incl. floods and oversized frames)",
+            "value": t["frames_sent"],
+            "unit": "frames",
+            "target": "",
+            "met": None,
+        },
+        {
+            "item": ITEM,
+            "figure": "gateway crashes",
+            "value": int(r["gateway_crashed"]),
+            "unit": "",
+            "target": "0",
+            "met": not r["gateway_crashed"],
+        },
+        {
+            "item": ITEM,
+            "figure": "sessions where a bad input got neither an error event nor a policy close "
+            "(or any other oracle failure)",
+            "value": len(r["problems"]),
+            "unit": "sessions",
+            "target": "0",
+            "met": not r["problems"],
+        },
+        {
+            "item": ITEM,
+            "figure": "bad inputs sent / error events received / policy closes",
+            "value": f"{t['bad_inputs']} / {t['error_events']} / {t['policy_closes']}",
+            "unit": "",
+            "target": "",
+            "met": None,
+        },
+        {
+            "item": ITEM,
+            "figure": "well-behaved sessions alongside that lost or repeated a final",
+            "value": len(r["good_session_failures"]),
+            "unit": f"of {r['good_sessions']}",
+            "target": "0",
+            "met": not r["good_session_failures"] and r["good_sessions"] > 0,
+        },
+        {
+            "item": ITEM,
+            "figure": "sessions still held after every connection closed",
+            "value": r["sessions_left"],
+            "unit": "",
+            "target": "0",
+            "met": r["sessions_left"] == 0,
+        },
+        {
+            "item": ITEM,
+            "figure": f"gateway RSS growth over {n} fuzz sessions (after warm-up)",
+            "value": r["rss_growth_mib"],
+            "unit": "MiB",
+            "target": "bounded: under 96 MiB",
+            "met": r["rss_growth_mib"] < 96,
+        },
+        {
+            "item": ITEM,
+            "figure": "tracebacks in the gateway log",
+            "value": r["tracebacks_in_log"],
+            "unit": "",
+            "target": "0",
+            "met": r["tracebacks_in_log"] == 0,
+        },
     ]
 
 
@@ -187,12 +278,14 @@ def write(result: dict[str, Any]) -> None:
     lines = [
         "# Gateway fuzzing",
         "",
-        (f"Measured {result['measured_at']} on {result['cpus']} shared cores (load average "
-         f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])} before, "
-         f"{', '.join(f'{x:.2f}' for x in result['loadavg'])} after); `{result['command']}`. "
-         f"{t['examples']} generated sessions in {t['seconds']:.0f} s ({result.get('parallel', 1)} fuzzing clients "
-         "at once) against a `livetranslate serve gateway` process with the audio stand-in, well-behaved "
-         "sessions streaming alongside."),
+        (
+            f"Measured {result['measured_at']} on {result['cpus']} shared cores (load average "
+            f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])} before, "
+            f"{', '.join(f'{x:.2f}' for x in result['loadavg'])} after); `{result['command']}`. "
+            f"{t['examples']} generated sessions in {t['seconds']:.0f} s ({result.get('parallel', 1)} fuzzing clients "
+            "at once) against a `livetranslate serve gateway` process with the audio stand-in, well-behaved "
+            "sessions streaming alongside."
+        ),
         "",
         "| figure | value | target | met |",
         "| --- | --- | --- | --- |",
@@ -201,8 +294,12 @@ def write(result: dict[str, Any]) -> None:
         value = f"{row['value']} {row['unit']}".strip()
         met = {True: "yes", False: "**no**", None: ""}[row["met"]]
         lines.append(f"| {row['figure']} | {value} | {row['target']} | {met} |")
-    lines += ["", "Gateway RSS after each round: " + ", ".join(
-        f"{r['rss_mib']:.0f}" for r in result["rounds"]) + f" MiB (after warm-up {result['rss_after_warmup_mib']:.0f})."]
+    lines += [
+        "",
+        "Gateway RSS after each round: "
+        + ", ".join(f"{r['rss_mib']:.0f}" for r in result["rounds"])
+        + f" MiB (after warm-up {result['rss_after_warmup_mib']:.0f}).",
+    ]
     if result["problems"]:
         lines += ["", "First problems:", ""] + [f"- {p[:400]}" for p in result["problems"][:5]]
     (RESULTS / "gateway_fuzz.md").write_text("\n".join(lines) + "\n")

@@ -55,10 +55,30 @@ SPANISH = CORPUS_DIR / "spanish.json"
 PARALLEL = CORPUS_DIR / "parallel.json"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "languages"
 # Direct pairs both ways, then the routes that need a pivot (`livetranslate languages`).
-PAIRS = (("en", "es"), ("es", "en"), ("en", "ca"), ("ca", "en"), ("en", "gl"), ("gl", "en"),
-         ("es", "fr"), ("fr", "es"), ("es", "pt"), ("pt", "es"), ("es", "it"), ("it", "es"),
-         ("es", "ca"), ("ca", "es"), ("es", "gl"), ("gl", "es"),
-         ("en", "fr"), ("fr", "en"), ("en", "pt"), ("pt", "en"), ("en", "it"), ("it", "en"))
+PAIRS = (
+    ("en", "es"),
+    ("es", "en"),
+    ("en", "ca"),
+    ("ca", "en"),
+    ("en", "gl"),
+    ("gl", "en"),
+    ("es", "fr"),
+    ("fr", "es"),
+    ("es", "pt"),
+    ("pt", "es"),
+    ("es", "it"),
+    ("it", "es"),
+    ("es", "ca"),
+    ("ca", "es"),
+    ("es", "gl"),
+    ("gl", "es"),
+    ("en", "fr"),
+    ("fr", "en"),
+    ("en", "pt"),
+    ("pt", "en"),
+    ("en", "it"),
+    ("it", "en"),
+)
 AUTO_RUNS = (2, 1, 3, 2, 1, 2, 3, 1, 2, 2, 1)  # utterances per language run, alternating en / es
 TARGETS = {
     "spanish_chrf_gap": "Spanish speech -> English: live chrF within 3 points of the same engines offline",
@@ -69,9 +89,11 @@ TARGETS = {
 
 def spec_file(tmp: Path, source: str, targets: Sequence[str]) -> Path:
     path = tmp / f"pipeline-{source}.yaml"
-    path.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-                    f"metadata: {{name: bench-{source}}}\n"
-                    f"spec:\n  sourceLanguage: {source}\n  targetLanguages: [{', '.join(targets)}]\n")
+    path.write_text(
+        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+        f"metadata: {{name: bench-{source}}}\n"
+        f"spec:\n  sourceLanguage: {source}\n  targetLanguages: [{', '.join(targets)}]\n"
+    )
     return path
 
 
@@ -82,15 +104,27 @@ def spanish_speech(sessions: int, model: str, limit: int | None, noise: bool, tm
     utterances = quality.load_corpus(SPANISH, limit)
     clean = quality.build_session(utterances)
     conditions = {"clean": clean, **({"noisy": quality.noisy(clean)} if noise else {})}
-    print(f"spanish: {len(clean.sentences)} sentences, {clean.seconds:.0f} s; offline ceiling ({model})", flush=True)
+    print(
+        f"spanish: {len(clean.sentences)} sentences, {clean.seconds:.0f} s; offline ceiling ({model})",
+        flush=True,
+    )
     ceiling = quality.ceilings(conditions, tmp, model, source="es", target="en")
-    runs, examples = quality.live_runs(["sentence"], conditions, sessions, tmp, spec_file(tmp, "es", ["en"]),
-                                       source="es", target="en")
-    return {"corpus": {"path": str(SPANISH.relative_to(ROOT)), "sentences": len(clean.sentences),
-                       "utterances": len(utterances), "audio_seconds": round(clean.seconds, 2),
-                       "words": sum(len(quality.words(s.text)) for s in clean.sentences),
-                       "voices": sorted({u["voice"] for u in utterances})},
-            "ceilings": ceiling, "runs": runs, "examples": examples}
+    runs, examples = quality.live_runs(
+        ["sentence"], conditions, sessions, tmp, spec_file(tmp, "es", ["en"]), source="es", target="en"
+    )
+    return {
+        "corpus": {
+            "path": str(SPANISH.relative_to(ROOT)),
+            "sentences": len(clean.sentences),
+            "utterances": len(utterances),
+            "audio_seconds": round(clean.seconds, 2),
+            "words": sum(len(quality.words(s.text)) for s in clean.sentences),
+            "voices": sorted({u["voice"] for u in utterances}),
+        },
+        "ceilings": ceiling,
+        "runs": runs,
+        "examples": examples,
+    }
 
 
 # ------------------------------------------------------------------------- a switching session
@@ -99,10 +133,14 @@ def spanish_speech(sessions: int, model: str, limit: int | None, noise: bool, tm
 def auto_utterances(limit: int | None) -> list[dict[str, Any]]:
     """English and Spanish utterances in alternating runs (``AUTO_RUNS``), each tagged with the
     language it is spoken in and carrying both texts: [spoken, English, Spanish]."""
-    english = [{**u, "language": "en", "sentences": [[en, en, es] for en, es in u["sentences"]]}
-               for u in quality.load_corpus(quality.CORPUS)]
-    spanish = [{**u, "language": "es", "sentences": [[es, en, es] for es, en in u["sentences"]]}
-               for u in quality.load_corpus(SPANISH)]
+    english = [
+        {**u, "language": "en", "sentences": [[en, en, es] for en, es in u["sentences"]]}
+        for u in quality.load_corpus(quality.CORPUS)
+    ]
+    spanish = [
+        {**u, "language": "es", "sentences": [[es, en, es] for es, en in u["sentences"]]}
+        for u in quality.load_corpus(SPANISH)
+    ]
     out: list[dict[str, Any]] = []
     pools = [english, spanish]
     for k, run in enumerate(AUTO_RUNS):
@@ -143,20 +181,33 @@ def detection(logs: Sequence[Any], session: Any, languages: Sequence[str]) -> di
             if finals and len(good) == len(finals):
                 right += 1
             elif len(wrong) < 8:
-                wrong.append(f"{languages[k]}: " + " | ".join(f"{f.get('language')}:{f['text']}" for f in finals))
-    return {"utterances": total, "right": right, "share": round(right / total, 4) if total else None,
-            "finals": finals_total, "finals_right": finals_right, "wrong_examples": wrong}
+                wrong.append(
+                    f"{languages[k]}: " + " | ".join(f"{f.get('language')}:{f['text']}" for f in finals)
+                )
+    return {
+        "utterances": total,
+        "right": right,
+        "share": round(right / total, 4) if total else None,
+        "finals": finals_total,
+        "finals_right": finals_right,
+        "wrong_examples": wrong,
+    }
 
 
 def switching_session(sessions: int, model: str, limit: int | None, tmp: Path) -> dict[str, Any]:
     utterances = auto_utterances(limit)
     languages = [u["language"] for u in utterances]
-    built = quality.build_session([{**u, "sentences": [[s[0], ""] for s in u["sentences"]]} for u in utterances])
+    built = quality.build_session(
+        [{**u, "sentences": [[s[0], ""] for s in u["sentences"]]} for u in utterances]
+    )
     # The same sentences with the English, or the Spanish, document as the reference.
     per_target = {
-        target: [dataclasses.replace(s, reference=utterances[s.utterance]["sentences"][j][col])
-                 for s, j in zip(built.sentences, _sentence_indexes(utterances), strict=True)]
-        for target, col in (("en", 1), ("es", 2))}
+        target: [
+            dataclasses.replace(s, reference=utterances[s.utterance]["sentences"][j][col])
+            for s, j in zip(built.sentences, _sentence_indexes(utterances), strict=True)
+        ]
+        for target, col in (("en", 1), ("es", 2))
+    }
     print(f"auto: {len(utterances)} utterances ({Counter(languages)}), {built.seconds:.0f} s", flush=True)
     pcm = to_pcm16(built.samples)
     with quality.up_running(tmp / "up-auto.log", spec_file(tmp, "auto", ["en", "es"])) as (url, _metrics):
@@ -165,15 +216,36 @@ def switching_session(sessions: int, model: str, limit: int | None, tmp: Path) -
     rows = {}
     for target, spoken in per_target.items():
         figs = [quality.session_figures(log, spoken, target) for log in logs]
-        rows[target] = {k: v for k, v in quality.aggregate(figs, spoken).items()
-                        if k in ("wer", "chrf", "bleu", "translations_per_sentence", "sentence_latency_s",
-                                 "first_translation_latency_s", "caption_latency_s", "quality", "errors")}
+        rows[target] = {
+            k: v
+            for k, v in quality.aggregate(figs, spoken).items()
+            if k
+            in (
+                "wer",
+                "chrf",
+                "bleu",
+                "translations_per_sentence",
+                "sentence_latency_s",
+                "first_translation_latency_s",
+                "caption_latency_s",
+                "quality",
+                "errors",
+            )
+        }
     # The MT-only ceiling of the same document: each sentence through Apertium from the language
     # it was spoken in (what a perfect transcript and perfect detection would give).
-    return {"utterances": len(utterances), "languages": dict(Counter(languages)), "runs": list(AUTO_RUNS),
-            "audio_seconds": round(built.seconds, 2), "sessions": sessions, "model": model,
-            "loadavg_at_start": load, "detection": detection(logs, built, languages), "targets": rows,
-            "ceiling": auto_ceiling(utterances, tmp)}
+    return {
+        "utterances": len(utterances),
+        "languages": dict(Counter(languages)),
+        "runs": list(AUTO_RUNS),
+        "audio_seconds": round(built.seconds, 2),
+        "sessions": sessions,
+        "model": model,
+        "loadavg_at_start": load,
+        "detection": detection(logs, built, languages),
+        "targets": rows,
+        "ceiling": auto_ceiling(utterances, tmp),
+    }
 
 
 def _sentence_indexes(utterances: Sequence[dict[str, Any]]) -> list[int]:
@@ -183,15 +255,20 @@ def _sentence_indexes(utterances: Sequence[dict[str, Any]]) -> list[int]:
 def auto_ceiling(utterances: Sequence[dict[str, Any]], tmp: Path) -> dict[str, Any]:
     from livetranslate.procs import stop
 
-    proc, base = quality._sibling("bench_translate").serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp,
-                                                                      "languages-auto")
+    proc, base = quality._sibling("bench_translate").serve_translate(
+        {"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "languages-auto"
+    )
     out: dict[str, Any] = {}
     try:
         for target, col in (("en", 1), ("es", 2)):
             hyps: list[str] = []
             for u in utterances:
                 texts = [s[0] for s in u["sentences"]]
-                hyps += texts if u["language"] == target else quality.translate_all(base, texts, target, u["language"])
+                hyps += (
+                    texts
+                    if u["language"] == target
+                    else quality.translate_all(base, texts, target, u["language"])
+                )
             out[target] = quality.doc_scores(hyps, [s[col] for u in utterances for s in u["sentences"]])
     finally:
         stop(proc)
@@ -205,18 +282,28 @@ def pairs(tmp: Path, limit: int | None) -> list[dict[str, Any]]:
     from livetranslate.procs import stop
 
     sentences = json.loads(PARALLEL.read_text(encoding="utf-8"))["sentences"][:limit]
-    proc, base = quality._sibling("bench_translate").serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp,
-                                                                      "languages-pairs")
+    proc, base = quality._sibling("bench_translate").serve_translate(
+        {"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "languages-pairs"
+    )
     rows: list[dict[str, Any]] = []
     try:
         for source, target in PAIRS:
-            quality.translate_events(base, [sentences[0][source]], target, source)  # starts the route's pipeline
+            quality.translate_events(
+                base, [sentences[0][source]], target, source
+            )  # starts the route's pipeline
             events = quality.translate_events(base, [s[source] for s in sentences], target, source)
             routes = Counter(str(ev.get("quality") or "none") for ev in events)
-            row = {"source": source, "target": target, "route": routes.most_common(1)[0][0], "routes": dict(routes),
-                   **quality.doc_scores([str(ev.get("text", "")) for ev in events], [s[target] for s in sentences]),
-                   "seconds_per_sentence": round(sum(ev["seconds"] for ev in events) / len(events), 4),
-                   "example": events[1].get("text") if len(events) > 1 else None}
+            row = {
+                "source": source,
+                "target": target,
+                "route": routes.most_common(1)[0][0],
+                "routes": dict(routes),
+                **quality.doc_scores(
+                    [str(ev.get("text", "")) for ev in events], [s[target] for s in sentences]
+                ),
+                "seconds_per_sentence": round(sum(ev["seconds"] for ev in events) / len(events), 4),
+                "example": events[1].get("text") if len(events) > 1 else None,
+            }
             print(json.dumps(row, ensure_ascii=False), flush=True)
             rows.append(row)
     finally:
@@ -233,27 +320,45 @@ def _num(value: Any, digits: int = 2) -> str:
 
 def _measured(part: dict[str, Any]) -> str:
     m = part["measured"]
-    return (f"Measured {m['time']} on {m['machine']['cpus']} cores ({m['machine']['cpu_model']}), commit "
-            f"{m['commit']['sha'][:10]}{' (dirty tree)' if m['commit']['dirty'] else ''}, load average before "
-            f"{', '.join(f'{x:.2f}' for x in m['loadavg_before'])}: `{m['command']}`.")
+    return (
+        f"Measured {m['time']} on {m['machine']['cpus']} cores ({m['machine']['cpu_model']}), commit "
+        f"{m['commit']['sha'][:10]}{' (dirty tree)' if m['commit']['dirty'] else ''}, load average before "
+        f"{', '.join(f'{x:.2f}' for x in m['loadavg_before'])}: `{m['command']}`."
+    )
 
 
 def markdown(result: dict[str, Any]) -> str:
-    lines = ["# Languages: Spanish speech, a session that switches, and the offline pairs", "",
-             (f"Whisper `{result['model']}` int8 on CPU, Apertium. Each part records when and at which "
-              "commit it was measured (`--parts` re-measures some and keeps the others)."), ""]
+    lines = [
+        "# Languages: Spanish speech, a session that switches, and the offline pairs",
+        "",
+        (
+            f"Whisper `{result['model']}` int8 on CPU, Apertium. Each part records when and at which "
+            "commit it was measured (`--parts` re-measures some and keeps the others)."
+        ),
+        "",
+    ]
     if result.get("subset"):
         lines += ["**Smoke run on a subset: not the recorded figures.**", ""]
     if sp := result.get("spanish"):
         c = sp["corpus"]
-        lines += ["## Spanish speech -> English", "", _measured(sp), "",
-                  (f"{c['sentences']} sentences in {c['utterances']} utterances, {c['words']} words, "
-                   f"{c['audio_seconds']} s, voices {', '.join(c['voices'])}; noisy = white noise at "
-                   f"{quality.SNR_DB:g} dB SNR. Live: `up` with sourceLanguage es, targets [en], "
-                   f"{sp['runs'][0]['sessions'] if sp['runs'] else '-'} real-time sessions at once."), "",
-                  ("| audio | WER live (offline) | WER ratio | chrF live (offline) | BLEU live (offline) "
-                   "| sentence -> translation p50 / p95 | caption p50 / p95 | translations / sentence |"),
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "## Spanish speech -> English",
+            "",
+            _measured(sp),
+            "",
+            (
+                f"{c['sentences']} sentences in {c['utterances']} utterances, {c['words']} words, "
+                f"{c['audio_seconds']} s, voices {', '.join(c['voices'])}; noisy = white noise at "
+                f"{quality.SNR_DB:g} dB SNR. Live: `up` with sourceLanguage es, targets [en], "
+                f"{sp['runs'][0]['sessions'] if sp['runs'] else '-'} real-time sessions at once."
+            ),
+            "",
+            (
+                "| audio | WER live (offline) | WER ratio | chrF live (offline) | BLEU live (offline) "
+                "| sentence -> translation p50 / p95 | caption p50 / p95 | translations / sentence |"
+            ),
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for r in sp["runs"]:
             c = sp["ceilings"].get(r["condition"], {})
             w, cw = r["wer"]["mean"], c.get("wer")
@@ -266,52 +371,88 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{quality._mark(None if ratio is None else ratio <= 1.2)} "
                 f"| {_num(chrf, 1)} ({_num(c.get('chrf'), 1)}){quality._mark(None if gap is None else gap <= 3)} "
                 f"| {_num(r['bleu']['mean'], 1)} ({_num(c.get('bleu'), 1)}) | {_num(s['p50'])} / {_num(s['p95'])} s "
-                f"| {_num(cap['p50'])} / {_num(cap['p95'])} s | {_num(r['translations_per_sentence'])} |")
+                f"| {_num(cap['p50'])} / {_num(cap['p95'])} s | {_num(r['translations_per_sentence'])} |"
+            )
         mt = sp["ceilings"].get("mt_only", {})
-        lines += ["", (f"Apertium es->en on the correct Spanish (MT only): chrF {_num(mt.get('chrf'), 1)}, "
-                      f"BLEU {_num(mt.get('bleu'), 1)}."), ""]
+        lines += [
+            "",
+            (
+                f"Apertium es->en on the correct Spanish (MT only): chrF {_num(mt.get('chrf'), 1)}, "
+                f"BLEU {_num(mt.get('bleu'), 1)}."
+            ),
+            "",
+        ]
     if au := result.get("auto"):
         d = au["detection"]
-        lines += ["## sourceLanguage auto, a session that switches en <-> es", "", _measured(au), "",
-                  (f"{au['utterances']} utterances ({', '.join(f'{k} {v}' for k, v in au['languages'].items())}) in "
-                   f"runs of {', '.join(map(str, au['runs']))}, {au['audio_seconds']} s, {au['sessions']} sessions. "
-                   f"Language right on {d['right']} of {d['utterances']} utterances ({_num(100 * (d['share'] or 0), 1)}%)"
-                   f"{quality._mark(None if d['share'] is None else d['share'] >= 0.9)}; "
-                   f"{d['finals_right']} of {d['finals']} finals."), "",
-                  "| listener | WER of the finals | chrF (MT-only ceiling) | BLEU (ceiling) | sentence -> translation p50 / p95 | routes |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "## sourceLanguage auto, a session that switches en <-> es",
+            "",
+            _measured(au),
+            "",
+            (
+                f"{au['utterances']} utterances ({', '.join(f'{k} {v}' for k, v in au['languages'].items())}) in "
+                f"runs of {', '.join(map(str, au['runs']))}, {au['audio_seconds']} s, {au['sessions']} sessions. "
+                f"Language right on {d['right']} of {d['utterances']} utterances ({_num(100 * (d['share'] or 0), 1)}%)"
+                f"{quality._mark(None if d['share'] is None else d['share'] >= 0.9)}; "
+                f"{d['finals_right']} of {d['finals']} finals."
+            ),
+            "",
+            "| listener | WER of the finals | chrF (MT-only ceiling) | BLEU (ceiling) | sentence -> translation p50 / p95 | routes |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for target, r in au["targets"].items():
             c = au["ceiling"].get(target, {})
             s = r["sentence_latency_s"]
-            lines.append(f"| {target} | {_num(r['wer']['mean'], 3)} | {_num(r['chrf']['mean'], 1)} ({_num(c.get('chrf'), 1)}) "
-                         f"| {_num(r['bleu']['mean'], 1)} ({_num(c.get('bleu'), 1)}) | {_num(s['p50'])} / {_num(s['p95'])} s "
-                         f"| {', '.join(f'{k} {v}' for k, v in r['quality'].items())} |")
+            lines.append(
+                f"| {target} | {_num(r['wer']['mean'], 3)} | {_num(r['chrf']['mean'], 1)} ({_num(c.get('chrf'), 1)}) "
+                f"| {_num(r['bleu']['mean'], 1)} ({_num(c.get('bleu'), 1)}) | {_num(s['p50'])} / {_num(s['p95'])} s "
+                f"| {', '.join(f'{k} {v}' for k, v in r['quality'].items())} |"
+            )
         if d["wrong_examples"]:
             lines += ["", "Utterances detected wrong (spoken: detected:final):", ""]
             lines += [f"- `{w[:160]}`" for w in d["wrong_examples"]]
         lines.append("")
     if pa := result.get("pairs"):
         rows = pa["rows"]
-        lines += ["## Offline pairs on text", "", _measured(pa), "",
-                  (f"{pa['sentences']} sentences per language, each translated alone by `livetranslate "
-                  "serve translate` (Apertium); document chrF / BLEU against the hand-written target."), "",
-                  "| pair | route | chrF | BLEU | s / sentence |", "| --- | --- | --- | --- | --- |"]
+        lines += [
+            "## Offline pairs on text",
+            "",
+            _measured(pa),
+            "",
+            (
+                f"{pa['sentences']} sentences per language, each translated alone by `livetranslate "
+                "serve translate` (Apertium); document chrF / BLEU against the hand-written target."
+            ),
+            "",
+            "| pair | route | chrF | BLEU | s / sentence |",
+            "| --- | --- | --- | --- | --- |",
+        ]
         for r in rows:
             route = "direct" if r["route"] == "ok" else r["route"]
-            lines.append(f"| {r['source']} -> {r['target']} | {route} | {_num(r['chrf'], 1)} | {_num(r['bleu'], 1)} "
-                         f"| {_num(r['seconds_per_sentence'], 3)} |")
+            lines.append(
+                f"| {r['source']} -> {r['target']} | {route} | {_num(r['chrf'], 1)} | {_num(r['bleu'], 1)} "
+                f"| {_num(r['seconds_per_sentence'], 3)} |"
+            )
         lines.append("")
     lines += ["Targets (ok / MISS beside each figure): " + "; ".join(TARGETS.values()) + "."]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--parts", default="spanish,auto,pairs", help="comma-separated: spanish, auto, pairs")
     parser.add_argument("--sessions", type=int, default=2, help="concurrent identical real-time sessions")
-    parser.add_argument("--model", default="base", help="multilingual Whisper model (packaged name or a path)")
-    parser.add_argument("--sentences", type=int, default=None,
-                        help="smoke run: the first K sentences (pairs) / utterances (auto) / sentences (spanish)")
+    parser.add_argument(
+        "--model", default="base", help="multilingual Whisper model (packaged name or a path)"
+    )
+    parser.add_argument(
+        "--sentences",
+        type=int,
+        default=None,
+        help="smoke run: the first K sentences (pairs) / utterances (auto) / sentences (spanish)",
+    )
     parser.add_argument("--clean-only", action="store_true", help="Spanish speech without the noisy run")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results stem: STEM.json and STEM.md")
     args = parser.parse_args(argv)
@@ -322,30 +463,40 @@ def main(argv: list[str] | None = None) -> int:
     command = " ".join(["benchmarks/bench_languages.py", *(argv if argv is not None else sys.argv[1:])])
     json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
     result: dict[str, Any] = {
-        "benchmark": "languages", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()}, "commit": quality.commit(),
-        "command": command, "loadavg_before": loadavg(), "subset": args.sentences is not None,
-        "model": args.model, "targets": TARGETS,
+        "benchmark": "languages",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
+        "commit": quality.commit(),
+        "command": command,
+        "loadavg_before": loadavg(),
+        "subset": args.sentences is not None,
+        "model": args.model,
+        "targets": TARGETS,
     }
     if json_path.exists() and not result["subset"]:  # the parts not re-measured stay as they were
         before = json.loads(json_path.read_text(encoding="utf-8"))
         if not before.get("subset") and before.get("model") == args.model:
-            result.update({p: before[p] for p in ("pairs", "spanish", "auto") if p in before and p not in parts})
+            result.update(
+                {p: before[p] for p in ("pairs", "spanish", "auto") if p in before and p not in parts}
+            )
 
     def stamp(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         """A part's figures with when, where and at which commit they were measured."""
         measured = {k: result[k] for k in ("machine", "commit", "command")} | {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_before": loadavg()}
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "loadavg_before": loadavg(),
+        }
         return {**run(), "measured": measured}
 
     with tempfile.TemporaryDirectory(prefix="bench-languages-") as name:
         tmp = Path(name)
         if "pairs" in parts:
-            sentences = len(json.loads(PARALLEL.read_text(encoding="utf-8"))["sentences"][:args.sentences])
+            sentences = len(json.loads(PARALLEL.read_text(encoding="utf-8"))["sentences"][: args.sentences])
             result["pairs"] = stamp(lambda: {"sentences": sentences, "rows": pairs(tmp, args.sentences)})
         if "spanish" in parts:
-            result["spanish"] = stamp(lambda: spanish_speech(args.sessions, args.model, args.sentences,
-                                                             not args.clean_only, tmp))
+            result["spanish"] = stamp(
+                lambda: spanish_speech(args.sessions, args.model, args.sentences, not args.clean_only, tmp)
+            )
         if "auto" in parts:
             result["auto"] = stamp(lambda: switching_session(args.sessions, args.model, args.sentences, tmp))
     result["loadavg_after"] = loadavg()

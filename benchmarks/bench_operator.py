@@ -36,16 +36,23 @@ from livetranslate_testing.kube_emulator import KubeEmulator, ResourceKey
 ROOT = Path(__file__).resolve().parents[1]
 TP: ResourceKey = ("livetranslate.io", "v1alpha1", "translationpipelines")
 CHILDREN = 10  # ConfigMap + a Service, a PodDisruptionBudget and a Deployment per stage
-SPEC = {"sourceLanguage": "en", "targetLanguages": ["es"],
-        # The autoscaler would query a Prometheus that is not there; this measures reconciling.
-        "scaling": {"enabled": False}}
+SPEC = {
+    "sourceLanguage": "en",
+    "targetLanguages": ["es"],
+    # The autoscaler would query a Prometheus that is not there; this measures reconciling.
+    "scaling": {"enabled": False},
+}
 
 
 def spawn_operator(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """``livetranslate operator`` as users start it, logging to ``log_path``."""
     with open(log_path, "wb") as log:
-        return subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "operator"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=log)
+        return subprocess.Popen(
+            [sys.executable, "-P", "-m", "livetranslate.cli", "operator"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
 
 
 async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[str, Any]:
@@ -74,22 +81,31 @@ async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[s
     with tempfile.TemporaryDirectory(prefix="lt-bench-op-") as tmp:
         async with api, kmock.Server(api) as server:
             kubeconfig = api.kubeconfig(str(server.url), Path(tmp) / "kubeconfig")
-            env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1",
-                   "LT_OPERATOR_METRICS_PORT": "0", "LT_OPERATOR_LIVENESS_ENDPOINT": "",
-                   "LT_LOG_LEVEL": "WARNING"}
+            env = {
+                **os.environ,
+                "KUBECONFIG": str(kubeconfig),
+                "PYTHONSAFEPATH": "1",
+                "LT_OPERATOR_METRICS_PORT": "0",
+                "LT_OPERATOR_LIVENESS_ENDPOINT": "",
+                "LT_LOG_LEVEL": "WARNING",
+            }
             proc = spawn_operator(env, Path(tmp) / "operator.log")
             try:
                 # Ready = its watches are open (it has listed the custom resources).
                 deadline = time.monotonic() + 60
                 while not any(c.verb == "watch" and c.resource == "translationpipelines" for c in api.calls):
                     if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("operator did not start: " + (Path(tmp) / "operator.log").read_text()[-2000:])
+                        raise RuntimeError(
+                            "operator did not start: " + (Path(tmp) / "operator.log").read_text()[-2000:]
+                        )
                     await asyncio.sleep(0.05)
                 rss_idle = rss_mib(proc.pid, peak=True)
                 started = time.perf_counter()
                 for i in range(count):
-                    api.create("livetranslate.io/v1alpha1/translationpipelines",
-                               {"metadata": {"name": f"bench-{i:03d}", "namespace": "bench"}, "spec": SPEC})
+                    api.create(
+                        "livetranslate.io/v1alpha1/translationpipelines",
+                        {"metadata": {"name": f"bench-{i:03d}", "namespace": "bench"}, "spec": SPEC},
+                    )
                     if i % 10 == 9:
                         await asyncio.sleep(0)  # let the server breathe, as clients would
                 while len(done) < count and time.perf_counter() - started < timeout:
@@ -101,15 +117,20 @@ async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[s
                 steady: list[float] = []
                 for j in range(steady_probes):
                     probe = f"probe-{j:02d}"
-                    api.create("livetranslate.io/v1alpha1/translationpipelines",
-                               {"metadata": {"name": probe, "namespace": "bench"}, "spec": SPEC})
+                    api.create(
+                        "livetranslate.io/v1alpha1/translationpipelines",
+                        {"metadata": {"name": probe, "namespace": "bench"}, "spec": SPEC},
+                    )
                     t0 = time.perf_counter()
                     while probe not in done and time.perf_counter() - t0 < 30:
                         await asyncio.sleep(0.005)
                     if probe in done:
                         steady.append(done[probe] - created[probe])
-                ready = sum(1 for (r, _, _), o in api.objects.items()
-                            if r == TP and (o.get("status") or {}).get("phase") == "Ready")
+                ready = sum(
+                    1
+                    for (r, _, _), o in api.objects.items()
+                    if r == TP and (o.get("status") or {}).get("phase") == "Ready"
+                )
                 rss_peak = rss_mib(proc.pid, peak=True)
                 operator_cpu = cpu_seconds(proc.pid)
             finally:
@@ -144,18 +165,28 @@ def render_md(report: dict[str, Any]) -> str:
     """The human-readable table (operator.md), from the JSON report."""
     load_before = report["loadavg_before"]
     results = report["results"]
-    lines = ["# Operator benchmark", "",
-             (f"{report['when']}, {report['cpus']} CPUs shared with other work, load average before "
-              f"{load_before}. Emulated API server in the benchmark process, `livetranslate operator` in its "
-              "own process. Latency: TranslationPipeline stored -> its 10th (last) child stored; all pipelines "
-              "created at once."),
-             "", ("| pipelines | done | burst p50 (s) | burst p95 (s) | burst max (s) | all children (s) | "
-                  "steady p50 (s) | steady p95 (s) | RSS idle (MiB) | RSS peak (MiB) | operator CPU (s) | load avg |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Operator benchmark",
+        "",
+        (
+            f"{report['when']}, {report['cpus']} CPUs shared with other work, load average before "
+            f"{load_before}. Emulated API server in the benchmark process, `livetranslate operator` in its "
+            "own process. Latency: TranslationPipeline stored -> its 10th (last) child stored; all pipelines "
+            "created at once."
+        ),
+        "",
+        (
+            "| pipelines | done | burst p50 (s) | burst p95 (s) | burst max (s) | all children (s) | "
+            "steady p50 (s) | steady p95 (s) | RSS idle (MiB) | RSS peak (MiB) | operator CPU (s) | load avg |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        lines.append(f"| {r['pipelines']} | {r['completed']} | {r['latency_p50_s']} | {r['latency_p95_s']} | "
-                     f"{r['latency_max_s']} | {r['all_children_s']} | {r['steady_p50_s']} | {r['steady_p95_s']} | "
-                     f"{r['rss_idle_mib']} | {r['rss_peak_mib']} | {r['operator_cpu_s']} | {r['loadavg']} |")
+        lines.append(
+            f"| {r['pipelines']} | {r['completed']} | {r['latency_p50_s']} | {r['latency_p95_s']} | "
+            f"{r['latency_max_s']} | {r['all_children_s']} | {r['steady_p50_s']} | {r['steady_p95_s']} | "
+            f"{r['rss_idle_mib']} | {r['rss_peak_mib']} | {r['operator_cpu_s']} | {r['loadavg']} |"
+        )
     lines += ["", "Targets: p95 < 1 s at 100 pipelines; peak RSS < 200 MB.", ""]
     lines += [
         "Burst = all N created in the same instant, so its latency is queueing behind the other N-1",
@@ -176,9 +207,14 @@ def main() -> int:
     args = parser.parse_args()
     load_before = loadavg()
     results = [asyncio.run(run_one(n, args.timeout)) for n in args.counts]
-    report = {"benchmark": "operator", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "cpus": os.cpu_count(), "loadavg_before": load_before,
-              "targets": {"latency_p95_s_at_100": 1.0, "rss_peak_mib": 200}, "results": results}
+    report = {
+        "benchmark": "operator",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cpus": os.cpu_count(),
+        "loadavg_before": load_before,
+        "targets": {"latency_p95_s_at_100": 1.0, "rss_peak_mib": 200},
+        "results": results,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "operator.json").write_text(json.dumps(report, indent=2) + "\n")
     text = render_md(report)

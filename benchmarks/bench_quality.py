@@ -116,7 +116,7 @@ class Spoken:
 
     index: int
     utterance: int
-    text: str       # as spoken
+    text: str  # as spoken
     reference: str  # its translation, written by hand
     voice: str
     start: float
@@ -180,10 +180,21 @@ def build_session(utterances: list[dict[str, Any]], lead_silence: float = 0.5) -
         for j, (text, reference) in enumerate(pairs):
             audio = speak(text, u["voice"])
             voiced = round(speech_end(audio, 0.0, len(audio) / SAMPLE_RATE) * SAMPLE_RATE)
-            sentences.append(Spoken(len(sentences), k, text, reference, u["voice"], round(at / SAMPLE_RATE, 3),
-                                    round((at + voiced) / SAMPLE_RATE, 3)))
+            sentences.append(
+                Spoken(
+                    len(sentences),
+                    k,
+                    text,
+                    reference,
+                    u["voice"],
+                    round(at / SAMPLE_RATE, 3),
+                    round((at + voiced) / SAMPLE_RATE, 3),
+                )
+            )
             if j < len(pairs) - 1:
-                audio = np.concatenate([audio[:voiced], np.zeros(int(INTRA_PAUSE_S * SAMPLE_RATE), np.float32)])
+                audio = np.concatenate(
+                    [audio[:voiced], np.zeros(int(INTRA_PAUSE_S * SAMPLE_RATE), np.float32)]
+                )
             parts.append(audio)
             at += len(audio)
         parts.append(np.zeros(int(float(u["pause"]) * SAMPLE_RATE), dtype=np.float32))
@@ -197,8 +208,15 @@ def noisy(session: Session, snr_db: float = SNR_DB, seed: int = NOISE_SEED) -> S
 
 # --------------------------------------------------------------------------------- text figures
 
-_ORDINALS = {"one": "first", "two": "second", "three": "third", "five": "fifth", "eight": "eighth",
-             "nine": "ninth", "twelve": "twelfth"}
+_ORDINALS = {
+    "one": "first",
+    "two": "second",
+    "three": "third",
+    "five": "fifth",
+    "eight": "eighth",
+    "nine": "ninth",
+    "twelve": "twelfth",
+}
 
 
 def _ordinal(number: int) -> str:
@@ -235,8 +253,10 @@ def doc_scores(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str
 
     hyp = " ".join(" ".join(h.split()) for h in hypotheses if h.strip())
     ref = " ".join(" ".join(r.split()) for r in references)
-    return {"chrf": round(sacrebleu.corpus_chrf([hyp], [[ref]]).score, 2),
-            "bleu": round(sacrebleu.corpus_bleu([hyp], [[ref]]).score, 2)}
+    return {
+        "chrf": round(sacrebleu.corpus_chrf([hyp], [[ref]]).score, 2),
+        "bleu": round(sacrebleu.corpus_bleu([hyp], [[ref]]).score, 2),
+    }
 
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+")
@@ -269,10 +289,16 @@ def split_boundaries(finals: Sequence[str], vocabulary: set[str]) -> list[int]:
             continue
         glued = bool(_GLUED_START.match(nxt))
         open_end = bool(re.search(r"\w-$", this) and re.match(r"\w", nxt)) or bool(
-            re.search(r"\d[.,]$", this) and re.match(r"\d", nxt))
+            re.search(r"\d[.,]$", this) and re.match(r"\d", nxt)
+        )
         a, b = _token(this, last=True), _token(nxt, last=False)
-        joined = bool(a and b and len(a + b) >= 4 and (a + b) in vocabulary
-                      and (a not in vocabulary or b not in vocabulary))
+        joined = bool(
+            a
+            and b
+            and len(a + b) >= 4
+            and (a + b) in vocabulary
+            and (a not in vocabulary or b not in vocabulary)
+        )
         if glued or open_end or joined:
             out.append(i)
     return out
@@ -283,8 +309,8 @@ def split_boundaries(finals: Sequence[str], vocabulary: set[str]) -> list[int]:
 
 @dataclass
 class Arrival:
-    t: float            # seconds since the first chunk's due time (monotonic clock)
-    audio_sent: float   # seconds of session audio sent by then
+    t: float  # seconds since the first chunk's due time (monotonic clock)
+    audio_sent: float  # seconds of session audio sent by then
     event: dict[str, Any]
 
 
@@ -332,8 +358,9 @@ class Figures:
     matches: list[dict[str, Any]] = field(default_factory=list)
 
 
-def match_sentences(spoken: Sequence[Spoken], spans: Sequence[tuple[float, float, float]]
-                    ) -> list[int | None]:
+def match_sentences(
+    spoken: Sequence[Spoken], spans: Sequence[tuple[float, float, float]]
+) -> list[int | None]:
     """For each spoken sentence, the index into ``spans`` ((start, end, arrival) of each final
     translation) of the translation that covers its end, or None (see the module docstring)."""
     out: list[int | None] = []
@@ -392,7 +419,9 @@ def session_figures(log: SessionLog, spoken: Sequence[Spoken], target: str = TAR
         arr, ev = final_translations[k]
         covered = [finals[i] for i in _ids(ev) if i in finals]
         if covered:
-            spans.append((min(float(f["start"]) for f in covered), max(float(f["end"]) for f in covered), arr.t))
+            spans.append(
+                (min(float(f["start"]) for f in covered), max(float(f["end"]) for f in covered), arr.t)
+            )
             texts_of.append(str(ev.get("text", "")))
     for s, j in zip(spoken, match_sentences(spoken, spans), strict=True):
         if j is None:
@@ -400,8 +429,14 @@ def session_figures(log: SessionLog, spoken: Sequence[Spoken], target: str = TAR
             fig.matches.append({"sentence": s.index, "end": s.end, "latency": None, "translation": None})
         else:
             fig.sentence_latency.append(spans[j][2] - log.sent_time(s.end))
-            fig.matches.append({"sentence": s.index, "end": s.end, "latency": round(fig.sentence_latency[-1], 3),
-                                "translation": texts_of[j]})
+            fig.matches.append(
+                {
+                    "sentence": s.index,
+                    "end": s.end,
+                    "latency": round(fig.sentence_latency[-1], 3),
+                    "translation": texts_of[j],
+                }
+            )
     # End of each final's speech -> first translation of it.
     for f in ordered:
         sid = int(f["segmentId"])
@@ -417,7 +452,9 @@ def session_figures(log: SessionLog, spoken: Sequence[Spoken], target: str = TAR
     return fig
 
 
-def aggregate(figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | None = None) -> dict[str, Any]:
+def aggregate(
+    figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | None = None
+) -> dict[str, Any]:
     """Pooled latencies, mean (and range) of the per-session scores, counts per spoken sentence."""
     n = max(len(figs), 1)
     sentences = len(spoken) * n
@@ -432,8 +469,11 @@ def aggregate(figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | 
     def spread(values: list[float], digits: int) -> dict[str, float | None]:
         if not values:
             return {"mean": None, "min": None, "max": None}
-        return {"mean": round(sum(values) / len(values), digits), "min": round(min(values), digits),
-                "max": round(max(values), digits)}
+        return {
+            "mean": round(sum(values) / len(values), digits),
+            "min": round(min(values), digits),
+            "max": round(max(values), digits),
+        }
 
     quality: Counter[str] = Counter()
     for f in figs:
@@ -448,12 +488,21 @@ def aggregate(figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | 
         "translations_per_sentence": round(sum(f.translation_events for f in figs) / sentences, 3),
         "partials_per_sentence": round(sum(f.partial_events for f in figs) / sentences, 3),
         "calls_per_sentence": round(calls / sentences, 3) if calls is not None else None,
-        "sentence_latency_s": {"p50": rounded_percentile(sent, 0.5), "p95": rounded_percentile(sent, 0.95),
-                               "n": len(sent)},
-        "first_translation_latency_s": {"p50": rounded_percentile(first, 0.5),
-                                        "p95": rounded_percentile(first, 0.95), "n": len(first)},
-        "caption_latency_s": {"p50": rounded_percentile(cap, 0.5), "p95": rounded_percentile(cap, 0.95),
-                              "n": len(cap)},
+        "sentence_latency_s": {
+            "p50": rounded_percentile(sent, 0.5),
+            "p95": rounded_percentile(sent, 0.95),
+            "n": len(sent),
+        },
+        "first_translation_latency_s": {
+            "p50": rounded_percentile(first, 0.5),
+            "p95": rounded_percentile(first, 0.95),
+            "n": len(first),
+        },
+        "caption_latency_s": {
+            "p50": rounded_percentile(cap, 0.5),
+            "p95": rounded_percentile(cap, 0.95),
+            "n": len(cap),
+        },
         "unmatched_sentences": sum(f.unmatched_sentences for f in figs),
         "finals_untranslated": sum(f.finals_untranslated for f in figs),
         "split_words": sum(f.split_words for f in figs),
@@ -466,8 +515,14 @@ def aggregate(figs: Sequence[Figures], spoken: Sequence[Spoken], calls: float | 
 # ------------------------------------------------------------------------------------ live runs
 
 
-async def stream_session(url: str, pcm: bytes, delay: float, source: str = "en",
-                         targets: Sequence[str] = (TARGET,), grace_s: float = 120.0) -> SessionLog:
+async def stream_session(
+    url: str,
+    pcm: bytes,
+    delay: float,
+    source: str = "en",
+    targets: Sequence[str] = (TARGET,),
+    grace_s: float = 120.0,
+) -> SessionLog:
     """One session in real time; every event recorded as it arrives."""
     from websockets.asyncio.client import connect
 
@@ -478,9 +533,18 @@ async def stream_session(url: str, pcm: bytes, delay: float, source: str = "en",
     sent_bytes = 0
     try:
         async with connect(url, max_size=4 * 1024 * 1024, open_timeout=30) as ws:
-            await ws.send(json.dumps({"type": "session.start", "sampleRate": SAMPLE_RATE,
-                                      "encoding": "pcm_s16le", "channels": 1, "sourceLanguage": source,
-                                      "targetLanguages": list(targets)}))
+            await ws.send(
+                json.dumps(
+                    {
+                        "type": "session.start",
+                        "sampleRate": SAMPLE_RATE,
+                        "encoding": "pcm_s16le",
+                        "channels": 1,
+                        "sourceLanguage": source,
+                        "targetLanguages": list(targets),
+                    }
+                )
+            )
             started = json.loads(await ws.recv())
             if started.get("type") != "session.started":
                 log.error = f"no session.started: {started}"
@@ -492,8 +556,8 @@ async def stream_session(url: str, pcm: bytes, delay: float, source: str = "en",
                 for k, i in enumerate(range(0, len(pcm), step)):
                     # Like a microphone: a chunk leaves once its last sample has been spoken.
                     await asyncio.sleep(max(0.0, t0 + (k + 1) * CHUNK_SECONDS - time.monotonic()))
-                    await ws.send(pcm[i:i + step])
-                    sent_bytes += len(pcm[i:i + step])
+                    await ws.send(pcm[i : i + step])
+                    sent_bytes += len(pcm[i : i + step])
                     log.sent_at.append(time.monotonic() - t0)
                 await ws.send(json.dumps({"type": "session.end"}))
 
@@ -520,9 +584,12 @@ async def stream_session(url: str, pcm: bytes, delay: float, source: str = "en",
     return log
 
 
-async def run_sessions(url: str, pcm: bytes, n: int, source: str = "en", targets: Sequence[str] = (TARGET,)
-                       ) -> list[SessionLog]:
-    return list(await asyncio.gather(*(stream_session(url, pcm, i * 0.37, source, targets) for i in range(n))))
+async def run_sessions(
+    url: str, pcm: bytes, n: int, source: str = "en", targets: Sequence[str] = (TARGET,)
+) -> list[SessionLog]:
+    return list(
+        await asyncio.gather(*(stream_session(url, pcm, i * 0.37, source, targets) for i in range(n)))
+    )
 
 
 def counter_value(text: str, names: Sequence[str] = CALL_METRICS) -> tuple[str, float] | None:
@@ -577,9 +644,15 @@ def up_running(log: Path, spec: Path | None = None, mode: str = "sentence") -> I
         stop(proc, 60)
 
 
-def live_runs(modes: Sequence[str], conditions: dict[str, Session], sessions: int, tmp: Path,
-              spec: Path | None = None, source: str = "en", target: str = TARGET
-              ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def live_runs(
+    modes: Sequence[str],
+    conditions: dict[str, Session],
+    sessions: int,
+    tmp: Path,
+    spec: Path | None = None,
+    source: str = "en",
+    target: str = TARGET,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Per gateway translation unit, `livetranslate up` (with ``spec`` if given) and ``sessions``
     real-time sessions of each condition from ``source`` into ``target``."""
     rows: list[dict[str, Any]] = []
@@ -588,23 +661,35 @@ def live_runs(modes: Sequence[str], conditions: dict[str, Session], sessions: in
     warm_pcm = to_pcm16(warm.samples[: int(min(warm.seconds, 12.0) * SAMPLE_RATE)])
     for mode in modes:
         with up_running(tmp / f"up-{mode}.log", spec, mode) as (url, metrics_url):
-            asyncio.run(run_sessions(url, warm_pcm, 1, source, [target]))  # the first decoder passes are slower
+            asyncio.run(
+                run_sessions(url, warm_pcm, 1, source, [target])
+            )  # the first decoder passes are slower
             for condition, session in conditions.items():
                 load = loadavg()
                 before = read_counter(metrics_url)
-                print(f"{mode}/{condition}: {sessions} session(s) x {session.seconds:.0f} s in real time "
-                      f"(load {load[0]})", flush=True)
+                print(
+                    f"{mode}/{condition}: {sessions} session(s) x {session.seconds:.0f} s in real time "
+                    f"(load {load[0]})",
+                    flush=True,
+                )
                 logs = asyncio.run(run_sessions(url, to_pcm16(session.samples), sessions, source, [target]))
                 after = read_counter(metrics_url)
                 calls = after[1] - before[1] if before and after and before[0] == after[0] else None
                 figs = [session_figures(lg, session.sentences, target) for lg in logs]
-                row = {"mode": mode, "condition": condition, **aggregate(figs, session.sentences, calls),
-                       "calls_metric": after[0] if after else None, "loadavg_at_start": load,
-                       "loadavg_after": loadavg()}
+                row = {
+                    "mode": mode,
+                    "condition": condition,
+                    **aggregate(figs, session.sentences, calls),
+                    "calls_metric": after[0] if after else None,
+                    "loadavg_at_start": load,
+                    "loadavg_after": loadavg(),
+                }
                 rows.append(row)
-                examples[f"{mode}/{condition}"] = {"finals": figs[0].finals_text if figs else "",
-                                                   "translations": figs[0].translations if figs else [],
-                                                   "sentences": figs[0].matches if figs else []}
+                examples[f"{mode}/{condition}"] = {
+                    "finals": figs[0].finals_text if figs else "",
+                    "translations": figs[0].translations if figs else [],
+                    "sentences": figs[0].matches if figs else [],
+                }
                 print(json.dumps({k: v for k, v in row.items() if k not in ("split_examples",)}), flush=True)
     return rows, examples
 
@@ -612,8 +697,9 @@ def live_runs(modes: Sequence[str], conditions: dict[str, Session], sessions: in
 # ------------------------------------------------------------------------------ offline ceilings
 
 
-def translate_events(base: str, texts: Sequence[str], target: str = TARGET, source: str = "en"
-                     ) -> list[dict[str, Any]]:
+def translate_events(
+    base: str, texts: Sequence[str], target: str = TARGET, source: str = "en"
+) -> list[dict[str, Any]]:
     """Each text alone through the translation service (its Apertium path and clean-up): the
     final ``translation`` event for ``target`` of each (empty when none came), with ``seconds``."""
     import httpx
@@ -621,8 +707,13 @@ def translate_events(base: str, texts: Sequence[str], target: str = TARGET, sour
     out: list[dict[str, Any]] = []
     with httpx.Client(base_url=base, timeout=60) as client:
         for i, text in enumerate(texts):
-            body = {"sessionId": "quality-offline", "segmentId": i, "text": text, "sourceLanguage": source,
-                    "targetLanguages": [target]}
+            body = {
+                "sessionId": "quality-offline",
+                "segmentId": i,
+                "text": text,
+                "sourceLanguage": source,
+                "targetLanguages": [target],
+            }
             got: dict[str, Any] = {}
             began = time.monotonic()
             with client.stream("POST", "/v1/translate", json=body) as resp:
@@ -639,15 +730,23 @@ def translate_all(base: str, texts: Sequence[str], target: str = TARGET, source:
     return [str(ev.get("text", "")) for ev in translate_events(base, texts, target, source)]
 
 
-def transcribe_utterances(conditions: dict[str, Session], model: str, language: str = "en"
-                          ) -> dict[str, list[str]]:
+def transcribe_utterances(
+    conditions: dict[str, Session], model: str, language: str = "en"
+) -> dict[str, list[str]]:
     """Each utterance decoded whole by the engine and settings the audio service loads."""
     from livetranslate.workloads.audio.engines import FasterWhisperEngine, resolve_model_path
     from livetranslate.workloads.audio.settings import AudioSettings
 
     settings = AudioSettings()
-    engine = FasterWhisperEngine(resolve_model_path(model), "cpu", settings.compute_type or "int8", 1, 2,
-                                 settings.final_beam_size, model)
+    engine = FasterWhisperEngine(
+        resolve_model_path(model),
+        "cpu",
+        settings.compute_type or "int8",
+        1,
+        2,
+        settings.final_beam_size,
+        model,
+    )
     out: dict[str, list[str]] = {}
     for condition, session in conditions.items():
         texts = []
@@ -659,25 +758,31 @@ def transcribe_utterances(conditions: dict[str, Session], model: str, language: 
     return out
 
 
-def ceilings(conditions: dict[str, Session], tmp: Path, model: str, source: str = "en", target: str = TARGET
-             ) -> dict[str, Any]:
+def ceilings(
+    conditions: dict[str, Session], tmp: Path, model: str, source: str = "en", target: str = TARGET
+) -> dict[str, Any]:
     from livetranslate.procs import stop
 
     spoken = next(iter(conditions.values())).sentences
     said = [s.text for s in spoken]
     references = [s.reference for s in spoken]
     transcripts = transcribe_utterances(conditions, model, source)
-    proc, base = _sibling("bench_translate").serve_translate({"LT_TRANSLATE_BACKEND": "apertium"}, tmp,
-                                                              "quality-translate")
+    proc, base = _sibling("bench_translate").serve_translate(
+        {"LT_TRANSLATE_BACKEND": "apertium"}, tmp, "quality-translate"
+    )
     try:
         mt = translate_all(base, said, target, source)
         result: dict[str, Any] = {"mt_only": {**doc_scores(mt, references), "translations": mt}}
         for condition, texts in transcripts.items():
             sentences = [s for t in texts for s in split_sentences(t)]
             translated = translate_all(base, sentences, target, source)
-            result[condition] = {"wer": round(wer(" ".join(said), " ".join(texts)), 4),
-                                 **doc_scores(translated, references), "sentences": len(sentences),
-                                 "transcript": texts, "translations": translated}
+            result[condition] = {
+                "wer": round(wer(" ".join(said), " ".join(texts)), 4),
+                **doc_scores(translated, references),
+                "sentences": len(sentences),
+                "transcript": texts,
+                "translations": translated,
+            }
     finally:
         stop(proc)
     return result
@@ -688,10 +793,14 @@ def ceilings(conditions: dict[str, Session], tmp: Path, model: str, source: str 
 
 def commit() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True,
-                              check=False).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
+        ).stdout.strip()
 
-    return {"sha": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    return {
+        "sha": git("rev-parse", "HEAD"),
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+    }
 
 
 def _num(value: Any, digits: int = 2) -> str:
@@ -706,9 +815,11 @@ def table(result: dict[str, Any]) -> list[str]:
     ceil = result["ceilings"]
     model = result.get("model", "tiny.en")
     lines = [
-        ("| mode | audio | sessions | WER | chrF (ceiling) | BLEU | translations / sentence | calls / sentence "
-         "| sentence -> translation p50 / p95 | end of speech -> first translation p50 / p95 "
-         "| caption p50 / p95 | split words | unmatched | load |"),
+        (
+            "| mode | audio | sessions | WER | chrF (ceiling) | BLEU | translations / sentence | calls / sentence "
+            "| sentence -> translation p50 / p95 | end of speech -> first translation p50 / p95 "
+            "| caption p50 / p95 | split words | unmatched | load |"
+        ),
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in result["runs"]:
@@ -726,16 +837,21 @@ def table(result: dict[str, Any]) -> list[str]:
             f"| {_num(f['p50'])} / {_num(f['p95'])} s{_mark(None if f['p95'] is None else f['p95'] <= 1.2)} "
             f"| {_num(cap['p50'])} / {_num(cap['p95'])} s "
             f"| {r['split_words']}{_mark(r['split_words'] == 0)} | {r['unmatched_sentences']} "
-            f"| {r['loadavg_at_start'][0]:.2f} |")
+            f"| {r['loadavg_at_start'][0]:.2f} |"
+        )
     lines += ["", "| offline ceiling | WER | chrF | BLEU | sentences |", "| --- | --- | --- | --- | --- |"]
     for name in ("clean", "noisy"):
         if name in ceil:
             c = ceil[name]
-            lines.append(f"| {model} per utterance + Apertium per sentence, {name} | {c['wer']:.3f} "
-                         f"| {c['chrf']:.1f} | {c['bleu']:.1f} | {c['sentences']} |")
+            lines.append(
+                f"| {model} per utterance + Apertium per sentence, {name} | {c['wer']:.3f} "
+                f"| {c['chrf']:.1f} | {c['bleu']:.1f} | {c['sentences']} |"
+            )
     mt = ceil["mt_only"]
-    lines.append(f"| Apertium on the correct English (MT only) | 0 | {_num(mt['chrf'], 1)} | {_num(mt['bleu'], 1)} "
-                 f"| {len(mt['translations'])} |")
+    lines.append(
+        f"| Apertium on the correct English (MT only) | 0 | {_num(mt['chrf'], 1)} | {_num(mt['bleu'], 1)} "
+        f"| {len(mt['translations'])} |"
+    )
     return lines
 
 
@@ -744,44 +860,62 @@ def markdown(result: dict[str, Any]) -> str:
     head = [
         "# What a listener reads: live transcript and translation quality",
         "",
-        (f"Measured {result['time']} on {result['machine']['cpus']} cores ({result['machine']['cpu_model']}), "
-         f"commit {result['commit']['sha'][:10]}{' (dirty tree)' if result['commit']['dirty'] else ''}, load average "
-         f"before {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}. {c['sentences']} sentences in "
-         f"{c['utterances']} utterances, {c['words']} words, {c['audio_seconds']} s, {len(c['voices'])} espeak-ng "
-         f"voices; noisy = white noise at {c['snr_db']:g} dB SNR (seed {c['noise_seed']}). `livetranslate up`: "
-         f"faster-whisper {result.get('model', 'tiny.en')} int8 streaming on CPU, Apertium en->es. Every session "
-         "streams in real "
-         "time; chrF and BLEU are document-level (sacrebleu) against hand-written Spanish. "
-         f"`{result['command']}`"),
+        (
+            f"Measured {result['time']} on {result['machine']['cpus']} cores ({result['machine']['cpu_model']}), "
+            f"commit {result['commit']['sha'][:10]}{' (dirty tree)' if result['commit']['dirty'] else ''}, load average "
+            f"before {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}. {c['sentences']} sentences in "
+            f"{c['utterances']} utterances, {c['words']} words, {c['audio_seconds']} s, {len(c['voices'])} espeak-ng "
+            f"voices; noisy = white noise at {c['snr_db']:g} dB SNR (seed {c['noise_seed']}). `livetranslate up`: "
+            f"faster-whisper {result.get('model', 'tiny.en')} int8 streaming on CPU, Apertium en->es. Every session "
+            "streams in real "
+            "time; chrF and BLEU are document-level (sacrebleu) against hand-written Spanish. "
+            f"`{result['command']}`"
+        ),
         "",
     ]
     if result.get("subset"):
         head += [f"**Smoke run on a subset ({c['sentences']} sentences): not the recorded figures.**", ""]
-    how = ("Sentence -> translation: from the send of the audio holding a sentence's last voiced sample to "
-           "the `translation` whose finals' time span covers it (nearest span within "
-           f"{MATCH_TOLERANCE_S} s); end of speech -> first translation: per final, its `end` sent -> the "
-           "first `translation.partial` or `translation` naming it; caption: the gateway's `latency` on "
-           "`transcript.final`. Calls / sentence: the gateway's own counter where it exposes one.")
+    how = (
+        "Sentence -> translation: from the send of the audio holding a sentence's last voiced sample to "
+        "the `translation` whose finals' time span covers it (nearest span within "
+        f"{MATCH_TOLERANCE_S} s); end of speech -> first translation: per final, its `end` sent -> the "
+        "first `translation.partial` or `translation` naming it; caption: the gateway's `latency` on "
+        "`transcript.final`. Calls / sentence: the gateway's own counter where it exposes one."
+    )
     targets = ["", "Targets (ok / MISS beside each figure): " + "; ".join(TARGETS.values()) + ".", "", how]
     return "\n".join(head + table(result) + targets) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     audio = parser.add_mutually_exclusive_group()
     audio.add_argument("--clean", dest="audio", action="store_const", const="clean")
     audio.add_argument("--noise", dest="audio", action="store_const", const="noise")
     audio.add_argument("--both", dest="audio", action="store_const", const="both")
     parser.set_defaults(audio="both")
     parser.add_argument("--sessions", type=int, default=8, help="concurrent identical real-time sessions")
-    parser.add_argument("--modes", default="sentence,final",
-                        help=f"gateway translation units to compare ({UNIT_ENV}), comma-separated")
-    parser.add_argument("--sentences", type=int, default=None, help="the corpus's first K sentences (smoke runs)")
+    parser.add_argument(
+        "--modes",
+        default="sentence,final",
+        help=f"gateway translation units to compare ({UNIT_ENV}), comma-separated",
+    )
+    parser.add_argument(
+        "--sentences", type=int, default=None, help="the corpus's first K sentences (smoke runs)"
+    )
     parser.add_argument("--no-ceiling", action="store_true", help="skip the offline ceilings")
-    parser.add_argument("--model", default="tiny.en",
-                        help="Whisper model of the audio service and the ceiling (tiny.en, base, or a path)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="results stem: writes STEM.json and STEM.md (default benchmarks/results/quality)")
+    parser.add_argument(
+        "--model",
+        default="tiny.en",
+        help="Whisper model of the audio service and the ceiling (tiny.en, base, or a path)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="results stem: writes STEM.json and STEM.md (default benchmarks/results/quality)",
+    )
     args = parser.parse_args(argv)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if args.sessions < 1 or any(m not in ("sentence", "final") for m in modes):
@@ -801,11 +935,17 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join(["benchmarks/bench_quality.py", *(argv if argv is not None else sys.argv[1:])]),
         "loadavg_before": loadavg(),
         "subset": args.sentences is not None,
-        "corpus": {"path": str(CORPUS.relative_to(ROOT)), "sentences": len(clean.sentences),
-                   "utterances": len(utterances), "words": sum(len(words(s.text)) for s in clean.sentences),
-                   "audio_seconds": round(clean.seconds, 2), "voices": sorted({u["voice"] for u in utterances}),
-                   "snr_db": SNR_DB, "noise_seed": NOISE_SEED,
-                   "sentence_ends": [s.end for s in clean.sentences]},
+        "corpus": {
+            "path": str(CORPUS.relative_to(ROOT)),
+            "sentences": len(clean.sentences),
+            "utterances": len(utterances),
+            "words": sum(len(words(s.text)) for s in clean.sentences),
+            "audio_seconds": round(clean.seconds, 2),
+            "voices": sorted({u["voice"] for u in utterances}),
+            "snr_db": SNR_DB,
+            "noise_seed": NOISE_SEED,
+            "sentence_ends": [s.end for s in clean.sentences],
+        },
         "targets": TARGETS,
         "match_tolerance_s": MATCH_TOLERANCE_S,
         "model": args.model,

@@ -139,7 +139,10 @@ def audit_service_reachable(pins: dict[str, str]) -> tuple[bool, str]:
             pypi = resp.status == 200 and "vulnerabilities" in json.load(resp)
             pypi_note = "PyPI's per-release JSON API answers"
     except urllib.error.HTTPError as e:
-        pypi, pypi_note = False, f"PyPI's per-release JSON API answers HTTP {e.code} (the package index here serves no per-release vulnerability data)"
+        pypi, pypi_note = (
+            False,
+            f"PyPI's per-release JSON API answers HTTP {e.code} (the package index here serves no per-release vulnerability data)",
+        )
     except OSError as e:
         pypi, pypi_note = False, f"PyPI's JSON API unreachable ({e})"
     try:
@@ -152,9 +155,25 @@ def audit_service_reachable(pins: dict[str, str]) -> tuple[bool, str]:
 
 def run_pip_audit(lock: Path, service: str) -> dict[str, Any]:
     exe = shutil.which("pip-audit") or str(Path(sys.executable).with_name("pip-audit"))
-    out = subprocess.run([exe, "-r", str(lock), "--no-deps", "--disable-pip", "-s", service, "-f", "json",
-                          "--progress-spinner", "off"], check=False, capture_output=True, text=True,
-                         timeout=1800)
+    out = subprocess.run(
+        [
+            exe,
+            "-r",
+            str(lock),
+            "--no-deps",
+            "--disable-pip",
+            "-s",
+            service,
+            "-f",
+            "json",
+            "--progress-spinner",
+            "off",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     try:
         report: dict[str, Any] = json.loads(out.stdout)
     except json.JSONDecodeError:
@@ -172,8 +191,10 @@ ORIGIN = "https://captions.example.org"
 
 
 async def _gateway_probes(gw: security.GatewayProcess) -> list[security.AuthOutcome]:
-    outcomes = [await security.attempt(gw.ws_url, case)
-                for case in security.auth_cases(TOKEN, WRONG, ORIGIN, gw.http_url)]
+    outcomes = [
+        await security.attempt(gw.ws_url, case)
+        for case in security.auth_cases(TOKEN, WRONG, ORIGIN, gw.http_url)
+    ]
     await security.http_probes(gw.http_url, TOKEN, WRONG)
     return outcomes
 
@@ -194,54 +215,110 @@ def measure(workdir: Path, audit: bool) -> tuple[list[dict[str, Any]], dict[str,
         gw.stop()
     good = sum(o.ok for o in outcomes)
     details["gateway"] = [{"case": o.case.name, "expected": o.case.expect, "got": o.got} for o in outcomes]
-    rows.append(row("gateway connection attempts answered per the contract (missing, wrong, partial tokens; "
-                    "foreign, look-alike and opaque origins refused; header, query and allowed origins accepted)",
-                    f"{good}/{len(outcomes)}", "attempts", "all", good == len(outcomes)))
+    rows.append(
+        row(
+            "gateway connection attempts answered per the contract (missing, wrong, partial tokens; "
+            "foreign, look-alike and opaque origins refused; header, query and allowed origins accepted)",
+            f"{good}/{len(outcomes)}",
+            "attempts",
+            "all",
+            good == len(outcomes),
+        )
+    )
     log = gw.log()
     leaked = security.leaks(log, [TOKEN, WRONG])
     details["log_lines_scanned"] = len(log.splitlines())
     details["leaked_lines"] = leaked
-    rows.append(row(f"token occurrences in the gateway's debug-level log ({len(log.splitlines())} lines from "
-                    "WebSocket and HTTP requests with tokens in header, query, cookie and subprotocol)",
-                    len(leaked), "lines", "0", not leaked))
+    rows.append(
+        row(
+            f"token occurrences in the gateway's debug-level log ({len(log.splitlines())} lines from "
+            "WebSocket and HTTP requests with tokens in header, query, cookie and subprotocol)",
+            len(leaked),
+            "lines",
+            "0",
+            not leaked,
+        )
+    )
 
     operator_report = security.pss_report(security.operator_objects())
     chart_report = security.pss_report(security.chart_objects())
     variants = len(list(security.pipeline_variants()))
     violations = operator_report.violations + chart_report.violations
     details["pss_violations"] = violations
-    rows.append(row(f"restricted Pod Security Standard violations in {operator_report.templates + chart_report.templates} "
-                    f"pod templates ({operator_report.templates} operator-built: {variants} device x backend x "
-                    f"auth/diarization/redis variants x 3 stages; {chart_report.templates} chart renderings)",
-                    len(violations), "violations", "0", not violations))
+    rows.append(
+        row(
+            f"restricted Pod Security Standard violations in {operator_report.templates + chart_report.templates} "
+            f"pod templates ({operator_report.templates} operator-built: {variants} device x backend x "
+            f"auth/diarization/redis variants x 3 stages; {chart_report.templates} chart renderings)",
+            len(violations),
+            "violations",
+            "0",
+            not violations,
+        )
+    )
 
     flows = security.network_policy_flows()
     wrong_flows = [f.what for f in flows if not f.ok]
-    details["network_policy_flows"] = [{"flow": f.what, "expected": f.expected, "allowed": f.allowed} for f in flows]
-    rows.append(row("NetworkPolicy flows decided as intended (gateway -> audio/translation and Prometheus -> "
-                    "metrics allowed; other pods, namespaces, pipelines, sibling workloads and other ports denied; "
-                    "anyone -> gateway allowed)", f"{len(flows) - len(wrong_flows)}/{len(flows)}", "flows",
-                    "all", not wrong_flows))
+    details["network_policy_flows"] = [
+        {"flow": f.what, "expected": f.expected, "allowed": f.allowed} for f in flows
+    ]
+    rows.append(
+        row(
+            "NetworkPolicy flows decided as intended (gateway -> audio/translation and Prometheus -> "
+            "metrics allowed; other pods, namespaces, pipelines, sibling workloads and other ports denied; "
+            "anyone -> gateway allowed)",
+            f"{len(flows) - len(wrong_flows)}/{len(flows)}",
+            "flows",
+            "all",
+            not wrong_flows,
+        )
+    )
 
     run = asyncio.run(security.operator_scenario(workdir / "operator"))
     granted = security.rule_triples([*rbac.RULES, *rbac.MONITOR_RULES])
     denied = sorted(run.calls - granted)
     unused = sorted(granted - run.calls - set(security.RBAC_NOT_SEEN_IN_EMULATOR))
-    wildcards = sum("*" in rule.get(field, []) for _, obj in security.chart_objects()
-                    if obj.get("kind") in ("ClusterRole", "Role") for rule in obj["rules"]
-                    for field in ("apiGroups", "resources", "verbs"))
-    details["rbac"] = {"used": sorted(run.calls), "unused": unused, "denied": denied,
-                       "not_seen_but_explained": {"/".join(k): v for k, v in security.RBAC_NOT_SEEN_IN_EMULATOR.items()}}
-    rows.append(row("operator RBAC grants (group, resource, verb) seen in use against the emulator "
-                    "(create, hand edits, update, Node change, restart with policies off)",
-                    f"{len(granted & run.calls)}/{len(granted)}", "grants",
-                    "all, or explained", not unused and not denied))
+    wildcards = sum(
+        "*" in rule.get(field, [])
+        for _, obj in security.chart_objects()
+        if obj.get("kind") in ("ClusterRole", "Role")
+        for rule in obj["rules"]
+        for field in ("apiGroups", "resources", "verbs")
+    )
+    details["rbac"] = {
+        "used": sorted(run.calls),
+        "unused": unused,
+        "denied": denied,
+        "not_seen_but_explained": {"/".join(k): v for k, v in security.RBAC_NOT_SEEN_IN_EMULATOR.items()},
+    }
+    rows.append(
+        row(
+            "operator RBAC grants (group, resource, verb) seen in use against the emulator "
+            "(create, hand edits, update, Node change, restart with policies off)",
+            f"{len(granted & run.calls)}/{len(granted)}",
+            "grants",
+            "all, or explained",
+            not unused and not denied,
+        )
+    )
     rows.append(row("wildcards in the chart's ClusterRole", wildcards, "", "0", wildcards == 0))
-    policies_ok = (len(run.policies_created) == 3 and run.policy_restored and run.policies_after_off == []
-                   and run.children_after_off == 10)
-    rows.append(row("operator creates 3 NetworkPolicies per pipeline, restores hand-edited ones (rules replaced, "
-                    "selector narrowed to nothing), removes them "
-                    "when turned off", "yes" if policies_ok else "no", "", "yes", policies_ok))
+    policies_ok = (
+        len(run.policies_created) == 3
+        and run.policy_restored
+        and run.policies_after_off == []
+        and run.children_after_off == 10
+    )
+    rows.append(
+        row(
+            "operator creates 3 NetworkPolicies per pipeline, restores hand-edited ones (rules replaced, "
+            "selector narrowed to nothing), removes them "
+            "when turned off",
+            "yes" if policies_ok else "no",
+            "",
+            "yes",
+            policies_ok,
+        )
+    )
 
     pins = read_lock() if LOCK.exists() else {}
     reachable, note = audit_service_reachable(pins) if pins else (False, "no requirements.lock")
@@ -252,37 +329,72 @@ def measure(workdir: Path, audit: bool) -> tuple[list[dict[str, Any]], dict[str,
         deps = report.get("dependencies", [])
         vulns = [(d["name"], d["version"], v["id"]) for d in deps for v in d.get("vulns", [])]
         skipped = [d["name"] for d in deps if d.get("skip_reason")]
-        rows.append(row(f"pip-audit findings in requirements.lock ({len(deps)} packages, {len(skipped)} skipped)",
-                        len(vulns), "findings", "0 or each explained in docs/security.md", None if vulns else True))
+        rows.append(
+            row(
+                f"pip-audit findings in requirements.lock ({len(deps)} packages, {len(skipped)} skipped)",
+                len(vulns),
+                "findings",
+                "0 or each explained in docs/security.md",
+                None if vulns else True,
+            )
+        )
     else:
         why = note if not reachable else "not run (pass --audit)"
-        rows.append(row(f"pip-audit of requirements.lock ({len(pins)} pinned packages): not run here: {why}",
-                        "not measured", "", "clean, or each finding explained", None))
+        rows.append(
+            row(
+                f"pip-audit of requirements.lock ({len(pins)} pinned packages): not run here: {why}",
+                "not measured",
+                "",
+                "clean, or each finding explained",
+                None,
+            )
+        )
     return rows, details
 
 
-def write(rows: list[dict[str, Any]], details: dict[str, Any], out: Path, load_before: list[float],
-          command: str) -> None:
+def write(
+    rows: list[dict[str, Any]], details: dict[str, Any], out: Path, load_before: list[float], command: str
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"name": "security", "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-           "loadavg": [round(x, 2) for x in os.getloadavg()], "loadavg_before": load_before,
-           "cpus": os.cpu_count(), "command": command, "reliability": rows, "details": details}
+    doc = {
+        "name": "security",
+        "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "loadavg_before": load_before,
+        "cpus": os.cpu_count(),
+        "command": command,
+        "reliability": rows,
+        "details": details,
+    }
     (out / "security.json").write_text(json.dumps(doc, indent=2) + "\n")
-    lines = ["# Security (issue 6, item 6)", "",
-             f"Measured {doc['measured_at']}, load average {doc['loadavg']}; re-run: `{command}`.", "",
-             "| figure | value | unit | target | met |", "|---|---|---|---|---|"]
+    lines = [
+        "# Security (issue 6, item 6)",
+        "",
+        f"Measured {doc['measured_at']}, load average {doc['loadavg']}; re-run: `{command}`.",
+        "",
+        "| figure | value | unit | target | met |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         met = {True: "yes", False: "NO", None: "n/a"}[r["met"]]
         lines.append(f"| {r['figure']} | {r['value']} | {r['unit']} | {r['target']} | {met} |")
-    lines += ["", ("Details (every probe, flow and grant) are in security.json; what each check means is "
-                   "in docs/security.md."), ""]
+    lines += [
+        "",
+        (
+            "Details (every probe, flow and grant) are in security.json; what each check means is "
+            "in docs/security.md."
+        ),
+        "",
+    ]
     (out / "security.md").write_text("\n".join(lines))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--update-lock", action="store_true", help="rewrite requirements.lock from the venv first")
+    parser.add_argument(
+        "--update-lock", action="store_true", help="rewrite requirements.lock from the venv first"
+    )
     parser.add_argument("--audit", action="store_true", help="run pip-audit on requirements.lock (network)")
     args = parser.parse_args()
     if args.update_lock:
@@ -295,7 +407,9 @@ def main() -> int:
     write(rows, details, args.out, load_before, command)
     for r in rows:
         print(f"{r['met']!s:5} {r['value']!s:>14} {r['unit']:8} {r['figure']}")
-    print(f"took {time.perf_counter() - started:.1f} s, load average {[round(x, 2) for x in os.getloadavg()]}")
+    print(
+        f"took {time.perf_counter() - started:.1f} s, load average {[round(x, 2) for x in os.getloadavg()]}"
+    )
     return 0 if all(r["met"] is not False for r in rows) else 1
 
 

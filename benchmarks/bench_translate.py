@@ -62,17 +62,32 @@ SEGMENTS = [
 
 def serve_translate(env: dict[str, str], tmp: Path, name: str) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
-    proc = start([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "translate", "--host", "127.0.0.1",
-                  "--port", str(port), "--log-level", "warning"],
-                 env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "absent.json"), **env},
-                 log=tmp / f"{name}.log")
+    proc = start(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "livetranslate.cli",
+            "serve",
+            "translate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "absent.json"), **env},
+        log=tmp / f"{name}.log",
+    )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/readyz", timeout=120, proc=proc, require_200=True)
     return proc, base
 
 
-async def run_sessions(base: str, sessions: int, per_session: int, targets: list[str], warmup: int = 0
-                       ) -> dict[str, Any]:
+async def run_sessions(
+    base: str, sessions: int, per_session: int, targets: list[str], warmup: int = 0
+) -> dict[str, Any]:
     """``sessions`` closed loops of ``per_session`` timed segments each.
 
     With ``warmup``, every session first sends that many segments untimed and the timed part
@@ -85,8 +100,10 @@ async def run_sessions(base: str, sessions: int, per_session: int, targets: list
     warmed = 0
     all_warm = asyncio.Event()
     started_at = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base, timeout=600,
-                                 limits=httpx.Limits(max_connections=sessions + 4)) as client:
+    async with httpx.AsyncClient(
+        base_url=base, timeout=600, limits=httpx.Limits(max_connections=sessions + 4)
+    ) as client:
+
         async def session(i: int) -> None:
             nonlocal warmed, started_at
             context: list[dict[str, Any]] = []
@@ -99,15 +116,22 @@ async def run_sessions(base: str, sessions: int, per_session: int, targets: list
                     await all_warm.wait()
                 timed = k >= warmup
                 text = SEGMENTS[(i * 5 + k) % len(SEGMENTS)]
-                body = {"sessionId": f"bench-{i}", "segmentId": k, "text": text, "sourceLanguage": "en",
-                        "targetLanguages": targets,
-                        "context": [context[j] for j in context_window(k, 3) if j < len(context)]}
+                body = {
+                    "sessionId": f"bench-{i}",
+                    "segmentId": k,
+                    "text": text,
+                    "sourceLanguage": "en",
+                    "targetLanguages": targets,
+                    "context": [context[j] for j in context_window(k, 3) if j < len(context)],
+                }
                 started = time.perf_counter()
                 translations: dict[str, str] = {}
                 try:
                     async with client.stream("POST", "/v1/translate", json=body) as resp:
                         if resp.status_code != 200:
-                            quality[f"http_{resp.status_code}"] = quality.get(f"http_{resp.status_code}", 0) + 1
+                            quality[f"http_{resp.status_code}"] = (
+                                quality.get(f"http_{resp.status_code}", 0) + 1
+                            )
                             await resp.aread()
                             continue
                         async for line in resp.aiter_lines():
@@ -131,11 +155,17 @@ async def run_sessions(base: str, sessions: int, per_session: int, targets: list
         await asyncio.gather(*(session(i) for i in range(sessions)))
         wall = time.perf_counter() - started_at
     lat = latencies
-    return {"sessions": sessions, "segments": len(lat), "wall_s": round(wall, 3),
-            "throughput_per_s": round(len(lat) / wall, 3) if wall else 0.0,
-            "p50_ms": round(percentile(lat, 0.50) * 1000, 1), "p95_ms": round(percentile(lat, 0.95) * 1000, 1),
-            "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
-            "quality": quality, "loadavg": loadavg()}
+    return {
+        "sessions": sessions,
+        "segments": len(lat),
+        "wall_s": round(wall, 3),
+        "throughput_per_s": round(len(lat) / wall, 3) if wall else 0.0,
+        "p50_ms": round(percentile(lat, 0.50) * 1000, 1),
+        "p95_ms": round(percentile(lat, 0.95) * 1000, 1),
+        "mean_ms": round(statistics.fmean(lat) * 1000, 1) if lat else None,
+        "quality": quality,
+        "loadavg": loadavg(),
+    }
 
 
 def measure(label: str, base: str, plan: list[tuple[int, int]], targets: list[str]) -> list[dict[str, Any]]:
@@ -158,8 +188,14 @@ async def engine_level(llama_url: str | None, rounds: int, apertium: bool = True
     jobs = [Job(SEGMENTS[i % len(SEGMENTS)], "en", "es") for i in range(16)]
     engines: list[tuple[str, Engine]] = [("apertium", ApertiumEngine(ApertiumSettings()))] if apertium else []
     if llama_url:
-        engines.append(("llama", OpenAIEngine(OpenAISettings(url=llama_url, model="gemma-270m", timeout_s=600,
-                                                             batch_mode="list"), 3)))
+        engines.append(
+            (
+                "llama",
+                OpenAIEngine(
+                    OpenAISettings(url=llama_url, model="gemma-270m", timeout_s=600, batch_mode="list"), 3
+                ),
+            )
+        )
     rows = []
     for label, engine in engines:
         await engine.start()
@@ -176,11 +212,15 @@ async def engine_level(llama_url: str | None, rounds: int, apertium: bool = True
             await engine.translate(jobs, None)
             batch.append(time.perf_counter() - t)
         await engine.close()
-        row = {"config": f"{label}-engine", "segments": len(jobs), "rounds": rounds,
-               "one_call_per_segment_s": round(statistics.median(one), 3),
-               "one_batch_s": round(statistics.median(batch), 3),
-               "gain": round(statistics.median(one) / statistics.median(batch), 2),
-               "loadavg": loadavg()}
+        row = {
+            "config": f"{label}-engine",
+            "segments": len(jobs),
+            "rounds": rounds,
+            "one_call_per_segment_s": round(statistics.median(one), 3),
+            "one_batch_s": round(statistics.median(batch), 3),
+            "gain": round(statistics.median(one) / statistics.median(batch), 2),
+            "loadavg": loadavg(),
+        }
         print(json.dumps(row), flush=True)
         rows.append(row)
     return rows
@@ -189,9 +229,13 @@ async def engine_level(llama_url: str | None, rounds: int, apertium: bool = True
 def apertium_runs(tmp: Path, procs: list[subprocess.Popen[bytes]], q: int) -> list[dict[str, Any]]:
     """Apertium micro-batched (one APy call per batch), then one APy call per segment."""
     rows: list[dict[str, Any]] = []
-    for label, extra in (("apertium", {}),
-                         ("apertium-unbatched", {"LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                                                 "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"})):
+    for label, extra in (
+        ("apertium", {}),
+        (
+            "apertium-unbatched",
+            {"LT_TRANSLATE_BATCH__MAX_BATCH": "1", "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32"},
+        ),
+    ):
         proc, base = serve_translate({"LT_TRANSLATE_BACKEND": "apertium", **extra}, tmp, label)
         procs.append(proc)
         rows += measure(label, base, [(1, 40 // q), (8, 20 // q), (32, 10 // q)], ["es"])
@@ -202,8 +246,13 @@ def apertium_runs(tmp: Path, procs: list[subprocess.Popen[bytes]], q: int) -> li
 def gpu_model() -> str | None:
     """The GPU's name, driver and memory as nvidia-smi reports them; None without one."""
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout.strip()
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return out or None
@@ -227,20 +276,36 @@ LLAMA_MODEL = "gemma-270m"
 # a prompt list cannot pin its prompts.
 LLAMA_CONFIGS: dict[str, dict[str, str]] = {
     # one request per segment, one at a time: every sequence is decoded alone
-    "llama-unbatched": {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                        "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "1"},
+    "llama-unbatched": {
+        "LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent",
+        "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+        "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "1",
+    },
     # one request per segment, all in flight: only the server's own continuous batching
-    "llama-concurrent": {"LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent", "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
-                         "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32", "LT_TRANSLATE_OPENAI__SLOT_AFFINITY": "true"},
+    "llama-concurrent": {
+        "LT_TRANSLATE_OPENAI__BATCH_MODE": "concurrent",
+        "LT_TRANSLATE_BATCH__MAX_BATCH": "1",
+        "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "32",
+        "LT_TRANSLATE_OPENAI__SLOT_AFFINITY": "true",
+    },
     # the micro-batcher: a prompt list per batch, as many prompts as the server has slots
-    "llama-batched": {"LT_TRANSLATE_OPENAI__BATCH_MODE": "list", "LT_TRANSLATE_BATCH__MAX_BATCH": str(LLAMA_SLOTS),
-                      "LT_TRANSLATE_BATCH__WINDOW_MS": "20", "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2"},
+    "llama-batched": {
+        "LT_TRANSLATE_OPENAI__BATCH_MODE": "list",
+        "LT_TRANSLATE_BATCH__MAX_BATCH": str(LLAMA_SLOTS),
+        "LT_TRANSLATE_BATCH__WINDOW_MS": "20",
+        "LT_TRANSLATE_BATCH__MAX_INFLIGHT_BATCHES": "2",
+    },
 }
 
 
-def start_llama(tmp: Path, threads: int = LLAMA_THREADS, model: Path | None = None,
-                gpu_layers: int | None = None, extra_args: list[str] | None = None,
-                backend_sampling: bool | None = None) -> tuple[subprocess.Popen[bytes], str]:
+def start_llama(
+    tmp: Path,
+    threads: int = LLAMA_THREADS,
+    model: Path | None = None,
+    gpu_layers: int | None = None,
+    extra_args: list[str] | None = None,
+    backend_sampling: bool | None = None,
+) -> tuple[subprocess.Popen[bytes], str]:
     from livetranslate.workloads.translate import llama_server
 
     if model is None:
@@ -250,29 +315,46 @@ def start_llama(tmp: Path, threads: int = LLAMA_THREADS, model: Path | None = No
 
     binary = llama_server.find_binary()
     if binary is None:
-        raise RuntimeError(f"llama-server is not built ({llama_server.cached_binary()}): run "
-                           "python -m livetranslate.workloads.translate.llama_server build")
+        raise RuntimeError(
+            f"llama-server is not built ({llama_server.cached_binary()}): run "
+            "python -m livetranslate.workloads.translate.llama_server build"
+        )
     port = free_port()
-    proc = start(llama_server.server_command(binary, model, port=port, aliases=[LLAMA_MODEL],
-                                             parallel=LLAMA_SLOTS, threads=threads, gpu_layers=gpu_layers,
-                                             backend_sampling=backend_sampling)
-                 + (extra_args or []),
-                 log=tmp / "llama-server.log")
+    proc = start(
+        llama_server.server_command(
+            binary,
+            model,
+            port=port,
+            aliases=[LLAMA_MODEL],
+            parallel=LLAMA_SLOTS,
+            threads=threads,
+            gpu_layers=gpu_layers,
+            backend_sampling=backend_sampling,
+        )
+        + (extra_args or []),
+        log=tmp / "llama-server.log",
+    )
     wait_http(f"http://127.0.0.1:{port}/health", timeout=120, proc=proc, require_200=True)
     return proc, f"http://127.0.0.1:{port}"
 
 
-def llama_runs(llama_url: str, tmp: Path, procs: list[subprocess.Popen[bytes]], q: int, rounds: int
-               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def llama_runs(
+    llama_url: str, tmp: Path, procs: list[subprocess.Popen[bytes]], q: int, rounds: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """1 and 8 sessions once per configuration, then 32 sessions in interleaved rounds.
 
     Each round runs the three configurations back to back, in an order rotated every round, so a
     burst of load from other work on the machine hits each configuration alike; the gain is taken
     per round (same minutes of machine) and its median reported.
     """
-    common = {"LT_TRANSLATE_BACKEND": "openai", "LT_TRANSLATE_MODEL": LLAMA_MODEL,
-              "LT_TRANSLATE_OPENAI__URL": llama_url, "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600",
-              "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900", "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096"}
+    common = {
+        "LT_TRANSLATE_BACKEND": "openai",
+        "LT_TRANSLATE_MODEL": LLAMA_MODEL,
+        "LT_TRANSLATE_OPENAI__URL": llama_url,
+        "LT_TRANSLATE_OPENAI__TIMEOUT_S": "600",
+        "LT_TRANSLATE_REQUEST_TIMEOUT_S": "900",
+        "LT_TRANSLATE_BATCH__MAX_QUEUE": "4096",
+    }
     bases: dict[str, str] = {}
     for label, extra in LLAMA_CONFIGS.items():
         proc, bases[label] = serve_translate({**common, **extra}, tmp, label)
@@ -283,10 +365,13 @@ def llama_runs(llama_url: str, tmp: Path, procs: list[subprocess.Popen[bytes]], 
     labels = list(bases)
     round_rows: list[dict[str, Any]] = []
     for r in range(rounds):
-        order = labels[r % len(labels):] + labels[:r % len(labels)]
+        order = labels[r % len(labels) :] + labels[: r % len(labels)]
         for label in order:
-            row = {"config": label, "round": r, **asyncio.run(run_sessions(bases[label], 32, ROUND_SEGMENTS, ["es"],
-                                                                           warmup=ROUND_WARMUP))}
+            row = {
+                "config": label,
+                "round": r,
+                **asyncio.run(run_sessions(bases[label], 32, ROUND_SEGMENTS, ["es"], warmup=ROUND_WARMUP)),
+            }
             print(json.dumps(row), flush=True)
             round_rows.append(row)
     return rows, round_rows
@@ -295,31 +380,59 @@ def llama_runs(llama_url: str, tmp: Path, procs: list[subprocess.Popen[bytes]], 
 def gains_per_round(round_rows: list[dict[str, Any]], config: str, baseline: str) -> dict[str, Any]:
     """Throughput of ``config`` over ``baseline``, per round (same minutes of machine), and median."""
     by = {(r["config"], r["round"]): r for r in round_rows}
-    per = [round(by[(config, k)]["throughput_per_s"] / by[(baseline, k)]["throughput_per_s"], 2)
-           for (label, k) in by if label == baseline and by[(baseline, k)]["throughput_per_s"]
-           and (config, k) in by]
+    per = [
+        round(by[(config, k)]["throughput_per_s"] / by[(baseline, k)]["throughput_per_s"], 2)
+        for (label, k) in by
+        if label == baseline and by[(baseline, k)]["throughput_per_s"] and (config, k) in by
+    ]
     return {"per_round": per, "median": round(statistics.median(per), 2) if per else None}
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--quick", action="store_true", help="fewer segments per session")
     parser.add_argument("--skip-llama", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the llama configurations")
-    parser.add_argument("--llama-threads", type=int, default=LLAMA_THREADS,
-                        help="llama-server compute threads (1 on a machine busy with other work)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds of the llama configurations"
+    )
+    parser.add_argument(
+        "--llama-threads",
+        type=int,
+        default=LLAMA_THREADS,
+        help="llama-server compute threads (1 on a machine busy with other work)",
+    )
     parser.add_argument("--skip-apertium", action="store_true", help="a machine without Debian's Apertium")
-    parser.add_argument("--llama-model", type=Path, default=None,
-                        help="the GGUF to serve (default: Gemma-3-270M assembled from its PyPI packages)")
-    parser.add_argument("--gpu-layers", type=int, default=None,
-                        help="offload to the GPU (a llama-server built with CUDA, via $LT_LLAMA_SERVER)")
-    parser.add_argument("--host-sampling", action="store_true",
-                        help="with --gpu-layers: sample in the server's host thread (the default before "
-                             "2026-11-23), not in the model's graph")
-    parser.add_argument("--llama-arg", action="append", default=[],
-                        help="an extra llama-server argument (repeat; e.g. --llama-arg=--backend-sampling)")
-    parser.add_argument("--results-name", default="translate",
-                        help="stem of the results files (translate.gpu for a GPU run beside the CPU one)")
+    parser.add_argument(
+        "--llama-model",
+        type=Path,
+        default=None,
+        help="the GGUF to serve (default: Gemma-3-270M assembled from its PyPI packages)",
+    )
+    parser.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="offload to the GPU (a llama-server built with CUDA, via $LT_LLAMA_SERVER)",
+    )
+    parser.add_argument(
+        "--host-sampling",
+        action="store_true",
+        help="with --gpu-layers: sample in the server's host thread (the default before "
+        "2026-11-23), not in the model's graph",
+    )
+    parser.add_argument(
+        "--llama-arg",
+        action="append",
+        default=[],
+        help="an extra llama-server argument (repeat; e.g. --llama-arg=--backend-sampling)",
+    )
+    parser.add_argument(
+        "--results-name",
+        default="translate",
+        help="stem of the results files (translate.gpu for a GPU run beside the CPU one)",
+    )
     args = parser.parse_args(argv)
     q = 2 if args.quick else 1
     rows: list[dict[str, Any]] = []
@@ -335,12 +448,20 @@ def main(argv: list[str] | None = None) -> int:
             rows += apertium_runs(tmp, procs, q)
 
         if not args.skip_llama:
-            llama, llama_url = start_llama(tmp, args.llama_threads, args.llama_model, args.gpu_layers,
-                                           args.llama_arg, False if args.host_sampling else None)
+            llama, llama_url = start_llama(
+                tmp,
+                args.llama_threads,
+                args.llama_model,
+                args.gpu_layers,
+                args.llama_arg,
+                False if args.host_sampling else None,
+            )
             procs.append(llama)
             llama_rows, round_rows = llama_runs(llama_url, tmp, procs, q, args.rounds)
             rows += llama_rows
-            engine_rows = asyncio.run(engine_level(llama_url, 3 if not args.quick else 1, not args.skip_apertium))
+            engine_rows = asyncio.run(
+                engine_level(llama_url, 3 if not args.quick else 1, not args.skip_apertium)
+            )
         elif not args.skip_apertium:
             engine_rows = asyncio.run(engine_level(None, 3))
     finally:
@@ -354,54 +475,99 @@ def main(argv: list[str] | None = None) -> int:
         summary["apertium_unbatched_p95_ms_at_8_sessions"] = by[("apertium-unbatched", 8)]["p95_ms"]
     if ("apertium", 32) in by and ("apertium-unbatched", 32) in by:
         summary["apertium_batching_throughput_gain_at_32_sessions"] = round(
-            by[("apertium", 32)]["throughput_per_s"] / by[("apertium-unbatched", 32)]["throughput_per_s"], 2)
+            by[("apertium", 32)]["throughput_per_s"] / by[("apertium-unbatched", 32)]["throughput_per_s"], 2
+        )
     if round_rows:
         # The target's figure: micro-batched (a prompt list per batch) vs one request per segment
         # decoded alone; then the server's own continuous batching (every segment its own request,
         # all in flight) vs the same baseline, and the two batching modes against each other.
-        for key, config, baseline in (("llama_batching", "llama-batched", "llama-unbatched"),
-                                      ("llama_continuous_batching", "llama-concurrent", "llama-unbatched"),
-                                      ("llama_list_over_continuous_batching", "llama-batched", "llama-concurrent")):
+        for key, config, baseline in (
+            ("llama_batching", "llama-batched", "llama-unbatched"),
+            ("llama_continuous_batching", "llama-concurrent", "llama-unbatched"),
+            ("llama_list_over_continuous_batching", "llama-batched", "llama-concurrent"),
+        ):
             gain = gains_per_round(round_rows, config, baseline)
             summary[f"{key}_throughput_gain_at_32_sessions"] = gain["median"]
             summary[f"{key}_throughput_gain_at_32_sessions_per_round"] = gain["per_round"]
     for r in engine_rows:
         summary[f"{r['config']}_batch_gain_16_segments"] = r["gain"]
-    machine: dict[str, Any] = {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
-                               "gpu": gpu_model() if args.gpu_layers is not None else None,
-                               "llama_gpu_layers": args.gpu_layers, "llama_extra_args": args.llama_arg,
-                               "llama_host_sampling": args.host_sampling}
-    result: dict[str, Any] = {"benchmark": "translate", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "machine": machine,
-              "summary": summary, "rows": rows, "round_rows": round_rows, "engine_rows": engine_rows,
-              "command": " ".join(["PYTHONSAFEPATH=1 .venv/bin/python benchmarks/bench_translate.py",
-                                   *(sys.argv[1:] if argv is None else argv)])}
-    on_gpu = (f"llama-server on the GPU ({machine['gpu']}, {args.gpu_layers} layers offloaded). "
-              if args.gpu_layers is not None else "")
+    machine: dict[str, Any] = {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "platform": platform.platform(),
+        "gpu": gpu_model() if args.gpu_layers is not None else None,
+        "llama_gpu_layers": args.gpu_layers,
+        "llama_extra_args": args.llama_arg,
+        "llama_host_sampling": args.host_sampling,
+    }
+    result: dict[str, Any] = {
+        "benchmark": "translate",
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine,
+        "summary": summary,
+        "rows": rows,
+        "round_rows": round_rows,
+        "engine_rows": engine_rows,
+        "command": " ".join(
+            [
+                "PYTHONSAFEPATH=1 .venv/bin/python benchmarks/bench_translate.py",
+                *(sys.argv[1:] if argv is None else argv),
+            ]
+        ),
+    }
+    on_gpu = (
+        f"llama-server on the GPU ({machine['gpu']}, {args.gpu_layers} layers offloaded). "
+        if args.gpu_layers is not None
+        else ""
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.results_name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Translation stage benchmark", "",
-             (f"{result['time']}, {os.cpu_count()} CPUs ({machine['cpu_model']}) shared with other work "
-              f"(load average per row). {on_gpu}Closed-loop sessions, one target (es); latency = request sent to "
-              "its NDJSON line."), "",
-             "| config | sessions | segments | p50 ms | p95 ms | segments/s | quality | load avg |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Translation stage benchmark",
+        "",
+        (
+            f"{result['time']}, {os.cpu_count()} CPUs ({machine['cpu_model']}) shared with other work "
+            f"(load average per row). {on_gpu}Closed-loop sessions, one target (es); latency = request sent to "
+            "its NDJSON line."
+        ),
+        "",
+        "| config | sessions | segments | p50 ms | p95 ms | segments/s | quality | load avg |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['sessions']} | {r['segments']} | {r['p50_ms']} | {r['p95_ms']} | "
-                     f"{r['throughput_per_s']} | {r['quality']} | {r['loadavg']} |")
+        lines.append(
+            f"| {r['config']} | {r['sessions']} | {r['segments']} | {r['p50_ms']} | {r['p95_ms']} | "
+            f"{r['throughput_per_s']} | {r['quality']} | {r['loadavg']} |"
+        )
     if round_rows:
-        lines += ["", (f"llama-server ({LLAMA_SLOTS} slots, a KV cache each, {args.llama_threads} threads), 32 sessions, "
-                       f"{ROUND_SEGMENTS} timed segments each after {ROUND_WARMUP} untimed, in interleaved rounds "
-                       "(order rotated per round; gain taken within a round):"), "",
-                  "| round | config | p50 ms | p95 ms | segments/s | quality | load avg |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            (
+                f"llama-server ({LLAMA_SLOTS} slots, a KV cache each, {args.llama_threads} threads), 32 sessions, "
+                f"{ROUND_SEGMENTS} timed segments each after {ROUND_WARMUP} untimed, in interleaved rounds "
+                "(order rotated per round; gain taken within a round):"
+            ),
+            "",
+            "| round | config | p50 ms | p95 ms | segments/s | quality | load avg |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for r in round_rows:
-            lines.append(f"| {r['round']} | {r['config']} | {r['p50_ms']} | {r['p95_ms']} | {r['throughput_per_s']} | "
-                         f"{r['quality']} | {r['loadavg']} |")
-    lines += ["", "Engines alone (no HTTP service), 16 segments: one call each vs one batch (median of rounds):", "",
-              "| engine | one call per segment s | one batch s | gain | load avg |", "|---|---|---|---|---|"]
+            lines.append(
+                f"| {r['round']} | {r['config']} | {r['p50_ms']} | {r['p95_ms']} | {r['throughput_per_s']} | "
+                f"{r['quality']} | {r['loadavg']} |"
+            )
+    lines += [
+        "",
+        "Engines alone (no HTTP service), 16 segments: one call each vs one batch (median of rounds):",
+        "",
+        "| engine | one call per segment s | one batch s | gain | load avg |",
+        "|---|---|---|---|---|",
+    ]
     for r in engine_rows:
-        lines.append(f"| {r['config']} | {r['one_call_per_segment_s']} | {r['one_batch_s']} | {r['gain']} | "
-                     f"{r['loadavg']} |")
+        lines.append(
+            f"| {r['config']} | {r['one_call_per_segment_s']} | {r['one_batch_s']} | {r['gain']} | "
+            f"{r['loadavg']} |"
+        )
     lines += ["", "Summary: " + json.dumps(summary)]
     (RESULTS / f"{args.results_name}.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(summary))

@@ -82,11 +82,26 @@ def load_sources(results_dir: Path) -> list[Source]:
             met = raw.get("met")
             if met not in (True, False, None):
                 raise ReportError(f"{path}: reliability[{i}].met must be true, false or null")
-            rows.append(Row(path.stem, str(raw["item"]), str(raw["figure"]), raw["value"],
-                            str(raw.get("unit") or ""), str(raw.get("target") or ""), met))
-        sources.append(Source(path.stem, str(data.get("measured_at") or "?"), data.get("loadavg"),
-                              str(data.get("command") or f"python -P benchmarks/bench_{path.stem}.py"),
-                              tuple(rows)))
+            rows.append(
+                Row(
+                    path.stem,
+                    str(raw["item"]),
+                    str(raw["figure"]),
+                    raw["value"],
+                    str(raw.get("unit") or ""),
+                    str(raw.get("target") or ""),
+                    met,
+                )
+            )
+        sources.append(
+            Source(
+                path.stem,
+                str(data.get("measured_at") or "?"),
+                data.get("loadavg"),
+                str(data.get("command") or f"python -P benchmarks/bench_{path.stem}.py"),
+                tuple(rows),
+            )
+        )
     return sources
 
 
@@ -131,30 +146,44 @@ def render(sources: list[Source]) -> str:
         "(`scripts/reliability.sh --table-only` only regenerates it). Do not edit by hand: CI checks",
         "that it matches the committed results.",
         "",
-        (f"{len(rows)} figures: {met.count(True)} meet their target, {met.count(False)} do not, "
-        f"{met.count(None)} are recorded without a target."),
+        (
+            f"{len(rows)} figures: {met.count(True)} meet their target, {met.count(False)} do not, "
+            f"{met.count(None)} are recorded without a target."
+        ),
         "",
         "| item | figure | value | target | met | source |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
-        lines.append(f"| {_cell(r.item)} | {_cell(r.figure)} | {_value(r)} | {_cell(r.target) or '–'} | "
-                     f"{_met(r.met)} | [{r.source}](benchmarks/results/{r.source}.md) |")
+        lines.append(
+            f"| {_cell(r.item)} | {_cell(r.figure)} | {_value(r)} | {_cell(r.target) or '–'} | "
+            f"{_met(r.met)} | [{r.source}](benchmarks/results/{r.source}.md) |"
+        )
     measured = {r.item_number for r in rows}
     missing = [f"{n} {title}" for n, title in ITEMS.items() if n not in measured]
     if missing:
         lines += ["", "Not measured yet: " + "; ".join(missing) + "."]
-    lines += ["", "## Where and when", "",
-              "Every figure comes from a shared 2-core machine unless its command says otherwise; the load",
-              "average (1, 5, 15 min) was recorded at the start of each run.", "",
-              "| source | measured at | load average | re-run with |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "## Where and when",
+        "",
+        "Every figure comes from a shared 2-core machine unless its command says otherwise; the load",
+        "average (1, 5, 15 min) was recorded at the start of each run.",
+        "",
+        "| source | measured at | load average | re-run with |",
+        "| --- | --- | --- | --- |",
+    ]
     for s in sources:
-        lines.append(f"| {s.name} | {_cell(s.measured_at)} | {_cell(_load(s.loadavg))} | `{_cell(s.command)}` |")
+        lines.append(
+            f"| {s.name} | {_cell(s.measured_at)} | {_cell(_load(s.loadavg))} | `{_cell(s.command)}` |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--stdout", action="store_true", help="print the document instead of writing it")

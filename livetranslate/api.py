@@ -65,7 +65,8 @@ class ReplicaRange(_Model):
     """Replica bounds the autoscaler stays within."""
 
     model_config = ConfigDict(
-        extra="forbid", strict=True,
+        extra="forbid",
+        strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
                 {"rule": "self.min <= self.max", "message": "replicas.min must be <= replicas.max"}
@@ -106,31 +107,42 @@ def is_model_path(model: str) -> bool:
 
 class AudioSpec(_Model):
     model_config = ConfigDict(
-        extra="forbid", strict=True,
+        extra="forbid",
+        strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "!has(self.model) || self.model in ['tiny.en', 'base'] || self.model.startsWith('/') "
-                         "|| self.model.startsWith('./') || self.model.startsWith('../') "
-                         "|| self.model.startsWith('~') || self.model.contains('://')",
-                 "message": "model: neither a packaged model (tiny.en, base) nor the path or URI of "
-                            "converted weights"},
+                {
+                    "rule": "!has(self.model) || self.model in ['tiny.en', 'base'] || self.model.startsWith('/') "
+                    "|| self.model.startsWith('./') || self.model.startsWith('../') "
+                    "|| self.model.startsWith('~') || self.model.contains('://')",
+                    "message": "model: neither a packaged model (tiny.en, base) nor the path or URI of "
+                    "converted weights",
+                },
             ]
         },
     )
     model: str | None = Field(
-        None, min_length=1, max_length=512,
+        None,
+        min_length=1,
+        max_length=512,
         description="Whisper model: a packaged name (tiny.en, English only; base, multilingual) or the "
-                    "path/URI of converted weights. Default: tiny.en for English, base otherwise")
+        "path/URI of converted weights. Default: tiny.en for English, base otherwise",
+    )
 
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str | None) -> str | None:
         if v is not None and v not in PACKAGED_WHISPER_MODELS and not is_model_path(v):
-            raise ValueError(f"{v!r} is neither a packaged model ({', '.join(PACKAGED_WHISPER_MODELS)}) nor "
-                             "the path or URI of converted weights (e.g. /models/whisper-small)")
+            raise ValueError(
+                f"{v!r} is neither a packaged model ({', '.join(PACKAGED_WHISPER_MODELS)}) nor "
+                "the path or URI of converted weights (e.g. /models/whisper-small)"
+            )
         return v
+
     devices: list[Device] = Field(
-        default_factory=lambda: list(DEFAULT_DEVICES), min_length=1, max_length=3,
+        default_factory=lambda: list(DEFAULT_DEVICES),
+        min_length=1,
+        max_length=3,
         json_schema_extra={"x-kubernetes-list-type": "set"},
         description="Device preference order; the operator falls back along it",
     )
@@ -159,37 +171,60 @@ class FallbackEndpoint(_Model):
     """An OpenAI-compatible endpoint that takes the segments the primary engine cannot (its circuit
     open, an error, a refused language), in the order listed."""
 
-    endpoint: str = Field(..., pattern=r"^https?://", max_length=2048,
-                          description="Base URL of an OpenAI-compatible server (…/v1)")
-    model: str | None = Field(None, min_length=1, max_length=512,
-                              description="Model name to ask for; default: the server's only model")
+    endpoint: str = Field(
+        ...,
+        pattern=r"^https?://",
+        max_length=2048,
+        description="Base URL of an OpenAI-compatible server (…/v1)",
+    )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description="Model name to ask for; default: the server's only model",
+    )
     apiKeySecretRef: SecretKeyRef | None = None
     promptStyle: Literal["chat", "completion"] = Field(
-        "chat", description="chat: /v1/chat/completions (hosted APIs); completion: /v1/completions")
+        "chat", description="chat: /v1/chat/completions (hosted APIs); completion: /v1/completions"
+    )
 
 
 class TranslationSpec(_Model):
     backend: Backend = "auto"
-    model: str = Field("Qwen/Qwen2.5-7B-Instruct", min_length=1, max_length=512,
-                       description="Model served by vLLM on GPU nodes (or by the openai endpoint)")
+    model: str = Field(
+        "Qwen/Qwen2.5-7B-Instruct",
+        min_length=1,
+        max_length=512,
+        description="Model served by vLLM on GPU nodes (or by the openai endpoint)",
+    )
     fallbackModels: list[str] = Field(
-        default_factory=lambda: ["Qwen/Qwen2.5-3B-Instruct-AWQ"], max_length=8,
+        default_factory=lambda: ["Qwen/Qwen2.5-3B-Instruct-AWQ"],
+        max_length=8,
         description="Smaller variants, used in order under GPU-memory pressure",
     )
     gpuMemoryUtilization: float = Field(0.85, gt=0, le=1)
     maxModelLen: int = Field(4096, ge=256, le=1_048_576, description="vLLM --max-model-len")
-    contextSegments: int = Field(3, ge=0, le=32,
-                                 description="Earlier segments of the session sent as context (at least this many, "
-                                             "growing to twice this minus one before the window moves on)")
-    endpoint: str | None = Field(None, max_length=2048,
-                                 description="Base URL of an OpenAI-compatible server (backend openai)")
+    contextSegments: int = Field(
+        3,
+        ge=0,
+        le=32,
+        description="Earlier segments of the session sent as context (at least this many, "
+        "growing to twice this minus one before the window moves on)",
+    )
+    endpoint: str | None = Field(
+        None, max_length=2048, description="Base URL of an OpenAI-compatible server (backend openai)"
+    )
     apiKeySecretRef: SecretKeyRef | None = None
     sleepAfterIdle: Duration | None = Field(
-        None, description="vLLM sleep mode: free the GPU's memory after this long without requests "
-                          "(weights to CPU memory); the next request wakes it. Unset: always awake")
+        None,
+        description="vLLM sleep mode: free the GPU's memory after this long without requests "
+        "(weights to CPU memory); the next request wakes it. Unset: always awake",
+    )
     fallback: list[FallbackEndpoint] = Field(
-        default_factory=list, max_length=4,
-        description="OpenAI-compatible endpoints behind the primary engine's circuit breaker, in order")
+        default_factory=list,
+        max_length=4,
+        description="OpenAI-compatible endpoints behind the primary engine's circuit breaker, in order",
+    )
     replicas: ReplicaRange = _replicas(1, 8)
 
     @property
@@ -202,11 +237,13 @@ class GatewaySpec(_Model):
     maxSessionsPerReplica: int = Field(500, ge=1, le=100_000)
     authSecretRef: SecretRef | None = None
     redisUrl: str | None = Field(
-        None, max_length=2048,
+        None,
+        max_length=2048,
         description="Redis holding session state, so sessions resume on any replica (REDIS_URL)",
     )
     allowedOrigins: list[str] = Field(
-        default_factory=list, max_length=64,
+        default_factory=list,
+        max_length=64,
         description="Origins allowed to open the WebSocket from a browser; empty = same origin only",
     )
 
@@ -217,11 +254,14 @@ class LatencySLO(_Model):
 
 class GpuMemory(_Model):
     model_config = ConfigDict(
-        extra="forbid", strict=True,
+        extra="forbid",
+        strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "self.lowWatermark < self.highWatermark",
-                 "message": "gpuMemory.lowWatermark must be < gpuMemory.highWatermark"}
+                {
+                    "rule": "self.lowWatermark < self.highWatermark",
+                    "message": "gpuMemory.lowWatermark must be < gpuMemory.highWatermark",
+                }
             ]
         },
     )
@@ -258,22 +298,29 @@ class ScalingSpec(_Model):
 
 class TranslationPipelineSpec(_Model):
     model_config = ConfigDict(
-        extra="forbid", strict=True,
+        extra="forbid",
+        strict=True,
         json_schema_extra={
             "x-kubernetes-validations": [
-                {"rule": "!self.targetLanguages.exists(l, l == self.sourceLanguage)",
-                 "message": "targetLanguages must not contain sourceLanguage"},
-                {"rule": "!has(self.audio) || !has(self.audio.model) || self.audio.model != 'tiny.en' "
-                         "|| self.sourceLanguage == 'en'",
-                 "message": "audio.model: tiny.en hears English only; use base (or leave it unset) for "
-                            "another sourceLanguage or auto"},
+                {
+                    "rule": "!self.targetLanguages.exists(l, l == self.sourceLanguage)",
+                    "message": "targetLanguages must not contain sourceLanguage",
+                },
+                {
+                    "rule": "!has(self.audio) || !has(self.audio.model) || self.audio.model != 'tiny.en' "
+                    "|| self.sourceLanguage == 'en'",
+                    "message": "audio.model: tiny.en hears English only; use base (or leave it unset) for "
+                    "another sourceLanguage or auto",
+                },
             ]
         },
     )
 
     sourceLanguage: str = Field("en", pattern=SOURCE_LANGUAGE_PATTERN, max_length=35)
     targetLanguages: list[LanguageCode] = Field(
-        default_factory=lambda: ["es"], min_length=1, max_length=16,
+        default_factory=lambda: ["es"],
+        min_length=1,
+        max_length=16,
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     audio: AudioSpec = Field(default_factory=AudioSpec)
@@ -297,9 +344,11 @@ class TranslationPipelineSpec(_Model):
             raise ValueError("targetLanguages must not contain sourceLanguage")
         model = self.audio.model
         if model is not None and PACKAGED_WHISPER_MODELS.get(model) is False and self.sourceLanguage != "en":
-            raise ValueError(f"audio.model: {model} hears English only and cannot transcribe or detect "
-                             f"sourceLanguage {self.sourceLanguage}; use {MULTILINGUAL_DEFAULT_MODEL} (packaged, "
-                             "multilingual), a path to converted multilingual weights, or leave it unset")
+            raise ValueError(
+                f"audio.model: {model} hears English only and cannot transcribe or detect "
+                f"sourceLanguage {self.sourceLanguage}; use {MULTILINGUAL_DEFAULT_MODEL} (packaged, "
+                "multilingual), a path to converted multilingual weights, or leave it unset"
+            )
         return self
 
     def audio_model(self) -> str:

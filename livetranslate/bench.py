@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 SCRAPE_S = 15
 RATE_WINDOW_S = 30
-LATENCY_WINDOW_S = 60   # the autoscaler's histogram rate window at a 15 s interval (4 x 15 s)
+LATENCY_WINDOW_S = 60  # the autoscaler's histogram rate window at a 15 s interval (4 x 15 s)
 
 
 # ------------------------------------------------------------------------------------- the model
@@ -63,10 +63,10 @@ LATENCY_WINDOW_S = 60   # the autoscaler's histogram rate window at a 15 s inter
 class StageModel:
     """One stage as a pool of identical replicas serving a fluid of work."""
 
-    capacity_per_replica: float   # work units per second one ready replica serves at saturation
-    base_latency_s: float         # latency of one item on an idle replica
-    startup_s: float              # from scale-up to serving (image pull, model load)
-    work_per_session: float       # work units per second one active session offers
+    capacity_per_replica: float  # work units per second one ready replica serves at saturation
+    base_latency_s: float  # latency of one item on an idle replica
+    startup_s: float  # from scale-up to serving (image pull, model load)
+    work_per_session: float  # work units per second one active session offers
 
 
 @dataclass
@@ -75,7 +75,7 @@ class ModelParams:
     translation: StageModel
     gateway: StageModel
     slo_p95_s: float = 1.5
-    noise: float = 0.08           # standard deviation of the multiplicative metric noise
+    noise: float = 0.08  # standard deviation of the multiplicative metric noise
     source: str = "defaults"
 
     def stage(self, name: str) -> StageModel:
@@ -92,11 +92,18 @@ def default_params(spec: TranslationPipelineSpec) -> ModelParams:
     """
     targets = len(spec.targetLanguages)
     return ModelParams(
-        audio=StageModel(capacity_per_replica=16.0, base_latency_s=0.45, startup_s=30.0, work_per_session=1.0),
-        translation=StageModel(capacity_per_replica=12.0, base_latency_s=0.30, startup_s=90.0,
-                               work_per_session=targets / 3.0),
-        gateway=StageModel(capacity_per_replica=float(spec.gateway.maxSessionsPerReplica), base_latency_s=0.05,
-                           startup_s=5.0, work_per_session=1.0),
+        audio=StageModel(
+            capacity_per_replica=16.0, base_latency_s=0.45, startup_s=30.0, work_per_session=1.0
+        ),
+        translation=StageModel(
+            capacity_per_replica=12.0, base_latency_s=0.30, startup_s=90.0, work_per_session=targets / 3.0
+        ),
+        gateway=StageModel(
+            capacity_per_replica=float(spec.gateway.maxSessionsPerReplica),
+            base_latency_s=0.05,
+            startup_s=5.0,
+            work_per_session=1.0,
+        ),
         slo_p95_s=spec.scaling.latencySLO.p95Seconds,
     )
 
@@ -155,7 +162,7 @@ def _queueing_factor(rho: float) -> float:
 @dataclass
 class StageState:
     replicas: int
-    ready_at: list[float] = field(default_factory=list)   # one entry per replica
+    ready_at: list[float] = field(default_factory=list)  # one entry per replica
     backlog: float = 0.0
 
     def ready(self, t: float) -> int:
@@ -178,10 +185,10 @@ class Truth:
     caption_p95: float
     translation_p95: float
     queue: dict[str, float]
-    util: dict[str, float]        # offered / ready capacity, uncapped
+    util: dict[str, float]  # offered / ready capacity, uncapped
     sessions: float
     refused: bool
-    served: dict[str, float] = field(default_factory=dict)   # work units completed this second
+    served: dict[str, float] = field(default_factory=dict)  # work units completed this second
 
 
 # --------------------------------------------------------------------------------- the simulator
@@ -197,26 +204,41 @@ class RunResult:
     series: dict[str, list[float]]
 
 
-def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: TranslationPipelineSpec,
-             noise_seed: int) -> RunResult:
+def simulate(
+    trace: list[float], policy: Policy, params: ModelParams, spec: TranslationPipelineSpec, noise_seed: int
+) -> RunResult:
     """Replay ``trace`` (sessions per second) under ``policy``; metrics lag and noise are shared."""
     rng = random.Random(noise_seed)
     n_scrapes = len(trace) // SCRAPE_S + 2
-    noise = [{k: 1.0 + rng.gauss(0.0, params.noise) for k in ("cap", "tr", "qa", "qt", "ua", "ut", "ug", "s")}
-             for _ in range(n_scrapes)]
+    noise = [
+        {k: 1.0 + rng.gauss(0.0, params.noise) for k in ("cap", "tr", "qa", "qt", "ua", "ut", "ug", "s")}
+        for _ in range(n_scrapes)
+    ]
     state = {s: StageState(0) for s in STAGES}
     for s in STAGES:
         lo, _ = bounds(spec, s)
-        start = clamp(max(1, math.ceil(trace[0] * params.stage(s).work_per_session
-                                        / (params.stage(s).capacity_per_replica * 0.7))), lo, bounds(spec, s)[1])
+        start = clamp(
+            max(
+                1,
+                math.ceil(
+                    trace[0] * params.stage(s).work_per_session / (params.stage(s).capacity_per_replica * 0.7)
+                ),
+            ),
+            lo,
+            bounds(spec, s)[1],
+        )
         state[s].set_replicas(start, -1e9, 0.0)
     history: list[Truth] = []
     obs: Observed | None = None
     violation = 0.0
     replica_s = 0.0
     actions = 0
-    series: dict[str, list[float]] = {"t": [], "sessions": [], "latency": [],
-                                      **{f"replicas_{s}": [] for s in STAGES}}
+    series: dict[str, list[float]] = {
+        "t": [],
+        "sessions": [],
+        "latency": [],
+        **{f"replicas_{s}": [] for s in STAGES},
+    }
     for t, sessions in enumerate(trace):
         ready = {s: state[s].ready(t) for s in STAGES}
         latency = 0.05
@@ -243,8 +265,15 @@ def simulate(trace: list[float], policy: Policy, params: ModelParams, spec: Tran
             per_stage[s] = m.base_latency_s * _queueing_factor(rho) + drain
         refused = sessions > ready["gateway"] * params.gateway.capacity_per_replica
         latency = per_stage["audio"] + per_stage["translation"] + per_stage["gateway"]
-        truth = Truth(caption_p95=latency, translation_p95=per_stage["translation"], queue=queue,
-                      util=util, sessions=sessions, refused=refused, served=served)
+        truth = Truth(
+            caption_p95=latency,
+            translation_p95=per_stage["translation"],
+            queue=queue,
+            util=util,
+            sessions=sessions,
+            refused=refused,
+            served=served,
+        )
         history.append(truth)
         if latency > params.slo_p95_s or refused:
             violation += 1.0
@@ -281,46 +310,64 @@ def _observe(t: int, history: list[Truth], nz: dict[str, float], params: ModelPa
 
     cpu_util = {s: avg(rate_w, lambda w, s=s: w.util[s]) for s in STAGES}  # type: ignore[misc]
     sessions_rate = avg(rate_w, lambda w: w.sessions)
-    demand = {s: sessions_rate * params.stage(s).work_per_session / params.stage(s).capacity_per_replica
-              for s in STAGES}
+    demand = {
+        s: sessions_rate * params.stage(s).work_per_session / params.stage(s).capacity_per_replica
+        for s in STAGES
+    }
     return Observed(
         time=float(t),
         caption_p95=avg(latency_w, lambda w: w.caption_p95) * nz["cap"],
         translation_p95=avg(latency_w, lambda w: w.translation_p95) * nz["tr"],
-        queue={"audio": now.queue["audio"] * nz["qa"], "translation": now.queue["translation"] * nz["qt"],
-               "gateway": 0.0},
+        queue={
+            "audio": now.queue["audio"] * nz["qa"],
+            "translation": now.queue["translation"] * nz["qt"],
+            "gateway": 0.0,
+        },
         util={s: min(now.util[s], 1e6) * nz["u" + s[0]] for s in STAGES},
         cpu={s: min(1.0, cpu_util[s] * nz["u" + s[0]]) for s in STAGES},
         demand={s: demand[s] * nz["u" + s[0]] for s in STAGES},
         sessions=now.sessions * nz["s"],
-        throughput={s: avg(rate_w, lambda w, s=s: w.served.get(s, 0.0)) * nz["u" + s[0]]  # type: ignore[misc]
-                    for s in ("audio", "translation")},
+        throughput={
+            s: avg(rate_w, lambda w, s=s: w.served.get(s, 0.0)) * nz["u" + s[0]]  # type: ignore[misc]
+            for s in ("audio", "translation")
+        },
     )
 
 
-def bench_spec(audio_max: int = 40, translation_max: int = 24, gateway_max: int = 4) -> TranslationPipelineSpec:
+def bench_spec(
+    audio_max: int = 40, translation_max: int = 24, gateway_max: int = 4
+) -> TranslationPipelineSpec:
     """The pipeline the benchmark scales: wide replica ranges so bounds do not decide the result."""
-    return parse_spec({
-        "targetLanguages": ["es"],
-        "audio": {"replicas": {"min": 1, "max": audio_max}},
-        "translation": {"replicas": {"min": 1, "max": translation_max}, "fallbackModels": []},
-        "gateway": {"replicas": {"min": 1, "max": gateway_max}},
-        "scaling": {"interval": "15s", "scaleDownStabilization": "300s", "latencySLO": {"p95Seconds": 1.5}},
-    })
+    return parse_spec(
+        {
+            "targetLanguages": ["es"],
+            "audio": {"replicas": {"min": 1, "max": audio_max}},
+            "translation": {"replicas": {"min": 1, "max": translation_max}, "fallbackModels": []},
+            "gateway": {"replicas": {"min": 1, "max": gateway_max}},
+            "scaling": {
+                "interval": "15s",
+                "scaleDownStabilization": "300s",
+                "latencySLO": {"p95Seconds": 1.5},
+            },
+        }
+    )
 
 
 def sized_spec(params: ModelParams, peak_sessions: float) -> TranslationPipelineSpec:
     """``bench_spec`` with each max at least twice what the peak needs at full utilisation, so
     measured (possibly small) per-replica rates never pin every policy at its max."""
+
     def need(stage: StageModel) -> int:
         return math.ceil(2 * peak_sessions * stage.work_per_session / stage.capacity_per_replica)
 
-    return bench_spec(max(40, need(params.audio)), max(24, need(params.translation)),
-                      max(4, need(params.gateway)))
+    return bench_spec(
+        max(40, need(params.audio)), max(24, need(params.translation)), max(4, need(params.gateway))
+    )
 
 
-def run(traces: dict[str, list[float]], params: ModelParams, spec: TranslationPipelineSpec,
-        noise_offset: int = 0) -> list[RunResult]:
+def run(
+    traces: dict[str, list[float]], params: ModelParams, spec: TranslationPipelineSpec, noise_offset: int = 0
+) -> list[RunResult]:
     """Every policy on every trace; ``noise_offset`` draws another metric-noise series."""
     results = []
     for i, (name, trace) in enumerate(traces.items()):
@@ -337,15 +384,19 @@ def summary(results: list[RunResult]) -> tuple[float, float]:
     hpa = [r for r in results if r.policy == "hpa"]
     v_ours, v_hpa = sum(r.slo_violation_s for r in ours), sum(r.slo_violation_s for r in hpa)
     rs_ours, rs_hpa = sum(r.replica_seconds for r in ours), sum(r.replica_seconds for r in hpa)
-    return (v_ours / v_hpa if v_hpa else (0.0 if v_ours == 0 else float("inf")),
-            rs_ours / rs_hpa if rs_hpa else float("inf"))
+    return (
+        v_ours / v_hpa if v_hpa else (0.0 if v_ours == 0 else float("inf")),
+        rs_ours / rs_hpa if rs_hpa else float("inf"),
+    )
 
 
 def table(results: list[RunResult]) -> str:
     lines = [f"{'trace':<10} {'policy':<14} {'slo_violation_s':>16} {'replica_seconds':>16} {'actions':>8}"]
     for r in results:
-        lines.append(f"{r.trace:<10} {r.policy:<14} {r.slo_violation_s:>16.0f} {r.replica_seconds:>16.0f} "
-                     f"{r.actions:>8d}")
+        lines.append(
+            f"{r.trace:<10} {r.policy:<14} {r.slo_violation_s:>16.0f} {r.replica_seconds:>16.0f} "
+            f"{r.actions:>8d}"
+        )
     return "\n".join(lines)
 
 
@@ -364,8 +415,12 @@ def plot(results: list[RunResult], path: str, slo: float) -> None:
         for r in (r for r in results if r.trace == trace):
             total = [sum(v) for v in zip(*(r.series[f"replicas_{s}"] for s in STAGES), strict=True)]
             top.plot(r.series["t"], total, label=r.policy, color=colours.get(r.policy), lw=1.2)
-            bottom.plot(r.series["t"], [min(v, 10.0) for v in r.series["latency"]], color=colours.get(r.policy),
-                        lw=1.0)
+            bottom.plot(
+                r.series["t"],
+                [min(v, 10.0) for v in r.series["latency"]],
+                color=colours.get(r.policy),
+                lw=1.0,
+            )
         first = next(r for r in results if r.trace == trace)
         twin = top.twinx()
         twin.plot(first.series["t"], first.series["sessions"], color="grey", lw=0.8, ls=":")
@@ -384,27 +439,44 @@ def plot(results: list[RunResult], path: str, slo: float) -> None:
 
 
 def _autoscaling(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="livetranslate bench autoscaling",
-                                     description="Replay load traces under our policy, HPA and KEDA.")
+    parser = argparse.ArgumentParser(
+        prog="livetranslate bench autoscaling",
+        description="Replay load traces under our policy, HPA and KEDA.",
+    )
     parser.add_argument("--trace", help="CSV with header t_seconds,active_sessions (replaces the built-ins)")
-    parser.add_argument("--plot", default="docs/img/autoscaling.png", help="where to write the PNG ('' = none)")
-    parser.add_argument("--results-dir", default="benchmarks/results",
-                        help="workload benchmark results to read service rates from")
+    parser.add_argument(
+        "--plot", default="docs/img/autoscaling.png", help="where to write the PNG ('' = none)"
+    )
+    parser.add_argument(
+        "--results-dir",
+        default="benchmarks/results",
+        help="workload benchmark results to read service rates from",
+    )
     parser.add_argument("--json", default="", help="also write the figures as JSON here")
-    parser.add_argument("--families", type=int, default=0, metavar="N",
-                        help="also replay N seeds of every trace family (ramps, flash crowds, working "
-                             "days, ...) and report the distribution of the ratios (0 = off)")
-    parser.add_argument("--dev-seeds", action="store_true",
-                        help="with --families: the seeds to develop a policy against, not the reported ones")
+    parser.add_argument(
+        "--families",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also replay N seeds of every trace family (ramps, flash crowds, working "
+        "days, ...) and report the distribution of the ratios (0 = off)",
+    )
+    parser.add_argument(
+        "--dev-seeds",
+        action="store_true",
+        help="with --families: the seeds to develop a policy against, not the reported ones",
+    )
     args = parser.parse_args(argv)
     params = _measured_rates(default_params(bench_spec()), Path(args.results_dir))
     traces = {Path(args.trace).stem: load_trace(args.trace)} if args.trace else builtin_traces()
     spec = sized_spec(params, max(max(t) for t in traces.values()))
     results = run(traces, params, spec)
     x, y = summary(results)
-    print(f"service rates per replica: audio {params.audio.capacity_per_replica:g} sessions, "
-          f"translation {params.translation.capacity_per_replica:g} req/s, gateway "
-          f"{params.gateway.capacity_per_replica:g} sessions ({params.source}); SLO p95 {params.slo_p95_s}s")
+    print(
+        f"service rates per replica: audio {params.audio.capacity_per_replica:g} sessions, "
+        f"translation {params.translation.capacity_per_replica:g} req/s, gateway "
+        f"{params.gateway.capacity_per_replica:g} sessions ({params.source}); SLO p95 {params.slo_p95_s}s"
+    )
     print(table(results))
     if args.plot:
         try:
@@ -416,12 +488,19 @@ def _autoscaling(argv: list[str]) -> int:
     families = _families(params, args.families, args.dev_seeds) if args.families > 0 else []
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({
-            "params": asdict(params),
-            "loadavg": list(os.getloadavg()),
-            "results": [{k: v for k, v in asdict(r).items() if k != "series"} for r in results],
-            "slo_violation_ratio_vs_hpa": x, "replica_seconds_ratio_vs_hpa": y,
-            "families": families}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "params": asdict(params),
+                    "loadavg": list(os.getloadavg()),
+                    "results": [{k: v for k, v in asdict(r).items() if k != "series"} for r in results],
+                    "slo_violation_ratio_vs_hpa": x,
+                    "replica_seconds_ratio_vs_hpa": y,
+                    "families": families,
+                },
+                indent=2,
+            )
+        )
     print(f"slo_violation_ratio_vs_hpa={x:.3f} replica_seconds_ratio_vs_hpa={y:.3f}")
     return 0
 
@@ -431,15 +510,19 @@ def _families(params: ModelParams, n: int, dev: bool) -> list[dict[str, Any]]:
 
     seeds = (bench_traces.DEV_SEEDS if dev else bench_traces.REPORT_SEEDS)[:n]
     out = []
-    print(f"trace families, {len(seeds)} {'development' if dev else 'report'} seeds each "
-          "(ratios of ours to HPA / KEDA: median and 90th percentile)")
+    print(
+        f"trace families, {len(seeds)} {'development' if dev else 'report'} seeds each "
+        "(ratios of ours to HPA / KEDA: median and 90th percentile)"
+    )
     print(f"{'family':<14} {'SLO vs HPA':>14} {'SLO vs KEDA':>14} {'replica-s vs HPA':>17} {'target':>7}")
     for family in bench_traces.FAMILIES:
         d = bench_traces.distribution(family, seeds, params)
         s = d["summary"]
         cell = {k: f"{v['median']:.2f} / {v['p90']:.2f}" for k, v in s.items()}
-        print(f"{family:<14} {cell['slo_vs_hpa']:>14} {cell['slo_vs_keda']:>14} {cell['replicas_vs_hpa']:>17} "
-              f"{'met' if d['met'] else 'MISS':>7}")
+        print(
+            f"{family:<14} {cell['slo_vs_hpa']:>14} {cell['slo_vs_keda']:>14} {cell['replicas_vs_hpa']:>17} "
+            f"{'met' if d['met'] else 'MISS':>7}"
+        )
         out.append(d)
     return out
 
@@ -453,7 +536,9 @@ def main(argv: list[str]) -> int:
         return 0 if argv else 2
     bench = BENCHMARKS.get(argv[0])
     if bench is None:
-        print(f"livetranslate bench: unknown benchmark {argv[0]!r} (have: {', '.join(BENCHMARKS)})",
-              file=sys.stderr)
+        print(
+            f"livetranslate bench: unknown benchmark {argv[0]!r} (have: {', '.join(BENCHMARKS)})",
+            file=sys.stderr,
+        )
         return 2
     return bench(argv[1:])

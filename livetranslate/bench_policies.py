@@ -20,9 +20,9 @@ class Observed:
     caption_p95: float
     translation_p95: float
     queue: dict[str, float]
-    util: dict[str, float]        # uncapped (real-time factor, request-rate demand)
-    cpu: dict[str, float]         # CPU utilisation of ready pods: saturates at 1.0
-    demand: dict[str, float]      # offered work in replica units (for a KEDA rate query)
+    util: dict[str, float]  # uncapped (real-time factor, request-rate demand)
+    cpu: dict[str, float]  # CPU utilisation of ready pods: saturates at 1.0
+    demand: dict[str, float]  # offered work in replica units (for a KEDA rate query)
     sessions: float
     throughput: dict[str, float] = field(default_factory=dict)  # completions/s, a rate query
 
@@ -33,8 +33,9 @@ class Observed:
 class Policy:
     name = "policy"
 
-    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
-               ready: dict[str, int]) -> dict[str, int]:
+    def decide(
+        self, t: float, obs: Observed | None, replicas: dict[str, int], ready: dict[str, int]
+    ) -> dict[str, int]:
         raise NotImplementedError
 
 
@@ -58,8 +59,9 @@ class HpaPolicy(Policy):
     def _metric(self, obs: Observed, stage: str) -> float:
         return obs.cpu[stage] if self.metric == "cpu" else obs.demand[stage]
 
-    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
-               ready: dict[str, int]) -> dict[str, int]:
+    def decide(
+        self, t: float, obs: Observed | None, replicas: dict[str, int], ready: dict[str, int]
+    ) -> dict[str, int]:
         if t < self.next_t or obs is None:
             return replicas
         self.next_t = t + self.sync_s
@@ -69,12 +71,12 @@ class HpaPolicy(Policy):
             cur = replicas[s]
             rdy = max(1, ready[s])
             if self.metric == "cpu":
-                value = self._metric(obs, s)           # average over ready pods
+                value = self._metric(obs, s)  # average over ready pods
                 ratio = value / self.target
-                if ratio > 1.0 and ready[s] < cur:     # unready pods count as 0% for scale-up
+                if ratio > 1.0 and ready[s] < cur:  # unready pods count as 0% for scale-up
                     ratio = value * ready[s] / cur / self.target
                 raw = cur * ratio if abs(ratio - 1.0) > self.tolerance else cur
-            else:                                       # AverageValue over the demand total
+            else:  # AverageValue over the demand total
                 total = self._metric(obs, s)
                 ratio = total / (self.target * max(1, cur))
                 raw = total / self.target if abs(ratio - 1.0) > self.tolerance else cur
@@ -119,8 +121,9 @@ class LiveTranslatePolicy(Policy):
         self.history = History()
         self.next_t = 0.0
 
-    def decide(self, t: float, obs: Observed | None, replicas: dict[str, int],
-               ready: dict[str, int]) -> dict[str, int]:
+    def decide(
+        self, t: float, obs: Observed | None, replicas: dict[str, int], ready: dict[str, int]
+    ) -> dict[str, int]:
         from livetranslate.operator.scaling.policy import Current, decide
         from livetranslate.operator.scaling.signals import Sample, Signals
 
@@ -144,16 +147,24 @@ class LiveTranslatePolicy(Policy):
             kv_cache_usage=Sample.of(min(1.0, obs.util["translation"])),
             throughput={s: Sample.of(v) for s, v in obs.throughput.items()},
         )
-        current = Current(replicas=replicas, ready=ready, model=self.spec.translation.model,
-                          audio_device="cpu", translation_backend="vllm")
+        current = Current(
+            replicas=replicas,
+            ready=ready,
+            model=self.spec.translation.model,
+            audio_device="cpu",
+            translation_backend="vllm",
+        )
         decision = decide(self.spec, sig, current, self.history, t)
         self.history = decision.history
         return {s: decision.stages[s].desired for s in STAGES}
 
 
 def bounds(spec: TranslationPipelineSpec, stage: str) -> tuple[int, int]:
-    r = {"audio": spec.audio.replicas, "translation": spec.translation.replicas,
-         "gateway": spec.gateway.replicas}[stage]
+    r = {
+        "audio": spec.audio.replicas,
+        "translation": spec.translation.replicas,
+        "gateway": spec.gateway.replicas,
+    }[stage]
     return r.min, r.max
 
 

@@ -43,6 +43,7 @@ REPORT_SEEDS = tuple(range(1000, 1030))
 
 # The four built-in traces of the headline figure, and a user's own trace from a CSV.
 
+
 def builtin_traces(seed: int = 7) -> dict[str, list[float]]:
     """step, burst, diurnal and noisy traces of concurrent sessions, one value per second."""
     rng = random.Random(seed)
@@ -182,8 +183,13 @@ def quiet_night(rng: random.Random) -> Trace:
 
 
 FAMILIES: dict[str, Callable[[random.Random], Trace]] = {
-    "ramp": ramp, "flash_crowd": flash_crowd, "working_day": working_day, "back_to_back": back_to_back,
-    "bursts": bursts, "noisy_plateau": noisy_plateau, "quiet_night": quiet_night,
+    "ramp": ramp,
+    "flash_crowd": flash_crowd,
+    "working_day": working_day,
+    "back_to_back": back_to_back,
+    "bursts": bursts,
+    "noisy_plateau": noisy_plateau,
+    "quiet_night": quiet_night,
 }
 
 
@@ -214,21 +220,30 @@ def distribution(family: str, seeds: Sequence[int], params: Any, noise_offset: i
     for seed in seeds:
         trace = generate(family, seed)
         spec = bench.sized_spec(params, max(trace))
-        results = {r.policy: r for r in bench.run({family: trace}, params, spec, noise_offset=noise_offset + seed)}
+        results = {
+            r.policy: r for r in bench.run({family: trace}, params, spec, noise_offset=noise_offset + seed)
+        }
         ours = results["livetranslate"]
-        per_seed.append({
-            "seed": seed, "seconds": len(trace), "peak_sessions": round(max(trace), 1),
-            **{f"{p}_slo_violation_s": round(r.slo_violation_s, 1) for p, r in results.items()},
-            **{f"{p}_replica_seconds": round(r.replica_seconds) for p, r in results.items()},
-            "slo_vs_hpa": ratio(ours.slo_violation_s, results["hpa"].slo_violation_s),
-            "slo_vs_keda": ratio(ours.slo_violation_s, results["keda"].slo_violation_s),
-            "replicas_vs_hpa": ratio(ours.replica_seconds, results["hpa"].replica_seconds),
-            "replicas_vs_keda": ratio(ours.replica_seconds, results["keda"].replica_seconds),
-        })
+        per_seed.append(
+            {
+                "seed": seed,
+                "seconds": len(trace),
+                "peak_sessions": round(max(trace), 1),
+                **{f"{p}_slo_violation_s": round(r.slo_violation_s, 1) for p, r in results.items()},
+                **{f"{p}_replica_seconds": round(r.replica_seconds) for p, r in results.items()},
+                "slo_vs_hpa": ratio(ours.slo_violation_s, results["hpa"].slo_violation_s),
+                "slo_vs_keda": ratio(ours.slo_violation_s, results["keda"].slo_violation_s),
+                "replicas_vs_hpa": ratio(ours.replica_seconds, results["hpa"].replica_seconds),
+                "replicas_vs_keda": ratio(ours.replica_seconds, results["keda"].replica_seconds),
+            }
+        )
     summary = {}
     for key in ("slo_vs_hpa", "slo_vs_keda", "replicas_vs_hpa", "replicas_vs_keda"):
         values = [s[key] for s in per_seed]
         summary[key] = {"median": statistics.median(values), "p90": quantile(values, 0.9)}
-    met = (summary["slo_vs_hpa"]["median"] <= 0.5 and summary["slo_vs_hpa"]["p90"] <= 0.8
-           and summary["replicas_vs_hpa"]["median"] <= 1.0)
+    met = (
+        summary["slo_vs_hpa"]["median"] <= 0.5
+        and summary["slo_vs_hpa"]["p90"] <= 0.8
+        and summary["replicas_vs_hpa"]["median"] <= 1.0
+    )
     return {"family": family, "seeds": list(seeds), "summary": summary, "met": met, "per_seed": per_seed}

@@ -81,17 +81,49 @@ APERTIUM_PACKAGES: dict[str, tuple[str, ...]] = {
 # ISO 639-3 codes in Apertium mode names -> the BCP-47 primary subtag (the 639-1 code where one
 # exists; BCP-47 keeps the 3-letter code otherwise, as for "ast" and "szl").
 ISO639_3: dict[str, str] = {
-    "afr": "af", "arg": "an", "bel": "be", "bre": "br", "bul": "bg", "cat": "ca", "dan": "da",
-    "eng": "en", "epo": "eo", "eus": "eu", "fra": "fr", "glg": "gl", "hbs": "sh", "hin": "hi",
-    "ind": "id", "isl": "is", "ita": "it", "mkd": "mk", "nld": "nl", "nno": "nn", "nob": "nb",
-    "nor": "no", "oci": "oc", "pol": "pl", "por": "pt", "ron": "ro", "rus": "ru", "slv": "sl",
-    "spa": "es", "srd": "sc", "swe": "sv", "ukr": "uk", "urd": "ur", "zlm": "ms",
+    "afr": "af",
+    "arg": "an",
+    "bel": "be",
+    "bre": "br",
+    "bul": "bg",
+    "cat": "ca",
+    "dan": "da",
+    "eng": "en",
+    "epo": "eo",
+    "eus": "eu",
+    "fra": "fr",
+    "glg": "gl",
+    "hbs": "sh",
+    "hin": "hi",
+    "ind": "id",
+    "isl": "is",
+    "ita": "it",
+    "mkd": "mk",
+    "nld": "nl",
+    "nno": "nn",
+    "nob": "nb",
+    "nor": "no",
+    "oci": "oc",
+    "pol": "pl",
+    "por": "pt",
+    "ron": "ro",
+    "rus": "ru",
+    "slv": "sl",
+    "spa": "es",
+    "srd": "sc",
+    "swe": "sv",
+    "ukr": "uk",
+    "urd": "ur",
+    "zlm": "ms",
 }
 # Mode-name variants that are languages or regions of their own; any other variant (spelling
 # reforms such as "_iec2017", "_pre2017", Nynorsk "nno_e") is not offered as a pair.
 _VARIANTS: dict[tuple[str, str], str] = {
-    ("sh", "SR"): "sr", ("sh", "HR"): "hr", ("sh", "BS"): "bs",
-    ("oc", "aran"): "oc-aranes", ("ca", "valencia"): "ca-valencia",
+    ("sh", "SR"): "sr",
+    ("sh", "HR"): "hr",
+    ("sh", "BS"): "bs",
+    ("oc", "aran"): "oc-aranes",
+    ("ca", "valencia"): "ca-valencia",
 }
 # What a spec or Whisper may say for a language whose pairs are filed under another code:
 # Serbian, Croatian and Bosnian speech is translated by the Serbo-Croatian pairs, and Whisper's
@@ -108,25 +140,108 @@ _MODE_RE = re.compile(r"^([a-z]{2,3})(?:_([A-Za-z0-9]+))?-([a-z]{2,3})(?:_([A-Za
 # English names of the languages LLM backends are prompted with (BCP-47 primary subtag -> name).
 # A code outside this table is an unknown language: refused at spec-check time, not guessed at.
 LANGUAGE_NAMES: dict[str, str] = {
-    "af": "Afrikaans", "am": "Amharic", "an": "Aragonese", "ar": "Arabic", "as": "Assamese", "ast": "Asturian", "az": "Azerbaijani",
-    "be": "Belarusian", "bg": "Bulgarian", "bn": "Bengali", "br": "Breton", "bs": "Bosnian", "ca": "Catalan",
-    "cs": "Czech", "cy": "Welsh", "da": "Danish", "de": "German", "el": "Greek", "en": "English",
-    "eo": "Esperanto", "es": "Spanish", "et": "Estonian", "eu": "Basque", "fa": "Persian",
-    "fi": "Finnish", "fil": "Filipino", "fr": "French", "ga": "Irish", "gl": "Galician",
-    "gu": "Gujarati", "ha": "Hausa", "he": "Hebrew", "hi": "Hindi", "hr": "Croatian",
-    "hu": "Hungarian", "hy": "Armenian", "id": "Indonesian", "ig": "Igbo", "is": "Icelandic",
-    "it": "Italian", "ja": "Japanese", "jv": "Javanese", "ka": "Georgian", "kk": "Kazakh",
-    "km": "Khmer", "kn": "Kannada", "ko": "Korean", "ku": "Kurdish", "ky": "Kyrgyz", "la": "Latin",
-    "lb": "Luxembourgish", "lo": "Lao", "lt": "Lithuanian", "lv": "Latvian", "mk": "Macedonian",
-    "ml": "Malayalam", "mn": "Mongolian", "mr": "Marathi", "ms": "Malay", "mt": "Maltese",
-    "my": "Burmese", "nb": "Norwegian Bokmal", "ne": "Nepali", "nl": "Dutch",
-    "nn": "Norwegian Nynorsk", "no": "Norwegian", "oc": "Occitan", "pa": "Punjabi", "pl": "Polish",
-    "ps": "Pashto", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "rw": "Kinyarwanda",
-    "sc": "Sardinian", "sd": "Sindhi", "sh": "Serbo-Croatian", "si": "Sinhala", "sk": "Slovak", "sl": "Slovenian",
-    "so": "Somali", "sq": "Albanian", "sr": "Serbian", "sv": "Swedish", "sw": "Swahili", "szl": "Silesian",
-    "ta": "Tamil", "te": "Telugu", "tg": "Tajik", "th": "Thai", "tl": "Tagalog", "tr": "Turkish",
-    "uk": "Ukrainian", "ur": "Urdu", "uz": "Uzbek", "vi": "Vietnamese", "xh": "Xhosa",
-    "yi": "Yiddish", "yo": "Yoruba", "yue": "Cantonese", "zh": "Chinese", "zu": "Zulu",
+    "af": "Afrikaans",
+    "am": "Amharic",
+    "an": "Aragonese",
+    "ar": "Arabic",
+    "as": "Assamese",
+    "ast": "Asturian",
+    "az": "Azerbaijani",
+    "be": "Belarusian",
+    "bg": "Bulgarian",
+    "bn": "Bengali",
+    "br": "Breton",
+    "bs": "Bosnian",
+    "ca": "Catalan",
+    "cs": "Czech",
+    "cy": "Welsh",
+    "da": "Danish",
+    "de": "German",
+    "el": "Greek",
+    "en": "English",
+    "eo": "Esperanto",
+    "es": "Spanish",
+    "et": "Estonian",
+    "eu": "Basque",
+    "fa": "Persian",
+    "fi": "Finnish",
+    "fil": "Filipino",
+    "fr": "French",
+    "ga": "Irish",
+    "gl": "Galician",
+    "gu": "Gujarati",
+    "ha": "Hausa",
+    "he": "Hebrew",
+    "hi": "Hindi",
+    "hr": "Croatian",
+    "hu": "Hungarian",
+    "hy": "Armenian",
+    "id": "Indonesian",
+    "ig": "Igbo",
+    "is": "Icelandic",
+    "it": "Italian",
+    "ja": "Japanese",
+    "jv": "Javanese",
+    "ka": "Georgian",
+    "kk": "Kazakh",
+    "km": "Khmer",
+    "kn": "Kannada",
+    "ko": "Korean",
+    "ku": "Kurdish",
+    "ky": "Kyrgyz",
+    "la": "Latin",
+    "lb": "Luxembourgish",
+    "lo": "Lao",
+    "lt": "Lithuanian",
+    "lv": "Latvian",
+    "mk": "Macedonian",
+    "ml": "Malayalam",
+    "mn": "Mongolian",
+    "mr": "Marathi",
+    "ms": "Malay",
+    "mt": "Maltese",
+    "my": "Burmese",
+    "nb": "Norwegian Bokmal",
+    "ne": "Nepali",
+    "nl": "Dutch",
+    "nn": "Norwegian Nynorsk",
+    "no": "Norwegian",
+    "oc": "Occitan",
+    "pa": "Punjabi",
+    "pl": "Polish",
+    "ps": "Pashto",
+    "pt": "Portuguese",
+    "ro": "Romanian",
+    "ru": "Russian",
+    "rw": "Kinyarwanda",
+    "sc": "Sardinian",
+    "sd": "Sindhi",
+    "sh": "Serbo-Croatian",
+    "si": "Sinhala",
+    "sk": "Slovak",
+    "sl": "Slovenian",
+    "so": "Somali",
+    "sq": "Albanian",
+    "sr": "Serbian",
+    "sv": "Swedish",
+    "sw": "Swahili",
+    "szl": "Silesian",
+    "ta": "Tamil",
+    "te": "Telugu",
+    "tg": "Tajik",
+    "th": "Thai",
+    "tl": "Tagalog",
+    "tr": "Turkish",
+    "uk": "Ukrainian",
+    "ur": "Urdu",
+    "uz": "Uzbek",
+    "vi": "Vietnamese",
+    "xh": "Xhosa",
+    "yi": "Yiddish",
+    "yo": "Yoruba",
+    "yue": "Cantonese",
+    "zh": "Chinese",
+    "zu": "Zulu",
 }
 
 
@@ -134,7 +249,109 @@ LANGUAGE_NAMES: dict[str, str] = {
 # faster-whisper's own list). Whisper's codes, which are ISO 639-1 but for "haw" and "yue" and two
 # older tags: Javanese "jw" (BCP-47 "jv") and Norwegian "no" (what a spec says as "nb").
 WHISPER_LANGUAGES = frozenset(
-    ["af", "am", "ar", "as", "az", "ba", "be", "bg", "bn", "bo", "br", "bs", "ca", "cs", "cy", "da", "de", "el", "en", "es", "et", "eu", "fa", "fi", "fo", "fr", "gl", "gu", "ha", "haw", "he", "hi", "hr", "ht", "hu", "hy", "id", "is", "it", "ja", "jw", "ka", "kk", "km", "kn", "ko", "la", "lb", "ln", "lo", "lt", "lv", "mg", "mi", "mk", "ml", "mn", "mr", "ms", "mt", "my", "ne", "nl", "nn", "no", "oc", "pa", "pl", "ps", "pt", "ro", "ru", "sa", "sd", "si", "sk", "sl", "sn", "so", "sq", "sr", "su", "sv", "sw", "ta", "te", "tg", "th", "tk", "tl", "tr", "tt", "uk", "ur", "uz", "vi", "yi", "yo", "zh", "yue"])
+    [
+        "af",
+        "am",
+        "ar",
+        "as",
+        "az",
+        "ba",
+        "be",
+        "bg",
+        "bn",
+        "bo",
+        "br",
+        "bs",
+        "ca",
+        "cs",
+        "cy",
+        "da",
+        "de",
+        "el",
+        "en",
+        "es",
+        "et",
+        "eu",
+        "fa",
+        "fi",
+        "fo",
+        "fr",
+        "gl",
+        "gu",
+        "ha",
+        "haw",
+        "he",
+        "hi",
+        "hr",
+        "ht",
+        "hu",
+        "hy",
+        "id",
+        "is",
+        "it",
+        "ja",
+        "jw",
+        "ka",
+        "kk",
+        "km",
+        "kn",
+        "ko",
+        "la",
+        "lb",
+        "ln",
+        "lo",
+        "lt",
+        "lv",
+        "mg",
+        "mi",
+        "mk",
+        "ml",
+        "mn",
+        "mr",
+        "ms",
+        "mt",
+        "my",
+        "ne",
+        "nl",
+        "nn",
+        "no",
+        "oc",
+        "pa",
+        "pl",
+        "ps",
+        "pt",
+        "ro",
+        "ru",
+        "sa",
+        "sd",
+        "si",
+        "sk",
+        "sl",
+        "sn",
+        "so",
+        "sq",
+        "sr",
+        "su",
+        "sv",
+        "sw",
+        "ta",
+        "te",
+        "tg",
+        "th",
+        "tk",
+        "tl",
+        "tr",
+        "tt",
+        "uk",
+        "ur",
+        "uz",
+        "vi",
+        "yi",
+        "yo",
+        "zh",
+        "yue",
+    ]
+)
 _TO_WHISPER = {"jv": "jw", "nb": "no", "fil": "tl", "sh": "sr", "iw": "he", "in": "id", "zh-yue": "yue"}
 _FROM_WHISPER = {"jw": "jv"}
 
@@ -159,8 +376,10 @@ def speech_problems(source: str) -> list[str]:
     name = language_name(source)
     named = f" ({name})" if name else ""
     heard = ", ".join(sorted(WHISPER_LANGUAGES))
-    problem = (f"spec.sourceLanguage: Whisper does not transcribe {source}{named}; it hears "
-               f"{len(WHISPER_LANGUAGES)} languages ({heard}), or use auto")
+    problem = (
+        f"spec.sourceLanguage: Whisper does not transcribe {source}{named}; it hears "
+        f"{len(WHISPER_LANGUAGES)} languages ({heard}), or use auto"
+    )
     return [problem]
 
 
@@ -227,8 +446,14 @@ class Route:
         return f"pivot:{self.via}" if self.via else "ok"
 
     def as_dict(self) -> dict[str, object]:
-        return {"source": self.source, "target": self.target, "via": self.via, "quality": self.quality,
-                "modes": list(self.modes), "packages": sorted({package_of(m) or "?" for m in self.modes})}
+        return {
+            "source": self.source,
+            "target": self.target,
+            "via": self.via,
+            "quality": self.quality,
+            "modes": list(self.modes),
+            "packages": sorted({package_of(m) or "?" for m in self.modes}),
+        }
 
 
 def _pivot_rank(lang: str) -> tuple[int, str]:
@@ -272,8 +497,11 @@ class ApertiumPairs:
                     return Route(s, t, (self.edges[s][t],))
         for s in sources:
             for t in targets:
-                hubs = [h for h in self.edges[s]
-                        if "-" not in h and primary(h) != primary(t) and t in self.edges.get(h, {})]
+                hubs = [
+                    h
+                    for h in self.edges[s]
+                    if "-" not in h and primary(h) != primary(t) and t in self.edges.get(h, {})
+                ]
                 if hubs:
                     via = min(hubs, key=_pivot_rank)
                     return Route(s, t, (self.edges[s][via], self.edges[via][t]), via)
@@ -302,8 +530,10 @@ class ApertiumPairs:
         for r in self.routes(source):
             groups.setdefault(r.via, []).append(r.target)
         parts = [", ".join(groups.pop(None))] if None in groups else []
-        parts += [f"{', '.join(ts)} through {via}"
-                  for via, ts in sorted(groups.items(), key=lambda kv: _pivot_rank(kv[0] or ""))]
+        parts += [
+            f"{', '.join(ts)} through {via}"
+            for via, ts in sorted(groups.items(), key=lambda kv: _pivot_rank(kv[0] or ""))
+        ]
         return "; ".join(parts) or "nothing"
 
 
@@ -334,12 +564,19 @@ def _apertium_problems(source: str, targets: list[str], installed: Collection[st
     if source == "auto":
         # The detected language is routed per utterance: a target is servable when some source
         # language reaches it (an utterance in a language without a route gets an error event).
-        return [f"spec.targetLanguages[{i}]: no apertium pair{where} translates into {t} from any language "
-                f"(with sourceLanguage auto it translates into: {here.offered()})"
-                for i, t in enumerate(targets) if not here.reaches(t)]
+        return [
+            f"spec.targetLanguages[{i}]: no apertium pair{where} translates into {t} from any language "
+            f"(with sourceLanguage auto it translates into: {here.offered()})"
+            for i, t in enumerate(targets)
+            if not here.reaches(t)
+        ]
     if not shipped.routes(source):
-        return [(f"spec.sourceLanguage: the apertium backend translates nothing from {source} "
-                 f"(it translates from: {', '.join(sorted(shipped.edges))})")]
+        return [
+            (
+                f"spec.sourceLanguage: the apertium backend translates nothing from {source} "
+                f"(it translates from: {', '.join(sorted(shipped.edges))})"
+            )
+        ]
     problems: list[str] = []
     for i, target in enumerate(targets):
         if here.route(source, target) is not None:
@@ -350,17 +587,24 @@ def _apertium_problems(source: str, targets: list[str], installed: Collection[st
             problems.append(
                 f"spec.targetLanguages[{i}]: the apertium pair {source}->{target} ({' then '.join(known.modes)}) "
                 f"is not installed here; install the Debian package {' '.join(packages)} "
-                f"(from {source} it offers here: {here.offered(source)})")
+                f"(from {source} it offers here: {here.offered(source)})"
+            )
         else:
             problems.append(
                 f"spec.targetLanguages[{i}]: the apertium backend has no {source}->{target} pair, direct or "
-                f"through one pivot language (from {source} it offers{where}: {here.offered(source)})")
+                f"through one pivot language (from {source} it offers{where}: {here.offered(source)})"
+            )
     return problems
 
 
-def backend_problems(backend: str, source: str, targets: list[str], *,
-                     endpoint: str | None = None,
-                     installed_modes: Collection[str] | None = None) -> list[str]:
+def backend_problems(
+    backend: str,
+    source: str,
+    targets: list[str],
+    *,
+    endpoint: str | None = None,
+    installed_modes: Collection[str] | None = None,
+) -> list[str]:
     """Reasons, each naming the spec field, why ``backend`` cannot serve this spec (empty = fine).
 
     ``backend`` is the resolved one (vllm, openai or apertium), never ``auto``. The operator calls
@@ -374,12 +618,14 @@ def backend_problems(backend: str, source: str, targets: list[str], *,
         return _apertium_problems(source, targets, installed_modes)
     problems: list[str] = []
     for field, code in [("spec.sourceLanguage", source)] + [
-            (f"spec.targetLanguages[{i}]", t) for i, t in enumerate(targets)]:
+        (f"spec.targetLanguages[{i}]", t) for i, t in enumerate(targets)
+    ]:
         if code != "auto" and language_name(code) is None:
             problems.append(f"{field}: unknown language {code!r} for the {backend} backend")
     if backend == "openai" and not endpoint:
-        problems.append("spec.translation.endpoint: the openai backend needs the base URL of an "
-                        "OpenAI-compatible server")
+        problems.append(
+            "spec.translation.endpoint: the openai backend needs the base URL of an OpenAI-compatible server"
+        )
     return problems
 
 

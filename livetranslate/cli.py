@@ -16,8 +16,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("livetranslate.crd", "print the TranslationPipeline CRD YAML"),
     "languages": ("livetranslate.languages", "list the language pairs that translate offline (Apertium)"),
     "serve": ("livetranslate.serve", "run one workload service (audio | translate | gateway)"),
-    "convert-openvino": ("livetranslate.workloads.audio.convert",
-                         "convert CTranslate2 Whisper weights into an OpenVINO IR"),
+    "convert-openvino": (
+        "livetranslate.workloads.audio.convert",
+        "convert CTranslate2 Whisper weights into an OpenVINO IR",
+    ),
     "bench": ("livetranslate.bench", "benchmarks shipped with the product (autoscaling)"),
 }
 

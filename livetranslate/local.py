@@ -68,7 +68,9 @@ def load_pipeline(path: Path | None) -> tuple[str, str, TranslationPipelineSpec]
             continue
         if doc.get("kind") == KIND:
             if doc.get("apiVersion") != API_VERSION:
-                raise UpError(f"{path}: apiVersion {doc.get('apiVersion')!r}; this version reads {API_VERSION}")
+                raise UpError(
+                    f"{path}: apiVersion {doc.get('apiVersion')!r}; this version reads {API_VERSION}"
+                )
             meta = doc.get("metadata") or {}
             try:
                 spec = TranslationPipelineSpec.model_validate(doc.get("spec") or {})
@@ -78,12 +80,15 @@ def load_pipeline(path: Path | None) -> tuple[str, str, TranslationPipelineSpec]
     raise UpError(f"{path}: no {KIND} resource (apiVersion {API_VERSION}) in the file")
 
 
-def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
-                  ports: dict[str, int]) -> ResolvedPipeline:
+def resolve_local(
+    name: str, namespace: str, spec: TranslationPipelineSpec, ports: dict[str, int]
+) -> ResolvedPipeline:
     """What the operator would decide on a CPU-only cluster, with loopback endpoints."""
     if spec.translation.backend == "vllm":
-        raise UpError("spec.translation.backend: vllm needs a GPU; livetranslate up runs on this "
-                      "machine's CPU (use apertium, or openai with spec.translation.endpoint)")
+        raise UpError(
+            "spec.translation.backend: vllm needs a GPU; livetranslate up runs on this "
+            "machine's CPU (use apertium, or openai with spec.translation.endpoint)"
+        )
     if spec.translation.backend == "openai":
         backend, model = "openai", spec.translation.model
         reason = f"backend openai at {spec.translation.endpoint}"
@@ -92,23 +97,37 @@ def resolve_local(name: str, namespace: str, spec: TranslationPipelineSpec,
         reason = "no GPU on this machine: offline Apertium on CPU"
     # Checked against the Apertium modes this machine really has: a missing pair names its package.
     problems = speech_problems(spec.sourceLanguage) + backend_problems(
-        backend, spec.sourceLanguage, list(spec.targetLanguages), endpoint=spec.translation.endpoint,
-        installed_modes=installed_modes() if backend == "apertium" else None)
+        backend,
+        spec.sourceLanguage,
+        list(spec.targetLanguages),
+        endpoint=spec.translation.endpoint,
+        installed_modes=installed_modes() if backend == "apertium" else None,
+    )
     if problems:
         raise UpError("; ".join(problems))
     model = spec.audio_model()
     if is_model_path(model):
         if "://" in model and not model.startswith("file://"):
-            raise UpError(f"spec.audio.model: {model} is a remote URI; livetranslate up loads models from this "
-                          "machine (a packaged name: tiny.en, base; or a directory of converted weights)")
+            raise UpError(
+                f"spec.audio.model: {model} is a remote URI; livetranslate up loads models from this "
+                "machine (a packaged name: tiny.en, base; or a directory of converted weights)"
+            )
         if not Path(model.removeprefix("file://")).expanduser().is_dir():
-            raise UpError(f"spec.audio.model: {model} is not a directory on this machine (converted "
-                          "faster-whisper or OpenVINO weights; or a packaged name: tiny.en, base)")
-    placement = Placement(audioDevice="cpu", audioReason="livetranslate up runs on this machine's CPU",
-                          translationBackend=backend, translationModel=model, translationReason=reason)
+            raise UpError(
+                f"spec.audio.model: {model} is not a directory on this machine (converted "
+                "faster-whisper or OpenVINO weights; or a packaged name: tiny.en, base)"
+            )
+    placement = Placement(
+        audioDevice="cpu",
+        audioReason="livetranslate up runs on this machine's CPU",
+        translationBackend=backend,
+        translationModel=model,
+        translationReason=reason,
+    )
     endpoints = Endpoints(**{stage: f"http://127.0.0.1:{ports[stage]}" for stage in STAGES})
-    return ResolvedPipeline(name=name, namespace=namespace, generation=1, spec=spec,
-                            placement=placement, endpoints=endpoints)
+    return ResolvedPipeline(
+        name=name, namespace=namespace, generation=1, spec=spec, placement=placement, endpoints=endpoints
+    )
 
 
 @dataclass
@@ -131,8 +150,15 @@ class Child:
 
 
 class Runner:
-    def __init__(self, resolved: ResolvedPipeline, config_path: Path, log_dir: Path, host: str,
-                 out: IO[str], extra_env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        resolved: ResolvedPipeline,
+        config_path: Path,
+        log_dir: Path,
+        host: str,
+        out: IO[str],
+        extra_env: dict[str, str],
+    ) -> None:
         self.resolved = resolved
         self.config_path = config_path
         self.log_dir = log_dir
@@ -140,8 +166,9 @@ class Runner:
         self.out = out
         self.extra_env = extra_env
         self.children = {
-            stage: Child(stage, int(getattr(resolved.endpoints, stage).rsplit(":", 1)[1]),
-                         log_dir / f"{stage}.log")
+            stage: Child(
+                stage, int(getattr(resolved.endpoints, stage).rsplit(":", 1)[1]), log_dir / f"{stage}.log"
+            )
             for stage in STAGES
         }
         self.stopping = False
@@ -155,13 +182,29 @@ class Runner:
         env = {**os.environ, CONFIG_ENV: str(self.config_path), "PYTHONSAFEPATH": "1", **self.extra_env}
         env.setdefault("LT_LOG_FORMAT", "json")
         bind = self.host if child.stage == "gateway" else "127.0.0.1"
-        cmd = [sys.executable, "-P", "-m", "livetranslate.cli", "serve", SERVE_NAME[child.stage],
-               "--host", bind, "--port", str(child.port)]
+        cmd = [
+            sys.executable,
+            "-P",
+            "-m",
+            "livetranslate.cli",
+            "serve",
+            SERVE_NAME[child.stage],
+            "--host",
+            bind,
+            "--port",
+            str(child.port),
+        ]
         child.log_file = open(child.log_path, "ab")  # noqa: SIM115 - closed in stop()
         # A session of its own: Ctrl-C reaches only us, and we stop the children in order.
-        child.proc = subprocess.Popen(cmd, env=env, stdout=child.log_file, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True,
-                                      preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
+        child.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=child.log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+        )
         child.started_at = time.monotonic()
         child.ready_at = None
 
@@ -177,8 +220,10 @@ class Runner:
             with contextlib.suppress(ValueError, AttributeError):
                 checks = r.json().get("checks") or {}
                 if checks.get("model") == "failed":
-                    raise UpError(f"{child.stage}: the model {checks.get('modelName') or ''} did not load: "
-                                  f"{checks.get('reason')} (log: {child.log_path})")
+                    raise UpError(
+                        f"{child.stage}: the model {checks.get('modelName') or ''} did not load: "
+                        f"{checks.get('reason')} (log: {child.log_path})"
+                    )
         return r.status_code == 200
 
     def check_children(self) -> None:
@@ -191,22 +236,28 @@ class Runner:
                 if now >= child.restart_at:
                     child.restart_at = None
                     self.start(child)
-                    self.say(f"{child.stage}: starting on 127.0.0.1:{child.port} "
-                             f"(pid {child.proc.pid if child.proc else '?'}) after a restart")
+                    self.say(
+                        f"{child.stage}: starting on 127.0.0.1:{child.port} "
+                        f"(pid {child.proc.pid if child.proc else '?'}) after a restart"
+                    )
                 continue
             code = child.proc.returncode
             while child.restarts and now - child.restarts[0] > RESTART_WINDOW_SECONDS:
                 child.restarts.popleft()
             tail = child.tail()
             if len(child.restarts) >= MAX_RESTARTS:
-                raise UpError(f"{child.stage} exited with code {code} {MAX_RESTARTS + 1} times in "
-                              f"{RESTART_WINDOW_SECONDS:.0f} s; giving up. Its log ({child.log_path}) "
-                              f"ends:\n{_indent(tail)}")
+                raise UpError(
+                    f"{child.stage} exited with code {code} {MAX_RESTARTS + 1} times in "
+                    f"{RESTART_WINDOW_SECONDS:.0f} s; giving up. Its log ({child.log_path}) "
+                    f"ends:\n{_indent(tail)}"
+                )
             child.restarts.append(now)
             pause = 2.0 ** (len(child.restarts) - 1)
             child.restart_at = now + pause
-            self.say(f"{child.stage}: exited with code {code}; restarting in {pause:.0f} s "
-                     f"({len(child.restarts)}/{MAX_RESTARTS}). Its log ends:\n{_indent(tail)}")
+            self.say(
+                f"{child.stage}: exited with code {code}; restarting in {pause:.0f} s "
+                f"({len(child.restarts)}/{MAX_RESTARTS}). Its log ends:\n{_indent(tail)}"
+            )
         self.end_orphans()
 
     def end_orphans(self) -> None:
@@ -226,8 +277,11 @@ class Runner:
                 self.orphans.pop(pid, None)
                 continue
             asked = self.orphans.get(pid)
-            sig = signal.SIGTERM if asked is None else (
-                signal.SIGKILL if now - asked > ORPHAN_KILL_AFTER_SECONDS else None)
+            sig = (
+                signal.SIGTERM
+                if asked is None
+                else (signal.SIGKILL if now - asked > ORPHAN_KILL_AFTER_SECONDS else None)
+            )
             if sig is None:
                 continue
             if asked is None:
@@ -258,17 +312,26 @@ class Runner:
                 return
             now = time.monotonic()
             if now - began > timeout:
-                raise UpError(f"not ready after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.log_dir})")
+                raise UpError(
+                    f"not ready after {timeout:.0f} s: {', '.join(waiting)} (logs in {self.log_dir})"
+                )
             if now - last_note > 5:
                 last_note = now
-                self.say(f"waiting for {', '.join(waiting)} ({now - began:.0f} s; models load on first start)")
+                self.say(
+                    f"waiting for {', '.join(waiting)} ({now - began:.0f} s; models load on first start)"
+                )
             time.sleep(0.3)
 
     def note_recovered(self) -> None:
         """Say when a restarted child is serving again."""
         for child in self.children.values():
-            if (child.ready_at is None and child.restart_at is None and child.proc is not None
-                    and child.proc.poll() is None and self.ready(child)):
+            if (
+                child.ready_at is None
+                and child.restart_at is None
+                and child.proc is not None
+                and child.proc.poll() is None
+                and self.ready(child)
+            ):
                 child.ready_at = time.monotonic()
                 self.say(f"{child.stage}: ready in {child.ready_at - child.started_at:.1f} s (restarted)")
 
@@ -346,33 +409,47 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="livetranslate up",
         description="Run the whole pipeline on this machine's CPU: speech recognition, translation and "
-                    "the gateway with its captions page. Takes the same TranslationPipeline YAML you "
-                    "would kubectl apply; without -f it translates English into Spanish. Ctrl-C stops it.")
+        "the gateway with its captions page. Takes the same TranslationPipeline YAML you "
+        "would kubectl apply; without -f it translates English into Spanish. Ctrl-C stops it.",
+    )
     parser.add_argument("-f", "--file", type=Path, help="TranslationPipeline YAML (default: en -> es)")
     parser.add_argument("--host", default="127.0.0.1", help="address the gateway binds (default loopback)")
-    parser.add_argument("--port", type=int, default=8080,
-                        help="gateway port (default 8080; 0 picks a free one; a port another program "
-                             "holds moves to a free one, with a warning)")
-    parser.add_argument("--log-dir", type=Path,
-                        help="where the services' logs go (default: a temporary folder, removed at a "
-                             "clean stop and kept when a service failed)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8080,
+        help="gateway port (default 8080; 0 picks a free one; a port another program "
+        "holds moves to a free one, with a warning)",
+    )
+    parser.add_argument(
+        "--log-dir",
+        type=Path,
+        help="where the services' logs go (default: a temporary folder, removed at a "
+        "clean stop and kept when a service failed)",
+    )
     parser.add_argument("--redis-url", help="share session state through this Redis (REDIS_URL)")
-    parser.add_argument("--startup-timeout", type=float, default=600.0,
-                        help="seconds to wait for every service to be ready (default 600)")
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for every service to be ready (default 600)",
+    )
     args = parser.parse_args(argv)
     out = sys.stdout
 
     try:
         name, namespace, spec = load_pipeline(args.file)
-        ports = {"gateway": free_port(args.port, args.host),
-                 "audio": free_port(), "translation": free_port()}
+        ports = {"gateway": free_port(args.port, args.host), "audio": free_port(), "translation": free_port()}
         resolved = resolve_local(name, namespace, spec, ports)
     except (UpError, OSError) as exc:
         print(f"livetranslate up: {exc}", file=sys.stderr)
         return 2
     if args.port and ports["gateway"] != args.port:
-        print(f"livetranslate up: WARNING: port {args.port} is held by another program; the page moves to "
-              f"port {ports['gateway']} (stop that program, or choose a port with --port)", file=sys.stderr)
+        print(
+            f"livetranslate up: WARNING: port {args.port} is held by another program; the page moves to "
+            f"port {ports['gateway']} (stop that program, or choose a port with --port)",
+            file=sys.stderr,
+        )
 
     workdir = Path(tempfile.mkdtemp(prefix="livetranslate-up-"))
     log_dir = args.log_dir or workdir
@@ -384,9 +461,11 @@ def main(argv: list[str]) -> int:
         extra_env["REDIS_URL"] = args.redis_url
 
     targets = ", ".join(spec.targetLanguages)
-    out.write(f"livetranslate up: pipeline {name!r}: {spec.sourceLanguage} -> {targets}; audio "
-              f"{spec.audio_model()} on CPU; translation {resolved.placement.translationBackend}\n"
-              f"logs: {log_dir}\n")
+    out.write(
+        f"livetranslate up: pipeline {name!r}: {spec.sourceLanguage} -> {targets}; audio "
+        f"{spec.audio_model()} on CPU; translation {resolved.placement.translationBackend}\n"
+        f"logs: {log_dir}\n"
+    )
     out.flush()
     runner = Runner(resolved, config_path, log_dir, args.host, out, extra_env)
 
@@ -402,13 +481,17 @@ def main(argv: list[str]) -> int:
     try:
         for child in runner.children.values():
             runner.start(child)
-            runner.say(f"{child.stage}: starting on 127.0.0.1:{child.port} (pid {child.proc.pid if child.proc else '?'})")
+            runner.say(
+                f"{child.stage}: starting on 127.0.0.1:{child.port} (pid {child.proc.pid if child.proc else '?'})"
+            )
         runner.wait_ready(args.startup_timeout)
         gw = ports["gateway"]
         shown = "127.0.0.1" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
-        runner.say(f"\nLiveTranslate is ready: open http://{shown}:{gw}/\n"
-                   f"  stream a file: livetranslate stream FILE.wav --url ws://{shown}:{gw}/v1/stream\n"
-                   f"  Ctrl-C stops everything.")
+        runner.say(
+            f"\nLiveTranslate is ready: open http://{shown}:{gw}/\n"
+            f"  stream a file: livetranslate stream FILE.wav --url ws://{shown}:{gw}/v1/stream\n"
+            f"  Ctrl-C stops everything."
+        )
         while True:
             runner.check_children()
             runner.note_recovered()

@@ -31,10 +31,12 @@ _SECRET_HINTS = ("token", "authorization", "api_key", "apikey", "password", "sec
 # level logs each request header). A value runs to the next separator, quote or backslash, so the
 # same patterns work on a JSON-escaped line.
 _SECRET_QUERY = re.compile(
-    r"(?i)([?&;](?:access_?token|token|api_?key|apikey|key|password|secret|sig|signature)=)[^&\s\"'\\]+")
+    r"(?i)([?&;](?:access_?token|token|api_?key|apikey|key|password|secret|sig|signature)=)[^&\s\"'\\]+"
+)
 _SECRET_HEADER = re.compile(
     r"(?i)\b((?:proxy-)?authorization|cookie|set-cookie|x-api-key|api-key|sec-websocket-protocol)"
-    r"(\s*[:=]\s*)[^\"\\\r\n]+")
+    r"(\s*[:=]\s*)[^\"\\\r\n]+"
+)
 _REDACTED = "[redacted]"
 # Literal secrets registered by the process that loaded them (the gateway's accepted tokens):
 # replaced wherever they appear, however they got into a line (a client sending its token in the
@@ -111,13 +113,18 @@ class JsonFormatter(JsonLines):
     secret is redacted, and so is every secret in values and tracebacks."""
 
     def __init__(self) -> None:
-        super().__init__("%(name)s %(message)s", rename_fields={"name": "logger", "message": "msg", "exc_info": "exc"},
-                         json_default=str)
+        super().__init__(
+            "%(name)s %(message)s",
+            rename_fields={"name": "logger", "message": "msg", "exc_info": "exc"},
+            json_default=str,
+        )
 
-    def add_fields(self, log_data: dict[str, Any], record: logging.LogRecord,
-                   message_dict: dict[str, Any]) -> None:
-        log_data["ts"] = (time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-                          + f".{int(record.msecs):03d}Z")
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        log_data["ts"] = (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        )
         log_data["level"] = record.levelname.lower()
         super().add_fields(log_data, record, message_dict)
         for key, value in _context.get().items():

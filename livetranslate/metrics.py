@@ -72,18 +72,33 @@ PROCESSING_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0
 
 
 def caption_latency(registry: CollectorRegistry) -> Histogram:
-    return Histogram(CAPTION_LATENCY, "End of speech to final caption sent, at the gateway",
-                     ["pipeline"], buckets=LATENCY_BUCKETS, registry=registry)
+    return Histogram(
+        CAPTION_LATENCY,
+        "End of speech to final caption sent, at the gateway",
+        ["pipeline"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
 
 
 def translation_latency(registry: CollectorRegistry, extra_labels: tuple[str, ...] = ()) -> Histogram:
-    return Histogram(TRANSLATION_LATENCY, "Final transcript to translation sent",
-                     ["pipeline", *extra_labels], buckets=LATENCY_BUCKETS, registry=registry)
+    return Histogram(
+        TRANSLATION_LATENCY,
+        "Final transcript to translation sent",
+        ["pipeline", *extra_labels],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
 
 
 def sentence_latency(registry: CollectorRegistry) -> Histogram:
-    return Histogram(SENTENCE_LATENCY, "End of a sentence's speech to its final translation sent",
-                     ["pipeline"], buckets=LATENCY_BUCKETS, registry=registry)
+    return Histogram(
+        SENTENCE_LATENCY,
+        "End of a sentence's speech to its final translation sent",
+        ["pipeline"],
+        buckets=LATENCY_BUCKETS,
+        registry=registry,
+    )
 
 
 # One final translation at least; live partials add one per final heard at most.
@@ -91,55 +106,90 @@ CALLS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24)
 
 
 def sentence_translation_calls(registry: CollectorRegistry) -> Histogram:
-    return Histogram(SENTENCE_TRANSLATION_CALLS, "Translation requests made for one sentence",
-                     ["pipeline"], buckets=CALLS_BUCKETS, registry=registry)
+    return Histogram(
+        SENTENCE_TRANSLATION_CALLS,
+        "Translation requests made for one sentence",
+        ["pipeline"],
+        buckets=CALLS_BUCKETS,
+        registry=registry,
+    )
 
 
 def audio_processing(registry: CollectorRegistry) -> Histogram:
-    return Histogram(AUDIO_PROCESSING, "Wall time of one decoder pass over a session's buffer",
-                     ["pipeline", "device"], buckets=PROCESSING_BUCKETS, registry=registry)
+    return Histogram(
+        AUDIO_PROCESSING,
+        "Wall time of one decoder pass over a session's buffer",
+        ["pipeline", "device"],
+        buckets=PROCESSING_BUCKETS,
+        registry=registry,
+    )
 
 
 def audio_batch_size(registry: CollectorRegistry) -> Histogram:
-    return Histogram(AUDIO_BATCH_SIZE, "Sessions' buffers decoded together in one engine call",
-                     ["pipeline", "device"], buckets=BATCH_SIZE_BUCKETS, registry=registry)
+    return Histogram(
+        AUDIO_BATCH_SIZE,
+        "Sessions' buffers decoded together in one engine call",
+        ["pipeline", "device"],
+        buckets=BATCH_SIZE_BUCKETS,
+        registry=registry,
+    )
 
 
 def audio_realtime_factor(registry: CollectorRegistry) -> Gauge:
-    return Gauge(AUDIO_REALTIME_FACTOR,
-                 "Processing seconds per second of audio (below 1 keeps up with real time)",
-                 ["pipeline", "device"], registry=registry)
+    return Gauge(
+        AUDIO_REALTIME_FACTOR,
+        "Processing seconds per second of audio (below 1 keeps up with real time)",
+        ["pipeline", "device"],
+        registry=registry,
+    )
 
 
 def stage_capacity_sessions(registry: CollectorRegistry) -> Gauge:
-    return Gauge(STAGE_CAPACITY_SESSIONS, "Sessions one replica of the stage sustains, as measured by it",
-                 ["pipeline", "stage"], registry=registry)
+    return Gauge(
+        STAGE_CAPACITY_SESSIONS,
+        "Sessions one replica of the stage sustains, as measured by it",
+        ["pipeline", "stage"],
+        registry=registry,
+    )
 
 
 def admission_refusals(registry: CollectorRegistry) -> Counter:
-    return Counter(ADMISSION_REFUSALS.removesuffix("_total"), "Sessions a replica refused, by reason",
-                   ["pipeline", "stage", "reason"], registry=registry)
+    return Counter(
+        ADMISSION_REFUSALS.removesuffix("_total"),
+        "Sessions a replica refused, by reason",
+        ["pipeline", "stage", "reason"],
+        registry=registry,
+    )
 
 
 def queue_depth(registry: CollectorRegistry) -> Gauge:
-    return Gauge(QUEUE_DEPTH, "Work items waiting in a stage's queue", ["pipeline", "stage"],
-                 registry=registry)
+    return Gauge(
+        QUEUE_DEPTH, "Work items waiting in a stage's queue", ["pipeline", "stage"], registry=registry
+    )
 
 
 def sessions_active(registry: CollectorRegistry, extra_labels: tuple[str, ...] = ()) -> Gauge:
-    return Gauge(SESSIONS_ACTIVE, "Sessions currently open", ["pipeline", *extra_labels],
-                 registry=registry)
+    return Gauge(SESSIONS_ACTIVE, "Sessions currently open", ["pipeline", *extra_labels], registry=registry)
 
 
 def reconcile_seconds(registry: CollectorRegistry) -> Histogram:
-    return Histogram(RECONCILE_SECONDS, "Wall time of one reconcile of a TranslationPipeline",
-                     ["result"], buckets=PROCESSING_BUCKETS, registry=registry)
+    return Histogram(
+        RECONCILE_SECONDS,
+        "Wall time of one reconcile of a TranslationPipeline",
+        ["result"],
+        buckets=PROCESSING_BUCKETS,
+        registry=registry,
+    )
 
 
 def scaling_decisions(registry: CollectorRegistry) -> Counter:
     # prometheus_client appends _total to counters itself.
-    return Counter(SCALING_DECISIONS.removesuffix("_total"), "Scaling decisions the operator acted on",
-                   ["pipeline", "stage", "direction", "reason"], registry=registry)
+    return Counter(
+        SCALING_DECISIONS.removesuffix("_total"),
+        "Scaling decisions the operator acted on",
+        ["pipeline", "stage", "direction", "reason"],
+        registry=registry,
+    )
 
 
 def stage_replicas(registry: CollectorRegistry) -> tuple[Gauge, Gauge, Gauge]:
@@ -154,5 +204,9 @@ def stage_replicas(registry: CollectorRegistry) -> tuple[Gauge, Gauge, Gauge]:
 
 
 def scaling_active(registry: CollectorRegistry) -> Gauge:
-    return Gauge(SCALING_ACTIVE, "1 while the autoscaler acts on a pipeline, 0 while it is held "
-                 "(condition ScalingActive=False)", ["namespace", "pipeline"], registry=registry)
+    return Gauge(
+        SCALING_ACTIVE,
+        "1 while the autoscaler acts on a pipeline, 0 while it is held (condition ScalingActive=False)",
+        ["namespace", "pipeline"],
+        registry=registry,
+    )

@@ -40,23 +40,42 @@ def free_port(preferred: int = 0, host: str = LOOPBACK) -> int:
     raise OSError(f"no free TCP port on {host}")
 
 
-def start(cmd: Sequence[str], env: Mapping[str, str] | None = None, log: Path | None = None,
-          unset: Sequence[str] = (), **popen: Any) -> subprocess.Popen[bytes]:
+def start(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None = None,
+    log: Path | None = None,
+    unset: Sequence[str] = (),
+    **popen: Any,
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in a session of its own (so :func:`stop` can end it and every process it
     forks), with ``env`` added to this process's environment (less the names in ``unset``) and its
     output appended to ``log`` (discarded when None)."""
     full_env = {k: v for k, v in {**os.environ, **(env or {})}.items() if k not in unset}
     if log is None:
-        return subprocess.Popen(list(cmd), env=full_env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, **popen)
+        return subprocess.Popen(
+            list(cmd),
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
     with log.open("ab") as out:  # the child keeps its own descriptor
-        return subprocess.Popen(list(cmd), env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True, **popen)
+        return subprocess.Popen(
+            list(cmd),
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
 
 
-def wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen[Any] | None = None,
-              require_200: bool = False) -> None:
+def wait_http(
+    url: str, timeout: float = 60.0, proc: subprocess.Popen[Any] | None = None, require_200: bool = False
+) -> None:
     """Until ``url`` answers (any status below 500, or exactly 200 with ``require_200``). Raises
     RuntimeError at once when ``proc`` exits first, TimeoutError after ``timeout`` seconds."""
     import httpx

@@ -39,8 +39,7 @@ class SessionStart(_Msg):
     encoding: Literal["pcm_s16le", "pcm_f32le"] = "pcm_s16le"
     channels: int = Field(1, ge=1, le=2)
     sourceLanguage: str | None = Field(None, pattern=SOURCE_LANGUAGE_PATTERN)
-    targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] | None = Field(
-        None, max_length=16)
+    targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] | None = Field(None, max_length=16)
     sessionId: str | None = Field(None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     # Resume acknowledgement: the highest final segmentId this client received before it lost the
     # connection. Finals after it are sent again (with their translations), none before it.
@@ -125,8 +124,15 @@ class SessionEnded(_Event):
     sessionId: str
 
 
-AnyServerEvent = (SessionStarted | TranscriptPartial | TranscriptFinal | TranslationPartial
-                  | TranslationEvent | ErrorEvent | SessionEnded)
+AnyServerEvent = (
+    SessionStarted
+    | TranscriptPartial
+    | TranscriptFinal
+    | TranslationPartial
+    | TranslationEvent
+    | ErrorEvent
+    | SessionEnded
+)
 ServerEvent = Annotated[AnyServerEvent, Field(discriminator="type")]
 server_event_adapter: TypeAdapter[AnyServerEvent] = TypeAdapter(ServerEvent)
 
@@ -153,7 +159,9 @@ class AudioStart(_Msg):
     language: str = "en"
     # With language "auto": the languages detection may choose among (the ones the pipeline can
     # translate from, or pass through); empty means any language the model knows.
-    languages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] = Field(default_factory=list, max_length=128)
+    languages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] = Field(
+        default_factory=list, max_length=128
+    )
     diarization: bool = False
     maxSpeakers: int = Field(4, ge=1, le=32)
     # Session seconds already transcribed before this stream (a resumed session): segment times
@@ -269,7 +277,8 @@ class TranslateRequest(_Msg):
     text: str = Field(..., max_length=4000)
     sourceLanguage: str = Field("en", pattern=SOURCE_LANGUAGE_PATTERN)
     targetLanguages: list[Annotated[str, Field(pattern=BCP47_PATTERN)]] = Field(
-        ..., min_length=1, max_length=16)
+        ..., min_length=1, max_length=16
+    )
     context: list[ContextSegment] = Field(default_factory=list, max_length=64)
     partial: bool = False
 

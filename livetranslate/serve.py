@@ -45,15 +45,26 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="livetranslate serve",
         description="Run one service of the pipeline as its container does (the operator's pods and "
-                    "`livetranslate up` start them this way). It reads the pipeline file named by "
-                    "LT_PIPELINE_CONFIG.")
+        "`livetranslate up` start them this way). It reads the pipeline file named by "
+        "LT_PIPELINE_CONFIG.",
+    )
     parser.add_argument("workload", choices=sorted(APPS), help="which service")
-    parser.add_argument("--host", default=os.environ.get("LT_HOST", "0.0.0.0"),
-                        help="address to listen on (default $LT_HOST or all)")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("LT_PORT", SERVICE_PORT)),
-                        help=f"port for HTTP, WebSocket and /metrics (default $LT_PORT or {SERVICE_PORT})")
-    parser.add_argument("--log-level", default=os.environ.get("LT_LOG_LEVEL", "info"),
-                        help="debug, info, warning or error (default $LT_LOG_LEVEL or info)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("LT_HOST", "0.0.0.0"),
+        help="address to listen on (default $LT_HOST or all)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("LT_PORT", SERVICE_PORT)),
+        help=f"port for HTTP, WebSocket and /metrics (default $LT_PORT or {SERVICE_PORT})",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("LT_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (default $LT_LOG_LEVEL or info)",
+    )
     args = parser.parse_args(argv)
 
     import uvicorn

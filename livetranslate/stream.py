@@ -42,8 +42,9 @@ def read_wav(path: Path) -> Wav:
     try:
         with wave.open(str(path), "rb") as w:
             if w.getsampwidth() != 2 or w.getcomptype() != "NONE":
-                raise SystemExit(f"{path}: only 16-bit PCM WAV is supported "
-                                 f"(convert with: sox IN -b 16 OUT.wav)")
+                raise SystemExit(
+                    f"{path}: only 16-bit PCM WAV is supported (convert with: sox IN -b 16 OUT.wav)"
+                )
             return Wav(w.readframes(w.getnframes()), w.getframerate(), w.getnchannels())
     except (wave.Error, EOFError) as exc:
         raise SystemExit(f"{path}: not a WAV file ({exc})") from exc
@@ -141,7 +142,7 @@ class Printer:
             self._line(f"[{finals[0]['start']:7.2f}-{finals[-1]['end']:7.2f}]{who} {text}")
         done = " ".join(f["text"] for f in finals)
         if self._open_text.startswith(done):
-            self._open_text = self._open_text[len(done):].strip()
+            self._open_text = self._open_text[len(done) :].strip()
         else:
             self._open_text = ""
         self._translation_partial = ""
@@ -158,7 +159,7 @@ class Printer:
             heard = " ".join(t for t in (self._open_text, self._partial_text) if t)
             line = f"  … {heard}" + (f"  ⟶  {self._translation_partial}" if self._translation_partial else "")
             width = shutil.get_terminal_size((100, 20)).columns - 1
-            self.out.write("\r\033[K" + (line if len(line) <= width else "…" + line[-(width - 1):]))
+            self.out.write("\r\033[K" + (line if len(line) <= width else "…" + line[-(width - 1) :]))
             self._live_shown = bool(heard or self._translation_partial)
         self.out.flush()
 
@@ -174,25 +175,42 @@ def _quality_note(quality: Any) -> str:
 LEAD_SECONDS = 8.0
 
 
-async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, token: str | None,
-                      targets: list[str] | None, printer: Printer, max_reconnects: int = 5,
-                      session_id: str | None = None, lead_seconds: float = LEAD_SECONDS) -> bool:
+async def stream_file(
+    wav: Wav,
+    url: str,
+    *,
+    realtime: bool,
+    chunk_ms: int,
+    token: str | None,
+    targets: list[str] | None,
+    printer: Printer,
+    max_reconnects: int = 5,
+    session_id: str | None = None,
+    lead_seconds: float = LEAD_SECONDS,
+) -> bool:
     """Stream ``wav`` through one session; True once ``session.ended`` arrived."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed, InvalidStatus
 
     headers = {"Authorization": f"Bearer {token}"} if token else None
-    chunk = max(2 * wav.channels, wav.bytes_per_second * chunk_ms // 1000 // (2 * wav.channels) * 2 * wav.channels)
+    chunk = max(
+        2 * wav.channels, wav.bytes_per_second * chunk_ms // 1000 // (2 * wav.channels) * 2 * wav.channels
+    )
     pos = 0
     last_final: int | None = None
     sid = session_id
     attempts = 0
     while True:
         try:
-            async with connect(url, additional_headers=headers, max_size=4 * 1024 * 1024,
-                               open_timeout=10) as ws:
-                start: dict[str, Any] = {"type": "session.start", "sampleRate": wav.sample_rate,
-                                         "encoding": "pcm_s16le", "channels": wav.channels}
+            async with connect(
+                url, additional_headers=headers, max_size=4 * 1024 * 1024, open_timeout=10
+            ) as ws:
+                start: dict[str, Any] = {
+                    "type": "session.start",
+                    "sampleRate": wav.sample_rate,
+                    "encoding": "pcm_s16le",
+                    "channels": wav.channels,
+                }
                 if targets:
                     start["targetLanguages"] = targets
                 if sid:
@@ -211,7 +229,7 @@ async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, toke
                         if delay > 0:
                             await asyncio.sleep(min(delay, 0.1) if not realtime else delay)
                             continue
-                        await ws.send(wav.pcm[pos:pos + chunk])
+                        await ws.send(wav.pcm[pos : pos + chunk])
                         pos += chunk
                     await ws.send('{"type": "session.end"}')
 
@@ -227,8 +245,10 @@ async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, toke
                                 continue
                             last_final = ev["segmentId"]
                         printer.event(ev)
-                        if ev.get("type") == "error" and ev.get("code") in ("capacity_exceeded",
-                                                                            "unsupported_language"):
+                        if ev.get("type") == "error" and ev.get("code") in (
+                            "capacity_exceeded",
+                            "unsupported_language",
+                        ):
                             return False
                         if ev.get("type") == "session.ended":
                             return True
@@ -249,41 +269,61 @@ async def stream_file(wav: Wav, url: str, *, realtime: bool, chunk_ms: int, toke
         attempts += 1
         if attempts > max_reconnects:
             return False
-        await asyncio.sleep(min(5.0, 0.25 * 2 ** attempts))
+        await asyncio.sleep(min(5.0, 0.25 * 2**attempts))
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="livetranslate stream",
         description="Send a WAV recording to a LiveTranslate gateway and print the captions and "
-                    "translations as they come. A dropped connection resumes where it left off.")
+        "translations as they come. A dropped connection resumes where it left off.",
+    )
     parser.add_argument("file", type=Path, help="16-bit PCM WAV, any rate from 8 to 48 kHz, mono or stereo")
-    parser.add_argument("--url", default=os.environ.get("LT_GATEWAY_URL", DEFAULT_URL),
-                        help=f"gateway WebSocket (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("LT_GATEWAY_URL", DEFAULT_URL),
+        help=f"gateway WebSocket (default {DEFAULT_URL})",
+    )
     parser.add_argument("--realtime", action="store_true", help="pace the audio like a live microphone")
     parser.add_argument("--chunk-ms", type=int, default=100, help="audio per frame (default 100 ms)")
     parser.add_argument("--token", default=os.environ.get("LT_TOKEN"), help="bearer token (or $LT_TOKEN)")
-    parser.add_argument("--lang", action="append", dest="targets",
-                        help="target language (repeatable); default: the pipeline's")
+    parser.add_argument(
+        "--lang",
+        action="append",
+        dest="targets",
+        help="target language (repeatable); default: the pipeline's",
+    )
     parser.add_argument("--session-id", help="resume or name a session")
     parser.add_argument("--json", action="store_true", help="print every event as one JSON line")
     parser.add_argument("--partials", action="store_true", help="print partials on their own lines")
-    parser.add_argument("--finals", action="store_true",
-                        help="print every final as it comes, not only whole sentences")
+    parser.add_argument(
+        "--finals", action="store_true", help="print every final as it comes, not only whole sentences"
+    )
     args = parser.parse_args(argv)
 
     wav = read_wav(args.file)
     printer = Printer(sys.stdout, args.json, args.partials, show_finals=args.finals)
     try:
-        ok = asyncio.run(stream_file(wav, args.url, realtime=args.realtime, chunk_ms=args.chunk_ms,
-                                     token=args.token, targets=args.targets, printer=printer,
-                                     session_id=args.session_id))
+        ok = asyncio.run(
+            stream_file(
+                wav,
+                args.url,
+                realtime=args.realtime,
+                chunk_ms=args.chunk_ms,
+                token=args.token,
+                targets=args.targets,
+                printer=printer,
+                session_id=args.session_id,
+            )
+        )
     except KeyboardInterrupt:
         return 130
     if not args.json:
         lats = [f["latency"] for f in printer.finals if isinstance(f.get("latency"), float)]
-        summary = (f"{len(printer.finals)} finals, {printer.sentences} sentences, "
-                   f"{len(printer.translations)} translations, {len(printer.errors)} errors")
+        summary = (
+            f"{len(printer.finals)} finals, {printer.sentences} sentences, "
+            f"{len(printer.translations)} translations, {len(printer.errors)} errors"
+        )
         if lats:
             summary += f", median caption latency {sorted(lats)[len(lats) // 2]:.2f} s"
         print(summary, file=sys.stderr)

@@ -9,10 +9,30 @@ import re
 _SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’»)\]]*$")
 # Words whose trailing period does not end a sentence ("Mr. Smith"). "etc." is left out: it
 # ends sentences more often than not.
-_ABBREVIATIONS = frozenset({
-    "mr.", "mrs.", "ms.", "dr.", "prof.", "st.", "sr.", "jr.", "vs.", "e.g.", "i.e.", "no.",
-    "approx.", "dept.", "fig.", "mt.", "sra.", "dra.", "hr.", "fr.",
-})
+_ABBREVIATIONS = frozenset(
+    {
+        "mr.",
+        "mrs.",
+        "ms.",
+        "dr.",
+        "prof.",
+        "st.",
+        "sr.",
+        "jr.",
+        "vs.",
+        "e.g.",
+        "i.e.",
+        "no.",
+        "approx.",
+        "dept.",
+        "fig.",
+        "mt.",
+        "sra.",
+        "dra.",
+        "hr.",
+        "fr.",
+    }
+)
 
 
 def ends_sentence(text: str) -> bool:

@@ -70,14 +70,21 @@ def gateway_endpoint(name: str, namespace: str) -> str:
     return f"ws://{name}-gateway.{namespace}.svc:{SERVICE_PORT}{ENDPOINT_PATH}"
 
 
-def resolve(name: str, namespace: str, generation: int, spec: TranslationPipelineSpec,
-            placement: Placement) -> ResolvedPipeline:
+def resolve(
+    name: str, namespace: str, generation: int, spec: TranslationPipelineSpec, placement: Placement
+) -> ResolvedPipeline:
     """The document every workload reads (ConfigMap key pipeline.json)."""
     return ResolvedPipeline(
-        name=name, namespace=namespace, generation=generation, spec=spec, placement=placement,
-        endpoints=Endpoints(audio=service_url(name, "audio", namespace),
-                            translation=service_url(name, "translation", namespace),
-                            gateway=service_url(name, "gateway", namespace)),
+        name=name,
+        namespace=namespace,
+        generation=generation,
+        spec=spec,
+        placement=placement,
+        endpoints=Endpoints(
+            audio=service_url(name, "audio", namespace),
+            translation=service_url(name, "translation", namespace),
+            gateway=service_url(name, "gateway", namespace),
+        ),
     )
 
 
@@ -116,8 +123,11 @@ def desired_replicas(bounds: ReplicaRange, current: int | None) -> int:
 
 
 def stage_bounds(spec: TranslationPipelineSpec, stage: Stage) -> ReplicaRange:
-    return {"audio": spec.audio.replicas, "translation": spec.translation.replicas,
-            "gateway": spec.gateway.replicas}[stage]
+    return {
+        "audio": spec.audio.replicas,
+        "translation": spec.translation.replicas,
+        "gateway": spec.gateway.replicas,
+    }[stage]
 
 
 # ------------------------------------------------------------------------------------ pod parts
@@ -147,8 +157,13 @@ def pod_security() -> dict[str, Any]:
 
 
 def _http_probe(path: str, *, period: int, failures: int, initial: int = 0) -> dict[str, Any]:
-    return {"httpGet": {"path": path, "port": "http"}, "periodSeconds": period,
-            "failureThreshold": failures, "timeoutSeconds": 3, "initialDelaySeconds": initial}
+    return {
+        "httpGet": {"path": path, "port": "http"},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 3,
+        "initialDelaySeconds": initial,
+    }
 
 
 def _base_env(resolved: ResolvedPipeline, stage: Stage) -> list[dict[str, Any]]:
@@ -183,9 +198,15 @@ def _volumes(name: str, settings: OperatorSettings) -> list[dict[str, Any]]:
     ]
 
 
-def _app_container(resolved: ResolvedPipeline, stage: Stage, image: str, resources: Resources,
-                   settings: OperatorSettings, extra_resources: dict[str, str] | None = None,
-                   startup_failures: int = 60) -> dict[str, Any]:
+def _app_container(
+    resolved: ResolvedPipeline,
+    stage: Stage,
+    image: str,
+    resources: Resources,
+    settings: OperatorSettings,
+    extra_resources: dict[str, str] | None = None,
+    startup_failures: int = 60,
+) -> dict[str, Any]:
     return {
         "name": stage,
         "image": image,
@@ -204,9 +225,15 @@ def _app_container(resolved: ResolvedPipeline, stage: Stage, image: str, resourc
     }
 
 
-def _pod_template(resolved: ResolvedPipeline, stage: Stage, containers: list[dict[str, Any]],
-                  volumes: list[dict[str, Any]], device: Device, settings: OperatorSettings,
-                  grace: int = 30) -> dict[str, Any]:
+def _pod_template(
+    resolved: ResolvedPipeline,
+    stage: Stage,
+    containers: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    device: Device,
+    settings: OperatorSettings,
+    grace: int = 30,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "securityContext": pod_security(),
         "automountServiceAccountToken": False,
@@ -234,13 +261,22 @@ def _pod_template(resolved: ResolvedPipeline, stage: Stage, containers: list[dic
     }
 
 
-def _deployment(resolved: ResolvedPipeline, stage: Stage, template: dict[str, Any], replicas: int,
-                strategy: dict[str, Any], progress_deadline: int = 600) -> dict[str, Any]:
+def _deployment(
+    resolved: ResolvedPipeline,
+    stage: Stage,
+    template: dict[str, Any],
+    replicas: int,
+    strategy: dict[str, Any],
+    progress_deadline: int = 600,
+) -> dict[str, Any]:
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": deployment_name(resolved.name, stage), "namespace": resolved.namespace,
-                     "labels": labels(resolved.name, stage)},
+        "metadata": {
+            "name": deployment_name(resolved.name, stage),
+            "namespace": resolved.namespace,
+            "labels": labels(resolved.name, stage),
+        },
         "spec": {
             "replicas": replicas,
             "revisionHistoryLimit": 3,
@@ -257,35 +293,53 @@ _SURGE = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnav
 
 def build_audio(resolved: ResolvedPipeline, state: BuildState, settings: OperatorSettings) -> dict[str, Any]:
     device = resolved.placement.audioDevice
-    container = _app_container(resolved, "audio", settings.audio_image, settings.audio_resources,
-                               settings, placing.device_resources(device))
-    template = _pod_template(resolved, "audio", [container], _volumes(resolved.name, settings),
-                             device, settings)
+    container = _app_container(
+        resolved,
+        "audio",
+        settings.audio_image,
+        settings.audio_resources,
+        settings,
+        placing.device_resources(device),
+    )
+    template = _pod_template(
+        resolved, "audio", [container], _volumes(resolved.name, settings), device, settings
+    )
     replicas = desired_replicas(resolved.spec.audio.replicas, state.replicas.get("audio"))
     # An accelerator pod cannot surge onto a device that is not free: replace in place instead.
-    strategy = _SURGE if device == "cpu" else {
-        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    strategy = (
+        _SURGE
+        if device == "cpu"
+        else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    )
     return _deployment(resolved, "audio", template, replicas, strategy)
 
 
 def _vllm_container(resolved: ResolvedPipeline, settings: OperatorSettings) -> dict[str, Any]:
     spec = resolved.spec.translation
-    probe_cmd = ["python3", "-c",
-                 f"import urllib.request; urllib.request.urlopen('{VLLM_LOCAL_URL}/health', timeout=3)"]
+    probe_cmd = [
+        "python3",
+        "-c",
+        f"import urllib.request; urllib.request.urlopen('{VLLM_LOCAL_URL}/health', timeout=3)",
+    ]
     return {
         "name": "vllm",
         "image": settings.vllm_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
         "args": [
-            "--model", resolved.placement.translationModel,
-            "--gpu-memory-utilization", f"{spec.gpuMemoryUtilization:g}",
-            "--max-model-len", str(spec.maxModelLen),
+            "--model",
+            resolved.placement.translationModel,
+            "--gpu-memory-utilization",
+            f"{spec.gpuMemoryUtilization:g}",
+            "--max-model-len",
+            str(spec.maxModelLen),
             # Sleep mode lets the autoscaler free GPU memory and swap to a fallback model fast.
             "--enable-sleep-mode",
             # Loopback only: the translation container next to it is its only client.
-            "--host", "127.0.0.1",
-            "--port", str(VLLM_PORT),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(VLLM_PORT),
         ],
         # /sleep and /wake_up are development-mode endpoints in vLLM's OpenAI server.
         "env": [
@@ -295,39 +349,62 @@ def _vllm_container(resolved: ResolvedPipeline, settings: OperatorSettings) -> d
             {"name": "XDG_CACHE_HOME", "value": f"{MODEL_DIR}/cache"},
             {"name": "VLLM_CACHE_ROOT", "value": f"{MODEL_DIR}/vllm"},
         ],
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "models", "mountPath": MODEL_DIR},
-                         {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "models", "mountPath": MODEL_DIR},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
         "resources": settings.vllm_resources.as_k8s({placing.GPU_RESOURCE: "1"}),
         "securityContext": container_security(),
         # The server binds loopback, which kubelet's HTTP probes cannot reach: probe from inside.
-        "startupProbe": {"exec": {"command": probe_cmd}, "periodSeconds": 10, "timeoutSeconds": 5,
-                         "failureThreshold": max(1, settings.vllm_startup_seconds // 10)},
-        "livenessProbe": {"exec": {"command": probe_cmd}, "periodSeconds": 15, "timeoutSeconds": 5,
-                          "failureThreshold": 4},
+        "startupProbe": {
+            "exec": {"command": probe_cmd},
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": max(1, settings.vllm_startup_seconds // 10),
+        },
+        "livenessProbe": {
+            "exec": {"command": probe_cmd},
+            "periodSeconds": 15,
+            "timeoutSeconds": 5,
+            "failureThreshold": 4,
+        },
     }
 
 
-def build_translation(resolved: ResolvedPipeline, state: BuildState,
-                      settings: OperatorSettings) -> dict[str, Any]:
+def build_translation(
+    resolved: ResolvedPipeline, state: BuildState, settings: OperatorSettings
+) -> dict[str, Any]:
     backend = resolved.placement.translationBackend
-    container = _app_container(resolved, "translation", settings.translate_image,
-                               settings.translate_resources, settings)
+    container = _app_container(
+        resolved, "translation", settings.translate_image, settings.translate_resources, settings
+    )
     containers = [container]
     volumes = _volumes(resolved.name, settings)
     ref = resolved.spec.translation.apiKeySecretRef
     if backend == "openai" and ref is not None:
         # A file, not an env copy: the service reads the key where pipeline.json says it is.
-        volumes.append({"name": "translation-key", "secret": {"secretName": ref.name, "items": [
-            {"key": ref.key, "path": ref.key}]}})
-        container["volumeMounts"].append({"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR,
-                                          "readOnly": True})
+        volumes.append(
+            {
+                "name": "translation-key",
+                "secret": {"secretName": ref.name, "items": [{"key": ref.key, "path": ref.key}]},
+            }
+        )
+        container["volumeMounts"].append(
+            {"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR, "readOnly": True}
+        )
     for i, fallback in enumerate(resolved.spec.translation.fallback):  # each key where the settings look
         if fallback.apiKeySecretRef is not None:
             key = fallback.apiKeySecretRef
-            volumes.append({"name": f"fallback-key-{i}", "secret": {"secretName": key.name, "items": [
-                {"key": key.key, "path": key.key}]}})
-            container["volumeMounts"].append({"name": f"fallback-key-{i}", "mountPath": f"{FALLBACK_KEYS_MOUNT_DIR}/{i}",
-                                              "readOnly": True})
+            volumes.append(
+                {
+                    "name": f"fallback-key-{i}",
+                    "secret": {"secretName": key.name, "items": [{"key": key.key, "path": key.key}]},
+                }
+            )
+            container["volumeMounts"].append(
+                {"name": f"fallback-key-{i}", "mountPath": f"{FALLBACK_KEYS_MOUNT_DIR}/{i}", "readOnly": True}
+            )
     device: Device = "cpu"
     strategy = _SURGE
     progress_deadline = 600
@@ -343,10 +420,13 @@ def build_translation(resolved: ResolvedPipeline, state: BuildState,
     return _deployment(resolved, "translation", template, replicas, strategy, progress_deadline)
 
 
-def build_gateway(resolved: ResolvedPipeline, state: BuildState, settings: OperatorSettings) -> dict[str, Any]:
+def build_gateway(
+    resolved: ResolvedPipeline, state: BuildState, settings: OperatorSettings
+) -> dict[str, Any]:
     gw = resolved.spec.gateway
-    container = _app_container(resolved, "gateway", settings.gateway_image, settings.gateway_resources,
-                               settings, startup_failures=24)
+    container = _app_container(
+        resolved, "gateway", settings.gateway_image, settings.gateway_resources, settings, startup_failures=24
+    )
     volumes = _volumes(resolved.name, settings)
     if gw.authSecretRef is not None:
         volumes.append({"name": "auth", "secret": {"secretName": gw.authSecretRef.name}})
@@ -360,8 +440,11 @@ def build_service(resolved: ResolvedPipeline, stage: Stage) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": {"name": deployment_name(resolved.name, stage), "namespace": resolved.namespace,
-                     "labels": labels(resolved.name, stage)},
+        "metadata": {
+            "name": deployment_name(resolved.name, stage),
+            "namespace": resolved.namespace,
+            "labels": labels(resolved.name, stage),
+        },
         "spec": {
             "type": "ClusterIP",
             "selector": selector(resolved.name, stage),
@@ -379,10 +462,16 @@ def build_pdb(resolved: ResolvedPipeline, stage: Stage) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": {"name": deployment_name(resolved.name, stage), "namespace": resolved.namespace,
-                     "labels": labels(resolved.name, stage)},
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(resolved.name, stage)},
-                 "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+        "metadata": {
+            "name": deployment_name(resolved.name, stage),
+            "namespace": resolved.namespace,
+            "labels": labels(resolved.name, stage),
+        },
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector(resolved.name, stage)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
     }
 
 
@@ -395,8 +484,9 @@ def build_podmonitor(resolved: ResolvedPipeline) -> dict[str, Any]:
         "metadata": {"name": resolved.name, "namespace": resolved.namespace, "labels": labels(resolved.name)},
         "spec": {
             "selector": {"matchLabels": {PIPELINE_LABEL: resolved.name}},
-            "podMetricsEndpoints": [{"port": "http", "path": "/metrics",
-                                     "interval": resolved.spec.scaling.interval}],
+            "podMetricsEndpoints": [
+                {"port": "http", "path": "/metrics", "interval": resolved.spec.scaling.interval}
+            ],
         },
     }
 
@@ -422,10 +512,16 @@ def build_network_policies(resolved: ResolvedPipeline, settings: OperatorSetting
         return {
             "apiVersion": "networking.k8s.io/v1",
             "kind": "NetworkPolicy",
-            "metadata": {"name": deployment_name(resolved.name, stage), "namespace": resolved.namespace,
-                         "labels": labels(resolved.name, stage)},
-            "spec": {"podSelector": {"matchLabels": selector(resolved.name, stage)},
-                     "policyTypes": ["Ingress"], "ingress": ingress},
+            "metadata": {
+                "name": deployment_name(resolved.name, stage),
+                "namespace": resolved.namespace,
+                "labels": labels(resolved.name, stage),
+            },
+            "spec": {
+                "podSelector": {"matchLabels": selector(resolved.name, stage)},
+                "policyTypes": ["Ingress"],
+                "ingress": ingress,
+            },
         }
 
     out = []
@@ -442,15 +538,19 @@ def build_configmap(resolved: ResolvedPipeline) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": configmap_name(resolved.name), "namespace": resolved.namespace,
-                     "labels": labels(resolved.name),
-                     "annotations": {CONFIG_HASH_ANNOTATION: config_hash(resolved)}},
+        "metadata": {
+            "name": configmap_name(resolved.name),
+            "namespace": resolved.namespace,
+            "labels": labels(resolved.name),
+            "annotations": {CONFIG_HASH_ANNOTATION: config_hash(resolved)},
+        },
         "data": {CONFIG_KEY: resolved.to_json()},
     }
 
 
-def build_children(resolved: ResolvedPipeline, state: BuildState,
-                   settings: OperatorSettings) -> list[dict[str, Any]]:
+def build_children(
+    resolved: ResolvedPipeline, state: BuildState, settings: OperatorSettings
+) -> list[dict[str, Any]]:
     """Every child, in apply order: the config first (pods mount it), Services before Deployments."""
     return [
         build_configmap(resolved),

@@ -53,8 +53,10 @@ log = logging.getLogger(__name__)
 KOPF_PREFIX = f"kopf.{GROUP}"
 # What operators before the move left on existing pipelines: the ``kopf-managed`` marker alone
 # makes Kopf ignore the whole ``livetranslate.io/`` prefix, so the reconcile removes these once.
-LEGACY_KOPF_ANNOTATIONS = frozenset(f"{GROUP}/{key}" for key in (
-    "kopf-managed", "last-handled-configuration", "reconcile_pipeline", "forget_pipeline"))
+LEGACY_KOPF_ANNOTATIONS = frozenset(
+    f"{GROUP}/{key}"
+    for key in ("kopf-managed", "last-handled-configuration", "reconcile_pipeline", "forget_pipeline")
+)
 MANAGED = {builders.MANAGED_BY_LABEL: builders.MANAGED_BY}
 # Deployment events within this many seconds of the first share one status refresh.
 STATUS_COALESCE_SECONDS = 0.2
@@ -82,7 +84,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     # out of the prefix of the annotations users and the autoscaler set (see KOPF_PREFIX).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=KOPF_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=KOPF_PREFIX, key="last-handled-configuration")
+        prefix=KOPF_PREFIX, key="last-handled-configuration"
+    )
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
@@ -93,10 +96,15 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf
     kube: KubeClient | None = memo.get("kube")
     registry: CollectorRegistry = memo.get("registry") or CollectorRegistry()
     state = memo.state = OperatorState(
-        kube=kube or await KubeClient.connect(), settings=op_settings, registry=registry,
-        reconcile_seconds=metrics.reconcile_seconds(registry), stage_gauges=metrics.stage_replicas(registry),
-        scaling_active_gauge=metrics.scaling_active(registry), scaling_decisions=metrics.scaling_decisions(registry),
-        owns_kube=kube is None)
+        kube=kube or await KubeClient.connect(),
+        settings=op_settings,
+        registry=registry,
+        reconcile_seconds=metrics.reconcile_seconds(registry),
+        stage_gauges=metrics.stage_replicas(registry),
+        scaling_active_gauge=metrics.scaling_active(registry),
+        scaling_decisions=metrics.scaling_decisions(registry),
+        owns_kube=kube is None,
+    )
     if op_settings.metrics_port:
         start_http_server(op_settings.metrics_port, registry=registry)
         logger.info("serving /metrics on port %d", op_settings.metrics_port)
@@ -137,8 +145,12 @@ def cluster_from(index: Mapping[str, Iterable[dict[str, bool]]]) -> placement.Cl
 # ------------------------------------------------------------------------------------ reconcile
 
 
-async def reconcile(body: Mapping[str, Any], state: OperatorState, cluster: placement.ClusterDevices,
-                    logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+async def reconcile(
+    body: Mapping[str, Any],
+    state: OperatorState,
+    cluster: placement.ClusterDevices,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> dict[str, Any]:
     """Bring one pipeline's children to its spec; returns the status written.
 
     Raises ``InvalidSpec`` (after writing status Failed and an Event, with no child touched) and
@@ -164,8 +176,12 @@ async def reconcile(body: Mapping[str, Any], state: OperatorState, cluster: plac
             raise
 
 
-async def _reconcile(body: Mapping[str, Any], state: OperatorState, cluster: placement.ClusterDevices,
-                     logger: logging.Logger | logging.LoggerAdapter[Any]) -> dict[str, Any]:
+async def _reconcile(
+    body: Mapping[str, Any],
+    state: OperatorState,
+    cluster: placement.ClusterDevices,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> dict[str, Any]:
     kube: KubeClient = state.kube
     settings: OperatorSettings = state.settings
     meta = body["metadata"]
@@ -180,17 +196,26 @@ async def _reconcile(body: Mapping[str, Any], state: OperatorState, cluster: pla
         except pydantic.ValidationError as e:
             raise InvalidSpec(first_error_field(e), describe_validation_error(e)) from e
         annotations = meta.get("annotations") or {}
-        placed = placement.place(spec, cluster,
-                                 active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION),
-                                 audio_device_annotation=annotations.get(builders.AUDIO_DEVICE_ANNOTATION))
+        placed = placement.place(
+            spec,
+            cluster,
+            active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION),
+            audio_device_annotation=annotations.get(builders.AUDIO_DEVICE_ANNOTATION),
+        )
         problems = speech_problems(spec.sourceLanguage) + backend_problems(
-            placed.translationBackend, spec.sourceLanguage, list(spec.targetLanguages),
-            endpoint=spec.translation.endpoint)
+            placed.translationBackend,
+            spec.sourceLanguage,
+            list(spec.targetLanguages),
+            endpoint=spec.translation.endpoint,
+        )
         if problems:
             raise InvalidSpec(problems[0].split(":", 1)[0], "; ".join(problems))
     except InvalidSpec as e:
-        message = (f"{e.message} (existing children, if any, keep running the last valid spec)"
-                   if previous.get("phase") not in (None, "Pending", "Failed") else e.message)
+        message = (
+            f"{e.message} (existing children, if any, keep running the last valid spec)"
+            if previous.get("phase") not in (None, "Pending", "Failed")
+            else e.message
+        )
         state.refused[(namespace, name)] = generation
         new = status.failed_status(message, e.field, generation, previous)
         await _patch_status(kube, namespace, name, new)
@@ -200,13 +225,16 @@ async def _reconcile(body: Mapping[str, Any], state: OperatorState, cluster: pla
 
     legacy = sorted(LEGACY_KOPF_ANNOTATIONS & set(annotations))
     if legacy:
-        await kube.patch(API_VERSION, KIND, namespace, name, {"metadata": {"annotations": dict.fromkeys(legacy)}})
+        await kube.patch(
+            API_VERSION, KIND, namespace, name, {"metadata": {"annotations": dict.fromkeys(legacy)}}
+        )
         logger.info("removed the annotations of the operator's old Kopf storage: %s", ", ".join(legacy))
     resolved = builders.resolve(name, namespace, generation, spec, placed)
     existing = await _deployments(kube, namespace, name)
     current: dict[Stage, int | None] = {
         stage: None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
-        for stage, dep in existing.items()}
+        for stage, dep in existing.items()
+    }
     build = builders.BuildState(replicas=current)
     # No Deployment yet: the children are most likely all missing, so create first (a child
     # that does exist, from a reconcile cut short, answers 409 and is patched).
@@ -232,13 +260,19 @@ async def _reconcile(body: Mapping[str, Any], state: OperatorState, cluster: pla
     await _announce_placement(kube, owner, previous, resolved)
     refreshed = await refresh_status(state, namespace, name)
     state.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - started)
-    logger.info("reconciled: audio on %s, translation %s/%s, phase %s", placed.audioDevice,
-                placed.translationBackend, placed.translationModel, (refreshed or {}).get("phase"))
+    logger.info(
+        "reconciled: audio on %s, translation %s/%s, phase %s",
+        placed.audioDevice,
+        placed.translationBackend,
+        placed.translationModel,
+        (refreshed or {}).get("phase"),
+    )
     return refreshed or {}
 
 
-def _export_stage_gauges(state: OperatorState, namespace: str, name: str, resolved: ResolvedPipeline,
-                         new: Mapping[str, Any]) -> None:
+def _export_stage_gauges(
+    state: OperatorState, namespace: str, name: str, resolved: ResolvedPipeline, new: Mapping[str, Any]
+) -> None:
     """Desired/ready/max replicas per stage for the alerts (no ready replicas, pinned at max)."""
     desired, ready, maximum = state.stage_gauges
     for stage in builders.STAGES:
@@ -250,17 +284,29 @@ def _export_stage_gauges(state: OperatorState, namespace: str, name: str, resolv
         maximum.labels(**labels).set(bounds.max)
 
 
-async def _network_policies(kube: KubeClient, resolved: ResolvedPipeline, settings: OperatorSettings,
-                            apply: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+async def _network_policies(
+    kube: KubeClient,
+    resolved: ResolvedPipeline,
+    settings: OperatorSettings,
+    apply: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
     """Apply the pipeline's NetworkPolicies, or, with them turned off, remove the ones it made."""
     if settings.network_policies:
         await asyncio.gather(*(apply(m) for m in builders.build_network_policies(resolved, settings)))
         return
-    made = await kube.list("networking.k8s.io/v1", "NetworkPolicy", resolved.namespace,
-                           label_selector=f"{builders.PIPELINE_LABEL}={resolved.name},"
-                                          f"{builders.MANAGED_BY_LABEL}={builders.MANAGED_BY}")
-    await asyncio.gather(*(kube.delete("networking.k8s.io/v1", "NetworkPolicy", resolved.namespace,
-                                       p["metadata"]["name"]) for p in made))
+    made = await kube.list(
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+        resolved.namespace,
+        label_selector=f"{builders.PIPELINE_LABEL}={resolved.name},"
+        f"{builders.MANAGED_BY_LABEL}={builders.MANAGED_BY}",
+    )
+    await asyncio.gather(
+        *(
+            kube.delete("networking.k8s.io/v1", "NetworkPolicy", resolved.namespace, p["metadata"]["name"])
+            for p in made
+        )
+    )
 
 
 PODMONITOR_RECHECK_S = 300.0
@@ -284,16 +330,18 @@ async def _serves_podmonitors(state: OperatorState) -> bool:
 async def _deployments(kube: KubeClient, namespace: str, name: str) -> dict[Stage, dict[str, Any] | None]:
     """The pipeline's Deployments by stage (one list call, not one get per stage)."""
     found: dict[Stage, dict[str, Any] | None] = dict.fromkeys(builders.STAGES)
-    for dep in await kube.list("apps/v1", "Deployment", namespace,
-                               label_selector=f"{builders.PIPELINE_LABEL}={name}"):
+    for dep in await kube.list(
+        "apps/v1", "Deployment", namespace, label_selector=f"{builders.PIPELINE_LABEL}={name}"
+    ):
         stage = (dep["metadata"].get("labels") or {}).get(builders.STAGE_LABEL)
         if stage in found and dep["metadata"]["name"] == builders.deployment_name(name, stage):
             found[stage] = dep
     return found
 
 
-async def refresh_status(state: OperatorState, namespace: str, name: str, *,
-                         pending: set[tuple[str, str]] | None = None) -> dict[str, Any] | None:
+async def refresh_status(
+    state: OperatorState, namespace: str, name: str, *, pending: set[tuple[str, str]] | None = None
+) -> dict[str, Any] | None:
     """Recompute a pipeline's status from fresh reads and write it if it changed.
 
     Serialized per pipeline and read fresh inside the lock: the reconcile and the Deployment
@@ -319,23 +367,29 @@ async def refresh_status(state: OperatorState, namespace: str, name: str, *,
             return previous  # the current spec was refused: its Failed status stands
         if generation > resolved.generation:
             return None  # a newer spec is being reconciled; that reconcile writes status
-        observed = {stage: status.StageObservation.from_deployment(dep)
-                    for stage, dep in (await _deployments(kube, namespace, name)).items()}
+        observed = {
+            stage: status.StageObservation.from_deployment(dep)
+            for stage, dep in (await _deployments(kube, namespace, name)).items()
+        }
         new = status.compute_status(resolved, observed, previous)
         _export_stage_gauges(state, namespace, name, resolved, new)
-        if status.status_changed(previous, {k: v for k, v in new.items() if k != "conditions"}) or \
-                status.conditions_changed(previous.get("conditions") or [], new["conditions"]):
+        if status.status_changed(
+            previous, {k: v for k, v in new.items() if k != "conditions"}
+        ) or status.conditions_changed(previous.get("conditions") or [], new["conditions"]):
             await _patch_status(kube, namespace, name, new)
         return new
 
 
-async def _announce_placement(kube: KubeClient, owner: Mapping[str, Any], previous: Mapping[str, Any],
-                              resolved: ResolvedPipeline) -> None:
+async def _announce_placement(
+    kube: KubeClient, owner: Mapping[str, Any], previous: Mapping[str, Any], resolved: ResolvedPipeline
+) -> None:
     """An Event whenever the audio device or the translation backend/model changes."""
     p = resolved.placement
-    before = ((previous.get("audio") or {}).get("device"),
-              (previous.get("translation") or {}).get("backend"),
-              (previous.get("translation") or {}).get("model"))
+    before = (
+        (previous.get("audio") or {}).get("device"),
+        (previous.get("translation") or {}).get("backend"),
+        (previous.get("translation") or {}).get("model"),
+    )
     after = (p.audioDevice, p.translationBackend, p.translationModel)
     if before == after:
         return
@@ -347,7 +401,9 @@ async def _announce_placement(kube: KubeClient, owner: Mapping[str, Any], previo
     if before[0] != after[0]:
         changes.append(f"audio {before[0]} -> {after[0]} ({p.audioReason})")
     if before[1:] != after[1:]:
-        changes.append(f"translation {before[1]}/{before[2]} -> {after[1]}/{after[2]} ({p.translationReason})")
+        changes.append(
+            f"translation {before[1]}/{before[2]} -> {after[1]}/{after[2]} ({p.translationReason})"
+        )
     await kube.post_event(owner, "PlacementChanged", "; ".join(changes))
 
 
@@ -370,8 +426,13 @@ def _api_retry(e: ApiError, settings: OperatorSettings, retry: int = 0) -> kopf.
 async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Create, update and resume are one idempotent reconcile (a restart mid-way converges)."""
     node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
-    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(body.metadata),
-           "spec": dict(body.spec), "status": dict(body.status)}
+    raw = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace):
         try:
             await reconcile(raw, memo.state, cluster_from(node_index), logger)
@@ -403,8 +464,9 @@ async def forget_pipeline(name: str, namespace: str | None, memo: kopf.Memo, **_
 
 
 @kopf.on.event("v1", "nodes")
-async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, logger: kopf.Logger,
-                       **kwargs: Any) -> None:
+async def node_changed(
+    name: str, body: kopf.Body, type: str, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any
+) -> None:
     """Re-place every pipeline when what the cluster offers changes (an NPU node joins or leaves)."""
     node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
     pipeline_index: kopf.Index[tuple[str, str], str] = kwargs["pipeline_index"]
@@ -419,9 +481,14 @@ async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, l
         facts.nodes[name] = placement.node_devices(body)
     cluster = placement.summarize(facts.nodes.values())
     last, facts.cluster = facts.cluster, cluster
-    if last is None or (last.npu_nodes > 0, last.gpu_nodes > 0) == (cluster.npu_nodes > 0, cluster.gpu_nodes > 0):
+    if last is None or (last.npu_nodes > 0, last.gpu_nodes > 0) == (
+        cluster.npu_nodes > 0,
+        cluster.gpu_nodes > 0,
+    ):
         return
-    logger.info("cluster devices changed: %s -> %s; re-placing pipelines", last.describe(), cluster.describe())
+    logger.info(
+        "cluster devices changed: %s -> %s; re-placing pipelines", last.describe(), cluster.describe()
+    )
     for namespace, pipeline_name in list(pipeline_index.keys()):
         ref = {"metadata": {"namespace": namespace, "name": pipeline_name}}
         with log_context(pipeline=pipeline_name, namespace=namespace):
@@ -430,13 +497,20 @@ async def node_changed(name: str, body: kopf.Body, type: str, memo: kopf.Memo, l
             except InvalidSpec:
                 pass  # status and Event already written
             except ApiError as e:
-                logger.warning("re-placing %s/%s failed, the next change retries: %s",
-                               namespace, pipeline_name, e)
+                logger.warning(
+                    "re-placing %s/%s failed, the next change retries: %s", namespace, pipeline_name, e
+                )
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-async def deployment_changed(labels: Mapping[str, str], namespace: str | None, memo: kopf.Memo,
-                             logger: kopf.Logger, body: kopf.Body, **kwargs: Any) -> None:
+async def deployment_changed(
+    labels: Mapping[str, str],
+    namespace: str | None,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    body: kopf.Body,
+    **kwargs: Any,
+) -> None:
     """Roll readiness up into the owner's status (watch, not poll: no sleeping in handlers)."""
     name = labels.get(builders.PIPELINE_LABEL)
     if not name or not namespace:

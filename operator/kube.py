@@ -31,9 +31,16 @@ log = logging.getLogger(__name__)
 
 # apiVersion -> URL prefix; kind -> plural (the resources the operator and autoscaler touch).
 PLURALS = {
-    "ConfigMap": "configmaps", "Service": "services", "Deployment": "deployments", "Event": "events",
-    "Secret": "secrets", "Node": "nodes", "Pod": "pods", "TranslationPipeline": "translationpipelines",
-    "PodDisruptionBudget": "poddisruptionbudgets", "PodMonitor": "podmonitors",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Deployment": "deployments",
+    "Event": "events",
+    "Secret": "secrets",
+    "Node": "nodes",
+    "Pod": "pods",
+    "TranslationPipeline": "translationpipelines",
+    "PodDisruptionBudget": "poddisruptionbudgets",
+    "PodMonitor": "podmonitors",
     "NetworkPolicy": "networkpolicies",
 }
 CLUSTER_SCOPED = {"Node"}
@@ -79,8 +86,13 @@ def _retry_after(header: str | None, body: Any) -> float | None:
     return None
 
 
-def resource_url(api_version: str, kind: str, namespace: str | None = None, name: str | None = None,
-                 subresource: str | None = None) -> str:
+def resource_url(
+    api_version: str,
+    kind: str,
+    namespace: str | None = None,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
     prefix = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
     parts = [prefix]
     if namespace and kind not in CLUSTER_SCOPED:
@@ -95,8 +107,14 @@ def resource_url(api_version: str, kind: str, namespace: str | None = None, name
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     meta = owner["metadata"]
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
-            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+    return {
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
 
 
 def _ssl_context(info: kopf.ConnectionInfo, tmpdir: str) -> ssl.SSLContext | bool:
@@ -132,9 +150,14 @@ def _ssl_context(info: kopf.ConnectionInfo, tmpdir: str) -> ssl.SSLContext | boo
 class KubeClient:
     """One authenticated session to the API server. Create with ``await KubeClient.connect()``."""
 
-    def __init__(self, server: str, session: aiohttp.ClientSession, default_namespace: str | None = None,
-                 tmpdir: tempfile.TemporaryDirectory[str] | None = None,
-                 retry_backoffs: Sequence[float] = RETRY_BACKOFFS) -> None:
+    def __init__(
+        self,
+        server: str,
+        session: aiohttp.ClientSession,
+        default_namespace: str | None = None,
+        tmpdir: tempfile.TemporaryDirectory[str] | None = None,
+        retry_backoffs: Sequence[float] = RETRY_BACKOFFS,
+    ) -> None:
         self.server = server.rstrip("/")
         self.session = session
         self.default_namespace = default_namespace
@@ -142,25 +165,33 @@ class KubeClient:
         self.retry_backoffs = tuple(retry_backoffs)
 
     @classmethod
-    async def connect(cls, info: kopf.ConnectionInfo | None = None, *,
-                      user_agent: str = "livetranslate-operator") -> KubeClient:
+    async def connect(
+        cls, info: kopf.ConnectionInfo | None = None, *, user_agent: str = "livetranslate-operator"
+    ) -> KubeClient:
         if info is None:
             settings = kopf.OperatorSettings()
             info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-                settings=settings)
+                settings=settings
+            )
         if info is None:
             raise kopf.LoginError("no service account and no kubeconfig: cannot reach a cluster")
         tmpdir = tempfile.TemporaryDirectory(prefix="lt-kube-")
         headers = {"Accept": "application/json", "User-Agent": user_agent}
         headers.update(info.as_http_headers())
         connector = aiohttp.TCPConnector(ssl=_ssl_context(info, tmpdir.name), limit=64)
-        session = aiohttp.ClientSession(headers=headers, connector=connector, trust_env=info.trust_env,
-                                        timeout=aiohttp.ClientTimeout(total=30))
+        session = aiohttp.ClientSession(
+            headers=headers,
+            connector=connector,
+            trust_env=info.trust_env,
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
         return cls(info.server, session, info.default_namespace, tmpdir)
 
     def _relogin(self) -> bool:
         settings = kopf.OperatorSettings()
-        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(settings=settings)
+        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
+            settings=settings
+        )
         if info is None:
             return False
         fresh = info.as_http_headers()
@@ -174,14 +205,23 @@ class KubeClient:
         if self._tmpdir is not None:
             self._tmpdir.cleanup()
 
-    async def request(self, method: str, path: str, *, json: Any = None, params: Mapping[str, str] | None = None,
-                      content_type: str | None = None, _retried: bool = False) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        params: Mapping[str, str] | None = None,
+        content_type: str | None = None,
+        _retried: bool = False,
+    ) -> Any:
         """One API call; transient failures are retried a bounded number of times with jittered
         backoff (see RETRY_STATUSES), then raised as ApiError for the caller's slower retry."""
         for attempt, backoff in enumerate((*self.retry_backoffs, None)):
             try:
-                return await self._request_once(method, path, json=json, params=params,
-                                                content_type=content_type, _retried=_retried)
+                return await self._request_once(
+                    method, path, json=json, params=params, content_type=content_type, _retried=_retried
+                )
             except ApiError as e:
                 delay = self._retry_delay(method, e, backoff, _has_precondition(json))
                 if delay is None:
@@ -202,8 +242,9 @@ class KubeClient:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
-    def _retry_delay(method: str, error: ApiError, backoff: float | None,
-                     precondition: bool = False) -> float | None:
+    def _retry_delay(
+        method: str, error: ApiError, backoff: float | None, precondition: bool = False
+    ) -> float | None:
         """Seconds to wait before sending the request again, or None to give up now. A patch that
         carries ``metadata.resourceVersion`` is a precondition: its 409 means the object moved on,
         and the same body can never succeed, so the caller (who must re-read) hears of it at once."""
@@ -223,15 +264,25 @@ class KubeClient:
                 delay = max(delay, retry_after)
         return delay
 
-    async def _request_once(self, method: str, path: str, *, json: Any, params: Mapping[str, str] | None,
-                            content_type: str | None, _retried: bool) -> Any:
+    async def _request_once(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any,
+        params: Mapping[str, str] | None,
+        content_type: str | None,
+        _retried: bool,
+    ) -> Any:
         headers = {"Content-Type": content_type} if content_type else None
-        async with self.session.request(method, self.server + path, json=json, params=params,
-                                        headers=headers) as resp:
+        async with self.session.request(
+            method, self.server + path, json=json, params=params, headers=headers
+        ) as resp:
             if resp.status == 401 and not _retried and self._relogin():
                 # Projected service-account tokens rotate: read the credentials again, once.
-                return await self._request_once(method, path, json=json, params=params,
-                                                content_type=content_type, _retried=True)
+                return await self._request_once(
+                    method, path, json=json, params=params, content_type=content_type, _retried=True
+                )
             if resp.status >= 400:
                 try:
                     body = await resp.json(content_type=None)
@@ -256,17 +307,22 @@ class KubeClient:
 
     # ------------------------------------------------------------------------------ plain verbs
 
-    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    async def get(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = await self.request("GET", resource_url(api_version, kind, namespace, name))
+            result: dict[str, Any] = await self.request(
+                "GET", resource_url(api_version, kind, namespace, name)
+            )
             return result
         except ApiError as e:
             if e.status == 404:
                 return None
             raise
 
-    async def list(self, api_version: str, kind: str, namespace: str | None = None,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else None
         result = await self.request("GET", resource_url(api_version, kind, namespace), params=params)
         items: list[dict[str, Any]] = result.get("items") or []
@@ -275,33 +331,57 @@ class KubeClient:
     async def create(self, manifest: Mapping[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         result: dict[str, Any] = await self.request(
-            "POST", resource_url(manifest["apiVersion"], manifest["kind"], meta.get("namespace")), json=manifest)
+            "POST",
+            resource_url(manifest["apiVersion"], manifest["kind"], meta.get("namespace")),
+            json=manifest,
+        )
         return result
 
-    async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
-                    patch: Mapping[str, Any], *, subresource: str | None = None) -> dict[str, Any]:
+    async def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+        *,
+        subresource: str | None = None,
+    ) -> dict[str, Any]:
         """RFC 7386 merge patch (lists replaced whole, which is what desired-state apply wants)."""
         result: dict[str, Any] = await self.request(
-            "PATCH", resource_url(api_version, kind, namespace, name, subresource), json=patch,
-            content_type="application/merge-patch+json")
+            "PATCH",
+            resource_url(api_version, kind, namespace, name, subresource),
+            json=patch,
+            content_type="application/merge-patch+json",
+        )
         return result
 
-    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                           status: Mapping[str, Any]) -> dict[str, Any]:
+    async def patch_status(
+        self, api_version: str, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
         return await self.patch(api_version, kind, namespace, name, {"status": status}, subresource="status")
 
     async def delete(self, api_version: str, kind: str, namespace: str | None, name: str) -> None:
         try:
-            await self.request("DELETE", resource_url(api_version, kind, namespace, name),
-                               json={"propagationPolicy": "Background"})
+            await self.request(
+                "DELETE",
+                resource_url(api_version, kind, namespace, name),
+                json={"propagationPolicy": "Background"},
+            )
         except ApiError as e:
             if e.status != 404:
                 raise
 
     # ------------------------------------------------------------------------ idempotent apply
 
-    async def apply(self, manifest: Mapping[str, Any], owner: Mapping[str, Any] | None = None, *,
-                    keep_on_update: Sequence[tuple[str, ...]] = (), likely_new: bool = False) -> dict[str, Any]:
+    async def apply(
+        self,
+        manifest: Mapping[str, Any],
+        owner: Mapping[str, Any] | None = None,
+        *,
+        keep_on_update: Sequence[tuple[str, ...]] = (),
+        likely_new: bool = False,
+    ) -> dict[str, Any]:
         """Create, or merge-patch to ``manifest``; adopt it under ``owner``.
 
         Read first: most applies (updates, resumes, resync sweeps) find the object there and
@@ -315,7 +395,12 @@ class KubeClient:
         """
         desired = _with_owner(manifest, owner)
         meta = desired["metadata"]
-        api_version, kind, namespace, name = desired["apiVersion"], desired["kind"], meta.get("namespace"), meta["name"]
+        api_version, kind, namespace, name = (
+            desired["apiVersion"],
+            desired["kind"],
+            meta.get("namespace"),
+            meta["name"],
+        )
         existing = None if likely_new else await self.get(api_version, kind, namespace, name)
         if existing is None:
             try:
@@ -327,7 +412,8 @@ class KubeClient:
         patch = _without(desired, keep_on_update)
         if existing is not None:
             patch["metadata"]["ownerReferences"] = _merged_owners(
-                existing.get("metadata", {}).get("ownerReferences") or [], meta.get("ownerReferences") or [])
+                existing.get("metadata", {}).get("ownerReferences") or [], meta.get("ownerReferences") or []
+            )
             _drop_extra_keys(patch, existing, OWNED_MAPS)
             if _contains(existing, patch):
                 return existing  # nothing to change: no write, no new resourceVersion, no rollout
@@ -335,21 +421,41 @@ class KubeClient:
 
     # ----------------------------------------------------------------------------------- events
 
-    async def post_event(self, involved: Mapping[str, Any], reason: str, message: str, *,
-                         type_: str = "Normal", component: str = "livetranslate-operator") -> None:
+    async def post_event(
+        self,
+        involved: Mapping[str, Any],
+        reason: str,
+        message: str,
+        *,
+        type_: str = "Normal",
+        component: str = "livetranslate-operator",
+    ) -> None:
         """A core/v1 Event on ``involved`` (what ``kubectl describe`` shows). Never raises."""
         meta = involved.get("metadata", {})
         namespace = meta.get("namespace") or self.default_namespace or "default"
         now = datetime.datetime.now(tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         event = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"name": f"{meta.get('name', 'unknown')}.{uuid.uuid4().hex[:12]}", "namespace": namespace},
-            "involvedObject": {"apiVersion": involved.get("apiVersion"), "kind": involved.get("kind"),
-                               "name": meta.get("name"), "namespace": meta.get("namespace"),
-                               "uid": meta.get("uid")},
-            "reason": reason, "message": message[:1024], "type": type_,
-            "source": {"component": component}, "reportingComponent": component,
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name', 'unknown')}.{uuid.uuid4().hex[:12]}",
+                "namespace": namespace,
+            },
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion"),
+                "kind": involved.get("kind"),
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "uid": meta.get("uid"),
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": component},
+            "reportingComponent": component,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
             await self.request("POST", resource_url("v1", "Event", namespace), json=event)
@@ -375,13 +481,16 @@ def _merged_owners(existing: list[dict[str, Any]], ours: list[dict[str, Any]]) -
 # unreachable or unprotected) would survive every reconcile. The API server defaults nothing
 # inside these, so the keys the manifest lacks are removed (null in the merge patch).
 OWNED_MAPS: tuple[tuple[str, ...], ...] = (
-    ("spec", "selector"), ("spec", "selector", "matchLabels"),
-    ("spec", "podSelector"), ("spec", "podSelector", "matchLabels"),
+    ("spec", "selector"),
+    ("spec", "selector", "matchLabels"),
+    ("spec", "podSelector"),
+    ("spec", "podSelector", "matchLabels"),
 )
 
 
-def _drop_extra_keys(patch: dict[str, Any], existing: Mapping[str, Any],
-                     paths: Sequence[tuple[str, ...]]) -> None:
+def _drop_extra_keys(
+    patch: dict[str, Any], existing: Mapping[str, Any], paths: Sequence[tuple[str, ...]]
+) -> None:
     """Set to None, in ``patch``, each key of an owned map that ``existing`` has and ``patch`` lacks."""
     for path in paths:
         have: Any = existing
@@ -421,6 +530,7 @@ def _contains(existing: Any, wanted: Any) -> bool:
     if isinstance(wanted, dict):
         if not isinstance(existing, dict):
             return False
-        return all(_contains(existing.get(k), v) if v is not None else k not in existing
-                   for k, v in wanted.items())
+        return all(
+            _contains(existing.get(k), v) if v is not None else k not in existing for k, v in wanted.items()
+        )
     return bool(existing == wanted)

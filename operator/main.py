@@ -62,8 +62,14 @@ def kopf_settings(op: OperatorSettings | None = None) -> kopf.OperatorSettings:
     return settings
 
 
-async def run(*, settings: OperatorSettings | None = None, stop_flag: Any = None, ready_flag: Any = None,
-              memo: kopf.Memo | None = None, liveness_endpoint: str | None = None) -> None:
+async def run(
+    *,
+    settings: OperatorSettings | None = None,
+    stop_flag: Any = None,
+    ready_flag: Any = None,
+    memo: kopf.Memo | None = None,
+    liveness_endpoint: str | None = None,
+) -> None:
     """Run the operator until ``stop_flag`` is set (an asyncio.Event or Future)."""
     register_handlers()
     settings = settings or OperatorSettings()
@@ -86,10 +92,16 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="livetranslate operator",
         description="Run the LiveTranslate operator: it turns each TranslationPipeline into its "
-                    "Deployments, Services and config, places them on NPU, GPU or CPU nodes, and "
-                    "scales them. Uses the current kubeconfig, or the pod's service account in a cluster.")
-    parser.add_argument("-n", "--namespace", action="append", default=None,
-                        help="namespace to serve (repeatable); default: LT_OPERATOR_NAMESPACES or all")
+        "Deployments, Services and config, places them on NPU, GPU or CPU nodes, and "
+        "scales them. Uses the current kubeconfig, or the pod's service account in a cluster.",
+    )
+    parser.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=None,
+        help="namespace to serve (repeatable); default: LT_OPERATOR_NAMESPACES or all",
+    )
     parser.add_argument("--metrics-port", type=int, default=None, help="port of /metrics (0 = off)")
     parser.add_argument("--log-level", default=None, help="debug, info, warning or error (default info)")
     args = parser.parse_args(argv)

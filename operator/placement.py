@@ -91,9 +91,13 @@ def active_model(spec: TranslationPipelineSpec, annotation: str | None) -> str:
     return annotation if annotation in allowed else spec.translation.model
 
 
-def place(spec: TranslationPipelineSpec, cluster: ClusterDevices, *,
-          active_model_annotation: str | None = None,
-          audio_device_annotation: str | None = None) -> Placement:
+def place(
+    spec: TranslationPipelineSpec,
+    cluster: ClusterDevices,
+    *,
+    active_model_annotation: str | None = None,
+    audio_device_annotation: str | None = None,
+) -> Placement:
     """Choose the audio device (first of spec.audio.devices the cluster has) and the backend.
 
     ``audio_device_annotation`` is the autoscaler's move along spec.audio.devices (an exhausted
@@ -103,20 +107,29 @@ def place(spec: TranslationPipelineSpec, cluster: ClusterDevices, *,
     chosen: Device | None = next((d for d in spec.audio.devices if cluster.has(d)), None)
     devices = list(spec.audio.devices)
     moved = next((d for d in devices if d == audio_device_annotation), None)
-    if (chosen is not None and moved is not None and cluster.has(moved)
-            and devices.index(moved) > devices.index(chosen)):
-        audio_reason = (f"{moved}: moved along spec.audio.devices by the autoscaler "
-                        f"(no allocatable {chosen} left)")
+    if (
+        chosen is not None
+        and moved is not None
+        and cluster.has(moved)
+        and devices.index(moved) > devices.index(chosen)
+    ):
+        audio_reason = (
+            f"{moved}: moved along spec.audio.devices by the autoscaler (no allocatable {chosen} left)"
+        )
         chosen = moved
     elif chosen is None:
         # Every preferred accelerator is missing and cpu was not listed: schedule on the first
         # preference anyway (pods stay Pending until such a node joins) and say so.
         chosen = spec.audio.devices[0]
-        audio_reason = (f"none of spec.audio.devices {list(spec.audio.devices)} is in the cluster "
-                        f"({cluster.describe()}); waiting for a {chosen} node")
+        audio_reason = (
+            f"none of spec.audio.devices {list(spec.audio.devices)} is in the cluster "
+            f"({cluster.describe()}); waiting for a {chosen} node"
+        )
     elif skipped:
-        audio_reason = (f"{chosen}: first available of {list(spec.audio.devices)}; "
-                        f"no node offers {', '.join(skipped)} ({cluster.describe()})")
+        audio_reason = (
+            f"{chosen}: first available of {list(spec.audio.devices)}; "
+            f"no node offers {', '.join(skipped)} ({cluster.describe()})"
+        )
     elif chosen == "cpu":
         audio_reason = "cpu: first preference in spec.audio.devices"
     else:
@@ -145,8 +158,13 @@ def place(spec: TranslationPipelineSpec, cluster: ClusterDevices, *,
         model = spec.translation.model
     else:
         model = APERTIUM_MODEL
-    return Placement(audioDevice=chosen, audioReason=audio_reason, translationBackend=backend,
-                     translationModel=model, translationReason=reason)
+    return Placement(
+        audioDevice=chosen,
+        audioReason=audio_reason,
+        translationBackend=backend,
+        translationModel=model,
+        translationReason=reason,
+    )
 
 
 def scheduling(device: Device) -> dict[str, Any]:
@@ -160,20 +178,36 @@ def scheduling(device: Device) -> dict[str, Any]:
     if label is not None:
         resource = DEVICE_RESOURCES[device]
         return {
-            "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-                "weight": 100,
-                "preference": {"matchExpressions": [
-                    {"key": label, "operator": "In", "values": ["true"]}]},
-            }]}},
+            "affinity": {
+                "nodeAffinity": {
+                    "preferredDuringSchedulingIgnoredDuringExecution": [
+                        {
+                            "weight": 100,
+                            "preference": {
+                                "matchExpressions": [{"key": label, "operator": "In", "values": ["true"]}]
+                            },
+                        }
+                    ]
+                }
+            },
             "tolerations": [{"key": resource, "operator": "Exists", "effect": "NoSchedule"}],
         }
     return {
-        "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-            "weight": 50,
-            "preference": {"matchExpressions": [
-                {"key": GPU_NODE_LABEL, "operator": "DoesNotExist"},
-                {"key": NPU_NODE_LABEL, "operator": "DoesNotExist"}]},
-        }]}},
+        "affinity": {
+            "nodeAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 50,
+                        "preference": {
+                            "matchExpressions": [
+                                {"key": GPU_NODE_LABEL, "operator": "DoesNotExist"},
+                                {"key": NPU_NODE_LABEL, "operator": "DoesNotExist"},
+                            ]
+                        },
+                    }
+                ]
+            }
+        },
         "tolerations": [],
     }
 

@@ -41,6 +41,12 @@ MONITOR_RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
 ]
 
 
-def allows(group: str, resource: str, verb: str,
-           rules: Iterable[tuple[Iterable[str], Iterable[str], Iterable[str]]] = RULES) -> bool:
-    return any(group in groups and resource in resources and verb in verbs for groups, resources, verbs in rules)
+def allows(
+    group: str,
+    resource: str,
+    verb: str,
+    rules: Iterable[tuple[Iterable[str], Iterable[str], Iterable[str]]] = RULES,
+) -> bool:
+    return any(
+        group in groups and resource in resources and verb in verbs for groups, resources, verbs in rules
+    )

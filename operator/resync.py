@@ -42,7 +42,9 @@ def lag_key(pipeline: Mapping[str, Any]) -> tuple[str, int, bool] | None:
     return None if observed == generation else (meta.get("uid", ""), generation, False)
 
 
-async def resync_once(kube: KubeClient, namespaces: list[str], lagging: dict[str, tuple[str, int, bool]]) -> int:
+async def resync_once(
+    kube: KubeClient, namespaces: list[str], lagging: dict[str, tuple[str, int, bool]]
+) -> int:
     """Nudge every pipeline that has been lagging, unchanged, since the previous sweep (the
     annotation is an event: the active replica, with peering, processes the pipeline again,
     finalizers and daemons included). Returns how many were nudged."""
@@ -61,11 +63,18 @@ async def resync_once(kube: KubeClient, namespaces: list[str], lagging: dict[str
         if lagging.get(ref) != key:
             continue  # first seen lagging: give the normal path one interval
         with log_context(pipeline=meta.get("name"), namespace=meta.get("namespace")):
-            log.warning("pipeline lags its %s for a whole resync interval; nudging it",
-                        "deletion" if key[2] else f"generation {key[1]}")
+            log.warning(
+                "pipeline lags its %s for a whole resync interval; nudging it",
+                "deletion" if key[2] else f"generation {key[1]}",
+            )
         try:
-            await kube.patch(API_VERSION, KIND, meta.get("namespace"), meta["name"],
-                             {"metadata": {"annotations": {RESYNC_ANNOTATION: status.now_iso()}}})
+            await kube.patch(
+                API_VERSION,
+                KIND,
+                meta.get("namespace"),
+                meta["name"],
+                {"metadata": {"annotations": {RESYNC_ANNOTATION: status.now_iso()}}},
+            )
             nudged += 1
         except ApiError as e:
             if e.status != 404:

@@ -59,7 +59,9 @@ class OperatorSettings(BaseSettings):
     # Kopf's own API calls (finalizers, progress annotations, watches) on 5xx, 429 (a longer
     # Retry-After wins) and connection errors: one retry after each of these delays, then the
     # event is dropped (the resync sweep picks the pipeline up again). Bounded: 54 s in all.
-    api_error_backoffs: list[float] = Field(default_factory=lambda: [1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0])
+    api_error_backoffs: list[float] = Field(
+        default_factory=lambda: [1.0, 1.0, 2.0, 3.0, 5.0, 8.0, 13.0, 21.0]
+    )
     # Seconds before Kopf opens a watch stream again after one ended or broke (Kopf's default is
     # 0.1 s: with an API server that keeps cutting streams or answering 429, that is ten requests
     # a second per watched resource, each re-listing it). Nothing is missed: watches resume from
@@ -84,17 +86,34 @@ class OperatorSettings(BaseSettings):
     # NetworkPolicy peers (Kubernetes NetworkPolicyPeer objects, JSON in the env var) allowed to
     # scrape /metrics of the audio and translation pods. The default matches Prometheus pods as
     # kube-prometheus-stack and the Prometheus operator label them, in a namespace "monitoring".
-    network_policy_scrapers: list[dict[str, Any]] = Field(default_factory=lambda: [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
-         "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}])
+    network_policy_scrapers: list[dict[str, Any]] = Field(
+        default_factory=lambda: [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+            }
+        ]
+    )
 
-    audio_resources: Resources = Field(default_factory=lambda: Resources(
-        cpuRequest="1", memoryRequest="1Gi", cpuLimit="4", memoryLimit="4Gi"))
-    translate_resources: Resources = Field(default_factory=lambda: Resources(
-        cpuRequest="250m", memoryRequest="512Mi", cpuLimit="2", memoryLimit="2Gi"))
-    gateway_resources: Resources = Field(default_factory=lambda: Resources(
-        cpuRequest="250m", memoryRequest="256Mi", cpuLimit="2", memoryLimit="1Gi"))
-    vllm_resources: Resources = Field(default_factory=lambda: Resources(
-        cpuRequest="4", memoryRequest="24Gi", cpuLimit=None, memoryLimit="48Gi"))
+    audio_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpuRequest="1", memoryRequest="1Gi", cpuLimit="4", memoryLimit="4Gi"
+        )
+    )
+    translate_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpuRequest="250m", memoryRequest="512Mi", cpuLimit="2", memoryLimit="2Gi"
+        )
+    )
+    gateway_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpuRequest="250m", memoryRequest="256Mi", cpuLimit="2", memoryLimit="1Gi"
+        )
+    )
+    vllm_resources: Resources = Field(
+        default_factory=lambda: Resources(
+            cpuRequest="4", memoryRequest="24Gi", cpuLimit=None, memoryLimit="48Gi"
+        )
+    )
     # Size of the emptyDir that holds downloaded models (Whisper, vLLM's HF cache).
     model_cache_size: str = "20Gi"

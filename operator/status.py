@@ -20,8 +20,11 @@ from livetranslate.config import ResolvedPipeline
 from livetranslate.operator.builders import STAGES, gateway_endpoint
 from livetranslate.operator.kube import ApiError, KubeClient
 
-STAGE_CONDITIONS: dict[Stage, str] = {"audio": "AudioReady", "translation": "TranslationReady",
-                                      "gateway": "GatewayReady"}
+STAGE_CONDITIONS: dict[Stage, str] = {
+    "audio": "AudioReady",
+    "translation": "TranslationReady",
+    "gateway": "GatewayReady",
+}
 # Condition types each writer owns (the autoscaler owns ScalingActive).
 RECONCILE_CONDITIONS = frozenset({"Ready", *STAGE_CONDITIONS.values()})
 WRITE_ATTEMPTS = 5
@@ -65,21 +68,43 @@ class StageObservation:
     @property
     def rolled_out(self) -> bool:
         """The controller saw the current template and every desired replica runs it, ready."""
-        return (self.exists and self.observed_generation >= self.generation
-                and self.updated >= self.desired and self.ready >= self.desired)
+        return (
+            self.exists
+            and self.observed_generation >= self.generation
+            and self.updated >= self.desired
+            and self.ready >= self.desired
+        )
 
 
-def _condition(previous: Mapping[str, Mapping[str, Any]], type_: str, ok: bool, reason: str,
-               message: str, generation: int, now: str) -> dict[str, Any]:
+def _condition(
+    previous: Mapping[str, Mapping[str, Any]],
+    type_: str,
+    ok: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+) -> dict[str, Any]:
     status = "True" if ok else "False"
     prev = previous.get(type_)
     since = prev.get("lastTransitionTime") if prev and prev.get("status") == status else None
-    return {"type": type_, "status": status, "reason": reason, "message": message,
-            "observedGeneration": generation, "lastTransitionTime": since or now}
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since or now,
+    }
 
 
-def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObservation],
-                   previous: Mapping[str, Any] | None, *, now: str | None = None) -> dict[str, Any]:
+def compute_status(
+    resolved: ResolvedPipeline,
+    observed: Mapping[Stage, StageObservation],
+    previous: Mapping[str, Any] | None,
+    *,
+    now: str | None = None,
+) -> dict[str, Any]:
     """The status patch for a pipeline whose children were applied from ``resolved``."""
     now = now or now_iso()
     prev_conditions = {c.get("type", ""): c for c in (previous or {}).get("conditions") or []}
@@ -95,8 +120,10 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
         elif ok:
             reason, message = "ReplicasReady", f"{obs.ready}/{obs.desired} replicas ready"
         elif obs.observed_generation < obs.generation or obs.updated < obs.desired:
-            reason, message = "RollingOut", (f"{obs.updated}/{obs.desired} replicas updated, "
-                                             f"{obs.ready} ready")
+            reason, message = (
+                "RollingOut",
+                (f"{obs.updated}/{obs.desired} replicas updated, {obs.ready} ready"),
+            )
         else:
             reason, message = "ReplicasNotReady", f"{obs.ready}/{obs.desired} replicas ready"
         conditions.append(_condition(prev_conditions, STAGE_CONDITIONS[stage], ok, reason, message, gen, now))
@@ -104,17 +131,27 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
     all_ready = ready_stages == len(STAGES)
     if all_ready:
         phase = "Ready"
-        ready = _condition(prev_conditions, "Ready", True, "AllStagesReady",
-                           "audio, translation and gateway are ready", gen, now)
+        ready = _condition(
+            prev_conditions,
+            "Ready",
+            True,
+            "AllStagesReady",
+            "audio, translation and gateway are ready",
+            gen,
+            now,
+        )
     else:
         was_ready = (previous or {}).get("phase") in ("Ready", "Degraded")
         # Short of replicas after having been Ready (mid-rollout, a pod lost, even a whole stage
         # down) is Degraded: users were served and are not fully served now, which on-call must
         # tell apart from a pipeline still coming up for the first time (Progressing).
         phase = "Degraded" if was_ready else "Progressing"
-        waiting = [STAGE_CONDITIONS[s] for s, c in zip(STAGES, conditions, strict=True) if c["status"] != "True"]
-        ready = _condition(prev_conditions, "Ready", False, "StagesNotReady",
-                           f"waiting for {', '.join(waiting)}", gen, now)
+        waiting = [
+            STAGE_CONDITIONS[s] for s, c in zip(STAGES, conditions, strict=True) if c["status"] != "True"
+        ]
+        ready = _condition(
+            prev_conditions, "Ready", False, "StagesNotReady", f"waiting for {', '.join(waiting)}", gen, now
+        )
     # Conditions this module does not own (ScalingActive, written by the autoscaler) are kept.
     owned = {"Ready", *STAGE_CONDITIONS.values()}
     kept = [c for t, c in prev_conditions.items() if t not in owned and t]
@@ -125,28 +162,42 @@ def compute_status(resolved: ResolvedPipeline, observed: Mapping[Stage, StageObs
         "conditions": [ready, *conditions, *kept],
         "readyStages": f"{ready_stages}/{len(STAGES)}",
         "invalidField": None,  # (merge patch) clears what a refused spec had set
-        "audio": {"replicas": observed.get("audio", StageObservation()).replicas,
-                  "readyReplicas": observed.get("audio", StageObservation()).ready,
-                  "device": p.audioDevice, "model": resolved.spec.audio_model(), "reason": p.audioReason},
-        "translation": {"replicas": observed.get("translation", StageObservation()).replicas,
-                        "readyReplicas": observed.get("translation", StageObservation()).ready,
-                        "model": p.translationModel, "backend": p.translationBackend,
-                        "reason": p.translationReason},
-        "gateway": {"replicas": observed.get("gateway", StageObservation()).replicas,
-                    "readyReplicas": observed.get("gateway", StageObservation()).ready,
-                    "endpoint": gateway_endpoint(resolved.name, resolved.namespace)},
+        "audio": {
+            "replicas": observed.get("audio", StageObservation()).replicas,
+            "readyReplicas": observed.get("audio", StageObservation()).ready,
+            "device": p.audioDevice,
+            "model": resolved.spec.audio_model(),
+            "reason": p.audioReason,
+        },
+        "translation": {
+            "replicas": observed.get("translation", StageObservation()).replicas,
+            "readyReplicas": observed.get("translation", StageObservation()).ready,
+            "model": p.translationModel,
+            "backend": p.translationBackend,
+            "reason": p.translationReason,
+        },
+        "gateway": {
+            "replicas": observed.get("gateway", StageObservation()).replicas,
+            "readyReplicas": observed.get("gateway", StageObservation()).ready,
+            "endpoint": gateway_endpoint(resolved.name, resolved.namespace),
+        },
     }
 
 
-def failed_status(message: str, field: str, generation: int, previous: Mapping[str, Any] | None,
-                  *, now: str | None = None) -> dict[str, Any]:
+def failed_status(
+    message: str, field: str, generation: int, previous: Mapping[str, Any] | None, *, now: str | None = None
+) -> dict[str, Any]:
     """Status of a spec the operator refuses: Failed, Ready=False naming the field."""
     now = now or now_iso()
     prev_conditions = {c.get("type", ""): c for c in (previous or {}).get("conditions") or []}
     ready = _condition(prev_conditions, "Ready", False, "InvalidSpec", message, generation, now)
     kept = [c for t, c in prev_conditions.items() if t != "Ready" and t]
-    return {"phase": "Failed", "observedGeneration": generation, "conditions": [ready, *kept],
-            "invalidField": field}
+    return {
+        "phase": "Failed",
+        "observedGeneration": generation,
+        "conditions": [ready, *kept],
+        "invalidField": field,
+    }
 
 
 def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
@@ -157,14 +208,24 @@ def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) ->
 
 def conditions_changed(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> bool:
     """Whether two condition lists differ in anything but their transition times."""
+
     def key(cs: Iterable[Mapping[str, Any]]) -> dict[str, tuple[Any, ...]]:
-        return {c.get("type", ""): (c.get("status"), c.get("reason"), c.get("message"),
-                                    c.get("observedGeneration")) for c in cs}
+        return {
+            c.get("type", ""): (
+                c.get("status"),
+                c.get("reason"),
+                c.get("message"),
+                c.get("observedGeneration"),
+            )
+            for c in cs
+        }
+
     return key(old) != key(new)
 
 
-def merge_conditions(current: list[Mapping[str, Any]], ours: list[Mapping[str, Any]],
-                     owned: Collection[str]) -> list[dict[str, Any]]:
+def merge_conditions(
+    current: list[Mapping[str, Any]], ours: list[Mapping[str, Any]], owned: Collection[str]
+) -> list[dict[str, Any]]:
     """The condition list to write: ``owned`` types from ``ours``, every other type as it is now.
 
     Entries keep their place in ``current``; owned types ``current`` lacks are appended.
@@ -181,8 +242,9 @@ def merge_conditions(current: list[Mapping[str, Any]], ours: list[Mapping[str, A
     return out + list(mine.values())
 
 
-async def write_status(kube: KubeClient, namespace: str, name: str, patch: Mapping[str, Any],
-                       owned: Collection[str]) -> dict[str, Any] | None:
+async def write_status(
+    kube: KubeClient, namespace: str, name: str, patch: Mapping[str, Any], owned: Collection[str]
+) -> dict[str, Any] | None:
     """Merge-patch a pipeline's status without losing another writer's conditions.
 
     ``conditions`` is a list, and a merge patch replaces a list whole: the reconcile (Ready and
@@ -202,9 +264,14 @@ async def write_status(kube: KubeClient, namespace: str, name: str, patch: Mappi
             body["conditions"] = merge_conditions(now, list(patch["conditions"] or []), owned)
         precondition = {"resourceVersion": fresh["metadata"]["resourceVersion"]}
         try:
-            result: dict[str, Any] = await kube.patch(API_VERSION, KIND, namespace, name,
-                                                      {"metadata": precondition, "status": body},
-                                                      subresource="status")
+            result: dict[str, Any] = await kube.patch(
+                API_VERSION,
+                KIND,
+                namespace,
+                name,
+                {"metadata": precondition, "status": body},
+                subresource="status",
+            )
             return result
         except ApiError as e:
             if e.status == 404:

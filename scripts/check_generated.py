@@ -12,9 +12,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 GENERATED: dict[str, list[str]] = {
-    "crds/translationpipelines.livetranslate.io.yaml": [sys.executable, "-P", "-m", "livetranslate.cli", "crd"],
+    "crds/translationpipelines.livetranslate.io.yaml": [
+        sys.executable,
+        "-P",
+        "-m",
+        "livetranslate.cli",
+        "crd",
+    ],
     "charts/livetranslate/crds/translationpipelines.livetranslate.io.yaml": [
-        sys.executable, "-P", "-m", "livetranslate.cli", "crd"],
+        sys.executable,
+        "-P",
+        "-m",
+        "livetranslate.cli",
+        "crd",
+    ],
     # The reliability table, from the committed benchmarks/results/*.json (scripts/reliability.sh).
     "RELIABILITY.md": [sys.executable, "-P", "benchmarks/reliability_report.py", "--stdout"],
 }

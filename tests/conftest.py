@@ -25,8 +25,12 @@ E2E = os.path.join("tests", "e2e") + os.sep
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
-    if (report.skipped and os.environ.get("LT_TESTS_REQUIRE_ALL") == "1"
-            and not hasattr(report, "wasxfail") and E2E not in str(item.path)):
+    if (
+        report.skipped
+        and os.environ.get("LT_TESTS_REQUIRE_ALL") == "1"
+        and not hasattr(report, "wasxfail")
+        and E2E not in str(item.path)
+    ):
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped in a full run (LT_TESTS_REQUIRE_ALL=1): {reason}"

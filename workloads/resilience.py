@@ -22,8 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class CircuitBreaker:
-    def __init__(self, name: str, failures: int, reset_seconds: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: str, failures: int, reset_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.name = name
         self.threshold = failures
         self.reset_seconds = reset_seconds
@@ -98,7 +99,9 @@ class CircuitBreaker:
         self._trial_at = None
         if self.failures >= self.threshold or self.opened_at is not None:  # a failed trial reopens
             if self.opened_at is None:
-                log.warning("circuit open", extra={"fields": {"upstream": self.name, "failures": self.failures}})
+                log.warning(
+                    "circuit open", extra={"fields": {"upstream": self.name, "failures": self.failures}}
+                )
             self.opened_at = self.clock()
             self._closed.clear()
 
@@ -112,7 +115,7 @@ class Backoff:
         self._attempt = 0
 
     def next(self) -> float:
-        delay = min(self._cap, self._base * 2 ** self._attempt)
+        delay = min(self._cap, self._base * 2**self._attempt)
         self._attempt = min(self._attempt + 1, 30)
         return random.uniform(delay / 2, delay)
 

@@ -54,38 +54,38 @@ from livetranslate.operator.scaling.signals import STAGES, Signals
 Direction = Literal["up", "down", "none"]
 
 # Targets the load ratios are measured against (documented in docs/scaling.md).
-GATEWAY_TARGET_UTILISATION = 0.8   # headroom for reconnect storms before sessions are refused
+GATEWAY_TARGET_UTILISATION = 0.8  # headroom for reconnect storms before sessions are refused
 # Audio runs hotter than translation: it has most of the replicas, and its decoder batches keep
 # up to about RTF 0.8; translation's KV cache needs room for long segments. (Both chosen on the
 # benchmark's traces; see docs/scaling.md.)
-AUDIO_TARGET_RTF = 0.75            # decoder time per audio second that still absorbs bursts
-KV_CACHE_SATURATED = 0.9           # vLLM preempts requests close to a full KV cache
-KV_CACHE_TARGET = 0.68             # KV-cache use a translation replica is sized for
-TRANSLATION_BUDGET_SHARE = 0.5     # translation's share of the caption-latency SLO
-QUEUE_PER_REPLICA = 4.0            # queued items per replica above which a stage is backed up
-TOLERANCE = 0.1                    # no action while load is within 1 +- TOLERANCE of target
-UP_SUSTAIN = 2                     # consecutive intervals over target before scaling up
-IMMEDIATE_LOAD = 1.5               # ...unless this far over: no noise explains 50% (act at once)
-MAX_STEP_FACTOR = 4.0              # at most x4 in one step (stages without a plan)
-DRAIN_TARGET_S = 60.0              # a backlog that drains within this needs no more replicas
-TREND_WINDOW_S = 180.0              # sessions history the demand slope is fitted over
+AUDIO_TARGET_RTF = 0.75  # decoder time per audio second that still absorbs bursts
+KV_CACHE_SATURATED = 0.9  # vLLM preempts requests close to a full KV cache
+KV_CACHE_TARGET = 0.68  # KV-cache use a translation replica is sized for
+TRANSLATION_BUDGET_SHARE = 0.5  # translation's share of the caption-latency SLO
+QUEUE_PER_REPLICA = 4.0  # queued items per replica above which a stage is backed up
+TOLERANCE = 0.1  # no action while load is within 1 +- TOLERANCE of target
+UP_SUSTAIN = 2  # consecutive intervals over target before scaling up
+IMMEDIATE_LOAD = 1.5  # ...unless this far over: no noise explains 50% (act at once)
+MAX_STEP_FACTOR = 4.0  # at most x4 in one step (stages without a plan)
+DRAIN_TARGET_S = 60.0  # a backlog that drains within this needs no more replicas
+TREND_WINDOW_S = 180.0  # sessions history the demand slope is fitted over
 MIN_TREND_POINTS = 4
-TREND_SIGNIFICANCE = 2.5           # standard errors a slope must clear to count as a trend
-LOOKAHEAD_S = 60.0                 # trend lookahead until a start-up has been measured
-MAX_GROWTH = 1.5                   # the trend never more than x1.5 a stage's need
-MODEL_SETTLE_INTERVALS = 4         # intervals after a model change before translation is resized
-SETTLE_INTERVALS = 2               # intervals before a newly ready replica shows in rate windows
-LEARN_MIN_UTIL, LEARN_MAX_UTIL = 0.1, 0.9   # where utilisation is linear in sessions
-LEARN_RATE = 0.05                  # learned figures: a moving average over the last ~20 samples
-QUEUE_DRAIN_HEADROOM = 1.25        # a backlog may add this much over the demand model's need
-DOWN_CALM = 1.0                    # caption p95 must stay under this share of the SLO to shrink
-LEVEL_WINDOW_S = 90.0              # session samples averaged into the demand level
-STEP_SIGMAS, STEP_FRACTION = 4.0, 0.4   # a jump this far beyond the typical one is a step
-LOOKAHEAD_INTERVALS = SETTLE_INTERVALS + 1   # trend lookahead beyond a start-up: settle + decide
-PLAN_TOLERANCE = 0.0               # a planned stage grows once its smoothed need exceeds what runs
-PLAN_SUSTAIN = 1                   # ...in one interval (the level already averages the noise)
-PLAN_DRAIN_S = 20.0                # a backlog is drained within this once catch-up replicas are ready
-STARTUP_PRIOR_S = 60.0             # replica start-up assumed until one has been measured
+TREND_SIGNIFICANCE = 2.5  # standard errors a slope must clear to count as a trend
+LOOKAHEAD_S = 60.0  # trend lookahead until a start-up has been measured
+MAX_GROWTH = 1.5  # the trend never more than x1.5 a stage's need
+MODEL_SETTLE_INTERVALS = 4  # intervals after a model change before translation is resized
+SETTLE_INTERVALS = 2  # intervals before a newly ready replica shows in rate windows
+LEARN_MIN_UTIL, LEARN_MAX_UTIL = 0.1, 0.9  # where utilisation is linear in sessions
+LEARN_RATE = 0.05  # learned figures: a moving average over the last ~20 samples
+QUEUE_DRAIN_HEADROOM = 1.25  # a backlog may add this much over the demand model's need
+DOWN_CALM = 1.0  # caption p95 must stay under this share of the SLO to shrink
+LEVEL_WINDOW_S = 90.0  # session samples averaged into the demand level
+STEP_SIGMAS, STEP_FRACTION = 4.0, 0.4  # a jump this far beyond the typical one is a step
+LOOKAHEAD_INTERVALS = SETTLE_INTERVALS + 1  # trend lookahead beyond a start-up: settle + decide
+PLAN_TOLERANCE = 0.0  # a planned stage grows once its smoothed need exceeds what runs
+PLAN_SUSTAIN = 1  # ...in one interval (the level already averages the noise)
+PLAN_DRAIN_S = 20.0  # a backlog is drained within this once catch-up replicas are ready
+STARTUP_PRIOR_S = 60.0  # replica start-up assumed until one has been measured
 # Start-up priors per stage until measured (conservative: image pull and model load; a vLLM
 # replica loading a 7B model takes a minute or two, a Whisper replica well under one).
 STARTUP_PRIORS = {"audio": 45.0, "translation": 120.0}
@@ -147,11 +147,11 @@ class History:
 class _Plan:
     """A stage's replicas planned from its demand: what the sessions need, and catch-up."""
 
-    demand: float        # replicas' worth of work the sessions offer (at 100% utilisation)
-    need: float          # replicas at the target utilisation
-    catch_up: float      # extra replicas to drain the backlog within PLAN_DRAIN_S
-    backlog: float       # the backlog expected when new replicas are ready, in items
-    drain_s: float       # seconds the backlog would take to drain with ``need`` replicas
+    demand: float  # replicas' worth of work the sessions offer (at 100% utilisation)
+    need: float  # replicas at the target utilisation
+    catch_up: float  # extra replicas to drain the backlog within PLAN_DRAIN_S
+    backlog: float  # the backlog expected when new replicas are ready, in items
+    drain_s: float  # seconds the backlog would take to drain with ``need`` replicas
 
 
 @dataclass(frozen=True)
@@ -160,8 +160,8 @@ class StageDecision:
     current: int
     desired: int
     direction: Direction
-    reason: str          # short, low-cardinality: the metric label
-    message: str         # in words, for status and Events
+    reason: str  # short, low-cardinality: the metric label
+    message: str  # in words, for status and Events
 
     @property
     def changed(self) -> bool:
@@ -171,12 +171,12 @@ class StageDecision:
 @dataclass(frozen=True)
 class Decision:
     time: float
-    active: bool                     # the ScalingActive condition
+    active: bool  # the ScalingActive condition
     condition_reason: str
     message: str
     stages: Mapping[str, StageDecision]
     history: History
-    model: str | None = None         # new active translation model, when it changes
+    model: str | None = None  # new active translation model, when it changes
     model_reason: str = ""
     model_message: str = ""
     audio_device: Device | None = None
@@ -187,8 +187,9 @@ class Decision:
         return [d for d in self.stages.values() if d.changed]
 
 
-def _fit(points: tuple[tuple[float, float], ...], significance: float = TREND_SIGNIFICANCE
-         ) -> tuple[float, float] | None:
+def _fit(
+    points: tuple[tuple[float, float], ...], significance: float = TREND_SIGNIFICANCE
+) -> tuple[float, float] | None:
     """Least-squares (slope, fitted value at the last point) of a rise noise cannot explain.
 
     None unless there are MIN_TREND_POINTS samples and the slope is positive by more than
@@ -222,7 +223,7 @@ def _since_step(trend: tuple[tuple[float, float], ...]) -> tuple[tuple[float, fl
     typical = sorted(jumps)[len(jumps) // 2]
     for i in range(len(jumps) - 1, -1, -1):
         if jumps[i] > max(STEP_SIGMAS * typical, STEP_FRACTION * max(values[i], values[i + 1], 1.0)):
-            return trend[i + 1:]
+            return trend[i + 1 :]
     return trend
 
 
@@ -237,7 +238,7 @@ def _growth(trend: tuple[tuple[float, float], ...], sessions: float, lookahead_s
     if sessions <= 0 or len(_since_step(trend)) < len(trend):
         return 1.0
     whole = _fit(trend)
-    recent = _fit(trend[len(trend) // 2:], significance=0.0)
+    recent = _fit(trend[len(trend) // 2 :], significance=0.0)
     if whole is None or recent is None or recent[0] < 0.5 * whole[0]:
         return 1.0
     slope, level = whole
@@ -261,9 +262,11 @@ def _clamp(value: int, lo: int, hi: int) -> int:
 
 
 def _ranges(spec: TranslationPipelineSpec) -> dict[str, tuple[int, int]]:
-    return {"audio": (spec.audio.replicas.min, spec.audio.replicas.max),
-            "translation": (spec.translation.replicas.min, spec.translation.replicas.max),
-            "gateway": (spec.gateway.replicas.min, spec.gateway.replicas.max)}
+    return {
+        "audio": (spec.audio.replicas.min, spec.audio.replicas.max),
+        "translation": (spec.translation.replicas.min, spec.translation.replicas.max),
+        "gateway": (spec.gateway.replicas.min, spec.gateway.replicas.max),
+    }
 
 
 def _level(trend: tuple[tuple[float, float], ...]) -> float:
@@ -287,9 +290,15 @@ def _until_ready(history: History, stage: str, now: float) -> float:
     return max(0.0, startup - (now - min(batches))) if batches else startup
 
 
-def _plans(history: History, now: float, sessions: float, per_session: Mapping[str, float],
-           per_replica: Mapping[str, float], depths: Mapping[str, float],
-           targets: Mapping[str, float]) -> dict[str, _Plan]:
+def _plans(
+    history: History,
+    now: float,
+    sessions: float,
+    per_session: Mapping[str, float],
+    per_replica: Mapping[str, float],
+    depths: Mapping[str, float],
+    targets: Mapping[str, float],
+) -> dict[str, _Plan]:
     """Replicas planned from the demand, for stages whose cost per session and throughput are known.
 
     Sessions arrive before latency rises, so the need (sessions x learned cost / target) leads.
@@ -300,7 +309,7 @@ def _plans(history: History, now: float, sessions: float, per_session: Mapping[s
     backlogged stage can have drained (its start-up plus PLAN_DRAIN_S): catching up faster than
     that costs replicas and shortens no breach. Catch-up replicas go once the backlog has drained.
     """
-    work: dict[str, tuple[float, float, float]] = {}     # stage: (backlog, replica-seconds, until ready)
+    work: dict[str, tuple[float, float, float]] = {}  # stage: (backlog, replica-seconds, until ready)
     for stage in targets:
         if stage not in per_session or stage not in per_replica or sessions <= 0:
             continue
@@ -336,21 +345,35 @@ def model_chain(spec: TranslationPipelineSpec) -> list[str]:
 
 def required_signals(current: Current) -> tuple[str, ...]:
     """Signals without which no decision is safe for this pipeline."""
-    names: tuple[str, ...] = ("caption_p95", "translation_p95", "sessions_active",
-                              "queue:audio", "queue:translation")
+    names: tuple[str, ...] = (
+        "caption_p95",
+        "translation_p95",
+        "sessions_active",
+        "queue:audio",
+        "queue:translation",
+    )
     return names
 
 
 def _hold(now: float, current: Current, history: History, reason: str, message: str) -> Decision:
-    stages: dict[str, StageDecision] = {s: StageDecision(s, current.replicas.get(s, 0), current.replicas.get(s, 0), "none",
-                               reason, message) for s in STAGES}
+    stages: dict[str, StageDecision] = {
+        s: StageDecision(s, current.replicas.get(s, 0), current.replicas.get(s, 0), "none", reason, message)
+        for s in STAGES
+    }
     # Streaks restart: a breach seen before a data gap is not "sustained" across it.
-    return Decision(time=now, active=False, condition_reason=reason, message=message, stages=stages,
-                    history=replace(history, over_streak={}, memory_high_streak=0))
+    return Decision(
+        time=now,
+        active=False,
+        condition_reason=reason,
+        message=message,
+        stages=stages,
+        history=replace(history, over_streak={}, memory_high_streak=0),
+    )
 
 
-def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, history: History,
-           now: float) -> Decision:
+def decide(
+    spec: TranslationPipelineSpec, signals: Signals, current: Current, history: History, now: float
+) -> Decision:
     """One autoscaling step. Pure: the caller persists ``Decision.history`` for the next call."""
     scaling = spec.scaling
     slo = scaling.latencySLO.p95Seconds
@@ -358,12 +381,22 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     started = history.started if history.started is not None else now
 
     if signals.error:
-        return _hold(now, current, replace(history, started=started), "PrometheusUnreachable",
-                     f"holding replicas: Prometheus at {scaling.prometheusUrl} unreachable ({signals.error})")
+        return _hold(
+            now,
+            current,
+            replace(history, started=started),
+            "PrometheusUnreachable",
+            f"holding replicas: Prometheus at {scaling.prometheusUrl} unreachable ({signals.error})",
+        )
     problems = signals.describe_problems(required_signals(current))
     if problems:
-        return _hold(now, current, replace(history, started=started), "MetricsUnavailable",
-                     "holding replicas: no usable data for " + "; ".join(problems))
+        return _hold(
+            now,
+            current,
+            replace(history, started=started),
+            "MetricsUnavailable",
+            "holding replicas: no usable data for " + "; ".join(problems),
+        )
 
     caption = signals.caption_p95.or_zero_if_idle() or 0.0
     translation_p95 = signals.translation_p95.or_zero_if_idle() or 0.0
@@ -387,7 +420,10 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     why["audio"] = ("realtime_factor", f"audio real-time factor {rtf or 0.0:.2f} > {AUDIO_TARGET_RTF}")
     budget = slo * TRANSLATION_BUDGET_SHARE
     load["translation"] = translation_p95 / budget
-    why["translation"] = ("translation_latency", f"translation p95 {translation_p95:.2f}s > budget {budget:.2f}s")
+    why["translation"] = (
+        "translation_latency",
+        f"translation p95 {translation_p95:.2f}s > budget {budget:.2f}s",
+    )
     kv = signals.kv_cache_usage.value if signals.kv_cache_usage.ok else None
     if kv is not None:
         # vLLM's KV-cache use grows with concurrent sequences: the translation stage's
@@ -396,16 +432,24 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         over_budget = load["translation"] if load["translation"] > 1.0 else 0.0
         load["translation"] = max(kv / KV_CACHE_TARGET, over_budget)
         if kv / KV_CACHE_TARGET >= load["translation"]:
-            why["translation"] = ("kv_cache", f"KV cache {kv:.0%} > target {KV_CACHE_TARGET:.0%}"
-                                  + (f" with {waiting:.0f} requests waiting" if waiting else ""))
+            why["translation"] = (
+                "kv_cache",
+                f"KV cache {kv:.0%} > target {KV_CACHE_TARGET:.0%}"
+                + (f" with {waiting:.0f} requests waiting" if waiting else ""),
+            )
 
     # The replicas the signals came from: ready now and in the last SETTLE_INTERVALS intervals
     # (rate windows lag). Sizing from these, not from the replica count just set, keeps the
     # policy from adding replicas again while the ones it added are starting or not yet measured.
-    ready_now: dict[str, int] = {s: replicas[s] if current.ready is None
-                 else max(0, min(replicas[s], int(current.ready.get(s, replicas[s])))) for s in STAGES}
-    source_replicas: dict[str, int] = {s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)])
-                       for s in STAGES}
+    ready_now: dict[str, int] = {
+        s: replicas[s]
+        if current.ready is None
+        else max(0, min(replicas[s], int(current.ready.get(s, replicas[s]))))
+        for s in STAGES
+    }
+    source_replicas: dict[str, int] = {
+        s: min([ready_now[s], *(r.get(s, ready_now[s]) for r in history.ready)]) for s in STAGES
+    }
 
     # Start-up time per stage, measured from our own scale-ups to their replicas being ready.
     startup = dict(history.startup)
@@ -414,7 +458,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         waiting_for: list[tuple[float, int]] = []
         for asked_at, asked in batches:
             if replicas[stage] < asked:
-                continue                   # scaled down (or bounded) before they were ready
+                continue  # scaled down (or bounded) before they were ready
             if ready_now[stage] >= asked:
                 took = now - asked_at
                 old = startup.get(stage)
@@ -439,7 +483,9 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             sample = u * ready_now[stage] / sessions
             per_session[stage], learned[stage] = _learn(per_session.get(stage), learned.get(stage, 0), sample)
         if stage in per_session and sessions > 0:
-            demand_load[stage] = sessions * per_session[stage] / (max(1, source_replicas[stage]) * targets[stage])
+            demand_load[stage] = (
+                sessions * per_session[stage] / (max(1, source_replicas[stage]) * targets[stage])
+            )
 
     depths = {"audio": q_audio, "translation": q_translation + waiting}
     # Throughput per replica at full utilisation, learned while the replica count is settled
@@ -450,16 +496,22 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         settled = ready_now[stage] == replicas[stage] == source_replicas[stage] > 0
         if rate.ok and (rate.value or 0.0) > 0 and u is not None and u >= LEARN_MIN_UTIL and settled:
             sample = (rate.value or 0.0) / (ready_now[stage] * min(1.0, u))
-            per_replica[stage], learned["rate:" + stage] = _learn(per_replica.get(stage),
-                                                                  learned.get("rate:" + stage, 0), sample)
+            per_replica[stage], learned["rate:" + stage] = _learn(
+                per_replica.get(stage), learned.get("rate:" + stage, 0), sample
+            )
     trend = tuple((t, v) for t, v in history.sessions if now - t <= TREND_WINDOW_S) + ((now, sessions),)
     level = _level(trend)
     plans = _plans(history, now, level, per_session, per_replica, depths, targets)
-    backed_up: dict[str, bool] = {s: depths.get(s, 0.0) > QUEUE_PER_REPLICA * max(1, replicas[s]) for s in STAGES}
+    backed_up: dict[str, bool] = {
+        s: depths.get(s, 0.0) > QUEUE_PER_REPLICA * max(1, replicas[s]) for s in STAGES
+    }
 
     bound = demand_load.get("translation")
-    if why["translation"][0] == "translation_latency" and bound is not None \
-            and load["translation"] > bound * QUEUE_DRAIN_HEADROOM:
+    if (
+        why["translation"][0] == "translation_latency"
+        and bound is not None
+        and load["translation"] > bound * QUEUE_DRAIN_HEADROOM
+    ):
         # Latency over budget that the demand does not explain is a backlog draining (it lags in
         # the rate window): it gets the same bound as a queue.
         load["translation"] = max(1.0 + 2 * TOLERANCE, bound * QUEUE_DRAIN_HEADROOM)
@@ -468,13 +520,20 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     for stage, plan in plans.items():
         basis = max(1, source_replicas[stage])
         load[stage] = max(plan.need, plan.demand + plan.catch_up) / basis
-        why[stage] = ("demand", (f"{level:.0f} sessions need {plan.need:.1f} {stage} replicas at "
-                                 f"{targets[stage]:.0%}"))
+        why[stage] = (
+            "demand",
+            (f"{level:.0f} sessions need {plan.need:.1f} {stage} replicas at {targets[stage]:.0%}"),
+        )
         if plan.catch_up > 0:
-            why[stage] = ("backlog", (f"{plan.backlog:.0f} queued {stage} items would take "
-                                      f"{plan.drain_s:.0f}s to drain: {level:.0f} sessions need "
-                                      f"{plan.need:.1f} replicas plus {plan.catch_up:.1f} to catch up "
-                                      f"within {PLAN_DRAIN_S:.0f}s"))
+            why[stage] = (
+                "backlog",
+                (
+                    f"{plan.backlog:.0f} queued {stage} items would take "
+                    f"{plan.drain_s:.0f}s to drain: {level:.0f} sessions need "
+                    f"{plan.need:.1f} replicas plus {plan.catch_up:.1f} to catch up "
+                    f"within {PLAN_DRAIN_S:.0f}s"
+                ),
+            )
 
     # The steady-state need, before queues, breaches and trends: what scale-down recommends.
     util_load = dict(load)
@@ -486,7 +545,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     # queue is already draining fast enough (capacity added earlier has caught up with demand).
     for stage, depth in depths.items():
         if stage in plans:
-            continue   # the plan sizes this stage's backlog from its throughput
+            continue  # the plan sizes this stage's backlog from its throughput
         qload = depth / (QUEUE_PER_REPLICA * max(1, replicas[stage]))
         prev = history.queues.get(stage)
         if prev is not None and history.queues_time is not None and now > history.queues_time:
@@ -516,11 +575,14 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         backlog_seen = history.backlog_at.get(bottleneck)
         recent_backlog = bottleneck in plans and (
             backed_up[bottleneck]
-            or (backlog_seen is not None and now - backlog_seen <= 4 * scaling.interval_seconds))
+            or (backlog_seen is not None and now - backlog_seen <= 4 * scaling.interval_seconds)
+        )
         if bump > load[bottleneck] and not recent_backlog:
             load[bottleneck] = bump
-            why[bottleneck] = ("latency_slo", (f"caption p95 {caption:.2f}s > SLO {slo:.2f}s, "
-                                               f"{bottleneck} is the bottleneck"))
+            why[bottleneck] = (
+                "latency_slo",
+                (f"caption p95 {caption:.2f}s > SLO {slo:.2f}s, {bottleneck} is the bottleneck"),
+            )
 
     # --- GPU memory / KV pressure -> smaller model before more replicas --------------------------
     chain = model_chain(spec)
@@ -542,17 +604,26 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     if uses_gpu_model and mem_streak >= UP_SUSTAIN and idx + 1 < len(chain):
         new_model = chain[idx + 1]
         model_reason = "gpu_memory" if (mem is not None and mem > high) else "kv_cache"
-        cause = (f"GPU memory {mem:.0%} > highWatermark {high:.0%}" if model_reason == "gpu_memory"
-                 else f"KV cache {kv:.0%} with {waiting:.0f} requests waiting")
+        cause = (
+            f"GPU memory {mem:.0%} > highWatermark {high:.0%}"
+            if model_reason == "gpu_memory"
+            else f"KV cache {kv:.0%} with {waiting:.0f} requests waiting"
+        )
         model_message = f"{cause}: translation model {current.model} -> {new_model}"
         mem_streak = 0
-    elif (uses_gpu_model and idx > 0 and mem_low_since is not None
-          and now - mem_low_since >= stabilization
-          and (history.last_model_change is None or now - history.last_model_change >= stabilization)):
+    elif (
+        uses_gpu_model
+        and idx > 0
+        and mem_low_since is not None
+        and now - mem_low_since >= stabilization
+        and (history.last_model_change is None or now - history.last_model_change >= stabilization)
+    ):
         new_model = chain[idx - 1]
         model_reason = "gpu_memory_relief"
-        model_message = (f"GPU memory {mem:.0%} < lowWatermark {low:.0%} for {stabilization:.0f}s: "
-                         f"translation model {current.model} -> {new_model}")
+        model_message = (
+            f"GPU memory {mem:.0%} < lowWatermark {low:.0%} for {stabilization:.0f}s: "
+            f"translation model {current.model} -> {new_model}"
+        )
         mem_low_since = None
 
     # --- per-stage replica decisions --------------------------------------------------------
@@ -561,21 +632,24 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     # A planned stage grows as soon as its smoothed need exceeds what runs, except within a
     # stabilization window of shrinking: coming back up then takes a rise beyond the tolerance
     # band (a need on a replica boundary, 4.0 +- noise, must not go 5, 4, 5 window after window).
-    tolerance = {s: TOLERANCE if now - history.last_down.get(s, -math.inf) < stabilization else PLAN_TOLERANCE
-                 for s in STAGES}
+    tolerance = {
+        s: TOLERANCE if now - history.last_down.get(s, -math.inf) < stabilization else PLAN_TOLERANCE
+        for s in STAGES
+    }
     for s in STAGES:
         # Look as far ahead as the next replicas could serve after these: a start-up (measured),
         # the intervals their metrics take to settle, and one interval to decide.
-        lookahead = (history.startup.get(s, LOOKAHEAD_S)
-                     + LOOKAHEAD_INTERVALS * scaling.interval_seconds)
+        lookahead = history.startup.get(s, LOOKAHEAD_S) + LOOKAHEAD_INTERVALS * scaling.interval_seconds
         growth = _growth(trend, sessions, lookahead)
         rising[s] = growth > 1.0
         # Only ahead of a breach: a stage already over target is sized from what it sees now (a
         # step in demand looks like a slope to the fit, and would be counted twice).
         threshold = 1.0 + (tolerance[s] if s in plans else TOLERANCE)
         if growth > 1.0 and load[s] <= threshold < load[s] * growth:
-            why[s] = ("demand_trend", (f"sessions rising ({sessions:.0f}, x{growth:.2f} in "
-                                      f"{lookahead:.0f}s)"))
+            why[s] = (
+                "demand_trend",
+                (f"sessions rising ({sessions:.0f}, x{growth:.2f} in {lookahead:.0f}s)"),
+            )
             load[s] *= growth
 
     over_streak: dict[str, int] = {}
@@ -599,7 +673,7 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             recommend[s] = max(recommend[s], _clamp(cur, lo, hi) if util_load[s] <= 1.0 + TOLERANCE else 0)
 
     devices = list(spec.audio.devices)
-    next_devices = devices[devices.index("npu") + 1:] if "npu" in devices else []
+    next_devices = devices[devices.index("npu") + 1 :] if "npu" in devices else []
 
     window = tuple((t, r) for t, r in history.recommendations if now - t < stabilization)
     window = (*window, (now, recommend))
@@ -614,8 +688,14 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         reason, message = why[s]
         if cur < lo or cur > hi:
             desired = _clamp(cur, lo, hi)
-            stages[s] = StageDecision(s, cur, desired, "up" if desired > cur else "down", "bounds",
-                                      f"{s} replicas {cur} outside [{lo}, {hi}]")
+            stages[s] = StageDecision(
+                s,
+                cur,
+                desired,
+                "up" if desired > cur else "down",
+                "bounds",
+                f"{s} replicas {cur} outside [{lo}, {hi}]",
+            )
             continue
         catching_up = s in plans and plans[s].catch_up > 0
         # A planned stage's need is already smoothed (the session level), so one interval over
@@ -623,24 +703,48 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
         sustain = PLAN_SUSTAIN if s in plans else UP_SUSTAIN
         if over_streak[s] >= sustain or (overs[s] and (load[s] >= IMMEDIATE_LOAD or catching_up)):
             settle_s = MODEL_SETTLE_INTERVALS * scaling.interval_seconds
-            if (s == "translation" and history.last_model_change is not None
-                    and now - history.last_model_change < settle_s):
+            if (
+                s == "translation"
+                and history.last_model_change is not None
+                and now - history.last_model_change < settle_s
+            ):
                 # The new model's pods are starting; latency still shows the old one.
-                stages[s] = StageDecision(s, cur, cur, "none", "model_settling",
-                                          f"{message}; waiting {settle_s:.0f}s for the model change to show")
+                stages[s] = StageDecision(
+                    s,
+                    cur,
+                    cur,
+                    "none",
+                    "model_settling",
+                    f"{message}; waiting {settle_s:.0f}s for the model change to show",
+                )
                 continue
-            if (s == "translation" and uses_gpu_model and memory_high and idx + 1 < len(chain)
-                    and model_reason != "gpu_memory_relief"):
+            if (
+                s == "translation"
+                and uses_gpu_model
+                and memory_high
+                and idx + 1 < len(chain)
+                and model_reason != "gpu_memory_relief"
+            ):
                 # Replicas of a model that does not fit would not help: the smaller model first
                 # (switched now, or as soon as the memory pressure is confirmed).
-                stages[s] = StageDecision(s, cur, cur, "none", model_reason or "gpu_memory",
-                                          "GPU memory pressure: switching to a smaller model before "
-                                          "adding translation replicas")
+                stages[s] = StageDecision(
+                    s,
+                    cur,
+                    cur,
+                    "none",
+                    model_reason or "gpu_memory",
+                    "GPU memory pressure: switching to a smaller model before adding translation replicas",
+                )
                 continue
             if s == "audio" and current.audio_device == "npu" and signals.npu_free == 0 and not next_devices:
-                stages[s] = StageDecision(s, cur, cur, "none", "npu_exhausted",
-                                          f"{message}, but no allocatable NPU is left and audio.devices "
-                                          "names no other device")
+                stages[s] = StageDecision(
+                    s,
+                    cur,
+                    cur,
+                    "none",
+                    "npu_exhausted",
+                    f"{message}, but no allocatable NPU is left and audio.devices names no other device",
+                )
                 continue
             if s in plans:
                 # Planned from the demand: as many as it needs, in one step (the sessions are
@@ -650,9 +754,15 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
                 step = min(MAX_STEP_FACTOR, load[s])
                 wanted = math.ceil(max(1, source_replicas[s]) * step)
             if source_replicas[s] < cur and wanted <= cur:
-                stages[s] = StageDecision(s, cur, cur, "none", "starting",
-                                          f"{message}; waiting for {cur - source_replicas[s]} new {s} "
-                                          "replicas to start and show in the metrics")
+                stages[s] = StageDecision(
+                    s,
+                    cur,
+                    cur,
+                    "none",
+                    "starting",
+                    f"{message}; waiting for {cur - source_replicas[s]} new {s} "
+                    "replicas to start and show in the metrics",
+                )
                 continue
             desired = _clamp(max(cur + 1, wanted), lo, hi)
             if desired > cur:
@@ -662,8 +772,9 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
                     catch_up[s] = desired
                 sustained = f"for {over_streak[s]} intervals" if over_streak[s] > 1 else "at once (far over)"
                 over_streak[s] = 0
-                stages[s] = StageDecision(s, cur, desired, "up", reason,
-                                          f"{message} {sustained}: {s} {cur} -> {desired}")
+                stages[s] = StageDecision(
+                    s, cur, desired, "up", reason, f"{message} {sustained}: {s} {cur} -> {desired}"
+                )
                 continue
             stages[s] = StageDecision(s, cur, cur, "none", "at_max", f"{message}, but {s} is at max {hi}")
             continue
@@ -677,14 +788,24 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
             del catch_up[s]
             keep = _clamp(max(target, math.ceil(util_load[s] * max(1, source_replicas[s]) - 1e-9)), lo, hi)
             if keep < cur:
-                stages[s] = StageDecision(s, cur, keep, "down", "backlog_drained",
-                                          f"{s} backlog drained: catch-up replicas released, "
-                                          f"{s} {cur} -> {keep}")
+                stages[s] = StageDecision(
+                    s,
+                    cur,
+                    keep,
+                    "down",
+                    "backlog_drained",
+                    f"{s} backlog drained: catch-up replicas released, {s} {cur} -> {keep}",
+                )
                 continue
         if target < cur and calm and full_window and bottleneck != s and not rising[s]:
-            stages[s] = StageDecision(s, cur, target, "down", "stabilized",
-                                      f"{s} load {load[s]:.2f} of target for {stabilization:.0f}s: "
-                                      f"{s} {cur} -> {target}")
+            stages[s] = StageDecision(
+                s,
+                cur,
+                target,
+                "down",
+                "stabilized",
+                f"{s} load {load[s]:.2f} of target for {stabilization:.0f}s: {s} {cur} -> {target}",
+            )
             continue
         stages[s] = StageDecision(s, cur, cur, "none", "steady", f"{s} load {load[s]:.2f} of target")
 
@@ -694,21 +815,33 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     audio = stages["audio"]
     if audio.direction == "up" and current.audio_device == "npu" and signals.npu_free == 0 and next_devices:
         audio_device = next_devices[0]
-        audio_device_message = (f"no allocatable NPU left for {audio.desired - audio.current} more "
-                                f"audio replicas: audio moves npu -> {audio_device}")
+        audio_device_message = (
+            f"no allocatable NPU left for {audio.desired - audio.current} more "
+            f"audio replicas: audio moves npu -> {audio_device}"
+        )
 
     new_history = History(
         started=started,
         over_streak=over_streak,
         # A scale-up is itself a recommendation: what was just added is kept for a full window.
         # (Catch-up replicas are not: they go once the backlog has drained.)
-        recommendations=(*window[:-1], (now, {s: max(recommend[s], stages[s].desired)
-                                               if stages[s].direction == "up" and s not in catch_up
-                                               else recommend[s]
-                                               for s in STAGES})),
+        recommendations=(
+            *window[:-1],
+            (
+                now,
+                {
+                    s: max(recommend[s], stages[s].desired)
+                    if stages[s].direction == "up" and s not in catch_up
+                    else recommend[s]
+                    for s in STAGES
+                },
+            ),
+        ),
         last_up=last_up,
-        last_down={**history.last_down, **{s: now for s in STAGES if stages[s].direction == "down"
-                                           and stages[s].reason == "stabilized"}},
+        last_down={
+            **history.last_down,
+            **{s: now for s in STAGES if stages[s].direction == "down" and stages[s].reason == "stabilized"},
+        },
         memory_high_streak=mem_streak,
         memory_low_since=mem_low_since,
         last_model_change=now if new_model is not None else history.last_model_change,
@@ -728,7 +861,16 @@ def decide(spec: TranslationPipelineSpec, signals: Signals, current: Current, hi
     summary = "; ".join(d.message for d in changes) or "all stages within target"
     if new_model:
         summary = f"{model_message}; {summary}"
-    return Decision(time=now, active=True, condition_reason="Scaling" if changes or new_model else "WithinTarget",
-                    message=summary, stages=stages, history=new_history, model=new_model,
-                    model_reason=model_reason, model_message=model_message, audio_device=audio_device,
-                    audio_device_message=audio_device_message)
+    return Decision(
+        time=now,
+        active=True,
+        condition_reason="Scaling" if changes or new_model else "WithinTarget",
+        message=summary,
+        stages=stages,
+        history=new_history,
+        model=new_model,
+        model_reason=model_reason,
+        model_message=model_message,
+        audio_device=audio_device,
+        audio_device_message=audio_device_message,
+    )

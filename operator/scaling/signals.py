@@ -159,7 +159,9 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
     """PromQL for one pipeline. Pure, so the exact queries are unit-tested and documented."""
     window = f"{rate_window_seconds(interval_seconds)}s"
     ours = _sel(pipeline=name, **{NAMESPACE_LABEL: namespace})
-    gateway_pods = _sel(pipeline=name, **{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-gateway-.*"})
+    gateway_pods = _sel(
+        pipeline=name, **{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-gateway-.*"}
+    )
     translation_pods = _sel(**{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-translation-.*"})
 
     # The translation service records the same histogram as the gateway, with a ``backend``
@@ -190,9 +192,11 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
         # (the scheduler's pending passes, the batcher's pending requests). Translation counts the
         # translation service's own series (they carry ``backend``), not the gateway's copy.
         audio_throughput=f"sum(rate({m.AUDIO_PROCESSING}_count{ours}[{window}]))",
-        translation_throughput=(f"sum(rate({m.TRANSLATION_LATENCY}_count"
-                                f"{_sel(pipeline=name, **{NAMESPACE_LABEL: namespace, 'backend__re': '.+'})}"
-                                f"[{window}]))"),
+        translation_throughput=(
+            f"sum(rate({m.TRANSLATION_LATENCY}_count"
+            f"{_sel(pipeline=name, **{NAMESPACE_LABEL: namespace, 'backend__re': '.+'})}"
+            f"[{window}]))"
+        ),
         # time() - timestamp(): how old the newest sample of each family is.
         freshness={
             "caption": f"time() - max(timestamp({m.CAPTION_LATENCY}_count{ours}))",
@@ -235,8 +239,14 @@ def _scalar(result: list[dict[str, Any]]) -> float | None:
     return float(result[0]["value"][1])
 
 
-def _sample(value: float | None, age: float | None, stale_after: float, *, histogram: bool = False,
-            rate: float | None = None) -> Sample:
+def _sample(
+    value: float | None,
+    age: float | None,
+    stale_after: float,
+    *,
+    histogram: bool = False,
+    rate: float | None = None,
+) -> Sample:
     if value is None or age is None:
         return Sample.absent("missing", "no series")
     if age > stale_after:
@@ -251,43 +261,74 @@ def _sample(value: float | None, age: float | None, stale_after: float, *, histo
 class PrometheusSignals:
     """Gathers a ``Signals`` snapshot for one pipeline from one Prometheus."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 5.0,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, base_url: str, *, timeout_s: float = 5.0, client: httpx.AsyncClient | None = None
+    ) -> None:
         self.base_url = base_url
         self._client = client
         self._timeout = timeout_s
 
-    async def gather(self, name: str, namespace: str, interval_seconds: float, *,
-                     stale_after_s: float | None = None, now: float | None = None,
-                     npu_free: int | None = None) -> Signals:
+    async def gather(
+        self,
+        name: str,
+        namespace: str,
+        interval_seconds: float,
+        *,
+        stale_after_s: float | None = None,
+        now: float | None = None,
+        npu_free: int | None = None,
+    ) -> Signals:
         """Ask every query concurrently; never raises for Prometheus trouble (marks the samples)."""
         q = build_queries(name, namespace, interval_seconds)
         stale_after = stale_after_s if stale_after_s is not None else max(60.0, 4 * interval_seconds)
         taken = time.time() if now is None else now
-        names = ["caption_p95", "caption_count", "translation_p95", "translation_count", "queue_depth",
-                 "sessions_active", "audio_rtf", "gpu_memory_fraction", "vllm_requests_waiting",
-                 "kv_cache_usage", "audio_throughput", "translation_throughput"]
+        names = [
+            "caption_p95",
+            "caption_count",
+            "translation_p95",
+            "translation_count",
+            "queue_depth",
+            "sessions_active",
+            "audio_rtf",
+            "gpu_memory_fraction",
+            "vllm_requests_waiting",
+            "kv_cache_usage",
+            "audio_throughput",
+            "translation_throughput",
+        ]
         promqls = [getattr(q, n) for n in names] + list(q.freshness.values())
         client = self._client or httpx.AsyncClient(timeout=self._timeout)
         try:
-            results = await asyncio.gather(*(instant_query(client, self.base_url, p) for p in promqls),
-                                           return_exceptions=True)
+            results = await asyncio.gather(
+                *(instant_query(client, self.base_url, p) for p in promqls), return_exceptions=True
+            )
         finally:
             if self._client is None:
                 await client.aclose()
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             reason = str(errors[0])
-            log.warning("prometheus query failed", extra={"pipeline": name, "namespace": namespace,
-                                                          "fields": {"error": reason}})
+            log.warning(
+                "prometheus query failed",
+                extra={"pipeline": name, "namespace": namespace, "fields": {"error": reason}},
+            )
             down = Sample.absent("unreachable", reason)
-            return Signals(time=taken, caption_p95=down, translation_p95=down,
-                           queue_depth={s: down for s in STAGES}, sessions_active=down, audio_rtf=down,
-                           gpu_memory_fraction=down, vllm_requests_waiting=down, kv_cache_usage=down,
-                           npu_free=npu_free, error=reason)
+            return Signals(
+                time=taken,
+                caption_p95=down,
+                translation_p95=down,
+                queue_depth={s: down for s in STAGES},
+                sessions_active=down,
+                audio_rtf=down,
+                gpu_memory_fraction=down,
+                vllm_requests_waiting=down,
+                kv_cache_usage=down,
+                npu_free=npu_free,
+                error=reason,
+            )
         ok: list[list[dict[str, Any]]] = [r for r in results if not isinstance(r, BaseException)]
         by = dict(zip(names, ok[: len(names)], strict=True))
-        age = {k: _scalar(v) for k, v in zip(q.freshness, ok[len(names):], strict=True)}
+        age = {k: _scalar(v) for k, v in zip(q.freshness, ok[len(names) :], strict=True)}
 
         queue_age = age["queue"]
         queues: dict[str, Sample] = {}
@@ -298,18 +339,31 @@ class PrometheusSignals:
             queues.setdefault(stage, Sample.absent("missing", "no series"))
         return Signals(
             time=taken,
-            caption_p95=_sample(_scalar(by["caption_p95"]), age["caption"], stale_after, histogram=True,
-                                rate=_scalar(by["caption_count"])),
-            translation_p95=_sample(_scalar(by["translation_p95"]), age["translation"], stale_after,
-                                    histogram=True, rate=_scalar(by["translation_count"])),
+            caption_p95=_sample(
+                _scalar(by["caption_p95"]),
+                age["caption"],
+                stale_after,
+                histogram=True,
+                rate=_scalar(by["caption_count"]),
+            ),
+            translation_p95=_sample(
+                _scalar(by["translation_p95"]),
+                age["translation"],
+                stale_after,
+                histogram=True,
+                rate=_scalar(by["translation_count"]),
+            ),
             queue_depth=queues,
             sessions_active=_sample(_scalar(by["sessions_active"]), age["sessions"], stale_after),
             audio_rtf=_sample(_scalar(by["audio_rtf"]), age["rtf"], stale_after),
             gpu_memory_fraction=_sample(_scalar(by["gpu_memory_fraction"]), age["gpu"], stale_after),
             vllm_requests_waiting=_sample(_scalar(by["vllm_requests_waiting"]), age["vllm"], stale_after),
             kv_cache_usage=_sample(_scalar(by["kv_cache_usage"]), age["vllm"], stale_after),
-            throughput={"audio": _sample(_scalar(by["audio_throughput"]), age["rtf"], stale_after),
-                        "translation": _sample(_scalar(by["translation_throughput"]), age["translation"],
-                                               stale_after)},
+            throughput={
+                "audio": _sample(_scalar(by["audio_throughput"]), age["rtf"], stale_after),
+                "translation": _sample(
+                    _scalar(by["translation_throughput"]), age["translation"], stale_after
+                ),
+            },
             npu_free=npu_free,
         )

@@ -69,9 +69,13 @@ async def npu_free(kube: KubeClient) -> int | None:
     """
     try:
         nodes = await kube.list("v1", "Node")
-        allocatable = sum(placement.parse_quantity(((n.get("status") or {}).get("allocatable") or {})
-                                                   .get(placement.NPU_RESOURCE, 0)) for n in nodes
-                          if not (n.get("spec") or {}).get("unschedulable"))
+        allocatable = sum(
+            placement.parse_quantity(
+                ((n.get("status") or {}).get("allocatable") or {}).get(placement.NPU_RESOURCE, 0)
+            )
+            for n in nodes
+            if not (n.get("spec") or {}).get("unschedulable")
+        )
         if allocatable <= 0:
             return None
         pods = await kube.list("v1", "Pod")
@@ -84,47 +88,79 @@ async def npu_free(kube: KubeClient) -> int | None:
             continue
         for c in (pod.get("spec") or {}).get("containers") or []:
             requested += placement.parse_quantity(
-                ((c.get("resources") or {}).get("requests") or {}).get(placement.NPU_RESOURCE, 0))
+                ((c.get("resources") or {}).get("requests") or {}).get(placement.NPU_RESOURCE, 0)
+            )
     return max(0, int(allocatable - requested))
 
 
-def scaling_condition(decision: Decision, previous: Mapping[str, Any] | None, generation: int) -> dict[str, Any]:
+def scaling_condition(
+    decision: Decision, previous: Mapping[str, Any] | None, generation: int
+) -> dict[str, Any]:
     status = "True" if decision.active else "False"
     since = None
     if previous and previous.get("status") == status:
         since = previous.get("lastTransitionTime")
-    return {"type": CONDITION, "status": status, "reason": decision.condition_reason,
-            "message": decision.message[:1024], "observedGeneration": generation,
-            "lastTransitionTime": since or _now_iso(decision.time)}
+    return {
+        "type": CONDITION,
+        "status": status,
+        "reason": decision.condition_reason,
+        "message": decision.message[:1024],
+        "observedGeneration": generation,
+        "lastTransitionTime": since or _now_iso(decision.time),
+    }
 
 
-async def act(kube: KubeClient, body: Mapping[str, Any], decision: Decision, *,
-              counter: Counter | None = None) -> dict[str, Any]:
+async def act(
+    kube: KubeClient, body: Mapping[str, Any], decision: Decision, *, counter: Counter | None = None
+) -> dict[str, Any]:
     """Apply a decision: replicas, annotations, status, Events, the counter. Returns the status patch."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
     owner = {"apiVersion": API_VERSION, "kind": KIND, "metadata": meta}
     record: dict[str, Any] | None = None
     for change in decision.changes:
-        await kube.patch("apps/v1", "Deployment", namespace, builders.deployment_name(name, change.stage),
-                         {"spec": {"replicas": change.desired}})
-        record = {"time": _now_iso(decision.time), "stage": change.stage, "from": change.current,
-                  "to": change.desired, "reason": change.message}
+        await kube.patch(
+            "apps/v1",
+            "Deployment",
+            namespace,
+            builders.deployment_name(name, change.stage),
+            {"spec": {"replicas": change.desired}},
+        )
+        record = {
+            "time": _now_iso(decision.time),
+            "stage": change.stage,
+            "from": change.current,
+            "to": change.desired,
+            "reason": change.message,
+        }
         if counter is not None:
-            counter.labels(pipeline=name, stage=change.stage, direction=change.direction,
-                           reason=change.reason).inc()
+            counter.labels(
+                pipeline=name, stage=change.stage, direction=change.direction, reason=change.reason
+            ).inc()
         await kube.post_event(owner, "ScaledUp" if change.direction == "up" else "ScaledDown", change.message)
-        log.info("scaled %s %d -> %d: %s", change.stage, change.current, change.desired, change.message,
-                 extra={"pipeline": name, "namespace": namespace, "stage": change.stage})
+        log.info(
+            "scaled %s %d -> %d: %s",
+            change.stage,
+            change.current,
+            change.desired,
+            change.message,
+            extra={"pipeline": name, "namespace": namespace, "stage": change.stage},
+        )
     annotations: dict[str, str] = {}
-    current_model = ((meta.get("annotations") or {}).get(builders.ACTIVE_MODEL_ANNOTATION))
+    current_model = (meta.get("annotations") or {}).get(builders.ACTIVE_MODEL_ANNOTATION)
     if decision.model is not None:
         annotations[builders.ACTIVE_MODEL_ANNOTATION] = decision.model
-        record = {"time": _now_iso(decision.time), "stage": "translation",
-                  "from": current_model or "", "to": decision.model, "reason": decision.model_message}
+        record = {
+            "time": _now_iso(decision.time),
+            "stage": "translation",
+            "from": current_model or "",
+            "to": decision.model,
+            "reason": decision.model_message,
+        }
         if counter is not None:
-            counter.labels(pipeline=name, stage="translation", direction="model",
-                           reason=decision.model_reason).inc()
+            counter.labels(
+                pipeline=name, stage="translation", direction="model", reason=decision.model_reason
+            ).inc()
         await kube.post_event(owner, "ModelChanged", decision.model_message)
         log.info("%s", decision.model_message, extra={"pipeline": name, "namespace": namespace})
     if decision.audio_device is not None:
@@ -143,8 +179,11 @@ async def act(kube: KubeClient, body: Mapping[str, Any], decision: Decision, *,
     patch: dict[str, Any] = {}
     if previous is None or any(previous.get(k) != condition[k] for k in ("status", "reason", "message")):
         patch["conditions"] = [c for c in conditions if c.get("type") != CONDITION] + [condition]
-        if not decision.active and (previous is None or previous.get("status") != "False"
-                                    or previous.get("reason") != decision.condition_reason):
+        if not decision.active and (
+            previous is None
+            or previous.get("status") != "False"
+            or previous.get("reason") != decision.condition_reason
+        ):
             await kube.post_event(owner, "ScalingHeld", decision.message, type_="Warning")
     if record is not None:
         patch["lastScalingDecision"] = record
@@ -155,9 +194,15 @@ async def act(kube: KubeClient, body: Mapping[str, Any], decision: Decision, *,
     return patch
 
 
-async def scale_once(kube: KubeClient, body: Mapping[str, Any], history: History, *, now: float | None = None,
-                     counter: Counter | None = None, signals_source: PrometheusSignals | None = None
-                     ) -> Decision | None:
+async def scale_once(
+    kube: KubeClient,
+    body: Mapping[str, Any],
+    history: History,
+    *,
+    now: float | None = None,
+    counter: Counter | None = None,
+    signals_source: PrometheusSignals | None = None,
+) -> Decision | None:
     """One full autoscaling step for one pipeline. None when there is nothing to scale yet."""
     meta = body["metadata"]
     name, namespace = meta["name"], meta["namespace"]
@@ -178,12 +223,17 @@ async def scale_once(kube: KubeClient, body: Mapping[str, Any], history: History
     npus = await npu_free(kube) if audio_device == "npu" else None
     # A query slower than the interval is as good as none: the next interval asks again.
     source = signals_source or PrometheusSignals(
-        spec.scaling.prometheusUrl, timeout_s=max(1.0, min(5.0, spec.scaling.interval_seconds)))
+        spec.scaling.prometheusUrl, timeout_s=max(1.0, min(5.0, spec.scaling.interval_seconds))
+    )
     taken = time.time() if now is None else now
     signals = await source.gather(name, namespace, spec.scaling.interval_seconds, now=taken, npu_free=npus)
-    current = Current(replicas={s: d["replicas"] for s, d in deployments.items()},
-                      ready={s: d["ready"] for s, d in deployments.items()},
-                      model=model, audio_device=audio_device, translation_backend=backend)
+    current = Current(
+        replicas={s: d["replicas"] for s, d in deployments.items()},
+        ready={s: d["ready"] for s, d in deployments.items()},
+        model=model,
+        audio_device=audio_device,
+        translation_backend=backend,
+    )
     decision = decide(spec, signals, current, history, taken)
     await act(kube, body, decision, counter=counter)
     return decision
@@ -195,25 +245,33 @@ async def autoscale_step(body: kopf.Body, memo: kopf.Memo) -> None:
     state: OperatorState | None = memo.get("state")
     if state is None:
         return
-    raw = {"apiVersion": API_VERSION, "kind": KIND, "metadata": dict(body.metadata),
-           "spec": dict(body.spec), "status": dict(body.status)}
+    raw = {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": dict(body.metadata),
+        "spec": dict(body.spec),
+        "status": dict(body.status),
+    }
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace, component="autoscaler"):
         try:
-            decision = await scale_once(state.kube, raw, memo.get("scaling_history") or History(),
-                                        counter=state.scaling_decisions)
+            decision = await scale_once(
+                state.kube, raw, memo.get("scaling_history") or History(), counter=state.scaling_decisions
+            )
         except ApiError as e:
             log.warning("autoscaling step failed, retrying next interval: %s", e)
             return
         if decision is None:
             return
         memo.scaling_history = decision.history
-        state.scaling_active_gauge.labels(namespace=body.metadata.namespace or "",
-                                          pipeline=body.metadata.name or "").set(1 if decision.active else 0)
+        state.scaling_active_gauge.labels(
+            namespace=body.metadata.namespace or "", pipeline=body.metadata.name or ""
+        ).set(1 if decision.active else 0)
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, initial_delay=TICK_S, cancellation_timeout=10.0)
-async def autoscale(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped,
-                    **kwargs: Any) -> None:
+async def autoscale(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, stopped: kopf.DaemonStopped, **kwargs: Any
+) -> None:
     """The pipeline's autoscaling loop: one decision, then sleep spec.scaling.interval (re-read
     from the live body every time, so an edited interval applies at once).
 

@@ -32,8 +32,14 @@ from livetranslate_testing.figures import loadavg
 from livetranslate_testing.kube_emulator import Call, KubeEmulator
 
 TP = "livetranslate.io/v1alpha1/translationpipelines"
-CHILD_RESOURCES = ("v1/configmaps", "v1/services", "apps/v1/deployments", "policy/v1/poddisruptionbudgets",
-                   "networking.k8s.io/v1/networkpolicies", "monitoring.coreos.com/v1/podmonitors")
+CHILD_RESOURCES = (
+    "v1/configmaps",
+    "v1/services",
+    "apps/v1/deployments",
+    "policy/v1/poddisruptionbudgets",
+    "networking.k8s.io/v1/networkpolicies",
+    "monitoring.coreos.com/v1/podmonitors",
+)
 # Children every servable pipeline has, whatever else the operator adds (NetworkPolicies, ...).
 REQUIRED_KINDS = ("ConfigMap", "Service", "Deployment", "PodDisruptionBudget")
 OPERATOR_AGENT = "livetranslate-operator"
@@ -54,13 +60,20 @@ def base_spec() -> dict[str, Any]:
 class OperatorSubprocess:
     """``livetranslate operator`` in a child process, pointed at the emulator's kubeconfig."""
 
-    def __init__(self, api: KubeEmulator, kubeconfig: Path, log_path: Path,
-                 env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, api: KubeEmulator, kubeconfig: Path, log_path: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.api = api
         self.log_path = log_path
-        self.env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PYTHONSAFEPATH": "1",
-                    "LT_OPERATOR_METRICS_PORT": "0", "LT_OPERATOR_LIVENESS_ENDPOINT": "",
-                    "LT_LOG_LEVEL": "INFO", **(env or {})}
+        self.env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "PYTHONSAFEPATH": "1",
+            "LT_OPERATOR_METRICS_PORT": "0",
+            "LT_OPERATOR_LIVENESS_ENDPOINT": "",
+            "LT_LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self._calls_at_start = 0
@@ -75,17 +88,23 @@ class OperatorSubprocess:
             log.write(f'{{"chaos": "operator start #{self.starts}"}}\n'.encode())
             log.flush()
             # Dies with us even if we are SIGKILLed: no operator left acting on a dead emulator port.
-            self.proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "operator"],
-                                         env=self.env, stdout=subprocess.DEVNULL, stderr=log,
-                                         preexec_fn=_die_with_parent)  # noqa: PLW1509 - no threads here
+            self.proc = subprocess.Popen(
+                [sys.executable, "-P", "-m", "livetranslate.cli", "operator"],
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
+            )
         self.starts += 1
 
     async def wait_watching(self, timeout: float = 90.0) -> float:
         """Seconds until this process opened its TranslationPipeline watch (it has listed them)."""
         started = time.monotonic()
         while time.monotonic() - started < timeout:
-            if any(c.verb == "watch" and c.resource == "translationpipelines"
-                   for c in self.api.calls[self._calls_at_start:]):
+            if any(
+                c.verb == "watch" and c.resource == "translationpipelines"
+                for c in self.api.calls[self._calls_at_start :]
+            ):
                 return time.monotonic() - started
             if self.proc is None or self.proc.poll() is not None:
                 raise RuntimeError(f"operator exited: {self.log_tail()}")
@@ -118,10 +137,21 @@ class OperatorSubprocess:
         retry, and not Kopf giving up on an event because the API server answered with an error
         (``Throttling ... due to an unexpected error: API...Error``; the resync recovers those)."""
         bad = ("failed with an exception", "unrecoverable", "Traceback", "Unhandled")
-        api_errors = ("APIConflictError", "APIServerError", "APITooManyRequestsError", "ClientPayloadError",
-                      "ServerDisconnectedError", "ClientConnectionError", "ClientOSError")
-        return [record.splitlines()[0][:2000] for record in self.records() if any(b in record for b in bad)
-                and not ("Throttling for" in record and any(a in record for a in api_errors))]
+        api_errors = (
+            "APIConflictError",
+            "APIServerError",
+            "APITooManyRequestsError",
+            "ClientPayloadError",
+            "ServerDisconnectedError",
+            "ClientConnectionError",
+            "ClientOSError",
+        )
+        return [
+            record.splitlines()[0][:2000]
+            for record in self.records()
+            if any(b in record for b in bad)
+            and not ("Throttling for" in record and any(a in record for a in api_errors))
+        ]
 
     def records(self) -> list[str]:
         """The log's records, a traceback joined to the line that logged it."""
@@ -195,8 +225,11 @@ class Inspection:
         return {f.name: len(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     def summary(self, limit: int = 5) -> str:
-        parts = [f"{name}={len(items)} {items[:limit]}" for name, items in dataclasses.asdict(self).items()
-                 if items]
+        parts = [
+            f"{name}={len(items)} {items[:limit]}"
+            for name, items in dataclasses.asdict(self).items()
+            if items
+        ]
         return "; ".join(parts) or "converged"
 
 
@@ -228,9 +261,12 @@ def inspect(api: KubeEmulator, namespace: str) -> Inspection:
             continue
         generation = int(meta.get("generation") or 0)
         kids = children.get(name, [])
-        roles = Counter((k["kind"], (k["metadata"].get("labels") or {}).get(builders.STAGE_LABEL, ""))
-                        for k in kids)
-        found.duplicates += [f"{name}: {n} x {kind}/{stage or '-'}" for (kind, stage), n in roles.items() if n > 1]
+        roles = Counter(
+            (k["kind"], (k["metadata"].get("labels") or {}).get(builders.STAGE_LABEL, "")) for k in kids
+        )
+        found.duplicates += [
+            f"{name}: {n} x {kind}/{stage or '-'}" for (kind, stage), n in roles.items() if n > 1
+        ]
         for k in kids:
             if k["metadata"]["ownerReferences"][0].get("uid") != meta["uid"]:
                 found.orphans.append(f"{k['kind']}/{k['metadata']['name']} owned by another {name}")
@@ -242,27 +278,44 @@ def inspect(api: KubeEmulator, namespace: str) -> Inspection:
                     found.missing.append(f"{name}: {kinds.get(kind, 0)}/{want} {kind}")
             config = next((k for k in kids if k["kind"] == "ConfigMap"), None)
             if config is not None:
-                applied = json.loads((config.get("data") or {}).get("pipeline.json") or "{}").get("generation")
+                applied = json.loads((config.get("data") or {}).get("pipeline.json") or "{}").get(
+                    "generation"
+                )
                 if applied != generation:
                     found.stale.append(f"{name}: config generation {applied} != {generation}")
-            ready: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
-            if (status.get("phase") != "Ready" or status.get("observedGeneration") != generation
-                    or ready.get("status") != "True" or ready.get("observedGeneration") != generation
-                    or status.get("readyStages") != f"{len(builders.STAGES)}/{len(builders.STAGES)}"
-                    or status.get("invalidField")):
-                found.bad_status.append(f"{name}: phase={status.get('phase')} observed="
-                                        f"{status.get('observedGeneration')} gen={generation} "
-                                        f"ready={ready.get('status')}/{ready.get('observedGeneration')}")
+            ready: dict[str, Any] = next(
+                (c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {}
+            )
+            if (
+                status.get("phase") != "Ready"
+                or status.get("observedGeneration") != generation
+                or ready.get("status") != "True"
+                or ready.get("observedGeneration") != generation
+                or status.get("readyStages") != f"{len(builders.STAGES)}/{len(builders.STAGES)}"
+                or status.get("invalidField")
+            ):
+                found.bad_status.append(
+                    f"{name}: phase={status.get('phase')} observed="
+                    f"{status.get('observedGeneration')} gen={generation} "
+                    f"ready={ready.get('status')}/{ready.get('observedGeneration')}"
+                )
         else:
-            if (status.get("phase") != "Failed" or status.get("observedGeneration") != generation
-                    or not str(status.get("invalidField") or "").startswith("spec.targetLanguages")):
-                found.bad_status.append(f"{name}: unservable spec, phase={status.get('phase')} observed="
-                                        f"{status.get('observedGeneration')} gen={generation} "
-                                        f"invalidField={status.get('invalidField')}")
+            if (
+                status.get("phase") != "Failed"
+                or status.get("observedGeneration") != generation
+                or not str(status.get("invalidField") or "").startswith("spec.targetLanguages")
+            ):
+                found.bad_status.append(
+                    f"{name}: unservable spec, phase={status.get('phase')} observed="
+                    f"{status.get('observedGeneration')} gen={generation} "
+                    f"invalidField={status.get('invalidField')}"
+                )
     return found
 
 
-async def converge(api: KubeEmulator, namespace: str, timeout: float, *, poll: float = 0.1) -> tuple[float, Inspection]:
+async def converge(
+    api: KubeEmulator, namespace: str, timeout: float, *, poll: float = 0.1
+) -> tuple[float, Inspection]:
     """Seconds until ``inspect`` finds nothing wrong, or (timeout, what is still wrong)."""
     started = time.monotonic()
     while True:
@@ -281,16 +334,20 @@ class Workload:
     kubectl, never faulted). Some updates ask for a target the cluster cannot serve: the
     operator must then report Failed naming the field, and recover when a later update fixes it."""
 
-    def __init__(self, api: KubeEmulator, namespace: str, size: int, rng: random.Random,
-                 unservable_rate: float = 0.1) -> None:
+    def __init__(
+        self, api: KubeEmulator, namespace: str, size: int, rng: random.Random, unservable_rate: float = 0.1
+    ) -> None:
         self.api, self.namespace, self.size, self.rng = api, namespace, size, rng
         self.unservable_rate = unservable_rate
         self.serial = 0
         self.ops: Counter[str] = Counter()
 
     def names(self) -> list[str]:
-        return sorted(p["metadata"]["name"] for p in self.api.find(TP, self.namespace)
-                      if not p["metadata"].get("deletionTimestamp"))
+        return sorted(
+            p["metadata"]["name"]
+            for p in self.api.find(TP, self.namespace)
+            if not p["metadata"].get("deletionTimestamp")
+        )
 
     def create(self) -> str:
         name = f"chaos-{self.serial:04d}"
@@ -302,14 +359,18 @@ class Workload:
     def update(self, name: str) -> None:
         rng = self.rng
         low = rng.randint(1, 3)
-        patch: dict[str, Any] = rng.choice([
-            {"audio": {"vad": rng.random() < 0.5}},
-            {"gateway": {"maxSessionsPerReplica": rng.randint(50, 2000)}},
-            {"gateway": {"replicas": {"min": low, "max": low + rng.randint(0, 3)}}},
-            {"translation": {"contextSegments": rng.randint(0, 8)}},
-            {"audio": {"diarization": {"enabled": rng.random() < 0.5, "maxSpeakers": rng.randint(1, 8)}}},
-        ])
-        patch["targetLanguages"] = [UNSERVABLE_TARGET if rng.random() < self.unservable_rate else SERVABLE_TARGET]
+        patch: dict[str, Any] = rng.choice(
+            [
+                {"audio": {"vad": rng.random() < 0.5}},
+                {"gateway": {"maxSessionsPerReplica": rng.randint(50, 2000)}},
+                {"gateway": {"replicas": {"min": low, "max": low + rng.randint(0, 3)}}},
+                {"translation": {"contextSegments": rng.randint(0, 8)}},
+                {"audio": {"diarization": {"enabled": rng.random() < 0.5, "maxSpeakers": rng.randint(1, 8)}}},
+            ]
+        )
+        patch["targetLanguages"] = [
+            UNSERVABLE_TARGET if rng.random() < self.unservable_rate else SERVABLE_TARGET
+        ]
         self.api.patch_object(TP, self.namespace, name, {"spec": patch})
         self.ops["update"] += 1
 

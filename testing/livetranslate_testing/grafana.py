@@ -23,6 +23,7 @@ _VAR = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
 def substitute(expr: str, variables: Mapping[str, str]) -> str:
     """Replace Grafana's ``$name`` / ``${name}`` variables; an unknown one is an error (a query
     Grafana would send with a variable left in would fail there too)."""
+
     def one(m: re.Match[str]) -> str:
         # "$1" (a label_replace back-reference) never matches: names start with a letter.
         if m.group(1) not in variables:
@@ -32,17 +33,29 @@ def substitute(expr: str, variables: Mapping[str, str]) -> str:
     return _VAR.sub(one, expr)
 
 
-def query_panels(prometheus: str, dashboard: Mapping[str, Any], start: float, end: float,
-                 variables: Mapping[str, str], step: str = "15s") -> PanelData:
+def query_panels(
+    prometheus: str,
+    dashboard: Mapping[str, Any],
+    start: float,
+    end: float,
+    variables: Mapping[str, str],
+    step: str = "15s",
+) -> PanelData:
     """Every panel's targets as range queries over [start, end]."""
     out: PanelData = {}
     with httpx.Client(timeout=30) as client:
         for panel in dashboard["panels"]:
             results = []
             for target in panel["targets"]:
-                r = client.get(f"{prometheus}/api/v1/query_range",
-                               params={"query": substitute(target["expr"], variables),
-                                       "start": start, "end": end, "step": step})
+                r = client.get(
+                    f"{prometheus}/api/v1/query_range",
+                    params={
+                        "query": substitute(target["expr"], variables),
+                        "start": start,
+                        "end": end,
+                        "step": step,
+                    },
+                )
                 body = r.json()
                 if body.get("status") != "success":
                     raise AssertionError(f"{panel['title']}: {target['expr']}: {body}")
@@ -77,13 +90,23 @@ def render_png(dashboard: Mapping[str, Any], data: PanelData, path: Path, subtit
     fig = plt.figure(figsize=(18, rows * 0.5 + 1))
     fig.suptitle(f"{dashboard['title']}: {subtitle}", fontsize=12)
     top = 0.94  # room for the title
-    span = max((float(t) for ts in data.values() for _, ss in ts for s in ss for t, _ in s["values"]),
-               default=t0) - t0
+    span = (
+        max(
+            (float(t) for ts in data.values() for _, ss in ts for s in ss for t, _ in s["values"]), default=t0
+        )
+        - t0
+    )
     scale, unit = (60.0, "minutes") if span > 600 else (1.0, "seconds")
     for panel in panels:
         g = panel["gridPos"]
-        ax = fig.add_axes((g["x"] / 24 + 0.035, top - (g["y"] + g["h"]) / rows * top + 0.035,
-                           g["w"] / 24 - 0.05, g["h"] / rows * top - 0.075))
+        ax = fig.add_axes(
+            (
+                g["x"] / 24 + 0.035,
+                top - (g["y"] + g["h"]) / rows * top + 0.035,
+                g["w"] / 24 - 0.05,
+                g["h"] / rows * top - 0.075,
+            )
+        )
         ax.set_title(panel["title"], fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
         targets = data.get(panel["title"], [])
@@ -95,11 +118,21 @@ def render_png(dashboard: Mapping[str, Any], data: PanelData, path: Path, subtit
                     values = [float(v) for _, v in s["values"] if math.isfinite(float(v))]
                     if values:
                         label = _legend(legend, s["metric"])
-                        shown.append(f"{label}: {values[-1]:.3g}" if name_mode and
-                                     panel["options"]["textMode"] == "value_and_name"
-                                     else label if name_mode else f"{values[-1]:.3g}")
-            ax.text(0.5, 0.45, "\n".join(shown) or "no data", ha="center", va="center",
-                    fontsize=16 if len(shown) < 2 else 10)
+                        shown.append(
+                            f"{label}: {values[-1]:.3g}"
+                            if name_mode and panel["options"]["textMode"] == "value_and_name"
+                            else label
+                            if name_mode
+                            else f"{values[-1]:.3g}"
+                        )
+            ax.text(
+                0.5,
+                0.45,
+                "\n".join(shown) or "no data",
+                ha="center",
+                va="center",
+                fontsize=16 if len(shown) < 2 else 10,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             continue

@@ -146,21 +146,47 @@ def fault_status(kind: str, call: Call, faults: Faults) -> tuple[dict[str, Any],
     """The Status body and headers kube-apiserver sends for an injected fault."""
     group_resource = f"{call.resource.split('/')[0]}{'.' + call.group if call.group else ''}"
     if kind == "throttle":
-        return ({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                 "message": "Too many requests, please try again later.", "reason": "TooManyRequests",
-                 "details": {"retryAfterSeconds": faults.retry_after_s}, "code": 429},
-                {"Retry-After": str(faults.retry_after_s)})
+        return (
+            {
+                "apiVersion": "v1",
+                "kind": "Status",
+                "metadata": {},
+                "status": "Failure",
+                "message": "Too many requests, please try again later.",
+                "reason": "TooManyRequests",
+                "details": {"retryAfterSeconds": faults.retry_after_s},
+                "code": 429,
+            },
+            {"Retry-After": str(faults.retry_after_s)},
+        )
     if kind == "conflict":
-        return ({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                 "message": f"Operation cannot be fulfilled on {group_resource} \"{call.name}\": the object "
-                            "has been modified; please apply your changes to the latest version and try again",
-                 "reason": "Conflict", "details": {"name": call.name, "group": call.group,
-                                                   "kind": call.resource.split("/")[0]},
-                 "code": 409}, {})
-    return ({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-             "message": "Internal error occurred: etcdserver: request timed out (injected fault)",
-             "reason": "InternalError",
-             "details": {"causes": [{"message": "etcdserver: request timed out"}]}, "code": 500}, {})
+        return (
+            {
+                "apiVersion": "v1",
+                "kind": "Status",
+                "metadata": {},
+                "status": "Failure",
+                "message": f'Operation cannot be fulfilled on {group_resource} "{call.name}": the object '
+                "has been modified; please apply your changes to the latest version and try again",
+                "reason": "Conflict",
+                "details": {"name": call.name, "group": call.group, "kind": call.resource.split("/")[0]},
+                "code": 409,
+            },
+            {},
+        )
+    return (
+        {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Failure",
+            "message": "Internal error occurred: etcdserver: request timed out (injected fault)",
+            "reason": "InternalError",
+            "details": {"causes": [{"message": "etcdserver: request timed out"}]},
+            "code": 500,
+        },
+        {},
+    )
 
 
 def _now() -> str:
@@ -349,7 +375,8 @@ class KubeEmulator(kmock.KubernetesScaffold):
         for version in spec["versions"]:
             key = f"{spec['group']}/{version['name']}/{spec['names']['plural']}"
             self.resources[key] = kmock.ResourceInfo(
-                kind=spec["names"]["kind"], singular=spec["names"].get("singular"),
+                kind=spec["names"]["kind"],
+                singular=spec["names"].get("singular"),
                 namespaced=spec["scope"] == "Namespaced",
                 verbs={"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"},
                 shortnames=set(spec["names"].get("shortNames", [])),
@@ -358,24 +385,37 @@ class KubeEmulator(kmock.KubernetesScaffold):
             )
             schema = version["schema"]["openAPIV3Schema"]
             self.admission[(spec["group"], version["name"], spec["names"]["plural"])] = functools.partial(
-                admit, schema=schema)
+                admit, schema=schema
+            )
 
     def kubeconfig(self, server_url: str, path: Path) -> Path:
         """Write a kubeconfig pointing at this emulator (Kopf and KubeClient read $KUBECONFIG)."""
         config = {
-            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "emulator",
             "clusters": [{"name": "emulator", "cluster": {"server": server_url.rstrip("/")}}],
             "users": [{"name": "emulator", "user": {"token": "emulator-token"}}],
-            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "emulator",
-                                                          "namespace": "default"}}],
+            "contexts": [
+                {
+                    "name": "emulator",
+                    "context": {"cluster": "emulator", "user": "emulator", "namespace": "default"},
+                }
+            ],
         }
         path.write_text(yaml.safe_dump(config))
         return path
 
     def _info(self, key: ResourceKey) -> kmock.ResourceInfo | None:
         if key not in self._info_cache:
-            self._info_cache[key] = next((self.resources[r] for r in self.resources  # type: ignore[misc]
-                                          if (r.group, r.version, r.plural) == key), None)
+            self._info_cache[key] = next(
+                (
+                    self.resources[r]
+                    for r in self.resources  # type: ignore[misc]
+                    if (r.group, r.version, r.plural) == key
+                ),
+                None,
+            )
         return self._info_cache[key]
 
     def _events_after(self, rv: int) -> list[_Event]:
@@ -383,13 +423,18 @@ class KubeEmulator(kmock.KubernetesScaffold):
         start = bisect.bisect_right(self._log, rv, key=lambda e: e.rv)
         return self._log[start:]
 
-    def find(self, group_version_plural: str, namespace: str | None = None,
-             label_selector: str | None = None) -> list[dict[str, Any]]:
+    def find(
+        self, group_version_plural: str, namespace: str | None = None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         """Stored objects of a resource ("apps/v1/deployments", "v1/nodes"), for assertions."""
         key = _key(group_version_plural)
-        return [copy.deepcopy(o) for (r, ns, _), o in self.objects.items()
-                if r == key and (namespace is None or ns == namespace)
-                and match_labels(label_selector, o.get("metadata", {}).get("labels") or {})]
+        return [
+            copy.deepcopy(o)
+            for (r, ns, _), o in self.objects.items()
+            if r == key
+            and (namespace is None or ns == namespace)
+            and match_labels(label_selector, o.get("metadata", {}).get("labels") or {})
+        ]
 
     def read(self, group_version_plural: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         obj = self.objects.get((_key(group_version_plural), namespace, name))
@@ -400,28 +445,41 @@ class KubeEmulator(kmock.KubernetesScaffold):
         key = _key(group_version_plural)
         return self._create(key, obj.get("metadata", {}).get("namespace"), copy.deepcopy(obj))
 
-    def patch_object(self, group_version_plural: str, namespace: str | None, name: str,
-                     patch: Mapping[str, Any]) -> dict[str, Any]:
+    def patch_object(
+        self, group_version_plural: str, namespace: str | None, name: str, patch: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """Merge-patch an object as a client would (kubectl edit), bypassing HTTP and faults."""
         key = (_key(group_version_plural), namespace, name)
         old = self.objects.get(key)
         if old is None:
-            raise ApiStatus(404, "NotFound", f"{key[0][2]} \"{name}\" not found")
+            raise ApiStatus(404, "NotFound", f'{key[0][2]} "{name}" not found')
         return self._write(key, merge_patch(old, dict(patch)))
 
     def delete_object(self, group_version_plural: str, namespace: str | None, name: str) -> dict[str, Any]:
         """Delete as a client would (finalizers honoured, dependents collected), bypassing HTTP."""
         return self._delete(_key(group_version_plural), namespace, name)
 
-    def add_node(self, name: str, *, allocatable: Mapping[str, str] | None = None,
-                 labels: Mapping[str, str] | None = None, taints: Iterable[Mapping[str, str]] = (),
-                 unschedulable: bool = False) -> dict[str, Any]:
+    def add_node(
+        self,
+        name: str,
+        *,
+        allocatable: Mapping[str, str] | None = None,
+        labels: Mapping[str, str] | None = None,
+        taints: Iterable[Mapping[str, str]] = (),
+        unschedulable: bool = False,
+    ) -> dict[str, Any]:
         alloc = {"cpu": "8", "memory": "32Gi", "pods": "110", **(allocatable or {})}
-        node = {"apiVersion": "v1", "kind": "Node",
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
-                "spec": {"taints": list(taints), "unschedulable": unschedulable},
-                "status": {"allocatable": alloc, "capacity": dict(alloc),
-                           "conditions": [{"type": "Ready", "status": "True"}]}}
+        node = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+            "spec": {"taints": list(taints), "unschedulable": unschedulable},
+            "status": {
+                "allocatable": alloc,
+                "capacity": dict(alloc),
+                "conditions": [{"type": "Ready", "status": "True"}],
+            },
+        }
         return self._create(("", "v1", "nodes"), None, node)
 
     def remove_node(self, name: str) -> None:
@@ -435,9 +493,14 @@ class KubeEmulator(kmock.KubernetesScaffold):
             raise KeyError(f"no deployment {namespace}/{name}")
         desired = int(obj.get("spec", {}).get("replicas", 1))
         n = desired if ready is True else (0 if ready is False else int(ready))
-        status = {"observedGeneration": obj["metadata"].get("generation", 1), "replicas": desired,
-                  "updatedReplicas": desired, "readyReplicas": n, "availableReplicas": n,
-                  "unavailableReplicas": max(0, desired - n)}
+        status = {
+            "observedGeneration": obj["metadata"].get("generation", 1),
+            "replicas": desired,
+            "updatedReplicas": desired,
+            "readyReplicas": n,
+            "availableReplicas": n,
+            "unavailableReplicas": max(0, desired - n),
+        }
         if obj.get("status") != status:
             self._write(key, {**obj, "status": status}, subresource="status")
 
@@ -478,7 +541,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
             meta.pop("namespace", None)
         key = (resource, namespace, name)
         if key in self.objects:
-            raise ApiStatus(409, "AlreadyExists", f"{resource[2]} \"{name}\" already exists")
+            raise ApiStatus(409, "AlreadyExists", f'{resource[2]} "{name}" already exists')
         obj = self._admit(resource, obj)
         group, version, _ = resource
         obj["apiVersion"] = f"{group}/{version}" if group else version
@@ -504,16 +567,25 @@ class KubeEmulator(kmock.KubernetesScaffold):
             raise ApiStatus(422, "Invalid", "; ".join(errors))
         return stored
 
-    def _write(self, key: ObjectKey, new: dict[str, Any], *, subresource: str | None = None,
-               precondition_rv: str | None = None) -> dict[str, Any]:
+    def _write(
+        self,
+        key: ObjectKey,
+        new: dict[str, Any],
+        *,
+        subresource: str | None = None,
+        precondition_rv: str | None = None,
+    ) -> dict[str, Any]:
         """Store an update of an existing object with apiserver semantics."""
         resource = key[0]
         old = self.objects.get(key)
         if old is None:
-            raise ApiStatus(404, "NotFound", f"{resource[2]} \"{key[2]}\" not found")
+            raise ApiStatus(404, "NotFound", f'{resource[2]} "{key[2]}" not found')
         if precondition_rv and precondition_rv != old["metadata"]["resourceVersion"]:
-            raise ApiStatus(409, "Conflict", "the object has been modified; please apply your changes "
-                                             "to the latest version and try again")
+            raise ApiStatus(
+                409,
+                "Conflict",
+                "the object has been modified; please apply your changes to the latest version and try again",
+            )
         info = self._info(resource)
         has_status = info is not None and "status" in info.subresources
         new = copy.deepcopy(new)
@@ -527,8 +599,15 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 new["status"] = copy.deepcopy(old["status"])
         # Server-owned metadata.
         meta = new.setdefault("metadata", {})
-        for field in ("uid", "creationTimestamp", "generation", "deletionTimestamp", "namespace", "name",
-                      "deletionGracePeriodSeconds"):
+        for field in (
+            "uid",
+            "creationTimestamp",
+            "generation",
+            "deletionTimestamp",
+            "namespace",
+            "name",
+            "deletionGracePeriodSeconds",
+        ):
             if field in old["metadata"]:
                 meta[field] = old["metadata"][field]
             else:
@@ -558,7 +637,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
         key = (resource, namespace, name)
         obj = self.objects.get(key)
         if obj is None:
-            raise ApiStatus(404, "NotFound", f"{resource[2]} \"{name}\" not found")
+            raise ApiStatus(404, "NotFound", f'{resource[2]} "{name}" not found')
         meta = obj["metadata"]
         if meta.get("finalizers"):
             if not meta.get("deletionTimestamp"):
@@ -582,8 +661,11 @@ class KubeEmulator(kmock.KubernetesScaffold):
         live_uids = {o["metadata"]["uid"] for o in self.objects.values()}
         for key, obj in list(self.objects.items()):
             owners = obj.get("metadata", {}).get("ownerReferences") or []
-            orphaned = owners and any(o.get("uid") == owner_uid for o in owners) and \
-                not any(o.get("uid") in live_uids for o in owners)
+            orphaned = (
+                owners
+                and any(o.get("uid") == owner_uid for o in owners)
+                and not any(o.get("uid") in live_uids for o in owners)
+            )
             if orphaned and key in self.objects:
                 self._delete(*key)
 
@@ -605,12 +687,23 @@ class KubeEmulator(kmock.KubernetesScaffold):
         key: ResourceKey = (res.group, res.version, res.plural)
         method = raw.method.upper()
         params = dict(raw.query)
-        verb = {"GET": "get" if request.name else ("watch" if params.get("watch") in ("true", "1") else "list"),
-                "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+        verb = {
+            "GET": "get" if request.name else ("watch" if params.get("watch") in ("true", "1") else "list"),
+            "POST": "create",
+            "PUT": "update",
+            "PATCH": "patch",
+            "DELETE": "delete",
+        }.get(method, method.lower())
         if method == "GET" and request.name and params.get("watch") in ("true", "1"):
             verb = "watch"
-        call = Call(verb, res.group, res.plural + (f"/{request.subresource}" if request.subresource else ""),
-                    request.namespace, request.name, raw.headers.get("User-Agent", ""))
+        call = Call(
+            verb,
+            res.group,
+            res.plural + (f"/{request.subresource}" if request.subresource else ""),
+            request.namespace,
+            request.name,
+            raw.headers.get("User-Agent", ""),
+        )
         self.calls.append(call)
         if self.gate is not None:
             await self.gate(call)
@@ -626,10 +719,14 @@ class KubeEmulator(kmock.KubernetesScaffold):
             if self._info(key) is None:
                 raise ApiStatus(404, "NotFound", f"the server could not find the requested resource {key}")
             if verb == "watch":
-                cut_after = (faults.rng.uniform(0.0, faults.drop_within_s)
-                             if fault == "drop_watch" and faults is not None else None)
-                return await self._watch(raw, key, request.namespace, params, request.name, cut_after=cut_after,
-                                         call=call)
+                cut_after = (
+                    faults.rng.uniform(0.0, faults.drop_within_s)
+                    if fault == "drop_watch" and faults is not None
+                    else None
+                )
+                return await self._watch(
+                    raw, key, request.namespace, params, request.name, cut_after=cut_after, call=call
+                )
             if verb == "list":
                 return aiohttp.web.json_response(self._list(key, request.namespace, params))
             if request.name is None and method != "POST":
@@ -650,7 +747,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
             if method == "GET":
                 obj = self.objects.get(okey)
                 if obj is None:
-                    raise ApiStatus(404, "NotFound", f"{key[2]} \"{request.name}\" not found")
+                    raise ApiStatus(404, "NotFound", f'{key[2]} "{request.name}" not found')
                 return aiohttp.web.json_response(obj)
             if method == "DELETE":
                 return aiohttp.web.json_response(self._delete(*okey))
@@ -659,23 +756,37 @@ class KubeEmulator(kmock.KubernetesScaffold):
                     raise ApiStatus(400, "BadRequest", "the body is not a JSON object")
                 rv = (body.get("metadata") or {}).get("resourceVersion")
                 if not rv:
-                    raise ApiStatus(422, "Invalid", "metadata.resourceVersion: Invalid value: 0x0: "
-                                                    "must be specified for an update")
-                return aiohttp.web.json_response(self._write(okey, body, subresource=request.subresource,
-                                                             precondition_rv=rv))
+                    raise ApiStatus(
+                        422,
+                        "Invalid",
+                        "metadata.resourceVersion: Invalid value: 0x0: must be specified for an update",
+                    )
+                return aiohttp.web.json_response(
+                    self._write(okey, body, subresource=request.subresource, precondition_rv=rv)
+                )
             if method == "PATCH":
                 old = self.objects.get(okey)
                 if old is None:
-                    raise ApiStatus(404, "NotFound", f"{key[2]} \"{request.name}\" not found")
+                    raise ApiStatus(404, "NotFound", f'{key[2]} "{request.name}" not found')
                 new = self._patched(old, body, raw.content_type)
                 rv = (body.get("metadata") or {}).get("resourceVersion") if isinstance(body, dict) else None
-                return aiohttp.web.json_response(self._write(okey, new, subresource=request.subresource,
-                                                             precondition_rv=rv))
+                return aiohttp.web.json_response(
+                    self._write(okey, new, subresource=request.subresource, precondition_rv=rv)
+                )
             raise ApiStatus(405, "MethodNotAllowed", f"{method} is not supported")
         except ApiStatus as e:
             return aiohttp.web.json_response(
-                {"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
-                 "code": e.code, "reason": e.reason, "message": e.message}, status=e.code)
+                {
+                    "apiVersion": "v1",
+                    "kind": "Status",
+                    "metadata": {},
+                    "status": "Failure",
+                    "code": e.code,
+                    "reason": e.reason,
+                    "message": e.message,
+                },
+                status=e.code,
+            )
 
     def _namespaced(self, key: ResourceKey) -> bool:
         info = self._info(key)
@@ -698,7 +809,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
     def _scale(self, key: ObjectKey, method: str, body: Any, content_type: str) -> dict[str, Any]:
         obj = self.objects.get(key)
         if obj is None:
-            raise ApiStatus(404, "NotFound", f"deployments \"{key[2]}\" not found")
+            raise ApiStatus(404, "NotFound", f'deployments "{key[2]}" not found')
         if method in ("PATCH", "PUT"):
             scale = self._scale_view(obj)
             new_scale = self._patched(scale, body, content_type) if method == "PATCH" else body
@@ -711,28 +822,52 @@ class KubeEmulator(kmock.KubernetesScaffold):
     @staticmethod
     def _scale_view(obj: dict[str, Any]) -> dict[str, Any]:
         meta = obj["metadata"]
-        return {"apiVersion": "autoscaling/v1", "kind": "Scale",
-                "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta},
-                "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
-                "status": {"replicas": obj.get("status", {}).get("replicas", 0)}}
+        return {
+            "apiVersion": "autoscaling/v1",
+            "kind": "Scale",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion") if k in meta},
+            "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
+            "status": {"replicas": obj.get("status", {}).get("replicas", 0)},
+        }
 
-    def _matches(self, key: ResourceKey, namespace: str | None, params: Mapping[str, str],
-                 resource: ResourceKey, obj: Mapping[str, Any], name: str | None = None) -> bool:
+    def _matches(
+        self,
+        key: ResourceKey,
+        namespace: str | None,
+        params: Mapping[str, str],
+        resource: ResourceKey,
+        obj: Mapping[str, Any],
+        name: str | None = None,
+    ) -> bool:
         meta = obj.get("metadata", {})
-        return (resource == key and (namespace is None or meta.get("namespace") == namespace)
-                and (name is None or meta.get("name") == name)
-                and match_labels(params.get("labelSelector"), meta.get("labels") or {})
-                and match_fields(params.get("fieldSelector"), obj))
+        return (
+            resource == key
+            and (namespace is None or meta.get("namespace") == namespace)
+            and (name is None or meta.get("name") == name)
+            and match_labels(params.get("labelSelector"), meta.get("labels") or {})
+            and match_fields(params.get("fieldSelector"), obj)
+        )
 
     def _list(self, key: ResourceKey, namespace: str | None, params: Mapping[str, str]) -> dict[str, Any]:
         info = self._info(key)
         items = [o for (r, _, _), o in self.objects.items() if self._matches(key, namespace, params, r, o)]
-        return {"apiVersion": "v1", "kind": f"{info.kind if info else ''}List",
-                "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+        return {
+            "apiVersion": "v1",
+            "kind": f"{info.kind if info else ''}List",
+            "metadata": {"resourceVersion": str(self._rv)},
+            "items": items,
+        }
 
-    async def _watch(self, raw: aiohttp.web.BaseRequest, key: ResourceKey, namespace: str | None,
-                     params: Mapping[str, str], name: str | None,
-                     cut_after: float | None = None, call: Call | None = None) -> aiohttp.web.StreamResponse:
+    async def _watch(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        key: ResourceKey,
+        namespace: str | None,
+        params: Mapping[str, str],
+        name: str | None,
+        cut_after: float | None = None,
+        call: Call | None = None,
+    ) -> aiohttp.web.StreamResponse:
         since_text = params.get("resourceVersion") or "0"
         since = int(since_text) if since_text.isdigit() else 0
         timeout = float(params.get("timeoutSeconds") or 1800)
@@ -740,17 +875,33 @@ class KubeEmulator(kmock.KubernetesScaffold):
         await response.prepare(raw)
         # Snapshot and log position are taken without an await in between: nothing slips through.
         if since and since < self._log_floor:
-            pending: list[dict[str, Any]] = [{"type": "ERROR", "object": {
-                "apiVersion": "v1", "kind": "Status", "status": "Failure", "code": 410, "reason": "Expired",
-                "message": f"too old resource version: {since} ({self._log_floor})"}}]
+            pending: list[dict[str, Any]] = [
+                {
+                    "type": "ERROR",
+                    "object": {
+                        "apiVersion": "v1",
+                        "kind": "Status",
+                        "status": "Failure",
+                        "code": 410,
+                        "reason": "Expired",
+                        "message": f"too old resource version: {since} ({self._log_floor})",
+                    },
+                }
+            ]
             cursor = None
         elif since:
-            pending = [{"type": e.type, "object": e.obj} for e in self._events_after(since)
-                       if self._matches(key, namespace, params, e.resource, e.obj, name)]
+            pending = [
+                {"type": e.type, "object": e.obj}
+                for e in self._events_after(since)
+                if self._matches(key, namespace, params, e.resource, e.obj, name)
+            ]
             cursor = self._rv
         else:
-            pending = [{"type": "ADDED", "object": copy.deepcopy(o)} for (r, _, _), o in self.objects.items()
-                       if self._matches(key, namespace, params, r, o, name)]
+            pending = [
+                {"type": "ADDED", "object": copy.deepcopy(o)}
+                for (r, _, _), o in self.objects.items()
+                if self._matches(key, namespace, params, r, o, name)
+            ]
             cursor = self._rv
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -760,12 +911,17 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 for event in pending:
                     line = json.dumps(event).encode() + b"\n"
                     faults = self.faults
-                    if faults is not None and faults.drop_watch and call is not None \
-                            and call.agent not in faults.spare_agents and faults.rng.random() < faults.drop_watch:
+                    if (
+                        faults is not None
+                        and faults.drop_watch
+                        and call is not None
+                        and call.agent not in faults.spare_agents
+                        and faults.rng.random() < faults.drop_watch
+                    ):
                         # Cut halfway through an event: the client holds a partial line.
                         self.injected["drop_watch"] += 1
                         self.fault_log.append((loop.time(), "drop_watch", call))
-                        await response.write(line[:len(line) // 2])
+                        await response.write(line[: len(line) // 2])
                         cut_at = loop.time()
                     if cut_at is not None and loop.time() >= cut_at:
                         # A dropped connection: no terminating chunk, the client sees the
@@ -783,13 +939,17 @@ class KubeEmulator(kmock.KubernetesScaffold):
                 if self._rv == cursor:
                     wake = deadline if cut_at is None else min(deadline, cut_at)
                     try:
-                        await asyncio.wait_for(self._changed.wait(),
-                                               timeout=min(1.0, max(0.0, wake - loop.time())))
+                        await asyncio.wait_for(
+                            self._changed.wait(), timeout=min(1.0, max(0.0, wake - loop.time()))
+                        )
                     except TimeoutError:
                         if raw.transport is None or raw.transport.is_closing():
                             break
-                pending = [{"type": e.type, "object": e.obj} for e in self._events_after(cursor)
-                           if self._matches(key, namespace, params, e.resource, e.obj, name)]
+                pending = [
+                    {"type": e.type, "object": e.obj}
+                    for e in self._events_after(cursor)
+                    if self._matches(key, namespace, params, e.resource, e.obj, name)
+                ]
                 cursor = self._rv
             await response.write_eof()
         except (ConnectionResetError, asyncio.CancelledError):

@@ -27,23 +27,41 @@ NS = "demo"
 # The Prometheus Operator's PodMonitor CRD, schemaless: installing it tells the operator that
 # PodMonitors can be made (it checks discovery, as on a cluster with kube-prometheus-stack).
 PODMONITOR_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
     "metadata": {"name": "podmonitors.monitoring.coreos.com"},
-    "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
-             "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
-             "versions": [{"name": "v1", "served": True, "storage": True,
-                           "schema": {"openAPIV3Schema": {"type": "object",
-                                                          "x-kubernetes-preserve-unknown-fields": True}}}]},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {"plural": "podmonitors", "singular": "podmonitor", "kind": "PodMonitor"},
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+                },
+            }
+        ],
+    },
 }
 
 
-def pipeline(name: str = "town-hall", spec: dict[str, Any] | None = None, namespace: str = NS) -> dict[str, Any]:
-    return {"apiVersion": "livetranslate.io/v1alpha1", "kind": "TranslationPipeline",
-            "metadata": {"name": name, "namespace": namespace}, "spec": spec if spec is not None else {}}
+def pipeline(
+    name: str = "town-hall", spec: dict[str, Any] | None = None, namespace: str = NS
+) -> dict[str, Any]:
+    return {
+        "apiVersion": "livetranslate.io/v1alpha1",
+        "kind": "TranslationPipeline",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec if spec is not None else {},
+    }
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 20.0,
-                     message: str | Callable[[], str] = "") -> Any:
+async def eventually(
+    check: Callable[[], Any], timeout: float = 20.0, message: str | Callable[[], str] = ""
+) -> Any:
     """Poll ``check`` until it returns something truthy (the operator is asynchronous).
 
     ``message`` may be a callable: it is asked only on failure, so it can describe the state then."""
@@ -77,8 +95,11 @@ class Cluster:
         return out
 
     def events(self, name: str, namespace: str = NS) -> list[dict[str, Any]]:
-        return [e for e in self.api.find("v1/events", namespace)
-                if e.get("involvedObject", {}).get("name") == name]
+        return [
+            e
+            for e in self.api.find("v1/events", namespace)
+            if e.get("involvedObject", {}).get("name") == name
+        ]
 
     def mark_ready(self, name: str, namespace: str = NS) -> None:
         for stage in ("audio", "translation", "gateway"):
@@ -103,10 +124,12 @@ class OperatorProcess:
         ready = asyncio.Event()
         self.kube = await KubeClient.connect()
         memo = self.memo = kopf.Memo(kube=self.kube)
-        self.task = asyncio.create_task(run(settings=self.settings, stop_flag=self.stop_flag, ready_flag=ready,
-                                            memo=memo))
-        done, _ = await asyncio.wait({self.task, asyncio.create_task(ready.wait())},
-                                     timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        self.task = asyncio.create_task(
+            run(settings=self.settings, stop_flag=self.stop_flag, ready_flag=ready, memo=memo)
+        )
+        done, _ = await asyncio.wait(
+            {self.task, asyncio.create_task(ready.wait())}, timeout=30, return_when=asyncio.FIRST_COMPLETED
+        )
         if self.task in done:
             self.task.result()  # raises what went wrong
         assert ready.is_set(), "operator did not become ready"
@@ -149,7 +172,9 @@ async def running_operator(*, graceful_stop: bool = False) -> AsyncIterator[Oper
 
 
 @contextlib.asynccontextmanager
-async def emulated_cluster(kubeconfig: Path, *, auto_ready_deployments: bool = False) -> AsyncIterator[Cluster]:
+async def emulated_cluster(
+    kubeconfig: Path, *, auto_ready_deployments: bool = False
+) -> AsyncIterator[Cluster]:
     """The emulator on loopback with the TranslationPipeline CRD installed, and a kubeconfig for it
     written to ``kubeconfig`` (point $KUBECONFIG there before starting the operator)."""
     api = KubeEmulator(auto_ready_deployments=auto_ready_deployments)

@@ -76,8 +76,9 @@ def prune(value: Any, schema: dict[str, Any]) -> Any:
     if isinstance(value, dict) and schema.get("type") == "object" and "properties" in schema:
         props = schema["properties"]
         keep_unknown = schema.get("x-kubernetes-preserve-unknown-fields") is True
-        return {k: prune(v, props[k]) if k in props else v for k, v in value.items()
-                if k in props or keep_unknown}
+        return {
+            k: prune(v, props[k]) if k in props else v for k, v in value.items() if k in props or keep_unknown
+        }
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [prune(v, schema["items"]) for v in value]
     return value
@@ -103,8 +104,11 @@ def to_json_schema(schema: dict[str, Any]) -> dict[str, Any]:
         out["type"] = [*([out["type"]] if isinstance(out["type"], str) else out["type"]), "null"]
         if "enum" in out:
             out["enum"] = [*out["enum"], None]
-    if schema.get("type") == "object" and "properties" in schema and \
-            not schema.get("x-kubernetes-preserve-unknown-fields"):
+    if (
+        schema.get("type") == "object"
+        and "properties" in schema
+        and not schema.get("x-kubernetes-preserve-unknown-fields")
+    ):
         out["additionalProperties"] = False  # pruning happened before; anything left is unknown
     return out
 
@@ -148,8 +152,10 @@ def admit(obj: dict[str, Any], schema: dict[str, Any]) -> tuple[dict[str, Any], 
     """
     stored = prune(apply_defaults(obj, schema), schema)
     validator = jsonschema.Draft4Validator(to_json_schema(schema))
-    errors = [f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
-              for e in sorted(validator.iter_errors(stored), key=lambda e: list(e.absolute_path))]
+    errors = [
+        f"{'.'.join(str(p) for p in e.absolute_path) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(stored), key=lambda e: list(e.absolute_path))
+    ]
     if not errors:
         errors = cel_errors(stored, schema)
     return stored, errors

@@ -22,8 +22,26 @@ _VARIABLE = re.compile(r"\$\{?[A-Za-z_][A-Za-z0-9_]*\}?")
 _DURATION = re.compile(r"\b\d+(\.\d+)?(ms|s|m|h|d|w|y)\b")
 _NUMBER = re.compile(r"\b\d+(\.\d+)?([eE][-+]?\d+)?\b")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
-                       "group_left", "group_right", "inf", "nan", "atan2", "start", "end"})
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "atan2",
+        "start",
+        "end",
+    }
+)
 _HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum", "_created")
 
 
@@ -50,8 +68,11 @@ def base_name(name: str) -> str:
 
 def exported_metric_names() -> set[str]:
     """Every metric name LiveTranslate itself exports (the constants of livetranslate.metrics)."""
-    return {value for key, value in vars(metrics).items()
-            if key.isupper() and isinstance(value, str) and value.startswith("livetranslate_")}
+    return {
+        value
+        for key, value in vars(metrics).items()
+        if key.isupper() and isinstance(value, str) and value.startswith("livetranslate_")
+    }
 
 
 def unknown_metrics(expr: str, extra: frozenset[str] | set[str] = frozenset()) -> set[str]:

@@ -13,23 +13,41 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 # Volume types the restricted profile allows.
-ALLOWED_VOLUME_TYPES = frozenset({
-    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
-    "projected", "secret",
-})
+ALLOWED_VOLUME_TYPES = frozenset(
+    {
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
+)
 # Sysctls the baseline profile calls safe.
-SAFE_SYSCTLS = frozenset({
-    "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
-    "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
-    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
-    "net.ipv4.tcp_keepalive_probes",
-})
-ALLOWED_SELINUX_TYPES = frozenset({"", "container_t", "container_init_t", "container_kvm_t",
-                                   "container_engine_t"})
+SAFE_SYSCTLS = frozenset(
+    {
+        "kernel.shm_rmid_forced",
+        "net.ipv4.ip_local_port_range",
+        "net.ipv4.ip_unprivileged_port_start",
+        "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range",
+        "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time",
+        "net.ipv4.tcp_fin_timeout",
+        "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes",
+    }
+)
+ALLOWED_SELINUX_TYPES = frozenset(
+    {"", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"}
+)
 ALLOWED_SECCOMP = frozenset({"RuntimeDefault", "Localhost"})
 # Workload kinds whose pod template sits at spec.template.spec.
-_TEMPLATE_KINDS = frozenset({"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job",
-                             "ReplicationController"})
+_TEMPLATE_KINDS = frozenset(
+    {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"}
+)
 
 _CONTAINER_LISTS = ("initContainers", "containers", "ephemeralContainers")
 
@@ -53,8 +71,7 @@ def _containers(pod: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]
             yield f"{field}[{c.get('name', '?')}]", c
 
 
-def restricted_violations(pod: Mapping[str, Any], annotations: Mapping[str, str] | None = None
-                          ) -> list[str]:
+def restricted_violations(pod: Mapping[str, Any], annotations: Mapping[str, str] | None = None) -> list[str]:
     """Every way ``pod`` (a PodSpec as a dict) breaks the restricted Pod Security Standard.
 
     ``annotations`` are the pod template's annotations (only the legacy AppArmor ones matter).
@@ -76,7 +93,8 @@ def restricted_violations(pod: Mapping[str, Any], annotations: Mapping[str, str]
     problems += _apparmor("spec.securityContext", psc.get("appArmorProfile"))
     for key, value in (annotations or {}).items():
         if key.startswith("container.apparmor.security.beta.kubernetes.io/") and not (
-                value == "runtime/default" or value.startswith("localhost/")):
+            value == "runtime/default" or value.startswith("localhost/")
+        ):
             problems.append(f"annotation {key}={value}: AppArmor must be runtime/default or localhost/*")
 
     # ---- restricted: volumes
@@ -119,8 +137,10 @@ def restricted_violations(pod: Mapping[str, Any], annotations: Mapping[str, str]
             problems.append(f"{where}: securityContext.runAsUser must not be 0")
         seccomp = (sc.get("seccompProfile") or {}).get("type", pod_seccomp)
         if seccomp not in ALLOWED_SECCOMP:
-            problems.append(f"{where}: seccompProfile.type must be RuntimeDefault or Localhost "
-                            "(in the container or the pod)")
+            problems.append(
+                f"{where}: seccompProfile.type must be RuntimeDefault or Localhost "
+                "(in the container or the pod)"
+            )
         caps = sc.get("capabilities") or {}
         if "ALL" not in (caps.get("drop") or []):
             problems.append(f"{where}: securityContext.capabilities.drop must include ALL")
@@ -139,8 +159,9 @@ def object_violations(obj: Mapping[str, Any]) -> list[str]:
     if obj.get("kind") == "Pod":
         meta = obj.get("metadata") or {}
     elif obj.get("kind") == "CronJob":
-        meta = (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get(
-            "template", {}).get("metadata") or {}
+        meta = (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template", {}).get(
+            "metadata"
+        ) or {}
     else:
         meta = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
     name = f"{obj.get('kind')}/{(obj.get('metadata') or {}).get('name', '?')}"

@@ -70,7 +70,9 @@ def auth_cases(token: str, wrong: str, allowed_origin: str, own_origin: str) -> 
         AuthCase("lower-case scheme", "accept", header=f"bearer {token}"),
         AuthCase("query token (browsers)", "accept", query_token=token),
         AuthCase("foreign origin", "403", query_token=token, origin="https://evil.example"),
-        AuthCase("allowed origin's look-alike", "403", query_token=token, origin=allowed_origin + ".evil.example"),
+        AuthCase(
+            "allowed origin's look-alike", "403", query_token=token, origin=allowed_origin + ".evil.example"
+        ),
         AuthCase("opaque origin", "403", query_token=token, origin="null"),
         AuthCase("foreign origin, no token", "401", origin="https://evil.example"),
         AuthCase("allowed origin", "accept", query_token=token, origin=allowed_origin),
@@ -91,11 +93,18 @@ async def attempt(base_ws_url: str, case: AuthCase) -> AuthOutcome:
         url += "?token=" + quote(case.query_token, safe="")
     headers = {"Authorization": case.header} if case.header is not None else {}
     try:
-        async with connect(url, additional_headers=headers, open_timeout=10,
-                           origin=Origin(case.origin) if case.origin else None,
-                           subprotocols=[Subprotocol(case.subprotocol)] if case.subprotocol else None) as ws:
-            await ws.send(json.dumps({"type": "session.start", "sampleRate": 16000, "encoding": "pcm_s16le",
-                                      "channels": 1}))
+        async with connect(
+            url,
+            additional_headers=headers,
+            open_timeout=10,
+            origin=Origin(case.origin) if case.origin else None,
+            subprotocols=[Subprotocol(case.subprotocol)] if case.subprotocol else None,
+        ) as ws:
+            await ws.send(
+                json.dumps(
+                    {"type": "session.start", "sampleRate": 16000, "encoding": "pcm_s16le", "channels": 1}
+                )
+            )
             reply = json.loads(await asyncio.wait_for(ws.recv(), 10))
             if reply.get("type") == "session.started":
                 await ws.send(json.dumps({"type": "session.end"}))
@@ -126,8 +135,9 @@ class GatewayProcess:
     needed, and a session that starts gets its error events without any other service.
     """
 
-    def __init__(self, workdir: Path, tokens: Mapping[str, str], allowed_origins: list[str],
-                 log_level: str = "debug") -> None:
+    def __init__(
+        self, workdir: Path, tokens: Mapping[str, str], allowed_origins: list[str], log_level: str = "debug"
+    ) -> None:
         self.auth_dir = workdir / "auth"
         self.auth_dir.mkdir(parents=True, exist_ok=True)
         for key, value in tokens.items():
@@ -149,12 +159,31 @@ class GatewayProcess:
     def start(self, timeout: float = 60.0) -> None:
 
         closed = f"http://127.0.0.1:{free_port()}"
-        env = {"LT_GATEWAY_AUTH_DIR": str(self.auth_dir), "LT_LOG_LEVEL": self.log_level,
-               "LT_GATEWAY_ALLOWED_ORIGINS": json.dumps(self.allowed_origins),
-               "LT_GATEWAY_AUDIO_URL": closed, "LT_GATEWAY_TRANSLATION_URL": closed,
-               "LT_GATEWAY_CONNECT_TIMEOUT": "0.5", "PYTHONSAFEPATH": "1"}
-        self.proc = start([sys.executable, "-m", "livetranslate.cli", "serve", "gateway", "--host", "127.0.0.1",
-                           "--port", str(self.port)], env=env, log=self.log_path, unset=["LT_CONFIG"])
+        env = {
+            "LT_GATEWAY_AUTH_DIR": str(self.auth_dir),
+            "LT_LOG_LEVEL": self.log_level,
+            "LT_GATEWAY_ALLOWED_ORIGINS": json.dumps(self.allowed_origins),
+            "LT_GATEWAY_AUDIO_URL": closed,
+            "LT_GATEWAY_TRANSLATION_URL": closed,
+            "LT_GATEWAY_CONNECT_TIMEOUT": "0.5",
+            "PYTHONSAFEPATH": "1",
+        }
+        self.proc = start(
+            [
+                sys.executable,
+                "-m",
+                "livetranslate.cli",
+                "serve",
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            env=env,
+            log=self.log_path,
+            unset=["LT_CONFIG"],
+        )
         try:
             wait_http(self.http_url + "/healthz", timeout=timeout, proc=self.proc, require_200=True)
         except RuntimeError as e:
@@ -189,9 +218,14 @@ def pipeline_variants() -> Iterator[tuple[str, Any, Any]]:
 
     backends = {"apertium": "apertium-eng-spa", "vllm": "Qwen/Qwen2.5-7B-Instruct", "openai": "gpt-4o-mini"}
     for device, backend, auth, diarization, redis in itertools.product(
-            ("cpu", "gpu", "npu"), backends, (False, True), (False, True), (False, True)):
-        raw: dict[str, Any] = {"targetLanguages": ["es"], "audio": {"diarization": {"enabled": diarization}},
-                               "translation": {"backend": backend}, "gateway": {}}
+        ("cpu", "gpu", "npu"), backends, (False, True), (False, True), (False, True)
+    ):
+        raw: dict[str, Any] = {
+            "targetLanguages": ["es"],
+            "audio": {"diarization": {"enabled": diarization}},
+            "translation": {"backend": backend},
+            "gateway": {},
+        }
         if auth:
             raw["gateway"]["authSecretRef"] = {"name": "lt-tokens"}
         if redis:
@@ -200,9 +234,12 @@ def pipeline_variants() -> Iterator[tuple[str, Any, Any]]:
             raw["translation"]["endpoint"] = "https://llm.example.internal/v1"
             raw["translation"]["apiKeySecretRef"] = {"name": "llm-key", "key": "apiKey"}
         spec = TranslationPipelineSpec.model_validate(raw)
-        placement = Placement(audioDevice=device, translationBackend=backend, translationModel=backends[backend])
+        placement = Placement(
+            audioDevice=device, translationBackend=backend, translationModel=backends[backend]
+        )
         label = f"{device}/{backend}" + "".join(
-            f"/{name}" for name, on in (("auth", auth), ("diarization", diarization), ("redis", redis)) if on)
+            f"/{name}" for name, on in (("auth", auth), ("diarization", diarization), ("redis", redis)) if on
+        )
         yield label, spec, placement
 
 
@@ -214,8 +251,11 @@ def operator_objects() -> Iterator[tuple[str, dict[str, Any]]]:
     settings = OperatorSettings()
     for label, spec, placement in pipeline_variants():
         resolved = builders.resolve("town-hall", "demo", 1, spec, placement)
-        objects = [*builders.build_children(resolved, builders.BuildState(), settings),
-                   builders.build_podmonitor(resolved), *builders.build_network_policies(resolved, settings)]
+        objects = [
+            *builders.build_children(resolved, builders.BuildState(), settings),
+            builders.build_podmonitor(resolved),
+            *builders.build_network_policies(resolved, settings),
+        ]
         for obj in objects:
             yield label, obj
 
@@ -225,13 +265,16 @@ CHART_VARIANTS: dict[str, dict[str, Any]] = {
     "everything on": {
         "operator": {"replicas": 3, "extraEnv": [{"name": "LT_OPERATOR_MODEL_CACHE_SIZE", "value": "40Gi"}]},
         "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
-        "prometheusRule": {"enabled": True}, "samplePipeline": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+        "samplePipeline": {"enabled": True},
         "image": {"pullSecrets": ["regcred"]},
     },
     "everything off": {
         "operator": {"replicas": 1, "peering": {"enabled": False}, "podDisruptionBudget": {"enabled": False}},
-        "rbac": {"pipelineMonitors": False}, "networkPolicies": {"enabled": False},
-        "dashboards": {"enabled": False}, "metrics": {"service": {"enabled": False}},
+        "rbac": {"pipelineMonitors": False},
+        "networkPolicies": {"enabled": False},
+        "dashboards": {"enabled": False},
+        "metrics": {"service": {"enabled": False}},
     },
 }
 
@@ -342,17 +385,21 @@ def _port_admits(ports: list[Mapping[str, Any]] | None, dst: Pod, port: int) -> 
 
 def ingress_allowed(policies: Iterable[Mapping[str, Any]], src: Pod, dst: Pod, port: int) -> bool:
     """Whether NetworkPolicies admit TCP from ``src`` to ``dst:port`` (ingress side only)."""
-    selecting = [p for p in policies
-                 if p["metadata"].get("namespace") == dst.namespace
-                 and "Ingress" in (p["spec"].get("policyTypes") or ["Ingress"])
-                 and selects(p["spec"].get("podSelector", {}), dst.labels)]
+    selecting = [
+        p
+        for p in policies
+        if p["metadata"].get("namespace") == dst.namespace
+        and "Ingress" in (p["spec"].get("policyTypes") or ["Ingress"])
+        and selects(p["spec"].get("podSelector", {}), dst.labels)
+    ]
     if not selecting:
         return True  # a pod no policy selects is not isolated
     for policy in selecting:
         for rule in policy["spec"].get("ingress") or []:
             peers = rule.get("from")
-            if (not peers or any(_peer_admits(peer, dst.namespace, src) for peer in peers)) and \
-                    _port_admits(rule.get("ports"), dst, port):
+            if (not peers or any(_peer_admits(peer, dst.namespace, src) for peer in peers)) and _port_admits(
+                rule.get("ports"), dst, port
+            ):
                 return True
     return False
 
@@ -362,11 +409,16 @@ def pods_of(deployments: Iterable[Mapping[str, Any]]) -> dict[str, Pod]:
     out = {}
     for dep in deployments:
         template = dep["spec"]["template"]
-        ports = {p["name"]: p["containerPort"] for c in template["spec"]["containers"]
-                 for p in c.get("ports") or [] if "name" in p}
+        ports = {
+            p["name"]: p["containerPort"]
+            for c in template["spec"]["containers"]
+            for p in c.get("ports") or []
+            if "name" in p
+        }
         stage = dep["metadata"]["labels"].get("livetranslate.io/stage", dep["metadata"]["name"])
-        out[stage] = Pod(dep["metadata"]["name"], dep["metadata"]["namespace"],
-                         dict(template["metadata"]["labels"]), ports)
+        out[stage] = Pod(
+            dep["metadata"]["name"], dep["metadata"]["namespace"], dict(template["metadata"]["labels"]), ports
+        )
     return out
 
 
@@ -376,7 +428,9 @@ def service_port_targets(services: Iterable[Mapping[str, Any]], pods: Mapping[st
     for svc in services:
         stage = svc["metadata"]["labels"]["livetranslate.io/stage"]
         pod = pods[stage]
-        assert selects({"matchLabels": svc["spec"]["selector"]}, pod.labels), f"Service {stage} selects no pod"
+        assert selects({"matchLabels": svc["spec"]["selector"]}, pod.labels), (
+            f"Service {stage} selects no pod"
+        )
         target = svc["spec"]["ports"][0]["targetPort"]
         out[stage] = pod.ports[target] if isinstance(target, str) else int(target)
     return out
@@ -396,7 +450,7 @@ def rule_triples(rules: Iterable[tuple[Iterable[str], Iterable[str], Iterable[st
 # the call that needs it. Everything else the ClusterRole grants must appear in that scenario.
 RBAC_NOT_SEEN_IN_EMULATOR: dict[Triple, str] = {
     ("", "pods", "list"): "operator/scaling/timer.py counts NPUs requested by running pods, only "
-                          "once a pipeline's audio sits on an NPU (covered in tests/scaling)",
+    "once a pipeline's audio sits on an NPU (covered in tests/scaling)",
 }
 
 
@@ -489,8 +543,9 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
     )
 
     def operator(**overrides: Any) -> OperatorProcess:
-        return OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5,
-                                                **overrides))
+        return OperatorProcess(
+            OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5, **overrides)
+        )
 
     workdir.mkdir(parents=True, exist_ok=True)
     kubeconfig = workdir / "kubeconfig"
@@ -502,7 +557,9 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
             api = cluster.api
 
             def policies() -> list[dict[str, Any]]:
-                return api.find("networking.k8s.io/v1/networkpolicies", NS, f"{builders.PIPELINE_LABEL}={name}")
+                return api.find(
+                    "networking.k8s.io/v1/networkpolicies", NS, f"{builders.PIPELINE_LABEL}={name}"
+                )
 
             api.install_crd(PODMONITOR_CRD)
             op = operator()
@@ -511,30 +568,69 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
                 api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
                 await kube.create(pipeline(name))
                 created = await eventually(lambda: len(policies()) == 3 and policies(), message="3 policies")
-                await eventually(lambda: api.find("monitoring.coreos.com/v1/podmonitors", NS), message="PodMonitor")
+                await eventually(
+                    lambda: api.find("monitoring.coreos.com/v1/podmonitors", NS), message="PodMonitor"
+                )
                 cluster.mark_ready(name)
-                wanted = {stage: next(p for p in created if p["metadata"]["name"] == f"{name}-{stage}")["spec"]
-                          for stage in ("audio", "translation")}
+                wanted = {
+                    stage: next(p for p in created if p["metadata"]["name"] == f"{name}-{stage}")["spec"]
+                    for stage in ("audio", "translation")
+                }
                 # Hand edits of the children: the next reconcile patches them back.
-                await kube.patch("v1", "Service", NS, f"{name}-audio",
-                                 {"spec": {"selector": {builders.STAGE_LABEL: "gateway"}}})
-                await kube.patch("policy/v1", "PodDisruptionBudget", NS, f"{name}-audio",
-                                 {"spec": {"maxUnavailable": 3}})
-                await kube.patch("networking.k8s.io/v1", "NetworkPolicy", NS, f"{name}-audio",
-                                 {"spec": {"ingress": [{}]}})
+                await kube.patch(
+                    "v1",
+                    "Service",
+                    NS,
+                    f"{name}-audio",
+                    {"spec": {"selector": {builders.STAGE_LABEL: "gateway"}}},
+                )
+                await kube.patch(
+                    "policy/v1", "PodDisruptionBudget", NS, f"{name}-audio", {"spec": {"maxUnavailable": 3}}
+                )
+                await kube.patch(
+                    "networking.k8s.io/v1", "NetworkPolicy", NS, f"{name}-audio", {"spec": {"ingress": [{}]}}
+                )
                 # A selector narrowed to nothing would leave the pods unprotected: put back too.
-                await kube.patch("networking.k8s.io/v1", "NetworkPolicy", NS, f"{name}-translation",
-                                 {"spec": {"podSelector": {"matchLabels": {"narrowed": "by-hand"}}}})
-                await kube.patch("monitoring.coreos.com/v1", "PodMonitor", NS, name,
-                                 {"spec": {"selector": {"matchLabels": {builders.PIPELINE_LABEL: "other"}}}})
-                await kube.patch("livetranslate.io/v1alpha1", "TranslationPipeline", NS, name,
-                                 {"spec": {"targetLanguages": ["es", "ca"]}})
-                await eventually(lambda: '"ca"' in (api.read("v1/configmaps", NS, f"{name}-config") or {})
-                                 .get("data", {}).get("pipeline.json", ""), message="the update applied")
+                await kube.patch(
+                    "networking.k8s.io/v1",
+                    "NetworkPolicy",
+                    NS,
+                    f"{name}-translation",
+                    {"spec": {"podSelector": {"matchLabels": {"narrowed": "by-hand"}}}},
+                )
+                await kube.patch(
+                    "monitoring.coreos.com/v1",
+                    "PodMonitor",
+                    NS,
+                    name,
+                    {"spec": {"selector": {"matchLabels": {builders.PIPELINE_LABEL: "other"}}}},
+                )
+                await kube.patch(
+                    "livetranslate.io/v1alpha1",
+                    "TranslationPipeline",
+                    NS,
+                    name,
+                    {"spec": {"targetLanguages": ["es", "ca"]}},
+                )
+                await eventually(
+                    lambda: (
+                        '"ca"'
+                        in (api.read("v1/configmaps", NS, f"{name}-config") or {})
+                        .get("data", {})
+                        .get("pipeline.json", "")
+                    ),
+                    message="the update applied",
+                )
                 restored = await eventually(
-                    lambda: all((api.read("networking.k8s.io/v1/networkpolicies", NS, f"{name}-{stage}")
-                                 or {}).get("spec") == wanted[stage] for stage in wanted),
-                    message="hand-edited policies restored")
+                    lambda: all(
+                        (api.read("networking.k8s.io/v1/networkpolicies", NS, f"{name}-{stage}") or {}).get(
+                            "spec"
+                        )
+                        == wanted[stage]
+                        for stage in wanted
+                    ),
+                    message="hand-edited policies restored",
+                )
                 api.remove_node("gpu-1")
                 api.add_node("cpu-1")
                 await asyncio.sleep(1.0)
@@ -550,8 +646,12 @@ async def operator_scenario(workdir: Path, name: str = "town-hall") -> OperatorS
             tp = cluster.tp(name) or {}
             return OperatorScenario(
                 calls={(c.group, c.resource, c.verb) for c in api.calls if c.agent != "test-kubectl"},
-                policies_created=created, policy_restored=bool(restored), policies_after_off=policies(),
-                children_after_off=len(cluster.children(name)), owner_uid=tp["metadata"]["uid"])
+                policies_created=created,
+                policy_restored=bool(restored),
+                policies_after_off=policies(),
+                children_after_off=len(cluster.children(name)),
+                owner_uid=tp["metadata"]["uid"],
+            )
         finally:
             await kube.close()
             if saved is None:

@@ -51,14 +51,22 @@ def speak(text: str, voice: str = "en-us", rate_wpm: int = 160) -> np.ndarray:
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.wav"
         out = Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-s", str(rate_wpm), "-w", str(raw), text],
-                       check=True, capture_output=True)
-        subprocess.run(["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(rate_wpm), "-w", str(raw), text],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
+            check=True,
+            capture_output=True,
+        )
         return read_wav(out)[0]
 
 
-def compose(utterances: Sequence[Utterance], lead_silence: float = 0.5) -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
+def compose(
+    utterances: Sequence[Utterance], lead_silence: float = 0.5
+) -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
     """Utterances joined by pauses. Returns samples and (start, end, text, voice) per utterance."""
     parts = [np.zeros(int(lead_silence * SAMPLE_RATE), dtype=np.float32)]
     spans: list[tuple[float, float, str, str]] = []
@@ -106,9 +114,28 @@ def to_pcm16(samples: np.ndarray) -> bytes:
     return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
-_UNITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-          "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
-          "nineteen")
+_UNITS = (
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+)
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 
 

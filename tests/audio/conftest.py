@@ -38,9 +38,16 @@ def start_server(tmp: Path, env: dict[str, str], wait_ready: bool = True, timeou
     port = free_port()
     log = tmp / f"audio-{port}.log"
     exe = Path(sys.executable).with_name("livetranslate")
-    proc = start([str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
-                 env={"PYTHONSAFEPATH": "1", "LT_LOG_FORMAT": "text",
-                      "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json"), **env}, log=log)
+    proc = start(
+        [str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
+        env={
+            "PYTHONSAFEPATH": "1",
+            "LT_LOG_FORMAT": "text",
+            "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json"),
+            **env,
+        },
+        log=log,
+    )
     server = Server(f"http://127.0.0.1:{port}", proc, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -65,11 +72,14 @@ def stop_server(server: Server) -> None:
 def audio_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """One shared service with short timeouts, so timeout behaviour is testable in seconds."""
     speech.require_tools()
-    server = start_server(tmp_path_factory.mktemp("audio"), {
-        "LT_AUDIO_LIMITS__IDLE_TIMEOUT_SECONDS": "4",
-        "LT_AUDIO_LIMITS__SILENCE_TIMEOUT_SECONDS": "6",
-        "LT_AUDIO_LIMITS__MAX_BAD_MESSAGES": "3",
-    })
+    server = start_server(
+        tmp_path_factory.mktemp("audio"),
+        {
+            "LT_AUDIO_LIMITS__IDLE_TIMEOUT_SECONDS": "4",
+            "LT_AUDIO_LIMITS__SILENCE_TIMEOUT_SECONDS": "6",
+            "LT_AUDIO_LIMITS__MAX_BAD_MESSAGES": "3",
+        },
+    )
     try:
         yield server
     finally:
@@ -96,8 +106,9 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 def meeting() -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
     """Four sentences in four voices with pauses between them (about 15 s)."""
     speech.require_tools()
-    return speech.compose([speech.Utterance(t, v, pause_after=0.9)
-                           for t, v in zip(speech.SENTENCES[:4], VOICES, strict=True)])
+    return speech.compose(
+        [speech.Utterance(t, v, pause_after=0.9) for t, v in zip(speech.SENTENCES[:4], VOICES, strict=True)]
+    )
 
 
 @pytest.fixture(scope="session")
@@ -105,5 +116,6 @@ def dialogue() -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
     """Two voices taking turns, two turns each."""
     speech.require_tools()
     voices = ("en-us", "en-us+f4", "en-us", "en-us+f4")
-    return speech.compose([speech.Utterance(t, v, pause_after=0.8)
-                           for t, v in zip(speech.SENTENCES[4:8], voices, strict=True)])
+    return speech.compose(
+        [speech.Utterance(t, v, pause_after=0.8) for t, v in zip(speech.SENTENCES[4:8], voices, strict=True)]
+    )

@@ -9,7 +9,7 @@ def test_until_measured_only_the_configured_cap_applies() -> None:
     c = CapacityEstimate(static_cap=64)
     assert c.sessions == 64
     c.observe(0.02, 3)  # too little load to say what a session costs
-    c.observe(0.9, 0)   # nobody connected: nothing to divide by
+    c.observe(0.9, 0)  # nobody connected: nothing to divide by
     assert c.sessions == 64 and "at most 64 sessions" in c.refusal()
 
 
@@ -17,8 +17,9 @@ def test_capacity_is_what_the_decoders_sustain_in_real_time() -> None:
     c = CapacityEstimate(static_cap=64)
     c.observe(0.5, 4)  # each session costs an eighth of the decoders
     assert c.sessions == 8
-    assert c.refusal() == ("this replica sustains about 8 real-time streams (its decoders were 50% busy "
-                           "with 4); try another")
+    assert c.refusal() == (
+        "this replica sustains about 8 real-time streams (its decoders were 50% busy with 4); try another"
+    )
     for _ in range(20):  # saturated with 6: six is all it sustains
         c.observe(1.0, 6)
     assert c.sessions == 6

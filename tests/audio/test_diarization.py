@@ -14,16 +14,16 @@ pytestmark = pytest.mark.slow
 
 
 def _speaker_at(finals: list[dict[str, object]], t0: float, t1: float) -> set[str]:
-    return {str(f["speaker"]) for f in finals
-            if float(f["start"]) < t1 and float(f["end"]) > t0}  # type: ignore[arg-type]
+    return {str(f["speaker"]) for f in finals if float(f["start"]) < t1 and float(f["end"]) > t0}  # type: ignore[arg-type]
 
 
-async def test_two_voices_get_two_stable_labels(audio_server: Server,
-                                                dialogue: tuple[np.ndarray, list[tuple[float, float, str, str]]]
-                                                ) -> None:
+async def test_two_voices_get_two_stable_labels(
+    audio_server: Server, dialogue: tuple[np.ndarray, list[tuple[float, float, str, str]]]
+) -> None:
     audio, spans = dialogue
-    result = await stream_audio(audio_server.ws, audio, speed=2.0, session_id="dia", diarization=True,
-                                max_speakers=4)
+    result = await stream_audio(
+        audio_server.ws, audio, speed=2.0, session_id="dia", diarization=True, max_speakers=4
+    )
     finals = result.finals
     assert result.events[-1]["type"] == "flushed", result.of("error")
     assert finals and all(f.get("speaker") for f in finals), finals
@@ -35,9 +35,9 @@ async def test_two_voices_get_two_stable_labels(audio_server: Server,
     assert speech.word_error_rate(" ".join(s[2] for s in spans), result.text) <= 0.3
 
 
-async def test_without_diarization_finals_carry_no_speaker(audio_server: Server,
-                                                          dialogue: tuple[np.ndarray, list[tuple[float, float, str, str]]]
-                                                          ) -> None:
+async def test_without_diarization_finals_carry_no_speaker(
+    audio_server: Server, dialogue: tuple[np.ndarray, list[tuple[float, float, str, str]]]
+) -> None:
     audio, _ = dialogue
     result = await stream_audio(audio_server.ws, audio[: 16000 * 4], speed=4.0, session_id="nodia")
     assert result.finals and all("speaker" not in f for f in result.finals)

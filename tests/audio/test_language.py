@@ -63,13 +63,22 @@ def test_an_unsure_short_utterance_takes_the_session_language() -> None:
 
 
 def _hyp(words: list[tuple[str, float, float]], language: str, probability: float) -> Hypothesis:
-    return Hypothesis(words=[Word(w, a, b, 0.9) for w, a, b in words], text=" ".join(w for w, _, _ in words),
-                      avg_logprob=-0.2, language=language, language_probability=probability)
+    return Hypothesis(
+        words=[Word(w, a, b, 0.9) for w, a, b in words],
+        text=" ".join(w for w, _, _ in words),
+        avg_logprob=-0.2,
+        language=language,
+        language_probability=probability,
+    )
 
 
 def test_an_auto_session_detects_then_decodes_in_the_confirmed_language() -> None:
-    s = StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=1.0), VadStream(None),
-                      use_vad=False, language="auto")
+    s = StreamSession(
+        StreamingSettings(step_seconds=0.5, min_agree_seconds=1.0),
+        VadStream(None),
+        use_vad=False,
+        language="auto",
+    )
     words = [("Buenos", 0.1, 0.5), ("días", 0.5, 0.9), ("a", 0.9, 1.0), ("todos", 1.0, 1.4)]
     s.feed(np.zeros(16000, dtype=np.float32))
     req = s.next_request()
@@ -94,8 +103,12 @@ def test_an_auto_session_detects_then_decodes_in_the_confirmed_language() -> Non
 def test_an_auto_session_commits_no_word_before_its_language_is_confirmed() -> None:
     """Two passes agree on the words but not on the language: nothing is final yet (a final is
     never revised, and it would carry a guess); once confirmed, the words go in that language."""
-    s = StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=0.5), VadStream(None),
-                      use_vad=False, language="auto")
+    s = StreamSession(
+        StreamingSettings(step_seconds=0.5, min_agree_seconds=0.5),
+        VadStream(None),
+        use_vad=False,
+        language="auto",
+    )
     words = [("Of", 0.1, 0.3), ("course", 0.3, 0.8), ("our", 0.9, 1.1), ("total", 1.1, 1.5)]
     s.feed(np.zeros(16000, dtype=np.float32))
     out: list[list[FinalOut]] = []

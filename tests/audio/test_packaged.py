@@ -26,8 +26,9 @@ def _fake_parts(tmp: Path, halves: tuple[bytes, bytes]) -> list[Path]:
     return parts
 
 
-def test_corrupt_parts_are_a_clear_error_and_leave_no_model(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupt_parts_are_a_clear_error_and_leave_no_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     parts = _fake_parts(tmp_path, (b"a" * 1000, b"b" * 999))  # the second half cut short
     monkeypatch.setattr(packaged, "_parts", lambda: parts)
     cache = tmp_path / "cache"
@@ -61,7 +62,9 @@ def test_unknown_names_are_refused_with_the_packaged_ones_named() -> None:
 
 
 @pytest.mark.slow
-def test_base_is_joined_from_the_wheels_and_hears_spanish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_base_is_joined_from_the_wheels_and_hears_spanish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     speech.require_tools()
     monkeypatch.setenv("LT_AUDIO_MODEL_CACHE_DIR", str(tmp_path))
     model_dir = resolve_model_path("base")

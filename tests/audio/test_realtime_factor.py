@@ -22,7 +22,9 @@ def test_utilisation_grows_with_sessions_and_saturates() -> None:
     assert decoder_utilisation(5.0, 0.0, 1) == 0.0
 
 
-async def test_the_gauge_follows_busy_time_and_returns_to_zero_when_idle(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_gauge_follows_busy_time_and_returns_to_zero_when_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(audio_service, "RTF_INTERVAL_SECONDS", 0.2)
     svc = AudioService(AudioSettings())
     labels = {"pipeline": svc.settings.pipeline, "device": svc.device}

@@ -78,6 +78,7 @@ async def test_an_exception_reaches_only_its_caller() -> None:
     sched = DecodeScheduler(workers=2, max_queue=8)
     sched.start()
     try:
+
         def boom() -> int:
             raise RuntimeError("bad buffer")
 
@@ -104,8 +105,10 @@ async def test_urgent_work_goes_ahead_of_waiting_refreshes_in_its_own_order() ->
     try:
         busy = asyncio.create_task(sched.run_batched(lambda i: [one(i[0])], "k", "busy"))
         await asyncio.sleep(0.05)
-        tasks = [asyncio.create_task(sched.run_batched(lambda i: [one(i[0])], "k", name, urgent=urgent))
-                 for name, urgent in (("p1", False), ("p2", False), ("f1", True), ("f2", True))]
+        tasks = [
+            asyncio.create_task(sched.run_batched(lambda i: [one(i[0])], "k", name, urgent=urgent))
+            for name, urgent in (("p1", False), ("p2", False), ("f1", True), ("f2", True))
+        ]
         await asyncio.sleep(0.05)
         gate.set()
         await asyncio.gather(busy, *tasks)

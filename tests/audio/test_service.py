@@ -67,8 +67,9 @@ def engine() -> Engine:
     return load_engine(AudioSettings(workers=1))
 
 
-def _replay(engine: Engine, audio: np.ndarray, language: str = "en",
-            candidates: tuple[str, ...] | None = None) -> list[StreamEvent]:
+def _replay(
+    engine: Engine, audio: np.ndarray, language: str = "en", candidates: tuple[str, ...] | None = None
+) -> list[StreamEvent]:
     """The service's streaming path in-process, with every pass run the moment it is asked for:
     which audio each pass covers then depends on the audio alone, not on the machine's load."""
     settings = AudioSettings(workers=1)
@@ -79,12 +80,16 @@ def _replay(engine: Engine, audio: np.ndarray, language: str = "en",
         while (req := session.next_request()) is not None:
             events.extend(o for o, _ in session.take_ready())
             beam = settings.final_beam_size if req.final else settings.beam_size
-            events.extend(session.apply(req, engine.transcribe(req.audio, req.prompt, req.language, beam,
-                                                               req.word_times, candidates)))
+            events.extend(
+                session.apply(
+                    req,
+                    engine.transcribe(req.audio, req.prompt, req.language, beam, req.word_times, candidates),
+                )
+            )
         events.extend(o for o, _ in session.take_ready())
 
     for i in range(0, len(audio), 1600):
-        session.feed(audio[i:i + 1600])
+        session.feed(audio[i : i + 1600])
         drain()
     session.flush()
     drain()
@@ -109,7 +114,8 @@ def _check_ends_in_pauses(ends: list[float], spans: Spans) -> None:
 
 
 def test_numbers_and_compounds_are_never_split_between_finals(
-        engine: Engine, glued_speech: tuple[np.ndarray, Spans]) -> None:
+    engine: Engine, glued_speech: tuple[np.ndarray, Spans]
+) -> None:
     audio, spans = glued_speech
     events = _replay(engine, audio)
     _check_whole_words([o.text for o in events if isinstance(o, FinalOut)])
@@ -118,12 +124,13 @@ def test_numbers_and_compounds_are_never_split_between_finals(
     _check_ends_in_pauses(ends, spans)
     for i, o in enumerate(events):
         if isinstance(o, FinalOut):
-            later = [e for e in events[i + 1:] if isinstance(e, UtteranceEndOut)]
+            later = [e for e in events[i + 1 :] if isinstance(e, UtteranceEndOut)]
             assert later and o.end <= later[0].end, o
 
 
-async def test_transcribes_several_voices_with_pauses(audio_server: Server,
-                                                      meeting: tuple[np.ndarray, Spans]) -> None:
+async def test_transcribes_several_voices_with_pauses(
+    audio_server: Server, meeting: tuple[np.ndarray, Spans]
+) -> None:
     audio, spans = meeting
     result = await stream_audio(audio_server.ws, audio, speed=3.0, session_id="wer")
     assert result.events[0]["type"] == "ready"
@@ -134,7 +141,8 @@ async def test_transcribes_several_voices_with_pauses(audio_server: Server,
 
 
 async def test_finals_are_ordered_in_session_time_and_never_repeated(
-        audio_server: Server, meeting: tuple[np.ndarray, Spans]) -> None:
+    audio_server: Server, meeting: tuple[np.ndarray, Spans]
+) -> None:
     audio, spans = meeting
     result = await stream_audio(audio_server.ws, audio, speed=3.0, session_id="order", time_offset=42.0)
     finals = result.finals
@@ -149,15 +157,17 @@ async def test_finals_are_ordered_in_session_time_and_never_repeated(
 
 
 async def test_each_sentence_is_final_soon_after_it_ends_with_no_word_lost_or_repeated(
-        audio_server: Server, meeting: tuple[np.ndarray, Spans]) -> None:
+    audio_server: Server, meeting: tuple[np.ndarray, Spans]
+) -> None:
     """Live pacing, as a microphone sends: a sentence followed by a pause is final while the
     pause lasts (by agreement while it is spoken, the rest at its end), without waiting for more
     speech or a flush; and the words committed piecewise add up to the sentence, each once."""
     audio, spans = meeting
     audio = np.concatenate([audio, np.zeros(16000, np.float32)])
     result = await stream_audio(audio_server.ws, audio, speed=1.0, session_id="live")
-    finals = [(e, sent) for e, sent in zip(result.events, result.sent_audio, strict=True)
-              if e["type"] == "final"]
+    finals = [
+        (e, sent) for e, sent in zip(result.events, result.sent_audio, strict=True) if e["type"] == "final"
+    ]
     assert finals
     for start, end, text, _voice in spans:
         last = speech.normalize(text)[-1]
@@ -167,8 +177,10 @@ async def test_each_sentence_is_final_soon_after_it_ends_with_no_word_lost_or_re
         sent_then = max(sent for _e, sent in carrier)
         # while the pause after it lasts (0.9 s) or soon after: not held until later speech
         assert sent_then <= end + 3.0, (text, end, sent_then)
-        assert last in speech.normalize(" ".join(e["text"] for e, _ in carrier)) or \
-            speech.word_error_rate(text, " ".join(e["text"] for e, _ in carrier)) <= 0.4
+        assert (
+            last in speech.normalize(" ".join(e["text"] for e, _ in carrier))
+            or speech.word_error_rate(text, " ".join(e["text"] for e, _ in carrier)) <= 0.4
+        )
     ref = speech.normalize(_reference(spans))
     hyp = speech.normalize(result.text)
     assert speech.word_error_rate(_reference(spans), result.text) <= 0.25, result.text
@@ -181,7 +193,8 @@ async def test_each_sentence_is_final_soon_after_it_ends_with_no_word_lost_or_re
 
 
 async def test_each_sentence_ends_with_an_utterance_end_after_its_finals(
-        audio_server: Server, glued_speech: tuple[np.ndarray, Spans]) -> None:
+    audio_server: Server, glued_speech: tuple[np.ndarray, Spans]
+) -> None:
     """Live pacing over the wire: the pause after each sentence is announced once, after the
     sentence's last final (the gateway closes the sentence on it), and words stay whole."""
     audio, spans = glued_speech
@@ -205,8 +218,9 @@ async def test_silence_and_noise_give_no_captions(audio_server: Server) -> None:
         assert not [p for p in result.of("partial") if p["text"]]
 
 
-async def test_speech_in_noise_is_still_understood(audio_server: Server,
-                                                   meeting: tuple[np.ndarray, Spans]) -> None:
+async def test_speech_in_noise_is_still_understood(
+    audio_server: Server, meeting: tuple[np.ndarray, Spans]
+) -> None:
     audio, spans = meeting
     noisy = speech.add_noise(audio, snr_db=15, seed=3)
     result = await stream_audio(audio_server.ws, noisy, speed=3.0, session_id="noisy")
@@ -216,10 +230,13 @@ async def test_speech_in_noise_is_still_understood(audio_server: Server,
 
 async def test_concurrent_sessions_each_get_their_own_words(audio_server: Server) -> None:
     texts = speech.SENTENCES[:4]
-    clips = [np.concatenate([np.zeros(8000, np.float32), speech.speak(t, v), np.zeros(8000, np.float32)])
-             for t, v in zip(texts, ("en-us", "en-gb", "en-us+f4", "en-us+m7"), strict=True)]
-    results = await asyncio.gather(*(stream_audio(audio_server.ws, c, speed=1.5, session_id=f"c{i}")
-                                      for i, c in enumerate(clips)))
+    clips = [
+        np.concatenate([np.zeros(8000, np.float32), speech.speak(t, v), np.zeros(8000, np.float32)])
+        for t, v in zip(texts, ("en-us", "en-gb", "en-us+f4", "en-us+m7"), strict=True)
+    ]
+    results = await asyncio.gather(
+        *(stream_audio(audio_server.ws, c, speed=1.5, session_id=f"c{i}") for i, c in enumerate(clips))
+    )
     wers = []
     for i, result in enumerate(results):
         own = speech.word_error_rate(texts[i], result.text)
@@ -229,7 +246,9 @@ async def test_concurrent_sessions_each_get_their_own_words(audio_server: Server
     assert sum(wers) / len(wers) <= 0.3, [r.text for r in results]
 
 
-async def _exchange(url: str, *frames: str | bytes, wait: float = 2.0) -> tuple[list[dict[str, object]], int | None]:
+async def _exchange(
+    url: str, *frames: str | bytes, wait: float = 2.0
+) -> tuple[list[dict[str, object]], int | None]:
     events: list[dict[str, object]] = []
     code = None
     async with websockets.connect(url) as ws:
@@ -250,8 +269,7 @@ def _start(sid: str, **extra: object) -> str:
 
 
 async def test_bad_input_gets_clear_errors_without_dropping_the_session(audio_server: Server) -> None:
-    events, code = await _exchange(audio_server.ws, _start("bad"), b"\x00\x01\x02", "{nonsense",
-                                   wait=1.5)
+    events, code = await _exchange(audio_server.ws, _start("bad"), b"\x00\x01\x02", "{nonsense", wait=1.5)
     codes = [e.get("code") for e in events if e["type"] == "error"]
     assert events[0]["type"] == "ready"
     assert codes == ["bad_audio", "bad_message"]
@@ -311,10 +329,14 @@ async def test_health_readiness_and_metrics(audio_server: Server, meeting: tuple
         assert ready["ready"] and ready["checks"]["device"] == "cpu"
         await stream_audio(audio_server.ws, meeting[0][: 16000 * 4], speed=4.0, session_id="m")
         text = (await http.get("/metrics")).text
-    for name in ("livetranslate_audio_processing_seconds_count", "livetranslate_audio_realtime_factor",
-                 'livetranslate_queue_depth{pipeline="local",stage="audio"}',
-                 "livetranslate_sessions_active"):
+    for name in (
+        "livetranslate_audio_processing_seconds_count",
+        "livetranslate_audio_realtime_factor",
+        'livetranslate_queue_depth{pipeline="local",stage="audio"}',
+        "livetranslate_sessions_active",
+    ):
         assert name in text
+
     def sample(prefix: str) -> float:
         return float(next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1])
 
@@ -323,12 +345,16 @@ async def test_health_readiness_and_metrics(audio_server: Server, meeting: tuple
     # Every pass went through an engine call, several sessions' passes sometimes through one (this
     # server is shared with the module's other tests); a pass whose session closed while it ran is
     # in a call but not counted as a finished pass.
-    calls, buffers = sample("livetranslate_audio_batch_size_count"), sample("livetranslate_audio_batch_size_sum")
+    calls, buffers = (
+        sample("livetranslate_audio_batch_size_count"),
+        sample("livetranslate_audio_batch_size_sum"),
+    )
     assert 0 < calls <= buffers and buffers >= passes
 
 
-async def test_batch_size_metric_counts_every_engine_call(server_factory: Callable[..., Server],
-                                                         meeting: tuple[np.ndarray, Spans]) -> None:
+async def test_batch_size_metric_counts_every_engine_call(
+    server_factory: Callable[..., Server], meeting: tuple[np.ndarray, Spans]
+) -> None:
     # A server of its own: a lone session's passes each take one engine call of one buffer.
     server = server_factory({})
     await stream_audio(server.ws, meeting[0][: 16000 * 6], speed=3.0, session_id="alone")
@@ -395,20 +421,34 @@ def test_an_auto_session_hears_english_and_spanish_utterance_by_utterance() -> N
 # espeak-ng's Greek well; its Russian poorly (offline, the same model with beam 5 returns nothing
 # or dashes for these voices), so for Russian only the script and the commits are checked.
 NON_LATIN: tuple[tuple[str, str, str, str | None], ...] = (
-    ("ru", "Доброе утро, сегодня мы обсудим бюджет на следующий год и планы нашей команды на весну.",
-     "[а-яё]", None),
-    ("el", "Καλημέρα σε όλους, σήμερα θα συζητήσουμε τον προϋπολογισμό και τα σχέδια της ομάδας μας.",
-     "[α-ωάέήίόύώ]", "της ομάδας μας"),
+    (
+        "ru",
+        "Доброе утро, сегодня мы обсудим бюджет на следующий год и планы нашей команды на весну.",
+        "[а-яё]",
+        None,
+    ),
+    (
+        "el",
+        "Καλημέρα σε όλους, σήμερα θα συζητήσουμε τον προϋπολογισμό και τα σχέδια της ομάδας μας.",
+        "[α-ωάέήίόύώ]",
+        "της ομάδας μας",
+    ),
     # Japanese has no spaces: the agreement works on characters. In kana, because espeak-ng's ja
     # voice reads kanji as "Chinese letter" (and its cmn voice reads tone numbers: no Chinese test).
-    ("ja", "みなさん、おはようございます。きょうは、らいねんのよさんと、ちーむのけいかくについて、はなしあいます。",
-     "[\u3040-\u30ff\u4e00-\u9fff]", "おはようございます"),
+    (
+        "ja",
+        "みなさん、おはようございます。きょうは、らいねんのよさんと、ちーむのけいかくについて、はなしあいます。",
+        "[\u3040-\u30ff\u4e00-\u9fff]",
+        "おはようございます",
+    ),
 )
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("voice", "text", "script", "words"), NON_LATIN, ids=[v[0] for v in NON_LATIN])
-def test_non_latin_speech_commits_before_the_pause(voice: str, text: str, script: str, words: str | None) -> None:
+def test_non_latin_speech_commits_before_the_pause(
+    voice: str, text: str, script: str, words: str | None
+) -> None:
     speech.require_tools()
     audio, spans = speech.compose([speech.Utterance(text, voice, pause_after=1.0)])
     engine = load_engine(AudioSettings(model="base", workers=1))
@@ -416,8 +456,9 @@ def test_non_latin_speech_commits_before_the_pause(voice: str, text: str, script
     # agreement committed words while they were spoken: the first final ends well before the
     # speaker stopped (an agreement that compared empty words committed all at the pause)
     speech_end = spans[0][1]
-    assert len(finals) >= 2 and finals[0].stream_end < speech_end - 1.5, \
-        [(f.text, f.stream_end, speech_end) for f in finals]
+    assert len(finals) >= 2 and finals[0].stream_end < speech_end - 1.5, [
+        (f.text, f.stream_end, speech_end) for f in finals
+    ]
     heard = " ".join(f.text for f in finals).lower()
     assert len(re.findall(script, heard)) > len(heard) // 2, heard
     # (finals of a script without spaces are joined here with one: compare without them)
@@ -425,7 +466,8 @@ def test_non_latin_speech_commits_before_the_pause(voice: str, text: str, script
 
 
 async def test_a_session_past_the_replicas_capacity_is_refused_with_the_reason(
-        server_factory: Callable[..., Server]) -> None:
+    server_factory: Callable[..., Server],
+) -> None:
     """A replica refuses the session it cannot serve in real time (here its configured cap of one)
     with a reason a client can act on, counts the refusal and publishes its capacity."""
     server = server_factory({"LT_AUDIO_LIMITS__MAX_SESSIONS": "1"})
@@ -437,5 +479,7 @@ async def test_a_session_past_the_replicas_capacity_is_refused_with_the_reason(
         assert "at most 1 sessions; try another" in str(events[0]["message"])
     async with httpx.AsyncClient(base_url=server.base) as http:
         text = (await http.get("/metrics")).text
-    assert 'livetranslate_admission_refusals_total{pipeline="local",reason="capacity",stage="audio"} 1.0' in text
+    assert (
+        'livetranslate_admission_refusals_total{pipeline="local",reason="capacity",stage="audio"} 1.0' in text
+    )
     assert 'livetranslate_stage_capacity_sessions{pipeline="local",stage="audio"} 1.0' in text

@@ -36,14 +36,19 @@ _W = tuple[str, float, float] | tuple[str, float, float, bool]
 
 def _hyp(*words: _W, probability: float = 0.9) -> Hypothesis:
     """A scripted pass; a fourth item True marks a word glued to the one before ("'clock")."""
-    return Hypothesis(words=[Word(w[0], w[1], w[2], probability, glued=len(w) > 3 and bool(w[3]))
-                             for w in words],
-                      text=" ".join(w[0] for w in words), avg_logprob=-0.2)
+    return Hypothesis(
+        words=[Word(w[0], w[1], w[2], probability, glued=len(w) > 3 and bool(w[3])) for w in words],
+        text=" ".join(w[0] for w in words),
+        avg_logprob=-0.2,
+    )
 
 
 def _session(min_agree_seconds: float = 1.0, **extra: float) -> StreamSession:
-    return StreamSession(StreamingSettings(step_seconds=0.5, min_agree_seconds=min_agree_seconds,
-                                           **extra), VadStream(None), use_vad=False)
+    return StreamSession(
+        StreamingSettings(step_seconds=0.5, min_agree_seconds=min_agree_seconds, **extra),
+        VadStream(None),
+        use_vad=False,
+    )
 
 
 def _feed(s: StreamSession, seconds: float) -> None:
@@ -72,8 +77,9 @@ def test_agreed_words_become_final_and_the_rest_stays_partial() -> None:
     _feed(s, 0.6)
     req = s.next_request()
     assert req is not None
-    out = s.apply(req, _hyp(("The", 0.1, 0.3), ("meeting", 0.3, 0.7), ("will", 0.7, 0.9),
-                            ("start", 0.9, 1.4)))
+    out = s.apply(
+        req, _hyp(("The", 0.1, 0.3), ("meeting", 0.3, 0.7), ("will", 0.7, 0.9), ("start", 0.9, 1.4))
+    )
     finals = [o for o in out if isinstance(o, FinalOut)]
     partials = [o for o in out if isinstance(o, PartialOut)]
     assert [f.text for f in finals] == ["The meeting will"]
@@ -100,8 +106,11 @@ def test_speech_without_a_pause_is_finalised_at_the_buffer_cap() -> None:
     # Someone talks on without a pause: a final pass at every max_buffer_seconds of audio keeps
     # the buffer bounded, on the chunk that reaches the cap (sixty 0.1 s chunks sum to
     # 5.999999999999995 s, which an exact comparison let run one step past the cap).
-    s = StreamSession(StreamingSettings(step_seconds=0.3, max_buffer_seconds=6.0, trim_seconds=25.0),
-                      VadStream(None), use_vad=False)
+    s = StreamSession(
+        StreamingSettings(step_seconds=0.3, max_buffer_seconds=6.0, trim_seconds=25.0),
+        VadStream(None),
+        use_vad=False,
+    )
     final_ends = []
     for _ in range(200):
         _feed(s, 0.1)
@@ -138,8 +147,9 @@ def test_sure_agreement_commits_early_but_not_at_the_buffer_edge() -> None:
     _feed(s, 0.5)
     req = s.next_request()
     assert req is not None and req.word_times
-    out = s.apply(req, _hyp(("Please", 0.1, 0.4), ("open", 0.4, 0.7), ("the", 0.7, 0.9),
-                            ("quarter", 0.9, 1.35)))
+    out = s.apply(
+        req, _hyp(("Please", 0.1, 0.4), ("open", 0.4, 0.7), ("the", 0.7, 0.9), ("quarter", 0.9, 1.35))
+    )
     # "quarter" ends within 0.3 s of the audio's end: it may still be "quarterly"
     assert [o.text for o in out if isinstance(o, FinalOut)] == ["Please open the"]
 
@@ -235,8 +245,9 @@ def test_an_utterance_end_on_a_chunk_boundary_needs_no_extra_wait_or_pass() -> N
     assert finals == ["Hello there."]
 
 
-def _run(s: StreamSession, chunks: int, script: Callable[[float, float], Hypothesis],
-         flush: bool = True) -> list[StreamEvent]:
+def _run(
+    s: StreamSession, chunks: int, script: Callable[[float, float], Hypothesis], flush: bool = True
+) -> list[StreamEvent]:
     """Feed ``chunks`` of 0.1 s, run every pass the session asks for at once (``script`` gives the
     hypothesis of a pass over stream seconds [start, end)), and return the events in order."""
     events: list[StreamEvent] = []
@@ -262,8 +273,11 @@ def _texts(events: list[StreamEvent]) -> list[str]:
 
 def _kinds(events: list[StreamEvent]) -> list[str]:
     """Finals and utterance ends in the order they were made."""
-    return ["final" if isinstance(o, FinalOut) else "end" for o in events
-            if isinstance(o, FinalOut | UtteranceEndOut)]
+    return [
+        "final" if isinstance(o, FinalOut) else "end"
+        for o in events
+        if isinstance(o, FinalOut | UtteranceEndOut)
+    ]
 
 
 def test_a_word_whisper_splits_in_two_is_never_split_across_finals() -> None:
@@ -271,9 +285,20 @@ def test_a_word_whisper_splits_in_two_is_never_split_across_finals() -> None:
     # at 1.6 s agrees with the one before up to "o": committing that would leave the next final
     # to start with "'clock"; the commit holds back to "8" instead.
     sentence: list[_W] = [
-        ("The", 0.0, 0.2), ("train", 0.2, 0.4), ("leaves", 0.4, 0.6), ("at", 0.6, 0.7), ("8", 0.7, 0.8),
-        ("o", 0.8, 0.9), ("'clock", 0.9, 1.1, True), ("and", 1.1, 1.2), ("we", 1.2, 1.4),
-        ("can", 1.4, 1.6), ("'t", 1.6, 1.7, True), ("be", 1.7, 1.8), ("late.", 1.8, 2.0)]
+        ("The", 0.0, 0.2),
+        ("train", 0.2, 0.4),
+        ("leaves", 0.4, 0.6),
+        ("at", 0.6, 0.7),
+        ("8", 0.7, 0.8),
+        ("o", 0.8, 0.9),
+        ("'clock", 0.9, 1.1, True),
+        ("and", 1.1, 1.2),
+        ("we", 1.2, 1.4),
+        ("can", 1.4, 1.6),
+        ("'t", 1.6, 1.7, True),
+        ("be", 1.7, 1.8),
+        ("late.", 1.8, 2.0),
+    ]
     s = _session()
     events: list[StreamEvent] = []
     for seconds, heard in ((1.0, 6), (0.6, 8), (0.6, 13)):  # each pass hears a little more
@@ -314,9 +339,20 @@ def test_numbers_and_compounds_read_without_inner_spaces() -> None:
     s.flush()
     req = s.next_request()
     assert req is not None and req.final
-    out = s.apply(req, _hyp(("Inflation", 0.0, 0.4), ("rose", 0.4, 0.6), ("to", 0.6, 0.7), ("12", 0.7, 0.9),
-                            (".5", 0.9, 1.1, True), ("percent,", 1.1, 1.3), ("a", 1.3, 1.35),
-                            ("twenty", 1.35, 1.4), ("-", 1.4, 1.42, True)))
+    out = s.apply(
+        req,
+        _hyp(
+            ("Inflation", 0.0, 0.4),
+            ("rose", 0.4, 0.6),
+            ("to", 0.6, 0.7),
+            ("12", 0.7, 0.9),
+            (".5", 0.9, 1.1, True),
+            ("percent,", 1.1, 1.3),
+            ("a", 1.3, 1.35),
+            ("twenty", 1.35, 1.4),
+            ("-", 1.4, 1.42, True),
+        ),
+    )
     # the dangling hyphen of a cut-off word goes at the end of an utterance: nothing follows it
     assert _texts(out) == ["Inflation rose to 12.5 percent, a twenty"]
 
@@ -324,11 +360,22 @@ def test_numbers_and_compounds_read_without_inner_spaces() -> None:
 def test_a_full_buffer_keeps_a_word_left_open_for_the_next_buffer() -> None:
     # The cap forces a final at 3.0 s while "twenty-" waits for "first": that word stays in the
     # buffer, so the next pass hears "twenty-first" whole; the forced final ends no utterance.
-    s = StreamSession(StreamingSettings(step_seconds=0.5, max_buffer_seconds=3.0, trim_seconds=25.0),
-                      VadStream(None), use_vad=False)
+    s = StreamSession(
+        StreamingSettings(step_seconds=0.5, max_buffer_seconds=3.0, trim_seconds=25.0),
+        VadStream(None),
+        use_vad=False,
+    )
     spoken: list[_W] = [
-        ("In", 0.0, 0.3), ("the", 0.3, 0.6), ("new", 0.6, 1.0), ("century", 1.0, 1.6), ("we", 1.6, 2.0),
-        ("saw", 2.0, 2.5), ("twenty-", 2.55, 2.95), ("first", 2.95, 3.4, True), ("steps.", 3.4, 3.9)]
+        ("In", 0.0, 0.3),
+        ("the", 0.3, 0.6),
+        ("new", 0.6, 1.0),
+        ("century", 1.0, 1.6),
+        ("we", 1.6, 2.0),
+        ("saw", 2.0, 2.5),
+        ("twenty-", 2.55, 2.95),
+        ("first", 2.95, 3.4, True),
+        ("steps.", 3.4, 3.9),
+    ]
 
     def heard(start: float, end: float) -> Hypothesis:
         # A pass hears the words that start in its audio; the first word of a pass is glued to
@@ -358,8 +405,11 @@ def test_each_utterance_ends_once_after_its_final() -> None:
 def test_an_utterance_with_nothing_left_to_hear_still_ends() -> None:
     # Speech stops right where the buffer cap forced its final: no pass and no final are left,
     # but the utterance end is still said (once); the forced final itself ends nothing.
-    s = StreamSession(StreamingSettings(step_seconds=0.5, max_buffer_seconds=3.0, trim_seconds=25.0),
-                      VadStream(None), use_vad=False)
+    s = StreamSession(
+        StreamingSettings(step_seconds=0.5, max_buffer_seconds=3.0, trim_seconds=25.0),
+        VadStream(None),
+        use_vad=False,
+    )
     events = _run(s, 30, lambda start, end: _hyp(("Talking", 0.1, end - start - 0.4)), flush=False)
     assert _kinds(events) == ["final"]
     s.flush()
@@ -407,8 +457,9 @@ def test_known_hallucinations_on_unsure_decodes_are_dropped(text: str) -> None:
 
 def test_real_thank_you_in_a_sentence_is_kept() -> None:
     text = "Thank you all for coming to the town hall this evening."
-    hyp = Hypothesis(words=[Word(w, 0, 1) for w in text.split()], text=text, no_speech_prob=0.01,
-                     avg_logprob=-0.2)
+    hyp = Hypothesis(
+        words=[Word(w, 0, 1) for w in text.split()], text=text, no_speech_prob=0.01, avg_logprob=-0.2
+    )
     assert not is_hallucination(hyp, voiced_seconds=3.0)
 
 
@@ -445,7 +496,7 @@ def test_a_short_clip_needs_less_similarity_to_match_a_known_voice() -> None:
     a, other = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 64)))
     other -= np.dot(other, a) * a
     other /= np.linalg.norm(other)
-    near_a = 0.72 * a + np.sqrt(1 - 0.72 ** 2) * other  # cosine 0.72 to a, under the 0.75 threshold
+    near_a = 0.72 * a + np.sqrt(1 - 0.72**2) * other  # cosine 0.72 to a, under the 0.75 threshold
     tracker = SpeakerTracker(max_speakers=4, threshold=0.75)
     assert tracker.assign(a, 3.0, utterance=0.0) == "S1"
     # 0.8 s of speech (a returning voice's first final) is a noisy embedding: it still matches.
@@ -459,17 +510,28 @@ def test_a_short_clip_needs_less_similarity_to_match_a_known_voice() -> None:
 
 
 def test_settings_come_from_the_pipeline_unless_the_environment_overrides(
-        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
-    resolved = ResolvedPipeline.model_validate({
-        "name": "town-hall",
-        "spec": {"sourceLanguage": "en", "targetLanguages": ["es"],
-                 "audio": {"model": "/models/small", "diarization": {"enabled": True, "maxSpeakers": 3}}},
-        "placement": {"audioDevice": "gpu"},
-        "endpoints": Endpoints(audio="http://a", translation="http://t", gateway="http://g").model_dump(),
-    })
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolved = ResolvedPipeline.model_validate(
+        {
+            "name": "town-hall",
+            "spec": {
+                "sourceLanguage": "en",
+                "targetLanguages": ["es"],
+                "audio": {"model": "/models/small", "diarization": {"enabled": True, "maxSpeakers": 3}},
+            },
+            "placement": {"audioDevice": "gpu"},
+            "endpoints": Endpoints(audio="http://a", translation="http://t", gateway="http://g").model_dump(),
+        }
+    )
     s = load_settings(resolved)
     assert (s.pipeline, s.model, s.device, s.diarization, s.max_speakers) == (
-        "town-hall", "/models/small", "gpu", True, 3)
+        "town-hall",
+        "/models/small",
+        "gpu",
+        True,
+        3,
+    )
     monkeypatch.setenv("LT_AUDIO_DEVICE", "cpu")
     monkeypatch.setenv("LT_AUDIO_STREAMING__STEP_SECONDS", "0.25")
     s = load_settings(resolved)
@@ -477,12 +539,16 @@ def test_settings_come_from_the_pipeline_unless_the_environment_overrides(
     assert json.loads(AudioSettings().model_dump_json())["limits"]["max_sessions"] >= 1
 
 
-@pytest.mark.parametrize("words", [
-    ("Встреча", "начнётся", "через", "пять", "минут."),       # Russian
-    ("Η", "συνάντηση", "θα", "ξεκινήσει", "σύντομα."),        # Greek
-    ("会", "议", "五", "分", "钟", "后", "开", "始。"),          # Chinese, as Whisper splits it: by character
-    ("नमस्ते", "आप", "कैसे", "हैं", "दोस्त"),                     # Hindi: vowel signs are marks
-], ids=["ru", "el", "zh", "hi"])
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("Встреча", "начнётся", "через", "пять", "минут."),  # Russian
+        ("Η", "συνάντηση", "θα", "ξεκινήσει", "σύντομα."),  # Greek
+        ("会", "议", "五", "分", "钟", "后", "开", "始。"),  # Chinese, as Whisper splits it: by character
+        ("नमस्ते", "आप", "कैसे", "हैं", "दोस्त"),  # Hindi: vowel signs are marks
+    ],
+    ids=["ru", "el", "zh", "hi"],
+)
 def test_words_of_every_script_agree_and_commit_before_the_pause(words: tuple[str, ...]) -> None:
     s = _session()
     step = 1.4 / len(words)
@@ -505,9 +571,20 @@ def test_words_of_every_script_agree_and_commit_before_the_pause(words: tuple[st
 
 def test_a_final_never_runs_past_the_end_of_a_sentence() -> None:
     s = _session()
-    words: list[_W] = [("for", 0.1, 0.3), ("joining", 0.3, 0.6), ("us.", 0.6, 0.8), ("Let's", 0.9, 1.1),
-                       ("ask", 1.1, 1.3), ("Dr.", 1.3, 1.5), ("Smith", 1.5, 1.7), ("about", 1.7, 1.9),
-                       ("12", 1.9, 2.0), (".5", 2.0, 2.1, True), ("percent.", 2.1, 2.4), ("Then", 2.5, 2.7)]
+    words: list[_W] = [
+        ("for", 0.1, 0.3),
+        ("joining", 0.3, 0.6),
+        ("us.", 0.6, 0.8),
+        ("Let's", 0.9, 1.1),
+        ("ask", 1.1, 1.3),
+        ("Dr.", 1.3, 1.5),
+        ("Smith", 1.5, 1.7),
+        ("about", 1.7, 1.9),
+        ("12", 1.9, 2.0),
+        (".5", 2.0, 2.1, True),
+        ("percent.", 2.1, 2.4),
+        ("Then", 2.5, 2.7),
+    ]
     _feed(s, 3.0)
     req = s.next_request()
     assert req is not None
@@ -526,8 +603,9 @@ def test_the_final_pass_of_an_utterance_splits_its_sentences_too() -> None:
     s.flush()
     events: list[StreamEvent] = []
     while (req := s.next_request()) is not None:
-        events += s.apply(req, _hyp(("Thank", 0.1, 0.3), ("you.", 0.3, 0.5), ("Next", 0.6, 0.8),
-                                    ("item", 0.8, 0.95)))
+        events += s.apply(
+            req, _hyp(("Thank", 0.1, 0.3), ("you.", 0.3, 0.5), ("Next", 0.6, 0.8), ("item", 0.8, 0.95))
+        )
     events += [o for o, _ in s.take_ready()]
     assert [o.text for o in events if isinstance(o, FinalOut)] == ["Thank you.", "Next item"]
     assert isinstance(events[-1], UtteranceEndOut)
@@ -546,8 +624,14 @@ def test_a_glued_rest_of_a_word_already_final_is_dropped() -> None:
     finals = [o.text for o in s.apply(req, _hyp(*first, ("social", 1.3, 1.9))) if isinstance(o, FinalOut)]
     assert finals == ["a series of posts"], finals
     # later passes re-segment the committed word: "post" + "-son", then "social media"
-    rest: list[_W] = [("post", 0.6, 0.95), ("-son", 0.95, 1.25, True), ("social", 1.3, 1.6), ("media", 1.6, 2.0),
-                      ("and", 2.0, 2.2), ("events", 2.2, 2.6)]
+    rest: list[_W] = [
+        ("post", 0.6, 0.95),
+        ("-son", 0.95, 1.25, True),
+        ("social", 1.3, 1.6),
+        ("media", 1.6, 2.0),
+        ("and", 2.0, 2.2),
+        ("events", 2.2, 2.6),
+    ]
     out = []
     for n in (4, 6):
         _feed(s, 0.6)

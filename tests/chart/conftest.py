@@ -18,35 +18,57 @@ NAMESPACE = "lt-system"
 # every test repeats, so a template that only works with defaults is caught.
 NON_DEFAULT_VALUES: dict[str, Any] = {
     "fullnameOverride": "translate-op",
-    "image": {"registry": "registry.example.internal/ml", "tag": "1.2.3", "pullPolicy": "Always",
-              "pullSecrets": ["regcred"]},
+    "image": {
+        "registry": "registry.example.internal/ml",
+        "tag": "1.2.3",
+        "pullPolicy": "Always",
+        "pullSecrets": ["regcred"],
+    },
     "operator": {
-        "replicas": 3, "logLevel": "debug", "logFormat": "text",
+        "replicas": 3,
+        "logLevel": "debug",
+        "logFormat": "text",
         "peering": {"name": "lt-peers", "lifetime": 45},
-        "metricsPort": 9100, "healthPort": 9101,
+        "metricsPort": 9100,
+        "healthPort": 9101,
         "nodeSelector": {"kubernetes.io/os": "linux"},
-        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "control", "effect": "NoSchedule"}],
+        "tolerations": [
+            {"key": "dedicated", "operator": "Equal", "value": "control", "effect": "NoSchedule"}
+        ],
         "priorityClassName": "system-cluster-critical",
         "podAnnotations": {"example.com/team": "speech"},
         "podLabels": {"team": "speech"},
         "extraEnv": [{"name": "LT_OPERATOR_MODEL_CACHE_SIZE", "value": "40Gi"}],
     },
     "workloads": {
-        "audio": {"tag": "1.2.4", "resources": {"cpuRequest": "2", "memoryRequest": "2Gi",
-                                                "cpuLimit": "4", "memoryLimit": "4Gi"}},
+        "audio": {
+            "tag": "1.2.4",
+            "resources": {"cpuRequest": "2", "memoryRequest": "2Gi", "cpuLimit": "4", "memoryLimit": "4Gi"},
+        },
         "vllm": {"tag": "v0.11.1", "useRegistry": True},
     },
     "serviceAccount": {"name": "lt-operator", "annotations": {"example.com/role": "operator"}},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-                "podMonitor": {"enabled": True, "interval": "15s"}},
-    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"},
-                       "runbookBaseUrl": "https://docs.example.internal/livetranslate/operations",
-                       "captionLatency": {"thresholdSeconds": "2.0", "objective": 0.99},
-                       "gpuFramebuffer": {"highWatermark": 0.85}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+        "podMonitor": {"enabled": True, "interval": "15s"},
+    },
+    "prometheusRule": {
+        "enabled": True,
+        "labels": {"release": "kube-prometheus-stack"},
+        "runbookBaseUrl": "https://docs.example.internal/livetranslate/operations",
+        "captionLatency": {"thresholdSeconds": "2.0", "objective": 0.99},
+        "gpuFramebuffer": {"highWatermark": 0.85},
+    },
     "dashboards": {"namespace": "monitoring", "folder": ""},
-    "samplePipeline": {"enabled": True, "name": "town-hall",
-                       "spec": {"sourceLanguage": "en", "targetLanguages": ["es", "de"],
-                                "audio": {"devices": ["gpu", "cpu"], "replicas": {"min": 1, "max": 3}}}},
+    "samplePipeline": {
+        "enabled": True,
+        "name": "town-hall",
+        "spec": {
+            "sourceLanguage": "en",
+            "targetLanguages": ["es", "de"],
+            "audio": {"devices": ["gpu", "cpu"], "replicas": {"min": 1, "max": 3}},
+        },
+    },
 }
 
 VARIANTS = {"default": {}, "non-default": NON_DEFAULT_VALUES}

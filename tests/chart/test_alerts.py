@@ -20,9 +20,12 @@ ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "charts" / "livetranslate" / "files" / "alerts.rules.yaml"
 UNIT_TESTS = Path(__file__).with_name("alerts_test.yaml")
 REQUIRED_ALERTS = {
-    "LiveTranslateCaptionLatencyBudgetBurnFast", "LiveTranslateCaptionLatencyBudgetBurnSlow",
-    "LiveTranslateStageNoReadyReplicas", "LiveTranslateGPUFramebufferHigh",
-    "LiveTranslateAutoscalerHeld", "LiveTranslateScalingPinnedAtMax",
+    "LiveTranslateCaptionLatencyBudgetBurnFast",
+    "LiveTranslateCaptionLatencyBudgetBurnSlow",
+    "LiveTranslateStageNoReadyReplicas",
+    "LiveTranslateGPUFramebufferHigh",
+    "LiveTranslateAutoscalerHeld",
+    "LiveTranslateScalingPinnedAtMax",
     "LiveTranslateOperatorReconcileErrors",
 }
 
@@ -43,13 +46,20 @@ def _recorded() -> set[str]:
 
 
 def test_plain_rules_file_is_valid() -> None:
-    out = subprocess.run([_promtool(), "check", "rules", str(RULES)], check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        [_promtool(), "check", "rules", str(RULES)], check=False, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_promtool_unit_tests_pass() -> None:
-    out = subprocess.run([_promtool(), "test", "rules", UNIT_TESTS.name], cwd=UNIT_TESTS.parent,
-                         check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        [_promtool(), "test", "rules", UNIT_TESTS.name],
+        cwd=UNIT_TESTS.parent,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -83,25 +93,34 @@ def test_prometheusrule_carries_exactly_the_plain_rules(render: Any) -> None:
     (rule,) = [o for o in render({"prometheusRule": {"enabled": True}}) if o["kind"] == "PrometheusRule"]
     plain = yaml.safe_load(RULES.read_text())["groups"]
     assert rule["spec"]["groups"] == plain, (
-        "files/alerts.rules.yaml is stale: write the PrometheusRule's spec.groups (default values) into it")
+        "files/alerts.rules.yaml is stale: write the PrometheusRule's spec.groups (default values) into it"
+    )
 
 
-def test_rules_rendered_with_other_values_are_still_valid(render: Any, non_default_values: dict[str, Any],
-                                                          tmp_path: Path) -> None:
+def test_rules_rendered_with_other_values_are_still_valid(
+    render: Any, non_default_values: dict[str, Any], tmp_path: Path
+) -> None:
     (rule,) = [o for o in render(non_default_values) if o["kind"] == "PrometheusRule"]
     path = tmp_path / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
-    out = subprocess.run([_promtool(), "check", "rules", str(path)], check=False, capture_output=True, text=True)
+    out = subprocess.run(
+        [_promtool(), "check", "rules", str(path)], check=False, capture_output=True, text=True
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     for r in (r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r):
-        assert r["annotations"]["runbook_url"].startswith("https://docs.example.internal/livetranslate/operations#")
+        assert r["annotations"]["runbook_url"].startswith(
+            "https://docs.example.internal/livetranslate/operations#"
+        )
 
 
 def test_every_runbook_url_points_at_a_section_of_the_operations_guide(render: Any) -> None:
     values = {"prometheusRule": {"enabled": True, "runbookBaseUrl": "https://docs.example.internal/ops"}}
     (rule,) = [o for o in render(values) if o["kind"] == "PrometheusRule"]
-    headings = {re.sub(r"[^a-z0-9-]", "", line.lstrip("#").strip().lower().replace(" ", "-"))
-                for line in (ROOT / "docs" / "operations.md").read_text().splitlines() if line.startswith("#")}
+    headings = {
+        re.sub(r"[^a-z0-9-]", "", line.lstrip("#").strip().lower().replace(" ", "-"))
+        for line in (ROOT / "docs" / "operations.md").read_text().splitlines()
+        if line.startswith("#")
+    }
     for r in (r for g in rule["spec"]["groups"] for r in g["rules"] if "alert" in r):
         anchor = r["annotations"]["runbook_url"].rpartition("#")[2]
         assert anchor in headings, f"{r['alert']}: docs/operations.md has no section #{anchor}"

@@ -57,8 +57,16 @@ def test_lint_is_clean(helm: Any, values: dict[str, Any]) -> None:
 
 def test_default_render_has_the_operator_and_its_access(render: Any) -> None:
     kinds = _by_kind(render({}))
-    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-            "PodDisruptionBudget", "ClusterKopfPeering", "ConfigMap"} <= kinds.keys()
+    assert {
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ClusterKopfPeering",
+        "ConfigMap",
+    } <= kinds.keys()
     # Optional pieces stay off by default: they need CRDs a bare cluster lacks.
     assert not kinds.keys() & {"ServiceMonitor", "PodMonitor", "PrometheusRule", "TranslationPipeline"}
     dep = _operator(render({}))
@@ -135,21 +143,30 @@ def test_notes_tell_how_to_reach_the_gateway(notes: Any, non_default_values: dic
 # --------------------------------------------------------------------------------------- schema
 
 
-@pytest.mark.parametrize("bad, where", [
-    ({"operator": {"replicas": -1}}, "/operator/replicas"),
-    ({"operator": {"replicas": "two"}}, "/operator/replicas"),
-    ({"operator": {"securityContext": {"allowPrivilegeEscalation": True,
-                                       "capabilities": {"drop": ["ALL"]}}}}, "allowPrivilegeEscalation"),
-    ({"operator": {"podSecurityContext": {"runAsNonRoot": False}}}, "runAsNonRoot"),
-    ({"operator": {"logLevel": "verbose"}}, "/operator/logLevel"),
-    ({"operator": {"replica": 2}}, "replica"),
-    ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
-    ({"prometheusRule": {"captionLatency": {"thresholdSeconds": "1.4"}}}, "thresholdSeconds"),
-    ({"prometheusRule": {"gpuFramebuffer": {"highWatermark": 1.5}}}, "highWatermark"),
-    ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
-    ({"samplePipeline": {"name": "Town Hall"}}, "/samplePipeline/name"),
-    ({"workloads": {"audio": {"repository": ""}}}, "/workloads/audio/repository"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"operator": {"replicas": -1}}, "/operator/replicas"),
+        ({"operator": {"replicas": "two"}}, "/operator/replicas"),
+        (
+            {
+                "operator": {
+                    "securityContext": {"allowPrivilegeEscalation": True, "capabilities": {"drop": ["ALL"]}}
+                }
+            },
+            "allowPrivilegeEscalation",
+        ),
+        ({"operator": {"podSecurityContext": {"runAsNonRoot": False}}}, "runAsNonRoot"),
+        ({"operator": {"logLevel": "verbose"}}, "/operator/logLevel"),
+        ({"operator": {"replica": 2}}, "replica"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+        ({"prometheusRule": {"captionLatency": {"thresholdSeconds": "1.4"}}}, "thresholdSeconds"),
+        ({"prometheusRule": {"gpuFramebuffer": {"highWatermark": 1.5}}}, "highWatermark"),
+        ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "interval"),
+        ({"samplePipeline": {"name": "Town Hall"}}, "/samplePipeline/name"),
+        ({"workloads": {"audio": {"repository": ""}}}, "/workloads/audio/repository"),
+    ],
+)
 def test_schema_refuses_bad_values(chart: Any, helm: Any, bad: dict[str, Any], where: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
         chart.validate_schema(bad)
@@ -195,7 +212,8 @@ def test_every_values_key_is_documented() -> None:
 
 
 def test_every_object_matches_the_kubernetes_openapi_schema(
-        render: Any, values: dict[str, Any], crd_schemas: dict[tuple[str, str], dict[str, Any]]) -> None:
+    render: Any, values: dict[str, Any], crd_schemas: dict[tuple[str, str], dict[str, Any]]
+) -> None:
     kv = pytest.importorskip("kubernetes_validate")
     checked = 0
     for obj in render(values):
@@ -248,7 +266,9 @@ def test_monitors_select_the_operator(render: Any, non_default_values: dict[str,
 
 def test_every_pod_template_is_restricted(render: Any, values: dict[str, Any]) -> None:
     objs = render(values)
-    pods = [o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")]
+    pods = [
+        o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob", "Pod")
+    ]
     assert pods
     problems = [p for o in pods for p in object_violations(o)]
     assert not problems, problems
@@ -277,7 +297,13 @@ def test_rbac_has_no_wildcards_and_only_what_the_operator_needs(render: Any, val
 
 
 def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-    return {(g, r, v) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
+    }
 
 
 # What the chart grants beyond the operator's own reconcile and scaling calls: Kopf peering (only
@@ -285,24 +311,34 @@ def _triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
 PEERING = {("kopf.dev", "clusterkopfpeerings", v) for v in ("list", "watch", "patch")}
 from livetranslate.operator.rbac import MONITOR_RULES
 
-MONITORS = {(g, r, v) for groups, resources, verbs in MONITOR_RULES for g in groups for r in resources for v in verbs}
+MONITORS = {
+    (g, r, v) for groups, resources, verbs in MONITOR_RULES for g in groups for r in resources for v in verbs
+}
 
 
-@pytest.mark.parametrize("overrides, extras", [
-    ({}, PEERING | MONITORS),
-    ({"operator": {"replicas": 1, "peering": {"enabled": False}}, "rbac": {"pipelineMonitors": False}}, set()),
-])
+@pytest.mark.parametrize(
+    "overrides, extras",
+    [
+        ({}, PEERING | MONITORS),
+        (
+            {"operator": {"replicas": 1, "peering": {"enabled": False}}, "rbac": {"pipelineMonitors": False}},
+            set(),
+        ),
+    ],
+)
 def test_cluster_role_grants_exactly_what_the_operator_uses(
-        render: Any, overrides: dict[str, Any], extras: set[tuple[str, str, str]]) -> None:
+    render: Any, overrides: dict[str, Any], extras: set[tuple[str, str, str]]
+) -> None:
     """The operator's integration tests check every API call it makes against
     livetranslate.operator.rbac.RULES; the chart must grant those rules, and nothing else."""
-    wanted = {(g, r, v) for groups, resources, verbs in rbac.RULES for g in groups for r in resources for v in verbs}
+    wanted = {
+        (g, r, v) for groups, resources, verbs in rbac.RULES for g in groups for r in resources for v in verbs
+    }
     (role,) = [o for o in render(overrides) if o["kind"] == "ClusterRole"]
     granted = _triples(role["rules"])
     assert granted - wanted - extras == set(), "the chart grants more than the operator uses"
     assert wanted - granted == set(), "the operator makes calls the chart does not allow (403 in a cluster)"
     assert extras <= granted
-
 
 
 # ------------------------------------------------------------------ files copied from elsewhere
@@ -314,7 +350,9 @@ def test_chart_crds_match_the_generated_ones() -> None:
     for path in generated:
         copy = CHART / "crds" / path.name
         assert copy.exists(), f"charts/livetranslate/crds/{path.name} missing (copy crds/{path.name})"
-        assert copy.read_bytes() == path.read_bytes(), f"charts/livetranslate/crds/{path.name} differs from crds/"
+        assert copy.read_bytes() == path.read_bytes(), (
+            f"charts/livetranslate/crds/{path.name} differs from crds/"
+        )
 
 
 def test_chart_ships_the_translationpipeline_and_peering_crds(crd_schemas: dict[Any, Any]) -> None:
@@ -342,7 +380,9 @@ def test_dashboards_ship_as_labelled_configmaps(render: Any) -> None:
     assert shipped == expected
 
 
-def test_sample_pipeline_is_a_valid_translationpipeline(render: Any, non_default_values: dict[str, Any]) -> None:
+def test_sample_pipeline_is_a_valid_translationpipeline(
+    render: Any, non_default_values: dict[str, Any]
+) -> None:
     from livetranslate.api import TranslationPipelineSpec
 
     (sample,) = [o for o in render(non_default_values) if o["kind"] == "TranslationPipeline"]
@@ -351,8 +391,9 @@ def test_sample_pipeline_is_a_valid_translationpipeline(render: Any, non_default
     TranslationPipelineSpec.model_validate(defaults)
 
 
-def test_operator_settings_parse_what_the_chart_sets(render: Any, values: dict[str, Any],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_settings_parse_what_the_chart_sets(
+    render: Any, values: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The chart's LT_OPERATOR_* variables are read by the operator's own settings class: a
     name or format mismatch (a list not given as JSON, a renamed field) fails here, not at start-up
     in a cluster."""
@@ -372,6 +413,9 @@ def test_operator_settings_parse_what_the_chart_sets(render: Any, values: dict[s
     assert str(settings.metrics_port) == env["LT_OPERATOR_METRICS_PORT"]
     assert settings.liveness_endpoint == env["LT_OPERATOR_LIVENESS_ENDPOINT"]
     if "LT_OPERATOR_AUDIO_RESOURCES" in env:
-        assert settings.audio_resources.memoryLimit == json.loads(env["LT_OPERATOR_AUDIO_RESOURCES"])["memoryLimit"]
+        assert (
+            settings.audio_resources.memoryLimit
+            == json.loads(env["LT_OPERATOR_AUDIO_RESOURCES"])["memoryLimit"]
+        )
     if "LT_OPERATOR_MODEL_CACHE_SIZE" in env:  # operator.extraEnv reaches the settings too
         assert settings.model_cache_size == env["LT_OPERATOR_MODEL_CACHE_SIZE"]

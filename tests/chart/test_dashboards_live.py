@@ -30,8 +30,7 @@ from livetranslate_testing.grafana import empty_panels, query_panels, render_png
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "dashboards" / "pipeline-overview.json"
 # The session is short: a rate window of a few scrapes, not Grafana's minutes.
-LIVE_VARS = {"__rate_interval": "10s", "__interval": "2s", "namespace": ".*", "pipeline": ".*",
-             "slo": "1.5"}
+LIVE_VARS = {"__rate_interval": "10s", "__interval": "2s", "namespace": ".*", "pipeline": ".*", "slo": "1.5"}
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +51,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     try:
         import livetranslate.local  # noqa: F401
         from livetranslate_testing.speech import SENTENCES, Utterance, compose, require_tools, write_wav
+
         require_tools()
     except (ImportError, RuntimeError, OSError) as exc:
         pytest.skip(f"livetranslate up or speech tools unavailable: {exc}")
@@ -60,9 +60,22 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     gateway_port = free_port()
     env = {**os.environ, "PYTHONSAFEPATH": "1", "LT_LOG_FORMAT": "json"}
     up = subprocess.Popen(
-        [sys.executable, "-P", "-m", "livetranslate.cli", "up", "--port", str(gateway_port),
-         "--log-dir", str(tmp / "logs")],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "livetranslate.cli",
+            "up",
+            "--port",
+            str(gateway_port),
+            "--log-dir",
+            str(tmp / "logs"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     procs: list[subprocess.Popen[Any]] = [up]
     try:
         ports: dict[str, int] = {}
@@ -88,16 +101,31 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "scrape_configs": [
-                {"job_name": f"livetranslate-{stage}", "scrape_interval": "1s",
-                 "static_configs": [{"targets": [f"127.0.0.1:{port}"],
-                                     "labels": {"namespace": "default", "pod": f"local-{stage}-0"}}]}
-                for stage, port in ports.items()],
+                {
+                    "job_name": f"livetranslate-{stage}",
+                    "scrape_interval": "1s",
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{port}"],
+                            "labels": {"namespace": "default", "pod": f"local-{stage}-0"},
+                        }
+                    ],
+                }
+                for stage, port in ports.items()
+            ],
         }
         (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
         prom = subprocess.Popen(
-            [prometheus_bin, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                prometheus_bin,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         procs.append(prom)
         prom_url = f"http://127.0.0.1:{prom_port}"
         for _ in range(120):
@@ -116,9 +144,24 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
         # One paced like a live microphone (sessions and queues visible to 1 s scrapes), one fast.
         for extra in (["--realtime"], []):
             out = subprocess.run(
-                [sys.executable, "-P", "-m", "livetranslate.cli", "stream", str(wav), "--url",
-                 f"ws://127.0.0.1:{gateway_port}/v1/stream", "--json", *extra],
-                capture_output=True, text=True, env=env, timeout=180, check=False)
+                [
+                    sys.executable,
+                    "-P",
+                    "-m",
+                    "livetranslate.cli",
+                    "stream",
+                    str(wav),
+                    "--url",
+                    f"ws://127.0.0.1:{gateway_port}/v1/stream",
+                    "--json",
+                    *extra,
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=180,
+                check=False,
+            )
             assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
             events += [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
         time.sleep(4)  # let the last values be scraped
@@ -140,5 +183,10 @@ def test_every_pipeline_panel_returns_data(live: LiveRun) -> None:
     png_dir = os.environ.get("LT_DASHBOARD_PNG_DIR")
     if png_dir:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(live.end))
-        render_png(dash, data, Path(png_dir) / "dashboard-pipeline-overview.png",
-                   f"livetranslate up, scraped by a real Prometheus, {when}", live.start)
+        render_png(
+            dash,
+            data,
+            Path(png_dir) / "dashboard-pipeline-overview.png",
+            f"livetranslate up, scraped by a real Prometheus, {when}",
+            live.start,
+        )

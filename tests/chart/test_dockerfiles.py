@@ -21,8 +21,12 @@ from livetranslate.serve import APPS
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
-IMAGES = {"operator": ["operator"], "audio": ["serve", "audio"], "translate": ["serve", "translate"],
-          "gateway": ["serve", "gateway"]}
+IMAGES = {
+    "operator": ["operator"],
+    "audio": ["serve", "audio"],
+    "translate": ["serve", "translate"],
+    "gateway": ["serve", "gateway"],
+}
 RUN_AS = 10001
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|git|[\w.+-]+-dev|cargo|rustc)\b")
 
@@ -39,8 +43,11 @@ class Stage:
 
 def parse(path: Path) -> list[Stage]:
     """Stages of a Dockerfile: continuation lines joined, comments dropped."""
-    text = re.sub(r"\\\n", " ", "\n".join(line for line in path.read_text().splitlines()
-                                          if not line.lstrip().startswith("#")))
+    text = re.sub(
+        r"\\\n",
+        " ",
+        "\n".join(line for line in path.read_text().splitlines() if not line.lstrip().startswith("#")),
+    )
     stages: list[Stage] = []
     for line in text.splitlines():
         if not line.strip():
@@ -138,8 +145,10 @@ def test_translate_image_bakes_every_apertium_pair_the_service_knows() -> None:
 
 def test_chart_image_names_match_the_dockerfiles() -> None:
     values = yaml.safe_load((ROOT / "charts/livetranslate/values.yaml").read_text())
-    repos = {"operator": values["operator"]["image"]["repository"],
-             **{k: values["workloads"][k]["repository"] for k in ("audio", "translate", "gateway")}}
+    repos = {
+        "operator": values["operator"]["image"]["repository"],
+        **{k: values["workloads"][k]["repository"] for k in ("audio", "translate", "gateway")},
+    }
     for image, repo in repos.items():
         text = (DOCKER / f"{image}.Dockerfile").read_text()
         assert f'org.opencontainers.image.title="{repo}"' in text
@@ -147,8 +156,11 @@ def test_chart_image_names_match_the_dockerfiles() -> None:
 
 
 def test_dockerignore_keeps_local_state_out() -> None:
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.strip() and not line.startswith("#")}
+    ignored = {
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     assert {".git", ".venv", "tests"} <= ignored
     for image in IMAGES:
         for stage in parse(DOCKER / f"{image}.Dockerfile"):

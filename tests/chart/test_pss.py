@@ -17,12 +17,22 @@ from livetranslate.operator.settings import OperatorSettings
 from livetranslate_testing.pss import object_violations, restricted_violations
 
 GOOD_POD: dict[str, Any] = {
-    "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}},
-    "containers": [{
-        "name": "app", "image": "livetranslate-gateway:0.1.0",
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "readOnlyRootFilesystem": True},
-    }],
+    "securityContext": {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    },
+    "containers": [
+        {
+            "name": "app",
+            "image": "livetranslate-gateway:0.1.0",
+            "securityContext": {
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "readOnlyRootFilesystem": True,
+            },
+        }
+    ],
     "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "cfg", "configMap": {"name": "x"}}],
 }
 
@@ -41,23 +51,26 @@ def test_a_restricted_pod_passes() -> None:
     assert restricted_violations(GOOD_POD) == []
 
 
-@pytest.mark.parametrize("path, value, fragment", [
-    ("hostNetwork", True, "hostNetwork"),
-    ("hostPID", True, "hostPID"),
-    ("securityContext.runAsNonRoot", False, "runAsNonRoot"),
-    ("securityContext.runAsUser", 0, "runAsUser"),
-    ("securityContext.seccompProfile", {"type": "Unconfined"}, "seccompProfile"),
-    ("securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}], "kernel.msgmax"),
-    ("containers.0.securityContext.allowPrivilegeEscalation", True, "allowPrivilegeEscalation"),
-    ("containers.0.securityContext.privileged", True, "privileged"),
-    ("containers.0.securityContext.capabilities", {"drop": ["NET_RAW"]}, "drop must include ALL"),
-    ("containers.0.securityContext.capabilities", {"drop": ["ALL"], "add": ["SYS_ADMIN"]}, "SYS_ADMIN"),
-    ("containers.0.securityContext.runAsUser", 0, "runAsUser"),
-    ("containers.0.securityContext.procMount", "Unmasked", "procMount"),
-    ("containers.0.securityContext.seLinuxOptions", {"user": "root"}, "seLinuxOptions.user"),
-    ("containers.0.ports", [{"containerPort": 80, "hostPort": 80}], "hostPort"),
-    ("volumes", [{"name": "host", "hostPath": {"path": "/"}}], "hostPath"),
-])
+@pytest.mark.parametrize(
+    "path, value, fragment",
+    [
+        ("hostNetwork", True, "hostNetwork"),
+        ("hostPID", True, "hostPID"),
+        ("securityContext.runAsNonRoot", False, "runAsNonRoot"),
+        ("securityContext.runAsUser", 0, "runAsUser"),
+        ("securityContext.seccompProfile", {"type": "Unconfined"}, "seccompProfile"),
+        ("securityContext.sysctls", [{"name": "kernel.msgmax", "value": "1"}], "kernel.msgmax"),
+        ("containers.0.securityContext.allowPrivilegeEscalation", True, "allowPrivilegeEscalation"),
+        ("containers.0.securityContext.privileged", True, "privileged"),
+        ("containers.0.securityContext.capabilities", {"drop": ["NET_RAW"]}, "drop must include ALL"),
+        ("containers.0.securityContext.capabilities", {"drop": ["ALL"], "add": ["SYS_ADMIN"]}, "SYS_ADMIN"),
+        ("containers.0.securityContext.runAsUser", 0, "runAsUser"),
+        ("containers.0.securityContext.procMount", "Unmasked", "procMount"),
+        ("containers.0.securityContext.seLinuxOptions", {"user": "root"}, "seLinuxOptions.user"),
+        ("containers.0.ports", [{"containerPort": 80, "hostPort": 80}], "hostPort"),
+        ("volumes", [{"name": "host", "hostPath": {"path": "/"}}], "hostPath"),
+    ],
+)
 def test_each_breach_is_named(path: str, value: Any, fragment: str) -> None:
     problems = restricted_violations(_with(path, value))
     assert problems and any(fragment in p for p in problems), problems
@@ -69,7 +82,8 @@ def test_non_root_and_seccomp_may_come_from_either_level() -> None:
     problems = restricted_violations(pod)
     assert any("runAsNonRoot" in p for p in problems) and any("seccompProfile" in p for p in problems)
     pod["containers"][0]["securityContext"].update(
-        {"runAsNonRoot": True, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}})
+        {"runAsNonRoot": True, "seccompProfile": {"type": "Localhost", "localhostProfile": "p.json"}}
+    )
     assert restricted_violations(pod) == []
 
 
@@ -81,8 +95,11 @@ def test_init_containers_are_checked_too() -> None:
 
 def test_objects_without_pods_have_no_violations() -> None:
     assert object_violations({"kind": "ConfigMap", "metadata": {"name": "x"}}) == []
-    deployment = {"kind": "Deployment", "metadata": {"name": "d"},
-                  "spec": {"template": {"metadata": {}, "spec": _with("hostIPC", True)}}}
+    deployment = {
+        "kind": "Deployment",
+        "metadata": {"name": "d"},
+        "spec": {"template": {"metadata": {}, "spec": _with("hostIPC", True)}},
+    }
     assert object_violations(deployment) == ["Deployment/d: spec.hostIPC must not be true"]
 
 
@@ -90,13 +107,18 @@ def test_objects_without_pods_have_no_violations() -> None:
 
 
 def _operator_children() -> list[tuple[str, list[dict[str, Any]]]]:
-    spec = TranslationPipelineSpec.model_validate({
-        "targetLanguages": ["es", "de"], "gateway": {"authSecretRef": {"name": "lt-tokens"}},
-        "audio": {"diarization": {"enabled": True}}})
+    spec = TranslationPipelineSpec.model_validate(
+        {
+            "targetLanguages": ["es", "de"],
+            "gateway": {"authSecretRef": {"name": "lt-tokens"}},
+            "audio": {"diarization": {"enabled": True}},
+        }
+    )
     placements = {
         "cpu-apertium": Placement(audioDevice="cpu", translationBackend="apertium"),
-        "gpu-vllm": Placement(audioDevice="gpu", translationBackend="vllm",
-                              translationModel="Qwen/Qwen2.5-7B-Instruct"),
+        "gpu-vllm": Placement(
+            audioDevice="gpu", translationBackend="vllm", translationModel="Qwen/Qwen2.5-7B-Instruct"
+        ),
         "npu-openai": Placement(audioDevice="npu", translationBackend="openai", translationModel="gpt-x"),
     }
     out = []

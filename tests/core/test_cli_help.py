@@ -32,16 +32,21 @@ def test_help_is_plain_and_every_option_is_explained(command: str) -> None:
     for i, line in enumerate(lines):
         if re.match(r"^  -", line):
             explained = re.search(r"\S\s{2,}\S", line.strip()) or (
-                i + 1 < len(lines) and re.match(r"^\s{6,}\S", lines[i + 1]))
+                i + 1 < len(lines) and re.match(r"^\s{6,}\S", lines[i + 1])
+            )
             assert explained, f"{command}: option without help: {line.strip()!r}"
 
 
-@pytest.mark.parametrize("argv", [
-    ["up", "-f", "/nonexistent/pipeline.yaml"],
-    ["stream", "/nonexistent/speech.wav"],
-    ["languages", "--from", "xx"],
-    ["convert-openvino", "--output", "/nonexistent/ir", "--model", "/nonexistent/whisper"],
-], ids=lambda a: a[0])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["up", "-f", "/nonexistent/pipeline.yaml"],
+        ["stream", "/nonexistent/speech.wav"],
+        ["languages", "--from", "xx"],
+        ["convert-openvino", "--output", "/nonexistent/ir", "--model", "/nonexistent/whisper"],
+    ],
+    ids=lambda a: a[0],
+)
 def test_a_users_mistake_is_one_clear_line_and_a_failure(argv: list[str]) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):

@@ -17,16 +17,23 @@ def test_stdlib_operator_is_not_shadowed() -> None:
 
 
 def test_namespace_maps_design_folders() -> None:
-    for name, folder in [("livetranslate.operator", "operator"),
-                         ("livetranslate.workloads.audio", "workloads/audio"),
-                         ("livetranslate.workloads.translate", "workloads/translate"),
-                         ("livetranslate.workloads.gateway", "workloads/gateway")]:
+    for name, folder in [
+        ("livetranslate.operator", "operator"),
+        ("livetranslate.workloads.audio", "workloads/audio"),
+        ("livetranslate.workloads.translate", "workloads/translate"),
+        ("livetranslate.workloads.gateway", "workloads/gateway"),
+    ]:
         mod = importlib.import_module(name)
         assert Path(mod.__file__ or "").resolve().parent == (ROOT / folder).resolve()
 
 
 def test_cli_lists_commands() -> None:
-    out = subprocess.run([sys.executable, "-P", "-m", "livetranslate.cli", "--help"],
-                         capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    out = subprocess.run(
+        [sys.executable, "-P", "-m", "livetranslate.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    ).stdout
     for cmd in ("up", "stream", "operator", "crd"):
         assert f"  {cmd}" in out

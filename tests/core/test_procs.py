@@ -93,12 +93,14 @@ def test_a_port_whose_connections_wait_in_time_wait_is_free_again() -> None:
 def test_cpu_seconds_and_rss_are_the_childs_own(tmp_path: Path) -> None:
     # The child touches 128 MiB and frees it (peak), keeps 64 MiB (current), burns about half a
     # second of CPU, then waits to be read.
-    child = ("import time\n"
-             "big = bytearray(128 << 20); big[::4096] = b'x' * len(big[::4096]); del big\n"
-             "kept = bytearray(64 << 20); kept[::4096] = b'x' * len(kept[::4096])\n"
-             "t = time.process_time()\n"
-             "while time.process_time() - t < 0.5: pass\n"
-             "print('done', flush=True); time.sleep(60)")
+    child = (
+        "import time\n"
+        "big = bytearray(128 << 20); big[::4096] = b'x' * len(big[::4096]); del big\n"
+        "kept = bytearray(64 << 20); kept[::4096] = b'x' * len(kept[::4096])\n"
+        "t = time.process_time()\n"
+        "while time.process_time() - t < 0.5: pass\n"
+        "print('done', flush=True); time.sleep(60)"
+    )
     log = tmp_path / "child.log"
     proc = start([sys.executable, "-c", child], log=log)
     try:

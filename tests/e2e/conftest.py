@@ -25,8 +25,13 @@ def missing_for_kind() -> str | None:
     for tool in ("docker", "kind", "kubectl"):
         if not shutil.which(tool):
             return f"{tool} is not installed"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True,
-                          timeout=30, check=False)
+    info = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     if info.returncode != 0:
         lines = (info.stderr or info.stdout).strip().splitlines()
         return f"no Docker engine reachable ({lines[-1] if lines else 'docker info failed'})"
@@ -40,12 +45,22 @@ class Kubectl:
         self.kubeconfig = kubeconfig
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
-    def __call__(self, *args: str, stdin: str | None = None, check: bool = True,
-                 timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(["kubectl", *args], capture_output=True, text=True, env=self.env, input=stdin,
-                             timeout=timeout, check=False)
+    def __call__(
+        self, *args: str, stdin: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            ["kubectl", *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            input=stdin,
+            timeout=timeout,
+            check=False,
+        )
         if check and out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            )
         return out
 
     def json(self, *args: str) -> Any:
@@ -63,15 +78,24 @@ def kind_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kubectl]:
         return
     reason = missing_for_kind()
     if reason:
-        pytest.skip(f"needs a Kubernetes cluster: set LT_E2E_KUBECONFIG, or install Docker + kind + kubectl "
-                    f"({reason})")
-    existing = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=False).stdout.split()
+        pytest.skip(
+            f"needs a Kubernetes cluster: set LT_E2E_KUBECONFIG, or install Docker + kind + kubectl "
+            f"({reason})"
+        )
+    existing = subprocess.run(
+        ["kind", "get", "clusters"], capture_output=True, text=True, check=False
+    ).stdout.split()
     created = CLUSTER not in existing
     if created:
-        subprocess.run(["kind", "create", "cluster", "--name", CLUSTER, "--wait", "180s"], check=True, timeout=600)
+        subprocess.run(
+            ["kind", "create", "cluster", "--name", CLUSTER, "--wait", "180s"], check=True, timeout=600
+        )
     kubeconfig = tmp_path_factory.mktemp("kind") / "kubeconfig"
-    kubeconfig.write_text(subprocess.run(["kind", "get", "kubeconfig", "--name", CLUSTER], capture_output=True,
-                                         text=True, check=True).stdout)
+    kubeconfig.write_text(
+        subprocess.run(
+            ["kind", "get", "kubeconfig", "--name", CLUSTER], capture_output=True, text=True, check=True
+        ).stdout
+    )
     try:
         yield Kubectl(kubeconfig)
     finally:

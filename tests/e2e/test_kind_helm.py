@@ -50,18 +50,26 @@ def _missing_tools() -> str | None:
     for tool in ("docker", "kind", "kubectl"):
         if not shutil.which(tool):
             return f"{tool} is not installed"
-    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True,
-                          text=True, timeout=30, check=False)
+    info = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     if info.returncode != 0:
         return f"no Docker engine reachable ({(info.stderr or info.stdout).strip().splitlines()[-1:]})"
     return None
 
 
-def _run(*cmd: str, timeout: float = 600, env: dict[str, str] | None = None, check: bool = True
-         ) -> subprocess.CompletedProcess[str]:
+def _run(
+    *cmd: str, timeout: float = 600, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     out = subprocess.run(list(cmd), capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if check and out.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
     return out
 
 
@@ -70,12 +78,22 @@ class Kube:
         self.kubeconfig = kubeconfig
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
 
-    def kubectl(self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
-                ) -> subprocess.CompletedProcess[str]:
-        out = subprocess.run(["kubectl", *args], capture_output=True, text=True, timeout=timeout,
-                             env=self.env, input=stdin, check=False)
+    def kubectl(
+        self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        out = subprocess.run(
+            ["kubectl", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env,
+            input=stdin,
+            check=False,
+        )
         if check and out.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+            )
         return out
 
     def get_json(self, *args: str) -> dict[str, Any]:
@@ -98,8 +116,16 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
         if not os.environ.get("LT_E2E_SKIP_BUILD"):
             for image in IMAGES:
                 tag = f"livetranslate-{image}:{_version()}"
-                _run("docker", "build", "-f", str(ROOT / "docker" / f"{image}.Dockerfile"), "-t", tag, str(ROOT),
-                     timeout=3600)
+                _run(
+                    "docker",
+                    "build",
+                    "-f",
+                    str(ROOT / "docker" / f"{image}.Dockerfile"),
+                    "-t",
+                    tag,
+                    str(ROOT),
+                    timeout=3600,
+                )
                 _run("kind", "load", "docker-image", tag, "--name", CLUSTER, timeout=900)
         yield Kube(kubeconfig)
     finally:
@@ -111,8 +137,15 @@ def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kube]:
 def release(kube: Kube) -> Iterator[Any]:
     helm = pytest.importorskip("helm_python")
     config = helm.Config(kubeconfig_path=str(kube.kubeconfig), namespace=OPERATOR_NS)
-    config.install(str(CHART), RELEASE, {"image": {"pullPolicy": "IfNotPresent"}}, namespace=OPERATOR_NS,
-                   create_namespace=True, wait="watcher", timeout=600)
+    config.install(
+        str(CHART),
+        RELEASE,
+        {"image": {"pullPolicy": "IfNotPresent"}},
+        namespace=OPERATOR_NS,
+        create_namespace=True,
+        wait="watcher",
+        timeout=600,
+    )
     try:
         yield config
     finally:
@@ -122,32 +155,65 @@ def release(kube: Kube) -> Iterator[Any]:
 
 def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_path: Path) -> None:
     # The operator: two replicas, one active through peering, both Ready.
-    kube.kubectl("-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-livetranslate", "--timeout=300s")
+    kube.kubectl(
+        "-n", OPERATOR_NS, "rollout", "status", f"deployment/{RELEASE}-livetranslate", "--timeout=300s"
+    )
     deadline = time.monotonic() + 120
     paused = False
     while time.monotonic() < deadline and not paused:
-        logs = kube.kubectl("-n", OPERATOR_NS, "logs", "-l", "app.kubernetes.io/component=operator",
-                            "--prefix", "--tail=-1", check=False).stdout
+        logs = kube.kubectl(
+            "-n",
+            OPERATOR_NS,
+            "logs",
+            "-l",
+            "app.kubernetes.io/component=operator",
+            "--prefix",
+            "--tail=-1",
+            check=False,
+        ).stdout
         paused = "Pausing operations in favour of" in logs
         time.sleep(3)
     assert paused, "with Kopf peering one of the two operator replicas must pause"
 
     # A namespace that refuses any pod breaking the restricted Pod Security Standard.
-    kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": PIPELINE_NS, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}))
+    kube.kubectl(
+        "apply",
+        "-f",
+        "-",
+        stdin=yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": PIPELINE_NS,
+                    "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+                },
+            }
+        ),
+    )
     pipeline = {
-        "apiVersion": "livetranslate.io/v1alpha1", "kind": "TranslationPipeline",
+        "apiVersion": "livetranslate.io/v1alpha1",
+        "kind": "TranslationPipeline",
         "metadata": {"name": PIPELINE, "namespace": PIPELINE_NS},
-        "spec": {"sourceLanguage": "en", "targetLanguages": ["es"],
-                 "audio": {"model": "tiny.en", "devices": ["gpu", "cpu"], "replicas": {"min": 1, "max": 1}},
-                 "translation": {"backend": "auto", "replicas": {"min": 1, "max": 1}},
-                 "gateway": {"replicas": {"min": 1, "max": 1}},
-                 "scaling": {"enabled": False}},
+        "spec": {
+            "sourceLanguage": "en",
+            "targetLanguages": ["es"],
+            "audio": {"model": "tiny.en", "devices": ["gpu", "cpu"], "replicas": {"min": 1, "max": 1}},
+            "translation": {"backend": "auto", "replicas": {"min": 1, "max": 1}},
+            "gateway": {"replicas": {"min": 1, "max": 1}},
+            "scaling": {"enabled": False},
+        },
     }
     kube.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(pipeline))
-    kube.kubectl("-n", PIPELINE_NS, "wait", f"tp/{PIPELINE}", "--for=jsonpath={.status.phase}=Ready",
-                 "--timeout=900s", timeout=960)
+    kube.kubectl(
+        "-n",
+        PIPELINE_NS,
+        "wait",
+        f"tp/{PIPELINE}",
+        "--for=jsonpath={.status.phase}=Ready",
+        "--timeout=900s",
+        timeout=960,
+    )
     status = kube.get_json("-n", PIPELINE_NS, "tp", PIPELINE)["status"]
     assert status["audio"]["device"] == "cpu", status
     assert status["translation"]["model"] == "apertium", status
@@ -161,7 +227,11 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
     port = free_port()
     forward = subprocess.Popen(
         ["kubectl", "-n", PIPELINE_NS, "port-forward", f"svc/{PIPELINE}-gateway", f"{port}:8080"],
-        env=kube.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=kube.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -170,9 +240,23 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
                     break
             time.sleep(0.5)
         out = subprocess.run(
-            [sys.executable, "-P", "-m", "livetranslate.cli", "stream", str(wav), "--url",
-             f"ws://127.0.0.1:{port}/v1/stream", "--json"],
-            capture_output=True, text=True, timeout=300, check=False, env={**os.environ, "PYTHONSAFEPATH": "1"})
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "livetranslate.cli",
+                "stream",
+                str(wav),
+                "--url",
+                f"ws://127.0.0.1:{port}/v1/stream",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**os.environ, "PYTHONSAFEPATH": "1"},
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         events = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     finally:
@@ -190,8 +274,16 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
     deadline = time.monotonic() + 180
     left: list[str] = []
     while time.monotonic() < deadline:
-        listed = kube.kubectl("-n", PIPELINE_NS, "get", "deployments,services,configmaps,pods",
-                              "-l", f"{PIPELINE_LABEL}={PIPELINE}", "-o", "name").stdout
+        listed = kube.kubectl(
+            "-n",
+            PIPELINE_NS,
+            "get",
+            "deployments,services,configmaps,pods",
+            "-l",
+            f"{PIPELINE_LABEL}={PIPELINE}",
+            "-o",
+            "name",
+        ).stdout
         left = listed.split()
         if not left:
             break
@@ -201,11 +293,20 @@ def test_pipeline_serves_captions_and_cleans_up(kube: Kube, release: Any, tmp_pa
 
 def test_uninstall_removes_the_operator(kube: Kube, release: Any) -> None:
     release.uninstall(RELEASE, wait="watcher", timeout=300)
-    left = kube.kubectl("-n", OPERATOR_NS, "get", "deployments,services,serviceaccounts,configmaps",
-                        "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
+    left = kube.kubectl(
+        "-n",
+        OPERATOR_NS,
+        "get",
+        "deployments,services,serviceaccounts,configmaps",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "-o",
+        "name",
+    ).stdout.split()
     assert not left, left
-    roles = kube.kubectl("get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}",
-                         "-o", "name").stdout.split()
+    roles = kube.kubectl(
+        "get", "clusterroles,clusterrolebindings", "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name"
+    ).stdout.split()
     assert not roles, roles
     # Helm never deletes CRDs from crds/: pipelines elsewhere would go with them.
     kube.kubectl("get", "crd", "translationpipelines.livetranslate.io")

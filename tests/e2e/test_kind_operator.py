@@ -45,14 +45,25 @@ def wait_for(check: Callable[[], Any], timeout: float = 120, what: str = "") -> 
 def operator(kind_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     kubectl = kind_cluster
     kubectl("apply", "-f", str(CRD))
-    kubectl("wait", "--for=condition=Established", "crd/translationpipelines.livetranslate.io", "--timeout=60s")
+    kubectl(
+        "wait", "--for=condition=Established", "crd/translationpipelines.livetranslate.io", "--timeout=60s"
+    )
     kubectl("create", "namespace", NS, check=False)
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    env = {**kubectl.env, "PYTHONSAFEPATH": "1", "LT_OPERATOR_METRICS_PORT": "0",
-           "LT_OPERATOR_LIVENESS_ENDPOINT": "", "LT_OPERATOR_NAMESPACES": f'["{NS}"]'}
+    env = {
+        **kubectl.env,
+        "PYTHONSAFEPATH": "1",
+        "LT_OPERATOR_METRICS_PORT": "0",
+        "LT_OPERATOR_LIVENESS_ENDPOINT": "",
+        "LT_OPERATOR_NAMESPACES": f'["{NS}"]',
+    }
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "operator"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "livetranslate.cli", "operator"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield kubectl
     finally:
@@ -97,8 +108,13 @@ def test_sample_pipeline_gets_children_status_and_is_garbage_collected(operator:
     tp = operator.json("tp", "town-hall", "-n", NS)
     for item in items:
         assert item["metadata"]["ownerReferences"][0]["uid"] == tp["metadata"]["uid"]
-    status = wait_for(lambda: (operator.json("tp", "town-hall", "-n", NS) or {}).get("status", {}).get("phase")
-                      and operator.json("tp", "town-hall", "-n", NS)["status"], what="status")
+    status = wait_for(
+        lambda: (
+            (operator.json("tp", "town-hall", "-n", NS) or {}).get("status", {}).get("phase")
+            and operator.json("tp", "town-hall", "-n", NS)["status"]
+        ),
+        what="status",
+    )
     assert status["phase"] in ("Progressing", "Ready", "Degraded")
     assert status["audio"]["device"] == "cpu"  # kind has no NPU or GPU
     assert status["translation"]["backend"] == "apertium"
@@ -107,8 +123,16 @@ def test_sample_pipeline_gets_children_status_and_is_garbage_collected(operator:
     assert "town-hall" in printed and "cpu" in printed and "apertium" in printed
 
     uid = operator.json("deployment", "town-hall-gateway", "-n", NS)["metadata"]["uid"]
-    operator("patch", "tp", "town-hall", "-n", NS, "--type=merge",
-             "-p", '{"spec": {"gateway": {"redisUrl": "redis://redis:6379/0"}}}')
+    operator(
+        "patch",
+        "tp",
+        "town-hall",
+        "-n",
+        NS,
+        "--type=merge",
+        "-p",
+        '{"spec": {"gateway": {"redisUrl": "redis://redis:6379/0"}}}',
+    )
 
     def patched() -> bool:
         # pipeline.json is the only channel to the pods; the config hash rolls them in place

@@ -65,8 +65,15 @@ class Server:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_config=None, access_log=False, ws="websockets-sansio",
-                                ws_max_size=2 * 1024 * 1024, timeout_graceful_shutdown=5, lifespan="on")
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,
+            access_log=False,
+            ws="websockets-sansio",
+            ws_max_size=2 * 1024 * 1024,
+            timeout_graceful_shutdown=5,
+            lifespan="on",
+        )
         self._server = uvicorn.Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         for _ in range(200):
@@ -131,9 +138,17 @@ class FakeAudio:
                 if level:
                     if self.final_delay:
                         await asyncio.sleep(self.final_delay)
-                    await ws.send_text(json.dumps({"type": "final", "text": self.texts.get(level, f"block {level}"),
-                                                   "start": begin, "end": end,
-                                                   "language": self.languages.get(level)}))
+                    await ws.send_text(
+                        json.dumps(
+                            {
+                                "type": "final",
+                                "text": self.texts.get(level, f"block {level}"),
+                                "start": begin,
+                                "end": end,
+                                "language": self.languages.get(level),
+                            }
+                        )
+                    )
                     speaking = True
                 if not level or self.utterance_per_block or last:
                     await utterance_end(end)
@@ -143,8 +158,9 @@ class FakeAudio:
                     try:
                         msg = await asyncio.wait_for(ws.receive(), self.idle_timeout)
                     except TimeoutError:
-                        await ws.send_text(json.dumps({"type": "error", "code": "idle_timeout",
-                                                       "message": "no audio"}))
+                        await ws.send_text(
+                            json.dumps({"type": "error", "code": "idle_timeout", "message": "no audio"})
+                        )
                         await ws.close(1000, "idle timeout")
                         return
                     if msg["type"] == "websocket.disconnect":
@@ -160,9 +176,16 @@ class FakeAudio:
                         if len(pending):
                             level = round(float(np.median(pending)) / LEVEL)
                             begin = t0 + done / BLOCK
-                            await ws.send_text(json.dumps({
-                                "type": "partial", "text": f"block {level}" if level else "",
-                                "start": begin, "end": begin + len(pending) / BLOCK}))
+                            await ws.send_text(
+                                json.dumps(
+                                    {
+                                        "type": "partial",
+                                        "text": f"block {level}" if level else "",
+                                        "start": begin,
+                                        "end": begin + len(pending) / BLOCK,
+                                    }
+                                )
+                            )
                     elif json.loads(msg["text"]).get("type") == "flush":
                         if len(pending) >= BLOCK // 10:
                             await final(pending, True)
@@ -202,11 +225,17 @@ class FakeTranslation:
                     if self.delay:
                         await asyncio.sleep(self.delay)
                     if lang in self.fail_languages:
-                        res = TranslateResult(type="error", segmentId=req.segmentId, language=lang,
-                                              code="translation_failed", message="refused by test")
+                        res = TranslateResult(
+                            type="error",
+                            segmentId=req.segmentId,
+                            language=lang,
+                            code="translation_failed",
+                            message="refused by test",
+                        )
                     else:
-                        res = TranslateResult(segmentId=req.segmentId, language=lang,
-                                              text=f"{lang}:{req.text}", quality="ok")
+                        res = TranslateResult(
+                            segmentId=req.segmentId, language=lang, text=f"{lang}:{req.text}", quality="ok"
+                        )
                     yield (res.model_dump_json(exclude_none=True) + "\n").encode()
 
             return StreamingResponse(lines(), media_type="application/x-ndjson")
@@ -229,8 +258,12 @@ class Stack:
 
 
 def gateway_config(audio_url: str, translation_url: str, **overrides: Any) -> GatewayConfig:
-    fast: dict[str, Any] = {"target_languages": ["es", "fr"], "retry_base_seconds": 0.05,
-                            "retry_max_seconds": 0.3, "breaker_reset_seconds": 0.3}
+    fast: dict[str, Any] = {
+        "target_languages": ["es", "fr"],
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.3,
+        "breaker_reset_seconds": 0.3,
+    }
     settings = GatewaySettings(audio_url=audio_url, translation_url=translation_url, **{**fast, **overrides})
     return GatewayConfig(settings, None)
 
@@ -284,7 +317,9 @@ class Client:
         self.events.append(event)
         return event
 
-    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+    ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -294,7 +329,7 @@ class Client:
 
     async def send_audio(self, pcm: bytes, chunk: int = 6400) -> None:
         for i in range(0, len(pcm), chunk):
-            await self.ws.send(pcm[i:i + chunk])
+            await self.ws.send(pcm[i : i + chunk])
 
     def of(self, kind: str) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == kind]
@@ -311,9 +346,23 @@ def redis_url(tmp_path: Any) -> Any:
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         import time
 

@@ -199,10 +199,16 @@ async def test_a_client_that_stops_reading_is_closed(stack: Stack) -> None:
     from livetranslate.workloads.gateway.service import Gateway
     from tests.gateway.conftest import gateway_config
 
-    gw = Gateway(gateway_config(stack.audio_server.url, stack.translation_server.url,
-                                stuck_client_seconds=1.0))
-    ws = StuckSocket([{"type": "websocket.receive", "text": '{"type": "session.start"}'},
-                      {"type": "websocket.receive", "bytes": block_audio([1, 2, 3])}], writable=2)
+    gw = Gateway(
+        gateway_config(stack.audio_server.url, stack.translation_server.url, stuck_client_seconds=1.0)
+    )
+    ws = StuckSocket(
+        [
+            {"type": "websocket.receive", "text": '{"type": "session.start"}'},
+            {"type": "websocket.receive", "bytes": block_audio([1, 2, 3])},
+        ],
+        writable=2,
+    )
     try:
         await asyncio.wait_for(Connection(ws, gw).run(), 15)  # type: ignore[arg-type]
     finally:

@@ -8,8 +8,14 @@ from livetranslate.workloads.gateway.sessions import MemorySessionStore, Segment
 
 
 def record(seg_id: int) -> SegmentRecord:
-    return SegmentRecord(segmentId=seg_id, text=f"segment {seg_id}", start=float(seg_id), end=seg_id + 1.0,
-                         speaker="S1", translations={"es": f"segmento {seg_id}"})
+    return SegmentRecord(
+        segmentId=seg_id,
+        text=f"segment {seg_id}",
+        start=float(seg_id),
+        end=seg_id + 1.0,
+        speaker="S1",
+        translations={"es": f"segmento {seg_id}"},
+    )
 
 
 async def test_the_log_keeps_what_was_written_not_what_the_caller_changes_later() -> None:

@@ -17,10 +17,10 @@ def test_reads_see_exactly_the_bytes_not_yet_dropped_across_compactions() -> Non
         if step % 7 == 6:  # a final covers some of what was sent
             n = rng.randrange(0, len(model) + 100)
             buf.drop_front(n)
-            del model[:min(n, len(model))]
+            del model[: min(n, len(model))]
         assert len(buf) == len(model)
         offset = rng.randrange(0, len(model) + 1)
-        assert buf.read(offset, 4096) == bytes(model[offset:offset + 4096])
+        assert buf.read(offset, 4096) == bytes(model[offset : offset + 4096])
     # Dropping more than is held empties it; reading past the end gives nothing.
     buf.drop_front(len(buf) + 10)
     assert len(buf) == 0 and not buf and buf.read(0, 100) == b""

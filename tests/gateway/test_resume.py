@@ -15,8 +15,9 @@ def half_block(level: int) -> bytes:
 
 
 def finals_of(*clients: Client) -> list[tuple[int, str, float, float]]:
-    return [(e["segmentId"], e["text"], e["start"], e["end"])
-            for c in clients for e in c.of("transcript.final")]
+    return [
+        (e["segmentId"], e["text"], e["start"], e["end"]) for c in clients for e in c.of("transcript.final")
+    ]
 
 
 async def first_half(url: str) -> tuple[Client, str]:
@@ -50,8 +51,12 @@ async def second_half(url: str, sid: str, ack: int | None) -> Client:
     return b
 
 
-EXPECTED = [(0, "block 1", 0.0, 1.0), (1, "block 2", 1.0, 2.0), (2, "block 3", 2.0, 2.5),
-            (3, "block 4", 2.5, 3.5)]
+EXPECTED = [
+    (0, "block 1", 0.0, 1.0),
+    (1, "block 2", 1.0, 2.0),
+    (2, "block 3", 2.0, 2.5),
+    (3, "block 4", 2.5, 3.5),
+]
 
 
 async def test_resume_after_a_drop_with_acknowledgement(stack: Stack) -> None:
@@ -139,7 +144,9 @@ async def test_a_resume_may_change_the_target_languages(stack: Stack) -> None:
         assert error["code"] == "unsupported_language" and "['de']" in error["message"]
     b = Client(stack.ws_url)
     await b.__aenter__()
-    await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": 1, "targetLanguages": ["fr"]})
+    await b.send_json(
+        {"type": "session.start", "sessionId": sid, "lastSegmentId": 1, "targetLanguages": ["fr"]}
+    )
     started = await b.recv()
     assert started["resumed"] is True and started["targetLanguages"] == ["fr"]
     await b.send_audio(block_audio([4]))

@@ -11,7 +11,9 @@ from livetranslate.workloads.gateway.sentences import (
 )
 
 
-def feed(asm: SentenceAssembler, texts: list[str], seconds: float = 1.0) -> list[tuple[int, list[int], str, str]]:
+def feed(
+    asm: SentenceAssembler, texts: list[str], seconds: float = 1.0
+) -> list[tuple[int, list[int], str, str]]:
     """Add finals ``texts`` (one ``seconds`` each); returns the closed (id, segment ids, text, reason)."""
     closed: list[tuple[int, list[int], str, str]] = []
     for i, text in enumerate(texts):
@@ -26,8 +28,16 @@ def _next_segment(asm: SentenceAssembler, closed: list[tuple[int, list[int], str
 
 
 def test_sentence_final_punctuation_closes_whatever_the_script() -> None:
-    for text in ("on such short notice.", "Is that clear?", "Wow!", "会议开始了。", "本当ですか？",
-                 "He said “stop.”", "(see the appendix.)", "Well…"):
+    for text in (
+        "on such short notice.",
+        "Is that clear?",
+        "Wow!",
+        "会议开始了。",
+        "本当ですか？",
+        "He said “stop.”",
+        "(see the appendix.)",
+        "Well…",
+    ):
         assert ends_sentence(text), text
     for text in ("Good morning,", "Mr.", "e.g.", "we need", "12.5", "Dr."):
         assert not ends_sentence(text), text
@@ -37,10 +47,24 @@ def test_sentence_final_punctuation_closes_whatever_the_script() -> None:
 
 def test_finals_group_into_sentences_with_consecutive_ids() -> None:
     asm = SentenceAssembler(SentenceRules())
-    closed = feed(asm, ["Good morning,", "everyone, and thanks", "for joining", "on such short notice.",
-                        "Let's begin", "with the budget."])
+    closed = feed(
+        asm,
+        [
+            "Good morning,",
+            "everyone, and thanks",
+            "for joining",
+            "on such short notice.",
+            "Let's begin",
+            "with the budget.",
+        ],
+    )
     assert closed == [
-        (0, [0, 1, 2, 3], "Good morning, everyone, and thanks for joining on such short notice.", "punctuation"),
+        (
+            0,
+            [0, 1, 2, 3],
+            "Good morning, everyone, and thanks for joining on such short notice.",
+            "punctuation",
+        ),
         (1, [4, 5], "Let's begin with the budget.", "punctuation"),
     ]
     assert asm.open is None and asm.next_id == 2
@@ -49,7 +73,8 @@ def test_finals_group_into_sentences_with_consecutive_ids() -> None:
 def test_an_abbreviation_does_not_end_a_sentence() -> None:
     asm = SentenceAssembler(SentenceRules())
     assert feed(asm, ["Please welcome Dr.", "Smith to the call."]) == [
-        (0, [0, 1], "Please welcome Dr. Smith to the call.", "punctuation")]
+        (0, [0, 1], "Please welcome Dr. Smith to the call.", "punctuation")
+    ]
 
 
 def test_the_end_of_an_utterance_closes_an_unpunctuated_sentence() -> None:

@@ -10,7 +10,13 @@ import httpx
 
 from tests.gateway.conftest import Client, Stack, block_audio, drop
 
-MEETING = {1: "Good morning,", 2: "everyone, and thanks", 3: "for joining us.", 4: "Let's start", 5: "with the budget"}
+MEETING = {
+    1: "Good morning,",
+    2: "everyone, and thanks",
+    3: "for joining us.",
+    4: "Let's start",
+    5: "with the budget",
+}
 
 
 async def speak(c: Client, levels: list[int], gap: float = 0.3) -> None:
@@ -39,12 +45,17 @@ async def test_finals_become_sentences_translated_once_whole(stack: Stack) -> No
 
     finals = [(f["segmentId"], f["text"]) for f in c.of("transcript.final")]
     assert finals == [(i - 1, MEETING[i]) for i in range(1, 6)]
-    got = {(t["sentenceId"], t["language"]): (t["segmentIds"], t["segmentId"], t["text"]) for t in c.of("translation")}
+    got = {
+        (t["sentenceId"], t["language"]): (t["segmentIds"], t["segmentId"], t["text"])
+        for t in c.of("translation")
+    }
     first = "Good morning, everyone, and thanks for joining us."
     second = "Let's start with the budget"
     assert got == {
-        (0, "es"): ([0, 1, 2], 2, f"es:{first}"), (0, "fr"): ([0, 1, 2], 2, f"fr:{first}"),
-        (1, "es"): ([3, 4], 4, f"es:{second}"), (1, "fr"): ([3, 4], 4, f"fr:{second}"),
+        (0, "es"): ([0, 1, 2], 2, f"es:{first}"),
+        (0, "fr"): ([0, 1, 2], 2, f"fr:{first}"),
+        (1, "es"): ([3, 4], 4, f"es:{second}"),
+        (1, "fr"): ([3, 4], 4, f"fr:{second}"),
     }
     assert len(c.of("translation")) == 4  # once per sentence and language, never per final
     # The open sentence was re-translated as it grew, and every preview came before its sentence's
@@ -57,24 +68,38 @@ async def test_finals_become_sentences_translated_once_whole(stack: Stack) -> No
         ids = p["segmentIds"]
         assert p["text"] == f"{p['language']}:" + " ".join(MEETING[i + 1] for i in ids)
         assert order.index(("transcript.final", None, ids[-1])) < c.events.index(p)
-        final_tr = next(i for i, e in enumerate(c.events) if e["type"] == "translation"
-                        and e["sentenceId"] == p["sentenceId"] and e["language"] == p["language"])
+        final_tr = next(
+            i
+            for i, e in enumerate(c.events)
+            if e["type"] == "translation"
+            and e["sentenceId"] == p["sentenceId"]
+            and e["language"] == p["language"]
+        )
         assert c.events.index(p) < final_tr
     # The sentence request carried the earlier sentence and its translations as context; the
     # previews were flagged as such.
     whole = [r for r in stack.translation.requests if not r.partial]
     assert [(r.segmentId, r.text) for r in whole] == [(0, first), (1, second)]
     assert [(x.source, x.translations) for x in whole[1].context] == [
-        (first, {"es": f"es:{first}", "fr": f"fr:{first}"})]
+        (first, {"es": f"es:{first}", "fr": f"fr:{first}"})
+    ]
     # One preview per final that left its sentence open, none for a sentence's last final.
     assert len(stack.translation.requests) - len(whole) == len(previews)
 
     async with httpx.AsyncClient() as http:
         metrics = (await http.get(url.replace("ws://", "http://").replace("/v1/stream", "/metrics"))).text
     assert "livetranslate_sentence_latency_seconds_count" in metrics
-    calls = [line for line in metrics.splitlines() if line.startswith("livetranslate_sentence_translation_calls_count")]
+    calls = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("livetranslate_sentence_translation_calls_count")
+    ]
     assert calls and float(calls[0].split()[-1]) == 2.0  # two sentences
-    total = [line for line in metrics.splitlines() if line.startswith("livetranslate_sentence_translation_calls_sum")]
+    total = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("livetranslate_sentence_translation_calls_sum")
+    ]
     assert float(total[0].split()[-1]) == 2 + len(previews)
 
 
@@ -87,7 +112,8 @@ async def test_final_unit_is_the_previous_behaviour(stack: Stack) -> None:
         await c.send_json({"type": "session.end"})
         await c.until(lambda e: e["type"] == "session.ended")
     assert [(t["sentenceId"], t["segmentIds"], t["text"]) for t in c.of("translation")] == [
-        (i - 1, [i - 1], f"es:{MEETING[i]}") for i in (1, 2, 3)]
+        (i - 1, [i - 1], f"es:{MEETING[i]}") for i in (1, 2, 3)
+    ]
     assert c.of("translation.partial") == []
 
 
@@ -185,7 +211,10 @@ async def test_sentences_survive_the_replica_they_started_on(stack: Stack, redis
     assert got == [(0, [0, 1, 2]), (1, [3]), (2, [4])]
     # Sentence 2's context came from the log in Redis: the two sentences before it.
     last = next(r for r in stack.translation.requests if r.segmentId == 2 and not r.partial)
-    assert [c.source for c in last.context] == ["Good morning, everyone, and thanks for joining us.", "Let's start"]
+    assert [c.source for c in last.context] == [
+        "Good morning, everyone, and thanks for joining us.",
+        "Let's start",
+    ]
 
 
 async def test_auto_source_translates_each_sentence_from_its_detected_language(stack: Stack) -> None:
@@ -204,16 +233,29 @@ async def test_auto_source_translates_each_sentence_from_its_detected_language(s
         await c.until(lambda e: e["type"] == "session.ended")
 
     assert [(f["text"], f["language"]) for f in c.of("transcript.final")] == [
-        ("Good morning", "en"), ("buenos días a todos.", "es"), ("Let's begin.", "en")]
-    got = {(t["sentenceId"], t["language"]): (t["segmentIds"], t["text"], t["quality"]) for t in c.of("translation")}
+        ("Good morning", "en"),
+        ("buenos días a todos.", "es"),
+        ("Let's begin.", "en"),
+    ]
+    got = {
+        (t["sentenceId"], t["language"]): (t["segmentIds"], t["text"], t["quality"])
+        for t in c.of("translation")
+    }
     # the language change closed the English sentence before the Spanish final joined it; each
     # sentence went to the engine from its own language, and the language it was spoken in is
     # its transcript, not a translation
     assert got == {
-        (0, "es"): ([0], "es:Good morning", "ok"), (0, "en"): ([0], "Good morning", "source"),
-        (1, "es"): ([1], "buenos días a todos.", "source"), (1, "en"): ([1], "en:buenos días a todos.", "ok"),
-        (2, "es"): ([2], "es:Let's begin.", "ok"), (2, "en"): ([2], "Let's begin.", "source"),
+        (0, "es"): ([0], "es:Good morning", "ok"),
+        (0, "en"): ([0], "Good morning", "source"),
+        (1, "es"): ([1], "buenos días a todos.", "source"),
+        (1, "en"): ([1], "en:buenos días a todos.", "ok"),
+        (2, "es"): ([2], "es:Let's begin.", "ok"),
+        (2, "en"): ([2], "Let's begin.", "source"),
     }
     whole = [r for r in stack.translation.requests if not r.partial]
-    assert [(r.sourceLanguage, r.targetLanguages) for r in whole] == [("en", ["es"]), ("es", ["en"]), ("en", ["es"])]
+    assert [(r.sourceLanguage, r.targetLanguages) for r in whole] == [
+        ("en", ["es"]),
+        ("es", ["en"]),
+        ("en", ["es"]),
+    ]
     assert all(r.sourceLanguage != "auto" for r in stack.translation.requests)

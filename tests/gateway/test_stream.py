@@ -26,15 +26,18 @@ async def test_session_finals_translations_and_end(stack: Stack) -> None:
     assert [(f["start"], f["end"]) for f in finals] == [(0.0, 1.0), (1.0, 2.0), (3.0, 4.0)]
     assert all(f["latency"] >= 0 for f in finals)
     translations = {(t["segmentId"], t["language"]): t["text"] for t in c.of("translation")}
-    assert translations == {(i, lang): f"{lang}:block {k}" for i, k in enumerate([1, 2, 3])
-                            for lang in ("es", "fr")}
+    assert translations == {
+        (i, lang): f"{lang}:block {k}" for i, k in enumerate([1, 2, 3]) for lang in ("es", "fr")
+    }
     assert len(c.of("translation")) == 6
     # A partial names the segment the next final will carry.
     assert all(p["segmentId"] in (0, 1, 2, 3) for p in c.of("transcript.partial"))
     # Every final is sent before its translations.
     order = [(e["type"], e.get("segmentId")) for e in c.events]
     for f in finals:
-        assert order.index(("transcript.final", f["segmentId"])) < order.index(("translation", f["segmentId"]))
+        assert order.index(("transcript.final", f["segmentId"])) < order.index(
+            ("translation", f["segmentId"])
+        )
 
 
 async def test_translation_requests_carry_context(stack: Stack) -> None:
@@ -66,8 +69,7 @@ async def test_any_rate_resampled_and_stereo_downmixed(stack: Stack, encoding: s
     else:
         stereo = np.stack([tone, tone], axis=1).astype("<f4").tobytes()
     async with Client(stack.ws_url) as c:
-        await c.send_json({"type": "session.start", "sampleRate": rate, "encoding": encoding,
-                           "channels": 2})
+        await c.send_json({"type": "session.start", "sampleRate": rate, "encoding": encoding, "channels": 2})
         await c.recv()
         # Odd chunk sizes split samples and channels: the gateway must carry the remainders.
         await c.send_audio(stereo, chunk=4099)

@@ -67,8 +67,13 @@ async def test_audio_service_restarts_mid_session(stack: Stack) -> None:
         await c.send_json({"type": "session.end"})
         await c.until(lambda e: e["type"] == "session.ended", timeout=20)
     finals = [(e["segmentId"], e["text"], e["start"]) for e in c.of("transcript.final")]
-    assert finals == [(0, "block 1", 0.0), (1, "block 2", 1.0), (2, "block 3", 2.0),
-                      (3, "block 4", 3.0), (4, "block 5", 4.0)]
+    assert finals == [
+        (0, "block 1", 0.0),
+        (1, "block 2", 1.0),
+        (2, "block 3", 2.0),
+        (3, "block 4", 3.0),
+        (4, "block 5", 4.0),
+    ]
     # The replacement stream started at the last final's end, in session time.
     assert stack.audio.starts[-1].timeOffset == 2.0
     assert sorted(e["segmentId"] for e in c.of("translation")) == [0, 1, 2, 3, 4]
@@ -77,7 +82,9 @@ async def test_audio_service_restarts_mid_session(stack: Stack) -> None:
 async def test_sessions_waiting_on_an_open_circuit_resume_as_soon_as_a_trial_succeeds(stack: Stack) -> None:
     # Slow pacing: a 1 s circuit period, backoff from 1 s up to 8 s. Sessions that found the
     # circuit open must not each sleep out a backoff period once the audio service is back.
-    gateway = await stack.make_gateway(breaker_reset_seconds=1.0, retry_base_seconds=1.0, retry_max_seconds=8.0)
+    gateway = await stack.make_gateway(
+        breaker_reset_seconds=1.0, retry_base_seconds=1.0, retry_max_seconds=8.0
+    )
     url = gateway.url.replace("http://", "ws://") + "/v1/stream"
     await stack.audio_server.stop(force=True)
     clients = [Client(url) for _ in range(6)]
@@ -164,5 +171,7 @@ async def test_an_idle_stream_closed_by_the_audio_service_is_not_an_outage(stack
         await c.until(lambda e: e["type"] == "session.ended")
     assert not c.of("error")
     assert [(e["segmentId"], e["text"], e["start"]) for e in c.of("transcript.final")] == [
-        (0, "block 1", 0.0), (1, "block 2", 1.0)]
+        (0, "block 1", 0.0),
+        (1, "block 2", 1.0),
+    ]
     assert stack.audio.streams == 2

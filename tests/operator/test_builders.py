@@ -21,16 +21,27 @@ NONE = placement.ClusterDevices()
 NPU_GPU = placement.ClusterDevices(npu_nodes=1, gpu_nodes=2, nodes=3)
 
 
-def resolved(spec: dict[str, Any] | None = None, cluster: placement.ClusterDevices = NONE,
-             annotation: str | None = None, generation: int = 1) -> ResolvedPipeline:
+def resolved(
+    spec: dict[str, Any] | None = None,
+    cluster: placement.ClusterDevices = NONE,
+    annotation: str | None = None,
+    generation: int = 1,
+) -> ResolvedPipeline:
     parsed = parse_spec(spec or {})
-    return builders.resolve("town-hall", "demo", generation, parsed,
-                            placement.place(parsed, cluster, active_model_annotation=annotation))
+    return builders.resolve(
+        "town-hall",
+        "demo",
+        generation,
+        parsed,
+        placement.place(parsed, cluster, active_model_annotation=annotation),
+    )
 
 
 def children(r: ResolvedPipeline, state: BuildState | None = None) -> dict[str, dict[str, Any]]:
-    return {f"{m['kind']}/{m['metadata']['name']}": m
-            for m in builders.build_children(r, state or BuildState(), SETTINGS)}
+    return {
+        f"{m['kind']}/{m['metadata']['name']}": m
+        for m in builders.build_children(r, state or BuildState(), SETTINGS)
+    }
 
 
 def pod(dep: dict[str, Any]) -> dict[str, Any]:
@@ -48,7 +59,9 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
 
 def pipeline_doc(r: ResolvedPipeline) -> dict[str, Any]:
     """The pipeline.json the pods mount (the ConfigMap's document)."""
-    doc: dict[str, Any] = json.loads(children(r)[f"ConfigMap/{builders.configmap_name(r.name)}"]["data"]["pipeline.json"])
+    doc: dict[str, Any] = json.loads(
+        children(r)[f"ConfigMap/{builders.configmap_name(r.name)}"]["data"]["pipeline.json"]
+    )
     return doc
 
 
@@ -60,22 +73,29 @@ def node(name: str, **alloc: str) -> dict[str, Any]:
 
 
 def test_cluster_devices_count_allocatable_and_skip_cordoned_nodes() -> None:
-    nodes = [node("a", **{"npu.intel.com/accel": "1"}), node("b", **{"nvidia.com/gpu": "0"}),
-             node("c", **{"nvidia.com/gpu": "4"}), {**node("d", **{"nvidia.com/gpu": "1"}),
-                                                    "spec": {"unschedulable": True}}]
+    nodes = [
+        node("a", **{"npu.intel.com/accel": "1"}),
+        node("b", **{"nvidia.com/gpu": "0"}),
+        node("c", **{"nvidia.com/gpu": "4"}),
+        {**node("d", **{"nvidia.com/gpu": "1"}), "spec": {"unschedulable": True}},
+    ]
     assert placement.cluster_devices(nodes) == placement.ClusterDevices(npu_nodes=1, gpu_nodes=1, nodes=3)
 
 
-@pytest.mark.parametrize(("devices", "cluster", "expected"), [
-    (["npu", "gpu", "cpu"], NPU_GPU, "npu"),
-    (["npu", "gpu", "cpu"], placement.ClusterDevices(gpu_nodes=1, nodes=1), "gpu"),
-    (["npu", "gpu", "cpu"], NONE, "cpu"),
-    (["gpu", "npu"], placement.ClusterDevices(npu_nodes=1, nodes=1), "npu"),
-    (["cpu", "npu"], NPU_GPU, "cpu"),
-    (["npu"], NONE, "npu"),  # nothing available: keep the only preference, pods wait
-])
-def test_audio_device_is_first_preference_the_cluster_has(devices: list[str], cluster: placement.ClusterDevices,
-                                                          expected: str) -> None:
+@pytest.mark.parametrize(
+    ("devices", "cluster", "expected"),
+    [
+        (["npu", "gpu", "cpu"], NPU_GPU, "npu"),
+        (["npu", "gpu", "cpu"], placement.ClusterDevices(gpu_nodes=1, nodes=1), "gpu"),
+        (["npu", "gpu", "cpu"], NONE, "cpu"),
+        (["gpu", "npu"], placement.ClusterDevices(npu_nodes=1, nodes=1), "npu"),
+        (["cpu", "npu"], NPU_GPU, "cpu"),
+        (["npu"], NONE, "npu"),  # nothing available: keep the only preference, pods wait
+    ],
+)
+def test_audio_device_is_first_preference_the_cluster_has(
+    devices: list[str], cluster: placement.ClusterDevices, expected: str
+) -> None:
     placed = placement.place(parse_spec({"audio": {"devices": devices}}), cluster)
     assert placed.audioDevice == expected
     assert placed.audioReason.startswith(expected) or "waiting" in placed.audioReason
@@ -102,12 +122,20 @@ def test_active_model_annotation_only_names_allowed_models() -> None:
 
 def test_children_names_labels_and_config() -> None:
     kids = children(resolved())
-    assert sorted(kids) == sorted(["ConfigMap/town-hall-config", "Service/town-hall-audio",
-                                   "Service/town-hall-translation", "Service/town-hall-gateway",
-                                   "Deployment/town-hall-audio", "Deployment/town-hall-translation",
-                                   "Deployment/town-hall-gateway", "PodDisruptionBudget/town-hall-audio",
-                                   "PodDisruptionBudget/town-hall-translation",
-                                   "PodDisruptionBudget/town-hall-gateway"])
+    assert sorted(kids) == sorted(
+        [
+            "ConfigMap/town-hall-config",
+            "Service/town-hall-audio",
+            "Service/town-hall-translation",
+            "Service/town-hall-gateway",
+            "Deployment/town-hall-audio",
+            "Deployment/town-hall-translation",
+            "Deployment/town-hall-gateway",
+            "PodDisruptionBudget/town-hall-audio",
+            "PodDisruptionBudget/town-hall-translation",
+            "PodDisruptionBudget/town-hall-gateway",
+        ]
+    )
     config = json.loads(kids["ConfigMap/town-hall-config"]["data"]["pipeline.json"])
     assert ResolvedPipeline.model_validate(config) == resolved()
     for stage in builders.STAGES:
@@ -117,12 +145,16 @@ def test_children_names_labels_and_config() -> None:
         assert pdb["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
         assert pdb["spec"]["maxUnavailable"] == 1
         assert dep["spec"]["template"]["metadata"]["labels"].items() >= svc["spec"]["selector"].items()
-        assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}]
+        assert svc["spec"]["ports"] == [
+            {"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP"}
+        ]
 
 
 @pytest.mark.parametrize("cluster", [NONE, NPU_GPU], ids=["cpu", "npu+gpu"])
 def test_every_pod_meets_the_restricted_pod_security_standard(cluster: placement.ClusterDevices) -> None:
-    for key, obj in children(resolved({"gateway": {"authSecretRef": {"name": "lt-tokens"}}}, cluster)).items():
+    for key, obj in children(
+        resolved({"gateway": {"authSecretRef": {"name": "lt-tokens"}}}, cluster)
+    ).items():
         if obj["kind"] != "Deployment":
             continue
         spec = pod(obj)
@@ -160,16 +192,24 @@ def test_npu_audio_requests_the_device_and_tolerates_its_taint() -> None:
     r = resolved({}, NPU_GPU)
     dep = children(r)["Deployment/town-hall-audio"]
     c = container(dep, "audio")
-    assert c["resources"]["requests"]["npu.intel.com/accel"] == "1" == c["resources"]["limits"][
-        "npu.intel.com/accel"]
+    assert (
+        c["resources"]["requests"]["npu.intel.com/accel"]
+        == "1"
+        == c["resources"]["limits"]["npu.intel.com/accel"]
+    )
     assert pipeline_doc(r)["placement"]["audioDevice"] == "npu"
-    assert {"key": "npu.intel.com/accel", "operator": "Exists", "effect": "NoSchedule"} in pod(dep)["tolerations"]
+    assert {"key": "npu.intel.com/accel", "operator": "Exists", "effect": "NoSchedule"} in pod(dep)[
+        "tolerations"
+    ]
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0, "no spare NPU to surge onto"
 
 
 def test_vllm_translation_pod_runs_the_engine_next_to_the_service() -> None:
-    r = resolved({"translation": {"gpuMemoryUtilization": 0.7, "maxModelLen": 8192}}, NPU_GPU,
-                 annotation="Qwen/Qwen2.5-3B-Instruct-AWQ")
+    r = resolved(
+        {"translation": {"gpuMemoryUtilization": 0.7, "maxModelLen": 8192}},
+        NPU_GPU,
+        annotation="Qwen/Qwen2.5-3B-Instruct-AWQ",
+    )
     dep = children(r)["Deployment/town-hall-translation"]
     assert [c["name"] for c in pod(dep)["containers"]] == ["translation", "vllm"]
     vllm = container(dep, "vllm")
@@ -205,13 +245,24 @@ def test_gateway_gets_redis_and_the_auth_secret() -> None:
 
 
 def test_openai_backend_reads_its_key_from_the_secret() -> None:
-    r = resolved({"translation": {"backend": "openai", "endpoint": "http://llm:8000/v1",
-                                  "apiKeySecretRef": {"name": "llm", "key": "token"}}})
+    r = resolved(
+        {
+            "translation": {
+                "backend": "openai",
+                "endpoint": "http://llm:8000/v1",
+                "apiKeySecretRef": {"name": "llm", "key": "token"},
+            }
+        }
+    )
     dep = children(r)["Deployment/town-hall-translation"]
     c = container(dep, "translation")
-    assert {"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR, "readOnly": True} in c["volumeMounts"]
-    assert {"name": "translation-key", "secret": {"secretName": "llm", "items": [{"key": "token", "path": "token"}]}} \
-        in pod(dep)["volumes"]
+    assert {"name": "translation-key", "mountPath": TRANSLATION_KEY_MOUNT_DIR, "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    assert {
+        "name": "translation-key",
+        "secret": {"secretName": "llm", "items": [{"key": "token", "path": "token"}]},
+    } in pod(dep)["volumes"]
     # where the service looks for it, told by pipeline.json
     settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
     assert str(settings.openai.api_key_file) == f"{TRANSLATION_KEY_MOUNT_DIR}/token"
@@ -225,14 +276,31 @@ def test_pipeline_json_is_the_only_channel_to_the_workloads() -> None:
             continue
         for c in pod(dep)["containers"]:
             if c["name"] != "vllm":
-                assert set(env(c)) == {"LT_PIPELINE_CONFIG", "LT_PORT", "HOME", "XDG_CACHE_HOME", "HF_HOME",
-                                       "POD_NAME", "POD_NAMESPACE"}, (name, sorted(env(c)))
+                assert set(env(c)) == {
+                    "LT_PIPELINE_CONFIG",
+                    "LT_PORT",
+                    "HOME",
+                    "XDG_CACHE_HOME",
+                    "HF_HOME",
+                    "POD_NAME",
+                    "POD_NAMESPACE",
+                }, (name, sorted(env(c)))
 
 
-@pytest.mark.parametrize(("bounds", "current", "expected"), [
-    ({"min": 1, "max": 4}, None, 1), ({"min": 2, "max": 4}, None, 2), ({"min": 1, "max": 4}, 3, 3),
-    ({"min": 1, "max": 2}, 3, 2), ({"min": 4, "max": 6}, 1, 4), ({"min": 0, "max": 2}, 0, 0)])
-def test_replicas_keep_what_runs_within_bounds(bounds: dict[str, int], current: int | None, expected: int) -> None:
+@pytest.mark.parametrize(
+    ("bounds", "current", "expected"),
+    [
+        ({"min": 1, "max": 4}, None, 1),
+        ({"min": 2, "max": 4}, None, 2),
+        ({"min": 1, "max": 4}, 3, 3),
+        ({"min": 1, "max": 2}, 3, 2),
+        ({"min": 4, "max": 6}, 1, 4),
+        ({"min": 0, "max": 2}, 0, 0),
+    ],
+)
+def test_replicas_keep_what_runs_within_bounds(
+    bounds: dict[str, int], current: int | None, expected: int
+) -> None:
     r = resolved({"audio": {"replicas": bounds}})
     dep = children(r, BuildState(replicas={"audio": current}))["Deployment/town-hall-audio"]
     assert dep["spec"]["replicas"] == expected
@@ -247,9 +315,16 @@ def test_config_hash_ignores_generation_but_not_content() -> None:
 
 
 def obs(desired: int, ready: int, generation: int = 1, observed: int = 1) -> status.StageObservation:
-    return status.StageObservation(exists=True, desired=desired, replicas=desired, ready=ready,
-                                   updated=desired, available=ready, generation=generation,
-                                   observed_generation=observed)
+    return status.StageObservation(
+        exists=True,
+        desired=desired,
+        replicas=desired,
+        ready=ready,
+        updated=desired,
+        available=ready,
+        generation=generation,
+        observed_generation=observed,
+    )
 
 
 def test_status_ready_only_when_every_stage_rolled_out() -> None:
@@ -257,9 +332,14 @@ def test_status_ready_only_when_every_stage_rolled_out() -> None:
     all_ready = {s: obs(1, 1) for s in builders.STAGES}
     st = status.compute_status(r, all_ready, None, now="t0")
     assert st["phase"] == "Ready" and st["readyStages"] == "3/3"
-    assert st["conditions"][0] == {"type": "Ready", "status": "True", "reason": "AllStagesReady",
-                                   "message": "audio, translation and gateway are ready",
-                                   "observedGeneration": 1, "lastTransitionTime": "t0"}
+    assert st["conditions"][0] == {
+        "type": "Ready",
+        "status": "True",
+        "reason": "AllStagesReady",
+        "message": "audio, translation and gateway are ready",
+        "observedGeneration": 1,
+        "lastTransitionTime": "t0",
+    }
     # The controller has not seen the new template yet: not ready, whatever readyReplicas says.
     stale = {**all_ready, "audio": obs(1, 1, generation=2, observed=1)}
     st2 = status.compute_status(r, stale, st, now="t1")
@@ -267,7 +347,10 @@ def test_status_ready_only_when_every_stage_rolled_out() -> None:
     # A whole stage down after having been Ready: Degraded too, never back to Progressing.
     down = status.compute_status(r, {**all_ready, "gateway": obs(1, 0)}, st, now="t1")
     assert down["phase"] == "Degraded" and down["readyStages"] == "2/3"
-    assert status.compute_status(r, {**all_ready, "gateway": obs(1, 0)}, None, now="t1")["phase"] == "Progressing"
+    assert (
+        status.compute_status(r, {**all_ready, "gateway": obs(1, 0)}, None, now="t1")["phase"]
+        == "Progressing"
+    )
     again = status.compute_status(r, all_ready, st2, now="t2")
     # Ready flipped False then True: transition time moves; unchanged conditions keep theirs.
     assert again["conditions"][0]["lastTransitionTime"] == "t2"
@@ -275,8 +358,17 @@ def test_status_ready_only_when_every_stage_rolled_out() -> None:
 
 
 def test_status_keeps_conditions_it_does_not_own() -> None:
-    prev = {"conditions": [{"type": "ScalingActive", "status": "True", "reason": "x", "message": "",
-                            "lastTransitionTime": "t"}]}
+    prev = {
+        "conditions": [
+            {
+                "type": "ScalingActive",
+                "status": "True",
+                "reason": "x",
+                "message": "",
+                "lastTransitionTime": "t",
+            }
+        ]
+    }
     st = status.compute_status(resolved(), {}, prev, now="t0")
     assert st["phase"] == "Progressing"
     assert any(c["type"] == "ScalingActive" for c in st["conditions"])
@@ -302,12 +394,15 @@ def test_apply_helpers() -> None:
     assert _merged_owners([other, {"uid": "u2", "name": "old"}], [ours]) == [other, ours]
 
 
-@pytest.mark.parametrize(("annotation", "expected"), [
-    ("gpu", "gpu"),    # the autoscaler moved audio off an exhausted NPU pool
-    ("cpu", "cpu"),
-    ("npu", "npu"),    # naming the first choice changes nothing
-    ("tpu", "npu"),    # not a device of the spec: ignored
-])
+@pytest.mark.parametrize(
+    ("annotation", "expected"),
+    [
+        ("gpu", "gpu"),  # the autoscaler moved audio off an exhausted NPU pool
+        ("cpu", "cpu"),
+        ("npu", "npu"),  # naming the first choice changes nothing
+        ("tpu", "npu"),  # not a device of the spec: ignored
+    ],
+)
 def test_audio_device_annotation_moves_along_devices_only(annotation: str, expected: str) -> None:
     placed = placement.place(parse_spec({}), NPU_GPU, audio_device_annotation=annotation)
     assert placed.audioDevice == expected
@@ -317,8 +412,9 @@ def test_audio_device_annotation_moves_along_devices_only(annotation: str, expec
 
 def test_audio_device_annotation_needs_the_device_in_the_cluster() -> None:
     npu_only = placement.ClusterDevices(npu_nodes=1, nodes=1)
-    placed = placement.place(parse_spec({"audio": {"devices": ["npu", "gpu"]}}), npu_only,
-                             audio_device_annotation="gpu")
+    placed = placement.place(
+        parse_spec({"audio": {"devices": ["npu", "gpu"]}}), npu_only, audio_device_annotation="gpu"
+    )
     assert placed.audioDevice == "npu"
 
 
@@ -329,22 +425,42 @@ def test_peering_settings_give_one_active_replica() -> None:
     a = kopf_settings(OperatorSettings(peering="livetranslate", peering_lifetime=30))
     b = kopf_settings(OperatorSettings(peering="livetranslate", peering_lifetime=30))
     assert (a.peering.name, a.peering.mandatory, a.peering.standalone, a.peering.lifetime) == (
-        "livetranslate", True, False, 30)
+        "livetranslate",
+        True,
+        False,
+        30,
+    )
     assert a.peering.clusterwide is True
     # Kopf pauses every replica of equal priority: two processes must not draw the same one.
     assert a.peering.priority != b.peering.priority
 
 
 def test_fallback_endpoint_keys_are_mounted_where_the_settings_look() -> None:
-    r = resolved({"translation": {"fallback": [
-        {"endpoint": "https://a.example/v1"},
-        {"endpoint": "https://b.example/v1", "apiKeySecretRef": {"name": "b-key", "key": "token"}}]}}, NPU_GPU)
+    r = resolved(
+        {
+            "translation": {
+                "fallback": [
+                    {"endpoint": "https://a.example/v1"},
+                    {
+                        "endpoint": "https://b.example/v1",
+                        "apiKeySecretRef": {"name": "b-key", "key": "token"},
+                    },
+                ]
+            }
+        },
+        NPU_GPU,
+    )
     dep = children(r)["Deployment/town-hall-translation"]
     c = container(dep, "translation")
-    assert {"name": "fallback-key-1", "mountPath": "/etc/livetranslate/fallback-keys/1", "readOnly": True} \
-        in c["volumeMounts"]
-    assert {"name": "fallback-key-1", "secret": {"secretName": "b-key", "items": [{"key": "token", "path": "token"}]}} \
-        in pod(dep)["volumes"]
+    assert {
+        "name": "fallback-key-1",
+        "mountPath": "/etc/livetranslate/fallback-keys/1",
+        "readOnly": True,
+    } in c["volumeMounts"]
+    assert {
+        "name": "fallback-key-1",
+        "secret": {"secretName": "b-key", "items": [{"key": "token", "path": "token"}]},
+    } in pod(dep)["volumes"]
     assert not any(v["name"] == "fallback-key-0" for v in pod(dep)["volumes"]), "no key, no volume"
     settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
     assert str(settings.fallback_endpoints[1].api_key_file) == "/etc/livetranslate/fallback-keys/1/token"

@@ -24,12 +24,19 @@ async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
 
 
 def configmap(data: dict[str, str]) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": NS,
-                                                                   "labels": {"a": "1"}}, "data": data}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "cm", "namespace": NS, "labels": {"a": "1"}},
+        "data": data,
+    }
 
 
-OWNER = {"apiVersion": "livetranslate.io/v1alpha1", "kind": "TranslationPipeline",
-         "metadata": {"name": "p", "namespace": NS, "uid": "uid-p"}}
+OWNER = {
+    "apiVersion": "livetranslate.io/v1alpha1",
+    "kind": "TranslationPipeline",
+    "metadata": {"name": "p", "namespace": NS, "uid": "uid-p"},
+}
 
 
 async def test_apply_creates_then_patches_then_does_nothing(cluster: Cluster, kube: KubeClient) -> None:
@@ -62,18 +69,28 @@ async def test_apply_that_loses_a_create_race_patches_instead(cluster: Cluster, 
 
 async def test_apply_adopts_without_dropping_other_owners(cluster: Cluster, kube: KubeClient) -> None:
     other = {"apiVersion": "v1", "kind": "Thing", "name": "t", "uid": "uid-other"}
-    cluster.api.create("v1/configmaps", {**configmap({"k": "v"}), "metadata": {
-        "name": "cm", "namespace": NS, "ownerReferences": [other]}})
+    cluster.api.create(
+        "v1/configmaps",
+        {**configmap({"k": "v"}), "metadata": {"name": "cm", "namespace": NS, "ownerReferences": [other]}},
+    )
     adopted = await kube.apply(configmap({"k": "v"}), OWNER)
     assert [o["uid"] for o in adopted["metadata"]["ownerReferences"]] == ["uid-other", "uid-p"]
 
 
 async def test_apply_keeps_fields_another_component_owns(cluster: Cluster, kube: KubeClient) -> None:
-    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "namespace": NS},
-           "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {}}}
+    dep = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "d", "namespace": NS},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {}},
+    }
     await kube.apply(dep, OWNER)
-    await kube.request("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/d/scale", json={"spec": {"replicas": 5}},
-                       content_type="application/merge-patch+json")
+    await kube.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{NS}/deployments/d/scale",
+        json={"spec": {"replicas": 5}},
+        content_type="application/merge-patch+json",
+    )
     after = await kube.apply(dep, OWNER, keep_on_update=[("spec", "replicas")])
     assert after["spec"]["replicas"] == 5
 
@@ -88,7 +105,9 @@ async def test_api_errors_carry_the_status(cluster: Cluster, kube: KubeClient) -
 async def test_rotated_token_is_picked_up_on_401(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     async def handler(request: aiohttp.web.Request) -> aiohttp.web.Response:
         if request.headers.get("Authorization") != "Bearer new":
-            return aiohttp.web.json_response({"kind": "Status", "code": 401, "message": "Unauthorized"}, status=401)
+            return aiohttp.web.json_response(
+                {"kind": "Status", "code": 401, "message": "Unauthorized"}, status=401
+            )
         return aiohttp.web.json_response({"kind": "ConfigMap", "metadata": {"name": "x"}})
 
     app = aiohttp.web.Application()
@@ -101,10 +120,16 @@ async def test_rotated_token_is_picked_up_on_401(tmp_path: Path, monkeypatch: py
     kubeconfig = tmp_path / "kubeconfig"
 
     def write(token: str) -> None:
-        kubeconfig.write_text(yaml.safe_dump({
-            "current-context": "c", "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-            "users": [{"name": "u", "user": {"token": token}}],
-            "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}]}))
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "current-context": "c",
+                    "clusters": [{"name": "c", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                    "users": [{"name": "u", "user": {"token": token}}],
+                    "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+                }
+            )
+        )
 
     write("old")
     monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
@@ -118,7 +143,9 @@ async def test_rotated_token_is_picked_up_on_401(tmp_path: Path, monkeypatch: py
         await runner.cleanup()
 
 
-async def test_a_stale_precondition_is_reported_at_once_not_resent(cluster: Cluster, kube: KubeClient) -> None:
+async def test_a_stale_precondition_is_reported_at_once_not_resent(
+    cluster: Cluster, kube: KubeClient
+) -> None:
     """A patch pinned to a resourceVersion that has moved on cannot succeed when sent again: the
     caller hears of the 409 after one request and re-reads, instead of waiting out the backoffs."""
     created = await kube.apply(configmap({"k": "v1"}), OWNER)
@@ -126,7 +153,9 @@ async def test_a_stale_precondition_is_reported_at_once_not_resent(cluster: Clus
     await kube.patch("v1", "ConfigMap", NS, "cm", {"data": {"k": "v2"}})
     before = len(cluster.api.calls)
     with pytest.raises(ApiError) as err:
-        await kube.patch("v1", "ConfigMap", NS, "cm", {"metadata": {"resourceVersion": stale}, "data": {"k": "v3"}})
+        await kube.patch(
+            "v1", "ConfigMap", NS, "cm", {"metadata": {"resourceVersion": stale}, "data": {"k": "v3"}}
+        )
     assert err.value.status == 409
     patches = [c for c in cluster.api.calls[before:] if c.verb == "patch"]
     assert len(patches) == 1
@@ -136,4 +165,9 @@ async def test_apply_of_a_likely_new_object_creates_first(cluster: Cluster, kube
     await kube.apply(configmap({"k": "v1"}), OWNER, likely_new=True)
     again = await kube.apply(configmap({"k": "v2"}), OWNER, likely_new=True)  # the hint was wrong
     assert again["data"] == {"k": "v2"}
-    assert [c.verb for c in cluster.api.calls if c.resource == "configmaps"] == ["create", "create", "get", "patch"]
+    assert [c.verb for c in cluster.api.calls if c.resource == "configmaps"] == [
+        "create",
+        "create",
+        "get",
+        "patch",
+    ]

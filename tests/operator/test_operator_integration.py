@@ -77,18 +77,31 @@ def condition(cluster: Cluster, name: str, type_: str) -> dict[str, Any]:
 
 
 async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     await kube.create(pipeline("town-hall"))
-    kids = await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"),
-                            message=f"{CHILDREN} children")
+    kids = await eventually(
+        lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"),
+        message=f"{CHILDREN} children",
+    )
     tp = cluster.tp("town-hall")
     assert tp is not None
-    assert sorted(kids) == sorted(["ConfigMap/town-hall-config"] + [
-        f"{k}/town-hall-{s}" for s in STAGES for k in ("Deployment", "Service", "PodDisruptionBudget")])
+    assert sorted(kids) == sorted(
+        ["ConfigMap/town-hall-config"]
+        + [f"{k}/town-hall-{s}" for s in STAGES for k in ("Deployment", "Service", "PodDisruptionBudget")]
+    )
     for obj in kids.values():
         refs = obj["metadata"]["ownerReferences"]
-        assert refs == [{"apiVersion": API, "kind": KIND, "name": "town-hall", "uid": tp["metadata"]["uid"],
-                         "controller": True, "blockOwnerDeletion": True}]
+        assert refs == [
+            {
+                "apiVersion": API,
+                "kind": KIND,
+                "name": "town-hall",
+                "uid": tp["metadata"]["uid"],
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ]
     config = json.loads(kids["ConfigMap/town-hall-config"]["data"]["pipeline.json"])
     assert config["placement"]["audioDevice"] == "cpu"
     assert config["placement"]["translationBackend"] == "apertium"
@@ -106,7 +119,12 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
     assert status["translation"]["backend"] == "apertium"
     ready = condition(cluster, "town-hall", "Ready")
     assert ready["status"] == "True" and ready["observedGeneration"] == 1
-    assert {c["type"] for c in status["conditions"]} >= {"Ready", "AudioReady", "TranslationReady", "GatewayReady"}
+    assert {c["type"] for c in status["conditions"]} >= {
+        "Ready",
+        "AudioReady",
+        "TranslationReady",
+        "GatewayReady",
+    }
     assert any(e["reason"] == "Placed" for e in cluster.events("town-hall"))
 
     # One pod stops being ready: Degraded, not Progressing (it was serving).
@@ -114,7 +132,9 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
     await eventually(lambda: condition(cluster, "town-hall", "GatewayReady").get("status") == "False")
     assert phase(cluster, "town-hall") == "Degraded"
     assert operator.memo is not None
-    samples = operator.memo.state.registry.get_sample_value("livetranslate_reconcile_seconds_count", {"result": "ok"})
+    samples = operator.memo.state.registry.get_sample_value(
+        "livetranslate_reconcile_seconds_count", {"result": "ok"}
+    )
     assert samples and samples >= 1
     # The gauges the "no ready replicas" and "pinned at max" alerts read.
     registry = operator.memo.state.registry
@@ -126,19 +146,40 @@ async def test_create_builds_every_child_owned_by_the_pipeline_and_becomes_ready
 
 
 async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replicas(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     await kube.create(pipeline("town-hall"))
-    kids = await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"))
+    kids = await eventually(
+        lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall")
+    )
     uids = {k: v["metadata"]["uid"] for k, v in kids.items()}
     # The autoscaler (single writer of replicas) scales translation to 3.
-    await kube.request("PATCH", f"/apis/apps/v1/namespaces/{NS}/deployments/town-hall-translation/scale",
-                       json={"spec": {"replicas": 3}}, content_type="application/merge-patch+json")
+    await kube.request(
+        "PATCH",
+        f"/apis/apps/v1/namespaces/{NS}/deployments/town-hall-translation/scale",
+        json={"spec": {"replicas": 3}},
+        content_type="application/merge-patch+json",
+    )
 
-    await kube.patch(API, KIND, NS, "town-hall", {"spec": {
-        "gateway": {"redisUrl": "redis://redis.demo.svc:6379/0", "replicas": {"min": 2, "max": 4}},
-        "audio": {"vad": False}}})
-    await eventually(lambda: pipeline_doc(cluster, "town-hall")["spec"]["gateway"]["redisUrl"]
-                     == "redis://redis.demo.svc:6379/0", message="pipeline.json gets the Redis URL")
+    await kube.patch(
+        API,
+        KIND,
+        NS,
+        "town-hall",
+        {
+            "spec": {
+                "gateway": {"redisUrl": "redis://redis.demo.svc:6379/0", "replicas": {"min": 2, "max": 4}},
+                "audio": {"vad": False},
+            }
+        },
+    )
+    await eventually(
+        lambda: (
+            pipeline_doc(cluster, "town-hall")["spec"]["gateway"]["redisUrl"]
+            == "redis://redis.demo.svc:6379/0"
+        ),
+        message="pipeline.json gets the Redis URL",
+    )
     after = cluster.children("town-hall")
     assert {k: v["metadata"]["uid"] for k, v in after.items()} == uids, "children patched, never recreated"
     gw = deployment(cluster, "town-hall", "gateway") or {}
@@ -148,16 +189,26 @@ async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replic
     config = json.loads(after["ConfigMap/town-hall-config"]["data"]["pipeline.json"])
     assert config["generation"] == 2 and config["spec"]["audio"]["vad"] is False
     # The pod template carries the config hash: the update rolls the pods.
-    assert after["Deployment/town-hall-audio"]["spec"]["template"]["metadata"]["annotations"][
-        "livetranslate.io/config-hash"] != kids["Deployment/town-hall-audio"]["spec"]["template"]["metadata"][
-        "annotations"]["livetranslate.io/config-hash"]
+    assert (
+        after["Deployment/town-hall-audio"]["spec"]["template"]["metadata"]["annotations"][
+            "livetranslate.io/config-hash"
+        ]
+        != kids["Deployment/town-hall-audio"]["spec"]["template"]["metadata"]["annotations"][
+            "livetranslate.io/config-hash"
+        ]
+    )
     cluster.mark_ready("town-hall")
-    await eventually(lambda: phase(cluster, "town-hall") == "Ready"
-                     and condition(cluster, "town-hall", "Ready").get("observedGeneration") == 2)
+    await eventually(
+        lambda: (
+            phase(cluster, "town-hall") == "Ready"
+            and condition(cluster, "town-hall", "Ready").get("observedGeneration") == 2
+        )
+    )
 
 
 async def test_operator_killed_mid_reconcile_converges_without_duplicates(
-        cluster: Cluster, kube: KubeClient) -> None:
+    cluster: Cluster, kube: KubeClient
+) -> None:
     settings = OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5)
     first = OperatorProcess(settings)
     held = asyncio.Event()
@@ -181,11 +232,15 @@ async def test_operator_killed_mid_reconcile_converges_without_duplicates(
     second = OperatorProcess(settings)
     await second.start()
     try:
-        kids = await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall"))
+        kids = await eventually(
+            lambda: len(cluster.children("town-hall")) == CHILDREN and cluster.children("town-hall")
+        )
         for key, obj in before.items():
             assert kids[key]["metadata"]["uid"] == obj["metadata"]["uid"], f"{key} was recreated"
         deployments = cluster.api.find("apps/v1/deployments", NS, "livetranslate.io/pipeline=town-hall")
-        assert sorted(d["metadata"]["name"] for d in deployments) == [f"town-hall-{s}" for s in sorted(STAGES)]
+        assert sorted(d["metadata"]["name"] for d in deployments) == [
+            f"town-hall-{s}" for s in sorted(STAGES)
+        ]
         cluster.mark_ready("town-hall")
         await eventually(lambda: phase(cluster, "town-hall") == "Ready")
     finally:
@@ -193,10 +248,14 @@ async def test_operator_killed_mid_reconcile_converges_without_duplicates(
 
 
 async def test_placement_prefers_npu_and_gpu_when_nodes_offer_them(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     cluster.api.add_node("npu-1", allocatable={"npu.intel.com/accel": "1"})
-    cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "2"},
-                         taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"}])
+    cluster.api.add_node(
+        "gpu-1",
+        allocatable={"nvidia.com/gpu": "2"},
+        taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
+    )
     await asyncio.sleep(0.3)  # let the node watch see both
     await kube.create(pipeline("conference", {"targetLanguages": ["es", "de"]}))
     await eventually(lambda: len(cluster.children("conference")) == CHILDREN)
@@ -212,24 +271,31 @@ async def test_placement_prefers_npu_and_gpu_when_nodes_offer_them(
     assert env(vllm)["VLLM_SERVER_DEV_MODE"] == "1"
     assert "--enable-sleep-mode" in vllm["args"]
     assert vllm["args"][vllm["args"].index("--model") + 1] == "Qwen/Qwen2.5-7B-Instruct"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
-        translation["spec"]["template"]["spec"]["tolerations"]
-    await eventually(lambda: ((cluster.tp("conference") or {}).get("status", {}).get("audio", {})
-                              .get("device")) == "npu")
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in translation["spec"][
+        "template"
+    ]["spec"]["tolerations"]
+    await eventually(
+        lambda: ((cluster.tp("conference") or {}).get("status", {}).get("audio", {}).get("device")) == "npu"
+    )
     status = (cluster.tp("conference") or {})["status"]
     assert status["translation"]["backend"] == "vllm"
     assert "npu" in status["audio"]["reason"]
 
 
 async def test_cpu_only_cluster_falls_back_and_a_joining_npu_node_moves_audio(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     cluster.api.add_node("cpu-1")
     await kube.create(pipeline("town-hall"))
     await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
     audio = deployment(cluster, "town-hall", "audio") or {}
     assert "npu.intel.com/accel" not in container(audio, "audio")["resources"]["limits"]
-    assert [c["name"] for c in (deployment(cluster, "town-hall", "translation") or {})["spec"]["template"]["spec"][
-        "containers"]] == ["translation"], "no GPU: no vLLM container"
+    assert [
+        c["name"]
+        for c in (deployment(cluster, "town-hall", "translation") or {})["spec"]["template"]["spec"][
+            "containers"
+        ]
+    ] == ["translation"], "no GPU: no vLLM container"
     uid = audio["metadata"]["uid"]
 
     cluster.api.add_node("npu-1", allocatable={"npu.intel.com/accel": "1"})
@@ -240,25 +306,33 @@ async def test_cpu_only_cluster_falls_back_and_a_joining_npu_node_moves_audio(
 
     await eventually(on_npu, message="audio re-placed on the NPU")
     assert (deployment(cluster, "town-hall", "audio") or {})["metadata"]["uid"] == uid
-    moved = await eventually(lambda: [e for e in cluster.events("town-hall") if e["reason"] == "PlacementChanged"])
+    moved = await eventually(
+        lambda: [e for e in cluster.events("town-hall") if e["reason"] == "PlacementChanged"]
+    )
     assert "cpu -> npu" in moved[0]["message"]
-    await eventually(lambda: ((cluster.tp("town-hall") or {}).get("status", {}).get("audio", {})
-                              .get("device")) == "npu")
+    await eventually(
+        lambda: ((cluster.tp("town-hall") or {}).get("status", {}).get("audio", {}).get("device")) == "npu"
+    )
 
     cluster.api.remove_node("npu-1")
-    await eventually(lambda: audio_device(cluster, "town-hall") == "cpu" and not on_npu(),
-                     message="audio back on CPU when the NPU leaves")
+    await eventually(
+        lambda: audio_device(cluster, "town-hall") == "cpu" and not on_npu(),
+        message="audio back on CPU when the NPU leaves",
+    )
 
 
 async def test_spec_the_backend_cannot_serve_fails_then_recovers_when_fixed(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     # Valid for the schema, but with no GPU the offline backend has no en->de pair.
     await kube.create(pipeline("town-hall", {"targetLanguages": ["es", "de"]}))
     await eventually(lambda: phase(cluster, "town-hall") == "Failed", message="phase Failed")
     ready = condition(cluster, "town-hall", "Ready")
     assert ready["status"] == "False" and ready["reason"] == "InvalidSpec"
     assert "spec.targetLanguages[1]" in ready["message"]
-    warnings = await eventually(lambda: [e for e in cluster.events("town-hall") if e["reason"] == "InvalidSpec"])
+    warnings = await eventually(
+        lambda: [e for e in cluster.events("town-hall") if e["reason"] == "InvalidSpec"]
+    )
     assert warnings[0]["type"] == "Warning" and "spec.targetLanguages[1]" in warnings[0]["message"]
     await asyncio.sleep(0.5)
     assert cluster.children("town-hall") == {}, "nothing half-built"
@@ -278,16 +352,21 @@ async def test_schema_refuses_invalid_specs_at_apply_time(cluster: Cluster, kube
     assert err.value.status == 422 and "replicas.min must be <= replicas.max" in err.value.message
 
 
-async def test_delete_removes_every_child(cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+async def test_delete_removes_every_child(
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     await kube.create(pipeline("town-hall"))
     await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN)
     await kube.delete(API, KIND, NS, "town-hall")
-    await eventually(lambda: cluster.tp("town-hall") is None and cluster.children("town-hall") == {},
-                     message="pipeline and children gone")
+    await eventually(
+        lambda: cluster.tp("town-hall") is None and cluster.children("town-hall") == {},
+        message="pipeline and children gone",
+    )
 
 
 async def test_every_api_call_is_covered_by_the_rbac_rules(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
     calls_before = len(cluster.api.calls)
     await kube.create(pipeline("town-hall"))
@@ -299,43 +378,57 @@ async def test_every_api_call_is_covered_by_the_rbac_rules(
     ours = {(c.group, c.resource, c.verb) for c in cluster.api.calls if c.agent != "test-kubectl"}
     assert len(cluster.api.calls) > calls_before
     # The operator's own writes were recorded (not only the test's create).
-    assert {("apps", "deployments", "create"), ("livetranslate.io", "translationpipelines/status", "patch")} <= ours, \
-        sorted(ours)
+    assert {
+        ("apps", "deployments", "create"),
+        ("livetranslate.io", "translationpipelines/status", "patch"),
+    } <= ours, sorted(ours)
     missing = sorted(c for c in ours if not rbac.allows(*c))
     assert missing == []
 
 
 async def test_a_gpu_joining_lets_a_refused_pipeline_run_on_vllm(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     cluster.api.add_node("cpu-1")
     await kube.create(pipeline("town-hall", {"targetLanguages": ["de"]}))  # no en->de offline
     await eventually(lambda: phase(cluster, "town-hall") == "Failed")
     cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
-    await eventually(lambda: len(cluster.children("town-hall")) == CHILDREN, message="built once a GPU joined")
+    await eventually(
+        lambda: len(cluster.children("town-hall")) == CHILDREN, message="built once a GPU joined"
+    )
     translation = deployment(cluster, "town-hall", "translation") or {}
-    assert [c["name"] for c in translation["spec"]["template"]["spec"]["containers"]] == ["translation", "vllm"]
+    assert [c["name"] for c in translation["spec"]["template"]["spec"]["containers"]] == [
+        "translation",
+        "vllm",
+    ]
     await eventually(lambda: phase(cluster, "town-hall") == "Progressing")
     assert "invalidField" not in (cluster.tp("town-hall") or {})["status"]
 
 
 async def test_a_podmonitor_per_pipeline_where_the_prometheus_operator_is_installed(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     cluster.api.install_crd(PODMONITOR_CRD)
     await kube.create(pipeline("town-hall"))
-    monitors = await eventually(lambda: cluster.api.find("monitoring.coreos.com/v1/podmonitors", NS),
-                                message="a PodMonitor")
+    monitors = await eventually(
+        lambda: cluster.api.find("monitoring.coreos.com/v1/podmonitors", NS), message="a PodMonitor"
+    )
     (monitor,) = monitors
     tp = cluster.tp("town-hall") or {}
     assert monitor["metadata"]["ownerReferences"][0]["uid"] == tp["metadata"]["uid"]  # garbage-collected
     assert monitor["spec"]["selector"] == {"matchLabels": {"livetranslate.io/pipeline": "town-hall"}}
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "http"
-    ours = {(c.group, c.resource, c.verb) for c in cluster.api.calls
-            if c.agent != "test-kubectl" and c.group == "monitoring.coreos.com"}
+    ours = {
+        (c.group, c.resource, c.verb)
+        for c in cluster.api.calls
+        if c.agent != "test-kubectl" and c.group == "monitoring.coreos.com"
+    }
     assert ours and all(rbac.allows(*c, rules=rbac.MONITOR_RULES) for c in ours)
 
 
 async def test_no_podmonitor_without_the_prometheus_operator(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     await kube.create(pipeline("town-hall"))
     # The Placed event comes after the step that would make a PodMonitor: the reconcile is over.
     await eventually(lambda: any(e["reason"] == "Placed" for e in cluster.events("town-hall")))
@@ -344,7 +437,8 @@ async def test_no_podmonitor_without_the_prometheus_operator(
 
 
 async def test_a_burst_of_deployment_events_costs_one_status_refresh(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     # No autoscaler: its timer reads the pipeline too.
     await kube.create(pipeline("town-hall", {"scaling": {"enabled": False}}))
     await eventually(lambda: any(e["reason"] == "Placed" for e in cluster.events("town-hall")))
@@ -357,44 +451,65 @@ async def test_a_burst_of_deployment_events_costs_one_status_refresh(
     await eventually(lambda: phase(cluster, "town-hall") == "Ready")
     await asyncio.sleep(1.0)
     # A refresh reads the Deployments once (then the status write reads the pipeline and patches).
-    refreshes = [c for c in cluster.api.calls[before:]
-                 if c.agent != "test-kubectl" and (c.verb, c.resource) == ("list", "deployments")]
+    refreshes = [
+        c
+        for c in cluster.api.calls[before:]
+        if c.agent != "test-kubectl" and (c.verb, c.resource) == ("list", "deployments")
+    ]
     assert len(refreshes) == 1, [(c.agent, c.verb, c.resource) for c in cluster.api.calls[before:]]
 
 
 async def test_an_annotation_set_by_hand_is_placed_on_a_pipeline_an_older_operator_handled(
-        cluster: Cluster, operator: OperatorProcess, kube: KubeClient) -> None:
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
     """Kopf's state lives under kopf.livetranslate.io/, so a change of a livetranslate.io/
     annotation fires the update handler: with the autoscaler off, nothing else could place it.
     A pipeline an older operator handled carries the livetranslate.io/kopf-managed marker that
     would hide the whole prefix from Kopf: the first reconcile removes the old storage."""
     cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "2"})
     await asyncio.sleep(0.3)
-    old = pipeline("legacy", {"translation": {"backend": "vllm", "fallbackModels": ["Qwen/Qwen2.5-3B-Instruct-AWQ"]},
-                              "scaling": {"enabled": False}})
+    old = pipeline(
+        "legacy",
+        {
+            "translation": {"backend": "vllm", "fallbackModels": ["Qwen/Qwen2.5-3B-Instruct-AWQ"]},
+            "scaling": {"enabled": False},
+        },
+    )
     old["metadata"]["annotations"] = {
         "livetranslate.io/kopf-managed": "yes",
         "livetranslate.io/last-handled-configuration": json.dumps({"spec": {"targetLanguages": ["es"]}}),
-        "team": "events"}
+        "team": "events",
+    }
     await kube.create(old)
     await eventually(lambda: len(cluster.children("legacy")) == CHILDREN)
 
     def annotations() -> dict[str, str]:
         return (cluster.tp("legacy") or {}).get("metadata", {}).get("annotations") or {}
 
-    await eventually(lambda: not any(k.startswith("livetranslate.io/") for k in annotations()),
-                     message=lambda: f"old Kopf storage left: {annotations()}")
+    await eventually(
+        lambda: not any(k.startswith("livetranslate.io/") for k in annotations()),
+        message=lambda: f"old Kopf storage left: {annotations()}",
+    )
     assert annotations()["team"] == "events"
     # Kopf writes its own state once the handler is done: under its own prefix
-    await eventually(lambda: any(k.startswith("kopf.livetranslate.io/") for k in annotations()),
-                     message=lambda: f"no Kopf state under kopf.livetranslate.io/: {annotations()}")
+    await eventually(
+        lambda: any(k.startswith("kopf.livetranslate.io/") for k in annotations()),
+        message=lambda: f"no Kopf state under kopf.livetranslate.io/: {annotations()}",
+    )
 
     def served_model() -> str:
         args = container(deployment(cluster, "legacy", "translation") or {}, "vllm")["args"]
         return str(args[args.index("--model") + 1])
 
     await eventually(lambda: served_model() == "Qwen/Qwen2.5-7B-Instruct")
-    cluster.api.patch_object(TP, NS, "legacy",
-                             {"metadata": {"annotations": {"livetranslate.io/active-model": "Qwen/Qwen2.5-3B-Instruct-AWQ"}}})
-    await eventually(lambda: served_model() == "Qwen/Qwen2.5-3B-Instruct-AWQ", timeout=10,
-                     message="the hand-set model placed by the update handler")
+    cluster.api.patch_object(
+        TP,
+        NS,
+        "legacy",
+        {"metadata": {"annotations": {"livetranslate.io/active-model": "Qwen/Qwen2.5-3B-Instruct-AWQ"}}},
+    )
+    await eventually(
+        lambda: served_model() == "Qwen/Qwen2.5-3B-Instruct-AWQ",
+        timeout=10,
+        message="the hand-set model placed by the update handler",
+    )

@@ -39,8 +39,16 @@ def test_a_word_shown_too_late_or_too_early_is_not_matched() -> None:
 
 def test_substituted_and_inserted_words_leave_the_rest_aligned() -> None:
     ref = spoken(1)
-    shown = [("the", 1.0), ("meeting", 1.5), ("well", 2.0), ("uh", 2.1), ("start", 2.5), ("in", 3.0),
-             ("five", 3.5), ("minutes", 4.0)]
+    shown = [
+        ("the", 1.0),
+        ("meeting", 1.5),
+        ("well", 2.0),
+        ("uh", 2.1),
+        ("start", 2.5),
+        ("in", 3.0),
+        ("five", 3.5),
+        ("minutes", 4.0),
+    ]
     pairs = bench_audio.align_in_time(ref, shown)
     assert [ref[i][0] for i, _ in pairs] == ["the", "meeting", "start", "in", "five", "minutes"]
     assert [shown[j][0] for _, j in pairs] == ["the", "meeting", "start", "in", "five", "minutes"]
@@ -64,8 +72,12 @@ def test_the_peers_simulation_needs_the_peer() -> None:
 def test_a_seeded_replay_repeats_its_figures() -> None:
     # Real speech through the real engine and streaming policy, replayed twice with one seed.
     speech = bench_audio.speech
-    audio, spans = speech.compose([speech.Utterance(t, voice) for t, voice in
-                                   zip(speech.SENTENCES[:2], bench_audio.VOICES, strict=False)])
+    audio, spans = speech.compose(
+        [
+            speech.Utterance(t, voice)
+            for t, voice in zip(speech.SENTENCES[:2], bench_audio.VOICES, strict=False)
+        ]
+    )
     reference = " ".join(s[2] for s in spans)
     ref_words = bench_audio.reference_word_ends(audio)
     first, again = (bench_audio.latency_breakdown(audio, reference, ref_words, {}, seed=7) for _ in range(2))

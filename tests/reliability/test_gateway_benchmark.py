@@ -17,15 +17,37 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_small_run_holds_its_connections_and_times_every_session(tmp_path: Path) -> None:
     out = tmp_path / "gateway-small"
-    subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "bench_gateway.py"), "--connections", "50",
-                    "--sessions", "2", "--browser-sessions", "1", "--seconds", "2", "--replicas", "2",
-                    "--log-sessions", "3", "--name", str(out)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            str(ROOT / "benchmarks" / "bench_gateway.py"),
+            "--connections",
+            "50",
+            "--sessions",
+            "2",
+            "--browser-sessions",
+            "1",
+            "--seconds",
+            "2",
+            "--replicas",
+            "2",
+            "--log-sessions",
+            "3",
+            "--name",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["hold"]["sessions_held"] == 50 and result["hold"]["failures"] == 0
     rows = {(r["gateway"], r["sessions"], r["sample_rate"]): r for r in result["latency"]}
-    assert set(rows) == {(g, n, rate) for g in ("current", "current, 2 replicas")
-                         for n, rate in ((2, 16000), (1, 48000))}
+    assert set(rows) == {
+        (g, n, rate) for g in ("current", "current, 2 replicas") for n, rate in ((2, 16000), (1, 48000))
+    }
     for row in rows.values():
         assert row["failures"] == 0 and row["frames"] > 0 and row["samples"] > 0
         assert row["undelivered_finals"] == 0

@@ -56,11 +56,26 @@ from livetranslate.protocol import (
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = ROOT / "benchmarks" / "bench_gateway.py"
 MIB = 1024 * 1024
-API_ERROR_CODES = {ERR_BAD_MESSAGE, ERR_BAD_AUDIO, ERR_FRAME_TOO_LARGE, ERR_NOT_STARTED, ERR_RATE_LIMITED,
-                   ERR_CAPACITY, ERR_UPSTREAM, ERR_TRANSLATION_FAILED, ERR_UNSUPPORTED_LANGUAGE,
-                   ERR_INTERNAL}
-EVENT_TYPES = {"session.started", "transcript.partial", "transcript.final", "translation", "error",
-               "session.ended"}
+API_ERROR_CODES = {
+    ERR_BAD_MESSAGE,
+    ERR_BAD_AUDIO,
+    ERR_FRAME_TOO_LARGE,
+    ERR_NOT_STARTED,
+    ERR_RATE_LIMITED,
+    ERR_CAPACITY,
+    ERR_UPSTREAM,
+    ERR_TRANSLATION_FAILED,
+    ERR_UNSUPPORTED_LANGUAGE,
+    ERR_INTERNAL,
+}
+EVENT_TYPES = {
+    "session.started",
+    "transcript.partial",
+    "transcript.final",
+    "translation",
+    "error",
+    "session.ended",
+}
 POLICY_CLOSES = {1008, 1009}
 SERVER_MAX_SIZE = 2 * 1024 * 1024  # livetranslate serve's WebSocket message limit (ws_max_size)
 PIPELINE_TARGETS = ["es"]  # what the fuzzed gateway's pipeline translates to
@@ -131,18 +146,41 @@ class GatewayUnderTest:
 def start_gateway(tmp: Path, **env_overrides: str) -> GatewayUnderTest:
     """The stand-in and a gateway process on free loopback ports, ready to serve."""
     audio_port, port = free_port(), free_port()
-    standin = subprocess.Popen([sys.executable, "-P", str(STANDIN), "standin", "--port", str(audio_port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "LT_GATEWAY_AUDIO_URL": f"http://127.0.0.1:{audio_port}",
-           "LT_GATEWAY_TRANSLATION_URL": "http://127.0.0.1:9", "LT_GATEWAY_PIPELINE": "fuzz",
-           "LT_GATEWAY_TARGET_LANGUAGES": json.dumps(PIPELINE_TARGETS), "LT_LOG_LEVEL": "info",
-           "LT_GATEWAY_TRANSLATE_TIMEOUT": "3", "LT_PIPELINE_CONFIG": str(tmp / "absent.json"),
-           **env_overrides}
+    standin = subprocess.Popen(
+        [sys.executable, "-P", str(STANDIN), "standin", "--port", str(audio_port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        **os.environ,
+        "LT_GATEWAY_AUDIO_URL": f"http://127.0.0.1:{audio_port}",
+        "LT_GATEWAY_TRANSLATION_URL": "http://127.0.0.1:9",
+        "LT_GATEWAY_PIPELINE": "fuzz",
+        "LT_GATEWAY_TARGET_LANGUAGES": json.dumps(PIPELINE_TARGETS),
+        "LT_LOG_LEVEL": "info",
+        "LT_GATEWAY_TRANSLATE_TIMEOUT": "3",
+        "LT_PIPELINE_CONFIG": str(tmp / "absent.json"),
+        **env_overrides,
+    }
     log_path = tmp / "gateway.log"
     with log_path.open("wb") as log:
-        gateway = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "gateway",
-                                    "--host", "127.0.0.1", "--port", str(port)],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT)
+        gateway = subprocess.Popen(
+            [
+                sys.executable,
+                "-P",
+                "-m",
+                "livetranslate.cli",
+                "serve",
+                "gateway",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     gw = GatewayUnderTest(gateway, standin, port, log_path)
     deadline = time.monotonic() + 90
     while not gw.alive():
@@ -170,10 +208,16 @@ class Frame:
     repeat: int = 1  # floods: the same frame sent this many times back to back
 
 
-_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70),
-                          st.floats(allow_nan=False), st.text(max_size=20))
-_json_values = st.recursive(_json_scalars, lambda inner: st.one_of(
-    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)), max_leaves=10)
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False), st.text(max_size=20)
+)
+_json_values = st.recursive(
+    _json_scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
 
 
 @st.composite
@@ -181,8 +225,14 @@ def start_messages(draw: st.DrawFn) -> str:
     """session.start, mostly valid (any rate 8-48 kHz, both encodings), sometimes subtly not."""
     msg: dict[str, Any] = {"type": "session.start"}
     if draw(st.booleans()):
-        msg["sampleRate"] = draw(st.one_of(st.sampled_from([8000, 16000, 22050, 44100, 48000]),
-                                           st.integers(-5, 200_000), st.text(max_size=5), st.floats()))
+        msg["sampleRate"] = draw(
+            st.one_of(
+                st.sampled_from([8000, 16000, 22050, 44100, 48000]),
+                st.integers(-5, 200_000),
+                st.text(max_size=5),
+                st.floats(),
+            )
+        )
     if draw(st.booleans()):
         msg["encoding"] = draw(st.sampled_from(["pcm_s16le", "pcm_f32le", "opus", "", 7]))
     if draw(st.booleans()):
@@ -214,7 +264,8 @@ frames = st.one_of(
     st.text(max_size=200).map(lambda t: Frame("garbage text", t)),
     _json_values.map(lambda v: Frame("json value", json.dumps(v))),
     st.sampled_from(["session.pause", "SESSION.START", "", "audio", "session.started", "error"]).map(
-        lambda t: Frame("unknown type", json.dumps({"type": t}))),
+        lambda t: Frame("unknown type", json.dumps({"type": t}))
+    ),
     st.binary(max_size=9).map(lambda b: Frame("tiny binary", b)),
     st.integers(0, 8000).map(lambda n: Frame("odd pcm", b"\x01\x02" * n + b"\x03")),
     st.integers(1, 40).map(lambda k: Frame("audio", b"\x00\x10" * 1600 * k)),
@@ -329,8 +380,12 @@ def play(url: str, sequence: list[Frame], timeout: float = 30.0) -> tuple[Outcom
                 out.problems.append(f"non-JSON event: {raw[:80]!r}")
                 continue
             out.events.append(event)
-            if (event.get("type") == "error" and event.get("code") == ERR_BAD_MESSAGE
-                    and "fuzz.probe" in str(event.get("message")) and not expect.done):
+            if (
+                event.get("type") == "error"
+                and event.get("code") == ERR_BAD_MESSAGE
+                and "fuzz.probe" in str(event.get("message"))
+                and not expect.done
+            ):
                 break
             if event.get("type") == "session.ended" and expect.oversize:
                 break  # what follows depends on how far the oversized frame got
@@ -348,9 +403,13 @@ def check(out: Outcome, expect: Expectation) -> list[str]:
         if event.get("type") == "error" and event.get("code") not in API_ERROR_CODES:
             problems.append(f"error code outside API.md: {event}")
     # Errors about the session's own upstreams are not answers to an input.
-    errors = [e for e in out.events if e.get("type") == "error"
-              and e.get("code") not in (ERR_UPSTREAM, ERR_TRANSLATION_FAILED)
-              and "fuzz.probe" not in str(e.get("message"))]
+    errors = [
+        e
+        for e in out.events
+        if e.get("type") == "error"
+        and e.get("code") not in (ERR_UPSTREAM, ERR_TRANSLATION_FAILED)
+        and "fuzz.probe" not in str(e.get("message"))
+    ]
     policy_close = out.close_code in POLICY_CLOSES
     if expect.oversize:
         # The server fails the connection with 1009 mid-frame; what the client then sees depends
@@ -466,8 +525,14 @@ def run_campaign(gw: GatewayUnderTest, examples: int, max_frames: int = 12) -> C
     result = CampaignResult()
     began = time.monotonic()
 
-    @settings(max_examples=examples, deadline=None, derandomize=False, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=False,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(st.lists(frames, min_size=1, max_size=max_frames))
     def one(sequence: list[Frame]) -> None:
         result.examples += 1
@@ -484,8 +549,10 @@ def run_campaign(gw: GatewayUnderTest, examples: int, max_frames: int = 12) -> C
             problems.append(f"gateway process exited with {gw.gateway.returncode}")
         if problems:
             summary = [f"{f.kind}x{f.repeat}:{str(f.data)[:60]!r}" for f in sequence]
-            result.problems.append(f"{problems} for {summary} (close {out.close_code}, "
-                                   f"events {[e.get('code', e.get('type')) for e in out.events][:12]})")
+            result.problems.append(
+                f"{problems} for {summary} (close {out.close_code}, "
+                f"events {[e.get('code', e.get('type')) for e in out.events][:12]})"
+            )
             raise AssertionError(result.problems[-1])
 
     try:
@@ -512,7 +579,8 @@ def fuzzed_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway
 
 @pytest.mark.slow
 def test_fuzzed_frames_get_errors_or_policy_closes_and_good_sessions_lose_nothing(
-        fuzzed_gateway: GatewayUnderTest) -> None:
+    fuzzed_gateway: GatewayUnderTest,
+) -> None:
     gw = fuzzed_gateway
     warm = run_campaign(gw, examples=5)  # imports, first allocations: not growth
     assert not warm.problems, warm.problems

@@ -63,15 +63,29 @@ class _Session:
 
 
 def _final(text: str, start: float, end: float, language: str) -> Any:
-    return quality.Arrival(end + 0.5, end, {"type": "transcript.final", "segmentId": int(start), "text": text,
-                                            "start": start, "end": end, "language": language})
+    return quality.Arrival(
+        end + 0.5,
+        end,
+        {
+            "type": "transcript.final",
+            "segmentId": int(start),
+            "text": text,
+            "start": start,
+            "end": end,
+            "language": language,
+        },
+    )
 
 
 def test_detection_counts_an_utterance_right_only_when_every_final_in_it_is() -> None:
     log = quality.SessionLog()
-    log.arrivals = [_final("good morning", 0.0, 1.0, "en"), _final("everyone", 1.0, 2.1, "en"),
-                    _final("buenos", 3.0, 4.0, "es"), _final("días", 4.0, 5.0, "en"),  # half wrong
-                    _final("hola", 6.1, 7.9, "es")]
+    log.arrivals = [
+        _final("good morning", 0.0, 1.0, "en"),
+        _final("everyone", 1.0, 2.1, "en"),
+        _final("buenos", 3.0, 4.0, "es"),
+        _final("días", 4.0, 5.0, "en"),  # half wrong
+        _final("hola", 6.1, 7.9, "es"),
+    ]
     got = bench_languages.detection([log], _Session(), ["en", "es", "es"])
     assert (got["utterances"], got["right"], got["finals"], got["finals_right"]) == (3, 2, 5, 4)
     assert got["share"] == round(2 / 3, 4) and got["wrong_examples"] == ["es: es:buenos | en:días"]

@@ -59,8 +59,12 @@ async def api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
 @pytest.fixture
 async def operator(api: Api, tmp_path: Path) -> AsyncIterator[OperatorSubprocess]:
     """``livetranslate operator`` in its own process (killed by pid at teardown)."""
-    op = OperatorSubprocess(api.emulator, api.kubeconfig, tmp_path / "operator.log",
-                            env={"LT_OPERATOR_RESYNC_SECONDS": "5", "LT_OPERATOR_RETRY_DELAY_SECONDS": "1"})
+    op = OperatorSubprocess(
+        api.emulator,
+        api.kubeconfig,
+        tmp_path / "operator.log",
+        env={"LT_OPERATOR_RESYNC_SECONDS": "5", "LT_OPERATOR_RETRY_DELAY_SECONDS": "1"},
+    )
     try:
         yield op
     finally:
@@ -91,12 +95,15 @@ async def test_faults_answer_like_the_api_server(api: Api) -> None:
         emulator.faults = Faults(conflict=1.0)
         async with http.get(url) as resp:
             assert resp.status == 200, "a read never conflicts"
-        async with http.patch(url, json={"data": {"a": "b"}},
-                              headers={"Content-Type": "application/merge-patch+json"}) as resp:
+        async with http.patch(
+            url, json={"data": {"a": "b"}}, headers={"Content-Type": "application/merge-patch+json"}
+        ) as resp:
             body = await resp.json()
             assert resp.status == 409 and body["reason"] == "Conflict"
             assert 'configmaps "c"' in body["message"]
-        assert (emulator.read("v1/configmaps", NS, "c") or {})["data"] == {}, "a refused write changes nothing"
+        assert (emulator.read("v1/configmaps", NS, "c") or {})["data"] == {}, (
+            "a refused write changes nothing"
+        )
         emulator.faults = Faults(server_error=1.0)
         async with http.get(url, headers={"User-Agent": "test-kubectl"}) as resp:
             assert resp.status == 200, "the test's own client is spared"
@@ -152,7 +159,8 @@ async def test_the_client_retries_transient_answers_a_bounded_number_of_times(ap
 
 @pytest.mark.slow
 async def test_operator_killed_at_random_points_converges_every_time(
-        api: Api, operator: OperatorSubprocess) -> None:
+    api: Api, operator: OperatorSubprocess
+) -> None:
     emulator = api.emulator
     rng = random.Random(61)
     work = Workload(emulator, NS, size=8, rng=rng)
@@ -186,7 +194,8 @@ async def test_operator_killed_at_random_points_converges_every_time(
 
 @pytest.mark.slow
 async def test_operator_converges_under_api_faults_without_duplicates_or_a_retry_storm(
-        api: Api, operator: OperatorSubprocess) -> None:
+    api: Api, operator: OperatorSubprocess
+) -> None:
     emulator = api.emulator
     rng = random.Random(62)
     work = Workload(emulator, NS, size=6, rng=rng, unservable_rate=0.0)
@@ -227,7 +236,9 @@ async def test_the_resync_sweep_nudges_only_pipelines_lagging_for_a_whole_interv
         emulator.create(tp, {"metadata": {"name": name, "namespace": NS}, "spec": {}})
     # What the operator writes through /status once it has reconciled generation 1.
     obj = emulator.read(tp, NS, "current") or {}
-    emulator._write((_tp_key(), NS, "current"), {**obj, "status": {"observedGeneration": 1}}, subresource="status")
+    emulator._write(
+        (_tp_key(), NS, "current"), {**obj, "status": {"observedGeneration": 1}}, subresource="status"
+    )
     emulator.patch_object(tp, NS, "deleting", {"metadata": {"finalizers": ["livetranslate.io/finalizer"]}})
     emulator.delete_object(tp, NS, "deleting")
     kube = await KubeClient.connect(user_agent="resync-probe")
@@ -239,8 +250,9 @@ async def test_the_resync_sweep_nudges_only_pipelines_lagging_for_a_whole_interv
         for name in ("behind", "deleting"):
             annotations = (emulator.read(tp, NS, name) or {})["metadata"].get("annotations") or {}
             assert resync.RESYNC_ANNOTATION in annotations
-        assert resync.RESYNC_ANNOTATION not in ((emulator.read(tp, NS, "current") or {})["metadata"]
-                                                  .get("annotations") or {})
+        assert resync.RESYNC_ANNOTATION not in (
+            (emulator.read(tp, NS, "current") or {})["metadata"].get("annotations") or {}
+        )
         # A spec change restarts the clock: the normal path gets a whole interval again.
         emulator.patch_object(tp, NS, "behind", {"spec": {"audio": {"vad": False}}})
         assert await resync.resync_once(kube, [NS], lagging) == 1, "only the deletion is still stuck"
@@ -261,8 +273,9 @@ async def test_a_request_the_server_does_not_answer_in_time_is_an_api_error(api:
             await asyncio.sleep(2)
 
     emulator.gate = stall
-    session = aiohttp.ClientSession(headers={"User-Agent": "slow-probe"},
-                                    timeout=aiohttp.ClientTimeout(total=0.3))
+    session = aiohttp.ClientSession(
+        headers={"User-Agent": "slow-probe"}, timeout=aiohttp.ClientTimeout(total=0.3)
+    )
     kube = KubeClient(api.url, session)
     try:
         with pytest.raises(ApiError) as err:

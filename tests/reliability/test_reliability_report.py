@@ -18,21 +18,49 @@ report = load_benchmark("reliability_report")
 
 
 def _write(path: Path, rows: list[dict[str, object]], **extra: object) -> None:
-    path.write_text(json.dumps({"reliability": rows, "measured_at": "2026-11-21T22:00:00Z",
-                                "loadavg": [1.5, 2.0, 2.25], **extra}))
+    path.write_text(
+        json.dumps(
+            {"reliability": rows, "measured_at": "2026-11-21T22:00:00Z", "loadavg": [1.5, 2.0, 2.25], **extra}
+        )
+    )
 
 
 def test_table_from_sample_rows(tmp_path: Path) -> None:
-    _write(tmp_path / "soak.json", [
-        {"item": "5 Soak and load", "figure": "finals lost", "value": 0, "unit": "utterances",
-         "target": "0", "met": True},
-        {"item": "5 Soak and load", "figure": "p95 | latency", "value": 1.23456, "unit": "s",
-         "target": "", "met": None},
-    ], command="python -P benchmarks/bench_soak.py")
-    _write(tmp_path / "chaos.json", [
-        {"item": "1 Operator chaos", "figure": "orphaned children", "value": 3, "unit": "", "target": "0",
-         "met": False},
-    ])
+    _write(
+        tmp_path / "soak.json",
+        [
+            {
+                "item": "5 Soak and load",
+                "figure": "finals lost",
+                "value": 0,
+                "unit": "utterances",
+                "target": "0",
+                "met": True,
+            },
+            {
+                "item": "5 Soak and load",
+                "figure": "p95 | latency",
+                "value": 1.23456,
+                "unit": "s",
+                "target": "",
+                "met": None,
+            },
+        ],
+        command="python -P benchmarks/bench_soak.py",
+    )
+    _write(
+        tmp_path / "chaos.json",
+        [
+            {
+                "item": "1 Operator chaos",
+                "figure": "orphaned children",
+                "value": 3,
+                "unit": "",
+                "target": "0",
+                "met": False,
+            },
+        ],
+    )
     (tmp_path / "audio.json").write_text(json.dumps({"runs": []}))  # not a reliability result
 
     text = report.render(report.load_sources(tmp_path))
@@ -40,10 +68,12 @@ def test_table_from_sample_rows(tmp_path: Path) -> None:
     table = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert table[0] == "| item | figure | value | target | met | source |"
     # Ordered by issue item, whatever the file names.
-    assert table[1] == ("| 1 Operator chaos | orphaned children | 3 | 0 | **no** | "
-                        "[chaos](benchmarks/results/chaos.md) |")
-    assert table[2] == ("| 5 Soak and load | finals lost | 0 utterances | 0 | yes | "
-                        "[soak](benchmarks/results/soak.md) |")
+    assert table[1] == (
+        "| 1 Operator chaos | orphaned children | 3 | 0 | **no** | [chaos](benchmarks/results/chaos.md) |"
+    )
+    assert table[2] == (
+        "| 5 Soak and load | finals lost | 0 utterances | 0 | yes | [soak](benchmarks/results/soak.md) |"
+    )
     assert table[3].startswith("| 5 Soak and load | p95 \\| latency | 1.23 s | – | – |")
     assert "3 figures: 1 meet their target, 1 do not, 1 are recorded without a target." in text
     assert "Not measured yet: 2 API faults; 3 Resource fuzzing; 4 Gateway fuzzing; 6 Security." in text
@@ -66,14 +96,26 @@ def test_committed_reliability_md_is_current() -> None:
     """What scripts/reliability.sh --table-only would write now is what is committed."""
     expected = report.render(report.load_sources(ROOT / "benchmarks" / "results"))
     assert (ROOT / "RELIABILITY.md").read_text() == expected, (
-        "RELIABILITY.md is stale: run scripts/reliability.sh --table-only and commit it")
+        "RELIABILITY.md is stale: run scripts/reliability.sh --table-only and commit it"
+    )
 
 
 def test_command_line_writes_the_file(tmp_path: Path) -> None:
     _write(tmp_path / "soak.json", [{"item": "5 Soak and load", "figure": "f", "value": 0, "met": True}])
     out = tmp_path / "RELIABILITY.md"
-    done = subprocess.run([sys.executable, "-P", str(ROOT / "benchmarks" / "reliability_report.py"),
-                           "--results-dir", str(tmp_path), "--out", str(out)],
-                          capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-P",
+            str(ROOT / "benchmarks" / "reliability_report.py"),
+            "--results-dir",
+            str(tmp_path),
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "| 5 Soak and load | f | 0 | – | yes |" in out.read_text()

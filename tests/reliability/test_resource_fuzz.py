@@ -64,7 +64,9 @@ def test_the_schema_and_the_models_agree(spec: dict[str, Any]) -> None:
         models_ok = True
     except pydantic.ValidationError:
         models_ok = False
-    assert models_ok == (not errors), f"schema errors {errors} but models {'accept' if models_ok else 'refuse'}"
+    assert models_ok == (not errors), (
+        f"schema errors {errors} but models {'accept' if models_ok else 'refuse'}"
+    )
 
 
 # ------------------------------------------------------------------------- operator property
@@ -109,11 +111,15 @@ _serial = itertools.count()
 
 
 @pytest.mark.slow
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.filter_too_much])
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 @given(spec=plausible_specs)
 async def test_admitted_specs_reconcile_to_ready_or_fail_naming_the_field(
-        fuzz_cluster: Cluster, fuzz_operator: tuple[OperatorProcess, Crashes], spec: dict[str, Any]) -> None:
+    fuzz_cluster: Cluster, fuzz_operator: tuple[OperatorProcess, Crashes], spec: dict[str, Any]
+) -> None:
     _, errors = admit(manifest(spec), SCHEMA)
     assume(not errors)
     name = f"fuzz-{next(_serial)}"
@@ -133,7 +139,10 @@ async def test_admitted_specs_reconcile_to_ready_or_fail_naming_the_field(
         assert status["readyStages"] == "3/3" and status["observedGeneration"] == 1
     # Deleting it leaves nothing behind (finalizer released, children collected).
     fuzz_cluster.api.delete_object(TP, NS, name)
-    await eventually(lambda: fuzz_cluster.tp(name) is None and not fuzz_cluster.children(name),
-                     timeout=20, message=f"{name} gone with its children")
+    await eventually(
+        lambda: fuzz_cluster.tp(name) is None and not fuzz_cluster.children(name),
+        timeout=20,
+        message=f"{name} gone with its children",
+    )
     _, crashes = fuzz_operator
     assert crashes.seen == [], crashes.seen

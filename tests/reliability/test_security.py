@@ -39,8 +39,12 @@ ALLOWED_ORIGIN = "https://captions.example.org"
 
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[security.GatewayProcess]:
-    gw = security.GatewayProcess(tmp_path_factory.mktemp("gateway"), {"alice": TOKEN, "bob": OTHER_TOKEN},
-                                 [ALLOWED_ORIGIN], log_level="debug")
+    gw = security.GatewayProcess(
+        tmp_path_factory.mktemp("gateway"),
+        {"alice": TOKEN, "bob": OTHER_TOKEN},
+        [ALLOWED_ORIGIN],
+        log_level="debug",
+    )
     gw.start()
     try:
         yield gw
@@ -62,7 +66,8 @@ def auth_outcomes(gateway: security.GatewayProcess) -> list[security.AuthOutcome
 
 @pytest.mark.slow
 def test_gateway_refuses_missing_and_wrong_tokens_and_foreign_origins(
-        auth_outcomes: list[security.AuthOutcome]) -> None:
+    auth_outcomes: list[security.AuthOutcome],
+) -> None:
     wrong = [f"{o.case.name}: expected {o.case.expect}, got {o.got}" for o in auth_outcomes if not o.ok]
     assert wrong == []
     assert sum(o.case.expect == "accept" for o in auth_outcomes) >= 4  # the refusals are not blanket
@@ -83,11 +88,14 @@ def test_the_captions_page_opened_with_a_token_sends_no_referer(gateway: securit
 
 
 @pytest.mark.slow
-def test_no_token_reaches_the_gateway_log(gateway: security.GatewayProcess,
-                                          auth_outcomes: list[security.AuthOutcome]) -> None:
+def test_no_token_reaches_the_gateway_log(
+    gateway: security.GatewayProcess, auth_outcomes: list[security.AuthOutcome]
+) -> None:
     log = gateway.log()
     # The log is the debug-level one: uvicorn writes every request line and header at that level.
-    assert "WebSocket /v1/stream" in log and "authorization" in log.lower(), "the probes were not logged at all"
+    assert "WebSocket /v1/stream" in log and "authorization" in log.lower(), (
+        "the probes were not logged at all"
+    )
     assert security.leaks(log, [TOKEN, OTHER_TOKEN, WRONG]) == []
 
 
@@ -121,17 +129,33 @@ async def test_no_token_in_uvicorns_access_log(tmp_path: Path) -> None:
         lg.setLevel(logging.NOTSET)
         lg.propagate, lg.disabled, lg.handlers = True, False, []
     port = security.free_port()
-    cfg = GatewayConfig(GatewaySettings(auth_dir=str(auth), audio_url=f"http://127.0.0.1:{security.free_port()}",
-                                        translation_url=f"http://127.0.0.1:{security.free_port()}"), None)
-    server = uvicorn.Server(uvicorn.Config(create_app(cfg), host="127.0.0.1", port=port, log_config=None,
-                                           access_log=True, log_level="debug", ws="websockets-sansio"))
+    cfg = GatewayConfig(
+        GatewaySettings(
+            auth_dir=str(auth),
+            audio_url=f"http://127.0.0.1:{security.free_port()}",
+            translation_url=f"http://127.0.0.1:{security.free_port()}",
+        ),
+        None,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(cfg),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            access_log=True,
+            log_level="debug",
+            ws="websockets-sansio",
+        )
+    )
     task = asyncio.create_task(server.serve())
     try:
         await eventually(lambda: server.started, timeout=20)
         for token in ("access-log-only-token-42", "not-registered-token-99"):
             await security.http_probes(f"http://127.0.0.1:{port}", token, token)
-            await security.attempt(f"ws://127.0.0.1:{port}",
-                                   security.AuthCase("q", "accept", query_token=token))
+            await security.attempt(
+                f"ws://127.0.0.1:{port}", security.AuthCase("q", "accept", query_token=token)
+            )
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
@@ -145,15 +169,18 @@ async def test_no_token_in_uvicorns_access_log(tmp_path: Path) -> None:
     assert security.leaks(log, ["access-log-only-token-42", "not-registered-token-99"]) == []
 
 
-@pytest.mark.parametrize("line", [
-    "GET /v1/stream?token=abc123secret&x=1 HTTP/1.1",
-    "GET /v1/stream?x=1&access_token=abc123secret HTTP/1.1",
-    "< authorization: Bearer abc123secret",
-    "< Authorization: Basic abc123secret",
-    "< cookie: session=abc123secret",
-    "< sec-websocket-protocol: bearer.abc123secret",
-    "proxy-authorization=abc123secret",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "GET /v1/stream?token=abc123secret&x=1 HTTP/1.1",
+        "GET /v1/stream?x=1&access_token=abc123secret HTTP/1.1",
+        "< authorization: Bearer abc123secret",
+        "< Authorization: Basic abc123secret",
+        "< cookie: session=abc123secret",
+        "< sec-websocket-protocol: bearer.abc123secret",
+        "proxy-authorization=abc123secret",
+    ],
+)
 def test_redaction_patterns(line: str) -> None:
     from livetranslate.logs import redact
 
@@ -164,8 +191,11 @@ def test_redaction_patterns(line: str) -> None:
 def test_redaction_leaves_ordinary_lines_alone() -> None:
     from livetranslate.logs import redact
 
-    for line in ('127.0.0.1:5 - "WebSocket /v1/stream" [accepted]', "session started sampleRate=16000",
-                 "upstream unavailable: audio http://town-hall-audio.demo.svc:8080"):
+    for line in (
+        '127.0.0.1:5 - "WebSocket /v1/stream" [accepted]',
+        "session started sampleRate=16000",
+        "upstream unavailable: audio http://town-hall-audio.demo.svc:8080",
+    ):
         assert redact(line) == line
 
 
@@ -195,13 +225,16 @@ def test_every_pod_the_chart_renders_is_restricted(chart_objects: list[tuple[str
 # ---------------------------------------------------------------------------- NetworkPolicy
 
 
-def _children(settings: OperatorSettings | None = None, name: str = "town-hall"
-              ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _children(
+    settings: OperatorSettings | None = None, name: str = "town-hall"
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     settings = settings or OperatorSettings()
     _, spec, placement = next(security.pipeline_variants())
     resolved = builders.resolve(name, NS, 1, spec, placement)
-    return (builders.build_children(resolved, builders.BuildState(), settings),
-            builders.build_network_policies(resolved, settings))
+    return (
+        builders.build_children(resolved, builders.BuildState(), settings),
+        builders.build_network_policies(resolved, settings),
+    )
 
 
 def test_network_policies_select_the_pods_and_ports_the_services_use() -> None:
@@ -226,8 +259,12 @@ def test_network_policies_admit_only_gateway_to_workloads_and_scrapers_to_metric
 
 
 def test_scrapers_are_configurable() -> None:
-    scrapers = [{"namespaceSelector": {"matchLabels": {"team": "observability"}},
-                 "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["vmagent"]}]}}]
+    scrapers = [
+        {
+            "namespaceSelector": {"matchLabels": {"team": "observability"}},
+            "podSelector": {"matchExpressions": [{"key": "app", "operator": "In", "values": ["vmagent"]}]},
+        }
+    ]
     children, policies = _children(OperatorSettings(network_policy_scrapers=scrapers))
     audio = security.pods_of(c for c in children if c["kind"] == "Deployment")["audio"]
     vmagent = security.Pod("vmagent", "obs", {"app": "vmagent"})
@@ -285,12 +322,15 @@ async def test_operator_creates_network_policies_and_removes_them_when_turned_of
 
     granted = security.rule_triples([*rbac.RULES, *rbac.MONITOR_RULES])
     assert sorted(run.calls - granted) == [], "calls the ClusterRole would refuse (403 in a cluster)"
-    assert sorted(granted - run.calls - set(security.RBAC_NOT_SEEN_IN_EMULATOR)) == [], \
+    assert sorted(granted - run.calls - set(security.RBAC_NOT_SEEN_IN_EMULATOR)) == [], (
         "grants the operator does not use"
+    )
 
 
 @pytest.mark.slow
-async def test_peering_uses_exactly_the_charts_peering_grant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_peering_uses_exactly_the_charts_peering_grant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The chart's clusterkopfpeerings rule (Kopf's own calls, two replicas) against what Kopf
     does with peering on: registering, renewing and withdrawing its record."""
     import yaml
@@ -304,22 +344,41 @@ async def test_peering_uses_exactly_the_charts_peering_grant(tmp_path: Path, mon
         cluster.api.install_crd(crd)
         kube = await KubeClient.connect(user_agent="test-kubectl")
         try:
-            await kube.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings",
-                               json={"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering",
-                                     "metadata": {"name": "lt-peers"}})
-            op = OperatorProcess(OperatorSettings(metrics_port=0, liveness_endpoint="", retry_delay_seconds=0.5,
-                                                  peering="lt-peers", peering_lifetime=5))
+            await kube.request(
+                "POST",
+                "/apis/kopf.dev/v1/clusterkopfpeerings",
+                json={
+                    "apiVersion": "kopf.dev/v1",
+                    "kind": "ClusterKopfPeering",
+                    "metadata": {"name": "lt-peers"},
+                },
+            )
+            op = OperatorProcess(
+                OperatorSettings(
+                    metrics_port=0,
+                    liveness_endpoint="",
+                    retry_delay_seconds=0.5,
+                    peering="lt-peers",
+                    peering_lifetime=5,
+                )
+            )
             await op.start()
             try:
                 await kube.create(pipeline("town-hall"))
-                await eventually(lambda: cluster.api.read("v1/configmaps", NS, "town-hall-config"),
-                                 timeout=30, message="the active replica reconciles")
+                await eventually(
+                    lambda: cluster.api.read("v1/configmaps", NS, "town-hall-config"),
+                    timeout=30,
+                    message="the active replica reconciles",
+                )
             finally:
                 await op.stop()  # graceful: the replica withdraws its peering record
         finally:
             await kube.close()
-    used = {(c.group, c.resource, c.verb) for c in cluster.api.calls
-            if c.agent != "test-kubectl" and c.group == "kopf.dev"}
+    used = {
+        (c.group, c.resource, c.verb)
+        for c in cluster.api.calls
+        if c.agent != "test-kubectl" and c.group == "kopf.dev"
+    }
     chart = {(g, r, v) for g, r, v in security.rule_triples(_chart_rules()) if g == "kopf.dev"}
     assert used and used <= chart, f"Kopf peering calls the chart does not grant: {sorted(used - chart)}"
     assert sorted(chart - used) == [], "peering grants Kopf does not use"

@@ -29,12 +29,40 @@ KILL_AT = 12.0  # audio; translation 12 s later
 def soak(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     require_tools()
     out = tmp_path_factory.mktemp("soak")
-    cmd = [sys.executable, "-P", str(ROOT / "benchmarks" / "bench_soak.py"), "--sessions", "2",
-           "--duration", str(DURATION), "--first-restart", str(KILL_AT), "--restart-every", str(KILL_AT),
-           "--restart-stages", "audio,translation", "--max-restarts", "2", "--sample-every", "2", "--bucket", "10",
-           "--results-dir", str(out), "--name", "soak-test"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "PYTHONSAFEPATH": "1"}, check=False)
+    cmd = [
+        sys.executable,
+        "-P",
+        str(ROOT / "benchmarks" / "bench_soak.py"),
+        "--sessions",
+        "2",
+        "--duration",
+        str(DURATION),
+        "--first-restart",
+        str(KILL_AT),
+        "--restart-every",
+        str(KILL_AT),
+        "--restart-stages",
+        "audio,translation",
+        "--max-restarts",
+        "2",
+        "--sample-every",
+        "2",
+        "--bucket",
+        "10",
+        "--results-dir",
+        str(out),
+        "--name",
+        "soak-test",
+    ]
+    done = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result: dict[str, Any] = json.loads((out / "soak-test.json").read_text())
     return result

@@ -88,7 +88,9 @@ class Workloads:
         self.queue_a = m.queue_depth(self.audio.registry)
         self.tr_latency = m.translation_latency(self.translation.registry)
         self.queue_t = m.queue_depth(self.translation.registry)
-        self.waiting = Gauge("vllm:num_requests_waiting", "waiting", ["model_name"], registry=self.translation.registry)
+        self.waiting = Gauge(
+            "vllm:num_requests_waiting", "waiting", ["model_name"], registry=self.translation.registry
+        )
         self.kv = Gauge("vllm:kv_cache_usage_perc", "kv", ["model_name"], registry=self.translation.registry)
         labels = ["gpu", "UUID", "modelName", "Hostname", "container", "namespace", "pod"]
         self.fb_used = Gauge("DCGM_FI_DEV_FB_USED", "used MiB", labels, registry=self.dcgm.registry)
@@ -97,8 +99,12 @@ class Workloads:
         self._other = ("1", "GPU-other", "H100", "node-a", "main", "other", "other-app-5d8c9-xk2j4")
         self._ours = ("0", "GPU-ours", "H100", "node-a", "vllm", NS, f"{PIPELINE}-translation-6f7b8-q9z7w")
         self._task: asyncio.Task[None] | None = None
-        self.exporters = {"gateway": self.gateway, "audio": self.audio, "translation": self.translation,
-                          "dcgm": self.dcgm}
+        self.exporters = {
+            "gateway": self.gateway,
+            "audio": self.audio,
+            "translation": self.translation,
+            "dcgm": self.dcgm,
+        }
 
     def publish(self) -> None:
         ld = self.load
@@ -116,7 +122,7 @@ class Workloads:
         for _ in range(20):
             self.caption.labels(PIPELINE).observe(ld.caption_s)
             self.tr_latency.labels(PIPELINE).observe(ld.translation_s)
-        if ld.audio_passes_per_s > 0:   # called every 0.1 s
+        if ld.audio_passes_per_s > 0:  # called every 0.1 s
             self._passes_due += ld.audio_passes_per_s * 0.1
             while self._passes_due >= 1.0:
                 self._passes_due -= 1.0
@@ -142,10 +148,16 @@ class Workloads:
 
     def scrape_config(self) -> dict[str, Any]:
         def job(name: str, pod: str, exporter: Exporter, **extra: Any) -> dict[str, Any]:
-            return {"job_name": name, "scrape_interval": f"{int(SCRAPE_S * 1000)}ms",
-                    "scrape_timeout": f"{int(SCRAPE_S * 1000)}ms",
-                    "static_configs": [{"targets": [f"127.0.0.1:{exporter.port}"],
-                                        "labels": {"namespace": NS, "pod": pod}}], **extra}
+            return {
+                "job_name": name,
+                "scrape_interval": f"{int(SCRAPE_S * 1000)}ms",
+                "scrape_timeout": f"{int(SCRAPE_S * 1000)}ms",
+                "static_configs": [
+                    {"targets": [f"127.0.0.1:{exporter.port}"], "labels": {"namespace": NS, "pod": pod}}
+                ],
+                **extra,
+            }
+
         return {
             "global": {"scrape_interval": f"{int(SCRAPE_S * 1000)}ms", "evaluation_interval": "1s"},
             "scrape_configs": [
@@ -154,9 +166,16 @@ class Workloads:
                 job("translation", f"{PIPELINE}-translation-6f7b8-q9z7w", self.translation),
                 # dcgm-exporter's own pod lives elsewhere; honor_labels keeps the pod/namespace it
                 # reports (the GPU's consumer), as a ServiceMonitor with honorLabels does.
-                {**job("dcgm", "dcgm-exporter-x8k2p", self.dcgm), "honor_labels": True,
-                 "static_configs": [{"targets": [f"127.0.0.1:{self.dcgm.port}"],
-                                     "labels": {"namespace": "gpu-operator", "pod": "dcgm-exporter-x8k2p"}}]},
+                {
+                    **job("dcgm", "dcgm-exporter-x8k2p", self.dcgm),
+                    "honor_labels": True,
+                    "static_configs": [
+                        {
+                            "targets": [f"127.0.0.1:{self.dcgm.port}"],
+                            "labels": {"namespace": "gpu-operator", "pod": "dcgm-exporter-x8k2p"},
+                        }
+                    ],
+                },
             ],
         }
 
@@ -173,10 +192,17 @@ class Prometheus:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.tmp / 'prometheus.yml'}", f"--storage.tsdb.path={self.tmp / 'tsdb'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn",
-             "--storage.tsdb.retention.time=1h"],
-            stdout=subprocess.DEVNULL, stderr=open(self.tmp / "prometheus.log", "wb"))  # noqa: SIM115
+            [
+                PROMETHEUS,
+                f"--config.file={self.tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+                "--storage.tsdb.retention.time=1h",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.tmp / "prometheus.log", "wb"),  # noqa: SIM115
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -224,8 +250,9 @@ async def workloads() -> AsyncIterator[Workloads]:
 
 
 @pytest.fixture
-def prometheus(prometheus_binary: str, workloads: Workloads, tmp_path: Path,
-               monkeypatch: pytest.MonkeyPatch) -> Iterator[Prometheus]:
+def prometheus(
+    prometheus_binary: str, workloads: Workloads, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Prometheus]:
     # Our scrape is 0.5 s, so a 3 s rate window holds six samples.
     monkeypatch.setenv("LT_SCALING_MIN_RATE_WINDOW_SECONDS", "3")
     (tmp_path / "prom").mkdir()

@@ -13,12 +13,25 @@ from livetranslate.cli import main as cli
 
 
 def test_user_trace_gives_a_table_a_plot_and_the_summary_as_last_line(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     trace = tmp_path / "my-event.csv"
     trace.write_text("t_seconds,active_sessions\n0,20\n120,180\n420,30\n600,30\n")
     plot = tmp_path / "plot.png"
-    rc = cli(["bench", "autoscaling", "--trace", str(trace), "--plot", str(plot),
-              "--results-dir", str(tmp_path), "--json", str(tmp_path / "out.json")])
+    rc = cli(
+        [
+            "bench",
+            "autoscaling",
+            "--trace",
+            str(trace),
+            "--plot",
+            str(plot),
+            "--results-dir",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "out.json"),
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert re.fullmatch(r"slo_violation_ratio_vs_hpa=\d+\.\d+ replica_seconds_ratio_vs_hpa=\d+\.\d+", out[-1])
@@ -45,21 +58,31 @@ def test_every_policy_sees_the_same_load_and_metric_noise() -> None:
     spec = bench.bench_spec()
     params = bench.default_params(spec)
     trace = [50.0] * 200 + [150.0] * 400
-    runs = [bench.simulate(trace, p, params, spec, noise_seed=5)
-            for p in (bench.LiveTranslatePolicy(spec), bench.HpaPolicy(spec), bench.KedaPolicy(spec))]
+    runs = [
+        bench.simulate(trace, p, params, spec, noise_seed=5)
+        for p in (bench.LiveTranslatePolicy(spec), bench.HpaPolicy(spec), bench.KedaPolicy(spec))
+    ]
     assert {tuple(r.series["sessions"]) for r in runs} == {tuple(runs[0].series["sessions"])}
     # A constant policy gives the same figures twice: the noise is seeded per trace, not per run.
     again = bench.simulate(trace, bench.HpaPolicy(spec), params, spec, noise_seed=5)
-    assert again.slo_violation_s == runs[1].slo_violation_s and again.replica_seconds == runs[1].replica_seconds
+    assert (
+        again.slo_violation_s == runs[1].slo_violation_s and again.replica_seconds == runs[1].replica_seconds
+    )
 
 
 def test_hpa_scale_up_is_limited_like_kubernetes() -> None:
     spec = bench.bench_spec()
     hpa = bench.HpaPolicy(spec)
-    obs = bench.Observed(time=0, caption_p95=9, translation_p95=1, queue={"audio": 0, "translation": 0, "gateway": 0},
-                         util={"audio": 9, "translation": 1, "gateway": 0.1},
-                         cpu={"audio": 1.0, "translation": 1.0, "gateway": 0.1},
-                         demand={"audio": 90, "translation": 9, "gateway": 0.1}, sessions=100)
+    obs = bench.Observed(
+        time=0,
+        caption_p95=9,
+        translation_p95=1,
+        queue={"audio": 0, "translation": 0, "gateway": 0},
+        util={"audio": 9, "translation": 1, "gateway": 0.1},
+        cpu={"audio": 1.0, "translation": 1.0, "gateway": 0.1},
+        demand={"audio": 90, "translation": 9, "gateway": 0.1},
+        sessions=100,
+    )
     reps = {"audio": 10, "translation": 2, "gateway": 1}
     out = hpa.decide(0.0, obs, reps, dict(reps))
     # CPU saturates at 100%: ceil(10 x 1.0 / 0.7) = 15, whatever the real overload.
@@ -82,10 +105,12 @@ def test_trace_families_are_seeded_draws_of_distinct_shapes() -> None:
     jump = max(flash[t + 30] - flash[t] for t in range(len(flash) - 30))
     assert jump > 100, "a flash crowd arrives within half a minute"
     night = bt.generate("quiet_night", 1000)
-    assert max(night[: 5 * 3600]) < 40 < max(night[5 * 3600:]), "quiet for hours, then the morning"
+    assert max(night[: 5 * 3600]) < 40 < max(night[5 * 3600 :]), "quiet for hours, then the morning"
 
 
-def test_families_report_the_distribution_of_the_ratios(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+def test_families_report_the_distribution_of_the_ratios(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     out = tmp_path / "a.json"
     rc = cli(["bench", "autoscaling", "--families", "2", "--plot", "", "--json", str(out)])
     assert rc == 0

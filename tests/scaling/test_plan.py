@@ -14,20 +14,28 @@ from livetranslate.operator.scaling.signals import Sample, Signals
 
 from .test_policy import INTERVAL, make_spec
 
-AUDIO_COST = 0.05        # replica-utilisation per session (20 sessions on 2 replicas at RTF 0.5)
-AUDIO_RATE = 20.0        # decode passes one audio replica completes per second at full use
+AUDIO_COST = 0.05  # replica-utilisation per session (20 sessions on 2 replicas at RTF 0.5)
+AUDIO_RATE = 20.0  # decode passes one audio replica completes per second at full use
 
 
-def world(t: float, sessions: float, audio_ready: int, *, queue_audio: float = 0.0,
-          caption: float = 0.9, **kw: Any) -> Signals:
+def world(
+    t: float, sessions: float, audio_ready: int, *, queue_audio: float = 0.0, caption: float = 0.9, **kw: Any
+) -> Signals:
     """Signals of a pipeline whose audio cost is AUDIO_COST per session (translation is idle)."""
     rtf = sessions * AUDIO_COST / max(1, audio_ready)
     served = min(rtf, 1.0) * audio_ready * AUDIO_RATE
     values: dict[str, Any] = {
-        "caption_p95": Sample.of(caption), "translation_p95": Sample.of(0.3),
-        "queue_depth": {"audio": Sample.of(queue_audio), "translation": Sample.of(0), "gateway": Sample.of(0)},
-        "sessions_active": Sample.of(sessions), "audio_rtf": Sample.of(rtf),
-        "gpu_memory_fraction": Sample.of(0.7), "vllm_requests_waiting": Sample.of(0),
+        "caption_p95": Sample.of(caption),
+        "translation_p95": Sample.of(0.3),
+        "queue_depth": {
+            "audio": Sample.of(queue_audio),
+            "translation": Sample.of(0),
+            "gateway": Sample.of(0),
+        },
+        "sessions_active": Sample.of(sessions),
+        "audio_rtf": Sample.of(rtf),
+        "gpu_memory_fraction": Sample.of(0.7),
+        "vllm_requests_waiting": Sample.of(0),
         "kv_cache_usage": Sample.of(0.3),
         "throughput": {"audio": Sample.of(served), "translation": Sample.of(5.0)},
     }
@@ -37,13 +45,18 @@ def world(t: float, sessions: float, audio_ready: int, *, queue_audio: float = 0
 
 def step(d: Decision, current: Current, ready: dict[str, int] | None = None) -> Current:
     replicas = {s: d.stages[s].desired for s in ("audio", "translation", "gateway")}
-    return Current(replicas=replicas, ready=ready or replicas, model=current.model,
-                   audio_device=current.audio_device)
+    return Current(
+        replicas=replicas, ready=ready or replicas, model=current.model, audio_device=current.audio_device
+    )
 
 
-def learned(spec: Any, audio: int = 2, t0: float = 1000.0, intervals: int = 6) -> tuple[History, Current, float]:
+def learned(
+    spec: Any, audio: int = 2, t0: float = 1000.0, intervals: int = 6
+) -> tuple[History, Current, float]:
     """A steady pipeline long enough for the demand model and throughput to be learned."""
-    current = Current(replicas={"audio": audio, "translation": 2, "gateway": 1}, model="big", audio_device="cpu")
+    current = Current(
+        replicas={"audio": audio, "translation": 2, "gateway": 1}, model="big", audio_device="cpu"
+    )
     history = History()
     t = t0
     for _ in range(intervals):
@@ -61,7 +74,7 @@ def test_a_session_step_is_planned_at_once_with_catch_up_released_once_drained()
     assert current.replicas["audio"] == 2
     # 60 sessions arrive; 3000 decode passes are queued already (the audio replicas lag).
     d = decide(spec, world(t, 60, 2, queue_audio=3000, caption=4.0), current, history, t)
-    need = math.ceil(60 * AUDIO_COST / AUDIO_TARGET_RTF)                    # 4
+    need = math.ceil(60 * AUDIO_COST / AUDIO_TARGET_RTF)  # 4
     audio = d.stages["audio"]
     assert audio.direction == "up" and audio.reason == "backlog"
     assert audio.desired > need, "no catch-up for a backlog that would take minutes to drain"
@@ -75,8 +88,9 @@ def test_a_session_step_is_planned_at_once_with_catch_up_released_once_drained()
     history, current = d.history, step(d, current)
     for queue in (1500, 0, 0):
         t += INTERVAL
-        d = decide(spec, world(t, 60, current.replicas["audio"], queue_audio=queue, caption=2.0),
-                   current, history, t)
+        d = decide(
+            spec, world(t, 60, current.replicas["audio"], queue_audio=queue, caption=2.0), current, history, t
+        )
         history, current = d.history, step(d, current)
         if d.stages["audio"].reason == "backlog_drained":
             break
@@ -129,11 +143,15 @@ def test_start_up_is_measured_from_our_own_scale_ups() -> None:
     assert d.stages["audio"].direction == "up"
     wanted = d.stages["audio"].desired
     history = d.history
-    for k in range(1, 6):   # ready after four intervals
+    for k in range(1, 6):  # ready after four intervals
         t += INTERVAL
         ready = wanted if k >= 4 else 2
-        current = Current(replicas={"audio": wanted, "translation": 2, "gateway": 1},
-                          ready={"audio": ready, "translation": 2, "gateway": 1}, model="big", audio_device="cpu")
+        current = Current(
+            replicas={"audio": wanted, "translation": 2, "gateway": 1},
+            ready={"audio": ready, "translation": 2, "gateway": 1},
+            model="big",
+            audio_device="cpu",
+        )
         history = decide(spec, world(t, 60, ready, caption=2.0), current, history, t).history
     assert history.startup["audio"] == 4 * INTERVAL  # from our scale-up to all wanted replicas ready
 

@@ -14,12 +14,22 @@ from livetranslate_testing.promql import unknown_metrics
 
 def test_queries_name_only_known_metrics_and_select_this_pipelines_pods() -> None:
     q = build_queries("town-hall", "demo", 15.0)
-    exprs = [q.caption_p95, q.caption_count, q.translation_p95, q.translation_count, q.queue_depth,
-             q.sessions_active, q.audio_rtf, q.gpu_memory_fraction, q.vllm_requests_waiting, q.kv_cache_usage,
-             *q.freshness.values()]
+    exprs = [
+        q.caption_p95,
+        q.caption_count,
+        q.translation_p95,
+        q.translation_count,
+        q.queue_depth,
+        q.sessions_active,
+        q.audio_rtf,
+        q.gpu_memory_fraction,
+        q.vllm_requests_waiting,
+        q.kv_cache_usage,
+        *q.freshness.values(),
+    ]
     for expr in exprs:
         assert not unknown_metrics(expr), expr
-    assert 'histogram_quantile(0.95' in q.caption_p95 and "[60s]" in q.caption_p95
+    assert "histogram_quantile(0.95" in q.caption_p95 and "[60s]" in q.caption_p95
     assert 'pipeline="town-hall"' in q.caption_p95 and 'namespace="demo"' in q.caption_p95
     # GPU memory and vLLM series belong to the translation pods, joined on dcgm-exporter's labels.
     for expr in (q.gpu_memory_fraction, q.vllm_requests_waiting, q.kv_cache_usage):
@@ -28,7 +38,9 @@ def test_queries_name_only_known_metrics_and_select_this_pipelines_pods() -> Non
     assert 'pod=~"town-hall-gateway-.*"' in q.sessions_active
 
 
-def test_rate_window_covers_four_intervals_and_never_less_than_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_rate_window_covers_four_intervals_and_never_less_than_the_floor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.delenv("LT_SCALING_MIN_RATE_WINDOW_SECONDS", raising=False)
     assert rate_window_seconds(15) == 60
     assert rate_window_seconds(1) == 30
@@ -46,8 +58,9 @@ def _prometheus(answers: dict[str, Any]) -> httpx.MockTransport:
                 if isinstance(value, Exception):
                     raise value
                 result = value if isinstance(value, list) else [{"metric": {}, "value": [0, str(value)]}]
-                return httpx.Response(200, json={"status": "success",
-                                                 "data": {"resultType": "vector", "result": result}})
+                return httpx.Response(
+                    200, json={"status": "success", "data": {"resultType": "vector", "result": result}}
+                )
         return httpx.Response(200, json={"status": "success", "data": {"resultType": "vector", "result": []}})
 
     return httpx.MockTransport(handler)
@@ -59,14 +72,18 @@ async def gather(answers: dict[str, Any]) -> Any:
 
 
 async def test_fresh_values_are_read_and_missing_series_are_marked_missing() -> None:
-    s = await gather({
-        "time() - max(timestamp(": 2.0,   # every family scraped 2 s ago
-        "histogram_quantile(0.95, sum by (le) (rate(livetranslate_caption": 1.8,
-        "sum(rate(livetranslate_caption": 4.0,
-        "livetranslate_sessions_active": 120,
-        "livetranslate_queue_depth": [{"metric": {"stage": "audio"}, "value": [0, "3"]},
-                                      {"metric": {"stage": "translation"}, "value": [0, "7"]}],
-    })
+    s = await gather(
+        {
+            "time() - max(timestamp(": 2.0,  # every family scraped 2 s ago
+            "histogram_quantile(0.95, sum by (le) (rate(livetranslate_caption": 1.8,
+            "sum(rate(livetranslate_caption": 4.0,
+            "livetranslate_sessions_active": 120,
+            "livetranslate_queue_depth": [
+                {"metric": {"stage": "audio"}, "value": [0, "3"]},
+                {"metric": {"stage": "translation"}, "value": [0, "7"]},
+            ],
+        }
+    )
     assert s.caption_p95.ok and s.caption_p95.value == pytest.approx(1.8)
     assert s.sessions_active.value == 120
     assert s.queue("audio").value == 3 and s.queue("translation").value == 7
@@ -76,13 +93,15 @@ async def test_fresh_values_are_read_and_missing_series_are_marked_missing() -> 
 
 
 async def test_no_observations_is_idle_not_missing_and_old_samples_are_stale() -> None:
-    s = await gather({
-        "time() - max(timestamp(livetranslate_caption": 1.0,
-        "time() - max(timestamp(livetranslate_sessions": 900.0,
-        "histogram_quantile(0.95, sum by (le) (rate(livetranslate_caption": "NaN",
-        "sum(rate(livetranslate_caption": 0,
-        "livetranslate_sessions_active": 3,
-    })
+    s = await gather(
+        {
+            "time() - max(timestamp(livetranslate_caption": 1.0,
+            "time() - max(timestamp(livetranslate_sessions": 900.0,
+            "histogram_quantile(0.95, sum by (le) (rate(livetranslate_caption": "NaN",
+            "sum(rate(livetranslate_caption": 0,
+            "livetranslate_sessions_active": 3,
+        }
+    )
     assert s.caption_p95.status == "idle" and s.caption_p95.usable and s.caption_p95.or_zero_if_idle() == 0.0
     assert s.sessions_active.status == "stale" and s.sessions_active.value is None
     assert s.sessions_active.age_seconds == 900.0
@@ -96,8 +115,9 @@ async def test_unreachable_prometheus_marks_every_signal() -> None:
 
 async def test_prometheus_error_answer_is_unreachable_not_zero() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(400, content=json.dumps({"status": "error", "errorType": "bad_data",
-                                                        "error": "parse error"}))
+        return httpx.Response(
+            400, content=json.dumps({"status": "error", "errorType": "bad_data", "error": "parse error"})
+        )
 
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         s = await PrometheusSignals("http://prom:9090", client=client).gather("p", "ns", 15.0)
@@ -113,12 +133,14 @@ async def test_throughput_per_stage_is_read_from_the_stages_own_series() -> None
     # The gateway records the same translation-latency histogram: only the translation
     # service's series (with its backend label) count completed translations.
     assert 'backend=~".+"' in q.translation_throughput
-    s = await gather({
-        "time() - max(timestamp(": 2.0,
-        "sum(rate(livetranslate_audio_processing_seconds_count": 40.0,
-        'sum(rate(livetranslate_translation_latency_seconds_count{pipeline="town-hall",namespace="demo",'
-        'backend=~".+"}': 12.5,
-    })
+    s = await gather(
+        {
+            "time() - max(timestamp(": 2.0,
+            "sum(rate(livetranslate_audio_processing_seconds_count": 40.0,
+            'sum(rate(livetranslate_translation_latency_seconds_count{pipeline="town-hall",namespace="demo",'
+            'backend=~".+"}': 12.5,
+        }
+    )
     assert s.rate("audio").value == 40.0 and s.rate("translation").value == 12.5
     assert (await gather({})).rate("audio").status == "missing"
 
@@ -129,4 +151,4 @@ def test_translation_latency_is_the_listeners_series_only() -> None:
     q = build_queries("town-hall", "demo", 15.0)
     for expr in (q.translation_p95, q.translation_count):
         assert 'backend=""' in expr, expr
-    assert 'backend' not in q.caption_p95
+    assert "backend" not in q.caption_p95

@@ -19,8 +19,13 @@ NAME = "town-hall"
 
 
 def cond(type_: str, state: str = "True", reason: str = "R") -> dict[str, Any]:
-    return {"type": type_, "status": state, "reason": reason, "message": reason,
-            "lastTransitionTime": "2026-01-01T00:00:00Z"}
+    return {
+        "type": type_,
+        "status": state,
+        "reason": reason,
+        "message": reason,
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
 
 
 def conditions(cluster: Cluster) -> dict[str, str]:
@@ -44,33 +49,66 @@ def test_merge_keeps_other_writers_entries_in_place() -> None:
     now = [cond("Ready"), cond("AudioReady"), cond("ScalingActive", reason="old")]
     ours = [cond("ScalingActive", reason="new"), cond("Ready", "False", "stale copy")]
     merged = status.merge_conditions(now, ours, owned={"ScalingActive"})
-    assert [(c["type"], c["reason"]) for c in merged] == [("Ready", "R"), ("AudioReady", "R"),
-                                                           ("ScalingActive", "new")]
-    assert status.merge_conditions([cond("Ready")], [cond("ScalingActive")], {"ScalingActive"})[-1][
-        "type"] == "ScalingActive"
+    assert [(c["type"], c["reason"]) for c in merged] == [
+        ("Ready", "R"),
+        ("AudioReady", "R"),
+        ("ScalingActive", "new"),
+    ]
+    assert (
+        status.merge_conditions([cond("Ready")], [cond("ScalingActive")], {"ScalingActive"})[-1]["type"]
+        == "ScalingActive"
+    )
 
 
 @pytest.mark.slow
 async def test_writers_with_stale_snapshots_do_not_drop_each_others_conditions(
-        api: tuple[Cluster, KubeClient]) -> None:
+    api: tuple[Cluster, KubeClient],
+) -> None:
     cluster, kube = api
     # The reconcile read the status before the autoscaler wrote ScalingActive, and vice versa:
     # each one's list lacks the other's latest entry.
-    await status.write_status(kube, NS, NAME, {"phase": "Ready", "conditions": [
-        cond("Ready"), cond("AudioReady"), cond("TranslationReady"), cond("GatewayReady")]},
-        owned=status.RECONCILE_CONDITIONS)
-    await status.write_status(kube, NS, NAME, {"conditions": [cond("ScalingActive", reason="WithinTarget")]},
-                              owned={"ScalingActive"})
-    stale_reconcile = {"phase": "Degraded", "conditions": [
-        cond("Ready", "False", "StagesNotReady"), cond("AudioReady", "False", "ReplicasNotReady"),
-        cond("TranslationReady"), cond("GatewayReady")]}
+    await status.write_status(
+        kube,
+        NS,
+        NAME,
+        {
+            "phase": "Ready",
+            "conditions": [cond("Ready"), cond("AudioReady"), cond("TranslationReady"), cond("GatewayReady")],
+        },
+        owned=status.RECONCILE_CONDITIONS,
+    )
+    await status.write_status(
+        kube,
+        NS,
+        NAME,
+        {"conditions": [cond("ScalingActive", reason="WithinTarget")]},
+        owned={"ScalingActive"},
+    )
+    stale_reconcile = {
+        "phase": "Degraded",
+        "conditions": [
+            cond("Ready", "False", "StagesNotReady"),
+            cond("AudioReady", "False", "ReplicasNotReady"),
+            cond("TranslationReady"),
+            cond("GatewayReady"),
+        ],
+    }
     await status.write_status(kube, NS, NAME, stale_reconcile, owned=status.RECONCILE_CONDITIONS)
-    assert conditions(cluster) == {"Ready": "StagesNotReady", "AudioReady": "ReplicasNotReady",
-                                   "TranslationReady": "R", "GatewayReady": "R", "ScalingActive": "WithinTarget"}
+    assert conditions(cluster) == {
+        "Ready": "StagesNotReady",
+        "AudioReady": "ReplicasNotReady",
+        "TranslationReady": "R",
+        "GatewayReady": "R",
+        "ScalingActive": "WithinTarget",
+    }
     # The autoscaler's snapshot still has the old Ready: writing ScalingActive must not bring it back.
-    await status.write_status(kube, NS, NAME, {"conditions": [cond("Ready"), cond("ScalingActive", "False",
-                                                                                  "MetricsUnavailable")]},
-                              owned={"ScalingActive"})
+    await status.write_status(
+        kube,
+        NS,
+        NAME,
+        {"conditions": [cond("Ready"), cond("ScalingActive", "False", "MetricsUnavailable")]},
+        owned={"ScalingActive"},
+    )
     assert conditions(cluster)["Ready"] == "StagesNotReady"
     assert conditions(cluster)["ScalingActive"] == "MetricsUnavailable"
 
@@ -78,7 +116,9 @@ async def test_writers_with_stale_snapshots_do_not_drop_each_others_conditions(
 @pytest.mark.slow
 async def test_a_write_in_between_is_detected_and_merged_again(api: tuple[Cluster, KubeClient]) -> None:
     cluster, kube = api
-    await status.write_status(kube, NS, NAME, {"conditions": [cond("Ready")]}, owned=status.RECONCILE_CONDITIONS)
+    await status.write_status(
+        kube, NS, NAME, {"conditions": [cond("Ready")]}, owned=status.RECONCILE_CONDITIONS
+    )
 
     class Racing:
         """Lets another writer land between this writer's read and its patch, once."""
@@ -90,16 +130,26 @@ async def test_a_write_in_between_is_detected_and_merged_again(api: tuple[Cluste
             fresh = await kube.get(*args)
             if not self.raced:
                 self.raced = True
-                await kube.patch_status("livetranslate.io/v1alpha1", "TranslationPipeline", NS, NAME, {
-                    "conditions": [cond("Ready"), cond("ScalingActive", reason="Scaling")]})
+                await kube.patch_status(
+                    "livetranslate.io/v1alpha1",
+                    "TranslationPipeline",
+                    NS,
+                    NAME,
+                    {"conditions": [cond("Ready"), cond("ScalingActive", reason="Scaling")]},
+                )
             return fresh
 
         async def patch(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
             return await kube.patch(*args, **kwargs)
 
     racing = Racing()
-    await status.write_status(racing, NS, NAME, {"conditions": [cond("Ready", "False", "StagesNotReady")]},  # type: ignore[arg-type]
-                              owned=status.RECONCILE_CONDITIONS)
+    await status.write_status(
+        racing,
+        NS,
+        NAME,
+        {"conditions": [cond("Ready", "False", "StagesNotReady")]},  # type: ignore[arg-type]
+        owned=status.RECONCILE_CONDITIONS,
+    )
     assert racing.raced
     assert conditions(cluster) == {"Ready": "StagesNotReady", "ScalingActive": "Scaling"}
 

@@ -34,8 +34,11 @@ class Up:
 
     def pid_of(self, stage: str) -> int:
         """The newest pid `up` reported for a stage (it restarts children that die)."""
-        pids = [int(m.group(1)) for line in self.lines
-                if (m := re.match(rf"{stage}: starting on \S+ \(pid (\d+)\)", line))]
+        pids = [
+            int(m.group(1))
+            for line in self.lines
+            if (m := re.match(rf"{stage}: starting on \S+ \(pid (\d+)\)", line))
+        ]
         return pids[-1]
 
     def wait_for_line(self, pattern: str, timeout: float, start: int = 0) -> str:
@@ -59,9 +62,15 @@ def running_up(*args: str) -> Iterator[Up]:
     """`livetranslate up` with ``args`` as a user runs it, until it says it is ready; Ctrl-C after."""
     require_tools()
     env = {**os.environ, "PYTHONSAFEPATH": "1", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(livetranslate_cmd("up", "--port", "0", *args), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        livetranslate_cmd("up", "--port", "0", *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
     handle = Up(proc)
 
     def pump() -> None:

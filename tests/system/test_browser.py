@@ -40,10 +40,20 @@ from tests.system.conftest import ROOT, Up
 
 pytestmark = pytest.mark.slow
 
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--use-fake-ui-for-media-stream",
-         "--use-fake-device-for-media-stream", "--autoplay-policy=no-user-gesture-required",
-         "--window-size=1280,760", "--remote-debugging-port=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--window-size=1280,760",
+    "--remote-debugging-port=0",
+]
 SCREENSHOT = ROOT / "docs" / "img" / "captions.png"
 PHONE_SCREENSHOT = ROOT / "docs" / "img" / "captions-phone.png"
 STATIC = ROOT / "workloads" / "gateway" / "static"
@@ -85,8 +95,10 @@ class Page:
         return value
 
     async def center(self, selector: str) -> tuple[float, float]:
-        x, y = await self.eval(f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
-                               ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        x, y = await self.eval(
+            f"(() => {{ const r = document.querySelector({json.dumps(selector)})"
+            ".getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+        )
         return x, y
 
     async def click(self, selector: str) -> None:
@@ -140,9 +152,13 @@ def launch(chromium: str, profile: str, wav: Path | None, url: str) -> tuple[sub
     """Chromium on the page, its microphone fed from ``wav`` (Chromium loops the file; without
     one, its fake device beeps); returns it and the page's DevTools URL."""
     mic = [f"--use-file-for-fake-audio-capture={wav}"] if wav else []
-    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile}", *mic, url],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [chromium, *FLAGS, f"--user-data-dir={profile}", *mic, url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         port = devtools_port(proc)
         targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=10).json()
@@ -198,8 +214,10 @@ SNAPSHOT = """(() => {
 
 async def snap_until(page: Page, condition: str, timeout: float = 10) -> dict[str, Any]:
     """Polls the snapshot until ``condition`` (JavaScript over it, named ``s``) holds; returns it."""
-    return await page.until(f"(() => {{ const s = {SNAPSHOT}; return s && ({condition}) && s; }})()",  # type: ignore[no-any-return]
-                            timeout)
+    return await page.until(
+        f"(() => {{ const s = {SNAPSHOT}; return s && ({condition}) && s; }})()",  # type: ignore[no-any-return]
+        timeout,
+    )
 
 
 def newest_in_view(snap: dict[str, Any]) -> bool:
@@ -263,12 +281,19 @@ def long_speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_wav(tmp_path_factory.mktemp("speech") / "long.wav", samples)
 
 
-@pytest.mark.parametrize(("query", "before_load", "rates"),
-                         [("", None, ("16.0 kHz",)), ("&rate=native", None, NATIVE_RATES),
-                          ("", REFUSE_16K, NATIVE_RATES)],
-                         ids=["16k", "native-rate", "16k-refused"])
-async def test_captions_page_in_chromium(up: Up, speech_wav: tuple[Path, str], long_speech_wav: Path,
-                                         query: str, before_load: str | None, rates: tuple[str, ...]) -> None:
+@pytest.mark.parametrize(
+    ("query", "before_load", "rates"),
+    [("", None, ("16.0 kHz",)), ("&rate=native", None, NATIVE_RATES), ("", REFUSE_16K, NATIVE_RATES)],
+    ids=["16k", "native-rate", "16k-refused"],
+)
+async def test_captions_page_in_chromium(
+    up: Up,
+    speech_wav: tuple[Path, str],
+    long_speech_wav: Path,
+    query: str,
+    before_load: str | None,
+    rates: tuple[str, ...],
+) -> None:
     chromium = chromium_or_skip()
     live = not query and not before_load  # the full run: a minute of speech, scrolling, phone width
     wav = long_speech_wav if live else speech_wav[0]
@@ -285,7 +310,9 @@ async def test_captions_page_in_chromium(up: Up, speech_wav: tuple[Path, str], l
                     await page.call("Page.navigate", url=url)
                 # Before the first word: the language columns and the hint.
                 snap = await snap_until(page, "s.state === 'live'", 60)
-                assert snap["heads_text"][0] == "Transcript" and any("es" in h for h in snap["heads_text"][1:]), snap
+                assert snap["heads_text"][0] == "Transcript" and any(
+                    "es" in h for h in snap["heads_text"][1:]
+                ), snap
                 assert snap["rows"] == 0 and "captions appear here" in (snap["hint"] or ""), snap
                 started = time.monotonic()
                 deadline = started + 90
@@ -300,9 +327,11 @@ async def test_captions_page_in_chromium(up: Up, speech_wav: tuple[Path, str], l
                 assert snap["rate"] in rates, snap
                 # The DOM shows them: a sentence's transcript and its Spanish beside it, grouped into
                 # fewer rows than finals, and a measured latency.
-                first = await page.eval("(() => { const r = document.querySelector('#rows .row:not(.open)');"
-                                        " return r && [r.querySelector('.src').textContent,"
-                                        " r.querySelector('.tr[data-lang=es]').textContent]; })()")
+                first = await page.eval(
+                    "(() => { const r = document.querySelector('#rows .row:not(.open)');"
+                    " return r && [r.querySelector('.src').textContent,"
+                    " r.querySelector('.tr[data-lang=es]').textContent]; })()"
+                )
                 assert first, snap
                 source, spanish = first
                 assert source.strip() and spanish.strip() and spanish != source
@@ -402,9 +431,15 @@ class ScriptedGateway:
                 self.starts.append(start)
                 if start.get("type") == "session.start":
                     self.ws = ws
-                    await self.send({"type": "session.started", "sessionId": "scripted-1",
-                                     "resumed": "sessionId" in start, "sampleRate": start["sampleRate"],
-                                     "targetLanguages": start.get("targetLanguages") or ["es"]})
+                    await self.send(
+                        {
+                            "type": "session.started",
+                            "sessionId": "scripted-1",
+                            "resumed": "sessionId" in start,
+                            "sampleRate": start["sampleRate"],
+                            "targetLanguages": start.get("targetLanguages") or ["es"],
+                        }
+                    )
         return ws
 
     async def send(self, *events: dict[str, Any]) -> None:
@@ -450,20 +485,39 @@ def partial(seg: int, text: str) -> dict[str, Any]:
 
 
 def final(seg: int, text: str, speaker: str | None = None) -> dict[str, Any]:
-    ev: dict[str, Any] = {"type": "transcript.final", "segmentId": seg, "text": text, "start": seg,
-                          "end": seg + 1.0, "latency": 0.4}
+    ev: dict[str, Any] = {
+        "type": "transcript.final",
+        "segmentId": seg,
+        "text": text,
+        "start": seg,
+        "end": seg + 1.0,
+        "latency": 0.4,
+    }
     if speaker:
         ev["speaker"] = speaker
     return ev
 
 
 def tpartial(sid: int, segs: list[int], lang: str, text: str) -> dict[str, Any]:
-    return {"type": "translation.partial", "sentenceId": sid, "segmentIds": segs, "language": lang, "text": text}
+    return {
+        "type": "translation.partial",
+        "sentenceId": sid,
+        "segmentIds": segs,
+        "language": lang,
+        "text": text,
+    }
 
 
 def translation(sid: int, segs: list[int], lang: str, text: str, quality: str = "ok") -> dict[str, Any]:
-    return {"type": "translation", "sentenceId": sid, "segmentIds": segs, "segmentId": segs[-1],
-            "language": lang, "text": text, "quality": quality}
+    return {
+        "type": "translation",
+        "sentenceId": sid,
+        "segmentIds": segs,
+        "segmentId": segs[-1],
+        "language": lang,
+        "text": text,
+        "quality": quality,
+    }
 
 
 ROWS = """[...document.querySelectorAll('#rows .row')].map((r) => ({
@@ -490,7 +544,9 @@ async def test_scripted_gateway_rendering() -> None:
         await gw.play(page, partial(0, "The meet"))
         await gw.play(page, partial(0, "The meeting will"))
         [row] = await page.eval(ROWS)
-        assert row["source"] == "The meeting will" and row["partial"] == ["The meeting will"] and row["open"], row
+        assert (
+            row["source"] == "The meeting will" and row["partial"] == ["The meeting will"] and row["open"]
+        ), row
         snap = await gw.play(page, final(0, "The meeting will start"))
         assert snap["hint"] is None
         [row] = await page.eval(ROWS)
@@ -502,8 +558,11 @@ async def test_scripted_gateway_rendering() -> None:
         [row] = await page.eval(ROWS)
         assert row["sentence"] == "0" and row["source"] == "The meeting will start in five", row
         assert row["cells"]["es"] == ["cell tr pending", "La reunión comenzará"], row
-        await gw.play(page, final(1, "in five minutes."),
-                      tpartial(0, [0, 1], "es", "La reunión comenzará en cinco minutos"))
+        await gw.play(
+            page,
+            final(1, "in five minutes."),
+            tpartial(0, [0, 1], "es", "La reunión comenzará en cinco minutos"),
+        )
         [row] = await page.eval(ROWS)
         assert row["cells"]["es"] == ["cell tr pending", "La reunión comenzará en cinco minutos"], row
         # The sentence ended on its full stop: the next partial opens the next row.
@@ -513,49 +572,89 @@ async def test_scripted_gateway_rendering() -> None:
         # Final translations replace the partial; the row turns from grey once every language has one.
         await gw.play(page, translation(0, [0, 1], "es", "La reunión comenzará en cinco minutos."))
         row = (await page.eval(ROWS))[0]
-        assert row["cells"]["es"] == ["cell tr", "La reunión comenzará en cinco minutos."] and row["open"], row
-        snap = await gw.play(page, translation(0, [0, 1], "fr", "La réunion commencera dans cinq minutes.",
-                                               quality="pivot:en"))
+        assert row["cells"]["es"] == ["cell tr", "La reunión comenzará en cinco minutos."] and row["open"], (
+            row
+        )
+        snap = await gw.play(
+            page, translation(0, [0, 1], "fr", "La réunion commencera dans cinq minutes.", quality="pivot:en")
+        )
         row = (await page.eval(ROWS))[0]
         assert not row["open"] and row["cells"]["fr"][0] == "cell tr", row
         assert row["cells"]["fr"][1].startswith("La réunion commencera dans cinq minutes."), row
         assert not snap["stale"] and not snap["duplicates"] and snap["rows"] == 2, snap
-        assert await page.eval("document.querySelectorAll('#rows .row:not(.open) .pending, "
-                               "#rows .row:not(.open) .partial').length") == 0
+        assert (
+            await page.eval(
+                "document.querySelectorAll('#rows .row:not(.open) .pending, "
+                "#rows .row:not(.open) .partial').length"
+            )
+            == 0
+        )
 
         # Finals join the open sentence of their speaker until a translation names its segmentIds;
         # finals it does not cover move on to the next row. A badge wherever the speaker changes.
-        await gw.play(page, final(2, "Please open", "Ana"), final(3, "the report", "Ana"),
-                      final(4, "and then", "Ana"), partial(5, "we"))
+        await gw.play(
+            page,
+            final(2, "Please open", "Ana"),
+            final(3, "the report", "Ana"),
+            final(4, "and then", "Ana"),
+            partial(5, "we"),
+        )
         rows = await page.eval(ROWS)
         assert [r["segments"] for r in rows] == ["0 1", "2 3 4 5"] and rows[1]["badges"] == ["Ana"], rows
-        await gw.play(page, translation(1, [2, 3], "es", "Abran el informe"),
-                      translation(1, [2, 3], "fr", "Ouvrez le rapport"))
+        await gw.play(
+            page,
+            translation(1, [2, 3], "es", "Abran el informe"),
+            translation(1, [2, 3], "fr", "Ouvrez le rapport"),
+        )
         rows = await page.eval(ROWS)
         assert [(r["sentence"], r["segments"], r["open"]) for r in rows] == [
-            ("0", "0 1", False), ("1", "2 3", False), (None, "4 5", True)], rows
+            ("0", "0 1", False),
+            ("1", "2 3", False),
+            (None, "4 5", True),
+        ], rows
         # Another speaker's final opens a row of its own, until the sentence says otherwise.
         await gw.play(page, final(5, "we go", "Ben"))
         rows = await page.eval(ROWS)
         assert [(r["segments"], r["badges"]) for r in rows[2:]] == [("4", ["Ana"]), ("5", ["Ben"])], rows
         await gw.play(page, tpartial(2, [4, 5], "es", "y luego"))
         rows = await page.eval(ROWS)
-        assert [(r["sentence"], r["segments"], r["badges"]) for r in rows[2:]] == [("2", "4 5", ["Ana", "Ben"])], rows
-        snap = await gw.play(page, translation(2, [4, 5], "es", "y luego vamos"),
-                             translation(2, [4, 5], "fr", "et puis on y va"))
+        assert [(r["sentence"], r["segments"], r["badges"]) for r in rows[2:]] == [
+            ("2", "4 5", ["Ana", "Ben"])
+        ], rows
+        snap = await gw.play(
+            page,
+            translation(2, [4, 5], "es", "y luego vamos"),
+            translation(2, [4, 5], "fr", "et puis on y va"),
+        )
         assert snap["rows"] == 3 and snap["open"] == 0 and not snap["empty_badges"], snap
 
         # A translation that failed says so in its cell; the sentence is done all the same.
-        await gw.play(page, final(6, "Thank you all."), translation(3, [6], "es", "Gracias a todos."),
-                      {"type": "error", "code": "translation_failed", "message": "backend timed out",
-                       "segmentId": 6, "sentenceId": 3, "language": "fr"})
+        await gw.play(
+            page,
+            final(6, "Thank you all."),
+            translation(3, [6], "es", "Gracias a todos."),
+            {
+                "type": "error",
+                "code": "translation_failed",
+                "message": "backend timed out",
+                "segmentId": 6,
+                "sentenceId": 3,
+                "language": "fr",
+            },
+        )
         row = (await page.eval(ROWS))[-1]
         assert row["cells"]["fr"] == ["cell tr failed", "translation unavailable"] and not row["open"], row
 
         # The audio service away: a legible state, and live again when captions flow.
-        snap = await gw.play(page, {"type": "error", "code": "upstream_unavailable",
-                                    "message": "audio service unavailable (connect refused); audio is "
-                                               "buffered and replayed when it returns"})
+        snap = await gw.play(
+            page,
+            {
+                "type": "error",
+                "code": "upstream_unavailable",
+                "message": "audio service unavailable (connect refused); audio is "
+                "buffered and replayed when it returns",
+            },
+        )
         assert snap["state_text"] == "upstream unavailable" and "audio service" in snap["message"], snap
         snap = await gw.play(page, partial(7, "We are back"))
         assert snap["state_text"] == "live", snap
@@ -563,10 +662,13 @@ async def test_scripted_gateway_rendering() -> None:
         # A minute of captions: more than the viewport holds; the page follows the newest.
         seg, sid = 7, 4
         for i in range(30):
-            await gw.send(partial(seg, f"Sentence number {i}"), final(seg, f"Sentence number {i} is here."),
-                          tpartial(sid, [seg], "es", f"Frase número {i}"),
-                          translation(sid, [seg], "es", f"La frase número {i} está aquí."),
-                          translation(sid, [seg], "fr", f"La phrase numéro {i} est ici."))
+            await gw.send(
+                partial(seg, f"Sentence number {i}"),
+                final(seg, f"Sentence number {i} is here."),
+                tpartial(sid, [seg], "es", f"Frase número {i}"),
+                translation(sid, [seg], "es", f"La frase número {i} está aquí."),
+                translation(sid, [seg], "fr", f"La phrase numéro {i} est ici."),
+            )
             seg, sid = seg + 1, sid + 1
         snap = await gw.play(page)
         assert snap["overflow"] > 200 and snap["following"] and newest_in_view(snap), snap
@@ -577,15 +679,17 @@ async def test_scripted_gateway_rendering() -> None:
         snap = await snap_until(page, "!s.following")
         assert snap["jump"], snap
         top = snap["scrollTop"]
-        snap = await gw.play(page, partial(seg, "More"), final(seg, "More words."),
-                             tpartial(sid, [seg], "es", "Más"))
+        snap = await gw.play(
+            page, partial(seg, "More"), final(seg, "More words."), tpartial(sid, [seg], "es", "Más")
+        )
         assert snap["scrollTop"] == top and not newest_in_view(snap) and snap["jump"], snap
         # Jump to live: the newest sentence in view, following again, the button gone.
         await page.click("#live")
         snap = await snap_until(page, "s.following")
         assert newest_in_view(snap) and not snap["jump"], snap
-        snap = await gw.play(page, translation(sid, [seg], "es", "Más palabras."),
-                             partial(seg + 1, "And a long partial " * 6))
+        snap = await gw.play(
+            page, translation(sid, [seg], "es", "Más palabras."), partial(seg + 1, "And a long partial " * 6)
+        )
         assert snap["following"] and newest_in_view(snap), snap
         # Scrolling back down to the newest also resumes following.
         await page.wheel("#captions", -600)
@@ -617,15 +721,31 @@ async def test_scripted_four_languages_desktop_and_phone() -> None:
     async with scripted_page("&targets=" + ",".join(langs)) as (gw, page):
         events: list[dict[str, Any]] = []
         for i in range(6):
-            events += [final(i, f"Sentence {i}: internationalization-and-localization-considerations "
-                                 "for the quarterly report are on the agenda.", speaker=f"S{i % 2}")]
-            events += [translation(i, [i], lang, f"[{lang}] traducción número {i} bastante larga para "
-                                               "ocupar dos líneas en una columna estrecha") for lang in langs]
+            events += [
+                final(
+                    i,
+                    f"Sentence {i}: internationalization-and-localization-considerations "
+                    "for the quarterly report are on the agenda.",
+                    speaker=f"S{i % 2}",
+                )
+            ]
+            events += [
+                translation(
+                    i,
+                    [i],
+                    lang,
+                    f"[{lang}] traducción número {i} bastante larga para "
+                    "ocupar dos líneas en una columna estrecha",
+                )
+                for lang in langs
+            ]
         events += [partial(6, "and one more sentence"), tpartial(6, [6], "es", "y una frase más")]
         snap = await gw.play(page, *events)
         assert [h.split()[-1] for h in snap["heads_text"]] == ["Transcript", *langs], snap
-        heads = await page.eval("[...document.querySelectorAll('#heads .head')].map((h) => "
-                                "{ const r = h.getBoundingClientRect(); return [r.left, r.right, r.top]; })")
+        heads = await page.eval(
+            "[...document.querySelectorAll('#heads .head')].map((h) => "
+            "{ const r = h.getBoundingClientRect(); return [r.left, r.right, r.top]; })"
+        )
         assert len({round(h[2]) for h in heads}) == 1, heads  # one line: side by side
         assert all(a[1] <= b[0] for a, b in pairwise(heads)) and heads[-1][1] <= 1280, heads
         assert snap["page_width"] <= 1280 and snap["captions_overflow_x"] <= 0, snap
@@ -636,8 +756,12 @@ async def test_scripted_four_languages_desktop_and_phone() -> None:
         # wait for it (a snapshot taken in between saw the old scroll position once in a full run).
         # The same test of newest_in_view, polled up to 5 s.
         if not newest_in_view(snap):
-            snap = await snap_until(page, "s.window_width === 390 && s.last && s.last[0] >= s.heads[1] - 1 "
-                                          "&& s.last[1] <= s.view[1] + 1", 5)
+            snap = await snap_until(
+                page,
+                "s.window_width === 390 && s.last && s.last[0] >= s.heads[1] - 1 "
+                "&& s.last[1] <= s.view[1] + 1",
+                5,
+            )
         assert snap["page_width"] <= 390 and snap["captions_overflow_x"] <= 0, snap
         assert snap["following"] and newest_in_view(snap), snap
         # Each translation sits under its sentence, labelled with its language.
@@ -647,5 +771,7 @@ async def test_scripted_four_languages_desktop_and_phone() -> None:
             return [c.dataset.lang, b.top >= src.bottom - 1, b.right <= 390,
                     getComputedStyle(c, '::before').content]; }); })()""")
         assert layout == [[lang, True, True, f'"{lang}"'] for lang in langs], layout
-        bar = await page.eval("(() => { const b = document.querySelector('.bar'); return b.scrollWidth - b.clientWidth; })()")
+        bar = await page.eval(
+            "(() => { const b = document.querySelector('.bar'); return b.scrollWidth - b.clientWidth; })()"
+        )
         assert bar <= 0

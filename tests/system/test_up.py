@@ -21,8 +21,15 @@ pytestmark = pytest.mark.slow
 
 def stream(up: Up, wav: Path, *extra: str, timeout: float = 120) -> tuple[int, list[dict[str, Any]]]:
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    done = subprocess.run(livetranslate_cmd("stream", str(wav), "--url", up.ws_url, "--json", *extra),
-                          capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+    done = subprocess.run(
+        livetranslate_cmd("stream", str(wav), "--url", up.ws_url, "--json", *extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
     events = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     return done.returncode, events
 
@@ -71,8 +78,15 @@ def test_stream_prints_sentences_of_a_file_without_overload(up: Up, speech_wav: 
     it; the file goes out as fast as the pipeline transcribes it and never overloads it."""
     wav, _ = speech_wav
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    done = subprocess.run(livetranslate_cmd("stream", str(wav), "--url", up.ws_url), capture_output=True,
-                          text=True, timeout=120, env=env, cwd=ROOT, check=False)
+    done = subprocess.run(
+        livetranslate_cmd("stream", str(wav), "--url", up.ws_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
     assert "overloaded" not in done.stdout and "error" not in done.stdout, done.stdout
@@ -89,8 +103,13 @@ def test_audio_service_killed_mid_session(up: Up, speech_wav: tuple[Path, str]) 
     survives and its transcript is still whole."""
     wav, reference = speech_wav
     env = {**os.environ, "PYTHONSAFEPATH": "1"}
-    proc = subprocess.Popen(livetranslate_cmd("stream", str(wav), "--url", up.ws_url, "--json", "--realtime"),
-                            stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    proc = subprocess.Popen(
+        livetranslate_cmd("stream", str(wav), "--url", up.ws_url, "--json", "--realtime"),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
     mark = len(up.lines)
     time.sleep(6.0)  # mid-way through the second sentence
     os.kill(up.pid_of("audio"), signal.SIGKILL)
@@ -106,17 +125,35 @@ def test_audio_service_killed_mid_session(up: Up, speech_wav: tuple[Path, str]) 
 
 def test_up_refuses_a_spec_it_cannot_run(tmp_path: Path) -> None:
     spec = tmp_path / "pipeline.yaml"
-    spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-                    "metadata: {name: town-hall}\nspec:\n  targetLanguages: [de]\n")
-    done = subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0"), capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
+    spec.write_text(
+        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+        "metadata: {name: town-hall}\nspec:\n  targetLanguages: [de]\n"
+    )
+    done = subprocess.run(
+        livetranslate_cmd("up", "-f", str(spec), "--port", "0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2
     assert "spec.targetLanguages[0]" in done.stderr and "en->de" in done.stderr
     bad = tmp_path / "bad.yaml"
-    bad.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-                   "metadata: {name: x}\nspec:\n  targetLanguages: []\n")
-    done = subprocess.run(livetranslate_cmd("up", "-f", str(bad)), capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
+    bad.write_text(
+        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+        "metadata: {name: x}\nspec:\n  targetLanguages: []\n"
+    )
+    done = subprocess.run(
+        livetranslate_cmd("up", "-f", str(bad)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2 and "spec.targetLanguages" in done.stderr
 
 
@@ -125,11 +162,19 @@ def test_up_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
 
     def up_with(model: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         spec = tmp_path / "pipeline.yaml"
-        spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-                        f"metadata: {{name: x}}\nspec:\n  audio: {{model: '{model}'}}\n")
-        return subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0", "--log-dir",
-                                                str(tmp_path / "logs")),
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, check=False)
+        spec.write_text(
+            "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+            f"metadata: {{name: x}}\nspec:\n  audio: {{model: '{model}'}}\n"
+        )
+        return subprocess.run(
+            livetranslate_cmd("up", "-f", str(spec), "--port", "0", "--log-dir", str(tmp_path / "logs")),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=ROOT,
+            check=False,
+        )
 
     # refused before anything starts: a size name that is not packaged, a path that is not here
     done = up_with("small")
@@ -140,22 +185,35 @@ def test_up_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
     # startup timeout
     (tmp_path / "empty").mkdir()
     done = up_with(str(tmp_path / "empty"), timeout=120)
-    assert done.returncode != 0 and "audio: the model" in done.stderr and "did not load" in done.stderr, done.stderr
+    assert done.returncode != 0 and "audio: the model" in done.stderr and "did not load" in done.stderr, (
+        done.stderr
+    )
 
 
 def test_up_refuses_a_language_whisper_does_not_hear(tmp_path: Path) -> None:
     spec = tmp_path / "pipeline.yaml"
-    spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-                    "metadata: {name: x}\nspec:\n  sourceLanguage: ast\n  targetLanguages: [es]\n")
-    done = subprocess.run(livetranslate_cmd("up", "-f", str(spec), "--port", "0"), capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "PYTHONSAFEPATH": "1"}, cwd=ROOT, check=False)
+    spec.write_text(
+        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
+        "metadata: {name: x}\nspec:\n  sourceLanguage: ast\n  targetLanguages: [es]\n"
+    )
+    done = subprocess.run(
+        livetranslate_cmd("up", "-f", str(spec), "--port", "0"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONSAFEPATH": "1"},
+        cwd=ROOT,
+        check=False,
+    )
     assert done.returncode == 2 and "spec.sourceLanguage: Whisper does not transcribe ast" in done.stderr
 
 
-BILINGUAL = (("Good morning everyone, thank you for joining the meeting today.", "en-us", "en"),
-             ("Buenos días a todos, gracias por venir a la reunión de hoy.", "es", "es"),
-             ("The budget for next year is ready for your review.", "en-gb", "en"),
-             ("El presupuesto del próximo año está listo para su revisión.", "es", "es"))
+BILINGUAL = (
+    ("Good morning everyone, thank you for joining the meeting today.", "en-us", "en"),
+    ("Buenos días a todos, gracias por venir a la reunión de hoy.", "es", "es"),
+    ("The budget for next year is ready for your review.", "en-gb", "en"),
+    ("El presupuesto del próximo año está listo para su revisión.", "es", "es"),
+)
 
 
 def test_an_auto_pipeline_translates_each_language_it_hears(tmp_path: Path) -> None:
@@ -165,8 +223,10 @@ def test_an_auto_pipeline_translates_each_language_it_hears(tmp_path: Path) -> N
     samples, _ = compose([Utterance(t, v, pause_after=1.2) for t, v, _ in BILINGUAL])
     wav = write_wav(tmp_path / "bilingual.wav", samples)
     spec = tmp_path / "pipeline.yaml"
-    spec.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\nmetadata: {name: mixed}\n"
-                    "spec:\n  sourceLanguage: auto\n  targetLanguages: [es, en]\n")
+    spec.write_text(
+        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\nmetadata: {name: mixed}\n"
+        "spec:\n  sourceLanguage: auto\n  targetLanguages: [es, en]\n"
+    )
     with running_up("-f", str(spec)) as handle:
         assert any("base on CPU" in line for line in handle.lines), handle.lines
         code, events = stream(handle, wav, "--realtime")

@@ -50,8 +50,9 @@ class ThreadServer:
 
     def __init__(self, app: Any) -> None:
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    lifespan="off"))
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off")
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -108,7 +109,10 @@ class FakeVllm:
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
-            return {"object": "list", "data": [{"id": m, "object": "model"} for m in self.served or [self.model]]}
+            return {
+                "object": "list",
+                "data": [{"id": m, "object": "model"} for m in self.served or [self.model]],
+            }
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
@@ -125,10 +129,13 @@ class FakeVllm:
             if self.mode == "error":
                 return JSONResponse({"error": "CUDA out of memory"}, status_code=500)
             prompts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
-            choices = [{"index": i, "text": self.translate(p), "finish_reason": "stop"}
-                       for i, p in enumerate(prompts)]
-            return JSONResponse({"id": "cmpl-1", "object": "text_completion", "model": body["model"],
-                                 "choices": choices})
+            choices = [
+                {"index": i, "text": self.translate(p), "finish_reason": "stop"}
+                for i, p in enumerate(prompts)
+            ]
+            return JSONResponse(
+                {"id": "cmpl-1", "object": "text_completion", "model": body["model"], "choices": choices}
+            )
 
         @app.get("/metrics")
         async def metrics() -> PlainTextResponse:
@@ -142,7 +149,8 @@ class FakeVllm:
                 f"vllm:kv_cache_usage_perc{{{labels}}} {self.kv_cache}\n"
                 f'vllm:cache_config_info{{block_size="16",cache_dtype="auto",engine="0",'
                 f'gpu_memory_utilization="0.85",num_gpu_blocks="2048"}} 1.0\n'
-                "process_resident_memory_bytes 2.5e+09\n")
+                "process_resident_memory_bytes 2.5e+09\n"
+            )
 
         @app.post("/sleep")
         async def sleep(request: Request) -> Response:
@@ -219,7 +227,11 @@ class FakeLlamaServer:
             raise httpx.ConnectError("connection refused", request=request)
         if request.url.path == "/props":
             self.props_asked += 1
-            return httpx.Response(404) if self.slots is None else httpx.Response(200, json={"total_slots": self.slots})
+            return (
+                httpx.Response(404)
+                if self.slots is None
+                else httpx.Response(200, json={"total_slots": self.slots})
+            )
         if request.url.path == "/metrics":
             self.metrics_asked += 1
             return httpx.Response(404) if self.metrics is None else httpx.Response(200, text=self.metrics)
@@ -237,8 +249,11 @@ class LlamaServer:
     def metrics(self) -> dict[str, float]:
         """llama-server's own counters (``llamacpp:*``), for what it decoded and how."""
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        return {line.split()[0]: float(line.split()[1]) for line in text.splitlines()
-                if line.startswith("llamacpp:")}
+        return {
+            line.split()[0]: float(line.split()[1])
+            for line in text.splitlines()
+            if line.startswith("llamacpp:")
+        }
 
 
 @pytest.fixture(scope="session")
@@ -248,12 +263,20 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 
     binary = ls.find_binary()
     if binary is None:
-        pytest.skip(f"llama-server is not built ({ls.cached_binary()}); scripts/bootstrap.sh builds it "
-                    "(python -m livetranslate.workloads.translate.llama_server build)")
+        pytest.skip(
+            f"llama-server is not built ({ls.cached_binary()}); scripts/bootstrap.sh builds it "
+            "(python -m livetranslate.workloads.translate.llama_server build)"
+        )
     model = gguf_path()
     port = free_port()
-    cmd = ls.server_command(binary, model, port=port, aliases=[GEMMA_MAIN, GEMMA_SMALL], parallel=LLAMA_SLOTS,
-                            threads=LLAMA_THREADS)
+    cmd = ls.server_command(
+        binary,
+        model,
+        port=port,
+        aliases=[GEMMA_MAIN, GEMMA_SMALL],
+        parallel=LLAMA_SLOTS,
+        threads=LLAMA_THREADS,
+    )
     log = tmp_path_factory.mktemp("llama") / "server.log"
     proc = start(cmd, log=log)
     try:
@@ -277,10 +300,23 @@ def read_ndjson(resp: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(line) for line in resp.text.splitlines() if line.strip()]
 
 
-def tr_request(text: str, targets: list[str], *, session: str = "s1", segment: int = 1,
-               context: list[dict[str, Any]] | None = None, source: str = "en") -> dict[str, Any]:
-    return {"sessionId": session, "segmentId": segment, "text": text, "sourceLanguage": source,
-            "targetLanguages": targets, "context": context or []}
+def tr_request(
+    text: str,
+    targets: list[str],
+    *,
+    session: str = "s1",
+    segment: int = 1,
+    context: list[dict[str, Any]] | None = None,
+    source: str = "en",
+) -> dict[str, Any]:
+    return {
+        "sessionId": session,
+        "segmentId": segment,
+        "text": text,
+        "sourceLanguage": source,
+        "targetLanguages": targets,
+        "context": context or [],
+    }
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -28,9 +28,10 @@ from .conftest import metric_value, read_ndjson, tr_request
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("apertium-apy") is None or not os.path.exists(
-        "/usr/share/apertium/modes/eng-spa.mode"),
-        reason="Debian packages apertium-apy and apertium-eng-spa are not installed (scripts/bootstrap.sh)"),
+    pytest.mark.skipif(
+        shutil.which("apertium-apy") is None or not os.path.exists("/usr/share/apertium/modes/eng-spa.mode"),
+        reason="Debian packages apertium-apy and apertium-eng-spa are not installed (scripts/bootstrap.sh)",
+    ),
 ]
 
 
@@ -86,8 +87,11 @@ def client() -> Iterator[TestClient]:
 
 
 def test_english_to_spanish(client: TestClient) -> None:
-    [line] = read_ndjson(client.post("/v1/translate", json=tr_request("Good morning, where is the train station?",
-                                                                      ["es"], segment=7)))
+    [line] = read_ndjson(
+        client.post(
+            "/v1/translate", json=tr_request("Good morning, where is the train station?", ["es"], segment=7)
+        )
+    )
     assert line["type"] == "translation" and line["segmentId"] == 7 and line["quality"] == "ok"
     assert "Buenos días" in line["text"] and "tren" in line["text"]
     assert "#" not in line["text"] and "*" not in line["text"]
@@ -132,15 +136,28 @@ def test_readyz_names_pipeline_pairs_it_cannot_serve(tmp_path: Path) -> None:
 
 
 def test_many_sessions_at_once(client: TestClient) -> None:
-    sentences = ["The meeting starts now.", "Thank you for coming.", "We have three new products.",
-                 "Please ask your questions.", "The house is big."]
+    sentences = [
+        "The meeting starts now.",
+        "Thank you for coming.",
+        "We have three new products.",
+        "Please ask your questions.",
+        "The house is big.",
+    ]
+
     def one(i: int) -> list[dict[str, Any]]:
-        return read_ndjson(client.post("/v1/translate", json=tr_request(
-            sentences[i % len(sentences)], ["es"], session=f"s{i}", segment=i)))
+        return read_ndjson(
+            client.post(
+                "/v1/translate",
+                json=tr_request(sentences[i % len(sentences)], ["es"], session=f"s{i}", segment=i),
+            )
+        )
+
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(32)))
-    assert all(r[0]["type"] == "translation" and r[0]["segmentId"] == i and r[0]["text"]
-               for i, r in enumerate(results))
+    assert all(
+        r[0]["type"] == "translation" and r[0]["segmentId"] == i and r[0]["text"]
+        for i, r in enumerate(results)
+    )
     assert results[4][0]["text"].startswith("La casa es")
     # concurrent segments went to APy together (one joined call per batch), and came back apart
     text = client.get("/metrics").text
@@ -179,16 +196,32 @@ def test_served_as_users_start_it(tmp_path: Any) -> None:
     from livetranslate.config import Endpoints, Placement, ResolvedPipeline
 
     resolved = ResolvedPipeline(
-        name="town-hall", spec=TranslationPipelineSpec(targetLanguages=["es"]),
+        name="town-hall",
+        spec=TranslationPipelineSpec(targetLanguages=["es"]),
         placement=Placement(translationBackend="apertium"),
-        endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"))
+        endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"),
+    )
     (tmp_path / "pipeline.json").write_text(resolved.to_json())
     port = free_port()
     env = {**os.environ, "LT_PIPELINE_CONFIG": str(tmp_path / "pipeline.json"), "PYTHONSAFEPATH": "1"}
-    proc = subprocess.Popen([sys.executable, "-P", "-m", "livetranslate.cli", "serve", "translate",
-                             "--host", "127.0.0.1", "--port", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "serve.log").open("wb"),
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "livetranslate.cli",
+            "serve",
+            "translate",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "serve.log").open("wb"),
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{base}/healthz", 60, proc)
@@ -198,7 +231,9 @@ def test_served_as_users_start_it(tmp_path: Any) -> None:
         resp = httpx.post(f"{base}/v1/translate", json=tr_request("The house is big.", ["es"]), timeout=10)
         assert read_ndjson(resp)[0]["text"].startswith("La casa es")
         text = httpx.get(f"{base}/metrics").text
-        assert metric_value(text, "livetranslate_translation_latency_seconds_count", pipeline="town-hall") == 1
+        assert (
+            metric_value(text, "livetranslate_translation_latency_seconds_count", pipeline="town-hall") == 1
+        )
         children = child_pids(proc.pid)
         assert children, "apertium-apy child not running"
     finally:

@@ -21,8 +21,9 @@ class Recorder(Engine):
         self.delay = delay
         self.fail = fail
 
-    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
-                        ) -> list[Output | BaseException]:
+    async def translate(
+        self, jobs: list[Job], model: str | None, *, attempt: int = 0
+    ) -> list[Output | BaseException]:
         self.calls.append(jobs)
         await asyncio.sleep(self.delay)
         if self.fail:
@@ -31,9 +32,14 @@ class Recorder(Engine):
 
 
 def batcher(engine: Engine, **kw: float) -> MicroBatcher:
-    return MicroBatcher(engine, window_ms=kw.get("window_ms", 20), max_batch=int(kw.get("max_batch", 8)),
-                        max_queue=int(kw.get("max_queue", 100)), max_inflight=2,
-                        breaker=CircuitBreaker("recorder", 2, 60))
+    return MicroBatcher(
+        engine,
+        window_ms=kw.get("window_ms", 20),
+        max_batch=int(kw.get("max_batch", 8)),
+        max_queue=int(kw.get("max_queue", 100)),
+        max_inflight=2,
+        breaker=CircuitBreaker("recorder", 2, 60),
+    )
 
 
 async def test_segments_from_many_sessions_share_batches_per_language() -> None:
@@ -41,12 +47,17 @@ async def test_segments_from_many_sessions_share_batches_per_language() -> None:
     b = batcher(engine, max_batch=8)
     b.start()
     try:
-        futs = [b.submit(Job(f"s{i}", "en", lang, session_id=f"sess{i}"), None)
-                for i in range(20) for lang in ("es", "de")]
+        futs = [
+            b.submit(Job(f"s{i}", "en", lang, session_id=f"sess{i}"), None)
+            for i in range(20)
+            for lang in ("es", "de")
+        ]
         outs = await asyncio.gather(*futs)
     finally:
         await b.close()
-    assert [o.text for o in outs if isinstance(o, Output)] == [f"{lang}:s{i}" for i in range(20) for lang in ("es", "de")]
+    assert [o.text for o in outs if isinstance(o, Output)] == [
+        f"{lang}:s{i}" for i in range(20) for lang in ("es", "de")
+    ]
     assert all(len({j.target for j in call}) == 1 for call in engine.calls)  # one language per batch
     assert max(len(c) for c in engine.calls) == 8 and len(engine.calls) == 6
     assert b.depth == 0

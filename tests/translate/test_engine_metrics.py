@@ -104,13 +104,21 @@ def test_the_real_llama_server_reports_slots_busy_and_requests_deferred(llama: L
     processing and the rest deferred, and the engine's stats say so."""
 
     async def run() -> list[dict[str, float]]:
-        engine = OpenAIEngine(OpenAISettings(url=llama.url, model=GEMMA_MAIN, timeout_s=120.0,
-                                             batch_mode="list"), 0)
+        engine = OpenAIEngine(
+            OpenAISettings(url=llama.url, model=GEMMA_MAIN, timeout_s=120.0, batch_mode="list"), 0
+        )
         try:
             idle = await engine.check()
             assert idle.ready and idle.stats == {STAT_RUNNING: 0.0, STAT_WAITING: 0.0}, idle
-            jobs = [Job(f"Sentence number {i} is about the weather in the mountains.", "en", "es",
-                        session_id=f"m{i}") for i in range(2 * llama.slots)]
+            jobs = [
+                Job(
+                    f"Sentence number {i} is about the weather in the mountains.",
+                    "en",
+                    "es",
+                    session_id=f"m{i}",
+                )
+                for i in range(2 * llama.slots)
+            ]
             batch = asyncio.create_task(engine.translate(jobs, GEMMA_MAIN))
             seen = []
             while not batch.done():
@@ -127,4 +135,3 @@ def test_the_real_llama_server_reports_slots_busy_and_requests_deferred(llama: L
     assert max(s[STAT_RUNNING] for s in seen) >= 2, seen
     assert max(s[STAT_WAITING] for s in seen) >= 1, seen
     assert seen[-1] == {STAT_RUNNING: 0.0, STAT_WAITING: 0.0}, seen
-

@@ -15,8 +15,10 @@ from livetranslate.workloads.translate.engines import served_names
 
 def test_model_aliases_count_as_served_names() -> None:
     """llama-server lists one model with its other names under `aliases`; vLLM one entry per name."""
-    llama = {"object": "list", "data": [{"id": "gemma-270m", "aliases": ["gemma-270m", "gemma-270m-small"],
-                                         "object": "model"}]}
+    llama = {
+        "object": "list",
+        "data": [{"id": "gemma-270m", "aliases": ["gemma-270m", "gemma-270m-small"], "object": "model"}],
+    }
     assert served_names(llama) == ["gemma-270m", "gemma-270m-small"]
     vllm = {"data": [{"id": "Qwen/Qwen2.5-7B-Instruct"}, {"id": "qwen"}]}
     assert served_names(vllm) == ["Qwen/Qwen2.5-7B-Instruct", "qwen"]
@@ -24,22 +26,31 @@ def test_model_aliases_count_as_served_names() -> None:
 
 
 def test_server_command_batches_on_loopback(tmp_path: Path) -> None:
-    cmd = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, aliases=["a", "b"],
-                            parallel=16, ctx_size=8192, threads=2)
+    cmd = ls.server_command(
+        tmp_path / "llama-server",
+        tmp_path / "m.gguf",
+        port=9000,
+        aliases=["a", "b"],
+        parallel=16,
+        ctx_size=8192,
+        threads=2,
+    )
     joined = " ".join(cmd)
     assert "--host 127.0.0.1" in joined and "--port 9000" in joined
     assert "--parallel 16" in joined and "--cont-batching" in cmd and "--ctx-size 8192" in joined
     assert "--no-kv-unified" in cmd  # a KV cache per slot: batched steps attend only to their own
-    default = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, parallel=8,
-                                kv_unified=True)
+    default = ls.server_command(
+        tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, parallel=8, kv_unified=True
+    )
     assert f"--ctx-size {8 * ls.CTX_PER_SLOT}" in " ".join(default) and "--kv-unified" in default
     assert "--alias a,b" in joined and "--metrics" in cmd
     assert "--n-gpu-layers" not in cmd and "--backend-sampling" not in cmd  # a CPU engine unless asked
     gpu = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, gpu_layers=999)
     assert gpu[gpu.index("--n-gpu-layers") + 1] == "999"
     assert "--backend-sampling" in gpu  # on a GPU the host-side sampler is the per-sequence cost
-    host = ls.server_command(tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, gpu_layers=999,
-                             backend_sampling=False)
+    host = ls.server_command(
+        tmp_path / "llama-server", tmp_path / "m.gguf", port=9000, gpu_layers=999, backend_sampling=False
+    )
     assert "--backend-sampling" not in host
 
 

@@ -15,18 +15,33 @@ from livetranslate.capabilities import (
     packaged_pairs,
 )
 
-MODES = ["eng-spa", "spa-eng", "es-fr", "fr-es", "eng-cat", "cat-eng", "spa-cat", "es-pt_BR", "pt-es",
-         "hbs-eng", "eng-hbs_SR", "spa-cat_valencia"]
+MODES = [
+    "eng-spa",
+    "spa-eng",
+    "es-fr",
+    "fr-es",
+    "eng-cat",
+    "cat-eng",
+    "spa-cat",
+    "es-pt_BR",
+    "pt-es",
+    "hbs-eng",
+    "eng-hbs_SR",
+    "spa-cat_valencia",
+]
 
 
-@pytest.mark.parametrize(("mode", "langs"), [
-    ("eng-spa", ("en", "es")),
-    ("es-pt_BR", ("es", "pt-BR")),
-    ("spa-cat_valencia", ("es", "ca-valencia")),
-    ("hbs-eng", ("sh", "en")),
-    ("eng-hbs_SR", ("en", "sr")),
-    ("spa-eng_US", ("es", "en-US")),
-])
+@pytest.mark.parametrize(
+    ("mode", "langs"),
+    [
+        ("eng-spa", ("en", "es")),
+        ("es-pt_BR", ("es", "pt-BR")),
+        ("spa-cat_valencia", ("es", "ca-valencia")),
+        ("hbs-eng", ("sh", "en")),
+        ("eng-hbs_SR", ("en", "sr")),
+        ("spa-eng_US", ("es", "en-US")),
+    ],
+)
 def test_mode_names_map_to_api_tags(mode: str, langs: tuple[str, str]) -> None:
     assert mode_languages(mode) == langs
 
@@ -118,7 +133,11 @@ def test_whisper_languages_are_faster_whispers_own_and_tags_map_to_them() -> Non
     from livetranslate.capabilities import WHISPER_LANGUAGES, from_whisper, speech_problems, whisper_language
 
     assert set(_LANGUAGE_CODES) == WHISPER_LANGUAGES
-    assert whisper_language("pt-BR") == "pt" and whisper_language("nb") == "no" and whisper_language("jv") == "jw"
+    assert (
+        whisper_language("pt-BR") == "pt"
+        and whisper_language("nb") == "no"
+        and whisper_language("jv") == "jw"
+    )
     assert whisper_language("ast") is None and from_whisper("jw") == "jv"
     assert speech_problems("auto") == [] and speech_problems("es-419") == []
     [problem] = speech_problems("ast")

@@ -18,10 +18,14 @@ from livetranslate.workloads.translate.quality import (
 
 def test_prompt_carries_session_context_and_asks_for_the_translation_only() -> None:
     # oldest first, as the gateway sends it
-    ctx = (ContextSegment(source="Old segment.", translations={"es": "Segmento viejo."}),
-           ContextSegment(source="Earlier one.", translations={"es": "Uno anterior."}),
-           ContextSegment(source="We built a robot called Max.", translations={"es": "Construimos un robot llamado Max."}),
-           ContextSegment(source="It can walk.", translations={"es": "Puede caminar."}))
+    ctx = (
+        ContextSegment(source="Old segment.", translations={"es": "Segmento viejo."}),
+        ContextSegment(source="Earlier one.", translations={"es": "Uno anterior."}),
+        ContextSegment(
+            source="We built a robot called Max.", translations={"es": "Construimos un robot llamado Max."}
+        ),
+        ContextSegment(source="It can walk.", translations={"es": "Puede caminar."}),
+    )
     prompt = build_prompt(Job("He is very fast.", "en", "es", ctx), context_segments=2)
     assert "Spanish translation" in prompt.text and "only" in prompt.text
     # at most 2 * 2 - 1 context segments (the gateway's growing window), with the translations
@@ -52,7 +56,10 @@ def test_cleanup_strips_wrappers() -> None:
 
 
 def test_apertium_markers_are_removed() -> None:
-    assert clean_apertium("Hola Mundo, dónde es la #canal de *Zorblax?") == "Hola Mundo, dónde es la canal de Zorblax?"
+    assert (
+        clean_apertium("Hola Mundo, dónde es la #canal de *Zorblax?")
+        == "Hola Mundo, dónde es la canal de Zorblax?"
+    )
 
 
 def test_checks_catch_what_users_would_see_as_broken() -> None:

@@ -39,7 +39,9 @@ async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_co
     bodies = server.bodies
     engine = engine_with(server, slot_affinity=True)
     await engine.check()
-    await engine.translate([Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None)
+    await engine.translate(
+        [Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None
+    )
     await engine.translate([Job("Again.", "en", "es", session_id="a", segment_id=1)], None)
     assert sorted(b["id_slot"] for b in bodies[:2]) == [0, 1]
     assert bodies[2]["id_slot"] == next(b["id_slot"] for b in bodies[:2] if "Hello." in b["prompt"])
@@ -47,7 +49,8 @@ async def test_requests_carry_the_sessions_slot_once_the_server_told_its_slot_co
 
 
 async def test_a_server_without_a_slot_count_gets_unpinned_requests_and_one_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     server = FakeLlamaServer(slots=None)
     engine = engine_with(server, slot_affinity=True)
     for _ in range(3):
@@ -80,7 +83,9 @@ async def test_a_restarted_server_is_asked_for_its_slots_again_and_streams_keep_
     engine = engine_with(server, slot_affinity=True)
     await engine.check()
     first = engine.slot_map
-    await engine.translate([Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None)
+    await engine.translate(
+        [Job("Hello.", "en", "es", session_id="a"), Job("Hi.", "en", "es", session_id="b")], None
+    )
     # The server goes away: a failed request; it comes back with the same slot count.
     server.up = False
     [lost] = await engine.translate([Job("Lost.", "en", "es", session_id="a", segment_id=1)], None)
@@ -109,7 +114,9 @@ async def slot_tasks(engine: OpenAIEngine) -> dict[int, int | None]:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 async def test_a_pinned_session_runs_in_its_slot_and_reuses_its_cached_prompt(llama: LlamaServer) -> None:
-    engine = OpenAIEngine(OpenAISettings(url=llama.url, model=GEMMA_MAIN, timeout_s=120.0, slot_affinity=True), 3)
+    engine = OpenAIEngine(
+        OpenAISettings(url=llama.url, model=GEMMA_MAIN, timeout_s=120.0, slot_affinity=True), 3
+    )
     await engine.check()
     slot_map = engine.slot_map
     assert slot_map is not None and slot_map.slots == llama.slots
@@ -119,16 +126,24 @@ async def test_a_pinned_session_runs_in_its_slot_and_reuses_its_cached_prompt(ll
     assert slot_map.slot("pin-a", "es") == last
     # Make that slot the one the server would pick last on its own: the most recently used, with
     # a prompt nothing like a translation prompt (it chooses by prompt similarity, then LRU).
-    await engine.client.post("/v1/completions", json={"model": GEMMA_MAIN, "prompt": "Zebra quartz", "max_tokens": 1,
-                                                      "id_slot": last})
+    await engine.client.post(
+        "/v1/completions",
+        json={"model": GEMMA_MAIN, "prompt": "Zebra quartz", "max_tokens": 1, "id_slot": last},
+    )
     tasks = await slot_tasks(engine)
     first = Job("We opened a new office in Madrid.", "en", "es", session_id="pin-a", segment_id=0)
     [out_a] = await engine.translate([first], None)
     assert not isinstance(out_a, BaseException)
     ran = {slot for slot, task in (await slot_tasks(engine)).items() if task != tasks.get(slot)}
     assert ran == {last}  # the server honoured the pin; left to itself it would not pick this slot
-    nxt = Job("It has room for forty people.", "en", "es", session_id="pin-a", segment_id=1,
-              context=(ContextSegment(source=first.text, translations={"es": out_a.text.strip()}),))
+    nxt = Job(
+        "It has room for forty people.",
+        "en",
+        "es",
+        session_id="pin-a",
+        segment_id=1,
+        context=(ContextSegment(source=first.text, translations={"es": out_a.text.strip()}),),
+    )
     tokenized = await engine.client.post("/tokenize", json={"content": build_prompt(nxt, 3).text})
     prompt_tokens = len(tokenized.json()["tokens"])
     before = llama.metrics()["llamacpp:prompt_tokens_total"]

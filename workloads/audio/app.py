@@ -30,16 +30,27 @@ def create_app(settings: AudioSettings | None = None) -> FastAPI:
         service = AudioService(cfg)
         app.state.audio = service
         await service.start()
-        log.info("audio service started", extra={"fields": {
-            "pipeline": cfg.pipeline, "model": cfg.model or "tiny.en", "device": cfg.device,
-            "workers": cfg.worker_count(), "vad": cfg.vad, "diarization": cfg.diarization}})
+        log.info(
+            "audio service started",
+            extra={
+                "fields": {
+                    "pipeline": cfg.pipeline,
+                    "model": cfg.model or "tiny.en",
+                    "device": cfg.device,
+                    "workers": cfg.worker_count(),
+                    "vad": cfg.vad,
+                    "diarization": cfg.diarization,
+                }
+            },
+        )
         try:
             yield
         finally:
             await service.close()
 
-    app = FastAPI(title="LiveTranslate audio", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+    app = FastAPI(
+        title="LiveTranslate audio", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None
+    )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 
 TARGET_UTILISATION = 1.0  # past it the decoders cannot keep up with real time
-MIN_UTILISATION = 0.05    # below it an interval's cost is mostly noise
-LEARN_RATE = 0.3          # weight of a new interval in the moving average
+MIN_UTILISATION = 0.05  # below it an interval's cost is mostly noise
+LEARN_RATE = 0.3  # weight of a new interval in the moving average
 
 
 @dataclass
@@ -49,5 +49,7 @@ class CapacityEstimate:
         """Why a new session is refused, in words a client (and its operator) can act on."""
         if self.cost is None or self.sessions >= self.static_cap:
             return f"this replica serves at most {self.static_cap} sessions; try another"
-        return (f"this replica sustains about {self.sessions} real-time streams (its decoders were "
-                f"{self.last_utilisation:.0%} busy with {self.last_sessions}); try another")
+        return (
+            f"this replica sustains about {self.sessions} real-time streams (its decoders were "
+            f"{self.last_utilisation:.0%} busy with {self.last_sessions}); try another"
+        )

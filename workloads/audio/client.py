@@ -44,16 +44,32 @@ class StreamResult:
         return " ".join(e["text"] for e in self.finals)
 
 
-async def stream_audio(url: str, samples: np.ndarray, *, session_id: str = "s1", speed: float = 1.0,
-                       chunk_seconds: float = 0.1, diarization: bool = False, max_speakers: int = 4,
-                       time_offset: float = 0.0, flush: bool = True, timeout: float = 120.0,
-                       start_extra: dict[str, Any] | None = None) -> StreamResult:
+async def stream_audio(
+    url: str,
+    samples: np.ndarray,
+    *,
+    session_id: str = "s1",
+    speed: float = 1.0,
+    chunk_seconds: float = 0.1,
+    diarization: bool = False,
+    max_speakers: int = 4,
+    time_offset: float = 0.0,
+    flush: bool = True,
+    timeout: float = 120.0,
+    start_extra: dict[str, Any] | None = None,
+) -> StreamResult:
     """Send ``samples`` paced at ``speed`` x real time; collect events until ``flushed``."""
     result = StreamResult()
     chunk = int(chunk_seconds * SAMPLE_RATE)
     async with websockets.connect(url, max_size=None) as ws:
-        start = {"type": "start", "sessionId": session_id, "diarization": diarization,
-                 "maxSpeakers": max_speakers, "timeOffset": time_offset, **(start_extra or {})}
+        start = {
+            "type": "start",
+            "sessionId": session_id,
+            "diarization": diarization,
+            "maxSpeakers": max_speakers,
+            "timeOffset": time_offset,
+            **(start_extra or {}),
+        }
         await ws.send(json.dumps(start))
         ready = json.loads(await asyncio.wait_for(ws.recv(), timeout=timeout))
         result.events.append(ready)
@@ -79,7 +95,7 @@ async def stream_audio(url: str, samples: np.ndarray, *, session_id: str = "s1",
 
         receiver = asyncio.create_task(receive())
         for i in range(0, len(samples), chunk):
-            part = samples[i:i + chunk]
+            part = samples[i : i + chunk]
             await ws.send(to_pcm16(part))
             sent += len(part) / SAMPLE_RATE
             delay = t0 + sent / speed - time.perf_counter()

@@ -180,9 +180,15 @@ class AudioConnection:
     async def _begin(self, start: AudioStart) -> None:
         svc = self.service
         if start.sampleRate != MODEL_SAMPLE_RATE:
-            await self._send(AudioError(code=ERR_BAD_AUDIO, message=(
-                f"sampleRate {start.sampleRate} is not supported: send 16000 Hz mono PCM s16le "
-                "(the gateway resamples)")))
+            await self._send(
+                AudioError(
+                    code=ERR_BAD_AUDIO,
+                    message=(
+                        f"sampleRate {start.sampleRate} is not supported: send 16000 Hz mono PCM s16le "
+                        "(the gateway resamples)"
+                    ),
+                )
+            )
             raise _Close(CLOSE_POLICY, "unsupported sample rate")
         if svc.engine is None or svc.vad is None:
             why = "still loading" if svc.loading else (svc.load_error or "not loaded")
@@ -202,16 +208,21 @@ class AudioConnection:
         self.session_id = start.sessionId or uuid.uuid4().hex
         bind_log_context(session_id=self.session_id, pipeline=self.settings.pipeline)
         self.start = start
-        self.stream = StreamSession(self.settings.streaming,
-                                    svc.vad.stream() if self.settings.vad else _no_vad(),
-                                    time_offset=start.timeOffset, use_vad=self.settings.vad,
-                                    language=start.language)
+        self.stream = StreamSession(
+            self.settings.streaming,
+            svc.vad.stream() if self.settings.vad else _no_vad(),
+            time_offset=start.timeOffset,
+            use_vad=self.settings.vad,
+            language=start.language,
+        )
         svc.sessions.add(self.session_id)
         self._registered = True
         svc.m_sessions.set(len(svc.sessions))
         await self._send(AudioReady(device=svc.device, model=svc.model))
-        log.info("audio session started", extra={"fields": {
-            "diarization": start.diarization, "timeOffset": start.timeOffset}})
+        log.info(
+            "audio session started",
+            extra={"fields": {"diarization": start.diarization, "timeOffset": start.timeOffset}},
+        )
 
     @staticmethod
     def _parse(text: str) -> AudioStart | AudioFlush | None:
@@ -233,8 +244,9 @@ class AudioConnection:
             data = msg.get("bytes")
             if data is not None:
                 if len(data) > MAX_FRAME_BYTES:
-                    await self._error(ERR_FRAME_TOO_LARGE,
-                                      f"binary frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}")
+                    await self._error(
+                        ERR_FRAME_TOO_LARGE, f"binary frame of {len(data)} bytes exceeds {MAX_FRAME_BYTES}"
+                    )
                     continue
                 if len(data) % 2:
                     await self._error(ERR_BAD_AUDIO, "odd-length frame: PCM s16le needs whole samples")
@@ -245,14 +257,18 @@ class AudioConnection:
                 stream.flushing = False
                 stream.feed(samples)
                 if stream.received - stream.last_voice_at > limits.silence_timeout_seconds:
-                    await self._send(AudioError(code=ERR_SILENCE, message=(
-                        f"no speech for {limits.silence_timeout_seconds:g} s; closing")))
+                    await self._send(
+                        AudioError(
+                            code=ERR_SILENCE,
+                            message=(f"no speech for {limits.silence_timeout_seconds:g} s; closing"),
+                        )
+                    )
                     raise _Close(CLOSE_NORMAL, "silence timeout")
                 self._wake.set()
                 continue
             parsed = self._parse(msg.get("text") or "")
             if parsed is None:
-                await self._error(ERR_BAD_MESSAGE, "not a valid message (expected {\"type\":\"flush\"})")
+                await self._error(ERR_BAD_MESSAGE, 'not a valid message (expected {"type":"flush"})')
             elif isinstance(parsed, AudioStart):
                 await self._error(ERR_BAD_MESSAGE, "session already started")
             else:
@@ -282,7 +298,10 @@ class AudioConnection:
                     beam = self.settings.final_beam_size if req.final else self.settings.beam_size
                     hyp = await svc.scheduler.run_batched(
                         _batch_call(engine, req.prompt, req.language, beam, req.word_times, candidates),
-                        (req.prompt, req.language, beam, req.word_times, candidates), req.audio, urgent=req.final)
+                        (req.prompt, req.language, beam, req.word_times, candidates),
+                        req.audio,
+                        urgent=req.final,
+                    )
                 except Overloaded as exc:
                     stream.abort()
                     await self._overloaded(str(exc))
@@ -328,21 +347,29 @@ class AudioConnection:
             # The buffer starts afresh with each utterance: its start names the utterance.
             try:
                 speaker = await self.service.scheduler.run(
-                    lambda: diarizer.label(tracker, req.audio, t0, t1, utterance=req.start))
+                    lambda: diarizer.label(tracker, req.audio, t0, t1, utterance=req.start)
+                )
             except Overloaded:
                 speaker = None
             except Exception:  # a caption without a speaker beats no caption
                 log.exception("diarization failed")
-        await self._send(AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker,
-                                    language=out.language))
+        await self._send(
+            AudioFinal(text=out.text, start=out.start, end=out.end, speaker=speaker, language=out.language)
+        )
 
 
 _BatchKey = tuple[int, str | None, str | None, int, bool, tuple[str, ...] | None]
 _BATCH_CALLS: dict[_BatchKey, Callable[[list[np.ndarray]], list[Hypothesis]]] = {}
 
 
-def _batch_call(engine: Engine, prompt: str | None, language: str | None, beam: int, word_times: bool,
-                candidates: tuple[str, ...] | None = None) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
+def _batch_call(
+    engine: Engine,
+    prompt: str | None,
+    language: str | None,
+    beam: int,
+    word_times: bool,
+    candidates: tuple[str, ...] | None = None,
+) -> Callable[[list[np.ndarray]], list[Hypothesis]]:
     """One callable per pass kind (engine, prompt, language, beam, word times, the languages a
     detection pass chooses among): equal ones batch."""
     key = (id(engine), prompt, language, beam, word_times, candidates)

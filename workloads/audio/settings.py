@@ -96,8 +96,9 @@ class AudioSettings(BaseSettings):
     compute_type: str = ""  # default: int8 on CPU, float16 on CUDA
     # OpenVINO device name when the engine is openvino ("NPU", "GPU", "CPU").
     openvino_device: str = ""
-    openvino_cache_dir: str = str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                                  / "livetranslate" / "openvino")
+    openvino_cache_dir: str = str(
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "livetranslate" / "openvino"
+    )
     # Decoder worker threads (0 = one per CPU core) and CTranslate2 threads per worker.
     workers: int = Field(0, ge=0)
     threads_per_worker: int = Field(0, ge=0)

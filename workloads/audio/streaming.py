@@ -58,6 +58,7 @@ MIN_DECODE_SECONDS = 0.3
 # threshold comparison allows this much, or a 0.3 s step waits for a fourth 0.1 s chunk.
 TIME_EPS = 1e-6
 
+
 @dataclass(frozen=True)
 class DecodeRequest:
     audio: np.ndarray
@@ -127,9 +128,9 @@ class AudioBuffer:
             while kept + n > size // 2:
                 size *= 2
             fresh = np.zeros(size, dtype=np.float32)
-            fresh[:kept] = self._data[self._head:self._tail]
+            fresh[:kept] = self._data[self._head : self._tail]
             self._data, self._head, self._tail = fresh, 0, kept
-        self._data[self._tail:self._tail + n] = samples
+        self._data[self._tail : self._tail + n] = samples
         self._tail += n
 
     def trim_to(self, t: float) -> None:
@@ -142,7 +143,7 @@ class AudioBuffer:
     def slice(self, t0: float, t1: float) -> np.ndarray:
         a = self._head + max(0, round((t0 - self.start) * SAMPLE_RATE))
         b = self._head + max(0, round((t1 - self.start) * SAMPLE_RATE))
-        return self._data[a:min(b, self._tail)].copy()
+        return self._data[a : min(b, self._tail)].copy()
 
     def nbytes(self) -> int:
         return int(self._data.nbytes)
@@ -151,8 +152,14 @@ class AudioBuffer:
 class StreamSession:
     """Streaming state of one session; not thread-safe (the connection serialises calls)."""
 
-    def __init__(self, settings: StreamingSettings, vad: VadStream, time_offset: float = 0.0,
-                 use_vad: bool = True, language: str = "en") -> None:
+    def __init__(
+        self,
+        settings: StreamingSettings,
+        vad: VadStream,
+        time_offset: float = 0.0,
+        use_vad: bool = True,
+        language: str = "en",
+    ) -> None:
         self.settings = settings
         # "auto": each utterance's language is detected and confirmed, the session's follows with
         # hysteresis; any other code is decoded as given.
@@ -204,8 +211,11 @@ class StreamSession:
                         self._prev, self._prev_req = [], None
                 self._voice_end = self._vad_time
                 self.last_voice_at = self._vad_time
-            elif self.in_speech and prob < s.vad_neg_threshold and \
-                    self._vad_time - self._voice_end >= s.min_silence_seconds - TIME_EPS:
+            elif (
+                self.in_speech
+                and prob < s.vad_neg_threshold
+                and self._vad_time - self._voice_end >= s.min_silence_seconds - TIME_EPS
+            ):
                 self.in_speech = False
                 self._utterance_ends.append(min(self._voice_end + TAIL_PAD_SECONDS, self._vad_time))
         if not self.in_speech and not self._utterance_ends and not self.in_flight:
@@ -278,9 +288,16 @@ class StreamSession:
         # Agreement needs a previous hypothesis: the first pass of an utterance only feeds the
         # partial and the next comparison, so it skips the word-alignment pass.
         may_commit = final or bool(self._prev)
-        return DecodeRequest(self.buffer.slice(start, end), start, end, final, prompt,
-                             utterance_start=utterance_start, word_times=may_commit,
-                             language=self.language.for_pass())
+        return DecodeRequest(
+            self.buffer.slice(start, end),
+            start,
+            end,
+            final,
+            prompt,
+            utterance_start=utterance_start,
+            word_times=may_commit,
+            language=self.language.for_pass(),
+        )
 
     def abort(self) -> None:
         """The pass asked for could not run (queue full, decoder error): ask again later."""
@@ -293,9 +310,10 @@ class StreamSession:
         voiced = req.end - max(req.start, req.utterance_start)
         if req.language is None:  # a detection pass
             self.language.observe(hyp.language, hyp.language_probability, voiced)
-        words = [Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability,
-                      glued=w.glued)
-                 for w in heard_words(hyp, req.end - req.start, voiced)]
+        words = [
+            Word(w.text, req.start + w.start, min(req.start + w.end, req.end), w.probability, glued=w.glued)
+            for w in heard_words(hyp, req.end - req.start, voiced)
+        ]
         fresh = self._drop_committed(words)
         out: list[StreamEvent] = []
         if req.final:
@@ -319,8 +337,10 @@ class StreamSession:
                 self._utterance_ends.popleft()
                 out.append(self._finish_utterance(req.end))
             return out
-        agreed = self._confident(self._agreement(self._prev, fresh), voiced, req.end) if req.word_times else []
-        agreed = agreed[:whole_word_prefix(fresh, len(agreed))]
+        agreed = (
+            self._confident(self._agreement(self._prev, fresh), voiced, req.end) if req.word_times else []
+        )
+        agreed = agreed[: whole_word_prefix(fresh, len(agreed))]
         if self.language.detecting and not self.language.confirmed:
             # Words wait for their utterance's language (a final is never revised): the passes
             # after confirmation decode them again in it, and the first final carries it.
@@ -328,7 +348,7 @@ class StreamSession:
         pending = fresh
         if agreed and (len(agreed) >= self.settings.min_final_words or agreed[-1].text.endswith(PUNCT_END)):
             out += self._commit_sentences(agreed)
-            pending = fresh[len(agreed):]
+            pending = fresh[len(agreed) :]
         self._prev, self._prev_req = pending, req
         text = join_words(pending)
         if text != self._last_partial:
@@ -337,8 +357,10 @@ class StreamSession:
                 out.append(PartialOut(text, self._session(pending[0].start), self._session(pending[-1].end)))
             else:
                 out.append(PartialOut("", self._session(req.end), self._session(req.end)))
-        if req.end - self.buffer.start > self.settings.trim_seconds + TIME_EPS and \
-                self._committed_end > self.buffer.start:
+        if (
+            req.end - self.buffer.start > self.settings.trim_seconds + TIME_EPS
+            and self._committed_end > self.buffer.start
+        ):
             cut = self._committed_end
             self._prompt_words += self._utterance_committed_words(cut)
             self.buffer.trim_to(cut)
@@ -437,8 +459,11 @@ class StreamSession:
             groups[-1].append(w)
             if ends_sentence(w.text) and i + 1 < len(words) and not continues_word(words[i + 1]):
                 groups.append([])
-        finals = [self._commit(g, utterance_end=utterance_end and i == len(groups) - 1)
-                  for i, g in enumerate(groups) if g]
+        finals = [
+            self._commit(g, utterance_end=utterance_end and i == len(groups) - 1)
+            for i, g in enumerate(groups)
+            if g
+        ]
         return [f for f in finals if f is not None]
 
     def _commit(self, words: list[Word], utterance_end: bool = False) -> FinalOut | None:

@@ -32,12 +32,14 @@ class SileroVad:
         opts = onnxruntime.SessionOptions()
         opts.inter_op_num_threads = 1
         opts.intra_op_num_threads = 1
-        self._session = onnxruntime.InferenceSession(str(_model_path()), sess_options=opts,
-                                                     providers=["CPUExecutionProvider"])
+        self._session = onnxruntime.InferenceSession(
+            str(_model_path()), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
         self._sr = np.array(16000, dtype=np.int64)
 
-    def probabilities(self, frames: np.ndarray, state: np.ndarray, context: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def probabilities(
+        self, frames: np.ndarray, state: np.ndarray, context: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Speech probability per 512-sample frame; returns (probs, new_state, new_context)."""
         probs = np.empty(len(frames), dtype=np.float32)
         for i, frame in enumerate(frames):
@@ -64,7 +66,7 @@ class VadStream:
         """Probabilities for every complete frame the new samples finish (0, 1 or many)."""
         buf = np.concatenate([self._pending, samples]) if len(self._pending) else samples
         n = len(buf) // FRAME
-        self._pending = buf[n * FRAME:].copy()
+        self._pending = buf[n * FRAME :].copy()
         if n == 0:
             return np.zeros(0, dtype=np.float32)
         if self._model is None:

@@ -13,12 +13,33 @@ from livetranslate.workloads.audio.engines import Hypothesis, SegmentStats, Word
 # Whisper's well-known inventions on silence, music and noise. A match on a whole utterance is
 # dropped when the decoder itself was unsure; phrases that never occur in live speech always are.
 _HALLUCINATED_PHRASES = {
-    "thank you", "thank you very much", "thanks for watching", "thank you for watching",
-    "thanks for listening", "you", "bye", "bye bye", "okay", "oh", "so", "hmm", "uh", "um",
-    "please subscribe", "like and subscribe",
+    "thank you",
+    "thank you very much",
+    "thanks for watching",
+    "thank you for watching",
+    "thanks for listening",
+    "you",
+    "bye",
+    "bye bye",
+    "okay",
+    "oh",
+    "so",
+    "hmm",
+    "uh",
+    "um",
+    "please subscribe",
+    "like and subscribe",
 }
-_NEVER_LIVE = ("subtitles by", "amara org", "transcribed by", "translated by", "captions by",
-               "www ", "copyright", "subscribe to my channel")
+_NEVER_LIVE = (
+    "subtitles by",
+    "amara org",
+    "transcribed by",
+    "translated by",
+    "captions by",
+    "www ",
+    "copyright",
+    "subscribe to my channel",
+)
 PUNCT_END = (".", "?", "!", ",", ";", ":")
 # A word that ends like this may be waiting for its glued rest: "twenty-" for "first", "o'" for
 # "clock", and a number's "12." or "12," for "5" or "000" (at the end of a buffer the decoder

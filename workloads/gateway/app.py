@@ -29,17 +29,32 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gw = Gateway(cfg)
         app.state.gateway = gw
-        log.info("gateway ready", extra={"fields": {
-            "pipeline": cfg.pipeline, "audio": cfg.audio_url, "translation": cfg.translation_url,
-            "sessionStore": "redis" if cfg.redis_url else "memory", "auth": gw.auth.enabled,
-            "maxSessions": cfg.max_sessions}})
+        log.info(
+            "gateway ready",
+            extra={
+                "fields": {
+                    "pipeline": cfg.pipeline,
+                    "audio": cfg.audio_url,
+                    "translation": cfg.translation_url,
+                    "sessionStore": "redis" if cfg.redis_url else "memory",
+                    "auth": gw.auth.enabled,
+                    "maxSessions": cfg.max_sessions,
+                }
+            },
+        )
         try:
             yield
         finally:
             await gw.close()
 
-    app = FastAPI(title="LiveTranslate gateway", lifespan=lifespan, root_path=cfg.settings.root_path,
-                  docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="LiveTranslate gateway",
+        lifespan=lifespan,
+        root_path=cfg.settings.root_path,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.mount("/static", StaticFiles(directory=str(STATIC)), name="static")
     index_html = (STATIC / "index.html").read_text()
 
@@ -62,9 +77,11 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         # the page, its scripts and its WebSocket all stay under the prefix.
         prefix = request.headers.get("x-forwarded-prefix") or request.scope.get("root_path") or ""
         base = prefix.rstrip("/") + "/"
-        return HTMLResponse(index_html.replace("<!--BASE-->", f'<base href="{_attr(base)}">'),
-                            # Opened as /?token=...: no Referer may carry that URL elsewhere.
-                            headers={"cache-control": "no-cache", "referrer-policy": "no-referrer"})
+        return HTMLResponse(
+            index_html.replace("<!--BASE-->", f'<base href="{_attr(base)}">'),
+            # Opened as /?token=...: no Referer may carry that URL elsewhere.
+            headers={"cache-control": "no-cache", "referrer-policy": "no-referrer"},
+        )
 
     @app.websocket("/v1/stream")
     async def stream(ws: WebSocket) -> None:

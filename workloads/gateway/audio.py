@@ -27,10 +27,14 @@ class AudioConverter:
         # PCM16 stays int16 through soxr (it resamples int16 natively): the float round trip
         # (convert, scale, clip, scale back) cost as much as the resampling itself per frame.
         self._int16 = encoding == "pcm_s16le"
-        self._resampler = (soxr.ResampleStream(sample_rate, MODEL_SAMPLE_RATE, 1,
-                                               dtype="int16" if self._int16 else "float32", quality="HQ")
-                           if sample_rate != MODEL_SAMPLE_RATE else None)
-        self._passthrough = (sample_rate == MODEL_SAMPLE_RATE and encoding == "pcm_s16le" and channels == 1)
+        self._resampler = (
+            soxr.ResampleStream(
+                sample_rate, MODEL_SAMPLE_RATE, 1, dtype="int16" if self._int16 else "float32", quality="HQ"
+            )
+            if sample_rate != MODEL_SAMPLE_RATE
+            else None
+        )
+        self._passthrough = sample_rate == MODEL_SAMPLE_RATE and encoding == "pcm_s16le" and channels == 1
 
     @property
     def bytes_per_second(self) -> int:
@@ -47,8 +51,9 @@ class AudioConverter:
         if self._int16:
             pcm = np.frombuffer(body, dtype="<i2")
             if self.channels > 1:
-                pcm = (pcm.reshape(-1, self.channels).astype(np.int32).sum(axis=1)
-                       // self.channels).astype(np.int16)
+                pcm = (pcm.reshape(-1, self.channels).astype(np.int32).sum(axis=1) // self.channels).astype(
+                    np.int16
+                )
             if self._resampler is not None:
                 pcm = self._resampler.resample_chunk(pcm, last=last)
             return pcm.astype("<i2", copy=False).tobytes()
@@ -113,7 +118,7 @@ class ReplayBuffer:
             if pos >= len(frame):
                 pos -= len(frame)
                 continue
-            piece = frame[pos:pos + want]
+            piece = frame[pos : pos + want]
             parts.append(piece)
             want -= len(piece)
             if want == 0:

@@ -46,8 +46,10 @@ class TokenAuth:
                     if value:
                         tokens.append(value)
             except OSError as exc:
-                log.error("cannot read auth tokens; refusing every client",
-                          extra={"fields": {"dir": str(self.directory), "error": str(exc)}})
+                log.error(
+                    "cannot read auth tokens; refusing every client",
+                    extra={"fields": {"dir": str(self.directory), "error": str(exc)}},
+                )
             self._tokens = tokens
             # Whatever path a token takes into a log line (a header logged by a library at
             # debug level, a client sending it where it does not belong), it is redacted.

@@ -165,8 +165,9 @@ class Connection:
         while True:
             _kind, text, on_sent = await self.queue.get()
             # A timer, not wait_for: wait_for would wrap every send in a task of its own.
-            timer = loop.call_later(stuck, self._fail, CLOSE_POLICY,
-                                    f"client too slow: a send blocked for {stuck:.0f}s")
+            timer = loop.call_later(
+                stuck, self._fail, CLOSE_POLICY, f"client too slow: a send blocked for {stuck:.0f}s"
+            )
             try:
                 await self.ws.send_text(text)
             except (WebSocketDisconnect, RuntimeError, OSError):
@@ -224,8 +225,11 @@ class Connection:
 
     async def _on_message(self, msg: MutableMapping[str, Any]) -> None:
         if self._messages.take(1) > 1.0:
-            self._error(ERR_RATE_LIMITED, f"more than {self.gw.settings.max_messages_per_second:.0f} "
-                        "messages per second; message dropped")
+            self._error(
+                ERR_RATE_LIMITED,
+                f"more than {self.gw.settings.max_messages_per_second:.0f} "
+                "messages per second; message dropped",
+            )
             return
         data = msg.get("bytes")
         if data is not None:
@@ -236,8 +240,9 @@ class Connection:
     async def _on_binary(self, data: bytes) -> None:
         s = self.gw.settings
         if len(data) > s.max_frame_bytes:
-            self._error(ERR_FRAME_TOO_LARGE, f"binary frame of {len(data)} bytes; the limit is "
-                        f"{s.max_frame_bytes}")
+            self._error(
+                ERR_FRAME_TOO_LARGE, f"binary frame of {len(data)} bytes; the limit is {s.max_frame_bytes}"
+            )
             return
         if self.session is None or self.converter is None:
             self._error(ERR_NOT_STARTED, "send session.start before audio")
@@ -252,9 +257,14 @@ class Connection:
             self._error(ERR_BAD_AUDIO, f"cannot decode audio frame: {exc}")
             return
         if pcm and not self.session.feed(pcm):
-            self.send_event("error", ErrorEvent(
-                code=ERR_UPSTREAM, message="audio service away for longer than the replay buffer; "
-                "the oldest buffered audio was dropped"))
+            self.send_event(
+                "error",
+                ErrorEvent(
+                    code=ERR_UPSTREAM,
+                    message="audio service away for longer than the replay buffer; "
+                    "the oldest buffered audio was dropped",
+                ),
+            )
 
     async def _on_text(self, text: str) -> None:
         s = self.gw.settings
@@ -280,9 +290,14 @@ class Connection:
     async def _start(self, start: SessionStart) -> None:
         gw, cfg = self.gw, self.gw.config
         if gw.at_capacity:
-            self.send_event("error", ErrorEvent(
-                code=ERR_CAPACITY, message=f"this gateway replica holds its maximum of "
-                f"{cfg.max_sessions} sessions; retry shortly (another replica may have room)"))
+            self.send_event(
+                "error",
+                ErrorEvent(
+                    code=ERR_CAPACITY,
+                    message=f"this gateway replica holds its maximum of "
+                    f"{cfg.max_sessions} sessions; retry shortly (another replica may have room)",
+                ),
+            )
             self._fail(CLOSE_TRY_AGAIN, "capacity exceeded")
             return
         sid = start.sessionId or uuid.uuid4().hex
@@ -290,8 +305,9 @@ class Connection:
         for other in [x for x in gw.sessions if x.sid == sid and x.outbox is not self.outbox]:
             # The client is back while its old socket still looks open here (a drop without
             # FIN): end the old connection now; its flush finishes before our claim succeeds.
-            log.info("resume while the previous connection is open; closing that one",
-                     extra={"session_id": sid})
+            log.info(
+                "resume while the previous connection is open; closing that one", extra={"session_id": sid}
+            )
             other.outbox.close(CLOSE_RESTART, "session resumed on another connection")
         if not await gw.store.claim(sid, owner, gw.settings.resume_wait_seconds):
             log.warning("previous owner kept the session lease; taking it over", extra={"session_id": sid})
@@ -303,9 +319,13 @@ class Connection:
         source = state.sourceLanguage if state else start.sourceLanguage or cfg.source_language
         asked = start.targetLanguages
         targets = asked if asked is not None else (state.targetLanguages if state else cfg.target_languages)
-        problem = _unknown_targets(targets, cfg.target_languages) if state is None or asked is not None else None
+        problem = (
+            _unknown_targets(targets, cfg.target_languages) if state is None or asked is not None else None
+        )
         if state is None and source != cfg.source_language and cfg.source_language != "auto":
-            problem = problem or f"sourceLanguage {source!r}: this pipeline transcribes {cfg.source_language!r}"
+            problem = (
+                problem or f"sourceLanguage {source!r}: this pipeline transcribes {cfg.source_language!r}"
+            )
         if problem:
             await gw.store.release(sid, owner)
             self._error(ERR_UNSUPPORTED_LANGUAGE, problem, bad=False)
@@ -314,27 +334,42 @@ class Connection:
             state = SessionState(sessionId=sid, sourceLanguage=source, targetLanguages=list(targets))
             await gw.store.save(state)
         elif list(targets) != state.targetLanguages:
-            log.info("resumed session changes its target languages", extra={"session_id": sid, "fields": {
-                "from": state.targetLanguages, "to": list(targets)}})
+            log.info(
+                "resumed session changes its target languages",
+                extra={"session_id": sid, "fields": {"from": state.targetLanguages, "to": list(targets)}},
+            )
             state.targetLanguages = list(targets)
             await gw.store.save(state)
         bind_log_context(session_id=sid)
         self.converter = AudioConverter(start.sampleRate, start.encoding, start.channels)
-        self._bytes = TokenBucket(self.converter.bytes_per_second * gw.settings.max_audio_speed,
-                                  self.converter.bytes_per_second * gw.settings.max_audio_speed)
+        self._bytes = TokenBucket(
+            self.converter.bytes_per_second * gw.settings.max_audio_speed,
+            self.converter.bytes_per_second * gw.settings.max_audio_speed,
+        )
         session = Session(gw, self.outbox, state, owner)
         self.session = session
         gw.sessions.add(session)
-        self.send_event("control", SessionStarted(sessionId=sid, resumed=resumed, sampleRate=start.sampleRate,
-                                                  targetLanguages=state.targetLanguages))
+        self.send_event(
+            "control",
+            SessionStarted(
+                sessionId=sid,
+                resumed=resumed,
+                sampleRate=start.sampleRate,
+                targetLanguages=state.targetLanguages,
+            ),
+        )
         try:
             await session.start(resumed, start.lastSegmentId)
         except Exception:
             log.exception("session start failed")
             self.send_event("error", ErrorEvent(code=ERR_INTERNAL, message="session could not start"))
             raise
-        log.info("session started", extra={"fields": {"resumed": resumed, "sampleRate": start.sampleRate,
-                                                      "encoding": start.encoding}})
+        log.info(
+            "session started",
+            extra={
+                "fields": {"resumed": resumed, "sampleRate": start.sampleRate, "encoding": start.encoding}
+            },
+        )
 
     async def _end(self) -> None:
         assert self.session is not None and self.converter is not None

@@ -114,8 +114,12 @@ class SentenceAssembler:
     def add(self, piece: Piece) -> list[Sentence]:
         """Add a final; returns the sentences it closed (usually none or one)."""
         closed: list[Sentence] = []
-        if (self.open is not None and piece.language and self.open.language
-                and piece.language != self.open.language):
+        if (
+            self.open is not None
+            and piece.language
+            and self.open.language
+            and piece.language != self.open.language
+        ):
             closed = self._close("language")  # the speaker changed language: a new sentence
         if self.open is None:
             self.open = Sentence(self.next_id)
@@ -151,12 +155,13 @@ class SentenceAssembler:
         """Past the bound: close after the last clause boundary, keep the rest open."""
         sentence = self.open
         assert sentence is not None
-        cut = next((i for i in range(len(sentence.pieces) - 2, -1, -1)
-                    if ends_clause(sentence.pieces[i].text)), None)
+        cut = next(
+            (i for i in range(len(sentence.pieces) - 2, -1, -1) if ends_clause(sentence.pieces[i].text)), None
+        )
         if cut is None:
             return self._close("bound")
-        rest = sentence.pieces[cut + 1:]
-        sentence.pieces = sentence.pieces[:cut + 1]
+        rest = sentence.pieces[cut + 1 :]
+        sentence.pieces = sentence.pieces[: cut + 1]
         sentence.reason = "bound"
         self.next_id = sentence.id + 1
         self.open = Sentence(self.next_id, rest)

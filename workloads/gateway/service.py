@@ -36,18 +36,22 @@ class Gateway:
         self.registry = registry or CollectorRegistry()
         self.store: SessionStore
         if config.redis_url:
-            self.store = RedisSessionStore(config.redis_url, config.pipeline, s.session_ttl_seconds,
-                                           s.session_log_segments)
+            self.store = RedisSessionStore(
+                config.redis_url, config.pipeline, s.session_ttl_seconds, s.session_log_segments
+            )
         else:
             self.store = MemorySessionStore(s.session_ttl_seconds, s.session_log_segments)
         self.auth = TokenAuth(config.auth_dir)
-        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=2000,
-                                                          max_keepalive_connections=200))
+        self.http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200)
+        )
         self.audio_breaker = CircuitBreaker("audio", s.breaker_failures, s.breaker_reset_seconds)
-        self.translation_breaker = CircuitBreaker("translation", s.breaker_failures,
-                                                  s.breaker_reset_seconds)
-        self.translation = (TranslationClient(config.translation_url, self.http, s.translate_timeout)
-                            if config.translation_url else None)
+        self.translation_breaker = CircuitBreaker("translation", s.breaker_failures, s.breaker_reset_seconds)
+        self.translation = (
+            TranslationClient(config.translation_url, self.http, s.translate_timeout)
+            if config.translation_url
+            else None
+        )
         self.sessions: set[Session] = set()
         self.connections = 0
 
@@ -60,9 +64,11 @@ class Gateway:
         self.sessions_gauge.set_function(lambda: len(self.sessions))
         depth = metrics.queue_depth(self.registry)
         depth.labels(pipeline=p, stage="gateway_send").set_function(
-            lambda: sum(s.outbox.queue.depth for s in self.sessions))
+            lambda: sum(s.outbox.queue.depth for s in self.sessions)
+        )
         depth.labels(pipeline=p, stage="gateway_translate").set_function(
-            lambda: sum(s.translate_backlog for s in self.sessions))
+            lambda: sum(s.translate_backlog for s in self.sessions)
+        )
 
         self._ready_cache: tuple[float, bool, dict[str, Any]] | None = None
 
@@ -90,8 +96,9 @@ class Gateway:
         async def store() -> None:
             checks["sessionStore"] = "ok" if await self.store.ping() else "unreachable"
 
-        await asyncio.gather(probe("audio", self.config.audio_url),
-                             probe("translation", self.config.translation_url), store())
+        await asyncio.gather(
+            probe("audio", self.config.audio_url), probe("translation", self.config.translation_url), store()
+        )
         ok = all(v == "ok" for v in checks.values())
         self._ready_cache = (now, ok, checks)
         return ok, checks

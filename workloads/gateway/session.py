@@ -75,8 +75,9 @@ class Session:
         self._audio_done = asyncio.Event()
         self.finished = False
         self.superseded = False
-        self.translator = SentenceTranslator(gw, state, outbox.send, self._persist,
-                                             self._report_outage, self._recovered)
+        self.translator = SentenceTranslator(
+            gw, state, outbox.send, self._persist, self._report_outage, self._recovered
+        )
 
     @property
     def audio_seconds(self) -> float:
@@ -124,8 +125,10 @@ class Session:
         try:
             await asyncio.wait_for(self._audio_done.wait(), s.flush_timeout)
         except TimeoutError:
-            log.warning("audio flush timed out; the last unfinalised audio is lost",
-                        extra={"fields": {"seconds": round(pcm16_seconds(len(self._buf)), 2)}})
+            log.warning(
+                "audio flush timed out; the last unfinalised audio is lost",
+                extra={"fields": {"seconds": round(pcm16_seconds(len(self._buf)), 2)}},
+            )
         closed = await self.translator.finish()
         if closed:
             await self._close_sentences(closed)
@@ -196,8 +199,13 @@ class Session:
         overflow = len(buf) - self._buf_limit
         if overflow <= 0:
             link = self._idle_link
-            if (link is not None and was_sent and len(pcm16) <= _UPSTREAM_CHUNK
-                    and not self._flush_requested and link.send_now(pcm16)):
+            if (
+                link is not None
+                and was_sent
+                and len(pcm16) <= _UPSTREAM_CHUNK
+                and not self._flush_requested
+                and link.send_now(pcm16)
+            ):
                 self._sent += len(pcm16)
             else:
                 self._audio_more.set()
@@ -251,10 +259,15 @@ class Session:
                     self._report_outage("audio", "audio service unavailable (circuit open)")
                     await wait_for_breaker(gw.audio_breaker, min(0.25, s.retry_base_seconds))
                     continue
-                start = AudioStart(type="start", sessionId=self.sid, language=self.state.sourceLanguage,
-                                   diarization=gw.config.diarization, maxSpeakers=gw.config.max_speakers,
-                                   timeOffset=round(self._buf_start, 6),
-                                   languages=gw.config.detect_languages if self.state.sourceLanguage == "auto" else [])
+                start = AudioStart(
+                    type="start",
+                    sessionId=self.sid,
+                    language=self.state.sourceLanguage,
+                    diarization=gw.config.diarization,
+                    maxSpeakers=gw.config.max_speakers,
+                    timeOffset=round(self._buf_start, 6),
+                    languages=gw.config.detect_languages if self.state.sourceLanguage == "auto" else [],
+                )
                 try:
                     link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
                 except (UpstreamUnavailable, UpstreamRejected) as exc:
@@ -317,8 +330,12 @@ class Session:
         async for event in link.events():
             if isinstance(event, AudioPartial):
                 if event.text.strip():
-                    ev = TranscriptPartial(segmentId=self.state.nextSegment, text=event.text.strip(),
-                                           start=event.start, end=event.end)
+                    ev = TranscriptPartial(
+                        segmentId=self.state.nextSegment,
+                        text=event.text.strip(),
+                        start=event.start,
+                        end=event.end,
+                    )
                     self.outbox.send("partial", ev)
             elif isinstance(event, AudioFinal):
                 await self._on_final(event)
@@ -344,9 +361,14 @@ class Session:
         seg_id = self.state.nextSegment
         self.state.nextSegment += 1
         self.state.audioSeconds = self.audio_seconds
-        rec = SegmentRecord(segmentId=seg_id, text=text, start=event.start, end=event.end,
-                            speaker=event.speaker,
-                            language=event.language if self.state.sourceLanguage == "auto" else None)
+        rec = SegmentRecord(
+            segmentId=seg_id,
+            text=text,
+            start=event.start,
+            end=event.end,
+            speaker=event.speaker,
+            language=event.language if self.state.sourceLanguage == "auto" else None,
+        )
         closed = self.translator.add_final(rec, arrived)
         await self._close_sentences(closed, also=rec)
         latency = time.monotonic() - arrived if arrived is not None else None
@@ -368,9 +390,15 @@ class Session:
         await self.gw.store.save(self.state)
 
     def _queue_final(self, rec: SegmentRecord, latency: float | None) -> None:
-        ev = TranscriptFinal(segmentId=rec.segmentId, text=rec.text, start=rec.start, end=rec.end,
-                             speaker=rec.speaker, language=rec.language,
-                             latency=round(latency, 4) if latency is not None else None)
+        ev = TranscriptFinal(
+            segmentId=rec.segmentId,
+            text=rec.text,
+            start=rec.start,
+            end=rec.end,
+            speaker=rec.speaker,
+            language=rec.language,
+            latency=round(latency, 4) if latency is not None else None,
+        )
 
         async def sent() -> None:
             if latency is not None:
@@ -393,10 +421,15 @@ class Session:
         if not self._outage_reported[upstream]:
             self._outage_reported[upstream] = True
             log.warning("upstream unavailable", extra={"fields": {"upstream": upstream, "error": detail}})
-            what = ("audio is buffered and replayed when it returns" if upstream == "audio"
-                    else "translations are retried when it returns")
-            self.outbox.send("error", ErrorEvent(
-                code=ERR_UPSTREAM, message=f"{upstream} service unavailable ({detail}); {what}"))
+            what = (
+                "audio is buffered and replayed when it returns"
+                if upstream == "audio"
+                else "translations are retried when it returns"
+            )
+            self.outbox.send(
+                "error",
+                ErrorEvent(code=ERR_UPSTREAM, message=f"{upstream} service unavailable ({detail}); {what}"),
+            )
 
     def _recovered(self, upstream: str) -> None:
         if self._outage_reported[upstream]:

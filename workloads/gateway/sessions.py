@@ -194,8 +194,13 @@ class RedisSessionStore:
     def __init__(self, url: str, pipeline: str, ttl_seconds: int = 3600, max_segments: int = 512) -> None:
         import redis.asyncio as aioredis
 
-        self._redis = aioredis.Redis.from_url(url, decode_responses=True, socket_timeout=5.0,
-                                              socket_connect_timeout=5.0, health_check_interval=30)
+        self._redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_timeout=5.0,
+            socket_connect_timeout=5.0,
+            health_check_interval=30,
+        )
         self._prefix = f"lt:{pipeline}:s:"
         self._ttl = int(ttl_seconds)
         self._max_segments = max_segments
@@ -250,11 +255,15 @@ class RedisSessionStore:
 
     async def refresh(self, session_id: str, owner: str) -> bool:
         """Extend the lease; False when someone else holds it now."""
-        if await self._refresh(keys=[self._key(session_id, ":owner")],
-                               args=[owner, int(LEASE_SECONDS * 1000)]):
+        if await self._refresh(
+            keys=[self._key(session_id, ":owner")], args=[owner, int(LEASE_SECONDS * 1000)]
+        ):
             return True
-        return bool(await self._redis.set(self._key(session_id, ":owner"), owner, nx=True,
-                                          px=int(LEASE_SECONDS * 1000)))
+        return bool(
+            await self._redis.set(
+                self._key(session_id, ":owner"), owner, nx=True, px=int(LEASE_SECONDS * 1000)
+            )
+        )
 
     async def release(self, session_id: str, owner: str) -> None:
         await self._release(keys=[self._key(session_id, ":owner")], args=[owner])
@@ -271,4 +280,3 @@ class RedisSessionStore:
 
     async def close(self) -> None:
         await self._redis.aclose()
-

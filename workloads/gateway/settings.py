@@ -82,7 +82,9 @@ class GatewaySettings(BaseSettings):
     breaker_reset_seconds: float = 5.0
     readiness_cache_seconds: float = 2.0
 
-    root_path: str = Field("", description="Path prefix the gateway is served under (X-Forwarded-Prefix wins)")
+    root_path: str = Field(
+        "", description="Path prefix the gateway is served under (X-Forwarded-Prefix wins)"
+    )
 
 
 class GatewayConfig:
@@ -96,9 +98,9 @@ class GatewayConfig:
         self.pipeline = resolved.name if resolved else settings.pipeline
         self.audio_url = _strip(settings.audio_url or (resolved.endpoints.audio if resolved else None))
         self.translation_url = _strip(
-            settings.translation_url or (resolved.endpoints.translation if resolved else None))
-        self.redis_url = (settings.redis_url or os.environ.get("REDIS_URL")
-                          or spec.gateway.redisUrl)
+            settings.translation_url or (resolved.endpoints.translation if resolved else None)
+        )
+        self.redis_url = settings.redis_url or os.environ.get("REDIS_URL") or spec.gateway.redisUrl
         self.max_sessions = settings.max_sessions or spec.gateway.maxSessionsPerReplica
         self.source_language = settings.source_language or spec.sourceLanguage
         self.target_languages = list(settings.target_languages or spec.targetLanguages)
@@ -110,13 +112,18 @@ class GatewayConfig:
             self.detect_languages = offline_source_languages(self.target_languages)
         else:
             self.detect_languages = []
-        self.context_segments = (settings.context_segments if settings.context_segments is not None
-                                 else spec.translation.contextSegments)
-        self.diarization = (settings.diarization if settings.diarization is not None
-                            else spec.audio.diarization.enabled)
+        self.context_segments = (
+            settings.context_segments
+            if settings.context_segments is not None
+            else spec.translation.contextSegments
+        )
+        self.diarization = (
+            settings.diarization if settings.diarization is not None else spec.audio.diarization.enabled
+        )
         self.max_speakers = settings.max_speakers or spec.audio.diarization.maxSpeakers
-        self.allowed_origins = list(settings.allowed_origins if settings.allowed_origins is not None
-                                    else spec.gateway.allowedOrigins)
+        self.allowed_origins = list(
+            settings.allowed_origins if settings.allowed_origins is not None else spec.gateway.allowedOrigins
+        )
         if settings.auth_dir:
             self.auth_dir: Path | None = Path(settings.auth_dir)
         elif spec.gateway.authSecretRef:

@@ -88,9 +88,15 @@ class Closed:
 
 
 class SentenceTranslator:
-    def __init__(self, gw: Gateway, state: SessionState, outbox: Send,
-                 persist: Callable[[SegmentRecord], Awaitable[None]],
-                 report_outage: Callable[[str, str], None], recovered: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        gw: Gateway,
+        state: SessionState,
+        outbox: Send,
+        persist: Callable[[SegmentRecord], Awaitable[None]],
+        report_outage: Callable[[str, str], None],
+        recovered: Callable[[str], None],
+    ) -> None:
         s = gw.settings
         self.gw = gw
         self.state = state
@@ -98,15 +104,17 @@ class SentenceTranslator:
         self._persist = persist
         self._report_outage = report_outage
         self._recovered = recovered
-        self.rules = SentenceRules(unit=s.translation_unit, max_words=s.sentence_max_words,
-                                   max_seconds=s.sentence_max_seconds)
+        self.rules = SentenceRules(
+            unit=s.translation_unit, max_words=s.sentence_max_words, max_seconds=s.sentence_max_seconds
+        )
         self.assembler = SentenceAssembler(self.rules, state.nextSentence)
         self._partials = s.partial_translations and s.translation_unit == "sentence"
         # Records of the open sentence's finals, with the time each one's last audio arrived.
         self._open: dict[int, tuple[SegmentRecord, float | None]] = {}
         self._jobs: collections.deque[Closed | None] = collections.deque()
         self._context: collections.deque[Closed] = collections.deque(
-            maxlen=max(1, context_span(gw.config.context_segments)))
+            maxlen=max(1, context_span(gw.config.context_segments))
+        )
         self._calls: dict[int, int] = {}  # sentence id -> translation requests made for it
         self._wake = asyncio.Event()
         self._partial_wanted = False
@@ -125,7 +133,9 @@ class SentenceTranslator:
         caller persists them, then sends the final, then calls ``submit``)."""
         self._last_final_at = time.monotonic()
         self._open[rec.segmentId] = (rec, arrived)
-        closed = self._closed(self.assembler.add(Piece(rec.segmentId, rec.text, rec.start, rec.end, rec.language)))
+        closed = self._closed(
+            self.assembler.add(Piece(rec.segmentId, rec.text, rec.start, rec.end, rec.language))
+        )
         if self.assembler.open is not None:
             self._partial_wanted = True
         return closed
@@ -172,22 +182,28 @@ class SentenceTranslator:
         self.state.nextSentence = self.assembler.next_id
         entries = list(self._open.values())
         self._open.clear()
-        sentence = Sentence(rec.sentenceId, [Piece(r.segmentId, r.text, r.start, r.end, r.language)
-                                             for r, _ in entries], reason="restored")
+        sentence = Sentence(
+            rec.sentenceId,
+            [Piece(r.segmentId, r.text, r.start, r.end, r.language) for r, _ in entries],
+            reason="restored",
+        )
         closed = Closed(sentence, rec, None, None)
         for lang, text in rec.translations.items():
             if resend or lang not in rec.translationsSent:
                 self._queue_translation(closed, lang, text, quality=None, latency=None)
-        if any(lang not in rec.translations and lang not in rec.translationErrors
-               for lang in self.state.targetLanguages):
+        if any(
+            lang not in rec.translations and lang not in rec.translationErrors
+            for lang in self.state.targetLanguages
+        ):
             self._jobs.append(closed)
         else:
             self._context.append(closed)
 
     def replay_done(self) -> None:
         """The finals after the last closed sentence are the open sentence; it goes on."""
-        self.assembler.restore([Piece(r.segmentId, r.text, r.start, r.end, r.language)
-                                for r, _ in self._open.values()])
+        self.assembler.restore(
+            [Piece(r.segmentId, r.text, r.start, r.end, r.language) for r, _ in self._open.values()]
+        )
         if self._jobs:
             self._wake.set()
 
@@ -240,14 +256,22 @@ class SentenceTranslator:
         preview of a sentence that closes a moment later is a wasted engine call), and
         ``partial_min_interval_seconds`` after the previous partial."""
         s = self.gw.settings
-        return max(self._last_final_at + s.partial_settle_seconds,
-                   self._last_partial_at + s.partial_min_interval_seconds)
+        return max(
+            self._last_final_at + s.partial_settle_seconds,
+            self._last_partial_at + s.partial_min_interval_seconds,
+        )
 
     def _partial_due(self) -> bool:
-        return (self._partials and self._partial_wanted and not self._finishing
-                and self.assembler.open is not None and bool(self.state.targetLanguages)
-                and time.monotonic() >= self._partial_at() - 1e-3
-                and self.gw.translation is not None and self.gw.translation_breaker.allow())
+        return (
+            self._partials
+            and self._partial_wanted
+            and not self._finishing
+            and self.assembler.open is not None
+            and bool(self.state.targetLanguages)
+            and time.monotonic() >= self._partial_at() - 1e-3
+            and self.gw.translation is not None
+            and self.gw.translation_breaker.allow()
+        )
 
     def _next_timeout(self) -> float | None:
         if self.assembler.open is None:
@@ -271,8 +295,11 @@ class SentenceTranslator:
 
     def _context_for(self, sentence_id: int) -> list[ContextSegment]:
         window = context_window(sentence_id, self.gw.config.context_segments)
-        return [ContextSegment(source=c.sentence.text, translations=dict(c.record.translations))
-                for c in self._context if c.sentence.id in window]
+        return [
+            ContextSegment(source=c.sentence.text, translations=dict(c.record.translations))
+            for c in self._context
+            if c.sentence.id in window
+        ]
 
     def _count_call(self, sentence_id: int) -> None:
         self._calls[sentence_id] = self._calls.get(sentence_id, 0) + 1
@@ -299,20 +326,34 @@ class SentenceTranslator:
         ids, text = sentence.segment_ids, sentence.text
         same, targets = self._spoken_in(sentence, list(self.state.targetLanguages))
         for lang in same:
-            self._outbox(f"partial:{lang}", TranslationPartial(
-                sentenceId=sentence.id, segmentIds=ids, language=lang, text=text), None)
+            self._outbox(
+                f"partial:{lang}",
+                TranslationPartial(sentenceId=sentence.id, segmentIds=ids, language=lang, text=text),
+                None,
+            )
         if not targets:
             return
-        request = TranslateRequest(sessionId=self.state.sessionId, segmentId=sentence.id, text=text[:4000],
-                                   sourceLanguage=self._source_of(sentence), targetLanguages=targets,
-                                   context=self._context_for(sentence.id), partial=True)
+        request = TranslateRequest(
+            sessionId=self.state.sessionId,
+            segmentId=sentence.id,
+            text=text[:4000],
+            sourceLanguage=self._source_of(sentence),
+            targetLanguages=targets,
+            context=self._context_for(sentence.id),
+            partial=True,
+        )
         self._count_call(sentence.id)
         try:
             async for result in self.gw.translation.translate(request):
                 if result.type != "translation" or result.segmentId != sentence.id or not result.text:
                     continue
-                self._outbox(f"partial:{result.language}", TranslationPartial(
-                    sentenceId=sentence.id, segmentIds=ids, language=result.language, text=result.text), None)
+                self._outbox(
+                    f"partial:{result.language}",
+                    TranslationPartial(
+                        sentenceId=sentence.id, segmentIds=ids, language=result.language, text=result.text
+                    ),
+                    None,
+                )
         except (UpstreamUnavailable, UpstreamRejected, ValidationError) as exc:
             # A preview is not worth a retry: the sentence's own translation reports outages.
             log.debug("partial translation failed", extra={"fields": {"error": str(exc)}})
@@ -320,8 +361,11 @@ class SentenceTranslator:
     async def _translate(self, job: Closed) -> None:
         gw, s = self.gw, self.gw.settings
         rec, sentence = job.record, job.sentence
-        remaining = [lang for lang in self.state.targetLanguages
-                     if lang not in rec.translations and lang not in rec.translationErrors]
+        remaining = [
+            lang
+            for lang in self.state.targetLanguages
+            if lang not in rec.translations and lang not in rec.translationErrors
+        ]
         same, remaining = self._spoken_in(sentence, remaining)
         for lang in same:  # spoken in a target language already: the transcript is its text
             rec.translations[lang] = sentence.text
@@ -344,9 +388,14 @@ class SentenceTranslator:
                 self._report_outage("translation", "translation service unavailable (circuit open)")
                 await wait_for_breaker(gw.translation_breaker, min(0.25, s.retry_base_seconds))
                 continue
-            request = TranslateRequest(sessionId=self.state.sessionId, segmentId=sentence.id,
-                                       text=sentence.text[:4000], sourceLanguage=self._source_of(sentence),
-                                       targetLanguages=list(remaining), context=context)
+            request = TranslateRequest(
+                sessionId=self.state.sessionId,
+                segmentId=sentence.id,
+                text=sentence.text[:4000],
+                sourceLanguage=self._source_of(sentence),
+                targetLanguages=list(remaining),
+                context=context,
+            )
             self._count_call(sentence.id)
             try:
                 async for result in gw.translation.translate(request):
@@ -355,8 +404,12 @@ class SentenceTranslator:
                         continue
                     remaining.remove(lang)
                     if result.type == "error":
-                        self._failed(job, lang, result.message or "translation failed",
-                                     result.code or ERR_TRANSLATION_FAILED)
+                        self._failed(
+                            job,
+                            lang,
+                            result.message or "translation failed",
+                            result.code or ERR_TRANSLATION_FAILED,
+                        )
                     else:
                         rec.translations[lang] = result.text
                         latency = time.monotonic() - job.closed_at if job.closed_at is not None else None
@@ -379,12 +432,19 @@ class SentenceTranslator:
             gw.sentence_calls.observe(calls)
         self._context.append(job)
 
-    def _queue_translation(self, job: Closed, lang: str, text: str, quality: str | None,
-                           latency: float | None) -> None:
+    def _queue_translation(
+        self, job: Closed, lang: str, text: str, quality: str | None, latency: float | None
+    ) -> None:
         rec = job.record
-        ev = TranslationEvent(sentenceId=job.sentence.id, segmentIds=job.sentence.segment_ids,
-                              segmentId=rec.segmentId, language=lang, text=text, quality=quality,
-                              latency=round(latency, 4) if latency is not None else None)
+        ev = TranslationEvent(
+            sentenceId=job.sentence.id,
+            segmentIds=job.sentence.segment_ids,
+            segmentId=rec.segmentId,
+            language=lang,
+            text=text,
+            quality=quality,
+            latency=round(latency, 4) if latency is not None else None,
+        )
         closed_at, speech_end_at = job.closed_at, job.speech_end_at
 
         async def sent() -> None:
@@ -406,6 +466,11 @@ class SentenceTranslator:
     def _failed(self, job: Closed, lang: str, message: str, code: str = ERR_TRANSLATION_FAILED) -> None:
         rec = job.record
         rec.translationErrors[lang] = message
-        self._outbox("error", ErrorEvent(code=code, message=message, segmentId=rec.segmentId,
-                                         sentenceId=job.sentence.id, language=lang), None)
+        self._outbox(
+            "error",
+            ErrorEvent(
+                code=code, message=message, segmentId=rec.segmentId, sentenceId=job.sentence.id, language=lang
+            ),
+            None,
+        )
         asyncio.ensure_future(self._persist(rec))

@@ -71,7 +71,7 @@ class MaskKeys:
     def take(self) -> bytes:
         if self._at >= len(self._pool):
             self._pool, self._at = os.urandom(self._size), 0
-        key = self._pool[self._at:self._at + 4]
+        key = self._pool[self._at : self._at + 4]
         self._at += 4
         return key
 
@@ -105,8 +105,14 @@ class AudioLink:
             # No compression (PCM does not deflate well and it costs CPU on every frame at both
             # ends) and no proxy lookup (an in-cluster service; the lookup walks the environment
             # on every connect).
-            ws = await connect(ws_url(base_url) + "/v1/audio", open_timeout=timeout,
-                               max_size=4 * 1024 * 1024, close_timeout=2, compression=None, proxy=None)
+            ws = await connect(
+                ws_url(base_url) + "/v1/audio",
+                open_timeout=timeout,
+                max_size=4 * 1024 * 1024,
+                close_timeout=2,
+                compression=None,
+                proxy=None,
+            )
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             raise UpstreamUnavailable(f"audio service: {exc}") from exc
         except Exception as exc:  # an HTTP error status during the handshake (InvalidStatus)
@@ -146,8 +152,12 @@ class AudioLink:
         its reader; the replay buffer still holds the audio for the next stream.
         """
         ws = self._ws
-        if (ws.protocol.state is not State.OPEN or ws.send_in_progress is not None or ws.paused
-                or ws.transport.is_closing()):
+        if (
+            ws.protocol.state is not State.OPEN
+            or ws.send_in_progress is not None
+            or ws.paused
+            or ws.transport.is_closing()
+        ):
             return False
         try:
             ws.transport.write(masked_binary_frame(pcm16, _MASK_KEYS.take()))
@@ -188,7 +198,9 @@ class TranslationClient:
         """Results as the service streams them; raises UpstreamUnavailable on transport failure."""
         try:
             async with self._http.stream(
-                "POST", self._url, content=request.model_dump_json(),
+                "POST",
+                self._url,
+                content=request.model_dump_json(),
                 headers={"content-type": "application/json", "accept": "application/x-ndjson"},
                 timeout=httpx.Timeout(self._timeout, connect=min(self._timeout, 5.0)),
             ) as resp:

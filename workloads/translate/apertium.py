@@ -59,8 +59,9 @@ class ApertiumEngine(Engine):
     batch_mode = "joined"
     max_inflight = 2  # APy runs one pipeline per pair: one batch in it, the next one on its way
 
-    def __init__(self, settings: ApertiumSettings, source: str | None = None,
-                 targets: Collection[str] = ()) -> None:
+    def __init__(
+        self, settings: ApertiumSettings, source: str | None = None, targets: Collection[str] = ()
+    ) -> None:
         super().__init__()
         self.settings = settings
         self.modes = installed_modes(settings.modes_dir)
@@ -95,18 +96,37 @@ class ApertiumEngine(Engine):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
         env["LC_ALL"] = env.get("LC_ALL") or "C.UTF-8"
         self.proc = await asyncio.create_subprocess_exec(
-            interpreter, "-I", "-c", _LAUNCHER, "-p", str(self.port), "-t", str(int(self.settings.timeout_s)),
-            "-m", str(int(self.settings.pipe_idle_s)), str(self.settings.modes_dir),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=env,
-            cwd="/", start_new_session=True)
+            interpreter,
+            "-I",
+            "-c",
+            _LAUNCHER,
+            "-p",
+            str(self.port),
+            "-t",
+            str(int(self.settings.timeout_s)),
+            "-m",
+            str(int(self.settings.pipe_idle_s)),
+            str(self.settings.modes_dir),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd="/",
+            start_new_session=True,
+        )
         if self.client is not None:
             await self.client.aclose()
-        self.client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}",
-                                        timeout=httpx.Timeout(self.settings.timeout_s, connect=2.0))
+        self.client = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{self.port}",
+            timeout=httpx.Timeout(self.settings.timeout_s, connect=2.0),
+        )
         deadline = time.monotonic() + self.settings.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.returncode is not None:
-                err = (await self.proc.stderr.read()).decode(errors="replace")[-400:] if self.proc.stderr else ""
+                err = (
+                    (await self.proc.stderr.read()).decode(errors="replace")[-400:]
+                    if self.proc.stderr
+                    else ""
+                )
                 raise EngineError(f"apertium-apy exited with {self.proc.returncode}: {err}")
             with contextlib.suppress(httpx.HTTPError):
                 resp = await self.client.get("/listPairs", timeout=1.0)
@@ -120,8 +140,11 @@ class ApertiumEngine(Engine):
         # packages would start hundreds of processes and several GiB for pairs no one asked for).
         for mode in self.warm_modes:
             with contextlib.suppress(httpx.HTTPError):
-                await self.client.get("/translate", params={"langpair": mode.replace("-", "|", 1), "q": "ok"},
-                                      timeout=self.settings.timeout_s)
+                await self.client.get(
+                    "/translate",
+                    params={"langpair": mode.replace("-", "|", 1), "q": "ok"},
+                    timeout=self.settings.timeout_s,
+                )
 
     async def _drain_stderr(self, proc: asyncio.subprocess.Process) -> None:
         if proc.stderr is None:
@@ -153,8 +176,10 @@ class ApertiumEngine(Engine):
             self.state.detail = f"ok (apertium-apy pid {self.proc.pid} on 127.0.0.1:{self.port})"
             self.state.model = "apertium"
             self._up.set()
-            log.info("apertium-apy ready", extra={"fields": {"pid": self.proc.pid, "port": self.port,
-                                                            "modes": sorted(self.modes)}})
+            log.info(
+                "apertium-apy ready",
+                extra={"fields": {"pid": self.proc.pid, "port": self.port, "modes": sorted(self.modes)}},
+            )
             drain = asyncio.create_task(self._drain_stderr(self.proc))
             rc = await self.proc.wait()
             drain.cancel()
@@ -169,8 +194,10 @@ class ApertiumEngine(Engine):
             self.state.ready = False
             self.state.recovering = True
             self.state.detail = f"apertium-apy exited with {rc}; restarting"
-            log.error("apertium-apy died; restarting", extra={"fields": {"returncode": rc,
-                                                                        "restarts": self.restarts}})
+            log.error(
+                "apertium-apy died; restarting",
+                extra={"fields": {"returncode": rc, "restarts": self.restarts}},
+            )
             await asyncio.sleep(backoff)
 
     async def _kill(self) -> None:
@@ -203,8 +230,9 @@ class ApertiumEngine(Engine):
             self.state.recovering = True
         return self.state
 
-    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
-                        ) -> list[Output | BaseException]:
+    async def translate(
+        self, jobs: list[Job], model: str | None, *, attempt: int = 0
+    ) -> list[Output | BaseException]:
         await self._wait_up()
         if len(jobs) == 1:
             return [await self._settle(self._one(jobs[0]))]
@@ -217,8 +245,10 @@ class ApertiumEngine(Engine):
             parts = [p.strip() for p in whole.text.split("\n\n")]
             if len(parts) == len(jobs) and all(parts):
                 return [Output(p, via=whole.via) for p in parts]
-            log.warning("apertium batch reply did not split back; asking per segment",
-                        extra={"fields": {"segments": len(jobs), "parts": len(parts)}})
+            log.warning(
+                "apertium batch reply did not split back; asking per segment",
+                extra={"fields": {"segments": len(jobs), "parts": len(parts)}},
+            )
         except EngineError:
             pass
         results = await asyncio.gather(*(self._one(j) for j in jobs), return_exceptions=True)
@@ -277,4 +307,3 @@ class ApertiumEngine(Engine):
         if not isinstance(text, str):
             raise GarbageError("apertium: reply without text")
         return text
-

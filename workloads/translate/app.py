@@ -89,19 +89,28 @@ def create_app(settings: TranslateSettings | None = None) -> FastAPI:
         limit = service.settings.max_chars
         if len(req.text) > limit:
             service.metrics.refused.labels(service.pipeline, "too_long").inc()
-            return JSONResponse({"detail": f"text is {len(req.text)} characters; a segment may have at most "
-                                           f"{limit}: split it before sending"}, status_code=422)
+            return JSONResponse(
+                {
+                    "detail": f"text is {len(req.text)} characters; a segment may have at most "
+                    f"{limit}: split it before sending"
+                },
+                status_code=422,
+            )
         if not req.text.strip():
             return JSONResponse({"detail": "text is empty"}, status_code=422)
         if not service.accepting:
             service.metrics.refused.labels(service.pipeline, "not_ready").inc()
-            return JSONResponse({"detail": f"translation engine not ready: {service.primary.engine.state.detail}"},
-                                status_code=503, headers={"Retry-After": "2"})
+            return JSONResponse(
+                {"detail": f"translation engine not ready: {service.primary.engine.state.detail}"},
+                status_code=503,
+                headers={"Retry-After": "2"},
+            )
         try:
             service.admit(req)
         except QueueFull as exc:
-            return JSONResponse({"detail": str(exc)}, status_code=429,
-                                headers={"Retry-After": str(int(exc.retry_after))})
+            return JSONResponse(
+                {"detail": str(exc)}, status_code=429, headers={"Retry-After": str(int(exc.retry_after))}
+            )
 
         async def lines() -> AsyncIterator[bytes]:
             with log_context(session_id=req.sessionId, segment_id=req.segmentId):
@@ -113,8 +122,12 @@ def create_app(settings: TranslateSettings | None = None) -> FastAPI:
     @app.get("/v1/admin/model")
     async def get_model(service: ServiceDep) -> dict[str, object]:
         engine = service.primary.engine
-        return {"backend": engine.name, "model": service.model, "allowed": service.allowed_models,
-                "served": getattr(engine, "served_models", [])}
+        return {
+            "backend": engine.name,
+            "model": service.model,
+            "allowed": service.allowed_models,
+            "served": getattr(engine, "served_models", []),
+        }
 
     @app.post("/v1/admin/model", dependencies=[Depends(require_admin)])
     async def set_model(body: ModelSwitch, service: ServiceDep) -> dict[str, object]:

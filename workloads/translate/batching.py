@@ -48,10 +48,18 @@ BatchObserver = Callable[[str, int, float], None]
 class MicroBatcher:
     """Groups jobs for one engine into batches; one instance per engine."""
 
-    def __init__(self, engine: Engine, *, window_ms: float, max_batch: int, max_queue: int,
-                 max_inflight: int, breaker: CircuitBreaker,
-                 on_batch: BatchObserver | None = None,
-                 on_depth: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        window_ms: float,
+        max_batch: int,
+        max_queue: int,
+        max_inflight: int,
+        breaker: CircuitBreaker,
+        on_batch: BatchObserver | None = None,
+        on_depth: Callable[[int], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.window = window_ms / 1000.0
         self.max_batch = max_batch
@@ -95,8 +103,9 @@ class MicroBatcher:
         if self._pending + n > self.max_queue:
             raise QueueFull(self.retry_after())
 
-    def submit(self, job: Job, model: str | None, attempt: int = 0,
-               *, admitted: bool = False) -> Awaitable[Output | BaseException]:
+    def submit(
+        self, job: Job, model: str | None, attempt: int = 0, *, admitted: bool = False
+    ) -> Awaitable[Output | BaseException]:
         if not admitted:
             self.reserve(1)
         fut: asyncio.Future[Output | BaseException] = asyncio.get_running_loop().create_future()
@@ -138,8 +147,11 @@ class MicroBatcher:
             # Drain what is already queued without waiting: under load the window never idles.
             while not self._queue.empty():
                 self._add(groups, self._queue.get_nowait())
-            chunks = [items[i:i + self.max_batch] for items in groups.values()
-                      for i in range(0, len(items), self.max_batch)]
+            chunks = [
+                items[i : i + self.max_batch]
+                for items in groups.values()
+                for i in range(0, len(items), self.max_batch)
+            ]
             for n, chunk in enumerate(chunks):
                 if n > 0:
                     await self._slots.acquire()
@@ -152,11 +164,13 @@ class MicroBatcher:
         try:
             if not self.breaker.allow():
                 outcomes: list[Output | BaseException] = [
-                    CircuitOpen(f"{self.engine.name}: circuit open after repeated failures")] * len(items)
+                    CircuitOpen(f"{self.engine.name}: circuit open after repeated failures")
+                ] * len(items)
             else:
                 try:
-                    outcomes = await self.engine.translate([i.job for i in items], items[0].model,
-                                                           attempt=items[0].attempt)
+                    outcomes = await self.engine.translate(
+                        [i.job for i in items], items[0].model, attempt=items[0].attempt
+                    )
                 except BaseException as exc:  # delivered to each waiter
                     if isinstance(exc, asyncio.CancelledError):
                         raise

@@ -89,8 +89,9 @@ class Engine(ABC):
         return None
 
     @abstractmethod
-    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
-                        ) -> list[Output | BaseException]:
+    async def translate(
+        self, jobs: list[Job], model: str | None, *, attempt: int = 0
+    ) -> list[Output | BaseException]:
         """One outcome per job, in order."""
 
     async def check(self) -> EngineState:
@@ -158,15 +159,19 @@ class OpenAIEngine(Engine):
         self.context_segments = context_segments
         self.batch_mode = settings.batch_mode
         if not settings.url:
-            raise ValueError(f"{name}: no endpoint URL (spec.translation.endpoint or "
-                             f"LT_TRANSLATE_{name.upper()}__URL)")
+            raise ValueError(
+                f"{name}: no endpoint URL (spec.translation.endpoint or LT_TRANSLATE_{name.upper()}__URL)"
+            )
         self.base = settings.url.rstrip("/").removesuffix("/v1")
         headers = {}
         if key := settings.key():
             headers["Authorization"] = f"Bearer {key}"
-        self.client = httpx.AsyncClient(base_url=self.base, headers=headers,
-                                        timeout=httpx.Timeout(settings.timeout_s, connect=3.0),
-                                        limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        self.client = httpx.AsyncClient(
+            base_url=self.base,
+            headers=headers,
+            timeout=httpx.Timeout(settings.timeout_s, connect=3.0),
+            limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
+        )
         self.served_models: list[str] = []
         self._last_success = 0.0
         self._posting = 0  # requests in flight to the server
@@ -209,8 +214,10 @@ class OpenAIEngine(Engine):
             self.slot_map = SlotMap(slots)
             log.info("slot affinity on", extra={"fields": {"engine": self.base, "slots": slots}})
         else:
-            log.warning("slot affinity: the server reports no slot count (/props total_slots); "
-                        "prompts go unpinned", extra={"fields": {"engine": self.base}})
+            log.warning(
+                "slot affinity: the server reports no slot count (/props total_slots); prompts go unpinned",
+                extra={"fields": {"engine": self.base}},
+            )
 
     async def check(self) -> EngineState:
         await self._probe()
@@ -238,8 +245,10 @@ class OpenAIEngine(Engine):
         stats = engine_stats(resp.text, LLAMACPP_STATS) if resp.status_code == 200 else {}
         if not stats:
             self._serves_metrics = False
-            log.info("the engine publishes no llama.cpp metrics; its load is not mirrored",
-                     extra={"fields": {"engine": self.base, "status": resp.status_code}})
+            log.info(
+                "the engine publishes no llama.cpp metrics; its load is not mirrored",
+                extra={"fields": {"engine": self.base, "status": resp.status_code}},
+            )
             return
         self._serves_metrics = True
         self.state.stats = stats
@@ -279,8 +288,9 @@ class OpenAIEngine(Engine):
     def _max_tokens(self, text: str) -> int:
         return max(self.settings.min_max_tokens, math.ceil(len(text) * self.settings.max_tokens_per_char))
 
-    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
-                        ) -> list[Output | BaseException]:
+    async def translate(
+        self, jobs: list[Job], model: str | None, *, attempt: int = 0
+    ) -> list[Output | BaseException]:
         self.note_activity()
         await self.before_request()
         model_name = self.resolve_model(model)
@@ -293,8 +303,9 @@ class OpenAIEngine(Engine):
             return await self._list(jobs, model_name, temperature)
         if mode == "packed":
             return await self._packed(jobs, model_name, temperature)
-        results = await asyncio.gather(*(self._one(j, model_name, temperature) for j in jobs),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(self._one(j, model_name, temperature) for j in jobs), return_exceptions=True
+        )
         return list(results)
 
     async def before_request(self) -> None:
@@ -341,8 +352,11 @@ class OpenAIEngine(Engine):
     async def _one(self, job: Job, model: str, temperature: float) -> Output:
         prompt = build_prompt(job, self.context_segments)
         chat = self.settings.prompt_style == "chat"
-        body: dict[str, Any] = {"model": model, "temperature": temperature,
-                                "max_tokens": self._max_tokens(job.text)}
+        body: dict[str, Any] = {
+            "model": model,
+            "temperature": temperature,
+            "max_tokens": self._max_tokens(job.text),
+        }
         if self.slot_map is not None:
             body["id_slot"] = self.slot_map.slot(job.session_id, job.target)
         if chat:
@@ -358,10 +372,17 @@ class OpenAIEngine(Engine):
 
     async def _list(self, jobs: list[Job], model: str, temperature: float) -> list[Output | BaseException]:
         prompts: list[Prompt] = [build_prompt(j, self.context_segments) for j in jobs]
-        body = {"model": model, "temperature": temperature, "prompt": [p.text for p in prompts],
-                "stop": prompts[0].stop, "max_tokens": max(self._max_tokens(j.text) for j in jobs)}
+        body = {
+            "model": model,
+            "temperature": temperature,
+            "prompt": [p.text for p in prompts],
+            "stop": prompts[0].stop,
+            "max_tokens": max(self._max_tokens(j.text) for j in jobs),
+        }
         data = await self._post("/v1/completions", body)
-        outs: list[Output | BaseException] = [GarbageError(f"{self.name}: no choice for this prompt")] * len(jobs)
+        outs: list[Output | BaseException] = [GarbageError(f"{self.name}: no choice for this prompt")] * len(
+            jobs
+        )
         for pos, choice in enumerate(data["choices"]):
             idx = choice.get("index", pos) if isinstance(choice, dict) else pos
             if isinstance(idx, int) and 0 <= idx < len(jobs):
@@ -375,8 +396,13 @@ class OpenAIEngine(Engine):
     async def _packed(self, jobs: list[Job], model: str, temperature: float) -> list[Output | BaseException]:
         prompt = build_packed_prompt(jobs, self.context_segments)
         budget = sum(self._max_tokens(j.text) for j in jobs) + 4 * len(jobs)
-        body = {"model": model, "temperature": temperature, "prompt": prompt.text, "stop": prompt.stop,
-                "max_tokens": budget}
+        body = {
+            "model": model,
+            "temperature": temperature,
+            "prompt": prompt.text,
+            "stop": prompt.stop,
+            "max_tokens": budget,
+        }
         data = await self._post("/v1/completions", body)
         if not data["choices"]:
             raise GarbageError(f"{self.name}: empty choices")
@@ -385,8 +411,9 @@ class OpenAIEngine(Engine):
         outs: list[Output | BaseException] = []
         missing = [i for i, p in enumerate(parsed) if p is None]
         # A line the model skipped (or cut off) is asked again alone rather than lost.
-        redo = await asyncio.gather(*(self._one(jobs[i], model, temperature) for i in missing),
-                                    return_exceptions=True)
+        redo = await asyncio.gather(
+            *(self._one(jobs[i], model, temperature) for i in missing), return_exceptions=True
+        )
         redone = dict(zip(missing, redo, strict=True))
         for i, p in enumerate(parsed):
             if p is None:

@@ -45,14 +45,24 @@ log = logging.getLogger(__name__)
 SOURCE_PACKAGE = "llama-cpp-python"
 SOURCE_VERSION = "0.3.36"
 # CPU feature set: portable across this fleet (AVX2/FMA/F16C, no AVX-512), never -march=native.
-CPU_FLAGS: tuple[str, ...] = ("-DGGML_NATIVE=OFF", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON",
-                              "-DGGML_AVX512=OFF")
+CPU_FLAGS: tuple[str, ...] = (
+    "-DGGML_NATIVE=OFF",
+    "-DGGML_AVX2=ON",
+    "-DGGML_FMA=ON",
+    "-DGGML_F16C=ON",
+    "-DGGML_AVX512=OFF",
+)
 # One self-contained binary (no shared libraries to find at run time), no web UI (its assets would
 # be fetched from the network at build time), no TLS (the engine listens on loopback), no tests.
 BUILD_FLAGS: tuple[str, ...] = CPU_FLAGS + (
-    "-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-    "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF",
-    "-DLLAMA_OPENSSL=OFF")
+    "-DCMAKE_BUILD_TYPE=Release",
+    "-DBUILD_SHARED_LIBS=OFF",
+    "-DLLAMA_BUILD_TESTS=OFF",
+    "-DLLAMA_BUILD_EXAMPLES=OFF",
+    "-DLLAMA_BUILD_UI=OFF",
+    "-DLLAMA_USE_PREBUILT_UI=OFF",
+    "-DLLAMA_OPENSSL=OFF",
+)
 BINARY_ENV = "LT_LLAMA_SERVER"  # an explicit binary wins over the cache
 BINARY_NAME = "llama-server"
 
@@ -113,9 +123,23 @@ def _run(cmd: Sequence[str], log_path: Path, step: str, cwd: Path | None = None)
 
 def fetch_sdist(dest: Path, log_path: Path) -> Path:
     """The source distribution, through pip (its HTTP cache makes a second fetch local)."""
-    _run([sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-deps",
-          "--no-binary", ":all:", "-d", str(dest), f"{SOURCE_PACKAGE}=={SOURCE_VERSION}"],
-         log_path, "downloading the llama-cpp-python sdist")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "-d",
+            str(dest),
+            f"{SOURCE_PACKAGE}=={SOURCE_VERSION}",
+        ],
+        log_path,
+        "downloading the llama-cpp-python sdist",
+    )
     found = sorted(dest.glob(f"{SOURCE_PACKAGE.replace('-', '_')}-{SOURCE_VERSION}.tar.gz"))
     if not found:
         raise BuildError(f"pip download left no {SOURCE_PACKAGE} {SOURCE_VERSION} sdist in {dest}")
@@ -143,8 +167,9 @@ class BuildInfo:
     flags: list[str] = field(default_factory=list)
 
 
-def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = False,
-          work_dir: Path | None = None) -> BuildInfo:
+def build(
+    *, jobs: int | None = None, sdist: Path | None = None, force: bool = False, work_dir: Path | None = None
+) -> BuildInfo:
     """Build llama-server into the cache unless it is there (idempotent, safe to run in parallel).
 
     ``work_dir`` keeps the sources and the CMake tree (a rebuild there is incremental); without
@@ -165,10 +190,22 @@ def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = F
             src_tar = sdist or fetch_sdist(work, log_path)
             source = extract_llama_cpp(src_tar, work)
             build_dir = work / "build"
-            _run(["cmake", "-S", str(source), "-B", str(build_dir), *BUILD_FLAGS], log_path,
-                 "cmake configure")
-            _run(["cmake", "--build", str(build_dir), "--target", BINARY_NAME, "-j",
-                  str(jobs or os.cpu_count() or 2)], log_path, "cmake build")
+            _run(
+                ["cmake", "-S", str(source), "-B", str(build_dir), *BUILD_FLAGS], log_path, "cmake configure"
+            )
+            _run(
+                [
+                    "cmake",
+                    "--build",
+                    str(build_dir),
+                    "--target",
+                    BINARY_NAME,
+                    "-j",
+                    str(jobs or os.cpu_count() or 2),
+                ],
+                log_path,
+                "cmake build",
+            )
             produced = build_dir / "bin" / BINARY_NAME
             if not produced.is_file():
                 raise BuildError(f"the build left no {produced}")
@@ -181,10 +218,20 @@ def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = F
             if not keep:
                 shutil.rmtree(work, ignore_errors=True)
         seconds = round(time.monotonic() - started, 1)
-        (target.parent / "build-info.json").write_text(json.dumps(
-            {"source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}", "flags": list(BUILD_FLAGS),
-             "seconds": seconds, "jobs": jobs or os.cpu_count(), "loadavg": list(os.getloadavg()),
-             "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=2) + "\n")
+        (target.parent / "build-info.json").write_text(
+            json.dumps(
+                {
+                    "source": f"{SOURCE_PACKAGE}=={SOURCE_VERSION}",
+                    "flags": list(BUILD_FLAGS),
+                    "seconds": seconds,
+                    "jobs": jobs or os.cpu_count(),
+                    "loadavg": list(os.getloadavg()),
+                    "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         log.info("llama-server built", extra={"fields": {"binary": str(target), "seconds": seconds}})
         return BuildInfo(target, seconds, built=True, flags=list(BUILD_FLAGS))
 
@@ -196,10 +243,21 @@ def build(*, jobs: int | None = None, sdist: Path | None = None, force: bool = F
 CTX_PER_SLOT = 1024
 
 
-def server_command(binary: Path, model: Path, *, port: int, host: str = "127.0.0.1",
-                   aliases: Sequence[str] = (), parallel: int = 32, ctx_size: int | None = None,
-                   threads: int | None = None, kv_unified: bool = False, metrics: bool = True,
-                   gpu_layers: int | None = None, backend_sampling: bool | None = None) -> list[str]:
+def server_command(
+    binary: Path,
+    model: Path,
+    *,
+    port: int,
+    host: str = "127.0.0.1",
+    aliases: Sequence[str] = (),
+    parallel: int = 32,
+    ctx_size: int | None = None,
+    threads: int | None = None,
+    kv_unified: bool = False,
+    metrics: bool = True,
+    gpu_layers: int | None = None,
+    backend_sampling: bool | None = None,
+) -> list[str]:
     """The command line that serves ``model`` as an OpenAI-compatible, batching engine.
 
     ``parallel`` slots decode together (continuous batching); give it at least as many slots as
@@ -225,9 +283,24 @@ def server_command(binary: Path, model: Path, *, port: int, host: str = "127.0.0
     a CPU it buys nothing (79 against 78 tokens/s on 2 cores), so it stays off there.
     """
     ctx = ctx_size if ctx_size is not None else parallel * CTX_PER_SLOT
-    cmd = [str(binary), "--model", str(model), "--host", host, "--port", str(port),
-           "--parallel", str(parallel), "--cont-batching", "--kv-unified" if kv_unified else "--no-kv-unified",
-           "--ctx-size", str(ctx), "--threads", str(threads or os.cpu_count() or 2), "--no-webui"]
+    cmd = [
+        str(binary),
+        "--model",
+        str(model),
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--parallel",
+        str(parallel),
+        "--cont-batching",
+        "--kv-unified" if kv_unified else "--no-kv-unified",
+        "--ctx-size",
+        str(ctx),
+        "--threads",
+        str(threads or os.cpu_count() or 2),
+        "--no-webui",
+    ]
     if aliases:
         cmd += ["--alias", ",".join(aliases)]
     if metrics:
@@ -242,12 +315,17 @@ def server_command(binary: Path, model: Path, *, port: int, host: str = "127.0.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m livetranslate.workloads.translate.llama_server",
-                                     description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m livetranslate.workloads.translate.llama_server",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build llama-server into the cache unless it is there")
     b.add_argument("--jobs", type=int, default=None)
-    b.add_argument("--sdist", type=Path, default=None, help="a local llama-cpp-python sdist (else pip downloads it)")
+    b.add_argument(
+        "--sdist", type=Path, default=None, help="a local llama-cpp-python sdist (else pip downloads it)"
+    )
     b.add_argument("--force", action="store_true")
     b.add_argument("--work-dir", type=Path, default=None, help="keep sources and build tree here")
     sub.add_parser("path", help="print the binary's path (exit 1 when it is not built)")
@@ -257,11 +335,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--alias", action="append", default=[], help="model name(s) the API answers to")
     s.add_argument("--parallel", type=int, default=32, help="slots: at least the sessions served")
-    s.add_argument("--ctx-size", type=int, default=None, help=f"KV cache tokens (default: {CTX_PER_SLOT} per slot)")
+    s.add_argument(
+        "--ctx-size", type=int, default=None, help=f"KV cache tokens (default: {CTX_PER_SLOT} per slot)"
+    )
     s.add_argument("--kv-unified", action="store_true", help="one KV buffer shared by all slots")
     s.add_argument("--threads", type=int, default=None)
-    s.add_argument("--gpu-layers", type=int, default=None,
-                   help="layers offloaded to the GPU (a build with a GPU backend; 999: all)")
+    s.add_argument(
+        "--gpu-layers",
+        type=int,
+        default=None,
+        help="layers offloaded to the GPU (a build with a GPU backend; 999: all)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.command == "build":
@@ -275,15 +359,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     binary = find_binary()
     if binary is None:
-        sys.stderr.write(f"llama-server is not built ({cached_binary()} missing; run the build "
-                         f"subcommand, or set {BINARY_ENV})\n")
+        sys.stderr.write(
+            f"llama-server is not built ({cached_binary()} missing; run the build "
+            f"subcommand, or set {BINARY_ENV})\n"
+        )
         return 1
     if args.command == "path":
         sys.stdout.write(f"{binary}\n")
         return 0
-    cmd = server_command(binary, args.model, port=args.port, host=args.host, aliases=args.alias,
-                         parallel=args.parallel, ctx_size=args.ctx_size, threads=args.threads,
-                         kv_unified=args.kv_unified, gpu_layers=args.gpu_layers)
+    cmd = server_command(
+        binary,
+        args.model,
+        port=args.port,
+        host=args.host,
+        aliases=args.alias,
+        parallel=args.parallel,
+        ctx_size=args.ctx_size,
+        threads=args.threads,
+        kv_unified=args.kv_unified,
+        gpu_layers=args.gpu_layers,
+    )
     os.execv(cmd[0], cmd)
     return 0  # not reached
 

@@ -39,7 +39,8 @@ _EXAMPLES = {
 _PREAMBLES = re.compile(
     r"^\s*(?:sure[,!.]?\s*)?(?:here(?:'s| is) (?:the |your |a )?(?:\w+ )?translation[^:\n]*:|"
     r"translation(?: \(\w+\))?:|(?:the )?\w+ translation(?: is)?:|\w+:\s*(?=\S))\s*",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 _QUOTES = "\"'“”‘’«»„‚「」『』"
 _NUMBERED = re.compile(r"^\s*(\d{1,3})[.)]\s*(.*)$")
 
@@ -99,17 +100,21 @@ def build_prompt(job: Job, context_segments: int) -> Prompt:
     src, tgt = name(job.source), name(job.target)
     example = _EXAMPLES.get(primary(job.target)) if primary(job.source) == "en" else None
     pairs = _context_pairs(job, context_segments)
-    instruction = (f"Translate the {src} lines of a live talk into {tgt}. "
-                   f"Write only the {tgt} translation of each line, nothing else.")
+    instruction = (
+        f"Translate the {src} lines of a live talk into {tgt}. "
+        f"Write only the {tgt} translation of each line, nothing else."
+    )
     lines = [instruction, ""]
     if example:
         lines += [f"{src}: {_EXAMPLE_SOURCE}", f"{tgt}: {example}", ""]
     for s, t in pairs:
         lines += [f"{src}: {s}", f"{tgt}: {t}"]
     lines += [f"{src}: {job.text.strip()}", f"{tgt}:"]
-    system = (f"You are a professional interpreter translating a live talk from {src} into {tgt}. "
-              f"Reply with the {tgt} translation of the user's line only: no quotes, no notes, "
-              "no explanations. Keep names and terms consistent with your earlier replies.")
+    system = (
+        f"You are a professional interpreter translating a live talk from {src} into {tgt}. "
+        f"Reply with the {tgt} translation of the user's line only: no quotes, no notes, "
+        "no explanations. Keep names and terms consistent with your earlier replies."
+    )
     messages = [{"role": "system", "content": system}]
     if example:
         messages += [{"role": "user", "content": _EXAMPLE_SOURCE}, {"role": "assistant", "content": example}]
@@ -139,8 +144,7 @@ def build_packed_prompt(jobs: list[Job], context_segments: int) -> Prompt:
     example = _EXAMPLES.get(primary(jobs[0].target)) if primary(jobs[0].source) == "en" else None
     if example and not shown:
         shown.append((_EXAMPLE_SOURCE, example))
-    header = (f"Translate each numbered {src} line into {tgt}. Keep the numbering; write only the "
-              f"{tgt} lines.")
+    header = f"Translate each numbered {src} line into {tgt}. Keep the numbering; write only the {tgt} lines."
     lines = [header, ""]
     if shown:
         lines.append(f"{src}:")
@@ -200,33 +204,237 @@ def clean_apertium(output: str) -> str:
 
 # Script each language is written in (languages absent here are written in Latin script).
 _SCRIPTS = {
-    "ru": "CYRILLIC", "uk": "CYRILLIC", "bg": "CYRILLIC", "mk": "CYRILLIC", "be": "CYRILLIC",
-    "kk": "CYRILLIC", "ky": "CYRILLIC", "mn": "CYRILLIC", "tg": "CYRILLIC",
-    "el": "GREEK", "ar": "ARABIC", "fa": "ARABIC", "ur": "ARABIC", "ps": "ARABIC", "sd": "ARABIC",
-    "he": "HEBREW", "yi": "HEBREW", "hi": "DEVANAGARI", "mr": "DEVANAGARI", "ne": "DEVANAGARI",
-    "bn": "BENGALI", "as": "BENGALI", "pa": "GURMUKHI", "gu": "GUJARATI", "ta": "TAMIL",
-    "te": "TELUGU", "kn": "KANNADA", "ml": "MALAYALAM", "si": "SINHALA", "th": "THAI", "lo": "LAO",
-    "km": "KHMER", "my": "MYANMAR", "ka": "GEORGIAN", "hy": "ARMENIAN", "am": "ETHIOPIC",
-    "zh": "CJK", "yue": "CJK", "ja": "CJK", "ko": "HANGUL",
+    "ru": "CYRILLIC",
+    "uk": "CYRILLIC",
+    "bg": "CYRILLIC",
+    "mk": "CYRILLIC",
+    "be": "CYRILLIC",
+    "kk": "CYRILLIC",
+    "ky": "CYRILLIC",
+    "mn": "CYRILLIC",
+    "tg": "CYRILLIC",
+    "el": "GREEK",
+    "ar": "ARABIC",
+    "fa": "ARABIC",
+    "ur": "ARABIC",
+    "ps": "ARABIC",
+    "sd": "ARABIC",
+    "he": "HEBREW",
+    "yi": "HEBREW",
+    "hi": "DEVANAGARI",
+    "mr": "DEVANAGARI",
+    "ne": "DEVANAGARI",
+    "bn": "BENGALI",
+    "as": "BENGALI",
+    "pa": "GURMUKHI",
+    "gu": "GUJARATI",
+    "ta": "TAMIL",
+    "te": "TELUGU",
+    "kn": "KANNADA",
+    "ml": "MALAYALAM",
+    "si": "SINHALA",
+    "th": "THAI",
+    "lo": "LAO",
+    "km": "KHMER",
+    "my": "MYANMAR",
+    "ka": "GEORGIAN",
+    "hy": "ARMENIAN",
+    "am": "ETHIOPIC",
+    "zh": "CJK",
+    "yue": "CJK",
+    "ja": "CJK",
+    "ko": "HANGUL",
 }
 # Frequent function words: enough to tell a Spanish line from an untranslated English one.
 _STOPWORDS = {
-    "en": {"the", "and", "is", "are", "of", "to", "in", "that", "it", "you", "we", "this", "for",
-           "with", "was", "have", "be", "on", "not", "they", "what", "will", "our", "your"},
-    "es": {"el", "la", "los", "las", "de", "que", "y", "en", "un", "una", "es", "por", "con", "para",
-           "no", "se", "del", "al", "lo", "su", "nos", "muy", "está", "son"},
-    "fr": {"le", "la", "les", "de", "des", "et", "est", "un", "une", "que", "en", "du", "pour", "dans",
-           "pas", "nous", "vous", "il", "ce", "qui", "sur", "avec", "au"},
-    "de": {"der", "die", "das", "und", "ist", "nicht", "ein", "eine", "zu", "den", "mit", "von",
-           "wir", "sie", "es", "ich", "auf", "für", "dem", "im", "auch", "sind"},
-    "it": {"il", "la", "di", "che", "e", "è", "un", "una", "per", "non", "in", "del", "con", "sono",
-           "gli", "le", "lo", "si", "da", "ci", "al"},
-    "pt": {"o", "a", "os", "as", "de", "que", "e", "é", "um", "uma", "para", "com", "não", "em",
-           "do", "da", "no", "na", "se", "por", "nós"},
-    "ca": {"el", "la", "els", "les", "de", "que", "i", "és", "un", "una", "per", "amb", "no", "en",
-           "del", "al", "es", "som", "als"},
-    "nl": {"de", "het", "een", "en", "is", "van", "dat", "niet", "we", "je", "op", "te", "in", "voor",
-           "met", "zijn", "ik", "wij"},
+    "en": {
+        "the",
+        "and",
+        "is",
+        "are",
+        "of",
+        "to",
+        "in",
+        "that",
+        "it",
+        "you",
+        "we",
+        "this",
+        "for",
+        "with",
+        "was",
+        "have",
+        "be",
+        "on",
+        "not",
+        "they",
+        "what",
+        "will",
+        "our",
+        "your",
+    },
+    "es": {
+        "el",
+        "la",
+        "los",
+        "las",
+        "de",
+        "que",
+        "y",
+        "en",
+        "un",
+        "una",
+        "es",
+        "por",
+        "con",
+        "para",
+        "no",
+        "se",
+        "del",
+        "al",
+        "lo",
+        "su",
+        "nos",
+        "muy",
+        "está",
+        "son",
+    },
+    "fr": {
+        "le",
+        "la",
+        "les",
+        "de",
+        "des",
+        "et",
+        "est",
+        "un",
+        "une",
+        "que",
+        "en",
+        "du",
+        "pour",
+        "dans",
+        "pas",
+        "nous",
+        "vous",
+        "il",
+        "ce",
+        "qui",
+        "sur",
+        "avec",
+        "au",
+    },
+    "de": {
+        "der",
+        "die",
+        "das",
+        "und",
+        "ist",
+        "nicht",
+        "ein",
+        "eine",
+        "zu",
+        "den",
+        "mit",
+        "von",
+        "wir",
+        "sie",
+        "es",
+        "ich",
+        "auf",
+        "für",
+        "dem",
+        "im",
+        "auch",
+        "sind",
+    },
+    "it": {
+        "il",
+        "la",
+        "di",
+        "che",
+        "e",
+        "è",
+        "un",
+        "una",
+        "per",
+        "non",
+        "in",
+        "del",
+        "con",
+        "sono",
+        "gli",
+        "le",
+        "lo",
+        "si",
+        "da",
+        "ci",
+        "al",
+    },
+    "pt": {
+        "o",
+        "a",
+        "os",
+        "as",
+        "de",
+        "que",
+        "e",
+        "é",
+        "um",
+        "uma",
+        "para",
+        "com",
+        "não",
+        "em",
+        "do",
+        "da",
+        "no",
+        "na",
+        "se",
+        "por",
+        "nós",
+    },
+    "ca": {
+        "el",
+        "la",
+        "els",
+        "les",
+        "de",
+        "que",
+        "i",
+        "és",
+        "un",
+        "una",
+        "per",
+        "amb",
+        "no",
+        "en",
+        "del",
+        "al",
+        "es",
+        "som",
+        "als",
+    },
+    "nl": {
+        "de",
+        "het",
+        "een",
+        "en",
+        "is",
+        "van",
+        "dat",
+        "niet",
+        "we",
+        "je",
+        "op",
+        "te",
+        "in",
+        "voor",
+        "met",
+        "zijn",
+        "ik",
+        "wij",
+    },
 }
 
 
@@ -256,14 +464,14 @@ def check(source_text: str, output: str, source: str, target: str, *, truncated:
     if truncated or len(output) > 3 * src_len + 40:
         return Check(False, "runaway", f"{len(output)} chars for {src_len}")
     src_words = _words(source_text)
-    if (primary(source) != primary(target) and len(src_words) >= 3
-            and _norm(output) == _norm(source_text)):
+    if primary(source) != primary(target) and len(src_words) >= 3 and _norm(output) == _norm(source_text):
         return Check(False, "echo")
     expected = _SCRIPTS.get(primary(target), "LATIN")
     letters = [s for s in (_script_of(c) for c in output if c.isalpha()) if s]
     if letters:
-        share = sum(1 for s in letters if s == expected or (expected == "CJK" and s in ("CJK", "HANGUL"))
-                    ) / len(letters)
+        share = sum(
+            1 for s in letters if s == expected or (expected == "CJK" and s in ("CJK", "HANGUL"))
+        ) / len(letters)
         if share < 0.5:
             return Check(False, "wrong_language", f"{share:.0%} of letters in the {expected} script")
     words = _words(output)

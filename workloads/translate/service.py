@@ -59,42 +59,98 @@ class _Metrics:
         self.pipeline = pipeline
         self.latency = m.translation_latency(registry, ("backend",))
         self.queue = m.queue_depth(registry)
-        self.batch = Histogram(m.TRANSLATION_BATCH_SIZE, "Segments per engine call",
-                               ["pipeline", "backend"], buckets=m.BATCH_SIZE_BUCKETS,
-                               registry=registry)
-        self.batch_seconds = Histogram(m.TRANSLATION_BATCH_SECONDS, "Wall time of one engine call",
-                                       ["pipeline", "backend"], buckets=m.PROCESSING_BUCKETS,
-                                       registry=registry)
-        self.results = Counter(m.TRANSLATION_RESULTS.removesuffix("_total"),
-                               "Per-target results sent to the gateway",
-                               ["pipeline", "outcome", "quality"], registry=registry)
-        self.fallbacks = Counter(m.TRANSLATION_FALLBACKS.removesuffix("_total"),
-                                 "Segments handed to the next engine of the chain",
-                                 ["pipeline", "from_backend", "to_backend", "reason"], registry=registry)
-        self.rejections = Counter(m.TRANSLATION_QUALITY_REJECTIONS.removesuffix("_total"),
-                                  "Engine outputs refused by a quality check",
-                                  ["pipeline", "backend", "check"], registry=registry)
-        self.refused = Counter(m.TRANSLATION_REFUSED.removesuffix("_total"),
-                               "Requests refused before any work (backpressure, bad input)",
-                               ["pipeline", "reason"], registry=registry)
-        self.engine_up = Gauge(m.TRANSLATION_ENGINE_UP, "1 when the engine answers its health check",
-                               ["pipeline", "backend"], registry=registry)
-        self.engine_sleeping = Gauge(m.TRANSLATION_ENGINE_SLEEPING, "1 while vLLM sleeps (GPU memory freed)",
-                                     ["pipeline", "backend"], registry=registry)
-        self.kv_cache = Gauge(m.TRANSLATION_ENGINE_KV_CACHE, "Engine KV-cache use, 0..1 (vllm:kv_cache_usage_perc)",
-                              ["pipeline", "backend"], registry=registry)
-        self.waiting = Gauge(m.TRANSLATION_ENGINE_WAITING, "Requests waiting inside the engine",
-                             ["pipeline", "backend"], registry=registry)
-        self.running = Gauge(m.TRANSLATION_ENGINE_RUNNING, "Requests running inside the engine",
-                             ["pipeline", "backend"], registry=registry)
-        self.memory = Gauge(m.TRANSLATION_ENGINE_MEMORY, "Engine memory: GPU share reserved, host RSS",
-                            ["pipeline", "backend", "kind"], registry=registry)
-        self.restarts = Gauge(m.TRANSLATION_ENGINE_RESTARTS, "Engine child-process restarts",
-                              ["pipeline", "backend"], registry=registry)
-        self.breaker_open = Gauge(m.TRANSLATION_BREAKER_OPEN, "1 while an engine's circuit is open",
-                                  ["pipeline", "backend"], registry=registry)
-        self.model_info = Gauge(m.TRANSLATION_MODEL_INFO, "The model the primary engine is asked for",
-                                ["pipeline", "backend", "model"], registry=registry)
+        self.batch = Histogram(
+            m.TRANSLATION_BATCH_SIZE,
+            "Segments per engine call",
+            ["pipeline", "backend"],
+            buckets=m.BATCH_SIZE_BUCKETS,
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            m.TRANSLATION_BATCH_SECONDS,
+            "Wall time of one engine call",
+            ["pipeline", "backend"],
+            buckets=m.PROCESSING_BUCKETS,
+            registry=registry,
+        )
+        self.results = Counter(
+            m.TRANSLATION_RESULTS.removesuffix("_total"),
+            "Per-target results sent to the gateway",
+            ["pipeline", "outcome", "quality"],
+            registry=registry,
+        )
+        self.fallbacks = Counter(
+            m.TRANSLATION_FALLBACKS.removesuffix("_total"),
+            "Segments handed to the next engine of the chain",
+            ["pipeline", "from_backend", "to_backend", "reason"],
+            registry=registry,
+        )
+        self.rejections = Counter(
+            m.TRANSLATION_QUALITY_REJECTIONS.removesuffix("_total"),
+            "Engine outputs refused by a quality check",
+            ["pipeline", "backend", "check"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            m.TRANSLATION_REFUSED.removesuffix("_total"),
+            "Requests refused before any work (backpressure, bad input)",
+            ["pipeline", "reason"],
+            registry=registry,
+        )
+        self.engine_up = Gauge(
+            m.TRANSLATION_ENGINE_UP,
+            "1 when the engine answers its health check",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.engine_sleeping = Gauge(
+            m.TRANSLATION_ENGINE_SLEEPING,
+            "1 while vLLM sleeps (GPU memory freed)",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.kv_cache = Gauge(
+            m.TRANSLATION_ENGINE_KV_CACHE,
+            "Engine KV-cache use, 0..1 (vllm:kv_cache_usage_perc)",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.waiting = Gauge(
+            m.TRANSLATION_ENGINE_WAITING,
+            "Requests waiting inside the engine",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.running = Gauge(
+            m.TRANSLATION_ENGINE_RUNNING,
+            "Requests running inside the engine",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.memory = Gauge(
+            m.TRANSLATION_ENGINE_MEMORY,
+            "Engine memory: GPU share reserved, host RSS",
+            ["pipeline", "backend", "kind"],
+            registry=registry,
+        )
+        self.restarts = Gauge(
+            m.TRANSLATION_ENGINE_RESTARTS,
+            "Engine child-process restarts",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.breaker_open = Gauge(
+            m.TRANSLATION_BREAKER_OPEN,
+            "1 while an engine's circuit is open",
+            ["pipeline", "backend"],
+            registry=registry,
+        )
+        self.model_info = Gauge(
+            m.TRANSLATION_MODEL_INFO,
+            "The model the primary engine is asked for",
+            ["pipeline", "backend", "model"],
+            registry=registry,
+        )
 
 
 def build_engine(kind: BackendName, settings: TranslateSettings) -> Engine:
@@ -107,8 +163,12 @@ def build_engine(kind: BackendName, settings: TranslateSettings) -> Engine:
 
 
 class TranslationService:
-    def __init__(self, settings: TranslateSettings, registry: CollectorRegistry | None = None,
-                 engines: list[Engine] | None = None) -> None:
+    def __init__(
+        self,
+        settings: TranslateSettings,
+        registry: CollectorRegistry | None = None,
+        engines: list[Engine] | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.pipeline = settings.pipeline or "local"
@@ -117,8 +177,10 @@ class TranslationService:
         if engines is None:
             kinds: list[BackendName] = [backend] + [k for k in settings.fallback if k != backend]
             engines = [build_engine(k, settings) for k in kinds]
-            engines += [OpenAIEngine(endpoint, settings.context_segments or 0, name=f"fallback-{i + 1}")
-                        for i, endpoint in enumerate(settings.fallback_endpoints)]
+            engines += [
+                OpenAIEngine(endpoint, settings.context_segments or 0, name=f"fallback-{i + 1}")
+                for i, endpoint in enumerate(settings.fallback_endpoints)
+            ]
         self.steps = [self._step(e) for e in engines]
         self.primary = self.steps[0]
         self.model: str | None = settings.model if self.primary.engine.name != "apertium" else None
@@ -131,12 +193,20 @@ class TranslationService:
         b = self.settings.batch
         breaker = CircuitBreaker(engine.name, self.settings.breaker.failures, self.settings.breaker.reset_s)
         batcher = MicroBatcher(
-            engine, window_ms=b.window_ms, max_batch=b.max_batch, max_queue=b.max_queue,
+            engine,
+            window_ms=b.window_ms,
+            max_batch=b.max_batch,
+            max_queue=b.max_queue,
             # The engine's cap lets batches grow; with batching off, concurrency is all there is.
-            max_inflight=(b.max_inflight_batches if b.max_batch == 1
-                          else min(b.max_inflight_batches, engine.max_inflight or b.max_inflight_batches)),
-            breaker=breaker, on_batch=self._on_batch,
-            on_depth=lambda _depth: self._report_depth())
+            max_inflight=(
+                b.max_inflight_batches
+                if b.max_batch == 1
+                else min(b.max_inflight_batches, engine.max_inflight or b.max_inflight_batches)
+            ),
+            breaker=breaker,
+            on_batch=self._on_batch,
+            on_depth=lambda _depth: self._report_depth(),
+        )
         return _Step(engine, batcher, breaker)
 
     # ------------------------------------------------------------ lifecycle
@@ -167,7 +237,9 @@ class TranslationService:
             if all(reasons):
                 self.problems.append(f"{src}->{t}: {reasons[0]}")
         if self.problems:
-            log.error("pipeline languages this service cannot serve", extra={"fields": {"problems": self.problems}})
+            log.error(
+                "pipeline languages this service cannot serve", extra={"fields": {"problems": self.problems}}
+            )
 
     def sync_local_metrics(self) -> None:
         """Gauges known without asking an engine (cheap enough for every scrape)."""
@@ -187,8 +259,11 @@ class TranslationService:
             self.metrics.engine_sleeping.labels(*labels).set(1.0 if st.sleeping else 0.0)
             self.metrics.breaker_open.labels(*labels).set(0.0 if step.breaker.state == "closed" else 1.0)
             stats = st.stats
-            for stat, gauge in ((STAT_KV_CACHE, self.metrics.kv_cache), (STAT_WAITING, self.metrics.waiting),
-                                (STAT_RUNNING, self.metrics.running)):
+            for stat, gauge in (
+                (STAT_KV_CACHE, self.metrics.kv_cache),
+                (STAT_WAITING, self.metrics.waiting),
+                (STAT_RUNNING, self.metrics.running),
+            ):
                 if stat in stats:
                     gauge.labels(*labels).set(stats[stat])
             for kind in (STAT_GPU_RESERVED, STAT_HOST_RSS):  # the stat names are the kind labels
@@ -207,7 +282,8 @@ class TranslationService:
                     if isinstance(step.engine, VllmEngine):
                         await step.engine.maybe_sleep()
                         self.metrics.engine_sleeping.labels(self.pipeline, "vllm").set(
-                            1.0 if step.engine.state.sleeping else 0.0)
+                            1.0 if step.engine.state.sleeping else 0.0
+                        )
             except Exception:  # the poller must survive any one bad round
                 log.exception("engine poll failed")
 
@@ -215,8 +291,9 @@ class TranslationService:
 
     def _set_model_info(self) -> None:
         self.metrics.model_info.clear()
-        self.metrics.model_info.labels(self.pipeline, self.primary.engine.name,
-                                       self.model or self.primary.engine.name).set(1.0)
+        self.metrics.model_info.labels(
+            self.pipeline, self.primary.engine.name, self.model or self.primary.engine.name
+        ).set(1.0)
 
     async def set_model(self, model: str) -> str | None:
         """Switch the primary engine's model for new segments; segments in flight finish on the old.
@@ -230,12 +307,16 @@ class TranslationService:
         if not isinstance(engine, OpenAIEngine):
             raise ModelSwitchError(f"the {engine.name} backend has no models to switch")
         if self.allowed_models and model not in self.allowed_models:
-            raise ModelSwitchError(f"{model!r} is not spec.translation.model or one of its fallbackModels "
-                                   f"({', '.join(self.allowed_models)})")
+            raise ModelSwitchError(
+                f"{model!r} is not spec.translation.model or one of its fallbackModels "
+                f"({', '.join(self.allowed_models)})"
+            )
         await engine.check()
         if engine.served_models and model not in engine.served_models:
-            raise ModelSwitchError(f"the {engine.name} engine at {engine.base} serves "
-                                   f"{', '.join(engine.served_models)}, not {model!r}")
+            raise ModelSwitchError(
+                f"the {engine.name} engine at {engine.base} serves "
+                f"{', '.join(engine.served_models)}, not {model!r}"
+            )
         previous, self.model = self.model, model
         self._set_model_info()
         log.info("translation model switched", extra={"fields": {"from": previous, "to": model}})
@@ -257,9 +338,16 @@ class TranslationService:
             "ready": self.ready,
             "backend": self.primary.engine.name,
             "model": self.model,
-            "engines": [{"backend": s.engine.name, "ready": s.engine.state.ready,
-                         "detail": s.engine.state.detail, "sleeping": s.engine.state.sleeping,
-                         "circuit": s.breaker.state} for s in self.steps],
+            "engines": [
+                {
+                    "backend": s.engine.name,
+                    "ready": s.engine.state.ready,
+                    "detail": s.engine.state.detail,
+                    "sleeping": s.engine.state.sleeping,
+                    "circuit": s.breaker.state,
+                }
+                for s in self.steps
+            ],
             "problems": self.problems,
         }
 
@@ -288,9 +376,15 @@ class TranslationService:
         received = time.monotonic()
         span = context_span(self.settings.context_segments or 0)
         context = tuple(req.context[-span:]) if span else ()
-        tasks = [asyncio.create_task(self._target(Job(req.text, req.sourceLanguage, t, context, req.sessionId,
-                                                      req.segmentId, req.partial), received))
-                 for t in req.targetLanguages]
+        tasks = [
+            asyncio.create_task(
+                self._target(
+                    Job(req.text, req.sourceLanguage, t, context, req.sessionId, req.segmentId, req.partial),
+                    received,
+                )
+            )
+            for t in req.targetLanguages
+        ]
         try:
             for fut in asyncio.as_completed(tasks):
                 yield await fut
@@ -302,12 +396,21 @@ class TranslationService:
         try:
             result = await asyncio.wait_for(self._chain(job), self.settings.request_timeout_s)
         except TimeoutError:
-            result = TranslateResult(type="error", segmentId=job.segment_id, language=job.target,
-                                     code=ERR_TRANSLATION_FAILED,
-                                     message=f"no translation within {self.settings.request_timeout_s:g} s")
+            result = TranslateResult(
+                type="error",
+                segmentId=job.segment_id,
+                language=job.target,
+                code=ERR_TRANSLATION_FAILED,
+                message=f"no translation within {self.settings.request_timeout_s:g} s",
+            )
         except QueueFull as exc:
-            result = TranslateResult(type="error", segmentId=job.segment_id, language=job.target,
-                                     code=ERR_UPSTREAM, message=str(exc))
+            result = TranslateResult(
+                type="error",
+                segmentId=job.segment_id,
+                language=job.target,
+                code=ERR_UPSTREAM,
+                message=str(exc),
+            )
         elapsed = time.monotonic() - received
         result.latencySeconds = round(elapsed, 4)
         backend = getattr(result, "backend", None) or self.primary.engine.name
@@ -315,19 +418,27 @@ class TranslationService:
             self.metrics.latency.labels(self.pipeline, backend).observe(elapsed)
         self.metrics.results.labels(self.pipeline, result.type, result.quality or result.code or "").inc()
         if result.type == "error":
-            log.warning("segment not translated", extra={
-                "session_id": job.session_id, "segment_id": job.segment_id, "language": job.target,
-                "fields": {"code": result.code, "error": result.message}})
+            log.warning(
+                "segment not translated",
+                extra={
+                    "session_id": job.session_id,
+                    "segment_id": job.segment_id,
+                    "language": job.target,
+                    "fields": {"code": result.code, "error": result.message},
+                },
+            )
         return result
 
     def _error(self, job: Job, code: str, message: str) -> TranslateResult:
-        return TranslateResult(type="error", segmentId=job.segment_id, language=job.target, code=code,
-                               message=message)
+        return TranslateResult(
+            type="error", segmentId=job.segment_id, language=job.target, code=code, message=message
+        )
 
     async def _chain(self, job: Job) -> TranslateResult:
         if job.source != "auto" and primary(job.source) == primary(job.target):
-            return TranslateResult(segmentId=job.segment_id, language=job.target, text=job.text,
-                                   quality="same_language")
+            return TranslateResult(
+                segmentId=job.segment_id, language=job.target, text=job.text, quality="same_language"
+            )
         reasons = [s.engine.unsupported(job.source, job.target) for s in self.steps]
         usable = [s for s, r in zip(self.steps, reasons, strict=True) if r is None]
         if job.partial:
@@ -340,10 +451,14 @@ class TranslationService:
             is_primary = step is self.primary
             model = self.model if is_primary else None
             if pos > 0:
-                reason = (last_error.__class__.__name__ if last_error is not None
-                          else f"quality:{best[1] if best else 'unknown'}")
-                self.metrics.fallbacks.labels(self.pipeline, usable[pos - 1].engine.name,
-                                              step.engine.name, reason).inc()
+                reason = (
+                    last_error.__class__.__name__
+                    if last_error is not None
+                    else f"quality:{best[1] if best else 'unknown'}"
+                )
+                self.metrics.fallbacks.labels(
+                    self.pipeline, usable[pos - 1].engine.name, step.engine.name, reason
+                ).inc()
             # Deterministic engines (Apertium) give the same answer twice: no point retrying a check.
             tries = 2 if step.engine.name != "apertium" and not job.partial else 1
             for attempt in range(2):
@@ -352,8 +467,11 @@ class TranslationService:
                 except QueueFull as exc:
                     outcome = exc
                 if isinstance(outcome, Output):
-                    text = (clean_apertium(outcome.text) if step.engine.name == "apertium"
-                            else cleanup(outcome.text, job.target))
+                    text = (
+                        clean_apertium(outcome.text)
+                        if step.engine.name == "apertium"
+                        else cleanup(outcome.text, job.target)
+                    )
                     verdict = check(job.text, text, job.source, job.target, truncated=outcome.truncated)
                     if verdict.ok:
                         quality = f"pivot:{outcome.via}" if outcome.via else "ok"
@@ -361,15 +479,26 @@ class TranslationService:
                             quality = "fallback"
                         elif attempt > 0:
                             quality = "retried"
-                        res = TranslateResult(segmentId=job.segment_id, language=job.target, text=text,
-                                              quality=quality)
+                        res = TranslateResult(
+                            segmentId=job.segment_id, language=job.target, text=text, quality=quality
+                        )
                         res.backend = step.engine.name  # type: ignore[attr-defined]
                         return res
                     self.metrics.rejections.labels(self.pipeline, step.engine.name, verdict.reason).inc()
-                    log.info("translation refused by a quality check", extra={
-                        "session_id": job.session_id, "segment_id": job.segment_id, "language": job.target,
-                        "fields": {"backend": step.engine.name, "check": verdict.reason,
-                                   "detail": verdict.detail, "attempt": attempt}})
+                    log.info(
+                        "translation refused by a quality check",
+                        extra={
+                            "session_id": job.session_id,
+                            "segment_id": job.segment_id,
+                            "language": job.target,
+                            "fields": {
+                                "backend": step.engine.name,
+                                "check": verdict.reason,
+                                "detail": verdict.detail,
+                                "attempt": attempt,
+                            },
+                        },
+                    )
                     if verdict.reason == "runaway":
                         # Keep what a caption can show: about the source's length, cut at a word.
                         limit = 3 * len(job.text) + 40
@@ -384,13 +513,16 @@ class TranslationService:
                 if isinstance(outcome, UnsupportedError | CircuitOpen | QueueFull):
                     break
                 if not isinstance(outcome, EngineError):
-                    log.error("engine raised", exc_info=outcome, extra={"fields": {"backend": step.engine.name}})
+                    log.error(
+                        "engine raised", exc_info=outcome, extra={"fields": {"backend": step.engine.name}}
+                    )
                 if attempt + 1 >= 2:
                     break
         if best is not None:
             # Every engine failed a check: show the least-bad output, flagged, rather than nothing.
-            res = TranslateResult(segmentId=job.segment_id, language=job.target, text=best[0],
-                                  quality=f"degraded:{best[1]}")
+            res = TranslateResult(
+                segmentId=job.segment_id, language=job.target, text=best[0], quality=f"degraded:{best[1]}"
+            )
             res.backend = best[2]  # type: ignore[attr-defined]
             return res
         if isinstance(last_error, EngineError):

@@ -103,8 +103,7 @@ class BreakerSettings(BaseModel):
 
 
 class TranslateSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LT_TRANSLATE_", env_nested_delimiter="__",
-                                      extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="LT_TRANSLATE_", env_nested_delimiter="__", extra="ignore")
 
     pipeline: str | None = None
     backend: BackendName | None = None
@@ -145,24 +144,36 @@ class TranslateSettings(BaseSettings):
         out.pipeline = out.pipeline or resolved.name
         out.backend = out.backend or resolved.placement.translationBackend
         out.model = out.model or resolved.placement.translationModel or spec.model
-        out.fallback_models = out.fallback_models if out.fallback_models is not None else list(
-            spec.fallbackModels)
-        out.context_segments = (spec.contextSegments if out.context_segments is None
-                                else out.context_segments)
+        out.fallback_models = (
+            out.fallback_models if out.fallback_models is not None else list(spec.fallbackModels)
+        )
+        out.context_segments = spec.contextSegments if out.context_segments is None else out.context_segments
         out.source_language = out.source_language or resolved.spec.sourceLanguage
         out.target_languages = out.target_languages or list(resolved.spec.targetLanguages)
         if out.openai.url is None and spec.endpoint:
             out.openai.url = spec.endpoint
-        if spec.apiKeySecretRef is not None and out.openai.api_key is None and out.openai.api_key_file is None:
+        if (
+            spec.apiKeySecretRef is not None
+            and out.openai.api_key is None
+            and out.openai.api_key_file is None
+        ):
             out.openai.api_key_file = Path(TRANSLATION_KEY_MOUNT_DIR) / spec.apiKeySecretRef.key
         if "sleep_after_idle_s" not in out.vllm.model_fields_set and spec.sleepAfterIdle:
             out.vllm.sleep_after_idle_s = spec.sleep_after_idle_seconds
         if not out.fallback_endpoints:
             out.fallback_endpoints = [
-                OpenAISettings(url=f.endpoint, model=f.model, prompt_style=f.promptStyle,
-                               api_key_file=(Path(FALLBACK_KEYS_MOUNT_DIR) / str(i) / f.apiKeySecretRef.key
-                                             if f.apiKeySecretRef is not None else None))
-                for i, f in enumerate(spec.fallback)]
+                OpenAISettings(
+                    url=f.endpoint,
+                    model=f.model,
+                    prompt_style=f.promptStyle,
+                    api_key_file=(
+                        Path(FALLBACK_KEYS_MOUNT_DIR) / str(i) / f.apiKeySecretRef.key
+                        if f.apiKeySecretRef is not None
+                        else None
+                    ),
+                )
+                for i, f in enumerate(spec.fallback)
+            ]
         return out
 
 

@@ -49,7 +49,9 @@ class VllmEngine(OpenAIEngine):
             metrics = await self.client.get("/metrics", timeout=3.0)
             if metrics.status_code == 200:
                 stats = engine_stats(metrics.text, VLLM_STATS)
-                info = next((x.labels for x in metric_samples(metrics.text) if x.name == "vllm:cache_config_info"), {})
+                info = next(
+                    (x.labels for x in metric_samples(metrics.text) if x.name == "vllm:cache_config_info"), {}
+                )
                 if "gpu_memory_utilization" in info:
                     try:
                         stats[STAT_GPU_RESERVED] = float(info["gpu_memory_utilization"])
@@ -69,8 +71,9 @@ class VllmEngine(OpenAIEngine):
         if self.state.sleeping:
             await self.wake()
 
-    async def translate(self, jobs: list[Job], model: str | None, *, attempt: int = 0
-                        ) -> list[Output | BaseException]:
+    async def translate(
+        self, jobs: list[Job], model: str | None, *, attempt: int = 0
+    ) -> list[Output | BaseException]:
         self._inflight += 1
         try:
             return await super().translate(jobs, model, attempt=attempt)
@@ -106,18 +109,23 @@ class VllmEngine(OpenAIEngine):
             if self._inflight or self.state.sleeping:
                 return False
             try:
-                resp = await self.client.post("/sleep", params={"level": self.vsettings.sleep_level},
-                                              timeout=60.0)
+                resp = await self.client.post(
+                    "/sleep", params={"level": self.vsettings.sleep_level}, timeout=60.0
+                )
             except httpx.HTTPError as exc:
                 log.warning("vLLM sleep failed", extra={"fields": {"error": str(exc)}})
                 return False
             if resp.status_code >= 400:
-                log.warning("vLLM refused to sleep (is --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 set?)",
-                            extra={"fields": {"status": resp.status_code}})
+                log.warning(
+                    "vLLM refused to sleep (is --enable-sleep-mode and VLLM_SERVER_DEV_MODE=1 set?)",
+                    extra={"fields": {"status": resp.status_code}},
+                )
                 self.vsettings.sleep_after_idle_s = 0.0  # do not ask again every poll
                 return False
             self.state.sleeping = True
             self.sleep_count += 1
-            log.info("vLLM engine put to sleep after idle time",
-                     extra={"fields": {"idle_s": idle_after, "level": self.vsettings.sleep_level}})
+            log.info(
+                "vLLM engine put to sleep after idle time",
+                extra={"fields": {"idle_s": idle_after, "level": self.vsettings.sleep_level}},
+            )
             return True
