@@ -314,10 +314,6 @@ def pairs(tmp: Path, limit: int | None) -> list[dict[str, Any]]:
 # -------------------------------------------------------------------------------------- report
 
 
-def _num(value: Any, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _measured(part: dict[str, Any]) -> str:
     m = part["measured"]
     return (
@@ -367,18 +363,18 @@ def markdown(result: dict[str, Any]) -> str:
             gap = c["chrf"] - chrf if chrf is not None and c.get("chrf") is not None else None
             s, cap = r["sentence_latency_s"], r["caption_latency_s"]
             lines.append(
-                f"| {r['condition']} | {_num(w, 3)} ({_num(cw, 3)}) | {_num(ratio)}"
+                f"| {r['condition']} | {quality._num(w, 3)} ({quality._num(cw, 3)}) | {quality._num(ratio)}"
                 f"{quality._mark(None if ratio is None else ratio <= 1.2)} "
-                f"| {_num(chrf, 1)} ({_num(c.get('chrf'), 1)}){quality._mark(None if gap is None else gap <= 3)} "
-                f"| {_num(r['bleu']['mean'], 1)} ({_num(c.get('bleu'), 1)}) | {_num(s['p50'])} / {_num(s['p95'])} s "
-                f"| {_num(cap['p50'])} / {_num(cap['p95'])} s | {_num(r['translations_per_sentence'])} |"
+                f"| {quality._num(chrf, 1)} ({quality._num(c.get('chrf'), 1)}){quality._mark(None if gap is None else gap <= 3)} "
+                f"| {quality._num(r['bleu']['mean'], 1)} ({quality._num(c.get('bleu'), 1)}) | {quality._num(s['p50'])} / {quality._num(s['p95'])} s "
+                f"| {quality._num(cap['p50'])} / {quality._num(cap['p95'])} s | {quality._num(r['translations_per_sentence'])} |"
             )
         mt = sp["ceilings"].get("mt_only", {})
         lines += [
             "",
             (
-                f"Apertium es->en on the correct Spanish (MT only): chrF {_num(mt.get('chrf'), 1)}, "
-                f"BLEU {_num(mt.get('bleu'), 1)}."
+                f"Apertium es->en on the correct Spanish (MT only): chrF {quality._num(mt.get('chrf'), 1)}, "
+                f"BLEU {quality._num(mt.get('bleu'), 1)}."
             ),
             "",
         ]
@@ -392,7 +388,7 @@ def markdown(result: dict[str, Any]) -> str:
             (
                 f"{au['utterances']} utterances ({', '.join(f'{k} {v}' for k, v in au['languages'].items())}) in "
                 f"runs of {', '.join(map(str, au['runs']))}, {au['audio_seconds']} s, {au['sessions']} sessions. "
-                f"Language right on {d['right']} of {d['utterances']} utterances ({_num(100 * (d['share'] or 0), 1)}%)"
+                f"Language right on {d['right']} of {d['utterances']} utterances ({quality._num(100 * (d['share'] or 0), 1)}%)"
                 f"{quality._mark(None if d['share'] is None else d['share'] >= 0.9)}; "
                 f"{d['finals_right']} of {d['finals']} finals."
             ),
@@ -404,8 +400,8 @@ def markdown(result: dict[str, Any]) -> str:
             c = au["ceiling"].get(target, {})
             s = r["sentence_latency_s"]
             lines.append(
-                f"| {target} | {_num(r['wer']['mean'], 3)} | {_num(r['chrf']['mean'], 1)} ({_num(c.get('chrf'), 1)}) "
-                f"| {_num(r['bleu']['mean'], 1)} ({_num(c.get('bleu'), 1)}) | {_num(s['p50'])} / {_num(s['p95'])} s "
+                f"| {target} | {quality._num(r['wer']['mean'], 3)} | {quality._num(r['chrf']['mean'], 1)} ({quality._num(c.get('chrf'), 1)}) "
+                f"| {quality._num(r['bleu']['mean'], 1)} ({quality._num(c.get('bleu'), 1)}) | {quality._num(s['p50'])} / {quality._num(s['p95'])} s "
                 f"| {', '.join(f'{k} {v}' for k, v in r['quality'].items())} |"
             )
         if d["wrong_examples"]:
@@ -430,8 +426,8 @@ def markdown(result: dict[str, Any]) -> str:
         for r in rows:
             route = "direct" if r["route"] == "ok" else r["route"]
             lines.append(
-                f"| {r['source']} -> {r['target']} | {route} | {_num(r['chrf'], 1)} | {_num(r['bleu'], 1)} "
-                f"| {_num(r['seconds_per_sentence'], 3)} |"
+                f"| {r['source']} -> {r['target']} | {route} | {quality._num(r['chrf'], 1)} | {quality._num(r['bleu'], 1)} "
+                f"| {quality._num(r['seconds_per_sentence'], 3)} |"
             )
         lines.append("")
     lines += ["Targets (ok / MISS beside each figure): " + "; ".join(TARGETS.values()) + "."]
@@ -461,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--parts is a list of spanish, auto, pairs and --sessions >= 1")
     os.environ["LT_AUDIO_MODEL"] = args.model  # `up` hands its environment to the audio service
     command = " ".join(["benchmarks/bench_languages.py", *(argv if argv is not None else sys.argv[1:])])
-    json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
+    json_path = Path(f"{args.out}.json")
     result: dict[str, Any] = {
         "benchmark": "languages",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -500,12 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         if "auto" in parts:
             result["auto"] = stamp(lambda: switching_session(args.sessions, args.model, args.sentences, tmp))
     result["loadavg_after"] = loadavg()
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(result)
-    md_path.write_text(md)
-    print(md)
-    print(f"wrote {json_path} and {md_path}")
+    quality.write_results(args.out, result, markdown(result))
     return 0
 
 

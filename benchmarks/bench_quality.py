@@ -959,14 +959,18 @@ def main(argv: list[str] | None = None) -> int:
     result["runs"] = runs
     result["examples"] = examples
     result["loadavg_after"] = loadavg()
-    json_path, md_path = Path(f"{args.out}.json"), Path(f"{args.out}.md")
+    write_results(args.out, result, markdown(result))
+    return 0
+
+
+def write_results(stem: Path, result: dict[str, Any], md: str) -> None:
+    """STEM.json (the figures) and STEM.md (the report), and the report on stdout."""
+    json_path, md_path = Path(f"{stem}.json"), Path(f"{stem}.md")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    md = markdown(result)
     md_path.write_text(md)
     print(md)
     print(f"wrote {json_path} and {md_path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -405,6 +405,18 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+def page_port(preferred: int, host: str) -> tuple[int, str | None]:
+    """The gateway's port: ``preferred`` unless another program holds it (0 asks for any free
+    one), and, when it moved, why, for a warning the user cannot miss."""
+    port = free_port(preferred, host)
+    if preferred and port != preferred:
+        return port, (
+            f"port {preferred} is held by another program; the page moves to port {port} "
+            "(stop that program, or choose a port with --port)"
+        )
+    return port, None
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="livetranslate up",
@@ -439,17 +451,14 @@ def main(argv: list[str]) -> int:
 
     try:
         name, namespace, spec = load_pipeline(args.file)
-        ports = {"gateway": free_port(args.port, args.host), "audio": free_port(), "translation": free_port()}
+        gateway_port, moved = page_port(args.port, args.host)
+        ports = {"gateway": gateway_port, "audio": free_port(), "translation": free_port()}
         resolved = resolve_local(name, namespace, spec, ports)
     except (UpError, OSError) as exc:
         print(f"livetranslate up: {exc}", file=sys.stderr)
         return 2
-    if args.port and ports["gateway"] != args.port:
-        print(
-            f"livetranslate up: WARNING: port {args.port} is held by another program; the page moves to "
-            f"port {ports['gateway']} (stop that program, or choose a port with --port)",
-            file=sys.stderr,
-        )
+    if moved:
+        print(f"livetranslate up: WARNING: {moved}", file=sys.stderr)
 
     workdir = Path(tempfile.mkdtemp(prefix="livetranslate-up-"))
     log_dir = args.log_dir or workdir

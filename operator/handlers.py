@@ -426,13 +426,7 @@ def _api_retry(e: ApiError, settings: OperatorSettings, retry: int = 0) -> kopf.
 async def reconcile_pipeline(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
     """Create, update and resume are one idempotent reconcile (a restart mid-way converges)."""
     node_index: kopf.Index[str, dict[str, bool]] = kwargs["node_index"]
-    raw = {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": dict(body.metadata),
-        "spec": dict(body.spec),
-        "status": dict(body.status),
-    }
+    raw = status.pipeline_object(body)
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace):
         try:
             await reconcile(raw, memo.state, cluster_from(node_index), logger)

@@ -206,6 +206,18 @@ def status_changed(current: Mapping[str, Any] | None, new: Mapping[str, Any]) ->
     return any(current.get(k) != v for k, v in new.items())
 
 
+def pipeline_object(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A TranslationPipeline as the API returns it, from the body Kopf hands a handler (its views
+    copied into plain dicts, so the reconcile and the autoscaler work on a snapshot)."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": dict(body.get("metadata") or {}),
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
+
+
 def conditions_changed(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, Any]]) -> bool:
     """Whether two condition lists differ in anything but their transition times."""
 

@@ -245,13 +245,7 @@ async def autoscale_step(body: kopf.Body, memo: kopf.Memo) -> None:
     state: OperatorState | None = memo.get("state")
     if state is None:
         return
-    raw = {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": dict(body.metadata),
-        "spec": dict(body.spec),
-        "status": dict(body.status),
-    }
+    raw = status_writer.pipeline_object(body)
     with log_context(pipeline=body.metadata.name, namespace=body.metadata.namespace, component="autoscaler"):
         try:
             decision = await scale_once(

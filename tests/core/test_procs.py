@@ -114,3 +114,18 @@ def test_cpu_seconds_and_rss_are_the_childs_own(tmp_path: Path) -> None:
         assert cpu_seconds(os.getpid()) > 0
     finally:
         stop(proc)
+
+
+def test_up_moves_the_page_off_a_held_port_only_with_a_warning() -> None:
+    from livetranslate.local import page_port
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        port, warning = page_port(taken, "127.0.0.1")
+        assert port != taken and warning is not None
+        assert f"port {taken} is held by another program" in warning and f"port {port}" in warning
+    assert page_port(taken, "127.0.0.1") == (taken, None)  # free again: it stays
+    port, warning = page_port(0, "127.0.0.1")  # any free port was asked for: nothing to say
+    assert port > 0 and warning is None
