@@ -1,9 +1,28 @@
-"""Where a sentence ends in transcribed text: one rule for the audio service, which never lets a
-final run past a sentence end, and the gateway, which closes sentences on it."""
+"""Where a sentence ends in transcribed text, and how finals join into it: one rule for the audio
+service, which never lets a final run past a sentence end, and the gateway, which closes
+sentences on it and joins their finals."""
 
 from __future__ import annotations
 
 import re
+
+# Scripts written without spaces between words (CJK ideographs, kana, Thai, Lao, Myanmar, and
+# CJK punctuation and full-width forms).
+UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u3000-\u30ff\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
+
+
+def join_texts(texts: list[str] | tuple[str, ...]) -> str:
+    """Finals as one text: a space between two, except where either side is in a script written
+    without spaces ("おは" + "ようございます" is one word, not two)."""
+    out = ""
+    for text in (t.strip() for t in texts):
+        if not text:
+            continue
+        if out and not (UNSPACED.match(out[-1]) or UNSPACED.match(text[0])):
+            out += " "
+        out += text
+    return out
+
 
 # Sentence-final punctuation, Latin and CJK, optionally followed by closing quotes or brackets.
 _SENTENCE_END = re.compile(r"[.!?…。！？]+[\"'”’»)\]]*$")

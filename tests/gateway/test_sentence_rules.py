@@ -133,3 +133,19 @@ def test_a_change_of_detected_language_starts_a_new_sentence() -> None:
     assert asm.open is not None and asm.open.language == "es" and asm.open.segment_ids == [1]
     # finals without a detected language (a fixed source) never split a sentence
     assert asm.add(Piece(2, "a todos", 2, 3)) == [] and asm.open.segment_ids == [1, 2]
+
+
+def test_finals_in_a_script_without_spaces_join_without_one() -> None:
+    """Whisper's Japanese or Chinese finals may end inside a word ("おは" + "ようございます"): the
+    sentence a listener reads and the translator gets has no space inserted there."""
+    asm = SentenceAssembler(SentenceRules())
+    closed = feed(
+        asm, ["みなさん、おは", "ようございます。", "Good morning", "everyone.", "会议", "开始了。"]
+    )
+    assert [c[2] for c in closed] == [
+        "みなさん、おはようございます。",
+        "Good morning everyone.",
+        "会议开始了。",
+    ]
+    mixed = feed(SentenceAssembler(SentenceRules()), ["LiveTranslate", "は便利です。"])
+    assert mixed[0][2] == "LiveTranslateは便利です。"

@@ -8,6 +8,7 @@ import re
 import unicodedata
 from collections.abc import Sequence
 
+from livetranslate.text import UNSPACED
 from livetranslate.workloads.audio.engines import Hypothesis, SegmentStats, Word
 
 # Whisper's well-known inventions on silence, music and noise. A match on a whole utterance is
@@ -61,16 +62,10 @@ def norm_text(text: str) -> str:
     return " ".join(w for w in (norm_word(t) for t in text.split()) if w)
 
 
-# Scripts written without spaces between words (CJK ideographs, kana, Thai, Lao, Myanmar, and
-# CJK punctuation and full-width forms): Whisper's words there are characters or short runs, each
-# glued to the one before, and a commit may end between any two of them.
-_UNSPACED = re.compile("[\u0e00-\u0eff\u1000-\u109f\u3000-\u30ff\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]")
-
-
 def continues_word(word: Word) -> bool:
     """Whether ``word`` is the rest of the word before it ("'clock" after "o"), so no commit may
     end between the two; a glued character of an unspaced script starts a word of its own."""
-    return word.glued and not _UNSPACED.match(word.text)
+    return word.glued and not UNSPACED.match(word.text)
 
 
 def join_words(words: Sequence[Word]) -> str:

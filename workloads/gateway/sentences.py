@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
-from livetranslate.text import ends_sentence
+from livetranslate.text import ends_sentence, join_texts
 
 TranslationUnit = Literal["sentence", "final"]
 
@@ -67,7 +67,7 @@ class Sentence:
 
     @property
     def text(self) -> str:
-        return " ".join(p.text for p in self.pieces if p.text)
+        return join_texts([p.text for p in self.pieces])
 
     @property
     def start(self) -> float:
