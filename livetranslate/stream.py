@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from livetranslate.text import join_texts
+
 DEFAULT_URL = "ws://127.0.0.1:8080/v1/stream"
 
 
@@ -110,7 +112,7 @@ class Printer:
                 lat = f"  ({ev['latency']:.2f} s)" if isinstance(ev.get("latency"), float) else ""
                 self._line(f"[{ev['start']:7.2f}-{ev['end']:7.2f}] #{ev['segmentId']}{who} {ev['text']}{lat}")
             else:
-                self._open_text = f"{self._open_text} {ev['text']}".strip()
+                self._open_text = join_texts([self._open_text, ev["text"]])
         elif kind == "translation.partial":
             self._translation_partial = f"{ev['language']}: {ev['text']}"
         elif kind == "translation":
@@ -136,11 +138,11 @@ class Printer:
         finals = [self._by_segment.pop(i) for i in ev.get("segmentIds", []) if i in self._by_segment]
         if not finals:
             return
-        text = " ".join(f["text"] for f in finals)
+        text = join_texts([f["text"] for f in finals])
         who = f" {finals[0]['speaker']}:" if finals[0].get("speaker") else ""
         if not self.show_finals:
             self._line(f"[{finals[0]['start']:7.2f}-{finals[-1]['end']:7.2f}]{who} {text}")
-        done = " ".join(f["text"] for f in finals)
+        done = text
         if self._open_text.startswith(done):
             self._open_text = self._open_text[len(done) :].strip()
         else:
@@ -156,7 +158,7 @@ class Printer:
     def _live(self) -> None:
         """On a terminal: the sentence being spoken, rewritten in place on the last line."""
         if self.out.isatty():
-            heard = " ".join(t for t in (self._open_text, self._partial_text) if t)
+            heard = join_texts([self._open_text, self._partial_text])
             line = f"  … {heard}" + (f"  ⟶  {self._translation_partial}" if self._translation_partial else "")
             width = shutil.get_terminal_size((100, 20)).columns - 1
             self.out.write("\r\033[K" + (line if len(line) <= width else "…" + line[-(width - 1) :]))

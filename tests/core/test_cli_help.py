@@ -58,3 +58,25 @@ def test_a_users_mistake_is_one_clear_line_and_a_failure(argv: list[str]) -> Non
                 print(done.code, file=err)
     lines = [line for line in err.getvalue().splitlines() if line.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith(f"livetranslate {argv[0]}: "), lines
+
+
+def test_stream_prints_a_japanese_sentence_without_spaces_between_its_finals() -> None:
+    from livetranslate.stream import Printer
+
+    out = io.StringIO()
+    printer = Printer(out=out, as_json=False, partials=False)
+    for ev in (
+        {"type": "session.started", "sessionId": "s", "targetLanguages": ["en"]},
+        {"type": "transcript.final", "segmentId": 0, "text": "みなさん、おは", "start": 0.0, "end": 1.0},
+        {"type": "transcript.final", "segmentId": 1, "text": "ようございます。", "start": 1.0, "end": 2.0},
+        {
+            "type": "translation",
+            "sentenceId": 0,
+            "segmentIds": [0, 1],
+            "language": "en",
+            "text": "Good morning, everyone.",
+            "quality": "ok",
+        },
+    ):
+        printer.event(ev)
+    assert "みなさん、おはようございます。" in out.getvalue(), out.getvalue()

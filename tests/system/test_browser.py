@@ -775,3 +775,15 @@ async def test_scripted_four_languages_desktop_and_phone() -> None:
             "(() => { const b = document.querySelector('.bar'); return b.scrollWidth - b.clientWidth; })()"
         )
         assert bar <= 0
+
+
+async def test_finals_in_a_script_without_spaces_read_as_one_text() -> None:
+    """Whisper's Japanese finals may end inside a word: the page joins them without the space it
+    puts between English finals (the gateway joins the sentence it translates the same way)."""
+    async with scripted_page("&targets=es") as (gw, page):
+        await gw.play(page, final(0, "みなさん、おは"), final(1, "ようございます。"))
+        await gw.play(page, final(2, "Good morning"), final(3, "everyone."))
+        rows = await page.eval(ROWS)
+        assert [r["source"] for r in rows] == ["みなさん、おはようございます。", "Good morning everyone."], (
+            rows
+        )

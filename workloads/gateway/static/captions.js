@@ -220,20 +220,23 @@
     // The source paragraph: a speaker badge where the speaker changes (never an empty one).
     const parts = [];
     let speaker = null;
+    let prev = null; // the text of the span before, null after a speaker badge
     for (const s of g.slots) {
       if (s.final && s.speaker && s.speaker !== speaker) {
         const badge = document.createElement('span');
         badge.className = 'speaker';
         badge.textContent = s.speaker;
         parts.push(badge);
+        prev = null;
       }
       if (s.final) speaker = s.speaker || speaker;
       const span = document.createElement('span');
       span.className = s.final ? 'seg' : 'seg partial';
       span.dataset.segment = String(s.id);
       span.textContent = s.text;
-      if (parts.length) parts.push(' ');
+      if (parts.length && (prev === null || spaced(prev, s.text))) parts.push(' ');
       parts.push(span);
+      prev = s.text;
     }
     g.src.replaceChildren(...parts);
 
@@ -261,9 +264,17 @@
     if (g.done && !wasDone) announce(g);
   }
 
+  // Finals join with a space, except where either side is in a script written without spaces
+  // (Japanese, Chinese, Thai: a final may end inside a word). The same rule as the gateway's
+  // livetranslate/text.py join_texts.
+  function spaced(left, right) {
+    const unspaced = /[\u0e00-\u0eff\u1000-\u109f\u3000-\u30ff\u3400-\u9fff\uf900-\ufaff\uff00-\uffef]/;
+    return !(unspaced.test(left.slice(-1)) || unspaced.test(right.slice(0, 1)));
+  }
+
   function announce(g) {
     const p = document.createElement('p');
-    p.textContent = [g.slots.map((s) => s.text).join(' '),
+    p.textContent = [g.slots.map((s) => s.text).reduce((out, t) => (out && spaced(out, t) ? `${out} ${t}` : out + t), ''),
       ...targets.map((lang) => g.tr[lang] && g.tr[lang].state === 'final' ? `${langName(lang)}: ${g.tr[lang].text}` : '')]
       .filter(Boolean).join(' — ');
     ui.announce.append(p);
