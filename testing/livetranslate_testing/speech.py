@@ -56,8 +56,10 @@ def speak(text: str, voice: str = "en-us", rate_wpm: int = 160) -> np.ndarray:
             check=True,
             capture_output=True,
         )
+        # -R: sox dithers the 16-bit output with a fresh random seed on every run unless told to
+        # repeat; the same text must give the same samples, or a test draws a new input each run
         subprocess.run(
-            ["sox", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
+            ["sox", "-R", str(raw), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
             check=True,
             capture_output=True,
         )

@@ -67,7 +67,7 @@ def test_stream_real_speech_through_up(up: Up, speech_wav: tuple[Path, str]) -> 
 def test_stream_at_44100_hz_stereo(up: Up, speech_wav: tuple[Path, str], tmp_path: Path) -> None:
     wav, reference = speech_wav
     resampled = tmp_path / "speech-44k-stereo.wav"
-    subprocess.run(["sox", str(wav), "-r", "44100", "-c", "2", "-b", "16", str(resampled)], check=True)
+    subprocess.run(["sox", "-R", str(wav), "-r", "44100", "-c", "2", "-b", "16", str(resampled)], check=True)
     code, events = stream(up, resampled)
     assert code == 0, events
     check_transcript(events, reference, max_wer=0.25)
