@@ -20,6 +20,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "livetranslate.workloads.audio.convert",
         "convert CTranslate2 Whisper weights into an OpenVINO IR",
     ),
+    "model-cache": (
+        "livetranslate.workloads.modelcache.cli",
+        "pull, verify and wait for models in a pipeline's model cache",
+    ),
     "bench": ("livetranslate.bench", "benchmarks shipped with the product (autoscaling)"),
 }
 

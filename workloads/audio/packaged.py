@@ -78,6 +78,11 @@ def _parts() -> list[Path]:
     return parts
 
 
+def base_parts() -> list[Path]:
+    """The two halves of base's model.bin: their sizes tell a join's size before it starts."""
+    return _parts()
+
+
 def _copy_hashed(sources: list[Path], out: IO[bytes]) -> str:
     digest = hashlib.sha256()
     for src in sources:

@@ -1,0 +1,89 @@
+"""openvino-ir for the NPU: ct2 weights pulled, then converted in the pull's scratch area."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from livetranslate.workloads.audio import convert as converter
+from livetranslate.workloads.audio import packaged
+from livetranslate.workloads.modelcache import openvino
+from livetranslate.workloads.modelcache.errors import ConversionFailed, DigestMismatch
+from livetranslate.workloads.modelcache.layout import check_model, model_dir
+from livetranslate.workloads.modelcache.pull import PullRequest, pull
+from tests.models.conftest import CliRunner, make_model, partial_dirs
+
+TINY_SHA256 = hashlib.sha256((packaged.tiny_en_dir() / "model.bin").read_bytes()).hexdigest()
+
+
+def _req(cache: Path, source: str = "packaged:tiny.en", **kw: object) -> PullRequest:
+    return PullRequest(cache=cache, stage="audio", name="tiny.en", format="openvino-ir", source=source, **kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_tiny_en_is_converted_to_a_stateless_ir(tmp_path: Path, cli: CliRunner) -> None:
+    args = ("--cache", tmp_path, "--stage", "audio", "--name", "tiny.en", "--device", "npu")
+    done = cli("pull", *args, "--sha256", TINY_SHA256)
+    assert done.code == 0, done.err
+    final = model_dir(tmp_path, "audio", "tiny.en", "openvino-ir")
+    assert done.line["format"] == "openvino-ir" and done.line["path"] == str(final)
+    manifest = check_model(final, full=True)
+    names = {f.path for f in manifest.files}
+    assert {"openvino_encoder_model.xml", "openvino_decoder_model.xml", "openvino_tokenizer.xml"} <= names
+    # stateless: a separate decoder-with-past model instead of one stateful decoder
+    assert "openvino_decoder_with_past_model.xml" in names
+    assert manifest.sourceSha256 == TINY_SHA256 and manifest.sha256 == done.line["sha256"]
+    assert json.loads((final / "manifest.json").read_text())["source"] == "packaged:tiny.en"
+    assert partial_dirs(tmp_path) == []
+    assert cli("pull", *args, "--sha256", TINY_SHA256).line["cached"] is True
+
+
+def test_the_asked_digest_is_checked_on_the_weights_that_go_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(converter, "convert", lambda *a, **k: pytest.fail("converted unchecked weights"))
+    with pytest.raises(DigestMismatch, match=f"sha256 of model.bin is {TINY_SHA256}, expected {'0' * 64}"):
+        pull(_req(tmp_path, sha256="0" * 64))
+    assert partial_dirs(tmp_path) == []
+
+
+def test_a_failed_export_says_so_and_places_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def export_fails(model: Path, output: Path, **kw: object) -> Path:
+        assert kw == {"weight_format": "int8", "stateless": True, "keep_checkpoint": kw["keep_checkpoint"]}
+        output.mkdir()
+        (output / "openvino_encoder_model.xml").write_text("<half/>")
+        raise subprocess.CalledProcessError(1, ["optimum-cli", "export", "openvino"])
+
+    monkeypatch.setattr(converter, "convert", export_fails)
+    with pytest.raises(ConversionFailed) as exc:
+        pull(_req(tmp_path, str(make_model(tmp_path / "src"))))
+    assert str(exc.value) == (
+        "converting tiny.en to openvino-ir failed: optimum-cli exited with 1 (its output is in this pod's log)"
+    )
+    assert (
+        not model_dir(tmp_path, "audio", "tiny.en", "openvino-ir").exists() and partial_dirs(tmp_path) == []
+    )
+
+
+def test_an_image_without_the_converter_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: CliRunner
+) -> None:
+    monkeypatch.setattr(openvino.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(openvino.sys, "executable", str(tmp_path / "bin" / "python"))
+    term = tmp_path / "term"
+    done = cli("pull", "--cache", tmp_path, "--stage", "audio", "--name", "tiny.en", "--device", "npu",
+               "--termination-log", term)  # fmt: skip
+    assert done.code == 1 and done.error == (
+        "livetranslate model-cache: cannot convert tiny.en to openvino-ir here: optimum-cli is missing "
+        "(this image lacks the convert extra)"
+    )
+    assert json.loads(term.read_text())["reason"] == "ConversionFailed"
+
+
+def test_only_audio_models_have_an_openvino_ir(tmp_path: Path) -> None:
+    with pytest.raises(ConversionFailed, match="openvino-ir is a format of audio models, not of translation"):
+        pull(PullRequest(tmp_path, "translation", "org/llm", "openvino-ir", "hf:org/llm"))

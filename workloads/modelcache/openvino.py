@@ -1,0 +1,83 @@
+"""openvino-ir for audio: Whisper's ct2 weights converted where they were pulled.
+
+The NPU pipeline loads an OpenVINO IR with a stateless decoder; the only Whisper weights reachable
+are CTranslate2's, so the pull fetches those first and converts them with ``convert-openvino``'s
+converter (int8 weights, stateless). When this image cannot convert (no optimum-cli, no torch) or
+the export fails, the pull fails with ``ConversionFailed`` and the operator falls back to the
+next device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from livetranslate.workloads.modelcache.errors import ConversionFailed
+from livetranslate.workloads.modelcache.sources import NeedSpace
+
+CONVERT_SPACE_FACTOR = 3  # a float32 checkpoint (twice the ct2 weights) plus the IR itself
+
+
+@contextlib.contextmanager
+def _converting_in(work: Path) -> Iterator[None]:
+    """Temporary files of the converter on the cache volume, its chatter off our stdout.
+
+    Pods have a read-only root filesystem, and stdout carries only the result line.
+    """
+    saved_env = {k: os.environ.get(k) for k in ("TMPDIR", "HF_HOME")}
+    saved_tempdir = tempfile.tempdir
+    scratch = work / "tmp"
+    scratch.mkdir()
+    os.environ["TMPDIR"] = tempfile.tempdir = str(scratch)
+    os.environ.setdefault("HF_HOME", str(work / "hf-home"))
+    sys.stdout.flush()
+    saved_stdout = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved_stdout, 1)
+        os.close(saved_stdout)
+        tempfile.tempdir = saved_tempdir
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def convert_openvino(name: str, ct2: Path, out: Path, work: Path, need_space: NeedSpace) -> None:
+    """ct2 Whisper -> stateless int8 OpenVINO IR (the NPU pipeline needs the stateless decoder)."""
+    cli = Path(sys.executable).with_name("optimum-cli")
+    if shutil.which("optimum-cli") is None and not cli.exists():
+        raise ConversionFailed(
+            f"cannot convert {name} to openvino-ir here: optimum-cli is missing "
+            "(this image lacks the convert extra)"
+        )
+    try:
+        from livetranslate.workloads.audio.convert import convert
+    except ImportError as exc:
+        raise ConversionFailed(f"cannot convert {name} to openvino-ir here: {exc}") from None
+    need_space(CONVERT_SPACE_FACTOR * sum(p.stat().st_size for p in ct2.rglob("*") if p.is_file()))
+    try:
+        with _converting_in(work):
+            convert(ct2, out, weight_format="int8", stateless=True, keep_checkpoint=work / "checkpoint")
+    except subprocess.CalledProcessError as exc:
+        raise ConversionFailed(
+            f"converting {name} to openvino-ir failed: optimum-cli exited with {exc.returncode} "
+            "(its output is in this pod's log)"
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise
+        raise ConversionFailed(f"converting {name} to openvino-ir failed: {exc}") from None
+    except (ImportError, ValueError, RuntimeError, KeyError) as exc:
+        raise ConversionFailed(f"converting {name} to openvino-ir failed: {exc}") from None
