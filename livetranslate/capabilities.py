@@ -78,6 +78,45 @@ APERTIUM_PACKAGES: dict[str, tuple[str, ...]] = {
     "apertium-urd-hin": ("urd-hin", "hin-urd"),
 }
 
+if __name__ == "__main__":  # scripts/bootstrap.sh: the packages to install, before any venv exists
+    # Run as a file, before the package is installed: nothing from it can be imported yet, so
+    # the table above is all this needs, and it stops here.
+    print(" ".join(APERTIUM_PACKAGES))
+    raise SystemExit
+
+from livetranslate.language_tags import (
+    LANGUAGE_NAMES,
+    WHISPER_LANGUAGES,
+    from_whisper,
+    language_name,
+    primary,
+    whisper_language,
+)
+
+# The contract the operator, the workloads and the tests import from here; the language tags live
+# in language_tags.py.
+__all__ = [
+    "APERTIUM_PACKAGES",
+    "DEFAULT_MODES_DIR",
+    "ISO639_3",
+    "LANGUAGE_NAMES",
+    "PIVOT_PREFERENCE",
+    "WHISPER_LANGUAGES",
+    "ApertiumPairs",
+    "Route",
+    "backend_problems",
+    "from_whisper",
+    "installed_modes",
+    "language_name",
+    "mode_languages",
+    "offline_source_languages",
+    "package_of",
+    "packaged_pairs",
+    "primary",
+    "speech_problems",
+    "whisper_language",
+]
+
 # ISO 639-3 codes in Apertium mode names -> the BCP-47 primary subtag (the 639-1 code where one
 # exists; BCP-47 keeps the 3-letter code otherwise, as for "ast" and "szl").
 ISO639_3: dict[str, str] = {
@@ -135,261 +174,6 @@ PIVOT_PREFERENCE = ("es", "en")
 
 # Apertium-apy's own pattern for a translation mode (apertium_apy/mode_search.py).
 _MODE_RE = re.compile(r"^([a-z]{2,3})(?:_([A-Za-z0-9]+))?-([a-z]{2,3})(?:_([A-Za-z0-9]+))?$")
-
-
-# English names of the languages LLM backends are prompted with (BCP-47 primary subtag -> name).
-# A code outside this table is an unknown language: refused at spec-check time, not guessed at.
-LANGUAGE_NAMES: dict[str, str] = {
-    "af": "Afrikaans",
-    "am": "Amharic",
-    "an": "Aragonese",
-    "ar": "Arabic",
-    "as": "Assamese",
-    "ast": "Asturian",
-    "az": "Azerbaijani",
-    "be": "Belarusian",
-    "bg": "Bulgarian",
-    "bn": "Bengali",
-    "br": "Breton",
-    "bs": "Bosnian",
-    "ca": "Catalan",
-    "cs": "Czech",
-    "cy": "Welsh",
-    "da": "Danish",
-    "de": "German",
-    "el": "Greek",
-    "en": "English",
-    "eo": "Esperanto",
-    "es": "Spanish",
-    "et": "Estonian",
-    "eu": "Basque",
-    "fa": "Persian",
-    "fi": "Finnish",
-    "fil": "Filipino",
-    "fr": "French",
-    "ga": "Irish",
-    "gl": "Galician",
-    "gu": "Gujarati",
-    "ha": "Hausa",
-    "he": "Hebrew",
-    "hi": "Hindi",
-    "hr": "Croatian",
-    "hu": "Hungarian",
-    "hy": "Armenian",
-    "id": "Indonesian",
-    "ig": "Igbo",
-    "is": "Icelandic",
-    "it": "Italian",
-    "ja": "Japanese",
-    "jv": "Javanese",
-    "ka": "Georgian",
-    "kk": "Kazakh",
-    "km": "Khmer",
-    "kn": "Kannada",
-    "ko": "Korean",
-    "ku": "Kurdish",
-    "ky": "Kyrgyz",
-    "la": "Latin",
-    "lb": "Luxembourgish",
-    "lo": "Lao",
-    "lt": "Lithuanian",
-    "lv": "Latvian",
-    "mk": "Macedonian",
-    "ml": "Malayalam",
-    "mn": "Mongolian",
-    "mr": "Marathi",
-    "ms": "Malay",
-    "mt": "Maltese",
-    "my": "Burmese",
-    "nb": "Norwegian Bokmal",
-    "ne": "Nepali",
-    "nl": "Dutch",
-    "nn": "Norwegian Nynorsk",
-    "no": "Norwegian",
-    "oc": "Occitan",
-    "pa": "Punjabi",
-    "pl": "Polish",
-    "ps": "Pashto",
-    "pt": "Portuguese",
-    "ro": "Romanian",
-    "ru": "Russian",
-    "rw": "Kinyarwanda",
-    "sc": "Sardinian",
-    "sd": "Sindhi",
-    "sh": "Serbo-Croatian",
-    "si": "Sinhala",
-    "sk": "Slovak",
-    "sl": "Slovenian",
-    "so": "Somali",
-    "sq": "Albanian",
-    "sr": "Serbian",
-    "sv": "Swedish",
-    "sw": "Swahili",
-    "szl": "Silesian",
-    "ta": "Tamil",
-    "te": "Telugu",
-    "tg": "Tajik",
-    "th": "Thai",
-    "tl": "Tagalog",
-    "tr": "Turkish",
-    "uk": "Ukrainian",
-    "ur": "Urdu",
-    "uz": "Uzbek",
-    "vi": "Vietnamese",
-    "xh": "Xhosa",
-    "yi": "Yiddish",
-    "yo": "Yoruba",
-    "yue": "Cantonese",
-    "zh": "Chinese",
-    "zu": "Zulu",
-}
-
-
-# The languages Whisper transcribes: its tokenizer's language tokens (tests hold this to
-# faster-whisper's own list). Whisper's codes, which are ISO 639-1 but for "haw" and "yue" and two
-# older tags: Javanese "jw" (BCP-47 "jv") and Norwegian "no" (what a spec says as "nb").
-WHISPER_LANGUAGES = frozenset(
-    [
-        "af",
-        "am",
-        "ar",
-        "as",
-        "az",
-        "ba",
-        "be",
-        "bg",
-        "bn",
-        "bo",
-        "br",
-        "bs",
-        "ca",
-        "cs",
-        "cy",
-        "da",
-        "de",
-        "el",
-        "en",
-        "es",
-        "et",
-        "eu",
-        "fa",
-        "fi",
-        "fo",
-        "fr",
-        "gl",
-        "gu",
-        "ha",
-        "haw",
-        "he",
-        "hi",
-        "hr",
-        "ht",
-        "hu",
-        "hy",
-        "id",
-        "is",
-        "it",
-        "ja",
-        "jw",
-        "ka",
-        "kk",
-        "km",
-        "kn",
-        "ko",
-        "la",
-        "lb",
-        "ln",
-        "lo",
-        "lt",
-        "lv",
-        "mg",
-        "mi",
-        "mk",
-        "ml",
-        "mn",
-        "mr",
-        "ms",
-        "mt",
-        "my",
-        "ne",
-        "nl",
-        "nn",
-        "no",
-        "oc",
-        "pa",
-        "pl",
-        "ps",
-        "pt",
-        "ro",
-        "ru",
-        "sa",
-        "sd",
-        "si",
-        "sk",
-        "sl",
-        "sn",
-        "so",
-        "sq",
-        "sr",
-        "su",
-        "sv",
-        "sw",
-        "ta",
-        "te",
-        "tg",
-        "th",
-        "tk",
-        "tl",
-        "tr",
-        "tt",
-        "uk",
-        "ur",
-        "uz",
-        "vi",
-        "yi",
-        "yo",
-        "zh",
-        "yue",
-    ]
-)
-_TO_WHISPER = {"jv": "jw", "nb": "no", "fil": "tl", "sh": "sr", "iw": "he", "in": "id", "zh-yue": "yue"}
-_FROM_WHISPER = {"jw": "jv"}
-
-
-def whisper_language(code: str) -> str | None:
-    """The Whisper language token for a BCP-47 tag ("pt-BR" -> "pt", "nb" -> "no"), or None where
-    Whisper does not hear the language."""
-    tag = code.lower()
-    spoken = _TO_WHISPER.get(tag) or _TO_WHISPER.get(primary(tag)) or primary(tag)
-    return spoken if spoken in WHISPER_LANGUAGES else None
-
-
-def from_whisper(code: str) -> str:
-    """A language Whisper detected, as the BCP-47 tag the API uses ("jw" -> "jv")."""
-    return _FROM_WHISPER.get(code, code)
-
-
-def speech_problems(source: str) -> list[str]:
-    """Why the audio stage cannot transcribe ``sourceLanguage`` (empty = fine; ``auto`` detects)."""
-    if source == "auto" or whisper_language(source) is not None:
-        return []
-    name = language_name(source)
-    named = f" ({name})" if name else ""
-    heard = ", ".join(sorted(WHISPER_LANGUAGES))
-    problem = (
-        f"spec.sourceLanguage: Whisper does not transcribe {source}{named}; it hears "
-        f"{len(WHISPER_LANGUAGES)} languages ({heard}), or use auto"
-    )
-    return [problem]
-
-
-def primary(code: str) -> str:
-    return code.split("-", 1)[0].lower()
-
-
-def language_name(code: str) -> str | None:
-    """English name of a BCP-47 tag's primary language (what an LLM prompt says), None if unknown."""
-    return LANGUAGE_NAMES.get(primary(code))
 
 
 def installed_modes(modes_dir: Path = DEFAULT_MODES_DIR) -> set[str]:
@@ -597,6 +381,20 @@ def _apertium_problems(source: str, targets: list[str], installed: Collection[st
     return problems
 
 
+def speech_problems(source: str) -> list[str]:
+    """Why the audio stage cannot transcribe ``sourceLanguage`` (empty = fine; ``auto`` detects)."""
+    if source == "auto" or whisper_language(source) is not None:
+        return []
+    name = language_name(source)
+    named = f" ({name})" if name else ""
+    heard = ", ".join(sorted(WHISPER_LANGUAGES))
+    problem = (
+        f"spec.sourceLanguage: Whisper does not transcribe {source}{named}; it hears "
+        f"{len(WHISPER_LANGUAGES)} languages ({heard}), or use auto"
+    )
+    return [problem]
+
+
 def backend_problems(
     backend: str,
     source: str,
@@ -627,7 +425,3 @@ def backend_problems(
             "spec.translation.endpoint: the openai backend needs the base URL of an OpenAI-compatible server"
         )
     return problems
-
-
-if __name__ == "__main__":  # scripts/bootstrap.sh: the packages to install, before any venv exists
-    print(" ".join(APERTIUM_PACKAGES))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from livetranslate import bench, bench_traces
+from livetranslate.bench_policies import Observed
 from livetranslate.cli import main as cli
 
 
@@ -73,7 +74,7 @@ def test_every_policy_sees_the_same_load_and_metric_noise() -> None:
 def test_hpa_scale_up_is_limited_like_kubernetes() -> None:
     spec = bench.bench_spec()
     hpa = bench.HpaPolicy(spec)
-    obs = bench.Observed(
+    obs = Observed(
         time=0,
         caption_p95=9,
         translation_p95=1,

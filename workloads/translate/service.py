@@ -1,11 +1,11 @@
-"""The translation service's logic: engine chain, batching, quality gate, fallback and metrics.
+"""The translation service's logic: the engines' lifecycle and health, model switching, admission,
+and one result per target language.
 
 Stateless by design: the gateway sends each final segment with its session's recent context, so
 any replica can serve any segment and the stage scales horizontally. For every target language a
-segment goes through the chain (primary engine, then the configured fallbacks): micro-batched,
-cleaned, checked; a failed check is retried once on the same engine, then handed to the next
-engine; whatever happens, the gateway gets one line per target (a translation with its ``quality``,
-or an error with a code), never silence.
+segment goes through the chain (primary engine, then the configured fallbacks; chain.py):
+micro-batched, cleaned, checked, retried or handed on; whatever happens, the gateway gets one line
+per target (a translation with its ``quality``, or an error with a code), never silence.
 """
 
 from __future__ import annotations
@@ -14,15 +14,11 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 
-from livetranslate import metrics as m
-from livetranslate.capabilities import primary
 from livetranslate.protocol import (
     ERR_TRANSLATION_FAILED,
-    ERR_UNSUPPORTED_LANGUAGE,
     ERR_UPSTREAM,
     TranslateRequest,
     TranslateResult,
@@ -31,10 +27,12 @@ from livetranslate.protocol import (
 
 from ..resilience import CircuitBreaker
 from .apertium import ApertiumEngine
-from .batching import CircuitOpen, MicroBatcher, QueueFull
+from .batching import MicroBatcher, QueueFull
+from .chain import FallbackChain, Step, error_result
 from .engine_metrics import STAT_GPU_RESERVED, STAT_HOST_RSS, STAT_KV_CACHE, STAT_RUNNING, STAT_WAITING
-from .engines import Engine, EngineError, OpenAIEngine, Output, UnsupportedError
-from .quality import Job, check, clean_apertium, cleanup
+from .engines import Engine, OpenAIEngine
+from .quality import Job
+from .service_metrics import ServiceMetrics
 from .settings import BackendName, TranslateSettings
 from .vllm import VllmEngine
 
@@ -45,112 +43,6 @@ __all__ = ["ModelSwitchError", "QueueFull", "TranslationService"]
 
 class ModelSwitchError(Exception):
     """The model asked for is not allowed for this pipeline, or the engine does not serve it."""
-
-
-@dataclass
-class _Step:
-    engine: Engine
-    batcher: MicroBatcher
-    breaker: CircuitBreaker
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry, pipeline: str) -> None:
-        self.pipeline = pipeline
-        self.latency = m.translation_latency(registry, ("backend",))
-        self.queue = m.queue_depth(registry)
-        self.batch = Histogram(
-            m.TRANSLATION_BATCH_SIZE,
-            "Segments per engine call",
-            ["pipeline", "backend"],
-            buckets=m.BATCH_SIZE_BUCKETS,
-            registry=registry,
-        )
-        self.batch_seconds = Histogram(
-            m.TRANSLATION_BATCH_SECONDS,
-            "Wall time of one engine call",
-            ["pipeline", "backend"],
-            buckets=m.PROCESSING_BUCKETS,
-            registry=registry,
-        )
-        self.results = Counter(
-            m.TRANSLATION_RESULTS.removesuffix("_total"),
-            "Per-target results sent to the gateway",
-            ["pipeline", "outcome", "quality"],
-            registry=registry,
-        )
-        self.fallbacks = Counter(
-            m.TRANSLATION_FALLBACKS.removesuffix("_total"),
-            "Segments handed to the next engine of the chain",
-            ["pipeline", "from_backend", "to_backend", "reason"],
-            registry=registry,
-        )
-        self.rejections = Counter(
-            m.TRANSLATION_QUALITY_REJECTIONS.removesuffix("_total"),
-            "Engine outputs refused by a quality check",
-            ["pipeline", "backend", "check"],
-            registry=registry,
-        )
-        self.refused = Counter(
-            m.TRANSLATION_REFUSED.removesuffix("_total"),
-            "Requests refused before any work (backpressure, bad input)",
-            ["pipeline", "reason"],
-            registry=registry,
-        )
-        self.engine_up = Gauge(
-            m.TRANSLATION_ENGINE_UP,
-            "1 when the engine answers its health check",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.engine_sleeping = Gauge(
-            m.TRANSLATION_ENGINE_SLEEPING,
-            "1 while vLLM sleeps (GPU memory freed)",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.kv_cache = Gauge(
-            m.TRANSLATION_ENGINE_KV_CACHE,
-            "Engine KV-cache use, 0..1 (vllm:kv_cache_usage_perc)",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.waiting = Gauge(
-            m.TRANSLATION_ENGINE_WAITING,
-            "Requests waiting inside the engine",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.running = Gauge(
-            m.TRANSLATION_ENGINE_RUNNING,
-            "Requests running inside the engine",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.memory = Gauge(
-            m.TRANSLATION_ENGINE_MEMORY,
-            "Engine memory: GPU share reserved, host RSS",
-            ["pipeline", "backend", "kind"],
-            registry=registry,
-        )
-        self.restarts = Gauge(
-            m.TRANSLATION_ENGINE_RESTARTS,
-            "Engine child-process restarts",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.breaker_open = Gauge(
-            m.TRANSLATION_BREAKER_OPEN,
-            "1 while an engine's circuit is open",
-            ["pipeline", "backend"],
-            registry=registry,
-        )
-        self.model_info = Gauge(
-            m.TRANSLATION_MODEL_INFO,
-            "The model the primary engine is asked for",
-            ["pipeline", "backend", "model"],
-            registry=registry,
-        )
 
 
 def build_engine(kind: BackendName, settings: TranslateSettings) -> Engine:
@@ -172,7 +64,7 @@ class TranslationService:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
         self.pipeline = settings.pipeline or "local"
-        self.metrics = _Metrics(self.registry, self.pipeline)
+        self.metrics = ServiceMetrics(self.registry, self.pipeline)
         backend = settings.backend or "apertium"
         if engines is None:
             kinds: list[BackendName] = [backend] + [k for k in settings.fallback if k != backend]
@@ -183,13 +75,14 @@ class TranslationService:
             ]
         self.steps = [self._step(e) for e in engines]
         self.primary = self.steps[0]
+        self.chain = FallbackChain(self.steps, self.metrics, self.pipeline)
         self.model: str | None = settings.model if self.primary.engine.name != "apertium" else None
         self.allowed_models = [x for x in [settings.model, *(settings.fallback_models or [])] if x]
         self.problems: list[str] = []
         self._background: list[asyncio.Task[None]] = []
         self._set_model_info()
 
-    def _step(self, engine: Engine) -> _Step:
+    def _step(self, engine: Engine) -> Step:
         b = self.settings.batch
         breaker = CircuitBreaker(engine.name, self.settings.breaker.failures, self.settings.breaker.reset_s)
         batcher = MicroBatcher(
@@ -207,7 +100,7 @@ class TranslationService:
             on_batch=self._on_batch,
             on_depth=lambda _depth: self._report_depth(),
         )
-        return _Step(engine, batcher, breaker)
+        return Step(engine, batcher, breaker)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -394,23 +287,15 @@ class TranslationService:
 
     async def _target(self, job: Job, received: float) -> TranslateResult:
         try:
-            result = await asyncio.wait_for(self._chain(job), self.settings.request_timeout_s)
+            result = await asyncio.wait_for(
+                self.chain.translate(job, self.model), self.settings.request_timeout_s
+            )
         except TimeoutError:
-            result = TranslateResult(
-                type="error",
-                segmentId=job.segment_id,
-                language=job.target,
-                code=ERR_TRANSLATION_FAILED,
-                message=f"no translation within {self.settings.request_timeout_s:g} s",
+            result = error_result(
+                job, ERR_TRANSLATION_FAILED, f"no translation within {self.settings.request_timeout_s:g} s"
             )
         except QueueFull as exc:
-            result = TranslateResult(
-                type="error",
-                segmentId=job.segment_id,
-                language=job.target,
-                code=ERR_UPSTREAM,
-                message=str(exc),
-            )
+            result = error_result(job, ERR_UPSTREAM, str(exc))
         elapsed = time.monotonic() - received
         result.latencySeconds = round(elapsed, 4)
         backend = getattr(result, "backend", None) or self.primary.engine.name
@@ -428,105 +313,3 @@ class TranslationService:
                 },
             )
         return result
-
-    def _error(self, job: Job, code: str, message: str) -> TranslateResult:
-        return TranslateResult(
-            type="error", segmentId=job.segment_id, language=job.target, code=code, message=message
-        )
-
-    async def _chain(self, job: Job) -> TranslateResult:
-        if job.source != "auto" and primary(job.source) == primary(job.target):
-            return TranslateResult(
-                segmentId=job.segment_id, language=job.target, text=job.text, quality="same_language"
-            )
-        reasons = [s.engine.unsupported(job.source, job.target) for s in self.steps]
-        usable = [s for s, r in zip(self.steps, reasons, strict=True) if r is None]
-        if job.partial:
-            usable = usable[:1]
-        if not usable:
-            return self._error(job, ERR_UNSUPPORTED_LANGUAGE, f"{job.source}->{job.target}: {reasons[0]}")
-        best: tuple[str, str, str] | None = None  # (text, failed check, backend)
-        last_error: BaseException | None = None
-        for pos, step in enumerate(usable):
-            is_primary = step is self.primary
-            model = self.model if is_primary else None
-            if pos > 0:
-                reason = (
-                    last_error.__class__.__name__
-                    if last_error is not None
-                    else f"quality:{best[1] if best else 'unknown'}"
-                )
-                self.metrics.fallbacks.labels(
-                    self.pipeline, usable[pos - 1].engine.name, step.engine.name, reason
-                ).inc()
-            # Deterministic engines (Apertium) give the same answer twice: no point retrying a check.
-            tries = 2 if step.engine.name != "apertium" and not job.partial else 1
-            for attempt in range(2):
-                try:
-                    outcome = await step.batcher.submit(job, model, attempt)
-                except QueueFull as exc:
-                    outcome = exc
-                if isinstance(outcome, Output):
-                    text = (
-                        clean_apertium(outcome.text)
-                        if step.engine.name == "apertium"
-                        else cleanup(outcome.text, job.target)
-                    )
-                    verdict = check(job.text, text, job.source, job.target, truncated=outcome.truncated)
-                    if verdict.ok:
-                        quality = f"pivot:{outcome.via}" if outcome.via else "ok"
-                        if pos > 0:
-                            quality = "fallback"
-                        elif attempt > 0:
-                            quality = "retried"
-                        res = TranslateResult(
-                            segmentId=job.segment_id, language=job.target, text=text, quality=quality
-                        )
-                        res.backend = step.engine.name  # type: ignore[attr-defined]
-                        return res
-                    self.metrics.rejections.labels(self.pipeline, step.engine.name, verdict.reason).inc()
-                    log.info(
-                        "translation refused by a quality check",
-                        extra={
-                            "session_id": job.session_id,
-                            "segment_id": job.segment_id,
-                            "language": job.target,
-                            "fields": {
-                                "backend": step.engine.name,
-                                "check": verdict.reason,
-                                "detail": verdict.detail,
-                                "attempt": attempt,
-                            },
-                        },
-                    )
-                    if verdict.reason == "runaway":
-                        # Keep what a caption can show: about the source's length, cut at a word.
-                        limit = 3 * len(job.text) + 40
-                        text = text[:limit].rsplit(" ", 1)[0] if len(text) > limit else text
-                    if text.strip() and (best is None or verdict.reason != "empty"):
-                        best = (text, verdict.reason, step.engine.name)
-                    last_error = None
-                    if attempt + 1 >= tries:
-                        break
-                    continue
-                last_error = outcome
-                if isinstance(outcome, UnsupportedError | CircuitOpen | QueueFull):
-                    break
-                if not isinstance(outcome, EngineError):
-                    log.error(
-                        "engine raised", exc_info=outcome, extra={"fields": {"backend": step.engine.name}}
-                    )
-                if attempt + 1 >= 2:
-                    break
-        if best is not None:
-            # Every engine failed a check: show the least-bad output, flagged, rather than nothing.
-            res = TranslateResult(
-                segmentId=job.segment_id, language=job.target, text=best[0], quality=f"degraded:{best[1]}"
-            )
-            res.backend = best[2]  # type: ignore[attr-defined]
-            return res
-        if isinstance(last_error, EngineError):
-            return self._error(job, last_error.code, str(last_error))
-        if isinstance(last_error, QueueFull):
-            return self._error(job, ERR_UPSTREAM, str(last_error))
-        return self._error(job, ERR_TRANSLATION_FAILED, f"translation failed: {last_error}")
