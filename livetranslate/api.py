@@ -41,6 +41,10 @@ Stage = Literal["audio", "translation", "gateway"]
 
 LanguageCode = Annotated[str, Field(pattern=BCP47_PATTERN, max_length=35)]
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
+# A Kubernetes storage quantity (binary or decimal suffix), e.g. 60Gi, 500M.
+Quantity = Annotated[
+    str, Field(pattern=r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$", max_length=32)
+]
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
 _DURATION_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -232,6 +236,24 @@ class TranslationSpec(_Model):
         return parse_duration(self.sleepAfterIdle) if self.sleepAfterIdle else 0.0
 
 
+class ModelCacheSpec(_Model):
+    """Models pulled once into a PersistentVolumeClaim, verified, and mounted read-only by the
+    pods of the stage that runs them (see docs/model-cache.md)."""
+
+    storageClassName: str = Field(
+        "", max_length=253, description='StorageClass of the cache volume; "" = the cluster default'
+    )
+    size: Quantity = Field("60Gi", description="Capacity of the cache volume (each, with ReadWriteOnce)")
+    accessMode: Literal["ReadWriteMany", "ReadWriteOnce"] = Field(
+        "ReadWriteMany",
+        description="ReadWriteMany: one cache shared by every pod. ReadWriteOnce: one cache per stage, "
+        "and the stage's pods pinned to the node that holds it",
+    )
+    huggingFaceTokenSecretRef: SecretKeyRef | None = Field(
+        None, description="Secret key holding a Hugging Face token, for gated or private repos"
+    )
+
+
 class GatewaySpec(_Model):
     replicas: ReplicaRange = _replicas(1, 4)
     maxSessionsPerReplica: int = Field(500, ge=1, le=100_000)
@@ -327,6 +349,9 @@ class TranslationPipelineSpec(_Model):
     translation: TranslationSpec = Field(default_factory=TranslationSpec)
     gateway: GatewaySpec = Field(default_factory=GatewaySpec)
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    modelCache: ModelCacheSpec | None = Field(
+        None, description="Pull, verify and cache the pipeline's models once; unset: each pod loads its own"
+    )
 
     @field_validator("targetLanguages")
     @classmethod
@@ -373,7 +398,7 @@ class Condition(BaseModel):
     observedGeneration: int | None = None
 
 
-CONDITION_TYPES = ("Ready", "AudioReady", "TranslationReady", "GatewayReady", "ScalingActive")
+CONDITION_TYPES = ("Ready", "AudioReady", "TranslationReady", "GatewayReady", "ScalingActive", "ModelsReady")
 
 
 class StageStatus(BaseModel):
@@ -410,6 +435,23 @@ class ScalingDecisionRecord(BaseModel):
     reason: str
 
 
+ModelState = Literal["Pending", "Pulling", "Converting", "Ready", "Failed"]
+
+
+class ModelStatus(BaseModel):
+    """One model of the pipeline's cache (spec.modelCache): what it is and how far it got."""
+
+    model_config = ConfigDict(extra="allow")
+
+    stage: Literal["audio", "translation"]
+    name: str
+    format: str
+    state: ModelState = "Pending"
+    bytes: int | None = None
+    sha256: str | None = None
+    message: str | None = None
+
+
 class TranslationPipelineStatus(BaseModel):
     model_config = ConfigDict(extra="allow")
 
@@ -420,6 +462,7 @@ class TranslationPipelineStatus(BaseModel):
     translation: TranslationStatus = Field(default_factory=TranslationStatus)
     gateway: GatewayStatus = Field(default_factory=GatewayStatus)
     lastScalingDecision: ScalingDecisionRecord | None = None
+    models: list[ModelStatus] | None = None
     # "2/3": stages whose Deployment has all its replicas ready (a kubectl get printer column).
     readyStages: str | None = None
     # The spec field the operator refused (phase Failed), e.g. "spec.targetLanguages[1]".

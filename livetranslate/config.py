@@ -38,6 +38,8 @@ AUTH_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/auth"
 TRANSLATION_KEY_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/translation-key"
 # Where it finds the key of spec.translation.fallback[i]: FALLBACK_KEYS_MOUNT_DIR/<i>/<key>.
 FALLBACK_KEYS_MOUNT_DIR = f"{CONFIG_MOUNT_DIR}/fallback-keys"
+# Where pods mount the pipeline's model cache (spec.modelCache), read-only.
+MODEL_CACHE_MOUNT_DIR = "/model-cache"
 
 ResolvedBackend = Literal["vllm", "openai", "apertium"]
 
@@ -73,6 +75,13 @@ class ResolvedPipeline(BaseModel):
     spec: TranslationPipelineSpec = Field(default_factory=TranslationPipelineSpec)
     placement: Placement = Field(default_factory=Placement)
     endpoints: Endpoints
+    # Where each model lies in the model cache as the pods mount it (spec.modelCache): "audio", and
+    # "translation:<model>" for the translation model and each fallback. Empty without a cache.
+    modelPaths: dict[str, str] = Field(default_factory=dict)
+
+    def audio_model(self) -> str:
+        """What the audio stage loads: the cached copy where there is one, else the spec's model."""
+        return self.modelPaths.get("audio") or self.spec.audio_model()
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

@@ -14,20 +14,22 @@ from typing import Any
 from livetranslate.api import Device, ReplicaRange, Stage, TranslationPipelineSpec
 from livetranslate.config import (
     AUTH_MOUNT_DIR,
-    CONFIG_ENV,
     CONFIG_KEY,
-    DEFAULT_CONFIG_PATH,
     FALLBACK_KEYS_MOUNT_DIR,
     SERVICE_PORT,
     TRANSLATION_KEY_MOUNT_DIR,
-    VLLM_LOCAL_URL,
-    VLLM_PORT,
     Endpoints,
     Placement,
     ResolvedPipeline,
     service_url,
 )
+from livetranslate.operator import modelcache, podparts
 from livetranslate.operator import placement as placing
+from livetranslate.operator.podparts import (
+    configmap_name,
+    container_security,
+    pod_security,
+)
 from livetranslate.operator.settings import OperatorSettings, Resources
 
 STAGES: tuple[Stage, ...] = ("audio", "translation", "gateway")
@@ -41,8 +43,6 @@ CONFIG_HASH_ANNOTATION = "livetranslate.io/config-hash"
 ACTIVE_MODEL_ANNOTATION = "livetranslate.io/active-model"
 # Written by the autoscaler when the audio device pool it prefers is exhausted (placement.place).
 AUDIO_DEVICE_ANNOTATION = "livetranslate.io/audio-device"
-RUN_AS = 10001
-MODEL_DIR = "/models"
 ENDPOINT_PATH = "/v1/stream"
 
 
@@ -56,14 +56,12 @@ class BuildState:
     """
 
     replicas: dict[Stage, int | None] = field(default_factory=dict)
+    # ReadWriteOnce model cache: the node that holds each stage's volume (None: not bound yet).
+    cache_nodes: dict[str, str | None] = field(default_factory=dict)
 
 
 def deployment_name(name: str, stage: Stage) -> str:
     return f"{name}-{stage}"
-
-
-def configmap_name(name: str) -> str:
-    return f"{name}-config"
 
 
 def gateway_endpoint(name: str, namespace: str) -> str:
@@ -74,7 +72,7 @@ def resolve(
     name: str, namespace: str, generation: int, spec: TranslationPipelineSpec, placement: Placement
 ) -> ResolvedPipeline:
     """The document every workload reads (ConfigMap key pipeline.json)."""
-    return ResolvedPipeline(
+    resolved = ResolvedPipeline(
         name=name,
         namespace=namespace,
         generation=generation,
@@ -86,6 +84,9 @@ def resolve(
             gateway=service_url(name, "gateway", namespace),
         ),
     )
+    if spec.modelCache is not None:
+        resolved.modelPaths = modelcache.model_paths(modelcache.required_models(resolved))
+    return resolved
 
 
 def config_hash(resolved: ResolvedPipeline) -> str:
@@ -130,74 +131,6 @@ def stage_bounds(spec: TranslationPipelineSpec, stage: Stage) -> ReplicaRange:
     }[stage]
 
 
-# ------------------------------------------------------------------------------------ pod parts
-
-
-def container_security() -> dict[str, Any]:
-    """Restricted Pod Security Standard, container level."""
-    return {
-        "allowPrivilegeEscalation": False,
-        "capabilities": {"drop": ["ALL"]},
-        "readOnlyRootFilesystem": True,
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def pod_security() -> dict[str, Any]:
-    return {
-        "runAsNonRoot": True,
-        "runAsUser": RUN_AS,
-        "runAsGroup": RUN_AS,
-        "fsGroup": RUN_AS,
-        "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _http_probe(path: str, *, period: int, failures: int, initial: int = 0) -> dict[str, Any]:
-    return {
-        "httpGet": {"path": path, "port": "http"},
-        "periodSeconds": period,
-        "failureThreshold": failures,
-        "timeoutSeconds": 3,
-        "initialDelaySeconds": initial,
-    }
-
-
-def _base_env(resolved: ResolvedPipeline, stage: Stage) -> list[dict[str, Any]]:
-    return [
-        {"name": CONFIG_ENV, "value": DEFAULT_CONFIG_PATH},
-        {"name": "LT_PORT", "value": str(SERVICE_PORT)},
-        # Read-only root filesystem: everything that caches goes to the writable emptyDirs.
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "XDG_CACHE_HOME", "value": f"{MODEL_DIR}/cache"},
-        {"name": "HF_HOME", "value": f"{MODEL_DIR}/hf"},
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-    ]
-
-
-def _mounts() -> list[dict[str, Any]]:
-    # The ConfigMap is mounted as a single file (subPath) rather than over the whole directory so
-    # the gateway's auth Secret can sit at AUTH_MOUNT_DIR below it; config changes roll the pods
-    # through the config-hash annotation, so subPath not refreshing in place loses nothing.
-    return [
-        {"name": "config", "mountPath": DEFAULT_CONFIG_PATH, "subPath": CONFIG_KEY, "readOnly": True},
-        {"name": "tmp", "mountPath": "/tmp"},
-        {"name": "models", "mountPath": MODEL_DIR},
-    ]
-
-
-def _volumes(name: str, settings: OperatorSettings) -> list[dict[str, Any]]:
-    return [
-        {"name": "config", "configMap": {"name": configmap_name(name)}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-        {"name": "models", "emptyDir": {"sizeLimit": settings.model_cache_size}},
-    ]
-
-
 def _app_container(
     resolved: ResolvedPipeline,
     stage: Stage,
@@ -213,15 +146,15 @@ def _app_container(
         "imagePullPolicy": settings.image_pull_policy,
         "command": ["livetranslate", "serve", SERVE_NAMES[stage]],
         "ports": [{"name": "http", "containerPort": SERVICE_PORT, "protocol": "TCP"}],
-        "env": _base_env(resolved, stage),
-        "volumeMounts": _mounts(),
+        "env": podparts.base_env(resolved, stage),
+        "volumeMounts": podparts.mounts(),
         "resources": resources.as_k8s(extra_resources),
         "securityContext": container_security(),
         # Model loading can take a while: the startup probe holds liveness off until /healthz
         # answers, so a slow first download is not mistaken for a hang.
-        "startupProbe": _http_probe("/healthz", period=5, failures=startup_failures),
-        "livenessProbe": _http_probe("/healthz", period=10, failures=3),
-        "readinessProbe": _http_probe("/readyz", period=5, failures=2),
+        "startupProbe": podparts.http_probe("/healthz", period=5, failures=startup_failures),
+        "livenessProbe": podparts.http_probe("/healthz", period=10, failures=3),
+        "readinessProbe": podparts.http_probe("/readyz", period=5, failures=2),
     }
 
 
@@ -302,7 +235,10 @@ def build_audio(resolved: ResolvedPipeline, state: BuildState, settings: Operato
         placing.device_resources(device),
     )
     template = _pod_template(
-        resolved, "audio", [container], _volumes(resolved.name, settings), device, settings
+        resolved, "audio", [container], podparts.volumes(resolved.name, settings), device, settings
+    )
+    podparts.use_cache(
+        template, modelcache.pod_pieces(resolved, "audio", settings.audio_image, settings, state.cache_nodes)
     )
     replicas = desired_replicas(resolved.spec.audio.replicas, state.replicas.get("audio"))
     # An accelerator pod cannot surge onto a device that is not free: replace in place instead.
@@ -314,64 +250,6 @@ def build_audio(resolved: ResolvedPipeline, state: BuildState, settings: Operato
     return _deployment(resolved, "audio", template, replicas, strategy)
 
 
-def _vllm_container(resolved: ResolvedPipeline, settings: OperatorSettings) -> dict[str, Any]:
-    spec = resolved.spec.translation
-    probe_cmd = [
-        "python3",
-        "-c",
-        f"import urllib.request; urllib.request.urlopen('{VLLM_LOCAL_URL}/health', timeout=3)",
-    ]
-    return {
-        "name": "vllm",
-        "image": settings.vllm_image,
-        "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
-        "args": [
-            "--model",
-            resolved.placement.translationModel,
-            "--gpu-memory-utilization",
-            f"{spec.gpuMemoryUtilization:g}",
-            "--max-model-len",
-            str(spec.maxModelLen),
-            # Sleep mode lets the autoscaler free GPU memory and swap to a fallback model fast.
-            "--enable-sleep-mode",
-            # Loopback only: the translation container next to it is its only client.
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(VLLM_PORT),
-        ],
-        # /sleep and /wake_up are development-mode endpoints in vLLM's OpenAI server.
-        "env": [
-            {"name": "VLLM_SERVER_DEV_MODE", "value": "1"},
-            {"name": "HOME", "value": "/tmp"},
-            {"name": "HF_HOME", "value": f"{MODEL_DIR}/hf"},
-            {"name": "XDG_CACHE_HOME", "value": f"{MODEL_DIR}/cache"},
-            {"name": "VLLM_CACHE_ROOT", "value": f"{MODEL_DIR}/vllm"},
-        ],
-        "volumeMounts": [
-            {"name": "tmp", "mountPath": "/tmp"},
-            {"name": "models", "mountPath": MODEL_DIR},
-            {"name": "dshm", "mountPath": "/dev/shm"},
-        ],
-        "resources": settings.vllm_resources.as_k8s({placing.GPU_RESOURCE: "1"}),
-        "securityContext": container_security(),
-        # The server binds loopback, which kubelet's HTTP probes cannot reach: probe from inside.
-        "startupProbe": {
-            "exec": {"command": probe_cmd},
-            "periodSeconds": 10,
-            "timeoutSeconds": 5,
-            "failureThreshold": max(1, settings.vllm_startup_seconds // 10),
-        },
-        "livenessProbe": {
-            "exec": {"command": probe_cmd},
-            "periodSeconds": 15,
-            "timeoutSeconds": 5,
-            "failureThreshold": 4,
-        },
-    }
-
-
 def build_translation(
     resolved: ResolvedPipeline, state: BuildState, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -380,7 +258,7 @@ def build_translation(
         resolved, "translation", settings.translate_image, settings.translate_resources, settings
     )
     containers = [container]
-    volumes = _volumes(resolved.name, settings)
+    volumes = podparts.volumes(resolved.name, settings)
     ref = resolved.spec.translation.apiKeySecretRef
     if backend == "openai" and ref is not None:
         # A file, not an env copy: the service reads the key where pipeline.json says it is.
@@ -409,13 +287,17 @@ def build_translation(
     strategy = _SURGE
     progress_deadline = 600
     if backend == "vllm":
-        containers.append(_vllm_container(resolved, settings))
+        containers.append(podparts.vllm_container(resolved, settings))
         volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "2Gi"}})
         device = "gpu"
         # A surge pod would need a spare GPU that usually does not exist.
         strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
         progress_deadline = max(600, settings.vllm_startup_seconds)
     template = _pod_template(resolved, "translation", containers, volumes, device, settings)
+    pieces = modelcache.pod_pieces(
+        resolved, "translation", settings.translate_image, settings, state.cache_nodes
+    )
+    podparts.use_cache(template, pieces)
     replicas = desired_replicas(resolved.spec.translation.replicas, state.replicas.get("translation"))
     return _deployment(resolved, "translation", template, replicas, strategy, progress_deadline)
 
@@ -427,7 +309,7 @@ def build_gateway(
     container = _app_container(
         resolved, "gateway", settings.gateway_image, settings.gateway_resources, settings, startup_failures=24
     )
-    volumes = _volumes(resolved.name, settings)
+    volumes = podparts.volumes(resolved.name, settings)
     if gw.authSecretRef is not None:
         volumes.append({"name": "auth", "secret": {"secretName": gw.authSecretRef.name}})
         container["volumeMounts"].append({"name": "auth", "mountPath": AUTH_MOUNT_DIR, "readOnly": True})

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -28,16 +28,14 @@ from livetranslate.api import (
     KIND,
     PLURAL,
     VERSION,
-    ReplicaRange,
     Stage,
     describe_validation_error,
     first_error_field,
     parse_spec,
 )
 from livetranslate.capabilities import backend_problems, speech_problems
-from livetranslate.config import ResolvedPipeline
 from livetranslate.logs import log_context
-from livetranslate.operator import builders, placement, status
+from livetranslate.operator import builders, children, modelcache, modelsync, placement, refresh, status
 from livetranslate.operator.kube import ApiError, KubeClient
 from livetranslate.operator.resync import resync_loop
 from livetranslate.operator.settings import OperatorSettings
@@ -119,6 +117,8 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
         return
     if state.resync_task is not None:
         state.resync_task.cancel()
+    for _due, retry in state.model_retry.values():
+        retry.cancel()
     if state.owns_kube:
         await state.kube.close()
 
@@ -196,11 +196,13 @@ async def _reconcile(
         except pydantic.ValidationError as e:
             raise InvalidSpec(first_error_field(e), describe_validation_error(e)) from e
         annotations = meta.get("annotations") or {}
+        jobs = await modelsync.list_jobs(kube, namespace, name) if spec.modelCache else []
         placed = placement.place(
             spec,
             cluster,
             active_model_annotation=annotations.get(builders.ACTIVE_MODEL_ANNOTATION),
             audio_device_annotation=annotations.get(builders.AUDIO_DEVICE_ANNOTATION),
+            unusable=modelcache.unusable_devices(jobs, spec.audio_model()),
         )
         problems = speech_problems(spec.sourceLanguage) + backend_problems(
             placed.translationBackend,
@@ -218,7 +220,7 @@ async def _reconcile(
         )
         state.refused[(namespace, name)] = generation
         new = status.failed_status(message, e.field, generation, previous)
-        await _patch_status(kube, namespace, name, new)
+        await refresh.patch_status(kube, namespace, name, new)
         await kube.post_event(owner, "InvalidSpec", message, type_="Warning")
         state.reconcile_seconds.labels(result="invalid").observe(time.perf_counter() - started)
         raise
@@ -230,12 +232,15 @@ async def _reconcile(
         )
         logger.info("removed the annotations of the operator's old Kopf storage: %s", ", ".join(legacy))
     resolved = builders.resolve(name, namespace, generation, spec, placed)
-    existing = await _deployments(kube, namespace, name)
+    existing = await refresh.deployments(kube, namespace, name)
     current: dict[Stage, int | None] = {
         stage: None if dep is None else int((dep.get("spec") or {}).get("replicas", 0))
         for stage, dep in existing.items()
     }
-    build = builders.BuildState(replicas=current)
+    cache = await modelsync.sync(kube, resolved, owner, settings, jobs)
+    if cache.retry_in is not None:
+        _reconcile_later(state, (namespace, name), cache.retry_in, cluster, logger)
+    build = builders.BuildState(replicas=current, cache_nodes=cache.nodes)
     # No Deployment yet: the children are most likely all missing, so create first (a child
     # that does exist, from a reconcile cut short, answers 409 and is patched).
     first_build = all(dep is None for dep in existing.values())
@@ -250,15 +255,15 @@ async def _reconcile(
 
     config, *rest = builders.build_children(resolved, build, settings)
     # First: the pods mount the config, and no pod should ever run without its NetworkPolicy.
-    await asyncio.gather(apply(config), _network_policies(kube, resolved, settings, apply))
+    await asyncio.gather(apply(config), children.network_policies(kube, resolved, settings, apply))
     await asyncio.gather(*(apply(m) for m in rest))
-    if settings.pipeline_monitors and await _serves_podmonitors(state):
+    if settings.pipeline_monitors and await children.serves_podmonitors(state):
         await apply(builders.build_podmonitor(resolved))
     state.resolved[(namespace, name)] = resolved
     state.refused.pop((namespace, name), None)
 
-    await _announce_placement(kube, owner, previous, resolved)
-    refreshed = await refresh_status(state, namespace, name)
+    await children.announce_placement(kube, owner, previous, resolved)
+    refreshed = await refresh.refresh_status(state, namespace, name)
     state.reconcile_seconds.labels(result="ok").observe(time.perf_counter() - started)
     logger.info(
         "reconciled: audio on %s, translation %s/%s, phase %s",
@@ -270,147 +275,32 @@ async def _reconcile(
     return refreshed or {}
 
 
-def _export_stage_gauges(
-    state: OperatorState, namespace: str, name: str, resolved: ResolvedPipeline, new: Mapping[str, Any]
+def _reconcile_later(
+    state: OperatorState,
+    key: tuple[str, str],
+    delay: float,
+    cluster: placement.ClusterDevices,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
-    """Desired/ready/max replicas per stage for the alerts (no ready replicas, pinned at max)."""
-    desired, ready, maximum = state.stage_gauges
-    for stage in builders.STAGES:
-        observed = new.get(stage) or {}
-        bounds: ReplicaRange = getattr(resolved.spec, stage).replicas
-        labels = {"namespace": namespace, "pipeline": name, "stage": stage}
-        desired.labels(**labels).set(int(observed.get("replicas") or 0))
-        ready.labels(**labels).set(int(observed.get("readyReplicas") or 0))
-        maximum.labels(**labels).set(bounds.max)
-
-
-async def _network_policies(
-    kube: KubeClient,
-    resolved: ResolvedPipeline,
-    settings: OperatorSettings,
-    apply: Callable[[dict[str, Any]], Awaitable[None]],
-) -> None:
-    """Apply the pipeline's NetworkPolicies, or, with them turned off, remove the ones it made."""
-    if settings.network_policies:
-        await asyncio.gather(*(apply(m) for m in builders.build_network_policies(resolved, settings)))
+    """Reconcile again after ``delay`` (a failed model pull whose backoff runs): one timer per
+    pipeline, the earliest kept; a pipeline deleted meanwhile is skipped by the fresh read."""
+    due = time.monotonic() + delay
+    pending = state.model_retry.get(key)
+    if pending is not None and not pending[1].done() and pending[0] <= due:
         return
-    made = await kube.list(
-        "networking.k8s.io/v1",
-        "NetworkPolicy",
-        resolved.namespace,
-        label_selector=f"{builders.PIPELINE_LABEL}={resolved.name},"
-        f"{builders.MANAGED_BY_LABEL}={builders.MANAGED_BY}",
-    )
-    await asyncio.gather(
-        *(
-            kube.delete("networking.k8s.io/v1", "NetworkPolicy", resolved.namespace, p["metadata"]["name"])
-            for p in made
-        )
-    )
+    if pending is not None:
+        pending[1].cancel()
 
-
-PODMONITOR_RECHECK_S = 300.0
-
-
-async def _serves_podmonitors(state: OperatorState) -> bool:
-    """Whether the prometheus-operator CRDs exist, asked again every few minutes."""
-    cache: dict[str, tuple[float, bool]] = state.discovery
-    now = time.monotonic()
-    seen = cache.get("podmonitors")
-    if seen is None or now - seen[0] > PODMONITOR_RECHECK_S:
+    async def later() -> None:
+        await asyncio.sleep(delay)
+        state.model_retry.pop(key, None)
+        ref = {"metadata": {"namespace": key[0], "name": key[1]}}
         try:
-            found = await state.kube.serves("monitoring.coreos.com/v1", "podmonitors")
-        except ApiError:
-            found = seen[1] if seen else False
-        cache["podmonitors"] = (now, found)
-        return found
-    return seen[1]
+            await reconcile(ref, state, state.nodes.cluster or cluster, logger)
+        except (InvalidSpec, ApiError) as e:
+            logger.warning("retrying the model pulls of %s/%s failed, the next change retries: %s", *key, e)
 
-
-async def _deployments(kube: KubeClient, namespace: str, name: str) -> dict[Stage, dict[str, Any] | None]:
-    """The pipeline's Deployments by stage (one list call, not one get per stage)."""
-    found: dict[Stage, dict[str, Any] | None] = dict.fromkeys(builders.STAGES)
-    for dep in await kube.list(
-        "apps/v1", "Deployment", namespace, label_selector=f"{builders.PIPELINE_LABEL}={name}"
-    ):
-        stage = (dep["metadata"].get("labels") or {}).get(builders.STAGE_LABEL)
-        if stage in found and dep["metadata"]["name"] == builders.deployment_name(name, stage):
-            found[stage] = dep
-    return found
-
-
-async def refresh_status(
-    state: OperatorState, namespace: str, name: str, *, pending: set[tuple[str, str]] | None = None
-) -> dict[str, Any] | None:
-    """Recompute a pipeline's status from fresh reads and write it if it changed.
-
-    Serialized per pipeline and read fresh inside the lock: the reconcile and the Deployment
-    watch both call this, and a write computed from an older view must never land last.
-    """
-    resolved: ResolvedPipeline | None = state.resolved.get((namespace, name))
-    if resolved is None:
-        if pending is not None:
-            pending.discard((namespace, name))
-        return None
-    kube: KubeClient = state.kube
-    locks: dict[tuple[str, str], asyncio.Lock] = state.status_locks
-    lock = locks.setdefault((namespace, name), asyncio.Lock())
-    async with lock:
-        if pending is not None:
-            pending.discard((namespace, name))  # events from now on need a refresh of their own
-        current = await kube.get(API_VERSION, KIND, namespace, name)
-        if current is None:
-            return None
-        previous = current.get("status") or {}
-        generation = int(current["metadata"].get("generation") or 0)
-        if state.refused.get((namespace, name)) == generation:
-            return previous  # the current spec was refused: its Failed status stands
-        if generation > resolved.generation:
-            return None  # a newer spec is being reconciled; that reconcile writes status
-        observed = {
-            stage: status.StageObservation.from_deployment(dep)
-            for stage, dep in (await _deployments(kube, namespace, name)).items()
-        }
-        new = status.compute_status(resolved, observed, previous)
-        _export_stage_gauges(state, namespace, name, resolved, new)
-        if status.status_changed(
-            previous, {k: v for k, v in new.items() if k != "conditions"}
-        ) or status.conditions_changed(previous.get("conditions") or [], new["conditions"]):
-            await _patch_status(kube, namespace, name, new)
-        return new
-
-
-async def _announce_placement(
-    kube: KubeClient, owner: Mapping[str, Any], previous: Mapping[str, Any], resolved: ResolvedPipeline
-) -> None:
-    """An Event whenever the audio device or the translation backend/model changes."""
-    p = resolved.placement
-    before = (
-        (previous.get("audio") or {}).get("device"),
-        (previous.get("translation") or {}).get("backend"),
-        (previous.get("translation") or {}).get("model"),
-    )
-    after = (p.audioDevice, p.translationBackend, p.translationModel)
-    if before == after:
-        return
-    if before == (None, None, None):
-        message = f"audio: {p.audioReason}; translation: {p.translationReason}"
-        await kube.post_event(owner, "Placed", message)
-        return
-    changes = []
-    if before[0] != after[0]:
-        changes.append(f"audio {before[0]} -> {after[0]} ({p.audioReason})")
-    if before[1:] != after[1:]:
-        changes.append(
-            f"translation {before[1]}/{before[2]} -> {after[1]}/{after[2]} ({p.translationReason})"
-        )
-    await kube.post_event(owner, "PlacementChanged", "; ".join(changes))
-
-
-async def _patch_status(kube: KubeClient, namespace: str, name: str, new: Mapping[str, Any]) -> None:
-    # Only the conditions the reconcile owns are replaced: the autoscaler writes ScalingActive
-    # concurrently (a pipeline deleted meanwhile has nothing to report on: None, no error).
-    await status.write_status(kube, namespace, name, new, owned=status.RECONCILE_CONDITIONS)
+    state.model_retry[key] = (due, asyncio.create_task(later(), name=f"model-retry-{key[0]}/{key[1]}"))
 
 
 def _api_retry(e: ApiError, settings: OperatorSettings, retry: int = 0) -> kopf.TemporaryError:
@@ -533,7 +423,45 @@ async def deployment_changed(
         except asyncio.CancelledError:
             pending.discard((namespace, name))
             raise
-        await refresh_status(memo.state, namespace, name, pending=pending)
+        await refresh.refresh_status(memo.state, namespace, name, pending=pending)
     except ApiError as e:
         versions.pop(key, None)  # not reflected in status: a re-list must not skip it
         logger.warning("status of %s/%s not updated, the next change retries: %s", namespace, name, e)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={**MANAGED, "app.kubernetes.io/component": modelcache.COMPONENT})
+async def model_job_changed(
+    labels: Mapping[str, str],
+    namespace: str | None,
+    memo: kopf.Memo,
+    logger: kopf.Logger,
+    body: kopf.Body,
+    **kwargs: Any,
+) -> None:
+    """A pull Job started, finished or gave up: reconcile its pipeline (a failed conversion moves
+    the audio stage along its devices; a bound ReadWriteOnce volume pins the stage's pods; a model
+    that turned Ready is reported in status.models and an Event)."""
+    name = labels.get(builders.PIPELINE_LABEL)
+    if not name or not namespace:
+        return
+    job = dict(body)
+    key = (namespace, str(body.metadata.name))
+    seen = "deleted" if kwargs.get("type") == "DELETED" else modelcache.job_phase(job)
+    states: dict[tuple[str, str], str] = memo.state.job_states
+    if states.get(key) == seen:
+        return  # a re-list, or a change that moved nothing users see
+    states[key] = seen
+    if seen == "deleted":
+        states.pop(key, None)
+        return
+    ref = {"metadata": {"namespace": namespace, "name": name}}
+    with log_context(pipeline=name, namespace=namespace):
+        try:
+            await reconcile(ref, memo.state, cluster_from(kwargs["node_index"]), logger)
+        except InvalidSpec:
+            pass  # status and Event already written
+        except ApiError as e:
+            states.pop(key, None)
+            logger.warning(
+                "model cache of %s/%s not updated, the next change retries: %s", namespace, name, e
+            )

@@ -27,6 +27,8 @@ from typing import Any
 import aiohttp
 import kopf
 
+from livetranslate.operator import manifests
+
 log = logging.getLogger(__name__)
 
 # apiVersion -> URL prefix; kind -> plural (the resources the operator and autoscaler touch).
@@ -42,6 +44,8 @@ PLURALS = {
     "PodDisruptionBudget": "poddisruptionbudgets",
     "PodMonitor": "podmonitors",
     "NetworkPolicy": "networkpolicies",
+    "Job": "jobs",
+    "PersistentVolumeClaim": "persistentvolumeclaims",
 }
 CLUSTER_SCOPED = {"Node"}
 
@@ -103,18 +107,6 @@ def resource_url(
     if subresource:
         parts.append(subresource)
     return "/".join(parts)
-
-
-def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
-    meta = owner["metadata"]
-    return {
-        "apiVersion": owner["apiVersion"],
-        "kind": owner["kind"],
-        "name": meta["name"],
-        "uid": meta["uid"],
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _ssl_context(info: kopf.ConnectionInfo, tmpdir: str) -> ssl.SSLContext | bool:
@@ -393,7 +385,7 @@ class KubeClient:
         ``keep_on_update`` lists field paths written only at creation: after that another
         component owns them (``("spec", "replicas")`` belongs to the autoscaler).
         """
-        desired = _with_owner(manifest, owner)
+        desired = manifests.with_owner(manifest, owner)
         meta = desired["metadata"]
         api_version, kind, namespace, name = (
             desired["apiVersion"],
@@ -409,13 +401,13 @@ class KubeClient:
                 if e.status != 409:
                     raise
             existing = await self.get(api_version, kind, namespace, name)
-        patch = _without(desired, keep_on_update)
+        patch = manifests.without(desired, keep_on_update)
         if existing is not None:
-            patch["metadata"]["ownerReferences"] = _merged_owners(
+            patch["metadata"]["ownerReferences"] = manifests.merged_owners(
                 existing.get("metadata", {}).get("ownerReferences") or [], meta.get("ownerReferences") or []
             )
-            _drop_extra_keys(patch, existing, OWNED_MAPS)
-            if _contains(existing, patch):
+            manifests.drop_extra_keys(patch, existing, manifests.OWNED_MAPS)
+            if manifests.contains(existing, patch):
                 return existing  # nothing to change: no write, no new resourceVersion, no rollout
         return await self.patch(api_version, kind, namespace, name, patch)
 
@@ -461,76 +453,3 @@ class KubeClient:
             await self.request("POST", resource_url("v1", "Event", namespace), json=event)
         except (TimeoutError, ApiError, aiohttp.ClientError) as e:
             log.warning("could not post event %s: %s", reason, e)
-
-
-def _with_owner(manifest: Mapping[str, Any], owner: Mapping[str, Any] | None) -> dict[str, Any]:
-    desired = {**manifest, "metadata": dict(manifest["metadata"])}
-    if owner is not None:
-        desired["metadata"]["ownerReferences"] = [owner_reference(owner)]
-    return desired
-
-
-def _merged_owners(existing: list[dict[str, Any]], ours: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Keep other owners' references, replace ours (same uid) -- adoption without theft."""
-    uids = {o.get("uid") for o in ours}
-    return [o for o in existing if o.get("uid") not in uids] + ours
-
-
-# Maps a child's manifest owns whole: a merge patch only adds and overwrites keys, so a key added
-# by hand (a Service selector or a NetworkPolicy podSelector narrowed to nothing, leaving the pods
-# unreachable or unprotected) would survive every reconcile. The API server defaults nothing
-# inside these, so the keys the manifest lacks are removed (null in the merge patch).
-OWNED_MAPS: tuple[tuple[str, ...], ...] = (
-    ("spec", "selector"),
-    ("spec", "selector", "matchLabels"),
-    ("spec", "podSelector"),
-    ("spec", "podSelector", "matchLabels"),
-)
-
-
-def _drop_extra_keys(
-    patch: dict[str, Any], existing: Mapping[str, Any], paths: Sequence[tuple[str, ...]]
-) -> None:
-    """Set to None, in ``patch``, each key of an owned map that ``existing`` has and ``patch`` lacks."""
-    for path in paths:
-        have: Any = existing
-        want: Any = patch
-        for key in path:
-            have = have.get(key) if isinstance(have, Mapping) else None
-            want = want.get(key) if isinstance(want, Mapping) else None
-        if not isinstance(have, Mapping) or not isinstance(want, dict):
-            continue
-        extra = [k for k in have if k not in want]
-        if not extra:
-            continue
-        node = patch  # copy along the path: the caller's manifest is shared
-        for key in path:
-            node[key] = dict(node[key])
-            node = node[key]
-        node.update(dict.fromkeys(extra))
-
-
-def _without(manifest: Mapping[str, Any], paths: Sequence[tuple[str, ...]]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: (dict(v) if isinstance(v, dict) else v) for k, v in manifest.items()}
-    for path in paths:
-        node: Any = out
-        for key in path[:-1]:
-            if not isinstance(node, dict) or key not in node:
-                node = None
-                break
-            node[key] = dict(node[key])
-            node = node[key]
-        if isinstance(node, dict):
-            node.pop(path[-1], None)
-    return out
-
-
-def _contains(existing: Any, wanted: Any) -> bool:
-    """Whether merge-patching ``wanted`` onto ``existing`` would change nothing."""
-    if isinstance(wanted, dict):
-        if not isinstance(existing, dict):
-            return False
-        return all(
-            _contains(existing.get(k), v) if v is not None else k not in existing for k, v in wanted.items()
-        )
-    return bool(existing == wanted)

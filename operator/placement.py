@@ -97,14 +97,20 @@ def place(
     *,
     active_model_annotation: str | None = None,
     audio_device_annotation: str | None = None,
+    unusable: Mapping[Device, str] | None = None,
 ) -> Placement:
     """Choose the audio device (first of spec.audio.devices the cluster has) and the backend.
 
     ``audio_device_annotation`` is the autoscaler's move along spec.audio.devices (an exhausted
     NPU pool): honoured only while it names a later entry of the list that the cluster offers.
+    ``unusable`` names devices the audio model cannot run on, with why (an NPU placement whose
+    OpenVINO conversion failed in the model cache): placement moves past them as past a missing one.
     """
+    unusable = unusable or {}
     skipped = [d for d in spec.audio.devices if not cluster.has(d)]
-    chosen: Device | None = next((d for d in spec.audio.devices if cluster.has(d)), None)
+    chosen: Device | None = next(
+        (d for d in spec.audio.devices if cluster.has(d) and d not in unusable), None
+    )
     devices = list(spec.audio.devices)
     moved = next((d for d in devices if d == audio_device_annotation), None)
     if (
@@ -125,11 +131,10 @@ def place(
             f"none of spec.audio.devices {list(spec.audio.devices)} is in the cluster "
             f"({cluster.describe()}); waiting for a {chosen} node"
         )
-    elif skipped:
-        audio_reason = (
-            f"{chosen}: first available of {list(spec.audio.devices)}; "
-            f"no node offers {', '.join(skipped)} ({cluster.describe()})"
-        )
+    elif skipped or any(d in unusable and cluster.has(d) for d in devices):
+        why = [f"no node offers {', '.join(skipped)} ({cluster.describe()})"] if skipped else []
+        why += [f"not {d}: {unusable[d]}" for d in devices if d in unusable and cluster.has(d)]
+        audio_reason = f"{chosen}: first available of {list(spec.audio.devices)}; " + "; ".join(why)
     elif chosen == "cpu":
         audio_reason = "cpu: first preference in spec.audio.devices"
     else:

@@ -25,9 +25,15 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     # Per-stage NetworkPolicies, applied like the other children; listed and deleted only when
     # LT_OPERATOR_NETWORK_POLICIES turns them off.
     (("networking.k8s.io",), ("networkpolicies",), ("get", "list", "create", "patch", "delete")),
+    # The model cache (spec.modelCache): its claims applied like the other children (a bound
+    # claim's spec is never patched); one pull Job per model, listed and watched for
+    # status.models, and deleted only to start a pull again after it gave up.
+    (("",), ("persistentvolumeclaims",), ("get", "create", "patch")),
+    (("batch",), ("jobs",), ("get", "list", "watch", "create", "patch", "delete")),
     # Placement reads what the cluster offers (Kopf's Node index lists and watches).
     (("",), ("nodes",), ("list", "watch")),
-    # The autoscaler counts NPUs already requested by pods (an exhausted NPU pool moves audio on).
+    # The autoscaler counts NPUs already requested by pods (an exhausted NPU pool moves audio on);
+    # a finished pull Job's pod is read for its summary (bytes, sha256, or the error).
     (("",), ("pods",), ("list",)),
     # Events for placement changes, refused specs and scaling (core/v1, POSTed by ours and Kopf's).
     (("",), ("events",), ("create",)),

@@ -50,9 +50,15 @@ class OperatorState:
     deployment_versions: dict[Ref, str | None] = field(default_factory=dict)  # last handled per Deployment
     discovery: dict[str, tuple[float, bool]] = field(default_factory=dict)  # API groups served, when asked
     nodes: NodeFacts = field(default_factory=NodeFacts)
+    # A reconcile due when a failed model pull's backoff has passed: (monotonic due time, task).
+    model_retry: dict[Ref, tuple[float, asyncio.Task[None]]] = field(default_factory=dict)
+    job_states: dict[Ref, str] = field(default_factory=dict)  # last seen state per pull Job
     resync_task: asyncio.Task[None] | None = None
 
     def forget(self, ref: Ref) -> None:
         """A deleted pipeline: drop what is kept for it."""
         for kept in (self.resolved, self.refused, self.status_locks, self.reconcile_locks):
             kept.pop(ref, None)
+        retry = self.model_retry.pop(ref, None)
+        if retry is not None:
+            retry[1].cancel()

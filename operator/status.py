@@ -17,6 +17,7 @@ from typing import Any
 
 from livetranslate.api import API_VERSION, KIND, Stage
 from livetranslate.config import ResolvedPipeline
+from livetranslate.operator import modelcache
 from livetranslate.operator.builders import STAGES, gateway_endpoint
 from livetranslate.operator.kube import ApiError, KubeClient
 
@@ -26,7 +27,7 @@ STAGE_CONDITIONS: dict[Stage, str] = {
     "gateway": "GatewayReady",
 }
 # Condition types each writer owns (the autoscaler owns ScalingActive).
-RECONCILE_CONDITIONS = frozenset({"Ready", *STAGE_CONDITIONS.values()})
+RECONCILE_CONDITIONS = frozenset({"Ready", "ModelsReady", *STAGE_CONDITIONS.values()})
 WRITE_ATTEMPTS = 5
 
 
@@ -103,9 +104,13 @@ def compute_status(
     observed: Mapping[Stage, StageObservation],
     previous: Mapping[str, Any] | None,
     *,
+    models: list[dict[str, Any]] | None = None,
     now: str | None = None,
 ) -> dict[str, Any]:
-    """The status patch for a pipeline whose children were applied from ``resolved``."""
+    """The status patch for a pipeline whose children were applied from ``resolved``.
+
+    ``models`` (with spec.modelCache) are the cache's entries; ModelsReady sums them up.
+    """
     now = now or now_iso()
     prev_conditions = {c.get("type", ""): c for c in (previous or {}).get("conditions") or []}
     gen = resolved.generation
@@ -152,9 +157,11 @@ def compute_status(
         ready = _condition(
             prev_conditions, "Ready", False, "StagesNotReady", f"waiting for {', '.join(waiting)}", gen, now
         )
+    if models is not None:
+        ok, reason, message = modelcache.models_condition(models)
+        conditions.append(_condition(prev_conditions, "ModelsReady", ok, reason, message, gen, now))
     # Conditions this module does not own (ScalingActive, written by the autoscaler) are kept.
-    owned = {"Ready", *STAGE_CONDITIONS.values()}
-    kept = [c for t, c in prev_conditions.items() if t not in owned and t]
+    kept = [c for t, c in prev_conditions.items() if t not in RECONCILE_CONDITIONS and t]
     p = resolved.placement
     return {
         "phase": phase,
@@ -162,6 +169,7 @@ def compute_status(
         "conditions": [ready, *conditions, *kept],
         "readyStages": f"{ready_stages}/{len(STAGES)}",
         "invalidField": None,  # (merge patch) clears what a refused spec had set
+        "models": models,
         "audio": {
             "replicas": observed.get("audio", StageObservation()).replicas,
             "readyReplicas": observed.get("audio", StageObservation()).ready,

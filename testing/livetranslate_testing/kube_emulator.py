@@ -504,6 +504,19 @@ class KubeEmulator(kmock.KubernetesScaffold):
         if obj.get("status") != status:
             self._write(key, {**obj, "status": status}, subresource="status")
 
+    def set_status(
+        self, group_version_plural: str, namespace: str | None, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """What a controller or the kubelet writes through /status (a Job's progress, a Pod's
+        container states): the main resource's writes leave status alone, as on a real server."""
+        key = (_key(group_version_plural), namespace, name)
+        obj = self.objects.get(key)
+        if obj is None:
+            raise ApiStatus(404, "NotFound", f'{key[0][2]} "{name}" not found')
+        return self._write(
+            key, {**obj, "status": merge_patch(obj.get("status") or {}, dict(status))}, subresource="status"
+        )
+
     # -------------------------------------------------------------------------------- storage
 
     def _next_rv(self) -> int:

@@ -11,7 +11,7 @@ from livetranslate.api import parse_spec
 from livetranslate.config import AUTH_MOUNT_DIR, TRANSLATION_KEY_MOUNT_DIR, ResolvedPipeline
 from livetranslate.operator import builders, placement, status
 from livetranslate.operator.builders import BuildState
-from livetranslate.operator.kube import _contains, _merged_owners, _without
+from livetranslate.operator.manifests import contains, merged_owners, without
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.workloads.translate.settings import TranslateSettings
 from livetranslate_testing.pss import object_violations
@@ -385,13 +385,13 @@ def test_failed_status_names_the_field() -> None:
 
 
 def test_apply_helpers() -> None:
-    assert _contains({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}})
-    assert not _contains({"a": 1}, {"a": 2})
-    assert _contains({"a": 1}, {"b": None}) and not _contains({"b": 1}, {"b": None})
-    assert _without({"spec": {"replicas": 3, "x": 1}}, [("spec", "replicas")]) == {"spec": {"x": 1}}
+    assert contains({"a": 1, "b": {"c": 2, "d": 3}}, {"b": {"c": 2}})
+    assert not contains({"a": 1}, {"a": 2})
+    assert contains({"a": 1}, {"b": None}) and not contains({"b": 1}, {"b": None})
+    assert without({"spec": {"replicas": 3, "x": 1}}, [("spec", "replicas")]) == {"spec": {"x": 1}}
     other = {"uid": "u1", "name": "someone-else"}
     ours = {"uid": "u2", "name": "us"}
-    assert _merged_owners([other, {"uid": "u2", "name": "old"}], [ours]) == [other, ours]
+    assert merged_owners([other, {"uid": "u2", "name": "old"}], [ours]) == [other, ours]
 
 
 @pytest.mark.parametrize(

@@ -150,7 +150,7 @@ def load_settings(resolved: ResolvedPipeline | None = None, **overrides: object)
         return env
     from_pipeline: dict[str, object] = {
         "pipeline": resolved.name,
-        "model": resolved.spec.audio_model(),
+        "model": resolved.audio_model(),
         "device": resolved.placement.audioDevice,
         "vad": resolved.spec.audio.vad,
         "diarization": resolved.spec.audio.diarization.enabled,
