@@ -33,8 +33,9 @@ RULES: list[tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
     # Placement reads what the cluster offers (Kopf's Node index lists and watches).
     (("",), ("nodes",), ("list", "watch")),
     # The autoscaler counts NPUs already requested by pods (an exhausted NPU pool moves audio on);
-    # a finished pull Job's pod is read for its summary (bytes, sha256, or the error).
-    (("",), ("pods",), ("list",)),
+    # a finished pull Job's pod is read for its summary (bytes, sha256, or the error); before a
+    # scale-down, gateway and audio pods get their live sessions as pod-deletion-cost.
+    (("",), ("pods",), ("list", "patch")),
     # Events for placement changes, refused specs and scaling (core/v1, POSTed by ours and Kopf's).
     (("",), ("events",), ("create",)),
 ]

@@ -14,7 +14,7 @@ from livetranslate.api import TranslationPipelineSpec
 from livetranslate.operator.scaling import demand
 from livetranslate.operator.scaling.config import PolicyConfig
 from livetranslate.operator.scaling.demand import Learned, Plan, Trend
-from livetranslate.operator.scaling.signals import STAGES, Sample, Signals
+from livetranslate.operator.scaling.signals import MISSING, STAGES, Sample, Signals
 from livetranslate.operator.scaling.state import Current, History
 
 Why = tuple[str, str]  # (reason: the low-cardinality metric label, message: in words)
@@ -285,6 +285,36 @@ def stage_demand(
         if qload > ratio[stage] and qload > 1.0:
             ratio[stage] = qload
             why[stage] = ("queue", f"{depth:.0f} queued {stage} items on {obs.replicas[stage]} replicas")
+    return Demand(Loads(ratio, why), steady)
+
+
+def refused_sessions(ctx: Interval, obs: Observed, signals: Signals, demand: Demand) -> Demand:
+    """Sessions a stage refused at its measured capacity are demand it did not carry.
+
+    The sessions refused over one interval join the live ones, against what all the stage's
+    replicas sustain together (their published capacity); without a published capacity a stage
+    that refuses is at least over target. Refusals count in the steady part too, so scale-down
+    never takes away the replicas that would have carried them.
+    """
+    ratio, why, steady = dict(demand.loads.ratio), dict(demand.loads.why), dict(demand.steady)
+    for stage in ("gateway", "audio", "translation"):
+        refused_per_s = _value(signals.refusals.get(stage, MISSING)) or 0.0
+        if refused_per_s <= 0:
+            continue
+        refused = refused_per_s * ctx.interval_s
+        capacity = _value(signals.capacity.get(stage, MISSING))
+        if capacity and capacity > 0 and stage != "translation":
+            load = (obs.sessions + refused) / capacity
+        else:
+            load = 1.0 + 2 * ctx.cfg.tolerance
+        load = max(load, 1.0 + 2 * ctx.cfg.tolerance)
+        if load > ratio[stage]:
+            ratio[stage] = load
+            why[stage] = (
+                "admission_refused",
+                f"{stage} refused {refused:.0f} sessions in {ctx.interval_s:.0f}s at its measured capacity",
+            )
+        steady[stage] = max(steady.get(stage, 0.0), load)
     return Demand(Loads(ratio, why), steady)
 
 

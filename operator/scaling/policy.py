@@ -101,6 +101,7 @@ def decide(
     learned = estimate.learn(ctx, obs, signals)
     plans = estimate.plan(ctx, obs, learned)
     demand = estimate.stage_demand(ctx, obs, learned, plans, estimate.signal_loads(ctx, obs))
+    demand = estimate.refused_sessions(ctx, obs, signals, demand)
     breach = estimate.slo_pressure(ctx, obs, plans, demand.loads)
     outlook = estimate.demand_trend(ctx, obs, plans, breach.loads)
 

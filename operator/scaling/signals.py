@@ -104,6 +104,10 @@ class Signals:
     # its queue depth: it turns a backlog into the replica-seconds needed to drain it. Optional:
     # without it the policy sizes backlogs by the demand model only.
     throughput: Mapping[str, Sample] = field(default_factory=dict)
+    # Sessions each stage refused per second at its measured capacity (admission), and the sessions
+    # all its replicas together sustain: a refused session is demand the replicas did not carry.
+    refusals: Mapping[str, Sample] = field(default_factory=dict)
+    capacity: Mapping[str, Sample] = field(default_factory=dict)
     # Allocatable NPUs not yet requested in the cluster; None = unknown or no NPU pool.
     npu_free: int | None = None
     # Set when Prometheus itself could not be asked (every sample is then ``unreachable``).
@@ -144,6 +148,8 @@ class Queries:
     kv_cache_usage: str
     audio_throughput: str
     translation_throughput: str
+    admission_refusals: str
+    stage_capacity: str
     freshness: dict[str, str]
 
 
@@ -197,6 +203,8 @@ def build_queries(name: str, namespace: str, interval_seconds: float) -> Queries
             f"{_sel(pipeline=name, **{NAMESPACE_LABEL: namespace, 'backend__re': '.+'})}"
             f"[{window}]))"
         ),
+        admission_refusals=f"sum by (stage) (rate({m.ADMISSION_REFUSALS}{ours}[{window}]))",
+        stage_capacity=f"sum by (stage) ({m.STAGE_CAPACITY_SESSIONS}{ours})",
         # time() - timestamp(): how old the newest sample of each family is.
         freshness={
             "caption": f"time() - max(timestamp({m.CAPTION_LATENCY}_count{ours}))",
@@ -295,6 +303,8 @@ class PrometheusSignals:
             "kv_cache_usage",
             "audio_throughput",
             "translation_throughput",
+            "admission_refusals",
+            "stage_capacity",
         ]
         promqls = [getattr(q, n) for n in names] + list(q.freshness.values())
         client = self._client or httpx.AsyncClient(timeout=self._timeout)
@@ -365,5 +375,38 @@ class PrometheusSignals:
                     _scalar(by["translation_throughput"]), age["translation"], stale_after
                 ),
             },
+            refusals=_by_stage(by["admission_refusals"], age["sessions"], stale_after),
+            capacity=_by_stage(by["stage_capacity"], age["sessions"], stale_after),
             npu_free=npu_free,
         )
+
+    async def pod_sessions(self, name: str, namespace: str, stage: str) -> dict[str, float]:
+        """Live sessions per pod of one stage ({} when Prometheus cannot say): what a scale-down
+        weighs to remove the emptiest pod."""
+        promql = (
+            f"sum by (pod) ({m.SESSIONS_ACTIVE}"
+            + _sel(pipeline=name, **{NAMESPACE_LABEL: namespace, f"{POD_LABEL}__re": f"{name}-{stage}-.*"})
+            + ")"
+        )
+        client = self._client or httpx.AsyncClient(timeout=self._timeout)
+        try:
+            result = await instant_query(client, self.base_url, promql)
+        except PrometheusError as exc:
+            log.warning("per-pod sessions unknown", extra={"pipeline": name, "fields": {"error": str(exc)}})
+            return {}
+        finally:
+            if self._client is None:
+                await client.aclose()
+        return {
+            str(s.get("metric", {}).get(POD_LABEL)): float(s["value"][1])
+            for s in result
+            if s.get("metric", {}).get(POD_LABEL)
+        }
+
+
+def _by_stage(result: list[dict[str, Any]], age: float | None, stale_after: float) -> dict[str, Sample]:
+    """One sample per ``stage`` label of a ``sum by (stage)`` answer."""
+    return {
+        str(s.get("metric", {}).get("stage", "")): _sample(float(s["value"][1]), age, stale_after)
+        for s in result
+    }

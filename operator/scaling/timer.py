@@ -43,6 +43,10 @@ TICK_S = 1.0
 DEFAULT_INTERVAL_S = 15.0
 AUDIO_DEVICE_ANNOTATION = builders.AUDIO_DEVICE_ANNOTATION
 CONDITION = "ScalingActive"
+# Read by the ReplicaSet controller on scale-down: the pods with the lowest cost go first.
+DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+# Stages whose pods hold live sessions that a removal would move (gateway sockets, audio streams).
+SESSION_STAGES = ("gateway", "audio")
 
 
 def _now_iso(ts: float) -> str:
@@ -194,6 +198,34 @@ async def act(
     return patch
 
 
+async def mark_deletion_costs(
+    kube: KubeClient, namespace: str, name: str, stage: str, sessions: Mapping[str, float]
+) -> int:
+    """Before a scale-down: each pod's deletion cost is its live sessions, so the pod the
+    ReplicaSet controller removes is the emptiest one (fewest sessions to hand over). Pods the
+    metrics do not know yet (just started) cost 0. Returns the pods whose cost changed."""
+    pods = await kube.list(
+        "v1",
+        "Pod",
+        namespace,
+        label_selector=f"{builders.PIPELINE_LABEL}={name},{builders.STAGE_LABEL}={stage}",
+    )
+    changed = 0
+    for pod in pods:
+        pod_name = pod["metadata"]["name"]
+        cost = str(round(sessions.get(pod_name, 0.0)))
+        if (pod["metadata"].get("annotations") or {}).get(DELETION_COST_ANNOTATION) == cost:
+            continue
+        patch = {"metadata": {"annotations": {DELETION_COST_ANNOTATION: cost}}}
+        try:
+            await kube.patch("v1", "Pod", namespace, pod_name, patch)
+        except ApiError as e:
+            if e.status != 404:  # gone meanwhile: nothing to weigh
+                raise
+        changed += 1
+    return changed
+
+
 async def scale_once(
     kube: KubeClient,
     body: Mapping[str, Any],
@@ -235,6 +267,10 @@ async def scale_once(
         translation_backend=backend,
     )
     decision = decide(spec, signals, current, history, taken)
+    for change in decision.changes:
+        if change.direction == "down" and change.stage in SESSION_STAGES:
+            sessions = await source.pod_sessions(name, namespace, change.stage)
+            await mark_deletion_costs(kube, namespace, name, change.stage, sessions)
     await act(kube, body, decision, counter=counter)
     return decision
 

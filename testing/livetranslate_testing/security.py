@@ -451,6 +451,8 @@ def rule_triples(rules: Iterable[tuple[Iterable[str], Iterable[str], Iterable[st
 RBAC_NOT_SEEN_IN_EMULATOR: dict[Triple, str] = {
     ("", "pods", "list"): "operator/scaling/timer.py counts NPUs requested by running pods, only "
     "once a pipeline's audio sits on an NPU (covered in tests/scaling)",
+    ("", "pods", "patch"): "operator/scaling/timer.py sets pod-deletion-cost before a gateway or audio "
+    "scale-down (covered in tests/scaling/test_deletion_cost.py)",
     **{
         (group, resource, verb): "spec.modelCache only (tests/operator/test_model_cache_operator.py checks "
         "its calls against the rules); patch only where a claim's or Job's labels drifted"
