@@ -14,11 +14,11 @@ import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from cachetools import LRUCache
 
 from livetranslate.capabilities import language_name
 
@@ -129,22 +129,33 @@ class SlotMap:
         if slots < 1:
             raise ValueError("a server has at least one slot")
         self.slots = slots
-        self._of: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._load = [0] * slots
+        self._of = _Streams(4 * slots, self._load)
 
     def slot(self, session_id: str, target: str) -> int:
         key = (session_id, target)
-        known = self._of.get(key)
+        known = self._of.get(key)  # a hit counts as a use
         if known is not None:
-            self._of.move_to_end(key)
-            return known
-        if len(self._of) >= 4 * self.slots:
-            _, old = self._of.popitem(last=False)
-            self._load[old] -= 1
+            return int(known)
+        if self._of.currsize >= self._of.maxsize:
+            self._of.popitem()  # forget the least recently used stream, freeing its slot
         chosen = min(range(self.slots), key=lambda i: (self._load[i], i))
         self._of[key] = chosen
         self._load[chosen] += 1
         return chosen
+
+
+class _Streams(LRUCache[tuple[str, str], int]):
+    """The known streams, least recently used forgotten first; a forgotten stream frees its slot."""
+
+    def __init__(self, maxsize: int, load: list[int]) -> None:
+        super().__init__(maxsize)
+        self._load = load
+
+    def popitem(self) -> tuple[tuple[str, str], int]:
+        key, slot = super().popitem()
+        self._load[slot] -= 1
+        return key, slot
 
 
 class OpenAIEngine(Engine):
