@@ -8,8 +8,10 @@ question a user asks.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from livetranslate.api import Device, TranslationPipelineSpec
@@ -27,20 +29,33 @@ DEVICE_LABELS: dict[Device, str | None] = {"npu": NPU_NODE_LABEL, "gpu": GPU_NOD
 APERTIUM_MODEL = "apertium"
 
 
+# Kubernetes quantity suffixes (apimachinery resource.Quantity): binary, then decimal SI.
+_QUANTITY_SUFFIXES: dict[str, Decimal] = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+    "k": Decimal("1e3"),
+    "M": Decimal("1e6"),
+    "G": Decimal("1e9"),
+    "T": Decimal("1e12"),
+    "P": Decimal("1e15"),
+    "E": Decimal("1e18"),
+}
+_QUANTITY = re.compile(r"^([+-]?(?:\d+\.?\d*|\.\d+))(?:([eE][+-]?\d+)|(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]))?$")
+
+
 def parse_quantity(value: Any) -> float:
-    """A Kubernetes quantity ("2", "500m", "1k") as a number; extended resources are integers."""
-    text = str(value).strip()
-    suffixes = {"m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024.0, "Mi": 1024.0**2, "Gi": 1024.0**3}
-    for suffix, factor in sorted(suffixes.items(), key=lambda kv: -len(kv[0])):
-        if text.endswith(suffix):
-            try:
-                return float(text[: -len(suffix)]) * factor
-            except ValueError:
-                return 0.0
-    try:
-        return float(text)
-    except ValueError:
+    """A Kubernetes quantity ("2", "500m", "1.5Gi", "2T", "1e3") as a number, following
+    apimachinery's grammar (binary Ki..Ei, decimal n..E, or a decimal exponent); 0.0 for anything
+    that is not a quantity (an allocatable the device plugin never filled in counts as none)."""
+    match = _QUANTITY.match(str(value).strip())
+    if match is None:
         return 0.0
+    number, exponent, suffix = match.groups()
+    amount = Decimal(number) * (Decimal(f"1{exponent}") if exponent else _QUANTITY_SUFFIXES[suffix or ""])
+    return float(amount)
 
 
 @dataclass(frozen=True)

@@ -465,3 +465,24 @@ def test_fallback_endpoint_keys_are_mounted_where_the_settings_look() -> None:
     settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
     assert str(settings.fallback_endpoints[1].api_key_file) == "/etc/livetranslate/fallback-keys/1/token"
     assert object_violations(dep) == [], "restricted pod security holds with the key volumes"
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("2", 2.0),
+        ("500m", 0.5),
+        ("1.5Gi", 1.5 * 1024**3),
+        ("2T", 2e12),
+        ("1Pi", 1024.0**5),
+        ("3E", 3e18),
+        ("1e3", 1000.0),
+        (".5M", 5e5),
+        ("250u", 2.5e-4),
+        ("many", 0.0),
+        ("", 0.0),
+    ],
+)
+def test_quantities_parse_as_kubernetes_writes_them(text: str, value: float) -> None:
+    # A node's allocatable may use any suffix apimachinery knows (T, P, E and exponents included).
+    assert placement.parse_quantity(text) == pytest.approx(value)
