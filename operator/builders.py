@@ -86,6 +86,8 @@ def resolve(
     )
     if spec.modelCache is not None:
         resolved.modelPaths = modelcache.model_paths(modelcache.required_models(resolved))
+    elif (converted := modelcache.pod_conversion(resolved)) is not None:
+        resolved.modelPaths = {"audio": modelcache.pod_converted_path(converted)}
     return resolved
 
 
@@ -240,6 +242,7 @@ def build_audio(resolved: ResolvedPipeline, state: BuildState, settings: Operato
     podparts.use_cache(
         template, modelcache.pod_pieces(resolved, "audio", settings.audio_image, settings, state.cache_nodes)
     )
+    podparts.use_cache(template, modelcache.conversion_pieces(resolved, settings.audio_image, settings))
     replicas = desired_replicas(resolved.spec.audio.replicas, state.replicas.get("audio"))
     # An accelerator pod cannot surge onto a device that is not free: replace in place instead.
     strategy = (

@@ -294,6 +294,52 @@ def pod_pieces(
     )
 
 
+# Without spec.modelCache, an audio pod placed on an NPU converts its model into its own model
+# volume (the /models emptyDir) before the engine starts: the default spec works on an NPU node.
+POD_CONVERTED_DIR = "/models/converted"
+
+
+def pod_conversion(resolved: ResolvedPipeline) -> CachedModel | None:
+    """The audio model a pod must convert for itself: on an NPU, with no cache, a model the
+    cache would pull (a packaged name or a URI; a mounted path is the user's own IR)."""
+    if resolved.spec.modelCache is not None or resolved.placement.audioDevice != "npu":
+        return None
+    name = resolved.spec.audio_model()
+    if not _pulled(name):
+        return None
+    return CachedModel("audio", name, "openvino-ir", layout.default_source("audio", name))
+
+
+def pod_converted_path(model: CachedModel) -> str:
+    return str(layout.model_dir(Path(POD_CONVERTED_DIR), model.stage, model.name, model.format))
+
+
+def conversion_pieces(resolved: ResolvedPipeline, image: str, settings: OperatorSettings) -> PodPieces | None:
+    """The init container that converts the pod's audio model into its own model volume."""
+    from livetranslate.operator.podparts import container_security
+
+    model = pod_conversion(resolved)
+    if model is None:
+        return None
+    command = [
+        "livetranslate", "model-cache", "pull", "--cache", POD_CONVERTED_DIR, "--stage", "audio",
+        "--name", model.name, "--format", model.format, "--source", model.source,
+    ]  # fmt: skip
+    init = {
+        "name": "convert-model",
+        "image": image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "volumeMounts": [{"name": "models", "mountPath": "/models"}, {"name": "tmp", "mountPath": "/tmp"}],
+        # The conversion runs on the CPU (OpenVINO's CPU device); the NPU is for the engine.
+        "resources": settings.audio_resources.as_k8s(),
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    return PodPieces(volumes=[], mounts=[], init_containers=[init])
+
+
 def pin_to_node(pod_spec: dict[str, Any], node: str) -> None:
     """Require ``node`` (a ReadWriteOnce cache attaches there only), keeping the preferences."""
     affinity = pod_spec.setdefault("affinity", {}).setdefault("nodeAffinity", {})

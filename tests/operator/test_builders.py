@@ -486,3 +486,27 @@ def test_fallback_endpoint_keys_are_mounted_where_the_settings_look() -> None:
 def test_quantities_parse_as_kubernetes_writes_them(text: str, value: float) -> None:
     # A node's allocatable may use any suffix apimachinery knows (T, P, E and exponents included).
     assert placement.parse_quantity(text) == pytest.approx(value)
+
+
+def test_model_cache_absent_the_default_spec_on_an_npu_converts_in_the_pod() -> None:
+    # No spec.modelCache: an audio pod placed on an NPU converts its packaged model into its own
+    # model volume before the engine starts, and pipeline.json points the engine at the IR.
+    r = resolved({}, NPU_GPU)
+    assert r.placement.audioDevice == "npu"
+    audio = pod(children(r)["Deployment/town-hall-audio"])
+    (init,) = audio["initContainers"]
+    cmd = init["command"]
+    assert init["name"] == "convert-model" and cmd[:3] == ["livetranslate", "model-cache", "pull"]
+    assert cmd[cmd.index("--format") + 1] == "openvino-ir" and cmd[cmd.index("--name") + 1] == "tiny.en"
+    assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
+    assert r.audio_model().startswith("/models/converted/audio/") and r.audio_model().endswith("/openvino-ir")
+    assert object_violations(children(r)["Deployment/town-hall-audio"]) == []
+    # On a CPU node, or with a model the user mounts, nothing is converted.
+    assert "initContainers" not in pod(children(resolved({}))["Deployment/town-hall-audio"])
+    mounted = resolved({"audio": {"model": "/weights/whisper-small-ov"}}, NPU_GPU)
+    assert "initContainers" not in pod(children(mounted)["Deployment/town-hall-audio"])
+    assert mounted.audio_model() == "/weights/whisper-small-ov"
+    # With a cache, the cache's Job converts instead and the pod waits for it.
+    cached = resolved({"modelCache": {}}, NPU_GPU)
+    inits = [c["name"] for c in pod(children(cached)["Deployment/town-hall-audio"])["initContainers"]]
+    assert inits == ["wait-for-model"] and cached.audio_model().startswith("/model-cache/audio/")

@@ -4,8 +4,9 @@ NPU and Intel GPU nodes run Whisper through OpenVINO GenAI, which needs an OpenV
 Whisper weights reachable offline are CTranslate2's. CTranslate2's ``model.bin`` is a flat list
 of named tensors, so it can be read back into a transformers Whisper checkpoint (the fused
 query/key/value projections split apart again), which optimum-intel exports to IR with int8
-weights. ``--stateless`` exports the decoder without internal KV-cache state, which the NPU
-pipeline needs.
+weights. The default (stateful) export is what OpenVINO GenAI loads on every device, the NPU
+included (its static pipeline makes the decoder stateless itself). ``--stateless`` exports the
+decoder without internal KV-cache state for other runtimes; GenAI 2026.4 cannot load that export.
 
 Needs the ``convert`` extra (optimum-intel, transformers; torch on its CPU build). Run offline,
 once per model: the output directory is what ``spec.audio.model`` (or LT_AUDIO_MODEL) names.
@@ -296,7 +297,9 @@ def main(argv: list[str]) -> int:
         help="weight precision of the IR (default int8)",
     )
     parser.add_argument(
-        "--stateless", action="store_true", help="decoder without internal state (needed by the NPU pipeline)"
+        "--stateless",
+        action="store_true",
+        help="decoder without internal state (for runtimes other than OpenVINO GenAI, which cannot load it)",
     )
     parser.add_argument(
         "--keep-checkpoint",

@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 class OpenVinoEngine:
     """OpenVINO GenAI WhisperPipeline over an IR made by ``livetranslate convert-openvino``.
 
-    NPU needs static shapes and a stateless decoder; the compiled blob is cached in CACHE_DIR
+    On the NPU, GenAI's static pipeline (STATIC_PIPELINE) reshapes the stateful export to static
+    shapes and a stateless decoder itself; the compiled blob is cached in CACHE_DIR
     because the first NPU compile takes minutes. The pipeline object is not documented as
     thread-safe, so each worker thread gets its own (they share the compiled-model cache).
     """

@@ -1,8 +1,11 @@
 """openvino-ir for audio: Whisper's ct2 weights converted where they were pulled.
 
-The NPU pipeline loads an OpenVINO IR with a stateless decoder; the only Whisper weights reachable
-are CTranslate2's, so the pull fetches those first and converts them with ``convert-openvino``'s
-converter (int8 weights, stateless). When this image cannot convert (no optimum-cli, no torch) or
+The audio stage loads an OpenVINO IR through OpenVINO GenAI's WhisperPipeline, on the NPU through its
+static pipeline, which takes optimum's default (stateful) export and makes the decoder stateless with
+static shapes itself; a stateless export does not load at all (GenAI 2026.4 asks the decoder for its
+``beam_idx`` input: "Port for tensor name beam_idx was not found"). The only Whisper weights
+reachable are CTranslate2's, so the pull fetches those first and converts them with
+``convert-openvino``'s converter (int8 weights, the default stateful export). When this image cannot convert (no optimum-cli, no torch) or
 the export fails, the pull fails with ``ConversionFailed`` and the operator falls back to the
 next device.
 """
@@ -55,7 +58,7 @@ def _converting_in(work: Path) -> Iterator[None]:
 
 
 def convert_openvino(name: str, ct2: Path, out: Path, work: Path, need_space: NeedSpace) -> None:
-    """ct2 Whisper -> stateless int8 OpenVINO IR (the NPU pipeline needs the stateless decoder)."""
+    """ct2 Whisper -> int8 OpenVINO IR, the export GenAI's pipelines load on CPU, GPU and NPU."""
     cli = Path(sys.executable).with_name("optimum-cli")
     if shutil.which("optimum-cli") is None and not cli.exists():
         raise ConversionFailed(
@@ -69,7 +72,7 @@ def convert_openvino(name: str, ct2: Path, out: Path, work: Path, need_space: Ne
     need_space(CONVERT_SPACE_FACTOR * sum(p.stat().st_size for p in ct2.rglob("*") if p.is_file()))
     try:
         with _converting_in(work):
-            convert(ct2, out, weight_format="int8", stateless=True, keep_checkpoint=work / "checkpoint")
+            convert(ct2, out, weight_format="int8", stateless=False, keep_checkpoint=work / "checkpoint")
     except subprocess.CalledProcessError as exc:
         raise ConversionFailed(
             f"converting {name} to openvino-ir failed: optimum-cli exited with {exc.returncode} "
