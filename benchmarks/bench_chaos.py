@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
 import random
 import sys
 import tempfile
@@ -53,7 +51,7 @@ from livetranslate_testing.chaos import (
     converge,
     inspect,
 )
-from livetranslate_testing.figures import loadavg, percentile
+from livetranslate_testing.figures import loadavg, percentile, provenance, provenance_line, write_result
 from livetranslate_testing.kube_emulator import Call, Faults, KubeEmulator
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -512,8 +510,8 @@ def render_md(report: dict[str, Any]) -> str:
         "# Operator chaos and API faults",
         "",
         (
-            f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
-            f"{report['loadavg']}. `{report['command']}`."
+            f"{provenance_line(report)}, shared with other work (load average at the end "
+            f"{report.get('loadavg_after')}). `{report['command']}`."
         ),
         "",
         *(
@@ -572,12 +570,7 @@ def render_md(report: dict[str, Any]) -> str:
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
     """API faults first (minutes), then the chaos rounds (the long part), rewriting the results
     after every round: an interrupted run still leaves a report of the rounds it completed."""
-    report: dict[str, Any] = {
-        "benchmark": "chaos",
-        "cpus": os.cpu_count(),
-        "loadavg_before": loadavg(),
-        "command": "python -P benchmarks/bench_chaos.py " + " ".join(sys.argv[1:]),
-    }
+    report: dict[str, Any] = provenance("chaos")
 
     def write(
         chaos: dict[str, Any] | None, faults: list[dict[str, Any]], outage: dict[str, Any] | None
@@ -587,11 +580,9 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
             faults=faults,
             outage=outage,
             reliability=reliability_rows(chaos, faults, outage),
-            loadavg=loadavg(),
-            measured_at=datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="seconds"),
+            loadavg_after=loadavg(),
         )
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_result(args.out / f"{args.name}.json", report)
         (args.out / f"{args.name}.md").write_text(render_md(report))
 
     with tempfile.TemporaryDirectory(prefix="lt-chaos-") as tmpdir:
@@ -679,13 +670,14 @@ def main() -> int:
             report.update(
                 faults=other["faults"],
                 outage=other["outage"],
-                faults_measured_at=other["measured_at"],
+                faults_measured_at=other["time"],
+                faults_commit=other["commit"],
                 faults_command=other["command"],
             )
         report["reliability"] = reliability_rows(
             report.get("chaos"), report.get("faults") or [], report.get("outage")
         )
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        write_result(path, report)  # the run's provenance stays: nothing was measured now
         (args.out / f"{args.name}.md").write_text(render_md(report))
         print(render_md(report))
         return 0

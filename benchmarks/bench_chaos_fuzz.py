@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
 import sys
 import tempfile
 import time
@@ -37,7 +35,7 @@ from hypothesis import strategies as st
 from livetranslate.api import describe_validation_error, parse_spec
 from livetranslate.crd import build_crd
 from livetranslate_testing.chaos import OperatorSubprocess, inspect
-from livetranslate_testing.figures import loadavg
+from livetranslate_testing.figures import loadavg, provenance, provenance_line, write_result
 from livetranslate_testing.kube_emulator import KubeEmulator
 from livetranslate_testing.kube_schema import admit
 from livetranslate_testing.spec_fuzz import (
@@ -254,8 +252,8 @@ def render_md(report: dict[str, Any]) -> str:
         "# Resource fuzzing",
         "",
         (
-            f"{report['measured_at']}, {report['cpus']} CPUs shared with other work, load average "
-            f"{report['loadavg']}. `{report['command']}`."
+            f"{provenance_line(report)}, shared with other work (load average at the end "
+            f"{report.get('loadavg_after')}). `{report['command']}`."
         ),
         "",
         "| item | figure | value | target | met |",
@@ -282,6 +280,7 @@ def render_md(report: dict[str, Any]) -> str:
 
 
 async def amain(args: argparse.Namespace) -> dict[str, Any]:
+    began = provenance("chaos_fuzz")
     schema = schema_phase(draw(spec_strategy, args.schema_specs, args.seed))
     print(json.dumps(schema), flush=True)
     with tempfile.TemporaryDirectory(prefix="lt-fuzz-") as tmp:
@@ -290,14 +289,11 @@ async def amain(args: argparse.Namespace) -> dict[str, Any]:
         )
     print(json.dumps(operator), flush=True)
     return {
-        "benchmark": "chaos_fuzz",
-        "cpus": os.cpu_count(),
+        **began,
         "schema": schema,
         "operator": operator,
         "reliability": reliability_rows(schema, operator),
-        "loadavg": loadavg(),
-        "measured_at": datetime.datetime.now(tz=datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python -P benchmarks/bench_chaos_fuzz.py " + " ".join(sys.argv[1:]),
+        "loadavg_after": loadavg(),
     }
 
 
@@ -311,8 +307,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     report = asyncio.run(amain(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out / f"{args.name}.json", report)
     text = render_md(report)
     (args.out / f"{args.name}.md").write_text(text)
     print(text)

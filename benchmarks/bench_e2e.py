@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from livetranslate_testing.figures import cpu_model, percentile
+from livetranslate_testing.figures import percentile, provenance, provenance_line, write_result
 from livetranslate_testing.speech import SENTENCES, Utterance, compose, to_pcm16, word_error_rate
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -110,10 +110,8 @@ def main() -> None:
     pcm = to_pcm16(samples)
     reference = " ".join(SENTENCES[:4])
     result: dict[str, Any] = {
+        **provenance("e2e"),
         "audio_seconds": round(len(samples) / 16000, 2),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "loadavg_before": os.getloadavg(),
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -148,17 +146,14 @@ def main() -> None:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS / f"{args.name}.json", result)
     lines = [
         "# End-to-end caption latency through `livetranslate up`",
         "",
         (
-            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {result['cpus']} cores "
-            f"({result['cpu_model']}) shared "
-            f"with other work (load average before: {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); "
+            f"{provenance_line(result)}, shared with other work; "
             f"{result['audio_seconds']} s of espeak-ng speech per session, streamed in real time; faster-whisper "
-            "tiny.en int8 on CPU, Apertium en->es. `benchmarks/bench_e2e.py`."
+            f"tiny.en int8 on CPU, Apertium en->es. `{result['command']}`."
         ),
         "",
         "| sessions | finals | end of speech -> final p50 | p95 | -> translation p50 | p95 | gateway-measured final p95 | mean WER | load avg |",

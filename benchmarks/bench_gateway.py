@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from livetranslate.procs import cpu_seconds, free_port, rss_mib, wait_http
-from livetranslate_testing.figures import cpu_model, percentile
+from livetranslate_testing.figures import percentile, provenance, provenance_line, write_result
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CHUNK_BYTES = 3200  # 100 ms of 16 kHz PCM16
@@ -632,10 +632,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     audio_port = free_port()
     standin_proc = spawn([str(Path(__file__).resolve()), "standin", "--port", str(audio_port)])
     result: dict[str, Any] = {
-        "loadavg_before": os.getloadavg(),
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **provenance("gateway"),
         "latency": [],
         "session_starts": f"random within one second (seed {SEED})",
     }
@@ -835,41 +832,38 @@ def hold_phase(url: str, connections: int, pid: int, tmp: Path, idle_mib: float)
     return hold
 
 
-def write(result: dict[str, Any], name: str) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    if "hold" not in result and path.exists():
-        previous = json.loads(path.read_text())  # a run with --connections 0 keeps the last hold figures
+def keep_unmeasured_phases(result: dict[str, Any], path: Path) -> None:
+    """A run that skipped a phase keeps that phase's figures from the results it replaces, each
+    with when it was measured (``*_measured_at``); the phases it ran are dated by its own ``time``."""
+    previous: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    if "hold" not in result and previous:  # a run with --connections 0 keeps the last hold figures
         for key in ("hold", "gateway_rss_idle_mib"):
             if key in previous:
                 result[key] = previous[key]
-        result["hold_measured_at"] = previous.get("hold_measured_at", previous.get("measured_at"))
+        result["hold_measured_at"] = previous.get("hold_measured_at")
     else:
-        result["hold_measured_at"] = result["measured_at"]
-    if not result["latency"] and path.exists():  # an A/B-only run keeps the last sequential rows
-        previous = json.loads(path.read_text())
+        result["hold_measured_at"] = result["time"]
+    if not result["latency"] and previous:  # an A/B-only run keeps the last sequential rows
         result["latency"] = previous.get("latency", [])
-        result["latency_measured_at"] = previous.get("latency_measured_at", previous.get("measured_at"))
+        result["latency_measured_at"] = previous.get("latency_measured_at")
         result.setdefault("baseline_ref", previous.get("baseline_ref"))
     else:
-        result["latency_measured_at"] = result["measured_at"]
-    if "store_gc" not in result and path.exists():  # --log-sessions 0 keeps the last GC figures
-        previous = json.loads(path.read_text())
-        if "store_gc" in previous:
-            result["store_gc"] = previous["store_gc"]
-            result["store_gc_measured_at"] = previous.get("store_gc_measured_at", previous.get("measured_at"))
+        result["latency_measured_at"] = result["time"]
+    if "store_gc" not in result and "store_gc" in previous:  # --log-sessions 0 keeps the last GC figures
+        result["store_gc"] = previous["store_gc"]
+        result["store_gc_measured_at"] = previous.get("store_gc_measured_at")
     elif "store_gc" in result:
-        result["store_gc_measured_at"] = result["measured_at"]
-    path.write_text(json.dumps(result, indent=2) + "\n")
+        result["store_gc_measured_at"] = result["time"]
+
+
+def write(result: dict[str, Any], name: str) -> None:
+    write_result(RESULTS / f"{name}.json", result)
     lines = [
         "# Gateway capacity and added latency",
         "",
         (
-            f"Measured {result['measured_at']} on {result['cpus']} shared cores"
-            + (f" ({result['cpu_model']})" if result.get("cpu_model") else "")
-            + " (load average before: "
-            f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])}); gateway, audio stand-in and "
-            f"client load in three processes. `{result['command']}`."
+            f"{provenance_line(result)}, shared with other work; gateway, audio stand-in and client load "
+            f"in three processes. `{result['command']}`."
         ),
         "",
     ]
@@ -888,7 +882,7 @@ def write(result: dict[str, Any], name: str) -> None:
             "",
         ]
     lines += [
-        f"Live audio sessions (measured {result.get('latency_measured_at', result['measured_at'])}):",
+        f"Live audio sessions (measured {result.get('latency_measured_at', result['time'])}):",
         "",
         (
             "| gateway | live sessions | frames | round trip p50 | p95 | p99 | way in p50 / p99 | way out p50 / p99 | "
@@ -1078,10 +1072,10 @@ def main() -> None:
         raise_fd_limit()  # the children inherit it
         with tempfile.TemporaryDirectory() as tmp:
             result = run(args, Path(tmp))
-        result["command"] = "python -P benchmarks/bench_gateway.py " + " ".join(sys.argv[1:])
         result["name"] = args.name
         if args.notes:
             result["notes"] = args.notes
+        keep_unmeasured_phases(result, RESULTS / f"{args.name}.json")
         write(result, args.name)
         print((RESULTS / f"{args.name}.md").read_text())
 

@@ -24,6 +24,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from livetranslate_testing.figures import loadavg, provenance, provenance_line, write_result
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 ITEM = "4 Gateway fuzzing"
@@ -110,13 +112,7 @@ def run_round(fz: ModuleType, gw: Any, examples: int, parallel: int, tmp: Path) 
 def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
     fz = load_campaign()
     per_round = max(1, examples // rounds)
-    result: dict[str, Any] = {
-        "name": "gateway_fuzz",
-        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "loadavg_before": os.getloadavg(),
-        "cpus": os.cpu_count(),
-        "rounds": [],
-    }
+    result: dict[str, Any] = {**provenance("gateway_fuzz"), "rounds": []}
     with tempfile.TemporaryDirectory() as tmp:
         gw = fz.start_gateway(Path(tmp))
         try:
@@ -186,7 +182,7 @@ def run(examples: int, rounds: int, parallel: int = 1) -> dict[str, Any]:
             )
         finally:
             fz.stop_gateway(gw)
-    result["loadavg"] = os.getloadavg()
+    result["loadavg_after"] = loadavg()
     result["reliability"] = reliability_rows(result)
     return result
 
@@ -272,16 +268,14 @@ def reliability_rows(r: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def write(result: dict[str, Any]) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "gateway_fuzz.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS / "gateway_fuzz.json", result)
     t = result["totals"]
     lines = [
         "# Gateway fuzzing",
         "",
         (
-            f"Measured {result['measured_at']} on {result['cpus']} shared cores (load average "
-            f"{', '.join(f'{x:.2f}' for x in result['loadavg_before'])} before, "
-            f"{', '.join(f'{x:.2f}' for x in result['loadavg'])} after); `{result['command']}`. "
+            f"{provenance_line(result)}, {', '.join(f'{x:.2f}' for x in result['loadavg_after'])} at the "
+            f"end, shared with other work; `{result['command']}`. "
             f"{t['examples']} generated sessions in {t['seconds']:.0f} s ({result.get('parallel', 1)} fuzzing clients "
             "at once) against a `livetranslate serve gateway` process with the audio stand-in, well-behaved "
             "sessions streaming alongside."
@@ -323,7 +317,6 @@ def main() -> None:
         return
     result = run(args.examples, args.rounds, args.parallel)
     result["parallel"] = args.parallel
-    result["command"] = "python -P benchmarks/bench_gateway_fuzz.py " + " ".join(sys.argv[1:])
     write(result)
     print((RESULTS / "gateway_fuzz.md").read_text())
 

@@ -35,15 +35,15 @@ import asyncio
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import tempfile
-import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from livetranslate_testing.figures import cpu_model, loadavg
+from livetranslate_testing.figures import loadavg, provenance, provenance_line
 from livetranslate_testing.speech import to_pcm16
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package
@@ -316,11 +316,7 @@ def pairs(tmp: Path, limit: int | None) -> list[dict[str, Any]]:
 
 def _measured(part: dict[str, Any]) -> str:
     m = part["measured"]
-    return (
-        f"Measured {m['time']} on {m['machine']['cpus']} cores ({m['machine']['cpu_model']}), commit "
-        f"{m['commit']['sha'][:10]}{' (dirty tree)' if m['commit']['dirty'] else ''}, load average before "
-        f"{', '.join(f'{x:.2f}' for x in m['loadavg_before'])}: `{m['command']}`."
-    )
+    return f"{provenance_line(m)}: `{m['command']}`."
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -456,15 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     if not parts <= {"spanish", "auto", "pairs"} or args.sessions < 1:
         parser.error("--parts is a list of spanish, auto, pairs and --sessions >= 1")
     os.environ["LT_AUDIO_MODEL"] = args.model  # `up` hands its environment to the audio service
-    command = " ".join(["benchmarks/bench_languages.py", *(argv if argv is not None else sys.argv[1:])])
+    command = "python -P " + shlex.join(
+        ["benchmarks/bench_languages.py", *(argv if argv is not None else sys.argv[1:])]
+    )
     json_path = Path(f"{args.out}.json")
     result: dict[str, Any] = {
-        "benchmark": "languages",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
-        "commit": quality.commit(),
-        "command": command,
-        "loadavg_before": loadavg(),
+        **provenance("languages", command),
         "subset": args.sentences is not None,
         "model": args.model,
         "targets": TARGETS,
@@ -477,11 +470,9 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     def stamp(run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-        """A part's figures with when, where and at which commit they were measured."""
-        measured = {k: result[k] for k in ("machine", "commit", "command")} | {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "loadavg_before": loadavg(),
-        }
+        """A part's figures with when, where and at which commit they were measured (the file's
+        own provenance block is the run's, and a part can be kept from an earlier run)."""
+        measured = {k: v for k, v in provenance("languages", command).items() if k != "benchmark"}
         return {**run(), "measured": measured}
 
     with tempfile.TemporaryDirectory(prefix="bench-languages-") as name:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -30,7 +29,7 @@ import kmock
 
 from livetranslate.crd import build_crd
 from livetranslate.procs import cpu_seconds, rss_mib
-from livetranslate_testing.figures import loadavg, percentile
+from livetranslate_testing.figures import loadavg, percentile, provenance, provenance_line, write_result
 from livetranslate_testing.kube_emulator import KubeEmulator, ResourceKey
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,14 +162,12 @@ async def run_one(count: int, timeout: float, steady_probes: int = 20) -> dict[s
 
 def render_md(report: dict[str, Any]) -> str:
     """The human-readable table (operator.md), from the JSON report."""
-    load_before = report["loadavg_before"]
     results = report["results"]
     lines = [
         "# Operator benchmark",
         "",
         (
-            f"{report['when']}, {report['cpus']} CPUs shared with other work, load average before "
-            f"{load_before}. Emulated API server in the benchmark process, `livetranslate operator` in its "
+            f"{provenance_line(report)}, shared with other work. Emulated API server in the benchmark process, `livetranslate operator` in its "
             "own process. Latency: TranslationPipeline stored -> its 10th (last) child stored; all pipelines "
             "created at once."
         ),
@@ -205,18 +202,14 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=180.0)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
-    load_before = loadavg()
+    began = provenance("operator")
     results = [asyncio.run(run_one(n, args.timeout)) for n in args.counts]
     report = {
-        "benchmark": "operator",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "cpus": os.cpu_count(),
-        "loadavg_before": load_before,
+        **began,
         "targets": {"latency_p95_s_at_100": 1.0, "rss_peak_mib": 200},
         "results": results,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "operator.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(args.out / "operator.json", report)
     text = render_md(report)
     (args.out / "operator.md").write_text(text)
     print(text)

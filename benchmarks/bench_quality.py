@@ -56,7 +56,7 @@ import json
 import math
 import os
 import re
-import subprocess
+import shlex
 import sys
 import tempfile
 import time
@@ -69,7 +69,14 @@ from typing import Any
 
 import numpy as np
 
-from livetranslate_testing.figures import cpu_model, loadavg, rounded_percentile
+from livetranslate_testing.figures import (
+    commit,  # noqa: F401  (bench_model_switch still calls quality.commit(); figures.commit is the one)
+    loadavg,
+    provenance,
+    provenance_line,
+    rounded_percentile,
+    write_result,
+)
 from livetranslate_testing.speech import SAMPLE_RATE, add_noise, normalize, speak, to_pcm16
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -791,18 +798,6 @@ def ceilings(
 # -------------------------------------------------------------------------------------- reports
 
 
-def commit() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False
-        ).stdout.strip()
-
-    return {
-        "sha": git("rev-parse", "HEAD"),
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-    }
-
-
 def _num(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -861,9 +856,7 @@ def markdown(result: dict[str, Any]) -> str:
         "# What a listener reads: live transcript and translation quality",
         "",
         (
-            f"Measured {result['time']} on {result['machine']['cpus']} cores ({result['machine']['cpu_model']}), "
-            f"commit {result['commit']['sha'][:10]}{' (dirty tree)' if result['commit']['dirty'] else ''}, load average "
-            f"before {', '.join(f'{x:.2f}' for x in result['loadavg_before'])}. {c['sentences']} sentences in "
+            f"{provenance_line(result)}. {c['sentences']} sentences in "
             f"{c['utterances']} utterances, {c['words']} words, {c['audio_seconds']} s, {len(c['voices'])} espeak-ng "
             f"voices; noisy = white noise at {c['snr_db']:g} dB SNR (seed {c['noise_seed']}). `livetranslate up`: "
             f"faster-whisper {result.get('model', 'tiny.en')} int8 streaming on CPU, Apertium en->es. Every session "
@@ -927,13 +920,9 @@ def main(argv: list[str] | None = None) -> int:
         conditions["clean"] = clean
     if args.audio in ("noise", "both"):
         conditions["noisy"] = noisy(clean)
+    command = shlex.join(["benchmarks/bench_quality.py", *(argv if argv is not None else sys.argv[1:])])
     result: dict[str, Any] = {
-        "benchmark": "quality",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model()},
-        "commit": commit(),
-        "command": " ".join(["benchmarks/bench_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "loadavg_before": loadavg(),
+        **provenance("quality", "python -P " + command),
         "subset": args.sentences is not None,
         "corpus": {
             "path": str(CORPUS.relative_to(ROOT)),
@@ -964,10 +953,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(stem: Path, result: dict[str, Any], md: str) -> None:
-    """STEM.json (the figures) and STEM.md (the report), and the report on stdout."""
+    """STEM.json (the figures, through ``figures.write_result``: ``result`` starts with
+    ``figures.provenance()``) and STEM.md (the report), and the report on stdout."""
     json_path, md_path = Path(f"{stem}.json"), Path(f"{stem}.md")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    write_result(json_path, result)
     md_path.write_text(md)
     print(md)
     print(f"wrote {json_path} and {md_path}")

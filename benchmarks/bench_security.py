@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -36,6 +34,7 @@ from typing import Any
 
 from livetranslate.operator import rbac
 from livetranslate_testing import security
+from livetranslate_testing.figures import loadavg, provenance, provenance_line, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCK = ROOT / "requirements.lock"
@@ -352,25 +351,13 @@ def measure(workdir: Path, audit: bool) -> tuple[list[dict[str, Any]], dict[str,
     return rows, details
 
 
-def write(
-    rows: list[dict[str, Any]], details: dict[str, Any], out: Path, load_before: list[float], command: str
-) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    doc = {
-        "name": "security",
-        "measured_at": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-        "loadavg_before": load_before,
-        "cpus": os.cpu_count(),
-        "command": command,
-        "reliability": rows,
-        "details": details,
-    }
-    (out / "security.json").write_text(json.dumps(doc, indent=2) + "\n")
+def write(rows: list[dict[str, Any]], details: dict[str, Any], out: Path, began: dict[str, Any]) -> None:
+    doc = {**began, "loadavg_after": loadavg(), "reliability": rows, "details": details}
+    write_result(out / "security.json", doc)
     lines = [
         "# Security (issue 6, item 6)",
         "",
-        f"Measured {doc['measured_at']}, load average {doc['loadavg']}; re-run: `{command}`.",
+        f"{provenance_line(doc)}, {doc['loadavg_after']} at the end; re-run: `{doc['command']}`.",
         "",
         "| figure | value | unit | target | met |",
         "|---|---|---|---|---|",
@@ -399,17 +386,17 @@ def main() -> int:
     args = parser.parse_args()
     if args.update_lock:
         print(f"requirements.lock: {write_lock()} packages")
-    load_before = [round(x, 2) for x in os.getloadavg()]
+    # --update-lock is left out of the command: a re-run measures, it does not rewrite the lock
+    began = provenance(
+        "security", "python -P benchmarks/bench_security.py" + (" --audit" if args.audit else "")
+    )
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="lt-security-") as tmp:
         rows, details = measure(Path(tmp), args.audit)
-    command = ".venv/bin/python -P benchmarks/bench_security.py" + (" --audit" if args.audit else "")
-    write(rows, details, args.out, load_before, command)
+    write(rows, details, args.out, began)
     for r in rows:
         print(f"{r['met']!s:5} {r['value']!s:>14} {r['unit']:8} {r['figure']}")
-    print(
-        f"took {time.perf_counter() - started:.1f} s, load average {[round(x, 2) for x in os.getloadavg()]}"
-    )
+    print(f"took {time.perf_counter() - started:.1f} s, load average {loadavg()}")
     return 0 if all(r["met"] is not False for r in rows) else 1
 
 

@@ -40,6 +40,7 @@ import math
 import os
 import random
 import re
+import shlex
 import signal
 import statistics
 import sys
@@ -52,7 +53,7 @@ from typing import Any
 import numpy as np
 
 from livetranslate import procs
-from livetranslate_testing.figures import percentile
+from livetranslate_testing.figures import percentile, provenance, provenance_line, write_result
 from livetranslate_testing.speech import SAMPLE_RATE, SENTENCES, normalize, speak, to_pcm16, word_error_rate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -876,8 +877,8 @@ def write_md(result: dict[str, Any], path: Path) -> None:
         "# Soak: real-time sessions through `livetranslate up`, upstreams killed on a schedule",
         "",
         (
-            f"Measured {result['measured_at']} on {result['cpus']} cores shared with other work (load average "
-            f"during the run: mean {load['mean']:.2f}, max {load['max']:.2f}). {cfg['sessions']} sessions x "
+            f"{provenance_line(result)}, shared with other work (load average during the run: mean "
+            f"{load['mean']:.2f}, max {load['max']:.2f}). {cfg['sessions']} sessions x "
             f"{cfg['duration_s'] / 60:.1f} min of espeak-ng speech streamed in real time; "
             f"{len(result['restarts'])} upstream kills (SIGKILL, {cfg['restart_stages']} alternately, every "
             f"{cfg['restart_every_s']:.0f} s). faster-whisper tiny.en int8, Apertium en->es. "
@@ -925,7 +926,7 @@ def write_md(result: dict[str, Any], path: Path) -> None:
             "",
             (
                 f"**This machine did not keep these {cfg['sessions']} sessions in real time** (load average "
-                f"{load['mean']:.1f} on {result['cpus']} cores, from this run and other work): the audio "
+                f"{load['mean']:.1f} on {result['machine']['cpus']} cores, from this run and other work): the audio "
                 "backlog grew until the decoder reported overload and the gateway shed the oldest "
                 "audio its replay buffer could not hand over (LT_GATEWAY_AUDIO_BUFFER_SECONDS, 120 s: "
                 "where the gateway-measured latency levels off). Holes in such a run are mostly that "
@@ -1062,19 +1063,18 @@ def main(argv: list[str] | None = None) -> int:
                 stored["rss_samples"][:-1] or stored["rss_samples"], float(stored["config"]["duration_s"])
             )
         stored["reliability"] = rows_for(stored)
-        path.write_text(json.dumps(stored, indent=1) + "\n")
+        write_result(path, stored, indent=1)  # the run's provenance stays: nothing was measured now
         write_md(stored, args.results_dir / f"{args.name}.md")
         print((args.results_dir / f"{args.name}.md").read_text())
         return 0
     if args.first_restart is None:
         args.first_restart = args.restart_every
-    command = (
-        "python -P benchmarks/bench_soak.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    ).strip()
+    command = "python -P " + shlex.join(
+        ["benchmarks/bench_soak.py", *(argv if argv is not None else sys.argv[1:])]
+    )
 
     clips = make_clips()
-    measured_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    load_before = os.getloadavg()
+    began = provenance("soak", command)
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         up = UpWatch(Path(tmp) / "up.out", Path(tmp) / "logs")
         try:
@@ -1115,10 +1115,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     loads = [s["loadavg"][0] for s in samples]
     result: dict[str, Any] = {
-        "measured_at": measured_at,
-        "command": command,
-        "cpus": os.cpu_count(),
-        "loadavg": list(load_before),
+        **began,
         "loadavg_during": {
             "mean": round(statistics.fmean(loads), 2) if loads else None,
             "max": max(loads) if loads else None,
@@ -1147,8 +1144,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["kept_real_time"] = kept_real_time(result)
     result["reliability"] = rows_for(result)
-    args.results_dir.mkdir(parents=True, exist_ok=True)
-    (args.results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_result(args.results_dir / f"{args.name}.json", result, indent=1)
     write_md(result, args.results_dir / f"{args.name}.md")
     plot_path = args.plot or (
         ROOT / "docs" / "img" / "soak.png" if args.duration >= 1800 and args.name == "soak" else None

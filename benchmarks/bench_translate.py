@@ -27,6 +27,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -39,7 +40,7 @@ import httpx
 
 from livetranslate.procs import free_port, start, stop, wait_http
 from livetranslate.protocol import context_window
-from livetranslate_testing.figures import cpu_model, loadavg, percentile
+from livetranslate_testing.figures import loadavg, percentile, provenance, provenance_line, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -434,6 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         help="stem of the results files (translate.gpu for a GPU run beside the CPU one)",
     )
     args = parser.parse_args(argv)
+    # What the figures depend on beyond the cores: the GPU and how llama-server was started.
+    began = provenance(
+        "translate",
+        "python -P "
+        + shlex.join(["benchmarks/bench_translate.py", *(sys.argv[1:] if argv is None else argv)]),
+        platform=platform.platform(),
+        gpu=gpu_model() if args.gpu_layers is not None else None,
+        llama_gpu_layers=args.gpu_layers,
+        llama_extra_args=args.llama_arg,
+        llama_host_sampling=args.host_sampling,
+    )
     q = 2 if args.quick else 1
     rows: list[dict[str, Any]] = []
     engine_rows: list[dict[str, Any]] = []
@@ -491,43 +503,25 @@ def main(argv: list[str] | None = None) -> int:
             summary[f"{key}_throughput_gain_at_32_sessions_per_round"] = gain["per_round"]
     for r in engine_rows:
         summary[f"{r['config']}_batch_gain_16_segments"] = r["gain"]
-    machine: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "gpu": gpu_model() if args.gpu_layers is not None else None,
-        "llama_gpu_layers": args.gpu_layers,
-        "llama_extra_args": args.llama_arg,
-        "llama_host_sampling": args.host_sampling,
-    }
+    machine = began["machine"]
     result: dict[str, Any] = {
-        "benchmark": "translate",
-        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": machine,
+        **began,
         "summary": summary,
         "rows": rows,
         "round_rows": round_rows,
         "engine_rows": engine_rows,
-        "command": " ".join(
-            [
-                "PYTHONSAFEPATH=1 .venv/bin/python benchmarks/bench_translate.py",
-                *(sys.argv[1:] if argv is None else argv),
-            ]
-        ),
     }
     on_gpu = (
         f"llama-server on the GPU ({machine['gpu']}, {args.gpu_layers} layers offloaded). "
         if args.gpu_layers is not None
         else ""
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.results_name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result(RESULTS / f"{args.results_name}.json", result)
     lines = [
         "# Translation stage benchmark",
         "",
         (
-            f"{result['time']}, {os.cpu_count()} CPUs ({machine['cpu_model']}) shared with other work "
-            f"(load average per row). {on_gpu}Closed-loop sessions, one target (es); latency = request sent to "
+            f"{provenance_line(result)}, shared with other work (load average per row). {on_gpu}Closed-loop sessions, one target (es); latency = request sent to "
             "its NDJSON line."
         ),
         "",

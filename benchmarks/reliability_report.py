@@ -2,7 +2,8 @@
 
 Each reliability benchmark (``benchmarks/bench_<name>.py``: chaos, gateway fuzzing, security, soak)
 writes ``benchmarks/results/<name>.json`` with a top-level ``reliability`` list of rows
-``{item, figure, value, unit, target, met}`` plus ``measured_at``, ``loadavg`` and ``command``.
+``{item, figure, value, unit, target, met}`` after the provenance block every results file starts
+with (``livetranslate_testing.figures.provenance``: ``time``, ``machine.loadavg``, ``command``).
 This script joins them into one table (issue 6, item 7), so the document can never say something
 the recorded results do not. The output depends only on the results files (no clock), which lets
 ``scripts/check_generated.py`` fail CI when the committed RELIABILITY.md is stale.
@@ -55,8 +56,8 @@ class Row:
 @dataclass(frozen=True)
 class Source:
     name: str
-    measured_at: str
-    loadavg: Any
+    time: str
+    loadavg: str
     command: str
     rows: tuple[Row, ...]
 
@@ -93,11 +94,18 @@ def load_sources(results_dir: Path) -> list[Source]:
                     met,
                 )
             )
+        machine = data.get("machine") or {}
+        if machine.get("loadavg"):
+            load = _load(machine["loadavg"])
+        elif data.get("loadavg_after"):  # a file that did not record the start's load
+            load = f"{_load(data['loadavg_after'])} (at the end)"
+        else:
+            load = "?"
         sources.append(
             Source(
                 path.stem,
-                str(data.get("measured_at") or "?"),
-                data.get("loadavg"),
+                str(data.get("time") or "?"),
+                load,
                 str(data.get("command") or f"python -P benchmarks/bench_{path.stem}.py"),
                 tuple(rows),
             )
@@ -174,9 +182,7 @@ def render(sources: list[Source]) -> str:
         "| --- | --- | --- | --- |",
     ]
     for s in sources:
-        lines.append(
-            f"| {s.name} | {_cell(s.measured_at)} | {_cell(_load(s.loadavg))} | `{_cell(s.command)}` |"
-        )
+        lines.append(f"| {s.name} | {_cell(s.time)} | {_cell(s.loadavg)} | `{_cell(s.command)}` |")
     return "\n".join(lines) + "\n"
 
 

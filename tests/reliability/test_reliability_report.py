@@ -20,7 +20,12 @@ report = load_benchmark("reliability_report")
 def _write(path: Path, rows: list[dict[str, object]], **extra: object) -> None:
     path.write_text(
         json.dumps(
-            {"reliability": rows, "measured_at": "2026-11-21T22:00:00Z", "loadavg": [1.5, 2.0, 2.25], **extra}
+            {
+                "time": "2026-11-21T22:00:00Z",
+                "machine": {"cpus": 2, "cpu_model": "test", "loadavg": [1.5, 2.0, 2.25]},
+                "reliability": rows,
+                **extra,
+            }
         )
     )
 
