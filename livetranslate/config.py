@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import json
 import os
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from livetranslate.api import Device, TranslationPipelineSpec
 
@@ -102,3 +105,69 @@ def load_resolved(path: str | os.PathLike[str] | None = None) -> ResolvedPipelin
     if not candidate.exists():
         return None
     return ResolvedPipeline.model_validate(json.loads(candidate.read_text()))
+
+
+# ---------------------------------------------------------------------------------- settings
+
+
+class _FromFile:
+    """The pipeline file where LT_PIPELINE_CONFIG or the mount says (the default)."""
+
+
+FROM_FILE = _FromFile()
+_PIPELINE: ContextVar[ResolvedPipeline | None | _FromFile] = ContextVar("pipeline", default=FROM_FILE)
+
+
+class PipelineSource(PydanticBaseSettingsSource):
+    """The resolved pipeline as a pydantic-settings source, below the environment.
+
+    Each service's settings class says which of its fields the pipeline fills
+    (``from_pipeline``) and what a run without a pipeline file takes (``without_pipeline``);
+    pydantic-settings merges this under the environment and over the fields' defaults, nested
+    settings key by key, so one environment variable overrides one value of the file.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ answers for all fields at once
+
+    def __call__(self) -> dict[str, Any]:
+        chosen = _PIPELINE.get()
+        resolved = load_resolved() if isinstance(chosen, _FromFile) else chosen
+        cls: type[PipelineSettings] = self.settings_cls  # type: ignore[assignment]
+        return cls.without_pipeline() if resolved is None else cls.from_pipeline(resolved)
+
+
+class PipelineSettings(BaseSettings):
+    """Base of the three services' settings: explicit arguments, then the environment, then the
+    operator's pipeline.json, then the defaults (the API models' defaults where the spec has the
+    value, so no service repeats them as literals)."""
+
+    @classmethod
+    def from_pipeline(cls, resolved: ResolvedPipeline) -> dict[str, Any]:
+        """The values the pipeline gives this service (nested dicts for nested settings)."""
+        return {}
+
+    @classmethod
+    def without_pipeline(cls) -> dict[str, Any]:
+        """What a workload started without a pipeline file (by hand, in a test) takes instead."""
+        return {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, PipelineSource(settings_cls), file_secret_settings
+
+    @classmethod
+    def load(cls, resolved: ResolvedPipeline | None | _FromFile = FROM_FILE, **overrides: Any) -> Self:
+        """Settings for ``resolved`` (None: no pipeline; default: the mounted file)."""
+        token = _PIPELINE.set(resolved)
+        try:
+            return cls(**overrides)
+        finally:
+            _PIPELINE.reset(token)

@@ -264,7 +264,7 @@ def test_openai_backend_reads_its_key_from_the_secret() -> None:
         "secret": {"secretName": "llm", "items": [{"key": "token", "path": "token"}]},
     } in pod(dep)["volumes"]
     # where the service looks for it, told by pipeline.json
-    settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
+    settings = TranslateSettings.load(ResolvedPipeline.model_validate(pipeline_doc(r)))
     assert str(settings.openai.api_key_file) == f"{TRANSLATION_KEY_MOUNT_DIR}/token"
 
 
@@ -462,7 +462,7 @@ def test_fallback_endpoint_keys_are_mounted_where_the_settings_look() -> None:
         "secret": {"secretName": "b-key", "items": [{"key": "token", "path": "token"}]},
     } in pod(dep)["volumes"]
     assert not any(v["name"] == "fallback-key-0" for v in pod(dep)["volumes"]), "no key, no volume"
-    settings = TranslateSettings().merged(ResolvedPipeline.model_validate(pipeline_doc(r)))
+    settings = TranslateSettings.load(ResolvedPipeline.model_validate(pipeline_doc(r)))
     assert str(settings.fallback_endpoints[1].api_key_file) == "/etc/livetranslate/fallback-keys/1/token"
     assert object_violations(dep) == [], "restricted pod security holds with the key volumes"
 

@@ -30,7 +30,7 @@ def resolved(**placement: str) -> ResolvedPipeline:
 
 
 def test_resolved_pipeline_fills_backend_model_and_context() -> None:
-    s = TranslateSettings().merged(
+    s = TranslateSettings.load(
         resolved(translationBackend="vllm", translationModel="Qwen/Qwen2.5-7B-Instruct")
     )
     assert (s.pipeline, s.backend, s.model) == ("town-hall", "vllm", "Qwen/Qwen2.5-7B-Instruct")
@@ -43,7 +43,7 @@ def test_environment_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LT_TRANSLATE_OPENAI__URL", "http://llm:8080/v1")
     monkeypatch.setenv("LT_TRANSLATE_OPENAI__API_KEY", "sk-test")
     monkeypatch.setenv("LT_TRANSLATE_BATCH__MAX_BATCH", "4")
-    s = TranslateSettings().merged(resolved(translationBackend="vllm"))
+    s = TranslateSettings.load(resolved(translationBackend="vllm"))
     assert s.backend == "openai" and s.openai.url == "http://llm:8080/v1" and s.batch.max_batch == 4
     assert s.openai.key() == "sk-test" and "sk-test" not in repr(s)
 
@@ -97,7 +97,7 @@ def test_spec_sleep_and_fallback_endpoints_fill_the_settings(monkeypatch: pytest
         placement=Placement(translationBackend="vllm"),
         endpoints=Endpoints(audio="http://a", translation="http://t", gateway="http://g"),
     )
-    s = TranslateSettings().merged(r)
+    s = TranslateSettings.load(r)
     assert s.vllm.sleep_after_idle_s == 600.0
     first, second = s.fallback_endpoints
     assert (first.url, first.model, first.prompt_style) == ("https://llm.example.com/v1", "m", "chat")
@@ -105,7 +105,7 @@ def test_spec_sleep_and_fallback_endpoints_fill_the_settings(monkeypatch: pytest
     assert (second.prompt_style, second.api_key_file, second.model) == ("completion", None, None)
     # the pod's environment still wins over the pipeline file
     monkeypatch.setenv("LT_TRANSLATE_VLLM__SLEEP_AFTER_IDLE_S", "0")
-    assert TranslateSettings().merged(r).vllm.sleep_after_idle_s == 0.0
+    assert TranslateSettings.load(r).vllm.sleep_after_idle_s == 0.0
     # and a fallback that is not an http(s) URL is refused with the spec
     with pytest.raises(ValueError, match="endpoint"):
         TranslationPipelineSpec.model_validate({"translation": {"fallback": [{"endpoint": "llm:8080"}]}})

@@ -1,21 +1,22 @@
 """Settings of the audio workload: one pydantic-settings class, env prefix ``LT_AUDIO_``.
 
-Two sources, merged once at startup: the resolved pipeline the operator mounts (pipeline name,
-model, placed device, VAD and diarization switches) and the environment (tuning knobs an operator
-of the cluster may want to change without touching the TranslationPipeline). The environment wins
-where both say something, so a pod can be pinned by hand while debugging.
+Two sources, merged by pydantic-settings at startup: the environment (tuning knobs an operator of
+the cluster may want to change without touching the TranslationPipeline) over the resolved pipeline
+the operator mounts (``AudioSettings.from_pipeline``: pipeline name, model, placed device, VAD and
+diarization switches, read through the shared ``PipelineSource``). The environment wins where both
+say something, so a pod can be pinned by hand while debugging.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from livetranslate.config import ResolvedPipeline, load_resolved
+from livetranslate.config import FROM_FILE, PipelineSettings, ResolvedPipeline
 
 DeviceName = Literal["cpu", "gpu", "npu", "cuda", "auto"]
 
@@ -82,8 +83,21 @@ class DiarizationSettings(BaseModel):
     window_seconds: float = Field(6.0, gt=0.5)
 
 
-class AudioSettings(BaseSettings):
+class AudioSettings(PipelineSettings):
     """Everything the audio service reads at startup."""
+
+    @classmethod
+    def from_pipeline(cls, resolved: ResolvedPipeline) -> dict[str, Any]:
+        """The model (its cached copy where there is one), the placed device, VAD, diarization."""
+        audio = resolved.spec.audio
+        return {
+            "pipeline": resolved.name,
+            "model": resolved.audio_model(),
+            "device": resolved.placement.audioDevice,
+            "vad": audio.vad,
+            "diarization": audio.diarization.enabled,
+            "max_speakers": audio.diarization.maxSpeakers,
+        }
 
     model_config = SettingsConfigDict(env_prefix="LT_AUDIO_", env_nested_delimiter="__", extra="ignore")
 
@@ -139,23 +153,6 @@ def _cpu_count() -> int:
 
 
 def load_settings(resolved: ResolvedPipeline | None = None, **overrides: object) -> AudioSettings:
-    """Settings from the mounted pipeline, then the environment, then explicit overrides.
-
-    The pipeline only fills fields that the environment left unset, which is how an env var
-    overrides the operator's placement on one pod.
-    """
-    resolved = resolved if resolved is not None else load_resolved()
-    env = AudioSettings(**overrides)  # type: ignore[arg-type]
-    if resolved is None:
-        return env
-    from_pipeline: dict[str, object] = {
-        "pipeline": resolved.name,
-        "model": resolved.audio_model(),
-        "device": resolved.placement.audioDevice,
-        "vad": resolved.spec.audio.vad,
-        "diarization": resolved.spec.audio.diarization.enabled,
-        "max_speakers": resolved.spec.audio.diarization.maxSpeakers,
-    }
-    explicit = env.model_fields_set | set(overrides)
-    merged = {k: v for k, v in from_pipeline.items() if k not in explicit}
-    return env.model_copy(update=merged)
+    """Explicit overrides, then the environment, then the pipeline (``resolved``, or the mounted
+    file): an env var overrides the operator's placement on one pod."""
+    return AudioSettings.load(FROM_FILE if resolved is None else resolved, **overrides)

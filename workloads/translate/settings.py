@@ -1,25 +1,28 @@
-"""Settings of the translation service: environment (``LT_TRANSLATE_*``) merged with the pipeline.
+"""Settings of the translation service: the environment (``LT_TRANSLATE_*``) over the pipeline.
 
-The operator's resolved pipeline (``load_resolved()``) says which backend and model the stage runs
-and what the spec asks for; the environment tunes the service itself (batching, timeouts, engine
-URLs, secrets). An environment value always wins, so one container image serves every pipeline and
-a test overrides any knob without writing a pipeline file.
+The operator's resolved pipeline says which backend and model the stage runs and what the spec
+asks for (``TranslateSettings.from_pipeline``, read through the shared ``PipelineSource``); the
+environment tunes the service itself (batching, timeouts, engine URLs, secrets). An environment
+value always wins, so one container image serves every pipeline and a test overrides any knob
+without writing a pipeline file.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
 from livetranslate.api import TranslationSpec
 from livetranslate.config import (
     FALLBACK_KEYS_MOUNT_DIR,
+    FROM_FILE,
     TRANSLATION_KEY_MOUNT_DIR,
     VLLM_LOCAL_URL,
+    PipelineSettings,
     ResolvedPipeline,
     load_resolved,
 )
@@ -102,7 +105,7 @@ class BreakerSettings(BaseModel):
     reset_s: float = Field(15.0, gt=0, description="Open time before one trial call")
 
 
-class TranslateSettings(BaseSettings):
+class TranslateSettings(PipelineSettings):
     model_config = SettingsConfigDict(env_prefix="LT_TRANSLATE_", env_nested_delimiter="__", extra="ignore")
 
     pipeline: str | None = None
@@ -130,57 +133,59 @@ class TranslateSettings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     breaker: BreakerSettings = Field(default_factory=BreakerSettings)
 
-    def merged(self, resolved: ResolvedPipeline | None) -> TranslateSettings:
-        """Fill what the environment left open from the operator's resolved pipeline."""
-        out = self.model_copy(deep=True)
-        if resolved is None:
-            out.pipeline = out.pipeline or "local"
-            out.backend = out.backend or "apertium"
-            if out.context_segments is None:  # the API's default, as a pipeline would have it
-                out.context_segments = TranslationSpec().contextSegments
-            out.fallback_models = out.fallback_models or []
-            return out
+    @classmethod
+    def without_pipeline(cls) -> dict[str, Any]:
+        """A service started by hand: the offline backend, the API's context default."""
+        return {
+            "pipeline": "local",
+            "backend": "apertium",
+            "context_segments": TranslationSpec().contextSegments,
+            "fallback_models": [],
+        }
+
+    @classmethod
+    def from_pipeline(cls, resolved: ResolvedPipeline) -> dict[str, Any]:
+        """What the operator decided for this stage: backend, model, languages, keys' mounts."""
         spec = resolved.spec.translation
-        out.pipeline = out.pipeline or resolved.name
-        out.backend = out.backend or resolved.placement.translationBackend
-        out.model = out.model or resolved.placement.translationModel or spec.model
-        out.fallback_models = (
-            out.fallback_models if out.fallback_models is not None else list(spec.fallbackModels)
-        )
-        out.context_segments = spec.contextSegments if out.context_segments is None else out.context_segments
-        out.source_language = out.source_language or resolved.spec.sourceLanguage
-        out.target_languages = out.target_languages or list(resolved.spec.targetLanguages)
-        if out.openai.url is None and spec.endpoint:
-            out.openai.url = spec.endpoint
-        if (
-            spec.apiKeySecretRef is not None
-            and out.openai.api_key is None
-            and out.openai.api_key_file is None
-        ):
-            out.openai.api_key_file = Path(TRANSLATION_KEY_MOUNT_DIR) / spec.apiKeySecretRef.key
-        if "sleep_after_idle_s" not in out.vllm.model_fields_set and spec.sleepAfterIdle:
-            out.vllm.sleep_after_idle_s = spec.sleep_after_idle_seconds
-        if not out.fallback_endpoints:
-            out.fallback_endpoints = [
-                OpenAISettings(
-                    url=f.endpoint,
-                    model=f.model,
-                    prompt_style=f.promptStyle,
-                    api_key_file=(
+        values: dict[str, Any] = {
+            "pipeline": resolved.name,
+            "backend": resolved.placement.translationBackend,
+            "model": resolved.placement.translationModel or spec.model,
+            "fallback_models": list(spec.fallbackModels),
+            "context_segments": spec.contextSegments,
+            "source_language": resolved.spec.sourceLanguage,
+            "target_languages": list(resolved.spec.targetLanguages),
+            "fallback_endpoints": [
+                {
+                    "url": f.endpoint,
+                    "model": f.model,
+                    "prompt_style": f.promptStyle,
+                    "api_key_file": (
                         Path(FALLBACK_KEYS_MOUNT_DIR) / str(i) / f.apiKeySecretRef.key
-                        if f.apiKeySecretRef is not None
+                        if f.apiKeySecretRef
                         else None
                     ),
-                )
+                }
                 for i, f in enumerate(spec.fallback)
-            ]
-        return out
+            ],
+        }
+        openai: dict[str, Any] = {}
+        if spec.endpoint:
+            openai["url"] = spec.endpoint
+        if spec.apiKeySecretRef is not None:
+            # A key in the environment (api_key) still wins: OpenAISettings.key() reads it first.
+            openai["api_key_file"] = Path(TRANSLATION_KEY_MOUNT_DIR) / spec.apiKeySecretRef.key
+        if openai:
+            values["openai"] = openai
+        if spec.sleepAfterIdle:
+            values["vllm"] = {"sleep_after_idle_s": spec.sleep_after_idle_seconds}
+        return values
 
 
 def load_settings(config_path: str | None = None) -> TranslateSettings:
-    """The environment, filled from the pipeline file (the operator's only channel to the pod)."""
-    settings = TranslateSettings()
+    """The environment over the pipeline file (the operator's only channel to the pod)."""
+    settings = TranslateSettings.load(load_resolved(config_path) if config_path else FROM_FILE)
     # The name every OpenAI client reads, for a local run against a hosted endpoint.
     if settings.openai.api_key is None and os.environ.get("OPENAI_API_KEY"):
         settings.openai.api_key = SecretStr(os.environ["OPENAI_API_KEY"])
-    return settings.merged(load_resolved(config_path))
+    return settings
