@@ -383,6 +383,22 @@ def termination_summary(pods: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     return {}
 
 
+def waiting_reason(pods: Iterable[Mapping[str, Any]]) -> str | None:
+    """Why a pull Job's newest pod is not running (unschedulable, a Secret or image missing)."""
+    newest = sorted(pods, key=lambda p: (p.get("metadata") or {}).get("creationTimestamp") or "")
+    if not newest:
+        return None
+    status = newest[-1].get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"{cond.get('reason') or 'Unschedulable'}: {cond.get('message') or ''}".strip(": ")
+    for container in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") and waiting.get("reason") not in ("ContainerCreating", "PodInitializing"):
+            return f"{waiting['reason']}: {waiting.get('message') or ''}".strip(": ")
+    return None
+
+
 def job_phase(job: Mapping[str, Any]) -> str:
     """Complete | Failed | Active | Pending: what a Job's watch event may have changed."""
     if job_complete(job):
@@ -416,10 +432,15 @@ def model_status(
             summary.get("error") or (_condition(job, "Failed") or {}).get("message") or "the pull Job failed"
         )
         return {**out, "state": "Failed", "message": str(reason)[:500]}
-    if int((job.get("status") or {}).get("active") or 0) > 0:
+    waiting = summary.get("waiting")
+    if int((job.get("status") or {}).get("active") or 0) > 0 and not waiting:
         state = "Converting" if model.format == "openvino-ir" else "Pulling"
         return {**out, "state": state, "message": None}
-    return {**out, "state": "Pending", "message": "pull Job waiting for its pod"}
+    return {
+        **out,
+        "state": "Pending",
+        "message": f"pull pod not running: {waiting}" if waiting else "pull Job waiting for its pod",
+    }
 
 
 def models_condition(models: Sequence[Mapping[str, Any]]) -> tuple[bool, str, str]:

@@ -101,8 +101,12 @@ async def observe(
         if finished and (prev is None or prev.get("state") not in ("Ready", "Failed")):
             pods = await kube.list("v1", "Pod", resolved.namespace, label_selector=f"job-name={name}")
             summary = modelcache.termination_summary(pods)
-        elif prev is not None and prev.get("state") == "Failed":
-            summary = {"error": prev.get("message")}
+        elif finished and prev is not None and prev.get("state") == "Failed":
+            summary = {"error": prev.get("message")}  # read once when it failed
+        elif job is not None and not finished:
+            # Say why its pod does not run (a missing Secret, no node that fits) instead of Pending.
+            pods = await kube.list("v1", "Pod", resolved.namespace, label_selector=f"job-name={name}")
+            summary = {"waiting": modelcache.waiting_reason(pods)}
         out.append(modelcache.model_status(model, job, summary, prev))
     return out
 

@@ -285,3 +285,31 @@ def test_model_cache_job_names_fit_and_never_collide() -> None:
     assert len(first) <= 63 and len(second) <= 63 and first != second
     job = modelcache.build_job(resolved, model, OperatorSettings())
     assert pss.object_violations(job) == []
+
+
+async def test_model_cache_pull_pod_that_cannot_run_says_why(
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient
+) -> None:
+    # A token Secret that does not exist: the kubelet cannot start the pull pod, and the model's
+    # status says so instead of a silent Pending.
+    await kube.create(pipeline("town-hall", {"modelCache": CACHE}))
+    (job,) = await eventually(lambda: list(jobs(cluster, "town-hall")))
+    name = f"{job}-x1"
+    cluster.api.create(
+        "v1/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": {"job-name": job}},
+            "spec": {"containers": [{"name": "pull", "image": "x"}]},
+        },
+    )
+    waiting = {"reason": "CreateContainerConfigError", "message": 'secret "hf-token" not found'}
+    cluster.api.set_status(
+        "v1/pods", NS, name, {"containerStatuses": [{"name": "pull", "state": {"waiting": waiting}}]}
+    )
+    cluster.api.set_status(JOBS, NS, job, {"active": 1})
+    await eventually(lambda: "not found" in ((models(cluster, "town-hall") or [{}])[0].get("message") or ""))
+    (model,) = models(cluster, "town-hall")
+    assert model["state"] == "Pending"
+    assert model["message"] == 'pull pod not running: CreateContainerConfigError: secret "hf-token" not found'
