@@ -70,7 +70,6 @@ from typing import Any
 import numpy as np
 
 from livetranslate_testing.figures import (
-    commit,  # noqa: F401  (bench_model_switch still calls quality.commit(); figures.commit is the one)
     loadavg,
     provenance,
     provenance_line,

@@ -212,6 +212,8 @@ class OpenAIEngine(Engine):
             resp = await self.client.get("/props", timeout=3.0)
         except httpx.HTTPError:
             return
+        if resp.status_code >= 500:  # up but not serving yet: llama-server answers 503 while it loads
+            return
         self._slots_asked = True
         try:
             resp.raise_for_status()
