@@ -57,6 +57,9 @@ TRANSLATION_MODEL_INFO = "livetranslate_translation_model_info"
 # Admission: the sessions a replica sustains (measured), and the sessions it refused.
 STAGE_CAPACITY_SESSIONS = "livetranslate_stage_capacity_sessions"
 ADMISSION_REFUSALS = "livetranslate_admission_refusals_total"
+# Safe drain: a gateway replica that refuses new sessions and hands its own over.
+GATEWAY_DRAINING = "livetranslate_gateway_draining"
+SESSION_HANDOVERS = "livetranslate_session_handovers_total"
 
 # Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
 EXTERNAL_METRICS = (
@@ -158,6 +161,25 @@ def admission_refusals(registry: CollectorRegistry) -> Counter:
         ADMISSION_REFUSALS.removesuffix("_total"),
         "Sessions a replica refused, by reason",
         ["pipeline", "stage", "reason"],
+        registry=registry,
+    )
+
+
+def gateway_draining(registry: CollectorRegistry) -> Gauge:
+    return Gauge(
+        GATEWAY_DRAINING,
+        "1 while this gateway replica drains: it refuses new sessions and hands its own over",
+        ["pipeline"],
+        registry=registry,
+    )
+
+
+def session_handovers(registry: CollectorRegistry) -> Counter:
+    # prometheus_client appends _total to counters itself.
+    return Counter(
+        SESSION_HANDOVERS.removesuffix("_total"),
+        "Live sessions a draining gateway replica handed over to another replica",
+        ["pipeline", "reason"],
         registry=registry,
     )
 

@@ -147,6 +147,8 @@ ERR_UPSTREAM = "upstream_unavailable"
 ERR_TRANSLATION_FAILED = "translation_failed"
 ERR_UNSUPPORTED_LANGUAGE = "unsupported_language"
 ERR_INTERNAL = "internal_error"
+# A session.start refused by a draining replica (close 1012 follows: resume elsewhere).
+ERR_DRAINING = "draining"
 
 
 # ---------------------------------------------------------------- internal: gateway <-> audio

@@ -3,7 +3,10 @@
 The file goes out in its own rate and channel count (the gateway resamples), as fast as the
 pipeline transcribes it (a few seconds ahead of the last word heard, never slower than real time)
 or, with ``--realtime``, paced like a live microphone. A dropped connection is
-resumed with the session id and the last final received, so nothing is printed twice.
+resumed with the session id and the last final received, so nothing is printed twice, and the audio
+goes on from the second the gateway says it has, so none is lost in flight. A replica that closes
+with 1012 (it drains: the operator removes it) is left at once for another one, which takes the
+session over.
 """
 
 from __future__ import annotations
@@ -72,6 +75,9 @@ class Printer:
     translations: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     heard_until: float = 0.0  # session seconds the transcripts have reached (flow control)
+    handovers: int = 0  # connections a gateway replica closed with 1012 to hand the session over
+    reconnects: int = 0  # connections lost, then tried again
+    refusals: int = 0  # session.start refused (a draining replica), then tried again
     _by_segment: dict[int, dict[str, Any]] = field(default_factory=dict)
     _printed_sentences: set[int] = field(default_factory=set)
     _open_text: str = ""
@@ -191,87 +197,196 @@ async def stream_file(
     lead_seconds: float = LEAD_SECONDS,
 ) -> bool:
     """Stream ``wav`` through one session; True once ``session.ended`` arrived."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import ConnectionClosed, InvalidStatus
+    streamer = _Streamer(wav, url, realtime, chunk_ms, token, targets, printer, lead_seconds)
+    streamer.sid = session_id
+    return await streamer.run(max_reconnects)
 
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    chunk = max(
-        2 * wav.channels, wav.bytes_per_second * chunk_ms // 1000 // (2 * wav.channels) * 2 * wav.channels
-    )
-    pos = 0
-    last_final: int | None = None
-    sid = session_id
-    attempts = 0
-    while True:
+
+# How one connection ended, and what the client does next.
+_ENDED, _FAILED, _HANDOVER, _REFUSED, _LOST = "ended", "failed", "handover", "refused", "lost"
+# A replica that drains refuses new sessions (error "draining", close 1012) until the Service
+# stops sending it clients: try again soon, this many times, not counted as failures.
+MAX_REFUSALS = 50
+
+
+class _Streamer:
+    """One session across connections: the session id, the last final received (``lastSegmentId``
+    on resume) and the audio position, which a resume may move back to the second the gateway
+    says it has (``audioSeconds``): audio in flight when a connection closed is sent again."""
+
+    def __init__(
+        self,
+        wav: Wav,
+        url: str,
+        realtime: bool,
+        chunk_ms: int,
+        token: str | None,
+        targets: list[str] | None,
+        printer: Printer,
+        lead_seconds: float,
+    ) -> None:
+        self.wav, self.url, self.realtime, self.printer = wav, url, realtime, printer
+        self.headers = {"Authorization": f"Bearer {token}"} if token else None
+        self.targets = targets
+        self.lead_seconds = lead_seconds
+        frame = 2 * wav.channels
+        self.frame = frame
+        self.chunk = max(frame, wav.bytes_per_second * chunk_ms // 1000 // frame * frame)
+        self.sid: str | None = None
+        self.last_final: int | None = None
+        self.pos = 0
+        self.base: float | None = None  # session seconds at which the file's first sample sits
+        self.clock: float | None = None  # --realtime: monotonic time of the file's first sample
+        self.close_note = ""
+        self.started = False  # session.started came on the current connection
+
+    async def run(self, max_reconnects: int) -> bool:
+        attempts = refusals = quick = 0
+        while True:
+            self.started = False
+            heard = self.last_final
+            outcome = await self._connection()
+            if outcome == _ENDED:
+                return True
+            if outcome == _FAILED:
+                return False
+            if self.started:  # the session was live again: earlier failures are behind it
+                attempts = refusals = 0
+            if outcome == _HANDOVER:
+                # The replica hands the session over (it drains, or restarts): come back at once,
+                # unless handovers follow each other with nothing heard in between.
+                self.printer.handovers += 1
+                self.printer.out.write(f"gateway replica going away; resuming session {self.sid}\n")
+                quick = quick + 1 if self.last_final == heard else 0
+                if quick > 3:
+                    await asyncio.sleep(min(2.0, 0.1 * quick))
+                continue
+            if outcome == _REFUSED:
+                self.printer.refusals += 1
+                refusals += 1
+                if refusals > MAX_REFUSALS:
+                    self.printer.out.write("every gateway replica refused the session\n")
+                    return False
+                await asyncio.sleep(min(1.0, 0.05 * 2**refusals))
+                continue
+            self.printer.reconnects += 1
+            attempts += 1
+            if attempts > max_reconnects or self.sid is None:
+                self.printer.out.write(f"connection failed: {self.close_note}\n")
+                return False
+            self.printer.out.write(f"connection lost ({self.close_note}); resuming session {self.sid}\n")
+            await asyncio.sleep(min(5.0, 0.25 * 2**attempts))
+
+    def _start_message(self) -> dict[str, Any]:
+        wav = self.wav
+        start: dict[str, Any] = {
+            "type": "session.start",
+            "sampleRate": wav.sample_rate,
+            "encoding": "pcm_s16le",
+            "channels": wav.channels,
+        }
+        if self.targets:
+            start["targetLanguages"] = self.targets
+        if self.sid:
+            start["sessionId"] = self.sid
+            start["lastSegmentId"] = -1 if self.last_final is None else self.last_final
+        return start
+
+    async def _connection(self) -> str:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+        refused = False
         try:
             async with connect(
-                url, additional_headers=headers, max_size=4 * 1024 * 1024, open_timeout=10
+                self.url, additional_headers=self.headers, max_size=4 * 1024 * 1024, open_timeout=10
             ) as ws:
-                start: dict[str, Any] = {
-                    "type": "session.start",
-                    "sampleRate": wav.sample_rate,
-                    "encoding": "pcm_s16le",
-                    "channels": wav.channels,
-                }
-                if targets:
-                    start["targetLanguages"] = targets
-                if sid:
-                    start["sessionId"] = sid
-                    start["lastSegmentId"] = -1 if last_final is None else last_final
-                await ws.send(json.dumps(start))
-
-                async def send() -> None:
-                    nonlocal pos
-                    paced_from = time.monotonic() - pos / wav.bytes_per_second
-                    while pos < len(wav.pcm):
-                        due = paced_from + pos / wav.bytes_per_second
-                        if not realtime and pos / wav.bytes_per_second <= printer.heard_until + lead_seconds:
-                            due = 0.0  # the transcripts keep up: send on
-                        delay = due - time.monotonic()
-                        if delay > 0:
-                            await asyncio.sleep(min(delay, 0.1) if not realtime else delay)
-                            continue
-                        await ws.send(wav.pcm[pos : pos + chunk])
-                        pos += chunk
-                    await ws.send('{"type": "session.end"}')
-
-                sender = asyncio.create_task(send())
+                await ws.send(json.dumps(self._start_message()))
+                sender: asyncio.Task[None] | None = None
                 try:
                     async for raw in ws:
                         ev = json.loads(raw)
-                        if ev.get("type") == "session.started":
-                            sid = ev["sessionId"]
-                            attempts = 0
-                        if ev.get("type") == "transcript.final":
-                            if last_final is not None and ev["segmentId"] <= last_final:
+                        kind = ev.get("type")
+                        if kind == "session.started":
+                            self.started = True
+                            self._started(ev)
+                            sender = asyncio.create_task(self._send(ws))
+                        elif kind == "transcript.final":
+                            if self.last_final is not None and ev["segmentId"] <= self.last_final:
                                 continue
-                            last_final = ev["segmentId"]
-                        printer.event(ev)
-                        if ev.get("type") == "error" and ev.get("code") in (
-                            "capacity_exceeded",
-                            "unsupported_language",
-                        ):
-                            return False
-                        if ev.get("type") == "session.ended":
-                            return True
+                            self.last_final = ev["segmentId"]
+                        self.printer.event(ev)
+                        code = ev.get("code") if kind == "error" else None
+                        if code in ("capacity_exceeded", "unsupported_language"):
+                            return _FAILED
+                        refused = refused or code == "draining"
+                        if kind == "session.ended":
+                            return _ENDED
+                except ConnectionClosed:
+                    pass  # the close code says what comes next
                 finally:
-                    sender.cancel()
-                    await asyncio.gather(sender, return_exceptions=True)
-                if ws.close_code in (1008, 1013):
-                    printer.out.write(f"closed by the gateway ({ws.close_code}): {ws.close_reason}\n")
-                    return False
+                    if sender is not None:
+                        sender.cancel()
+                        await asyncio.gather(sender, return_exceptions=True)
+                code, reason = ws.close_code, ws.close_reason
         except InvalidStatus as exc:
-            printer.out.write(f"refused by the gateway: HTTP {exc.response.status_code}\n")
-            return False
-        except (OSError, ConnectionClosed, TimeoutError) as exc:
-            if attempts >= max_reconnects or sid is None:
-                printer.out.write(f"connection failed: {exc}\n")
-                return False
-            printer.out.write(f"connection lost ({exc}); resuming session {sid}\n")
-        attempts += 1
-        if attempts > max_reconnects:
-            return False
-        await asyncio.sleep(min(5.0, 0.25 * 2**attempts))
+            status = exc.response.status_code
+            if status in (502, 503, 504):  # a proxy with no gateway behind it for a moment
+                self.close_note = f"HTTP {status}"
+                return _LOST
+            self.printer.out.write(f"refused by the gateway: HTTP {status}\n")
+            return _FAILED
+        except (OSError, TimeoutError, ConnectionClosed, InvalidHandshake) as exc:
+            self.close_note = str(exc) or type(exc).__name__
+            return _LOST
+        self.close_note = f"{code} {reason}".strip()
+        if code in (1008, 1013):
+            self.printer.out.write(f"closed by the gateway ({code}): {reason}\n")
+            return _FAILED
+        if code == 1012:
+            return _HANDOVER if self.started and not refused else _REFUSED
+        return _REFUSED if refused else _LOST
+
+    def _started(self, ev: dict[str, Any]) -> None:
+        """Where this file's audio goes on: a resumed session says which second it has."""
+        self.sid = ev["sessionId"]
+        audio = ev.get("audioSeconds")
+        if not ev.get("resumed") and self.last_final is not None:
+            # The gateway no longer had the session (a store without it): a new one, numbered
+            # from 0 again, so the finals received before say nothing about the ones to come.
+            self.printer.out.write(f"session {self.sid} was not kept by the gateway; it starts again\n")
+            self.last_final = None
+        if not ev.get("resumed") or not isinstance(audio, int | float):
+            if self.base is None:
+                self.base = 0.0
+            return
+        if self.base is None:  # this file joins a session that had audio before it
+            self.base = float(audio)
+            return
+        at = round((float(audio) - self.base) * self.wav.sample_rate) * self.frame
+        self.pos = max(0, min(self.pos, at))
+
+    async def _send(self, ws: Any) -> None:
+        wav, printer = self.wav, self.printer
+        bps = wav.bytes_per_second
+        base = self.base or 0.0
+        # --realtime keeps one clock for the whole session: after a reconnect the audio that a
+        # live microphone would have captured meanwhile goes out at once, as a client's buffer would.
+        if self.realtime and self.clock is None:
+            self.clock = time.monotonic() - self.pos / bps
+        paced_from = self.clock if self.realtime else time.monotonic() - self.pos / bps
+        assert paced_from is not None
+        while self.pos < len(wav.pcm):
+            due = paced_from + self.pos / bps
+            if not self.realtime and base + self.pos / bps <= printer.heard_until + self.lead_seconds:
+                due = 0.0  # the transcripts keep up: send on
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(min(delay, 0.1) if not self.realtime else delay)
+                continue
+            await ws.send(wav.pcm[self.pos : self.pos + self.chunk])
+            self.pos += self.chunk
+        await ws.send('{"type": "session.end"}')
 
 
 def main(argv: list[str]) -> int:

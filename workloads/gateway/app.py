@@ -1,19 +1,25 @@
-"""The gateway service: ``/v1/stream`` (API.md section 2), the captions page, health and metrics."""
+"""The gateway service: ``/v1/stream`` (API.md section 2), the captions page, health and metrics.
+
+``POST /v1/admin/drain`` (bearer ``LT_GATEWAY_ADMIN_TOKEN``; off without one) drains the replica
+as SIGTERM does (drain.py): its sessions move to other replicas, then it exits.
+"""
 
 from __future__ import annotations
 
+import hmac
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 
-from fastapi import FastAPI, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livetranslate.workloads.gateway.auth import bearer_token, origin_allowed
 from livetranslate.workloads.gateway.connection import Connection
+from livetranslate.workloads.gateway.drain import install_sigterm
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.settings import GatewayConfig, load_config
 
@@ -42,9 +48,12 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
                 }
             },
         )
+        restore = install_sigterm(gw) if cfg.settings.drain_on_sigterm else None
         try:
             yield
         finally:
+            if restore is not None:
+                restore()
             await gw.close()
 
     app = FastAPI(
@@ -70,6 +79,19 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(request.app.state.gateway.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/admin/drain")
+    async def drain(request: Request) -> JSONResponse:
+        token = cfg.settings.admin_token
+        if token is None:
+            raise HTTPException(status_code=404, detail="Not Found")
+        expected = f"Bearer {token.get_secret_value()}"
+        given = request.headers.get("authorization", "").encode("latin-1")
+        if not hmac.compare_digest(given, expected.encode()):
+            raise HTTPException(status_code=401, detail="admin token required")
+        gw: Gateway = request.app.state.gateway
+        gw.drain.start("admin request")
+        return JSONResponse(gw.drain.status(), status_code=202)
 
     @app.get("/", response_class=HTMLResponse)
     async def index(request: Request) -> HTMLResponse:

@@ -25,6 +25,7 @@ from livetranslate.protocol import (
     ERR_BAD_AUDIO,
     ERR_BAD_MESSAGE,
     ERR_CAPACITY,
+    ERR_DRAINING,
     ERR_FRAME_TOO_LARGE,
     ERR_INTERNAL,
     ERR_NOT_STARTED,
@@ -104,6 +105,9 @@ class Connection:
             self._receiver.cancel()
             await asyncio.gather(self._receiver, return_exceptions=True)
             if self.session is not None:
+                if self.session.handing_over and self.converter is not None:
+                    # The resampler's last samples belong to the tail the next replica gets.
+                    self.session.feed(self.converter.convert(b"", last=True))
                 try:
                     await self.session.finish(graceful_end=False)
                 except Exception:
@@ -171,12 +175,16 @@ class Connection:
             try:
                 await self.ws.send_text(text)
             except (WebSocketDisconnect, RuntimeError, OSError):
+                self.queue.done()
                 self._fail(CLOSE_NORMAL, "")
                 return
             finally:
                 timer.cancel()
-            if on_sent is not None:
-                await on_sent()
+            try:
+                if on_sent is not None:
+                    await on_sent()
+            finally:
+                self.queue.done()
 
     # ---------------------------------------------------------------- receive
 
@@ -288,6 +296,27 @@ class Connection:
             await self._end()
 
     async def _start(self, start: SessionStart) -> None:
+        gw = self.gw
+        if gw.drain.active:
+            self.send_event(
+                "error",
+                ErrorEvent(
+                    code=ERR_DRAINING,
+                    message="this gateway replica is shutting down; connect again "
+                    "(another replica takes the session)",
+                ),
+            )
+            self._fail(CLOSE_RESTART, "replica draining")
+            return
+        gw.starting += 1
+        try:
+            await self._start_session(start)
+        finally:
+            gw.starting -= 1
+        if self.session is not None and gw.drain.active:
+            self.session.request_handover(gw.settings.drain_session_seconds)  # drain began meanwhile
+
+    async def _start_session(self, start: SessionStart) -> None:
         gw, cfg = self.gw, self.gw.config
         if gw.at_capacity:
             self.send_event(
@@ -349,6 +378,9 @@ class Connection:
         session = Session(gw, self.outbox, state, owner)
         self.session = session
         gw.sessions.add(session)
+        # audioSeconds: where the session's audio goes on. A client that still has what it sent
+        # after that point (lost in flight when the last connection closed) sends it again.
+        extra = {"audioSeconds": state.audioSeconds} if resumed else {}
         self.send_event(
             "control",
             SessionStarted(
@@ -356,6 +388,7 @@ class Connection:
                 resumed=resumed,
                 sampleRate=start.sampleRate,
                 targetLanguages=state.targetLanguages,
+                **extra,
             ),
         )
         try:
@@ -373,6 +406,10 @@ class Connection:
 
     async def _end(self) -> None:
         assert self.session is not None and self.converter is not None
+        if self.session.handing_over:
+            # The session is on its way to another replica, where the client ends it again.
+            log.info("session.end during a handover; the next replica ends the session")
+            return
         tail = self.converter.convert(b"", last=True)
         if tail:
             self.session.feed(tail)

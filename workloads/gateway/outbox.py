@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
+from livetranslate.protocol import ERR_UPSTREAM, ErrorEvent
+
 log = logging.getLogger(__name__)
 
 CLOSE_NORMAL = 1000
@@ -38,6 +40,7 @@ class SendQueue:
         self.hard_limit = limit * 4
         self._items: collections.deque[tuple[str, str, OnSent]] = collections.deque()
         self._ready = asyncio.Event()
+        self._busy = False  # an event taken by the sender and not yet done (sent, on_sent run)
         self.dropped_partials = 0
 
     @property
@@ -59,10 +62,15 @@ class SendQueue:
         return len(self._items) <= self.hard_limit
 
     async def get(self) -> tuple[str, str, OnSent]:
+        """The next event; the sender calls ``done`` once it is sent and its ``on_sent`` ran."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
+        self._busy = True
         return self._items.popleft()
+
+    def done(self) -> None:
+        self._busy = False
 
     def clear(self) -> None:
         """Forget what a closed connection can no longer be sent (the session log keeps the
@@ -70,10 +78,12 @@ class SendQueue:
         self._items.clear()
 
     async def drained(self, timeout: float) -> bool:
+        """Until every queued event is sent and recorded as sent (a handover must not leave the
+        next replica to guess whether the last one reached the client), or ``timeout``."""
         deadline = time.monotonic() + timeout
-        while self._items and time.monotonic() < deadline:
+        while (self._items or self._busy) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        return not self._items
+        return not (self._items or self._busy)
 
 
 class Outbox:
@@ -96,3 +106,30 @@ class Outbox:
             log.info("closing connection", extra={"fields": {"code": code, "reason": reason}})
         if self.on_close is not None:
             self.on_close()
+
+
+class Outages:
+    """Tells a session's client once that an upstream is away, not on every retry; logs its return."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self.outbox = outbox
+        self._reported = {"audio": False, "translation": False}
+
+    def report(self, upstream: str, detail: str) -> None:
+        if not self._reported[upstream]:
+            self._reported[upstream] = True
+            log.warning("upstream unavailable", extra={"fields": {"upstream": upstream, "error": detail}})
+            what = (
+                "audio is buffered and replayed when it returns"
+                if upstream == "audio"
+                else "translations are retried when it returns"
+            )
+            self.outbox.send(
+                "error",
+                ErrorEvent(code=ERR_UPSTREAM, message=f"{upstream} service unavailable ({detail}); {what}"),
+            )
+
+    def recovered(self, upstream: str) -> None:
+        if self._reported[upstream]:
+            self._reported[upstream] = False
+            log.info("upstream recovered", extra={"fields": {"upstream": upstream}})

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from livetranslate import metrics
 from livetranslate.workloads.gateway.auth import TokenAuth
+from livetranslate.workloads.gateway.drain import Drain
 from livetranslate.workloads.gateway.outbox import CLOSE_RESTART
 from livetranslate.workloads.gateway.sessions import MemorySessionStore, RedisSessionStore, SessionStore
 from livetranslate.workloads.gateway.settings import GatewayConfig
@@ -54,6 +55,7 @@ class Gateway:
         )
         self.sessions: set[Session] = set()
         self.connections = 0
+        self.starting = 0  # connections inside session.start (claiming, loading state)
 
         p = config.pipeline
         self.caption_latency = metrics.caption_latency(self.registry).labels(pipeline=p)
@@ -71,13 +73,17 @@ class Gateway:
         )
 
         self._ready_cache: tuple[float, bool, dict[str, Any]] | None = None
+        self.drain = Drain(self)
 
     @property
     def at_capacity(self) -> bool:
         return len(self.sessions) >= self.config.max_sessions
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Upstreams reachable (their own /readyz) and the session store answering; cached briefly."""
+        """Upstreams reachable (their own /readyz) and the session store answering; cached briefly.
+        A draining replica is not ready, at once: the Service stops sending it new clients."""
+        if self.drain.active:
+            return False, {"draining": "this replica is shutting down; its sessions move to others"}
         now = time.monotonic()
         if self._ready_cache and now - self._ready_cache[0] < self.settings.readiness_cache_seconds:
             return self._ready_cache[1], self._ready_cache[2]

@@ -21,7 +21,6 @@ import time
 from typing import Any
 
 from livetranslate.protocol import (
-    ERR_UPSTREAM,
     AudioError,
     AudioFinal,
     AudioFlushed,
@@ -33,9 +32,10 @@ from livetranslate.protocol import (
     TranscriptPartial,
 )
 from livetranslate.workloads.gateway.audio import ReplayBuffer, pcm16_seconds
-from livetranslate.workloads.gateway.outbox import CLOSE_RESTART, Outbox
+from livetranslate.workloads.gateway.drain import hand_over
+from livetranslate.workloads.gateway.outbox import CLOSE_RESTART, Outages, Outbox
 from livetranslate.workloads.gateway.service import Gateway
-from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, SegmentRecord, SessionState
+from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, AudioTail, SegmentRecord, SessionState
 from livetranslate.workloads.gateway.translator import Closed, SentenceTranslator, wait_for_breaker
 from livetranslate.workloads.gateway.upstream import AudioLink, UpstreamRejected, UpstreamUnavailable
 from livetranslate.workloads.resilience import Backoff
@@ -71,12 +71,18 @@ class Session:
         self._arrivals: collections.deque[tuple[float, float]] = collections.deque()
         self._write_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._outage_reported = {"audio": False, "translation": False}
+        self.outages = Outages(outbox)
         self._audio_done = asyncio.Event()
         self.finished = False
         self.superseded = False
+        # Drain (drain.py): a handover stops the audio stream between two events, never inside one.
+        self._events_lock = asyncio.Lock()
+        self.speaking = False  # a partial with words since the last utterance end
+        self.pause = asyncio.Event()  # set at each utterance end
+        self.handing_over = False
+        self._handover: asyncio.Task[None] | None = None
         self.translator = SentenceTranslator(
-            gw, state, outbox.send, self._persist, self._report_outage, self._recovered
+            gw, state, outbox.send, self._persist, self.outages.report, self.outages.recovered
         )
 
     @property
@@ -89,9 +95,14 @@ class Session:
 
     # ---------------------------------------------------------------- lifecycle
 
+    @property
+    def mid_utterance(self) -> bool:  # a pause now would cut what is being said
+        return self.speaking or self.translator.assembler.open is not None
+
     async def start(self, resumed: bool, last_segment_id: int | None) -> None:
         if resumed:
             await self._replay(last_segment_id)
+            await self._restore_tail()
         self._tasks = [
             asyncio.create_task(self._audio_loop(), name=f"audio-{self.sid}"),
             asyncio.create_task(self.translator.run(), name=f"translate-{self.sid}"),
@@ -107,6 +118,67 @@ class Session:
             self.translator.replay(rec, resend)
         self.translator.replay_done()
 
+    async def _restore_tail(self) -> None:
+        """Audio a draining replica heard but did not finalise (drain.py): it goes out first."""
+        tail = await self.gw.store.take_tail(self.sid)
+        if tail is None or abs(tail.start + pcm16_seconds(len(tail.pcm)) - self.state.audioSeconds) > 1e-3:
+            return  # none, or left by an older handover: the session's audio went on since
+        self._buf.append(tail.pcm)
+        self._buf_start = tail.start
+        self._arrivals.append((self.state.audioSeconds, time.monotonic()))
+
+    def request_handover(self, max_wait: float) -> None:
+        """The replica drains: go on with another one at the next pause, or after ``max_wait``."""
+        if self._handover is None and not self.finished:
+            self._handover = asyncio.create_task(hand_over(self, max_wait), name=f"handover-{self.sid}")
+
+    async def stop_audio(self) -> None:
+        """Stop the audio stream between two of its events: every final it sent is logged, and
+        the audio after the last one stays in the replay buffer (the tail a handover saves)."""
+        async with self._events_lock:
+            audio = self._tasks[0] if self._tasks else None
+            if audio is not None:
+                audio.cancel()
+        if audio is not None and not (await asyncio.wait({audio}, timeout=5.0))[0]:
+            log.warning("audio stream slow to close; handing over without waiting for it")
+
+    async def stop_translations(self, timeout: float) -> None:
+        """Translate the closed sentences, then stop; past ``timeout`` the next replica does."""
+        self.translator.stop()
+        if len(self._tasks) > 1:
+            task = self._tasks[1]
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                log.warning("translations unfinished at handover; the next replica does them")
+                task.cancel()
+                await asyncio.wait({task}, timeout=2.0)
+
+    def hand_over_now(self, reason: str) -> None:
+        """The drain's time is up: go now, as things are (what is unfinished goes with it)."""
+        if self.finished or self.outbox.close_request is not None:
+            return
+        if self._handover is not None:  # waiting for a pause, or stuck on the way
+            self._handover.cancel()
+        self.handing_over = True
+        self.outbox.close(CLOSE_RESTART, reason)
+
+    async def _detach(self) -> None:
+        """The end of a handover: save the session with its audio tail and let it go."""
+        await self.stop_audio()  # between two events; done already unless the drain ran out of time
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5.0)
+        self.state.audioSeconds = self.audio_seconds
+        try:
+            if self._buf:
+                pcm = self._buf.read(0, len(self._buf))
+                await self.gw.store.put_tail(self.sid, AudioTail(start=self._buf_start, pcm=pcm))
+            await self.gw.store.save(self.state)
+        finally:
+            await self.gw.store.release(self.sid, self.owner)
+
     async def finish(self, graceful_end: bool) -> None:
         """Flush the audio stream and the translations, then end or detach the session.
 
@@ -116,8 +188,13 @@ class Session:
         if self.finished:
             return
         self.finished = True
+        if self._handover is not None and not self.handing_over:
+            self._handover.cancel()  # still waiting for a pause: the session ends here instead
         if self.superseded:
             await self.abort()
+            return
+        if self.handing_over:
+            await self._detach()
             return
         s = self.gw.settings
         self._flush_requested = True
@@ -156,6 +233,7 @@ class Session:
         """After finish or abort: forget the finished tasks (see Connection._release)."""
         self._tasks = []
         self._idle_link = None
+        self._handover = None
         self.translator.release()
 
     async def abort(self) -> None:
@@ -253,10 +331,10 @@ class Session:
                 return
             while True:
                 if not gw.config.audio_url:
-                    self._report_outage("audio", "no audio service is configured")
+                    self.outages.report("audio", "no audio service is configured")
                     return
                 if not gw.audio_breaker.allow():
-                    self._report_outage("audio", "audio service unavailable (circuit open)")
+                    self.outages.report("audio", "audio service unavailable (circuit open)")
                     await wait_for_breaker(gw.audio_breaker, min(0.25, s.retry_base_seconds))
                     continue
                 start = AudioStart(
@@ -272,12 +350,12 @@ class Session:
                     link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
                 except (UpstreamUnavailable, UpstreamRejected) as exc:
                     gw.audio_breaker.failure()
-                    self._report_outage("audio", str(exc))
+                    self.outages.report("audio", str(exc))
                     await gw.audio_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
                     continue
                 gw.audio_breaker.success()
                 backoff.reset()
-                self._recovered("audio")
+                self.outages.recovered("audio")
                 self._sent = 0  # a new stream starts from the replay buffer
                 writer = asyncio.create_task(self._write_audio(link))
                 reader = asyncio.create_task(self._read_audio(link))
@@ -294,7 +372,7 @@ class Session:
                         return
                 except UpstreamUnavailable as exc:
                     gw.audio_breaker.failure()
-                    self._report_outage("audio", str(exc))
+                    self.outages.report("audio", str(exc))
                     await gw.audio_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
                 finally:
                     for t in (writer, reader):
@@ -328,26 +406,28 @@ class Session:
     async def _read_audio(self, link: AudioLink) -> None:
         idle = False
         async for event in link.events():
-            if isinstance(event, AudioPartial):
-                if event.text.strip():
-                    ev = TranscriptPartial(
-                        segmentId=self.state.nextSegment,
-                        text=event.text.strip(),
-                        start=event.start,
-                        end=event.end,
-                    )
-                    self.outbox.send("partial", ev)
-            elif isinstance(event, AudioFinal):
-                await self._on_final(event)
-            elif isinstance(event, AudioUtteranceEnd):
-                await self._on_utterance_end()
-            elif isinstance(event, AudioError):
-                if event.code == AUDIO_IDLE_TIMEOUT:
-                    idle = True
-                    continue
-                self.outbox.send("error", ErrorEvent(code=event.code, message=event.message))
-            elif isinstance(event, AudioFlushed):
-                return
+            async with self._events_lock:
+                if isinstance(event, AudioPartial):
+                    if event.text.strip():
+                        self.speaking = True
+                        ev = TranscriptPartial(
+                            segmentId=self.state.nextSegment,
+                            text=event.text.strip(),
+                            start=event.start,
+                            end=event.end,
+                        )
+                        self.outbox.send("partial", ev)
+                elif isinstance(event, AudioFinal):
+                    await self._on_final(event)
+                elif isinstance(event, AudioUtteranceEnd):
+                    await self._on_utterance_end()
+                elif isinstance(event, AudioError):
+                    if event.code == AUDIO_IDLE_TIMEOUT:
+                        idle = True
+                        continue
+                    self.outbox.send("error", ErrorEvent(code=event.code, message=event.message))
+                elif isinstance(event, AudioFlushed):
+                    return
         if idle:
             raise _UpstreamIdle("audio service closed an idle stream")
         raise UpstreamUnavailable("audio service closed the stream")
@@ -381,6 +461,8 @@ class Session:
         if closed:
             await self._close_sentences(closed)
             self.translator.submit(closed)
+        self.speaking = False
+        self.pause.set()
 
     async def _close_sentences(self, closed: list[Closed], also: SegmentRecord | None = None) -> None:
         """Log the closing finals (and ``also``, a new final) and the session's sentence count."""
@@ -414,24 +496,3 @@ class Session:
                 await self.gw.store.put_segment(self.sid, rec)
             except Exception as exc:  # noqa: BLE001 - the live captions matter more than the log
                 log.warning("session store write failed", extra={"fields": {"error": str(exc)}})
-
-    # ---------------------------------------------------------------- outages
-
-    def _report_outage(self, upstream: str, detail: str) -> None:
-        if not self._outage_reported[upstream]:
-            self._outage_reported[upstream] = True
-            log.warning("upstream unavailable", extra={"fields": {"upstream": upstream, "error": detail}})
-            what = (
-                "audio is buffered and replayed when it returns"
-                if upstream == "audio"
-                else "translations are retried when it returns"
-            )
-            self.outbox.send(
-                "error",
-                ErrorEvent(code=ERR_UPSTREAM, message=f"{upstream} service unavailable ({detail}); {what}"),
-            )
-
-    def _recovered(self, upstream: str) -> None:
-        if self._outage_reported[upstream]:
-            self._outage_reported[upstream] = False
-            log.info("upstream recovered", extra={"fields": {"upstream": upstream}})

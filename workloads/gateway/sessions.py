@@ -13,11 +13,16 @@ with their translations and delivery flags. The log is what makes resume exact:
 * Only one gateway holds a session at a time: an owner lease (``SET NX PX`` in Redis) is taken on
   start and released after the disconnect flush, so a client that reconnects to another replica
   while the first is still finalising its last words waits for those finals instead of racing.
+* A session handed over by a draining replica (drain.py) also leaves its audio tail: the audio
+  after its last final, which the audio service heard but did not finalise. The next owner sends
+  it to its own audio stream first, so nothing is cut or lost (``put_tail``/``take_tail``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import time
 from typing import Protocol
 
@@ -51,6 +56,21 @@ class SegmentRecord(BaseModel):
     sentenceId: int | None = None
 
 
+class AudioTail(BaseModel):
+    """PCM16 at 16 kHz from session second ``start``: heard by the audio service, not finalised."""
+
+    start: float
+    pcm: bytes
+
+    def dump(self) -> str:
+        return json.dumps({"start": self.start, "pcm": base64.b64encode(self.pcm).decode()})
+
+    @classmethod
+    def load(cls, raw: str) -> AudioTail:
+        data = json.loads(raw)
+        return cls(start=float(data["start"]), pcm=base64.b64decode(data["pcm"]))
+
+
 class SessionStore(Protocol):
     """Where session state lives. Every method is safe to call from many connections at once."""
 
@@ -63,6 +83,8 @@ class SessionStore(Protocol):
     async def refresh(self, session_id: str, owner: str) -> bool: ...
     async def release(self, session_id: str, owner: str) -> None: ...
     async def take_over(self, session_id: str, owner: str) -> None: ...
+    async def put_tail(self, session_id: str, tail: AudioTail) -> None: ...
+    async def take_tail(self, session_id: str) -> AudioTail | None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -84,6 +106,7 @@ class MemorySessionStore:
         # 3.6), and the log is read back only when a session resumes.
         self._segments: dict[str, dict[int, str]] = {}
         self._owners: dict[str, tuple[str, float]] = {}
+        self._tails: dict[str, AudioTail] = {}
         self._released = asyncio.Condition()
         self._swept_at = time.monotonic()
 
@@ -97,6 +120,7 @@ class MemorySessionStore:
         for sid in [s for s, st in self._states.items() if st.updatedAt < cutoff]:
             self._states.pop(sid, None)
             self._segments.pop(sid, None)
+            self._tails.pop(sid, None)
 
     async def load(self, session_id: str) -> SessionState | None:
         self._expire()
@@ -112,6 +136,7 @@ class MemorySessionStore:
     async def delete(self, session_id: str) -> None:
         self._states.pop(session_id, None)
         self._segments.pop(session_id, None)
+        self._tails.pop(session_id, None)
 
     async def put_segment(self, session_id: str, segment: SegmentRecord) -> None:
         log = self._segments.setdefault(session_id, {})
@@ -157,6 +182,12 @@ class MemorySessionStore:
         """Take a lease whose holder did not let go in time (a replica that died mid-flush)."""
         self._owners[session_id] = (owner, time.monotonic() + LEASE_SECONDS)
 
+    async def put_tail(self, session_id: str, tail: AudioTail) -> None:
+        self._tails[session_id] = tail
+
+    async def take_tail(self, session_id: str) -> AudioTail | None:
+        return self._tails.pop(session_id, None)
+
     async def ping(self) -> bool:
         return True
 
@@ -188,7 +219,8 @@ class RedisSessionStore:
     """Sessions shared by every gateway replica of a pipeline.
 
     Keys (all with the session TTL, refreshed on write): ``lt:<pipeline>:s:<id>`` (state JSON),
-    ``...:seg`` (hash segmentId -> segment JSON), ``...:owner`` (lease, ``LEASE_SECONDS``).
+    ``...:seg`` (hash segmentId -> segment JSON), ``...:owner`` (lease, ``LEASE_SECONDS``),
+    ``...:tail`` (a handed-over session's unfinalised audio, read once by the next owner).
     """
 
     def __init__(self, url: str, pipeline: str, ttl_seconds: int = 3600, max_segments: int = 512) -> None:
@@ -222,7 +254,9 @@ class RedisSessionStore:
             await pipe.execute()
 
     async def delete(self, session_id: str) -> None:
-        await self._redis.delete(self._key(session_id), self._key(session_id, ":seg"))
+        await self._redis.delete(
+            self._key(session_id), self._key(session_id, ":seg"), self._key(session_id, ":tail")
+        )
 
     async def put_segment(self, session_id: str, segment: SegmentRecord) -> None:
         key = self._key(session_id, ":seg")
@@ -271,6 +305,16 @@ class RedisSessionStore:
     async def take_over(self, session_id: str, owner: str) -> None:
         """Take a lease whose holder did not let go in time (a replica that died mid-flush)."""
         await self._redis.set(self._key(session_id, ":owner"), owner, px=int(LEASE_SECONDS * 1000))
+
+    async def put_tail(self, session_id: str, tail: AudioTail) -> None:
+        await self._redis.set(self._key(session_id, ":tail"), tail.dump(), ex=self._ttl)
+
+    async def take_tail(self, session_id: str) -> AudioTail | None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.get(self._key(session_id, ":tail"))
+            pipe.delete(self._key(session_id, ":tail"))
+            raw, _ = await pipe.execute()
+        return AudioTail.load(raw) if raw else None
 
     async def ping(self) -> bool:
         try:

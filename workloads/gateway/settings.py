@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from livetranslate.api import TranslationPipelineSpec
@@ -81,6 +81,18 @@ class GatewaySettings(BaseSettings):
     breaker_failures: int = 5
     breaker_reset_seconds: float = 5.0
     readiness_cache_seconds: float = 2.0
+
+    # Drain (the replica is being removed: SIGTERM, or POST /v1/admin/drain): /readyz turns 503 and
+    # new sessions are refused at once; each live session is handed over to another replica at its
+    # next pause (the audio service's utterance end), or after drain_session_seconds without one;
+    # the process exits once no session is left, or after drain_seconds in all. Keep drain_seconds
+    # plus 22 s (uvicorn's graceful-shutdown bound of 20 s, for connections still closing) below
+    # the pod's terminationGracePeriodSeconds (60 s for the gateway).
+    drain_on_sigterm: bool = True
+    drain_session_seconds: float = Field(8.0, ge=0)
+    drain_seconds: float = Field(35.0, gt=0)
+    # Bearer token for POST /v1/admin/drain. Unset, the endpoint is off: the gateway faces clients.
+    admin_token: SecretStr | None = None
 
     root_path: str = Field(
         "", description="Path prefix the gateway is served under (X-Forwarded-Prefix wins)"

@@ -182,10 +182,14 @@ class AudioLink:
             raise UpstreamUnavailable(f"audio service: {exc}") from exc
 
     async def close(self) -> None:
+        # Bounded: websockets waits without a limit for its write buffer to drain before the close
+        # timeout starts, and a service that stopped reading would hold the session here.
         try:
-            await self._ws.close()
+            async with asyncio.timeout(3.0):
+                await self._ws.close()
         except Exception as exc:  # noqa: BLE001 - closing a dead link has nothing left to report
             log.debug("audio link close failed", extra={"fields": {"error": str(exc)}})
+            self._ws.transport.abort()
 
 
 class TranslationClient:

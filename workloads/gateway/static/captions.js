@@ -16,6 +16,11 @@
                                         errors: [], latencies: [], sessionId: null,
                                         lastSegmentId: null, following: true, upstream: {} };
   let ws = null, audio = null, wanted = false, retry = 0;
+  // The microphone's samples on the session's clock. Frames wait while no session is live (a
+  // reconnect) and are kept a while after they are sent: a resumed session says which second it
+  // has (session.started audioSeconds), and what was in flight when a replica went away goes again.
+  const KEEP_SECONDS = 15, WAIT_SECONDS = 60;
+  const mic = { frames: [], captured: 0, sent: 0, base: null, live: false };
 
   // ------------------------------------------------------------------ target languages
   // ?targets=es,fr asks the gateway for these languages (it refuses ones the pipeline does not
@@ -357,6 +362,7 @@
     switch (ev.type) {
       case 'session.started':
         lt.sessionId = ev.sessionId;
+        resumeAudio(ev);
         if (Array.isArray(ev.targetLanguages)) setTargets(ev.targetLanguages);
         retry = 0;
         lt.upstream = {};
@@ -471,19 +477,68 @@
     };
     socket.onclose = (e) => {
       if (ws !== socket) return;
+      const wasLive = mic.live;
       ws = null;
+      mic.live = false;
       if (!wanted) return;
       if (e.code === 1008) {  // refused (token, origin, policy): retrying will not help
         setState('error', `Connection refused: ${e.reason || 'policy'}`, true);
         return;
       }
-      const delay = Math.min(10000, 500 * 2 ** retry++);
+      if (e.code === 1012 && wasLive) {
+        // The replica hands the session over (it drains): another one takes it, at once.
+        setState('reconnecting', 'Moving to another server…');
+        setTimeout(() => { if (wanted && !ws) connect(); }, 0);
+        return;
+      }
+      // 1012 before a session started: a draining replica refused it; try again soon.
+      const delay = e.code === 1012 ? Math.min(2000, 100 * 2 ** retry++) : Math.min(10000, 500 * 2 ** retry++);
       setState('reconnecting', `Connection lost (${e.code}); retrying in ${(delay / 1000).toFixed(1)} s`);
       setTimeout(() => { if (wanted && !ws) connect(); }, delay);
     };
   }
 
   // ------------------------------------------------------------------ the microphone
+  function captured(data) {
+    mic.frames.push({ at: mic.captured, data });
+    mic.captured += data.byteLength / 2;
+    const rate = audio ? audio.context.sampleRate : 16000;
+    // Disconnected for long: the oldest audio goes, unsent or not (the session skips it).
+    while (mic.frames.length && mic.frames[0].at < mic.captured - WAIT_SECONDS * rate) {
+      const f = mic.frames.shift();
+      mic.sent = Math.max(mic.sent, f.at + f.data.byteLength / 2);
+    }
+    pump();
+  }
+
+  function pump() {
+    if (!ws || ws.readyState !== WebSocket.OPEN || !mic.live) return;
+    for (const f of mic.frames) {
+      const n = f.data.byteLength / 2;
+      if (f.at + n <= mic.sent) continue;
+      const skip = Math.max(0, mic.sent - f.at);
+      ws.send(skip ? f.data.slice(skip * 2) : f.data);
+      mic.sent = f.at + n;
+    }
+    const rate = audio ? audio.context.sampleRate : 16000;
+    while (mic.frames.length && mic.frames[0].at + mic.frames[0].data.byteLength / 2
+           <= mic.sent - KEEP_SECONDS * rate) mic.frames.shift();
+  }
+
+  // session.started: a resumed session says at which second its audio goes on; send from there.
+  function resumeAudio(ev) {
+    const rate = audio ? audio.context.sampleRate : 16000;
+    const has = ev.resumed && typeof ev.audioSeconds === 'number';
+    if (has && mic.base !== null) {
+      const at = Math.round((ev.audioSeconds - mic.base) * rate);
+      const oldest = mic.frames.length ? mic.frames[0].at : mic.sent;
+      if (at < mic.sent) mic.sent = Math.max(at, oldest);
+    }
+    mic.base = (has ? ev.audioSeconds : 0) - mic.sent / rate;  // the session goes on at mic.sent
+    mic.live = true;
+    pump();
+  }
+
   // Capture at 16 kHz, the rate the audio service decodes, where the browser can: it resamples the
   // microphone itself, the page sends a third of the bytes of 48 kHz, and the gateway passes the
   // audio through instead of resampling it. A browser that cannot feed a microphone into a context
@@ -516,7 +571,7 @@
       const node = new AudioWorkletNode(context, 'pcm-capture');
       node.port.onmessage = (m) => {
         lt.framesCaptured = (lt.framesCaptured || 0) + 1;
-        if (ws && ws.readyState === WebSocket.OPEN) ws.send(m.data);
+        captured(m.data);
       };
       // A worklet only runs while the graph pulls it: feed its (silent) output to the speakers.
       source.connect(node).connect(context.destination);

@@ -1,0 +1,136 @@
+"""Drain with real speech: espeak-ng sentences through the real audio stage (Whisper tiny.en) and
+two gateway replicas sharing a real Redis; the replica the speaker is on is removed mid-sentence.
+
+Whisper's finals depend on when it decodes, so two runs of the same audio need not cut it into the
+same finals; what a listener must get is checked instead: the numbering runs on without a gap or a
+repeat, every final comes once and in order on the session clock, the words are as right as
+without the drain, each sentence is translated once, and no final comes more than 2 s later than
+the latest did without the drain. The stand-in stages give the exact comparison: test_drain.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from livetranslate.procs import free_port, start, stop
+from livetranslate.stream import Wav, stream_file
+from livetranslate_testing import speech
+from livetranslate_testing.replicas import Fleet, ServiceProxy, TimedPrinter
+
+pytestmark = pytest.mark.slow
+
+SENTENCES = speech.SENTENCES[:6]
+CHUNK_MS = 100
+
+
+@pytest.fixture(scope="module")
+def talk() -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
+    speech.require_tools()
+    return speech.compose([speech.Utterance(t, "en-us", pause_after=1.0) for t in SENTENCES])
+
+
+@pytest.fixture(scope="module")
+def audio_stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The audio service as users run it, with the tiny.en weights the package index ships."""
+    tmp = tmp_path_factory.mktemp("audio")
+    port = free_port()
+    exe = Path(sys.executable).with_name("livetranslate")
+    proc = start(
+        [str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
+        env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json")},
+        log=tmp / "audio.log",
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            if proc.poll() is not None:
+                pytest.fail(f"audio service exited: {(tmp / 'audio.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            asyncio.run(asyncio.sleep(0.3))
+        yield base
+    finally:
+        stop(proc, timeout=20)
+
+
+@pytest.fixture
+async def replicas(tmp_path: Path, audio_stage: str) -> AsyncIterator[tuple[Fleet, ServiceProxy]]:
+    fleet = Fleet(tmp_path, audio_url=audio_stage)
+    try:
+        await asyncio.to_thread(fleet.start)
+        proxy = ServiceProxy(fleet.ports)
+        await proxy.start()
+        try:
+            yield fleet, proxy
+        finally:
+            await proxy.close()
+    finally:
+        fleet.stop()
+
+
+def speaker(url: str, samples: np.ndarray, printer: TimedPrinter) -> asyncio.Task[bool]:
+    wav = Wav(speech.to_pcm16(samples), speech.SAMPLE_RATE, 1)
+    return asyncio.create_task(
+        stream_file(wav, url, realtime=True, chunk_ms=CHUNK_MS, token=None, targets=None, printer=printer)
+    )
+
+
+def text_of(printer: TimedPrinter) -> str:
+    return " ".join(f["text"] for f in printer.finals)
+
+
+async def test_real_speech_keeps_every_word_when_its_replica_is_drained_mid_sentence(
+    replicas: tuple[Fleet, ServiceProxy], talk: tuple[np.ndarray, list[tuple[float, float, str, str]]]
+) -> None:
+    fleet, proxy = replicas
+    samples, spans = talk
+    script = " ".join(SENTENCES)
+
+    plain = TimedPrinter()
+    assert await speaker(proxy.url, samples, plain), plain.notes
+
+    drained = TimedPrinter()
+    task = speaker(proxy.url, samples, drained)
+    third = spans[2]
+    while drained.heard_until < third[0] + 0.5:  # the speaker is inside the third sentence
+        assert not task.done(), drained.notes
+        await asyncio.sleep(0.02)
+    a = proxy.routed[-1]
+    [b] = [p for p in fleet.ports if p != a]
+    fleet.sigterm(a)
+    assert await fleet.wait_exit(a, 30) == 0, fleet.log(a)[-20:]
+    assert await asyncio.wait_for(task, 90), drained.notes
+
+    assert drained.handovers == 1 and drained.reconnects == 0, drained.notes
+    assert proxy.routed[-2:] == [a, b]
+    [handed] = [line for line in fleet.log(a) if line.get("msg") == "session handed over"]
+    assert handed["reason"] in ("pause", "bound"), handed
+    # The numbering runs on, each final once, in order on the session clock.
+    ids = [f["segmentId"] for f in drained.finals]
+    assert ids == list(range(len(ids))), ids
+    for one, two in itertools.pairwise(drained.finals):
+        assert one["end"] <= two["start"] + 0.05, (one, two)
+    # As many words right as without the drain (Whisper may cut them into other finals).
+    wer_plain = speech.word_error_rate(script, text_of(plain))
+    wer_drained = speech.word_error_rate(script, text_of(drained))
+    assert wer_drained <= wer_plain + 0.05, (text_of(drained), text_of(plain))
+    # Each sentence translated once, and every final in exactly one translated sentence.
+    keys = [(t["sentenceId"], t["language"]) for t in drained.translations]
+    assert len(keys) == len(set(keys)), keys
+    covered = sorted(i for t in drained.translations for i in t["segmentIds"])
+    assert covered == ids, (covered, ids)
+    # No final came more than 2 s later than the latest one did without the drain.
+    late = max(drained.latencies(CHUNK_MS / 1000).values())
+    usual = max(plain.latencies(CHUNK_MS / 1000).values())
+    assert late < usual + 2.0, (late, usual)

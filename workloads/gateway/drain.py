@@ -1,0 +1,206 @@
+"""Safe drain: a gateway replica being removed hands its live sessions to the others, then exits.
+
+Kubernetes removes a pod by sending SIGTERM, taking it out of the Service's endpoints and killing
+it ``terminationGracePeriodSeconds`` later. Uvicorn's own SIGTERM handling closes every socket at
+once (1012), cutting each session wherever its speaker is. Instead, on SIGTERM (or
+``POST /v1/admin/drain``) the replica
+
+* turns ``/readyz`` 503 and refuses a new ``session.start`` with the error ``draining`` and close
+  1012, so clients (and the Service) go to another replica;
+* hands each live session over at a moment that loses nothing (``Handover``): at its next pause
+  (the audio service's utterance end), or after ``drain_session_seconds`` without one. The
+  session's audio stream is stopped between two events, so every final it produced is in the
+  session log and the audio after the last one (heard, not finalised) is saved with the session
+  as its tail; the sentences already closed are translated and sent; everything queued for the
+  client is sent; then the state is saved, the lease released, and the socket closed with 1012.
+  The client reconnects at once with its ``sessionId`` and ``lastSegmentId``; the replica that
+  takes the session sends the tail to its own audio stream first and tells the client, in
+  ``session.started`` (``audioSeconds``), from which second to send its audio again;
+* exits once no session is left, or after ``drain_seconds`` in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+from livetranslate import metrics
+from livetranslate.workloads.gateway.outbox import CLOSE_RESTART
+
+if TYPE_CHECKING:
+    from livetranslate.workloads.gateway.service import Gateway
+    from livetranslate.workloads.gateway.session import Session
+
+log = logging.getLogger(__name__)
+
+CLOSE_REASON = "replica draining, resume elsewhere"
+
+# Why a session was handed over when it was: at a pause; quiet when the drain began (nobody
+# speaking, no sentence open); no pause within drain_session_seconds; the whole drain's bound.
+REASONS = ("pause", "idle", "bound", "deadline")
+
+
+class Drain:
+    """One replica's drain: started once, finished when its sessions are gone or time is up."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.active = False
+        self.reason = ""
+        self.started_at: float | None = None
+        self.finished = False
+        self._task: asyncio.Task[None] | None = None
+        self._on_finished: list[Callable[[], None]] = []
+        self._gauge = metrics.gateway_draining(gw.registry).labels(pipeline=gw.config.pipeline)
+        self._gauge.set(0)
+        counter = metrics.session_handovers(gw.registry)
+        self._handovers = {r: counter.labels(pipeline=gw.config.pipeline, reason=r) for r in REASONS}
+
+    def on_finished(self, callback: Callable[[], None]) -> None:
+        self._on_finished.append(callback)
+
+    def start(self, reason: str) -> bool:
+        """Begin draining (idempotent); False when a drain was already under way."""
+        if self.active:
+            return False
+        self.active = True
+        self.reason = reason
+        self.started_at = time.monotonic()
+        self._gauge.set(1)
+        log.info(
+            "draining: refusing new sessions, handing live ones over",
+            extra={"fields": {"trigger": reason, "sessions": len(self.gw.sessions)}},
+        )
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="drain")
+        return True
+
+    def handed_over(self, reason: str) -> None:
+        self._handovers[reason].inc()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "draining": self.active,
+            "finished": self.finished,
+            "trigger": self.reason or None,
+            "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else None,
+            "sessions": len(self.gw.sessions),
+        }
+
+    async def _run(self) -> None:
+        gw, s = self.gw, self.gw.settings
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + s.drain_seconds
+        for session in list(gw.sessions):
+            session.request_handover(s.drain_session_seconds)
+        while (gw.sessions or gw.starting) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if gw.sessions:
+            log.warning(
+                "drain time limit reached; closing the sessions left",
+                extra={"fields": {"sessions": len(gw.sessions), "seconds": s.drain_seconds}},
+            )
+            for session in list(gw.sessions):
+                if not session.handing_over:
+                    self.handed_over("deadline")
+                session.hand_over_now(CLOSE_REASON)
+        # The last sockets finish their close handshake (a second at most) before the exit.
+        while gw.connections and loop.time() < deadline + 2.0:
+            await asyncio.sleep(0.05)
+        self.finished = True
+        log.info(
+            "drained",
+            extra={"fields": {"seconds": round(time.monotonic() - (self.started_at or 0.0), 3)}},
+        )
+        for callback in self._on_finished:
+            callback()
+
+
+def install_sigterm(gw: Gateway) -> Callable[[], None]:
+    """Drain on SIGTERM, then exit; returns what undoes it (at the app's shutdown).
+
+    Installed from the app's lifespan, that is after uvicorn's own handler, which it keeps: when
+    the drain has finished, the uvicorn server it belongs to is told to exit (its shutdown then
+    finds no connection left). A second SIGTERM exits at once. Outside uvicorn, the previous
+    handler (or the default action) runs once the drain has finished.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+    got_signal = False
+
+    def exit_now() -> None:
+        server = getattr(previous, "__self__", None)
+        if server is not None and hasattr(server, "should_exit"):
+            server.should_exit = True  # uvicorn.Server: a graceful shutdown, exit status 0
+            return
+        if not got_signal:
+            return  # drained by request under some other server: stay up, not ready
+        restore()
+        if callable(previous):
+            previous(signal.SIGTERM, None)
+        elif previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        nonlocal got_signal
+        if loop.is_closed():  # left behind by a server that is gone: act as if never installed
+            signal.signal(signal.SIGTERM, previous)
+            if callable(previous):
+                previous(signum, frame)
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGTERM)
+            return
+        again, got_signal = got_signal, True
+        loop.call_soon_threadsafe(exit_now if again else lambda: gw.drain.start("SIGTERM"))
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is on_sigterm:
+            signal.signal(signal.SIGTERM, previous)
+
+    gw.drain.on_finished(exit_now)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    return restore
+
+
+async def hand_over(session: Session, max_wait: float) -> None:
+    """Hand ``session`` to another replica at its next pause, or after ``max_wait`` without one.
+
+    At a pause nothing is cut: the sentence just spoken is closed, finalised and translated here,
+    and the audio after it (the pause itself, maybe a breath of the next words) goes with the
+    session as its tail. Without a pause the open sentence's finals are in the log, where the next
+    replica picks the sentence up, and its unfinalised audio goes as the tail.
+    """
+    gw = session.gw
+    reason = "idle"
+    if session.mid_utterance:
+        session.pause.clear()
+        try:
+            await asyncio.wait_for(session.pause.wait(), max_wait)
+            reason = "pause"
+        except TimeoutError:
+            reason = "bound"
+    if session.finished:
+        return  # it ended (session.end) while it waited: nothing to hand over
+    began = time.monotonic()
+    session.handing_over = True
+    await session.stop_audio()
+    # At a pause the sentence just closed is worth its translation from here (nobody speaks);
+    # mid-speech the listener's captions wait on it, so the next replica does what is left.
+    await session.stop_translations(max(2.0, gw.settings.drain_session_seconds) if reason != "bound" else 2.0)
+    await session.outbox.queue.drained(gw.settings.stuck_client_seconds)
+    gw.drain.handed_over(reason)
+    log.info(
+        "session handed over",
+        extra={
+            "session_id": session.sid,
+            "fields": {"reason": reason, "seconds": round(time.monotonic() - began, 3)},
+        },
+    )
+    session.outbox.close(CLOSE_RESTART, CLOSE_REASON)
