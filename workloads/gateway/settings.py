@@ -1,31 +1,70 @@
 """Gateway settings: env vars with the prefix ``LT_GATEWAY_``, on top of the resolved pipeline.
 
-The pipeline document (``load_resolved()``) says what the operator decided (upstream addresses,
-session cap, allowed origins, auth Secret); env vars override it for a gateway started by hand or
-in tests, and carry what only the gateway cares about (queue sizes, time limits).
+The pipeline document says what the operator decided (upstream addresses, session cap, allowed
+origins, auth Secret; ``GatewaySettings.from_pipeline``, read through the shared
+``PipelineSource``); env vars override it for a gateway started by hand or in tests, and carry what
+only the gateway cares about (queue sizes, time limits). Without a pipeline file the API's own
+defaults apply (``without_pipeline``), so no default is repeated here as a literal.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import SettingsConfigDict
 
 from livetranslate.api import TranslationPipelineSpec
 from livetranslate.capabilities import offline_source_languages
-from livetranslate.config import AUTH_MOUNT_DIR, ResolvedPipeline, load_resolved
+from livetranslate.config import AUTH_MOUNT_DIR, PipelineSettings, ResolvedPipeline, load_resolved
 
 
-class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LT_GATEWAY_", env_nested_delimiter="__", extra="ignore")
+def _spec_values(spec: TranslationPipelineSpec) -> dict[str, Any]:
+    """What the spec (or, without one, the API's defaults) says the gateway does."""
+    return {
+        "redis_url": spec.gateway.redisUrl,
+        "max_sessions": spec.gateway.maxSessionsPerReplica,
+        "source_language": spec.sourceLanguage,
+        "target_languages": list(spec.targetLanguages),
+        "context_segments": spec.translation.contextSegments,
+        "diarization": spec.audio.diarization.enabled,
+        "max_speakers": spec.audio.diarization.maxSpeakers,
+        "allowed_origins": list(spec.gateway.allowedOrigins),
+        "auth_dir": AUTH_MOUNT_DIR if spec.gateway.authSecretRef else None,
+    }
+
+
+class GatewaySettings(PipelineSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LT_GATEWAY_", env_nested_delimiter="__", extra="ignore", populate_by_name=True
+    )
+
+    @classmethod
+    def without_pipeline(cls) -> dict[str, Any]:
+        return _spec_values(TranslationPipelineSpec())
+
+    @classmethod
+    def from_pipeline(cls, resolved: ResolvedPipeline) -> dict[str, Any]:
+        values = _spec_values(resolved.spec)
+        values.update(
+            pipeline=resolved.name,
+            audio_url=resolved.endpoints.audio,
+            translation_url=resolved.endpoints.translation,
+        )
+        if resolved.placement.translationBackend == "apertium":
+            # Detection chooses among the languages the offline backend translates from.
+            values["detect_languages"] = offline_source_languages(list(resolved.spec.targetLanguages))
+        return values
 
     pipeline: str = Field("local", description="Pipeline name, the `pipeline` label of every metric")
     audio_url: str | None = Field(None, description="Base URL of the audio service (overrides the config)")
     translation_url: str | None = Field(None, description="Base URL of the translation service")
-    redis_url: str | None = Field(None, description="Redis for session state; REDIS_URL is read too")
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("redis_url", "LT_GATEWAY_REDIS_URL", "REDIS_URL"),
+        description="Redis for session state; REDIS_URL is read too",
+    )
     max_sessions: int | None = Field(None, ge=1, description="Overrides spec.gateway.maxSessionsPerReplica")
     source_language: str | None = None
     # LT_GATEWAY_DETECT_LANGUAGES='["en","es"]': the spoken languages detection may choose among.
@@ -100,48 +139,25 @@ class GatewaySettings(BaseSettings):
 
 
 class GatewayConfig:
-    """Settings merged with the resolved pipeline: the single source the gateway reads at run time."""
+    """What the gateway reads at run time: its settings (environment over pipeline over the API's
+    defaults), with URLs normalised and the auth directory as a path."""
 
-    def __init__(self, settings: GatewaySettings, resolved: ResolvedPipeline | None) -> None:
+    def __init__(self, settings: GatewaySettings, resolved: ResolvedPipeline | None = None) -> None:
         self.settings = settings
         self.resolved = resolved
-        # Without a pipeline file (a gateway started by hand, a test) the API's own defaults apply.
-        spec = resolved.spec if resolved else TranslationPipelineSpec()
-        self.pipeline = resolved.name if resolved else settings.pipeline
-        self.audio_url = _strip(settings.audio_url or (resolved.endpoints.audio if resolved else None))
-        self.translation_url = _strip(
-            settings.translation_url or (resolved.endpoints.translation if resolved else None)
-        )
-        self.redis_url = settings.redis_url or os.environ.get("REDIS_URL") or spec.gateway.redisUrl
-        self.max_sessions = settings.max_sessions or spec.gateway.maxSessionsPerReplica
-        self.source_language = settings.source_language or spec.sourceLanguage
-        self.target_languages = list(settings.target_languages or spec.targetLanguages)
-        # What language detection may choose among in auto sessions: the settings' list, else on
-        # the offline backend the languages it can translate from; empty means any.
-        if settings.detect_languages is not None:
-            self.detect_languages = list(settings.detect_languages)
-        elif resolved is not None and resolved.placement.translationBackend == "apertium":
-            self.detect_languages = offline_source_languages(self.target_languages)
-        else:
-            self.detect_languages = []
-        self.context_segments = (
-            settings.context_segments
-            if settings.context_segments is not None
-            else spec.translation.contextSegments
-        )
-        self.diarization = (
-            settings.diarization if settings.diarization is not None else spec.audio.diarization.enabled
-        )
-        self.max_speakers = settings.max_speakers or spec.audio.diarization.maxSpeakers
-        self.allowed_origins = list(
-            settings.allowed_origins if settings.allowed_origins is not None else spec.gateway.allowedOrigins
-        )
-        if settings.auth_dir:
-            self.auth_dir: Path | None = Path(settings.auth_dir)
-        elif spec.gateway.authSecretRef:
-            self.auth_dir = Path(AUTH_MOUNT_DIR)
-        else:
-            self.auth_dir = None
+        self.pipeline = settings.pipeline
+        self.audio_url = _strip(settings.audio_url)
+        self.translation_url = _strip(settings.translation_url)
+        self.redis_url = settings.redis_url
+        self.max_sessions = settings.max_sessions or TranslationPipelineSpec().gateway.maxSessionsPerReplica
+        self.source_language = settings.source_language or TranslationPipelineSpec().sourceLanguage
+        self.target_languages = list(settings.target_languages or [])
+        self.detect_languages = list(settings.detect_languages or [])
+        self.context_segments = settings.context_segments or 0
+        self.diarization = bool(settings.diarization)
+        self.max_speakers = settings.max_speakers or 1
+        self.allowed_origins = list(settings.allowed_origins or [])
+        self.auth_dir: Path | None = Path(settings.auth_dir) if settings.auth_dir else None
 
 
 def _strip(url: str | None) -> str | None:
@@ -149,4 +165,5 @@ def _strip(url: str | None) -> str | None:
 
 
 def load_config(settings: GatewaySettings | None = None) -> GatewayConfig:
-    return GatewayConfig(settings or GatewaySettings(), load_resolved())
+    resolved = load_resolved()
+    return GatewayConfig(settings or GatewaySettings.load(resolved), resolved)
