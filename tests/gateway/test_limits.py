@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -134,6 +136,14 @@ async def test_capacity_exceeded_is_a_clear_error(stack: Stack) -> None:
             with pytest.raises(ConnectionClosed) as closed:
                 await second.recv()
             assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+        # The autoscaler sees the cap and the refusal (counted as demand, issue 25).
+        base = url.replace("ws://", "http://").split("/v1/stream")[0]
+        async with httpx.AsyncClient() as http:
+            text = (await http.get(base + "/metrics")).text
+        assert re.search(r'livetranslate_stage_capacity_sessions\{[^}]*stage="gateway"[^}]*\} 1\.0', text), (
+            text
+        )
+        assert re.search(r'livetranslate_admission_refusals_total\{[^}]*reason="capacity"[^}]*\} 1\.0', text)
 
 
 async def test_no_session_start_closes_the_socket(stack: Stack) -> None:

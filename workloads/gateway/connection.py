@@ -319,6 +319,7 @@ class Connection:
     async def _start_session(self, start: SessionStart) -> None:
         gw, cfg = self.gw, self.gw.config
         if gw.at_capacity:
+            gw.refusals.inc()
             self.send_event(
                 "error",
                 ErrorEvent(

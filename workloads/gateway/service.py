@@ -72,6 +72,15 @@ class Gateway:
             lambda: sum(s.translate_backlog for s in self.sessions)
         )
 
+        # Admission (issue 25): the sessions this replica takes, and the ones it turned away at
+        # that cap; the autoscaler counts the refused ones as demand.
+        metrics.stage_capacity_sessions(self.registry).labels(pipeline=p, stage="gateway").set(
+            config.max_sessions
+        )
+        self.refusals = metrics.admission_refusals(self.registry).labels(
+            pipeline=p, stage="gateway", reason="capacity"
+        )
+
         self._ready_cache: tuple[float, bool, dict[str, Any]] | None = None
         self.drain = Drain(self)
 
