@@ -301,6 +301,19 @@ class GpuMemory(_Model):
         return self
 
 
+class TargetUtilization(_Model):
+    # The utilisation each stage's replicas are sized for, before the headroom the autoscaler adds
+    # for the sessions' scatter: where the stage's latency still meets its share of the SLO. The
+    # defaults are that point in the latency model of docs/scaling.md; measure your own.
+    audio: float = Field(
+        0.78, gt=0, le=1, description="Audio real-time factor per replica (decode seconds per second)"
+    )
+    translation: float = Field(0.71, gt=0, le=1, description="vLLM KV-cache use per translation replica")
+    gateway: float = Field(
+        0.8, gt=0, le=1, description="Share of maxSessionsPerReplica in use (room for reconnect storms)"
+    )
+
+
 class ScalingSpec(_Model):
     enabled: bool = True
     prometheusUrl: str = Field("http://prometheus-operated.monitoring.svc:9090", max_length=2048)
@@ -308,6 +321,10 @@ class ScalingSpec(_Model):
     latencySLO: LatencySLO = Field(default_factory=LatencySLO)
     gpuMemory: GpuMemory = Field(default_factory=GpuMemory)
     scaleDownStabilization: Duration = "300s"
+    targetUtilization: TargetUtilization = Field(
+        default_factory=TargetUtilization,
+        description="Utilisation per stage the autoscaler sizes replicas for, before headroom",
+    )
 
     @property
     def interval_seconds(self) -> float:

@@ -12,12 +12,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from livetranslate.api import Device, Stage, TranslationPipelineSpec
-from livetranslate.operator.scaling.demand import Plan
+from livetranslate.operator.scaling.capacity import Plan
 from livetranslate.operator.scaling.estimate import Interval, Learned, Loads, Observed, Outlook
 from livetranslate.operator.scaling.signals import STAGES, Signals
 from livetranslate.operator.scaling.state import Current, Decision, Direction, History, StageDecision
 
 Window = tuple[tuple[float, Mapping[str, int]], ...]
+
+PLANNED = frozenset({"demand", "demand_trend", "backlog"})
+"""Reasons of scale-ups planned from capacity (the window keeps their steady need, not them)."""
+SHRINKS = frozenset({"stabilized", "demand_falling"})
+"""Reasons of scale-downs after which coming back up takes a rise beyond the tolerance."""
 
 
 @dataclass(frozen=True)
@@ -168,8 +173,8 @@ def _scale_up(
     desired = _clamp(max(cur + 1, wanted), lo, hi)
     if desired <= cur:
         return StageDecision(s, cur, cur, "none", "at_max", f"{message}, but {s} is at max {hi}")
-    sustained = f"for {streak} intervals" if streak > 1 else "at once (far over)"
-    note = f"{message} {sustained}: {s} {cur} -> {desired}"
+    sustained = "" if planned else f" for {streak} intervals" if streak > 1 else " at once (far over)"
+    note = f"{message}{sustained}: {s} {cur} -> {desired}"
     return StageDecision(s, cur, desired, "up", reason, note)
 
 
@@ -182,9 +187,11 @@ def _settle(
     target: int,
     release: bool,
     may_shrink: bool,
+    falling: float = 0.0,
 ) -> StageDecision:
     """A stage not over target holds, releases drained catch-up replicas, or shrinks to the
-    largest need of the stabilization window (``target``)."""
+    largest need of the stabilization window (``target``); while the sessions keep falling
+    (``falling`` sessions per second), to what they need now."""
     cur, source = obs.replicas[s], obs.source[s]
     lo, hi = ctx.range(s)
     if release:
@@ -194,8 +201,17 @@ def _settle(
             note = f"{s} backlog drained: catch-up replicas released, {s} {cur} -> {keep}"
             return StageDecision(s, cur, keep, "down", "backlog_drained", note)
     load = loads.ratio[s]
+    if target < cur and may_shrink and falling < 0:
+        note = (
+            f"sessions falling {-falling * 60:.1f}/min, no step: the forecast stays below what runs "
+            f"(load {load:.2f} of target), {s} {cur} -> {target}"
+        )
+        return StageDecision(s, cur, target, "down", "demand_falling", note)
     if target < cur and may_shrink:
-        note = f"{s} load {load:.2f} of target for {ctx.stabilization:.0f}s: {s} {cur} -> {target}"
+        note = (
+            f"{s} needed at most {target} replicas in the last {ctx.stabilization:.0f}s "
+            f"(load {load:.2f} of target now): {s} {cur} -> {target}"
+        )
         return StageDecision(s, cur, target, "down", "stabilized", note)
     return StageDecision(s, cur, cur, "none", "steady", f"{s} load {load:.2f} of target")
 
@@ -216,7 +232,7 @@ def scale(
     loads = outlook.loads
     need = steady_need(ctx, obs, steady)
     window = (*((t, r) for t, r in history.recommendations if now - t < ctx.stabilization), (now, need))
-    calm = obs.caption <= ctx.slo * cfg.down_calm
+    calm = obs.caption <= ctx.slo
     full_window = now - ctx.started >= ctx.stabilization
     streaks: dict[str, int] = {}
     last_up, pending_up = dict(history.last_up), dict(learned.pending_up)
@@ -230,7 +246,7 @@ def scale(
         catching_up = s in plans and plans[s].catch_up > 0
         # A planned stage's need is already smoothed (the session level), so one interval over
         # is sustained enough.
-        sustain = cfg.plan_sustain if s in plans else cfg.up_sustain
+        sustain = 1 if s in plans else cfg.up_sustain
         if cur < lo or cur > hi:
             desired = _clamp(cur, lo, hi)
             direction: Direction = "up" if desired > cur else "down"
@@ -247,6 +263,11 @@ def scale(
                 streaks[s] = 0
         else:
             target = max(r.get(s, cur) for _, r in window)
+            falling = obs.forecast.slope if s in plans else 0.0
+            if falling < 0:
+                # Falling for a whole trend window, no step: the forecast over the stabilization
+                # window stays below what the window recorded, so the stage goes to its need now.
+                target = need[s]
             if s in plans:
                 # Never below what the plan wants now (its trend lookahead included): shrinking
                 # to the window's need while the trend already asks for more would flap.
@@ -255,7 +276,7 @@ def scale(
             if release:
                 del catch_up[s]
             may_shrink = calm and full_window and bottleneck != s and not outlook.rising[s]
-            stages[s] = _settle(ctx, s, obs, loads, steady[s], target, release, may_shrink)
+            stages[s] = _settle(ctx, s, obs, loads, steady[s], target, release, may_shrink, falling)
     return Scaled(stages, window, streaks, last_up, pending_up, catch_up)
 
 
@@ -273,17 +294,19 @@ def device_fallback(
 def remember(ctx: Interval, obs: Observed, learned: Learned, model: ModelStep, scaled: Scaled) -> History:
     """What the next interval needs of this one."""
     now, history, stages = ctx.now, ctx.history, scaled.stages
-    # A scale-up is itself a recommendation: what was just added is kept for a full window.
-    # (Catch-up replicas are not: they go once the backlog has drained.)
+    # A scale-up the load ratio asked for is itself a recommendation: what was just added is
+    # kept for a full window. A planned one is not: the window keeps the plan's steady need (the
+    # sessions as they stand, with headroom), and the part planned for a rise goes when the rise
+    # stops; catch-up replicas go once the backlog has drained.
     need = scaled.window[-1][1]
     recommended: dict[str, int] = {
         s: max(need[s], stages[s].desired)
-        if stages[s].direction == "up" and s not in scaled.catch_up
+        if stages[s].direction == "up" and s not in scaled.catch_up and stages[s].reason not in PLANNED
         else need[s]
         for s in STAGES
     }
     stabilized: dict[str, float] = {
-        s: now for s in STAGES if stages[s].direction == "down" and stages[s].reason == "stabilized"
+        s: now for s in STAGES if stages[s].direction == "down" and stages[s].reason in SHRINKS
     }
     return History(
         started=ctx.started,
@@ -298,7 +321,7 @@ def remember(ctx: Interval, obs: Observed, learned: Learned, model: ModelStep, s
         queues_time=now,
         per_session=learned.per_session,
         ready=(*history.ready, obs.ready)[-ctx.cfg.settle_intervals :],
-        sessions=obs.trend,
+        sessions=obs.samples,
         startup=learned.startup,
         pending_up=scaled.pending_up,
         per_replica=learned.per_replica,

@@ -1,5 +1,6 @@
-"""The demand's statistics: its level and trend from the session samples, the learned figures,
-and the replicas a stage's demand plans for. Pure arithmetic on what ``History`` remembers."""
+"""The demand's statistics: where the sessions are, where they are going and how far one sample
+strays (the forecast every stage's capacity is sized for), and the figures learned from the
+stages' own signals. Pure arithmetic on what ``History`` remembers."""
 
 from __future__ import annotations
 
@@ -14,15 +15,9 @@ from livetranslate.operator.scaling.state import History
 Trend = tuple[tuple[float, float], ...]  # (time, active sessions), oldest first
 
 
-def fit(points: Trend, cfg: PolicyConfig, significance: float) -> tuple[float, float] | None:
-    """Least-squares (slope, fitted value at the last point) of a rise noise cannot explain.
-
-    None unless there are ``min_trend_points`` samples and the slope is positive by more than
-    ``significance`` standard errors.
-    """
+def _ols(points: Trend) -> tuple[float, float, float] | None:
+    """Least-squares (slope, fitted value at the last point, standard error of the slope)."""
     n = len(points)
-    if n < cfg.min_trend_points:
-        return None
     mt = sum(t for t, _ in points) / n
     mv = sum(v for _, v in points) / n
     var = sum((t - mt) ** 2 for t, _ in points)
@@ -30,9 +25,24 @@ def fit(points: Trend, cfg: PolicyConfig, significance: float) -> tuple[float, f
         return None
     slope = sum((t - mt) * (v - mv) for t, v in points) / var
     residual = sum((v - (mv + slope * (t - mt))) ** 2 for t, v in points) / max(1, n - 2)
-    if slope <= 0 or slope <= significance * math.sqrt(residual / var):
+    return slope, mv + slope * (points[-1][0] - mt), math.sqrt(residual / var)
+
+
+def fit(points: Trend, cfg: PolicyConfig, significance: float) -> tuple[float, float] | None:
+    """Least-squares (slope, fitted value at the last point) of a rise noise cannot explain.
+
+    None unless there are ``min_trend_points`` samples and the slope is positive by more than
+    ``significance`` standard errors.
+    """
+    if len(points) < cfg.min_trend_points:
         return None
-    return slope, mv + slope * (points[-1][0] - mt)
+    ols = _ols(points)
+    if ols is None:
+        return None
+    slope, last, se = ols
+    if slope <= 0 or slope <= significance * se:
+        return None
+    return slope, last
 
 
 def since_step(trend: Trend, cfg: PolicyConfig) -> Trend:
@@ -52,22 +62,42 @@ def since_step(trend: Trend, cfg: PolicyConfig) -> Trend:
     return trend
 
 
-def growth(trend: Trend, sessions: float, lookahead_s: float, cfg: PolicyConfig = DEFAULT_CONFIG) -> float:
-    """Factor by which demand grows over ``lookahead_s`` at the least-squares slope of the trend.
+def slope(trend: Trend, cfg: PolicyConfig = DEFAULT_CONFIG) -> float:
+    """Sessions per second the demand keeps rising (> 0) or falling (< 0) at; 0 when noise explains it.
 
-    Only growth counts (a falling trend never hastens a scale-down), it needs ``min_trend_points``
-    samples so one noisy scrape makes no slope, and it is capped at ``max_growth``. The recent
-    half of the window must rise at least ``recent_slope_share`` as steeply: a step in demand
-    that already happened fits a slope over the whole window, but it is not going to continue.
+    A trend is a least-squares slope over the window clearing ``trend_significance`` standard
+    errors, with the recent half moving at least ``recent_slope_share`` as steeply the same way
+    (a step in demand that already happened fits a slope over the whole window, but it is not
+    going to continue), and no step in the window.
     """
-    if sessions <= 0 or len(since_step(trend, cfg)) < len(trend):
-        return 1.0
-    whole = fit(trend, cfg, cfg.trend_significance)
-    recent = fit(trend[len(trend) // 2 :], cfg, significance=0.0)
-    if whole is None or recent is None or recent[0] < cfg.recent_slope_share * whole[0]:
-        return 1.0
-    slope, level = whole
-    return min(cfg.max_growth, max(1.0, (level + slope * lookahead_s) / max(level, 1e-9)))
+    if len(trend) < cfg.min_trend_points or len(since_step(trend, cfg)) < len(trend):
+        return 0.0
+    whole, recent = _ols(trend), _ols(trend[len(trend) // 2 :])
+    if whole is None or recent is None:
+        return 0.0
+    b, _, se = whole
+    if abs(b) <= cfg.trend_significance * se or recent[0] * b <= 0:
+        return 0.0
+    if abs(recent[0]) < cfg.recent_slope_share * abs(b):
+        return 0.0
+    return b
+
+
+def scatter(trend: Trend) -> float:
+    """How far one session sample strays from the demand's course: a robust standard deviation.
+
+    From the changes between consecutive samples (each holds two samples' scatter, hence the
+    square root of 2), centred on their median (a trend moves every change alike) and measured by
+    their median absolute deviation (a step is one change, and does not count): 1.4826 x MAD is
+    the standard deviation of normally distributed changes.
+    """
+    values = [v for _, v in trend]
+    changes = sorted(b - a for a, b in itertools.pairwise(values))
+    if len(changes) < 3:
+        return 0.0
+    mid = changes[len(changes) // 2]
+    mad = sorted(abs(c - mid) for c in changes)[len(changes) // 2]
+    return 1.4826 * mad / math.sqrt(2.0)
 
 
 def level(trend: Trend, cfg: PolicyConfig = DEFAULT_CONFIG) -> float:
@@ -82,6 +112,62 @@ def level(trend: Trend, cfg: PolicyConfig = DEFAULT_CONFIG) -> float:
     if fitted is not None:
         return fitted[1]
     return sum(v for _, v in recent) / len(recent)
+
+
+@dataclass(frozen=True)
+class Forecast:
+    """Where the sessions are, where they are going, and how far one sample strays: what every
+    planned stage's capacity is sized for."""
+
+    level: float  # sessions now, the scrape noise averaged out (a step followed at once)
+    slope: float  # sessions per second of a rise (> 0) or fall (< 0) noise cannot explain; else 0
+    scatter: float  # sessions one sample strays from the course (a robust standard deviation)
+    z: float  # standard normal deviates of headroom: the SLO's percentile
+    # The level to keep (record for the stabilization window): ``level``, except right after a
+    # step seen in one sample only, which is followed at once but kept only once confirmed.
+    kept: float
+
+    @property
+    def headroom(self) -> float:
+        """Sessions above the course that capacity covers: the SLO's percentile of the scatter."""
+        return self.z * self.scatter
+
+    def at(self, horizon_s: float) -> float:
+        """Sessions expected ``horizon_s`` from now (a rise only: a fall never hastens a shrink)."""
+        return self.level + max(0.0, self.slope) * horizon_s
+
+    def sized(self, horizon_s: float) -> float:
+        """Sessions to provide for until replicas asked for now serve: the rise, plus headroom."""
+        return self.at(horizon_s) + self.headroom
+
+    @property
+    def steady(self) -> float:
+        """Sessions to keep providing for as demand stands (the stabilization window holds it)."""
+        return self.kept + self.headroom
+
+
+def forecast(trend: Trend, samples: Trend, z: float, cfg: PolicyConfig = DEFAULT_CONFIG) -> Forecast:
+    """The demand's level and trend over the trend window, its scatter over ``samples`` (a longer
+    memory: the stabilization window), and ``z`` standard deviations of it as headroom."""
+    if not trend:
+        return Forecast(0.0, 0.0, 0.0, z, 0.0)
+    now = level(trend, cfg)
+    kept = now
+    if len(trend) > 2 and len(since_step(trend, cfg)) == 1:
+        # A step up seen once may be a one-sample spike; a step down is kept as it is (the
+        # window holds what came before it anyway).
+        kept = min(now, level(trend[:-1], cfg))
+    return Forecast(now, slope(trend, cfg), scatter(samples), z, kept)
+
+
+def growth(trend: Trend, sessions: float, lookahead_s: float, cfg: PolicyConfig = DEFAULT_CONFIG) -> float:
+    """Factor by which demand grows over ``lookahead_s`` at its trend (1.0: no rise noise cannot
+    explain), for stages sized from a load ratio rather than from a plan."""
+    rise = slope(trend, cfg)
+    if sessions <= 0 or rise <= 0:
+        return 1.0
+    now = level(trend, cfg)
+    return max(1.0, (now + rise * lookahead_s) / max(now, 1e-9))
 
 
 def learn(old: float | None, n: int, sample: float, cfg: PolicyConfig) -> tuple[float, int]:
@@ -122,56 +208,3 @@ class Learned:
     learned: Mapping[str, int]  # samples behind each figure
     # The load the sessions explain (sessions x cost per session / target, on the source replicas).
     demand_load: Mapping[str, float]
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A stage's replicas planned from its demand: what the sessions need, and catch-up."""
-
-    demand: float  # replicas' worth of work the sessions offer (at 100% utilisation)
-    need: float  # replicas at the target utilisation
-    catch_up: float  # extra replicas to drain the backlog within plan_drain_s
-    backlog: float  # the backlog expected when new replicas are ready, in items
-    drain_s: float  # seconds the backlog would take to drain with ``need`` replicas
-
-
-def plans(
-    history: History,
-    now: float,
-    sessions: float,
-    depths: Mapping[str, float],
-    learned: Learned,
-    cfg: PolicyConfig,
-) -> dict[str, Plan]:
-    """Replicas planned from the demand, for stages whose cost per session and throughput are known.
-
-    Sessions arrive before latency rises, so the need (sessions x learned cost / target) leads.
-    A backlog is drained on purpose: the queue keeps growing at its current rate until new
-    replicas are ready (one measured start-up), and catch-up replicas are added so that, served
-    at the stage's measured throughput per replica, it drains while the sessions keep arriving.
-    Captions are late until every stage has drained, so each stage drains by when the slowest
-    backlogged stage can have drained (its start-up plus ``plan_drain_s``): catching up faster
-    than that costs replicas and shortens no breach. Catch-up replicas go once the backlog has
-    drained.
-    """
-    work: dict[str, tuple[float, float, float]] = {}  # stage: (backlog, replica-seconds, until ready)
-    per_session, per_replica = learned.per_session, learned.per_replica
-    for stage in cfg.targets:
-        if stage not in per_session or stage not in per_replica or sessions <= 0:
-            continue
-        depth = depths.get(stage, 0.0)
-        rate = queue_rate(history, stage, depth, now)
-        wait = until_ready(history, stage, now, cfg)
-        backlog = depth + (max(0.0, rate) if rate is not None else 0.0) * wait
-        work[stage] = (backlog, backlog / per_replica[stage], wait)
-    backlogged = [w[2] for w in work.values() if w[1] > 0]
-    deadline = max(backlogged, default=0.0) + cfg.plan_drain_s
-    out: dict[str, Plan] = {}
-    for stage, (backlog, replica_s, wait) in work.items():
-        demand = sessions * per_session[stage]
-        need = demand / cfg.targets[stage]
-        spare = need - demand
-        drain_s = replica_s / spare if spare > 0 else math.inf
-        catch_up = max(0.0, demand + replica_s / max(cfg.plan_drain_s, deadline - wait) - need)
-        out[stage] = Plan(demand, need, catch_up, backlog, drain_s)
-    return out

@@ -9,15 +9,21 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from livetranslate.api import TranslationPipelineSpec
-from livetranslate.operator.scaling import demand
+from livetranslate.operator.scaling import capacity, demand
+from livetranslate.operator.scaling.capacity import Plan
 from livetranslate.operator.scaling.config import PolicyConfig
-from livetranslate.operator.scaling.demand import Learned, Plan, Trend
+from livetranslate.operator.scaling.demand import Forecast, Learned, Trend
 from livetranslate.operator.scaling.signals import MISSING, STAGES, Sample, Signals
 from livetranslate.operator.scaling.state import Current, History
 
 Why = tuple[str, str]  # (reason: the low-cardinality metric label, message: in words)
+
+SLO_PERCENTILE = 0.95
+"""The percentile ``spec.scaling.latencySLO.p95Seconds`` bounds: capacity covers demand up to
+this percentile of its scatter (the headroom), so the SLO's own percentile sizes the headroom."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,17 @@ class Interval:
     @property
     def interval_s(self) -> float:
         return self.spec.scaling.interval_seconds
+
+    @property
+    def targets(self) -> dict[str, float]:
+        """The utilisation each stage with a cost per session is sized for (its plan's target)."""
+        tu = self.spec.scaling.targetUtilization
+        return {"audio": tu.audio, "translation": tu.translation}
+
+    @property
+    def z(self) -> float:
+        """Standard normal deviates of headroom: the SLO's percentile (1.645 for a p95)."""
+        return NormalDist().inv_cdf(SLO_PERCENTILE)
 
     def range(self, stage: str) -> tuple[int, int]:
         spec = self.spec
@@ -75,7 +92,8 @@ class Observed:
     depths: Mapping[str, float]  # queued items per stage (translation: its queue + vLLM's waiting)
     backed_up: Mapping[str, bool]  # over ``queue_per_replica`` items per replica
     trend: Trend  # the sessions over the trend window, now included
-    level: float  # the session count with the scrape noise averaged out (demand.level)
+    samples: Trend  # the sessions over the longer of the trend and stabilization windows
+    forecast: Forecast  # the sessions' level, trend and scatter (demand.forecast)
 
 
 @dataclass(frozen=True)
@@ -132,9 +150,11 @@ def observe(ctx: Interval, signals: Signals, current: Current) -> Observed:
         "audio": signals.queue("audio").value or 0.0,
         "translation": (signals.queue("translation").value or 0.0) + waiting,
     }
-    trend = tuple((t, v) for t, v in history.sessions if ctx.now - t <= cfg.trend_window_s) + (
-        (ctx.now, sessions),
-    )
+    # The trend is fitted over the trend window; the scatter is measured over the stabilization
+    # window too (a steadier figure: the window keeps the largest need it saw).
+    memory = max(cfg.trend_window_s, ctx.stabilization)
+    samples = tuple((t, v) for t, v in history.sessions if ctx.now - t <= memory) + ((ctx.now, sessions),)
+    trend = tuple((t, v) for t, v in samples if ctx.now - t <= cfg.trend_window_s)
     return Observed(
         caption=signals.caption_p95.or_zero_if_idle() or 0.0,
         translation_p95=signals.translation_p95.or_zero_if_idle() or 0.0,
@@ -149,14 +169,15 @@ def observe(ctx: Interval, signals: Signals, current: Current) -> Observed:
         depths=depths,
         backed_up={s: depths.get(s, 0.0) > cfg.queue_per_replica * max(1, replicas[s]) for s in STAGES},
         trend=trend,
-        level=demand.level(trend, cfg),
+        samples=samples,
+        forecast=demand.forecast(trend, samples, ctx.z, cfg),
     )
 
 
 def signal_loads(ctx: Interval, obs: Observed) -> Loads:
     """Load per stage from signals that do not saturate: gateway sessions per slot, audio
     real-time factor, translation KV-cache use (its p95 against its latency budget without one)."""
-    cfg = ctx.cfg
+    cfg, tu = ctx.cfg, ctx.spec.scaling.targetUtilization
     capacity = ctx.spec.gateway.maxSessionsPerReplica * max(1, obs.replicas["gateway"])
     rtf = obs.rtf or 0.0
     budget = ctx.slo * cfg.translation_budget_share
@@ -166,20 +187,20 @@ def signal_loads(ctx: Interval, obs: Observed) -> Loads:
         # vLLM's KV-cache use grows with concurrent sequences: the translation stage's
         # utilisation. Where it is known it sizes the stage; latency (not linear in replicas)
         # only counts when it is over budget.
-        kv_load = obs.kv / cfg.kv_cache_target
+        kv_load = obs.kv / tu.translation
         translation = max(kv_load, translation if translation > 1.0 else 0.0)
         if kv_load >= translation:
             waiting = f" with {obs.waiting:.0f} requests waiting" if obs.waiting else ""
-            why = ("kv_cache", f"KV cache {obs.kv:.0%} > target {cfg.kv_cache_target:.0%}{waiting}")
+            why = ("kv_cache", f"KV cache {obs.kv:.0%} > target {tu.translation:.0%}{waiting}")
     return Loads(
         ratio={
-            "gateway": obs.sessions / (capacity * cfg.gateway_target_utilisation),
-            "audio": rtf / cfg.audio_target_rtf,
+            "gateway": obs.sessions / (capacity * tu.gateway),
+            "audio": rtf / tu.audio,
             "translation": translation,
         },
         why={
             "gateway": ("capacity", f"{obs.sessions:.0f} sessions on {capacity} session slots"),
-            "audio": ("realtime_factor", f"audio real-time factor {rtf:.2f} > {cfg.audio_target_rtf}"),
+            "audio": ("realtime_factor", f"audio real-time factor {rtf:.2f} > {tu.audio}"),
             "translation": why,
         },
     )
@@ -229,7 +250,7 @@ def learn(ctx: Interval, obs: Observed, signals: Signals) -> Learned:
             )
         if stage in per_session and sessions > 0:
             demand_load[stage] = (
-                sessions * per_session[stage] / (max(1, obs.source[stage]) * cfg.targets[stage])
+                sessions * per_session[stage] / (max(1, obs.source[stage]) * ctx.targets[stage])
             )
         rate = _value(signals.rate(stage))
         settled = ready == obs.replicas[stage] == obs.source[stage] > 0
@@ -244,8 +265,24 @@ def learn(ctx: Interval, obs: Observed, signals: Signals) -> Learned:
 
 
 def plan(ctx: Interval, obs: Observed, learned: Learned) -> dict[str, Plan]:
-    """Replicas planned from the sessions' level, for stages whose cost and throughput are known."""
-    return demand.plans(ctx.history, ctx.now, obs.level, obs.depths, learned, ctx.cfg)
+    """Replicas planned from capacity, for stages whose cost and throughput are known."""
+    return capacity.plans(
+        ctx.history, ctx.now, obs.forecast, obs.depths, learned, ctx.targets, ctx.interval_s, ctx.cfg
+    )
+
+
+def _sized(ctx: Interval, f: Forecast, p: Plan) -> str:
+    """The sessions a plan is sized for, in words: level, the rise over the horizon, headroom."""
+    words = f"{f.level:.0f} sessions"
+    if f.slope > 0:
+        warm_up = p.horizon_s - ctx.interval_s
+        words += (
+            f" rising {f.slope * 60:.1f}/min ({f.at(p.horizon_s):.0f} in {p.horizon_s:.0f}s: "
+            f"warm-up {warm_up:.0f}s + one interval)"
+        )
+    if f.headroom >= 0.5:
+        words += f" +{f.headroom:.0f} for their scatter at p{SLO_PERCENTILE * 100:.0f}"
+    return words
 
 
 def stage_demand(
@@ -263,13 +300,13 @@ def stage_demand(
     # Planned stages: the sessions' need, plus catch-up replicas while a backlog would not drain.
     for stage, p in plans.items():
         ratio[stage] = max(p.need, p.demand + p.catch_up) / max(1, obs.source[stage])
-        need = f"{obs.level:.0f} sessions need {p.need:.1f}"
-        why[stage] = ("demand", f"{need} {stage} replicas at {cfg.targets[stage]:.0%}")
+        need = f"{_sized(ctx, obs.forecast, p)} need {p.need:.1f}"
+        why[stage] = ("demand", f"{need} {stage} replicas of {p.capacity:.1f} sessions each")
         if p.catch_up > 0:
             backlog = f"{p.backlog:.0f} queued {stage} items would take {p.drain_s:.0f}s to drain"
             catch_up = f"plus {p.catch_up:.1f} to catch up within {cfg.plan_drain_s:.0f}s"
             why[stage] = ("backlog", f"{backlog}: {need} replicas {catch_up}")
-    steady = {**ratio, **{s: p.need / max(1, obs.source[s]) for s, p in plans.items()}}
+    steady = {**ratio, **{s: p.steady / max(1, obs.source[s]) for s, p in plans.items()}}
     # Backed-up queues: a stage with more than queue_per_replica items per replica is over target
     # in proportion, whatever its other signals say (they lag; a queue does not) -- unless the
     # queue is already draining fast enough (capacity added earlier has caught up with demand).
@@ -350,29 +387,42 @@ def slo_pressure(ctx: Interval, obs: Observed, plans: Mapping[str, Plan], loads:
 
 
 def demand_trend(ctx: Interval, obs: Observed, plans: Mapping[str, Plan], loads: Loads) -> Outlook:
-    """Size for where the sessions will be when new replicas are ready."""
-    cfg, history = ctx.cfg, ctx.history
+    """Size for where the sessions will be when new replicas are ready, and say where a stage
+    counts as over target.
+
+    A planned stage's need already holds the forecast (the rise over its warm-up, and headroom);
+    a rise is named as the reason where the sessions as they stand would not have grown the stage.
+    A stage without a plan is sized from its load ratio: the rise over its warm-up multiplies it,
+    but only ahead of a breach (a stage already over target is sized from what it sees now).
+    """
+    cfg, history, f = ctx.cfg, ctx.history, obs.forecast
     ratio, why = dict(loads.ratio), dict(loads.why)
     rising: dict[str, bool] = {}
     threshold: dict[str, float] = {}
     for s in STAGES:
-        # A planned stage grows as soon as its smoothed need exceeds what runs, except within a
+        ahead = capacity.horizon(history, s, ctx.interval_s, cfg)
+        rising[s] = f.slope > 0
+        # A planned stage grows as soon as its need exceeds what runs, except within a
         # stabilization window of shrinking: coming back up then takes a rise beyond the
         # tolerance band (a need on a replica boundary, 4.0 +- noise, must not go 5, 4, 5 window
         # after window).
         shrunk = ctx.now - history.last_down.get(s, -math.inf) < ctx.stabilization
-        threshold[s] = 1.0 + (cfg.plan_tolerance if s in plans and not shrunk else cfg.tolerance)
-        # Look as far ahead as the next replicas could serve after these: a start-up (measured),
-        # the intervals their metrics take to settle, and one interval to decide.
-        lookahead = history.startup.get(s, cfg.lookahead_s) + cfg.lookahead_intervals * ctx.interval_s
-        growth = demand.growth(obs.trend, obs.sessions, lookahead, cfg)
-        rising[s] = growth > 1.0
-        # Only ahead of a breach: a stage already over target is sized from what it sees now (a
-        # step in demand looks like a slope to the fit, and would be counted twice).
+        p = plans.get(s)
+        if p is not None:
+            threshold[s] = 1.0 + (cfg.tolerance if shrunk else 0.0)
+            if (
+                f.slope > 0
+                and ratio[s] > threshold[s] >= p.steady / max(1, obs.source[s])
+                and why[s][0] == "demand"
+            ):
+                why[s] = ("demand_trend", why[s][1])
+            continue
+        threshold[s] = 1.0 + cfg.tolerance
+        growth = demand.growth(obs.trend, obs.sessions, ahead, cfg)
         if growth > 1.0 and ratio[s] <= threshold[s] < ratio[s] * growth:
             why[s] = (
                 "demand_trend",
-                f"sessions rising ({obs.sessions:.0f}, x{growth:.2f} in {lookahead:.0f}s)",
+                f"sessions rising ({obs.sessions:.0f}, x{growth:.2f} in {ahead:.0f}s)",
             )
             ratio[s] *= growth
     return Outlook(Loads(ratio, why), rising, threshold)

@@ -11,28 +11,31 @@ How it decides, per interval:
 1. **No data, no action.** If a signal the decision needs is missing, stale or Prometheus is
    unreachable, nothing changes and ``ScalingActive=False`` says which signal and why.
 2. **Load per stage**, as a ratio to its target (1.0 = at target), from signals that do not
-   saturate: gateway = sessions / (maxSessionsPerReplica x replicas x 0.8); audio = real-time
-   factor / ``audio_target_rtf``; translation = KV-cache use / ``kv_cache_target`` (the translation p95
-   over its latency budget where there is no KV cache, and whenever it is over that budget).
-   Queues on a stage add to its ratio.
-3. **The plan: sessions lead.** Sessions arrive before latency rises. Where the stage's cost per
+   saturate: gateway = sessions / (maxSessionsPerReplica x replicas x its target); audio =
+   real-time factor / its target; translation = KV-cache use / its target (the translation p95
+   over its latency budget where there is no KV cache, and whenever it is over that budget). The
+   targets are ``spec.scaling.targetUtilization``. Queues on a stage add to its ratio.
+3. **Replicas from capacity.** Sessions arrive before latency rises. Where a stage's cost per
    session (replica-utilisation per session, learned while utilisation is in its linear range)
-   and its throughput per replica are known, its replicas are planned: need = session level x
-   cost / target, the level being the session count with scrape noise averaged out (a step is
-   followed at once). A backlog gets catch-up replicas: enough to drain what will be queued by
-   the time they are ready (one measured start-up) within ``plan_drain_s``, or by when the slowest
-   backlogged stage can have drained, whichever is later; they are released once the backlog
-   has drained and are never held by the stabilization window. A significant rise of sessions
-   (not a step that already happened) is planned for one start-up plus settling ahead.
+   and its throughput per replica are known, a replica carries ``target / cost`` sessions, and
+   the stage needs the sessions forecast for when replicas asked for now can serve: the level
+   (scrape noise averaged out, a step followed at once), plus the trend over the stage's measured
+   warm-up and one interval, plus headroom: the SLO's percentile (p95: 1.645 standard
+   deviations) of how far one sample of the sessions strays (``capacity``, ``demand``). A backlog
+   gets catch-up replicas: enough to drain what will be queued by the time they are ready (one
+   measured start-up) within ``plan_drain_s``, or by when the slowest backlogged stage can have
+   drained, whichever is later; they are released once the backlog has drained.
 4. **The bottleneck.** When caption p95 breaches the SLO, the stage whose own load and latency
    share explain it gets the breach (+20%, at least one replica) unless a backlog of that stage,
    being drained by the plan, explains it; the other stage is not scaled for it.
-5. **Up fast, down slow.** A planned stage grows as soon as its need exceeds what runs (the need
-   is already smoothed), other stages when over 1 + tolerance for ``up_sustain`` intervals or 1.5x
-   over at once. Scale-down goes to the largest need recommended during
-   ``scaleDownStabilization``, only after a full window, while caption p95 is within the SLO and
-   sessions are not trending up; within a window of a scale-down, coming back up takes a rise
-   beyond the tolerance band. Always clamped to the stage's [min, max].
+5. **Up fast, down on the forecast.** A planned stage grows as soon as its need exceeds what
+   runs, other stages when over 1 + tolerance for ``up_sustain`` intervals or 1.5x over at once.
+   Scale-down goes to the largest steady need (level plus headroom, no trend, a one-sample step
+   not kept) recorded during ``scaleDownStabilization``, only after a full window, while caption
+   p95 is within the SLO and sessions are not rising; while they keep falling (a trend, no
+   step), the forecast stays below the window's needs and the stage goes to its need now. Within
+   a window of a scale-down, coming back up takes a rise beyond the tolerance band. Always
+   clamped to the stage's [min, max].
 6. **Model placement.** GPU memory over ``highWatermark`` (or the KV cache saturated with
    requests waiting) for ``up_sustain`` intervals moves translation to the next
    ``fallbackModels`` entry *instead of* adding translation replicas that would not fit; GPU
@@ -47,17 +50,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from livetranslate.api import TranslationPipelineSpec
+from livetranslate.api import TargetUtilization, TranslationPipelineSpec
 from livetranslate.operator.scaling import actions, estimate
 from livetranslate.operator.scaling.config import DEFAULT_CONFIG, PolicyConfig
-from livetranslate.operator.scaling.demand import growth as _growth  # noqa: F401
-from livetranslate.operator.scaling.demand import level as _level  # noqa: F401
 from livetranslate.operator.scaling.signals import STAGES, Signals
 from livetranslate.operator.scaling.state import Current, Decision, History, StageDecision
 
-# Under the names tests/scaling import: the default targets and (above) the trend estimates.
-AUDIO_TARGET_RTF = DEFAULT_CONFIG.audio_target_rtf
-KV_CACHE_TARGET = DEFAULT_CONFIG.kv_cache_target
+# The default targets (spec.scaling.targetUtilization), under the names tests/scaling import.
+AUDIO_TARGET_RTF = TargetUtilization().audio
+KV_CACHE_TARGET = TargetUtilization().translation
 
 
 def required_signals(current: Current) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ import math
 import random
 from typing import Any
 
-from livetranslate.operator.scaling import policy
+from livetranslate.operator.scaling import demand
 from livetranslate.operator.scaling.policy import AUDIO_TARGET_RTF, Current, Decision, History, decide
 from livetranslate.operator.scaling.signals import Sample, Signals
 
@@ -158,10 +158,11 @@ def test_start_up_is_measured_from_our_own_scale_ups() -> None:
 
 def test_a_step_that_already_happened_is_not_a_trend() -> None:
     step_trace = tuple((float(t), 60.0 if t < 90 else 300.0) for t in range(0, 181, 15))
-    assert policy._growth(step_trace, 300.0, 120.0) == 1.0
+    assert demand.slope(step_trace) == 0.0
+    assert demand.growth(step_trace, 300.0, 120.0) == 1.0
     ramp = tuple((float(t), 100.0 + t) for t in range(0, 181, 15))
-    assert policy._growth(ramp, 280.0, 120.0) > 1.3
+    assert demand.growth(ramp, 280.0, 120.0) > 1.3
     # The level follows a step at once and averages noise otherwise.
-    assert policy._level(step_trace) == 300.0
+    assert demand.level(step_trace) == 300.0
     noisy = tuple((float(t), 100.0 + (5 if t % 30 else -5)) for t in range(0, 181, 15))
-    assert abs(policy._level(noisy) - 100.0) < 3
+    assert abs(demand.level(noisy) - 100.0) < 3
