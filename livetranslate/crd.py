@@ -29,8 +29,8 @@ from livetranslate.api import (
     SINGULAR,
     VERSION,
     TranslationPipelineSpec,
-    TranslationPipelineStatus,
 )
+from livetranslate.api_status import TranslationPipelineStatus
 
 CRD_NAME = f"{PLURAL}.{GROUP}"
 # Children are named <name>-translation (the longest suffix) and Service names are DNS-1035
