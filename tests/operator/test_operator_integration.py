@@ -180,6 +180,24 @@ async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replic
         ),
         message="pipeline.json gets the Redis URL",
     )
+
+    # The ConfigMap is applied before the Deployments (pods mount it): wait for every Deployment
+    # to carry the new config's hash before reading them.
+    def rolled() -> bool:
+        cm = cluster.api.read("v1/configmaps", NS, "town-hall-config") or {}
+        want = (cm.get("metadata", {}).get("annotations") or {}).get("livetranslate.io/config-hash")
+        return all(
+            (deployment(cluster, "town-hall", s) or {})
+            .get("spec", {})
+            .get("template", {})
+            .get("metadata", {})
+            .get("annotations", {})
+            .get("livetranslate.io/config-hash")
+            == want
+            for s in STAGES
+        )
+
+    await eventually(rolled, message="every Deployment applied from the new config")
     after = cluster.children("town-hall")
     assert {k: v["metadata"]["uid"] for k, v in after.items()} == uids, "children patched, never recreated"
     gw = deployment(cluster, "town-hall", "gateway") or {}
