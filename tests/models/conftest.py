@@ -19,6 +19,23 @@ import pytest
 from livetranslate.cli import main as livetranslate
 
 
+@pytest.fixture(autouse=True)
+def no_model_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test here may reach a model hub: the hub's client is offline and its endpoint a loopback
+    port nothing listens on, in this process and in every subprocess a test starts. The fake-hub
+    tests replace the client's calls themselves."""
+    from livetranslate.procs import free_port
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{free_port()}")
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "ENDPOINT", os.environ["HF_ENDPOINT"])
+
+
 def make_model(folder: Path, weights: bytes = b"\x01\x02" * 50_000) -> Path:
     """A small ct2-shaped model folder: model.bin and two text files, one in a subfolder."""
     folder.mkdir(parents=True)

