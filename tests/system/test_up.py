@@ -123,57 +123,35 @@ def test_audio_service_killed_mid_session(up: Up, speech_wav: tuple[Path, str]) 
     check_transcript(events, reference, max_wer=0.35)
 
 
-def test_up_refuses_a_spec_it_cannot_run(tmp_path: Path) -> None:
-    spec = tmp_path / "pipeline.yaml"
-    spec.write_text(
-        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-        "metadata: {name: town-hall}\nspec:\n  targetLanguages: [de]\n"
-    )
-    done = subprocess.run(
-        livetranslate_cmd("up", "-f", str(spec), "--port", "0"),
+def up_refusing(path: Path, spec: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """``livetranslate up -f`` on a spec written to ``path``, expected to stop at once."""
+    path.write_text("apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n" + spec)
+    return subprocess.run(
+        livetranslate_cmd("up", "-f", str(path), *args),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=timeout,
         env={**os.environ, "PYTHONSAFEPATH": "1"},
         cwd=ROOT,
         check=False,
     )
+
+
+def test_up_refuses_a_spec_it_cannot_run(tmp_path: Path) -> None:
+    spec = "metadata: {name: town-hall}\nspec:\n  targetLanguages: [de]\n"
+    done = up_refusing(tmp_path / "pipeline.yaml", spec, "--port", "0")
     assert done.returncode == 2
     assert "spec.targetLanguages[0]" in done.stderr and "en->de" in done.stderr
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(
-        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-        "metadata: {name: x}\nspec:\n  targetLanguages: []\n"
-    )
-    done = subprocess.run(
-        livetranslate_cmd("up", "-f", str(bad)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONSAFEPATH": "1"},
-        cwd=ROOT,
-        check=False,
-    )
+    done = up_refusing(tmp_path / "bad.yaml", "metadata: {name: x}\nspec:\n  targetLanguages: []\n")
     assert done.returncode == 2 and "spec.targetLanguages" in done.stderr
 
 
 def test_up_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONSAFEPATH": "1"}
-
     def up_with(model: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        spec = tmp_path / "pipeline.yaml"
-        spec.write_text(
-            "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-            f"metadata: {{name: x}}\nspec:\n  audio: {{model: '{model}'}}\n"
-        )
-        return subprocess.run(
-            livetranslate_cmd("up", "-f", str(spec), "--port", "0", "--log-dir", str(tmp_path / "logs")),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=ROOT,
-            check=False,
+        spec = f"metadata: {{name: x}}\nspec:\n  audio: {{model: '{model}'}}\n"
+        logs = str(tmp_path / "logs")
+        return up_refusing(
+            tmp_path / "pipeline.yaml", spec, "--port", "0", "--log-dir", logs, timeout=timeout
         )
 
     # refused before anything starts: a size name that is not packaged, a path that is not here
@@ -191,20 +169,8 @@ def test_up_refuses_a_model_it_cannot_load(tmp_path: Path) -> None:
 
 
 def test_up_refuses_a_language_whisper_does_not_hear(tmp_path: Path) -> None:
-    spec = tmp_path / "pipeline.yaml"
-    spec.write_text(
-        "apiVersion: livetranslate.io/v1alpha1\nkind: TranslationPipeline\n"
-        "metadata: {name: x}\nspec:\n  sourceLanguage: ast\n  targetLanguages: [es]\n"
-    )
-    done = subprocess.run(
-        livetranslate_cmd("up", "-f", str(spec), "--port", "0"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTHONSAFEPATH": "1"},
-        cwd=ROOT,
-        check=False,
-    )
+    spec = "metadata: {name: x}\nspec:\n  sourceLanguage: ast\n  targetLanguages: [es]\n"
+    done = up_refusing(tmp_path / "pipeline.yaml", spec, "--port", "0")
     assert done.returncode == 2 and "spec.sourceLanguage: Whisper does not transcribe ast" in done.stderr
 
 
