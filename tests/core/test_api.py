@@ -29,6 +29,10 @@ def test_defaults_fill_every_field() -> None:
         ({"scaling": {"gpuMemory": {"highWatermark": 0.5, "lowWatermark": 0.7}}}, "spec.scaling.gpuMemory"),
         ({"scaling": {"interval": "soon"}}, "spec.scaling.interval"),
         ({"bogus": 1}, "spec.bogus"),
+        ({"modelCache": {"size": "60GB"}}, "spec.modelCache.size"),
+        ({"modelCache": {"accessMode": "ReadOnlyMany"}}, "spec.modelCache.accessMode"),
+        ({"modelCache": {"huggingFaceTokenSecretRef": {"name": "Bad_Name"}}}, "spec.modelCache"),
+        ({"scaling": {"targetUtilization": {"audio": 1.5}}}, "spec.scaling.targetUtilization.audio"),
     ],
 )
 def test_bad_specs_name_the_field(spec: dict, field: str) -> None:
