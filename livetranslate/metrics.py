@@ -60,6 +60,10 @@ ADMISSION_REFUSALS = "livetranslate_admission_refusals_total"
 # Safe drain: a gateway replica that refuses new sessions and hands its own over.
 GATEWAY_DRAINING = "livetranslate_gateway_draining"
 SESSION_HANDOVERS = "livetranslate_session_handovers_total"
+# The same for an audio replica: it refuses new streams and hands its live ones back to their
+# gateways at a pause, which resume them on another replica.
+AUDIO_DRAINING = "livetranslate_audio_draining"
+AUDIO_HANDOVERS = "livetranslate_audio_handovers_total"
 
 # Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
 EXTERNAL_METRICS = (
@@ -179,6 +183,24 @@ def session_handovers(registry: CollectorRegistry) -> Counter:
     return Counter(
         SESSION_HANDOVERS.removesuffix("_total"),
         "Live sessions a draining gateway replica handed over to another replica",
+        ["pipeline", "reason"],
+        registry=registry,
+    )
+
+
+def audio_draining(registry: CollectorRegistry) -> Gauge:
+    return Gauge(
+        AUDIO_DRAINING,
+        "1 while this audio replica drains: it refuses new streams and hands its own back",
+        ["pipeline"],
+        registry=registry,
+    )
+
+
+def audio_handovers(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        AUDIO_HANDOVERS.removesuffix("_total"),
+        "Live streams a draining audio replica handed back to their gateway to resume elsewhere",
         ["pipeline", "reason"],
         registry=registry,
     )

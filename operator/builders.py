@@ -236,8 +236,10 @@ def build_audio(resolved: ResolvedPipeline, state: BuildState, settings: Operato
         settings,
         placing.device_resources(device),
     )
+    # The audio service drains on SIGTERM (its streams resume on other replicas) for up to 20 s,
+    # then uvicorn's own shutdown takes up to 20 s: 45 s leaves both their time.
     template = _pod_template(
-        resolved, "audio", [container], podparts.volumes(resolved.name, settings), device, settings
+        resolved, "audio", [container], podparts.volumes(resolved.name, settings), device, settings, grace=45
     )
     podparts.use_cache(
         template, modelcache.pod_pieces(resolved, "audio", settings.audio_image, settings, state.cache_nodes)

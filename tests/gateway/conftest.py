@@ -104,6 +104,10 @@ class FakeAudio:
     utterance_per_block: bool = True
     texts: dict[int, str] = field(default_factory=dict)
     languages: dict[int, str] = field(default_factory=dict)  # the language each level's final was detected in
+    # Like a draining replica: the first stream is handed back (error "draining", close 1012) at
+    # the utterance end after this many finals; the next ``refuse_draining`` starts are refused so.
+    hand_back_after: int | None = None
+    refuse_draining: int = 0
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -117,7 +121,14 @@ class FakeAudio:
             await ws.accept()
             start = AudioStart.model_validate_json(await ws.receive_text())
             self.starts.append(start)
+            if self.streams == 1 and self.refuse_draining > 0:
+                self.refuse_draining -= 1
+                await ws.send_text(json.dumps({"type": "error", "code": "draining", "message": "draining"}))
+                await ws.close(1012, "replica draining")
+                return
             self.streams += 1
+            hand_back = self.hand_back_after if self.streams == 1 else None
+            finals = 0
             await ws.send_text(json.dumps({"type": "ready", "device": "cpu", "model": "fake"}))
             pending = np.zeros(0, dtype="<i2")
             t0 = start.timeOffset
@@ -129,9 +140,15 @@ class FakeAudio:
                 if speaking:
                     speaking = False
                     await ws.send_text(json.dumps({"type": "utterance_end", "end": at}))
+                    if hand_back is not None and finals >= hand_back:
+                        await ws.send_text(
+                            json.dumps({"type": "error", "code": "draining", "message": "draining (pause)"})
+                        )
+                        await ws.close(1012, "replica draining")
+                        raise WebSocketDisconnect(1012)
 
             async def final(samples: np.ndarray, last: bool) -> None:
-                nonlocal speaking
+                nonlocal speaking, finals
                 level = round(float(np.median(samples)) / LEVEL)
                 begin = t0 + done / BLOCK
                 end = begin + len(samples) / BLOCK
@@ -150,6 +167,7 @@ class FakeAudio:
                         )
                     )
                     speaking = True
+                    finals += 1
                 if not level or self.utterance_per_block or last:
                     await utterance_end(end)
 

@@ -175,3 +175,25 @@ async def test_an_idle_stream_closed_by_the_audio_service_is_not_an_outage(stack
         (1, "block 2", 1.0),
     ]
     assert stack.audio.streams == 2
+
+
+async def test_a_stream_handed_back_by_a_draining_audio_replica_resumes_at_once(stack: Stack) -> None:
+    """An audio replica that drains hands the stream back at a pause (error "draining", 1012) and
+    the next start may still reach it; the gateway opens the stream again at once from the audio
+    after the last final, counts no failure (no outage) and tells the listener nothing."""
+    stack.audio.hand_back_after = 2
+    stack.audio.refuse_draining = 2
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1, 2, 3, 4]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert not c.of("error"), c.of("error")
+    assert [(e["segmentId"], e["text"], e["start"]) for e in c.of("transcript.final")] == [
+        (i, f"block {i + 1}", float(i)) for i in range(4)
+    ]
+    assert sorted(e["segmentId"] for e in c.of("translation")) == [0, 1, 2, 3]
+    # Two refused starts and the resumed stream, from the end of the last final.
+    assert stack.audio.streams == 2 and len(stack.audio.starts) == 4
+    assert stack.audio.starts[-1].timeOffset == 2.0

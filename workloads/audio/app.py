@@ -3,6 +3,7 @@
 ``livetranslate serve audio`` runs ``create_app()`` under uvicorn. The internal protocol is in
 ``livetranslate.protocol``: a ``start`` text frame, PCM s16le mono 16 kHz binary frames, a
 ``flush`` text frame; the service answers ``ready``, ``partial``/``final`` events and ``flushed``.
+On SIGTERM it drains (drain.py): its live streams resume on other replicas, then it exits.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from livetranslate.workloads.audio.connection import AudioConnection
 from livetranslate.workloads.audio.service import AudioService
 from livetranslate.workloads.audio.settings import AudioSettings, load_settings
+from livetranslate.workloads.shutdown import install_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +45,12 @@ def create_app(settings: AudioSettings | None = None) -> FastAPI:
                 }
             },
         )
+        restore = install_sigterm(service.drain) if cfg.drain_on_sigterm else None
         try:
             yield
         finally:
+            if restore is not None:
+                restore()
             await service.close()
 
     app = FastAPI(

@@ -27,6 +27,7 @@ from livetranslate.protocol import (
     ERR_BAD_AUDIO,
     ERR_BAD_MESSAGE,
     ERR_CAPACITY,
+    ERR_DRAINING,
     ERR_FRAME_TOO_LARGE,
     ERR_INTERNAL,
     ERR_NOT_STARTED,
@@ -43,6 +44,7 @@ from livetranslate.protocol import (
     audio_client_adapter,
 )
 from livetranslate.workloads.audio.diarization import SpeakerTracker
+from livetranslate.workloads.audio.drain import CLOSE_REASON, CLOSE_RESTART
 from livetranslate.workloads.audio.engines import Engine, Hypothesis
 from livetranslate.workloads.audio.scheduler import Overloaded
 from livetranslate.workloads.audio.service import AudioService
@@ -91,6 +93,11 @@ class AudioConnection:
         self._flush_pending = False
         self._last_overload_notice = 0.0
         self._registered = False
+        # The drain (drain.py): set when this stream is to be handed back to its gateway.
+        self._handover = asyncio.Event()
+        self._handover_reason = ""
+        self._paused = asyncio.Event()  # an utterance end was sent
+        self._handover_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -102,7 +109,7 @@ class AudioConnection:
         try:
             await self._await_start()
             decoder = asyncio.create_task(self._decoder(), name="audio-decode")
-            await self._receive_loop(decoder)
+            await self._receive_until_handover(decoder)
         except _Close as close:
             code, reason = close.code, close.reason
         except WebSocketDisconnect:
@@ -119,13 +126,72 @@ class AudioConnection:
             await self._out.put(None)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(sender, timeout=5)
+            if self._handover_task is not None:
+                self._handover_task.cancel()
             if self._registered:
                 self.service.sessions.discard(self.session_id)
+                self.service.connections.discard(self)
                 self.service.m_sessions.set(len(self.service.sessions))
             if code:
                 with contextlib.suppress(Exception):
                     await self.ws.close(code=code, reason=reason[:120])
             log.info("audio session closed", extra={"fields": {"reason": reason, "code": code}})
+
+    # ------------------------------------------------------------------ drain
+
+    def request_handover(self, max_wait: float) -> None:
+        """Hand this stream back to its gateway at its next pause, or after ``max_wait``."""
+        if self._handover_task is None and not self._handover.is_set():
+            self._handover_task = asyncio.get_running_loop().create_task(
+                self._handover_at_pause(max_wait), name="audio-handover"
+            )
+
+    def hand_over_now(self, reason: str) -> None:
+        if not self._handover.is_set():
+            self._handover_reason = reason
+            self._handover.set()
+
+    async def _handover_at_pause(self, max_wait: float) -> None:
+        """At a pause every word heard is in a final the gateway has (the utterance end follows
+        them in order), so the next replica starts from silence. Without one, the gateway's
+        replay of the audio since the last final lets the next replica hear the rest."""
+        stream = self.stream
+        reason = "idle"
+        if stream is not None and not stream.between_utterances:
+            self._paused.clear()
+            try:
+                await asyncio.wait_for(self._paused.wait(), max_wait)
+                reason = "pause"
+            except TimeoutError:
+                reason = "bound"
+        self.hand_over_now(reason)
+
+    async def _receive_until_handover(self, decoder: asyncio.Task[None]) -> None:
+        """The receive loop, ended by a handover as well as by the client."""
+        receive = asyncio.create_task(self._receive_loop(decoder), name="audio-receive")
+        handover = asyncio.create_task(self._handover.wait(), name="audio-handover-wait")
+        try:
+            await asyncio.wait({receive, handover}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (receive, handover):
+                task.cancel()
+            # Python 3.11's wait_for can swallow a cancel that lands as a frame arrives; the loop
+            # then ends itself at its next frame (it checks the handover), so never wait forever.
+            await asyncio.wait({receive, handover}, timeout=2.0)
+        if receive.done() and not receive.cancelled() and receive.exception() is not None:
+            raise receive.exception()  # type: ignore[misc]
+        if self._handover.is_set():
+            # The decoder stops between two passes' events (a pass under way is dropped: its
+            # audio is in the gateway's replay), then the client hears why, after every event
+            # already queued for it.
+            decoder.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await decoder
+            self.service.drain.handed_over(self._handover_reason)
+            await self._send(
+                AudioError(code=ERR_DRAINING, message=f"{CLOSE_REASON} ({self._handover_reason})")
+            )
+            raise _Close(CLOSE_RESTART, CLOSE_REASON)
 
     async def _send(self, event: BaseModel) -> None:
         await self._out.put(event)
@@ -194,6 +260,9 @@ class AudioConnection:
             why = "still loading" if svc.loading else (svc.load_error or "not loaded")
             await self._send(AudioError(code=ERR_MODEL, message=f"speech model unavailable: {why}"))
             raise _Close(CLOSE_TRY_AGAIN, "model unavailable")
+        if svc.drain.active:
+            await self._send(AudioError(code=ERR_DRAINING, message=CLOSE_REASON))
+            raise _Close(CLOSE_RESTART, "replica draining")
         if len(svc.sessions) >= svc.capacity.sessions:
             # Past what it sustains every session's captions would fall behind: refuse the new one.
             svc.m_refusals.labels(pipeline=self.settings.pipeline, stage="audio", reason="capacity").inc()
@@ -216,6 +285,7 @@ class AudioConnection:
             language=start.language,
         )
         svc.sessions.add(self.session_id)
+        svc.connections.add(self)
         self._registered = True
         svc.m_sessions.set(len(svc.sessions))
         await self._send(AudioReady(device=svc.device, model=svc.model))
@@ -237,7 +307,7 @@ class AudioConnection:
         assert self.stream is not None
         stream = self.stream
         limits = self.settings.limits
-        while True:
+        while not self._handover.is_set():
             msg = await self._receive()
             if decoder.done():
                 raise _Close(1011, "decoder stopped")
@@ -339,6 +409,7 @@ class AudioConnection:
             return
         if isinstance(out, UtteranceEndOut):
             await self._send(AudioUtteranceEnd(end=out.end))
+            self._paused.set()
             return
         speaker = None
         if self.tracker is not None and self.service.diarizer is not None and req is not None:

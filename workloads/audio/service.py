@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -18,10 +18,14 @@ from prometheus_client import CollectorRegistry
 from livetranslate import metrics
 from livetranslate.workloads.audio.capacity import CapacityEstimate
 from livetranslate.workloads.audio.diarization import Diarizer
+from livetranslate.workloads.audio.drain import AudioDrain
 from livetranslate.workloads.audio.engines import Engine, ModelLoadError, load_engine
 from livetranslate.workloads.audio.scheduler import DecodeScheduler
 from livetranslate.workloads.audio.settings import AudioSettings
 from livetranslate.workloads.audio.vad import SileroVad
+
+if TYPE_CHECKING:
+    from livetranslate.workloads.audio.connection import AudioConnection
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class AudioService:
         self.load_error: str | None = None
         self.loading = True
         self.sessions: set[str] = set()
+        self.connections: set[AudioConnection] = set()  # live streams, for the drain
         self.scheduler = DecodeScheduler(
             settings.worker_count(),
             settings.limits.max_queue,
@@ -78,6 +83,7 @@ class AudioService:
         self.decode_seconds_total = 0.0
         self._diarizer_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
+        self.drain = AudioDrain(self)
 
     @property
     def device(self) -> str:
@@ -93,6 +99,7 @@ class AudioService:
         self._tasks.append(asyncio.create_task(self._rtf_loop(), name="audio-rtf"))
 
     async def close(self) -> None:
+        await self.drain.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -149,6 +156,8 @@ class AudioService:
             return self.diarizer
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
+        if self.drain.active:  # not ready at once: the Service stops sending it new streams
+            return False, {"draining": "this replica is shutting down; its streams move to others"}
         if self.loading:
             return False, {"model": "loading", "device": self.device, "modelName": self.model}
         if self.load_error or self.engine is None:

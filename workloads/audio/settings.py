@@ -134,6 +134,15 @@ class AudioSettings(PipelineSettings):
     vad: bool = True
     diarization: bool = False
     max_speakers: int = Field(4, ge=1, le=32)
+    # Drain (the replica is being removed: SIGTERM): /readyz turns 503, a new stream is refused
+    # with the error "draining" (close 1012), and each live stream is handed back to its gateway
+    # at its next pause (an utterance end), or after drain_session_seconds without one; the
+    # gateway resumes it on another replica from its last final. The process exits once no stream
+    # is left, or after drain_seconds in all. drain_seconds plus uvicorn's own 20 s shutdown stay
+    # inside the audio pods' terminationGracePeriodSeconds (operator/builders.py, 45 s).
+    drain_on_sigterm: bool = True
+    drain_session_seconds: float = Field(8.0, ge=0)
+    drain_seconds: float = Field(20.0, gt=0)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     limits: LimitSettings = Field(default_factory=LimitSettings)
     diarizer: DiarizationSettings = Field(default_factory=DiarizationSettings)

@@ -239,6 +239,11 @@ class StreamSession:
         return max(0.0, self.received - max(self._last_request_end, self.buffer.start))
 
     @property
+    def between_utterances(self) -> bool:
+        """Nobody speaks and everything heard is final: no utterance open, ending or decoding."""
+        return not self.in_speech and not self._utterance_ends and not self.in_flight and not self._ready
+
+    @property
     def flushed(self) -> bool:
         return self.flushing and not self._utterance_ends and not self.in_flight
 

@@ -19,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from livetranslate.workloads.gateway.auth import bearer_token, origin_allowed
 from livetranslate.workloads.gateway.connection import Connection
-from livetranslate.workloads.gateway.drain import install_sigterm
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.settings import GatewayConfig, load_config
+from livetranslate.workloads.shutdown import install_sigterm
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
                 }
             },
         )
-        restore = install_sigterm(gw) if cfg.settings.drain_on_sigterm else None
+        restore = install_sigterm(gw.drain) if cfg.settings.drain_on_sigterm else None
         try:
             yield
         finally:

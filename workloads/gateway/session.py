@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from livetranslate.protocol import (
+    ERR_DRAINING,
     AudioError,
     AudioFinal,
     AudioFlushed,
@@ -37,7 +38,12 @@ from livetranslate.workloads.gateway.outbox import CLOSE_RESTART, Outages, Outbo
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, AudioTail, SegmentRecord, SessionState
 from livetranslate.workloads.gateway.translator import Closed, SentenceTranslator, wait_for_breaker
-from livetranslate.workloads.gateway.upstream import AudioLink, UpstreamRejected, UpstreamUnavailable
+from livetranslate.workloads.gateway.upstream import (
+    AudioLink,
+    UpstreamDraining,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
 from livetranslate.workloads.resilience import Backoff
 
 log = logging.getLogger(__name__)
@@ -45,6 +51,9 @@ log = logging.getLogger(__name__)
 _UPSTREAM_CHUNK = 32000  # 1 s of 16 kHz PCM16 per frame to the audio service, at most
 # The audio service closes a stream that got no audio for a while with this error code.
 AUDIO_IDLE_TIMEOUT = "idle_timeout"
+# Pause before opening a stream again after a draining audio replica refused one: the Service
+# stops routing to it within a moment (it is not ready), so the next try finds another replica.
+DRAINING_RETRY_SECONDS = 0.1
 
 
 class _UpstreamIdle(UpstreamUnavailable):
@@ -348,6 +357,9 @@ class Session:
                 )
                 try:
                     link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
+                except UpstreamDraining:
+                    await asyncio.sleep(DRAINING_RETRY_SECONDS)
+                    continue
                 except (UpstreamUnavailable, UpstreamRejected) as exc:
                     gw.audio_breaker.failure()
                     self.outages.report("audio", str(exc))
@@ -370,6 +382,11 @@ class Session:
                         await self._audio_more.wait()
                     if self._flush_requested and self._sent >= len(self._buf):
                         return
+                except UpstreamDraining:
+                    # The audio replica handed the stream back (it drains): every final it made
+                    # is here, and the audio after the last one is still in the replay buffer.
+                    # Another replica resumes from there at once; the listener sees nothing.
+                    log.info("audio stream handed back by a draining replica; resuming elsewhere")
                 except UpstreamUnavailable as exc:
                     gw.audio_breaker.failure()
                     self.outages.report("audio", str(exc))
@@ -425,6 +442,8 @@ class Session:
                     if event.code == AUDIO_IDLE_TIMEOUT:
                         idle = True
                         continue
+                    if event.code == ERR_DRAINING:
+                        raise UpstreamDraining(f"audio service: {event.message}")
                     self.outbox.send("error", ErrorEvent(code=event.code, message=event.message))
                 elif isinstance(event, AudioFlushed):
                     return

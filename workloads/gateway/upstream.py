@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - a websockets built without its extensi
     apply_mask = _apply_mask_py
 
 from livetranslate.protocol import (
+    ERR_DRAINING,
     AnyAudioEvent,
     AudioError,
     AudioReady,
@@ -39,6 +40,11 @@ log = logging.getLogger(__name__)
 
 class UpstreamUnavailable(Exception):
     """The upstream cannot be reached or failed mid-call; worth retrying later."""
+
+
+class UpstreamDraining(UpstreamUnavailable):
+    """The upstream replica is draining (error ``draining``, close 1012): another replica takes
+    the work at once. Not a failure of the service: no circuit-breaker failure, no backoff."""
 
 
 class UpstreamRejected(Exception):
@@ -126,6 +132,8 @@ class AudioLink:
         event = audio_server_adapter.validate_json(raw)
         if isinstance(event, AudioError):
             await ws.close()
+            if event.code == ERR_DRAINING:
+                raise UpstreamDraining(f"audio service: {event.message}")
             raise UpstreamRejected(f"audio service: {event.code}: {event.message}")
         if not isinstance(event, AudioReady):
             await ws.close()
