@@ -640,3 +640,28 @@ def test_a_glued_rest_of_a_word_already_final_is_dropped() -> None:
         out += s.apply(req, _hyp(*first[:3], *rest[:n]))
     texts = [o.text for o in out if isinstance(o, (FinalOut, PartialOut)) and o.text]
     assert texts and all(not t.startswith("-") for t in texts), texts
+
+
+def test_a_whole_sentence_the_decoder_repeats_after_its_final_is_dropped() -> None:
+    """Whisper loops on a long utterance's trailing audio: it writes the sentence just committed
+    again, timed after it. A listener read "which could happen as early as this summer." three
+    times in a benchmark session; a repeat as long as the committed tail is dropped, not only the
+    last few words."""
+    s = _session()
+    said = "which could happen as early as this summer."
+    first: list[_W] = [(w, 0.1 + 0.3 * i, 0.35 + 0.3 * i) for i, w in enumerate(said.split())]
+    finals: list[str] = []
+    for extra in ([], [("So", 2.6, 2.8)]):
+        _feed(s, 1.5)
+        req = s.next_request()
+        assert req is not None
+        finals += [o.text for o in s.apply(req, _hyp(*first, *extra)) if isinstance(o, FinalOut)]
+    assert finals == [said], finals
+    # The next passes hear the same words again, placed in the audio after them.
+    again: list[_W] = [(w, 2.6 + 0.2 * i, 2.8 + 0.2 * i) for i, w in enumerate(said.split())]
+    for _ in range(3):
+        _feed(s, 0.6)
+        req = s.next_request()
+        assert req is not None
+        finals += [o.text for o in s.apply(req, _hyp(*first, *again)) if isinstance(o, FinalOut)]
+    assert finals == [said], finals

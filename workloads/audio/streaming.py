@@ -54,6 +54,10 @@ SAMPLE_RATE = 16000
 TAIL_PAD_SECONDS = 0.2
 # Shortest voiced audio worth a decoder pass.
 MIN_DECODE_SECONDS = 0.3
+# Committed words remembered for dropping what a later pass hears again: the last few words at
+# the buffer's edge, and whole sentences Whisper repeats when it loops on trailing audio (a
+# benchmark session read an 8-word sentence three times). 24 covers two sentences of the corpus.
+REHEARD_WORDS = 24
 # Stream times are sums of chunk lengths, so 12.4 - 12.1 is 0.29999999999999893: every
 # threshold comparison allows this much, or a 0.3 s step waits for a fourth 0.1 s chunk.
 TIME_EPS = 1e-6
@@ -417,7 +421,7 @@ class StreamSession:
         fresh = [w for w in words if (w.start + w.end) / 2 > self._committed_end]
         if fresh and self._committed_tail and fresh[0].start - self._committed_end < 1.0:
             tail = self._committed_tail
-            for n in range(min(5, len(tail), len(fresh)), 0, -1):
+            for n in range(min(len(tail), len(fresh)), 0, -1):
                 if tail[-n:] == [norm_word(w.text) for w in fresh[:n]]:
                     fresh = fresh[n:]
                     break
@@ -483,7 +487,7 @@ class StreamSession:
         # Word times jitter between passes: a final never starts before the previous one ended.
         start = max(words[0].start, self._committed_end, 0.0)
         self._committed_end = max(self._committed_end, words[-1].end)
-        self._committed_tail = (self._committed_tail + [norm_word(w.text) for w in words])[-10:]
+        self._committed_tail = (self._committed_tail + [norm_word(w.text) for w in words])[-REHEARD_WORDS:]
         self._utterance_words = [*self._utterance_words, *words]
         end = max(words[-1].end, start)
         language = self.language.current() if self.language.detecting else None
