@@ -163,7 +163,7 @@ def stage_capacity_sessions(registry: CollectorRegistry) -> Gauge:
 def admission_refusals(registry: CollectorRegistry) -> Counter:
     return Counter(
         ADMISSION_REFUSALS.removesuffix("_total"),
-        "Sessions a replica refused, by reason",
+        "Sessions a replica refused, by reason (translation: requests its queue could not take)",
         ["pipeline", "stage", "reason"],
         registry=registry,
     )

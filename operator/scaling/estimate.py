@@ -332,6 +332,13 @@ def refused_sessions(ctx: Interval, obs: Observed, signals: Signals, demand: Dem
     replicas sustain together (their published capacity); without a published capacity a stage
     that refuses is at least over target. Refusals count in the steady part too, so scale-down
     never takes away the replicas that would have carried them.
+
+    Translation refuses requests, not sessions, and each comes from a session the gateway already
+    counts as live: its refusals do not join the live sessions (that would count their askers
+    twice), which are sized against its capacity as they are. The reason reports the requests in
+    sessions at the rate one session sends them (translations per second over the target languages
+    and the live sessions); the gateway's retries make that an upper bound, so it is capped at the
+    live sessions.
     """
     ratio, why, steady = dict(demand.loads.ratio), dict(demand.loads.why), dict(demand.steady)
     for stage in ("gateway", "audio", "translation"):
@@ -340,8 +347,16 @@ def refused_sessions(ctx: Interval, obs: Observed, signals: Signals, demand: Dem
             continue
         refused = refused_per_s * ctx.interval_s
         capacity = _value(signals.capacity.get(stage, MISSING))
-        if capacity and capacity > 0 and stage != "translation":
-            load = (obs.sessions + refused) / capacity
+        wanted, what = obs.sessions + refused, f"{refused:.0f} sessions"
+        if stage == "translation":
+            wanted, what = obs.sessions, f"{refused:.0f} requests"
+            served_per_s = _value(signals.rate(stage))
+            if served_per_s and served_per_s > 0 and obs.sessions > 0:
+                per_session = served_per_s / (max(1, len(ctx.spec.targetLanguages)) * obs.sessions)
+                sessions = min(obs.sessions, refused_per_s / per_session)
+                what += f" (the work of about {sessions:.0f} of {obs.sessions:.0f} sessions)"
+        if capacity and capacity > 0:
+            load = wanted / capacity
         else:
             load = 1.0 + 2 * ctx.cfg.tolerance
         load = max(load, 1.0 + 2 * ctx.cfg.tolerance)
@@ -349,7 +364,7 @@ def refused_sessions(ctx: Interval, obs: Observed, signals: Signals, demand: Dem
             ratio[stage] = load
             why[stage] = (
                 "admission_refused",
-                f"{stage} refused {refused:.0f} sessions in {ctx.interval_s:.0f}s at its measured capacity",
+                f"{stage} refused {what} in {ctx.interval_s:.0f}s at its measured capacity",
             )
         steady[stage] = max(steady.get(stage, 0.0), load)
     return Demand(Loads(ratio, why), steady)

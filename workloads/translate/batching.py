@@ -65,6 +65,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.breaker = breaker
+        self.max_inflight = max_inflight
         self.on_batch = on_batch
         self.on_depth = on_depth
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -73,6 +74,8 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._batch_seconds = 0.5  # running estimate, for Retry-After
+        self._busy_done = 0.0  # slot-seconds of finished engine calls
+        self._busy_since: dict[object, float] = {}  # calls in flight: when each started
 
     @property
     def depth(self) -> int:
@@ -92,6 +95,11 @@ class MicroBatcher:
             item = self._queue.get_nowait()
             if not item.future.done():
                 item.future.set_result(EngineError("service shutting down"))
+
+    def busy_seconds(self, now: float) -> float:
+        """Slot-seconds spent in engine calls so far, those still running counted up to ``now``
+        (so an interval's utilisation does not wait for a long call to end)."""
+        return self._busy_done + sum(max(0.0, now - t) for t in self._busy_since.values())
 
     def retry_after(self) -> float:
         """Seconds until the queue has likely drained enough to take new work."""
@@ -161,6 +169,8 @@ class MicroBatcher:
 
     async def _dispatch(self, items: list[_Item]) -> None:
         started = time.monotonic()
+        call = object()
+        self._busy_since[call] = started
         try:
             if not self.breaker.allow():
                 outcomes: list[Output | BaseException] = [
@@ -187,6 +197,8 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_result(outcome)
         finally:
+            del self._busy_since[call]
+            self._busy_done += time.monotonic() - started
             for item in items:
                 if not item.future.done():
                     item.future.set_result(EngineError("batch dispatch was interrupted"))

@@ -25,9 +25,11 @@ from livetranslate.protocol import (
     context_span,
 )
 
+from ..capacity import CapacityEstimate
 from ..resilience import CircuitBreaker
 from .apertium import ApertiumEngine
 from .batching import MicroBatcher, QueueFull
+from .capacity import ActiveSessions, session_ceiling, slot_utilisation
 from .chain import FallbackChain, Step, error_result
 from .engine_metrics import STAT_GPU_RESERVED, STAT_HOST_RSS, STAT_KV_CACHE, STAT_RUNNING, STAT_WAITING
 from .engines import Engine, OpenAIEngine
@@ -81,6 +83,14 @@ class TranslationService:
         self.problems: list[str] = []
         self._background: list[asyncio.Task[None]] = []
         self._set_model_info()
+        targets = len(settings.target_languages or [])
+        self.capacity = CapacityEstimate(static_cap=session_ceiling(settings.batch.max_queue, targets))
+        self.asking = ActiveSessions()
+        self._publish_capacity()  # the ceiling until measured: a value before the first request
+        # At zero from the start, so the first refusal is a rise that rate() sees.
+        self.metrics.admission_refusals.labels(
+            pipeline=self.pipeline, stage="translation", reason="queue_full"
+        )
 
     def _step(self, engine: Engine) -> Step:
         b = self.settings.batch
@@ -111,6 +121,7 @@ class TranslationService:
         await self.refresh()
         self._recheck_languages()
         self._background.append(asyncio.create_task(self._poll(), name="translate-poll"))
+        self._background.append(asyncio.create_task(self._measure_capacity(), name="translate-capacity"))
 
     async def close(self) -> None:
         for t in self._background:
@@ -179,6 +190,25 @@ class TranslationService:
                         )
             except Exception:  # the poller must survive any one bad round
                 log.exception("engine poll failed")
+
+    async def _measure_capacity(self) -> None:
+        """Every interval: the primary engine's slot utilisation and the sessions carried, into
+        the capacity estimate (capacity.py). The primary's, because its queue is the one that
+        admits or refuses; a fallback is often another service's capacity, not this replica's."""
+        batcher = self.primary.batcher
+        last_at = time.monotonic()
+        last_busy = batcher.busy_seconds(last_at)
+        while True:
+            await asyncio.sleep(self.settings.capacity_interval_s)
+            now = time.monotonic()
+            busy = batcher.busy_seconds(now)
+            utilisation = slot_utilisation(busy - last_busy, now - last_at, batcher.max_inflight)
+            last_busy, last_at = busy, now
+            self.capacity.observe(utilisation, self.asking.carried(now))
+            self._publish_capacity()
+
+    def _publish_capacity(self) -> None:
+        self.metrics.capacity.labels(pipeline=self.pipeline, stage="translation").set(self.capacity.sessions)
 
     # ------------------------------------------------------------ model switching
 
@@ -261,8 +291,13 @@ class TranslationService:
         try:
             self.primary.batcher.reserve(len(req.targetLanguages))
         except QueueFull:
+            self.asking.refuse(req.sessionId, time.monotonic())
             self.metrics.refused.labels(self.pipeline, "queue_full").inc()
+            self.metrics.admission_refusals.labels(
+                pipeline=self.pipeline, stage="translation", reason="queue_full"
+            ).inc()
             raise
+        self.asking.admit(req.sessionId, time.monotonic())
 
     async def translate(self, req: TranslateRequest) -> AsyncIterator[TranslateResult]:
         """One result per target language, yielded as each is ready (targets run concurrently)."""

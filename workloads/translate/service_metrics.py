@@ -1,5 +1,6 @@
 """The translation service's own Prometheus metrics: per-target results, the fallback chain's
-hand-overs and refusals, batching, and each engine's health and usage mirrored from its server.
+hand-overs and refusals, batching, admission (capacity in sessions, refusals), and each engine's
+health and usage mirrored from its server.
 
 Names come from ``livetranslate.metrics`` (shared with the autoscaler and the dashboards); every
 series carries the pipeline, and those about one engine its backend.
@@ -61,6 +62,10 @@ class ServiceMetrics:
             "Requests refused before any work (backpressure, bad input)",
             ["pipeline", "reason"],
         )
+        # Admission, in the series every stage publishes (stage="translation"): the sessions this
+        # replica sustains (capacity.py), and each request refused for want of room.
+        self.capacity = m.stage_capacity_sessions(registry)
+        self.admission_refusals = m.admission_refusals(registry)
         self.engine_up = per_backend(m.TRANSLATION_ENGINE_UP, "1 when the engine answers its health check")
         self.engine_sleeping = per_backend(
             m.TRANSLATION_ENGINE_SLEEPING, "1 while vLLM sleeps (GPU memory freed)"

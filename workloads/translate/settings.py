@@ -122,6 +122,9 @@ class TranslateSettings(PipelineSettings):
     # refuse long segments an engine with a short context window cannot take.
     max_chars: int = Field(4000, ge=1, le=4000)
     request_timeout_s: float = Field(30.0, gt=0)
+    # How often the service measures its capacity in sessions (capacity.py); 5 s, as the audio
+    # service measures its real-time factor.
+    capacity_interval_s: float = Field(5.0, gt=0)
     source_language: str | None = None
     target_languages: list[str] | None = None
     # Bearer token for POST /v1/admin/model (unset: the endpoint is open inside the pod network).
