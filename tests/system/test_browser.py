@@ -411,6 +411,7 @@ class ScriptedGateway:
         self.queries: list[dict[str, str]] = []
         self.frames = 0
         self.sent = 0
+        self.session_id = "scripted-1"  # what session.started says; change it to lose a session
         self.ws: web.WebSocketResponse | None = None
         self.app = web.Application()
         self.app.router.add_get("/", self.index)
@@ -436,8 +437,8 @@ class ScriptedGateway:
                     await self.send(
                         {
                             "type": "session.started",
-                            "sessionId": "scripted-1",
-                            "resumed": "sessionId" in start,
+                            "sessionId": self.session_id,
+                            "resumed": start.get("sessionId") == self.session_id,
                             "sampleRate": start["sampleRate"],
                             "targetLanguages": start.get("targetLanguages") or ["es"],
                         }
@@ -789,3 +790,42 @@ async def test_finals_in_a_script_without_spaces_read_as_one_text() -> None:
         assert [r["source"] for r in rows] == ["みなさん、おはようございます。", "Good morning everyone."], (
             rows
         )
+
+
+async def test_a_session_the_gateway_could_not_resume_continues_below_the_old_rows() -> None:
+    """A replica goes (1012) and the session cannot be resumed (its state expired): the gateway
+    starts a new one, numbered from 0 again. Its captions follow the old ones; none is dropped as
+    a repeat of an old id, nor written into an old row."""
+    async with scripted_page("&targets=es") as (gw, page):
+        await gw.play(
+            page,
+            final(0, "First sentence."),
+            translation(0, [0], "es", "Primera frase."),
+            final(1, "Second one"),
+        )
+        gw.session_id = "scripted-2"
+        assert gw.ws is not None
+        await gw.ws.close(code=1012, message=b"replica draining, resume elsewhere")
+        await page.until("window.__livetranslate.sessionId === 'scripted-2'", 10)
+        assert gw.starts[-1]["sessionId"] == "scripted-1" and gw.starts[-1]["lastSegmentId"] == 1
+        await gw.play(
+            page,
+            final(0, "A new start."),
+            translation(0, [0], "es", "Un nuevo comienzo."),
+            final(1, "And more."),
+        )
+        rows = await page.eval(ROWS)
+        assert [r["source"] for r in rows] == [
+            "First sentence.",
+            "Second one",
+            "A new start.",
+            "And more.",
+        ], rows
+        assert (
+            rows[0]["cells"]["es"][1] == "Primera frase."
+            and rows[2]["cells"]["es"][1] == "Un nuevo comienzo."
+        )
+        # A later resume asks for the new session with its own numbering.
+        await gw.ws.close(code=1012, message=b"replica draining, resume elsewhere")
+        await page.until(f"window.__livetranslate.received >= {gw.sent + 1}", 10)
+        assert gw.starts[-1]["sessionId"] == "scripted-2" and gw.starts[-1]["lastSegmentId"] == 1

@@ -136,6 +136,31 @@
     return newGroup();
   }
 
+  // Ids are the session's own, from 0. A session the gateway could not resume (or a new one after
+  // "session ended") numbers from 0 again: its ids are shifted past the old session's, so its rows
+  // follow the old ones and none of its finals is taken for a repeat of an old one.
+  const ids = { segment: 0, sentence: 0, topSegment: -1, topSentence: -1 };
+  function shiftIds(ev) {
+    if (typeof ev.segmentId === 'number') ev.segmentId += ids.segment;
+    if (Array.isArray(ev.segmentIds)) ev.segmentIds = ev.segmentIds.map((id) => id + ids.segment);
+    if (typeof ev.sentenceId === 'number') ev.sentenceId += ids.sentence;
+    for (const id of [ev.segmentId, ...(ev.segmentIds || [])]) {
+      if (typeof id === 'number') ids.topSegment = Math.max(ids.topSegment, id);
+    }
+    if (typeof ev.sentenceId === 'number') ids.topSentence = Math.max(ids.topSentence, ev.sentenceId);
+  }
+  function sessionStarted(ev) {
+    const same = ev.resumed && ev.sessionId === lt.sessionId;
+    if (same || (ids.topSegment < 0 && ids.topSentence < 0)) return;
+    ids.segment = ids.topSegment + 1;
+    ids.sentence = ids.topSentence + 1;
+    lt.lastSegmentId = null;
+    // The old session's open sentence takes no more finals: the new session's start a new row.
+    for (const g of groups) g.sealed = true;
+    if (partialSlot && !partialSlot.final) removeSlot(partialSlot);
+    partialSlot = lastFinal = null;
+  }
+
   function slotFor(id) {
     let slot = slots.get(id);
     if (!slot) { slot = { id, text: '', final: false, speaker: null, group: null }; slots.set(id, slot); }
@@ -359,6 +384,8 @@
 
   // ------------------------------------------------------------------ events
   function onEvent(ev) {
+    if (ev.type === 'session.started') sessionStarted(ev);
+    else shiftIds(ev);
     switch (ev.type) {
       case 'session.started':
         lt.sessionId = ev.sessionId;
@@ -384,8 +411,9 @@
       }
       case 'transcript.final': {
         upstreamUp('audio');
-        if (lt.lastSegmentId !== null && ev.segmentId <= lt.lastSegmentId) break;
-        lt.lastSegmentId = ev.segmentId;
+        const own = ev.segmentId - ids.segment;  // the session's own id, as resume asks for it
+        if (lt.lastSegmentId !== null && own <= lt.lastSegmentId) break;
+        lt.lastSegmentId = own;
         lt.finals.push(ev);
         if (partialSlot && partialSlot.id !== ev.segmentId && !partialSlot.final) removeSlot(partialSlot);
         partialSlot = null;
