@@ -82,3 +82,38 @@ def test_the_operator_facing_module_loads_nothing_heavy() -> None:
     )
     out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_an_ir_of_an_older_converter_is_neither_found_nor_accepted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upgrading the converter (revision 1's stateless IR does not load in OpenVINO GenAI) must not
+    leave pods on the old IR: a new revision is another directory and another Job, and a manifest
+    of another revision fails the check pods and pulls make, saying why."""
+    from livetranslate.workloads.modelcache import layout
+
+    old_dir = model_dir(tmp_path, "audio", "tiny.en", "openvino-ir")
+    old_key = model_key("audio", "tiny.en", "openvino-ir")
+    assert old_dir.name == "openvino-ir-r2" and model_dir(tmp_path, "audio", "tiny.en", "ct2").name == "ct2"
+    (old_dir / "model").mkdir(parents=True)
+    (old_dir / "model" / "openvino_model.xml").write_text("<net/>")
+    files = layout.scan(old_dir)
+    manifest = layout.Manifest(
+        name="tiny.en",
+        stage="audio",
+        format="openvino-ir",
+        source="packaged:tiny.en",
+        bytes=sum(f.bytes for f in files),
+        sha256=layout.model_digest("openvino-ir", files),
+        files=files,
+        pulledAt=layout.now(),
+        formatRevision=2,
+    )
+    layout.write_manifest(old_dir, manifest)
+    assert layout.check_model(old_dir, expect=("audio", "tiny.en", "openvino-ir")).formatRevision == 2
+
+    monkeypatch.setitem(layout.FORMAT_REVISIONS, "openvino-ir", 3)
+    assert model_dir(tmp_path, "audio", "tiny.en", "openvino-ir").name == "openvino-ir-r3"
+    assert model_key("audio", "tiny.en", "openvino-ir") != old_key  # a new Job converts again
+    with pytest.raises(layout.ModelNotReady, match="converter revision 2, this version makes revision 3"):
+        layout.check_model(old_dir, expect=("audio", "tiny.en", "openvino-ir"))

@@ -35,6 +35,13 @@ _SAFE_PART = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _STAGE_SHORT = {"audio": "asr", "translation": "mt"}
 _FORMAT_SHORT = {"ct2": "ct2", "openvino-ir": "ov", "hf": "hf"}
 _SLUG_MAX = 48
+# What a format's files are made by, where we make them ourselves: the OpenVINO IR is our own
+# export of the Whisper weights. Bump a format's revision when the converter's output changes; an
+# IR of an older revision lives in another directory and under another Job name, so an upgraded
+# operator converts again instead of handing pods a model they cannot load.
+#   openvino-ir 1: stateless decoder export (OpenVINO GenAI 2026.4 fails to load it: no beam_idx)
+#   openvino-ir 2: the default stateful export, made static for the NPU by GenAI itself
+FORMAT_REVISIONS = {"openvino-ir": 2}
 
 
 def _hash(*parts: str) -> str:
@@ -57,13 +64,20 @@ def slug(name: str) -> str:
     return f"{readable}-{_hash(name)[:8]}"
 
 
+def format_dir(fmt: str) -> str:
+    """The directory (and key) part of a format: with its revision where it has one."""
+    revision = FORMAT_REVISIONS.get(fmt)
+    return fmt if revision is None else f"{fmt}-r{revision}"
+
+
 def model_key(stage: str, name: str, fmt: str) -> str:
-    """A DNS-1123 label of at most 40 characters naming one model of one stage in one format.
+    """A DNS-1123 label of at most 40 characters naming one model of one stage in one format
+    (and the format's revision).
 
     The operator builds Job names from it; pulls in progress are ``.partial/<key>-*``.
     """
     fmt_short = _FORMAT_SHORT.get(fmt) or _label(fmt)[:8] or "x"
-    digest = _hash(stage, name, fmt)[:8]
+    digest = _hash(stage, name, format_dir(fmt))[:8]
     room = KEY_MAX - len(fmt_short) - len(digest) - 2
     head = _label(f"{_STAGE_SHORT.get(stage, stage)}-{name}")[:room].strip("-") or "model"
     return f"{head}-{fmt_short}-{digest}"
@@ -76,8 +90,9 @@ def _path_part(what: str, value: str) -> str:
 
 
 def model_dir(cache_root: Path, stage: str, name: str, fmt: str) -> Path:
-    """Where the complete model lives: ``<root>/<stage>/<slug>/<fmt>``."""
-    return Path(cache_root) / _path_part("stage", stage) / slug(name) / _path_part("format", fmt)
+    """Where the complete model lives: ``<root>/<stage>/<slug>/<fmt>`` (``<fmt>-r<revision>`` for
+    a format with a revision)."""
+    return Path(cache_root) / _path_part("stage", stage) / slug(name) / _path_part("format", format_dir(fmt))
 
 
 def partial_root(cache_root: Path) -> Path:
@@ -130,6 +145,8 @@ class Manifest(BaseModel):
     # The ct2 weights' model.bin digest an openvino-ir was converted from (the IR itself differs
     # from one export to the next, so the asked digest is checked on what went in).
     sourceSha256: str | None = None
+    # FORMAT_REVISIONS' entry for the format when it was made (None: a format without one).
+    formatRevision: int | None = None
 
     def summary(self, path: Path, cached: bool) -> dict[str, object]:
         """The one line a pull prints and leaves in the termination log (no per-file list)."""
@@ -244,6 +261,12 @@ def check_model(
         raise ModelNotReady(
             f"{directory / MANIFEST} is for {manifest.stage} model {manifest.name} ({manifest.format}), "
             f"not {expect[0]} model {expect[1]} ({expect[2]})"
+        )
+    revision = FORMAT_REVISIONS.get(manifest.format)
+    if manifest.formatRevision != revision:
+        raise ModelNotReady(
+            f"{directory / MANIFEST}: {manifest.format} made by converter revision "
+            f"{manifest.formatRevision}, this version makes revision {revision}; pull it again"
         )
     for entry in manifest.files:
         path = directory / entry.path

@@ -35,6 +35,7 @@ from livetranslate.workloads.modelcache.errors import (
     SourceUnavailable,
 )
 from livetranslate.workloads.modelcache.layout import (
+    FORMAT_REVISIONS,
     FileEntry,
     Manifest,
     check_model,
@@ -210,6 +211,7 @@ def _pull_into(work: Path, req: PullRequest, space: _Space) -> Manifest:
         files=files,
         pulledAt=now(),
         sourceSha256=source_sha,
+        formatRevision=FORMAT_REVISIONS.get(req.format),
     )
     write_manifest(model, manifest)
     return manifest
