@@ -3,7 +3,9 @@
 A ``Connection`` owns the socket: accept, a receive task (validation, limits, audio conversion), a
 send task draining the ``Outbox`` (outbox.py: a bounded queue where superseded partials are
 dropped first and finals never are) and cleanup. The live session it carries is a ``Session``
-(session.py), which reaches the client only through that outbox.
+(session.py), which reaches the client only through that outbox. The two tasks, and the task
+holding the session's own (session_tasks.py), run in one ``asyncio.TaskGroup``: none outlives
+the connection, and one that fails is logged and ends it.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import collections
 import logging
 import time
 import uuid
-from collections.abc import MutableMapping
+from collections.abc import Coroutine, MutableMapping
 from typing import Any
 
 from fastapi import WebSocket
@@ -55,6 +57,10 @@ from livetranslate.workloads.gateway.sessions import SessionState
 log = logging.getLogger(__name__)
 
 
+class _StartFailed(Exception):
+    """The session could not start: logged, and the client told, where it happened."""
+
+
 class TokenBucket:
     def __init__(self, rate: float, burst: float) -> None:
         self.rate = rate
@@ -87,6 +93,7 @@ class Connection:
         self._bytes: TokenBucket | None = None
         self._bad: collections.deque[float] = collections.deque()
         self._ended = False
+        self._group: asyncio.TaskGroup | None = None
         self._receiver: asyncio.Task[None] | None = None
         self._last_rx = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
@@ -97,31 +104,53 @@ class Connection:
         await self.ws.accept()
         self.gw.connections += 1
         bind_log_context(connection=self.id)
-        self._receiver = asyncio.create_task(self._receive_loop())
-        sender = asyncio.create_task(self._send_loop())
         try:
-            await asyncio.wait({self._receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            self._receiver.cancel()
-            await asyncio.gather(self._receiver, return_exceptions=True)
-            if self.session is not None:
-                if self.session.handing_over and self.converter is not None:
-                    # The resampler's last samples belong to the tail the next replica gets.
-                    self.session.feed(self.converter.convert(b"", last=True))
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                receiver = group.create_task(
+                    self._guard("receive", self._receive_loop()), name=f"receive-{self.id}"
+                )
+                self._receiver = receiver
+                sender = group.create_task(self._guard("send", self._send_loop()), name=f"send-{self.id}")
                 try:
-                    await self.session.finish(graceful_end=False)
-                except Exception:
-                    log.exception("session cleanup failed", extra={"session_id": self.session.sid})
-                self.gw.sessions.discard(self.session)
-            # Errors that explain a close (capacity, bad messages) reach the client before it.
-            closing = self.outbox.close_request
-            if not sender.done() and not (closing and closing[1].startswith("client too slow")):
-                await self.queue.drained(2.0)
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+                    await asyncio.wait({receiver, sender}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    await self._wind_down(receiver, sender)
+        finally:
             self.gw.connections -= 1
             await self._close_socket()
             self._release()
+
+    async def _guard(self, loop: str, work: Coroutine[Any, Any, None]) -> None:
+        """Run the receive or the send loop. One that fails ends the connection, as its return does:
+        the failure is logged here, not raised into the TaskGroup, which would cancel the cleanup."""
+        try:
+            await work
+        except _StartFailed:
+            pass
+        except Exception:
+            extra = {"session_id": self.session.sid} if self.session is not None else {}
+            log.exception("connection %s loop failed", loop, extra=extra)
+
+    async def _wind_down(self, receiver: asyncio.Task[None], sender: asyncio.Task[None]) -> None:
+        """Stop reading, end or detach the session, send what is queued, stop sending."""
+        receiver.cancel()
+        await asyncio.gather(receiver, return_exceptions=True)
+        if self.session is not None:
+            if self.session.handing_over and self.converter is not None:
+                # The resampler's last samples belong to the tail the next replica gets.
+                self.session.feed(self.converter.convert(b"", last=True))
+            try:
+                await self.session.finish(graceful_end=False)
+            except Exception:
+                log.exception("session cleanup failed", extra={"session_id": self.session.sid})
+            self.gw.sessions.discard(self.session)
+        # Errors that explain a close (capacity, bad messages) reach the client before it.
+        closing = self.outbox.close_request
+        if not sender.done() and not (closing and closing[1].startswith("client too slow")):
+            await self.queue.drained(2.0)
+        sender.cancel()
+        await asyncio.gather(sender, return_exceptions=True)
 
     def _release(self) -> None:
         """Drop the references that tie this connection's objects into cycles.
@@ -133,6 +162,7 @@ class Connection:
         was, and the full collection that frees it stops the event loop for every live session.
         """
         self._idle_timer = None
+        self._group = None
         self._receiver = None
         self.outbox.on_close = None
         self.queue.clear()  # their sent-callbacks hold the session
@@ -392,12 +422,13 @@ class Connection:
                 **extra,
             ),
         )
+        assert self._group is not None
         try:
-            await session.start(resumed, start.lastSegmentId)
-        except Exception:
+            await session.start(resumed, start.lastSegmentId, self._group)
+        except Exception as exc:
             log.exception("session start failed")
             self.send_event("error", ErrorEvent(code=ERR_INTERNAL, message="session could not start"))
-            raise
+            raise _StartFailed from exc
         log.info(
             "session started",
             extra={

@@ -1,15 +1,15 @@
 """The live session a client connection carries (``Session``).
 
 It owns what the connection feeds: the audio-service stream (reconnected and replayed from the
-last final when the service comes back), its ``SentenceTranslator`` (finals grouped into sentences,
-each translated whole with the sentences before it as context, and the open one re-translated as
-it grows; translator.py), and the state written through to the session store (see sessions.py
-for the resume semantics). It reaches its client only through an ``Outbox`` (outbox.py): events
-to send, or a request to close; it holds no reference to the connection.
+last final when the service comes back; session_audio.py), its ``SentenceTranslator`` (finals
+grouped into sentences, each translated whole with the sentences before it as context, and the
+open one re-translated as it grows; translator.py), and the state written through to the session
+store (see sessions.py for the resume semantics). It reaches its client only through an ``Outbox``
+(outbox.py): events to send, or a request to close; it holds no reference to the connection.
 
-An audio frame's path (``feed``: replay buffer, forward to the audio stream) creates no task,
-timer, pydantic model or metric sample: at 1,000 live sessions it runs 10,000 times a second, and
-what it costs is CPU per frame (benchmarks/results/gateway.md).
+Its tasks (the audio stream, the translator, the lease, a handover) run in one TaskGroup from
+``start`` to ``finish`` or ``abort`` (session_tasks.py): one that fails ends the session, the
+client told ``internal_error``, and none outlives it.
 """
 
 from __future__ import annotations
@@ -18,49 +18,30 @@ import asyncio
 import collections
 import logging
 import time
-from typing import Any
 
 from livetranslate.protocol import (
-    ERR_DRAINING,
-    AudioError,
+    ERR_INTERNAL,
     AudioFinal,
-    AudioFlushed,
-    AudioPartial,
-    AudioStart,
-    AudioUtteranceEnd,
     ErrorEvent,
     TranscriptFinal,
-    TranscriptPartial,
 )
 from livetranslate.workloads.gateway.audio import ReplayBuffer, pcm16_seconds
 from livetranslate.workloads.gateway.drain import hand_over
-from livetranslate.workloads.gateway.outbox import CLOSE_RESTART, Outages, Outbox
+from livetranslate.workloads.gateway.outbox import CLOSE_NORMAL, CLOSE_RESTART, Outages, Outbox
 from livetranslate.workloads.gateway.service import Gateway
+from livetranslate.workloads.gateway.session_audio import SessionAudio
+from livetranslate.workloads.gateway.session_tasks import SessionTasks
 from livetranslate.workloads.gateway.sessions import LEASE_SECONDS, AudioTail, SegmentRecord, SessionState
-from livetranslate.workloads.gateway.translator import Closed, SentenceTranslator, wait_for_breaker
-from livetranslate.workloads.gateway.upstream import (
-    AudioLink,
-    UpstreamDraining,
-    UpstreamRejected,
-    UpstreamUnavailable,
-)
-from livetranslate.workloads.resilience import Backoff
+from livetranslate.workloads.gateway.translator import Closed, SentenceTranslator
 
 log = logging.getLogger(__name__)
 
-_UPSTREAM_CHUNK = 32000  # 1 s of 16 kHz PCM16 per frame to the audio service, at most
-# The audio service closes a stream that got no audio for a while with this error code.
-AUDIO_IDLE_TIMEOUT = "idle_timeout"
-# Pause before opening a stream again after a draining audio replica refused one: the Service
-# stops routing to it within a moment (it is not ready), so the next try finds another replica.
-DRAINING_RETRY_SECONDS = 0.1
+# What the client is told when one of its session's tasks failed unexpectedly. The session is saved
+# (not ended) and the connection closed, so the client resumes it, as after any other close.
+INTERNAL_ERROR_MESSAGE = "the session failed on the gateway; connect again to resume it"
 
 
-class _UpstreamIdle(UpstreamUnavailable):
-    """The audio service closed a stream it got no audio on: not an outage."""
-
-
-class Session:
+class Session(SessionAudio):
     def __init__(self, gw: Gateway, outbox: Outbox, state: SessionState, owner: str) -> None:
         self.gw = gw
         self.outbox = outbox
@@ -74,12 +55,12 @@ class Session:
         self._sent = 0  # bytes of _buf the current audio stream has been given
         # The current stream while its writer waits with everything sent: feed() hands it new
         # frames directly (AudioLink.send_now) instead of waking the writer task for each.
-        self._idle_link: AudioLink | None = None
+        self._idle_link = None
         self._audio_more = asyncio.Event()
         self._flush_requested = False
-        self._arrivals: collections.deque[tuple[float, float]] = collections.deque()
+        self._arrivals = collections.deque()
         self._write_lock = asyncio.Lock()
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks = SessionTasks(self.sid, self._failed)
         self.outages = Outages(outbox)
         self._audio_done = asyncio.Event()
         self.finished = False
@@ -95,10 +76,6 @@ class Session:
         )
 
     @property
-    def audio_seconds(self) -> float:
-        return self._buf_start + pcm16_seconds(len(self._buf))
-
-    @property
     def translate_backlog(self) -> int:
         return self.translator.backlog
 
@@ -108,15 +85,21 @@ class Session:
     def mid_utterance(self) -> bool:  # a pause now would cut what is being said
         return self.speaking or self.translator.assembler.open is not None
 
-    async def start(self, resumed: bool, last_segment_id: int | None) -> None:
+    async def start(self, resumed: bool, last_segment_id: int | None, group: asyncio.TaskGroup) -> None:
+        """Replay what a resumed session's client missed, then run the session's tasks in a
+        TaskGroup of their own, held by a task in ``group`` (the connection's)."""
         if resumed:
             await self._replay(last_segment_id)
             await self._restore_tail()
-        self._tasks = [
-            asyncio.create_task(self._audio_loop(), name=f"audio-{self.sid}"),
-            asyncio.create_task(self.translator.run(), name=f"translate-{self.sid}"),
-            asyncio.create_task(self._lease_loop(), name=f"lease-{self.sid}"),
-        ]
+        work = {"audio": self._audio_loop(), "translate": self.translator.run(), "lease": self._lease_loop()}
+        await self._tasks.open(group, work)
+
+    def _failed(self, failure: BaseExceptionGroup[Exception]) -> None:
+        """A task of the session failed (its siblings are cancelled by now): end the session as a
+        failed start does, with ``internal_error``; it is saved and the client may resume it."""
+        log.error("session task failed; ending the session", exc_info=failure, extra={"session_id": self.sid})
+        self.outbox.send("error", ErrorEvent(code=ERR_INTERNAL, message=INTERNAL_ERROR_MESSAGE))
+        self.outbox.close(CLOSE_NORMAL, "internal error")
 
     async def _replay(self, ack: int | None) -> None:
         """Send what the client missed; queue translations a previous owner never finished."""
@@ -137,15 +120,18 @@ class Session:
         self._arrivals.append((self.state.audioSeconds, time.monotonic()))
 
     def request_handover(self, max_wait: float) -> None:
-        """The replica drains: go on with another one at the next pause, or after ``max_wait``."""
+        """The replica drains: go on with another one at the next pause, or after ``max_wait``.
+
+        Before ``start`` has the session's tasks running this does nothing: the connection asks
+        again once they run (Connection._start)."""
         if self._handover is None and not self.finished:
-            self._handover = asyncio.create_task(hand_over(self, max_wait), name=f"handover-{self.sid}")
+            self._handover = self._tasks.spawn("handover", hand_over(self, max_wait))
 
     async def stop_audio(self) -> None:
         """Stop the audio stream between two of its events: every final it sent is logged, and
         the audio after the last one stays in the replay buffer (the tail a handover saves)."""
         async with self._events_lock:
-            audio = self._tasks[0] if self._tasks else None
+            audio = self._tasks.get("audio")
             if audio is not None:
                 audio.cancel()
         if audio is not None and not (await asyncio.wait({audio}, timeout=5.0))[0]:
@@ -154,14 +140,11 @@ class Session:
     async def stop_translations(self, timeout: float) -> None:
         """Translate the closed sentences, then stop; past ``timeout`` the next replica does."""
         self.translator.stop()
-        if len(self._tasks) > 1:
-            task = self._tasks[1]
-            try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except TimeoutError:
-                log.warning("translations unfinished at handover; the next replica does them")
-                task.cancel()
-                await asyncio.wait({task}, timeout=2.0)
+        task = self._tasks.get("translate")
+        if task is not None and not (await asyncio.wait({task}, timeout=timeout))[0]:
+            log.warning("translations unfinished at handover; the next replica does them")
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)
 
     def hand_over_now(self, reason: str) -> None:
         """The drain's time is up: go now, as things are (what is unfinished goes with it)."""
@@ -175,10 +158,7 @@ class Session:
     async def _detach(self) -> None:
         """The end of a handover: save the session with its audio tail and let it go."""
         await self.stop_audio()  # between two events; done already unless the drain ran out of time
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5.0)
+        await self._tasks.close(timeout=5.0)
         self.state.audioSeconds = self.audio_seconds
         try:
             if self._buf:
@@ -205,6 +185,21 @@ class Session:
         if self.handing_over:
             await self._detach()
             return
+        try:
+            await self._flush()
+        finally:
+            await self._tasks.close()  # whatever happened: the connection's group waits for them
+        self.state.audioSeconds = self.audio_seconds
+        try:
+            if graceful_end:
+                await self.gw.store.delete(self.sid)
+            else:
+                await self.gw.store.save(self.state)
+        finally:
+            await self.gw.store.release(self.sid, self.owner)
+
+    async def _flush(self) -> None:
+        """The audio stream's last finals, and the translations of every sentence closed."""
         s = self.gw.settings
         self._flush_requested = True
         self._audio_more.set()
@@ -220,38 +215,25 @@ class Session:
             await self._close_sentences(closed)
             self.translator.submit(closed)
         self.translator.stop()
-        translate_task = self._tasks[1] if len(self._tasks) > 1 else None
-        if translate_task is not None:
-            try:
-                await asyncio.wait_for(asyncio.shield(translate_task), s.translate_timeout + 5)
-            except TimeoutError:
-                log.warning("translations still pending at session end")
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self.state.audioSeconds = self.audio_seconds
-        try:
-            if graceful_end:
-                await self.gw.store.delete(self.sid)
-            else:
-                await self.gw.store.save(self.state)
-        finally:
-            await self.gw.store.release(self.sid, self.owner)
+        # asyncio.wait, not wait_for: a translator that failed or was cancelled with its group
+        # (session_tasks.py) has nothing left to wait for, and its end is not this caller's.
+        translating = self._tasks.get("translate")
+        if (
+            translating is not None
+            and not (await asyncio.wait({translating}, timeout=s.translate_timeout + 5))[0]
+        ):
+            log.warning("translations still pending at session end")
 
     def release(self) -> None:
         """After finish or abort: forget the finished tasks (see Connection._release)."""
-        self._tasks = []
+        self._tasks.release()
         self._idle_link = None
         self._handover = None
         self.translator.release()
 
     async def abort(self) -> None:
         """Stop at once, keeping nothing: the session lives on with another connection."""
-        current = asyncio.current_task()
-        tasks = [t for t in self._tasks if t is not current]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         self.finished = True
         await self.gw.store.release(self.sid, self.owner)
 
@@ -270,186 +252,6 @@ class Session:
                 self.superseded = True
                 self.outbox.close(CLOSE_RESTART, "session resumed on another connection")
                 return
-
-    # ---------------------------------------------------------------- audio
-
-    def feed(self, pcm16: bytes) -> bool:
-        """Add converted audio. False when the replay buffer overflowed (audio service away).
-
-        The buffer holds at most ``audio_buffer_seconds``, sent or not: audio the service has but
-        has not finalised yet (a long silence gives no finals) is otherwise never trimmed.
-        """
-        buf = self._buf
-        was_sent = self._sent == len(buf)
-        buf.append(pcm16)
-        self._arrivals.append((self._buf_start + len(buf) / 32000, time.monotonic()))
-        overflow = len(buf) - self._buf_limit
-        if overflow <= 0:
-            link = self._idle_link
-            if (
-                link is not None
-                and was_sent
-                and len(pcm16) <= _UPSTREAM_CHUNK
-                and not self._flush_requested
-                and link.send_now(pcm16)
-            ):
-                self._sent += len(pcm16)
-            else:
-                self._audio_more.set()
-            return True
-        overflow -= overflow % 2
-        lost = overflow > self._sent  # audio the audio service never got
-        buf.drop_front(overflow)
-        self._buf_start += pcm16_seconds(overflow)
-        self._sent = max(0, self._sent - overflow)
-        while len(self._arrivals) > 1 and self._arrivals[0][0] < self._buf_start:
-            self._arrivals.popleft()
-        self._audio_more.set()
-        return not lost
-
-    def _trim_to(self, t: float) -> None:
-        """Forget buffered audio up to session time ``t`` (a final covers it)."""
-        n = round((t - self._buf_start) * 16000) * 2
-        n = max(0, min(n, self._sent))
-        if n:
-            self._buf.drop_front(n)
-            self._buf_start += pcm16_seconds(n)
-            self._sent -= n
-
-    def _arrival_of(self, t: float) -> float | None:
-        """Wall-clock (monotonic) time at which the sample at session time ``t`` reached us.
-
-        Finals come in session-time order, so frames that ended before ``t`` are never asked
-        about again: dropping them keeps this O(1) per final instead of a scan of the last minute.
-        """
-        arrivals = self._arrivals
-        while len(arrivals) > 1 and arrivals[0][0] < t - 1e-6:
-            arrivals.popleft()
-        return arrivals[0][1] if arrivals else None
-
-    async def _audio_loop(self) -> None:
-        gw, s = self.gw, self.gw.settings
-        backoff = Backoff(s.retry_base_seconds, s.retry_max_seconds)
-        try:
-            # The audio stream opens with the first audio: a session that only listens (or a
-            # muted microphone) holds no upstream connection.
-            while not self._buf and not self._flush_requested:
-                self._audio_more.clear()
-                await self._audio_more.wait()
-            if not self._buf:
-                return
-            while True:
-                if not gw.config.audio_url:
-                    self.outages.report("audio", "no audio service is configured")
-                    return
-                if not gw.audio_breaker.allow():
-                    self.outages.report("audio", "audio service unavailable (circuit open)")
-                    await wait_for_breaker(gw.audio_breaker, min(0.25, s.retry_base_seconds))
-                    continue
-                start = AudioStart(
-                    type="start",
-                    sessionId=self.sid,
-                    language=self.state.sourceLanguage,
-                    diarization=gw.config.diarization,
-                    maxSpeakers=gw.config.max_speakers,
-                    timeOffset=round(self._buf_start, 6),
-                    languages=gw.config.detect_languages if self.state.sourceLanguage == "auto" else [],
-                )
-                try:
-                    link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
-                except UpstreamDraining:
-                    await asyncio.sleep(DRAINING_RETRY_SECONDS)
-                    continue
-                except (UpstreamUnavailable, UpstreamRejected) as exc:
-                    gw.audio_breaker.failure()
-                    self.outages.report("audio", str(exc))
-                    await gw.audio_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
-                    continue
-                gw.audio_breaker.success()
-                backoff.reset()
-                self.outages.recovered("audio")
-                self._sent = 0  # a new stream starts from the replay buffer
-                writer = asyncio.create_task(self._write_audio(link))
-                reader = asyncio.create_task(self._read_audio(link))
-                try:
-                    await asyncio.gather(writer, reader)
-                    return  # flushed: the session's audio is complete
-                except _UpstreamIdle:
-                    # The audio service let an idle stream go (a muted microphone): open a new
-                    # one when audio comes again. Nothing is wrong, so the client hears nothing.
-                    while self._sent >= len(self._buf) and not self._flush_requested:
-                        self._audio_more.clear()
-                        await self._audio_more.wait()
-                    if self._flush_requested and self._sent >= len(self._buf):
-                        return
-                except UpstreamDraining:
-                    # The audio replica handed the stream back (it drains): every final it made
-                    # is here, and the audio after the last one is still in the replay buffer.
-                    # Another replica resumes from there at once; the listener sees nothing.
-                    log.info("audio stream handed back by a draining replica; resuming elsewhere")
-                except UpstreamUnavailable as exc:
-                    gw.audio_breaker.failure()
-                    self.outages.report("audio", str(exc))
-                    await gw.audio_breaker.pause(backoff.next(), min(0.25, s.retry_base_seconds))
-                finally:
-                    for t in (writer, reader):
-                        t.cancel()
-                    await asyncio.gather(writer, reader, return_exceptions=True)
-                    await link.close()
-        finally:
-            self._audio_done.set()
-
-    async def _write_audio(self, link: AudioLink) -> None:
-        flushed = False
-        while True:
-            if self._sent < len(self._buf):
-                chunk = self._buf.read(self._sent, _UPSTREAM_CHUNK)
-                await link.send_audio(chunk)
-                self._sent += len(chunk)  # after the await: trims during it adjusted _sent
-                continue
-            if self._flush_requested and not flushed:
-                await link.flush()
-                flushed = True
-            self._audio_more.clear()
-            if self._sent >= len(self._buf):
-                if flushed:
-                    return
-                self._idle_link = link
-                try:
-                    await self._audio_more.wait()
-                finally:
-                    self._idle_link = None
-
-    async def _read_audio(self, link: AudioLink) -> None:
-        idle = False
-        async for event in link.events():
-            async with self._events_lock:
-                if isinstance(event, AudioPartial):
-                    if event.text.strip():
-                        self.speaking = True
-                        ev = TranscriptPartial(
-                            segmentId=self.state.nextSegment,
-                            text=event.text.strip(),
-                            start=event.start,
-                            end=event.end,
-                        )
-                        self.outbox.send("partial", ev)
-                elif isinstance(event, AudioFinal):
-                    await self._on_final(event)
-                elif isinstance(event, AudioUtteranceEnd):
-                    await self._on_utterance_end()
-                elif isinstance(event, AudioError):
-                    if event.code == AUDIO_IDLE_TIMEOUT:
-                        idle = True
-                        continue
-                    if event.code == ERR_DRAINING:
-                        raise UpstreamDraining(f"audio service: {event.message}")
-                    self.outbox.send("error", ErrorEvent(code=event.code, message=event.message))
-                elif isinstance(event, AudioFlushed):
-                    return
-        if idle:
-            raise _UpstreamIdle("audio service closed an idle stream")
-        raise UpstreamUnavailable("audio service closed the stream")
 
     async def _on_final(self, event: AudioFinal) -> None:
         self._trim_to(event.end)
