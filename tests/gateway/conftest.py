@@ -108,6 +108,7 @@ class FakeAudio:
     # the utterance end after this many finals; the next ``refuse_draining`` starts are refused so.
     hand_back_after: int | None = None
     refuse_draining: int = 0
+    hand_back_error: bool = True  # False: the close alone (as a writer meets it before the error)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -141,9 +142,12 @@ class FakeAudio:
                     speaking = False
                     await ws.send_text(json.dumps({"type": "utterance_end", "end": at}))
                     if hand_back is not None and finals >= hand_back:
-                        await ws.send_text(
-                            json.dumps({"type": "error", "code": "draining", "message": "draining (pause)"})
-                        )
+                        if self.hand_back_error:
+                            await ws.send_text(
+                                json.dumps(
+                                    {"type": "error", "code": "draining", "message": "draining (pause)"}
+                                )
+                            )
                         await ws.close(1012, "replica draining")
                         raise WebSocketDisconnect(1012)
 

@@ -98,6 +98,20 @@ def masked_binary_frame(payload: bytes, key: bytes) -> bytes:
     return head + key + apply_mask(payload, key)
 
 
+CLOSE_RESTART = 1012  # "service restart": the audio replica drains (or restarts)
+
+
+def _lost(exc: BaseException) -> UpstreamUnavailable:
+    """Why an audio stream ended under a send or a read. Closed with 1012, the replica is going
+    away on purpose (drain.py of the audio service): the writer may meet the closed socket before
+    the reader has read the ``draining`` error queued ahead of the close, and either way the
+    stream resumes elsewhere at once, not as an outage."""
+    received = exc.rcvd if isinstance(exc, ConnectionClosed) else None
+    if received is not None and received.code == CLOSE_RESTART:
+        return UpstreamDraining(f"audio service: {exc}")
+    return UpstreamUnavailable(f"audio service: {exc}")
+
+
 class AudioLink:
     """One open stream to the audio service, started and past its ``ready``."""
 
@@ -144,7 +158,7 @@ class AudioLink:
         try:
             await self._ws.send(pcm16)
         except (OSError, ConnectionClosed) as exc:
-            raise UpstreamUnavailable(f"audio service: {exc}") from exc
+            raise _lost(exc) from exc
 
     def send_now(self, pcm16: bytes) -> bool:
         """Hand ``pcm16`` to the socket without a task switch, when that cannot block.
@@ -177,7 +191,7 @@ class AudioLink:
         try:
             await self._ws.send('{"type":"flush"}')
         except (OSError, ConnectionClosed) as exc:
-            raise UpstreamUnavailable(f"audio service: {exc}") from exc
+            raise _lost(exc) from exc
 
     async def events(self) -> AsyncIterator[AudioEvent]:
         """Events until the service closes the stream (normally after ``flushed``)."""
@@ -187,7 +201,7 @@ class AudioLink:
                     continue
                 yield audio_server_adapter.validate_json(raw)
         except (OSError, ConnectionClosed) as exc:
-            raise UpstreamUnavailable(f"audio service: {exc}") from exc
+            raise _lost(exc) from exc
 
     async def close(self) -> None:
         # Bounded: websockets waits without a limit for its write buffer to drain before the close
