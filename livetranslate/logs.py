@@ -158,3 +158,5 @@ def configure_logging(level: str | None = None, component: str | None = None) ->
         bind_log_context(component=component)
     # Access logs carry query strings (browsers send ?token=...): keep uvicorn's off by default.
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    # The Kubernetes client logs every response body at debug (Secrets' data included).
+    logging.getLogger("kubernetes_asyncio.client.rest").setLevel(logging.INFO)

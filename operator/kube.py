@@ -1,33 +1,48 @@
 """The operator's small Kubernetes client: apply manifests idempotently, read Deployments, post Events.
 
-Plain async functions over one aiohttp session, authenticated the way Kopf itself logs in
-(in-cluster service account, else ``$KUBECONFIG``), so the operator needs no second Kubernetes
-client library. The autoscaler (operator/scaling/) uses the same module to read and patch
-Deployments and to post its Events.
+The transport is ``kubernetes_asyncio`` (the official client's asyncio build): a ``Configuration``
+built from the ``kopf.ConnectionInfo`` Kopf itself logged in with (in-cluster service account,
+else ``$KUBECONFIG``), so both clients reach the same server with the same credentials, and one
+``ApiClient`` per ``KubeClient`` that sends every request (TLS, CA and client certificates, the
+Authorization header, JSON). The autoscaler (operator/scaling/) uses the same module to read and
+patch Deployments and to post its Events.
 
-``apply`` is create-or-patch: create; on 409 (it exists, perhaps created by a previous operator
-process that died mid-reconcile) merge-patch it to the desired state, adopting it with an
-ownerReference. Children are never deleted and recreated, so a restart never duplicates or
-restarts anything.
+Kept hand-written on top of it, each for a reason the library does not cover:
+
+- The retry wrapper (``request``): the library sends each request once. A reconcile wants
+  throttling (429, Retry-After honoured), a failing API server, a dropped connection and a merge
+  patch that lost a race retried in place, briefly, and everything else reported at once.
+- Paths and plain dicts (``resource_url``, ``PLURALS``) through ``ApiClient.call_api``, not the
+  generated typed APIs (``CoreV1Api`` ...): one generic path serves core and apps kinds, our CRD
+  and PodMonitor alike, manifests stay the dicts ``manifests.build_*`` return, and the verbs and
+  paths are the ones the RBAC audit (tests/reliability/test_security.py) checks. The dynamic
+  client would add a discovery sweep of every API group before the first request.
+- ``apply``: create-or-merge-patch with adoption and fields another component owns. Children are
+  never deleted and recreated, so a restart never duplicates or restarts anything; on 409 (it
+  exists, perhaps created by a previous operator process that died mid-reconcile) the object is
+  merge-patched to the desired state and adopted with an ownerReference.
+- Re-reading the credentials once on a 401: projected service-account tokens rotate.
+- ``login``, the Kopf login handler both clients use, and the ``Configuration`` built from it
+  (kube_login.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import datetime
+import json as jsonlib
 import logging
 import random
-import ssl
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import kopf
+from kubernetes_asyncio.client import ApiClient, ApiException, Configuration
 
 from livetranslate.operator import manifests
+from livetranslate.operator.kube_login import AUTH_SLOT, configuration, login_now, set_credentials
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +74,13 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 RETRY_BACKOFFS: tuple[float, ...] = (0.25, 0.5, 1.0)  # seconds, each scaled by a random 0.5-1.5
 RETRY_AFTER_CAP_S = 10.0  # a longer Retry-After is left to the handler's own (slower) retry
 
+USER_AGENT = "livetranslate-operator"
+# The library's per-request default is no limit at all; a stalled API server must become an
+# ApiError the handler retries later (see KubeClient.request).
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
+# Every 2xx answer is handed back as the parsed JSON (dicts and lists), never as model classes.
+_AS_JSON = {status: "object" for status in range(200, 300)}
+
 
 class ApiError(Exception):
     """A Kubernetes API error with its HTTP status (404, 409, 422, ...)."""
@@ -69,6 +91,20 @@ class ApiError(Exception):
         self.message = message
         self.body = body
         self.retry_after: float | None = None  # seconds, from a 429's Retry-After
+
+    @classmethod
+    def from_api_exception(cls, e: ApiException) -> ApiError:
+        """The library's error as ours: the Status object parsed, its message, the Retry-After."""
+        raw = e.body.decode(errors="replace") if isinstance(e.body, bytes) else e.body or ""
+        try:
+            body = jsonlib.loads(raw)
+            message = body.get("message", "") if isinstance(body, dict) else str(body)
+        except ValueError:
+            body, message = None, raw
+        error = cls(int(e.status or 0), message or e.reason or "", body)
+        headers: Mapping[str, str] = e.headers or {}
+        error.retry_after = _retry_after(headers.get("Retry-After"), body)
+        return error
 
 
 def _has_precondition(body: Any) -> bool:
@@ -109,93 +145,62 @@ def resource_url(
     return "/".join(parts)
 
 
-def _ssl_context(info: kopf.ConnectionInfo, tmpdir: str) -> ssl.SSLContext | bool:
-    if info.insecure:
-        return False
-    if not info.server.startswith("https"):
-        return True
-    ctx = ssl.create_default_context()
-    if info.ca_path:
-        ctx.load_verify_locations(cafile=str(info.ca_path))
-    elif info.ca_data:
-        data = info.ca_data if isinstance(info.ca_data, bytes) else info.ca_data.encode()
-        ctx.load_verify_locations(cadata=base64.b64decode(data).decode())
-
-    def _file(path: Any, data: Any, name: str) -> str | None:
-        if path:
-            return str(path)
-        if data:
-            raw = data if isinstance(data, bytes) else data.encode()
-            target = f"{tmpdir}/{name}"
-            with open(target, "wb") as f:
-                f.write(base64.b64decode(raw))
-            return target
-        return None
-
-    cert = _file(info.certificate_path, info.certificate_data, "client.crt")
-    key = _file(info.private_key_path, info.private_key_data, "client.key")
-    if cert:
-        ctx.load_cert_chain(cert, key)
-    return ctx
-
-
 class KubeClient:
-    """One authenticated session to the API server. Create with ``await KubeClient.connect()``."""
+    """One authenticated ``ApiClient`` to the API server. Create with ``await KubeClient.connect()``.
+
+    ``session`` replaces the aiohttp session under the library's client, its User-Agent and
+    timeout included (a test's own probe); otherwise the library's session is used with
+    ``user_agent`` and REQUEST_TIMEOUT.
+    """
 
     def __init__(
         self,
-        server: str,
-        session: aiohttp.ClientSession,
+        config: Configuration | str,
+        session: aiohttp.ClientSession | None = None,
         default_namespace: str | None = None,
-        tmpdir: tempfile.TemporaryDirectory[str] | None = None,
+        *,
+        user_agent: str = USER_AGENT,
         retry_backoffs: Sequence[float] = RETRY_BACKOFFS,
     ) -> None:
-        self.server = server.rstrip("/")
-        self.session = session
+        self.configuration = (
+            config if isinstance(config, Configuration) else Configuration(host=config.rstrip("/"))
+        )
+        self.api = ApiClient(self.configuration)
+        self.api.user_agent = user_agent
+        self.timeout = REQUEST_TIMEOUT
+        self._unused_session: aiohttp.ClientSession | None = None
+        if session is not None:
+            self._unused_session = self.api.rest_client.pool_manager
+            self.api.rest_client.pool_manager = session
+            self.api.user_agent = session.headers.get("User-Agent", user_agent)
+            self.timeout = session.timeout
+        self.server = self.configuration.host
         self.default_namespace = default_namespace
-        self._tmpdir = tmpdir
         self.retry_backoffs = tuple(retry_backoffs)
 
     @classmethod
     async def connect(
-        cls, info: kopf.ConnectionInfo | None = None, *, user_agent: str = "livetranslate-operator"
+        cls, info: kopf.ConnectionInfo | None = None, *, user_agent: str = USER_AGENT
     ) -> KubeClient:
-        if info is None:
-            settings = kopf.OperatorSettings()
-            info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-                settings=settings
-            )
+        info = info or login_now()
         if info is None:
             raise kopf.LoginError("no service account and no kubeconfig: cannot reach a cluster")
-        tmpdir = tempfile.TemporaryDirectory(prefix="lt-kube-")
-        headers = {"Accept": "application/json", "User-Agent": user_agent}
-        headers.update(info.as_http_headers())
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(info, tmpdir.name), limit=64)
-        session = aiohttp.ClientSession(
-            headers=headers,
-            connector=connector,
-            trust_env=info.trust_env,
-            timeout=aiohttp.ClientTimeout(total=30),
-        )
-        return cls(info.server, session, info.default_namespace, tmpdir)
+        return cls(configuration(info), default_namespace=info.default_namespace, user_agent=user_agent)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The aiohttp session the library sends on (``closed`` once this client is closed)."""
+        session: aiohttp.ClientSession = self.api.rest_client.pool_manager
+        return session
 
     def _relogin(self) -> bool:
-        settings = kopf.OperatorSettings()
-        info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-            settings=settings
-        )
-        if info is None:
-            return False
-        fresh = info.as_http_headers()
-        if not fresh or all(self.session.headers.get(k) == v for k, v in fresh.items()):
-            return False
-        self.session.headers.update(fresh)
-        return True
+        info = login_now()
+        return info is not None and set_credentials(self.configuration, info)
 
     async def close(self) -> None:
-        await self.session.close()
-        if self._tmpdir is not None:
-            self._tmpdir.cleanup()
+        await self.api.close()
+        if self._unused_session is not None:
+            await self._unused_session.close()
 
     async def request(
         self,
@@ -266,25 +271,28 @@ class KubeClient:
         content_type: str | None,
         _retried: bool,
     ) -> Any:
-        headers = {"Content-Type": content_type} if content_type else None
-        async with self.session.request(
-            method, self.server + path, json=json, params=params, headers=headers
-        ) as resp:
-            if resp.status == 401 and not _retried and self._relogin():
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type  # the library sends application/json otherwise
+        try:
+            return await self.api.call_api(
+                path,
+                method,
+                query_params=dict(params) if params else None,
+                header_params=headers,
+                body=json,
+                auth_settings=[AUTH_SLOT],
+                response_types_map=_AS_JSON,
+                _return_http_data_only=True,
+                _request_timeout=self.timeout,
+            )
+        except ApiException as e:
+            if e.status == 401 and not _retried and self._relogin():
                 # Projected service-account tokens rotate: read the credentials again, once.
                 return await self._request_once(
                     method, path, json=json, params=params, content_type=content_type, _retried=True
                 )
-            if resp.status >= 400:
-                try:
-                    body = await resp.json(content_type=None)
-                    message = body.get("message", "") if isinstance(body, dict) else str(body)
-                except (ValueError, aiohttp.ContentTypeError):
-                    body, message = None, await resp.text()
-                error = ApiError(resp.status, message or resp.reason or "", body)
-                error.retry_after = _retry_after(resp.headers.get("Retry-After"), body)
-                raise error
-            return await resp.json(content_type=None)
+            raise ApiError.from_api_exception(e) from e
 
     async def serves(self, api_version: str, plural: str) -> bool:
         """Whether the API server serves a resource (discovery; needs no RBAC rule)."""
