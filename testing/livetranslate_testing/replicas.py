@@ -1,4 +1,4 @@
-"""Gateway replicas as real processes behind a Service, for the drain test and benchmark.
+"""Gateway and audio replicas as real processes behind a Service, for the drain tests and benchmark.
 
 * ``ServiceProxy``: what a Kubernetes Service does for the gateway's clients, on loopback: each
   new TCP connection goes to a backend whose ``/readyz`` answered 200 at the last probe (the
@@ -7,6 +7,8 @@
 * ``Fleet``: a real redis-server, the stand-in stages (standins.py) or given stage URLs, and
   gateway replicas started as users start them (``livetranslate serve gateway``), each on a port
   of its own that it keeps across restarts (a new pod behind the same Service).
+* ``AudioReplicas``: audio services started as users start them (``livetranslate serve audio``,
+  the speech model from the package index), each on a port it keeps across restarts.
 * ``TimedPrinter``: ``livetranslate stream``'s printer, noting when each event arrived.
 * ``account``: finals received against the finals expected: lost, duplicated, out of order.
 
@@ -231,6 +233,60 @@ class Fleet:
     def stop(self) -> None:
         for proc in [*self.procs.values(), *reversed(self._others)]:
             stop(proc, timeout=10)
+
+
+class AudioReplicas:
+    """Audio services as processes, each on a port of its own (see the module docstring)."""
+
+    def __init__(self, tmp: Path, count: int, env: dict[str, str] | None = None) -> None:
+        self.tmp = tmp
+        self.env = env or {}
+        self.ports = [free_port() for _ in range(count)]
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        for port in self.ports:
+            self.start_replica(port)
+        for port in self.ports:
+            self.wait_ready(port)
+
+    def start_replica(self, port: int) -> None:
+        """Start (or start again: a new pod behind the same Service) the replica on ``port``."""
+        exe = Path(sys.executable).with_name("livetranslate")
+        self.procs[port] = start(
+            [str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
+            env={
+                "PYTHONSAFEPATH": "1",
+                "LT_PIPELINE_CONFIG": str(self.tmp / "no-pipeline.json"),
+                "LT_LOG_FORMAT": "json",  # log() reads it back
+                **self.env,
+            },
+            log=self.tmp / f"audio-{port}.log",
+        )
+
+    def wait_ready(self, port: int, timeout: float = 300.0) -> None:
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout, self.procs[port], require_200=True)
+
+    def log(self, port: int) -> list[dict[str, Any]]:
+        """The replica's log lines (JSON), across its restarts."""
+        out = []
+        for line in (self.tmp / f"audio-{port}.log").read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def sigterm(self, port: int) -> None:
+        """What the kubelet sends the pod's process when the stage scales down."""
+        os.kill(self.procs[port].pid, 15)
+
+    async def wait_exit(self, port: int, timeout: float) -> int | None:
+        proc = self.procs[port]
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return proc.poll()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            stop(proc, timeout=20)
 
 
 class TimedPrinter(Printer):

@@ -16,8 +16,6 @@ import contextlib
 import itertools
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,11 +26,10 @@ import numpy as np
 import pytest
 import websockets
 
-from livetranslate.procs import free_port, start, stop, wait_http
 from livetranslate.protocol import ERR_DRAINING, AudioStart
 from livetranslate.stream import Wav, stream_file
 from livetranslate_testing import speech
-from livetranslate_testing.replicas import Fleet, ServiceProxy, TimedPrinter
+from livetranslate_testing.replicas import AudioReplicas, Fleet, ServiceProxy, TimedPrinter
 
 pytestmark = pytest.mark.slow
 
@@ -44,46 +41,6 @@ CHUNK_MS = 100
 def talk() -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
     speech.require_tools()
     return speech.compose([speech.Utterance(t, "en-us", pause_after=1.0) for t in SENTENCES])
-
-
-class AudioReplicas:
-    """Audio services as processes, each on a port of its own."""
-
-    def __init__(self, tmp: Path, count: int) -> None:
-        self.tmp = tmp
-        self.ports = [free_port() for _ in range(count)]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-        exe = Path(sys.executable).with_name("livetranslate")
-        for port in self.ports:
-            self.procs[port] = start(
-                [str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
-                env={
-                    "PYTHONSAFEPATH": "1",
-                    "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json"),
-                    "LT_LOG_FORMAT": "json",  # log() reads it back
-                },
-                log=tmp / f"audio-{port}.log",
-            )
-        for port in self.ports:
-            wait_http(f"http://127.0.0.1:{port}/readyz", 300, self.procs[port], require_200=True)
-
-    def log(self, port: int) -> list[dict[str, Any]]:
-        out = []
-        for line in (self.tmp / f"audio-{port}.log").read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
-
-    async def wait_exit(self, port: int, timeout: float) -> int | None:
-        proc = self.procs[port]
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return proc.poll()
-
-    def stop(self) -> None:
-        for proc in self.procs.values():
-            stop(proc, timeout=20)
 
 
 @pytest.fixture
