@@ -39,6 +39,23 @@ from livetranslate.stream import Printer
 ADMIN_TOKEN = "drain-admin-token"
 
 
+def json_log(path: Path) -> list[dict[str, Any]]:
+    """A process's log lines that are JSON (``LT_LOG_FORMAT=json``), across its restarts."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            out.append(json.loads(line))
+    return out
+
+
+async def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The process's exit status once it has exited by itself, None after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return proc.poll()
+
+
 class ServiceProxy:
     """A Service in front of gateway replicas (see the module docstring)."""
 
@@ -200,12 +217,7 @@ class Fleet:
 
     def log(self, port: int) -> list[dict[str, Any]]:
         """The replica's log lines (JSON), across its restarts."""
-        lines = (self.tmp / f"gateway-{port}.log").read_text(errors="replace").splitlines()
-        out = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
+        return json_log(self.tmp / f"gateway-{port}.log")
 
     def sigterm(self, port: int) -> None:
         """What the kubelet does to a pod being removed (its process, not its group: the
@@ -213,11 +225,7 @@ class Fleet:
         os.kill(self.procs[port].pid, 15)
 
     async def wait_exit(self, port: int, timeout: float) -> int | None:
-        proc = self.procs[port]
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        code = proc.poll()
+        code = await wait_exit(self.procs[port], timeout)
         if code is not None:
             self.exits.setdefault(port, []).append(code)
         return code
@@ -267,22 +275,14 @@ class AudioReplicas:
 
     def log(self, port: int) -> list[dict[str, Any]]:
         """The replica's log lines (JSON), across its restarts."""
-        out = []
-        for line in (self.tmp / f"audio-{port}.log").read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
+        return json_log(self.tmp / f"audio-{port}.log")
 
     def sigterm(self, port: int) -> None:
         """What the kubelet sends the pod's process when the stage scales down."""
         os.kill(self.procs[port].pid, 15)
 
     async def wait_exit(self, port: int, timeout: float) -> int | None:
-        proc = self.procs[port]
-        deadline = time.monotonic() + timeout
-        while proc.poll() is None and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        return proc.poll()
+        return await wait_exit(self.procs[port], timeout)
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -331,3 +331,45 @@ def account(finals: list[dict[str, Any]], expected: list[str]) -> dict[str, int]
         "unexpected": sum(1 for i in by_id if i >= len(expected) or by_id[i] != expected[i]),
         "out_of_order": sum(1 for a, b in itertools.pairwise(ids) if b <= a),
     }
+
+
+CHUNK_MS = 100  # a live microphone's frames, as the drain tests and benchmark stream them
+
+
+def speaker(url: str, samples: Any, printer: TimedPrinter) -> asyncio.Task[bool]:
+    """``livetranslate stream`` of ``samples`` (16 kHz float speech) in real time, as a task."""
+    from livetranslate.stream import Wav, stream_file
+    from livetranslate_testing import speech
+
+    wav = Wav(speech.to_pcm16(samples), speech.SAMPLE_RATE, 1)
+    return asyncio.create_task(
+        stream_file(wav, url, realtime=True, chunk_ms=CHUNK_MS, token=None, targets=None, printer=printer)
+    )
+
+
+def text_of(printer: TimedPrinter) -> str:
+    return " ".join(f["text"] for f in printer.finals)
+
+
+def assert_listener_unaffected(plain: TimedPrinter, drained: TimedPrinter, script: str) -> None:
+    """What a listener must get through a drain, beside a run of the same audio without one.
+    Whisper's finals depend on when it decodes, so the two need not cut the audio alike: the
+    numbering runs on, every final once and in order on the session clock, the words as right,
+    each sentence translated once, and no final more than 2 s later than the latest one was."""
+    from livetranslate_testing import speech
+
+    assert not [e for e in drained.events if e["type"] == "error"], drained.events
+    ids = [f["segmentId"] for f in drained.finals]
+    assert ids == list(range(len(ids))), ids
+    for one, two in itertools.pairwise(drained.finals):
+        assert one["end"] <= two["start"] + 0.05, (one, two)
+    wer_plain = speech.word_error_rate(script, text_of(plain))
+    wer_drained = speech.word_error_rate(script, text_of(drained))
+    assert wer_drained <= wer_plain + 0.05, (text_of(drained), text_of(plain))
+    keys = [(t["sentenceId"], t["language"]) for t in drained.translations]
+    assert len(keys) == len(set(keys)), keys
+    covered = sorted(i for t in drained.translations for i in t["segmentIds"])
+    assert covered == ids, (covered, ids)
+    late = max(drained.latencies(CHUNK_MS / 1000).values())
+    usual = max(plain.latencies(CHUNK_MS / 1000).values())
+    assert late < usual + 2.0, (late, usual)

@@ -11,7 +11,6 @@ the latest did without the drain. The stand-in stages give the exact comparison:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -21,14 +20,18 @@ import numpy as np
 import pytest
 
 from livetranslate.procs import free_port, start, stop
-from livetranslate.stream import Wav, stream_file
 from livetranslate_testing import speech
-from livetranslate_testing.replicas import Fleet, ServiceProxy, TimedPrinter
+from livetranslate_testing.replicas import (
+    Fleet,
+    ServiceProxy,
+    TimedPrinter,
+    assert_listener_unaffected,
+    speaker,
+)
 
 pytestmark = pytest.mark.slow
 
 SENTENCES = speech.SENTENCES[:6]
-CHUNK_MS = 100
 
 
 @pytest.fixture(scope="module")
@@ -79,17 +82,6 @@ async def replicas(tmp_path: Path, audio_stage: str) -> AsyncIterator[tuple[Flee
         fleet.stop()
 
 
-def speaker(url: str, samples: np.ndarray, printer: TimedPrinter) -> asyncio.Task[bool]:
-    wav = Wav(speech.to_pcm16(samples), speech.SAMPLE_RATE, 1)
-    return asyncio.create_task(
-        stream_file(wav, url, realtime=True, chunk_ms=CHUNK_MS, token=None, targets=None, printer=printer)
-    )
-
-
-def text_of(printer: TimedPrinter) -> str:
-    return " ".join(f["text"] for f in printer.finals)
-
-
 async def test_real_speech_keeps_every_word_when_its_replica_is_drained_mid_sentence(
     replicas: tuple[Fleet, ServiceProxy], talk: tuple[np.ndarray, list[tuple[float, float, str, str]]]
 ) -> None:
@@ -116,21 +108,4 @@ async def test_real_speech_keeps_every_word_when_its_replica_is_drained_mid_sent
     assert proxy.routed[-2:] == [a, b]
     [handed] = [line for line in fleet.log(a) if line.get("msg") == "session handed over"]
     assert handed["reason"] in ("pause", "bound"), handed
-    # The numbering runs on, each final once, in order on the session clock.
-    ids = [f["segmentId"] for f in drained.finals]
-    assert ids == list(range(len(ids))), ids
-    for one, two in itertools.pairwise(drained.finals):
-        assert one["end"] <= two["start"] + 0.05, (one, two)
-    # As many words right as without the drain (Whisper may cut them into other finals).
-    wer_plain = speech.word_error_rate(script, text_of(plain))
-    wer_drained = speech.word_error_rate(script, text_of(drained))
-    assert wer_drained <= wer_plain + 0.05, (text_of(drained), text_of(plain))
-    # Each sentence translated once, and every final in exactly one translated sentence.
-    keys = [(t["sentenceId"], t["language"]) for t in drained.translations]
-    assert len(keys) == len(set(keys)), keys
-    covered = sorted(i for t in drained.translations for i in t["segmentIds"])
-    assert covered == ids, (covered, ids)
-    # No final came more than 2 s later than the latest one did without the drain.
-    late = max(drained.latencies(CHUNK_MS / 1000).values())
-    usual = max(plain.latencies(CHUNK_MS / 1000).values())
-    assert late < usual + 2.0, (late, usual)
+    assert_listener_unaffected(plain, drained, script)

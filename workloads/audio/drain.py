@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from livetranslate import metrics
+from livetranslate.workloads.shutdown import ReplicaDrain
 
 if TYPE_CHECKING:
     from livetranslate.workloads.audio.service import AudioService
@@ -35,62 +34,19 @@ log = logging.getLogger(__name__)
 CLOSE_RESTART = 1012  # "service restart": the gateway resumes the stream elsewhere at once
 CLOSE_REASON = "audio replica draining, resume elsewhere"
 
-# Why a stream was handed over when it was: at a pause; nobody speaking when the drain began;
-# no pause within drain_session_seconds; the whole drain's bound.
-REASONS = ("pause", "idle", "bound", "deadline")
 
+class AudioDrain(ReplicaDrain):
+    """One audio replica's drain: finished when its streams are gone or time is up."""
 
-class AudioDrain:
-    """One audio replica's drain: started once, finished when its streams are gone or time is up."""
+    what = "streams"
 
     def __init__(self, service: AudioService) -> None:
+        registry, pipeline = service.registry, service.settings.pipeline
+        super().__init__(metrics.audio_draining(registry), metrics.audio_handovers(registry), pipeline)
         self.service = service
-        self.active = False
-        self.reason = ""
-        self.started_at: float | None = None
-        self.finished = False
-        self._task: asyncio.Task[None] | None = None
-        self._on_finished: list[Callable[[], None]] = []
-        pipeline = service.settings.pipeline
-        self._gauge = metrics.audio_draining(service.registry).labels(pipeline=pipeline)
-        self._gauge.set(0)
-        counter = metrics.audio_handovers(service.registry)
-        self._handovers = {r: counter.labels(pipeline=pipeline, reason=r) for r in REASONS}
 
-    def on_finished(self, callback: Callable[[], None]) -> None:
-        self._on_finished.append(callback)
-
-    def start(self, reason: str) -> bool:
-        """Begin draining (idempotent); False when a drain was already under way."""
-        if self.active:
-            return False
-        self.active = True
-        self.reason = reason
-        self.started_at = time.monotonic()
-        self._gauge.set(1)
-        log.info(
-            "draining: refusing new streams, handing live ones back",
-            extra={"fields": {"trigger": reason, "streams": len(self.service.connections)}},
-        )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="audio-drain")
-        return True
-
-    def handed_over(self, reason: str) -> None:
-        self._handovers[reason].inc()
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "draining": self.active,
-            "finished": self.finished,
-            "trigger": self.reason or None,
-            "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else None,
-            "streams": len(self.service.connections),
-        }
-
-    async def close(self) -> None:
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    def live(self) -> int:
+        return len(self.service.connections)
 
     async def _run(self) -> None:
         svc, s = self.service, self.service.settings
@@ -98,8 +54,7 @@ class AudioDrain:
         deadline = loop.time() + s.drain_seconds
         for conn in list(svc.connections):
             conn.request_handover(s.drain_session_seconds)
-        # A stream that was being accepted as the drain began is refused or registered by now;
-        # registered ones were asked above or ask themselves (AudioConnection._begin).
+        # A stream that was being accepted as the drain began is refused (AudioConnection._begin).
         while svc.connections and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if svc.connections:
@@ -111,9 +66,3 @@ class AudioDrain:
                 conn.hand_over_now("deadline")
             while svc.connections and loop.time() < deadline + 2.0:
                 await asyncio.sleep(0.05)
-        self.finished = True
-        log.info(
-            "drained", extra={"fields": {"seconds": round(time.monotonic() - (self.started_at or 0.0), 3)}}
-        )
-        for callback in self._on_finished:
-            callback()

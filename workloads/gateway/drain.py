@@ -24,11 +24,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from livetranslate import metrics
 from livetranslate.workloads.gateway.outbox import CLOSE_RESTART
+from livetranslate.workloads.shutdown import ReplicaDrain
 
 if TYPE_CHECKING:
     from livetranslate.workloads.gateway.service import Gateway
@@ -38,56 +38,19 @@ log = logging.getLogger(__name__)
 
 CLOSE_REASON = "replica draining, resume elsewhere"
 
-# Why a session was handed over when it was: at a pause; quiet when the drain began (nobody
-# speaking, no sentence open); no pause within drain_session_seconds; the whole drain's bound.
-REASONS = ("pause", "idle", "bound", "deadline")
 
+class Drain(ReplicaDrain):
+    """One gateway replica's drain: finished when its sessions are gone or time is up."""
 
-class Drain:
-    """One replica's drain: started once, finished when its sessions are gone or time is up."""
+    what = "sessions"
 
     def __init__(self, gw: Gateway) -> None:
+        registry, pipeline = gw.registry, gw.config.pipeline
+        super().__init__(metrics.gateway_draining(registry), metrics.session_handovers(registry), pipeline)
         self.gw = gw
-        self.active = False
-        self.reason = ""
-        self.started_at: float | None = None
-        self.finished = False
-        self._task: asyncio.Task[None] | None = None
-        self._on_finished: list[Callable[[], None]] = []
-        self._gauge = metrics.gateway_draining(gw.registry).labels(pipeline=gw.config.pipeline)
-        self._gauge.set(0)
-        counter = metrics.session_handovers(gw.registry)
-        self._handovers = {r: counter.labels(pipeline=gw.config.pipeline, reason=r) for r in REASONS}
 
-    def on_finished(self, callback: Callable[[], None]) -> None:
-        self._on_finished.append(callback)
-
-    def start(self, reason: str) -> bool:
-        """Begin draining (idempotent); False when a drain was already under way."""
-        if self.active:
-            return False
-        self.active = True
-        self.reason = reason
-        self.started_at = time.monotonic()
-        self._gauge.set(1)
-        log.info(
-            "draining: refusing new sessions, handing live ones over",
-            extra={"fields": {"trigger": reason, "sessions": len(self.gw.sessions)}},
-        )
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="drain")
-        return True
-
-    def handed_over(self, reason: str) -> None:
-        self._handovers[reason].inc()
-
-    def status(self) -> dict[str, Any]:
-        return {
-            "draining": self.active,
-            "finished": self.finished,
-            "trigger": self.reason or None,
-            "seconds": round(time.monotonic() - self.started_at, 3) if self.started_at else None,
-            "sessions": len(self.gw.sessions),
-        }
+    def live(self) -> int:
+        return len(self.gw.sessions)
 
     async def _run(self) -> None:
         gw, s = self.gw, self.gw.settings
@@ -109,13 +72,6 @@ class Drain:
         # The last sockets finish their close handshake (a second at most) before the exit.
         while gw.connections and loop.time() < deadline + 2.0:
             await asyncio.sleep(0.05)
-        self.finished = True
-        log.info(
-            "drained",
-            extra={"fields": {"seconds": round(time.monotonic() - (self.started_at or 0.0), 3)}},
-        )
-        for callback in self._on_finished:
-            callback()
 
 
 async def hand_over(session: Session, max_wait: float) -> None:
