@@ -499,7 +499,9 @@ def test_model_cache_absent_the_default_spec_on_an_npu_converts_in_the_pod() -> 
     assert init["name"] == "convert-model" and cmd[:3] == ["livetranslate", "model-cache", "pull"]
     assert cmd[cmd.index("--format") + 1] == "openvino-ir" and cmd[cmd.index("--name") + 1] == "tiny.en"
     assert {"name": "models", "mountPath": "/models"} in init["volumeMounts"]
-    assert r.audio_model().startswith("/models/converted/audio/") and r.audio_model().endswith("/openvino-ir-r2")
+    assert r.audio_model().startswith("/models/converted/audio/") and r.audio_model().endswith(
+        "/openvino-ir-r2"
+    )
     assert object_violations(children(r)["Deployment/town-hall-audio"]) == []
     # On a CPU node, or with a model the user mounts, nothing is converted.
     assert "initContainers" not in pod(children(resolved({}))["Deployment/town-hall-audio"])
