@@ -26,7 +26,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,3 +373,19 @@ def assert_listener_unaffected(plain: TimedPrinter, drained: TimedPrinter, scrip
     late = max(drained.latencies(CHUNK_MS / 1000).values())
     usual = max(plain.latencies(CHUNK_MS / 1000).values())
     assert late < usual + 2.0, (late, usual)
+
+
+@contextlib.asynccontextmanager
+async def gateways_behind_a_service(tmp: Path, **fleet: Any) -> AsyncIterator[tuple[Fleet, ServiceProxy]]:
+    """A started ``Fleet`` of gateway replicas (``fleet``: its fields) behind a ``ServiceProxy``."""
+    gateways = Fleet(tmp, **fleet)
+    try:
+        await asyncio.to_thread(gateways.start)
+        proxy = ServiceProxy(gateways.ports)
+        await proxy.start()
+        try:
+            yield gateways, proxy
+        finally:
+            await proxy.close()
+    finally:
+        gateways.stop()

@@ -23,7 +23,13 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from livetranslate.stream import Wav, stream_file
-from livetranslate_testing.replicas import Fleet, ServiceProxy, TimedPrinter, account
+from livetranslate_testing.replicas import (
+    Fleet,
+    ServiceProxy,
+    TimedPrinter,
+    account,
+    gateways_behind_a_service,
+)
 from livetranslate_testing.standins import block_pcm, expected_finals
 
 pytestmark = pytest.mark.slow
@@ -35,17 +41,8 @@ CHUNK_MS = 100
 
 @pytest.fixture
 async def replicas(tmp_path: Path) -> AsyncIterator[tuple[Fleet, ServiceProxy]]:
-    fleet = Fleet(tmp_path)
-    try:
-        await asyncio.to_thread(fleet.start)
-        proxy = ServiceProxy(fleet.ports)
-        await proxy.start()
-        try:
-            yield fleet, proxy
-        finally:
-            await proxy.close()
-    finally:
-        fleet.stop()
+    async with gateways_behind_a_service(tmp_path) as both:
+        yield both
 
 
 def speaker(url: str, printer: TimedPrinter) -> asyncio.Task[bool]:

@@ -11,21 +11,20 @@ the latest did without the drain. The stand-in stages give the exact comparison:
 from __future__ import annotations
 
 import asyncio
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
-from livetranslate.procs import free_port, start, stop
 from livetranslate_testing import speech
 from livetranslate_testing.replicas import (
+    AudioReplicas,
     Fleet,
     ServiceProxy,
     TimedPrinter,
     assert_listener_unaffected,
+    gateways_behind_a_service,
     speaker,
 )
 
@@ -43,43 +42,17 @@ def talk() -> tuple[np.ndarray, list[tuple[float, float, str, str]]]:
 @pytest.fixture(scope="module")
 def audio_stage(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The audio service as users run it, with the tiny.en weights the package index ships."""
-    tmp = tmp_path_factory.mktemp("audio")
-    port = free_port()
-    exe = Path(sys.executable).with_name("livetranslate")
-    proc = start(
-        [str(exe), "serve", "audio", "--host", "127.0.0.1", "--port", str(port)],
-        env={"PYTHONSAFEPATH": "1", "LT_PIPELINE_CONFIG": str(tmp / "no-pipeline.json")},
-        log=tmp / "audio.log",
-    )
+    audio = AudioReplicas(tmp_path_factory.mktemp("audio"), 1)
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"audio service exited: {(tmp / 'audio.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            asyncio.run(asyncio.sleep(0.3))
-        yield base
+        yield f"http://127.0.0.1:{audio.ports[0]}"
     finally:
-        stop(proc, timeout=20)
+        audio.stop()
 
 
 @pytest.fixture
 async def replicas(tmp_path: Path, audio_stage: str) -> AsyncIterator[tuple[Fleet, ServiceProxy]]:
-    fleet = Fleet(tmp_path, audio_url=audio_stage)
-    try:
-        await asyncio.to_thread(fleet.start)
-        proxy = ServiceProxy(fleet.ports)
-        await proxy.start()
-        try:
-            yield fleet, proxy
-        finally:
-            await proxy.close()
-    finally:
-        fleet.stop()
+    async with gateways_behind_a_service(tmp_path, audio_url=audio_stage) as both:
+        yield both
 
 
 async def test_real_speech_keeps_every_word_when_its_replica_is_drained_mid_sentence(
