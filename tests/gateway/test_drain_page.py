@@ -23,28 +23,21 @@ from aiohttp import WSMsgType, web
 from websockets.asyncio.client import connect
 
 from livetranslate_testing.speech import write_wav
-from tests.system.test_browser import DESKTOP, STATIC, Page, chromium_or_skip, end, launch
+from tests.system.test_browser import DESKTOP, Page, PageGateway, chromium_or_skip, end, launch
 
 pytestmark = pytest.mark.slow
 
 RATE = 16000
 
 
-class HandingGateway:
+class HandingGateway(PageGateway):
     """Records what each connection got; resumes the session at ``resume_at`` seconds."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.conns: list[dict[str, Any]] = []
         self.resume_at = 0.0
         self.ws: web.WebSocketResponse | None = None
-        self.app = web.Application()
-        self.app.router.add_get("/", self.index)
-        self.app.router.add_get("/v1/stream", self.stream)
-        self.app.router.add_static("/static", STATIC)
-
-    async def index(self, request: web.Request) -> web.Response:
-        html = (STATIC / "index.html").read_text().replace("<!--BASE-->", '<base href="/">')
-        return web.Response(text=html, content_type="text/html")
 
     async def stream(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()

@@ -403,16 +403,10 @@ async def follows_live_speech(page: Page, started: float) -> None:
 # ---------------------------------------------------------------- the page against a scripted gateway
 
 
-class ScriptedGateway:
-    """Serves the page as the gateway does and answers /v1/stream with the events a test sends."""
+class PageGateway:
+    """Serves the captions page as the gateway does; subclasses answer ``/v1/stream``."""
 
     def __init__(self) -> None:
-        self.starts: list[dict[str, Any]] = []
-        self.queries: list[dict[str, str]] = []
-        self.frames = 0
-        self.sent = 0
-        self.session_id = "scripted-1"  # what session.started says; change it to lose a session
-        self.ws: web.WebSocketResponse | None = None
         self.app = web.Application()
         self.app.router.add_get("/", self.index)
         self.app.router.add_get("/v1/stream", self.stream)
@@ -421,6 +415,22 @@ class ScriptedGateway:
     async def index(self, request: web.Request) -> web.Response:
         html = (STATIC / "index.html").read_text().replace("<!--BASE-->", '<base href="/">')
         return web.Response(text=html, content_type="text/html")
+
+    async def stream(self, request: web.Request) -> web.WebSocketResponse:
+        raise NotImplementedError
+
+
+class ScriptedGateway(PageGateway):
+    """Answers /v1/stream with the events a test sends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.starts: list[dict[str, Any]] = []
+        self.queries: list[dict[str, str]] = []
+        self.frames = 0
+        self.sent = 0
+        self.session_id = "scripted-1"  # what session.started says; change it to lose a session
+        self.ws: web.WebSocketResponse | None = None
 
     async def stream(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
