@@ -163,3 +163,37 @@ async def _feed(ws: Any, pcm: bytes, step: int) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             await ws.send(pcm[i : i + step])
         await asyncio.sleep(0.1)
+
+
+async def test_a_stream_with_no_pause_is_handed_back_at_the_drains_bound(
+    tmp_path: Path, talk: tuple[np.ndarray, list[tuple[float, float, str, str]]]
+) -> None:
+    """A speaker who never pauses (here: audio that stops mid-word, so no silence ever ends the
+    utterance) is not waited for past the drain's bound: the stream is handed back with the reason
+    ``deadline`` and the replica exits by itself, inside drain_seconds plus its shutdown."""
+    samples, spans = talk
+    pcm = speech.to_pcm16(samples)
+    env = {"LT_AUDIO_DRAIN_SECONDS": "1.5", "LT_AUDIO_DRAIN_SESSION_SECONDS": "60"}
+    audio = await asyncio.to_thread(AudioReplicas, tmp_path, 1, env)
+    try:
+        port = audio.ports[0]
+        async with websockets.connect(f"ws://127.0.0.1:{port}/v1/audio") as live:
+            await live.send(AudioStart(type="start", sessionId="talker").model_dump_json())
+            assert json.loads(await live.recv())["type"] == "ready"
+            await live.send(pcm[: int(spans[0][1] * speech.SAMPLE_RATE) * 2 - 16000])  # 0.5 s short
+            events: list[dict[str, Any]] = []
+            while not any(e["type"] == "partial" and e["text"] for e in events):
+                events.append(json.loads(await live.recv()))
+            signalled = time.monotonic()
+            os.kill(audio.procs[port].pid, 15)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    events.append(json.loads(await live.recv()))
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+        assert events[-1]["code"] == ERR_DRAINING and "(deadline)" in events[-1]["message"], events[-1]
+        assert 1.0 <= time.monotonic() - signalled < 5.0
+        assert await audio.wait_exit(port, 25) == 0, audio.log(port)[-20:]
+        msgs = [line.get("msg") for line in audio.log(port)]
+        assert "drain time limit reached; closing the streams left" in msgs, msgs
+    finally:
+        audio.stop()
