@@ -73,6 +73,13 @@ class Talk:
     ok: bool | None = None
 
 
+def spread(values: list[float]) -> dict[str, float | None]:
+    """p50, p95 and max of ``values`` (None each when there are none)."""
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    return {"p50": _r(percentile(values, 0.5)), "p95": _r(percentile(values, 0.95)), "max": _r(max(values))}
+
+
 def script(rng: random.Random, seconds: int) -> list[int]:
     """Utterances of 1-3 one-second blocks (levels 1-30), each followed by 1-2 s of pause."""
     levels: list[int] = [0]
@@ -172,17 +179,8 @@ def summarise(talks: list[Talk], drains: list[dict[str, Any]], fleet: Fleet) -> 
         "refusals_retried": refusals,
         "finals": totals,
         "translations_sent_twice": translations_twice,
-        "extra_wait_seconds": {
-            "handovers_measured": len(extra),
-            "p50": _r(percentile(extra, 0.5)) if extra else None,
-            "p95": _r(percentile(extra, 0.95)) if extra else None,
-            "max": _r(max(extra)) if extra else None,
-        },
-        "seconds_to_exit": {
-            "p50": _r(percentile(to_exit, 0.5)) if to_exit else None,
-            "p95": _r(percentile(to_exit, 0.95)) if to_exit else None,
-            "max": _r(max(to_exit)) if to_exit else None,
-        },
+        "extra_wait_seconds": {"handovers_measured": len(extra), **spread(extra)},
+        "seconds_to_exit": spread(to_exit),
         "exit_codes": sorted({d["exit_code"] for d in drains}, key=str),
         "per_drain": drains,
     }
@@ -558,17 +556,8 @@ def summarise_audio(
         "streams_handed_back": sum(d["handed_back"] for d in drains),
         "starts_refused_while_draining": sum(d["starts_refused"] for d in drains),
         "gateway_warnings": sorted(set(gateway_warnings)),
-        "extra_wait_seconds": {
-            "session_drains_measured": len(extra),
-            "p50": _r(percentile(extra, 0.5)) if extra else None,
-            "p95": _r(percentile(extra, 0.95)) if extra else None,
-            "max": _r(max(extra)) if extra else None,
-        },
-        "seconds_to_exit": {
-            "p50": _r(percentile(to_exit, 0.5)) if to_exit else None,
-            "p95": _r(percentile(to_exit, 0.95)) if to_exit else None,
-            "max": _r(max(to_exit)) if to_exit else None,
-        },
+        "extra_wait_seconds": {"session_drains_measured": len(extra), **spread(extra)},
+        "seconds_to_exit": spread(to_exit),
         "exit_codes": sorted({d["exit_code"] for d in drains}, key=str),
         "per_session": rows["drains"],
         "per_drain": drains,
