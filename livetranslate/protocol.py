@@ -169,6 +169,10 @@ class AudioStart(_Msg):
     # Session seconds already transcribed before this stream (a resumed session): segment times
     # the audio service reports are offset by it, so they stay in session time.
     timeOffset: float = Field(0.0, ge=0)
+    # With language "auto": the session's spoken language so far, as the last stream's utterance
+    # ends reported it. A new stream of a session that already spoke (handed over, resumed, or
+    # reopened after an idle pause) starts from it instead of detecting the language afresh.
+    spokenLanguage: Annotated[str, Field(pattern=BCP47_PATTERN)] | None = None
     # The audio service takes 16 kHz only (the gateway resamples); any other rate is refused with
     # a clear error rather than transcribed at the wrong speed.
     sampleRate: int = MODEL_SAMPLE_RATE
@@ -216,6 +220,9 @@ class AudioUtteranceEnd(_Event):
 
     type: Literal["utterance_end"] = "utterance_end"
     end: float
+    # With language "auto": the session's spoken language after this utterance (it moves only on
+    # evidence from more than one utterance); the gateway carries it to the session's next stream.
+    language: str | None = None
 
 
 class AudioError(_Event):

@@ -8,7 +8,7 @@ import numpy as np
 from livetranslate.workloads.audio.engines import Hypothesis, Word
 from livetranslate.workloads.audio.language import LanguageTracker
 from livetranslate.workloads.audio.settings import StreamingSettings
-from livetranslate.workloads.audio.streaming import FinalOut, StreamSession
+from livetranslate.workloads.audio.streaming import FinalOut, StreamSession, UtteranceEndOut
 from livetranslate.workloads.audio.vad import VadStream
 
 
@@ -60,6 +60,42 @@ def test_an_unsure_short_utterance_takes_the_session_language() -> None:
     t.observe("nn", 0.3, 0.4)  # "OK": a guess no better than noise
     assert t.current() == "en" and t.end_utterance() == "en"
     assert LanguageTracker().current() is None  # nothing known: no language claimed
+
+
+def test_a_new_stream_starts_from_the_language_the_session_settled_on() -> None:
+    """A session's next stream (handed over, resumed, reopened after a pause) is seeded with the
+    spoken language the last one settled on: an unsure first utterance takes it, and one sure
+    utterance in another language does not move it (the hysteresis holds across streams)."""
+    t = LanguageTracker(session="es")
+    t.observe("en", 0.45, 0.4)  # a short unsure "OK"
+    assert t.current() == "es" and t.end_utterance() == "es"
+    t.observe("en", 0.9, 1.5)
+    t.observe("en", 0.9, 2.0)
+    assert t.end_utterance() == "en" and t.session == "es"
+    fresh = LanguageTracker()
+    fresh.observe("en", 0.45, 0.4)
+    assert fresh.end_utterance() == "en", "without the seed the unsure guess takes the session"
+
+
+def test_an_utterance_end_reports_the_session_language_of_an_auto_session() -> None:
+    seeded = StreamSession(
+        StreamingSettings(step_seconds=0.5),
+        VadStream(None),
+        use_vad=False,
+        language="auto",
+        spoken_language="es",
+    )
+    fixed = StreamSession(StreamingSettings(step_seconds=0.5), VadStream(None), use_vad=False, language="en")
+    for s, expected in ((seeded, "es"), (fixed, None)):
+        s.feed(np.zeros(8000, dtype=np.float32))
+        s.flush()
+        ends = []
+        for _ in range(4):
+            req = s.next_request()
+            if req is None:
+                break
+            ends += [o for o in s.apply(req, _hyp([], "en", 0.3)) if isinstance(o, UtteranceEndOut)]
+        assert [e.language for e in ends] == [expected]
 
 
 def _hyp(words: list[tuple[str, float, float]], language: str, probability: float) -> Hypothesis:

@@ -415,6 +415,10 @@ def test_an_auto_session_hears_english_and_spanish_utterance_by_utterance() -> N
     assert right == len(BILINGUAL), list(zip(per_utterance, expected, strict=True))
     spanish = " ".join(f.text for f in finals if f.language == "es").lower()
     assert "días a todos" in spanish and "presupuesto" in spanish, spanish
+    # each utterance end reports the session's language, which moves only after two Spanish
+    # utterances in a row: what the gateway hands the session's next stream
+    ends = [e.language for e in events if isinstance(e, UtteranceEndOut)]
+    assert ends == ["en", "en", "en", "en", "es", "es"], ends
 
 
 # Long utterances (no pause inside) in scripts the agreement once reduced to empty words, or with

@@ -135,12 +135,13 @@ class FakeAudio:
             t0 = start.timeOffset
             done = 0  # samples finalised in this stream
             speaking = False
+            spoken: str | None = None  # like the real service: the last final's language
 
             async def utterance_end(at: float) -> None:
                 nonlocal speaking
                 if speaking:
                     speaking = False
-                    await ws.send_text(json.dumps({"type": "utterance_end", "end": at}))
+                    await ws.send_text(json.dumps({"type": "utterance_end", "end": at, "language": spoken}))
                     if hand_back is not None and finals >= hand_back:
                         if self.hand_back_error:
                             await ws.send_text(
@@ -152,7 +153,7 @@ class FakeAudio:
                         raise WebSocketDisconnect(1012)
 
             async def final(samples: np.ndarray, last: bool) -> None:
-                nonlocal speaking, finals
+                nonlocal speaking, finals, spoken
                 level = round(float(np.median(samples)) / LEVEL)
                 begin = t0 + done / BLOCK
                 end = begin + len(samples) / BLOCK
@@ -172,6 +173,7 @@ class FakeAudio:
                     )
                     speaking = True
                     finals += 1
+                    spoken = self.languages.get(level, spoken)
                 if not level or self.utterance_per_block or last:
                     await utterance_end(end)
 

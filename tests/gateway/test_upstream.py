@@ -178,6 +178,27 @@ async def test_an_idle_stream_closed_by_the_audio_service_is_not_an_outage(stack
     assert stack.audio.streams == 2
 
 
+async def test_a_new_audio_stream_starts_from_the_language_the_session_settled_on(stack: Stack) -> None:
+    """With sourceLanguage auto the audio service settles the session's language over several
+    utterances; a session's next stream (reopened after a muted pause here; a handover or a resume
+    alike) starts from it instead of detecting afresh, where one unsure utterance could flip it."""
+    stack.audio.idle_timeout = 0.5
+    stack.audio.texts = {2: "buenos días."}
+    stack.audio.languages = {2: "es"}
+    server = await stack.make_gateway(source_language="auto", target_languages=["en"])
+    async with Client(server.url.replace("http://", "ws://") + "/v1/stream") as c:
+        await c.send_json({"type": "session.start", "sourceLanguage": "auto"})
+        await c.recv()
+        await c.send_audio(block_audio([2]))
+        await c.until(lambda e: e["type"] == "translation")
+        await asyncio.sleep(1.5)  # muted: the audio service drops the stream
+        await c.send_audio(block_audio([2]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert not c.of("error")
+    assert [s.spokenLanguage for s in stack.audio.starts] == [None, "es"]
+
+
 @pytest.mark.parametrize("with_error", [True, False], ids=["error-then-close", "close-only"])
 async def test_a_stream_handed_back_by_a_draining_audio_replica_resumes_at_once(
     stack: Stack, with_error: bool

@@ -283,6 +283,7 @@ class AudioConnection:
             time_offset=start.timeOffset,
             use_vad=self.settings.vad,
             language=start.language,
+            spoken_language=start.spokenLanguage,
         )
         svc.sessions.add(self.session_id)
         svc.connections.add(self)
@@ -408,7 +409,7 @@ class AudioConnection:
             await self._send(AudioPartial(text=out.text, start=out.start, end=out.end))
             return
         if isinstance(out, UtteranceEndOut):
-            await self._send(AudioUtteranceEnd(end=out.end))
+            await self._send(AudioUtteranceEnd(end=out.end, language=out.language))
             self._paused.set()
             return
         speaker = None

@@ -106,6 +106,7 @@ class UtteranceEndOut:
     """
 
     end: float  # session seconds
+    language: str | None = None  # the session's spoken language after it ("auto" sessions)
 
 
 StreamEvent = PartialOut | FinalOut | UtteranceEndOut
@@ -163,11 +164,16 @@ class StreamSession:
         time_offset: float = 0.0,
         use_vad: bool = True,
         language: str = "en",
+        spoken_language: str | None = None,
     ) -> None:
         self.settings = settings
         # "auto": each utterance's language is detected and confirmed, the session's follows with
-        # hysteresis; any other code is decoded as given.
-        self.language = LanguageTracker(fixed=None if language == "auto" else language)
+        # hysteresis (from ``spoken_language`` where an earlier stream of the session found one);
+        # any other code is decoded as given.
+        if language == "auto":
+            self.language = LanguageTracker(session=spoken_language)
+        else:
+            self.language = LanguageTracker(fixed=language)
         self.time_offset = time_offset
         self._vad = vad
         self._use_vad = use_vad
@@ -408,7 +414,8 @@ class StreamSession:
             self.buffer.trim_to(end)
         # The pass a final came from may place its last word past the end VAD saw (or the end
         # cut a word it kept whole): the utterance ends after its last final.
-        return UtteranceEndOut(self._session(self._committed_end))
+        spoken = None if self.language.fixed else self.language.session
+        return UtteranceEndOut(self._session(self._committed_end), spoken)
 
     def _utterance_committed_words(self, cut: float) -> list[Word]:
         """Committed words of this utterance before ``cut`` not yet in the prompt."""

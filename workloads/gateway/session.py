@@ -22,6 +22,7 @@ import time
 from livetranslate.protocol import (
     ERR_INTERNAL,
     AudioFinal,
+    AudioUtteranceEnd,
     ErrorEvent,
     TranscriptFinal,
 )
@@ -277,11 +278,17 @@ class Session(SessionAudio):
         self.translator.submit(closed)
         self.translator.want_partial()
 
-    async def _on_utterance_end(self) -> None:
+    async def _on_utterance_end(self, event: AudioUtteranceEnd) -> None:
+        spoken = event.language if self.state.sourceLanguage == "auto" else None
+        moved = spoken is not None and spoken != self.state.spokenLanguage
+        if moved:
+            self.state.spokenLanguage = spoken  # the session's next audio stream starts from it
         closed = self.translator.utterance_end()
         if closed:
             await self._close_sentences(closed)
             self.translator.submit(closed)
+        elif moved:
+            await self.gw.store.save(self.state)
         self.speaking = False
         self.pause.set()
 

@@ -87,7 +87,7 @@ class SessionAudio:
     async def _on_final(self, event: AudioFinal) -> None:
         raise NotImplementedError
 
-    async def _on_utterance_end(self) -> None:
+    async def _on_utterance_end(self, event: AudioUtteranceEnd) -> None:
         raise NotImplementedError
 
     def feed(self, pcm16: bytes) -> bool:
@@ -171,6 +171,7 @@ class SessionAudio:
                     maxSpeakers=gw.config.max_speakers,
                     timeOffset=round(self._buf_start, 6),
                     languages=gw.config.detect_languages if self.state.sourceLanguage == "auto" else [],
+                    spokenLanguage=self.state.spokenLanguage,
                 )
                 try:
                     link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)
@@ -279,7 +280,7 @@ class SessionAudio:
                 elif isinstance(event, AudioFinal):
                     await self._on_final(event)
                 elif isinstance(event, AudioUtteranceEnd):
-                    await self._on_utterance_end()
+                    await self._on_utterance_end(event)
                 elif isinstance(event, AudioError):
                     if event.code == AUDIO_IDLE_TIMEOUT:
                         idle = True

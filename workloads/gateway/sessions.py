@@ -35,6 +35,9 @@ class SessionState(BaseModel):
     nextSentence: int = 0  # the open sentence's id (or the next one's): ids move on as they close
     audioSeconds: float = 0.0
     sourceLanguage: str = "en"
+    # With sourceLanguage auto: the spoken language the audio service settled on (hysteresis),
+    # handed to the session's next audio stream so a handover does not detect it afresh.
+    spokenLanguage: str | None = None
     targetLanguages: list[str] = Field(default_factory=list)
     createdAt: float = Field(default_factory=time.time)
     updatedAt: float = Field(default_factory=time.time)
