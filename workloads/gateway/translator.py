@@ -379,10 +379,10 @@ class SentenceTranslator:
             if self._finishing and deadline is None:
                 deadline = time.monotonic() + s.translate_timeout
             if deadline is not None and time.monotonic() > deadline:
-                self._failed_all(job, remaining, "translation service unavailable at session end")
+                await self._failed_all(job, remaining, "translation service unavailable at session end")
                 break
             if gw.translation is None:
-                self._failed_all(job, remaining, "no translation service is configured")
+                await self._failed_all(job, remaining, "no translation service is configured")
                 break
             if not gw.translation_breaker.allow():
                 self._report_outage("translation", "translation service unavailable (circuit open)")
@@ -404,7 +404,7 @@ class SentenceTranslator:
                         continue
                     remaining.remove(lang)
                     if result.type == "error":
-                        self._failed(
+                        await self._failed(
                             job,
                             lang,
                             result.message or "translation failed",
@@ -417,11 +417,11 @@ class SentenceTranslator:
                         self._queue_translation(job, lang, result.text, result.quality, latency)
                 gw.translation_breaker.success()
                 self._recovered("translation")
-                self._failed_all(job, remaining, "the translation service returned no result")
+                await self._failed_all(job, remaining, "the translation service returned no result")
                 remaining = []
             except UpstreamRejected as exc:
                 gw.translation_breaker.success()  # it answered: alive, just refused this request
-                self._failed_all(job, remaining, str(exc))
+                await self._failed_all(job, remaining, str(exc))
                 break
             except (UpstreamUnavailable, ValidationError) as exc:
                 gw.translation_breaker.failure()
@@ -459,11 +459,11 @@ class SentenceTranslator:
 
         self._outbox("translation", ev, sent)
 
-    def _failed_all(self, job: Closed, langs: list[str], message: str) -> None:
+    async def _failed_all(self, job: Closed, langs: list[str], message: str) -> None:
         for lang in list(langs):
-            self._failed(job, lang, message)
+            await self._failed(job, lang, message)
 
-    def _failed(self, job: Closed, lang: str, message: str, code: str = ERR_TRANSLATION_FAILED) -> None:
+    async def _failed(self, job: Closed, lang: str, message: str, code: str = ERR_TRANSLATION_FAILED) -> None:
         rec = job.record
         rec.translationErrors[lang] = message
         self._outbox(
@@ -473,4 +473,4 @@ class SentenceTranslator:
             ),
             None,
         )
-        asyncio.ensure_future(self._persist(rec))
+        await self._persist(rec)  # in the session's translate task: a store error ends it, not lost
