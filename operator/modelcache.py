@@ -10,9 +10,12 @@ pod pieces that use it, and what users read in ``status.models``. Pure; ``models
   container's termination message, which the operator reads from the Job's pod.
 - The Job controller retries a failed pod with its own exponential backoff (``JOB_BACKOFF_LIMIT``).
   A pull Job that gives up is reported Failed (ModelsReady=False and an Event) and replaced after a
-  delay that doubles per attempt. A failed OpenVINO conversion is not retried: conversion fails the
-  same way twice, so placement moves the audio stage to the next device in spec.audio.devices (delete
-  the Job to try again).
+  delay that doubles per attempt. A model that cannot exist here (an OpenVINO conversion this image
+  cannot do, exit status ``EXIT_PERMANENT``) fails its Job at once through a podFailurePolicy rule
+  (the Failed condition's reason is ``PodFailurePolicy``) and is not retried: placement moves the
+  audio stage to the next device in spec.audio.devices for good (delete the Job to try again). Any
+  other failed conversion (the converter OOM-killed, the node drained) is retried like a pull, and
+  the audio stage runs on the next device only until a retry completes.
 - ReadWriteMany: one volume for the pipeline. ReadWriteOnce: one volume per stage, because a volume
   attaches to one node; the stage's Jobs schedule like its pods, and once the scheduler has bound
   the volume to a node (the claim's ``volume.kubernetes.io/selected-node`` annotation) the stage's
@@ -36,6 +39,7 @@ from livetranslate.config import MODEL_CACHE_MOUNT_DIR, ResolvedPipeline
 from livetranslate.operator import placement as placing
 from livetranslate.operator.settings import OperatorSettings
 from livetranslate.workloads.modelcache import layout
+from livetranslate.workloads.modelcache.errors import EXIT_PERMANENT
 
 CacheStage = Literal["audio", "translation"]
 COMPONENT = "model-cache"
@@ -92,6 +96,25 @@ def required_models(resolved: ResolvedPipeline, device: Device | None = None) ->
             if _pulled(name):
                 fmt = layout.default_format("translation", name, "gpu")
                 out.append(CachedModel("translation", name, fmt, layout.default_source("translation", name)))
+    return out
+
+
+def kept_models(resolved: ResolvedPipeline, jobs: Iterable[Mapping[str, Any]]) -> list[CachedModel]:
+    """``required_models`` and, while its conversion failed for a passing reason, the audio model's
+    OpenVINO IR: placement runs audio on the next device meanwhile, but the conversion is still
+    retried (and reported) so that audio returns to the NPU once it completes."""
+    out = required_models(resolved)
+    by_name = {j["metadata"]["name"]: j for j in jobs}
+    for model in required_models(resolved, device="npu"):
+        job = by_name.get(job_name(resolved.name, model))
+        if (
+            model.format == "openvino-ir"
+            and model not in out
+            and job is not None
+            and not job_complete(job)
+            and not failed_for_good(job)
+        ):
+            out.append(model)
     return out
 
 
@@ -235,6 +258,19 @@ def build_job(
         "spec": {
             "backoffLimit": JOB_BACKOFF_LIMIT,
             "activeDeadlineSeconds": JOB_DEADLINE_SECONDS,
+            # A model that cannot exist here fails the Job at once: no pod retries it.
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {
+                            "containerName": "pull",
+                            "operator": "In",
+                            "values": [EXIT_PERMANENT],
+                        },
+                    }
+                ]
+            },
             "template": {"metadata": {"labels": labels}, "spec": pod},
         },
     }
@@ -364,6 +400,15 @@ def job_failed(job: Mapping[str, Any]) -> bool:
     return _condition(job, "Failed") is not None
 
 
+def failed_for_good(job: Mapping[str, Any]) -> bool:
+    """Failed because its model cannot exist here (the podFailurePolicy rule): not retried."""
+    return (_condition(job, "Failed") or {}).get("reason") == "PodFailurePolicy"
+
+
+def attempt_of(job: Mapping[str, Any]) -> int:
+    return int(((job.get("metadata") or {}).get("annotations") or {}).get(ATTEMPT_ANNOTATION) or 1)
+
+
 def job_complete(job: Mapping[str, Any]) -> bool:
     return _condition(job, "Complete") is not None
 
@@ -459,24 +504,29 @@ def models_condition(models: Sequence[Mapping[str, Any]]) -> tuple[bool, str, st
 
 
 def unusable_devices(jobs: Iterable[Mapping[str, Any]], audio_model: str) -> dict[Device, str]:
-    """Devices the audio model cannot use: an NPU whose OpenVINO conversion Job failed."""
+    """Devices the audio model cannot use now: an NPU whose OpenVINO conversion cannot be done
+    here (for good), or failed and is being retried (until a retry completes)."""
     for job in jobs:
         annotations = (job.get("metadata") or {}).get("annotations") or {}
         key = ((job.get("metadata") or {}).get("labels") or {}).get(MODEL_KEY_LABEL)
-        if (
-            annotations.get(MODEL_NAME_ANNOTATION) == audio_model
-            and key == layout.model_key("audio", audio_model, "openvino-ir")
-            and job_failed(job)
+        if annotations.get(MODEL_NAME_ANNOTATION) != audio_model or key != layout.model_key(
+            "audio", audio_model, "openvino-ir"
         ):
+            continue
+        name = job["metadata"]["name"]
+        if failed_for_good(job):
+            return {"npu": f"{audio_model} could not be converted to an OpenVINO IR (Job {name})"}
+        if job_failed(job) or (attempt_of(job) > 1 and not job_complete(job)):
             return {
-                "npu": f"{audio_model} could not be converted to an OpenVINO IR (Job {job['metadata']['name']})"
+                "npu": f"converting {audio_model} to an OpenVINO IR failed and is retried (Job {name}, "
+                f"attempt {attempt_of(job)}); audio runs on the next device until it completes"
             }
     return {}
 
 
 def retry_in(job: Mapping[str, Any], now: datetime.datetime | None = None) -> float:
     """Seconds until a failed pull Job is replaced (0: now); doubles with each attempt."""
-    attempt = int(((job.get("metadata") or {}).get("annotations") or {}).get(ATTEMPT_ANNOTATION) or 1)
+    attempt = attempt_of(job)
     delay = min(RETRY_BASE_SECONDS * 2 ** (attempt - 1), RETRY_MAX_SECONDS)
     since = (_condition(job, "Failed") or {}).get("lastTransitionTime")
     if not since:

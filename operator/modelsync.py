@@ -56,7 +56,7 @@ async def sync(
         annotations = (by_claim.get(claim) or {}).get("metadata", {}).get("annotations") or {}
         out.nodes[stage] = annotations.get(modelcache.SELECTED_NODE_ANNOTATION)
     by_name = {j["metadata"]["name"]: j for j in jobs}
-    for model in modelcache.required_models(resolved):
+    for model in modelcache.kept_models(resolved, jobs):
         name = modelcache.job_name(resolved.name, model)
         job = by_name.get(name)
         if job is None:
@@ -67,13 +67,13 @@ async def sync(
                 owner, "ModelPull", f"pulling {model.name} ({model.format}) into the model cache"
             )
             continue
-        if not modelcache.job_failed(job) or model.format == "openvino-ir":
+        if not modelcache.job_failed(job) or modelcache.failed_for_good(job):
             continue
         wait = modelcache.retry_in(job)
         if wait > 0:
             out.retry_in = wait if out.retry_in is None else min(out.retry_in, wait)
             continue
-        attempt = int((job["metadata"].get("annotations") or {}).get(modelcache.ATTEMPT_ANNOTATION) or 1) + 1
+        attempt = modelcache.attempt_of(job) + 1
         await kube.delete("batch/v1", "Job", resolved.namespace, name)
         await kube.apply(
             modelcache.build_job(resolved, model, settings, attempt), owner, keep_on_update=[("spec",)]
@@ -89,10 +89,11 @@ async def observe(
     once for its summary (bytes, sha256, or the error); later refreshes keep what was read."""
     if resolved.spec.modelCache is None:
         return None
-    jobs = {j["metadata"]["name"]: j for j in await list_jobs(kube, resolved.namespace, resolved.name)}
+    listed = await list_jobs(kube, resolved.namespace, resolved.name)
+    jobs = {j["metadata"]["name"]: j for j in listed}
     before = {(m.get("stage"), m.get("name"), m.get("format")): m for m in previous or []}
     out = []
-    for model in modelcache.required_models(resolved):
+    for model in modelcache.kept_models(resolved, listed):
         name = modelcache.job_name(resolved.name, model)
         job = jobs.get(name)
         prev = before.get((model.stage, model.name, model.format))

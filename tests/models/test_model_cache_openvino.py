@@ -14,7 +14,12 @@ from livetranslate.workloads.audio import packaged
 from livetranslate.workloads.audio.engines import load_engine
 from livetranslate.workloads.audio.settings import AudioSettings
 from livetranslate.workloads.modelcache import openvino
-from livetranslate.workloads.modelcache.errors import ConversionFailed, DigestMismatch
+from livetranslate.workloads.modelcache.errors import (
+    EXIT_PERMANENT,
+    ConversionFailed,
+    ConversionInterrupted,
+    DigestMismatch,
+)
 from livetranslate.workloads.modelcache.layout import check_model, model_dir
 from livetranslate.workloads.modelcache.pull import PullRequest, pull
 from livetranslate_testing import speech
@@ -86,11 +91,26 @@ def test_an_image_without_the_converter_says_so(
     term = tmp_path / "term"
     done = cli("pull", "--cache", tmp_path, "--stage", "audio", "--name", "tiny.en", "--device", "npu",
                "--termination-log", term)  # fmt: skip
-    assert done.code == 1 and done.error == (
+    # the status of a model that cannot exist here: the Job fails at once and is not retried
+    assert done.code == EXIT_PERMANENT and done.error == (
         "livetranslate model-cache: cannot convert tiny.en to openvino-ir here: optimum-cli is missing "
         "(this image lacks the convert extra)"
     )
     assert json.loads(term.read_text())["reason"] == "ConversionFailed"
+
+
+def test_a_converter_killed_by_a_signal_is_worth_another_attempt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def killed(model: Path, output: Path, **kw: object) -> Path:
+        raise subprocess.CalledProcessError(-9, ["optimum-cli", "export", "openvino"])  # the OOM killer
+
+    monkeypatch.setattr(converter, "convert", killed)
+    with pytest.raises(ConversionInterrupted) as exc:
+        pull(_req(tmp_path, str(make_model(tmp_path / "src"))))
+    assert exc.value.exit_code == 1 and exc.value.reason == "ConversionInterrupted"
+    assert "killed by signal 9" in str(exc.value)
+    assert partial_dirs(tmp_path) == []
 
 
 def test_only_audio_models_have_an_openvino_ir(tmp_path: Path) -> None:

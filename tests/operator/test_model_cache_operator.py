@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,6 +20,7 @@ from livetranslate.config import Placement, ResolvedPipeline
 from livetranslate.operator import builders, modelcache, rbac
 from livetranslate.operator.kube import KubeClient
 from livetranslate.operator.settings import OperatorSettings
+from livetranslate.workloads.modelcache.errors import EXIT_PERMANENT
 from livetranslate_testing import pss
 from livetranslate_testing.kube_operator import NS, Cluster, OperatorProcess, eventually, pipeline
 
@@ -57,17 +59,26 @@ def now() -> str:
 
 
 def finish(
-    cluster: Cluster, job: str, summary: dict[str, Any], *, failed: bool = False, when: str = ""
+    cluster: Cluster,
+    job: str,
+    summary: dict[str, Any],
+    *,
+    failed: bool = False,
+    when: str = "",
+    reason: str = "BackoffLimitExceeded",
 ) -> None:
-    """Play the Job controller and kubelet: a pod that wrote ``summary``, then the Job's end."""
+    """Play the Job controller and kubelet: a pod that wrote ``summary``, then the Job's end
+    (``reason`` on a Failed condition: ``PodFailurePolicy`` where the pod exited with the status
+    of a model that cannot exist here)."""
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": f"{job}-x1", "namespace": NS, "labels": {"job-name": job}},
+        "metadata": {"name": f"{job}-{uuid.uuid4().hex[:5]}", "namespace": NS, "labels": {"job-name": job}},
         "spec": {"containers": [{"name": "pull", "image": "x"}]},
     }
     cluster.api.create("v1/pods", pod)
-    terminated = {"exitCode": int(failed), "message": json.dumps(summary)}
+    code = (EXIT_PERMANENT if reason == "PodFailurePolicy" else 1) if failed else 0
+    terminated = {"exitCode": code, "message": json.dumps(summary)}
     cluster.api.set_status(
         "v1/pods",
         NS,
@@ -79,6 +90,8 @@ def finish(
         "active": 0,
         "conditions": [{"type": kind, "status": "True", "lastTransitionTime": when or now()}],
     }
+    if failed:
+        status["conditions"][0]["reason"] = reason
     status["failed" if failed else "succeeded"] = modelcache.JOB_BACKOFF_LIMIT + 1 if failed else 1
     cluster.api.set_status(JOBS, NS, job, status)
 
@@ -201,7 +214,8 @@ async def test_model_cache_conversion_that_fails_moves_audio_to_the_next_device(
     assert _arg(jobs(cluster, "town-hall")[job], "--format") == "openvino-ir"  # the NPU needs an IR
     cluster.api.set_status(JOBS, NS, job, {"active": 1})
     await eventually(lambda: [m["state"] for m in models(cluster, "town-hall")] == ["Converting"])
-    finish(cluster, job, {"error": "the OpenVINO export failed: unsupported op"}, failed=True)
+    error = {"error": "the OpenVINO export failed: unsupported op", "reason": "ConversionFailed"}
+    finish(cluster, job, error, failed=True, reason="PodFailurePolicy")
 
     def placed() -> str | None:
         cm = cluster.api.read("v1/configmaps", NS, "town-hall-config") or {}
@@ -218,6 +232,46 @@ async def test_model_cache_conversion_that_fails_moves_audio_to_the_next_device(
     await eventually(lambda: len(jobs(cluster, "town-hall")) == 2)
     formats = sorted(_arg(j, "--format") for j in jobs(cluster, "town-hall").values())
     assert formats == ["ct2", "openvino-ir"]
+
+
+async def test_model_cache_conversion_killed_is_retried_and_audio_returns_to_the_npu(
+    cluster: Cluster, operator: OperatorProcess, kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A conversion that failed for a passing reason (the converter OOM-killed: the Job gave up
+    after its pod retries) is not a model the NPU cannot run: audio runs on the next device while
+    the conversion is retried after its backoff, and returns to the NPU once a retry completes."""
+    monkeypatch.setattr(modelcache, "RETRY_BASE_SECONDS", 2.0)  # a minute in production
+    cluster.api.add_node("npu-1", allocatable={"npu.intel.com/accel": "1"})
+    await asyncio.sleep(0.3)
+    await kube.create(pipeline("town-hall", {"modelCache": CACHE}))
+    (job,) = await eventually(lambda: list(jobs(cluster, "town-hall")))
+    policy = jobs(cluster, "town-hall")[job]["spec"]["podFailurePolicy"]["rules"]
+    assert policy == [
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": "pull", "operator": "In", "values": [EXIT_PERMANENT]},
+        }
+    ]
+    finish(cluster, job, {}, failed=True)  # OOM-killed: no summary, the Job's backoff ran out
+
+    def placed() -> str | None:
+        cm = cluster.api.read("v1/configmaps", NS, "town-hall-config") or {}
+        return ResolvedPipeline.model_validate_json(cm["data"]["pipeline.json"]).placement.audioDevice
+
+    await eventually(lambda: placed() == "cpu", message=lambda: str(placed()))
+    reason = (cluster.tp("town-hall") or {})["status"]["audio"].get("reason") or ""
+    assert "failed and is retried" in reason, reason
+
+    def attempt() -> str | None:
+        meta = (jobs(cluster, "town-hall").get(job) or {}).get("metadata", {})
+        return (meta.get("annotations") or {}).get(modelcache.ATTEMPT_ANNOTATION)
+
+    await eventually(lambda: attempt() == "2", timeout=30)
+    # while the retry runs, audio stays where it works and the IR is still reported
+    assert placed() == "cpu"
+    assert ("tiny.en", "openvino-ir") in {(m["name"], m["format"]) for m in models(cluster, "town-hall")}
+    finish(cluster, job, {"bytes": 1, "sha256": "00"})
+    await eventually(lambda: placed() == "npu", message=lambda: str(placed()))
 
 
 async def test_model_cache_read_write_once_pins_each_stage_to_its_volume_node(

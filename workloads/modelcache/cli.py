@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         line = " ".join(str(exc).split())
         print(f"{PROG}: {line}", file=sys.stderr)
         _write_termination_log(args.termination_log, {"error": line, "reason": exc.reason})
-        return 1
+        return exc.exit_code
     except Exception as exc:  # a bug: the traceback follows, the pod's status still says what broke
         _write_termination_log(
             args.termination_log, {"error": f"{type(exc).__name__}: {exc}", "reason": "Bug"}

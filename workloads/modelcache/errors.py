@@ -7,11 +7,17 @@ from one worth retrying (a hub that is unreachable right now).
 
 from __future__ import annotations
 
+# The pull command's exit status for a model that cannot exist here, whatever is retried: the
+# model-cache Jobs fail at once on it (a podFailurePolicy rule), and the operator falls back
+# instead of retrying. Every other failure exits 1 and is retried.
+EXIT_PERMANENT = 3
+
 
 class PullError(Exception):
     """An expected failure: the message is one line a user can act on; no traceback."""
 
     reason = "Failed"
+    exit_code = 1
 
 
 class ModelNotReady(PullError):
@@ -39,6 +45,14 @@ class CacheFull(PullError):
 
 
 class ConversionFailed(PullError):
-    """The weights cannot be converted to the asked format on this image."""
+    """The weights cannot be converted to the asked format on this image: trying again fails the
+    same way (no converter, an export that refuses the model)."""
 
     reason = "ConversionFailed"
+    exit_code = EXIT_PERMANENT
+
+
+class ConversionInterrupted(PullError):
+    """The converter was killed (out of memory, the node going away): worth another attempt."""
+
+    reason = "ConversionInterrupted"

@@ -6,8 +6,9 @@ static shapes itself; a stateless export does not load at all (GenAI 2026.4 asks
 ``beam_idx`` input: "Port for tensor name beam_idx was not found"). The only Whisper weights
 reachable are CTranslate2's, so the pull fetches those first and converts them with
 ``convert-openvino``'s converter (int8 weights, the default stateful export). When this image cannot convert (no optimum-cli, no torch) or
-the export fails, the pull fails with ``ConversionFailed`` and the operator falls back to the
-next device.
+the export fails, the pull fails with ``ConversionFailed`` (exit status 3, not retried) and the
+operator falls back to the next device; a converter killed by a signal (out of memory) fails with
+``ConversionInterrupted``, which is retried.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from livetranslate.workloads.modelcache.errors import ConversionFailed
+from livetranslate.workloads.modelcache.errors import ConversionFailed, ConversionInterrupted
 from livetranslate.workloads.modelcache.sources import NeedSpace
 
 CONVERT_SPACE_FACTOR = 3  # a float32 checkpoint (twice the ct2 weights) plus the IR itself
@@ -74,6 +75,11 @@ def convert_openvino(name: str, ct2: Path, out: Path, work: Path, need_space: Ne
         with _converting_in(work):
             convert(ct2, out, weight_format="int8", stateless=False, keep_checkpoint=work / "checkpoint")
     except subprocess.CalledProcessError as exc:
+        if exc.returncode < 0:  # a signal: the OOM killer, or the pod being stopped
+            raise ConversionInterrupted(
+                f"converting {name} to openvino-ir was interrupted: optimum-cli was killed by signal "
+                f"{-exc.returncode} (out of memory?); the pull is retried"
+            ) from None
         raise ConversionFailed(
             f"converting {name} to openvino-ir failed: optimum-cli exited with {exc.returncode} "
             "(its output is in this pod's log)"
