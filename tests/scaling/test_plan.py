@@ -8,6 +8,8 @@ import math
 import random
 from typing import Any
 
+import pytest
+
 from livetranslate.operator.scaling import demand
 from livetranslate.operator.scaling.policy import AUDIO_TARGET_RTF, Current, Decision, History, decide
 from livetranslate.operator.scaling.signals import Sample, Signals
@@ -115,20 +117,23 @@ def test_catch_up_stays_within_max() -> None:
     assert d.stages["audio"].desired == 6
 
 
-def test_noisy_sessions_around_a_level_never_flap() -> None:
+@pytest.mark.parametrize("seed", range(30))
+def test_noisy_sessions_around_a_level_never_flap(seed: int) -> None:
     spec = make_spec(audio={"replicas": {"min": 1, "max": 40}, "devices": ["cpu"]})
     history, current, t = learned(spec, audio=2)
-    rng = random.Random(5)
-    moves: list[tuple[float, str]] = []
+    rng = random.Random(seed)
+    moves: list[tuple[float, str, str]] = []
     for _ in range(160):
         t += INTERVAL
         sessions = 60 * rng.uniform(0.9, 1.1)
         ready = current.replicas["audio"]
         d = decide(spec, world(t, sessions, ready, caption=1.1 * rng.uniform(0.9, 1.1)), current, history, t)
         history, current = d.history, step(d, current)
-        moves += [(t, c.direction) for c in d.changes if c.stage == "audio"]
+        moves += [(t, c.direction, c.reason) for c in d.changes if c.stage == "audio"]
     # A level sitting right on a replica boundary (need 4.0) may move now and then, but never
-    # back and forth within a stabilization window (300 s), and rarely.
+    # back and forth within a stabilization window (300 s), and rarely. On 6 of these 30 draws a
+    # falling trend read into the noise once took the shortcut down (demand_falling) onto the
+    # boundary and came back up within the window; that shortcut now leaves the tolerance's room.
     reversals = [(a, b) for a, b in itertools.pairwise(moves) if a[1] != b[1] and b[0] - a[0] < 300]
     assert not reversals, f"flapped: {moves}"
     assert len(moves) <= 4, f"kept moving on noise: {moves}"
