@@ -178,6 +178,12 @@ def _autoscaling(argv: list[str]) -> int:
         action="store_true",
         help="with --families: the seeds to develop a policy against, not the reported ones",
     )
+    parser.add_argument(
+        "--frontier",
+        action="store_true",
+        help="with --families: also sweep a reactive oracle (exact demand, no foresight) over its "
+        "headroom: the cost/SLO frontier no reactive policy gets past",
+    )
     args = parser.parse_args(argv)
     params = _measured_rates(default_params(bench_spec()), Path(args.results_dir))
     traces = {Path(args.trace).stem: load_trace(args.trace)} if args.trace else builtin_traces()
@@ -198,6 +204,7 @@ def _autoscaling(argv: list[str]) -> int:
             # matplotlib comes with the dev extra; the table and figures do not need it.
             print("plot: skipped (matplotlib is not installed)")
     families = _families(params, args.families, args.dev_seeds) if args.families > 0 else []
+    frontier = _frontier(params, args.families, args.dev_seeds) if args.families > 0 and args.frontier else []
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(
@@ -209,6 +216,7 @@ def _autoscaling(argv: list[str]) -> int:
                     "slo_violation_ratio_vs_hpa": x,
                     "replica_seconds_ratio_vs_hpa": y,
                     "families": families,
+                    "frontier": frontier,
                 },
                 indent=2,
             )
@@ -236,6 +244,25 @@ def _families(params: ModelParams, n: int, dev: bool) -> list[dict[str, Any]]:
             f"{'met' if d['met'] else 'MISS':>7}"
         )
         out.append(d)
+    return out
+
+
+def _frontier(params: ModelParams, n: int, dev: bool) -> list[dict[str, Any]]:
+    from livetranslate import bench_traces
+
+    seeds = (bench_traces.DEV_SEEDS if dev else bench_traces.REPORT_SEEDS)[:n]
+    print("reactive oracle (exact demand, no foresight): cheapest headroom meeting the SLO side")
+    out = []
+    for family in bench_traces.FAMILIES:
+        f = bench_traces.frontier(family, seeds, params)
+        best = f["cheapest_slo_met"]
+        where = (
+            f"+{best['headroom']:.0%}: replica-s {best['replicas_vs_hpa']['median']:.2f} x HPA"
+            if best
+            else "not within the sweep"
+        )
+        print(f"{family:<14} {where:<32} {'met' if f['met'] else 'MISS':>7}")
+        out.append(f)
     return out
 
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from livetranslate.api import TranslationPipelineSpec
+
+if TYPE_CHECKING:
+    from livetranslate.bench_model import ModelParams
 
 STAGES = ("audio", "translation", "gateway")
 
@@ -157,6 +161,47 @@ class LiveTranslatePolicy(Policy):
         decision = decide(self.spec, sig, current, self.history, t)
         self.history = decision.history
         return {s: decision.stages[s].desired for s in STAGES}
+
+
+class ReactiveOracle(Policy):
+    """Not a policy anyone can run: a reference for what perfect measurement buys.
+
+    Every second it knows the demand's course exactly (the sessions without their per-second
+    noise: no metric noise, no scrape lag, no estimate) and runs ``ceil(course x work x
+    (1 + headroom) / (capacity x target))`` replicas per stage, the spec's target utilisations.
+    It cannot foresee the course (no policy can), so replicas asked for now serve after the
+    stage's warm-up. Swept over ``headroom`` it traces the cost/SLO frontier of any policy that
+    reacts to demand as it stands: a target below that frontier asks for foresight, not a better
+    estimator (``bench_traces.frontier``)."""
+
+    name = "oracle"
+
+    def __init__(
+        self, spec: TranslationPipelineSpec, params: ModelParams, course: list[float], headroom: float
+    ):
+        self.spec, self.params, self.course, self.headroom = spec, params, course, headroom
+        targets = spec.scaling.targetUtilization
+        self.targets = {
+            "audio": targets.audio,
+            "translation": targets.translation,
+            "gateway": targets.gateway,
+        }
+
+    def decide(
+        self, t: float, obs: Observed | None, replicas: dict[str, int], ready: dict[str, int]
+    ) -> dict[str, int]:
+        level = self.course[min(len(self.course) - 1, int(t))]
+        out = {}
+        for s in STAGES:
+            m = self.params.stage(s)
+            need = (
+                level
+                * m.work_per_session
+                * (1.0 + self.headroom)
+                / (m.capacity_per_replica * self.targets[s])
+            )
+            out[s] = clamp(math.ceil(need - 1e-9), *bounds(self.spec, s))
+        return out
 
 
 def bounds(spec: TranslationPipelineSpec, stage: str) -> tuple[int, int]:

@@ -86,6 +86,13 @@ def load_trace(path: str) -> list[float]:
 # The families.
 
 
+def _noisy(level: float, sd: float, rng: random.Random, course: Trace | None) -> float:
+    """``level`` with multiplicative per-second noise; ``course`` (where given) records the level."""
+    if course is not None:
+        course.append(level)
+    return max(0.0, level * (1.0 + rng.gauss(0.0, sd)))
+
+
 def ramp(rng: random.Random) -> Trace:
     low, high = rng.uniform(10, 60), rng.uniform(150, 350)
     start, climb, hold = rng.uniform(120, 600), rng.uniform(600, 1800), rng.uniform(300, 900)
@@ -119,7 +126,7 @@ def flash_crowd(rng: random.Random) -> Trace:
     return out
 
 
-def working_day(rng: random.Random) -> Trace:
+def working_day(rng: random.Random, course: Trace | None = None) -> Trace:
     hours = 6
     peak = rng.uniform(120, 250)
     meetings = {h: rng.uniform(0.1, 0.5) * peak for h in range(hours) if rng.random() < 0.6}
@@ -133,19 +140,22 @@ def working_day(rng: random.Random) -> Trace:
             shape *= 0.6  # lunch
         target = peak * shape + (meetings.get(int(h), 0.0) if minute < 50 else 0.0)
         level += (target - level) / 60.0  # sessions join and leave over about a minute
-        out.append(max(0.0, level * (1.0 + rng.gauss(0.0, 0.05))))
+        out.append(_noisy(level, 0.05, rng, course))
     return out
 
 
-def back_to_back(rng: random.Random) -> Trace:
+def back_to_back(rng: random.Random, course: Trace | None = None) -> Trace:
     out: Trace = [0.0] * int(rng.uniform(60, 300))
+    steady = course if course is not None else []
     for _ in range(rng.randint(2, 4)):
         level = rng.uniform(100, 300)
         fill, hold, empty = rng.uniform(60, 180), rng.uniform(900, 1500), rng.uniform(30, 60)
         out += [level * (t / fill) for t in range(int(fill))]
-        out += [level * (1.0 + rng.gauss(0.0, 0.03)) for _ in range(int(hold))]
+        steady += out[len(steady) :]
+        out += [_noisy(level, 0.03, rng, steady) for _ in range(int(hold))]
         out += [level * (1.0 - t / empty) for t in range(int(empty))]
         out += [rng.uniform(0, 5)] * int(rng.uniform(60, 300))
+        steady += out[len(steady) :]
     return out
 
 
@@ -161,12 +171,12 @@ def bursts(rng: random.Random) -> Trace:
     return out
 
 
-def noisy_plateau(rng: random.Random) -> Trace:
+def noisy_plateau(rng: random.Random, course: Trace | None = None) -> Trace:
     level, lo, hi = rng.uniform(100, 250), 50.0, 300.0
     out: Trace = []
     for _ in range(3600):
         level = min(hi, max(lo, level + rng.gauss(0.0, 3.0)))
-        out.append(max(0.0, level * (1.0 + rng.gauss(0.0, 0.15))))
+        out.append(_noisy(level, 0.15, rng, course))
     return out
 
 
@@ -182,6 +192,9 @@ def quiet_night(rng: random.Random) -> Trace:
     return out
 
 
+# The families whose draws add per-second noise to a course; the others are their own course.
+NOISY = ("working_day", "back_to_back", "noisy_plateau")
+
 FAMILIES: dict[str, Callable[[random.Random], Trace]] = {
     "ramp": ramp,
     "flash_crowd": flash_crowd,
@@ -196,6 +209,18 @@ FAMILIES: dict[str, Callable[[random.Random], Trace]] = {
 def generate(family: str, seed: int) -> Trace:
     """One draw of ``family``: the same seed gives the same trace."""
     return FAMILIES[family](random.Random(f"{family}:{seed}"))
+
+
+def generate_with_course(family: str, seed: int) -> tuple[Trace, Trace]:
+    """The draw ``generate`` gives and its course: the demand without its per-second noise (what
+    no policy can forecast), for the frontier in ``frontier``."""
+    rng = random.Random(f"{family}:{seed}")
+    if family not in NOISY:
+        trace = FAMILIES[family](rng)
+        return trace, list(trace)
+    course: Trace = []
+    trace = FAMILIES[family](rng, course)  # type: ignore[call-arg]
+    return trace, course
 
 
 def ratio(ours: float, theirs: float) -> float:
@@ -247,3 +272,58 @@ def distribution(family: str, seeds: Sequence[int], params: Any, noise_offset: i
         and summary["replicas_vs_hpa"]["median"] <= 1.0
     )
     return {"family": family, "seeds": list(seeds), "summary": summary, "met": met, "per_seed": per_seed}
+
+
+# What perfect measurement reaches.
+
+FRONTIER_HEADROOMS = tuple(round(0.1 * k, 1) for k in range(8))  # 0 .. 70% above the course
+
+
+def frontier(
+    family: str, seeds: Sequence[int], params: Any, headrooms: Sequence[float] = FRONTIER_HEADROOMS
+) -> dict[str, Any]:
+    """The reactive oracle (``bench_policies.ReactiveOracle``) on ``family`` at each headroom,
+    against HPA on the same draws and metric noise as ``distribution``: per headroom, the median
+    and 90th percentile of its SLO-violation ratio and the median replica-seconds ratio, and the
+    cheapest headroom that meets the target, if one does. A family it cannot meet at <= 1.0x
+    HPA's replica-seconds cannot be met by any policy that reacts to demand as it stands."""
+    from livetranslate import bench
+    from livetranslate.bench_model import simulate
+    from livetranslate.bench_policies import HpaPolicy, ReactiveOracle
+
+    ratios: dict[float, list[tuple[float, float]]] = {h: [] for h in headrooms}
+    for seed in seeds:
+        trace, course = generate_with_course(family, seed)
+        spec = bench.sized_spec(params, max(trace))
+        noise_seed = 1000 + seed  # what ``distribution`` gives its first trace
+        hpa = simulate(trace, HpaPolicy(spec), params, spec, noise_seed=noise_seed)
+        for h in headrooms:
+            oracle = simulate(
+                trace, ReactiveOracle(spec, params, course, h), params, spec, noise_seed=noise_seed
+            )
+            ratios[h].append(
+                (
+                    ratio(oracle.slo_violation_s, hpa.slo_violation_s),
+                    ratio(oracle.replica_seconds, hpa.replica_seconds),
+                )
+            )
+    rows: list[dict[str, Any]] = []
+    for h in headrooms:
+        slo, cost = [r[0] for r in ratios[h]], [r[1] for r in ratios[h]]
+        median, p90 = statistics.median(slo), quantile(slo, 0.9)
+        rows.append(
+            {
+                "headroom": h,
+                "slo_vs_hpa": {"median": median, "p90": p90},
+                "replicas_vs_hpa": {"median": statistics.median(cost)},
+                "slo_met": median <= 0.5 and p90 <= 0.8,
+            }
+        )
+    cheapest = next((r for r in rows if r["slo_met"]), None)
+    return {
+        "family": family,
+        "seeds": list(seeds),
+        "rows": rows,
+        "cheapest_slo_met": cheapest,
+        "met": cheapest is not None and cheapest["replicas_vs_hpa"]["median"] <= 1.0,
+    }

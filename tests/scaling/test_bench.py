@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -124,3 +126,36 @@ def test_families_report_the_distribution_of_the_ratios(
         for key in ("slo_vs_hpa", "slo_vs_keda", "replicas_vs_hpa", "replicas_vs_keda"):
             values = sorted(s[key] for s in f["per_seed"])
             assert values[0] <= f["summary"][key]["median"] <= f["summary"][key]["p90"] <= values[-1]
+
+
+def test_a_noisy_family_draws_its_noise_around_a_course_it_can_name() -> None:
+    """The frontier needs the demand without its per-second noise: the course is recorded beside
+    the same draw (``generate`` is unchanged), and the noise is all that separates them."""
+    bt = bench_traces
+    for family in bt.FAMILIES:
+        trace, course = bt.generate_with_course(family, 1000)
+        assert trace == bt.generate(family, 1000) and len(course) == len(trace), family
+        if family not in bt.NOISY:
+            assert course == trace, family
+    trace, course = bt.generate_with_course("noisy_plateau", 1000)
+    spread = statistics.pstdev(t / c - 1 for t, c in zip(trace, course, strict=True) if c > 0)
+    assert 0.12 < spread < 0.18, "15% noise around the course"
+    assert statistics.pstdev(b - a for a, b in itertools.pairwise(course)) < 4, (
+        "the course itself walks slowly"
+    )
+
+
+def test_the_frontier_sweeps_an_oracle_that_costs_more_with_more_headroom(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    out = tmp_path / "a.json"
+    rc = cli(["bench", "autoscaling", "--families", "2", "--frontier", "--plot", "", "--json", str(out)])
+    assert rc == 0
+    assert "reactive oracle" in capsys.readouterr().out
+    frontier = json.loads(out.read_text())["frontier"]
+    assert [f["family"] for f in frontier] == list(bench_traces.FAMILIES)
+    for f in frontier:
+        costs = [r["replicas_vs_hpa"]["median"] for r in f["rows"]]
+        assert costs == sorted(costs), f"{f['family']}: more headroom never costs less"
+        cheapest = f["cheapest_slo_met"]
+        assert f["met"] == (cheapest is not None and cheapest["replicas_vs_hpa"]["median"] <= 1.0)
