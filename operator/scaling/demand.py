@@ -126,6 +126,9 @@ class Forecast:
     # The level to keep (record for the stabilization window): ``level``, except right after a
     # step seen in one sample only, which is followed at once but kept only once confirmed.
     kept: float
+    # Seconds of samples the trend was fitted on: a rise is never carried further ahead than that
+    # (a young pipeline's few samples do not support a course over a two-minute warm-up).
+    span: float = math.inf
 
     @property
     def headroom(self) -> float:
@@ -134,7 +137,7 @@ class Forecast:
 
     def at(self, horizon_s: float) -> float:
         """Sessions expected ``horizon_s`` from now (a rise only: a fall never hastens a shrink)."""
-        return self.level + max(0.0, self.slope) * horizon_s
+        return self.level + max(0.0, self.slope) * min(horizon_s, self.span)
 
     def sized(self, horizon_s: float) -> float:
         """Sessions to provide for until replicas asked for now serve: the rise, plus headroom."""
@@ -157,7 +160,7 @@ def forecast(trend: Trend, samples: Trend, z: float, cfg: PolicyConfig = DEFAULT
         # A step up seen once may be a one-sample spike; a step down is kept as it is (the
         # window holds what came before it anyway).
         kept = min(now, level(trend[:-1], cfg))
-    return Forecast(now, slope(trend, cfg), scatter(samples), z, kept)
+    return Forecast(now, slope(trend, cfg), scatter(samples), z, kept, trend[-1][0] - trend[0][0])
 
 
 def growth(trend: Trend, sessions: float, lookahead_s: float, cfg: PolicyConfig = DEFAULT_CONFIG) -> float:
@@ -167,7 +170,8 @@ def growth(trend: Trend, sessions: float, lookahead_s: float, cfg: PolicyConfig 
     if sessions <= 0 or rise <= 0:
         return 1.0
     now = level(trend, cfg)
-    return max(1.0, (now + rise * lookahead_s) / max(now, 1e-9))
+    ahead = min(lookahead_s, trend[-1][0] - trend[0][0])  # no further than the samples reach
+    return max(1.0, (now + rise * ahead) / max(now, 1e-9))
 
 
 def learn(old: float | None, n: int, sample: float, cfg: PolicyConfig) -> tuple[float, int]:

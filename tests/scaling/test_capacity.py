@@ -76,6 +76,18 @@ def test_the_forecast_sizes_for_the_rise_over_the_horizon_plus_p95_headroom() ->
     assert Forecast(100.0, -0.5, 0.0, P95, 100.0).at(120.0) == 100.0
 
 
+def test_a_rise_is_carried_no_further_ahead_than_the_samples_it_was_fitted_on() -> None:
+    """A young pipeline's trend rests on a few samples: 30 s of them do not support a course over
+    a two-minute translation warm-up (an integration run scaled translation 1 -> 2 on a false
+    rise of 25 s of noisy samples carried 121 s ahead, x4.7)."""
+    rising = [(float(t), 50.0 + 0.5 * t + (1.0 if t % 2 else -1.0)) for t in range(0, 31, 5)]
+    f = demand.forecast(rising, rising, P95)
+    assert f.slope > 0 and f.span == 30.0
+    assert math.isclose(f.at(120.0), f.level + f.slope * 30.0)
+    assert math.isclose(f.at(20.0), f.level + f.slope * 20.0)
+    assert demand.growth(rising, 65.0, 120.0) == demand.growth(rising, 65.0, 30.0) > 1.0
+
+
 def test_a_step_seen_in_one_sample_is_followed_but_not_kept_until_confirmed() -> None:
     spike = samples([20.0] * 8 + [200.0])
     f = demand.forecast(spike, spike, P95)
