@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from livetranslate.api import BCP47_PATTERN, SOURCE_LANGUAGE_PATTERN
 
@@ -222,7 +222,7 @@ class AudioUtteranceEnd(_Event):
     end: float
     # With language "auto": the session's spoken language after this utterance (it moves only on
     # evidence from more than one utterance); the gateway carries it to the session's next stream.
-    language: str | None = None
+    language: Annotated[str, Field(pattern=BCP47_PATTERN)] | None = None
 
 
 class AudioError(_Event):
@@ -244,6 +244,15 @@ audio_server_adapter: TypeAdapter[AnyAudioEvent] = TypeAdapter(AudioServerEvent)
 # POST http://<translation>/v1/translate with TranslateRequest; the response is NDJSON, one
 # TranslateResult line per target language as soon as it is ready. The service keeps no session
 # state: the gateway sends the context (it owns session state, in Redis when replicated).
+
+
+def describe_invalid(exc: ValidationError) -> str:
+    """What is wrong with a message, its first problems each naming the field (both protocols)."""
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+    return "invalid message: " + "; ".join(parts)
 
 
 def context_span(size: int) -> int:

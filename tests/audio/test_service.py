@@ -277,6 +277,21 @@ async def test_bad_input_gets_clear_errors_without_dropping_the_session(audio_se
     assert code is None  # still open after two bad frames
 
 
+async def test_a_start_with_a_malformed_spoken_language_is_refused_with_the_field(
+    audio_server: Server,
+) -> None:
+    events, _ = await _exchange(
+        audio_server.ws, _start("lang", language="auto", spokenLanguage="en; DROP"), wait=1.0
+    )
+    errors = [e for e in events if e["type"] == "error"]
+    assert errors and "spokenLanguage" in str(errors[0]["message"]), events
+    assert not [e for e in events if e["type"] == "ready"]
+    events, _ = await _exchange(
+        audio_server.ws, _start("lang2", language="auto", spokenLanguage="es"), wait=1.0
+    )
+    assert events[0]["type"] == "ready"
+
+
 async def test_audio_before_start_and_oversized_frames_are_refused(audio_server: Server) -> None:
     events, _ = await _exchange(audio_server.ws, b"\x00\x00" * 100, wait=1.0)
     assert events and events[0]["code"] == "session_not_started"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -42,6 +41,7 @@ from livetranslate.protocol import (
     AudioStart,
     AudioUtteranceEnd,
     audio_client_adapter,
+    describe_invalid,
 )
 from livetranslate.workloads.audio.diarization import SpeakerTracker
 from livetranslate.workloads.audio.drain import CLOSE_REASON, CLOSE_RESTART
@@ -235,8 +235,8 @@ class AudioConnection:
                 await self._error(ERR_NOT_STARTED, "send a start message before audio")
                 continue
             parsed = self._parse(msg.get("text") or "")
-            if parsed is None:
-                await self._error(ERR_BAD_MESSAGE, "expected a start message")
+            if isinstance(parsed, str):
+                await self._error(ERR_BAD_MESSAGE, f"expected a start message; {parsed}")
                 continue
             if not isinstance(parsed, AudioStart):
                 await self._error(ERR_NOT_STARTED, "send a start message first")
@@ -296,11 +296,14 @@ class AudioConnection:
         )
 
     @staticmethod
-    def _parse(text: str) -> AudioStart | AudioFlush | None:
+    def _parse(text: str) -> AudioStart | AudioFlush | str:
+        """The message, or what is wrong with it (each problem naming its field)."""
         try:
             return audio_client_adapter.validate_json(text)
-        except (ValidationError, json.JSONDecodeError, ValueError):
-            return None
+        except ValidationError as exc:
+            return describe_invalid(exc)
+        except ValueError as exc:
+            return f"invalid message: {exc}"
 
     # ------------------------------------------------------------------ receive
 
@@ -338,8 +341,8 @@ class AudioConnection:
                 self._wake.set()
                 continue
             parsed = self._parse(msg.get("text") or "")
-            if parsed is None:
-                await self._error(ERR_BAD_MESSAGE, 'not a valid message (expected {"type":"flush"})')
+            if isinstance(parsed, str):
+                await self._error(ERR_BAD_MESSAGE, f'expected {{"type":"flush"}}; {parsed}')
             elif isinstance(parsed, AudioStart):
                 await self._error(ERR_BAD_MESSAGE, "session already started")
             else:

@@ -40,6 +40,7 @@ from livetranslate.protocol import (
     SessionStart,
     SessionStarted,
     client_message_adapter,
+    describe_invalid,
 )
 from livetranslate.workloads.gateway.audio import AudioConverter
 from livetranslate.workloads.gateway.outbox import (
@@ -312,7 +313,7 @@ class Connection:
         try:
             message = client_message_adapter.validate_json(text)
         except ValidationError as exc:
-            self._error(ERR_BAD_MESSAGE, _describe(exc))
+            self._error(ERR_BAD_MESSAGE, describe_invalid(exc))
             return
         if isinstance(message, SessionStart):
             if self.session is not None:
@@ -457,11 +458,3 @@ def _unknown_targets(targets: list[str], served: list[str]) -> str | None:
     """The error for target languages this pipeline does not translate to, if any."""
     unknown = [t for t in targets if t not in served]
     return f"targetLanguages {unknown}: this pipeline translates to {served} only" if unknown else None
-
-
-def _describe(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-    return "invalid message: " + "; ".join(parts)
