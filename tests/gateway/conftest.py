@@ -109,6 +109,7 @@ class FakeAudio:
     hand_back_after: int | None = None
     refuse_draining: int = 0
     hand_back_error: bool = True  # False: the close alone (as a writer meets it before the error)
+    invalid_events: int = 0  # the first this many utterance ends break the contract (a bad language)
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -141,7 +142,11 @@ class FakeAudio:
                 nonlocal speaking
                 if speaking:
                     speaking = False
-                    await ws.send_text(json.dumps({"type": "utterance_end", "end": at, "language": spoken}))
+                    language = spoken
+                    if self.invalid_events > 0:
+                        self.invalid_events -= 1
+                        language = "not a language!"
+                    await ws.send_text(json.dumps({"type": "utterance_end", "end": at, "language": language}))
                     if hand_back is not None and finals >= hand_back:
                         if self.hand_back_error:
                             await ws.send_text(

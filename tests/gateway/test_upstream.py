@@ -199,6 +199,28 @@ async def test_a_new_audio_stream_starts_from_the_language_the_session_settled_o
     assert [s.spokenLanguage for s in stack.audio.starts] == [None, "es"]
 
 
+async def test_an_invalid_event_from_the_audio_service_reopens_the_stream_and_loses_nothing(
+    stack: Stack,
+) -> None:
+    """An event that breaks the audio protocol (here an utterance end whose language is not a
+    language tag) used to end the listener's session with internal_error. The stream is what is
+    broken: the gateway opens a new one from the audio after the last final."""
+    stack.audio.invalid_events = 1
+    async with Client(stack.ws_url) as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1, 2, 3]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert "internal_error" not in [e["code"] for e in c.of("error")], c.of("error")
+    assert [(e["segmentId"], e["text"]) for e in c.of("transcript.final")] == [
+        (0, "block 1"),
+        (1, "block 2"),
+        (2, "block 3"),
+    ]
+    assert stack.audio.streams == 2
+
+
 @pytest.mark.parametrize("with_error", [True, False], ids=["error-then-close", "close-only"])
 async def test_a_stream_handed_back_by_a_draining_audio_replica_resumes_at_once(
     stack: Stack, with_error: bool

@@ -14,6 +14,7 @@ import struct
 from collections.abc import AsyncIterator
 
 import httpx
+from pydantic import ValidationError
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
@@ -33,6 +34,7 @@ from livetranslate.protocol import (
     TranslateRequest,
     TranslateResult,
     audio_server_adapter,
+    describe_invalid,
 )
 
 log = logging.getLogger(__name__)
@@ -101,6 +103,16 @@ def masked_binary_frame(payload: bytes, key: bytes) -> bytes:
 CLOSE_RESTART = 1012  # "service restart": the audio replica drains (or restarts)
 
 
+def _audio_event(raw: str | bytes) -> AudioEvent:
+    """An event of the audio service's stream. One that breaks the contract makes the stream
+    unusable, not the session: the session opens a new one from its replay buffer (the audio
+    after the last final), so nothing is lost, and the breaker counts the failure."""
+    try:
+        return audio_server_adapter.validate_json(raw)
+    except ValidationError as exc:
+        raise UpstreamUnavailable(f"audio service sent an invalid event: {describe_invalid(exc)}") from None
+
+
 def _lost(exc: BaseException) -> UpstreamUnavailable:
     """Why an audio stream ended under a send or a read. Closed with 1012, the replica is going
     away on purpose (drain.py of the audio service): the writer may meet the closed socket before
@@ -143,7 +155,11 @@ class AudioLink:
         except (OSError, TimeoutError, ConnectionClosed) as exc:
             await ws.close()
             raise UpstreamUnavailable(f"audio service did not get ready: {exc}") from exc
-        event = audio_server_adapter.validate_json(raw)
+        try:
+            event = _audio_event(raw)
+        except UpstreamUnavailable:
+            await ws.close()
+            raise
         if isinstance(event, AudioError):
             await ws.close()
             if event.code == ERR_DRAINING:
@@ -199,7 +215,7 @@ class AudioLink:
             async for raw in self._ws:
                 if isinstance(raw, bytes):
                     continue
-                yield audio_server_adapter.validate_json(raw)
+                yield _audio_event(raw)
         except (OSError, ConnectionClosed) as exc:
             raise _lost(exc) from exc
 
