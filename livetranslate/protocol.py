@@ -19,6 +19,9 @@ MAX_FRAME_BYTES = 1024 * 1024  # API.md: binary frames up to 1 MiB
 MIN_SAMPLE_RATE = 8000
 MAX_SAMPLE_RATE = 48000
 MODEL_SAMPLE_RATE = 16000  # what Whisper and the audio service take
+# A speaker's voice on the wire: base64 of float16, room for embeddings of up to 1536 dimensions
+# (Resemblyzer's have 256, pyannote's 256 or 512): a session of 32 voices stays under 200 KB.
+MAX_VOICE_CHARS = 4096
 
 
 class _Msg(BaseModel):
@@ -155,6 +158,28 @@ ERR_DRAINING = "draining"
 # WebSocket ws://<audio>/v1/audio, one per session. Binary frames: PCM s16le mono 16 kHz.
 
 
+class SpeakerVoice(BaseModel):
+    """One speaker the audio service tells apart in a session: its label and its voice."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(pattern=r"^S[1-9][0-9]?$")
+    seconds: float = Field(ge=0, le=1e7)  # of speech the voice was learned from (its weight)
+    # The voice's centroid: base64 of little-endian float16, the embedder's dimensions
+    embedding: str = Field(min_length=4, max_length=MAX_VOICE_CHARS, pattern=r"^[A-Za-z0-9+/]+={0,2}$")
+
+
+class SpeakerMemory(BaseModel):
+    """The speakers a session's diarization knows, so its next audio stream (handed over,
+    resumed, reopened after a pause) keeps their labels instead of numbering voices afresh.
+    ``voices[i]`` is speaker ``S{i+1}``; a stream whose embedder differs starts without them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    embedder: str = Field(min_length=1, max_length=64)
+    voices: list[SpeakerVoice] = Field(max_length=32)
+
+
 class AudioStart(_Msg):
     type: Literal["start"]
     sessionId: str
@@ -173,6 +198,9 @@ class AudioStart(_Msg):
     # ends reported it. A new stream of a session that already spoke (handed over, resumed, or
     # reopened after an idle pause) starts from it instead of detecting the language afresh.
     spokenLanguage: Annotated[str, Field(pattern=BCP47_PATTERN)] | None = None
+    # With diarization: the speakers the session's last stream knew, as its utterance ends
+    # reported them, so a voice heard before keeps its label on this stream.
+    speakers: SpeakerMemory | None = None
     # The audio service takes 16 kHz only (the gateway resamples); any other rate is refused with
     # a clear error rather than transcribed at the wrong speed.
     sampleRate: int = MODEL_SAMPLE_RATE
@@ -223,6 +251,8 @@ class AudioUtteranceEnd(_Event):
     # With language "auto": the session's spoken language after this utterance (it moves only on
     # evidence from more than one utterance); the gateway carries it to the session's next stream.
     language: Annotated[str, Field(pattern=BCP47_PATTERN)] | None = None
+    # With diarization: the speakers known after this utterance; carried to the next stream alike.
+    speakers: SpeakerMemory | None = None
 
 
 class AudioError(_Event):

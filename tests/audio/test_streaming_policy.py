@@ -10,9 +10,11 @@ import json
 from collections.abc import Callable
 
 import numpy as np
+import pydantic
 import pytest
 
 from livetranslate.config import Endpoints, ResolvedPipeline
+from livetranslate.protocol import SpeakerMemory
 from livetranslate.workloads.audio.diarization import SpeakerTracker
 from livetranslate.workloads.audio.engines import Hypothesis, Word, is_glued
 from livetranslate.workloads.audio.settings import AudioSettings, StreamingSettings, load_settings
@@ -507,6 +509,60 @@ def test_a_short_clip_needs_less_similarity_to_match_a_known_voice() -> None:
     assert fresh.assign(near_a, 2.0, utterance=4.0) == "S2"
     assert tracker.match_threshold(0.6) == pytest.approx(0.69)
     assert tracker.match_threshold(1.5) == tracker.match_threshold(5.0) == pytest.approx(0.75)
+
+
+def test_a_new_stream_seeded_with_the_sessions_speakers_keeps_their_labels() -> None:
+    """A session's next audio stream (a handover, a resume, a reopen after a pause) starts from
+    the speakers the last one knew: the voice the last stream called S2 is S2 again, even when
+    it speaks first; a fresh tracker would call it S1."""
+    rng = np.random.default_rng(3)
+    a, b = (v / np.linalg.norm(v) for v in rng.normal(size=(2, 256)))
+    first = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert first.export() is None  # nothing heard yet: nothing to carry
+    assert [first.assign(x, 2.0, utterance=t) for t, x in enumerate((a, b, a))] == ["S1", "S2", "S1"]
+    memory = first.export()
+    assert memory is not None and [v.label for v in memory.voices] == ["S1", "S2"]
+    # over the wire and back: what the gateway keeps and sends with the next start
+    memory = SpeakerMemory.model_validate_json(memory.model_dump_json())
+    assert len(memory.model_dump_json()) < 1600  # two 256-float voices in float16, base64
+    second = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert second.seed(memory) is None
+    assert [second.assign(x, 1.0, utterance=10 + t) for t, x in enumerate((b, a))] == ["S2", "S1"]
+    fresh = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert fresh.assign(b, 1.0) == "S1"
+    # at most max_speakers of them are taken
+    small = SpeakerTracker(max_speakers=1, threshold=0.75)
+    assert small.seed(memory) is None and small.speakers == 1
+
+
+def test_speakers_that_cannot_be_compared_are_not_taken() -> None:
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=64)
+    source = SpeakerTracker(max_speakers=4, threshold=0.75)
+    source.assign(a / np.linalg.norm(a), 2.0)
+    memory = source.export()
+    assert memory is not None
+    other = SpeakerTracker(max_speakers=4, threshold=0.75, embedder="pyannote")
+    assert "resemblyzer" in (other.seed(memory) or "") and other.speakers == 0
+    voice = memory.voices[0]
+    for bad, why in (
+        (voice.model_copy(update={"label": "S2"}), "labelled S2"),
+        (voice.model_copy(update={"embedding": "AAAA"}), "finite float16"),  # all zeros
+        (voice.model_copy(update={"embedding": "AAA="}), "finite float16"),  # odd bytes
+        (voice.model_copy(update={"embedding": "AAD8"}), "finite float16"),  # float16 -inf
+    ):
+        tracker = SpeakerTracker(max_speakers=4, threshold=0.75)
+        assert why in (tracker.seed(memory.model_copy(update={"voices": [bad]})) or ""), why
+        assert tracker.speakers == 0
+    # seeded voices of another size than this embedder's: numbered afresh, not a crash
+    tracker = SpeakerTracker(max_speakers=4, threshold=0.75)
+    assert tracker.seed(memory) is None
+    b = rng.normal(size=256)
+    assert tracker.assign(b / np.linalg.norm(b), 2.0) == "S1" and tracker.speakers == 1
+    with pytest.raises(pydantic.ValidationError):
+        SpeakerMemory.model_validate(
+            {"embedder": "resemblyzer", "voices": [{**voice.model_dump(), "embedding": "$$$$"}]}
+        )
 
 
 def test_settings_come_from_the_pipeline_unless_the_environment_overrides(

@@ -110,6 +110,9 @@ class FakeAudio:
     refuse_draining: int = 0
     hand_back_error: bool = True  # False: the close alone (as a writer meets it before the error)
     invalid_events: int = 0  # the first this many utterance ends break the contract (a bad language)
+    # With diarization: what utterance ends report as the session's known speakers (the real
+    # service reports its tracker's voices), each stream's i-th reply taking voices[: i + 1].
+    speakers: dict[str, Any] | None = None
 
     def app(self) -> FastAPI:
         app = FastAPI()
@@ -146,7 +149,10 @@ class FakeAudio:
                     if self.invalid_events > 0:
                         self.invalid_events -= 1
                         language = "not a language!"
-                    await ws.send_text(json.dumps({"type": "utterance_end", "end": at, "language": language}))
+                    end: dict[str, Any] = {"type": "utterance_end", "end": at, "language": language}
+                    if start.diarization and self.speakers is not None:
+                        end["speakers"] = {**self.speakers, "voices": self.speakers["voices"][:finals]}
+                    await ws.send_text(json.dumps(end))
                     if hand_back is not None and finals >= hand_back:
                         if self.hand_back_error:
                             await ws.send_text(

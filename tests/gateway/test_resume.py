@@ -98,6 +98,22 @@ async def test_resume_on_another_replica_through_redis(stack: Stack, redis_url: 
     assert last.segmentId == 3 and [c.source for c in last.context] == ["block 1", "block 2", "block 3"]
 
 
+async def test_a_session_resumed_on_another_replica_keeps_its_speakers(stack: Stack, redis_url: str) -> None:
+    """The voices the audio service knows travel with the session's state in Redis: the other
+    replica's audio stream starts from them, so the speakers keep their labels."""
+    stack.audio.speakers = {
+        "embedder": "resemblyzer",
+        "voices": [{"label": f"S{i}", "seconds": 1.5, "embedding": "ADwAPA=="} for i in (1, 2, 3)],
+    }
+    one = await stack.make_gateway(redis_url=redis_url, diarization=True)
+    two = await stack.make_gateway(redis_url=redis_url, diarization=True)
+    a, sid = await first_half(one.url.replace("http://", "ws://") + "/v1/stream")
+    await second_half(two.url.replace("http://", "ws://") + "/v1/stream", sid, ack=1)
+    assert not a.of("error")
+    carried = [None if s.speakers is None else len(s.speakers.voices) for s in stack.audio.starts]
+    assert carried[0] is None and carried[-1] == 3, carried  # 3 finals heard by the first stream
+
+
 async def test_session_state_survives_the_replica_it_started_on(stack: Stack, redis_url: str) -> None:
     one = await stack.make_gateway(redis_url=redis_url)
     two = await stack.make_gateway(redis_url=redis_url)

@@ -178,6 +178,35 @@ async def test_an_idle_stream_closed_by_the_audio_service_is_not_an_outage(stack
     assert stack.audio.streams == 2
 
 
+VOICES = {
+    "embedder": "resemblyzer",
+    "voices": [{"label": f"S{i}", "seconds": 2.0, "embedding": "ADwAPA=="} for i in (1, 2, 3)],
+}
+
+
+async def test_a_new_audio_stream_keeps_the_speakers_the_session_knows(stack: Stack) -> None:
+    """With diarization the audio service reports the session's voices at each utterance end; the
+    session's next stream (reopened after a muted pause here; a handover or a resume alike)
+    starts from them, so a voice heard before keeps its label instead of being numbered afresh."""
+    stack.audio.idle_timeout = 0.5
+    stack.audio.speakers = VOICES
+    server = await stack.make_gateway(diarization=True)
+    async with Client(server.url.replace("http://", "ws://") + "/v1/stream") as c:
+        await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+        await c.recv()
+        await c.send_audio(block_audio([1, 2]))
+        await c.until(lambda e: e["type"] == "translation" and e["segmentId"] == 1)
+        await asyncio.sleep(1.5)  # muted: the audio service drops the stream
+        await c.send_audio(block_audio([3]))
+        await c.send_json({"type": "session.end"})
+        await c.until(lambda e: e["type"] == "session.ended")
+    assert not c.of("error")
+    carried = [
+        None if s.speakers is None else [v.label for v in s.speakers.voices] for s in stack.audio.starts
+    ]
+    assert carried == [None, ["S1", "S2"]]
+
+
 async def test_a_new_audio_stream_starts_from_the_language_the_session_settled_on(stack: Stack) -> None:
     """With sourceLanguage auto the audio service settles the session's language over several
     utterances; a session's next stream (reopened after a muted pause here; a handover or a resume

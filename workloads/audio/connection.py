@@ -270,7 +270,7 @@ class AudioConnection:
             raise _Close(CLOSE_TRY_AGAIN, "capacity exceeded")
         if start.diarization:
             try:
-                self.tracker = (await svc.get_diarizer()).tracker(start.maxSpeakers)
+                self.tracker = (await svc.get_diarizer()).tracker(start.maxSpeakers, start.speakers)
             except Exception as exc:  # noqa: BLE001 - transcription still works without speakers
                 log.warning("diarizer unavailable", extra={"fields": {"error": str(exc)}})
                 await self._send(AudioError(code=ERR_MODEL, message=f"diarization unavailable: {exc}"))
@@ -412,7 +412,8 @@ class AudioConnection:
             await self._send(AudioPartial(text=out.text, start=out.start, end=out.end))
             return
         if isinstance(out, UtteranceEndOut):
-            await self._send(AudioUtteranceEnd(end=out.end, language=out.language))
+            speakers = self.tracker.export() if self.tracker is not None else None
+            await self._send(AudioUtteranceEnd(end=out.end, language=out.language, speakers=speakers))
             self._paused.set()
             return
         speaker = None

@@ -15,6 +15,8 @@ embedding model, the clustering stays the same online one.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 import threading
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from livetranslate.protocol import SpeakerMemory, SpeakerVoice
 from livetranslate.workloads.audio.settings import DiarizationSettings
 
 log = logging.getLogger(__name__)
@@ -153,17 +156,66 @@ class SpeakerTracker:
     FULL_CLIP_SECONDS = 1.5
     SHORT_CLIP_RELIEF = 0.06
 
-    def __init__(self, max_speakers: int, threshold: float) -> None:
+    def __init__(self, max_speakers: int, threshold: float, embedder: str = "resemblyzer") -> None:
         self.max_speakers = max_speakers
         self.threshold = threshold
+        self.embedder = embedder  # whose embeddings the centroids are (another's do not compare)
         self._centroids: list[np.ndarray] = []
         self._seconds: list[float] = []
         self._utterance: object = None
         self._provisional: int | None = None
 
+    def export(self) -> SpeakerMemory | None:
+        """The speakers known so far (None before the first), for the session's next stream."""
+        if not self._centroids:
+            return None
+        voices = [
+            SpeakerVoice(
+                label=f"S{i + 1}",
+                seconds=round(seconds, 3),
+                embedding=base64.b64encode(c.astype("<f2").tobytes()).decode(),
+            )
+            for i, (c, seconds) in enumerate(zip(self._centroids, self._seconds, strict=True))
+        ]
+        return SpeakerMemory(embedder=self.embedder, voices=voices)
+
+    def seed(self, memory: SpeakerMemory) -> str | None:
+        """Start from the speakers an earlier stream of the session knew (``export``), so each
+        voice keeps its label. Returns why they were not taken (the tracker then starts empty),
+        None when they were."""
+        if memory.embedder != self.embedder:
+            return f"voices from the {memory.embedder} embedder; this replica embeds with {self.embedder}"
+        centroids: list[np.ndarray] = []
+        for i, voice in enumerate(memory.voices[: self.max_speakers]):
+            if voice.label != f"S{i + 1}":
+                return f"voice {i + 1} is labelled {voice.label}, not S{i + 1}"
+            try:
+                raw = base64.b64decode(voice.embedding, validate=True)
+            except (binascii.Error, ValueError):
+                return f"voice {voice.label}: embedding is not base64"
+            vec = np.frombuffer(raw[: len(raw) - len(raw) % 2], dtype="<f2").astype(np.float32)
+            if len(raw) % 2 or not vec.any() or not np.all(np.isfinite(vec)):
+                return f"voice {voice.label}: embedding is not a vector of finite float16"
+            if centroids and vec.shape != centroids[0].shape:
+                return f"voice {voice.label} has {vec.size} dimensions, S1 has {centroids[0].size}"
+            centroids.append(vec)
+        self._centroids = centroids
+        self._seconds = [v.seconds for v in memory.voices[: len(centroids)]]
+        self._utterance, self._provisional = None, None
+        return None
+
     def assign(self, emb: np.ndarray, seconds: float = 1.0, utterance: object = None) -> str:
         """The label of ``emb`` (an embedding of ``seconds`` of speech). ``utterance`` names the
         utterance it belongs to (None: unknown, each call stands alone)."""
+        if self._centroids and self._centroids[0].shape != emb.shape:
+            # Seeded voices of another shape (a stream elsewhere embedded differently under the
+            # same name): they cannot be compared, so the voices are numbered afresh.
+            log.warning(
+                "speaker voices of %d dimensions do not compare with embeddings of %d: numbering afresh",
+                self._centroids[0].size,
+                emb.size,
+            )
+            self._centroids, self._seconds, self._provisional = [], [], None
         if utterance is None or utterance != self._utterance:
             self._utterance, self._provisional = utterance, None
         if self._centroids:
@@ -237,8 +289,13 @@ class Diarizer:
         noise = np.random.default_rng(0).normal(0, 0.01, 2 * SAMPLE_RATE).astype(np.float32)
         self.label(self.tracker(1), noise, 0.0, 2.0)
 
-    def tracker(self, max_speakers: int) -> SpeakerTracker:
-        return SpeakerTracker(max_speakers, self.settings.threshold)
+    def tracker(self, max_speakers: int, known: SpeakerMemory | None = None) -> SpeakerTracker:
+        """A session's tracker, starting from the speakers its last stream knew (``known``)."""
+        tracker = SpeakerTracker(max_speakers, self.settings.threshold, self.embedder.name)
+        why = tracker.seed(known) if known is not None else None
+        if why is not None:
+            log.warning("the session's known speakers are not taken: %s; numbering voices afresh", why)
+        return tracker
 
     def label(
         self, tracker: SpeakerTracker, audio: np.ndarray, t0: float, t1: float, utterance: object = None

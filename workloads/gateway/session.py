@@ -283,11 +283,14 @@ class Session(SessionAudio):
         moved = spoken is not None and spoken != self.state.spokenLanguage
         if moved:
             self.state.spokenLanguage = spoken  # the session's next audio stream starts from it
+        voices = event.speakers is not None and event.speakers != self.state.speakers
+        if voices:
+            self.state.speakers = event.speakers  # its labels carry over to the next stream alike
         closed = self.translator.utterance_end()
         if closed:
             await self._close_sentences(closed)
             self.translator.submit(closed)
-        elif moved:
+        elif moved or voices:
             await self.gw.store.save(self.state)
         self.speaking = False
         self.pause.set()

@@ -172,6 +172,7 @@ class SessionAudio:
                     timeOffset=round(self._buf_start, 6),
                     languages=gw.config.detect_languages if self.state.sourceLanguage == "auto" else [],
                     spokenLanguage=self.state.spokenLanguage,
+                    speakers=self.state.speakers if gw.config.diarization else None,
                 )
                 try:
                     link = await AudioLink.open(gw.config.audio_url, start, s.connect_timeout)

@@ -28,6 +28,8 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
+from livetranslate.protocol import SpeakerMemory
+
 
 class SessionState(BaseModel):
     sessionId: str
@@ -38,6 +40,10 @@ class SessionState(BaseModel):
     # With sourceLanguage auto: the spoken language the audio service settled on (hysteresis),
     # handed to the session's next audio stream so a handover does not detect it afresh.
     spokenLanguage: str | None = None
+    # With diarization: the speakers (labels and voices) the audio service knows for the session,
+    # handed to its next audio stream so a voice keeps its label across a handover. Voice
+    # embeddings identify a speaker: they live as long as the session's state and no longer.
+    speakers: SpeakerMemory | None = None
     targetLanguages: list[str] = Field(default_factory=list)
     createdAt: float = Field(default_factory=time.time)
     updatedAt: float = Field(default_factory=time.time)
