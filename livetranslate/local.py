@@ -35,7 +35,15 @@ from livetranslate.procs import free_port
 from livetranslate.supervisor import STAGES, Runner, UpError, _become_subreaper, _die_with_parent
 
 # testing/livetranslate_testing/chaos.py starts its children with the same parent-death signal.
-__all__ = ["UpError", "_die_with_parent", "load_pipeline", "main", "page_port", "resolve_local"]
+__all__ = [
+    "UpError",
+    "_die_with_parent",
+    "cluster_only",
+    "load_pipeline",
+    "main",
+    "page_port",
+    "resolve_local",
+]
 
 
 def load_pipeline(path: Path | None) -> tuple[str, str, TranslationPipelineSpec]:
@@ -113,6 +121,26 @@ def resolve_local(
     )
 
 
+def cluster_only(spec: TranslationPipelineSpec) -> list[str]:
+    """The fields this spec sets that only a cluster acts on: ``up`` runs one process per stage
+    on this machine's CPU from the models installed here, so it names them rather than ignore
+    them silently (the same YAML applied to a cluster uses every one)."""
+    unused = []
+    if spec.modelCache is not None:
+        unused.append("spec.modelCache (the models installed on this machine are used)")
+    if "scaling" in spec.model_fields_set:
+        unused.append("spec.scaling (no autoscaler: one process per stage)")
+    for stage in ("audio", "translation", "gateway"):
+        if "replicas" in getattr(spec, stage).model_fields_set:
+            unused.append(f"spec.{stage}.replicas (one process)")
+    if "devices" in spec.audio.model_fields_set and spec.audio.devices[:1] != ["cpu"]:
+        unused.append("spec.audio.devices (audio runs on this machine's CPU)")
+    for key in ("fallbackModels", "sleepAfterIdle", "fallback"):
+        if key in spec.translation.model_fields_set:
+            unused.append(f"spec.translation.{key} (vLLM and its fallback chain run on a cluster)")
+    return unused
+
+
 def page_port(preferred: int, host: str) -> tuple[int, str | None]:
     """The gateway's port: ``preferred`` unless another program holds it (0 asks for any free
     one), and, when it moved, why, for a warning the user cannot miss."""
@@ -167,6 +195,9 @@ def main(argv: list[str]) -> int:
         return 2
     if moved:
         print(f"livetranslate up: WARNING: {moved}", file=sys.stderr)
+    unused = cluster_only(spec)
+    if unused:
+        print(f"livetranslate up: on a cluster only, not used here: {'; '.join(unused)}", file=sys.stderr)
 
     workdir = Path(tempfile.mkdtemp(prefix="livetranslate-up-"))
     log_dir = args.log_dir or workdir

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from livetranslate import local
+from livetranslate.api import ModelCacheSpec
 from livetranslate_testing.speech import Utterance, compose, word_error_rate, write_wav
 from tests.system.conftest import ROOT, Up, livetranslate_cmd, running_up
 
@@ -214,3 +216,19 @@ def test_an_auto_pipeline_translates_each_language_it_hears(tmp_path: Path) -> N
     assert {t["language"] for t in source} == {"en", "es"} and {t["language"] for t in made} == {"en", "es"}
     english = " ".join(t["text"] for t in made if t["language"] == "en").lower()
     assert any(w in english for w in ("budget", "year", "meeting", "morning", "good")), english
+
+
+def test_up_names_the_fields_only_a_cluster_uses() -> None:
+    """The YAML a user applies to a cluster runs under `up` too; what `up` cannot act on (one
+    process per stage, on this CPU, from the models installed here) is named, not silently
+    dropped, and the default pipeline sets none of it."""
+    assert local.cluster_only(local.load_pipeline(None)[2]) == []
+    _, _, spec = local.load_pipeline(ROOT / "examples" / "town-hall-cpu.yaml")
+    assert local.cluster_only(spec) == [
+        "spec.audio.replicas (one process)",
+        "spec.translation.replicas (one process)",
+        "spec.gateway.replicas (one process)",
+        "spec.audio.devices (audio runs on this machine's CPU)",
+    ]
+    cached = spec.model_copy(update={"modelCache": ModelCacheSpec(size="2Gi")})
+    assert local.cluster_only(cached)[0].startswith("spec.modelCache")
