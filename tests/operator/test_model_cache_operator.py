@@ -146,8 +146,15 @@ async def test_model_cache_pulls_each_model_once_and_reports_it_ready(
         finish(cluster, name, {"bytes": 1000, "sha256": "ab" * 32})
     await eventually(lambda: condition(cluster, "town-hall", "ModelsReady").get("status") == "True")
     assert all(m["state"] == "Ready" and m["bytes"] == 1000 for m in models(cluster, "town-hall"))
-    reasons = [e["reason"] for e in cluster.events("town-hall")]
-    assert reasons.count("ModelPull") == 3 and reasons.count("ModelReady") == 3
+
+    # Events follow the status patch that reports the change (modelsync.announce).
+    def reasons() -> list[str]:
+        return [e["reason"] for e in cluster.events("town-hall")]
+
+    await eventually(
+        lambda: reasons().count("ModelPull") == 3 and reasons().count("ModelReady") == 3,
+        message=lambda: str(reasons()),
+    )
 
     # A restarted operator finds the Jobs: nothing pulled twice.
     await operator.stop()
@@ -185,8 +192,11 @@ async def test_model_cache_failed_pull_is_reported_and_retried_with_backoff(
     await eventually(lambda: condition(cluster, "town-hall", "ModelsReady").get("reason") == "ModelFailed")
     assert [m["state"] for m in models(cluster, "town-hall")] == ["Failed"]
     assert "sha256 mismatch" in condition(cluster, "town-hall", "ModelsReady")["message"]
-    failed = [e for e in cluster.events("town-hall") if e["reason"] == "ModelFailed"]
-    assert failed and failed[0]["type"] == "Warning" and "sha256 mismatch" in failed[0]["message"]
+    # The Event follows the status patch that reports the failure (modelsync.announce).
+    failed = await eventually(
+        lambda: [e for e in cluster.events("town-hall") if e["reason"] == "ModelFailed"]
+    )
+    assert failed[0]["type"] == "Warning" and "sha256 mismatch" in failed[0]["message"]
     # The reconcile starts the pull again: the same Job name, attempt 2, fresh status.
     await eventually(
         lambda: (
@@ -201,7 +211,8 @@ async def test_model_cache_failed_pull_is_reported_and_retried_with_backoff(
     assert "status" not in jobs(cluster, "town-hall")[job] or not modelcache.job_failed(
         jobs(cluster, "town-hall")[job]
     )
-    assert any(e["reason"] == "ModelPullRetried" for e in cluster.events("town-hall"))
+    # The Event follows the Job's re-creation.
+    await eventually(lambda: any(e["reason"] == "ModelPullRetried" for e in cluster.events("town-hall")))
 
 
 async def test_model_cache_conversion_that_fails_moves_audio_to_the_next_device(
