@@ -154,6 +154,12 @@ ERR_INTERNAL = "internal_error"
 ERR_DRAINING = "draining"
 
 
+# ---------------------------------------------------------------- HTTP: readiness
+# The gateway's /readyz checks these dependencies besides itself; ``/readyz?exclude=<check>``
+# leaves one out (kube-apiserver's convention). Its pods' readiness probe excludes all three.
+GATEWAY_DEPENDENCY_CHECKS = ("audio", "translation", "sessionStore")
+
+
 # ---------------------------------------------------------------- internal: gateway <-> audio
 # WebSocket ws://<audio>/v1/audio, one per session. Binary frames: PCM s16le mono 16 kHz.
 

@@ -31,6 +31,7 @@ from livetranslate.operator.podparts import (
     pod_security,
 )
 from livetranslate.operator.settings import OperatorSettings, Resources
+from livetranslate.protocol import GATEWAY_DEPENDENCY_CHECKS
 
 STAGES: tuple[Stage, ...] = ("audio", "translation", "gateway")
 # `livetranslate serve <workload>` names per stage.
@@ -133,6 +134,14 @@ def stage_bounds(spec: TranslationPipelineSpec, stage: Stage) -> ReplicaRange:
     }[stage]
 
 
+# A gateway replica stays in its Service while a dependency every replica shares (the audio and
+# translation stages, Redis) is down: its sessions then say so (upstream_unavailable) where a
+# Service without endpoints would refuse connections. Draining still takes it out.
+READINESS_PATHS: dict[str, str] = {
+    "gateway": "/readyz?" + "&".join(f"exclude={check}" for check in GATEWAY_DEPENDENCY_CHECKS)
+}
+
+
 def _app_container(
     resolved: ResolvedPipeline,
     stage: Stage,
@@ -156,7 +165,7 @@ def _app_container(
         # answers, so a slow first download is not mistaken for a hang.
         "startupProbe": podparts.http_probe("/healthz", period=5, failures=startup_failures),
         "livenessProbe": podparts.http_probe("/healthz", period=10, failures=3),
-        "readinessProbe": podparts.http_probe("/readyz", period=5, failures=2),
+        "readinessProbe": podparts.http_probe(READINESS_PATHS.get(stage, "/readyz"), period=5, failures=2),
     }
 
 

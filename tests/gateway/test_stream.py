@@ -110,3 +110,21 @@ async def test_readyz_reports_a_dead_upstream(stack: Stack) -> None:
         r = await http.get("/readyz")
     assert r.status_code == 503
     assert json.loads(r.text)["checks"]["translation"].startswith("unreachable")
+
+
+async def test_the_pods_readiness_probe_leaves_out_the_shared_dependencies(stack: Stack) -> None:
+    """What the gateway's readiness probe asks (builders.READINESS_PATHS): the translation stage
+    down keeps the replica in its Service, where sessions get a clear error (a drain still takes
+    it out: test_drain.py); a misspelt check is refused rather than ignored."""
+    await stack.translation_server.stop(force=True)
+    gw = stack.gateways[0]
+    async with httpx.AsyncClient(base_url=gw.url) as http:
+        await asyncio.sleep(2.1)  # past the readiness cache
+        probe = await http.get("/readyz?exclude=audio&exclude=translation&exclude=sessionStore")
+        assert probe.status_code == 200, probe.text
+        body = probe.json()
+        assert body["checks"]["translation"].startswith("unreachable")
+        assert body["excluded"] == ["audio", "sessionStore", "translation"]
+        assert (await http.get("/readyz?exclude=audio")).status_code == 503
+        typo = await http.get("/readyz?exclude=transaltion")
+        assert typo.status_code == 400 and "transaltion" in typo.json()["error"]

@@ -11,12 +11,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
+from typing import Annotated
 
-from fastapi import FastAPI, HTTPException, Request, WebSocket
+from fastapi import FastAPI, HTTPException, Query, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from livetranslate.protocol import GATEWAY_DEPENDENCY_CHECKS
 from livetranslate.workloads.gateway.auth import bearer_token, origin_allowed
 from livetranslate.workloads.gateway.connection import Connection
 from livetranslate.workloads.gateway.service import Gateway
@@ -72,9 +74,27 @@ def create_app(config: GatewayConfig | None = None) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz(request: Request) -> JSONResponse:
-        ok, checks = await request.app.state.gateway.readiness()
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+    async def readyz(request: Request, exclude: Annotated[list[str] | None, Query()] = None) -> JSONResponse:
+        """Ready: this replica serves, and (unless named in ``exclude``, as kube-apiserver's
+        ``/readyz?exclude=``) its upstreams and session store answer. The pod's readiness probe
+        excludes them: a dependency every replica shares being down would take every replica out
+        of the Service at once, and clients would meet a refused connection instead of the clear
+        ``upstream_unavailable`` a session gets from a replica that stays in."""
+        gw: Gateway = request.app.state.gateway
+        ok, checks = await gw.readiness()
+        skip = set(exclude or ())
+        unknown = sorted(skip - set(checks) - set(GATEWAY_DEPENDENCY_CHECKS))
+        if unknown:
+            return JSONResponse(
+                {
+                    "error": f"exclude={unknown[0]}: not a check; these are {', '.join(GATEWAY_DEPENDENCY_CHECKS)}"
+                },
+                status_code=400,
+            )
+        if skip and not gw.drain.active:
+            ok = all(v == "ok" for k, v in checks.items() if k not in skip)
+        body = {"ready": ok, "checks": checks, **({"excluded": sorted(skip)} if skip else {})}
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
