@@ -64,6 +64,9 @@ SESSION_HANDOVERS = "livetranslate_session_handovers_total"
 # gateways at a pause, which resume them on another replica.
 AUDIO_DRAINING = "livetranslate_audio_draining"
 AUDIO_HANDOVERS = "livetranslate_audio_handovers_total"
+# The gateway's session store (Redis) away: calls it failed, and the writes waiting for it.
+SESSION_STORE_ERRORS = "livetranslate_session_store_errors_total"
+SESSION_STORE_DEFERRED = "livetranslate_session_store_deferred_writes"
 
 # Published by others, read by the autoscaler and dashboards (names as their exporters publish them).
 EXTERNAL_METRICS = (
@@ -202,6 +205,24 @@ def audio_handovers(registry: CollectorRegistry) -> Counter:
         AUDIO_HANDOVERS.removesuffix("_total"),
         "Live streams a draining audio replica handed back to their gateway to resume elsewhere",
         ["pipeline", "reason"],
+        registry=registry,
+    )
+
+
+def session_store_errors(registry: CollectorRegistry) -> Counter:
+    return Counter(
+        SESSION_STORE_ERRORS.removesuffix("_total"),
+        "Session store (Redis) calls that failed, by operation; live sessions go on without it",
+        ["pipeline", "operation"],
+        registry=registry,
+    )
+
+
+def session_store_deferred(registry: CollectorRegistry) -> Gauge:
+    return Gauge(
+        SESSION_STORE_DEFERRED,
+        "Session writes waiting for the session store to come back (0 while it answers)",
+        ["pipeline"],
         registry=registry,
     )
 

@@ -53,7 +53,7 @@ from livetranslate.workloads.gateway.outbox import (
 )
 from livetranslate.workloads.gateway.service import Gateway
 from livetranslate.workloads.gateway.session import Session
-from livetranslate.workloads.gateway.sessions import SessionState
+from livetranslate.workloads.gateway.sessions import SessionState, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -370,10 +370,27 @@ class Connection:
                 "resume while the previous connection is open; closing that one", extra={"session_id": sid}
             )
             other.outbox.close(CLOSE_RESTART, "session resumed on another connection")
-        if not await gw.store.claim(sid, owner, gw.settings.resume_wait_seconds):
-            log.warning("previous owner kept the session lease; taking it over", extra={"session_id": sid})
-            await gw.store.take_over(sid, owner)
-        state = await gw.store.load(sid)
+        try:
+            state = await self._claim(sid, owner)
+        except StoreUnavailable as exc:
+            if start.sessionId is not None:
+                # It may be a resume: without the store its log and numbering are unknown here,
+                # and a fresh start under the same id would number finals the client has again.
+                self.send_event(
+                    "error",
+                    ErrorEvent(
+                        code=ERR_UPSTREAM,
+                        message=f"{exc}: session {sid} cannot be resumed now; connect again shortly",
+                    ),
+                )
+                self._fail(CLOSE_TRY_AGAIN, "session store unreachable")
+                return
+            # A new session needs nothing from the store: it starts, and becomes resumable once
+            # the store is back (its writes wait for it).
+            log.warning(
+                "session store unreachable; starting a new session without it", extra={"session_id": sid}
+            )
+            state = None
         resumed = state is not None
         # A resume keeps the session's source language; a targetLanguages list in it replaces the
         # session's from the next segment on (a listener may change languages when it comes back).
@@ -436,6 +453,14 @@ class Connection:
                 "fields": {"resumed": resumed, "sampleRate": start.sampleRate, "encoding": start.encoding}
             },
         )
+
+    async def _claim(self, sid: str, owner: str) -> SessionState | None:
+        """Take the session's lease (waiting for a previous owner's flush) and read its state."""
+        gw = self.gw
+        if not await gw.store.claim(sid, owner, gw.settings.resume_wait_seconds):
+            log.warning("previous owner kept the session lease; taking it over", extra={"session_id": sid})
+            await gw.store.take_over(sid, owner)
+        return await gw.store.load(sid)
 
     async def _end(self) -> None:
         assert self.session is not None and self.converter is not None

@@ -56,6 +56,12 @@ class Drain(ReplicaDrain):
         gw, s = self.gw, self.gw.settings
         loop = asyncio.get_running_loop()
         deadline = loop.time() + s.drain_seconds
+        # A handover goes through the session store: while it is away the sessions stay here
+        # (live, their captions unaffected), for as long as the drain leaves room to hand over.
+        if not await gw.store.settled(max(0.0, s.drain_seconds - s.drain_session_seconds - 2.0)):
+            log.warning(
+                "session store unreachable: handing the sessions over anyway, they resume once it is back"
+            )
         for session in list(gw.sessions):
             session.request_handover(s.drain_session_seconds)
         while (gw.sessions or gw.starting) and loop.time() < deadline:
@@ -69,6 +75,9 @@ class Drain(ReplicaDrain):
                 if not session.handing_over:
                     self.handed_over("deadline")
                 session.hand_over_now(CLOSE_REASON)
+        # What the handovers saved must be written before the exit (the store may be away).
+        if not await gw.store.settled(max(0.0, deadline + 2.0 - loop.time())):
+            log.warning("session store unreachable at exit: the sessions' last writes are lost")
         # The last sockets finish their close handshake (a second at most) before the exit.
         while gw.connections and loop.time() < deadline + 2.0:
             await asyncio.sleep(0.05)

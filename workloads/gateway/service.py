@@ -37,9 +37,18 @@ class Gateway:
         self.registry = registry or CollectorRegistry()
         self.store: SessionStore
         if config.redis_url:
-            self.store = RedisSessionStore(
-                config.redis_url, config.pipeline, s.session_ttl_seconds, s.session_log_segments
+            errors = metrics.session_store_errors(self.registry)
+            redis_store = RedisSessionStore(
+                config.redis_url,
+                config.pipeline,
+                s.session_ttl_seconds,
+                s.session_log_segments,
+                errors=lambda operation: errors.labels(pipeline=config.pipeline, operation=operation).inc(),
             )
+            metrics.session_store_deferred(self.registry).labels(pipeline=config.pipeline).set_function(
+                lambda: redis_store.deferred_writes
+            )
+            self.store = redis_store
         else:
             self.store = MemorySessionStore(s.session_ttl_seconds, s.session_log_segments)
         self.auth = TokenAuth(config.auth_dir)

@@ -110,6 +110,19 @@ files/alerts.rules.yaml byte for byte in content (tests/chart/test_alerts.py), w
         {{- if $runbook }}
         runbook_url: {{ $runbook }}#livetranslatescalingpinnedatmax
         {{- end }}
+    - alert: LiveTranslateSessionStoreUnreachable
+      expr: |-
+        max by (namespace, pipeline) (livetranslate_session_store_deferred_writes) > 0
+      for: {{ $r.sessionStoreFor }}
+      labels:
+        severity: warning
+      annotations:
+        summary: The session store (Redis) of pipeline {{ "{{ $labels.namespace }}/{{ $labels.pipeline }}" }} has been unreachable for {{ $r.sessionStoreFor }}.
+        description: {{ printf "Live captions go on, but %s session writes wait for it: sessions cannot move to another gateway replica (drain, resume) until it is back." "{{ $value | humanize }}" | quote }}
+        runbook: Check the Redis named in spec.gateway.redisUrl (pod, failover, network policy from the gateway pods); the gateway writes what waited as soon as it answers.
+        {{- if $runbook }}
+        runbook_url: {{ $runbook }}#livetranslatesessionstoreunreachable
+        {{- end }}
     - alert: LiveTranslateOperatorReconcileErrors
       expr: |-
         sum by (namespace, job) (rate(livetranslate_reconcile_seconds_count{result!~"ok|invalid"}[10m])) > 0
