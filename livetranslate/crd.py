@@ -92,7 +92,9 @@ def _structural(node: dict[str, Any], default: Any = None, *, has_default: bool 
             out[key] = True
             continue
         out[key] = value
-    if nullable:
+    if nullable and not (has_default and default is None):
+        # A null where the model's default is None means "unset": left non-nullable, the API server
+        # prunes it before defaulting, so rules see the field absent (has() false), never null.
         out["nullable"] = True
     if out.get("type") == "object" and "properties" in node:
         defaults = default if isinstance(default, dict) else {}

@@ -4,7 +4,8 @@ Used by the CRD tests and by the Kubernetes emulator (which answers 422 like a r
 
 1. ``check_structural``: the schema is one the API server accepts (types everywhere, no refs,
    no anyOf-with-types, no additionalProperties next to properties, list-type set on scalars).
-2. ``apply_defaults``: fill ``default`` values top-down, only inside objects that exist.
+2. ``apply_defaults``: drop nulls the schema does not allow (nullable false), then fill
+   ``default`` values top-down, only inside objects that exist.
 3. ``prune``: drop fields the schema does not know (unless preserve-unknown-fields).
 4. ``validate``: the OpenAPI v3 rules with a JSON Schema validator (nullable and
    int-or-string translated), then every ``x-kubernetes-validations`` CEL rule with cel-python,
@@ -62,6 +63,10 @@ def apply_defaults(value: Any, schema: dict[str, Any]) -> Any:
 def _default_into(value: Any, schema: dict[str, Any]) -> None:
     if isinstance(value, dict) and "properties" in schema:
         for name, sub in schema["properties"].items():
+            if name in value and value[name] is None and not sub.get("nullable"):
+                # A null where the schema does not allow one is pruned before defaulting
+                # (the API server's "Defaulting and Nullable" rule): the field is then unset.
+                del value[name]
             if name not in value and "default" in sub:
                 value[name] = copy.deepcopy(sub["default"])
             if name in value:
@@ -139,8 +144,17 @@ def cel_errors(value: Any, schema: dict[str, Any]) -> list[str]:
             program = _PROGRAMS.get(rule["rule"])
             if program is None:
                 program = _PROGRAMS[rule["rule"]] = _CEL.program(_CEL.compile(rule["rule"]))
-            result = program.evaluate({"self": celpy.json_to_cel(node)})
-            if result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
+            try:
+                result = program.evaluate({"self": celpy.json_to_cel(node)})
+            except (celpy.CELEvalError, TypeError) as exc:
+                result = exc
+            if isinstance(result, (celpy.CELEvalError, TypeError)):
+                # A rule that cannot be evaluated on the object rejects it, naming the path, as the
+                # API server does ("...: rule evaluation error"): it does not pass it.
+                errors.append(
+                    f"{path or '<root>'}: {rule['rule']}: rule evaluation error: {str(result)[:200]}"
+                )
+            elif result is not True and not (isinstance(result, celpy.celtypes.BoolType) and bool(result)):
                 errors.append(f"{path or '<root>'}: {rule.get('message') or rule['rule']}")
     return errors
 
