@@ -3,76 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 import websockets
 
-from tests.gateway.conftest import Client, Stack, block_audio, drop, free_socket
-
-
-class RedisProcess:
-    """A real redis-server on one loopback port that a test can stop and start again."""
-
-    def __init__(self, workdir: Path) -> None:
-        sock = free_socket()
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.workdir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for _ in range(100):
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisProcess]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    server = RedisProcess(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.gateway.conftest import Client, RedisProcess, Stack, block_audio, drop
 
 
 def metric(text: str, name: str) -> float:
@@ -92,6 +29,32 @@ async def store_metrics(gw_url: str) -> tuple[float, float]:
     )
 
 
+async def translated_then_redis_stops(gw_url: str, redis: RedisProcess) -> tuple[Client, str]:
+    """A session on ``gw_url`` whose first final is translated, then Redis stops."""
+    c = Client(gw_url.replace("http://", "ws://") + "/v1/stream")
+    await c.__aenter__()
+    await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
+    sid = (await c.recv())["sessionId"]
+    await c.send_audio(block_audio([1]))
+    await c.until(lambda e: e["type"] == "translation" and e["segmentId"] == 0)
+    redis.stop()
+    return c, sid
+
+
+async def resume_and_end(url: str, sid: str, ack: int, block: int) -> Client:
+    """Resume ``sid`` (its finals up to ``ack`` received), send one block, end the session."""
+    b = Client(url)
+    async with b:
+        await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": ack})
+        started = await b.recv()
+        assert started["type"] == "session.started" and started["resumed"] is True, started
+        await b.send_audio(block_audio([block]))
+        await b.send_json({"type": "session.end"})
+        await b.until(lambda e: e["type"] == "session.ended")
+    assert not b.of("error"), b.of("error")
+    return b
+
+
 async def test_a_live_session_keeps_its_captions_while_redis_is_down(
     stack: Stack, redis: RedisProcess
 ) -> None:
@@ -101,13 +64,7 @@ async def test_a_live_session_keeps_its_captions_while_redis_is_down(
     another replica with its numbering."""
     one = await stack.make_gateway(redis_url=redis.url)
     two = await stack.make_gateway(redis_url=redis.url)
-    c = Client(one.url.replace("http://", "ws://") + "/v1/stream")
-    await c.__aenter__()
-    await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
-    sid = (await c.recv())["sessionId"]
-    await c.send_audio(block_audio([1]))
-    await c.until(lambda e: e["type"] == "translation" and e["segmentId"] == 0)
-    redis.stop()
+    c, sid = await translated_then_redis_stops(one.url, redis)
     await c.send_audio(block_audio([2, 3]))
     await c.until(lambda e: e["type"] == "translation" and e["segmentId"] == 2, timeout=20)
     assert not c.of("error"), c.of("error")
@@ -119,16 +76,8 @@ async def test_a_live_session_keeps_its_captions_while_redis_is_down(
         await asyncio.sleep(0.2)
     assert (await store_metrics(one.url))[1] == 0
     drop(c)
-    b = Client(two.url.replace("http://", "ws://") + "/v1/stream")
-    async with b:
-        await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": 2})
-        started = await b.recv()
-        assert started["type"] == "session.started" and started["resumed"] is True, started
-        await b.send_audio(block_audio([4]))
-        await b.send_json({"type": "session.end"})
-        await b.until(lambda e: e["type"] == "session.ended")
+    b = await resume_and_end(two.url.replace("http://", "ws://") + "/v1/stream", sid, ack=2, block=4)
     assert [e["segmentId"] for e in b.of("transcript.final")] == [3]
-    assert not b.of("error")
 
 
 async def test_new_sessions_start_and_resumes_wait_while_redis_is_down(
@@ -166,13 +115,7 @@ async def test_a_drain_waits_for_redis_before_it_hands_sessions_over(
     token = "admin-s3cret"
     one = await stack.make_gateway(redis_url=redis.url, admin_token=token, drain_session_seconds=0.5)
     two = await stack.make_gateway(redis_url=redis.url)
-    c = Client(one.url.replace("http://", "ws://") + "/v1/stream")
-    await c.__aenter__()
-    await c.send_json({"type": "session.start", "targetLanguages": ["es"]})
-    sid = (await c.recv())["sessionId"]
-    await c.send_audio(block_audio([1]))
-    await c.until(lambda e: e["type"] == "translation" and e["segmentId"] == 0)
-    redis.stop()
+    c, sid = await translated_then_redis_stops(one.url, redis)
     await c.send_audio(block_audio([2]))
     await c.until(lambda e: e["type"] == "translation" and e["segmentId"] == 1)
     async with httpx.AsyncClient() as http:
@@ -185,13 +128,6 @@ async def test_a_drain_waits_for_redis_before_it_hands_sessions_over(
         while True:
             await c.recv(timeout=15)
     assert c.ws.close_code == 1012
-    b = Client(two.url.replace("http://", "ws://") + "/v1/stream")
-    async with b:
-        await b.send_json({"type": "session.start", "sessionId": sid, "lastSegmentId": 1})
-        started = await b.recv()
-        assert started["type"] == "session.started" and started["resumed"] is True, started
-        await b.send_audio(block_audio([3]))
-        await b.send_json({"type": "session.end"})
-        await b.until(lambda e: e["type"] == "session.ended")
+    b = await resume_and_end(two.url.replace("http://", "ws://") + "/v1/stream", sid, ack=1, block=3)
     assert [e["segmentId"] for e in b.of("transcript.final")] == [2]
-    assert not c.of("error") and not b.of("error")
+    assert not c.of("error")
