@@ -16,7 +16,8 @@ kube-apiserver where an operator can tell the difference:
   ``/status`` change nothing else; ``generation`` bumps only when the spec changes; a write that
   changes nothing does not bump resourceVersion or emit an event;
 - DELETE honours finalizers (deletionTimestamp first) and then garbage-collects dependents through
-  ``ownerReferences`` (background cascade);
+  ``ownerReferences`` (background cascade); an object written later with owners that are all
+  gone (a write that raced the deletion) is collected too, shortly after;
 - custom resources are defaulted, pruned and validated against their CRD schema (422 with the
   field, like the API server), using kube_schema;
 - Deployments get a ``scale`` subresource; tests mark Deployments ready and add/remove Nodes;
@@ -685,6 +686,19 @@ class KubeEmulator(kmock.KubernetesScaffold):
     def _after_write(self, key: ObjectKey) -> None:
         if self.auto_ready_deployments and key[0] == ("apps", "v1", "deployments"):
             asyncio.get_running_loop().call_later(0.01, self._auto_ready, key)
+        if (self.objects.get(key) or {}).get("metadata", {}).get("ownerReferences"):
+            asyncio.get_running_loop().call_later(0.05, self._collect_if_dangling, key)
+
+    def _collect_if_dangling(self, key: ObjectKey) -> None:
+        """An object written with owners that no longer exist (a controller's write that raced
+        its owner's deletion) is collected as the API server's garbage collector does: shortly
+        after, in the background."""
+        obj = self.objects.get(key)
+        owners = {o.get("uid") for o in (obj or {}).get("metadata", {}).get("ownerReferences") or []}
+        if not owners:
+            return
+        if not any(o.get("metadata", {}).get("uid") in owners for o in self.objects.values()):
+            self._delete(*key)
 
     def _auto_ready(self, key: ObjectKey) -> None:
         if key in self.objects:

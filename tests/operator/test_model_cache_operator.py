@@ -325,7 +325,11 @@ async def test_model_cache_deleted_pipeline_leaves_no_jobs_and_no_cache_means_no
     assert jobs(cluster, "plain") == {} and "models" not in ((cluster.tp("plain") or {}).get("status") or {})
     await kube.delete(API, "TranslationPipeline", NS, "town-hall")
     await eventually(lambda: jobs(cluster, "town-hall") == {}, message="Jobs collected with their owner")
-    assert cluster.api.read("v1/persistentvolumeclaims", NS, "town-hall-models") is None
+    # The garbage collector takes the owner's dependents one by one: the claim may go after the Jobs.
+    await eventually(
+        lambda: cluster.api.read("v1/persistentvolumeclaims", NS, "town-hall-models") is None,
+        message="PersistentVolumeClaim collected with its owner",
+    )
 
 
 async def test_model_cache_api_calls_are_covered_by_the_rbac_rules(
