@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -101,6 +102,17 @@ class Cluster:
             if e.get("involvedObject", {}).get("name") == name
         ]
 
+    def pipeline_doc(self, name: str, namespace: str = NS) -> dict[str, Any]:
+        """The pipeline.json the pods mount, as the ConfigMap holds it now ({} before it exists:
+        a reconcile creates the model pull Jobs before it)."""
+        cm = self.api.read("v1/configmaps", namespace, f"{name}-config") or {}
+        doc: dict[str, Any] = json.loads((cm.get("data") or {}).get("pipeline.json") or "{}")
+        return doc
+
+    def audio_device(self, name: str, namespace: str = NS) -> str | None:
+        device: str | None = self.pipeline_doc(name, namespace).get("placement", {}).get("audioDevice")
+        return device
+
     def mark_ready(self, name: str, namespace: str = NS) -> None:
         for stage in ("audio", "translation", "gateway"):
             if self.api.read("apps/v1/deployments", namespace, f"{name}-{stage}") is not None:
@@ -133,6 +145,14 @@ class OperatorProcess:
         if self.task in done:
             self.task.result()  # raises what went wrong
         assert ready.is_set(), "operator did not become ready"
+
+    async def sees_node(self, name: str, timeout: float = 20.0) -> None:
+        """Wait until the operator's Node watch has seen ``name`` (placement reads what it saw)."""
+        await eventually(
+            lambda: self.memo is not None and name in self.memo.state.nodes.nodes,
+            timeout=timeout,
+            message=f"the operator never saw Node {name}",
+        )
 
     async def stop(self) -> None:
         """Graceful stop (as on SIGTERM)."""

@@ -100,7 +100,7 @@ async def test_model_cache_pulls_each_model_once_and_reports_it_ready(
     cluster: Cluster, operator: OperatorProcess, kube: KubeClient
 ) -> None:
     cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "1"})
-    await asyncio.sleep(0.3)
+    await operator.sees_node("gpu-1")
     await kube.create(pipeline("town-hall", {"modelCache": CACHE}))
     # Whisper tiny.en, the translation model and its fallback: one Job each, and one claim.
     found = await eventually(lambda: len(jobs(cluster, "town-hall")) == 3 and jobs(cluster, "town-hall"))
@@ -219,7 +219,7 @@ async def test_model_cache_conversion_that_fails_moves_audio_to_the_next_device(
     cluster: Cluster, operator: OperatorProcess, kube: KubeClient
 ) -> None:
     cluster.api.add_node("npu-1", allocatable={"npu.intel.com/accel": "1"})
-    await asyncio.sleep(0.3)
+    await operator.sees_node("npu-1")
     await kube.create(pipeline("town-hall", {"modelCache": CACHE}))
     (job,) = await eventually(lambda: list(jobs(cluster, "town-hall")))
     assert _arg(jobs(cluster, "town-hall")[job], "--format") == "openvino-ir"  # the NPU needs an IR
@@ -229,8 +229,7 @@ async def test_model_cache_conversion_that_fails_moves_audio_to_the_next_device(
     finish(cluster, job, error, failed=True, reason="PodFailurePolicy")
 
     def placed() -> str | None:
-        cm = cluster.api.read("v1/configmaps", NS, "town-hall-config") or {}
-        return ResolvedPipeline.model_validate_json(cm["data"]["pipeline.json"]).placement.audioDevice
+        return cluster.audio_device("town-hall")
 
     await eventually(lambda: placed() == "cpu", message=lambda: str(placed()))
     await eventually(
@@ -253,7 +252,7 @@ async def test_model_cache_conversion_killed_is_retried_and_audio_returns_to_the
     the conversion is retried after its backoff, and returns to the NPU once a retry completes."""
     monkeypatch.setattr(modelcache, "RETRY_BASE_SECONDS", 2.0)  # a minute in production
     cluster.api.add_node("npu-1", allocatable={"npu.intel.com/accel": "1"})
-    await asyncio.sleep(0.3)
+    await operator.sees_node("npu-1")
     await kube.create(pipeline("town-hall", {"modelCache": CACHE}))
     (job,) = await eventually(lambda: list(jobs(cluster, "town-hall")))
     policy = jobs(cluster, "town-hall")[job]["spec"]["podFailurePolicy"]["rules"]
@@ -266,8 +265,7 @@ async def test_model_cache_conversion_killed_is_retried_and_audio_returns_to_the
     finish(cluster, job, {}, failed=True)  # OOM-killed: no summary, the Job's backoff ran out
 
     def placed() -> str | None:
-        cm = cluster.api.read("v1/configmaps", NS, "town-hall-config") or {}
-        return ResolvedPipeline.model_validate_json(cm["data"]["pipeline.json"]).placement.audioDevice
+        return cluster.audio_device("town-hall")
 
     def audio_reason() -> str:
         return ((cluster.tp("town-hall") or {}).get("status", {}).get("audio") or {}).get("reason") or ""

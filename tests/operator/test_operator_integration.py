@@ -54,18 +54,6 @@ def env(c: dict[str, Any]) -> dict[str, Any]:
     return {e["name"]: e.get("value", e.get("valueFrom")) for e in c.get("env", [])}
 
 
-def pipeline_doc(cluster: Cluster, name: str) -> dict[str, Any]:
-    """The pipeline.json the pods mount, as the ConfigMap holds it now ({} before it exists)."""
-    cm = cluster.api.read("v1/configmaps", NS, f"{name}-config") or {}
-    doc: dict[str, Any] = json.loads((cm.get("data") or {}).get("pipeline.json") or "{}")
-    return doc
-
-
-def audio_device(cluster: Cluster, name: str) -> str | None:
-    device: str | None = pipeline_doc(cluster, name).get("placement", {}).get("audioDevice")
-    return device
-
-
 def phase(cluster: Cluster, name: str) -> str | None:
     tp = cluster.tp(name)
     return (tp or {}).get("status", {}).get("phase")
@@ -175,7 +163,7 @@ async def test_spec_update_patches_children_in_place_and_keeps_autoscaled_replic
     )
     await eventually(
         lambda: (
-            pipeline_doc(cluster, "town-hall")["spec"]["gateway"]["redisUrl"]
+            cluster.pipeline_doc("town-hall")["spec"]["gateway"]["redisUrl"]
             == "redis://redis.demo.svc:6379/0"
         ),
         message="pipeline.json gets the Redis URL",
@@ -274,14 +262,15 @@ async def test_placement_prefers_npu_and_gpu_when_nodes_offer_them(
         allocatable={"nvidia.com/gpu": "2"},
         taints=[{"key": "nvidia.com/gpu", "effect": "NoSchedule"}],
     )
-    await asyncio.sleep(0.3)  # let the node watch see both
+    await operator.sees_node("npu-1")
+    await operator.sees_node("gpu-1")
     await kube.create(pipeline("conference", {"targetLanguages": ["es", "de"]}))
     await eventually(lambda: len(cluster.children("conference")) == CHILDREN)
     audio = deployment(cluster, "conference", "audio") or {}
     pod = audio["spec"]["template"]["spec"]
     assert container(audio, "audio")["resources"]["limits"]["npu.intel.com/accel"] == "1"
     assert {"key": "npu.intel.com/accel", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
-    assert audio_device(cluster, "conference") == "npu"
+    assert cluster.audio_device("conference") == "npu"
 
     translation = deployment(cluster, "conference", "translation") or {}
     vllm = container(translation, "vllm")
@@ -320,7 +309,7 @@ async def test_cpu_only_cluster_falls_back_and_a_joining_npu_node_moves_audio(
 
     def on_npu() -> bool:
         limits = container(deployment(cluster, "town-hall", "audio") or {}, "audio")["resources"]["limits"]
-        return audio_device(cluster, "town-hall") == "npu" and limits.get("npu.intel.com/accel") == "1"
+        return cluster.audio_device("town-hall") == "npu" and limits.get("npu.intel.com/accel") == "1"
 
     await eventually(on_npu, message="audio re-placed on the NPU")
     assert (deployment(cluster, "town-hall", "audio") or {})["metadata"]["uid"] == uid
@@ -334,7 +323,7 @@ async def test_cpu_only_cluster_falls_back_and_a_joining_npu_node_moves_audio(
 
     cluster.api.remove_node("npu-1")
     await eventually(
-        lambda: audio_device(cluster, "town-hall") == "cpu" and not on_npu(),
+        lambda: cluster.audio_device("town-hall") == "cpu" and not on_npu(),
         message="audio back on CPU when the NPU leaves",
     )
 
@@ -485,7 +474,7 @@ async def test_an_annotation_set_by_hand_is_placed_on_a_pipeline_an_older_operat
     A pipeline an older operator handled carries the livetranslate.io/kopf-managed marker that
     would hide the whole prefix from Kopf: the first reconcile removes the old storage."""
     cluster.api.add_node("gpu-1", allocatable={"nvidia.com/gpu": "2"})
-    await asyncio.sleep(0.3)
+    await operator.sees_node("gpu-1")
     old = pipeline(
         "legacy",
         {
